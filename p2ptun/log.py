@@ -1,0 +1,105 @@
+"""Logging with key=value fields.
+
+Lines look like ``2026-11-21T10:40:00.123Z info ice pair succeeded peer=bob pair=host->srflx``:
+easy to read, easy to grep, easy for journald. Use :func:`get_logger` and pass fields as keyword
+arguments; values are quoted when they contain spaces. Never log key material or sealed payloads.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+_ROOT = "p2ptun"
+
+
+def _format_value(value: object) -> str:
+    text = str(value)
+    if not text or any(c in text for c in ' "=\n\t'):
+        text = '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return text
+
+
+class KeyValueFormatter(logging.Formatter):
+    """``time level component message k=v ...`` on one line."""
+
+    def __init__(self, with_time: bool = True) -> None:
+        super().__init__()
+        self.with_time = with_time
+
+    def format(self, record: logging.LogRecord) -> str:
+        component = record.name.removeprefix(_ROOT + ".") if record.name != _ROOT else "main"
+        parts = []
+        if self.with_time:
+            t = time.gmtime(record.created)
+            parts.append(time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{int(record.msecs):03d}Z")
+        parts.append(record.levelname.lower())
+        parts.append(component)
+        parts.append(record.getMessage())
+        fields: dict[str, Any] = getattr(record, "fields", {})
+        parts.extend(f"{k}={_format_value(v)}" for k, v in fields.items())
+        line = " ".join(parts)
+        if record.exc_info and record.levelno >= logging.ERROR:
+            line += " exc=" + _format_value(repr(record.exc_info[1]))
+        return line
+
+
+class Logger:
+    """A thin wrapper over :class:`logging.Logger` that takes fields as keyword arguments."""
+
+    __slots__ = ("_logger",)
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+
+    def isEnabledFor(self, level: int) -> bool:  # noqa: N802 - mirrors logging
+        return self._logger.isEnabledFor(level)
+
+    def _log(self, level: int, message: str, fields: dict[str, Any]) -> None:
+        if self._logger.isEnabledFor(level):
+            self._logger.log(level, message, extra={"fields": fields}, stacklevel=3)
+
+    def debug(self, message: str, **fields: Any) -> None:
+        self._log(logging.DEBUG, message, fields)
+
+    def info(self, message: str, **fields: Any) -> None:
+        self._log(logging.INFO, message, fields)
+
+    def warning(self, message: str, **fields: Any) -> None:
+        self._log(logging.WARNING, message, fields)
+
+    def error(self, message: str, **fields: Any) -> None:
+        self._log(logging.ERROR, message, fields)
+
+
+def get_logger(component: str) -> Logger:
+    """Logger for one component, e.g. ``get_logger("turn.server")``."""
+    return Logger(logging.getLogger(f"{_ROOT}.{component}"))
+
+
+def setup(level: str = "info", stream: Any = None, with_time: bool | None = None) -> None:
+    """Send p2ptun's logs to ``stream`` (stderr by default) at ``level``.
+
+    Under systemd (JOURNAL_STREAM set) timestamps are left to the journal.
+    """
+    import os
+
+    if with_time is None:
+        with_time = "JOURNAL_STREAM" not in os.environ
+    root = logging.getLogger(_ROOT)
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(KeyValueFormatter(with_time=with_time))
+    root.addHandler(handler)
+    root.setLevel(LEVELS[level])
+    root.propagate = False
