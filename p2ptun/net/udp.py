@@ -1,0 +1,475 @@
+"""The UDP endpoint: one socket per address family, demultiplexed by first bytes.
+
+ARCHITECTURE.md §2: a single UDP socket per family carries ICE connectivity checks (STUN),
+TURN client traffic (STUN-framed TURN messages and ChannelData) and WireGuard messages.
+:func:`classify` tells them apart from their first bytes; :class:`UdpEndpoint` receives in
+batches — wake once, drain until ``EAGAIN`` into preallocated buffers — and calls the handler
+registered for each kind directly, without a trio channel per packet. Datagrams of no known
+kind are dropped and counted.
+
+Handlers are plain callables ``handler(data, addr)``. ``data`` is a :class:`memoryview` into a
+receive buffer that stays valid until the endpoint's ``on_drained`` callback returns (the end
+of the current batch); a handler that keeps data longer must copy it. A handler may raise
+:class:`p2ptun.errors.DecodeError` for a malformed datagram: it is counted and dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import errno
+import socket
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields
+from types import TracebackType
+
+import trio
+
+from p2ptun.addr import Address
+from p2ptun.errors import DecodeError, RuntimeFailure
+from p2ptun.log import get_logger
+
+log = get_logger("net.udp")
+
+STUN_MAGIC_COOKIE = b"\x21\x12\xa4\x42"
+"""RFC 8489 §5: bytes 4–8 of every STUN message."""
+
+STUN_HEADER_LEN = 20
+CHANNEL_DATA_HEADER_LEN = 4
+WIREGUARD_MIN_LEN = 4
+
+DEFAULT_BUFFER_SIZE = 4 * 1024 * 1024
+"""Requested SO_RCVBUF / SO_SNDBUF (LAB-NOTES: 4 MiB is worth ~20 % throughput)."""
+
+MAX_DATAGRAM = 65535
+DEFAULT_BATCH = 64
+
+# Receive errors that concern one earlier datagram (ICMP reports), not the socket.
+_TRANSIENT_RECV_ERRNOS = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.EHOSTDOWN,
+        errno.ENETDOWN,
+        errno.EMSGSIZE,
+        errno.ENOBUFS,
+        errno.ENOMEM,
+    }
+)
+# Send errors that lose one datagram; the caller (ICE, WireGuard timers) retries on its own.
+_SEND_DROP_ERRNOS = frozenset(
+    {
+        errno.EAGAIN,
+        errno.ENOBUFS,
+        errno.ENOMEM,
+        errno.ENETUNREACH,
+        errno.EHOSTUNREACH,
+        errno.ENETDOWN,
+        errno.EHOSTDOWN,
+        errno.ECONNREFUSED,
+        errno.EPERM,
+        errno.EACCES,
+        errno.EINVAL,
+        errno.EADDRNOTAVAIL,
+        errno.EAFNOSUPPORT,
+        errno.EMSGSIZE,
+    }
+)
+
+
+class PacketKind(enum.IntEnum):
+    """What a datagram on the shared socket is (ARCHITECTURE.md §2)."""
+
+    STUN = 0
+    """STUN (RFC 8489): ICE checks, Binding requests to STUN servers, TURN control messages."""
+    CHANNEL_DATA = 1
+    """TURN ChannelData (RFC 8656 §12.4): relayed data on a bound channel."""
+    WIREGUARD = 2
+    """A WireGuard message, types 1–4."""
+    OTHER = 3
+    """Anything else: dropped and counted."""
+
+
+def classify(data: bytes | bytearray | memoryview) -> PacketKind:
+    """Classify one datagram by its first bytes.
+
+    - STUN: first byte 0–3, bytes 4–8 the magic cookie 0x2112A442, and at least the 20-byte
+      STUN header. Checked first: a WireGuard type byte 1–3 can look like a STUN type, the
+      cookie is the stronger signal.
+    - TURN ChannelData: first byte 0x40–0x4F and at least the 4-byte ChannelData header.
+    - WireGuard: first byte 1–4 and bytes 1–3 zero.
+    - OTHER: everything else, including the empty datagram.
+
+    Only the kind is decided here; each protocol's decoder validates the rest.
+    """
+    n = len(data)
+    if n < WIREGUARD_MIN_LEN:  # also the smallest length any kind needs
+        return PacketKind.OTHER
+    first = data[0]
+    if first <= 3 and n >= STUN_HEADER_LEN and data[4:8] == STUN_MAGIC_COOKIE:
+        return PacketKind.STUN
+    if 0x40 <= first <= 0x4F:
+        # n >= 4 == CHANNEL_DATA_HEADER_LEN holds here.
+        return PacketKind.CHANNEL_DATA
+    if 1 <= first <= 4 and data[1] == 0 and data[2] == 0 and data[3] == 0:
+        return PacketKind.WIREGUARD
+    return PacketKind.OTHER
+
+
+Handler = Callable[[memoryview, Address], None]
+"""``handler(data, addr)``: one received datagram of one kind and its source address."""
+
+
+@dataclass
+class UdpCounters:
+    """Datagram counters for one endpoint."""
+
+    rx_stun: int = 0
+    rx_channel_data: int = 0
+    rx_wireguard: int = 0
+    rx_other: int = 0
+    """Datagrams of no known kind: dropped."""
+    rx_unhandled: int = 0
+    """Datagrams of a known kind (counted there too) with no handler installed: dropped."""
+    rx_malformed: int = 0
+    """Datagrams a handler rejected with DecodeError: dropped."""
+    rx_bytes: int = 0
+    rx_errors: int = 0
+    """Receive errors caused by earlier sends (ICMP unreachable and the like)."""
+    tx_packets: int = 0
+    tx_bytes: int = 0
+    tx_dropped: int = 0
+    """Datagrams not sent: full socket buffer, no route, refused by a firewall, ..."""
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters as a plain dict (for ``p2ptun status --json``)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _set_buffer(sock: socket.socket, force_opt: int, opt: int, size: int) -> int:
+    """Ask for a ``size``-byte socket buffer, as much as allowed; returns what the kernel set.
+
+    ``SO_*BUFFORCE`` (needs CAP_NET_ADMIN) may exceed ``net.core.[rw]mem_max``; without the
+    capability the plain option is capped at that maximum. Either way we carry on.
+    """
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, force_opt, size)
+    except OSError:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, opt, size)
+    # Linux reports twice the requested value (it accounts for bookkeeping overhead).
+    return sock.getsockopt(socket.SOL_SOCKET, opt)
+
+
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+_SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+
+
+class UdpEndpoint:
+    """One non-blocking UDP socket, demultiplexed into per-kind handlers.
+
+    Create with :meth:`bind`, register handlers (constructor arguments or
+    :meth:`set_handler`), and run :meth:`receive_loop` in a nursery. Send with :meth:`send`.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        batch: int = DEFAULT_BATCH,
+        max_datagram: int = MAX_DATAGRAM,
+        on_stun: Handler | None = None,
+        on_channel_data: Handler | None = None,
+        on_wireguard: Handler | None = None,
+        on_drained: Callable[[], None] | None = None,
+    ) -> None:
+        """Wrap a bound UDP socket (made non-blocking); most callers want :meth:`bind`.
+
+        ``batch`` buffers of ``max_datagram`` bytes are allocated once. ``on_drained`` is
+        called after each batch — the place to flush work the handlers queued.
+        """
+        if batch < 1:
+            raise ValueError("batch must be at least 1")
+        sock.setblocking(False)
+        self._sock = sock
+        self.family = socket.AddressFamily(sock.family)
+        self.counters = UdpCounters()
+        self._buffers = [bytearray(max_datagram) for _ in range(batch)]
+        self._views = [memoryview(b) for b in self._buffers]
+        self._handlers: list[Handler | None] = [on_stun, on_channel_data, on_wireguard, None]
+        self.on_drained = on_drained
+        self.rcvbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        self.sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+
+    @classmethod
+    def bind(
+        cls,
+        family: socket.AddressFamily = socket.AF_INET,
+        host: str | None = None,
+        port: int = 0,
+        *,
+        buffer_size: int = DEFAULT_BUFFER_SIZE,
+        batch: int = DEFAULT_BATCH,
+        max_datagram: int = MAX_DATAGRAM,
+        on_stun: Handler | None = None,
+        on_channel_data: Handler | None = None,
+        on_wireguard: Handler | None = None,
+        on_drained: Callable[[], None] | None = None,
+    ) -> UdpEndpoint:
+        """Open and bind a UDP socket of ``family`` on ``host`` (default: any) and ``port``.
+
+        Port 0 lets the kernel choose. An IPv6 socket is IPv6-only (``IPV6_V6ONLY``), so the
+        IPv4 endpoint is always a separate socket. Socket buffers are raised towards
+        ``buffer_size``, as far as the system allows. Raises :class:`RuntimeFailure` if the
+        address cannot be bound.
+        """
+        if family not in (socket.AF_INET, socket.AF_INET6):
+            raise ValueError(f"unsupported address family {family!r}")
+        if host is None:
+            host = "0.0.0.0" if family == socket.AF_INET else "::"
+        shown = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+        try:
+            sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        except OSError as exc:
+            fam = "IPv6" if family == socket.AF_INET6 else "IPv4"
+            raise RuntimeFailure(f"cannot open an {fam} UDP socket: {exc.strerror}") from None
+        try:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            _set_buffer(sock, _SO_RCVBUFFORCE, socket.SO_RCVBUF, buffer_size)
+            _set_buffer(sock, _SO_SNDBUFFORCE, socket.SO_SNDBUF, buffer_size)
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise RuntimeFailure(f"cannot bind UDP {shown}: address already in use") from None
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise RuntimeFailure(
+                    f"cannot bind UDP {shown}: no such local address on this host"
+                ) from None
+            if exc.errno == errno.EACCES:
+                raise RuntimeFailure(
+                    f"cannot bind UDP {shown}: permission denied (privileged port?)"
+                ) from None
+            raise RuntimeFailure(f"cannot bind UDP {shown}: {exc.strerror}") from None
+        endpoint = cls(
+            sock,
+            batch=batch,
+            max_datagram=max_datagram,
+            on_stun=on_stun,
+            on_channel_data=on_channel_data,
+            on_wireguard=on_wireguard,
+            on_drained=on_drained,
+        )
+        log.debug(
+            "udp bound",
+            address=shown,
+            local_port=endpoint.local_address[1],
+            rcvbuf=endpoint.rcvbuf,
+            sndbuf=endpoint.sndbuf,
+        )
+        return endpoint
+
+    # -- properties and lifetime -----------------------------------------------------------
+
+    @property
+    def local_address(self) -> Address:
+        """The bound ``(host, port)``; host is the wildcard when bound to any address."""
+        name = self._sock.getsockname()
+        return str(name[0]), int(name[1])
+
+    @property
+    def socket(self) -> socket.socket:
+        """The underlying socket (for socket options; do not read from it directly)."""
+        return self._sock
+
+    def fileno(self) -> int:
+        """The socket's descriptor (``-1`` once closed)."""
+        return self._sock.fileno()
+
+    def set_handler(self, kind: PacketKind, handler: Handler | None) -> None:
+        """Install (or, with None, remove) the handler for ``kind``; OTHER cannot have one."""
+        if kind == PacketKind.OTHER:
+            raise ValueError("datagrams of kind OTHER are always dropped")
+        self._handlers[kind] = handler
+
+    def close(self) -> None:
+        """Close the socket; a :meth:`receive_loop` waiting on it returns. Idempotent."""
+        if self._sock.fileno() < 0:
+            return
+        with contextlib.suppress(RuntimeError):  # outside trio nobody can be waiting
+            trio.lowlevel.notify_closing(self._sock)
+        self._sock.close()
+
+    def __enter__(self) -> UdpEndpoint:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- receiving -------------------------------------------------------------------------
+
+    async def receive_loop(self) -> None:
+        """Receive and dispatch until cancelled, or return when the endpoint is closed.
+
+        Each wake-up drains the socket until ``EAGAIN``, one batch at a time; between full
+        batches it checkpoints so other tasks get their turn under load.
+        """
+        batch = len(self._buffers)
+        while True:
+            try:
+                await trio.lowlevel.wait_readable(self._sock)
+            except trio.ClosedResourceError:
+                return
+            if self._sock.fileno() < 0:
+                return
+            while self.drain() == batch:
+                await trio.lowlevel.checkpoint()
+
+    def drain(self) -> int:
+        """Receive up to one batch without blocking, dispatch it, call ``on_drained``.
+
+        Returns the number of datagrams received (errors and drops included); less than the
+        batch size means the socket is empty for now.
+        """
+        recv = self._sock.recvfrom_into
+        handlers = self._handlers
+        counters = self.counters
+        received = 0
+        for view in self._views:
+            try:
+                n, src = recv(view)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno not in _TRANSIENT_RECV_ERRNOS:
+                    raise RuntimeFailure(f"UDP receive failed: {exc.strerror}") from None
+                counters.rx_errors += 1
+                received += 1
+                continue
+            received += 1
+            counters.rx_bytes += n
+            data = view[:n]
+            kind = classify(data)
+            if kind == PacketKind.STUN:
+                counters.rx_stun += 1
+            elif kind == PacketKind.WIREGUARD:
+                counters.rx_wireguard += 1
+            elif kind == PacketKind.CHANNEL_DATA:
+                counters.rx_channel_data += 1
+            else:
+                counters.rx_other += 1
+                continue
+            handler = handlers[kind]
+            if handler is None:
+                counters.rx_unhandled += 1
+                continue
+            try:
+                handler(data, (src[0], src[1]))
+            except DecodeError:
+                counters.rx_malformed += 1
+        if received and self.on_drained is not None:
+            self.on_drained()
+        return received
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def send(self, data: bytes | bytearray | memoryview, addr: Address) -> bool:
+        """Send one datagram without blocking; False (and counted) if it was dropped.
+
+        UDP may lose datagrams anyway, so a full buffer or an unreachable destination drops
+        this one instead of stalling the data path. The protocols above retransmit.
+        """
+        try:
+            n = self._sock.sendto(data, addr)
+        except OSError as exc:
+            if exc.errno in _SEND_DROP_ERRNOS or isinstance(exc, socket.gaierror):
+                self.counters.tx_dropped += 1
+                return False
+            raise RuntimeFailure(f"UDP send failed: {exc.strerror}") from None
+        self.counters.tx_packets += 1
+        self.counters.tx_bytes += n
+        return True
+
+    def send_many(self, datagrams: Iterable[tuple[bytes | bytearray | memoryview, Address]]) -> int:
+        """Send each ``(data, addr)``; returns how many were sent."""
+        sent = 0
+        for data, addr in datagrams:
+            sent += self.send(data, addr)
+        return sent
+
+    async def send_wait(self, data: bytes | bytearray | memoryview, addr: Address) -> bool:
+        """Like :meth:`send`, but when the socket buffer is full wait (once) until it is not.
+
+        For control traffic that should not be dropped lightly; the data path uses
+        :meth:`send`.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            n = self._sock.sendto(data, addr)
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(self._sock)
+            return self.send(data, addr)
+        except OSError:
+            return self.send(data, addr)  # counts the drop or raises
+        self.counters.tx_packets += 1
+        self.counters.tx_bytes += n
+        return True
+
+
+def family_supported(family: socket.AddressFamily) -> bool:
+    """True if this host can open and bind a UDP socket of ``family`` (IPv6 may be disabled)."""
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as probe:
+            probe.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+    except OSError:
+        return False
+    return True
+
+
+def open_endpoints(
+    port: int = 0,
+    *,
+    families: Iterable[socket.AddressFamily] = (socket.AF_INET, socket.AF_INET6),
+    buffer_size: int = DEFAULT_BUFFER_SIZE,
+    batch: int = DEFAULT_BATCH,
+) -> list[UdpEndpoint]:
+    """Bind one endpoint per supported address family on the wildcard address.
+
+    With ``port=0`` the later sockets first try the port the kernel picked for the first, so a
+    node uses one port number on both families when it can. A family the host does not
+    support (IPv6 disabled) is skipped. Raises :class:`RuntimeFailure` (closing whatever was
+    opened) if a supported family cannot be bound, or no family is supported at all.
+    """
+    endpoints: list[UdpEndpoint] = []
+    try:
+        for family in families:
+            if not family_supported(family):
+                log.info("udp family unavailable", family=family.name)
+                continue
+            if port == 0 and endpoints:
+                try:
+                    ep = UdpEndpoint.bind(
+                        family,
+                        port=endpoints[0].local_address[1],
+                        buffer_size=buffer_size,
+                        batch=batch,
+                    )
+                except RuntimeFailure:
+                    ep = UdpEndpoint.bind(family, port=0, buffer_size=buffer_size, batch=batch)
+            else:
+                ep = UdpEndpoint.bind(family, port=port, buffer_size=buffer_size, batch=batch)
+            endpoints.append(ep)
+    except BaseException:
+        for opened in endpoints:
+            opened.close()
+        raise
+    if not endpoints:
+        raise RuntimeFailure("cannot open a UDP socket: neither IPv4 nor IPv6 is available")
+    return endpoints
