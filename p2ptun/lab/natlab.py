@@ -1,0 +1,912 @@
+"""The NAT lab: network namespaces joined by veth links, NATs made of nftables rulesets.
+
+Topology (``P`` is the instance prefix, e.g. ``pl3f9a``; site numbers start at 1)::
+
+    P-server ──(203.0.113.0/28)── P-inet ──(198.51.100.16i/28)── P-nat<i> ──(LAN)── P-site<i>
+
+- ``P-inet`` (host name ``inet``) is "the internet": it only routes, it has no default route and
+  blackholes private ranges, so nothing aimed at a private address leaves the lab. Its forward
+  chain counts bytes per (ingress link, egress link), so a test can tell whether traffic went
+  straight between two sites or through the server, and it can block traffic between two links.
+- ``P-server`` (host name ``server``) has two public addresses, 203.0.113.10 and .11 (RFC 5780
+  discovery needs two), gateway 203.0.113.1.
+- Site ``i`` has a router ``P-nat<i>`` (host name ``nat<i>``): WAN 198.51.100.(16i+2)/28, gateway
+  198.51.100.(16i+1) in ``P-inet``; and one LAN host ``P-site<i>`` (host name ``site<i>``). Behind
+  a NAT the LAN is 10.0.i.0/24 (router .1, host .2); at a ``none`` site the LAN is the public
+  192.0.2.(16i)/28 (router .16i+1, host .16i+2), routed without NAT.
+
+NAT types (per site):
+
+- ``none``: no NAT, the host is public and reachable from anywhere.
+- ``cone``: full cone: endpoint-independent mapping and filtering. Masquerade keeps the source
+  port; a dynamic nft map remembers each mapped UDP port (refreshed on every outbound packet,
+  120 s timeout) and inbound UDP to the router's current address is DNATed back to its owner.
+- ``prc``: port-restricted cone: plain masquerade (endpoint-independent mapping,
+  address-and-port-dependent filtering).
+- ``sym``: symmetric: masquerade fully-random (a new port per destination).
+- ``udp-blocked``: like ``prc`` but UDP is dropped in both directions; only TCP (and ICMP) pass.
+
+Every router silently drops unsolicited inbound traffic to itself (no ICMP port-unreachable).
+
+The lab is built with few subprocesses (one ``ip -batch`` for namespaces and links, then one
+``ip netns exec NS sh`` per namespace running ``ip -batch`` and ``nft -f``), so a two-site lab
+comes up in well under a second. Its state (names, current addresses) is saved as JSON under
+``/run/p2ptun-lab/<prefix>.json`` so that a later process (``scripts/natlab``) can load it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import ipaddress
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from p2ptun.log import get_logger
+
+log = get_logger("lab")
+
+NAT_TYPES = ("none", "cone", "prc", "sym", "udp-blocked")
+"""NAT behaviours a site can have (see the module docstring)."""
+
+DEFAULT_STATE_DIR = Path("/run/p2ptun-lab")
+"""Where each lab instance keeps ``<prefix>.json``."""
+
+SERVER_ADDRS = ("203.0.113.10", "203.0.113.11")
+"""The server's two public addresses."""
+SERVER_NET = "203.0.113.0/28"
+SERVER_GW = "203.0.113.1"
+
+MAX_SITES = 14
+PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
+CONE_TIMEOUT_S = 120
+CMD_TIMEOUT_S = 30.0
+"""Upper bound for any lab-internal command (ip, nft, tc, conntrack)."""
+
+SiteRef = int | str
+"""A site: its number (1-based), ``"site<i>"`` or ``"nat<i>"``; ``"server"`` (or 0) where the
+server link is meaningful too (counters, blocking, netem)."""
+
+
+class LabError(RuntimeError):
+    """A lab operation failed (command error, bad argument, missing instance)."""
+
+
+def lab_unavailable_reason() -> str | None:
+    """Why a lab cannot be built here, or None if it can (root, ``ip``, ``nft``, netns)."""
+    if os.geteuid() != 0:
+        return "the NAT lab needs root"
+    for tool in ("ip", "nft", "tc", "conntrack"):
+        if shutil.which(tool) is None:
+            return f"the NAT lab needs {tool!r} on PATH"
+    name = "plchk" + secrets.token_hex(3)
+    try:
+        proc = subprocess.run(
+            ["ip", "netns", "add", name], capture_output=True, text=True, timeout=10
+        )
+        if proc.returncode != 0:
+            return f"ip netns unusable: {proc.stderr.strip()}"
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
+    return None
+
+
+def _run(
+    argv: Sequence[str], *, input: str | None = None, timeout: float = CMD_TIMEOUT_S
+) -> subprocess.CompletedProcess[str]:
+    """Run a lab-internal command; raise :class:`LabError` with its stderr if it fails."""
+    try:
+        proc = subprocess.run(
+            list(argv), input=input, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise LabError(f"timed out after {timeout}s: {' '.join(argv)}") from exc
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip()
+        raise LabError(f"command failed ({proc.returncode}): {' '.join(argv)}: {detail}")
+    return proc
+
+
+@dataclasses.dataclass
+class Site:
+    """One site: a router namespace with a NAT and one LAN host namespace behind it."""
+
+    index: int
+    nat: str
+    wan_net: str
+    wan_gw: str
+    wan_addr: str
+    lan_net: str
+    lan_gw: str
+    host_addr: str
+
+    @property
+    def public(self) -> bool:
+        """True for a ``none`` site: its host has a public, routed address."""
+        return self.nat == "none"
+
+    @property
+    def wan_prefixlen(self) -> int:
+        return ipaddress.ip_network(self.wan_net).prefixlen
+
+    @property
+    def lan_prefixlen(self) -> int:
+        return ipaddress.ip_network(self.lan_net).prefixlen
+
+    @property
+    def mapped_addr(self) -> str:
+        """The address the outside sees: the host's own at a ``none`` site, else the NAT's."""
+        return self.host_addr if self.public else self.wan_addr
+
+    @classmethod
+    def plan(cls, index: int, nat: str) -> Site:
+        """The default address plan for site ``index`` with NAT type ``nat``."""
+        wan = ipaddress.ip_network(f"198.51.100.{16 * index}/28")
+        if nat == "none":
+            lan = ipaddress.ip_network(f"192.0.2.{16 * index}/28")
+        else:
+            lan = ipaddress.ip_network(f"10.0.{index}.0/24")
+        return cls(
+            index=index,
+            nat=nat,
+            wan_net=str(wan),
+            wan_gw=str(wan[1]),
+            wan_addr=str(wan[2]),
+            lan_net=str(lan),
+            lan_gw=str(lan[1]),
+            host_addr=str(lan[2]),
+        )
+
+
+class NatLab:
+    """One lab instance. Build with :meth:`create`, reattach with :meth:`load`, end with
+    :meth:`close` (also a context manager).
+
+    Host names accepted by :meth:`ns`, :meth:`exec` and :meth:`popen`: ``server``, ``inet``
+    (``internet``), ``site<i>``, ``nat<i>``, or a full namespace name of this instance.
+    """
+
+    def __init__(
+        self,
+        prefix: str,
+        sites: Sequence[Site],
+        *,
+        state_dir: Path | None = DEFAULT_STATE_DIR,
+        created: float | None = None,
+    ) -> None:
+        self.prefix = prefix
+        self.sites: list[Site] = list(sites)
+        self.state_dir = state_dir
+        self.created = time.time() if created is None else created
+        self.server_addrs: tuple[str, str] = SERVER_ADDRS
+        self._procs: list[subprocess.Popen[Any]] = []
+        self._closed = False
+
+    # ------------------------------------------------------------------ names
+
+    @property
+    def ns_inet(self) -> str:
+        return f"{self.prefix}-inet"
+
+    @property
+    def ns_server(self) -> str:
+        return f"{self.prefix}-server"
+
+    def ns_nat(self, site: SiteRef) -> str:
+        return f"{self.prefix}-nat{self.site(site).index}"
+
+    def ns_host(self, site: SiteRef) -> str:
+        return f"{self.prefix}-site{self.site(site).index}"
+
+    @property
+    def namespaces(self) -> list[str]:
+        """Every namespace this instance owns, in build order."""
+        names = [self.ns_inet, self.ns_server]
+        for s in self.sites:
+            names += [f"{self.prefix}-nat{s.index}", f"{self.prefix}-site{s.index}"]
+        return names
+
+    def _link_names(self, k: int) -> tuple[str, str]:
+        """(inet-side, inner-side) veth names of link ``k`` (0 = server, i = site i's WAN)."""
+        if k == 0:
+            return f"{self.prefix}-i0", f"{self.prefix}-srv"
+        return f"{self.prefix}-i{k}", f"{self.prefix}-w{k}"
+
+    def _inner_ns(self, k: int) -> str:
+        return self.ns_server if k == 0 else f"{self.prefix}-nat{k}"
+
+    def _lan_names(self, i: int) -> tuple[str, str]:
+        """(router-side, host-side) veth names of site ``i``'s LAN."""
+        return f"{self.prefix}-l{i}", f"{self.prefix}-h{i}"
+
+    def if_host(self, site: SiteRef) -> str:
+        """The LAN interface name inside a site's host namespace."""
+        return self._lan_names(self.site(site).index)[1]
+
+    def if_wan(self, site: SiteRef) -> str:
+        """The WAN interface name inside a site's router namespace."""
+        return self._link_names(self.site(site).index)[1]
+
+    if_server = property(lambda self: self._link_names(0)[1], doc="The server's interface.")
+
+    def site(self, ref: SiteRef) -> Site:
+        """Resolve ``1``, ``"site1"`` or ``"nat1"`` to the :class:`Site`."""
+        k = self._endpoint(ref)
+        if k == 0:
+            raise LabError("the server is not a site")
+        return self.sites[k - 1]
+
+    def _endpoint(self, ref: SiteRef) -> int:
+        """0 for the server, i for site i."""
+        if isinstance(ref, str):
+            text = ref
+            if text in ("server", "srv"):
+                return 0
+            for stem in ("site", "nat"):
+                if text.startswith(stem) and text[len(stem) :].isdigit():
+                    text = text[len(stem) :]
+                    break
+            if not text.isdigit():
+                raise LabError(f"unknown site {ref!r}")
+            k = int(text)
+        else:
+            k = ref
+        if not 0 <= k <= len(self.sites):
+            raise LabError(f"no site {ref!r} (lab has {len(self.sites)})")
+        return k
+
+    def ns(self, host: str) -> str:
+        """Namespace name of a host name (see the class docstring)."""
+        if host in ("server", "srv"):
+            return self.ns_server
+        if host in ("inet", "internet"):
+            return self.ns_inet
+        if host in self.namespaces:
+            return host
+        for stem in ("site", "nat"):
+            if host.startswith(stem) and host[len(stem) :].isdigit():
+                k = int(host[len(stem) :])
+                if 1 <= k <= len(self.sites):
+                    return f"{self.prefix}-{stem}{k}"
+        raise LabError(f"unknown lab host {host!r} (hosts: {', '.join(self.hosts())})")
+
+    def hosts(self) -> list[str]:
+        """All host names of this lab."""
+        names = ["inet", "server"]
+        for s in self.sites:
+            names += [f"nat{s.index}", f"site{s.index}"]
+        return names
+
+    # ------------------------------------------------------------------ build / teardown
+
+    @classmethod
+    def create(
+        cls,
+        sites: Sequence[str] = ("cone", "cone"),
+        *,
+        prefix: str | None = None,
+        state_dir: Path | None = DEFAULT_STATE_DIR,
+    ) -> NatLab:
+        """Build a lab with one site per entry of ``sites`` (NAT types, see :data:`NAT_TYPES`).
+
+        ``prefix`` defaults to ``pl`` + 4 random hex digits; it must be unused. If the build
+        fails halfway, everything made so far is removed before the error propagates.
+        ``state_dir=None`` keeps no state file.
+        """
+        for nat in sites:
+            if nat not in NAT_TYPES:
+                raise LabError(f"unknown NAT type {nat!r} (one of {', '.join(NAT_TYPES)})")
+        if not 1 <= len(sites) <= MAX_SITES:
+            raise LabError(f"a lab has 1..{MAX_SITES} sites, not {len(sites)}")
+        if prefix is None:
+            for _ in range(20):
+                prefix = "pl" + secrets.token_hex(2)
+                if not _netns_exists(f"{prefix}-inet"):
+                    break
+            else:
+                raise LabError("could not find an unused lab prefix")
+        else:
+            _check_prefix(prefix)
+            if _netns_exists(f"{prefix}-inet") or (
+                state_dir is not None and (state_dir / f"{prefix}.json").exists()
+            ):
+                raise LabError(f"a lab named {prefix!r} exists already")
+        lab = cls(
+            prefix,
+            [Site.plan(i, nat) for i, nat in enumerate(sites, start=1)],
+            state_dir=state_dir,
+        )
+        start = time.monotonic()
+        try:
+            lab.save()  # first: a later `down` can clean up even a half-built lab
+            lab._build()
+        except BaseException:
+            log.error("lab build failed, tearing down", prefix=prefix)
+            lab.close()
+            raise
+        log.info(
+            "lab up",
+            prefix=prefix,
+            sites=",".join(sites),
+            seconds=f"{time.monotonic() - start:.2f}",
+        )
+        return lab
+
+    def _build(self) -> None:
+        p = self.prefix
+        lines = [f"netns add {ns}" for ns in self.namespaces]
+        for k in range(len(self.sites) + 1):
+            outer, inner = self._link_names(k)
+            lines.append(
+                f"link add {outer} netns {self.ns_inet} type veth"
+                f" peer name {inner} netns {self._inner_ns(k)}"
+            )
+        for s in self.sites:
+            rtr, hst = self._lan_names(s.index)
+            lines.append(
+                f"link add {rtr} netns {p}-nat{s.index} type veth"
+                f" peer name {hst} netns {p}-site{s.index}"
+            )
+        _run(["ip", "-batch", "-"], input="\n".join(lines) + "\n")
+
+        scripts: dict[str, tuple[list[str], str | None, bool]] = {}
+        # the internet
+        ip = ["link set lo up", f"link set {self._link_names(0)[0]} up"]
+        ip.append(f"addr add {SERVER_GW}/28 dev {self._link_names(0)[0]}")
+        for s in self.sites:
+            outer = self._link_names(s.index)[0]
+            ip += [f"link set {outer} up", f"addr add {s.wan_gw}/{s.wan_prefixlen} dev {outer}"]
+            if s.public:
+                ip.append(f"route add {s.lan_net} via {s.wan_addr} dev {outer}")
+        ip += [f"route add blackhole {net}" for net in PRIVATE_RANGES]
+        scripts[self.ns_inet] = (ip, self._inet_ruleset(), True)
+        # the server
+        srv = self._link_names(0)[1]
+        ip = ["link set lo up", f"link set {srv} up"]
+        ip += [f"addr add {a}/28 dev {srv}" for a in self.server_addrs]
+        ip.append(f"route add default via {SERVER_GW} dev {srv}")
+        scripts[self.ns_server] = (ip, None, False)
+        for s in self.sites:
+            wan = self._link_names(s.index)[1]
+            lan, hif = self._lan_names(s.index)
+            ip = ["link set lo up", f"link set {wan} up", f"link set {lan} up"]
+            ip += [
+                f"addr add {s.wan_addr}/{s.wan_prefixlen} dev {wan}",
+                f"addr add {s.lan_gw}/{s.lan_prefixlen} dev {lan}",
+                f"route add default via {s.wan_gw} dev {wan}",
+            ]
+            scripts[f"{p}-nat{s.index}"] = (ip, self._nat_ruleset(s), True)
+            ip = [
+                "link set lo up",
+                f"link set {hif} up",
+                f"addr add {s.host_addr}/{s.lan_prefixlen} dev {hif}",
+                f"route add default via {s.lan_gw} dev {hif}",
+            ]
+            scripts[f"{p}-site{s.index}"] = (ip, None, False)
+
+        with tempfile.TemporaryDirectory(prefix=f"{p}-build-") as tmp:
+            procs: list[tuple[str, subprocess.Popen[str]]] = []
+            for ns, (ip_lines, ruleset, forward) in scripts.items():
+                sh = _sysctl_script(forward)
+                ip_file = Path(tmp, f"{ns}.ip")
+                ip_file.write_text("\n".join(ip_lines) + "\n")
+                sh += f"ip -batch {ip_file}\n"
+                if ruleset is not None:
+                    nft_file = Path(tmp, f"{ns}.nft")
+                    nft_file.write_text(ruleset)
+                    sh += f"nft -f {nft_file}\n"
+                argv = ["ip", "netns", "exec", ns, "sh", "-ec", sh]
+                procs.append(
+                    (ns, subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+                )
+            errors = []
+            deadline = time.monotonic() + CMD_TIMEOUT_S
+            for ns, proc in procs:
+                try:
+                    out, _ = proc.communicate(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    out, _ = proc.communicate()
+                    errors.append(f"{ns}: timed out")
+                    continue
+                if proc.returncode != 0:
+                    errors.append(f"{ns}: {out.strip()}")
+            if errors:
+                raise LabError("lab setup failed: " + "; ".join(errors))
+
+    def _inet_ruleset(self) -> str:
+        """Forward chain of the internet: blocked link pairs, then one counter per pair."""
+        n = len(self.sites) + 1
+        lines = ["table ip lab {", "  set blocked { type ifname . ifname; }"]
+        lines += [f"  counter c_{a}_{b} {{}}" for a in range(n) for b in range(n) if a != b]
+        lines += [
+            "  chain forward {",
+            "    type filter hook forward priority filter; policy accept;",
+            "    iifname . oifname @blocked drop",
+        ]
+        for a in range(n):
+            for b in range(n):
+                if a != b:
+                    ia, ib = self._link_names(a)[0], self._link_names(b)[0]
+                    lines.append(f'    iifname "{ia}" oifname "{ib}" counter name "c_{a}_{b}"')
+        lines += ["  }", "}", ""]
+        return "\n".join(lines)
+
+    def _nat_ruleset(self, site: Site) -> str:
+        """The router's ruleset for its NAT type."""
+        wan = f'"{self._link_names(site.index)[1]}"'
+        lan = f'"{self._lan_names(site.index)[0]}"'
+        nat = site.nat
+        fwd = ["    type filter hook forward priority filter; policy drop;"]
+        if nat == "udp-blocked":
+            fwd.append("    meta l4proto udp drop")
+        fwd += ["    ct state established,related accept", f"    iifname {lan} oifname {wan} accept"]
+        if nat == "none":
+            fwd.append(f"    iifname {wan} oifname {lan} accept")
+        elif nat == "cone":
+            fwd.append(f"    iifname {wan} oifname {lan} ct status dnat accept")
+        lines = [
+            "table ip lab {",
+            "  chain input {",
+            "    type filter hook input priority filter; policy accept;",
+            f"    iifname {wan} ct state established,related accept",
+            f"    iifname {wan} drop",
+            "  }",
+            "  chain forward {",
+            *fwd,
+            "  }",
+        ]
+        if nat != "none":
+            masq = "masquerade fully-random" if nat == "sym" else "masquerade"
+            lines += [
+                "  chain postrouting {",
+                "    type nat hook postrouting priority srcnat; policy accept;",
+                f"    oifname {wan} {masq}",
+                "  }",
+            ]
+        if nat == "cone":
+            t = f"{CONE_TIMEOUT_S}s"
+            lines += [
+                "  map cone {",
+                "    type inet_service : ipv4_addr . inet_service",
+                f"    flags dynamic,timeout; timeout {t};",
+                "  }",
+                "  chain prerouting {",
+                "    type nat hook prerouting priority dstnat; policy accept;",
+                f"    iifname {wan} fib daddr type local meta l4proto udp"
+                " dnat ip to udp dport map @cone",
+                "  }",
+                "  chain remember {",
+                "    type filter hook postrouting priority srcnat + 10; policy accept;",
+                f"    oifname {wan} ct direction original ct status snat meta l4proto udp"
+                f" update @cone {{ udp sport timeout {t} :"
+                " ct original ip saddr . ct original proto-src }",
+                f"    oifname {wan} ct direction reply ct status dnat meta l4proto udp"
+                f" update @cone {{ udp sport timeout {t} :"
+                " ct reply ip saddr . ct reply proto-src }",
+                "  }",
+            ]
+        lines += ["}", ""]
+        return "\n".join(lines)
+
+    def close(self) -> None:
+        """Stop processes started by :meth:`popen`, delete this instance's namespaces (and so
+        its veths) and its state file. Idempotent; never touches anything else."""
+        if self._closed:
+            return
+        self._closed = True
+        for proc in self._procs:
+            _stop_process(proc)
+        self._procs.clear()
+        existing = [ns for ns in self.namespaces if _netns_exists(ns)]
+        if existing:
+            lines = "".join(f"netns del {ns}\n" for ns in existing)
+            with contextlib.suppress(LabError):
+                _run(["ip", "-force", "-batch", "-"], input=lines)
+        left = [ns for ns in self.namespaces if _netns_exists(ns)]
+        if left:
+            log.error("lab namespaces left behind", prefix=self.prefix, left=",".join(left))
+        if self.state_dir is not None:
+            with contextlib.suppress(FileNotFoundError):
+                (self.state_dir / f"{self.prefix}.json").unlink()
+        log.info("lab down", prefix=self.prefix)
+
+    def __enter__(self) -> NatLab:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ state
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything needed to reattach to this lab (see :meth:`from_dict`)."""
+        return {
+            "prefix": self.prefix,
+            "created": self.created,
+            "pid": os.getpid(),
+            "server_addrs": list(self.server_addrs),
+            "sites": [dataclasses.asdict(s) for s in self.sites],
+            "namespaces": self.namespaces,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], state_dir: Path | None = None) -> NatLab:
+        sites = [Site(**s) for s in data["sites"]]
+        return cls(data["prefix"], sites, state_dir=state_dir, created=data.get("created"))
+
+    def save(self) -> None:
+        """Write the state file (atomically); no-op without a state dir."""
+        if self.state_dir is None:
+            return
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        path = self.state_dir / f"{self.prefix}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, prefix: str, state_dir: Path = DEFAULT_STATE_DIR) -> NatLab:
+        """Reattach to a lab built by another process from its state file."""
+        path = state_dir / f"{prefix}.json"
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise LabError(f"no lab named {prefix!r} (no {path})") from None
+        return cls.from_dict(data, state_dir=state_dir)
+
+    @staticmethod
+    def list_saved(state_dir: Path = DEFAULT_STATE_DIR) -> list[str]:
+        """Prefixes of all labs with a state file."""
+        if not state_dir.is_dir():
+            return []
+        return sorted(p.stem for p in state_dir.glob("*.json"))
+
+    def status(self) -> dict[str, Any]:
+        """State plus liveness (which namespaces exist), counters and blocked pairs."""
+        data = self.to_dict()
+        data["alive"] = {ns: _netns_exists(ns) for ns in self.namespaces}
+        if data["alive"].get(self.ns_inet):
+            with contextlib.suppress(LabError):
+                data["counters"] = {f"{a}->{b}": v for (a, b), v in self.counters().items()}
+                data["blocked"] = [list(p) for p in self.blocked_pairs()]
+        data.pop("pid")
+        return data
+
+    # ------------------------------------------------------------------ running programs
+
+    def _ns_argv(self, host: str, argv: Sequence[str]) -> list[str]:
+        if not argv:
+            raise LabError("no command given")
+        return ["ip", "netns", "exec", self.ns(host), *argv]
+
+    def exec(
+        self,
+        host: str,
+        *argv: str,
+        check: bool = False,
+        timeout: float = 60.0,
+        input: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` in ``host``'s namespace and wait (at most ``timeout`` s); text output.
+
+        Raises :class:`subprocess.TimeoutExpired` on timeout (the process is killed) and
+        :class:`subprocess.CalledProcessError` if ``check`` and it fails.
+        """
+        return subprocess.run(
+            self._ns_argv(host, argv),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+            check=check,
+            env=None if env is None else dict(env),
+        )
+
+    def popen(self, host: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        """Start ``argv`` in ``host``'s namespace. The PID is the program's own (``ip netns
+        exec`` execs it). The lab stops it (SIGTERM, then SIGKILL) on :meth:`close`."""
+        proc: subprocess.Popen[Any] = subprocess.Popen(self._ns_argv(host, argv), **kwargs)
+        self._procs.append(proc)
+        log.debug("started", host=host, pid=proc.pid, argv=" ".join(argv))
+        return proc
+
+    def stop(self, proc: subprocess.Popen[Any], timeout: float = 5.0) -> int | None:
+        """Stop a process started by :meth:`popen` (by PID); returns its exit status."""
+        _stop_process(proc, timeout)
+        with contextlib.suppress(ValueError):
+            self._procs.remove(proc)
+        return proc.returncode
+
+    # ------------------------------------------------------------------ counters / blocking
+
+    def counters(self) -> dict[tuple[int, int], int]:
+        """Bytes forwarded by the internet per (from, to) link: 0 = server, i = site i."""
+        out = _run(["ip", "netns", "exec", self.ns_inet, "nft", "-j", "list", "counters"])
+        result: dict[tuple[int, int], int] = {}
+        for item in json.loads(out.stdout)["nftables"]:
+            c = item.get("counter")
+            if c and c.get("table") == "lab" and c["name"].startswith("c_"):
+                _, a, b = c["name"].split("_")
+                result[int(a), int(b)] = int(c["bytes"])
+        return result
+
+    def counter_bytes(self, src: SiteRef, dst: SiteRef) -> int:
+        """Bytes the internet forwarded from ``src``'s link to ``dst``'s link (sites or
+        ``"server"``). Site-to-site bytes mean a direct path; site-to-server bytes carry
+        signaling, STUN and relayed traffic."""
+        return self.counters()[self._endpoint(src), self._endpoint(dst)]
+
+    def server_bytes(self, site: SiteRef) -> int:
+        """Bytes between ``site`` and the server, both directions."""
+        c = self.counters()
+        k = self._endpoint(site)
+        return c[k, 0] + c[0, k]
+
+    def direct_bytes(self, a: SiteRef, b: SiteRef) -> int:
+        """Bytes between two sites (or a site and the server), both directions."""
+        c = self.counters()
+        ka, kb = self._endpoint(a), self._endpoint(b)
+        return c[ka, kb] + c[kb, ka]
+
+    def reset_counters(self) -> None:
+        """Zero all internet forward counters."""
+        self._nft(self.ns_inet, "reset counters table ip lab")
+
+    def block(self, a: SiteRef, b: SiteRef) -> None:
+        """Drop all traffic between ``a`` and ``b`` (sites or ``"server"``) in the internet."""
+        self._nft(self.ns_inet, f"add element ip lab blocked {{ {self._pair_elems(a, b)} }}")
+        log.info("blocked", prefix=self.prefix, a=a, b=b)
+
+    def unblock(self, a: SiteRef, b: SiteRef) -> None:
+        """Undo :meth:`block` (no error if not blocked)."""
+        for elem in self._pair_elems(a, b).split(", "):
+            with contextlib.suppress(LabError):
+                self._nft(self.ns_inet, f"delete element ip lab blocked {{ {elem} }}")
+        log.info("unblocked", prefix=self.prefix, a=a, b=b)
+
+    def blocked_pairs(self) -> list[tuple[int, int]]:
+        """Blocked (from, to) link pairs."""
+        out = _run(
+            ["ip", "netns", "exec", self.ns_inet, "nft", "-j", "list", "set", "ip", "lab", "blocked"]
+        )
+        names = {self._link_names(k)[0]: k for k in range(len(self.sites) + 1)}
+        pairs: list[tuple[int, int]] = []
+        for item in json.loads(out.stdout)["nftables"]:
+            for elem in item.get("set", {}).get("elem", []):
+                concat = elem["concat"]
+                pairs.append((names[concat[0]], names[concat[1]]))
+        return sorted(pairs)
+
+    def _pair_elems(self, a: SiteRef, b: SiteRef) -> str:
+        ia, ib = self._link_names(self._endpoint(a))[0], self._link_names(self._endpoint(b))[0]
+        if ia == ib:
+            raise LabError("cannot block a link against itself")
+        return f'"{ia}" . "{ib}", "{ib}" . "{ia}"'
+
+    def _nft(self, ns: str, command: str) -> None:
+        _run(["ip", "netns", "exec", ns, "nft", command])
+
+    # ------------------------------------------------------------------ knobs
+
+    def set_netem(
+        self,
+        site: SiteRef,
+        *,
+        loss: float = 0.0,
+        delay_ms: float = 0.0,
+        jitter_ms: float = 0.0,
+        direction: str = "both",
+    ) -> None:
+        """Impair ``site``'s (or the server's) link to the internet with tc netem.
+
+        ``loss`` in percent per direction, ``delay_ms``/``jitter_ms`` per direction;
+        ``direction``: ``up`` (leaving the site), ``down`` (towards it) or ``both``.
+        """
+        opts = ["netem"]
+        if delay_ms:
+            opts += ["delay", f"{delay_ms}ms"]
+            if jitter_ms:
+                opts.append(f"{jitter_ms}ms")
+        if loss:
+            opts += ["loss", f"{loss}%"]
+        if len(opts) == 1:
+            self.clear_netem(site)
+            return
+        for ns, dev in self._netem_devs(site, direction):
+            _run(["tc", "-n", ns, "qdisc", "replace", "dev", dev, "root", *opts])
+        log.info("netem", prefix=self.prefix, site=site, opts=" ".join(opts[1:]), dir=direction)
+
+    def clear_netem(self, site: SiteRef) -> None:
+        """Remove any netem from ``site``'s link (both directions)."""
+        for ns, dev in self._netem_devs(site, "both"):
+            proc = subprocess.run(
+                ["tc", "-n", ns, "qdisc", "del", "dev", dev, "root"],
+                capture_output=True,
+                text=True,
+                timeout=CMD_TIMEOUT_S,
+            )
+            if proc.returncode != 0 and "No such file" not in proc.stderr and "Cannot find" not in proc.stderr:
+                raise LabError(f"tc qdisc del failed: {proc.stderr.strip()}")
+
+    def _netem_devs(self, site: SiteRef, direction: str) -> list[tuple[str, str]]:
+        k = self._endpoint(site)
+        outer, inner = self._link_names(k)
+        devs = {"up": [(self._inner_ns(k), inner)], "down": [(self.ns_inet, outer)]}
+        if direction == "both":
+            return devs["up"] + devs["down"]
+        if direction not in devs:
+            raise LabError(f"direction must be up, down or both, not {direction!r}")
+        return devs[direction]
+
+    def flush_nat(self, site: SiteRef) -> None:
+        """Forget a NAT's mappings: flush conntrack in its router, and its full-cone map."""
+        s = self.site(site)
+        ns = self.ns_nat(s.index)
+        proc = subprocess.run(
+            ["ip", "netns", "exec", ns, "conntrack", "-F"],
+            capture_output=True,
+            text=True,
+            timeout=CMD_TIMEOUT_S,
+        )
+        if proc.returncode != 0:
+            raise LabError(f"conntrack -F failed in {ns}: {proc.stderr.strip()}")
+        if s.nat == "cone":
+            self._nft(ns, "flush map ip lab cone")
+        log.info("nat flushed", prefix=self.prefix, site=s.index)
+
+    def renumber_nat(self, site: SiteRef, addr: str | None = None) -> str:
+        """Give a site's router a new WAN address (default: the next free one in its /28),
+        keep routes working, forget the NAT's mappings. Returns the new address."""
+        s = self.site(site)
+        net = ipaddress.ip_network(s.wan_net)
+        new = self._pick_addr(net, addr, taken={s.wan_gw, s.wan_addr}, after=s.wan_addr)
+        wan = self._link_names(s.index)[1]
+        _run(
+            ["ip", "-n", self.ns_nat(s.index), "-batch", "-"],
+            input=(
+                f"addr add {new}/{net.prefixlen} dev {wan}\n"
+                f"addr del {s.wan_addr}/{net.prefixlen} dev {wan}\n"
+                f"route replace default via {s.wan_gw} dev {wan}\n"
+            ),
+        )
+        old, s.wan_addr = s.wan_addr, new
+        if s.public:
+            outer = self._link_names(s.index)[0]
+            _run(["ip", "-n", self.ns_inet, "route", "replace", s.lan_net, "via", new, "dev", outer])
+        self.flush_nat(s.index)
+        self.save()
+        log.info("nat renumbered", prefix=self.prefix, site=s.index, old=old, new=new)
+        return new
+
+    def set_host_address(self, site: SiteRef, addr: str | None = None) -> str:
+        """Give a site's LAN host a new address in its LAN (default: the next free one), keep
+        its default route. Returns the new address."""
+        s = self.site(site)
+        net = ipaddress.ip_network(s.lan_net)
+        new = self._pick_addr(net, addr, taken={s.lan_gw, s.host_addr}, after=s.host_addr)
+        hif = self._lan_names(s.index)[1]
+        _run(
+            ["ip", "-n", self.ns_host(s.index), "-batch", "-"],
+            input=(
+                f"addr add {new}/{net.prefixlen} dev {hif}\n"
+                f"addr del {s.host_addr}/{net.prefixlen} dev {hif}\n"
+                f"route replace default via {s.lan_gw} dev {hif}\n"
+            ),
+        )
+        old, s.host_addr = s.host_addr, new
+        self.save()
+        log.info("host renumbered", prefix=self.prefix, site=s.index, old=old, new=new)
+        return new
+
+    @staticmethod
+    def _pick_addr(
+        net: ipaddress.IPv4Network | ipaddress.IPv6Network,
+        addr: str | None,
+        *,
+        taken: set[str],
+        after: str,
+    ) -> str:
+        if addr is not None:
+            ip = ipaddress.ip_address(addr)
+            if ip not in net or ip in (net.network_address, net.broadcast_address):
+                raise LabError(f"{addr} is not a host address in {net}")
+            if addr in taken:
+                raise LabError(f"{addr} is in use")
+            return addr
+        hosts = [str(h) for h in net.hosts()]
+        start = hosts.index(after) if after in hosts else 0
+        for h in hosts[start + 1 :] + hosts[: start + 1]:
+            if h not in taken:
+                return h
+        raise LabError(f"no free address in {net}")
+
+
+def _sysctl_script(forward: bool) -> str:
+    """Shell lines setting a namespace's sysctls (run inside it, before its addresses)."""
+    s = "echo 0 > /proc/sys/net/ipv4/conf/all/rp_filter\n"
+    s += "for f in /proc/sys/net/ipv4/conf/*/rp_filter; do echo 0 > $f; done\n"
+    s += "echo 1 > /proc/sys/net/ipv4/conf/all/promote_secondaries\n"
+    s += "echo 1 > /proc/sys/net/ipv4/conf/default/promote_secondaries\n"
+    if forward:
+        s += "echo 1 > /proc/sys/net/ipv4/ip_forward\n"
+    return s
+
+
+def _netns_exists(name: str) -> bool:
+    return Path("/run/netns", name).exists()
+
+
+def _check_prefix(prefix: str) -> None:
+    # longest interface name is "<prefix>-srv" / "<prefix>-i14": prefix + 4 characters
+    if not prefix or len(prefix) > 11:
+        raise LabError(f"lab prefix {prefix!r} must be 1..11 characters")
+    if not all(c.isalnum() for c in prefix) or not prefix.isascii():
+        raise LabError(f"lab prefix {prefix!r} must be ASCII letters and digits")
+
+
+def _stop_process(proc: subprocess.Popen[Any], timeout: float = 5.0) -> None:
+    """SIGTERM, wait up to ``timeout``, then SIGKILL; by PID only."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=timeout)
+
+
+def parse_sites(text: str) -> list[str]:
+    """``"cone,sym"`` -> ``["cone", "sym"]`` (validated)."""
+    sites = [s.strip() for s in text.split(",") if s.strip()]
+    for s in sites:
+        if s not in NAT_TYPES:
+            raise LabError(f"unknown NAT type {s!r} (one of {', '.join(NAT_TYPES)})")
+    return sites
+
+
+def iter_lines(stream: IO[str], deadline: float) -> Iterator[str]:
+    """Lines from a pipe until EOF or ``deadline`` (time.monotonic()); never blocks past it."""
+    import select
+
+    buf = ""
+    fd = stream.fileno()
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if not ready:
+            return
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            if buf:
+                yield buf
+            return
+        buf += chunk.decode(errors="replace")
+        while "\n" in buf:
+            line, buf = buf.split("\n", 1)
+            yield line
+
+
+def wait_for_line(stream: IO[str], predicate: Iterable[str] | str, timeout: float) -> str | None:
+    """Read lines from ``stream`` until one contains a wanted substring; None on timeout/EOF."""
+    wanted = [predicate] if isinstance(predicate, str) else list(predicate)
+    for line in iter_lines(stream, time.monotonic() + timeout):
+        if any(w in line for w in wanted):
+            return line
+    return None
