@@ -1,5 +1,106 @@
-"""Command-line interface (placeholder, filled in by the foundation work)."""
+"""The ``p2ptun`` command (ARCHITECTURE.md §3).
+
+Exit codes: 0 success, 2 bad usage or bad config (one line on stderr), 1 runtime failure.
+Every expected failure is a :class:`~p2ptun.errors.P2ptunError`; nothing a user can cause ends
+in a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from p2ptun import __version__, keys, log
+from p2ptun.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, P2ptunError, UsageError
+
+Command = Callable[[argparse.Namespace], int]
 
 
-def main() -> int:
-    return 0
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage mistake as one line and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
+
+
+def cmd_genkey(args: argparse.Namespace) -> int:
+    """Print a new private key, like ``wg genkey``."""
+    sys.stdout.write(keys.encode_key(keys.generate_private_key()) + "\n")
+    return EXIT_OK
+
+
+def cmd_pubkey(args: argparse.Namespace) -> int:
+    """Read a private key on stdin, print its public key, like ``wg pubkey``."""
+    data = sys.stdin.buffer.read(4096)
+    try:
+        private = keys.decode_key(data.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        raise UsageError(
+            "p2ptun pubkey: stdin is not a private key "
+            "(expected the 44-character base64 output of 'p2ptun genkey' or 'wg genkey')"
+        ) from None
+    sys.stdout.write(keys.encode_key(keys.public_key(private)) + "\n")
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate a node or rendezvous config file."""
+    from p2ptun import config
+
+    cfg = config.load(args.config)
+    for warning in cfg.warnings:
+        sys.stderr.write(f"warning: {warning}\n")
+    sys.stdout.write(config.describe(cfg) + "\n")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="p2ptun",
+        description="Link machines behind NATs into one private LAN.",
+    )
+    parser.add_argument("--version", action="version", version=f"p2ptun {__version__}")
+    parser.add_argument(
+        "--log-level",
+        choices=sorted(log.LEVELS, key=log.LEVELS.__getitem__),
+        default="info",
+        help="log verbosity (default: info)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("genkey", help="print a new private key (same format as 'wg genkey')")
+    p.set_defaults(func=cmd_genkey)
+
+    p = sub.add_parser("pubkey", help="private key on stdin -> public key (like 'wg pubkey')")
+    p.set_defaults(func=cmd_pubkey)
+
+    p = sub.add_parser("check", help="validate a node or rendezvous config; exit 0 or 2")
+    p.add_argument("-c", "--config", required=True, metavar="FILE", help="config file (TOML)")
+    p.set_defaults(func=cmd_check)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        log.setup(args.log_level)
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
+        func: Command = args.func
+        return func(args)
+    except P2ptunError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

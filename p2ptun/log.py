@@ -61,7 +61,7 @@ class Logger:
     def __init__(self, logger: logging.Logger) -> None:
         self._logger = logger
 
-    def isEnabledFor(self, level: int) -> bool:  # noqa: N802 - mirrors logging
+    def isEnabledFor(self, level: int) -> bool:
         return self._logger.isEnabledFor(level)
 
     def _log(self, level: int, message: str, fields: dict[str, Any]) -> None:
