@@ -45,6 +45,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -627,6 +628,36 @@ class NatLab:
         with contextlib.suppress(ValueError):
             self._procs.remove(proc)
         return proc.returncode
+
+    def probe(self, host: str, *args: str, timeout: float = 30.0) -> dict[str, Any]:
+        """Run ``python -m p2ptun.lab.probe ARGS`` in ``host`` and return its JSON result."""
+        proc = self.exec(host, sys.executable, "-m", "p2ptun.lab.probe", *args, timeout=timeout)
+        if proc.returncode != 0:
+            raise LabError(f"probe {' '.join(args)} in {host} failed: {proc.stderr.strip()}")
+        result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+        return result
+
+    def start_reflector(
+        self,
+        host: str,
+        listen: Iterable[tuple[str, int]],
+        tcp: Iterable[tuple[str, int]] = (),
+        timeout: float = 10.0,
+    ) -> subprocess.Popen[str]:
+        """Start the probe reflector in ``host`` (see :mod:`p2ptun.lab.probe`), wait until it
+        is bound; the lab stops it on :meth:`close` (or call :meth:`stop`)."""
+        argv = [sys.executable, "-m", "p2ptun.lab.probe", "reflect"]
+        argv += [a for ep in listen for a in ("--listen", f"{ep[0]}:{ep[1]}")]
+        argv += [a for ep in tcp for a in ("--tcp", f"{ep[0]}:{ep[1]}")]
+        proc: subprocess.Popen[str] = self.popen(
+            host, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        assert proc.stdout is not None
+        if wait_for_line(proc.stdout, '"ready"', timeout) is None:
+            self.stop(proc)
+            err = proc.stderr.read() if proc.stderr else ""
+            raise LabError(f"reflector in {host} did not start: {err.strip()}")
+        return proc
 
     # ------------------------------------------------------------------ counters / blocking
 
