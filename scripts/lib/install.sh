@@ -1,0 +1,60 @@
+# Shared install steps for scripts/test, scripts/demo and scripts/bench (sourced, not run).
+# Debian packages are installed only when missing; the virtualenv lives in .venv.
+
+DEBIAN_PACKAGES=(
+  python3 python3-venv python3-dev gcc
+  iproute2 nftables conntrack iputils-ping procps util-linux
+  coturn wireguard-tools wireguard-go iperf3 systemd
+)
+
+install_debian_packages() {
+  local missing=() pkg
+  for pkg in "${DEBIAN_PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+      missing+=("$pkg")
+    fi
+  done
+  if ((${#missing[@]})); then
+    if [ "$(id -u)" -ne 0 ]; then
+      echo "missing Debian packages: ${missing[*]} (run as root to install them)" >&2
+      exit 1
+    fi
+    echo "== installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  # coturn's package starts a system-wide turnserver on install on some setups: the lab
+  # starts its own, so make sure the packaged service does not hold port 3478.
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet coturn 2>/dev/null; then
+    systemctl stop coturn || true
+  fi
+}
+
+pick_python() {
+  local py
+  for py in python3 python3.13 python3.12 python3.11 python3.10; do
+    if command -v "$py" >/dev/null 2>&1 &&
+      "$py" -c 'import sys, venv; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
+      echo "$py"
+      return
+    fi
+  done
+  echo "no Python >= 3.10 with venv found" >&2
+  exit 1
+}
+
+ensure_venv() {
+  local py stamp=.venv/.p2ptun-installed
+  if [ ! -x .venv/bin/python ]; then
+    py=$(pick_python)
+    echo "== creating .venv with $py"
+    "$py" -m venv .venv
+  fi
+  if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "== installing p2ptun and its dev extra into .venv"
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+    .venv/bin/python -m pip install -q -e '.[dev]'
+    touch "$stamp"
+  fi
+}
