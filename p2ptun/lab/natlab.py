@@ -48,7 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -190,6 +190,7 @@ class NatLab:
         self.created = time.time() if created is None else created
         self.server_addrs: tuple[str, str] = SERVER_ADDRS
         self._procs: list[subprocess.Popen[Any]] = []
+        self._cleanups: list[Callable[[], object]] = []
         self._closed = False
 
     # ------------------------------------------------------------------ names
@@ -407,7 +408,12 @@ class NatLab:
                     sh += f"nft -f {nft_file}\n"
                 argv = ["ip", "netns", "exec", ns, "sh", "-ec", sh]
                 procs.append(
-                    (ns, subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+                    (
+                        ns,
+                        subprocess.Popen(
+                            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+                        ),
+                    )
                 )
             errors = []
             deadline = time.monotonic() + CMD_TIMEOUT_S
@@ -450,7 +456,10 @@ class NatLab:
         fwd = ["    type filter hook forward priority filter; policy drop;"]
         if nat == "udp-blocked":
             fwd.append("    meta l4proto udp drop")
-        fwd += ["    ct state established,related accept", f"    iifname {lan} oifname {wan} accept"]
+        fwd += [
+            "    ct state established,related accept",
+            f"    iifname {lan} oifname {wan} accept",
+        ]
         if nat == "none":
             fwd.append(f"    iifname {wan} oifname {lan} accept")
         elif nat == "cone":
@@ -508,6 +517,12 @@ class NatLab:
         for proc in self._procs:
             _stop_process(proc)
         self._procs.clear()
+        for fn in reversed(self._cleanups):
+            try:
+                fn()
+            except Exception as exc:
+                log.error("lab cleanup failed", prefix=self.prefix, error=repr(exc))
+        self._cleanups.clear()
         existing = [ns for ns in self.namespaces if _netns_exists(ns)]
         if existing:
             lines = "".join(f"netns del {ns}\n" for ns in existing)
@@ -622,6 +637,10 @@ class NatLab:
         log.debug("started", host=host, pid=proc.pid, argv=" ".join(argv))
         return proc
 
+    def add_cleanup(self, fn: Callable[[], object]) -> None:
+        """Call ``fn`` on :meth:`close`, after the lab's processes are stopped (LIFO)."""
+        self._cleanups.append(fn)
+
     def stop(self, proc: subprocess.Popen[Any], timeout: float = 5.0) -> int | None:
         """Stop a process started by :meth:`popen` (by PID); returns its exit status."""
         _stop_process(proc, timeout)
@@ -709,7 +728,19 @@ class NatLab:
     def blocked_pairs(self) -> list[tuple[int, int]]:
         """Blocked (from, to) link pairs."""
         out = _run(
-            ["ip", "netns", "exec", self.ns_inet, "nft", "-j", "list", "set", "ip", "lab", "blocked"]
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.ns_inet,
+                "nft",
+                "-j",
+                "list",
+                "set",
+                "ip",
+                "lab",
+                "blocked",
+            ]
         )
         names = {self._link_names(k)[0]: k for k in range(len(self.sites) + 1)}
         pairs: list[tuple[int, int]] = []
@@ -767,7 +798,11 @@ class NatLab:
                 text=True,
                 timeout=CMD_TIMEOUT_S,
             )
-            if proc.returncode != 0 and "No such file" not in proc.stderr and "Cannot find" not in proc.stderr:
+            if (
+                proc.returncode != 0
+                and "No such file" not in proc.stderr
+                and "Cannot find" not in proc.stderr
+            ):
                 raise LabError(f"tc qdisc del failed: {proc.stderr.strip()}")
 
     def _netem_devs(self, site: SiteRef, direction: str) -> list[tuple[str, str]]:
@@ -814,7 +849,9 @@ class NatLab:
         old, s.wan_addr = s.wan_addr, new
         if s.public:
             outer = self._link_names(s.index)[0]
-            _run(["ip", "-n", self.ns_inet, "route", "replace", s.lan_net, "via", new, "dev", outer])
+            _run(
+                ["ip", "-n", self.ns_inet, "route", "replace", s.lan_net, "via", new, "dev", outer]
+            )
         self.flush_nat(s.index)
         self.save()
         log.info("nat renumbered", prefix=self.prefix, site=s.index, old=old, new=new)

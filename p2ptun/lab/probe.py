@@ -23,6 +23,7 @@ Commands (each prints one JSON object on stdout, every wait bounded):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import select
 import socket
@@ -190,10 +191,8 @@ def count(server: Endpoint, n: int, interval: float, timeout: float) -> dict[str
 
     for i in range(n):
         sent_at[i] = time.monotonic()
-        try:
+        with contextlib.suppress(OSError):
             s.sendto(json.dumps({"id": i, "via": None}).encode(), server)
-        except OSError:
-            pass
         drain(time.monotonic() + interval)
     drain(time.monotonic() + timeout)
     s.close()
@@ -242,10 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.cmd == "reflect":
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             reflect(args.listen, args.tcp, args.lifetime)
-        except KeyboardInterrupt:
-            pass
         return 0
     if args.cmd == "nat":
         result = classify_nat(args.primary, args.alt_addr, args.alt_port, args.alt_both)
