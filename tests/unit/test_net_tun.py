@@ -239,22 +239,10 @@ def test_without_cap_net_admin(netns: str) -> None:
         "    sys.exit(0)\n"
         "sys.exit(3)\n"
     )
+    unprivileged = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    unprivileged += ["--inh-caps=-all", "--bounding-set=-all"]
     result = subprocess.run(
-        [
-            "ip",
-            "netns",
-            "exec",
-            netns,
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-            sys.executable,
-            "-c",
-            code,
-        ],  # fmt: skip
+        ["ip", "netns", "exec", netns, *unprivileged, sys.executable, "-c", code],
         capture_output=True,
         text=True,
         timeout=30,
