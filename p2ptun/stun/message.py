@@ -74,7 +74,8 @@ def split_message_type(mtype: int) -> tuple[int, MessageClass]:
 
 def is_stun(data: bytes | bytearray | memoryview) -> bool:
     """Cheap demultiplexing test (RFC 8489 §5, RFC 7983): the first byte is 0-3 and bytes
-    4-8 carry the magic cookie. Does not validate anything else; :meth:`Message.decode` does."""
+    4-8 carry the magic cookie. Does not validate anything else; :meth:`Message.decode` does.
+    (A first byte of 0-3 means methods below 0x100, which covers every method defined.)"""
     return len(data) >= HEADER_LENGTH and data[0] < 4 and data[4:8] == MAGIC_COOKIE_BYTES
 
 
