@@ -1,0 +1,548 @@
+"""One WireGuard peer: handshake, keypair rotation, timers, sans-I/O (whitepaper §5–6).
+
+A :class:`Peer` belongs to a :class:`~p2ptun.wireguard.device.Device`, which owns the static key,
+the index table and the demultiplexing of received datagrams. The peer takes
+
+* plaintext packets to send (:meth:`Peer.send_packet`),
+* datagrams from the network (:meth:`Peer.receive_datagram`, or via the device),
+* the passing of time (:meth:`Peer.handle_timeout`, asked for by :meth:`Peer.next_wakeup`),
+
+and leaves its results in three outboxes the I/O layer drains: datagrams to send to the peer's
+current path (:meth:`Peer.pop_datagrams`), decrypted packets for the TUN device
+(:meth:`Peer.pop_packets`), and :mod:`events <p2ptun.wireguard.events>` (:meth:`Peer.pop_events`).
+
+Keypairs rotate as §5.4.5/§6 and WireGuard's implementations do: ``previous``, ``current`` and
+``next``. The initiator uses a new keypair as soon as it has the response; the responder keeps
+it as ``next`` until the first transport message from the initiator proves the initiator has
+it, and only then makes it ``current``.
+
+The timers are those of §6.1–6.5, each a deadline checked in :meth:`handle_timeout`:
+
+* retransmit handshake — ``REKEY_TIMEOUT`` + jitter after an initiation, up to
+  ``REKEY_ATTEMPT_TIME``;
+* send keepalive — ``KEEPALIVE_TIMEOUT`` after data was received and nothing sent back;
+* new handshake — ``KEEPALIVE_TIMEOUT + REKEY_TIMEOUT`` (+ jitter) after data was sent and
+  nothing received;
+* zero key material — ``REJECT_AFTER_TIME × 3`` after the last session was derived;
+* persistent keepalive — the configured interval after the last authenticated packet sent
+  or received.
+
+Rekeying on age/count happens on the send path (``REKEY_AFTER_TIME`` for the initiator of the
+current keypair, ``REKEY_AFTER_MESSAGES`` for either side) and on the receive path (the
+initiator of a keypair older than ``REJECT_AFTER_TIME − KEEPALIVE_TIMEOUT − REKEY_TIMEOUT``).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from cryptography.exceptions import InvalidTag
+
+from p2ptun.log import get_logger
+from p2ptun.wireguard import tai64n
+from p2ptun.wireguard.cookie import CookieGenerator, Source
+from p2ptun.wireguard.errors import NoiseError
+from p2ptun.wireguard.events import Event, HandshakeCompleted, HandshakeFailed, SessionExpired
+from p2ptun.wireguard.handshake import (
+    HandshakeStage,
+    consume_response,
+    create_initiation,
+    create_response,
+    new_state,
+    session_keys,
+)
+from p2ptun.wireguard.messages import Response
+from p2ptun.wireguard.noise import KEY_LEN, HandshakeState
+from p2ptun.wireguard.tai64n import TAI64N_LEN
+from p2ptun.wireguard.timers import TimerConfig
+from p2ptun.wireguard.transport import Keypair, inner_length, open_into, seal
+
+if TYPE_CHECKING:
+    from p2ptun.wireguard.device import Device
+
+log = get_logger("wireguard")
+
+
+@dataclass
+class HandshakeRecord:
+    """Per-peer handshake memory (whitepaper §5.4).
+
+    ``local_index`` is the index of the initiation in flight (``INITIATION_CREATED``); once a
+    session is derived the index belongs to the keypair. ``greatest_timestamp`` and
+    ``last_initiation_consumed`` survive sessions: they reject replayed initiations (§5.1).
+    """
+
+    stage: HandshakeStage = HandshakeStage.ZEROED
+    noise: HandshakeState | None = None
+    local_index: int | None = None
+    greatest_timestamp: bytes = bytes(TAI64N_LEN)
+    last_initiation_consumed: float | None = None
+    last_sent: float | None = None
+
+
+class Peer:
+    """A remote WireGuard peer, identified by its static public key. Made by ``Device.add_peer``.
+
+    ``persistent_keepalive`` is an interval in seconds (None = off). ``timers`` overrides the
+    device's :class:`~p2ptun.wireguard.timers.TimerConfig` for this peer.
+    """
+
+    def __init__(
+        self,
+        device: Device,
+        public_key: bytes,
+        *,
+        preshared_key: bytes | None = None,
+        persistent_keepalive: float | None = None,
+        timers: TimerConfig | None = None,
+    ) -> None:
+        if len(public_key) != KEY_LEN:
+            raise ValueError("public key must be 32 bytes")
+        if preshared_key is not None and len(preshared_key) != KEY_LEN:
+            raise ValueError("preshared key must be 32 bytes")
+        self.device = device
+        self.public_key = public_key
+        self.preshared_key = preshared_key
+        self.persistent_keepalive = persistent_keepalive
+        self.timers = timers if timers is not None else device.timers
+        self.cookie = CookieGenerator(public_key)
+        self.handshake = HandshakeRecord()
+        self.previous: Keypair | None = None
+        self.current: Keypair | None = None
+        self.next: Keypair | None = None
+        self.staged: deque[bytes] = deque()
+        self._datagrams: list[bytes] = []
+        self._packets: list[bytes] = []
+        self._events: list[Event] = []
+        self.rx_bytes = 0
+        self.tx_bytes = 0
+        self.last_handshake: float | None = None
+        """Monotonic time of the last completed handshake (None before the first)."""
+        # Timer deadlines (None = not pending) and their flags.
+        self._retransmit_at: float | None = None
+        self._send_keepalive_at: float | None = None
+        self._need_another_keepalive = False
+        self._new_handshake_at: float | None = None
+        self._zero_keys_at: float | None = None
+        self._persistent_keepalive_at: float | None = None
+        self._handshake_attempts = 0
+        self._sent_last_minute_handshake = False
+
+    def __repr__(self) -> str:
+        return f"<Peer {self.public_key[:4].hex()}…>"
+
+    # -- outboxes -------------------------------------------------------------------------------
+
+    def pop_datagrams(self) -> list[bytes]:
+        """Datagrams to send to this peer's current path, oldest first."""
+        out, self._datagrams = self._datagrams, []
+        return out
+
+    def pop_packets(self) -> list[bytes]:
+        """Decrypted IP packets (source address checked) to write to the TUN device."""
+        out, self._packets = self._packets, []
+        return out
+
+    def pop_events(self) -> list[Event]:
+        out, self._events = self._events, []
+        return out
+
+    # -- inputs ---------------------------------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, now: float, source: Source = None) -> bool:
+        """Feed a datagram from this peer's path; True if it authenticated as this peer.
+
+        Handshake initiations are identified by the static key inside them, so the datagram
+        goes through the device's demultiplexer; its results land on the peer it belongs to.
+        """
+        return self.device.receive_datagram(data, now, source) is self
+
+    def send_packet(self, packet: bytes, now: float) -> None:
+        """Encrypt and send one plaintext IP packet (or stage it and start a handshake)."""
+        kp = self.current
+        if (
+            kp is not None
+            and not self.staged
+            and kp.send_counter < self.timers.reject_after_messages
+            and now - kp.created < self.timers.reject_after_time
+        ):
+            self._send_transport(kp, packet, now)
+            self._keep_key_fresh_sending(kp, now)
+            return
+        self._stage(packet)
+        self._flush_staged(now)
+
+    def send_keepalive(self, now: float) -> None:
+        """Send an empty transport message (a keepalive, §6.5) unless packets are waiting."""
+        if not self.staged:
+            self._stage(b"")
+        self._flush_staged(now)
+
+    def initiate_handshake(self, now: float) -> None:
+        """Start a handshake now (rate-limited to one per ``REKEY_TIMEOUT``, §6.4)."""
+        self._send_initiation(now, retry=False)
+
+    def next_wakeup(self) -> float | None:
+        """The earliest pending timer deadline, or None."""
+        best: float | None = None
+        for t in (
+            self._retransmit_at,
+            self._send_keepalive_at,
+            self._new_handshake_at,
+            self._zero_keys_at,
+            self._persistent_keepalive_at,
+        ):
+            if t is not None and (best is None or t < best):
+                best = t
+        return best
+
+    def handle_timeout(self, now: float) -> None:
+        """Run every timer whose deadline is at or before ``now`` (§6)."""
+        t = self._retransmit_at
+        if t is not None and t <= now:
+            self._retransmit_at = None
+            self._expired_retransmit_handshake(now)
+        t = self._send_keepalive_at
+        if t is not None and t <= now:
+            self._send_keepalive_at = None
+            self.send_keepalive(now)
+            if self._need_another_keepalive:
+                self._need_another_keepalive = False
+                self._send_keepalive_at = now + self.timers.keepalive_timeout
+        t = self._new_handshake_at
+        if t is not None and t <= now:
+            self._new_handshake_at = None
+            log.debug("no reply to data, new handshake", peer=repr(self))
+            self._send_initiation(now, retry=False)
+        t = self._zero_keys_at
+        if t is not None and t <= now:
+            self._zero_keys_at = None
+            self.zero_key_material()
+            self._events.append(SessionExpired(now))
+        t = self._persistent_keepalive_at
+        if t is not None and t <= now:
+            self._persistent_keepalive_at = None
+            if self.persistent_keepalive:
+                self.send_keepalive(now)
+
+    # -- state queries --------------------------------------------------------------------------
+
+    def has_session(self, now: float) -> bool:
+        """Can a packet be sent right now without a handshake?"""
+        kp = self.current
+        return (
+            kp is not None
+            and kp.send_counter < self.timers.reject_after_messages
+            and now - kp.created < self.timers.reject_after_time
+        )
+
+    def zero_key_material(self) -> None:
+        """Erase all keypairs and the handshake in flight; drop staged packets (§6.3)."""
+        for kp in (self.previous, self.current, self.next):
+            if kp is not None:
+                self.device._free_index(kp.local_index)
+        self.previous = self.current = self.next = None
+        self._clear_handshake()
+        self.staged.clear()
+
+    # -- handshake ------------------------------------------------------------------------------
+
+    def _clear_handshake(self) -> None:
+        hs = self.handshake
+        if hs.local_index is not None:
+            self.device._free_index(hs.local_index)
+            hs.local_index = None
+        hs.stage = HandshakeStage.ZEROED
+        hs.noise = None
+
+    def _send_initiation(self, now: float, retry: bool) -> None:
+        hs = self.handshake
+        if not retry:
+            if hs.last_sent is not None and now - hs.last_sent < self.timers.rekey_timeout:
+                return
+            self._handshake_attempts = 0
+        hs.last_sent = now
+        device = self.device
+        self._clear_handshake()
+        index = device._new_index(self, None)
+        state = new_state(True, device.private_key, device.rng, self.public_key, self.preshared_key)
+        timestamp = tai64n.encode(device.wall_clock())
+        _, raw = create_initiation(state, index, timestamp)
+        self.cookie.add_macs(raw, now)
+        hs.stage = HandshakeStage.INITIATION_CREATED
+        hs.noise = state
+        hs.local_index = index
+        self._datagrams.append(bytes(raw))
+        self.tx_bytes += len(raw)
+        device.counters.initiations_sent += 1
+        self._timers_any_authenticated_packet_traversal(now)
+        self._timers_any_authenticated_packet_sent()
+        self._retransmit_at = now + self.timers.rekey_timeout + self._jitter()
+
+    def _expired_retransmit_handshake(self, now: float) -> None:
+        if self._handshake_attempts > self.timers.max_handshake_attempts:
+            log.info("handshake did not complete, giving up", peer=repr(self))
+            self._send_keepalive_at = None
+            self.staged.clear()
+            if self._zero_keys_at is None:
+                self._zero_keys_at = now + self.timers.zero_keys_after
+            self._events.append(HandshakeFailed(now))
+            return
+        self._handshake_attempts += 1
+        self._send_initiation(now, retry=True)
+
+    def _consume_initiation(
+        self, state: HandshakeState, sender: int, timestamp: bytes, now: float
+    ) -> bool:
+        """Responder: a decrypted initiation from this peer; reply if it is fresh (§5.4.3)."""
+        hs = self.handshake
+        counters = self.device.counters
+        if not tai64n.is_newer(timestamp, hs.greatest_timestamp):
+            counters.replayed_initiation += 1
+            return False
+        last = hs.last_initiation_consumed
+        if last is not None and now - last < 1.0 / self.timers.initiations_per_second:
+            counters.initiation_flood += 1
+            return False
+        hs.greatest_timestamp = timestamp
+        hs.last_initiation_consumed = now
+        self._timers_any_authenticated_packet_traversal(now)
+        self._timers_any_authenticated_packet_received()
+        # Our own initiation in flight, if any, is abandoned: the peer's wins.
+        self._clear_handshake()
+        device = self.device
+        index = device._new_index(self, None)
+        _, raw = create_response(state, index, sender, self.preshared_key)
+        self.cookie.add_macs(raw, now)
+        send_key, recv_key = session_keys(state)
+        kp = Keypair(
+            send_key,
+            recv_key,
+            local_index=index,
+            remote_index=sender,
+            created=now,
+            is_initiator=False,
+            reject_after_messages=self.timers.reject_after_messages,
+        )
+        device._set_index(index, self, kp)
+        # Responder rotation: the new keypair waits in `next`; `previous` is dropped.
+        for old in (self.next, self.previous):
+            if old is not None:
+                device._free_index(old.local_index)
+        self.next = kp
+        self.previous = None
+        hs.last_sent = now
+        self._datagrams.append(bytes(raw))
+        self.tx_bytes += len(raw)
+        counters.responses_sent += 1
+        self._timers_session_derived(now)
+        self._timers_any_authenticated_packet_traversal(now)
+        self._timers_any_authenticated_packet_sent()
+        return True
+
+    def _consume_response(self, msg: Response, now: float) -> bool:
+        """Initiator: a response to our initiation in flight (§5.4.3, §5.4.5)."""
+        hs = self.handshake
+        device = self.device
+        if (
+            hs.stage is not HandshakeStage.INITIATION_CREATED
+            or hs.noise is None
+            or hs.local_index != msg.receiver
+        ):
+            device.counters.unexpected_response += 1
+            return False
+        try:
+            state = consume_response(hs.noise, msg, self.preshared_key)
+        except NoiseError:
+            device.counters.handshake_auth_failed += 1
+            return False
+        self._timers_any_authenticated_packet_traversal(now)
+        self._timers_any_authenticated_packet_received()
+        send_key, recv_key = session_keys(state)
+        index = hs.local_index
+        hs.local_index = None  # now owned by the keypair
+        hs.stage = HandshakeStage.ZEROED
+        hs.noise = None
+        kp = Keypair(
+            send_key,
+            recv_key,
+            local_index=index,
+            remote_index=msg.sender,
+            created=now,
+            is_initiator=True,
+            reject_after_messages=self.timers.reject_after_messages,
+        )
+        device._set_index(index, self, kp)
+        # Initiator rotation (§5.4.5): the new keypair is current at once.
+        if self.previous is not None:
+            device._free_index(self.previous.local_index)
+        if self.next is not None:
+            self.previous = self.next
+            self.next = None
+            if self.current is not None:
+                device._free_index(self.current.local_index)
+        else:
+            self.previous = self.current
+        self.current = kp
+        self._timers_session_derived(now)
+        self._timers_handshake_complete(now, is_initiator=True)
+        # Confirm the session to the responder: staged data, or else a keepalive.
+        self.send_keepalive(now)
+        return True
+
+    # -- transport ------------------------------------------------------------------------------
+
+    def _stage(self, packet: bytes) -> None:
+        staged = self.staged
+        if len(staged) >= self.timers.max_staged_packets:
+            staged.popleft()
+            self.device.counters.staged_dropped += 1
+        staged.append(packet)
+
+    def _flush_staged(self, now: float) -> None:
+        kp = self.current
+        timers = self.timers
+        staged = self.staged
+        while staged:
+            if (
+                kp is None
+                or kp.send_counter >= timers.reject_after_messages
+                or now - kp.created >= timers.reject_after_time
+            ):
+                self._send_initiation(now, retry=False)
+                return
+            self._send_transport(kp, staged.popleft(), now)
+        if kp is not None:
+            self._keep_key_fresh_sending(kp, now)
+
+    def _send_transport(self, kp: Keypair, packet: bytes, now: float) -> None:
+        device = self.device
+        counter = kp.send_counter
+        kp.send_counter = counter + 1
+        out = device._send_buffer
+        size = seal(
+            kp.send_aead,
+            kp.send_nonce,
+            kp.remote_index,
+            counter,
+            packet,
+            out,
+            device._scratch,
+            device.mtu,
+        )
+        self._datagrams.append(bytes(memoryview(out)[:size]))
+        self.tx_bytes += size
+        # §6.5 timer hooks, as for any authenticated packet; data also arms "new handshake".
+        self._send_keepalive_at = None
+        if self.persistent_keepalive:
+            self._persistent_keepalive_at = now + self.persistent_keepalive
+        if packet:
+            device.counters.packets_sent += 1
+            if self._new_handshake_at is None:
+                self._new_handshake_at = now + self.timers.new_handshake_timeout + self._jitter()
+        else:
+            device.counters.keepalives_sent += 1
+
+    def _receive_transport(self, kp: Keypair, message: bytes, counter: int, now: float) -> bool:
+        """A transport message for keypair ``kp`` of this peer; True if it authenticated."""
+        device = self.device
+        counters = device.counters
+        if now - kp.created >= self.timers.reject_after_time:
+            counters.expired_keypair += 1
+            return False
+        replay = kp.replay
+        if not replay.check(counter):
+            counters.replayed_transport += 1
+            return False
+        buf = device._recv_buffer
+        try:
+            size = open_into(kp.recv_aead, kp.recv_nonce, counter, message, buf)
+        except InvalidTag:
+            counters.transport_auth_failed += 1
+            return False
+        if not replay.accept(counter):  # pragma: no cover - check() above said it was new
+            counters.replayed_transport += 1
+            return False
+        self.rx_bytes += len(message)
+        if kp is self.next:
+            # The initiator used the new session: confirm it (§5.4.5, responder side).
+            if self.previous is not None:
+                device._free_index(self.previous.local_index)
+            self.previous = self.current
+            self.current = kp
+            self.next = None
+            self._timers_handshake_complete(now, is_initiator=False)
+            self._flush_staged(now)
+        self._keep_key_fresh_receiving(now)
+        self._timers_any_authenticated_packet_traversal(now)
+        self._new_handshake_at = None  # any authenticated packet received
+        if size == 0:
+            counters.keepalives_received += 1
+            return True
+        # Data received: owe the peer a keepalive unless we send something first (§6.5).
+        if self._send_keepalive_at is None:
+            self._send_keepalive_at = now + self.timers.keepalive_timeout
+        else:
+            self._need_another_keepalive = True
+        length = inner_length(buf, size)
+        if length < 0:
+            counters.bad_inner_packet += 1
+            return True
+        view = memoryview(buf)[:length]
+        if device.allowed_ips.lookup_source(view) is not self:
+            counters.source_not_allowed += 1
+            return True
+        counters.packets_received += 1
+        self._packets.append(bytes(view))
+        return True
+
+    # -- rekey triggers (§6.2) ------------------------------------------------------------------
+
+    def _keep_key_fresh_sending(self, kp: Keypair, now: float) -> None:
+        timers = self.timers
+        if kp.send_counter > timers.rekey_after_messages or (
+            kp.is_initiator and now - kp.created > timers.rekey_after_time
+        ):
+            self._send_initiation(now, retry=False)
+
+    def _keep_key_fresh_receiving(self, now: float) -> None:
+        if self._sent_last_minute_handshake:
+            return
+        kp = self.current
+        if (
+            kp is not None
+            and kp.is_initiator
+            and now - kp.created > self.timers.rekey_on_receive_age
+        ):
+            self._sent_last_minute_handshake = True
+            self._send_initiation(now, retry=False)
+
+    # -- timer hooks (§6.5) ---------------------------------------------------------------------
+
+    def _jitter(self) -> float:
+        raw = int.from_bytes(self.device.rng(4), "little")
+        return self.timers.rekey_timeout_jitter_max * raw / 0xFFFFFFFF
+
+    def _timers_any_authenticated_packet_traversal(self, now: float) -> None:
+        if self.persistent_keepalive:
+            self._persistent_keepalive_at = now + self.persistent_keepalive
+
+    def _timers_any_authenticated_packet_sent(self) -> None:
+        self._send_keepalive_at = None
+
+    def _timers_any_authenticated_packet_received(self) -> None:
+        self._new_handshake_at = None
+
+    def _timers_session_derived(self, now: float) -> None:
+        self._zero_keys_at = now + self.timers.zero_keys_after
+        self._sent_last_minute_handshake = False
+
+    def _timers_handshake_complete(self, now: float, is_initiator: bool) -> None:
+        self._retransmit_at = None
+        self._handshake_attempts = 0
+        self.last_handshake = now
+        self.device.counters.handshakes_completed += 1
+        self._events.append(HandshakeCompleted(now, is_initiator))
+        log.debug("handshake complete", peer=repr(self), initiator=is_initiator)
