@@ -291,7 +291,9 @@ def _decode_address_error(value: bytes, transaction_id: bytes) -> AddressErrorVa
     return AddressErrorValue(family, klass * 100 + number, reason)
 
 
-def _encode_address_error(value: AddressErrorValue, transaction_id: bytes) -> bytes:
+def _encode_address_error(
+    value: AddressErrorValue | tuple[int, int, str], transaction_id: bytes
+) -> bytes:
     family, code, reason = value
     if not 300 <= code <= 699:
         raise ValueError(f"error code {code} is not in 300-699")
@@ -306,8 +308,9 @@ def _decode_icmp(value: bytes, transaction_id: bytes) -> IcmpValue:
     return IcmpValue(icmp_type, icmp_code, data)
 
 
-def _encode_icmp(value: IcmpValue, transaction_id: bytes) -> bytes:
-    return _ICMP.pack(value.icmp_type, value.icmp_code, value.data)
+def _encode_icmp(value: IcmpValue | tuple[int, int, int], transaction_id: bytes) -> bytes:
+    icmp_type, icmp_code, data = value
+    return _ICMP.pack(icmp_type, icmp_code, data)
 
 
 def _decode_unknown_attributes(value: bytes, transaction_id: bytes) -> tuple[int, ...]:
