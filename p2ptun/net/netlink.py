@@ -245,15 +245,15 @@ def remove_route(
     table: int = RT_TABLE_MAIN,
     netns: str | None = None,
 ) -> None:
-    """Remove the route for ``prefix`` through ``name``; a route (or interface) already gone
-    is not an error."""
+    """Remove the route for ``prefix`` through ``name`` that :func:`add_route` made; a route
+    (or interface) already gone is not an error."""
     with _iproute(netns) as ipr:
         found = ipr.link_lookup(ifname=name)
         if not found:
             return
+        # Same scope and protocol as add_route: the kernel matches them (pyroute2's default
+        # scope for a delete would miss a link-scope route), and only our routes go.
         args = _route_args(prefix, int(found[0]), metric, table)
-        args.pop("proto")
-        args.pop("scope")
         try:
             ipr.route("del", **args)
         except NetlinkError as exc:
