@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from p2ptun.addr import is_hostname, is_ip
 from p2ptun.errors import DecodeError
 from p2ptun.ice.candidate import (
+    MAX_PRIORITY,
     RESERVED_EXTENSION_NAMES,
     Candidate,
     CandidateType,
@@ -120,7 +121,9 @@ def _number(text: str, what: str, max_digits: int) -> int:
 
 def _address(text: str, what: str) -> tuple[str | None, str | None]:
     """``(ip, None)`` for an IP literal, ``(None, reason)`` for a host name; else raise."""
-    if is_ip(text) and "%" not in text:
+    if is_ip(text):
+        if "%" in text:
+            raise IceParseError(f"{what} {text!r} carries an IPv6 zone, which SDP cannot")
         return text, None
     if is_hostname(text) and not _DIGITS_AND_DOTS.fullmatch(text):
         kind = "an mDNS name" if text.lower().rstrip(".").endswith(".local") else "a host name"
@@ -179,6 +182,8 @@ def _parse_candidate_value(value: str) -> Candidate:
     if not _ICE_CHARS.fullmatch(foundation) or len(foundation) > 32:
         raise IceParseError(f"foundation {foundation!r} is not 1-32 ice-chars")
     component = _number(component_text, "component", 3)
+    if not 1 <= component <= 256:
+        raise IceParseError(f"component {component} is out of range 1-256")
     if not _TOKEN.fullmatch(transport_text):
         raise IceParseError(f"transport {transport_text!r} is not a token")
     transport: Transport | None
@@ -188,9 +193,13 @@ def _parse_candidate_value(value: str) -> Candidate:
         transport = None
         unsupported = f"transport {transport_text!r} is not supported"
     priority = _number(priority_text, "priority", 10)
+    if not 1 <= priority <= MAX_PRIORITY:
+        raise IceParseError(f"priority {priority} is out of range 1-{MAX_PRIORITY}")
     ip, name_reason = _address(host, "connection address")
     unsupported = unsupported or name_reason
     port = _number(port_text, "port", 5)
+    if not 1 <= port <= 65535:
+        raise IceParseError(f"port {port} is out of range 1-65535")
     if typ.lower() != "typ":
         raise IceParseError(f"expected 'typ' after the port, found {typ!r}")
     if not _TOKEN.fullmatch(kind):
@@ -223,6 +232,8 @@ def _parse_candidate_value(value: str) -> Candidate:
             unsupported = unsupported or reason
         elif key == "rport":
             related_port = _number(val, "rport", 5)
+            if related_port > 65535:
+                raise IceParseError(f"rport {related_port} is out of range 0-65535")
         elif key == "tcptype":
             tcptype_text = val
         else:
@@ -235,9 +246,6 @@ def _parse_candidate_value(value: str) -> Candidate:
         except ValueError:
             raise IceParseError(f"tcptype {tcptype_text!r} is not active, passive or so") from None
     if unsupported is not None:
-        # Check what can be checked without a known transport/type/address, then give up.
-        if not 1 <= component <= 256:
-            raise IceParseError(f"component {component} is out of range 1-256")
         raise UnsupportedCandidateError(unsupported)
     assert transport is not None and cand_type is not None and ip is not None
     try:
