@@ -8,6 +8,7 @@ interface and no packet ever appears outside it.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import secrets
 import socket
@@ -39,7 +40,7 @@ def checksum(data: bytes) -> int:
     """The Internet checksum (RFC 1071)."""
     if len(data) % 2:
         data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
@@ -92,8 +93,8 @@ def netns() -> Iterator[str]:
         ip("netns", "del", name)
 
 
-def open_tun(ns: str, name: str = "ntun0", **kwargs: bool) -> TunDevice:
-    return netlink.in_netns(ns, lambda: TunDevice.open(name, **kwargs))
+def open_tun(ns: str, name: str = "ntun0", *, vnet_hdr: bool = False) -> TunDevice:
+    return netlink.in_netns(ns, lambda: TunDevice.open(name, vnet_hdr=vnet_hdr))
 
 
 def link_exists(ns: str, name: str) -> bool:
@@ -128,7 +129,7 @@ def test_open_permission_denied(monkeypatch: pytest.MonkeyPatch) -> None:
     def deny(*args: object) -> int:
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(tun.os, "open", deny)
+    monkeypatch.setattr(os, "open", deny)
     with pytest.raises(RuntimeFailure, match="needs CAP_NET_ADMIN"):
         TunDevice.open("p2p0")
 
@@ -155,8 +156,8 @@ def test_setiff_errors(monkeypatch: pytest.MonkeyPatch, code: int, message: str)
     def fake_ioctl(*args: object) -> None:
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(tun.os, "open", fake_open)
-    monkeypatch.setattr(tun.fcntl, "ioctl", fake_ioctl)
+    monkeypatch.setattr(os, "open", fake_open)
+    monkeypatch.setattr(fcntl, "ioctl", fake_ioctl)
     with pytest.raises(RuntimeFailure) as info:
         TunDevice.open("p2p0")
     monkeypatch.undo()

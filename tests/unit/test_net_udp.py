@@ -349,7 +349,7 @@ async def test_send_and_send_wait() -> None:
         assert ep.send(bytearray(b"two"), dest)
         assert await ep.send_wait(memoryview(b"three"), dest)
         assert ep.send_many([(b"four", dest), (b"five", dest)]) == 2
-        got = []
+        got: list[bytes] = []
         with trio.fail_after(5):
             while len(got) < 5:
                 await trio.lowlevel.wait_readable(client)
