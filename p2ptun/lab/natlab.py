@@ -192,6 +192,8 @@ class NatLab:
         self._procs: list[subprocess.Popen[Any]] = []
         self._cleanups: list[Callable[[], object]] = []
         self._closed = False
+        self.netem: dict[int, dict[str, Any]] = {}
+        """Link impairments in force: link (0 = server, i = site i) -> settings and PIDs."""
 
     # ------------------------------------------------------------------ names
 
@@ -440,12 +442,18 @@ class NatLab:
             "    type filter hook forward priority filter; policy accept;",
             "    iifname . oifname @blocked drop",
         ]
+        for k in range(n):
+            outer = self._link_names(k)[0]
+            lines.append(f'    iifname "{outer}" jump up_{k}')
+            lines.append(f'    oifname "{outer}" jump down_{k}')
         for a in range(n):
             for b in range(n):
                 if a != b:
                     ia, ib = self._link_names(a)[0], self._link_names(b)[0]
                     lines.append(f'    iifname "{ia}" oifname "{ib}" counter name "c_{a}_{b}"')
-        lines += ["  }", "}", ""]
+        lines.append("  }")
+        lines += [f"  chain {d}_{k} {{}}" for k in range(n) for d in ("up", "down")]
+        lines += ["}", ""]
         return "\n".join(lines)
 
     def _nat_ruleset(self, site: Site) -> str:
@@ -517,6 +525,8 @@ class NatLab:
         for proc in self._procs:
             _stop_process(proc)
         self._procs.clear()
+        for k, entry in self.netem.items():
+            self._kill_delay_lines(k, entry)
         for fn in reversed(self._cleanups):
             try:
                 fn()
@@ -553,12 +563,15 @@ class NatLab:
             "server_addrs": list(self.server_addrs),
             "sites": [dataclasses.asdict(s) for s in self.sites],
             "namespaces": self.namespaces,
+            "netem": {str(k): v for k, v in self.netem.items()},
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], state_dir: Path | None = None) -> NatLab:
         sites = [Site(**s) for s in data["sites"]]
-        return cls(data["prefix"], sites, state_dir=state_dir, created=data.get("created"))
+        lab = cls(data["prefix"], sites, state_dir=state_dir, created=data.get("created"))
+        lab.netem = {int(k): dict(v) for k, v in data.get("netem", {}).items()}
+        return lab
 
     def save(self) -> None:
         """Write the state file (atomically); no-op without a state dir."""
@@ -770,50 +783,125 @@ class NatLab:
         jitter_ms: float = 0.0,
         direction: str = "both",
     ) -> None:
-        """Impair ``site``'s (or the server's) link to the internet with tc netem.
+        """Impair ``site``'s (or the server's) link to the internet; replaces earlier settings.
 
-        ``loss`` in percent per direction, ``delay_ms``/``jitter_ms`` per direction;
-        ``direction``: ``up`` (leaving the site), ``down`` (towards it) or ``both``.
+        ``loss`` in percent and ``delay_ms`` ± ``jitter_ms`` apply to each selected direction:
+        ``up`` (leaving the site), ``down`` (towards it) or ``both``. This kernel has no
+        ``sch_netem``: loss is an nftables ``numgen random`` drop in the internet's forward
+        chain, delay a userspace delay line (:mod:`p2ptun.lab.delay`) that the link's egress is
+        redirected through. All zero means :meth:`clear_netem`.
         """
-        opts = ["netem"]
-        if delay_ms:
-            opts += ["delay", f"{delay_ms}ms"]
-            if jitter_ms:
-                opts.append(f"{jitter_ms}ms")
-        if loss:
-            opts += ["loss", f"{loss}%"]
-        if len(opts) == 1:
-            self.clear_netem(site)
+        k = self._endpoint(site)
+        dirs = self._directions(direction)
+        if not 0 <= loss <= 100 or delay_ms < 0 or jitter_ms < 0:
+            raise LabError("loss must be 0..100 %, delay and jitter >= 0 ms")
+        self.clear_netem(k)
+        if not loss and not delay_ms:
             return
-        for ns, dev in self._netem_devs(site, direction):
-            _run(["tc", "-n", ns, "qdisc", "replace", "dev", dev, "root", *opts])
-        log.info("netem", prefix=self.prefix, site=site, opts=" ".join(opts[1:]), dir=direction)
+        entry: dict[str, Any] = {
+            "loss": loss,
+            "delay_ms": delay_ms,
+            "jitter_ms": jitter_ms,
+            "direction": direction,
+            "pids": [],
+        }
+        self.netem[k] = entry
+        try:
+            if loss:
+                threshold = round(loss * 100)
+                cmds = "".join(
+                    f"add rule ip lab {d}_{k} numgen random mod 10000 < {threshold} drop\n"
+                    for d in dirs
+                )
+                _run(["ip", "netns", "exec", self.ns_inet, "nft", "-f", "-"], input=cmds)
+            if delay_ms:
+                for d in dirs:
+                    entry["pids"].append(self._start_delay_line(k, d, delay_ms, jitter_ms))
+        finally:
+            self.save()
+        log.info(
+            "netem",
+            prefix=self.prefix,
+            link=k,
+            loss=loss,
+            delay_ms=delay_ms,
+            jitter_ms=jitter_ms,
+            dir=direction,
+        )
+
+    def _delay_dev(self, k: int, d: str) -> tuple[str, str, str]:
+        """(namespace, device, tap) of link ``k``'s egress in direction ``d``."""
+        outer, inner = self._link_names(k)
+        if d == "up":
+            return self._inner_ns(k), inner, f"{self.prefix}-u{k}"
+        return self.ns_inet, outer, f"{self.prefix}-d{k}"
+
+    def _start_delay_line(self, k: int, d: str, delay_ms: float, jitter_ms: float) -> int:
+        ns, dev, tap = self._delay_dev(k, d)
+        argv = [sys.executable, "-m", "p2ptun.lab.delay", "--dev", dev, "--tap", tap]
+        argv += ["--delay-ms", str(delay_ms), "--jitter-ms", str(jitter_ms)]
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,  # outlives a `natlab netem` invocation
+        )
+        self._procs.append(proc)
+        assert proc.stdout is not None
+        if wait_for_line(proc.stdout, "ready", 10.0) is None:
+            self.stop(proc)
+            raise LabError(f"delay line for link {k} {d} did not start")
+        proc.stdout.close()
+        tc = ["tc", "-n", ns]
+        _run([*tc, "qdisc", "replace", "dev", dev, "clsact"])
+        redirect = ["match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", tap]
+        _run([*tc, "filter", "add", "dev", dev, "egress", "protocol", "all", "u32", *redirect])
+        return proc.pid
 
     def clear_netem(self, site: SiteRef) -> None:
-        """Remove any netem from ``site``'s link (both directions)."""
-        for ns, dev in self._netem_devs(site, "both"):
-            proc = subprocess.run(
-                ["tc", "-n", ns, "qdisc", "del", "dev", dev, "root"],
+        """Remove loss and delay from ``site``'s link, both directions."""
+        k = self._endpoint(site)
+        cmds = "".join(f"flush chain ip lab {d}_{k}\n" for d in ("up", "down"))
+        _run(["ip", "netns", "exec", self.ns_inet, "nft", "-f", "-"], input=cmds)
+        for d in ("up", "down"):
+            ns, dev, _tap = self._delay_dev(k, d)
+            subprocess.run(
+                ["tc", "-n", ns, "qdisc", "del", "dev", dev, "clsact"],
                 capture_output=True,
-                text=True,
                 timeout=CMD_TIMEOUT_S,
             )
-            if (
-                proc.returncode != 0
-                and "No such file" not in proc.stderr
-                and "Cannot find" not in proc.stderr
-            ):
-                raise LabError(f"tc qdisc del failed: {proc.stderr.strip()}")
+        entry = self.netem.pop(k, None)
+        if entry:
+            self._kill_delay_lines(k, entry)
+            self.save()
 
-    def _netem_devs(self, site: SiteRef, direction: str) -> list[tuple[str, str]]:
-        k = self._endpoint(site)
-        outer, inner = self._link_names(k)
-        devs = {"up": [(self._inner_ns(k), inner)], "down": [(self.ns_inet, outer)]}
+    def _kill_delay_lines(self, k: int, entry: Mapping[str, Any]) -> None:
+        """Stop link ``k``'s delay lines by PID (only if the PID still runs our delay line)."""
+        for pid in entry.get("pids", []):
+            own = [p for p in self._procs if p.pid == pid]
+            if own:
+                self.stop(own[0])
+                continue
+            taps = {self._delay_dev(k, d)[2] for d in ("up", "down")}
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"p2ptun.lab.delay" in cmdline and any(t.encode() in cmdline for t in taps):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+                deadline = time.monotonic() + 3.0
+                while _pid_running(pid) and time.monotonic() < deadline:
+                    time.sleep(0.02)
+
+    @staticmethod
+    def _directions(direction: str) -> list[str]:
         if direction == "both":
-            return devs["up"] + devs["down"]
-        if direction not in devs:
+            return ["up", "down"]
+        if direction not in ("up", "down"):
             raise LabError(f"direction must be up, down or both, not {direction!r}")
-        return devs[direction]
+        return [direction]
 
     def flush_nat(self, site: SiteRef) -> None:
         """Forget a NAT's mappings: flush conntrack in its router, and its full-cone map."""
@@ -909,6 +997,15 @@ def _sysctl_script(forward: bool) -> str:
     if forward:
         s += "echo 1 > /proc/sys/net/ipv4/ip_forward\n"
     return s
+
+
+def _pid_running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def _netns_exists(name: str) -> bool:

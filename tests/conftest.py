@@ -1,0 +1,1 @@
+pytest_plugins = ["p2ptun.lab.pytest_plugin"]
