@@ -42,6 +42,7 @@ from p2ptun.stun.constants import (
 _HEADER = struct.Struct("!HHI12s")
 _ATTR_HEAD = struct.Struct("!HH")
 _U32 = struct.Struct("!I")
+_U16 = struct.Struct("!H")
 _PADDING = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
 
 _MI = int(AttrType.MESSAGE_INTEGRITY)
@@ -91,12 +92,6 @@ def random_transaction_id() -> bytes:
     """96 random bits from the OS CSPRNG (RFC 8489 §5). For the I/O layer and callers that do not
     inject their own randomness."""
     return os.urandom(12)
-
-
-def _hmac(key: bytes, algorithm: str, header: bytes, body: memoryview) -> bytes:
-    mac = hmac.new(key, header, algorithm)
-    mac.update(body)
-    return mac.digest()
 
 
 @dataclass(slots=True)
@@ -533,20 +528,21 @@ class Message:
 
     # -- verification ------------------------------------------------------------------------------
 
-    def _prefix(self, offset: int, attr_size: int) -> tuple[bytes, memoryview]:
-        """Header with the length adjusted to end after the attribute at ``offset``
-        (RFC 8489 §14.5/§14.6/§14.7), and the body bytes before that attribute."""
+    def _signed_prefix(self, offset: int, attr_size: int) -> bytearray:
+        """The bytes an integrity attribute at ``offset`` covers: everything before it, with the
+        header's length field adjusted to end just after it (RFC 8489 §14.5, §14.6)."""
         raw = self._raw
         assert raw is not None
-        header = raw[:2] + (offset + 4 + attr_size - HEADER_LENGTH).to_bytes(2, "big") + raw[4:20]
-        return header, memoryview(raw)[HEADER_LENGTH:offset]
+        prefix = bytearray(raw[:offset])
+        _U16.pack_into(prefix, 2, offset + 4 + attr_size - HEADER_LENGTH)
+        return prefix
 
     def check_message_integrity(self, key: bytes) -> bool:
         """Verify MESSAGE-INTEGRITY (HMAC-SHA1, RFC 8489 §14.5) of a decoded message."""
         if self._mi_offset < 0 or self.message_integrity is None:
             return False
-        header, body = self._prefix(self._mi_offset, 20)
-        return hmac.compare_digest(_hmac(key, "sha1", header, body), self.message_integrity)
+        mac = hmac.digest(key, self._signed_prefix(self._mi_offset, 20), "sha1")
+        return hmac.compare_digest(mac, self.message_integrity)
 
     def check_message_integrity_sha256(self, key: bytes) -> bool:
         """Verify MESSAGE-INTEGRITY-SHA256 (RFC 8489 §14.6), truncated or not, of a decoded
@@ -554,8 +550,8 @@ class Message:
         value = self.message_integrity_sha256
         if self._mi256_offset < 0 or value is None:
             return False
-        header, body = self._prefix(self._mi256_offset, len(value))
-        mac = _hmac(key, "sha256", header, body)[: len(value)]
+        prefix = self._signed_prefix(self._mi256_offset, len(value))
+        mac = hmac.digest(key, prefix, "sha256")[: len(value)]
         return hmac.compare_digest(mac, value)
 
     def check_integrity(self, key: bytes) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import socket
 import struct
 from typing import Any
@@ -247,8 +248,6 @@ def test_sha256_after_sha1_and_fingerprint_after_both() -> None:
 def test_truncated_sha256_integrity_verifies() -> None:
     wire = Message.request(Method.BINDING, TID).encode(KEY, sha1=False, sha256=True)
     head = bytearray(wire[:-36])
-    import hmac
-
     length = len(head) - 20 + 4 + 16
     head[2:4] = length.to_bytes(2, "big")
     mac = hmac.new(KEY, bytes(head), "sha256").digest()[:16]
