@@ -156,7 +156,8 @@ class Message:
         return Message(self.method, MessageClass.ERROR, self.transaction_id, attrs)
 
     def add(self, attr_type: int, value: Any = True) -> Message:
-        """Append one attribute; returns ``self`` so calls chain."""
+        """Append one attribute; returns ``self`` so calls chain. The value defaults to ``True``,
+        what the value-less USE-CANDIDATE and DONT-FRAGMENT take."""
         if attr_type in _TRAILERS:
             raise ValueError("integrity and fingerprint attributes are added by encode()")
         self.attributes.append((attr_type, value))
