@@ -18,6 +18,15 @@ Commands (each prints one JSON object on stdout, every wait bounded):
 
 ``tcp --server A:P [--timeout S]``
     Connects over TCP and reports the address the reflector saw.
+
+``ask --server A:P [--local-port N] [--via B:Q]``
+    One request from a chosen local port; reports the reply (``{"reply": null}`` if none).
+
+``listen --port N [--timeout S]``
+    Prints ``{"ready": true}``, then collects datagrams for S seconds and reports their sources.
+
+``send --to A:P [--bind B:Q] [--count N]``
+    Sends N small datagrams (unsolicited traffic, e.g. at a NAT mapping).
 """
 
 from __future__ import annotations
@@ -220,6 +229,50 @@ def tcp_probe(server: Endpoint, timeout: float) -> dict[str, Any]:
         return {"ok": False, "error": str(exc) or type(exc).__name__}
 
 
+def ask(server: Endpoint, local_port: int, via: Endpoint | None) -> dict[str, Any]:
+    """One request from ``local_port`` (0 = any)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", local_port))
+    reply = _ask(s, server, 1, via=via)
+    port = s.getsockname()[1]
+    s.close()
+    return {"local_port": port, "reply": reply}
+
+
+def listen(port: int, timeout: float) -> dict[str, Any]:
+    """Collect datagrams arriving at ``port`` for ``timeout`` seconds."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port))
+    print(json.dumps({"ready": True}), flush=True)
+    sources: list[str] = []
+    deadline = time.monotonic() + timeout
+    while (remaining := deadline - time.monotonic()) > 0 and len(sources) < 1000:
+        ready, _, _ = select.select([s], [], [], remaining)
+        if ready:
+            _data, peer = s.recvfrom(2048)
+            sources.append(fmt(peer))
+    s.close()
+    return {"received": len(sources), "sources": sources}
+
+
+def send(to: Endpoint, bind: Endpoint | None, n: int) -> dict[str, Any]:
+    """Send ``n`` datagrams to ``to`` (from ``bind`` if given)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(bind or ("0.0.0.0", 0))
+    sent = 0
+    for i in range(n):
+        with contextlib.suppress(OSError):
+            s.sendto(json.dumps({"id": i, "via": None}).encode(), to)
+            sent += 1
+        time.sleep(0.01)
+    src = fmt(s.getsockname())
+    s.close()
+    return {"sent": sent, "from": src}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m p2ptun.lab.probe")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -238,6 +291,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("tcp")
     p.add_argument("--server", type=parse_endpoint, required=True)
     p.add_argument("--timeout", type=float, default=2.0)
+    p = sub.add_parser("ask")
+    p.add_argument("--server", type=parse_endpoint, required=True)
+    p.add_argument("--local-port", type=int, default=0)
+    p.add_argument("--via", type=parse_endpoint)
+    p = sub.add_parser("listen")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--timeout", type=float, default=1.0)
+    p = sub.add_parser("send")
+    p.add_argument("--to", type=parse_endpoint, required=True)
+    p.add_argument("--bind", type=parse_endpoint)
+    p.add_argument("--count", type=int, default=3)
     args = parser.parse_args(argv)
 
     if args.cmd == "reflect":
@@ -248,6 +312,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = classify_nat(args.primary, args.alt_addr, args.alt_port, args.alt_both)
     elif args.cmd == "count":
         result = count(args.server, args.n, args.interval, args.timeout)
+    elif args.cmd == "ask":
+        result = ask(args.server, args.local_port, args.via)
+    elif args.cmd == "listen":
+        result = listen(args.port, args.timeout)
+    elif args.cmd == "send":
+        result = send(args.to, args.bind, args.count)
     else:
         result = tcp_probe(args.server, args.timeout)
     print(json.dumps(result), flush=True)

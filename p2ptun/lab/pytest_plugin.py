@@ -10,7 +10,8 @@ started with ``lab.popen``) is removed when the test ends, pass or fail::
         lab.exec("site1", "ping", "-c1", lab.server_addrs[0], check=True)
 
 ``natlab_module`` is the same with module scope, for several tests sharing one lab. Without root
-or usable ``ip netns`` the tests calling the factory are skipped with the reason.
+or usable ``ip netns`` the tests calling the factory are skipped with the reason; tests that
+build labs by hand can use the ``natlab_required`` fixture for the same skip.
 """
 
 from __future__ import annotations
@@ -47,6 +48,14 @@ def _factory(labs: list[NatLab]) -> LabFactory:
 def _close_all(labs: list[NatLab]) -> None:
     for lab in reversed(labs):
         lab.close()
+
+
+@pytest.fixture
+def natlab_required() -> None:
+    """Skip the test (with the reason) if no lab can be built here."""
+    reason = _unavailable()
+    if reason is not None:
+        pytest.skip(reason)
 
 
 @pytest.fixture
