@@ -53,7 +53,7 @@ from p2ptun.wireguard.handshake import (
     new_state,
     session_keys,
 )
-from p2ptun.wireguard.messages import Response
+from p2ptun.wireguard.messages import INITIATION_LEN, RESPONSE_LEN, Response
 from p2ptun.wireguard.noise import KEY_LEN, HandshakeState
 from p2ptun.wireguard.tai64n import TAI64N_LEN
 from p2ptun.wireguard.timers import TimerConfig
@@ -308,6 +308,7 @@ class Peer:
             return False
         hs.greatest_timestamp = timestamp
         hs.last_initiation_consumed = now
+        self.rx_bytes += INITIATION_LEN
         self._timers_any_authenticated_packet_traversal(now)
         self._timers_any_authenticated_packet_received()
         # Our own initiation in flight, if any, is abandoned: the peer's wins.
@@ -358,6 +359,7 @@ class Peer:
         except NoiseError:
             device.counters.handshake_auth_failed += 1
             return False
+        self.rx_bytes += RESPONSE_LEN
         self._timers_any_authenticated_packet_traversal(now)
         self._timers_any_authenticated_packet_received()
         send_key, recv_key = session_keys(state)
