@@ -179,17 +179,20 @@ def classify_nat(
 
 
 def count(server: Endpoint, n: int, interval: float, timeout: float) -> dict[str, Any]:
-    """Send ``n`` probes ``interval`` apart; collect replies until ``timeout`` after the last."""
+    """Send ``n`` probes ``interval`` apart; collect replies until all are in or ``timeout``
+    has passed after the last one."""
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(("0.0.0.0", 0))
     sent_at: dict[int, float] = {}
     rtts: dict[int, float] = {}
 
-    def drain(until: float) -> None:
+    def drain(until: float, until_all_answered: bool = False) -> None:
         while (remaining := until - time.monotonic()) > 0:
+            if until_all_answered and len(rtts) == len(sent_at):
+                return
             ready, _, _ = select.select([s], [], [], remaining)
             if not ready:
-                return
+                continue
             try:
                 reply = json.loads(s.recv(2048))
             except (OSError, ValueError):
@@ -203,7 +206,7 @@ def count(server: Endpoint, n: int, interval: float, timeout: float) -> dict[str
         with contextlib.suppress(OSError):
             s.sendto(json.dumps({"id": i, "via": None}).encode(), server)
         drain(time.monotonic() + interval)
-    drain(time.monotonic() + timeout)
+    drain(time.monotonic() + timeout, until_all_answered=True)
     s.close()
     times = sorted(rtts.values())
     return {

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -108,6 +109,35 @@ def test_udp_blocked_site_still_has_tcp(all_types: NatLab) -> None:
     result = lab.probe(f"site{site.index}", "tcp", "--server", f"{lab.server_addrs[0]}:4000")
     assert result["ok"], result
     assert result["seen"].rpartition(":")[0] == site.wan_addr
+
+
+SILENCE_CHECK = """
+import socket, sys
+for addr in sys.argv[1:]:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(0.3)
+    s.connect((addr, 9))
+    s.send(b"x")
+    try:
+        s.recv(16)
+        print(addr, "answered")
+    except ConnectionRefusedError:
+        print(addr, "refused")
+    except TimeoutError:
+        print(addr, "silent")
+"""
+
+
+def test_routers_are_silent_and_internet_has_no_default_route(all_types: NatLab) -> None:
+    lab = all_types
+    wans = [s.wan_addr for s in lab.sites]
+    out = lab.exec("server", sys.executable, "-c", SILENCE_CHECK, *wans, check=True).stdout
+    assert out.split() == [w for addr in wans for w in (addr, "silent")], out
+    routes = lab.exec("inet", "ip", "-4", "route", "show", "default", check=True).stdout
+    assert routes.strip() == ""
+    # a private destination dies inside the lab without an answer
+    lost = lab.exec("site2", "ping", "-c1", "-W1", "10.0.3.2")
+    assert lost.returncode != 0
 
 
 # turnutils_natdiscovery prints "NAT with <verdict> Mapping!" / "... Filtering!"; for a site
@@ -239,7 +269,9 @@ def test_counters_and_block(natlab: LabFactory) -> None:
 
     lab.block("site1", "site2")
     assert lab.blocked_pairs() == [(1, 2), (2, 1)]
-    blocked = lab.probe("site1", "count", "--server", f"{peer}:5000", "-n", "10")
+    blocked = lab.probe(
+        "site1", "count", "--server", f"{peer}:5000", "-n", "10", "--timeout", "0.5"
+    )
     assert blocked["received"] == 0
     assert (
         lab.probe("site1", "count", "--server", f"{a}:{REFLECT_PORT}", "-n", "5")["received"] == 5
@@ -283,6 +315,14 @@ def test_teardown_removes_everything(tmp_path: Path) -> None:
         assert len(_lab_namespaces(lab.prefix)) == 6
         assert (tmp_path / f"{lab.prefix}.json").exists()
         sleeper = lab.popen("site1", ["sleep", "60"])
+        # `ip netns exec` execs the program: the PID is sleep's own
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            argv0 = Path(f"/proc/{sleeper.pid}/cmdline").read_bytes().split(b"\0")[0]
+            if argv0 == b"sleep":
+                break
+            time.sleep(0.01)
+        assert argv0 == b"sleep"
         lab.set_netem("site2", delay_ms=5)
         delay_pids = list(lab.netem[2]["pids"])
     finally:
