@@ -56,6 +56,27 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_stun(args: argparse.Namespace) -> int:
+    """Ask a STUN server for this host's mapped address; print it as ip:port."""
+    import functools
+
+    import trio
+
+    from p2ptun.addr import format_address, parse_host_port
+    from p2ptun.turn.transport_stun import DEFAULT_STUN_PORT, query_mapped_address
+
+    try:
+        host, port = parse_host_port(args.server, DEFAULT_STUN_PORT)
+    except ValueError as exc:
+        raise UsageError(f"p2ptun stun: bad server {args.server!r}: {exc}") from None
+    if not 0 < args.timeout <= 3600:
+        raise UsageError("p2ptun stun: --timeout must be between 0 and 3600 seconds")
+    query = functools.partial(query_mapped_address, tcp=args.tcp, timeout=args.timeout)
+    mapped = trio.run(query, host, port)
+    sys.stdout.write(format_address(mapped) + "\n")
+    return EXIT_OK
+
+
 def cmd_rendezvous(args: argparse.Namespace) -> int:
     """Run the rendezvous server (for now its embedded STUN/TURN servers) in the foreground."""
     from p2ptun import config
@@ -94,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rendezvous", help="run the rendezvous server (signaling + STUN + TURN)")
     p.add_argument("-c", "--config", required=True, metavar="FILE", help="config file (TOML)")
     p.set_defaults(func=cmd_rendezvous)
+
+    p = sub.add_parser("stun", help="ask a STUN server for this host's mapped address")
+    p.add_argument("server", metavar="HOST[:PORT]", help="STUN server (default port 3478)")
+    p.add_argument("--tcp", action="store_true", help="use TCP instead of UDP")
+    p.add_argument("--timeout", type=float, default=5.0, metavar="S", help="seconds (default 5)")
+    p.set_defaults(func=cmd_stun)
 
     return parser
 
