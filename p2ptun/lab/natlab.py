@@ -28,6 +28,10 @@ NAT types (per site):
 
 Every router silently drops unsolicited inbound traffic to itself (no ICMP port-unreachable).
 
+Impairments: this kernel has no ``sch_netem``, so :meth:`NatLab.set_netem` drops packets with an
+nftables ``numgen random`` rule in the internet and delays them with a userspace delay line
+(:mod:`p2ptun.lab.delay`) that the link's egress is redirected through (tc ``mirred``).
+
 The lab is built with few subprocesses (one ``ip -batch`` for namespaces and links, then one
 ``ip netns exec NS sh`` per namespace running ``ip -batch`` and ``nft -f``), so a two-site lab
 comes up in well under a second. Its state (names, current addresses) is saved as JSON under
@@ -1033,6 +1037,21 @@ def _stop_process(proc: subprocess.Popen[Any], timeout: float = 5.0) -> None:
             proc.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=timeout)
+
+
+def wait_until(
+    predicate: Callable[[], object], timeout: float, interval: float = 0.05, what: str = ""
+) -> object:
+    """Poll ``predicate`` until it returns something truthy (returned) or raise
+    :class:`TimeoutError` after ``timeout`` seconds: the bounded wait for end-to-end tests."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"not true within {timeout}s: {what or predicate!r}")
+        time.sleep(interval)
 
 
 def parse_sites(text: str) -> list[str]:
