@@ -244,7 +244,10 @@ class NatLab:
         """The WAN interface name inside a site's router namespace."""
         return self._link_names(self.site(site).index)[1]
 
-    if_server = property(lambda self: self._link_names(0)[1], doc="The server's interface.")
+    @property
+    def if_server(self) -> str:
+        """The server's interface name (inside ``P-server``)."""
+        return self._link_names(0)[1]
 
     def site(self, ref: SiteRef) -> Site:
         """Resolve ``1``, ``"site1"`` or ``"nat1"`` to the :class:`Site`."""
@@ -315,39 +318,41 @@ class NatLab:
                 raise LabError(f"unknown NAT type {nat!r} (one of {', '.join(NAT_TYPES)})")
         if not 1 <= len(sites) <= MAX_SITES:
             raise LabError(f"a lab has 1..{MAX_SITES} sites, not {len(sites)}")
+        plan = [Site.plan(i, nat) for i, nat in enumerate(sites, start=1)]
         if prefix is None:
             for _ in range(20):
-                prefix = "pl" + secrets.token_hex(2)
-                if not _netns_exists(f"{prefix}-inet"):
+                lab = cls("pl" + secrets.token_hex(2), plan, state_dir=state_dir)
+                if not lab._name_taken():
                     break
             else:
                 raise LabError("could not find an unused lab prefix")
         else:
             _check_prefix(prefix)
-            if _netns_exists(f"{prefix}-inet") or (
-                state_dir is not None and (state_dir / f"{prefix}.json").exists()
-            ):
+            lab = cls(prefix, plan, state_dir=state_dir)
+            if lab._name_taken():
                 raise LabError(f"a lab named {prefix!r} exists already")
-        lab = cls(
-            prefix,
-            [Site.plan(i, nat) for i, nat in enumerate(sites, start=1)],
-            state_dir=state_dir,
-        )
+        # From here on every namespace with this lab's names is ours: none existed before.
         start = time.monotonic()
         try:
             lab.save()  # first: a later `down` can clean up even a half-built lab
             lab._build()
         except BaseException:
-            log.error("lab build failed, tearing down", prefix=prefix)
+            log.error("lab build failed, tearing down", prefix=lab.prefix)
             lab.close()
             raise
         log.info(
             "lab up",
-            prefix=prefix,
+            prefix=lab.prefix,
             sites=",".join(sites),
             seconds=f"{time.monotonic() - start:.2f}",
         )
         return lab
+
+    def _name_taken(self) -> bool:
+        """True if any namespace or the state file this lab would create exists already."""
+        if any(_netns_exists(ns) for ns in self.namespaces):
+            return True
+        return self.state_dir is not None and (self.state_dir / f"{self.prefix}.json").exists()
 
     def _build(self) -> None:
         p = self.prefix

@@ -347,6 +347,19 @@ def test_failed_build_is_torn_down(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 @pytest.mark.usefixtures("natlab_required")
+def test_existing_names_are_refused_and_left_alone(tmp_path: Path) -> None:
+    prefix = "pltaken" + os.urandom(2).hex()
+    foreign = f"{prefix}-site1"  # a namespace this lab would have used, made by someone else
+    subprocess.run(["ip", "netns", "add", foreign], check=True, timeout=10)
+    try:
+        with pytest.raises(LabError, match="exists already"):
+            NatLab.create(["cone"], prefix=prefix, state_dir=tmp_path)
+        assert _lab_namespaces(prefix) == [foreign]
+    finally:
+        subprocess.run(["ip", "netns", "del", foreign], check=False, timeout=10)
+
+
+@pytest.mark.usefixtures("natlab_required")
 def test_cli_up_exec_status_down(tmp_path: Path) -> None:
     name = "plcli" + os.urandom(2).hex()
     cli = [str(REPO / "scripts" / "natlab"), "--state-dir", str(tmp_path)]
