@@ -5,7 +5,8 @@ A transport data message is ``type=4 | reserved | receiver index | counter (u64 
 multiple of 16 bytes (never beyond the MTU); an empty plaintext is a keepalive.
 
 :func:`seal` and :func:`open_into` are plain functions over caller-owned, preallocated buffers:
-no objects are made per packet apart from what ``cryptography`` itself allocates. Each
+``cryptography``'s AEAD ``encrypt_into`` / ``decrypt_into`` (new in cryptography 47, hence the
+dependency floor) write straight into them, so no objects are made per packet. Each
 :class:`Keypair` keeps its two ``ChaCha20Poly1305`` objects and nonce buffers for its lifetime.
 """
 
@@ -32,7 +33,6 @@ BUFFER_SIZE = MAX_DATAGRAM + PADDING_MULTIPLE
 
 _NONCE_COUNTER = struct.Struct("<Q")
 _ZEROS = memoryview(bytes(PADDING_MULTIPLE))
-_HAS_INTO = hasattr(ChaCha20Poly1305, "encrypt_into")
 _TRANSPORT = int(MessageType.TRANSPORT)
 
 
@@ -127,10 +127,7 @@ def seal(
         view[size:padded] = _ZEROS[: padded - size]
         plain = view[:padded]
     end = TRANSPORT_HEADER_LEN + padded + TAG_LEN
-    if _HAS_INTO:
-        aead.encrypt_into(nonce, plain, None, memoryview(out)[TRANSPORT_HEADER_LEN:end])
-    else:  # pragma: no cover - cryptography < 44
-        out[TRANSPORT_HEADER_LEN:end] = aead.encrypt(bytes(nonce), bytes(plain), None)
+    aead.encrypt_into(nonce, plain, None, memoryview(out)[TRANSPORT_HEADER_LEN:end])
     return end
 
 
@@ -159,10 +156,7 @@ def open_into(
     size = len(message) - TRANSPORT_HEADER_LEN - TAG_LEN
     _NONCE_COUNTER.pack_into(nonce, 4, counter)
     ciphertext = memoryview(message)[TRANSPORT_HEADER_LEN:]
-    if _HAS_INTO:
-        aead.decrypt_into(nonce, ciphertext, None, memoryview(out)[:size])
-    else:  # pragma: no cover - cryptography < 44
-        out[:size] = aead.decrypt(bytes(nonce), bytes(ciphertext), None)
+    aead.decrypt_into(nonce, ciphertext, None, memoryview(out)[:size])
     return size
 
 
