@@ -129,12 +129,16 @@ class Device:
 
     # -- data path ------------------------------------------------------------------------------
 
-    def route(self, packet: bytes) -> Peer | None:
+    def route(self, packet: bytes | bytearray | memoryview) -> Peer | None:
         """The peer whose allowed IPs contain ``packet``'s destination address."""
         return self.allowed_ips.lookup_destination(packet)
 
-    def send_packet(self, packet: bytes, now: float) -> Peer | None:
-        """Route and send one plaintext IP packet; returns the peer (drain its datagrams)."""
+    def send_packet(self, packet: bytes | bytearray | memoryview, now: float) -> Peer | None:
+        """Route and send one plaintext IP packet; returns the peer (drain its datagrams).
+
+        ``packet`` may be a view into a buffer the caller reuses: it is copied if it has to
+        wait for a handshake.
+        """
         peer = self.allowed_ips.lookup_destination(packet)
         if peer is None:
             self.counters.no_route += 1
@@ -142,8 +146,12 @@ class Device:
         peer.send_packet(packet, now)
         return peer
 
-    def receive_datagram(self, data: bytes, now: float, source: Source = None) -> Peer | None:
+    def receive_datagram(
+        self, data: bytes | bytearray | memoryview, now: float, source: Source = None
+    ) -> Peer | None:
         """Process one WireGuard datagram from ``source``.
+
+        ``data`` may be a view into a receive buffer the caller reuses once this returns.
 
         Returns the peer it authenticated as (the I/O layer may take ``source`` as that
         peer's current path), or None if it was dropped (and counted) or needed no peer.
@@ -164,6 +172,7 @@ class Device:
                 self.counters.unknown_index += 1
                 return None
             return peer if peer._receive_transport(kp, data, counter, now) else None
+        data = bytes(data)  # handshake messages are rare; the MAC and cookie code wants bytes
         try:
             msg = decode(data)
         except WireGuardDecodeError:

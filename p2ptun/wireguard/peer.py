@@ -151,7 +151,9 @@ class Peer:
 
     # -- inputs ---------------------------------------------------------------------------------
 
-    def receive_datagram(self, data: bytes, now: float, source: Source = None) -> bool:
+    def receive_datagram(
+        self, data: bytes | bytearray | memoryview, now: float, source: Source = None
+    ) -> bool:
         """Feed a datagram from this peer's path; True if it authenticated as this peer.
 
         Handshake initiations are identified by the static key inside them, so the datagram
@@ -159,8 +161,11 @@ class Peer:
         """
         return self.device.receive_datagram(data, now, source) is self
 
-    def send_packet(self, packet: bytes, now: float) -> None:
-        """Encrypt and send one plaintext IP packet (or stage it and start a handshake)."""
+    def send_packet(self, packet: bytes | bytearray | memoryview, now: float) -> None:
+        """Encrypt and send one plaintext IP packet (or stage it and start a handshake).
+
+        ``packet`` may be a view into a reused buffer: a staged packet is copied.
+        """
         kp = self.current
         if (
             kp is not None
@@ -396,12 +401,12 @@ class Peer:
 
     # -- transport ------------------------------------------------------------------------------
 
-    def _stage(self, packet: bytes) -> None:
+    def _stage(self, packet: bytes | bytearray | memoryview) -> None:
         staged = self.staged
         if len(staged) >= self.timers.max_staged_packets:
             staged.popleft()
             self.device.counters.staged_dropped += 1
-        staged.append(packet)
+        staged.append(bytes(packet))
 
     def _flush_staged(self, now: float) -> None:
         kp = self.current
@@ -419,7 +424,9 @@ class Peer:
         if kp is not None:
             self._keep_key_fresh_sending(kp, now)
 
-    def _send_transport(self, kp: Keypair, packet: bytes, now: float) -> None:
+    def _send_transport(
+        self, kp: Keypair, packet: bytes | bytearray | memoryview, now: float
+    ) -> None:
         device = self.device
         counter = kp.send_counter
         kp.send_counter = counter + 1
@@ -447,7 +454,9 @@ class Peer:
         else:
             device.counters.keepalives_sent += 1
 
-    def _receive_transport(self, kp: Keypair, message: bytes, counter: int, now: float) -> bool:
+    def _receive_transport(
+        self, kp: Keypair, message: bytes | bytearray | memoryview, counter: int, now: float
+    ) -> bool:
         """A transport message for keypair ``kp`` of this peer; True if it authenticated."""
         device = self.device
         counters = device.counters

@@ -7,7 +7,7 @@ experiment) can shorten them per :class:`~p2ptun.wireguard.device.Device` or per
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 REKEY_AFTER_MESSAGES = 1 << 60
 REJECT_AFTER_MESSAGES = (1 << 64) - (1 << 13) - 1
@@ -37,6 +37,27 @@ class TimerConfig:
     keepalive_timeout: float = KEEPALIVE_TIMEOUT
     initiations_per_second: int = INITIATIONS_PER_SECOND
     max_staged_packets: int = MAX_STAGED_PACKETS
+
+    def shortened(self, rekey_after_time: float) -> TimerConfig:
+        """A copy with every duration scaled so that ``REKEY_AFTER_TIME`` is ``rekey_after_time``.
+
+        For tests and experiments that want to see rekeys without waiting minutes: all
+        durations keep their standard ratios (``REJECT_AFTER_TIME = 1.5 × REKEY_AFTER_TIME``,
+        ``REKEY_TIMEOUT = REKEY_AFTER_TIME / 24``, ...), so every ordering §6 relies on still
+        holds. Message counts, the initiation rate limit and the staging limit are unchanged.
+        """
+        if not rekey_after_time > 0:
+            raise ValueError("rekey_after_time must be positive")
+        f = rekey_after_time / self.rekey_after_time
+        return replace(
+            self,
+            rekey_after_time=rekey_after_time,
+            reject_after_time=self.reject_after_time * f,
+            rekey_attempt_time=self.rekey_attempt_time * f,
+            rekey_timeout=self.rekey_timeout * f,
+            rekey_timeout_jitter_max=self.rekey_timeout_jitter_max * f,
+            keepalive_timeout=self.keepalive_timeout * f,
+        )
 
     @property
     def max_handshake_attempts(self) -> int:

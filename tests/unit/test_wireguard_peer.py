@@ -352,6 +352,50 @@ def test_shortened_timers_rekey_under_virtual_time() -> None:
     assert net.a.counters.handshakes_completed >= 8
 
 
+def test_timer_config_shortened_keeps_the_ratios() -> None:
+    t = TimerConfig().shortened(4.0)
+    assert t.rekey_after_time == 4.0
+    assert t.reject_after_time == pytest.approx(6.0)
+    assert t.rekey_timeout == pytest.approx(4.0 / 24)
+    assert t.keepalive_timeout == pytest.approx(4.0 / 12)
+    assert t.rekey_attempt_time == pytest.approx(3.0)
+    assert t.max_handshake_attempts == TimerConfig().max_handshake_attempts
+    assert t.rekey_after_time < t.rekey_on_receive_age < t.reject_after_time
+    assert (t.rekey_after_messages, t.initiations_per_second) == (2**60, 50)
+    with pytest.raises(ValueError):
+        TimerConfig().shortened(0)
+
+
+def test_shortened_config_rekeys_without_losing_packets() -> None:
+    net = Net(timers=TimerConfig().shortened(3.0))
+    net.connect()
+    for i in range(1, 101):  # 20 s of traffic every 0.2 s, both ways
+        net.run_until(i * 0.2)
+        net.a.send_packet(a_to_b(bytes([i])), net.now)
+        net.b.send_packet(b_to_a(bytes([i])), net.now)
+        net.pump()
+    assert len(net.packets_b) == 100 and len(net.packets_a) == 100
+    initiated = [e for e in net.events_a if isinstance(e, HandshakeCompleted) and e.is_initiator]
+    assert len(initiated) >= 6
+    assert net.a.counters.staged_dropped == net.b.counters.staged_dropped == 0
+
+
+def test_views_into_reused_buffers() -> None:
+    """The I/O layer passes views into buffers it reuses: staged packets must be copies."""
+    net = Net()
+    buf = bytearray(a_to_b(b"first"))
+    net.a.send_packet(memoryview(buf), net.now)  # no session yet: staged
+    buf[:] = a_to_b(b"other")
+    net.pump()
+    assert net.packets_b == [a_to_b(b"first")]
+    net.b.send_packet(b_to_a(b"reply"), net.now)
+    (datagram,) = net.b_a.pop_datagrams()
+    rx = bytearray(datagram)
+    assert net.a.receive_datagram(memoryview(rx), net.now, B_ADDR) is net.a_b
+    rx[16:] = bytes(len(rx) - 16)
+    assert net.a_b.pop_packets() == [b_to_a(b"reply")]
+
+
 def test_rekey_after_messages_either_side() -> None:
     timers = replace(TimerConfig(), rekey_after_messages=5)
     net = Net(timers=timers)
