@@ -1,0 +1,71 @@
+"""The status report: the JSON shape of ARCHITECTURE.md §3 and its readable table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _size(n: object) -> str:
+    if not isinstance(n, int):
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def _ago(seconds: object) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "never"
+    s = int(seconds)
+    if s < 120:
+        return f"{s}s ago"
+    if s < 7200:
+        return f"{s // 60}m ago"
+    return f"{s // 3600}h ago"
+
+
+def _candidate(c: object) -> str:
+    if not isinstance(c, dict):
+        return "-"
+    return f"{c.get('type', '?')} {c.get('address', '?')}"
+
+
+def _rtt(value: object) -> str:
+    return f"{value:.1f} ms" if isinstance(value, (int, float)) else "-"
+
+
+def render(status: dict[str, Any]) -> str:
+    """``p2ptun status`` without ``--json``."""
+    node = status.get("node", {})
+    lines = [
+        f"node {node.get('name', '?')}: interface {node.get('interface', '?')} "
+        f"({', '.join(node.get('addresses', [])) or 'no addresses'}), "
+        f"rendezvous {node.get('rendezvous', '?')}"
+    ]
+    header = ("PEER", "STATE", "PATH", "LOCAL", "REMOTE", "RTT", "RX", "TX", "HANDSHAKE", "CONSENT")
+    rows = [header]
+    for peer in status.get("peers", []):
+        rows.append(
+            (
+                str(peer.get("name", "?")),
+                str(peer.get("state", "?")),
+                str(peer.get("path") or "-"),
+                _candidate(peer.get("local_candidate")),
+                _candidate(peer.get("remote_candidate")),
+                _rtt(peer.get("rtt_ms")),
+                _size(peer.get("rx_bytes")),
+                _size(peer.get("tx_bytes")),
+                _ago(peer.get("last_handshake")),
+                _ago(peer.get("consent_age")),
+            )
+        )
+    if len(rows) == 1:
+        lines.append("no peers configured")
+        return "\n".join(lines)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines)

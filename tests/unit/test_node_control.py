@@ -1,0 +1,142 @@
+"""Control socket, sd_notify and status rendering."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from p2ptun.errors import RuntimeFailure
+from p2ptun.node import control, status
+from p2ptun.node.sdnotify import Notifier
+
+STATUS: dict[str, Any] = {
+    "node": {
+        "name": "alice",
+        "interface": "p2p0",
+        "addresses": ["10.77.0.1/24"],
+        "rendezvous": "connected",
+    },
+    "peers": [
+        {
+            "name": "bob",
+            "state": "connected",
+            "path": "direct",
+            "local_candidate": {"type": "host", "address": "10.0.1.2:40000"},
+            "remote_candidate": {"type": "srflx", "address": "198.51.100.34:4000"},
+            "rtt_ms": 1.25,
+            "rx_bytes": 5 << 20,
+            "tx_bytes": 3000,
+            "last_handshake": 12.4,
+            "consent_age": 2.0,
+        },
+        {
+            "name": "carol",
+            "state": "connecting",
+            "path": None,
+            "local_candidate": None,
+            "remote_candidate": None,
+            "rtt_ms": None,
+            "rx_bytes": 0,
+            "tx_bytes": 0,
+            "last_handshake": None,
+            "consent_age": None,
+        },
+    ],
+}
+
+
+async def test_control_roundtrip(tmp_path: Path) -> None:
+    path = str(tmp_path / "run" / "p2p0.sock")
+
+    async def handler(req: dict[str, Any]) -> dict[str, Any]:
+        if req["cmd"] == "status":
+            return {"ok": True, "status": STATUS}
+        if req["cmd"] == "boom":
+            raise RuntimeError("bug")
+        raise ValueError(f"unknown command {req['cmd']!r}")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(control.serve, path, handler)
+        mode = os.stat(path).st_mode
+        assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+        assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+        reply = await trio.to_thread.run_sync(control.request, path, {"cmd": "status"})
+        assert reply == {"ok": True, "status": STATUS}
+        reply = await trio.to_thread.run_sync(control.request, path, {"cmd": "nope"})
+        assert reply == {"ok": False, "error": "unknown command 'nope'"}
+        reply = await trio.to_thread.run_sync(control.request, path, {"cmd": "boom"})
+        assert reply["ok"] is False and "internal error" in reply["error"]
+        # garbage and oversized requests get an error reply, the server lives on
+        for junk in (b"not json\n", b"[1,2]\n", b"x" * 10000):
+
+            def send_junk(data: bytes = junk) -> bytes:
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.settimeout(5)
+                    s.connect(path)
+                    s.sendall(data)
+                    return s.recv(4096)
+
+            answer = await trio.to_thread.run_sync(send_junk)
+            assert b'"ok": false' in answer
+        # a second daemon refuses to steal a live socket
+        with pytest.raises(RuntimeFailure, match="another p2ptun daemon"):
+            control.prepare_socket_path(path)
+        nursery.cancel_scope.cancel()
+    assert not os.path.exists(path)
+
+
+def test_stale_socket_is_replaced(tmp_path: Path) -> None:
+    path = str(tmp_path / "p2p0.sock")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(path)
+    s.close()  # bound, never listening: a dead daemon's leftover
+    control.prepare_socket_path(path)
+    assert not os.path.exists(path)
+
+
+def test_request_without_daemon(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeFailure, match="is 'p2ptun up' running"):
+        control.request(str(tmp_path / "none.sock"), {"cmd": "status"})
+
+
+def test_sd_notify(tmp_path: Path) -> None:
+    path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(path)
+        server.settimeout(5)
+        notifier = Notifier(path)
+        assert notifier.ready("interface p2p0 up")
+        assert server.recv(4096) == b"READY=1\nSTATUS=interface p2p0 up"
+        assert notifier.stopping()
+        assert server.recv(4096) == b"STOPPING=1"
+        notifier.close()
+    assert not Notifier("").enabled and not Notifier("").ready()
+    assert Notifier(str(tmp_path / "gone")).ready() is False  # never raises
+
+
+def test_render_table() -> None:
+    text = status.render(STATUS)
+    lines = text.splitlines()
+    assert lines[0] == "node alice: interface p2p0 (10.77.0.1/24), rendezvous connected"
+    assert lines[1].split() == [
+        "PEER",
+        "STATE",
+        "PATH",
+        "LOCAL",
+        "REMOTE",
+        "RTT",
+        "RX",
+        "TX",
+        "HANDSHAKE",
+        "CONSENT",
+    ]
+    assert "host 10.0.1.2:40000" in lines[2] and "1.2 ms" in lines[2] and "5.0 MiB" in lines[2]
+    assert "12s ago" in lines[2]
+    assert lines[3].split()[:3] == ["carol", "connecting", "-"] and "never" in lines[3]
+    assert "no peers configured" in status.render({"node": STATUS["node"], "peers": []})
