@@ -385,6 +385,9 @@ class TurnClient:
     bookkeeping only. ``stream`` selects TCP/TLS behaviour (no retransmissions, padded
     ChannelData, stream reassembly). ``random(n)`` supplies transaction ids; ``lifetime`` is
     the LIFETIME requested in Allocate and Refresh (None: the server's default).
+    ``refresh_interval`` refreshes at least that often, whatever the lifetime: over UDP through
+    a NAT the Refresh doubles as a keepalive for the NAT binding (conntrack forgets idle UDP
+    flows within minutes), and servers such as coturn never grant less than 600 s.
     """
 
     def __init__(
@@ -403,6 +406,7 @@ class TurnClient:
         permission_refresh: float = PERMISSION_REFRESH,
         channel_lifetime: float = CHANNEL_LIFETIME,
         channel_refresh: float = CHANNEL_REFRESH,
+        refresh_interval: float | None = None,
     ) -> None:
         if not 0 < permission_refresh <= permission_lifetime:
             raise ValueError("permission_refresh must be in (0, permission_lifetime]")
@@ -420,6 +424,7 @@ class TurnClient:
         self.permission_refresh = permission_refresh
         self.channel_lifetime = channel_lifetime
         self.channel_refresh = channel_refresh
+        self.refresh_interval = refresh_interval
         self.state = AllocationState.IDLE
         self.relayed: Address | None = None
         self.relayed_addresses: tuple[Address, ...] = ()
@@ -931,7 +936,10 @@ class TurnClient:
     def _set_lifetime(self, lifetime: int, now: float) -> None:
         self.lifetime = lifetime
         self.expires_at = now + lifetime
-        self._refresh_at = now + refresh_delay(lifetime)
+        delay = refresh_delay(lifetime)
+        if self.refresh_interval is not None:
+            delay = min(delay, self.refresh_interval)
+        self._refresh_at = now + delay
 
     def _fail(self, event: AllocationFailed | AllocationLost) -> None:
         log.warning("allocation failed", reason=event.reason)
