@@ -1,0 +1,559 @@
+"""The node side of signaling, sans-I/O: connect, handshake, register, heartbeat, reconnect,
+route sealed offers/answers/candidates, presence and TURN credentials.
+
+State machine (:class:`ClientState`)::
+
+    IDLE --(connect_at reached: poll_connect)--> CONNECTING --(connection_made)--> HANDSHAKING
+    HANDSHAKING --(Noise IK message 2)--> REGISTERING --(Registered)--> READY
+    any connected state --(error, silence, refusal, GoingAway, connection_lost)--> IDLE
+    any --(stop)--> STOPPED
+
+The I/O layer (:mod:`p2ptun.signal.client_io`) opens a TCP connection when :meth:`poll_connect`
+says so, feeds bytes in, sends :meth:`data_to_send`, closes the socket whenever
+:attr:`SignalClientCore.connected` turns False, and calls :meth:`handle_timeout` at
+:meth:`next_wakeup`. Time is ``now`` (monotonic seconds); the wall clock (for sealed
+timestamps) and randomness are injected.
+
+Timers (:class:`ClientTimers`): a Ping every 5 s while connected; any frame from the rendezvous
+counts as life, and 15 s without one declares the connection dead. Connect + handshake +
+registration must finish within ``connect_timeout``. Reconnects follow
+:class:`~p2ptun.signal.backoff.BackoffPolicy` (jittered, capped at 30 s by default); the failure
+count resets once registered. A session is replaced (reconnect, fresh Noise keys) after
+``max_session_age``, the channel's substitute for rekeying.
+
+On registration the client watches every configured peer, so presence is always known;
+offers to an offline peer wait (:class:`~p2ptun.signal.negotiation.NegotiationState`) and go out
+when the peer comes online.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from p2ptun.log import get_logger
+from p2ptun.signal.backoff import Backoff, BackoffPolicy, Random
+from p2ptun.signal.channel import ChannelLimits, NoiseChannel
+from p2ptun.signal.codec import check_name
+from p2ptun.signal.errors import ChannelError, SealError, SignalDecodeError
+from p2ptun.signal.frames import FrameDecoder, FrameType
+from p2ptun.signal.messages import (
+    MAX_WATCH_NAMES,
+    Deliver,
+    Error,
+    ErrorCode,
+    GoingAway,
+    Message,
+    Ping,
+    Pong,
+    Presence,
+    RefusalReason,
+    Refused,
+    Register,
+    Registered,
+    Route,
+    RouteFailed,
+    RouteFailure,
+    TurnCredentials,
+    TurnRequest,
+    Watch,
+    decode_message,
+    encode_message,
+)
+from p2ptun.signal.negotiation import Negotiation, NegotiationState, Role
+from p2ptun.signal.seal import Offer, PeerMessage, Restart, SealPolicy, SignalBox
+from p2ptun.wireguard.noise import Rng
+
+log = get_logger("signal.client")
+
+_MAX_ROUTE_REFS = 256
+
+
+class ClientState(enum.Enum):
+    #: Not connected; the next attempt is at :attr:`SignalClientCore.connect_at`.
+    IDLE = "idle"
+    #: The I/O layer is opening the TCP connection.
+    CONNECTING = "connecting"
+    #: Noise IK message 1 sent, waiting for message 2.
+    HANDSHAKING = "handshaking"
+    #: Channel up, Register sent, waiting for Registered.
+    REGISTERING = "registering"
+    #: Registered: routing, presence and TURN work.
+    READY = "ready"
+    #: Stopped for good.
+    STOPPED = "stopped"
+
+
+_CONNECTED = frozenset({ClientState.HANDSHAKING, ClientState.REGISTERING, ClientState.READY})
+
+
+@dataclass(frozen=True)
+class ClientTimers:
+    ping_interval: float = 5.0
+    dead_after: float = 15.0
+    connect_timeout: float = 10.0
+    max_session_age: float = 12 * 3600.0
+
+
+# -- events ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredEvent:
+    """Registered with the rendezvous under ``name``."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnected:
+    """The connection to the rendezvous ended (or an attempt failed); the next attempt is in
+    ``retry_in`` seconds."""
+
+    reason: str
+    retry_in: float
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationRefused:
+    reason: RefusalReason
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceChanged:
+    peer: str
+    online: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SignalReceived:
+    """A sealed message from ``peer`` that opened, is fresh, and the negotiation accepts.
+
+    ``role`` is this node's ICE role for ``message.session`` (offers: controlled; answers:
+    controlling); ``superseded`` a session of ours the message replaced (glare lost, restart).
+    """
+
+    peer: str
+    message: PeerMessage
+    role: Role | None = None
+    superseded: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PeerUnreachable:
+    """A message to ``peer`` could not be delivered (``reason``); offers wait for presence."""
+
+    peer: str
+    reason: RouteFailure
+
+
+@dataclass(frozen=True, slots=True)
+class TurnCredentialsReceived:
+    credentials: TurnCredentials
+    #: Wall-clock Unix time at which they expire.
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TurnUnavailable:
+    text: str
+
+
+ClientEvent = (
+    RegisteredEvent
+    | Disconnected
+    | RegistrationRefused
+    | PresenceChanged
+    | SignalReceived
+    | PeerUnreachable
+    | TurnCredentialsReceived
+    | TurnUnavailable
+)
+
+
+@dataclass
+class ClientCounters:
+    connects: int = 0
+    disconnects: int = 0
+    decode_errors: int = 0
+    channel_errors: int = 0
+    refused_signals: int = 0
+    dropped_signals: int = 0
+
+
+class SignalClientCore:
+    """Sans-I/O signaling client of one node."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        private_key: bytes,
+        rendezvous_key: bytes,
+        peers: Mapping[str, bytes],
+        rng: Rng,
+        random: Random,
+        wall_clock: Callable[[], float],
+        now: float,
+        backoff: BackoffPolicy | None = None,
+        timers: ClientTimers | None = None,
+        seal_policy: SealPolicy | None = None,
+        channel_limits: ChannelLimits | None = None,
+    ) -> None:
+        self.name = check_name(name)
+        self._private = private_key
+        self.rendezvous_key = rendezvous_key
+        self.rng = rng
+        self.wall_clock = wall_clock
+        self.timers = timers or ClientTimers()
+        self.channel_limits = channel_limits or ChannelLimits()
+        self.backoff = Backoff(backoff or BackoffPolicy(), random)
+        self.box = SignalBox(name, private_key, peers, rng, seal_policy)
+        self.negotiations = {
+            peer: Negotiation(self.box.public_key, key) for peer, key in peers.items()
+        }
+        self.presence: dict[str, bool] = {}
+        self.state = ClientState.IDLE
+        self.connect_at: float = now
+        self.counters = ClientCounters()
+        self.turn: TurnCredentialsReceived | None = None
+        self._channel: NoiseChannel | None = None
+        self._decoder = FrameDecoder()
+        self._outbox = bytearray()
+        self._events: list[ClientEvent] = []
+        self._deadline: float | None = None
+        self._last_rx = now
+        self._next_ping = now
+        self._session_end = now
+        self._ping_seq = 0
+        self._route_ref = 0
+        self._routes: OrderedDict[int, tuple[str, PeerMessage]] = OrderedDict()
+        self._now = now
+
+    # -- properties for the I/O layer ----------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """True while the I/O layer should keep its TCP connection open."""
+        return self.state in _CONNECTED
+
+    @property
+    def ready(self) -> bool:
+        return self.state is ClientState.READY
+
+    def data_to_send(self) -> bytes:
+        data = bytes(self._outbox)
+        self._outbox.clear()
+        return data
+
+    def events(self) -> list[ClientEvent]:
+        events, self._events = self._events, []
+        return events
+
+    def next_wakeup(self) -> float | None:
+        if self.state is ClientState.IDLE:
+            return self.connect_at
+        if self.state is ClientState.CONNECTING:
+            return self._deadline
+        if self.state in (ClientState.HANDSHAKING, ClientState.REGISTERING):
+            return self._deadline
+        if self.state is ClientState.READY:
+            return min(self._next_ping, self._last_rx + self.timers.dead_after, self._session_end)
+        return None
+
+    # -- connection lifecycle --------------------------------------------------------------
+
+    def poll_connect(self, now: float) -> bool:
+        """True (and state CONNECTING) if the I/O layer should open a connection now."""
+        self._now = now
+        if self.state is ClientState.IDLE and now >= self.connect_at:
+            self.state = ClientState.CONNECTING
+            self._deadline = now + self.timers.connect_timeout
+            return True
+        return False
+
+    def connection_made(self, now: float) -> None:
+        """TCP is up: start the Noise handshake (message 1 goes to :meth:`data_to_send`)."""
+        self._now = now
+        if self.state is not ClientState.CONNECTING:
+            return
+        self.counters.connects += 1
+        self._decoder = FrameDecoder()
+        self._outbox.clear()
+        self._channel = NoiseChannel.initiator(
+            self._private, self.rendezvous_key, self.rng, self.channel_limits
+        )
+        self._outbox += self._channel.start()
+        self._last_rx = now
+        self.state = ClientState.HANDSHAKING
+
+    def connection_failed(self, now: float, reason: str) -> None:
+        """The TCP connect failed."""
+        self._now = now
+        if self.state is ClientState.CONNECTING:
+            self._abandon(now, f"connect failed: {reason}")
+
+    def connection_lost(self, now: float, reason: str = "connection closed") -> None:
+        """The TCP connection ended (EOF or error)."""
+        self._now = now
+        if self.connected:
+            self._abandon(now, reason)
+
+    def stop(self) -> None:
+        """Stop for good (the I/O layer then closes any connection)."""
+        if self._channel is not None:
+            self._channel.close()
+        self._channel = None
+        self._outbox.clear()
+        self.state = ClientState.STOPPED
+
+    def _abandon(self, now: float, reason: str, delay: float | None = None) -> None:
+        was_ready = self.state is ClientState.READY
+        if self._channel is not None:
+            self._channel.close()
+        self._channel = None
+        self._outbox.clear()
+        self._decoder = FrameDecoder()
+        if delay is None:
+            delay = self.backoff.next_delay()
+        self.connect_at = now + delay
+        self.state = ClientState.IDLE
+        self.counters.disconnects += 1
+        if was_ready:
+            # Presence is unknown while disconnected; pending offers stay pending.
+            for peer, online in list(self.presence.items()):
+                if online:
+                    self._events.append(PresenceChanged(peer, False))
+            self.presence.clear()
+            for negotiation in self.negotiations.values():
+                if negotiation.state is NegotiationState.OFFERING and negotiation.pending:
+                    negotiation.wait_for_peer(negotiation.pending)
+        log.info("rendezvous disconnected", reason=reason, retry_in=f"{delay:.2f}")
+        self._events.append(Disconnected(reason, delay))
+
+    def handle_timeout(self, now: float) -> None:
+        self._now = now
+        if self.state is ClientState.CONNECTING or self.state in (
+            ClientState.HANDSHAKING,
+            ClientState.REGISTERING,
+        ):
+            if self._deadline is not None and now >= self._deadline:
+                self._abandon(now, "timed out connecting")
+            return
+        if self.state is not ClientState.READY:
+            return
+        if now >= self._last_rx + self.timers.dead_after:
+            self._abandon(now, "rendezvous silent")
+            return
+        if now >= self._session_end:
+            self._abandon(now, "session age limit", delay=0.0)
+            return
+        if now >= self._next_ping:
+            self._ping_seq += 1
+            self._send(Ping(self._ping_seq))
+            self._next_ping = now + self.timers.ping_interval
+
+    # -- incoming bytes --------------------------------------------------------------------
+
+    def data_received(self, data: bytes, now: float) -> None:
+        self._now = now
+        if not self.connected or self._channel is None:
+            return
+        try:
+            frames = self._decoder.feed(data)
+            for frame in frames:
+                channel = self._live_channel()
+                if channel is None:
+                    return  # an earlier frame ended this connection
+                if frame.type is FrameType.HANDSHAKE_RESPONSE:
+                    channel.receive_handshake(frame)
+                    self._on_channel_up(now)
+                else:
+                    plaintext = channel.decrypt(frame)
+                    self._last_rx = now
+                    self._on_message(decode_message(plaintext), now)
+        except SignalDecodeError as exc:
+            self.counters.decode_errors += 1
+            self._abandon(now, f"bad frame: {exc}")
+        except ChannelError as exc:
+            self.counters.channel_errors += 1
+            self._abandon(now, f"channel: {exc}")
+
+    def _live_channel(self) -> NoiseChannel | None:
+        return self._channel if self.connected else None
+
+    def _on_channel_up(self, now: float) -> None:
+        self._last_rx = now
+        self.state = ClientState.REGISTERING
+        self._send(Register(self.name))
+
+    def _send(self, msg: Message) -> None:
+        if self._channel is None:
+            return
+        try:
+            self._outbox += self._channel.encrypt(encode_message(msg))
+        except ChannelError:
+            # The session's message bound is reached: reconnect for fresh keys.
+            self._abandon(self._now, "session message limit", delay=0.0)
+
+    def _on_message(self, msg: Message, now: float) -> None:
+        if self.state is ClientState.REGISTERING:
+            if isinstance(msg, Registered) and msg.name == self.name:
+                self._on_registered(now)
+            elif isinstance(msg, Refused):
+                log.warning("registration refused", reason=msg.reason.name, text=msg.text)
+                self._events.append(RegistrationRefused(msg.reason, msg.text))
+                self._abandon(
+                    now,
+                    f"registration refused: {msg.text}",
+                    self.backoff.longest_delay(),
+                )
+            elif isinstance(msg, GoingAway):
+                self._abandon(now, "rendezvous going away")
+            else:
+                raise ChannelError("unexpected message before registration")
+            return
+        if isinstance(msg, Pong | Registered):
+            return
+        if isinstance(msg, Ping):
+            self._send(Pong(msg.seq))
+        elif isinstance(msg, Presence):
+            self._on_presence(msg.name, msg.online)
+        elif isinstance(msg, Deliver):
+            self._on_deliver(msg.sender, msg.blob)
+        elif isinstance(msg, RouteFailed):
+            self._on_route_failed(msg)
+        elif isinstance(msg, TurnCredentials):
+            self.turn = TurnCredentialsReceived(msg, self.wall_clock() + msg.ttl)
+            self._events.append(self.turn)
+        elif isinstance(msg, Error):
+            if msg.code is ErrorCode.NO_TURN:
+                self._events.append(TurnUnavailable(msg.text))
+            else:
+                log.warning("rendezvous error", code=msg.code.name, text=msg.text)
+        elif isinstance(msg, GoingAway):
+            self._abandon(now, "rendezvous going away")
+        else:
+            raise ChannelError(f"unexpected {type(msg).__name__} from the rendezvous")
+
+    def _on_registered(self, now: float) -> None:
+        self.state = ClientState.READY
+        self.backoff.reset()
+        self._deadline = None
+        self._next_ping = now + self.timers.ping_interval
+        self._session_end = now + self.timers.max_session_age
+        log.info("registered with rendezvous", name=self.name)
+        self._events.append(RegisteredEvent(self.name))
+        peers = sorted(self.negotiations)
+        for i in range(0, len(peers), MAX_WATCH_NAMES):
+            self._send(Watch(tuple(peers[i : i + MAX_WATCH_NAMES])))
+
+    def _on_presence(self, peer: str, online: bool) -> None:
+        if peer not in self.negotiations:
+            return
+        before = self.presence.get(peer)
+        self.presence[peer] = online
+        if before != online:
+            self._events.append(PresenceChanged(peer, online))
+        negotiation = self.negotiations[peer]
+        if online and negotiation.state is NegotiationState.WAITING_FOR_PEER:
+            pending = negotiation.pending
+            if pending is not None:
+                self._route(peer, pending)
+
+    def _on_deliver(self, sender: str, blob: bytes) -> None:
+        try:
+            message = self.box.open(sender, blob, self.wall_clock())
+        except SealError as exc:
+            self.counters.refused_signals += 1
+            log.warning("refused signaling", peer=sender, reason=exc.reason)
+            return
+        accepted = self.negotiations[sender].on_receive(message)
+        if accepted is None:
+            self.counters.dropped_signals += 1
+            log.debug("dropped signaling", peer=sender, kind=type(message).__name__)
+            return
+        self._events.append(
+            SignalReceived(sender, accepted.message, accepted.role, accepted.superseded)
+        )
+
+    def _on_route_failed(self, msg: RouteFailed) -> None:
+        entry = self._routes.pop(msg.ref, None)
+        if entry is None:
+            return
+        peer, message = entry
+        if msg.reason is RouteFailure.PEER_OFFLINE:
+            if self.presence.get(peer):
+                self.presence[peer] = False
+                self._events.append(PresenceChanged(peer, False))
+            negotiation = self.negotiations[peer]
+            if (
+                isinstance(message, Offer | Restart)
+                and negotiation.session == message.session
+                and negotiation.state is NegotiationState.OFFERING
+            ):
+                negotiation.wait_for_peer(message)
+        self._events.append(PeerUnreachable(peer, msg.reason))
+
+    # -- the daemon's API ------------------------------------------------------------------
+
+    def new_session_id(self) -> int:
+        """A fresh random, non-zero 64-bit session id."""
+        while True:
+            session = int.from_bytes(self.rng(8), "big")
+            if session:
+                return session
+
+    def send(self, peer: str, message: PeerMessage) -> bool:
+        """Seal ``message`` to ``peer`` and route it.
+
+        Offers and restarts to a peer that is not known to be online (or while not
+        registered) wait and go out when the peer comes online; other messages need a live
+        registration and return False otherwise. Raises KeyError for a peer not in the
+        config and :class:`~p2ptun.signal.negotiation.NegotiationError` for a message the
+        negotiation state does not allow.
+        """
+        negotiation = self.negotiations[peer]
+        if isinstance(message, Offer | Restart) and not (self.ready and self.presence.get(peer)):
+            negotiation.wait_for_peer(message)
+            return True
+        negotiation.on_send(message)
+        if not self.ready:
+            return False
+        self._route(peer, message)
+        return True
+
+    def offer(self, peer: str, description: str, *, restart: bool = False) -> int:
+        """Start (or restart) a session with ``peer`` as the controlling agent; returns the
+        session id. Waits for presence if needed."""
+        session = self.new_session_id()
+        cls = Restart if restart else Offer
+        self.send(peer, cls(session, description))
+        return session
+
+    def _route(self, peer: str, message: PeerMessage) -> None:
+        negotiation = self.negotiations[peer]
+        if isinstance(message, Offer | Restart):
+            negotiation.on_send(message)
+            negotiation.pending = message  # kept, to wait again if the peer is offline
+        blob = self.box.seal(peer, message, self.wall_clock())
+        self._route_ref = (self._route_ref + 1) & 0xFFFFFFFF
+        self._routes[self._route_ref] = (peer, message)
+        while len(self._routes) > _MAX_ROUTE_REFS:
+            self._routes.popitem(last=False)
+        self._send(Route(self._route_ref, peer, blob))
+
+    def request_turn(self) -> bool:
+        """Ask for TURN credentials (answered by a TurnCredentialsReceived or TurnUnavailable
+        event); False if not registered."""
+        if not self.ready:
+            return False
+        self._send(TurnRequest())
+        return True
+
+    def is_online(self, peer: str) -> bool | None:
+        """Presence of ``peer`` as the rendezvous last said, None when unknown."""
+        return self.presence.get(peer)
