@@ -1,0 +1,212 @@
+"""Which node may register under which name: the rendezvous' name ↔ key bindings.
+
+Rules (ARCHITECTURE.md §3, ``open_registration`` and ``[[node]]``):
+
+- ``[[node]]`` entries are pinned bindings. A name listed there can only be registered with its
+  listed key, and a listed key only under its listed name.
+- ``open_registration = false``: only the ``[[node]]`` entries may register.
+- ``open_registration = true``: trust on first use. A name not yet bound is bound to the first
+  key that registers it, and that binding is stored (SQLite) so it survives restarts. A name
+  bound to another key is refused ("name taken"); a key already bound to another name is
+  refused as well, so one key is one name.
+
+A binding can be removed by an operator with ``sqlite3 FILE "DELETE FROM bindings WHERE
+name = '...'"`` while the rendezvous is stopped.
+
+:class:`RegistrationStore` is the interface the signaling core uses; :class:`SqliteStore` is the
+real one and :class:`MemoryStore` the in-memory one for tests. Calls are synchronous and short:
+a known binding is one indexed lookup, only a first use writes (WAL journal).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from p2ptun.config import NodeEntry
+from p2ptun.errors import RuntimeFailure
+from p2ptun.signal.messages import RefusalReason
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The store's answer to "may ``key`` register as ``name``?"."""
+
+    allowed: bool
+    reason: RefusalReason | None = None
+    text: str = ""
+    #: True when this admission created a new (trust-on-first-use) binding.
+    new_binding: bool = False
+
+
+ADMITTED = Admission(True)
+
+
+class RegistrationStore(Protocol):
+    """What the signaling core needs from a store."""
+
+    def admit(self, name: str, key: bytes) -> Admission:
+        """Decide, and in open-registration mode record, a registration."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class _BindingRules:
+    """The admission rules over two lookups and an insert, shared by every backend."""
+
+    def __init__(self, open_registration: bool, nodes: Iterable[NodeEntry]) -> None:
+        self.open_registration = open_registration
+        self.pinned_by_name = {n.name: n.public_key for n in nodes}
+        self.pinned_by_key = {key: name for name, key in self.pinned_by_name.items()}
+
+    def _name_key(self, name: str) -> bytes | None:
+        raise NotImplementedError
+
+    def _key_name(self, key: bytes) -> str | None:
+        raise NotImplementedError
+
+    def _bind(self, name: str, key: bytes) -> bool:
+        """Insert a binding; False if a concurrent one won."""
+        raise NotImplementedError
+
+    def admit(self, name: str, key: bytes) -> Admission:
+        pinned = self.pinned_by_name.get(name)
+        if pinned is not None:
+            if pinned == key:
+                return ADMITTED
+            return Admission(
+                False,
+                RefusalReason.NAME_TAKEN,
+                f"the name {name!r} is configured for a different public key",
+            )
+        other = self.pinned_by_key.get(key)
+        if other is not None:
+            return Admission(
+                False,
+                RefusalReason.KEY_BOUND_TO_OTHER_NAME,
+                f"this key is configured for the name {other!r}",
+            )
+        if not self.open_registration:
+            return Admission(
+                False,
+                RefusalReason.UNKNOWN_NODE,
+                f"{name!r} with this key is not in the rendezvous' [[node]] list "
+                "and registration is closed",
+            )
+        bound = self._name_key(name)
+        if bound is not None:
+            if bound == key:
+                return ADMITTED
+            return Admission(
+                False,
+                RefusalReason.NAME_TAKEN,
+                f"the name {name!r} is already registered with a different public key",
+            )
+        other = self._key_name(key)
+        if other is not None:
+            return Admission(
+                False,
+                RefusalReason.KEY_BOUND_TO_OTHER_NAME,
+                f"this key is already registered as {other!r}",
+            )
+        if not self._bind(name, key):
+            return self.admit(name, key)
+        return Admission(True, new_binding=True)
+
+
+class MemoryStore(_BindingRules):
+    """Bindings in a dict (tests, or a rendezvous that should forget on restart)."""
+
+    def __init__(self, open_registration: bool, nodes: Iterable[NodeEntry] = ()) -> None:
+        super().__init__(open_registration, nodes)
+        self.bindings: dict[str, bytes] = {}
+
+    def _name_key(self, name: str) -> bytes | None:
+        return self.bindings.get(name)
+
+    def _key_name(self, key: bytes) -> str | None:
+        for name, bound in self.bindings.items():
+            if bound == key:
+                return name
+        return None
+
+    def _bind(self, name: str, key: bytes) -> bool:
+        self.bindings[name] = key
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+class SqliteStore(_BindingRules):
+    """Bindings in an SQLite file: ``bindings(name PRIMARY KEY, public_key UNIQUE, ...)``."""
+
+    def __init__(
+        self,
+        path: str,
+        open_registration: bool,
+        nodes: Iterable[NodeEntry] = (),
+        *,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(open_registration, nodes)
+        self.path = path
+        self._wall = wall_clock
+        directory = os.path.dirname(path)
+        if directory and not os.path.isdir(directory):
+            raise RuntimeFailure(f"{path}: the database directory does not exist")
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise RuntimeFailure(f"{path}: cannot open the registration database: {exc}") from None
+
+    def _migrate(self) -> None:
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise RuntimeFailure(
+                f"{self.path}: database schema {version} is newer than this p2ptun "
+                f"({SCHEMA_VERSION})"
+            )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS bindings ("
+            " name TEXT PRIMARY KEY,"
+            " public_key BLOB NOT NULL UNIQUE,"
+            " first_seen REAL NOT NULL)"
+        )
+        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _name_key(self, name: str) -> bytes | None:
+        row = self._db.execute("SELECT public_key FROM bindings WHERE name = ?", (name,)).fetchone()
+        return bytes(row[0]) if row else None
+
+    def _key_name(self, key: bytes) -> str | None:
+        row = self._db.execute("SELECT name FROM bindings WHERE public_key = ?", (key,)).fetchone()
+        return str(row[0]) if row else None
+
+    def _bind(self, name: str, key: bytes) -> bool:
+        try:
+            self._db.execute(
+                "INSERT INTO bindings (name, public_key, first_seen) VALUES (?, ?, ?)",
+                (name, key, float(self._wall())),
+            )
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    def bindings(self) -> dict[str, bytes]:
+        """Every stored (trust-on-first-use) binding."""
+        rows = self._db.execute("SELECT name, public_key FROM bindings").fetchall()
+        return {str(name): bytes(key) for name, key in rows}
+
+    def close(self) -> None:
+        self._db.close()
