@@ -1,0 +1,1466 @@
+"""The sans-I/O ICE agent (RFC 8445), full or lite, with trickle ICE (RFC 8838) and consent
+freshness (RFC 7675), for one data stream with one UDP component.
+
+The agent never touches a socket, a clock or a random source it was not given. Inputs:
+
+- :meth:`IceAgent.handle_datagram` — a STUN datagram, the local *base* address it arrived on
+  (a host socket address, or the relayed address of a TURN allocation when the shell
+  unwrapped it from a Data indication / ChannelData), the remote address and ``now``;
+- local candidates the shell gathered (:meth:`~IceAgent.add_local_candidate`,
+  :meth:`~IceAgent.set_local_end_of_candidates`);
+- what the peer signalled (:meth:`~IceAgent.set_remote_credentials`,
+  :meth:`~IceAgent.add_remote_candidate`, :meth:`~IceAgent.set_remote_end_of_candidates`),
+  in any order and at any time (trickle ICE);
+- :meth:`~IceAgent.handle_timeout` at :meth:`~IceAgent.next_wakeup`;
+- :meth:`~IceAgent.restart` with fresh credentials (RFC 8445 §9).
+
+Outputs: :meth:`~IceAgent.pop_transmits` (:class:`Transmit`: bytes, the local base to send
+from — ``via_relay`` says it is a TURN allocation — and the destination) and
+:meth:`~IceAgent.pop_events` (:data:`IceEvent`). After *every* input call the shell drains
+both and re-arms its timer at :meth:`~IceAgent.next_wakeup`. A thin trio shell over
+:class:`p2ptun.net.udp.UdpEndpoint` does exactly that: STUN datagrams from the socket (and
+from the TURN client, with the relayed address as ``local``) go to ``handle_datagram``; data
+goes over :attr:`~IceAgent.selected_pair` while :meth:`~IceAgent.can_send` is true.
+
+Behaviour, with the RFC sections implemented
+--------------------------------------------
+- Candidates (§5.1): host, srflx, relay local candidates from the shell; redundant ones are
+  eliminated (§5.1.3); pairs are formed from *bases* only (host and relay candidates), which is
+  the pruning of §6.1.2.4 done up front; remote candidates of any type, peer-reflexive ones
+  learnt from checks (§7.3.1.3) and upgraded when signalled later (RFC 8838 §11.4).
+- Check list (§6.1.2, :mod:`p2ptun.ice.checklist`): priorities (§6.1.2.3), states, initial
+  Waiting/Frozen per foundation (§6.1.2.6, incrementally as in RFC 8838 §10), unfreezing on
+  success (§7.2.5.3.3), a limit on pairs (§6.1.2.4).
+- Scheduling (§6.1.4.2): one new check every Ta (default 50 ms), triggered checks first
+  (§6.1.4.1, §7.3.1.4); retransmissions per RFC 8489 with RTO = max(500 ms, Ta × (Waiting +
+  In-Progress)) (§14.3).
+- Checks (§7.1): USERNAME ``rufrag:lufrag``, PRIORITY, ICE-CONTROLLING/ICE-CONTROLLED with the
+  64-bit tie-breaker, USE-CANDIDATE when nominating, MESSAGE-INTEGRITY with the peer's
+  password and FINGERPRINT. Responses (§7.2.5): 487 role conflict (§7.2.5.1), the symmetric
+  address check (§7.2.5.2.1), XOR-MAPPED-ADDRESS → local peer-reflexive candidate and valid
+  pair (§7.2.5.3), nomination (§7.2.5.3.4).
+- Requests (§7.3): authentication with the local password (400/401 otherwise), 420 for
+  unknown comprehension-required attributes, role conflicts both ways (§7.3.1.1), the
+  success response with XOR-MAPPED-ADDRESS, peer-reflexive remote candidates (§7.3.1.3),
+  triggered checks (§7.3.1.4), USE-CANDIDATE (§7.3.1.5; a peer's aggressive nomination is
+  accepted too). A check arriving before the remote credentials, or on a base not yet added,
+  is answered and queued (bounded) until they arrive (RFC 8838 §14, RFC 8445 §7.3).
+  Deviation: a check on an In-Progress pair does not cancel that transaction (§7.3.1.4);
+  its request is re-sent at once instead, which has the same effect on the wire.
+- Nomination (§8.1.1, regular): the controlling agent nominates the best valid pair when no
+  higher-priority pair is still pending (and, for a relayed pair, when both sides finished
+  gathering), or ``nomination_delay`` after the first valid pair at the latest. The
+  controlled agent selects the highest-priority nominated valid pair. After selection,
+  Waiting/Frozen pairs are dropped (§8.1.2), except as below.
+- Better paths after relaying (design, p2ptun-specific): while the selected pair is relayed,
+  non-relayed pairs are kept; their checks run to completion and failed ones are put back to
+  Waiting every ``direct_retry_interval`` seconds, at most ``direct_retry_rounds`` times. When
+  a non-relayed pair succeeds, the agent emits :class:`BetterPairAvailable` (both roles). A
+  controlling agent with ``renominate`` (the default) then nominates that pair (USE-CANDIDATE
+  on it) and, when that check succeeds, selects it (:class:`PairSelected`); a controlled agent
+  selects the highest-priority nominated pair, so it follows. RFC 8445 §8.1.1 allows one
+  nomination per session; this "renomination" only ever moves from a relayed to a direct pair,
+  and a peer that ignores it stays on the relay (the node may then restart ICE). Data keeps
+  flowing on the old pair until the new one is selected.
+- States (:class:`AgentState`): NEW until the remote credentials are known; CHECKING; CONNECTED
+  once a pair is selected (checks may still run); COMPLETED when nothing regular is left to
+  check; DISCONNECTED while consent is suspect; FAILED when every pair failed after
+  end-of-candidates both ways (RFC 8838 §8), after ``connect_timeout`` without a selected pair,
+  or when consent expired. :meth:`restart` revives a failed agent.
+- Consent (RFC 7675, :mod:`p2ptun.ice.consent`): on the selected pair, checks every 4–6 s,
+  :class:`ConsentSuspect` after two unanswered ones, :class:`ConsentExpired` 30 s after the
+  last response and :meth:`can_send` false from then on. Peers' consent checks are answered as
+  any check.
+- ICE restart (§9): :meth:`restart` starts a new generation (new credentials, empty candidate
+  lists, new check list; the shell re-gathers). The old selected pair stays selected, keeps
+  its consent checks (with the old credentials) and keeps answering the peer's old-credential
+  checks until a pair of the new generation is selected (make-before-break); then
+  :class:`PairSelected` names both.
+- ICE-lite (§2.5): a lite agent has host candidates only, never sends checks, is controlled
+  (the full peer is controlling, §6.1.1), answers checks, and selects the nominated pair;
+  its "consent" is the peer's checks: it stops sending 30 s after the last one. Lite/lite: no
+  checks at all; once the peer's end-of-candidates arrives both pick the highest-priority pair
+  (same family), with the offerer controlling.
+- Bounds: pairs (``max_pairs``), local and remote candidates, checks in flight
+  (``max_transactions``), queued early checks (``max_early_checks``), consent transactions.
+  Malformed or unauthenticated datagrams are dropped and counted in :class:`IceStats`; nothing
+  from the network raises.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from p2ptun.addr import Address
+from p2ptun.ice.candidate import (
+    DEFAULT_MAX_PAIRS,
+    MAX_PRIORITY,
+    Candidate,
+    CandidatePair,
+    CandidateType,
+    Transport,
+    can_pair,
+    candidate_base,
+    make_prflx_candidate,
+    peer_reflexive_priority,
+)
+from p2ptun.ice.checklist import CheckList, CheckPair, PairState
+from p2ptun.ice.consent import (
+    ConsentConfig,
+    ConsentFreshness,
+    ConsentState,
+    RandomSource,
+)
+from p2ptun.ice.sdp import MAX_CANDIDATES, IceCredentials
+from p2ptun.log import get_logger
+from p2ptun.stun.constants import (
+    AttrType,
+    ErrorCode,
+    MessageClass,
+    Method,
+    StunDecodeError,
+)
+from p2ptun.stun.credentials import short_term_key
+from p2ptun.stun.message import Message, is_stun
+from p2ptun.stun.server import error_response, unknown_comprehension_required
+from p2ptun.stun.transaction import (
+    TransactionManager,
+    TransactionOutcome,
+    TransactionState,
+)
+from p2ptun.stun.transaction import (
+    Transmit as StunTransmit,
+)
+
+__all__ = [
+    "AgentState",
+    "BetterPairAvailable",
+    "ConsentExpired",
+    "ConsentRestored",
+    "ConsentSuspect",
+    "GenerationFailed",
+    "IceAgent",
+    "IceConfig",
+    "IceEvent",
+    "IceStats",
+    "PairSelected",
+    "RandomSource",
+    "RoleChanged",
+    "SelectedPair",
+    "StateChanged",
+    "Transmit",
+]
+
+log = get_logger("ice")
+
+
+class AgentState(enum.Enum):
+    """The agent's overall state (RFC 8445 §6.1.3 check list states, as WebRTC reports them)."""
+
+    NEW = "new"
+    CHECKING = "checking"
+    CONNECTED = "connected"
+    COMPLETED = "completed"
+    DISCONNECTED = "disconnected"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class IceConfig:
+    """Agent parameters. Defaults follow RFC 8445 / RFC 7675 where they give one."""
+
+    #: Pacing: one new check every Ta seconds (RFC 8445 §14.2).
+    ta: float = 0.05
+    #: Check list size limit (RFC 8445 §6.1.2.4).
+    max_pairs: int = DEFAULT_MAX_PAIRS
+    max_local_candidates: int = 32
+    #: Remote candidates kept, peer-reflexive ones included.
+    max_remote_candidates: int = MAX_CANDIDATES
+    #: Connectivity-check transactions in flight.
+    max_transactions: int = 64
+    #: Checks received before the remote credentials (or their base) that are remembered.
+    max_early_checks: int = 32
+    #: Lower bound of the check RTO (RFC 8445 §14.3) and RFC 8489 Rc/Rm for checks.
+    check_rto_min: float = 0.5
+    check_rc: int = 7
+    check_rm: int = 16
+    #: Controlling agent: nominate the best valid pair at the latest this long after the
+    #: first valid pair appeared.
+    nomination_delay: float = 2.0
+    #: No selected pair this long after checks started → FAILED (None: no limit).
+    connect_timeout: float | None = 30.0
+    consent: ConsentConfig = field(default_factory=ConsentConfig)
+    #: While relayed: retry failed direct pairs this often, this many times.
+    direct_retry_interval: float = 5.0
+    direct_retry_rounds: int = 12
+    #: Controlling agent: nominate a direct pair that succeeds while relayed.
+    renominate: bool = True
+    #: SOFTWARE attribute in our responses (None: none).
+    software: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.ta <= 0 or self.check_rto_min <= 0:
+            raise ValueError("ta and check_rto_min must be positive")
+        if min(self.max_pairs, self.max_local_candidates, self.max_remote_candidates) < 1:
+            raise ValueError("candidate and pair limits must be at least 1")
+        if self.max_transactions < 1 or self.max_early_checks < 0:
+            raise ValueError("max_transactions must be at least 1, max_early_checks >= 0")
+        if self.check_rc < 1 or self.check_rm < 1:
+            raise ValueError("check_rc and check_rm must be at least 1")
+
+
+@dataclass(frozen=True)
+class Transmit:
+    """A datagram to send: from the local base ``local`` to ``remote``.
+
+    ``local`` is a host candidate's address (send from that socket) or, with ``via_relay``,
+    the relayed address of a TURN allocation (send through that allocation to ``remote``).
+    """
+
+    data: bytes
+    local: Address
+    remote: Address
+    via_relay: bool = False
+
+
+@dataclass(frozen=True)
+class SelectedPair:
+    """The pair data flows over.
+
+    ``local`` is the local candidate of the valid pair (what the peer sees: host, srflx,
+    prflx or relay), ``remote`` the remote candidate; ``base`` is where to send from (a host
+    socket address, or a relayed address when ``via_relay``).
+    """
+
+    local: Candidate
+    remote: Candidate
+    base: Address
+    via_relay: bool
+    generation: int
+    rtt: float | None = None
+
+    @property
+    def relayed(self) -> bool:
+        """The path goes through a TURN server (either side relayed)."""
+        return CandidateType.RELAY in (self.local.type, self.remote.type)
+
+    @property
+    def candidate_pair(self) -> CandidatePair:
+        return CandidatePair(self.local, self.remote)
+
+
+@dataclass(frozen=True)
+class StateChanged:
+    state: AgentState
+    previous: AgentState
+
+
+@dataclass(frozen=True)
+class RoleChanged:
+    """A role conflict (RFC 8445 §7.2.5.1, §7.3.1.1) or a lite peer changed our role."""
+
+    controlling: bool
+
+
+@dataclass(frozen=True)
+class PairSelected:
+    """A pair was selected for data (nominated); ``previous`` is the pair it replaces (after a
+    restart, or a move from a relayed to a direct pair). Send on ``pair`` from now on."""
+
+    pair: SelectedPair
+    previous: SelectedPair | None
+
+
+@dataclass(frozen=True)
+class BetterPairAvailable:
+    """While relayed, a direct (non-relayed) pair succeeded. A controlling agent with
+    ``renominate`` moves to it by itself; otherwise the node may restart ICE."""
+
+    pair: CandidatePair
+    current: SelectedPair
+
+
+@dataclass(frozen=True)
+class ConsentSuspect:
+    """Consecutive consent checks went unanswered (RFC 7675); consent still holds."""
+
+    pair: SelectedPair
+    missed: int
+
+
+@dataclass(frozen=True)
+class ConsentRestored:
+    """A consent response arrived after :class:`ConsentSuspect`."""
+
+    pair: SelectedPair
+
+
+@dataclass(frozen=True)
+class ConsentExpired:
+    """No consent response for the consent timeout: stop sending (RFC 7675 §5.2)."""
+
+    pair: SelectedPair
+    last_response: float
+
+
+@dataclass(frozen=True)
+class GenerationFailed:
+    """The checks of a restarted generation failed while an older pair still carries data."""
+
+    generation: int
+
+
+IceEvent = (
+    StateChanged
+    | RoleChanged
+    | PairSelected
+    | BetterPairAvailable
+    | ConsentSuspect
+    | ConsentRestored
+    | ConsentExpired
+    | GenerationFailed
+)
+
+
+@dataclass
+class IceStats:
+    """Counters (for ``p2ptun status`` and tests)."""
+
+    datagrams: int = 0
+    not_stun: int = 0
+    malformed: int = 0
+    not_binding: int = 0
+    bad_fingerprint: int = 0
+    bad_requests: int = 0
+    unauthenticated: int = 0
+    unknown_attributes: int = 0
+    role_conflicts: int = 0
+    stale_requests: int = 0
+    requests: int = 0
+    responses_sent: int = 0
+    checks_sent: int = 0
+    consent_checks_sent: int = 0
+    unknown_responses: int = 0
+    invalid_responses: int = 0
+    non_symmetric: int = 0
+    early_checks_queued: int = 0
+    early_checks_dropped: int = 0
+    remote_candidates_ignored: int = 0
+    remote_candidates_dropped: int = 0
+    local_candidates_dropped: int = 0
+    credentials_rejected: int = 0
+    transaction_limit_hits: int = 0
+
+
+@dataclass(frozen=True)
+class _CheckContext:
+    pair: CheckPair
+    generation: int
+    local: Address
+    remote: Address
+    controlling: bool
+    use_candidate: bool
+    priority: int
+
+
+@dataclass(frozen=True)
+class _EarlyCheck:
+    local: Address
+    remote: Address
+    priority: int
+    use_candidate: bool
+    remote_ufrag: str
+
+
+@dataclass(eq=False)
+class _Generation:
+    """Everything that an ICE restart (§9) replaces."""
+
+    number: int
+    local_credentials: IceCredentials
+    checklist: CheckList
+    remote_credentials: IceCredentials | None = None
+    remote_lite: bool = False
+    local_candidates: list[Candidate] = field(default_factory=list)
+    remote_candidates: list[Candidate] = field(default_factory=list)
+    local_complete: bool = False
+    remote_complete: bool = False
+    early: deque[_EarlyCheck] = field(default_factory=deque)
+    started_at: float | None = None
+    first_valid_at: float | None = None
+    nominating: CheckPair | None = None
+    failed: bool = False
+    regular_done: bool = False
+    next_probe: float | None = None
+    probe_rounds: int = 0
+    better_reported: set[tuple[Address, Address]] = field(default_factory=set)
+    prflx_serial: int = 0
+
+    def base(self, address: Address) -> Candidate | None:
+        for cand in self.local_candidates:
+            if cand.address == address and cand.type in (CandidateType.HOST, CandidateType.RELAY):
+                return cand
+        return None
+
+    def remote(self, address: Address) -> Candidate | None:
+        for cand in self.remote_candidates:
+            if cand.address == address:
+                return cand
+        return None
+
+
+@dataclass(eq=False)
+class _Selection:
+    pair: CheckPair
+    generation: _Generation
+    consent: ConsentFreshness | None
+    #: Lite agent: when the peer last checked the pair (the lite agent's consent).
+    last_request: float
+    expired: bool = False
+
+
+class IceAgent:
+    """An ICE agent for one component over UDP (RFC 8445); see the module docstring.
+
+    ``credentials`` are the local ufrag/pwd, ``controlling`` the initial role (the offerer
+    controls, ARCHITECTURE.md §2), ``rng`` the injected random source (tie-breaker,
+    transaction ids, consent jitter), ``lite`` makes this an ICE-lite agent (§2.5).
+    """
+
+    def __init__(
+        self,
+        credentials: IceCredentials,
+        *,
+        controlling: bool,
+        rng: RandomSource,
+        lite: bool = False,
+        config: IceConfig | None = None,
+    ) -> None:
+        self.config = config or IceConfig()
+        self.lite = lite
+        self._rng = rng
+        self._controlling = controlling
+        #: The 64-bit tie-breaker (RFC 8445 §7.1.1), kept across restarts.
+        self.tie_breaker: int = rng.getrandbits(64)
+        self.stats = IceStats()
+        self._gen = _Generation(0, credentials, CheckList(controlling, self.config.max_pairs))
+        self._checks: TransactionManager[_CheckContext] = TransactionManager(
+            rc=self.config.check_rc, rm=self.config.check_rm
+        )
+        self._selection: _Selection | None = None
+        self._next_check_at = 0.0
+        self._state = AgentState.NEW
+        self._transmits: list[Transmit] = []
+        self._events: list[IceEvent] = []
+
+    # ------------------------------------------------------------------------------------------
+    # queries
+
+    @property
+    def state(self) -> AgentState:
+        return self._state
+
+    @property
+    def controlling(self) -> bool:
+        return self._controlling
+
+    @property
+    def generation(self) -> int:
+        """Restart counter: 0, then +1 per :meth:`restart`."""
+        return self._gen.number
+
+    @property
+    def local_credentials(self) -> IceCredentials:
+        return self._gen.local_credentials
+
+    @property
+    def remote_credentials(self) -> IceCredentials | None:
+        return self._gen.remote_credentials
+
+    @property
+    def local_candidates(self) -> list[Candidate]:
+        """Local candidates of the current generation (incl. peer-reflexive ones learnt)."""
+        return list(self._gen.local_candidates)
+
+    @property
+    def remote_candidates(self) -> list[Candidate]:
+        """Remote candidates of the current generation (incl. peer-reflexive ones learnt)."""
+        return list(self._gen.remote_candidates)
+
+    @property
+    def checklist(self) -> CheckList:
+        """The current check list (read it, do not change it)."""
+        return self._gen.checklist
+
+    @property
+    def selected_pair(self) -> SelectedPair | None:
+        """The pair data goes over, or None. Check :meth:`can_send` before sending."""
+        sel = self._selection
+        return None if sel is None else self._describe(sel)
+
+    def can_send(self, now: float | None = None) -> bool:
+        """Data may be sent on :attr:`selected_pair`: one is selected and its consent has not
+        expired (RFC 7675 §5.2). With ``now``, an expiry due but not yet processed by
+        :meth:`handle_timeout` counts too."""
+        sel = self._selection
+        if sel is None or sel.expired:
+            return False
+        if now is not None:
+            if sel.consent is not None and now >= sel.consent.expires_at:
+                return False
+            if self._lite_consent(sel) and now >= sel.last_request + self.config.consent.timeout:
+                return False
+        return True
+
+    def consent_age(self, now: float) -> float | None:
+        """Seconds since consent was last confirmed on the selected pair (None if none)."""
+        sel = self._selection
+        if sel is None:
+            return None
+        if sel.consent is not None:
+            return sel.consent.age(now)
+        return max(0.0, now - sel.last_request)
+
+    def pop_transmits(self) -> list[Transmit]:
+        """Datagrams to send now, in order."""
+        out, self._transmits = self._transmits, []
+        return out
+
+    def pop_events(self) -> list[IceEvent]:
+        """Events since the last call, in order."""
+        out, self._events = self._events, []
+        return out
+
+    def next_wakeup(self) -> float | None:
+        """When :meth:`handle_timeout` must be called next (None: nothing scheduled)."""
+        gen = self._gen
+        times: list[float] = []
+        t = self._checks.next_wakeup()
+        if t is not None:
+            times.append(t)
+        if (
+            self._may_check(gen)
+            and len(self._checks) < self.config.max_transactions
+            and gen.checklist.has_work()
+        ):
+            times.append(self._next_check_at)
+        sel = self._selection
+        if sel is not None and not sel.expired:
+            if sel.consent is not None:
+                t = sel.consent.next_wakeup()
+                if t is not None:
+                    times.append(t)
+            elif self._lite_consent(sel):
+                times.append(sel.last_request + self.config.consent.timeout)
+        if (
+            self._may_check(gen)
+            and self._controlling
+            and gen.nominating is None
+            and gen.first_valid_at is not None
+            and not self._has_nominated(gen)
+            and gen.checklist.valid_pairs()
+        ):
+            times.append(gen.first_valid_at + self.config.nomination_delay)
+        if (
+            gen.started_at is not None
+            and not gen.failed
+            and self.config.connect_timeout is not None
+            and not self._selected_in(gen)
+        ):
+            times.append(gen.started_at + self.config.connect_timeout)
+        if gen.next_probe is not None:
+            times.append(gen.next_probe)
+        return min(times) if times else None
+
+    # ------------------------------------------------------------------------------------------
+    # local side
+
+    def add_local_candidate(self, candidate: Candidate, now: float) -> bool:
+        """Add a gathered local candidate (host, srflx or relay; prflx ones are learnt).
+
+        Redundant candidates (same address and base, RFC 8445 §5.1.3) are dropped, keeping the
+        higher priority. Host and relayed candidates are bases and get paired with every
+        remote candidate; server-reflexive ones are pruned to their base (§6.1.2.4) and only
+        name what the peer sees. Returns whether the candidate was kept. Raises ValueError for
+        a candidate this agent cannot use (not component 1 / UDP; not host on a lite agent).
+        """
+        if candidate.component != 1 or candidate.transport is not Transport.UDP:
+            raise ValueError("p2ptun's ICE agent has one UDP component")
+        if self.lite and candidate.type is not CandidateType.HOST:
+            raise ValueError("an ICE-lite agent has host candidates only (RFC 8445 §2.5)")
+        gen = self._gen
+        base = candidate_base(candidate)
+        for i, old in enumerate(gen.local_candidates):
+            if old.address == candidate.address and candidate_base(old) == base:
+                if old.priority >= candidate.priority:
+                    return False
+                gen.local_candidates[i] = candidate
+                return True
+        if len(gen.local_candidates) >= self.config.max_local_candidates:
+            self.stats.local_candidates_dropped += 1
+            return False
+        gen.local_candidates.append(candidate)
+        if candidate.type in (CandidateType.HOST, CandidateType.RELAY):
+            for remote in gen.remote_candidates:
+                if can_pair(candidate, remote):
+                    gen.checklist.add(candidate, remote)
+        self._drain_early(now)
+        self._after_input(now)
+        return True
+
+    def set_local_end_of_candidates(self, now: float) -> None:
+        """Local gathering is complete (RFC 8838 §13: we would signal end-of-candidates)."""
+        self._gen.local_complete = True
+        self._after_input(now)
+
+    # ------------------------------------------------------------------------------------------
+    # remote side
+
+    def set_remote_credentials(
+        self, credentials: IceCredentials, now: float, *, lite: bool = False
+    ) -> bool:
+        """The peer's ufrag/pwd for the current generation, and whether it is ICE-lite.
+
+        Checks start now (as soon as there are pairs). A full agent facing a lite peer becomes
+        controlling; a lite agent facing a full one controlled (RFC 8445 §6.1.1). Returns
+        False (and changes nothing) if different credentials were already set for this
+        generation: a peer restart must go through :meth:`restart` first.
+        """
+        gen = self._gen
+        if gen.remote_credentials is not None:
+            if gen.remote_credentials == credentials and gen.remote_lite == lite:
+                return True
+            self.stats.credentials_rejected += 1
+            return False
+        gen.remote_credentials = credentials
+        gen.remote_lite = lite
+        if gen.started_at is None:
+            gen.started_at = now
+        if lite and not self.lite and not self._controlling:
+            self._set_role(True)
+        elif self.lite and not lite and self._controlling:
+            self._set_role(False)
+        self._drain_early(now)
+        self._after_input(now)
+        return True
+
+    def add_remote_candidate(self, candidate: Candidate, now: float) -> bool:
+        """A remote candidate was signalled (before or during checks: trickle ICE).
+
+        Ignored (False): other components or transports, unspecified/multicast addresses,
+        duplicates, and anything beyond ``max_remote_candidates``. A candidate with the
+        address of a peer-reflexive one replaces it, keeping pair states (RFC 8838 §11.4).
+        """
+        gen = self._gen
+        if candidate.component != 1 or candidate.transport is not Transport.UDP:
+            self.stats.remote_candidates_ignored += 1
+            return False
+        ip = ipaddress.ip_address(candidate.host)
+        if ip.is_unspecified or ip.is_multicast:
+            self.stats.remote_candidates_ignored += 1
+            return False
+        existing = gen.remote(candidate.address)
+        if existing is not None:
+            if existing.type is CandidateType.PRFLX and candidate.type is not CandidateType.PRFLX:
+                gen.remote_candidates[gen.remote_candidates.index(existing)] = candidate
+                gen.checklist.replace_remote(existing, candidate)
+                self._after_input(now)
+                return True
+            return False
+        if len(gen.remote_candidates) >= self.config.max_remote_candidates:
+            self.stats.remote_candidates_dropped += 1
+            return False
+        gen.remote_candidates.append(candidate)
+        for local in gen.local_candidates:
+            if local.type in (CandidateType.HOST, CandidateType.RELAY) and can_pair(
+                local, candidate
+            ):
+                gen.checklist.add(local, candidate)
+        self._update_selection(now)
+        self._after_input(now)
+        return True
+
+    def set_remote_end_of_candidates(self, now: float) -> None:
+        """The peer signalled end-of-candidates (RFC 8838 §13)."""
+        self._gen.remote_complete = True
+        self._update_selection(now)
+        self._after_input(now)
+
+    # ------------------------------------------------------------------------------------------
+    # restart
+
+    def restart(self, credentials: IceCredentials, now: float) -> None:
+        """ICE restart (RFC 8445 §9) with fresh local credentials.
+
+        The shell then re-gathers (:meth:`add_local_candidate` again, host candidates too),
+        and passes the peer's new credentials and candidates. Until a pair of the new
+        generation is selected, the old selected pair stays selected and usable
+        (make-before-break) and the old credentials keep being answered. The role and the
+        tie-breaker are kept.
+        """
+        if credentials == self._gen.local_credentials:
+            raise ValueError("an ICE restart needs new credentials (RFC 8445 §9)")
+        self._checks.cancel_all()
+        sel = self._selection
+        if sel is not None and sel.expired:
+            self._selection = None
+        old = self._gen
+        self._gen = _Generation(
+            old.number + 1, credentials, CheckList(self._controlling, self.config.max_pairs)
+        )
+        self._next_check_at = now
+        log.info("restart", generation=self._gen.number)
+        self._refresh_state(now)
+
+    # ------------------------------------------------------------------------------------------
+    # datagrams and time
+
+    def handle_datagram(
+        self, data: bytes | bytearray | memoryview, local: Address, remote: Address, now: float
+    ) -> bool:
+        """Process one datagram received on base ``local`` from ``remote``.
+
+        Returns True if it was an ICE STUN message (a Binding request or indication, or the
+        response to one of our checks), False otherwise — not STUN, malformed, not Binding, or
+        a response to a transaction that is not ours (the shell may offer it to its TURN or
+        STUN clients). Never raises on bad input; drops are counted in :attr:`stats`.
+        """
+        self.stats.datagrams += 1
+        if not is_stun(data):
+            self.stats.not_stun += 1
+            return False
+        try:
+            msg = Message.decode(data)
+        except StunDecodeError:
+            self.stats.malformed += 1
+            return False
+        if msg.method != Method.BINDING:
+            self.stats.not_binding += 1
+            return False
+        try:
+            if msg.message_class == MessageClass.REQUEST:
+                self._on_request(msg, local, remote, now)
+                handled = True
+            elif msg.message_class == MessageClass.INDICATION:
+                handled = True  # keepalive (RFC 8445 §11)
+            else:
+                handled = self._on_response(msg, local, remote, now)
+        except ValueError:
+            # A value that decoded but cannot make a candidate (port 0, priority 0, ...).
+            self.stats.malformed += 1
+            handled = False
+        self._after_input(now)
+        return handled
+
+    def handle_timeout(self, now: float) -> None:
+        """Run whatever is due at ``now``: retransmissions, paced checks, nomination,
+        consent, direct-path retries, failure timeouts."""
+        for event in self._checks.handle_timeout(now):
+            if isinstance(event, StunTransmit):
+                ctx = event.context
+                if ctx is not None:
+                    self._transmit_to(event.data, ctx.pair.local, ctx.remote)
+            else:
+                self._on_check_outcome(event, None, None, now)
+        self._consent_timers(now)
+        self._probe(now)
+        self._maybe_nominate(now)
+        self._schedule_check(now)
+        self._check_failure(now)
+        self._refresh_state(now)
+
+    # ------------------------------------------------------------------------------------------
+    # requests (RFC 8445 §7.3)
+
+    def _on_request(self, msg: Message, local: Address, remote: Address, now: float) -> None:
+        self.stats.requests += 1
+        if msg.fingerprint is None or not msg.check_fingerprint():
+            self.stats.bad_fingerprint += 1
+            return
+        username = msg.username
+        if username is None or not msg.has_integrity:
+            self.stats.bad_requests += 1
+            self._reply(error_response(msg, ErrorCode.BAD_REQUEST), None, local, remote)
+            return
+        lufrag, sep, rufrag = username.partition(":")
+        gen = self._generation_for(lufrag)
+        if gen is None or not sep:
+            self.stats.unauthenticated += 1
+            self._reply(error_response(msg, ErrorCode.UNAUTHENTICATED), None, local, remote)
+            return
+        key = short_term_key(gen.local_credentials.pwd)
+        if not msg.check_integrity(key):
+            self.stats.unauthenticated += 1
+            self._reply(error_response(msg, ErrorCode.UNAUTHENTICATED), None, local, remote)
+            return
+        unknown = unknown_comprehension_required(msg)
+        if unknown:
+            self.stats.unknown_attributes += 1
+            reply = error_response(msg, ErrorCode.UNKNOWN_ATTRIBUTE, unknown_attributes=unknown)
+            self._reply(reply, key, local, remote)
+            return
+        priority = msg.priority
+        theirs_controlling = msg.ice_controlling
+        theirs_controlled = msg.ice_controlled
+        if (
+            priority is None
+            or not 1 <= priority <= MAX_PRIORITY
+            or (theirs_controlling is None and theirs_controlled is None)
+        ):
+            self.stats.bad_requests += 1
+            self._reply(error_response(msg, ErrorCode.BAD_REQUEST), key, local, remote)
+            return
+        if gen is self._gen and not self._resolve_conflict(
+            msg, theirs_controlling, theirs_controlled, key, local, remote
+        ):
+            return
+        attrs: list[tuple[int, Any]] = [(AttrType.XOR_MAPPED_ADDRESS, remote)]
+        if self.config.software:
+            attrs.append((AttrType.SOFTWARE, self.config.software))
+        self._reply(msg.success(attrs), key, local, remote)
+        sel = self._selection
+        if sel is not None and sel.pair.key == (local, remote):
+            sel.last_request = now
+        if gen is not self._gen:
+            self.stats.stale_requests += 1
+            return
+        use_candidate = msg.use_candidate
+        base = gen.base(local)
+        if base is None or (gen.remote_credentials is None and not self.lite):
+            self._queue_early(gen, _EarlyCheck(local, remote, priority, use_candidate, rufrag))
+            return
+        if self.lite:
+            self._lite_check(gen, base, remote, priority, use_candidate, now)
+            return
+        assert gen.remote_credentials is not None
+        if rufrag != gen.remote_credentials.ufrag:
+            self.stats.stale_requests += 1
+            return
+        self._on_check(gen, base, remote, priority, use_candidate, now)
+
+    def _generation_for(self, ufrag: str) -> _Generation | None:
+        if ufrag == self._gen.local_credentials.ufrag:
+            return self._gen
+        sel = self._selection
+        if sel is not None and sel.generation.local_credentials.ufrag == ufrag:
+            return sel.generation
+        return None
+
+    def _resolve_conflict(
+        self,
+        msg: Message,
+        theirs_controlling: int | None,
+        theirs_controlled: int | None,
+        key: bytes,
+        local: Address,
+        remote: Address,
+    ) -> bool:
+        """RFC 8445 §7.3.1.1. Returns False if we answered 487 (the request goes no further)."""
+        if self._controlling and theirs_controlling is not None:
+            self.stats.role_conflicts += 1
+            if not self.lite and self.tie_breaker >= theirs_controlling:
+                self._reply(error_response(msg, ErrorCode.ROLE_CONFLICT), key, local, remote)
+                return False
+            self._set_role(False)
+        elif not self._controlling and theirs_controlled is not None:
+            self.stats.role_conflicts += 1
+            if not self.lite and self.tie_breaker >= theirs_controlled:
+                self._set_role(True)
+            else:
+                self._reply(error_response(msg, ErrorCode.ROLE_CONFLICT), key, local, remote)
+                return False
+        return True
+
+    def _queue_early(self, gen: _Generation, check: _EarlyCheck) -> None:
+        """Remember a check that came before the remote credentials or its base (bounded:
+        the oldest is forgotten first)."""
+        if self.config.max_early_checks == 0:
+            self.stats.early_checks_dropped += 1
+            return
+        for old in gen.early:
+            if old.local == check.local and old.remote == check.remote:
+                gen.early.remove(old)
+                check = _EarlyCheck(
+                    check.local,
+                    check.remote,
+                    check.priority,
+                    check.use_candidate or old.use_candidate,
+                    check.remote_ufrag,
+                )
+                break
+        else:
+            self.stats.early_checks_queued += 1
+        if len(gen.early) >= self.config.max_early_checks:
+            gen.early.popleft()
+            self.stats.early_checks_dropped += 1
+        gen.early.append(check)
+
+    def _drain_early(self, now: float) -> None:
+        gen = self._gen
+        if not gen.early or (gen.remote_credentials is None and not self.lite):
+            return
+        pending = list(gen.early)
+        gen.early.clear()
+        for check in pending:
+            base = gen.base(check.local)
+            if base is None:
+                gen.early.append(check)
+                continue
+            if self.lite:
+                self._lite_check(gen, base, check.remote, check.priority, check.use_candidate, now)
+                continue
+            assert gen.remote_credentials is not None
+            if check.remote_ufrag != gen.remote_credentials.ufrag:
+                self.stats.early_checks_dropped += 1
+                continue
+            self._on_check(gen, base, check.remote, check.priority, check.use_candidate, now)
+
+    def _learn_remote(self, gen: _Generation, address: Address, priority: int) -> Candidate | None:
+        """The remote candidate with this address, or a new peer-reflexive one (§7.3.1.3)."""
+        cand = gen.remote(address)
+        if cand is not None:
+            return cand
+        if len(gen.remote_candidates) >= self.config.max_remote_candidates:
+            self.stats.remote_candidates_dropped += 1
+            return None
+        gen.prflx_serial += 1
+        cand = make_prflx_candidate(address, priority, foundation=f"prflx{gen.prflx_serial}")
+        gen.remote_candidates.append(cand)
+        return cand
+
+    def _on_check(
+        self,
+        gen: _Generation,
+        base: Candidate,
+        remote: Address,
+        priority: int,
+        use_candidate: bool,
+        now: float,
+    ) -> None:
+        """A valid check from ``remote`` arrived on ``base``: §7.3.1.3–§7.3.1.5."""
+        cand = self._learn_remote(gen, remote, priority)
+        if cand is None:
+            return
+        pair = gen.checklist.find(base.address, remote)
+        if pair is None:
+            if not can_pair(base, cand):
+                return
+            pair = gen.checklist.add(base, cand)
+            if pair is None:
+                return
+        if use_candidate and not self._controlling:
+            if pair.state is PairState.SUCCEEDED and pair.valid:
+                pair.nominated = True
+            else:
+                pair.nominate_on_success = True
+        if pair.state is PairState.IN_PROGRESS:
+            gen.checklist.enqueue_triggered(pair)
+        elif pair.state is not PairState.SUCCEEDED:
+            pair.state = PairState.WAITING
+            gen.checklist.enqueue_triggered(pair)
+        self._update_selection(now)
+
+    def _lite_check(
+        self,
+        gen: _Generation,
+        base: Candidate,
+        remote: Address,
+        priority: int,
+        use_candidate: bool,
+        now: float,
+    ) -> None:
+        """A lite agent's view of a check (§2.5, §7.3.1.5): the pair is valid because the
+        full peer checks it; USE-CANDIDATE nominates it."""
+        cand = self._learn_remote(gen, remote, priority)
+        if cand is None or not can_pair(base, cand):
+            return
+        pair = gen.checklist.find(base.address, remote) or gen.checklist.add(base, cand)
+        if pair is None:
+            return
+        pair.state = PairState.SUCCEEDED
+        pair.valid_local = base
+        pair.last_success = now
+        if gen.started_at is None:
+            gen.started_at = now
+        if use_candidate:
+            pair.nominated = True
+        self._update_selection(now)
+
+    # ------------------------------------------------------------------------------------------
+    # checks and responses (RFC 8445 §7.1, §7.2)
+
+    def _may_check(self, gen: _Generation) -> bool:
+        """A full agent checks once it knows the remote credentials, until the generation
+        failed."""
+        return not self.lite and not gen.failed and gen.remote_credentials is not None
+
+    def _schedule_check(self, now: float) -> None:
+        """One check per Ta: a triggered one first, else an ordinary one (§6.1.4.2)."""
+        gen = self._gen
+        if not self._may_check(gen) or now < self._next_check_at:
+            return
+        if len(self._checks) >= self.config.max_transactions:
+            self.stats.transaction_limit_hits += 1
+            return
+        pair = gen.checklist.pop_triggered()
+        if pair is None:
+            pair = gen.checklist.next_ordinary()
+        if pair is None:
+            return
+        self._send_check(gen, pair, now)
+        self._next_check_at = now + self.config.ta
+
+    def _send_check(self, gen: _Generation, pair: CheckPair, now: float) -> None:
+        creds = gen.remote_credentials
+        assert creds is not None
+        if pair.state is PairState.IN_PROGRESS and pair.transaction_id is not None:
+            tx = self._checks.get(pair.transaction_id)
+            if tx is not None and not pair.use_candidate:
+                # Triggered check on an In-Progress pair: send the request again now.
+                self._transmit_to(tx.request, pair.local, pair.remote.address)
+                return
+        use_candidate = pair.use_candidate and self._controlling
+        tid = self._transaction_id()
+        priority = peer_reflexive_priority(pair.local)
+        msg = Message.request(
+            Method.BINDING,
+            tid,
+            [
+                (AttrType.USERNAME, f"{creds.ufrag}:{gen.local_credentials.ufrag}"),
+                (AttrType.PRIORITY, priority),
+                (
+                    AttrType.ICE_CONTROLLING if self._controlling else AttrType.ICE_CONTROLLED,
+                    self.tie_breaker,
+                ),
+            ],
+        )
+        if use_candidate:
+            msg.add(AttrType.USE_CANDIDATE)
+        key = short_term_key(creds.pwd)
+        wire = msg.encode(key, fingerprint=True)
+        busy = gen.checklist.count(PairState.WAITING, PairState.IN_PROGRESS)
+        rto = max(self.config.check_rto_min, self.config.ta * busy)
+        ctx = _CheckContext(
+            pair,
+            gen.number,
+            pair.local.address,
+            pair.remote.address,
+            self._controlling,
+            use_candidate,
+            priority,
+        )
+        if pair.transaction_id is not None:
+            self._checks.cancel(pair.transaction_id)
+        first = self._checks.start(wire, now, key=key, context=ctx, rto=rto)
+        pair.transaction_id = tid
+        if pair.state is not PairState.SUCCEEDED:
+            pair.state = PairState.IN_PROGRESS
+        self.stats.checks_sent += 1
+        self._transmit_to(first.data, pair.local, pair.remote.address)
+
+    def _on_response(self, msg: Message, local: Address, remote: Address, now: float) -> bool:
+        sel = self._selection
+        if sel is not None and sel.consent is not None and msg.transaction_id in sel.consent:
+            if (local, remote) != sel.pair.key:
+                self.stats.non_symmetric += 1
+                return True
+            was_suspect = sel.consent.state is ConsentState.SUSPECT
+            if sel.consent.handle_response(msg, now) and was_suspect:
+                self._events.append(ConsentRestored(self._describe(sel)))
+            return True
+        tx = self._checks.get(msg.transaction_id)
+        if tx is None or tx.context is None:
+            self.stats.unknown_responses += 1
+            return False
+        outcome = self._checks.handle_response(msg, now)
+        if outcome is None:
+            self.stats.invalid_responses += 1
+            return True
+        self._on_check_outcome(outcome, local, remote, now)
+        return True
+
+    def _on_check_outcome(
+        self,
+        outcome: TransactionOutcome[_CheckContext],
+        local: Address | None,
+        remote: Address | None,
+        now: float,
+    ) -> None:
+        ctx = outcome.context
+        if ctx is None or outcome.state is TransactionState.CANCELLED:
+            return
+        gen = self._gen
+        pair = ctx.pair
+        if ctx.generation != gen.number or gen.checklist.find(*pair.key) is not pair:
+            return
+        if pair.transaction_id == outcome.transaction_id:
+            pair.transaction_id = None
+        if ctx.use_candidate:
+            pair.use_candidate = False
+            if gen.nominating is pair:
+                gen.nominating = None
+        if outcome.state is TransactionState.TIMED_OUT:
+            self._fail_pair(pair)
+            return
+        if not outcome.ok:
+            error = outcome.error
+            if error is not None and error[0] == ErrorCode.ROLE_CONFLICT:
+                # §7.2.5.1: switch role if the request carried our current role, retry.
+                if ctx.controlling == self._controlling:
+                    self._set_role(not self._controlling)
+                if pair.state is not PairState.SUCCEEDED:
+                    pair.state = PairState.WAITING
+                gen.checklist.enqueue_triggered(pair)
+                return
+            self._fail_pair(pair)
+            return
+        # §7.2.5.2.1: the response must come from where the request went, to where it came from.
+        if (local, remote) != (ctx.local, ctx.remote):
+            self.stats.non_symmetric += 1
+            self._fail_pair(pair)
+            return
+        assert outcome.response is not None
+        mapped = outcome.response.xor_mapped_address
+        if mapped is None:
+            self.stats.invalid_responses += 1
+            self._fail_pair(pair)
+            return
+        pair.valid_local = self._local_for_mapped(gen, mapped, pair.local, ctx.priority)
+        pair.state = PairState.SUCCEEDED
+        pair.last_success = now
+        if outcome.rtt is not None:
+            pair.rtt = outcome.rtt
+        gen.checklist.unfreeze_foundation(pair.foundation)
+        if gen.first_valid_at is None:
+            gen.first_valid_at = now
+        if ctx.use_candidate and ctx.controlling and self._controlling:
+            pair.nominated = True
+        if pair.nominate_on_success and not self._controlling:
+            pair.nominated = True
+        sel = self._selection
+        if sel is not None and sel.consent is not None and sel.pair.key == pair.key:
+            sel.consent.refresh(now)
+        log.debug("pair succeeded", pair=repr(pair))
+        self._report_better(gen, pair)
+        self._update_selection(now)
+        self._maybe_nominate(now)
+
+    def _fail_pair(self, pair: CheckPair) -> None:
+        pair.state = PairState.FAILED
+        pair.use_candidate = False
+        if self._gen.nominating is pair:
+            self._gen.nominating = None
+
+    def _local_for_mapped(
+        self, gen: _Generation, mapped: Address, base: Candidate, priority: int
+    ) -> Candidate:
+        """The local candidate of the valid pair (§7.2.5.3.1): the one with the mapped
+        address, else a new local peer-reflexive candidate with the PRIORITY we sent."""
+        if mapped == base.address:
+            return base
+        for cand in gen.local_candidates:
+            if cand.address == mapped:
+                return cand
+        prflx = make_prflx_candidate(mapped, priority, base=base.address)
+        if len(gen.local_candidates) < self.config.max_local_candidates:
+            gen.local_candidates.append(prflx)
+        return prflx
+
+    # ------------------------------------------------------------------------------------------
+    # nomination and selection (RFC 8445 §8)
+
+    def _has_nominated(self, gen: _Generation) -> bool:
+        return any(p.nominated for p in gen.checklist.pairs)
+
+    def _selected_in(self, gen: _Generation) -> bool:
+        sel = self._selection
+        return sel is not None and sel.generation is gen
+
+    def _maybe_nominate(self, now: float) -> None:
+        """Regular nomination by the controlling agent (§8.1.1), and the move from a relayed
+        to a direct pair (module docstring)."""
+        gen = self._gen
+        if not self._controlling or not self._may_check(gen) or gen.nominating is not None:
+            return
+        valid = gen.checklist.valid_pairs()
+        if not valid:
+            return
+        nominated = [p for p in valid if p.nominated]
+        if nominated:
+            if self.config.renominate and nominated[0].relayed:
+                direct = [p for p in valid if not p.relayed and not p.nominated]
+                if direct:
+                    self._nominate(gen, direct[0])
+            return
+        best = valid[0]
+        pending_higher = any(
+            p.priority > best.priority
+            and p.state in (PairState.FROZEN, PairState.WAITING, PairState.IN_PROGRESS)
+            for p in gen.checklist.pairs
+        )
+        complete = gen.local_complete and gen.remote_complete
+        assert gen.first_valid_at is not None
+        if (not pending_higher and (not best.relayed or complete)) or (
+            now >= gen.first_valid_at + self.config.nomination_delay
+        ):
+            self._nominate(gen, best)
+
+    def _nominate(self, gen: _Generation, pair: CheckPair) -> None:
+        log.debug("nominating", pair=repr(pair))
+        pair.use_candidate = True
+        gen.nominating = pair
+        gen.checklist.triggered.appendleft(pair)
+
+    def _update_selection(self, now: float) -> None:
+        gen = self._gen
+        if self.lite and gen.remote_lite:
+            # Lite/lite (§2.5): no checks; the highest-priority pair once all is known.
+            if not gen.remote_complete or not gen.checklist.pairs:
+                return
+            best = gen.checklist.pairs[0]
+            best.state = PairState.SUCCEEDED
+            best.valid_local = best.local
+            best.nominated = True
+        else:
+            candidates = [p for p in gen.checklist.valid_pairs() if p.nominated]
+            if not candidates:
+                return
+            best = candidates[0]
+        sel = self._selection
+        if sel is not None and sel.pair is best and sel.generation is gen:
+            return
+        self._select(gen, best, now)
+
+    def _select(self, gen: _Generation, pair: CheckPair, now: float) -> None:
+        previous = self._selection
+        if previous is not None and previous.consent is not None:
+            previous.consent.stop()
+        consent = None
+        if not self.lite:
+            consent = ConsentFreshness(
+                now, self._rng, self.config.consent, last_response=pair.last_success or now
+            )
+        sel = _Selection(pair, gen, consent, last_request=now)
+        self._selection = sel
+        old = None if previous is None or previous.expired else self._describe(previous)
+        new = self._describe(sel)
+        log.info(
+            "pair selected",
+            local=f"{new.local.type.value}:{new.local.host}:{new.local.port}",
+            remote=f"{new.remote.type.value}:{new.remote.host}:{new.remote.port}",
+            generation=gen.number,
+        )
+        self._events.append(PairSelected(new, old))
+        if pair.relayed:
+            # Keep the direct pairs: they may still work (module docstring).
+            for p in list(gen.checklist.pairs):
+                if (
+                    p.relayed
+                    and p is not pair
+                    and p.state
+                    in (
+                        PairState.WAITING,
+                        PairState.FROZEN,
+                    )
+                ):
+                    gen.checklist.remove(p)
+            if gen.next_probe is None and gen.probe_rounds == 0:
+                gen.probe_rounds = self.config.direct_retry_rounds
+                gen.next_probe = now + self.config.direct_retry_interval
+        else:
+            gen.checklist.remove_pending(keep={p for p in gen.checklist.pairs if p.use_candidate})
+            gen.next_probe = None
+        self._refresh_state(now)
+
+    def _report_better(self, gen: _Generation, pair: CheckPair) -> None:
+        sel = self._selection
+        if sel is None or sel.generation is not gen or not sel.pair.relayed or pair.relayed:
+            return
+        if pair.key in gen.better_reported or pair.valid_pair is None:
+            return
+        gen.better_reported.add(pair.key)
+        self._events.append(BetterPairAvailable(pair.valid_pair, self._describe(sel)))
+
+    def _probe(self, now: float) -> None:
+        """While relayed, put failed direct pairs back to Waiting every
+        ``direct_retry_interval`` seconds, ``direct_retry_rounds`` times at most."""
+        gen = self._gen
+        if gen.next_probe is None or now < gen.next_probe:
+            return
+        sel = self._selection
+        if sel is None or sel.generation is not gen or not sel.pair.relayed or gen.failed:
+            gen.next_probe = None
+            return
+        gen.probe_rounds -= 1
+        for pair in gen.checklist.pairs:
+            if not pair.relayed and pair.state is PairState.FAILED:
+                pair.state = PairState.WAITING
+                pair.retries += 1
+        gen.next_probe = now + self.config.direct_retry_interval if gen.probe_rounds > 0 else None
+
+    # ------------------------------------------------------------------------------------------
+    # consent (RFC 7675)
+
+    def _lite_consent(self, sel: _Selection) -> bool:
+        return self.lite and not sel.generation.remote_lite
+
+    def _consent_timers(self, now: float) -> None:
+        sel = self._selection
+        if sel is None or sel.expired:
+            return
+        if sel.consent is None:
+            if self._lite_consent(sel) and now >= sel.last_request + self.config.consent.timeout:
+                self._expire(sel, sel.last_request)
+            return
+        poll = sel.consent.poll(now)
+        for data in poll.retransmits:
+            self._transmit_to(data, sel.pair.local, sel.pair.remote.address)
+        if poll.became is ConsentState.SUSPECT:
+            self._events.append(ConsentSuspect(self._describe(sel), sel.consent.missed))
+        elif poll.became is ConsentState.EXPIRED:
+            self._expire(sel, sel.consent.last_response)
+            return
+        if poll.check_due:
+            self._send_consent(sel, now)
+
+    def _send_consent(self, sel: _Selection, now: float) -> None:
+        gen = sel.generation
+        creds = gen.remote_credentials
+        if creds is None or sel.consent is None:
+            return
+        tid = self._transaction_id()
+        msg = Message.request(
+            Method.BINDING,
+            tid,
+            [
+                (AttrType.USERNAME, f"{creds.ufrag}:{gen.local_credentials.ufrag}"),
+                (AttrType.PRIORITY, peer_reflexive_priority(sel.pair.local)),
+                (
+                    AttrType.ICE_CONTROLLING if self._controlling else AttrType.ICE_CONTROLLED,
+                    self.tie_breaker,
+                ),
+            ],
+        )
+        key = short_term_key(creds.pwd)
+        data = sel.consent.start(msg.encode(key, fingerprint=True), key, now)
+        self.stats.consent_checks_sent += 1
+        self._transmit_to(data, sel.pair.local, sel.pair.remote.address)
+
+    def _expire(self, sel: _Selection, last_response: float) -> None:
+        sel.expired = True
+        if sel.consent is not None:
+            sel.consent.stop()
+        log.info("consent expired", generation=sel.generation.number)
+        self._events.append(ConsentExpired(self._describe(sel), last_response))
+
+    # ------------------------------------------------------------------------------------------
+    # state
+
+    def _check_failure(self, now: float) -> None:
+        gen = self._gen
+        if gen.failed or gen.started_at is None or self._selected_in(gen):
+            return
+        all_failed = (
+            not self.lite
+            and gen.local_complete
+            and gen.remote_complete
+            and gen.checklist.all_failed()
+            and not gen.early
+            and not any(
+                tx.context is not None and tx.context.generation == gen.number
+                for tx in self._checks
+            )
+        )
+        timed_out = (
+            self.config.connect_timeout is not None
+            and now >= gen.started_at + self.config.connect_timeout
+        )
+        if not (all_failed or timed_out):
+            return
+        gen.failed = True
+        self._checks.cancel_all()
+        log.info("checks failed", generation=gen.number, timeout=timed_out)
+        sel = self._selection
+        if sel is not None and not sel.expired:
+            self._events.append(GenerationFailed(gen.number))
+
+    def _refresh_state(self, now: float) -> None:
+        gen = self._gen
+        sel = self._selection
+        if sel is not None and not sel.expired:
+            if sel.consent is not None and sel.consent.state is ConsentState.SUSPECT:
+                state = AgentState.DISCONNECTED
+            elif sel.generation is gen:
+                if not gen.regular_done and not gen.checklist.count(
+                    PairState.WAITING, PairState.IN_PROGRESS, PairState.FROZEN
+                ):
+                    gen.regular_done = True
+                state = AgentState.COMPLETED if gen.regular_done else AgentState.CONNECTED
+            else:
+                state = AgentState.CONNECTED
+        elif gen.failed or (sel is not None and sel.generation is gen):
+            state = AgentState.FAILED
+        elif gen.started_at is not None or gen.remote_credentials is not None:
+            state = AgentState.CHECKING
+        elif sel is not None:
+            state = AgentState.FAILED
+        else:
+            state = AgentState.NEW
+        if state is not self._state:
+            previous, self._state = self._state, state
+            log.debug("state", state=state.value, previous=previous.value)
+            self._events.append(StateChanged(state, previous))
+
+    def _after_input(self, now: float) -> None:
+        self._maybe_nominate(now)
+        self._check_failure(now)
+        self._refresh_state(now)
+
+    def _set_role(self, controlling: bool) -> None:
+        if controlling == self._controlling:
+            return
+        self._controlling = controlling
+        self._gen.checklist.set_role(controlling)
+        log.info("role changed", controlling=controlling)
+        self._events.append(RoleChanged(controlling))
+
+    # ------------------------------------------------------------------------------------------
+    # output helpers
+
+    def _transaction_id(self) -> bytes:
+        return self._rng.getrandbits(96).to_bytes(12, "big")
+
+    def _is_relay_base(self, address: Address) -> bool:
+        gens = [self._gen]
+        if self._selection is not None:
+            gens.append(self._selection.generation)
+        return any(
+            c.type is CandidateType.RELAY and c.address == address
+            for g in gens
+            for c in g.local_candidates
+        )
+
+    def _transmit_to(self, data: bytes, base: Candidate, remote: Address) -> None:
+        self._transmits.append(
+            Transmit(data, base.address, remote, base.type is CandidateType.RELAY)
+        )
+
+    def _reply(self, response: Message, key: bytes | None, local: Address, remote: Address) -> None:
+        self.stats.responses_sent += 1
+        data = response.encode(key, fingerprint=True)
+        self._transmits.append(Transmit(data, local, remote, self._is_relay_base(local)))
+
+    def _describe(self, sel: _Selection) -> SelectedPair:
+        pair = sel.pair
+        return SelectedPair(
+            local=pair.valid_local or pair.local,
+            remote=pair.remote,
+            base=pair.local.address,
+            via_relay=pair.local.type is CandidateType.RELAY,
+            generation=sel.generation.number,
+            rtt=pair.rtt,
+        )
