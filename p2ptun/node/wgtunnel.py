@@ -31,7 +31,7 @@ Run it alone as a process (tests, experiments)::
 The JSON config::
 
     {"private_key": "<base64>", "listen_port": 51820, "interface": "p2p0",
-     "address": ["10.99.0.1/24"], "mtu": 1420, "rekey_after": null,
+     "address": ["10.99.0.1/24"], "mtu": 1420, "rekey_after": null, "under_load": false,
      "peers": [{"public_key": "<base64>", "endpoint": "10.98.0.2:51820",
                 "allowed_ips": ["10.99.0.2/32"], "preshared_key": null,
                 "persistent_keepalive": null}]}
@@ -105,7 +105,7 @@ class TunnelSpec:
 
     ``rekey_after`` shortens every WireGuard timer proportionally
     (:meth:`TimerConfig.shortened`) — for tests that want to watch rekeys; None keeps the
-    standard timers.
+    standard timers. The daemon will decide ``under_load`` itself from its receive queue.
     """
 
     private_key: bytes
@@ -115,6 +115,8 @@ class TunnelSpec:
     mtu: int = DEFAULT_MTU
     peers: tuple[PeerSpec, ...] = ()
     rekey_after: float | None = None
+    under_load: bool = False
+    """Demand cookies from every handshake (:attr:`Device.under_load`) — for tests."""
 
     def timers(self) -> TimerConfig:
         base = TimerConfig()
@@ -202,7 +204,16 @@ def parse_spec(data: object, file: str = "<config>") -> TunnelSpec:
     """Build a :class:`TunnelSpec` from decoded JSON; raises :class:`ConfigError` (one line)."""
     top = _Fields(file, "", data)
     top.check_unknown(
-        {"private_key", "listen_port", "interface", "address", "mtu", "rekey_after", "peers"}
+        {
+            "private_key",
+            "listen_port",
+            "interface",
+            "address",
+            "mtu",
+            "rekey_after",
+            "under_load",
+            "peers",
+        }
     )
     private_key = top.key_value("private_key", required=True)
     assert private_key is not None
@@ -236,6 +247,9 @@ def parse_spec(data: object, file: str = "<config>") -> TunnelSpec:
     if len({p.public_key for p in peers}) != len(peers):
         raise top.error("peers", "the same public key appears twice")
     rekey_after = top.number("rekey_after", None, low=0.5, high=3600)
+    under_load = top.data.get("under_load", False)
+    if not isinstance(under_load, bool):
+        raise top.error("under_load", "must be true or false")
     return TunnelSpec(
         private_key=private_key,
         interface=interface,
@@ -244,6 +258,7 @@ def parse_spec(data: object, file: str = "<config>") -> TunnelSpec:
         mtu=int(top.number("mtu", DEFAULT_MTU, low=576, high=65535)),
         peers=tuple(peers),
         rekey_after=None if rekey_after is None else float(rekey_after),
+        under_load=under_load,
     )
 
 
@@ -350,6 +365,7 @@ class WgTunnel:
             timers=spec.timers(),
             mtu=spec.mtu,
         )
+        device.under_load = spec.under_load
         tun = TunDevice.open(spec.interface)
         endpoints: list[UdpEndpoint] = []
         try:
@@ -634,6 +650,7 @@ def _spec_from_args(args: argparse.Namespace) -> TunnelSpec:
         "listen_port": args.listen_port,
         "mtu": args.mtu,
         "rekey_after": args.rekey_after,
+        "under_load": args.under_load,
         "peers": [],
     }
     if args.peer:
@@ -677,6 +694,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         metavar="SECONDS",
         help="shorten all WireGuard timers so that REKEY_AFTER_TIME is this (tests)",
+    )
+    parser.add_argument(
+        "--under-load",
+        action="store_true",
+        help="demand a cookie (MAC2) from every handshake message (tests)",
     )
     parser.add_argument("--status-file", type=Path, metavar="FILE")
     parser.add_argument("--log-level", default="info", choices=sorted(logging_setup.LEVELS))
