@@ -19,8 +19,12 @@ What it implements
   SHA-256 when the client asks for them; static users and coturn REST-API users.
 - Permissions (§9, §10): CreatePermission, 300 s, port ignored; peers on the deny list of
   :mod:`p2ptun.turn.server_policy` get 403.
-- Send/Data indications (§11) and channels (§12): ChannelBind (0x4000-0x4FFF, 600 s, also
-  installs a permission), ChannelData both ways (padded over TCP/TLS, §12.5).
+- Send/Data indications (§11) and channels (§12): ChannelBind (600 s, also installs a
+  permission), ChannelData both ways (padded over TCP/TLS, §12.5). Channel numbers are
+  0x4000-0x4FFF as RFC 8656 §12 says, plus, by default, 0x5000-0x7FFF: RFC 5766 allowed
+  them and RFC 5766 clients still pick them (coturn's ``turnutils_uclient`` draws from the
+  whole 0x4000-0x7FFF range). ``TurnServerOptions.channel_max = CHANNEL_MAX`` makes the server
+  strict.
 - Unknown comprehension-required attributes: 420 after authentication (RFC 8489 §6.3.1);
   indications with them are dropped (§6.3.2).
 
@@ -62,12 +66,11 @@ from p2ptun.stun import (
     PasswordAlgorithmValue,
     StunDecodeError,
     binding_response,
-    encode_channel_data,
     error_response,
-    is_channel_number,
     is_stun,
     unknown_comprehension_required,
 )
+from p2ptun.stun.channeldata import CHANNEL_MAX, CHANNEL_MIN
 from p2ptun.stun.constants import TRANSPORT_UDP
 from p2ptun.stun.message import message_length, split_message_type
 from p2ptun.stun.server import SOFTWARE
@@ -84,6 +87,9 @@ PERMISSION_LIFETIME = 300
 CHANNEL_LIFETIME = 600
 #: How long an allocation may wait for its relay socket before it is dropped.
 PENDING_TIMEOUT = 30.0
+#: RFC 5766 §11: the legacy upper end of the channel range (RFC 8656 §12 reserves 0x5000+).
+RFC5766_CHANNEL_MAX = 0x7FFF
+_PAD = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
 #: Largest application payload relayed (fits a DATA attribute in one STUN message).
 MAX_RELAY_PAYLOAD = 0xFFFF - 64
 
@@ -198,6 +204,8 @@ class TurnServerOptions:
     user_quota: int = 10
     max_lifetime: int = 3600
     nonce_lifetime: float = DEFAULT_NONCE_LIFETIME
+    channel_max: int = RFC5766_CHANNEL_MAX
+    """Highest channel number accepted: 0x7FFF (RFC 5766 clients) or 0x4FFF (RFC 8656)."""
     software: str | None = SOFTWARE
     limits: ServerLimits = field(default_factory=ServerLimits)
 
@@ -369,6 +377,9 @@ class TurnServer:
         self._per_ip: dict[str, int] = {}
         self._pending = 0
         self._next_wakeup: float | None = None
+        if not CHANNEL_MAX <= options.channel_max <= RFC5766_CHANNEL_MAX:
+            raise ValueError("channel_max must be 0x4FFF-0x7FFF")
+        self._channel_max_byte = options.channel_max >> 8
 
     # -- introspection ---------------------------------------------------------------------
 
@@ -406,7 +417,7 @@ class TurnServer:
     ) -> list[Output]:
         """One datagram (UDP) or one whole frame (TCP/TLS) from a client. Never raises on
         network input; whatever is dropped is counted."""
-        if len(data) >= 4 and 0x40 <= data[0] <= 0x4F:
+        if len(data) >= 4 and 0x40 <= data[0] <= self._channel_max_byte:
             out = self._client_channel_data(five_tuple, data, now)
             return [] if out is None else [out]
         if not is_stun(data):
@@ -457,9 +468,9 @@ class TurnServer:
         ft = alloc.five_tuple
         channel = alloc.channel_by_peer.get(peer)
         if channel is not None and channel.expires > now:
-            wire = encode_channel_data(
-                channel.number, bytes(data), pad=ft.transport is not Transport.UDP
-            )
+            head = ((channel.number << 16) | size).to_bytes(4, "big")
+            pad = _PAD[size & 3] if ft.transport is not Transport.UDP else b""
+            wire = b"".join((head, data, pad))
         else:
             tid = self._rng.getrandbits(96).to_bytes(12, "big")
             wire = Message.indication(
@@ -780,7 +791,7 @@ class TurnServer:
         peer = msg.xor_peer_address
         if number is None or peer is None:
             raise _Reject(ErrorCode.BAD_REQUEST, "CHANNEL-NUMBER or XOR-PEER-ADDRESS missing")
-        if not is_channel_number(number):
+        if not CHANNEL_MIN <= number <= self.options.channel_max:
             raise _Reject(ErrorCode.BAD_REQUEST, "channel number out of range")
         self._check_peer(peer[0])
         self._purge(alloc, now)

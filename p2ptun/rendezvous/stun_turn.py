@@ -1,0 +1,518 @@
+"""The embedded STUN and TURN servers' trio shell.
+
+:class:`StunTurnService` owns the sockets around the sans-I/O cores: the Binding server
+(:func:`p2ptun.stun.handle_binding`) and, when ``[turn]`` is configured, the TURN server
+(:class:`p2ptun.turn.server.TurnServer`, RFC 8656). Use it in two steps, so that every listen
+address is bound (or the start fails with one clear line) before anything is served::
+
+    service = await StunTurnService.bind(cfg.stun, cfg.turn)   # RuntimeFailure if it cannot
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(service.serve)
+
+- UDP on every ``[stun] listen`` address: STUN Binding, TURN requests, Send indications and
+  ChannelData (RFC 8656 §3.1: TURN runs on the STUN port).
+- TCP on the same addresses, and TLS on ``[turn] tls_listen``: STUN and ChannelData framed on
+  the stream (RFC 8489 §6.2.2, RFC 8656 §12.5); each connection is its own 5-tuple and its
+  allocation ends with it.
+- One UDP relay socket per allocation, bound where the core asks; each socket's task wakes
+  once per readiness and drains it (no per-packet channel hops).
+- One timer task drives the core's expiries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import math
+import os
+import random
+import socket
+import ssl
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+
+import trio
+
+from p2ptun.addr import Address, format_address
+from p2ptun.config import StunServerSettings, TurnServerSettings
+from p2ptun.errors import ConfigError, RuntimeFailure
+from p2ptun.log import get_logger
+from p2ptun.net.udp import UdpEndpoint
+from p2ptun.stun import channel_data_frame_length, handle_binding, message_length
+from p2ptun.turn.server import (
+    CloseRelay,
+    FiveTuple,
+    OpenRelay,
+    Output,
+    ToClient,
+    ToPeer,
+    Transport,
+    TurnServer,
+    TurnServerOptions,
+)
+
+log = get_logger("rendezvous.stun_turn")
+
+#: Largest frame accepted on a stream (a STUN message or padded ChannelData).
+MAX_STREAM_FRAME = 0xFFFF + 20
+#: Connections served at once (TCP and TLS together); more are closed at once.
+MAX_CONNECTIONS = 1024
+#: A connection without an allocation that sends nothing for this long is closed.
+IDLE_TIMEOUT = 120.0
+#: Frames queued for one stream client before further ones are dropped.
+STREAM_QUEUE = 256
+#: Datagrams read from one relay socket before yielding to other tasks.
+RELAY_BATCH = 64
+#: The timer task looks at least this often (keeps the wall-clock offset fresh).
+TICK = 1.0
+TLS_HANDSHAKE_TIMEOUT = 10.0
+
+
+@dataclass
+class ShellCounters:
+    """Drops and events of the I/O layer (the core counts protocol drops)."""
+
+    connections: int = 0
+    connections_rejected: int = 0
+    stream_garbage: int = 0
+    stream_queue_full: int = 0
+    relay_send_failed: int = 0
+    relay_recv_errors: int = 0
+    relays_opened: int = 0
+    relays_closed: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _tls_context(turn: TurnServerSettings, config_path: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    assert turn.tls_cert is not None and turn.tls_key is not None
+    try:
+        context.load_cert_chain(turn.tls_cert, turn.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            config_path, "turn.tls_cert", f"cannot load the certificate and key: {exc}"
+        ) from None
+    return context
+
+
+class StunTurnService:
+    """The bound sockets and the cores; :meth:`serve` runs them until cancelled."""
+
+    def __init__(
+        self,
+        udp: list[tuple[Address, UdpEndpoint]],
+        tcp: list[tuple[Address, trio.SocketListener]],
+        tls: list[tuple[Address, trio.SocketListener]],
+        turn: TurnServer | None,
+        tls_context: ssl.SSLContext | None,
+    ) -> None:
+        self.turn = turn
+        self.counters = ShellCounters()
+        self._udp: dict[Address, UdpEndpoint] = {}
+        self._udp_list = udp
+        self._tcp = tcp
+        self._tls = tls
+        self._tls_context = tls_context
+        self._streams: dict[FiveTuple, trio.MemorySendChannel[bytes]] = {}
+        self._relays: dict[Address, socket.socket] = {}
+        self._nursery: trio.Nursery | None = None
+        for addr, endpoint in udp:
+            self._udp[addr] = endpoint
+
+    # -- construction ------------------------------------------------------------------------
+
+    @classmethod
+    async def bind(
+        cls,
+        stun: StunServerSettings,
+        turn: TurnServerSettings | None,
+        *,
+        config_path: str = "",
+        secret: bytes | None = None,
+    ) -> StunTurnService:
+        """Bind every listener; raise :class:`RuntimeFailure` naming the address that cannot
+        be bound (closing what was opened), :class:`ConfigError` for an unusable TLS key."""
+        tls_context = None
+        if turn is not None and turn.tls_listen:
+            tls_context = _tls_context(turn, config_path)
+        udp: list[tuple[Address, UdpEndpoint]] = []
+        tcp: list[tuple[Address, trio.SocketListener]] = []
+        tls: list[tuple[Address, trio.SocketListener]] = []
+        try:
+            for host, port in stun.listen:
+                endpoint = UdpEndpoint.bind(_family(host), host, port)
+                udp.append(((host, port), endpoint))
+            for host, port in stun.listen:
+                tcp.append(((host, port), await _tcp_listener(host, port)))
+            for host, port in turn.tls_listen if turn is not None else ():
+                tls.append(((host, port), await _tcp_listener(host, port)))
+        except BaseException:
+            for _, endpoint in udp:
+                endpoint.close()
+            for _, listener in (*tcp, *tls):
+                listener.socket.close()
+            raise
+        core = None
+        if turn is not None:
+            own = [h for h, _ in stun.listen] + [h for h, _ in turn.tls_listen]
+            core = TurnServer(
+                TurnServerOptions.from_settings(turn, own),
+                secret if secret is not None else os.urandom(32),
+                rng=random.SystemRandom(),
+                wall_offset=time.time() - time.monotonic(),
+            )
+        service = cls(udp, tcp, tls, core, tls_context)
+        log.info(
+            "stun/turn listening",
+            udp=",".join(format_address(a) for a, _ in udp),
+            tcp=",".join(format_address(a) for a, _ in tcp),
+            tls=",".join(format_address(a) for a, _ in tls) or "-",
+            turn="on" if core is not None else "off",
+        )
+        return service
+
+    # -- running ------------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        """Serve until cancelled; closes every socket on the way out."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for addr, endpoint in self._udp_list:
+                    nursery.start_soon(self._udp_loop, addr, endpoint)
+                for _addr, listener in self._tcp:
+                    nursery.start_soon(self._accept_loop, listener, Transport.TCP)
+                for _addr, listener in self._tls:
+                    nursery.start_soon(self._accept_loop, listener, Transport.TLS)
+                if self.turn is not None:
+                    nursery.start_soon(self._timer_loop)
+        finally:
+            self._nursery = None
+            self.close()
+
+    def close(self) -> None:
+        """Close every socket (idempotent)."""
+        for _, endpoint in self._udp_list:
+            endpoint.close()
+        for _, listener in (*self._tcp, *self._tls):
+            listener.socket.close()
+        for relay in list(self._relays):
+            self._close_relay(relay)
+
+    def counters_dict(self) -> dict[str, int]:
+        """Shell, core and listener counters in one flat dict."""
+        out = self.counters.as_dict()
+        if self.turn is not None:
+            out.update({f"turn_{k}": v for k, v in self.turn.counters.as_dict().items()})
+        for _, endpoint in self._udp_list:
+            for k, v in endpoint.counters.as_dict().items():
+                key = f"udp_{k}"
+                out[key] = out.get(key, 0) + v
+        return out
+
+    # -- UDP listeners -----------------------------------------------------------------------
+
+    async def _udp_loop(self, local: Address, endpoint: UdpEndpoint) -> None:
+        """Wake once per readiness, drain the listener, hand every datagram to the core.
+
+        Not :meth:`UdpEndpoint.receive_loop`: its demultiplexer knows ChannelData only as
+        0x40-0x4F, and a TURN server also takes the RFC 5766 channels up to 0x7FFF. The core
+        classifies and counts everything itself.
+        """
+        sock = endpoint.socket
+        counters = endpoint.counters
+        buffer = bytearray(0x10000)
+        view = memoryview(buffer)
+        turn = self.turn
+        while True:
+            try:
+                await trio.lowlevel.wait_readable(sock)
+            except (trio.ClosedResourceError, OSError):
+                return
+            for _ in range(RELAY_BATCH):
+                try:
+                    n, src = sock.recvfrom_into(buffer)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    counters.rx_errors += 1
+                    if sock.fileno() < 0:
+                        return
+                    continue
+                counters.rx_bytes += n
+                client = (str(src[0]), int(src[1]))
+                if turn is None:
+                    response = handle_binding(view[:n], client)
+                    if response is not None:
+                        endpoint.send(response, client)
+                    continue
+                ft = FiveTuple(client, local, Transport.UDP)
+                outputs = turn.handle_client(ft, view[:n], trio.current_time())
+                if outputs:
+                    self._dispatch(outputs)
+            else:
+                await trio.lowlevel.checkpoint()
+
+    # -- streams -----------------------------------------------------------------------------
+
+    async def _accept_loop(self, listener: trio.SocketListener, transport: Transport) -> None:
+        assert self._nursery is not None
+        nursery = self._nursery
+        while True:
+            try:
+                stream = await listener.accept()
+            except trio.ClosedResourceError:
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self.counters.connections_rejected += 1
+                    await trio.sleep(0.1)
+                    continue
+                raise
+            if len(self._streams) >= MAX_CONNECTIONS:
+                self.counters.connections_rejected += 1
+                await stream.aclose()
+                continue
+            nursery.start_soon(self._serve_stream, stream, transport)
+
+    async def _serve_stream(self, raw: trio.SocketStream, transport: Transport) -> None:
+        try:
+            peer = raw.socket.getpeername()
+            local = raw.socket.getsockname()
+        except OSError:
+            await raw.aclose()
+            return
+        ft = FiveTuple((str(peer[0]), int(peer[1])), (str(local[0]), int(local[1])), transport)
+        stream: trio.abc.Stream = raw
+        if transport is Transport.TLS:
+            assert self._tls_context is not None
+            tls_stream = trio.SSLStream(raw, self._tls_context, server_side=True)
+            with trio.move_on_after(TLS_HANDSHAKE_TIMEOUT) as scope:
+                try:
+                    await tls_stream.do_handshake()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    scope.cancel()
+            if scope.cancelled_caught:
+                await trio.aclose_forcefully(raw)
+                return
+            stream = tls_stream
+        self.counters.connections += 1
+        send, receive = trio.open_memory_channel[bytes](STREAM_QUEUE)
+        self._streams[ft] = send
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._stream_writer, stream, receive)
+                await self._stream_reader(stream, ft)
+                nursery.cancel_scope.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            del self._streams[ft]
+            if self.turn is not None:
+                self._dispatch(self.turn.connection_closed(ft, trio.current_time()))
+            await trio.aclose_forcefully(stream)
+
+    async def _stream_writer(
+        self, stream: trio.abc.Stream, receive: trio.MemoryReceiveChannel[bytes]
+    ) -> None:
+        async for frame in receive:
+            chunks = [frame]
+            while len(chunks) < 64:
+                try:
+                    chunks.append(receive.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            await stream.send_all(b"".join(chunks))
+
+    async def _stream_reader(self, stream: trio.abc.Stream, ft: FiveTuple) -> None:
+        buf = bytearray()
+        turn = self.turn
+        while True:
+            idle = turn is None or ft not in turn.allocations
+            with trio.move_on_after(IDLE_TIMEOUT if idle else math.inf):
+                data = await stream.receive_some(65536)
+                if not data:
+                    return
+                buf += data
+                while True:
+                    size = _frame_size(buf)
+                    if size is None:
+                        break
+                    if size < 0:
+                        self.counters.stream_garbage += 1
+                        return
+                    if len(buf) < size:
+                        break
+                    frame = bytes(buf[:size])
+                    del buf[:size]
+                    self._stream_frame(ft, frame)
+                continue
+            return  # idle timeout
+
+    def _stream_frame(self, ft: FiveTuple, frame: bytes) -> None:
+        if self.turn is not None:
+            self._dispatch(self.turn.handle_client(ft, frame, trio.current_time()))
+            return
+        response = handle_binding(frame, ft.client)
+        if response is not None:
+            self._to_stream(ft, response)
+
+    def _to_stream(self, ft: FiveTuple, data: bytes) -> None:
+        send = self._streams.get(ft)
+        if send is None:
+            return
+        try:
+            send.send_nowait(data)
+        except trio.WouldBlock:
+            self.counters.stream_queue_full += 1
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    # -- relays ------------------------------------------------------------------------------
+
+    def _open_relay(self, relay: Address) -> bool:
+        sock = socket.socket(_family(relay[0]), socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.setblocking(False)
+            sock.bind(relay)
+        except OSError as exc:
+            sock.close()
+            log.warning("relay bind failed", relay=format_address(relay), error=exc.strerror)
+            return False
+        self._relays[relay] = sock
+        self.counters.relays_opened += 1
+        assert self._nursery is not None
+        self._nursery.start_soon(self._relay_loop, relay, sock)
+        return True
+
+    def _close_relay(self, relay: Address) -> None:
+        sock = self._relays.pop(relay, None)
+        if sock is None:
+            return
+        self.counters.relays_closed += 1
+        with contextlib.suppress(RuntimeError):
+            trio.lowlevel.notify_closing(sock)
+        sock.close()
+
+    async def _relay_loop(self, relay: Address, sock: socket.socket) -> None:
+        """Wake once per readiness and drain the relay socket (peer -> client)."""
+        turn = self.turn
+        assert turn is not None
+        buffer = bytearray(0x10000)
+        view = memoryview(buffer)
+        while True:
+            try:
+                await trio.lowlevel.wait_readable(sock)
+            except (trio.ClosedResourceError, OSError):
+                return
+            if sock.fileno() < 0:
+                return
+            for _ in range(RELAY_BATCH):
+                try:
+                    n, src = sock.recvfrom_into(buffer)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    self.counters.relay_recv_errors += 1
+                    if sock.fileno() < 0:
+                        return
+                    continue
+                out = turn.handle_peer_data(
+                    relay, (str(src[0]), int(src[1])), view[:n], trio.current_time()
+                )
+                if out is not None:
+                    self._to_client(out)
+            else:
+                await trio.lowlevel.checkpoint()
+
+    # -- output dispatch ---------------------------------------------------------------------
+
+    def _to_client(self, out: ToClient) -> None:
+        ft = out.five_tuple
+        if ft.transport is Transport.UDP:
+            endpoint = self._udp.get(ft.server)
+            if endpoint is not None:
+                endpoint.send(out.data, ft.client)
+        else:
+            self._to_stream(ft, out.data)
+
+    def _dispatch(self, outputs: Iterable[Output]) -> None:
+        pending = list(outputs)
+        turn = self.turn
+        while pending:
+            out = pending.pop(0)
+            if isinstance(out, ToClient):
+                self._to_client(out)
+            elif isinstance(out, ToPeer):
+                sock = self._relays.get(out.relay)
+                if sock is None:
+                    continue
+                try:
+                    sock.sendto(out.data, out.peer)
+                except OSError:
+                    self.counters.relay_send_failed += 1
+            elif isinstance(out, OpenRelay):
+                assert turn is not None
+                ok = self._nursery is not None and self._open_relay(out.relay)
+                pending.extend(turn.relay_opened(out.relay, ok, trio.current_time()))
+            elif isinstance(out, CloseRelay):
+                self._close_relay(out.relay)
+
+    async def _timer_loop(self) -> None:
+        turn = self.turn
+        assert turn is not None
+        while True:
+            now = trio.current_time()
+            wake = turn.next_wakeup()
+            deadline = now + TICK if wake is None else min(wake, now + TICK)
+            await trio.sleep_until(deadline)
+            turn.wall_offset = time.time() - trio.current_time()
+            outputs = turn.handle_timeout(trio.current_time())
+            if outputs:
+                self._dispatch(outputs)
+
+
+def _frame_size(buf: bytearray) -> int | None:
+    """Size of the frame at the start of a stream buffer: None if unknown yet, -1 if the
+    bytes are neither STUN nor ChannelData (RFC 8656 §12.5 framing)."""
+    if len(buf) < 4:
+        return None
+    first = buf[0]
+    if 0x40 <= first <= 0x7F:  # RFC 5766 channels reach 0x7FFF
+        size = channel_data_frame_length(buf)
+    elif first < 4:
+        size = message_length(buf)
+        if size is not None and (size & 3 or size > MAX_STREAM_FRAME):
+            return -1
+    else:
+        return -1
+    return size
+
+
+async def _tcp_listener(host: str, port: int) -> trio.SocketListener:
+    shown = format_address((host, port))
+    sock = trio.socket.socket(_family(host), socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if _family(host) == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        await sock.bind((host, port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise RuntimeFailure(f"cannot bind TCP {shown}: address already in use") from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise RuntimeFailure(
+                f"cannot bind TCP {shown}: no such local address on this host"
+            ) from None
+        raise RuntimeFailure(f"cannot bind TCP {shown}: {exc.strerror}") from None
+    return trio.SocketListener(sock)
