@@ -1,0 +1,308 @@
+"""The node's signaling client over TCP with trio: the thin shell around
+:class:`~p2ptun.signal.client.SignalClientCore`.
+
+Usage from the daemon::
+
+    client = SignalingClient.from_config(node_config)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(client.run)
+        session = client.offer("bob", description_text)          # waits for bob's presence
+        async for event in client.signals:                        # SignalReceived(peer, msg)
+            ...
+        creds = await client.turn_credentials()                   # rendezvous-issued TURN
+
+:meth:`SignalingClient.run` connects, reconnects with backoff forever, and returns only after
+:meth:`SignalingClient.stop`. Received signals go to :attr:`SignalingClient.signals`; other
+events (presence, registration, disconnects, TURN) to :attr:`SignalingClient.events`. Both
+channels are bounded; when a consumer falls behind, events are dropped and counted, never
+buffered without bound.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random as _random
+import time
+from collections.abc import Callable, Mapping
+
+import trio
+
+from p2ptun.config import NodeConfig
+from p2ptun.log import get_logger
+from p2ptun.signal.backoff import BackoffPolicy, Random
+from p2ptun.signal.channel import ChannelLimits
+from p2ptun.signal.client import (
+    ClientEvent,
+    ClientState,
+    ClientTimers,
+    RegisteredEvent,
+    SignalClientCore,
+    SignalReceived,
+    TurnCredentialsReceived,
+    TurnUnavailable,
+)
+from p2ptun.signal.messages import TurnCredentials
+from p2ptun.signal.seal import PeerMessage, SealPolicy
+from p2ptun.wireguard.noise import Rng
+
+log = get_logger("signal.client")
+
+
+class _Wakeup:
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+        self._event = trio.Event()
+
+
+class TurnCredentialsUnavailable(Exception):
+    """The rendezvous issues no TURN credentials, or did not answer in time."""
+
+
+class SignalingClient:
+    """Connects a node to its rendezvous and keeps it connected."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        private_key: bytes,
+        rendezvous: tuple[str, int],
+        rendezvous_key: bytes,
+        peers: Mapping[str, bytes],
+        backoff: BackoffPolicy | None = None,
+        timers: ClientTimers | None = None,
+        seal_policy: SealPolicy | None = None,
+        channel_limits: ChannelLimits | None = None,
+        rng: Rng = os.urandom,
+        random: Random = _random.random,
+        wall_clock: Callable[[], float] = time.time,
+        buffer: int = 1024,
+    ) -> None:
+        self.rendezvous = rendezvous
+        self.core = SignalClientCore(
+            name=name,
+            private_key=private_key,
+            rendezvous_key=rendezvous_key,
+            peers=peers,
+            rng=rng,
+            random=random,
+            wall_clock=wall_clock,
+            now=0.0,
+            backoff=backoff,
+            timers=timers,
+            seal_policy=seal_policy,
+            channel_limits=channel_limits,
+        )
+        self._signals_send, self.signals = trio.open_memory_channel[SignalReceived](buffer)
+        self._events_send, self.events = trio.open_memory_channel[ClientEvent](buffer)
+        self.dropped_events = 0
+        self._timer = _Wakeup()
+        self._writer = _Wakeup()
+        self._changed = trio.Event()
+        self._conn_scope: trio.CancelScope | None = None
+        self._turn_unavailable = 0
+
+    @classmethod
+    def from_config(cls, config: NodeConfig, **kwargs: object) -> SignalingClient:
+        """A client for a node config (``kwargs`` as for the constructor)."""
+        return cls(
+            name=config.name,
+            private_key=config.private_key,
+            rendezvous=config.rendezvous.address,
+            rendezvous_key=config.rendezvous.public_key,
+            peers={p.name: p.public_key for p in config.peers},
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    # -- state -----------------------------------------------------------------------------
+
+    @property
+    def state(self) -> ClientState:
+        return self.core.state
+
+    @property
+    def ready(self) -> bool:
+        return self.core.ready
+
+    def is_online(self, peer: str) -> bool | None:
+        return self.core.is_online(peer)
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _after(self) -> None:
+        """Run after every call into the core: deliver events, wake the writer and timer,
+        drop the connection if the core abandoned it."""
+        for event in self.core.events():
+            try:
+                if isinstance(event, SignalReceived):
+                    self._signals_send.send_nowait(event)
+                else:
+                    self._events_send.send_nowait(event)
+            except trio.WouldBlock:
+                self.dropped_events += 1
+            if isinstance(event, TurnUnavailable):
+                self._turn_unavailable += 1
+        self._writer.set()
+        self._timer.set()
+        self._changed.set()
+        self._changed = trio.Event()
+        if not self.core.connected and self._conn_scope is not None:
+            self._conn_scope.cancel()
+
+    async def _wait_changed(self) -> None:
+        await self._changed.wait()
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[SignalingClient] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Keep connected until :meth:`stop`."""
+        self.core.connect_at = trio.current_time()
+        task_status.started(self)
+        try:
+            while self.core.state is not ClientState.STOPPED:
+                if self.core.poll_connect(trio.current_time()):
+                    await self._connection()
+                    continue
+                deadline = self.core.next_wakeup()
+                with trio.move_on_at(deadline if deadline is not None else math.inf):
+                    await self._timer.wait()
+                    continue
+                self.core.handle_timeout(trio.current_time())
+                self._after()
+        finally:
+            self.core.stop()
+            self._after()
+
+    def stop(self) -> None:
+        """Stop: close the connection and make :meth:`run` return."""
+        self.core.stop()
+        self._after()
+
+    async def _connection(self) -> None:
+        host, port = self.rendezvous
+        deadline = self.core.next_wakeup() or math.inf
+        stream: trio.SocketStream | None = None
+        with trio.move_on_at(deadline):
+            try:
+                stream = await trio.open_tcp_stream(host, port)
+            except OSError as exc:
+                self.core.connection_failed(trio.current_time(), exc.strerror or str(exc))
+                self._after()
+                return
+        if stream is None:
+            self.core.handle_timeout(trio.current_time())
+            self._after()
+            return
+        async with stream:
+            self.core.connection_made(trio.current_time())
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._conn_scope = nursery.cancel_scope
+                    self._after()
+                    nursery.start_soon(self._read, stream)
+                    nursery.start_soon(self._write, stream)
+                    nursery.start_soon(self._timers)
+            finally:
+                self._conn_scope = None
+                if self.core.connected:
+                    self.core.connection_lost(trio.current_time(), "connection closed")
+                    self._after()
+
+    async def _read(self, stream: trio.SocketStream) -> None:
+        while True:
+            try:
+                data = await stream.receive_some(65536)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self.core.connection_lost(trio.current_time(), f"read failed: {exc}")
+                self._after()
+                return
+            if not data:
+                self.core.connection_lost(trio.current_time(), "rendezvous closed the connection")
+                self._after()
+                return
+            self.core.data_received(data, trio.current_time())
+            self._after()
+
+    async def _write(self, stream: trio.SocketStream) -> None:
+        while True:
+            data = self.core.data_to_send()
+            if data:
+                try:
+                    await stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    self.core.connection_lost(trio.current_time(), f"write failed: {exc}")
+                    self._after()
+                    return
+                continue
+            await self._writer.wait()
+
+    async def _timers(self) -> None:
+        while True:
+            deadline = self.core.next_wakeup()
+            with trio.move_on_at(deadline if deadline is not None else math.inf):
+                await self._timer.wait()
+                continue
+            self.core.handle_timeout(trio.current_time())
+            self._after()
+
+    # -- the daemon's API ------------------------------------------------------------------
+
+    def send_to(self, peer: str, message: PeerMessage) -> bool:
+        """Seal ``message`` to ``peer`` and route it through the rendezvous (see
+        :meth:`SignalClientCore.send`: offers wait for presence; others need registration and
+        return False without it)."""
+        sent = self.core.send(peer, message)
+        self._after()
+        return sent
+
+    def offer(self, peer: str, description: str, *, restart: bool = False) -> int:
+        """Offer (or restart) a session to ``peer``: this node is ICE-controlling. Returns
+        the session id."""
+        session = self.core.offer(peer, description, restart=restart)
+        self._after()
+        return session
+
+    async def wait_ready(self) -> None:
+        """Wait until registered with the rendezvous."""
+        while not self.core.ready:
+            await self._wait_changed()
+
+    async def wait_online(self, peer: str) -> None:
+        """Wait until the rendezvous says ``peer`` is online."""
+        while not (self.core.ready and self.core.is_online(peer)):
+            await self._wait_changed()
+
+    async def turn_credentials(self, timeout: float = 10.0) -> TurnCredentials:
+        """Fresh TURN credentials from the rendezvous (coturn REST-API form); raises
+        TurnCredentialsUnavailable when it has none or does not answer within ``timeout``."""
+        with trio.move_on_after(timeout):
+            await self.wait_ready()
+            before = self.core.turn
+            refusals = self._turn_unavailable
+            self.core.request_turn()
+            self._after()
+            while self.core.turn is before:
+                if self._turn_unavailable != refusals:
+                    raise TurnCredentialsUnavailable("the rendezvous issues no TURN credentials")
+                await self._wait_changed()
+            received = self.core.turn
+            assert isinstance(received, TurnCredentialsReceived)
+            return received.credentials
+        raise TurnCredentialsUnavailable("no TURN credentials from the rendezvous in time")
+
+
+__all__ = [
+    "RegisteredEvent",
+    "SignalReceived",
+    "SignalingClient",
+    "TurnCredentialsUnavailable",
+]
