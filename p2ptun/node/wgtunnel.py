@@ -51,8 +51,8 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -280,12 +280,15 @@ class PeerStats:
 
 @dataclass
 class TunnelCounters:
-    """Drops the tunnel itself counts (the protocol's are in ``device.counters``)."""
+    """What the I/O layer itself counts (the protocol's counters are ``device.counters``)."""
 
     tun_batches: int = 0
+    """Wake-ups of the TUN side that read at least one packet."""
     udp_batches: int = 0
+    """Batches the UDP endpoints drained."""
     timer_runs: int = 0
-    peer_stats: dict[bytes, PeerStats] = field(default_factory=dict)
+    tx_no_socket: int = 0
+    """Datagrams dropped because no socket of the endpoint's address family is open."""
 
 
 def _routes_needed(spec: TunnelSpec) -> list[str]:
@@ -314,9 +317,11 @@ class WgTunnel:
     """A WireGuard device wired to a TUN device and one UDP endpoint per address family.
 
     Build it from opened parts (``WgTunnel(device, tun, endpoints)``), as the daemon will, or
-    with :meth:`open` from a :class:`TunnelSpec`. The tunnel installs its WireGuard handler and
-    ``on_drained`` callback on the endpoints, and :meth:`run` runs their receive loops. It
-    closes the TUN device and the endpoints when closed (or leaving the ``with`` block).
+    with :meth:`open` from a :class:`TunnelSpec`; then add peers with :meth:`add_peer` (a peer
+    added to ``device`` directly has no endpoint until it learns one). The tunnel installs its
+    WireGuard handler and ``on_drained`` callback on the endpoints, and :meth:`run` runs their
+    receive loops. It closes the TUN device and the endpoints when closed (or leaving the
+    ``with`` block). Time is trio's clock, so a ``MockClock`` drives the protocol timers too.
     """
 
     def __init__(
@@ -326,15 +331,14 @@ class WgTunnel:
         endpoints: Sequence[UdpEndpoint],
         *,
         batch: int = DEFAULT_BATCH,
-        clock: Callable[[], float] = trio.current_time,
     ) -> None:
         if not endpoints:
             raise ValueError("a tunnel needs at least one UDP endpoint")
         self.device = device
         self.tun = tun
         self.endpoints = list(endpoints)
-        self.clock = clock
         self.counters = TunnelCounters()
+        self.peer_stats: dict[Peer, PeerStats] = {}
         self._by_family = {ep.family: ep for ep in self.endpoints}
         self._peer_endpoints: dict[Peer, Address | None] = {}
         self._tun_views = [memoryview(bytearray(MAX_PACKET)) for _ in range(batch)]
@@ -392,8 +396,14 @@ class WgTunnel:
             persistent_keepalive=spec.persistent_keepalive,
         )
         self._peer_endpoints[peer] = spec.endpoint
-        self.counters.peer_stats.setdefault(peer.public_key, PeerStats())
+        self.peer_stats.setdefault(peer, PeerStats())
         return peer
+
+    def _stats(self, peer: Peer) -> PeerStats:
+        stats = self.peer_stats.get(peer)
+        if stats is None:
+            stats = self.peer_stats[peer] = PeerStats()
+        return stats
 
     def set_endpoint(self, peer: Peer, endpoint: Address | None) -> None:
         """Send ``peer``'s datagrams to ``endpoint`` from now on (ICE path switch, roaming)."""
@@ -453,7 +463,7 @@ class WgTunnel:
                 if n == 0:
                     break
                 self.counters.tun_batches += 1
-                now = self.clock()
+                now = trio.current_time()
                 for i in range(n):
                     peer = device.send_packet(views[i][: lengths[i]], now)
                     if peer is not None:
@@ -467,7 +477,7 @@ class WgTunnel:
         """UDP handler for one WireGuard datagram (``data`` is valid until the batch ends)."""
         now = self._rx_now
         if now is None:
-            now = self._rx_now = self.clock()
+            now = self._rx_now = trio.current_time()
         peer = self.device.receive_datagram(data, now, addr)
         if peer is not None:
             self._touched[peer] = None
@@ -492,7 +502,7 @@ class WgTunnel:
                 await trio.sleep_forever()
             self._timer_scope = None
             self.counters.timer_runs += 1
-            for peer in device.handle_timeout(self.clock()):
+            for peer in device.handle_timeout(trio.current_time()):
                 self._touched[peer] = None
             self._flush_touched()
 
@@ -510,8 +520,7 @@ class WgTunnel:
             if datagrams:
                 endpoint = self._peer_endpoints.get(peer)
                 if endpoint is None:
-                    stats = self.counters.peer_stats[peer.public_key]
-                    stats.datagrams_without_endpoint += len(datagrams)
+                    self._stats(peer).datagrams_without_endpoint += len(datagrams)
                 else:
                     for datagram in datagrams:
                         self._send(datagram, endpoint)
@@ -528,11 +537,13 @@ class WgTunnel:
     def _send(self, datagram: bytes, addr: Address) -> None:
         family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
         ep = self._by_family.get(family)
-        if ep is not None:
+        if ep is None:
+            self.counters.tx_no_socket += 1
+        else:
             ep.send(datagram, addr)
 
     def _on_event(self, peer: Peer, event: Event) -> None:
-        stats = self.counters.peer_stats[peer.public_key]
+        stats = self._stats(peer)
         name = _short(peer.public_key)
         if isinstance(event, HandshakeCompleted):
             if event.is_initiator:
@@ -550,7 +561,7 @@ class WgTunnel:
 
     def status(self) -> dict[str, Any]:
         """A JSON-able snapshot: counters of the protocol, the TUN device, the sockets, peers."""
-        now = self.clock()
+        now = trio.current_time()
         peers = []
         for peer in self.device.peers.values():
             endpoint = self._peer_endpoints.get(peer)
@@ -563,7 +574,7 @@ class WgTunnel:
                     "last_handshake_age": None if last is None else round(now - last, 3),
                     "rx_bytes": peer.rx_bytes,
                     "tx_bytes": peer.tx_bytes,
-                    **asdict(self.counters.peer_stats[peer.public_key]),
+                    **asdict(self._stats(peer)),
                 }
             )
         return {
@@ -571,6 +582,7 @@ class WgTunnel:
             "public_key": encode_key(self.device.public_key),
             "listen_port": self.listen_port,
             "counters": self.device.counters.as_dict(),
+            "tunnel": asdict(self.counters),
             "tun": asdict(self.tun.counters),
             "udp": [ep.counters.as_dict() for ep in self.endpoints],
             "peers": peers,
