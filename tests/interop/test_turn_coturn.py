@@ -1,0 +1,465 @@
+"""Our TURN client against coturn, in the NAT lab.
+
+Topology: the client runs in ``site1`` behind a port-restricted NAT; coturn runs in the
+``server`` namespace on 203.0.113.10; the UDP peer is an echo program in ``site2``, a public
+(un-NATed) host. The echo answers each datagram with ``"<source ip>:<port>|"`` + the data, so
+the client sees both directions and which address the peer saw (the relayed one).
+
+This file is also the program that runs inside the namespaces (``python test_turn_coturn.py
+client|echo JSON``): the test process stays in the root namespace and reads one JSON line back.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SERVER_IP = "203.0.113.10"
+TURN_PORT = 3478
+TLS_PORT = 5349
+REALM = "lab"
+USER, PASSWORD = "alice", "wonderland"
+ECHO_PORT = 7000
+
+pytestmark = pytest.mark.lab
+
+
+# ---------------------------------------------------------------- the in-namespace programs
+
+
+async def _roundtrip(turn: Any, peer: tuple[str, int], payload: bytes) -> dict[str, Any]:
+    import trio
+
+    await turn.send(peer, payload)
+    with trio.move_on_after(3):
+        while True:
+            event = await turn.receive()
+            if event.data.endswith(b"|" + payload):
+                seen = event.data.split(b"|", 1)[0].decode()
+                return {"ok": True, "channel": event.channel, "seen": seen, "from": event.peer}
+    return {"ok": False}
+
+
+async def _client(cfg: dict[str, Any]) -> dict[str, Any]:
+    import trio
+
+    from p2ptun.errors import RuntimeFailure
+    from p2ptun.turn.transport import open_turn_session
+
+    result: dict[str, Any] = {"events": [], "rounds": []}
+    peer = (cfg["peer"][0], cfg["peer"][1]) if cfg.get("peer") else None
+
+    def session(username: str, password: str) -> Any:
+        return open_turn_session(
+            cfg["host"],
+            cfg["port"],
+            username,
+            password,
+            transport=cfg.get("transport", "udp"),
+            ca_file=cfg.get("ca_file"),
+            timeout=cfg.get("timeout", 15),
+            on_event=lambda e: result["events"].append(type(e).__name__),
+            **cfg.get("options", {}),
+        )
+
+    start = trio.current_time()
+    try:
+        async with session(cfg["username"], cfg["password"]) as turn:
+            result["relayed"] = list(turn.relayed)
+            result["mapped"] = list(turn.mapped) if turn.mapped else None
+            if cfg.get("second"):
+                try:
+                    async with session(cfg["username"], cfg["password"]):
+                        result["second"] = "allocated"
+                except RuntimeFailure as exc:
+                    result["second"] = str(exc)
+            if peer is not None:
+                await turn.create_permission(peer)
+                result["rounds"].append(await _roundtrip(turn, peer, b"send-1"))
+                if cfg.get("channel"):
+                    result["channel"] = await turn.bind_channel(peer)
+                    result["rounds"].append(await _roundtrip(turn, peer, b"chan-1"))
+                n = 0
+                while trio.current_time() - start < cfg.get("hold", 0):
+                    await trio.sleep(1)
+                    n += 1
+                    result["rounds"].append(await _roundtrip(turn, peer, b"hold-%d" % n))
+            result["refreshes"] = turn.refreshes
+            result["elapsed"] = trio.current_time() - start
+    except RuntimeFailure as exc:
+        result["error"] = str(exc)
+    return result
+
+
+def _echo(cfg: dict[str, Any]) -> None:
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((cfg["host"], cfg["port"]))
+    print('"ready"', flush=True)
+    deadline = time.monotonic() + cfg.get("lifetime", 120)
+    sock.settimeout(1.0)
+    while time.monotonic() < deadline:
+        try:
+            data, src = sock.recvfrom(65536)
+        except TimeoutError:
+            continue
+        sock.sendto(f"{src[0]}:{src[1]}|".encode() + data, src)
+
+
+def main(argv: list[str]) -> int:
+    mode, cfg = argv[0], json.loads(argv[1])
+    if mode == "echo":
+        _echo(cfg)
+        return 0
+    import trio
+
+    print(json.dumps(trio.run(_client, cfg)), flush=True)
+    return 0
+
+
+# ---------------------------------------------------------------- fixtures and helpers
+
+
+def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 203.0.113.10 signed by it."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "p2ptun lab CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, SERVER_IP)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=2))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(SERVER_IP))]),
+            critical=False,
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_path, cert_path, key_path = (
+        directory / "ca.pem",
+        directory / "cert.pem",
+        directory / "key.pem",
+    )
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return ca_path, cert_path, key_path
+
+
+class Coturn:
+    """``turnserver`` in the lab's server namespace, stopped by PID."""
+
+    def __init__(self, lab: Any, args: list[str], tls: tuple[Path, Path] | None = None) -> None:
+        self.lab = lab
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{lab.prefix}-turn-"))
+        lab.add_cleanup(lambda: shutil.rmtree(self.dir, ignore_errors=True))
+        argv = [
+            "turnserver",
+            "-n",
+            "--no-cli",
+            "--no-dtls",
+            "--listening-ip",
+            SERVER_IP,
+            "--relay-ip",
+            SERVER_IP,
+            "--listening-port",
+            str(TURN_PORT),
+            "--min-port",
+            "49152",
+            "--max-port",
+            "49999",
+            "--realm",
+            REALM,
+            "--fingerprint",
+            "--pidfile",
+            str(self.dir / "turn.pid"),
+            "--log-file",
+            str(self.dir / "turn.log"),
+            "--simple-log",
+            "--no-stdout-log",
+            "--userdb",
+            str(self.dir / "turndb"),
+        ]
+        if tls is None:
+            argv.append("--no-tls")
+        else:
+            argv += ["--tls-listening-port", str(TLS_PORT), "--cert", str(tls[0])]
+            argv += ["--pkey", str(tls[1])]
+        argv += args
+        self.argv = argv
+        self.proc = lab.popen(
+            "server", argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        want = {f"{SERVER_IP}:{TURN_PORT}"} | ({f"{SERVER_IP}:{TLS_PORT}"} if tls else set())
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"turnserver exited: {self.proc.stderr.read()[-500:]}")
+            udp = lab.exec("server", "ss", "-Hlun", timeout=5).stdout
+            tcp = lab.exec("server", "ss", "-Hltn", timeout=5).stdout
+            bound_udp = {ln.split()[3] for ln in udp.splitlines() if len(ln.split()) > 3}
+            bound_tcp = {ln.split()[3] for ln in tcp.splitlines() if len(ln.split()) > 3}
+            if f"{SERVER_IP}:{TURN_PORT}" in bound_udp and want <= bound_tcp:
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("turnserver did not bind its ports within 10 s")
+
+    @property
+    def log(self) -> str:
+        for path in sorted(self.dir.glob("turn*.log")):
+            return path.read_text(errors="replace")
+        return ""
+
+    def stop(self) -> None:
+        self.lab.stop(self.proc)
+
+
+@pytest.fixture
+def lab(natlab: Any) -> Any:
+    return natlab(["prc", "none"])
+
+
+@pytest.fixture
+def echo(lab: Any) -> tuple[str, int]:
+    from p2ptun.lab.natlab import wait_for_line
+
+    host = lab.site(2).host_addr
+    cfg = json.dumps({"host": host, "port": ECHO_PORT, "lifetime": 120})
+    proc = lab.popen(
+        "site2",
+        [sys.executable, __file__, "echo", cfg],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    if wait_for_line(proc.stdout, '"ready"', 10) is None:
+        lab.stop(proc)
+        pytest.fail(f"echo peer did not start: {proc.stderr.read()}")
+    return host, ECHO_PORT
+
+
+@pytest.fixture
+def coturn_factory(lab: Any) -> Iterator[Any]:
+    started: list[Coturn] = []
+
+    def start(args: list[str], tls: tuple[Path, Path] | None = None) -> Coturn:
+        server = Coturn(lab, args, tls)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def run_client(lab: Any, cfg: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
+    cfg.setdefault("host", SERVER_IP)
+    cfg.setdefault("port", TURN_PORT)
+    cfg.setdefault("username", USER)
+    cfg.setdefault("password", PASSWORD)
+    proc = lab.exec("site1", sys.executable, __file__, "client", json.dumps(cfg), timeout=timeout)
+    assert proc.returncode == 0, proc.stderr
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+LT_CRED = ["--lt-cred-mech", f"--user={USER}:{PASSWORD}"]
+
+
+# ---------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp", "tls"])
+def test_allocate_and_relay_both_ways(
+    lab: Any, echo: tuple[str, int], coturn_factory: Any, tmp_path: Path, transport: str
+) -> None:
+    """Allocate through a NAT; data client -> peer -> client by Send/Data, then a channel."""
+    ca, cert, key = make_certificates(tmp_path)
+    coturn_factory(LT_CRED, tls=(cert, key) if transport == "tls" else None)
+    cfg: dict[str, Any] = {"transport": transport, "peer": list(echo), "channel": True}
+    if transport == "tls":
+        cfg["port"] = TLS_PORT
+        cfg["ca_file"] = str(ca)
+    result = run_client(lab, cfg)
+    assert "error" not in result, result
+    relayed = tuple(result["relayed"])
+    assert relayed[0] == SERVER_IP
+    assert result["mapped"][0] == lab.site(1).mapped_addr  # the NAT's public address
+    send_round, chan_round = result["rounds"]
+    assert send_round["ok"] and send_round["channel"] is None
+    assert chan_round["ok"] and chan_round["channel"] == result["channel"] == 0x4000
+    for r in (send_round, chan_round):
+        assert r["seen"] == f"{relayed[0]}:{relayed[1]}"  # the peer saw the relayed address
+        assert tuple(r["from"]) == echo
+    assert result["events"][:4] == [
+        "AllocationSucceeded",
+        "PermissionCreated",
+        "PeerData",
+        "ChannelBound",
+    ]
+    assert result["events"][-1] == "Deallocated"
+
+
+def test_tls_rejects_an_unknown_certificate(lab: Any, coturn_factory: Any, tmp_path: Path) -> None:
+    _ca, cert, key = make_certificates(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    other_ca, _, _ = make_certificates(other)
+    coturn_factory(LT_CRED, tls=(cert, key))
+    result = run_client(
+        lab, {"transport": "tls", "port": TLS_PORT, "ca_file": str(other_ca), "timeout": 10}
+    )
+    assert "TLS handshake" in result["error"] and "certificate verify failed" in result["error"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_refreshes_keep_allocation_permission_and_channel_alive(
+    lab: Any, echo: tuple[str, int], coturn_factory: Any, transport: str
+) -> None:
+    """coturn with 4 s permissions, 6 s channels and 3 s nonces: over 14 s every round trip
+    works, by Send/Data and by channel, because the client refreshes all of them (and retries
+    on 438 Stale Nonce). coturn never grants allocations below 600 s, so the allocation refresh
+    is exercised with ``refresh_interval`` instead."""
+    coturn_factory(
+        [*LT_CRED, "--permission-lifetime", "4", "--channel-lifetime", "6", "--stale-nonce=3"]
+    )
+    options = {
+        "permission_lifetime": 4,
+        "permission_refresh": 2,
+        "channel_lifetime": 6,
+        "channel_refresh": 3,
+        "refresh_interval": 2,
+    }
+    result = run_client(
+        lab,
+        {
+            "transport": transport,
+            "peer": list(echo),
+            "channel": True,
+            "hold": 14,
+            "options": options,
+        },
+    )
+    assert "error" not in result, result
+    rounds = result["rounds"]
+    assert len(rounds) >= 12 and all(r["ok"] for r in rounds), rounds
+    assert all(r["channel"] == 0x4000 for r in rounds[1:])
+    assert result["elapsed"] > 14
+    assert result["refreshes"] >= 5
+    assert "PermissionFailed" not in result["events"]
+    assert "ChannelBindFailed" not in result["events"]
+
+
+@pytest.mark.slow
+def test_without_permission_refresh_the_relay_stops(
+    lab: Any, echo: tuple[str, int], coturn_factory: Any
+) -> None:
+    """The control for the test above: the same 4 s permissions, refreshed too late."""
+    coturn_factory([*LT_CRED, "--permission-lifetime", "4"])
+    options = {"permission_lifetime": 300, "permission_refresh": 240}
+    result = run_client(lab, {"peer": list(echo), "hold": 8, "options": options})
+    assert result["rounds"][0]["ok"]
+    assert not result["rounds"][-1]["ok"]
+
+
+def test_wrong_password_is_a_clear_failure(lab: Any, coturn_factory: Any) -> None:
+    coturn_factory(LT_CRED)
+    result = run_client(lab, {"password": "not-it", "timeout": 10})
+    error = result["error"]
+    assert "401" in error and "rejected the username or password" in error
+    assert "'alice'" in error and SERVER_IP in error
+
+
+def test_quota_exceeded_is_a_clear_486(lab: Any, coturn_factory: Any) -> None:
+    coturn_factory([*LT_CRED, "--user-quota", "1"])
+    result = run_client(lab, {"second": True, "timeout": 10})
+    assert "error" not in result, result
+    assert "486" in result["second"] and "quota" in result["second"], result
+
+
+def test_rest_api_ephemeral_credentials(
+    lab: Any, echo: tuple[str, int], coturn_factory: Any
+) -> None:
+    from p2ptun.turn.credentials import make_rest_credential
+
+    secret = "lab-shared-secret"
+    coturn_factory(["--use-auth-secret", f"--static-auth-secret={secret}"])
+    good = make_rest_credential(secret, "alice", time.time(), 3600)
+    result = run_client(
+        lab, {"username": good.username, "password": good.password, "peer": list(echo)}
+    )
+    assert "error" not in result, result
+    assert result["rounds"][0]["ok"]
+    expired = make_rest_credential(secret, "alice", time.time() - 7200, 3600)
+    result = run_client(
+        lab, {"username": expired.username, "password": expired.password, "timeout": 10}
+    )
+    assert "401" in result["error"]
+    forged = make_rest_credential("wrong-secret", "alice", time.time(), 3600)
+    result = run_client(
+        lab, {"username": forged.username, "password": forged.password, "timeout": 10}
+    )
+    assert "401" in result["error"]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
