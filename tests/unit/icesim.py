@@ -349,6 +349,9 @@ class Peer:
         self._timer_token = 0
         self._gather_tid: bytes | None = None
         self._pending_gather = 0
+        self._gather_round = 0
+        self._want_srflx = False
+        self._want_relay = False
         self.trickle_hold = False
         self._held: list[tuple[str, Any]] = []
         endpoint.handler = self._receive
@@ -417,18 +420,34 @@ class Peer:
         host = make_host_candidate(self.endpoint.address, 65535)
         self._add_local(host)
         self._pending_gather = 0
-        if self.stun is not None and not self.lite:
+        self._gather_round += 1
+        self._want_srflx = self.stun is not None and not self.lite
+        self._want_relay = self.relay is not None and not self.lite
+        if self._want_srflx:
             self._gather_tid = self.net.rng.getrandbits(96).to_bytes(12, "big")
-            req = Message.request(Method.BINDING, self._gather_tid)
-            self.endpoint.send(self.stun, req.encode(fingerprint=True))
             self._pending_gather += 1
-        if self.relay is not None and not self.lite:
-            self.endpoint.send(self.relay, Allocate())
+        if self._want_relay:
             self._pending_gather += 1
+        self._gather_send(self._gather_round, 0)
         if self._pending_gather == 0:
             self._gathering_done()
         self.agent.handle_timeout(now)
         self.pump()
+
+    def _gather_send(self, round_: int, attempt: int) -> None:
+        """Send (and resend every 0.5 s, 7 times at most) the gathering requests still
+        unanswered: the sim's STUN and TURN clients."""
+        if round_ != self._gather_round or attempt >= 7:
+            return
+        if self._want_srflx and self._gather_tid is not None:
+            assert self.stun is not None
+            req = Message.request(Method.BINDING, self._gather_tid)
+            self.endpoint.send(self.stun, req.encode(fingerprint=True))
+        if self._want_relay:
+            assert self.relay is not None
+            self.endpoint.send(self.relay, Allocate())
+        if self._want_srflx or self._want_relay:
+            self.net.schedule(self.net.now + 0.5, lambda: self._gather_send(round_, attempt + 1))
 
     def _add_local(self, cand: Candidate) -> None:
         if self.agent.add_local_candidate(cand, self.net.now):
@@ -448,8 +467,11 @@ class Peer:
     def _receive(self, src: Address, payload: object) -> None:
         now = self.net.now
         if isinstance(payload, AllocateOk):
-            if self.relayed_address is None or self.relayed_address != payload.relayed:
-                self.relayed_address = payload.relayed
+            if not self._want_relay:
+                self.pump()
+                return
+            self._want_relay = False
+            self.relayed_address = payload.relayed
             assert self.relay is not None
             self._add_local(
                 make_relay_candidate(
@@ -463,14 +485,13 @@ class Peer:
         elif isinstance(payload, bytes):
             if self._gather_tid is not None and payload[8:20] == self._gather_tid:
                 msg = Message.decode(payload)
-                if msg.message_class == MessageClass.SUCCESS:
+                if msg.message_class == MessageClass.SUCCESS and self._want_srflx:
+                    self._want_srflx = False
                     mapped = msg.get(AttrType.XOR_MAPPED_ADDRESS)
                     assert self.stun is not None
                     if mapped != self.endpoint.address:
                         self._add_local(
-                            make_srflx_candidate(
-                                mapped, self.endpoint.address, self.stun[0], 65535
-                            )
+                            make_srflx_candidate(mapped, self.endpoint.address, self.stun[0], 65535)
                         )
                     self._gather_tid = None
                     self._gathered_one()
@@ -545,10 +566,14 @@ class Scenario:
         self.b.start()
 
     def connected(self) -> bool:
-        return all(
-            p.agent.selected_pair is not None and p.agent.can_send(self.net.now)
-            for p in (self.a, self.b)
-        ) and self.a.agent.selected_pair is not None and self.same_path()
+        return (
+            all(
+                p.agent.selected_pair is not None and p.agent.can_send(self.net.now)
+                for p in (self.a, self.b)
+            )
+            and self.a.agent.selected_pair is not None
+            and self.same_path()
+        )
 
     def same_path(self) -> bool:
         sa, sb = self.a.agent.selected_pair, self.b.agent.selected_pair

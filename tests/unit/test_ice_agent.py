@@ -1,0 +1,407 @@
+"""The sans-I/O ICE agent (RFC 8445, RFC 8838) under virtual time, over the simulated network
+of :mod:`icesim`: NAT combinations, roles, lite, trickle, failure, limits."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from icesim import Peer, Scenario, make_scenario
+
+from p2ptun.ice.agent import (
+    AgentState,
+    IceAgent,
+    IceConfig,
+    PairSelected,
+    RoleChanged,
+    StateChanged,
+)
+from p2ptun.ice.candidate import CandidateType, make_host_candidate, make_srflx_candidate
+from p2ptun.ice.checklist import CheckList, PairState
+from p2ptun.ice.sdp import IceCredentials
+
+DIRECT = (CandidateType.HOST, CandidateType.SRFLX, CandidateType.PRFLX)
+
+
+def connect(s: Scenario, timeout: float = 20.0) -> float:
+    s.start()
+    assert s.net.run_while(s.connected, timeout), (
+        s.a.agent.state,
+        s.b.agent.state,
+        s.a.agent.checklist.pairs,
+        s.b.agent.checklist.pairs,
+    )
+    return s.net.now
+
+
+def assert_clean(*peers: Peer) -> None:
+    for p in peers:
+        assert p.violations == [], f"{p.name} sent to addresses it never learnt"
+
+
+def path_kind(s: Scenario) -> str:
+    sel = s.a.agent.selected_pair
+    assert sel is not None
+    return "relay" if sel.relayed else "direct"
+
+
+# --- NAT matrix -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("nat_a", "nat_b", "expected"),
+    [
+        ("public", "public", "direct"),
+        ("public", "symmetric", "direct"),
+        ("full", "full", "direct"),
+        ("full", "port", "direct"),
+        ("restricted", "restricted", "direct"),
+        ("port", "port", "direct"),
+        ("full", "symmetric", "direct"),
+        ("restricted", "symmetric", "direct"),
+        ("port", "symmetric", "relay"),
+        ("symmetric", "port", "relay"),
+        ("symmetric", "symmetric", "relay"),
+    ],
+)
+def test_nat_matrix(nat_a: str, nat_b: str, expected: str) -> None:
+    s = make_scenario(nat_a, nat_b, seed=7)
+    connect(s)
+    assert path_kind(s) == expected
+    assert s.same_path()
+    # Data flows both ways on the selected pair.
+    assert s.a.send_data(b"DATA-a") and s.b.send_data(b"DATA-b")
+    s.net.run_until(s.net.now + 1)
+    assert [d for _, d in s.b.data_received] == [b"DATA-a"]
+    assert [d for _, d in s.a.data_received] == [b"DATA-b"]
+    assert_clean(s.a, s.b)
+    # Both agents settle (regular checks end) within a minute of virtual time.
+    s.net.run_until(s.net.now + 60)
+    assert s.a.agent.state is AgentState.COMPLETED
+    assert s.b.agent.state is AgentState.COMPLETED
+    assert s.a.agent.can_send() and s.b.agent.can_send()
+
+
+def test_events_and_states_in_order() -> None:
+    s = make_scenario("port", "port", seed=2)
+    connect(s)
+    states = [e.state for _, e in s.a.events_of(StateChanged)]
+    assert states[:2] == [AgentState.CHECKING, AgentState.CONNECTED]
+    selected = s.a.events_of(PairSelected)
+    assert len(selected) == 1 and selected[0][1].previous is None
+    assert s.a.agent.controlling and not s.b.agent.controlling
+
+
+def test_no_relay_and_no_hole_punching_fails() -> None:
+    s = make_scenario("symmetric", "symmetric", seed=4, relay=False)
+    s.start()
+    assert s.net.run_while(
+        lambda: s.a.agent.state is AgentState.FAILED and s.b.agent.state is AgentState.FAILED,
+        60,
+    )
+    assert s.a.agent.selected_pair is None and not s.a.agent.can_send()
+    # Once failed, nothing more is scheduled but consent-less answering.
+    assert s.a.agent.next_wakeup() is None
+
+
+def test_failure_when_all_pairs_fail_after_end_of_candidates() -> None:
+    """Without a connect timeout, failure comes from every pair failing once both sides
+    signalled end-of-candidates (RFC 8838 §8)."""
+    config = IceConfig(connect_timeout=None, check_rc=3, check_rm=4)
+    s = make_scenario("port", "symmetric", seed=5, relay=False, config_a=config, config_b=config)
+    s.start()
+    assert s.net.run_while(lambda: s.a.agent.state is AgentState.FAILED, 30)
+    assert all(p.state is PairState.FAILED for p in s.a.agent.checklist.pairs)
+
+
+# --- roles ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("a_ctl", "b_ctl"), [(True, True), (False, False)])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_role_conflict_resolves(a_ctl: bool, b_ctl: bool, seed: int) -> None:
+    s = make_scenario("port", "full", seed=seed, a_controlling=a_ctl, b_controlling=b_ctl)
+    connect(s)
+    assert s.a.agent.controlling != s.b.agent.controlling
+    changed = s.a.events_of(RoleChanged) + s.b.events_of(RoleChanged)
+    assert len(changed) >= 1
+    # The agent with the larger tie-breaker ends up controlling (RFC 8445 §7.3.1.1).
+    winner = s.a if s.a.agent.tie_breaker > s.b.agent.tie_breaker else s.b
+    assert winner.agent.controlling
+    assert s.a.agent.stats.role_conflicts + s.b.agent.stats.role_conflicts >= 1
+    assert_clean(s.a, s.b)
+
+
+def test_role_conflict_487_response_switches_role() -> None:
+    """Unit level: a 487 answer to our check makes us switch and retry (RFC 8445 §7.2.5.1)."""
+    a = agent("alice", controlling=True, seed=1)
+    b = agent("bob", controlling=True, seed=2)
+    # Make b win: b's tie-breaker larger.
+    a.tie_breaker, b.tie_breaker = 5, 10
+    wire_up(a, b)
+    run_pair(a, b, 5.0)
+    assert not a.controlling and b.controlling
+    assert a.selected_pair is not None and b.selected_pair is not None
+
+
+# --- ICE-lite ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("full_controlling", [True, False])
+def test_full_against_lite(full_controlling: bool) -> None:
+    s = make_scenario(
+        "port",
+        "public",
+        seed=3,
+        lite_b=True,
+        a_controlling=full_controlling,
+        b_controlling=not full_controlling,
+    )
+    connect(s)
+    assert s.a.agent.controlling and not s.b.agent.controlling
+    assert s.b.agent.stats.checks_sent == 0
+    assert all(not t.via_relay for _, t in s.b.sent)
+    assert s.b.agent.selected_pair is not None
+    assert s.b.agent.selected_pair.local.type is CandidateType.HOST
+    # The lite side stays connected as long as the full side keeps checking (consent).
+    s.net.run_until(s.net.now + 65)
+    assert s.a.agent.can_send() and s.b.agent.can_send()
+    assert s.a.agent.state is AgentState.COMPLETED and s.b.agent.state is AgentState.COMPLETED
+    assert_clean(s.a, s.b)
+
+
+def test_lite_lite_picks_highest_priority_pair_without_checks() -> None:
+    s = make_scenario("public", "public", seed=3, lite_a=True, lite_b=True)
+    connect(s)
+    assert s.a.agent.stats.checks_sent == 0 and s.b.agent.stats.checks_sent == 0
+    assert s.a.sent == [] and s.b.sent == []
+    sa, sb = s.a.agent.selected_pair, s.b.agent.selected_pair
+    assert sa is not None and sb is not None
+    assert sa.remote.address == s.b.endpoint.address
+    assert sb.remote.address == s.a.endpoint.address
+    assert s.b.send_data() and s.a.send_data()
+    s.net.run_until(s.net.now + 1)
+    assert s.a.data_received and s.b.data_received
+
+
+def test_lite_agent_rejects_non_host_candidates() -> None:
+    lite = agent("alice", controlling=False, seed=1, lite=True)
+    srflx = make_srflx_candidate(("198.51.100.7", 9), ("10.0.0.1", 1), "192.0.2.1", 65535)
+    with pytest.raises(ValueError):
+        lite.add_local_candidate(srflx, 0.0)
+
+
+# --- trickle ICE ------------------------------------------------------------------------------
+
+
+def test_trickle_candidates_arrive_after_checks_started() -> None:
+    s = make_scenario("port", "port", seed=9)
+    s.b.trickle_hold = True  # B's candidates are held back
+    s.start()
+    s.net.run_until(1.5)
+    # A already checks towards B's prflx addresses learnt from B's checks? It has B's creds:
+    assert s.a.agent.state is AgentState.CHECKING
+    s.b.release_held()
+    assert s.net.run_while(s.connected, 20)
+    assert path_kind(s) == "direct"
+    assert_clean(s.a, s.b)
+
+
+def test_trickle_candidates_arrive_before_credentials() -> None:
+    s = make_scenario("full", "full", seed=10)
+    s.a.start(send_credentials=False)
+    s.b.start()
+    s.net.run_until(1.0)
+    # B has A's candidates but no credentials: it has answered A's checks and waits.
+    assert s.b.agent.remote_credentials is None
+    assert s.b.agent.stats.early_checks_queued >= 1
+    assert s.b.agent.stats.checks_sent == 0
+    s.a.send_credentials()
+    assert s.net.run_while(s.connected, 20)
+    assert_clean(s.a, s.b)
+
+
+def test_late_remote_credentials_and_candidates_only_via_prflx() -> None:
+    """B never signals candidates: A learns B from B's checks (peer-reflexive, §7.3.1.3) and
+    answers with triggered checks; still connects."""
+    s = make_scenario("full", "public", seed=12)
+    s.b.trickle_hold = True
+    s.a.start()
+    s.b.start()
+    assert s.net.run_while(s.connected, 20)
+    kinds = {c.type for c in s.a.agent.remote_candidates}
+    assert kinds == {CandidateType.PRFLX}
+    # Signalling them later upgrades the prflx candidate in place (RFC 8838 §11.4).
+    s.b.release_held()
+    s.net.run_until(s.net.now + 1)
+    kinds = {c.type for c in s.a.agent.remote_candidates}
+    assert CandidateType.HOST in kinds
+    assert s.a.agent.can_send()
+
+
+def test_different_remote_credentials_are_refused_without_restart() -> None:
+    a = agent("alice", controlling=True, seed=1)
+    creds = IceCredentials("peer1", "peerpasswordpeerpassword1")
+    assert a.set_remote_credentials(creds, 0.0)
+    assert a.set_remote_credentials(creds, 0.0)
+    assert not a.set_remote_credentials(IceCredentials("peer2", "peerpasswordpeerpassword2"), 0.0)
+    assert a.stats.credentials_rejected == 1
+
+
+# --- limits -----------------------------------------------------------------------------------
+
+
+def test_remote_candidate_and_pair_limits() -> None:
+    config = IceConfig(max_pairs=10, max_remote_candidates=20)
+    a = agent("alice", controlling=True, seed=1, config=config)
+    a.add_local_candidate(make_host_candidate(("10.0.0.1", 4000), 65535), 0.0)
+    a.add_local_candidate(make_host_candidate(("10.0.0.2", 4000), 65534), 0.0)
+    a.set_remote_credentials(IceCredentials("peer1", "peerpasswordpeerpassword1"), 0.0)
+    for i in range(50):
+        a.add_remote_candidate(make_host_candidate((f"198.51.100.{i + 1}", 5000), 100 + i), 0.0)
+    assert len(a.remote_candidates) == 20
+    assert a.stats.remote_candidates_dropped == 30
+    assert len(a.checklist) <= 10
+    # The kept pairs are the highest-priority ones.
+    prios = [p.priority for p in a.checklist.pairs]
+    assert prios == sorted(prios, reverse=True)
+
+
+def test_transaction_and_pacing_limits() -> None:
+    config = IceConfig(max_transactions=3, ta=0.05)
+    a = agent("alice", controlling=True, seed=1, config=config)
+    a.add_local_candidate(make_host_candidate(("10.0.0.1", 4000), 65535), 0.0)
+    a.set_remote_credentials(IceCredentials("peer1", "peerpasswordpeerpassword1"), 0.0)
+    for i in range(10):
+        a.add_remote_candidate(make_host_candidate((f"198.51.100.{i + 1}", 5000), 100 + i), 0.0)
+    sent_at: list[float] = []
+    now = 0.0
+    while now < 2.0:
+        a.handle_timeout(now)
+        for t in a.pop_transmits():
+            sent_at.append(now)
+            del t
+        assert len(a._checks) <= 3
+        wake = a.next_wakeup()
+        assert wake is not None
+        now = max(wake, now + 1e-6)
+    # New checks are paced at Ta; at most 3 in flight means no more than 3 distinct pairs
+    # checked before the first one times out.
+    in_progress = a.checklist.count(PairState.IN_PROGRESS)
+    assert in_progress <= 3
+    assert a.stats.transaction_limit_hits > 0
+
+
+def test_early_check_queue_is_bounded() -> None:
+    from test_ice_agent_fuzz import check_request
+
+    config = IceConfig(max_early_checks=4)
+    a = agent("alice", controlling=False, seed=1, config=config)
+    a.add_local_candidate(make_host_candidate(("10.0.0.1", 4000), 65535), 0.0)
+    for i in range(20):
+        wire = check_request(a, "peer1", src_port=i)
+        a.handle_datagram(wire, ("10.0.0.1", 4000), ("198.51.100.9", 6000 + i), 0.0)
+    responses = a.pop_transmits()
+    assert len(responses) == 20  # every check was answered
+    assert len(a._gen.early) == 4
+    assert a.stats.early_checks_dropped == 16
+    # When the credentials arrive, the queued checks become triggered checks.
+    a.set_remote_credentials(IceCredentials("peer1", "peerpasswordpeerpassword1"), 0.1)
+    assert len(a.checklist) == 4
+    assert all(p.remote.type is CandidateType.PRFLX for p in a.checklist.pairs)
+
+
+# --- check list unit tests ----------------------------------------------------------------------
+
+
+def test_checklist_initial_states_and_unfreezing() -> None:
+    cl = CheckList(controlling=True)
+    l1 = make_host_candidate(("10.0.0.1", 1000), 65535)
+    r1 = make_host_candidate(("198.51.100.1", 2000), 65535)
+    r2 = make_host_candidate(("198.51.100.1", 2001), 65534)  # same foundation as r1
+    p1 = cl.add(l1, r1)
+    p2 = cl.add(l1, r2)
+    assert p1 is not None and p2 is not None
+    assert p1.state is PairState.WAITING and p2.state is PairState.FROZEN
+    assert cl.add(l1, r1) is p1
+    assert cl.next_ordinary() is p1
+    p1.state = PairState.IN_PROGRESS
+    # Frozen p2 shares the in-progress foundation: nothing to unfreeze yet.
+    assert cl.next_ordinary() is None
+    p1.state = PairState.SUCCEEDED
+    cl.unfreeze_foundation(p1.foundation)
+    assert p2.state is PairState.WAITING
+
+
+def test_checklist_role_change_reorders() -> None:
+    cl = CheckList(controlling=True)
+    la = make_host_candidate(("10.0.0.1", 1000), 65535)
+    lb = make_host_candidate(("10.0.0.2", 1000), 1)
+    ra = make_host_candidate(("198.51.100.1", 2000), 65535)
+    rb = make_host_candidate(("198.51.100.2", 2000), 1)
+    for loc in (la, lb):
+        for rem in (ra, rb):
+            cl.add(loc, rem)
+    before = [p.key for p in cl.pairs]
+    cl.set_role(False)
+    after = [p.priority for p in cl.pairs]
+    assert after == sorted(after, reverse=True)
+    # (la, rb) ranked above (lb, ra) while controlling; the G > D bit now favours (lb, ra).
+    assert [p.key for p in cl.pairs] != before
+
+
+# --- helpers for unit-level tests ---------------------------------------------------------------
+
+
+def agent(
+    name: str, *, controlling: bool, seed: int, lite: bool = False, config: IceConfig | None = None
+) -> IceAgent:
+    creds = IceCredentials(f"{name}u", f"{name}passwordpasswordpassword")
+    return IceAgent(
+        creds, controlling=controlling, rng=random.Random(seed), lite=lite, config=config
+    )
+
+
+_ADDR = {"alice": ("192.0.2.10", 4000), "bob": ("192.0.2.20", 4000)}
+
+
+def wire_up(a: IceAgent, b: IceAgent) -> None:
+    """Two public hosts that exchange everything at time 0."""
+    ca = make_host_candidate(_ADDR["alice"], 65535)
+    cb = make_host_candidate(_ADDR["bob"], 65535)
+    a.add_local_candidate(ca, 0.0)
+    b.add_local_candidate(cb, 0.0)
+    a.set_remote_credentials(b.local_credentials, 0.0)
+    b.set_remote_credentials(a.local_credentials, 0.0)
+    a.add_remote_candidate(cb, 0.0)
+    b.add_remote_candidate(ca, 0.0)
+    for x in (a, b):
+        x.set_local_end_of_candidates(0.0)
+        x.set_remote_end_of_candidates(0.0)
+
+
+def run_pair(a: IceAgent, b: IceAgent, until: float, latency: float = 0.01) -> None:
+    """A tiny direct event loop: deliver every transmit after ``latency``."""
+    import heapq
+
+    addr = {id(a): _ADDR["alice"], id(b): _ADDR["bob"]}
+    heap: list[tuple[float, int, IceAgent, bytes, tuple[str, int], tuple[str, int]]] = []
+    seq = 0
+    now = 0.0
+    while now <= until:
+        for x, y in ((a, b), (b, a)):
+            for t in x.pop_transmits():
+                seq += 1
+                heapq.heappush(heap, (now + latency, seq, y, t.data, addr[id(y)], addr[id(x)]))
+        wakes = [w for w in (a.next_wakeup(), b.next_wakeup()) if w is not None]
+        nxt = min(wakes + ([heap[0][0]] if heap else []), default=None)
+        if nxt is None:
+            break
+        now = max(now, nxt)
+        while heap and heap[0][0] <= now:
+            _, _, dst, data, local, remote = heapq.heappop(heap)
+            dst.handle_datagram(data, local, remote, now)
+        for x in (a, b):
+            w = x.next_wakeup()
+            if w is not None and w <= now:
+                x.handle_timeout(now)
