@@ -578,7 +578,7 @@ class TurnServer:
             if msg.method == Method.ALLOCATE:
                 return self._allocate(ft, msg, auth, now)
             if msg.method == Method.REFRESH:
-                return [self._refresh(ft, msg, auth, now)]
+                return self._refresh(ft, msg, auth, now)
             if msg.method == Method.CREATE_PERMISSION:
                 return [self._create_permission(ft, msg, auth, now)]
             return [self._channel_bind(ft, msg, auth, now)]
@@ -740,14 +740,15 @@ class TurnServer:
 
     # -- Refresh (RFC 8656 §8) -------------------------------------------------------------
 
-    def _refresh(self, ft: FiveTuple, msg: Message, auth: _Auth, now: float) -> ToClient:
+    def _refresh(self, ft: FiveTuple, msg: Message, auth: _Auth, now: float) -> list[Output]:
         alloc = self._owned_allocation(ft, auth, now)
         family = msg.requested_address_family
         if family is not None and family != self._relay_family:
             raise _Reject(ErrorCode.PEER_ADDRESS_FAMILY_MISMATCH)
         requested = msg.lifetime
+        closed: list[Output] = []
         if requested == 0:
-            self._delete(alloc, "refreshed to 0")
+            closed = self._delete(alloc, "refreshed to 0")
             lifetime = 0
         else:
             lifetime = self._lifetime(requested, floor=False)
@@ -756,7 +757,7 @@ class TurnServer:
             self._lower_wakeup(alloc.expires)
         response = msg.success([(AttrType.LIFETIME, lifetime), *self._software()])
         self.counters.success_responses += 1
-        return ToClient(ft, self._encode(response, auth))
+        return [ToClient(ft, self._encode(response, auth)), *closed]
 
     # -- CreatePermission (RFC 8656 §10.2) -----------------------------------------------------
 
