@@ -25,6 +25,7 @@ from p2ptun.signal.seal import (
     Bye,
     Candidates,
     Offer,
+    PeerMessage,
     SealPolicy,
     SignalBox,
     open_sealed,
@@ -178,9 +179,13 @@ def boxes() -> tuple[SignalBox, SignalBox, SignalBox]:
 
 def test_seal_round_trip() -> None:
     alice, bob, _ = boxes()
-    for i, msg in enumerate(
-        [Offer(7, "a=ice-ufrag:abcd\n"), Candidates(7, "x"), Answer(7, "y"), Bye(7, "done")]
-    ):
+    sequence: list[PeerMessage] = [
+        Offer(7, "a=ice-ufrag:abcd\n"),
+        Candidates(7, "x"),
+        Answer(7, "y"),
+        Bye(7, "done"),
+    ]
+    for i, msg in enumerate(sequence):
         blob = alice.seal("bob", msg, WALL + i)
         assert bob.open("alice", blob, WALL + i) == msg
     assert bob.counters.opened == 4
