@@ -347,6 +347,7 @@ class Peer:
         self.data_received: list[tuple[float, bytes]] = []
         self.on_event: Callable[[Peer, IceEvent], None] | None = None
         self._timer_token = 0
+        self.max_seen = {"pairs": 0, "transactions": 0, "remote": 0, "local": 0, "early": 0}
         self._gather_tid: bytes | None = None
         self._pending_gather = 0
         self._gather_round = 0
@@ -535,11 +536,21 @@ class Peer:
             self.events.append((now, ev))
             if self.on_event is not None:
                 self.on_event(self, ev)
+        self._record_bounds()
         wake = self.agent.next_wakeup()
         self._timer_token += 1
         if wake is not None:
             token = self._timer_token
             self.net.schedule(wake, lambda: self._on_timer(token))
+
+    def _record_bounds(self) -> None:
+        a = self.agent
+        seen = self.max_seen
+        seen["pairs"] = max(seen["pairs"], len(a.checklist))
+        seen["transactions"] = max(seen["transactions"], len(a._checks))
+        seen["remote"] = max(seen["remote"], len(a.remote_candidates))
+        seen["local"] = max(seen["local"], len(a.local_candidates))
+        seen["early"] = max(seen["early"], len(a._gen.early))
 
     def _on_timer(self, token: int) -> None:
         if token != self._timer_token:
