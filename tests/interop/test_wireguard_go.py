@@ -309,6 +309,8 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
             stop(proc)
         for ns in made:
             subprocess.run(["ip", "netns", "del", ns], check=False, timeout=TIMEOUT)
+        # wireguard-go removes its UAPI socket on SIGTERM, not when it had to be killed.
+        Path(f"/var/run/wireguard/{lab.wg_b}.sock").unlink(missing_ok=True)
 
 
 # -- the cases ----------------------------------------------------------------------------------
