@@ -83,3 +83,54 @@ __all__ = [
     "validate_pwd",
     "validate_ufrag",
 ]
+
+# --- the agent (appended) ---------------------------------------------------------------------
+from p2ptun.ice.agent import (
+    AgentState,
+    BetterPairAvailable,
+    ConsentExpired,
+    ConsentRestored,
+    ConsentSuspect,
+    GenerationFailed,
+    IceAgent,
+    IceConfig,
+    IceEvent,
+    IceStats,
+    PairSelected,
+    RoleChanged,
+    SelectedPair,
+    StateChanged,
+    Transmit,
+)
+from p2ptun.ice.checklist import CheckList, CheckPair, PairState
+from p2ptun.ice.consent import (
+    ConsentConfig,
+    ConsentFreshness,
+    ConsentState,
+    RandomSource,
+)
+
+__all__ += [
+    "AgentState",
+    "BetterPairAvailable",
+    "CheckList",
+    "CheckPair",
+    "ConsentConfig",
+    "ConsentExpired",
+    "ConsentFreshness",
+    "ConsentRestored",
+    "ConsentState",
+    "ConsentSuspect",
+    "GenerationFailed",
+    "IceAgent",
+    "IceConfig",
+    "IceEvent",
+    "IceStats",
+    "PairSelected",
+    "PairState",
+    "RandomSource",
+    "RoleChanged",
+    "SelectedPair",
+    "StateChanged",
+    "Transmit",
+]
