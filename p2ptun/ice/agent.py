@@ -724,6 +724,11 @@ class IceAgent:
     ) -> bool:
         """Process one datagram received on base ``local`` from ``remote``.
 
+        ``local`` must be the address of a host candidate added with
+        :meth:`add_local_candidate` (the socket's own address, not a wildcard) or of a relayed
+        candidate (for datagrams the TURN client unwrapped); checks arriving on an address
+        that is not (yet) a base are answered and queued like early checks.
+
         Returns True if it was an ICE STUN message (a Binding request or indication, or the
         response to one of our checks), False otherwise — not STUN, malformed, not Binding, or
         a response to a transaction that is not ours (the shell may offer it to its TURN or
@@ -735,7 +740,8 @@ class IceAgent:
             return False
         try:
             msg = Message.decode(data)
-        except StunDecodeError:
+            remote = (str(ipaddress.ip_address(remote[0])), remote[1])
+        except (StunDecodeError, ValueError):
             self.stats.malformed += 1
             return False
         if msg.method != Method.BINDING:

@@ -3,6 +3,7 @@ of :mod:`icesim`: NAT combinations, roles, lite, trickle, failure, limits."""
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -405,3 +406,102 @@ def run_pair(a: IceAgent, b: IceAgent, until: float, latency: float = 0.01) -> N
             w = x.next_wakeup()
             if w is not None and w <= now:
                 x.handle_timeout(now)
+
+
+# --- wire-level details -------------------------------------------------------------------------
+
+
+def test_new_checks_are_paced_at_ta() -> None:
+    """New checks (not retransmissions) leave at most one per Ta (RFC 8445 §6.1.4.2)."""
+    from p2ptun.stun import Message as StunMessage
+
+    config = IceConfig(ta=0.05)
+    s = make_scenario("symmetric", "symmetric", seed=21, config_a=config, config_b=config)
+    connect(s)
+    t_sel = s.a.events_of(PairSelected)[0][0]
+    first_seen: dict[bytes, float] = {}
+    for t, tr in s.a.sent:
+        msg = StunMessage.decode(tr.data)
+        if msg.is_request and t < t_sel:
+            first_seen.setdefault(msg.transaction_id, t)
+    times = sorted(first_seen.values())
+    assert len(times) >= 5
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) >= 0.05 - 1e-9
+
+
+def test_checks_carry_the_rfc_8445_attributes() -> None:
+    from p2ptun.stun import AttrType, Message, short_term_key
+
+    s = make_scenario("full", "full", seed=22)
+    connect(s)
+    b_pwd = s.b.agent.local_credentials.pwd
+    requests = [Message.decode(t.data) for _, t in s.a.sent]
+    requests = [m for m in requests if m.is_request]
+    assert requests
+    for m in requests:
+        assert m.username == f"{s.b.agent.local_credentials.ufrag}:aliceg0x"
+        assert m.priority is not None and m.priority >> 24 == 110
+        assert m.ice_controlling == s.a.agent.tie_breaker
+        assert m.check_fingerprint() and m.check_integrity(short_term_key(b_pwd))
+    assert any(m.use_candidate for m in requests)
+    # The controlled agent never sends USE-CANDIDATE.
+    b_requests = [Message.decode(t.data) for _, t in s.b.sent]
+    assert not any(m.use_candidate for m in b_requests if m.is_request)
+    assert all(m.ice_controlled == s.b.agent.tie_breaker for m in b_requests if m.is_request)
+    assert AttrType.USE_CANDIDATE not in [t for m in b_requests for t in m.types()]
+
+
+def test_symmetric_side_learns_local_peer_reflexive_candidate() -> None:
+    s = make_scenario("full", "symmetric", seed=23)
+    connect(s)
+    sb = s.b.agent.selected_pair
+    assert sb is not None and sb.local.type is CandidateType.PRFLX
+    assert sb.local.related == s.b.endpoint.address  # its base
+    assert sb.base == s.b.endpoint.address
+    sa = s.a.agent.selected_pair
+    assert sa is not None and sa.remote.type is CandidateType.PRFLX
+
+
+def test_error_responses_400_420() -> None:
+    from test_ice_agent_fuzz import LOCAL, PEER, make_agent
+
+    from p2ptun.stun import AttrType, Message, Method, short_term_key
+
+    a = make_agent()
+    key = short_term_key(a.local_credentials.pwd)
+    user = (AttrType.USERNAME, f"{a.local_credentials.ufrag}:peer1")
+    no_priority = Message.request(Method.BINDING, b"\x01" * 12, [user, (0x802A, 5)])
+    unknown = Message.request(
+        Method.BINDING, b"\x02" * 12, [user, (AttrType.PRIORITY, 5), (0x0077, b"x")]
+    )
+    for msg, code in ((no_priority, 400), (unknown, 420)):
+        a.handle_datagram(msg.encode(key, fingerprint=True), LOCAL, PEER, 0.0)
+        (reply,) = a.pop_transmits()
+        decoded = Message.decode(reply.data)
+        assert decoded.error_code is not None and decoded.error_code.code == code
+        assert decoded.check_integrity(key)
+        if code == 420:
+            assert decoded.unknown_attributes == (0x0077,)
+    assert a.remote_candidates == []
+
+
+def test_non_symmetric_response_fails_the_pair() -> None:
+    from test_ice_agent_fuzz import LOCAL, PEER, PEER_CREDS, make_agent
+
+    from p2ptun.stun import AttrType, Message, short_term_key
+
+    a = make_agent(controlling=True)
+    a.set_remote_credentials(PEER_CREDS, 0.0)
+    a.add_remote_candidate(make_host_candidate(PEER, 65535), 0.0)
+    a.handle_timeout(0.0)
+    (check,) = a.pop_transmits()
+    req = Message.decode(check.data)
+    resp = req.success([(AttrType.XOR_MAPPED_ADDRESS, LOCAL)]).encode(
+        short_term_key(PEER_CREDS.pwd), fingerprint=True
+    )
+    # The answer comes from another address than the check went to (§7.2.5.2.1).
+    assert a.handle_datagram(resp, LOCAL, ("198.51.100.99", 6000), 0.05)
+    assert a.stats.non_symmetric == 1
+    (pair,) = a.checklist.pairs
+    assert pair.state is PairState.FAILED
