@@ -348,6 +348,8 @@ class TurnCounters:
     tx_channel_data: int = 0
     rx_data_indications: int = 0
     rx_channel_data: int = 0
+    #: Requests re-sent with a fresh nonce after 438 Stale Nonce.
+    stale_nonces: int = 0
 
 
 def _peer_ip(peer: Address | str) -> str:
@@ -777,6 +779,7 @@ class TurnClient:
             and response.nonce
         ):
             req.stale_retries += 1
+            self.counters.stale_nonces += 1
             self._auth.nonce = response.nonce
             realm_changed = bool(response.realm) and response.realm != self._auth.realm
             if realm_changed and not self._learn_auth(response):

@@ -96,6 +96,7 @@ async def _client(cfg: dict[str, Any]) -> dict[str, Any]:
                     n += 1
                     result["rounds"].append(await _roundtrip(turn, peer, b"hold-%d" % n))
             result["refreshes"] = turn.refreshes
+            result["stale_nonces"] = turn.client.counters.stale_nonces
             result["elapsed"] = trio.current_time() - start
     except RuntimeFailure as exc:
         result["error"] = str(exc)
@@ -379,9 +380,7 @@ def test_refreshes_keep_allocation_permission_and_channel_alive(
     works, by Send/Data and by channel, because the client refreshes all of them (and retries
     on 438 Stale Nonce). coturn never grants allocations below 600 s, so the allocation refresh
     is exercised with ``refresh_interval`` instead."""
-    coturn_factory(
-        [*LT_CRED, "--permission-lifetime", "4", "--channel-lifetime", "6", "--stale-nonce=3"]
-    )
+    coturn_factory([*LT_CRED, "--permission-lifetime=4", "--channel-lifetime=6", "--stale-nonce=3"])
     options = {
         "permission_lifetime": 4,
         "permission_refresh": 2,
@@ -405,6 +404,7 @@ def test_refreshes_keep_allocation_permission_and_channel_alive(
     assert all(r["channel"] == 0x4000 for r in rounds[1:])
     assert result["elapsed"] > 14
     assert result["refreshes"] >= 5
+    assert result["stale_nonces"] >= 1  # the 3 s nonces went stale and were renewed
     assert "PermissionFailed" not in result["events"]
     assert "ChannelBindFailed" not in result["events"]
 
@@ -414,7 +414,7 @@ def test_without_permission_refresh_the_relay_stops(
     lab: Any, echo: tuple[str, int], coturn_factory: Any
 ) -> None:
     """The control for the test above: the same 4 s permissions, refreshed too late."""
-    coturn_factory([*LT_CRED, "--permission-lifetime", "4"])
+    coturn_factory([*LT_CRED, "--permission-lifetime=4"])
     options = {"permission_lifetime": 300, "permission_refresh": 240}
     result = run_client(lab, {"peer": list(echo), "hold": 8, "options": options})
     assert result["rounds"][0]["ok"]
