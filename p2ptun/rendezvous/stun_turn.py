@@ -54,6 +54,8 @@ from p2ptun.turn.server import (
 
 log = get_logger("rendezvous.stun_turn")
 
+#: What a client connection can raise when it breaks; it ends that connection only.
+_STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError)
 #: Largest frame accepted on a stream (a STUN message or padded ChannelData).
 MAX_STREAM_FRAME = 0xFFFF + 20
 #: Connections served at once (TCP and TLS together); more are closed at once.
@@ -75,6 +77,8 @@ class ShellCounters:
 
     connections: int = 0
     connections_rejected: int = 0
+    tls_handshake_failures: int = 0
+    connection_errors: int = 0
     stream_garbage: int = 0
     stream_queue_full: int = 0
     relay_send_failed: int = 0
@@ -295,12 +299,15 @@ class StunTurnService:
         if transport is Transport.TLS:
             assert self._tls_context is not None
             tls_stream = trio.SSLStream(raw, self._tls_context, server_side=True)
-            with trio.move_on_after(TLS_HANDSHAKE_TIMEOUT) as scope:
+            shaken = False
+            with trio.move_on_after(TLS_HANDSHAKE_TIMEOUT):
                 try:
                     await tls_stream.do_handshake()
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    scope.cancel()
-            if scope.cancelled_caught:
+                    shaken = True
+                except _STREAM_ERRORS:
+                    pass
+            if not shaken:
+                self.counters.tls_handshake_failures += 1
                 await trio.aclose_forcefully(raw)
                 return
             stream = tls_stream
@@ -312,8 +319,9 @@ class StunTurnService:
                 nursery.start_soon(self._stream_writer, stream, receive)
                 await self._stream_reader(stream, ft)
                 nursery.cancel_scope.cancel()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
+        except Exception as exc:  # one client's trouble never ends the server
+            self.counters.connection_errors += 1
+            log.error("connection failed", client=str(ft), error=repr(exc))
         finally:
             del self._streams[ft]
             if self.turn is not None:
@@ -323,16 +331,27 @@ class StunTurnService:
     async def _stream_writer(
         self, stream: trio.abc.Stream, receive: trio.MemoryReceiveChannel[bytes]
     ) -> None:
-        async for frame in receive:
-            chunks = [frame]
-            while len(chunks) < 64:
-                try:
-                    chunks.append(receive.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-            await stream.send_all(b"".join(chunks))
+        """Send queued frames, coalescing what is queued; returns when the peer is gone."""
+        try:
+            async for frame in receive:
+                chunks = [frame]
+                while len(chunks) < 64:
+                    try:
+                        chunks.append(receive.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                await stream.send_all(b"".join(chunks))
+        except _STREAM_ERRORS:
+            return
 
     async def _stream_reader(self, stream: trio.abc.Stream, ft: FiveTuple) -> None:
+        """Read frames until EOF, an error, garbage or the idle timeout."""
+        try:
+            await self._read_frames(stream, ft)
+        except _STREAM_ERRORS:
+            return
+
+    async def _read_frames(self, stream: trio.abc.Stream, ft: FiveTuple) -> None:
         buf = bytearray()
         turn = self.turn
         while True:
