@@ -65,7 +65,7 @@ Behaviour, with the RFC sections implemented
 - States (:class:`AgentState`): NEW until the remote credentials are known; CHECKING; CONNECTED
   once a pair is selected (checks may still run); COMPLETED when nothing regular is left to
   check; DISCONNECTED while consent is suspect; FAILED when every pair failed after
-  end-of-candidates both ways (RFC 8838 §8), after ``connect_timeout`` without a selected pair,
+  end-of-candidates both ways (RFC 8838 §8), after ``connect_timeout`` without a valid pair,
   or when consent expired. :meth:`restart` revives a failed agent.
 - Consent (RFC 7675, :mod:`p2ptun.ice.consent`): on the selected pair, checks every 4–6 s,
   :class:`ConsentSuspect` after two unanswered ones, :class:`ConsentExpired` 30 s after the
@@ -75,7 +75,8 @@ Behaviour, with the RFC sections implemented
   lists, new check list; the shell re-gathers). The old selected pair stays selected, keeps
   its consent checks (with the old credentials) and keeps answering the peer's old-credential
   checks until a pair of the new generation is selected (make-before-break); then
-  :class:`PairSelected` names both.
+  :class:`PairSelected` names both. Checks with the previous generation's credentials are
+  answered until the next restart, since the peer may switch later than we do.
 - ICE-lite (§2.5): a lite agent has host candidates only, never sends checks, is controlled
   (the full peer is controlling, §6.1.1), answers checks, and selects the nominated pair;
   its "consent" is the peer's checks: it stops sending 30 s after the last one. Lite/lite: no
@@ -191,7 +192,7 @@ class IceConfig:
     #: Controlling agent: nominate the best valid pair at the latest this long after the
     #: first valid pair appeared.
     nomination_delay: float = 2.0
-    #: No selected pair this long after checks started → FAILED (None: no limit).
+    #: No valid pair this long after checks started → FAILED (None: no limit).
     connect_timeout: float | None = 30.0
     consent: ConsentConfig = field(default_factory=ConsentConfig)
     #: While relayed: retry failed direct pairs this often, this many times.
@@ -452,6 +453,9 @@ class IceAgent:
             rc=self.config.check_rc, rm=self.config.check_rm
         )
         self._selection: _Selection | None = None
+        #: The generation before the last restart: its checks are still answered, because the
+        #: peer may keep its old pair (and its consent) a little longer than we do.
+        self._previous: _Generation | None = None
         self._next_check_at = 0.0
         self._state = AgentState.NEW
         self._transmits: list[Transmit] = []
@@ -570,6 +574,7 @@ class IceAgent:
             and not gen.failed
             and self.config.connect_timeout is not None
             and not self._selected_in(gen)
+            and not gen.checklist.valid_pairs()
         ):
             times.append(gen.started_at + self.config.connect_timeout)
         if gen.next_probe is not None:
@@ -709,6 +714,7 @@ class IceAgent:
         if sel is not None and sel.expired:
             self._selection = None
         old = self._gen
+        self._previous = old
         self._gen = _Generation(
             old.number + 1, credentials, CheckList(self._controlling, self.config.max_pairs)
         )
@@ -854,6 +860,9 @@ class IceAgent:
         sel = self._selection
         if sel is not None and sel.generation.local_credentials.ufrag == ufrag:
             return sel.generation
+        prev = self._previous
+        if prev is not None and prev.local_credentials.ufrag == ufrag:
+            return prev
         return None
 
     def _resolve_conflict(
@@ -1247,9 +1256,10 @@ class IceAgent:
             previous.consent.stop()
         consent = None
         if not self.lite:
-            consent = ConsentFreshness(
-                now, self._rng, self.config.consent, last_response=pair.last_success or now
-            )
+            # Selection follows a successful nominating check (controlling) or the peer's
+            # authenticated USE-CANDIDATE on a pair it validated (controlled): consent starts
+            # fresh now, even if our own last check on the pair succeeded a while ago.
+            consent = ConsentFreshness(now, self._rng, self.config.consent, last_response=now)
         sel = _Selection(pair, gen, consent, last_request=now)
         self._selection = sel
         old = None if previous is None or previous.expired else self._describe(previous)
@@ -1381,9 +1391,13 @@ class IceAgent:
                 for tx in self._checks
             )
         )
+        # The timeout only fails a generation that found no valid pair: one that has valid
+        # pairs is still nominating (a lossy path can make that slow) and fails, if ever,
+        # when its pairs do.
         timed_out = (
             self.config.connect_timeout is not None
             and now >= gen.started_at + self.config.connect_timeout
+            and not gen.checklist.valid_pairs()
         )
         if not (all_failed or timed_out):
             return
