@@ -40,6 +40,7 @@ PASSWORD = "alice-secret-1"
 AUTH_SECRET = "lab-shared-secret-0123456789"
 REALM = "p2ptun-lab"
 PEER_PORT = 3480
+TLS_PORT = 5349
 MESSAGES = 20
 LOSS = re.compile(r"Total lost packets (\d+) \(([\d.]+)%\)")
 SENT = re.compile(r"start_mclient: tot_send_msgs=(\d+), tot_recv_msgs=(\d+)")
@@ -56,7 +57,43 @@ class Rig:
     log: list[str]
 
 
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    """A throwaway certificate for the TLS listener (uclient does not verify it)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "p2ptun-lab")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "tls.crt", tmp / "tls.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
 def _config(tmp: Path, server_ip: str) -> Path:
+    cert, tls_key = _self_signed(tmp)
     key = tmp / "rendezvous.key"
     key.write_text(encode_key(generate_private_key()) + "\n")
     key.chmod(0o600)
@@ -79,6 +116,9 @@ users = {{ {USER} = "{PASSWORD}" }}
 auth_secret = "{AUTH_SECRET}"
 allow_peers = ["192.0.2.0/24", "198.51.100.0/24"]
 user_quota = 100
+tls_listen = ["{server_ip}:{TLS_PORT}"]
+tls_cert = "{cert}"
+tls_key = "{tls_key}"
 """
     )
     return path
@@ -173,8 +213,8 @@ def _assert_no_loss(output: str) -> None:
 
 @pytest.mark.parametrize(
     "flags",
-    [(), ("-s",), ("-t",), ("-t", "-s")],
-    ids=["udp-channels", "udp-send-data", "tcp-channels", "tcp-send-data"],
+    [(), ("-s",), ("-t",), ("-t", "-s"), ("-t", "-S", "-p", str(TLS_PORT))],
+    ids=["udp-channels", "udp-send-data", "tcp-channels", "tcp-send-data", "tls-channels"],
 )
 def test_uclient_relays_without_loss(rig: Rig, flags: tuple[str, ...]) -> None:
     rc, output = _uclient(rig, *flags)
