@@ -601,7 +601,9 @@ class SignalingServer:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._writer, stream, conn_id, wakeup, nursery.cancel_scope)
                     await self._reader(stream, conn_id)
-                    nursery.cancel_scope.cancel()
+                    if not self.core.should_close(conn_id):
+                        nursery.cancel_scope.cancel()  # the node hung up
+                    # else the writer flushes the last words (Refused, GoingAway), then ends.
             finally:
                 del self._wakeups[conn_id]
                 self.core.connection_lost(conn_id, trio.current_time())
