@@ -696,10 +696,8 @@ def test_malformed_and_truncated_input() -> None:
     server, client, _ = allocated()
     good = client.build(Method.REFRESH, [])
     for n in (0, 1, 3, 4, 19, 20, len(good) - 1):
-        assert server.handle_client(client.ft, good[:n], 0.0) in (
-            [],
-            server.handle_client(client.ft, good[:n], 0.0),
-        )
+        for out in server.handle_client(client.ft, good[:n], 0.0):
+            assert isinstance(out, ToClient) and code(Message.decode(out.data)) == 400
     assert server.handle_client(client.ft, b"\xff" * 40, 0.0) == []
     # A sound header with a broken attribute: 400, no state.
     broken = bytearray(Message.request(Method.ALLOCATE, tid(), [(AttrType.LIFETIME, 5)]).encode())

@@ -1,0 +1,185 @@
+"""The trio shell of the embedded STUN/TURN servers, on loopback: real sockets, real relay
+sockets, short bounded waits."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+
+from p2ptun.config import StunServerSettings, TurnServerSettings
+from p2ptun.errors import RuntimeFailure
+from p2ptun.rendezvous.stun_turn import StunTurnService
+from p2ptun.stun import AttrType, Message, MessageClass, Method, long_term_key, message_length
+
+HOST = "127.0.0.1"
+REALM = "lab"
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on loopback (bounded number of tries)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind((HOST, 0))
+            port = int(u.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                try:
+                    t.bind((HOST, port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free port")
+
+
+def turn_settings() -> TurnServerSettings:
+    return TurnServerSettings(
+        realm=REALM,
+        relay_address=HOST,
+        relay_ports=(42000, 42999),
+        users={"alice": "pw"},
+        allow_peers=(ipaddress.ip_network("127.0.0.0/8"),),
+    )
+
+
+@pytest.fixture
+async def service(nursery: trio.Nursery) -> AsyncIterator[tuple[StunTurnService, int]]:
+    port = free_port()
+    svc = await StunTurnService.bind(StunServerSettings(((HOST, port),)), turn_settings())
+    nursery.start_soon(svc.serve)
+    yield svc, port
+    svc.close()
+
+
+async def udp_exchange(sock: trio.socket.SocketType, data: bytes, dest: tuple[str, int]) -> Message:
+    await sock.sendto(data, dest)
+    with trio.fail_after(5):
+        reply, _ = await sock.recvfrom(65536)
+    return Message.decode(reply)
+
+
+async def test_binding_over_udp_and_tcp(service: tuple[StunTurnService, int]) -> None:
+    _, port = service
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await sock.bind((HOST, 0))
+    reply = await udp_exchange(
+        sock, Message.request(Method.BINDING, b"a" * 12).encode(), (HOST, port)
+    )
+    assert reply.xor_mapped_address == sock.getsockname()
+    stream = await trio.open_tcp_stream(HOST, port)
+    await stream.send_all(Message.request(Method.BINDING, b"b" * 12).encode())
+    buf = b""
+    with trio.fail_after(5):
+        while (n := message_length(buf)) is None or len(buf) < n:
+            buf += await stream.receive_some(4096)
+    reply = Message.decode(buf)
+    assert reply.message_class == MessageClass.SUCCESS and reply.xor_mapped_address is not None
+    await stream.aclose()
+    sock.close()
+
+
+async def test_relay_round_trip_and_refresh_zero_closes_the_relay(
+    service: tuple[StunTurnService, int],
+) -> None:
+    svc, port = service
+    server = (HOST, port)
+    client = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await client.bind((HOST, 0))
+    peer = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await peer.bind((HOST, 0))
+    peer_addr = peer.getsockname()
+    key = long_term_key("alice", REALM, "pw")
+
+    challenge = await udp_exchange(
+        client,
+        Message.request(Method.ALLOCATE, b"1" * 12, [(AttrType.REQUESTED_TRANSPORT, 17)]).encode(),
+        server,
+    )
+    assert challenge.error_code is not None and challenge.error_code.code == 401
+    nonce = challenge.nonce
+
+    def signed(method: int, tid: bytes, attrs: list[tuple[int, object]]) -> bytes:
+        msg = Message.request(method, tid, attrs)
+        msg.add(AttrType.USERNAME, "alice").add(AttrType.REALM, REALM).add(AttrType.NONCE, nonce)
+        return msg.encode(key)
+
+    alloc = await udp_exchange(
+        client, signed(Method.ALLOCATE, b"2" * 12, [(AttrType.REQUESTED_TRANSPORT, 17)]), server
+    )
+    assert alloc.message_class == MessageClass.SUCCESS, alloc
+    relay = alloc.xor_relayed_address
+    assert relay is not None and relay[0] == HOST
+    perm = await udp_exchange(
+        client,
+        signed(Method.CREATE_PERMISSION, b"3" * 12, [(AttrType.XOR_PEER_ADDRESS, peer_addr)]),
+        server,
+    )
+    assert perm.message_class == MessageClass.SUCCESS, perm
+
+    send = Message.indication(
+        Method.SEND, b"4" * 12, [(AttrType.XOR_PEER_ADDRESS, peer_addr), (AttrType.DATA, b"ping")]
+    )
+    await client.sendto(send.encode(), server)
+    with trio.fail_after(5):
+        data, src = await peer.recvfrom(2048)
+    assert data == b"ping" and src == relay
+    for i in range(20):  # a burst: the relay task drains it in one wake-up
+        await peer.sendto(b"pong%d" % i, relay)
+    got: list[bytes | None] = []
+    with trio.fail_after(5):
+        while len(got) < 20:
+            reply, _ = await client.recvfrom(2048)
+            ind = Message.decode(reply)
+            assert ind.method == Method.DATA and ind.xor_peer_address == peer_addr
+            got.append(ind.data)
+    assert got == [b"pong%d" % i for i in range(20)]
+
+    done = await udp_exchange(
+        client, signed(Method.REFRESH, b"5" * 12, [(AttrType.LIFETIME, 0)]), server
+    )
+    assert done.message_class == MessageClass.SUCCESS
+    assert svc.counters.relays_opened == 1 and svc.counters.relays_closed == 1
+    counters = svc.counters_dict()
+    assert counters["turn_relayed_to_client"] == 20 and counters["turn_relayed_to_peer"] == 1
+    client.close()
+    peer.close()
+
+
+async def test_tcp_close_deletes_the_allocation(service: tuple[StunTurnService, int]) -> None:
+    svc, port = service
+    assert svc.turn is not None
+    stream = await trio.open_tcp_stream(HOST, port)
+    req = Message.request(Method.ALLOCATE, b"6" * 12, [(AttrType.REQUESTED_TRANSPORT, 17)]).encode()
+    await stream.send_all(req)
+    with trio.fail_after(5):
+        first = await stream.receive_some(4096)
+    challenge = Message.decode(first)
+    msg = Message.request(Method.ALLOCATE, b"7" * 12, [(AttrType.REQUESTED_TRANSPORT, 17)])
+    msg.add(AttrType.USERNAME, "alice").add(AttrType.REALM, REALM).add(
+        AttrType.NONCE, challenge.nonce
+    )
+    await stream.send_all(msg.encode(long_term_key("alice", REALM, "pw")))
+    with trio.fail_after(5):
+        reply = Message.decode(await stream.receive_some(4096))
+    assert reply.message_class == MessageClass.SUCCESS
+    assert len(svc.turn.allocations) == 1
+    # Garbage on the stream ends the connection, and the allocation with it.
+    await stream.send_all(b"\xff" * 8)
+    with trio.fail_after(5):
+        while svc.turn.allocations:
+            await trio.sleep(0.01)
+    assert svc.counters.stream_garbage == 1
+    assert svc.counters.relays_closed == 1
+    await stream.aclose()
+
+
+async def test_bind_conflict_is_one_clear_runtime_failure() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind((HOST, 0))
+        port = taken.getsockname()[1]
+        with pytest.raises(
+            RuntimeFailure, match=rf"cannot bind UDP 127.0.0.1:{port}: address already in use"
+        ):
+            await StunTurnService.bind(StunServerSettings(((HOST, port),)), None)
