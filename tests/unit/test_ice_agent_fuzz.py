@@ -13,6 +13,7 @@ from p2ptun.ice.agent import IceAgent, IceConfig
 from p2ptun.ice.candidate import make_host_candidate
 from p2ptun.ice.sdp import IceCredentials
 from p2ptun.stun import AttrType, Message, MessageClass, Method, short_term_key
+from p2ptun.stun.attributes import KNOWN_ATTRIBUTES
 
 LOCAL = ("10.0.0.1", 4000)
 PEER = ("198.51.100.9", 6000)
@@ -111,7 +112,7 @@ _ODD_ATTRS = st.lists(
             ),
         ),
         st.tuples(
-            st.integers(0x0000, 0xFFFF).filter(lambda t: t not in (0x0008, 0x8028, 0x001C)),
+            st.integers(0x0000, 0xFFFF).filter(lambda t: t not in KNOWN_ATTRIBUTES),
             st.binary(max_size=8),
         ),
     ),
