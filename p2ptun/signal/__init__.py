@@ -1,1 +1,65 @@
-"""signal package."""
+"""Signaling: how nodes find each other through the rendezvous (ARCHITECTURE.md §2).
+
+Layers, bottom up (all sans-I/O except :mod:`.client_io`):
+
+- :mod:`.frames` — length-prefixed, versioned, typed frames on the TCP stream (≤ 64 KiB).
+- :mod:`.channel` — the node ↔ rendezvous channel: ``Noise_IK_25519_ChaChaPoly_BLAKE2s`` with
+  its own prologue, then counter-checked transport frames.
+- :mod:`.messages` — what nodes and the rendezvous say: register, heartbeat, presence, routing,
+  TURN credentials.
+- :mod:`.seal` — what one node says to another (offer, answer, candidates, restart, bye), sealed
+  end to end with ``Noise_K`` so the rendezvous can neither read, forge, replay nor redirect it.
+- :mod:`.negotiation` — offer/answer, ICE roles and the glare rule.
+- :mod:`.client` — the node's client state machine (connect, register, heartbeat, backoff).
+- :mod:`.client_io` — the trio shell the daemon uses (:class:`SignalingClient`).
+
+The rendezvous side lives in :mod:`p2ptun.rendezvous.signaling`.
+"""
+
+from p2ptun.signal.backoff import BackoffPolicy
+from p2ptun.signal.client import (
+    ClientEvent,
+    ClientState,
+    ClientTimers,
+    Disconnected,
+    PeerUnreachable,
+    PresenceChanged,
+    RegisteredEvent,
+    RegistrationRefused,
+    SignalClientCore,
+    SignalReceived,
+    TurnCredentialsReceived,
+    TurnUnavailable,
+)
+from p2ptun.signal.errors import ChannelError, SealError, SignalDecodeError
+from p2ptun.signal.negotiation import NegotiationError, NegotiationState, Role
+from p2ptun.signal.seal import Answer, Bye, Candidates, Offer, PeerMessage, Restart, SealPolicy
+
+__all__ = [
+    "Answer",
+    "BackoffPolicy",
+    "Bye",
+    "Candidates",
+    "ChannelError",
+    "ClientEvent",
+    "ClientState",
+    "ClientTimers",
+    "Disconnected",
+    "NegotiationError",
+    "NegotiationState",
+    "Offer",
+    "PeerMessage",
+    "PeerUnreachable",
+    "PresenceChanged",
+    "RegisteredEvent",
+    "RegistrationRefused",
+    "Restart",
+    "Role",
+    "SealError",
+    "SealPolicy",
+    "SignalClientCore",
+    "SignalDecodeError",
+    "SignalReceived",
+    "TurnCredentialsReceived",
+    "TurnUnavailable",
+]

@@ -520,9 +520,9 @@ class SignalClientCore:
         if isinstance(message, Offer | Restart) and not (self.ready and self.presence.get(peer)):
             negotiation.wait_for_peer(message)
             return True
-        negotiation.on_send(message)
         if not self.ready:
             return False
+        negotiation.on_send(message)
         self._route(peer, message)
         return True
 
