@@ -171,7 +171,7 @@ class StunTurnService:
                 TurnServerOptions.from_settings(turn, own),
                 secret if secret is not None else os.urandom(32),
                 rng=random.SystemRandom(),
-                wall_offset=time.time() - time.monotonic(),
+                wall_offset=time.time() - trio.current_time(),  # the clock `now` comes from
             )
         service = cls(udp, tcp, tls, core, tls_context)
         log.info(

@@ -14,9 +14,11 @@ from p2ptun.config import StunServerSettings, TurnServerSettings
 from p2ptun.errors import RuntimeFailure
 from p2ptun.rendezvous.stun_turn import StunTurnService
 from p2ptun.stun import AttrType, Message, MessageClass, Method, long_term_key, message_length
+from p2ptun.turn.credentials import make_rest_credential
 
 HOST = "127.0.0.1"
 REALM = "lab"
+AUTH_SECRET = "shell-test-secret-0123"
 
 
 def free_port() -> int:
@@ -40,6 +42,7 @@ def turn_settings() -> TurnServerSettings:
         relay_address=HOST,
         relay_ports=(42000, 42999),
         users={"alice": "pw"},
+        auth_secret=AUTH_SECRET,
         allow_peers=(ipaddress.ip_network("127.0.0.0/8"),),
     )
 
@@ -173,6 +176,31 @@ async def test_tcp_close_deletes_the_allocation(service: tuple[StunTurnService, 
     assert svc.counters.stream_garbage == 1
     assert svc.counters.relays_closed == 1
     await stream.aclose()
+
+
+async def test_rest_credentials_work_right_after_start(
+    service: tuple[StunTurnService, int],
+) -> None:
+    """Expiry is judged against the wall clock from the first request on (the offset is taken
+    from trio's clock, the one the core is fed)."""
+    _, port = service
+    import time
+
+    cred = make_rest_credential(AUTH_SECRET, "node1", time.time(), 120)
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await sock.bind((HOST, 0))
+    attrs = [(AttrType.REQUESTED_TRANSPORT, 17)]
+    challenge = await udp_exchange(
+        sock, Message.request(Method.ALLOCATE, b"8" * 12, attrs).encode(), (HOST, port)
+    )
+    msg = Message.request(Method.ALLOCATE, b"9" * 12, attrs)
+    msg.add(AttrType.USERNAME, cred.username).add(AttrType.REALM, REALM)
+    msg.add(AttrType.NONCE, challenge.nonce)
+    reply = await udp_exchange(
+        sock, msg.encode(long_term_key(cred.username, REALM, cred.password)), (HOST, port)
+    )
+    assert reply.message_class == MessageClass.SUCCESS, reply
+    sock.close()
 
 
 async def test_bind_conflict_is_one_clear_runtime_failure() -> None:
