@@ -972,7 +972,10 @@ class IceAgent:
                 pair.nominated = True
             else:
                 pair.nominate_on_success = True
-        if pair.state is PairState.IN_PROGRESS:
+        if pair.state is PairState.IN_PROGRESS or (
+            pair is gen.nominating and pair.transaction_id is not None
+        ):
+            # Re-send the outstanding request at once: the peer just showed the path works.
             gen.checklist.enqueue_triggered(pair)
         elif pair.state is not PairState.SUCCEEDED:
             pair.state = PairState.WAITING
@@ -1032,13 +1035,19 @@ class IceAgent:
     def _send_check(self, gen: _Generation, pair: CheckPair, now: float) -> None:
         creds = gen.remote_credentials
         assert creds is not None
-        if pair.state is PairState.IN_PROGRESS and pair.transaction_id is not None:
+        use_candidate = pair.use_candidate and self._controlling
+        if pair.transaction_id is not None and (
+            pair.state is PairState.IN_PROGRESS or use_candidate
+        ):
             tx = self._checks.get(pair.transaction_id)
-            if tx is not None and not pair.use_candidate:
-                # Triggered check on an In-Progress pair: send the request again now.
+            if (
+                tx is not None
+                and tx.context is not None
+                and tx.context.use_candidate == use_candidate
+            ):
+                # Triggered check on a pair whose check is outstanding: send it again now.
                 self._transmit_to(tx.request, pair.local, pair.remote.address)
                 return
-        use_candidate = pair.use_candidate and self._controlling
         tid = self._transaction_id()
         priority = peer_reflexive_priority(pair.local)
         msg = Message.request(
