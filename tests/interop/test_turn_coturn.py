@@ -536,24 +536,7 @@ def test_quota_exceeded_is_a_clear_486(lab: Any, coturn_factory: Any, server: st
     assert "486" in result["second"] and "quota" in result["second"], result
 
 
-@pytest.mark.parametrize(
-    "server",
-    [
-        "coturn",
-        pytest.param(
-            "ours",
-            marks=pytest.mark.xfail(
-                reason=(
-                    "p2ptun/rendezvous/stun_turn.py sets TurnServer.wall_offset from "
-                    "time.monotonic() at bind but passes trio.current_time() (another offset) "
-                    "until its first 1 s timer tick, so REST-API expiries are judged against a "
-                    "wrong wall clock right after start"
-                ),
-                strict=False,
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("server", SERVERS)
 def test_rest_api_ephemeral_credentials(
     lab: Any, echo: tuple[str, int], coturn_factory: Any, server: str
 ) -> None:
