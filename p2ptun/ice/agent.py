@@ -22,6 +22,22 @@ both and re-arms its timer at :meth:`~IceAgent.next_wakeup`. A thin trio shell o
 from the TURN client, with the relayed address as ``local``) go to ``handle_datagram``; data
 goes over :attr:`~IceAgent.selected_pair` while :meth:`~IceAgent.can_send` is true.
 
+A shell, in outline (trio, one UDP socket per family, a TURN client per relay)::
+
+    def pump():
+        for t in agent.pop_transmits():
+            if t.via_relay:
+                turn_clients[t.local].send_to_peer(t.remote, t.data)
+            else:
+                sockets[t.local].send(t.data, t.remote)
+        for event in agent.pop_events():
+            ...  # PairSelected -> point the WireGuard endpoint at event.pair, etc.
+        timer.deadline = agent.next_wakeup() or math.inf
+
+    # on a STUN datagram from a socket:  agent.handle_datagram(data, sock_addr, src, now); pump()
+    # on data the TURN client unwrapped: agent.handle_datagram(data, relayed, peer, now); pump()
+    # when the timer fires:              agent.handle_timeout(now); pump()
+
 Behaviour, with the RFC sections implemented
 --------------------------------------------
 - Candidates (§5.1): host, srflx, relay local candidates from the shell; redundant ones are

@@ -466,7 +466,6 @@ class Peer:
     # -- datagrams ----------------------------------------------------------------------------
 
     def _receive(self, src: Address, payload: object) -> None:
-        now = self.net.now
         if isinstance(payload, AllocateOk):
             if not self._want_relay:
                 self.pump()
@@ -499,7 +498,6 @@ class Peer:
             else:
                 self._deliver(payload, self.endpoint.address, src)
         self.pump()
-        del now
 
     def _deliver(self, data: bytes, local: Address, remote: Address) -> None:
         if data.startswith(b"DATA"):
