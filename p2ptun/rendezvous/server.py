@@ -1,10 +1,11 @@
 """The rendezvous server process (``p2ptun rendezvous -c FILE``).
 
-One trio nursery holds the rendezvous' services, side by side: today the embedded STUN/TURN
-servers (:mod:`p2ptun.rendezvous.stun_turn`); the signaling server joins the same nursery.
-Every service binds its listeners first (:meth:`StunTurnService.bind`), so that a listen
-address in use ends the start with one line and exit 1 before anything is served. SIGTERM and
-SIGINT cancel the nursery: sockets close and the process exits 0.
+One trio nursery holds the rendezvous' services, side by side: the embedded STUN/TURN servers
+(:mod:`p2ptun.rendezvous.stun_turn`) and the signaling server
+(:mod:`p2ptun.rendezvous.signaling`). Every service binds its listeners before the rendezvous
+reports itself ready, so that a listen address in use ends the start with one line and exit 1.
+Under systemd (``Type=notify``) READY=1 is sent once everything listens. SIGTERM and SIGINT
+cancel the nursery: nodes are told the rendezvous is going away, sockets close, exit 0.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ import signal
 
 import trio
 
+from p2ptun.addr import format_address
 from p2ptun.config import RendezvousConfig
-from p2ptun.errors import EXIT_OK
+from p2ptun.errors import EXIT_OK, RuntimeFailure
 from p2ptun.log import get_logger
+from p2ptun.node.sdnotify import Notifier
+from p2ptun.rendezvous.signaling import serve_signaling
 from p2ptun.rendezvous.stun_turn import StunTurnService
 
 log = get_logger("rendezvous")
@@ -30,7 +34,6 @@ async def bind_services(cfg: RendezvousConfig) -> list[StunTurnService]:
         services.append(await StunTurnService.bind(cfg.stun, cfg.turn, config_path=cfg.path))
     else:
         log.info("no [stun] section: STUN and TURN are off")
-    # The signaling server (cfg.listen) binds here too, once it exists.
     return services
 
 
@@ -52,12 +55,24 @@ async def serve(
 
 
 async def _main(cfg: RendezvousConfig) -> int:
+    notifier = Notifier()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         services = await bind_services(cfg)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(serve, services)
+            try:
+                await nursery.start(serve_signaling, cfg)
+            except OSError as exc:
+                for service in services:
+                    service.close()
+                raise RuntimeFailure(
+                    f"cannot listen for signaling on {format_address(cfg.listen)}: "
+                    f"{exc.strerror or exc}"
+                ) from None
+            await nursery.start(serve, services)
+            notifier.ready(f"signaling on {format_address(cfg.listen)}")
             async for signum in signals:
                 log.info("stopping", signal=signal.Signals(signum).name)
+                notifier.stopping()
                 nursery.cancel_scope.cancel()
                 break
     log.info("rendezvous stopped")
