@@ -10,10 +10,17 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from p2ptun import __version__, keys, log
-from p2ptun.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, P2ptunError, UsageError
+from p2ptun.errors import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    P2ptunError,
+    RuntimeFailure,
+    UsageError,
+)
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -88,6 +95,108 @@ def cmd_rendezvous(args: argparse.Namespace) -> int:
     return run(cfg)
 
 
+def cmd_up(args: argparse.Namespace) -> int:
+    """Run the node daemon in the foreground."""
+    from p2ptun import config
+    from p2ptun.node.daemon import run
+
+    cfg = config.load_node(args.config)
+    for warning in cfg.warnings:
+        sys.stderr.write(f"warning: {warning}\n")
+    return run(cfg)
+
+
+def _control_socket(args: argparse.Namespace) -> str:
+    """The daemon's control socket: from ``-c FILE``, ``--interface NAME``, or the only
+    socket in the run directory."""
+    import os
+
+    from p2ptun import config
+
+    if args.config is not None:
+        return config.load_node(args.config).control_socket
+    if args.interface is not None:
+        return config.control_socket_path(args.interface)
+    run_dir = os.path.dirname(config.control_socket_path("x"))
+    try:
+        sockets = sorted(n for n in os.listdir(run_dir) if n.endswith(".sock"))
+    except FileNotFoundError:
+        sockets = []
+    except PermissionError:
+        raise RuntimeFailure(f"permission denied on {run_dir} (run as root)") from None
+    if not sockets:
+        raise RuntimeFailure(f"no p2ptun daemon is running (no control socket in {run_dir})")
+    if len(sockets) > 1:
+        names = ", ".join(n.removesuffix(".sock") for n in sockets)
+        raise UsageError(
+            f"several p2ptun daemons are running ({names}); pick one with --interface NAME "
+            "or -c FILE"
+        )
+    return os.path.join(run_dir, sockets[0])
+
+
+def _control(
+    args: argparse.Namespace, payload: dict[str, object], timeout: float
+) -> dict[str, Any]:
+    from p2ptun.node import control
+
+    path = _control_socket(args)
+    reply = control.request(path, payload, timeout=timeout)
+    if reply.get("ok") is not True:
+        raise RuntimeFailure(f"p2ptun {payload['cmd']}: {reply.get('error', 'failed')}")
+    return reply
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Show the daemon's peers, states, paths and counters."""
+    import json
+
+    from p2ptun.node.status import render
+
+    status = _control(args, {"cmd": "status"}, timeout=10.0).get("status")
+    if not isinstance(status, dict):
+        raise RuntimeFailure("p2ptun status: the daemon sent no status")
+    if args.json:
+        sys.stdout.write(json.dumps(status, indent=2) + "\n")
+    else:
+        sys.stdout.write(render(status) + "\n")
+    return EXIT_OK
+
+
+def cmd_ping(args: argparse.Namespace) -> int:
+    """Measure the path to a peer: the daemon sends a probe over the selected pair."""
+    from p2ptun.node.status import render_ping
+
+    if not 0 < args.timeout <= 60:
+        raise UsageError("p2ptun ping: --timeout must be between 0 and 60 seconds")
+    if not 1 <= args.count <= 100:
+        raise UsageError("p2ptun ping: --count must be between 1 and 100")
+    failures = 0
+    for i in range(args.count):
+        reply = _control(
+            args,
+            {"cmd": "ping", "peer": args.peer, "timeout": args.timeout},
+            timeout=args.timeout + 5.0,
+        )
+        result = reply.get("ping")
+        if not isinstance(result, dict):
+            raise RuntimeFailure("p2ptun ping: the daemon sent no result")
+        sys.stdout.write(render_ping(result) + "\n")
+        sys.stdout.flush()
+        if result.get("rtt_ms") is None:
+            failures += 1
+        if i + 1 < args.count:
+            import time
+
+            time.sleep(1.0)
+    return EXIT_OK if failures < args.count else EXIT_FAILURE
+
+
+def _add_control_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", metavar="FILE", help="the node's config (finds its socket)")
+    p.add_argument("--interface", metavar="NAME", help="the node's interface name")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="p2ptun",
@@ -115,6 +224,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rendezvous", help="run the rendezvous server (signaling + STUN + TURN)")
     p.add_argument("-c", "--config", required=True, metavar="FILE", help="config file (TOML)")
     p.set_defaults(func=cmd_rendezvous)
+
+    p = sub.add_parser("up", help="run the node daemon in the foreground")
+    p.add_argument("-c", "--config", required=True, metavar="FILE", help="config file (TOML)")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("status", help="peers, state, selected path, counters of a running node")
+    _add_control_args(p)
+    p.add_argument("--json", action="store_true", help="print the status as one JSON object")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("ping", help="probe the path to a peer: direct or relay, and its RTT")
+    p.add_argument("peer", metavar="PEER", help="the peer's name")
+    _add_control_args(p)
+    p.add_argument("--count", type=int, default=1, metavar="N", help="probes (default 1)")
+    p.add_argument("--timeout", type=float, default=3.0, metavar="S", help="seconds (default 3)")
+    p.set_defaults(func=cmd_ping)
 
     p = sub.add_parser("stun", help="ask a STUN server for this host's mapped address")
     p.add_argument("server", metavar="HOST[:PORT]", help="STUN server (default port 3478)")

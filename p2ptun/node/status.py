@@ -69,3 +69,15 @@ def render(status: dict[str, Any]) -> str:
     for row in rows:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     return "\n".join(lines)
+
+
+def render_ping(result: dict[str, Any]) -> str:
+    """One line of ``p2ptun ping``: the peer, the path it took and the round-trip time."""
+    peer = result.get("peer", "?")
+    path = result.get("path") or "no path"
+    local = _candidate(result.get("local_candidate"))
+    pair = f"{local} -> {_candidate(result.get('remote_candidate'))}"
+    rtt = result.get("rtt_ms")
+    if isinstance(rtt, (int, float)):
+        return f"{peer}: {path} ({pair}): rtt {rtt:.2f} ms"
+    return f"{peer}: {path} ({pair}): no answer ({result.get('error', 'timeout')})"

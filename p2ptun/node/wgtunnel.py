@@ -18,8 +18,11 @@ No trio channel sits between the descriptors and the protocol: three tasks call 
 directly, which is safe because trio runs one task at a time.
 
 Peers have fixed endpoints here (or learn one from their first authenticated datagram when none
-is configured). The node daemon will set them from ICE's selected pair with
-:meth:`WgTunnel.set_endpoint` instead.
+is configured). The node daemon sets each peer's path from ICE's selected pair instead:
+:meth:`WgTunnel.set_endpoint` for a direct UDP path, :meth:`WgTunnel.set_sender` for any other
+(a TURN relay); datagrams that arrive by another way than the UDP socket (unwrapped from TURN)
+enter through :meth:`WgTunnel.receive_datagram`. With ``mss`` set, TCP SYNs crossing the tunnel
+in either direction get their MSS option clamped (:mod:`p2ptun.node.mss`).
 
 Run it alone as a process (tests, experiments)::
 
@@ -51,7 +54,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
@@ -66,6 +69,7 @@ from p2ptun.keys import decode_key, encode_key
 from p2ptun.log import get_logger
 from p2ptun.net.tun import MAX_PACKET, TunDevice
 from p2ptun.net.udp import DEFAULT_BATCH, PacketKind, UdpEndpoint, open_endpoints
+from p2ptun.node.mss import clamp_mss
 from p2ptun.wireguard import (
     Device,
     Event,
@@ -289,6 +293,10 @@ class TunnelCounters:
     timer_runs: int = 0
     tx_no_socket: int = 0
     """Datagrams dropped because no socket of the endpoint's address family is open."""
+    mss_clamped: int = 0
+    """TCP SYNs whose MSS option was lowered (both directions)."""
+    replies_dropped: int = 0
+    """Cookie replies with no way back (their handshake came through a relay)."""
 
 
 def _routes_needed(spec: TunnelSpec) -> list[str]:
@@ -313,15 +321,25 @@ def _short(key: bytes) -> str:
     return encode_key(key)[:8]
 
 
+Sender = Callable[[bytes], object]
+"""Sends one WireGuard datagram to a peer over a path that is not plain UDP (a TURN relay)."""
+
+
 class WgTunnel:
     """A WireGuard device wired to a TUN device and one UDP endpoint per address family.
 
-    Build it from opened parts (``WgTunnel(device, tun, endpoints)``), as the daemon will, or
+    Build it from opened parts (``WgTunnel(device, tun, endpoints)``), as the daemon does, or
     with :meth:`open` from a :class:`TunnelSpec`; then add peers with :meth:`add_peer` (a peer
     added to ``device`` directly has no endpoint until it learns one). The tunnel installs its
     WireGuard handler and ``on_drained`` callback on the endpoints, and :meth:`run` runs their
     receive loops. It closes the TUN device and the endpoints when closed (or leaving the
     ``with`` block). Time is trio's clock, so a ``MockClock`` drives the protocol timers too.
+
+    ``mss``: clamp the MSS option of TCP SYNs to ``(ipv4, ipv6)`` values (see
+    :func:`p2ptun.node.mss.mss_for_mtu`); None leaves packets alone. ``learn_endpoints``:
+    take a peer's path from its first authenticated datagram when it has none (off in the
+    daemon, where ICE decides the path). ``after_drained`` is called at the end of every UDP
+    batch, after the tunnel's own flush: the daemon flushes its ICE and TURN work there.
     """
 
     def __init__(
@@ -331,6 +349,9 @@ class WgTunnel:
         endpoints: Sequence[UdpEndpoint],
         *,
         batch: int = DEFAULT_BATCH,
+        mss: tuple[int, int] | None = None,
+        learn_endpoints: bool = True,
+        after_drained: Callable[[], None] | None = None,
     ) -> None:
         if not endpoints:
             raise ValueError("a tunnel needs at least one UDP endpoint")
@@ -339,8 +360,12 @@ class WgTunnel:
         self.endpoints = list(endpoints)
         self.counters = TunnelCounters()
         self.peer_stats: dict[Peer, PeerStats] = {}
+        self.mss = mss
+        self.learn_endpoints = learn_endpoints
+        self.after_drained = after_drained
         self._by_family = {ep.family: ep for ep in self.endpoints}
         self._peer_endpoints: dict[Peer, Address | None] = {}
+        self._senders: dict[Peer, Sender] = {}
         self._tun_views = [memoryview(bytearray(MAX_PACKET)) for _ in range(batch)]
         self._tun_lengths = [0] * batch
         self._touched: dict[Peer, None] = {}  # insertion-ordered set
@@ -406,11 +431,37 @@ class WgTunnel:
         return stats
 
     def set_endpoint(self, peer: Peer, endpoint: Address | None) -> None:
-        """Send ``peer``'s datagrams to ``endpoint`` from now on (ICE path switch, roaming)."""
+        """Send ``peer``'s datagrams to ``endpoint`` over UDP from now on (ICE path switch,
+        roaming); replaces a sender set with :meth:`set_sender`."""
+        self._senders.pop(peer, None)
+        self._peer_endpoints[peer] = endpoint
+
+    def set_sender(self, peer: Peer, sender: Sender | None, endpoint: Address | None) -> None:
+        """Send ``peer``'s datagrams with ``sender`` from now on (a relayed path), or drop them
+        when None; ``endpoint`` is what :meth:`status` shows as the peer's endpoint."""
+        if sender is None:
+            self._senders.pop(peer, None)
+        else:
+            self._senders[peer] = sender
         self._peer_endpoints[peer] = endpoint
 
     def endpoint(self, peer: Peer) -> Address | None:
         return self._peer_endpoints.get(peer)
+
+    def remove_peer(self, peer: Peer) -> None:
+        """Forget ``peer`` (its keys, routes in the device, path)."""
+        self.device.remove_peer(peer)
+        self._peer_endpoints.pop(peer, None)
+        self._senders.pop(peer, None)
+        self.peer_stats.pop(peer, None)
+        self._touched.pop(peer, None)
+
+    def flush(self, peer: Peer | None = None) -> None:
+        """Send what ``peer`` (or every touched peer) queued, e.g. after calling into the
+        device from outside the data path (:meth:`Peer.send_keepalive`)."""
+        if peer is not None:
+            self._touched[peer] = None
+        self._flush_touched()
 
     def close(self) -> None:
         """Close the TUN device (removing the interface) and the UDP endpoints. Idempotent."""
@@ -464,14 +515,22 @@ class WgTunnel:
                     break
                 self.counters.tun_batches += 1
                 now = trio.current_time()
+                mss = self.mss
                 for i in range(n):
-                    peer = device.send_packet(views[i][: lengths[i]], now)
+                    view = views[i]
+                    if mss is not None and _maybe_syn(view):
+                        self._clamp(view, lengths[i], mss)
+                    peer = device.send_packet(view[: lengths[i]], now)
                     if peer is not None:
                         touched[peer] = None
                 self._flush_touched()
                 if n < batch:
                     break
                 await trio.lowlevel.checkpoint()
+
+    def _clamp(self, view: memoryview, length: int, mss: tuple[int, int]) -> None:
+        if clamp_mss(view, length, mss[0], mss[1]):
+            self.counters.mss_clamped += 1
 
     def _on_datagram(self, data: memoryview, addr: Address) -> None:
         """UDP handler for one WireGuard datagram (``data`` is valid until the batch ends)."""
@@ -481,9 +540,20 @@ class WgTunnel:
         peer = self.device.receive_datagram(data, now, addr)
         if peer is not None:
             self._touched[peer] = None
-            if self._peer_endpoints.get(peer) is None:
+            if self.learn_endpoints and self._peer_endpoints.get(peer) is None:
                 log.info("endpoint learned", peer=_short(peer.public_key), endpoint=_fmt(addr))
                 self._peer_endpoints[peer] = addr
+
+    def receive_datagram(self, data: bytes | bytearray | memoryview, source: bytes) -> None:
+        """A WireGuard datagram that did not come straight from the UDP socket (a TURN relay
+        unwrapped it); ``source`` names that path for the cookie logic. The caller flushes
+        (:meth:`flush`) or returns into a UDP batch, which does."""
+        now = self._rx_now
+        if now is None:
+            now = trio.current_time()
+        peer = self.device.receive_datagram(data, now, source)
+        if peer is not None:
+            self._touched[peer] = None
 
     def _on_udp_drained(self) -> None:
         self._rx_now = None
@@ -492,6 +562,10 @@ class WgTunnel:
         for source, reply in self.device.pop_replies():
             if isinstance(source, tuple):
                 self._send(reply, source)
+            else:
+                self.counters.replies_dropped += 1
+        if self.after_drained is not None:
+            self.after_drained()
 
     async def _timer_loop(self) -> None:
         device = self.device
@@ -515,17 +589,27 @@ class WgTunnel:
             return
         scope = self._timer_scope
         tun = self.tun
+        mss = self.mss
         for peer in touched:
             datagrams = peer.pop_datagrams()
             if datagrams:
+                sender = self._senders.get(peer)
                 endpoint = self._peer_endpoints.get(peer)
-                if endpoint is None:
+                if sender is not None:
+                    for datagram in datagrams:
+                        sender(datagram)
+                elif endpoint is None:
                     self._stats(peer).datagrams_without_endpoint += len(datagrams)
                 else:
                     for datagram in datagrams:
                         self._send(datagram, endpoint)
             for packet in peer.pop_packets():
-                tun.write(packet)
+                if mss is not None and _maybe_syn(packet):
+                    writable = bytearray(packet)
+                    self._clamp(memoryview(writable), len(writable), mss)
+                    tun.write(writable)
+                else:
+                    tun.write(packet)
             for event in peer.pop_events():
                 self._on_event(peer, event)
             if scope is not None:
@@ -587,6 +671,22 @@ class WgTunnel:
             "udp": [ep.counters.as_dict() for ep in self.endpoints],
             "peers": peers,
         }
+
+
+def _maybe_syn(packet: bytes | bytearray | memoryview) -> bool:
+    """A cheap pre-filter for :func:`clamp_mss`: could this be a TCP SYN? (IPv4 with a
+    20-byte header: protocol and SYN flag; IPv4 with options and IPv6: let clamp_mss look.)
+    ``packet`` may be longer than the packet (a receive buffer); :func:`clamp_mss` checks."""
+    if len(packet) < 40:
+        return False
+    b0 = packet[0]
+    if b0 == 0x45:
+        return packet[9] == 6 and bool(packet[33] & 0x02)
+    if b0 >> 4 == 4:
+        return packet[9] == 6
+    if b0 >> 4 == 6:
+        return packet[6] != 6 or (len(packet) > 53 and bool(packet[53] & 0x02))
+    return False
 
 
 def _fmt(addr: Address) -> str:

@@ -1,0 +1,541 @@
+"""The node daemon, ``p2ptun up -c FILE`` (ARCHITECTURE.md §1, §3, §4).
+
+One trio nursery owns everything the node runs:
+
+* the **data path** (:class:`~p2ptun.node.wgtunnel.WgTunnel`): the TUN device, one UDP
+  endpoint per address family, the sans-I/O WireGuard :class:`~p2ptun.wireguard.Device`;
+  TCP SYNs crossing the tunnel get their MSS clamped (:mod:`p2ptun.node.mss`);
+* the **signaling client** (:class:`~p2ptun.signal.client_io.SignalingClient`), which keeps a
+  connection to the rendezvous with jittered backoff; an unreachable rendezvous is reported
+  once and retried in the background, it never stops the daemon;
+* the **control socket** (:mod:`p2ptun.node.control`) serving ``status`` and ``ping``;
+* **signals**: SIGTERM/SIGINT stop the daemon cleanly (routes, interface, control socket and
+  relay allocations removed, exit 0); SIGHUP reloads the config.
+
+Start-up is ordered so that a failure leaves nothing behind and says one line: privileges
+(CAP_NET_ADMIN), the interface name (must not exist yet), the control socket (no other daemon
+on it), the TUN device, addresses, MTU, routes, UDP sockets. Only then does systemd hear
+``READY=1`` (``Type=notify``): the interface is up and addressed when anything that depends on
+the unit starts. ``STATUS=`` lines follow the peers' states.
+
+The MTU (:func:`default_mtu`): the worst path a packet can take is an IPv6 underlay through a
+TURN relay, so the tunnel's packets must fit in ``1500 - 40 (IPv6) - 8 (UDP) - 4 (TURN
+ChannelData header) - 32 (WireGuard header and tag) = 1416`` bytes; 1416 is a multiple of 8
+(WireGuard pads to 16, but never beyond the MTU, so no padding is lost). TURN over TCP or TLS
+runs in a byte stream, so the TCP segments carry it whatever its size. ``[interface] mtu``
+overrides it.
+
+Reload (SIGHUP): the file is read again; a file that does not load (syntax, bad key, ...) is
+refused with one log line and the running config stays. Otherwise peers that disappeared are
+removed (their routes with them), new peers are added (routes appear), peers whose allowed IPs
+changed get their routes and WireGuard routing updated, and interface addresses and MTU are
+applied; the other peers' sessions are not touched. Changing ``name``, the private key or
+``[interface] name`` needs a restart: such a reload is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import signal
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from p2ptun import config as config_mod
+from p2ptun.addr import format_address
+from p2ptun.config import IPNetwork, NodeConfig, PeerConfig
+from p2ptun.errors import EXIT_OK, P2ptunError, RuntimeFailure
+from p2ptun.keys import encode_key
+from p2ptun.log import get_logger
+from p2ptun.net import netlink
+from p2ptun.net.tun import TunDevice
+from p2ptun.net.udp import UdpEndpoint, open_endpoints
+from p2ptun.node import control
+from p2ptun.node.mss import mss_for_mtu
+from p2ptun.node.sdnotify import Notifier
+from p2ptun.node.wgtunnel import WgTunnel
+from p2ptun.signal.client import (
+    Disconnected,
+    PresenceChanged,
+    RegisteredEvent,
+    RegistrationRefused,
+)
+from p2ptun.signal.client_io import SignalingClient
+from p2ptun.wireguard import Device, Peer
+
+log = get_logger("node")
+
+UNDERLAY_MTU = 1500
+IPV6_HEADER = 40
+UDP_HEADER = 8
+CHANNEL_DATA_HEADER = 4
+WIREGUARD_OVERHEAD = 32
+"""WireGuard transport message: type/reserved (4), receiver index (4), counter (8), tag (16)."""
+PATH_OVERHEAD = IPV6_HEADER + UDP_HEADER + CHANNEL_DATA_HEADER + WIREGUARD_OVERHEAD
+CAP_NET_ADMIN = 12
+
+
+def default_mtu(underlay: int = UNDERLAY_MTU) -> int:
+    """The tunnel MTU for the worst path over an ``underlay``-byte link (IPv6, TURN
+    ChannelData, WireGuard), rounded down to a multiple of 8: 1416 for 1500."""
+    return (underlay - PATH_OVERHEAD) // 8 * 8
+
+
+DEFAULT_MTU = default_mtu()
+
+
+# -- start-up checks ---------------------------------------------------------------------------
+
+
+def has_net_admin() -> bool:
+    """Does this process hold CAP_NET_ADMIN in its effective set?"""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.geteuid() == 0
+
+
+def check_privileges(interface: str) -> None:
+    """Raise :class:`RuntimeFailure` (one line) unless we may create and configure a TUN."""
+    if not has_net_admin():
+        raise RuntimeFailure(
+            f"p2ptun up: creating interface {interface} needs CAP_NET_ADMIN "
+            f"(running as uid {os.geteuid()} without it); run as root or from the systemd unit"
+        )
+
+
+def check_interface_free(interface: str) -> None:
+    """Refuse to start on an interface name that exists already: it is another daemon's, or
+    another program's, and we would either fail later or hijack a persistent TUN."""
+    if netlink.link_info(interface) is not None:
+        raise RuntimeFailure(
+            f"interface {interface} already exists (another p2ptun daemon or another "
+            "program owns it); choose another [interface] name or remove it"
+        )
+
+
+def routes_for(
+    addresses: Iterable[ipaddress.IPv4Interface | ipaddress.IPv6Interface],
+    allowed_ips: Iterable[IPNetwork],
+) -> list[str]:
+    """The ``allowed_ips`` prefixes that the interface's own prefixes do not already route."""
+    connected = [a.network for a in addresses]
+    needed: list[str] = []
+    for net in allowed_ips:
+        covered = any(
+            net.version == c.version and net.subnet_of(c)  # type: ignore[arg-type]
+            for c in connected
+        )
+        if not covered:
+            needed.append(str(net))
+    return needed
+
+
+# -- peers -------------------------------------------------------------------------------------
+
+
+@dataclass
+class PeerEntry:
+    """One configured peer as the daemon runs it."""
+
+    config: PeerConfig
+    wg: Peer
+    routes: list[str] = field(default_factory=list)
+    online: bool | None = None
+    """Presence as the rendezvous reports it (None: unknown)."""
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def state(self, now: float, has_path: bool) -> str:
+        """``connected`` (a path and a WireGuard session), ``disconnected`` (the peer is
+        offline), or ``connecting``."""
+        if has_path and self.wg.has_session(now):
+            return "connected"
+        if self.online is False:
+            return "disconnected"
+        return "connecting"
+
+
+# -- the daemon --------------------------------------------------------------------------------
+
+
+class NodeDaemon:
+    """The node daemon for one config. :meth:`run` is the whole service life."""
+
+    def __init__(self, config: NodeConfig, *, notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.notifier = notifier if notifier is not None else Notifier()
+        self.mtu = config.interface.mtu or DEFAULT_MTU
+        self.peers: dict[str, PeerEntry] = {}
+        self.tunnel: WgTunnel | None = None
+        self.signaling: SignalingClient | None = None
+        self._rendezvous_warned = False
+        self._last_status_line = ""
+        self._nursery: trio.Nursery | None = None
+
+    # -- lifetime --------------------------------------------------------------------------
+
+    @property
+    def interface(self) -> str:
+        return self.config.interface.name
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start, serve until SIGTERM/SIGINT, tear down. Raises :class:`RuntimeFailure`
+        (one line) when the node cannot start."""
+        cfg = self.config
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            check_privileges(self.interface)
+            await netlink.run(check_interface_free, self.interface)
+            control.prepare_socket_path(cfg.control_socket)
+            tunnel = await self._open_data_path()
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    await nursery.start(tunnel.run)
+                    await nursery.start(control.serve, cfg.control_socket, self._handle_control)
+                    self.signaling = SignalingClient.from_config(cfg)
+                    await nursery.start(self.signaling.run)
+                    nursery.start_soon(self._signaling_events, self.signaling)
+                    nursery.start_soon(self._signaling_signals, self.signaling)
+                    log.info(
+                        "node up",
+                        name=cfg.name,
+                        interface=self.interface,
+                        addresses=",".join(str(a) for a in cfg.interface.addresses),
+                        mtu=self.mtu,
+                        port=tunnel.listen_port,
+                        peers=len(self.peers),
+                        control=cfg.control_socket,
+                    )
+                    self.notifier.ready(self._status_line())
+                    task_status.started()
+                    async for signum in signals:
+                        if signum == signal.SIGHUP:
+                            await self.reload()
+                            continue
+                        log.info("stopping", signal=signal.Signals(signum).name)
+                        self.notifier.stopping()
+                        self.signaling.stop()
+                        nursery.cancel_scope.cancel()
+                        break
+            finally:
+                self._nursery = None
+                await self._teardown(tunnel)
+        log.info("node stopped", interface=self.interface)
+
+    async def _open_data_path(self) -> WgTunnel:
+        """TUN, addresses, MTU, up, routes, UDP sockets, WireGuard device and peers."""
+        cfg = self.config
+        tun = TunDevice.open(self.interface)
+        endpoints: list[UdpEndpoint] = []
+        try:
+            await netlink.run(
+                netlink.configure_interface,
+                self.interface,
+                [str(a) for a in cfg.interface.addresses],
+                self.mtu,
+            )
+            endpoints = open_endpoints(cfg.ice.port)
+            device = Device(cfg.private_key, rng=os.urandom, wall_clock=time.time, mtu=self.mtu)
+            tunnel = WgTunnel(
+                device,
+                tun,
+                endpoints,
+                mss=mss_for_mtu(self.mtu),
+                learn_endpoints=False,
+            )
+            self.tunnel = tunnel
+            for peer_cfg in cfg.peers:
+                await self._add_peer(peer_cfg)
+        except BaseException:
+            for ep in endpoints:
+                ep.close()
+            tun.close()
+            self.tunnel = None
+            raise
+        return tunnel
+
+    async def _teardown(self, tunnel: WgTunnel) -> None:
+        """Remove routes, close the TUN device (the interface goes with it) and the sockets.
+        Runs shielded: a second signal must not leave half the state behind."""
+        with trio.CancelScope(shield=True):
+            for entry in list(self.peers.values()):
+                for prefix in entry.routes:
+                    with contextlib.suppress(P2ptunError):
+                        await netlink.run(netlink.remove_route, self.interface, prefix)
+            tunnel.close()
+            self.tunnel = None
+        self.notifier.close()
+
+    # -- peers ----------------------------------------------------------------------------
+
+    async def _add_peer(self, peer_cfg: PeerConfig) -> PeerEntry:
+        tunnel = self.tunnel
+        assert tunnel is not None
+        wg = self._wg_add(tunnel, peer_cfg)
+        entry = PeerEntry(peer_cfg, wg)
+        self.peers[peer_cfg.name] = entry
+        for prefix in routes_for(self.config.interface.addresses, peer_cfg.allowed_ips):
+            await netlink.run(netlink.add_route, self.interface, prefix)
+            entry.routes.append(prefix)
+        log.info(
+            "peer added",
+            peer=peer_cfg.name,
+            key=encode_key(peer_cfg.public_key)[:8],
+            allowed_ips=",".join(str(n) for n in peer_cfg.allowed_ips),
+        )
+        return entry
+
+    @staticmethod
+    def _wg_add(tunnel: WgTunnel, peer_cfg: PeerConfig) -> Peer:
+        peer = tunnel.device.add_peer(
+            peer_cfg.public_key,
+            preshared_key=peer_cfg.preshared_key,
+            allowed_ips=[str(n) for n in peer_cfg.allowed_ips],
+            persistent_keepalive=peer_cfg.persistent_keepalive,
+        )
+        tunnel.set_endpoint(peer, None)
+        return peer
+
+    async def _remove_peer(self, name: str) -> None:
+        entry = self.peers.pop(name)
+        for prefix in entry.routes:
+            with contextlib.suppress(P2ptunError):
+                await netlink.run(netlink.remove_route, self.interface, prefix)
+        if self.tunnel is not None:
+            self.tunnel.remove_peer(entry.wg)
+        log.info("peer removed", peer=name)
+
+    async def _update_peer_routes(self, entry: PeerEntry, new: PeerConfig) -> None:
+        """Same peer (name and key), new allowed IPs: WireGuard routing and kernel routes."""
+        tunnel = self.tunnel
+        assert tunnel is not None
+        tunnel.device.allowed_ips.remove_value(entry.wg)
+        for net in new.allowed_ips:
+            tunnel.device.allowed_ips.insert(str(net), entry.wg)
+        wanted = routes_for(self.config.interface.addresses, new.allowed_ips)
+        for prefix in [r for r in entry.routes if r not in wanted]:
+            with contextlib.suppress(P2ptunError):
+                await netlink.run(netlink.remove_route, self.interface, prefix)
+            entry.routes.remove(prefix)
+        for prefix in [r for r in wanted if r not in entry.routes]:
+            await netlink.run(netlink.add_route, self.interface, prefix)
+            entry.routes.append(prefix)
+        entry.config = new
+        log.info(
+            "peer updated",
+            peer=new.name,
+            allowed_ips=",".join(str(n) for n in new.allowed_ips),
+        )
+
+    # -- reload ---------------------------------------------------------------------------
+
+    async def reload(self) -> bool:
+        """SIGHUP: load the config file again and apply the difference. Returns whether the
+        new config was taken; a refused one leaves everything as it was."""
+        old = self.config
+        self.notifier.reloading()
+        try:
+            try:
+                new = await trio.to_thread.run_sync(config_mod.load_node, old.path)
+            except P2ptunError as exc:
+                log.error("reload refused, keeping the running config", error=str(exc))
+                return False
+            problem = _reload_blocker(old, new)
+            if problem is not None:
+                log.error("reload refused, keeping the running config", error=problem)
+                return False
+            try:
+                await self._apply(old, new)
+            except P2ptunError as exc:
+                log.error("reload partly applied", error=str(exc))
+                return False
+            for warning in new.warnings:
+                log.warning("config warning", warning=warning)
+            log.info("config reloaded", path=new.path, peers=len(new.peers))
+            return True
+        finally:
+            self.notifier.ready(self._status_line())
+
+    async def _apply(self, old: NodeConfig, new: NodeConfig) -> None:
+        old_if, new_if = old.interface, new.interface
+        self.config = new
+        if new_if.addresses != old_if.addresses or new_if.mtu != old_if.mtu:
+            self.mtu = new_if.mtu or DEFAULT_MTU
+            gone = [str(a) for a in old_if.addresses if a not in new_if.addresses]
+            if gone:
+                await netlink.run(netlink.remove_addresses, self.interface, gone)
+            await netlink.run(
+                netlink.configure_interface,
+                self.interface,
+                [str(a) for a in new_if.addresses],
+                self.mtu,
+            )
+            if self.tunnel is not None:
+                self.tunnel.mss = mss_for_mtu(self.mtu)
+                self.tunnel.device.mtu = self.mtu
+        new_peers = {p.name: p for p in new.peers}
+        for name, entry in list(self.peers.items()):
+            target = new_peers.get(name)
+            if (
+                target is None
+                or target.public_key != entry.config.public_key
+                or target.preshared_key != entry.config.preshared_key
+            ):
+                await self._remove_peer(name)  # a new key means a new WireGuard peer
+        for name, target in new_peers.items():
+            current = self.peers.get(name)
+            if current is None:
+                await self._add_peer(target)
+            elif target != current.config or new_if.addresses != old_if.addresses:
+                current.wg.persistent_keepalive = target.persistent_keepalive
+                await self._update_peer_routes(current, target)
+
+    # -- signaling ------------------------------------------------------------------------
+
+    async def _signaling_events(self, client: SignalingClient) -> None:
+        rv = format_address(self.config.rendezvous.address)
+        async for event in client.events:
+            peer_entry: PeerEntry | None
+            if isinstance(event, RegisteredEvent):
+                self._rendezvous_warned = False
+                log.info("rendezvous connected", rendezvous=rv, name=event.name)
+            elif isinstance(event, Disconnected):
+                if not self._rendezvous_warned:
+                    self._rendezvous_warned = True
+                    log.warning(
+                        f"rendezvous {rv} unreachable ({event.reason}); "
+                        "retrying in the background, tunnels keep running"
+                    )
+                for entry in self.peers.values():
+                    entry.online = None
+            elif isinstance(event, RegistrationRefused):
+                log.error(
+                    "rendezvous refused registration",
+                    rendezvous=rv,
+                    reason=event.reason.name,
+                    text=event.text,
+                )
+            elif isinstance(event, PresenceChanged):
+                peer_entry = self.peers.get(event.peer)
+                if peer_entry is not None:
+                    peer_entry.online = event.online
+                    log.info("peer presence", peer=event.peer, online=event.online)
+            self._notify_status()
+
+    async def _signaling_signals(self, client: SignalingClient) -> None:
+        async for received in client.signals:
+            log.debug("signal received", peer=received.peer)
+
+    # -- status ---------------------------------------------------------------------------
+
+    def _status_line(self) -> str:
+        now = trio.current_time()
+        connected = sum(
+            1 for e in self.peers.values() if e.state(now, self._has_path(e)) == "connected"
+        )
+        return (
+            f"interface {self.interface} up, {connected}/{len(self.peers)} peers connected, "
+            f"rendezvous {self._rendezvous_state()}"
+        )
+
+    def _notify_status(self) -> None:
+        line = self._status_line()
+        if line != self._last_status_line:
+            self._last_status_line = line
+            self.notifier.status(line)
+
+    def _rendezvous_state(self) -> str:
+        client = self.signaling
+        return "connected" if client is not None and client.ready else "disconnected"
+
+    def _has_path(self, entry: PeerEntry) -> bool:
+        return self.tunnel is not None and self.tunnel.endpoint(entry.wg) is not None
+
+    def status(self) -> dict[str, Any]:
+        """The status object of ARCHITECTURE.md §3: ``{"node": {...}, "peers": [...]}``."""
+        now = trio.current_time()
+        cfg = self.config
+        peers = []
+        for entry in self.peers.values():
+            last = entry.wg.last_handshake
+            peers.append(
+                {
+                    "name": entry.name,
+                    "state": entry.state(now, self._has_path(entry)),
+                    "path": None,
+                    "local_candidate": None,
+                    "remote_candidate": None,
+                    "rtt_ms": None,
+                    "rx_bytes": entry.wg.rx_bytes,
+                    "tx_bytes": entry.wg.tx_bytes,
+                    "last_handshake": None if last is None else round(now - last, 3),
+                    "consent_age": None,
+                }
+            )
+        return {
+            "node": {
+                "name": cfg.name,
+                "interface": self.interface,
+                "addresses": [str(a) for a in cfg.interface.addresses],
+                "rendezvous": self._rendezvous_state(),
+            },
+            "peers": peers,
+        }
+
+    async def _handle_control(self, request: dict[str, Any]) -> dict[str, Any]:
+        cmd = request["cmd"]
+        if cmd == "status":
+            return {"ok": True, "status": self.status()}
+        if cmd == "ping":
+            peer = request.get("peer")
+            if not isinstance(peer, str) or peer not in self.peers:
+                known = ", ".join(sorted(self.peers)) or "none"
+                raise ValueError(f"no peer named {peer!r} (configured: {known})")
+            raise ValueError(f"peer {peer!r} has no path yet")
+        raise ValueError(f"unknown command {cmd!r}")
+
+
+def _reload_blocker(old: NodeConfig, new: NodeConfig) -> str | None:
+    """Why ``new`` cannot be applied to a running daemon of ``old`` (None: it can)."""
+    if new.interface.name != old.interface.name:
+        return (
+            f"{new.path}: interface.name changed from {old.interface.name!r} to "
+            f"{new.interface.name!r}; restart the daemon to rename the interface"
+        )
+    if new.name != old.name:
+        return f"{new.path}: name changed from {old.name!r}; restart the daemon to change it"
+    if new.private_key != old.private_key:
+        return f"{new.path}: the private key changed; restart the daemon to change it"
+    return None
+
+
+# -- entry point -------------------------------------------------------------------------------
+
+
+def run(cfg: NodeConfig) -> int:
+    """``p2ptun up``: run the node in the foreground until SIGTERM/SIGINT; the exit code."""
+    daemon = NodeDaemon(cfg)
+    trio.run(daemon.run)
+    return EXIT_OK
+
+
+__all__ = [
+    "DEFAULT_MTU",
+    "NodeDaemon",
+    "PeerEntry",
+    "default_mtu",
+    "routes_for",
+    "run",
+]
