@@ -1,0 +1,783 @@
+"""TURN allocations for the node: over the shared UDP socket, or over their own TCP/TLS stream.
+
+ARCHITECTURE.md §2: one UDP socket per address family carries ICE checks, TURN client traffic
+and WireGuard. This module owns the part of that demultiplexing that is not WireGuard:
+
+:class:`UdpMux` installs the STUN and ChannelData handlers of the node's
+:class:`~p2ptun.net.udp.UdpEndpoint` s and routes each datagram, in this order:
+
+1. a STUN message whose transaction id someone registered
+   (:meth:`UdpMux.register_transaction`; the gatherer's Binding requests to STUN servers) goes
+   to that handler — a TURN server is often the STUN server too, so this comes first;
+2. anything from the address of a TURN server we hold a UDP allocation on (STUN responses,
+   Data indications, ChannelData) goes to that :class:`TurnRelay`: the sans-I/O
+   :class:`~p2ptun.turn.client.TurnClient` matches responses by transaction id and unwraps
+   relayed data;
+3. every other STUN message goes to :attr:`UdpMux.on_ice` (the ICE transport), with the local
+   base address it arrived on.
+
+The local base: the sockets are bound to the wildcard address, and :class:`UdpEndpoint` does not
+report a datagram's destination address (no ``IP_PKTINFO``). The mux takes the address the
+kernel would use as the *source* towards the sender (a route lookup, cached per remote IP):
+with a wildcard socket that is exactly the address our answers leave from, so it is the only
+base the peer can validate a pair with anyway (RFC 8445 §7.2.5.2.1 symmetric check).
+
+:class:`TurnRelay` runs one :class:`TurnClient` allocation (RFC 8656): over UDP it sends through
+the mux's shared socket and receives what the mux routes to it; over TCP or TLS (``turn:...?
+transport=tcp``, ``turns:``) it owns a connection (opened with the connect helper of
+:mod:`p2ptun.turn.transport`), a reader task that cuts the byte stream into frames and a writer
+task that sends everything queued since its last wake-up in one write. Either way the relay has
+a single timer task re-armed at the client's ``next_wakeup()`` after every step, and nothing
+blocks: :meth:`TurnRelay.send` wraps a payload (ChannelData on a bound channel, else a Send
+indication) and queues it synchronously. Relayed data is handed to ``on_data(relay, peer,
+data)``; on a stream ``after_batch()`` follows each received chunk (the node flushes its data
+path there; over UDP the endpoint's own end-of-batch hook does that).
+
+Peers the server refuses (403 to CreatePermission: our embedded server denies private ranges by
+default) are remembered for the allocation's life, so that data and ICE checks to them are
+dropped here instead of asking for the same permission on every packet.
+
+::
+
+    mux = UdpMux(endpoints)
+    relay = TurnRelay.udp(mux, ("203.0.113.10", 3478), "user", "pass", on_data=deliver)
+    await nursery.start(relay.run)     # allocated (RuntimeFailure if not)
+    relay.relayed                      # ("203.0.113.10", 50123)
+    relay.send(peer, payload)          # synchronous, never blocks
+    relay.close()                      # deallocate; run() returns
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import math
+import os
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from functools import partial
+from typing import Any, Literal
+
+import trio
+
+from p2ptun.addr import Address, format_address
+from p2ptun.config import TurnServerConfig
+from p2ptun.errors import DecodeError, RuntimeFailure
+from p2ptun.log import get_logger
+from p2ptun.net.udp import PacketKind, UdpEndpoint
+from p2ptun.turn.client import (
+    AllocationFailed,
+    AllocationLost,
+    AllocationState,
+    AllocationSucceeded,
+    ChannelState,
+    Deallocated,
+    PeerData,
+    PermissionFailed,
+    TurnClient,
+    TurnEvent,
+)
+from p2ptun.turn.client_stream import StreamFramingError
+
+log = get_logger("net.turn")
+
+RelayTransport = Literal["udp", "tcp", "tls"]
+
+#: ``handler(data, local, remote)``: a STUN datagram, the local base it arrived on, its source.
+#: ``data`` is only valid during the call (copy it to keep it).
+StunHandler = Callable[[memoryview, Address, Address], None]
+#: ``on_data(relay, peer, data)``: a payload the TURN server relayed from ``peer``.
+RelayDataHandler = Callable[["TurnRelay", Address, bytes], None]
+#: ``on_event(relay, event)``: every event of the relay's TurnClient, after the relay's own
+#: bookkeeping (AllocationSucceeded, AllocationLost, ChannelBound, PermissionFailed, ...).
+RelayEventHandler = Callable[["TurnRelay", TurnEvent], None]
+
+#: Route lookups remembered (remote IP -> local source IP).
+MAX_ROUTE_CACHE = 1024
+#: Registered transactions at most (a stuck registrant cannot grow the table unbounded).
+MAX_TRANSACTIONS = 4096
+#: Bytes a stream relay queues for its writer before it drops relayed data (never control).
+MAX_STREAM_BACKLOG = 1 << 20
+#: Peers refused by the server (403) remembered per allocation.
+MAX_FORBIDDEN = 256
+#: Refresh at least this often over UDP: the Refresh keeps the NAT binding towards the server.
+UDP_REFRESH_INTERVAL = 60.0
+_RECV_SIZE = 65536 + 64
+
+
+@dataclass
+class MuxCounters:
+    """What the mux routed and dropped (for ``p2ptun status`` and tests)."""
+
+    rx_transactions: int = 0
+    """STUN responses handed to a registered transaction."""
+    rx_turn: int = 0
+    """Datagrams from a TURN server handed to its relay."""
+    rx_ice: int = 0
+    """STUN datagrams handed to the ICE transport."""
+    rx_dropped: int = 0
+    """STUN nobody wanted, or ChannelData from an address that is not our TURN server."""
+    rx_no_route: int = 0
+    """Datagrams from a source we have no route back to (no local base)."""
+    transactions_dropped: int = 0
+    """Registrations refused because the table was full."""
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _family_of(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+
+
+def normalize_address(addr: Address) -> Address:
+    """``(host, port)`` with the host in canonical IP text (as candidates and the TURN client
+    write it). Raises ValueError for a host that is not an IP literal."""
+    return str(ipaddress.ip_address(addr[0].split("%", 1)[0])), int(addr[1])
+
+
+def route_source(remote_ip: str) -> str | None:
+    """The local address the kernel sends from towards ``remote_ip`` (no packet is sent), or
+    None without a route."""
+    family = _family_of(remote_ip)
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as probe:
+            probe.connect((remote_ip, 9))
+            return str(ipaddress.ip_address(probe.getsockname()[0].split("%", 1)[0]))
+    except OSError:
+        return None
+
+
+class UdpMux:
+    """Routes the STUN and ChannelData datagrams of the node's shared UDP endpoints.
+
+    See the module docstring for the order. Installs its handlers on ``endpoints`` at
+    construction (the WireGuard handler is left alone). :attr:`on_ice` receives the STUN
+    messages nobody else claimed. ``route_lookup`` (tests) replaces the kernel route lookup
+    that picks the local base of an incoming datagram.
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[UdpEndpoint],
+        *,
+        on_ice: StunHandler | None = None,
+        route_lookup: Callable[[str], str | None] = route_source,
+    ) -> None:
+        if not endpoints:
+            raise ValueError("the mux needs at least one UDP endpoint")
+        self.endpoints = list(endpoints)
+        self.on_ice = on_ice
+        self.counters = MuxCounters()
+        self._route_lookup = route_lookup
+        self._by_family: dict[int, UdpEndpoint] = {}
+        for ep in self.endpoints:
+            self._by_family.setdefault(int(ep.family), ep)
+            ep.set_handler(PacketKind.STUN, partial(self._on_stun, ep))
+            ep.set_handler(PacketKind.CHANNEL_DATA, partial(self._on_channel_data, ep))
+        self._transactions: dict[bytes, StunHandler] = {}
+        self._relays: dict[Address, TurnRelay] = {}
+        self._routes: dict[str, str | None] = {}
+
+    # -- endpoints and addresses ---------------------------------------------------------------
+
+    def endpoint_for(self, host: str) -> UdpEndpoint | None:
+        """The endpoint of ``host``'s address family, or None if we have no such socket."""
+        return self._by_family.get(int(_family_of(host)))
+
+    def port_for(self, host: str) -> int | None:
+        """The local port of the endpoint of ``host``'s family."""
+        ep = self.endpoint_for(host)
+        return None if ep is None else ep.local_address[1]
+
+    def local_ip_for(self, remote_ip: str) -> str | None:
+        """The local address datagrams to ``remote_ip`` leave from (cached route lookup)."""
+        try:
+            return self._routes[remote_ip]
+        except KeyError:
+            pass
+        ep = self.endpoint_for(remote_ip)
+        bound = None if ep is None else ep.local_address[0]
+        if bound is not None and not ipaddress.ip_address(bound).is_unspecified:
+            local: str | None = str(ipaddress.ip_address(bound))
+        else:
+            local = self._route_lookup(remote_ip)
+        if len(self._routes) >= MAX_ROUTE_CACHE:
+            self._routes.clear()
+        self._routes[remote_ip] = local
+        return local
+
+    def local_base_for(self, remote: Address) -> Address | None:
+        """``(local ip, port)``: the host base that talks to ``remote`` (None without a route
+        or a socket of its family)."""
+        ip = self.local_ip_for(remote[0])
+        port = self.port_for(remote[0])
+        if ip is None or port is None:
+            return None
+        return ip, port
+
+    def invalidate_routes(self) -> None:
+        """Forget cached route lookups (call on a network change)."""
+        self._routes.clear()
+
+    def send(self, data: bytes | bytearray | memoryview, remote: Address) -> bool:
+        """Send one datagram to ``remote`` from the shared socket of its family; False if it
+        was dropped (no socket of that family, full buffer, no route...)."""
+        ep = self._by_family.get(int(_family_of(remote[0])))
+        if ep is None:
+            return False
+        return ep.send(data, remote)
+
+    # -- registrations ---------------------------------------------------------------------------
+
+    def register_transaction(self, transaction_id: bytes, handler: StunHandler) -> bool:
+        """Route STUN messages with ``transaction_id`` to ``handler`` until unregistered.
+        False if the table is full (the caller's request will just time out)."""
+        if len(self._transactions) >= MAX_TRANSACTIONS:
+            self.counters.transactions_dropped += 1
+            return False
+        self._transactions[bytes(transaction_id)] = handler
+        return True
+
+    def unregister_transaction(self, transaction_id: bytes) -> None:
+        self._transactions.pop(bytes(transaction_id), None)
+
+    def attach_relay(self, relay: TurnRelay) -> None:
+        """Route what comes from ``relay.server`` to it (one UDP allocation per server: the
+        server keys allocations by our address and port, RFC 8656 §2.2)."""
+        other = self._relays.get(relay.server)
+        if other is not None and other is not relay:
+            raise RuntimeFailure(
+                f"TURN server {format_address(relay.server)}: an allocation from this socket "
+                "already exists"
+            )
+        self._relays[relay.server] = relay
+
+    def detach_relay(self, relay: TurnRelay) -> None:
+        if self._relays.get(relay.server) is relay:
+            del self._relays[relay.server]
+
+    def relay_for(self, server: Address) -> TurnRelay | None:
+        """The UDP relay attached for ``server``, if any."""
+        return self._relays.get(server)
+
+    # -- receiving -------------------------------------------------------------------------------
+
+    def _on_stun(self, ep: UdpEndpoint, data: memoryview, src: Address) -> None:
+        handler = self._transactions.get(bytes(data[8:20]))
+        if handler is not None:
+            local = self.local_base_for(src)
+            if local is None:
+                self.counters.rx_no_route += 1
+                return
+            self.counters.rx_transactions += 1
+            handler(data, local, src)
+            return
+        relay = self._relays.get(src)
+        if relay is not None:
+            self.counters.rx_turn += 1
+            relay.handle_datagram(data)
+            return
+        on_ice = self.on_ice
+        if on_ice is None:
+            self.counters.rx_dropped += 1
+            return
+        local = self.local_base_for(src)
+        if local is None:
+            self.counters.rx_no_route += 1
+            return
+        self.counters.rx_ice += 1
+        on_ice(data, local, src)
+
+    def _on_channel_data(self, ep: UdpEndpoint, data: memoryview, src: Address) -> None:
+        relay = self._relays.get(src)
+        if relay is None:
+            self.counters.rx_dropped += 1
+            return
+        self.counters.rx_turn += 1
+        relay.handle_datagram(data)
+
+
+@dataclass
+class RelayCounters:
+    """Per-relay counters beyond the TurnClient's own."""
+
+    tx_dropped: int = 0
+    """Payloads not sent: allocation not usable, peer forbidden, stream backlog full."""
+    rx_malformed: int = 0
+    refreshes: int = 0
+
+
+class TurnRelay:
+    """One TURN allocation for the node (see the module docstring).
+
+    Make it with :meth:`udp` (through the mux's shared socket), :meth:`stream` (own TCP or TLS
+    connection) or :meth:`from_config`; run :meth:`run` in a nursery with ``nursery.start``:
+    it returns once allocated (or raises :class:`RuntimeFailure` with the reason), keeps the
+    allocation refreshed, and ends when the allocation is lost or :meth:`close` deallocated
+    it (:attr:`failure` says why it was lost).
+    """
+
+    def __init__(
+        self,
+        client: TurnClient,
+        transport: RelayTransport,
+        *,
+        mux: UdpMux | None = None,
+        host: str | None = None,
+        ca_file: str | None = None,
+        on_data: RelayDataHandler | None = None,
+        on_event: RelayEventHandler | None = None,
+        after_batch: Callable[[], None] | None = None,
+    ) -> None:
+        if (transport == "udp") != (mux is not None):
+            raise ValueError("a UDP relay needs the mux; a stream relay must not have one")
+        self.client = client
+        self.transport: RelayTransport = transport
+        self.server: Address = client.server
+        self.on_data = on_data
+        self.on_event = on_event
+        self.after_batch = after_batch
+        self.counters = RelayCounters()
+        #: Why the allocation ended (None while it lives or after a clean close).
+        self.failure: AllocationFailed | AllocationLost | None = None
+        #: The local address the allocation is made from (the relay candidate's base IP).
+        self.local_ip: str | None = None
+        self._mux = mux
+        self._host = host or client.server[0]
+        self._ca_file = ca_file
+        self._stream: trio.abc.Stream | None = None
+        self._out = bytearray()
+        self._out_ready = trio.Event()
+        self._allocated = trio.Event()
+        self._ended = trio.Event()
+        self._close_requested = trio.Event()
+        self._timer_scope: trio.CancelScope | None = None
+        self._forbidden: set[str] = set()
+
+    # -- construction ----------------------------------------------------------------------------
+
+    @classmethod
+    def udp(
+        cls,
+        mux: UdpMux,
+        server: Address,
+        username: str,
+        password: str,
+        *,
+        random: Callable[[int], bytes] = os.urandom,
+        on_data: RelayDataHandler | None = None,
+        on_event: RelayEventHandler | None = None,
+        **client_options: Any,
+    ) -> TurnRelay:
+        """An allocation over the mux's UDP socket for ``server`` (an IP literal address)."""
+        server = normalize_address(server)
+        client_options.setdefault("refresh_interval", UDP_REFRESH_INTERVAL)
+        client = TurnClient(server, username, password, random=random, **client_options)
+        return cls(client, "udp", mux=mux, on_data=on_data, on_event=on_event)
+
+    @classmethod
+    def stream(
+        cls,
+        server: Address,
+        username: str,
+        password: str,
+        *,
+        transport: Literal["tcp", "tls"] = "tcp",
+        host: str | None = None,
+        ca_file: str | None = None,
+        random: Callable[[int], bytes] = os.urandom,
+        on_data: RelayDataHandler | None = None,
+        on_event: RelayEventHandler | None = None,
+        after_batch: Callable[[], None] | None = None,
+        **client_options: Any,
+    ) -> TurnRelay:
+        """An allocation over its own TCP or TLS connection to ``server`` (an IP literal
+        address); ``host`` is the TLS server name (default: the address)."""
+        server = normalize_address(server)
+        client = TurnClient(
+            server, username, password, stream=True, random=random, **client_options
+        )
+        return cls(
+            client,
+            transport,
+            host=host,
+            ca_file=ca_file,
+            on_data=on_data,
+            on_event=on_event,
+            after_batch=after_batch,
+        )
+
+    @classmethod
+    def from_config(
+        cls,
+        mux: UdpMux,
+        config: TurnServerConfig,
+        server: Address,
+        username: str,
+        password: str,
+        **kwargs: Any,
+    ) -> TurnRelay:
+        """A relay for a configured ``[ice] turn`` entry whose host resolved to ``server``."""
+        if config.transport == "udp":
+            return cls.udp(mux, server, username, password, **kwargs)
+        return cls.stream(
+            server,
+            username,
+            password,
+            transport=config.transport,
+            host=config.host,
+            ca_file=config.ca_file,
+            **kwargs,
+        )
+
+    # -- queries ---------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> AllocationState:
+        return self.client.state
+
+    @property
+    def allocated(self) -> bool:
+        """The allocation exists and can relay."""
+        return self.client.state is AllocationState.ALLOCATED
+
+    @property
+    def relayed(self) -> Address:
+        """The relayed transport address (XOR-RELAYED-ADDRESS); only once allocated."""
+        if self.client.relayed is None:
+            raise RuntimeFailure("the TURN allocation has no relayed address yet")
+        return self.client.relayed
+
+    @property
+    def mapped(self) -> Address | None:
+        """Our address as the server saw it (XOR-MAPPED-ADDRESS)."""
+        return self.client.mapped
+
+    def is_forbidden(self, peer_ip: str) -> bool:
+        """The server refused a permission for this peer (403)."""
+        return peer_ip in self._forbidden
+
+    def __repr__(self) -> str:
+        relayed = format_address(self.client.relayed) if self.client.relayed else "-"
+        return (
+            f"<TurnRelay {self.transport} {format_address(self.server)} "
+            f"{self.client.state.value} relayed={relayed}>"
+        )
+
+    # -- data ------------------------------------------------------------------------------------
+
+    def send(self, peer: Address, data: bytes | bytearray | memoryview) -> bool:
+        """Relay ``data`` to ``peer``: ChannelData on a bound channel, else a Send indication
+        (asking for the permission first if there is none). Synchronous; False (counted) if
+        the allocation is not usable, the peer is forbidden or a stream's backlog is full."""
+        client = self.client
+        if client.state is not AllocationState.ALLOCATED or peer[0] in self._forbidden:
+            self.counters.tx_dropped += 1
+            return False
+        wire = client.send(peer, bytes(data), trio.current_time())
+        if self._mux is not None:
+            sent = self._mux.send(wire, self.server)
+        else:
+            sent = self._queue(wire, droppable=True)
+        self._pump()
+        return sent
+
+    def bind_channel(self, peer: Address) -> None:
+        """Bind a channel to ``peer`` (RFC 8656 §11) so that data goes as 4-byte-header
+        ChannelData; done in the background, data goes by Send indication meanwhile."""
+        if not self.allocated or peer[0] in self._forbidden:
+            return
+        state = self.client.channel(peer)
+        if state is not None:
+            return
+        try:
+            self.client.bind_channel(peer, trio.current_time())
+        except (ValueError, RuntimeError) as exc:  # out of channel numbers, state changed
+            log.debug("channel bind not started", peer=format_address(peer), error=str(exc))
+        self._pump()
+
+    def channel_bound(self, peer: Address) -> bool:
+        state = self.client.channel(peer)
+        return state is not None and state[1] is ChannelState.BOUND
+
+    def create_permission(self, peer_ip: str) -> None:
+        """Ask for a permission for ``peer_ip`` ahead of the first packet (no-op if one exists
+        or the server already refused it)."""
+        if not self.allocated or peer_ip in self._forbidden:
+            return
+        self.client.create_permission(peer_ip, trio.current_time())
+        self._pump()
+
+    def handle_datagram(self, data: bytes | bytearray | memoryview) -> None:
+        """A datagram from the server (the mux calls this for UDP relays)."""
+        try:
+            self.client.handle_datagram(data, trio.current_time())
+        except DecodeError:
+            self.counters.rx_malformed += 1
+        self._pump()
+
+    # -- lifetime --------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Deallocate (Refresh with LIFETIME 0) and let :meth:`run` return. Idempotent."""
+        self._close_requested.set()
+
+    async def run(
+        self,
+        *,
+        timeout: float = 10.0,
+        close_timeout: float = 2.0,
+        task_status: trio.TaskStatus[TurnRelay] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Connect (streams), allocate within ``timeout``, report ``started(self)``, then keep
+        the allocation until it is lost or :meth:`close` is called (graceful deallocation,
+        at most ``close_timeout``). Cancelled, it sends the deallocation without waiting.
+
+        Raises :class:`RuntimeFailure` (before ``started``) if the allocation cannot be made.
+        """
+        error: RuntimeFailure | None = None
+        started = False
+        try:
+            async with trio.open_nursery() as nursery:
+                with trio.move_on_after(timeout) as connect_scope:
+                    error = await self._open(nursery)
+                if connect_scope.cancelled_caught:
+                    error = RuntimeFailure(
+                        f"cannot reach TURN server {format_address(self.server)} over "
+                        f"{self.transport} within {timeout:g} s"
+                    )
+                if error is None:
+                    nursery.start_soon(self._timer)
+                    self.client.allocate(trio.current_time())
+                    self._pump()
+                    with trio.move_on_after(timeout):
+                        await self._allocated.wait()
+                    if self.allocated:
+                        started = True
+                        task_status.started(self)
+                        await self._wait_end(close_timeout)
+                    elif self.failure is not None:
+                        error = RuntimeFailure(self.failure.reason)
+                    else:
+                        error = RuntimeFailure(
+                            f"TURN server {format_address(self.server)}: no Allocate answer "
+                            f"over {self.transport} within {timeout:g} s"
+                        )
+                nursery.cancel_scope.cancel()
+        finally:
+            if self.client.state in (AllocationState.ALLOCATED, AllocationState.ALLOCATING):
+                # Cancelled from outside: tell the server once, do not wait for it.
+                self.client.close(trio.current_time())
+                with contextlib.suppress(Exception):
+                    self._flush_transmits_now()
+            self._ended.set()
+            if self._mux is not None:
+                self._mux.detach_relay(self)
+            if self._stream is not None:
+                with trio.move_on_after(1) as scope:
+                    scope.shield = True
+                    with contextlib.suppress(Exception):
+                        await self._stream.aclose()
+        if error is not None and not started:
+            raise error
+
+    async def _open(self, nursery: trio.Nursery) -> RuntimeFailure | None:
+        """Attach to the mux (UDP) or connect and start the stream tasks."""
+        if self._mux is not None:
+            try:
+                self._mux.attach_relay(self)
+            except RuntimeFailure as exc:
+                return exc
+            self.local_ip = self._mux.local_ip_for(self.server[0])
+            if self.local_ip is None:
+                return RuntimeFailure(f"no route to TURN server {format_address(self.server)}")
+            return None
+        from p2ptun.turn.transport import _connect  # the TCP/TLS connect of the session shell
+
+        try:
+            _server, _sock, stream = await _connect(
+                self._host if self.transport == "tls" else self.server[0],
+                self.server[1],
+                self.transport,
+                self._ca_file,
+                None,
+            )
+        except RuntimeFailure as exc:
+            return exc
+        assert stream is not None
+        self._stream = stream
+        self.local_ip = _stream_local_ip(stream)
+        nursery.start_soon(self._read_stream)
+        nursery.start_soon(self._write_stream)
+        return None
+
+    async def _wait_end(self, close_timeout: float) -> None:
+        async with trio.open_nursery() as nursery:
+
+            async def on_close() -> None:
+                await self._close_requested.wait()
+                if self.allocated:
+                    self.client.close(trio.current_time())
+                    self._pump()
+                    with trio.move_on_after(close_timeout):
+                        await self._ended.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(on_close)
+            await self._ended.wait()
+            nursery.cancel_scope.cancel()
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _queue(self, data: bytes, *, droppable: bool) -> bool:
+        if droppable and len(self._out) + len(data) > MAX_STREAM_BACKLOG:
+            self.counters.tx_dropped += 1
+            return False
+        self._out += data
+        self._out_ready.set()
+        return True
+
+    def _transmit(self, data: bytes) -> None:
+        if self._mux is not None:
+            self._mux.send(data, self.server)
+        else:
+            self._queue(data, droppable=False)
+
+    def _flush_transmits_now(self) -> None:
+        for data in self.client.pop_transmits():
+            if self._mux is not None:
+                self._mux.send(data, self.server)
+            elif self._stream is not None:
+                self._out += data
+
+    def _pump(self) -> None:
+        """Send what the client queued, dispatch its events, re-arm the timer."""
+        client = self.client
+        busy = False
+        while True:
+            transmits = client.pop_transmits()
+            events = client.pop_events()
+            if not transmits and not events:
+                break
+            busy = True
+            for data in transmits:
+                self._transmit(data)
+            for event in events:
+                self._dispatch(event)
+        # New requests always come with a transmit, so a step without output never needs an
+        # earlier wake-up; a later one only costs one early wake (the timer re-computes).
+        scope = self._timer_scope
+        if busy and scope is not None:
+            wake = client.next_wakeup()
+            scope.deadline = math.inf if wake is None else wake
+
+    def _dispatch(self, event: TurnEvent) -> None:
+        if isinstance(event, PeerData):
+            if self.on_data is not None:
+                self.on_data(self, event.peer, event.data)
+            return
+        if isinstance(event, AllocationSucceeded):
+            log.info(
+                "relay allocated",
+                server=format_address(self.server),
+                transport=self.transport,
+                relayed=format_address(event.relayed),
+            )
+            self._allocated.set()
+        elif isinstance(event, AllocationFailed | AllocationLost):
+            self.failure = event
+            self._allocated.set()
+            self._ended.set()
+        elif isinstance(event, Deallocated):
+            self._ended.set()
+        elif (
+            isinstance(event, PermissionFailed)
+            and event.code == 403
+            and len(self._forbidden) < MAX_FORBIDDEN
+        ):
+            self._forbidden.add(event.peer_ip)
+        if self.on_event is not None:
+            self.on_event(self, event)
+
+    async def _timer(self) -> None:
+        while True:
+            wake = self.client.next_wakeup()
+            with trio.move_on_at(math.inf if wake is None else wake) as scope:
+                self._timer_scope = scope
+                await trio.sleep_forever()
+            self._timer_scope = None
+            self.client.handle_timeout(trio.current_time())
+            self._pump()
+
+    async def _read_stream(self) -> None:
+        stream = self._stream
+        assert stream is not None
+        while True:
+            try:
+                chunk = await stream.receive_some(_RECV_SIZE)
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self._lost(f"connection broke: {exc}")
+                return
+            if not chunk:
+                self._lost("the server closed the connection")
+                return
+            try:
+                self.client.handle_stream_data(chunk, trio.current_time())
+            except StreamFramingError as exc:
+                self._lost(f"unframeable stream: {exc}")
+                return
+            self._pump()
+            if self.after_batch is not None:
+                self.after_batch()
+
+    async def _write_stream(self) -> None:
+        stream = self._stream
+        assert stream is not None
+        while True:
+            await self._out_ready.wait()
+            self._out_ready = trio.Event()
+            if not self._out:
+                continue
+            data = bytes(self._out)
+            self._out.clear()
+            try:
+                await stream.send_all(data)
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self._lost(f"send failed: {exc}")
+                return
+
+    def _lost(self, reason: str) -> None:
+        self.client.connection_lost(trio.current_time(), reason)
+        self._pump()
+        self._ended.set()
+
+
+def _stream_local_ip(stream: trio.abc.Stream) -> str | None:
+    """The local IP of a trio SocketStream (possibly wrapped in an SSLStream)."""
+    inner: Any = stream
+    if isinstance(inner, trio.SSLStream):
+        inner = inner.transport_stream
+    sock = getattr(inner, "socket", None)
+    if sock is None:
+        return None
+    try:
+        return str(ipaddress.ip_address(sock.getsockname()[0].split("%", 1)[0]))
+    except (OSError, ValueError):
+        return None
+
+
+__all__ = [
+    "MAX_STREAM_BACKLOG",
+    "MuxCounters",
+    "RelayCounters",
+    "RelayDataHandler",
+    "RelayEventHandler",
+    "RelayTransport",
+    "StunHandler",
+    "TurnRelay",
+    "UdpMux",
+    "normalize_address",
+    "route_source",
+]
