@@ -284,6 +284,8 @@ class Gatherer:
             reason = f"no response from STUN server {shown} within {self.options.stun_timeout:g} s"
             result.failures.append(GatherFailure("stun", shown, reason))
             return
+        if mapped == base:
+            return  # no NAT in between: the host candidate says it all (RFC 8445 §5.1.3)
         pref = self._preference(base[0])
         emit(make_srflx_candidate(mapped, base, server[0], pref))
 

@@ -1,0 +1,816 @@
+"""The trio shell of ICE: one sans-I/O :class:`~p2ptun.ice.agent.IceAgent` per peer over the
+node's shared sockets.
+
+One :class:`IceTransport` per node owns
+
+- the :class:`~p2ptun.net.turn_shared.UdpMux` on the node's UDP endpoints (one per address
+  family, ARCHITECTURE.md §2) and the :class:`~p2ptun.net.gather.Gatherer` with its TURN
+  allocations: local candidates belong to the node and every agent uses them;
+- one :class:`IceSession` per peer (:meth:`IceTransport.open_session`), each wrapping an
+  :class:`~p2ptun.ice.agent.IceAgent`;
+- a single timer task for all agents: it sleeps until the earliest ``next_wakeup()`` of any
+  agent, runs the agents that are due, and sleeps again. Inputs (datagrams, signaling) pull
+  the deadline earlier when an agent needs it sooner. Idle, a connected agent wants the timer
+  only for consent checks (every 4–6 s, RFC 7675), so the node wakes well under once a second
+  per peer.
+
+Demultiplexing what arrives (no trio channel per packet: handlers run inside the endpoint's
+drain and call the agents directly, then send what the agents queued at once):
+
+- ICE checks (Binding requests) by their USERNAME ``ourufrag:theirufrag``: the first part names
+  the session (current generation, and the older ones an agent still answers after a restart);
+- responses (to checks and consent checks) by transaction id: every request an agent sends is
+  remembered for the life of a STUN transaction;
+- the same for STUN that TURN relays unwrapped (base = the relayed address);
+- anything else a relay unwrapped (WireGuard) goes to the ``on_data`` callback of the session
+  whose selected pair has that remote address; with ``claim_wireguard`` the transport also
+  takes WireGuard datagrams straight from the sockets the same way (probes and tests: in the
+  node the WireGuard tunnel owns that handler).
+
+Transmits leave through the right base: host bases from the shared socket of their family,
+relayed bases through their :class:`~p2ptun.net.turn_shared.TurnRelay` (ChannelData once the
+selected relayed pair's channel is bound, Send indications before). :meth:`IceSession.send`
+puts data on the selected pair the same way.
+
+Events for the daemon (``on_event(session, event)``, called synchronously): every
+:data:`~p2ptun.ice.agent.IceEvent` of the agent — :class:`~p2ptun.ice.agent.PairSelected`
+(connected / the selected pair changed; ``previous`` set on a change),
+:class:`~p2ptun.ice.agent.BetterPairAvailable`, :class:`~p2ptun.ice.agent.ConsentSuspect`,
+:class:`~p2ptun.ice.agent.ConsentRestored`, :class:`~p2ptun.ice.agent.ConsentExpired`,
+:class:`~p2ptun.ice.agent.StateChanged` (``FAILED`` = failed), ... — plus the shell's own:
+:class:`LocalCandidate` (trickle it to the peer), :class:`LocalCandidatesDone` (signal
+end-of-candidates) and :class:`LocalRestart` (our credentials changed: signal
+:meth:`IceSession.local_description` again).
+
+Gathering rounds: the transport gathers once when it starts and again on
+:meth:`IceTransport.regather` (network change). A session takes the candidates of the latest
+round when it is opened or restarted — those present then are in
+:meth:`IceSession.local_description`, later ones arrive as :class:`LocalCandidate` events. A
+lost TURN allocation starts a new round by itself (rate-limited); sessions move to it at their
+next restart.
+
+Known limit: the sockets are bound to the wildcard address and
+:class:`~p2ptun.net.udp.UdpEndpoint` does not report a datagram's destination address, so the
+base of an incoming datagram is the address the kernel sends from towards its source (see
+:mod:`p2ptun.net.turn_shared`). On a multi-homed host, pairs on the other host addresses fail
+the symmetric check and the routed one is used.
+
+A sketch of the daemon's use::
+
+    transport = IceTransport(endpoints, GatherOptions.from_config(cfg.ice, tun_name))
+    await nursery.start(transport.run)
+    session = transport.open_session("bob", controlling=True, on_event=..., on_data=...)
+    signal(session.local_description())                 # and each LocalCandidate event
+    session.set_remote_description(IceDescription.parse(text))   # what bob signalled
+    ...
+    session.send(wireguard_datagram)                    # on the selected pair
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random as random_module
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+
+import trio
+
+from p2ptun.addr import Address, format_address
+from p2ptun.ice.agent import (
+    ConsentExpired,
+    IceAgent,
+    IceConfig,
+    IceEvent,
+    PairSelected,
+    RandomSource,
+    SelectedPair,
+    StateChanged,
+)
+from p2ptun.ice.candidate import Candidate, CandidateType
+from p2ptun.ice.sdp import IceCredentials, IceDescription, generate_credentials
+from p2ptun.log import get_logger
+from p2ptun.net.gather import AddressLister, Gatherer, GatherOptions, GatherResult, TurnCredentials
+from p2ptun.net.turn_shared import TurnRelay, UdpMux, normalize_address
+from p2ptun.net.udp import PacketKind, UdpEndpoint
+from p2ptun.stun import is_stun
+from p2ptun.turn.client import AllocationLost, TurnEvent
+
+log = get_logger("net.ice")
+
+#: Requests sent are remembered this long for routing their responses (RFC 8489 §6.2.1 with
+#: the agent's defaults: the last retransmission at 31.5 s, the timeout at 39.5 s).
+TRANSACTION_MEMORY = 45.0
+#: At most this many remembered transactions (oldest forgotten first).
+MAX_REMEMBERED_TRANSACTIONS = 16384
+#: Local ufrags routed per session: the current generation and the two before it (the agent
+#: answers the previous generation's checks until the next restart, and the selected pair's).
+UFRAGS_PER_SESSION = 3
+#: A lost relay starts a new gathering round at most this often.
+RELAY_REGATHER_INTERVAL = 10.0
+#: When an agent asks to be woken in the past right after being run, it is woken this much
+#: later instead (guards against a busy loop; counted in ``stale_wakeups``).
+MIN_TIMER_STEP = 0.01
+
+_STUN_ATTR_USERNAME = 0x0006
+
+
+@dataclass(frozen=True)
+class LocalCandidate:
+    """A local candidate gathered after the session's description was taken: trickle it
+    (RFC 8838); ``ufrag`` names the generation it belongs to (RFC 8840 §9)."""
+
+    candidate: Candidate
+    ufrag: str
+
+
+@dataclass(frozen=True)
+class LocalCandidatesDone:
+    """Gathering for generation ``ufrag`` finished: signal end-of-candidates (RFC 8838 §13)."""
+
+    ufrag: str
+
+
+@dataclass(frozen=True)
+class LocalRestart:
+    """The session restarted (RFC 8445 §9): signal :meth:`IceSession.local_description` (new
+    ufrag/pwd and the candidates known so far). ``reason``: ``"local"`` (:meth:`restart`),
+    ``"remote"`` (the peer restarted) or ``"regather"`` (the network changed)."""
+
+    credentials: IceCredentials
+    reason: str
+
+
+SessionEvent = IceEvent | LocalCandidate | LocalCandidatesDone | LocalRestart
+#: ``on_event(session, event)``.
+EventHandler = Callable[["IceSession", SessionEvent], None]
+#: ``on_data(session, data, source)``: a non-STUN payload from the peer (WireGuard). ``data``
+#: may be a view into a receive buffer, valid only during the call.
+DataHandler = Callable[["IceSession", "bytes | memoryview", Address], None]
+
+
+@dataclass
+class TransportCounters:
+    """What the shell routed and dropped."""
+
+    checks_unknown_ufrag: int = 0
+    responses_unknown: int = 0
+    indications: int = 0
+    relayed_data_unrouted: int = 0
+    direct_data_unrouted: int = 0
+    relay_missing: int = 0
+    """Transmits for a relayed base whose allocation is gone."""
+    tx_dropped: int = 0
+    timer_wakeups: int = 0
+    stale_wakeups: int = 0
+    regathers: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def stun_username(data: bytes | bytearray | memoryview) -> str | None:
+    """The USERNAME attribute of a STUN message without decoding the rest (None if absent or
+    malformed). Only for routing: the agent authenticates the message."""
+    if len(data) < 20:
+        return None
+    end = 20 + ((data[2] << 8) | data[3])
+    if end > len(data):
+        return None
+    pos = 20
+    while pos + 4 <= end:
+        attr = (data[pos] << 8) | data[pos + 1]
+        length = (data[pos + 2] << 8) | data[pos + 3]
+        start = pos + 4
+        if start + length > end:
+            return None
+        if attr == _STUN_ATTR_USERNAME:
+            try:
+                return bytes(data[start : start + length]).decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+        pos = start + ((length + 3) & ~3)
+    return None
+
+
+def _stun_class(data: bytes | bytearray | memoryview) -> int:
+    """0 request, 1 indication, 2 success, 3 error (RFC 8489 §5)."""
+    mtype = (data[0] << 8) | data[1]
+    return ((mtype >> 4) & 0x1) | ((mtype >> 7) & 0x2)
+
+
+class IceSession:
+    """ICE with one peer over the node's transport. Made by :meth:`IceTransport.open_session`.
+
+    Remote input (from signaling): :meth:`set_remote_description` (credentials, candidates and
+    end-of-candidates at once; detects a peer's restart), or piecewise
+    :meth:`set_remote_credentials`, :meth:`add_remote_candidate`,
+    :meth:`set_remote_end_of_candidates`. Local output: :meth:`local_description` and the
+    events. Data: :meth:`send`, and ``on_data`` for what arrives.
+    """
+
+    def __init__(
+        self,
+        transport: IceTransport,
+        name: str,
+        agent: IceAgent,
+        on_event: EventHandler | None,
+        on_data: DataHandler | None,
+    ) -> None:
+        self.name = name
+        self.agent = agent
+        self.on_event = on_event
+        self.on_data = on_data
+        self._transport = transport
+        self._closed = False
+        #: Gathering round whose candidates this session's current generation uses.
+        self._round = -1
+        #: Candidates the agent accepted for the current generation, in order (signalled).
+        self._local: list[Candidate] = []
+        self._local_complete = False
+        self._ufrags: list[str] = []
+        self._wake: float | None = None
+        self._connected = trio.Event()
+        #: When checks started (remote credentials known) for the current generation, and
+        #: when its first pair was selected: time to nomination = the difference.
+        self.checks_started_at: float | None = None
+        self.selected_at: float | None = None
+        self._send_relay: TurnRelay | None = None
+        self._send_remote: Address | None = None
+        self._send_direct = False
+        self._remotes: set[Address] = set()
+
+    # -- queries ---------------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def closed_now(self) -> bool:
+        """:attr:`closed`, as a call (an event handler may close the session meanwhile)."""
+        return self._closed
+
+    @property
+    def local_credentials(self) -> IceCredentials:
+        return self.agent.local_credentials
+
+    @property
+    def selected_pair(self) -> SelectedPair | None:
+        """The pair data goes over (see :meth:`can_send`)."""
+        return self.agent.selected_pair
+
+    def can_send(self) -> bool:
+        return self.agent.can_send(trio.current_time())
+
+    def consent_age(self) -> float | None:
+        return self.agent.consent_age(trio.current_time())
+
+    @property
+    def time_to_nomination(self) -> float | None:
+        """Seconds from the start of checks to the first selected pair of this generation."""
+        if self.checks_started_at is None or self.selected_at is None:
+            return None
+        return self.selected_at - self.checks_started_at
+
+    def local_description(self) -> IceDescription:
+        """What to signal: current credentials, the candidates so far, end-of-candidates once
+        gathering finished, ``ice-options:trickle``, ``ice-lite`` for a lite agent."""
+        creds = self.agent.local_credentials
+        return IceDescription(
+            ufrag=creds.ufrag,
+            pwd=creds.pwd,
+            candidates=tuple(self._local),
+            lite=self.agent.lite,
+            options=("trickle",),
+            end_of_candidates=self._local_complete,
+        )
+
+    async def wait_connected(self) -> SelectedPair:
+        """Wait until a pair is selected (the first time); returns it."""
+        await self._connected.wait()
+        pair = self.agent.selected_pair
+        assert pair is not None
+        return pair
+
+    # -- remote input ----------------------------------------------------------------------------
+
+    def set_remote_description(self, description: IceDescription) -> bool:
+        """Apply everything the peer signalled. If its credentials differ from those already
+        set, the peer restarted (RFC 8445 §9.2): this session restarts too (a
+        :class:`LocalRestart` event, reason ``"remote"``) and the method returns True — signal
+        the new local description. Otherwise returns False."""
+        self._check_open()
+        restarted = False
+        now = trio.current_time()
+        current = self.agent.remote_credentials
+        if current is not None and current != description.credentials:
+            self._restart("remote", now)
+            restarted = True
+        self.set_remote_credentials(description.credentials, lite=description.lite)
+        for cand in description.candidates:
+            self.agent.add_remote_candidate(cand, now)
+        if description.end_of_candidates:
+            self.agent.set_remote_end_of_candidates(now)
+        self._transport._pump(self)
+        return restarted
+
+    def set_remote_credentials(self, credentials: IceCredentials, *, lite: bool = False) -> bool:
+        """The peer's ufrag/pwd (checks start). False if different ones are set already
+        (the peer restarted: use :meth:`set_remote_description` or :meth:`restart` first)."""
+        self._check_open()
+        now = trio.current_time()
+        fresh = self.agent.remote_credentials is None
+        ok = self.agent.set_remote_credentials(credentials, now, lite=lite)
+        if ok and fresh:
+            self.checks_started_at = now
+            self.selected_at = None
+        self._transport._pump(self)
+        return ok
+
+    def add_remote_candidate(self, candidate: Candidate, ufrag: str | None = None) -> bool:
+        """A trickled remote candidate; ignored (False) when ``ufrag`` names another generation
+        than the peer's current one."""
+        self._check_open()
+        creds = self.agent.remote_credentials
+        if ufrag is not None and creds is not None and ufrag != creds.ufrag:
+            return False
+        ok = self.agent.add_remote_candidate(candidate, trio.current_time())
+        self._transport._pump(self)
+        return ok
+
+    def set_remote_end_of_candidates(self, ufrag: str | None = None) -> None:
+        """The peer signalled end-of-candidates (for generation ``ufrag`` if given)."""
+        self._check_open()
+        creds = self.agent.remote_credentials
+        if ufrag is not None and creds is not None and ufrag != creds.ufrag:
+            return
+        self.agent.set_remote_end_of_candidates(trio.current_time())
+        self._transport._pump(self)
+
+    # -- local control ---------------------------------------------------------------------------
+
+    def restart(self) -> IceCredentials:
+        """ICE restart (RFC 8445 §9) with fresh credentials and the node's latest candidates;
+        the current pair keeps carrying data until a new one is selected. Emits
+        :class:`LocalRestart` (reason ``"local"``); signal :meth:`local_description`."""
+        self._check_open()
+        self._restart("local", trio.current_time())
+        self._transport._pump(self)
+        return self.agent.local_credentials
+
+    def send(self, data: bytes | bytearray | memoryview) -> bool:
+        """Send ``data`` on the selected pair (direct: UDP from the shared socket; relayed:
+        through the TURN allocation). False (nothing sent) if no pair is usable."""
+        remote = self._send_remote
+        if remote is None or not self.agent.can_send():
+            return False
+        if self._send_direct:
+            return self._transport.mux.send(data, remote)
+        relay = self._send_relay
+        if relay is None:
+            return False
+        return relay.send(remote, data)
+
+    def close(self) -> None:
+        """Forget this session (its agent stops; nothing more is sent). Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._transport._forget(self)
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"ICE session {self.name!r} is closed")
+
+    def _restart(self, reason: str, now: float) -> None:
+        transport = self._transport
+        creds = generate_credentials(transport.random_bytes)
+        self.agent.restart(creds, now)
+        self.checks_started_at = None
+        self.selected_at = None
+        transport._register_ufrag(self, creds.ufrag)
+        self._join_round(now)
+        self._emit(LocalRestart(creds, reason))
+
+    def _join_round(self, now: float) -> None:
+        """Give the agent the latest round's candidates (those gathered so far)."""
+        transport = self._transport
+        self._round = transport.round
+        self._local = []
+        self._local_complete = False
+        for cand in transport.candidates:
+            if self.agent.add_local_candidate(cand, now):
+                self._local.append(cand)
+        if transport.gathering_complete:
+            self._local_complete = True
+            self.agent.set_local_end_of_candidates(now)
+
+    def _add_local(self, candidate: Candidate, now: float) -> None:
+        if self.agent.add_local_candidate(candidate, now):
+            self._local.append(candidate)
+            self._emit(LocalCandidate(candidate, self.agent.local_credentials.ufrag))
+
+    def _local_done(self, now: float) -> None:
+        self._local_complete = True
+        self.agent.set_local_end_of_candidates(now)
+        self._emit(LocalCandidatesDone(self.agent.local_credentials.ufrag))
+
+    def _emit(self, event: SessionEvent) -> None:
+        if self.on_event is not None:
+            self.on_event(self, event)
+
+    def _on_agent_event(self, event: IceEvent, now: float) -> None:
+        if isinstance(event, PairSelected):
+            self._use_pair(event.pair)
+            if self.selected_at is None:
+                self.selected_at = now
+            self._connected.set()
+        elif isinstance(event, ConsentExpired):
+            self._send_remote = None
+        elif isinstance(event, StateChanged):
+            log.debug("ice state", peer=self.name, state=event.state.value)
+        self._emit(event)
+
+    def _use_pair(self, pair: SelectedPair) -> None:
+        remote = pair.remote.address
+        transport = self._transport
+        transport._route_remote(self, remote)
+        self._remotes.add(remote)
+        if pair.via_relay:
+            relay = transport.gatherer.relay_for(pair.base)
+            self._send_relay = relay
+            self._send_direct = False
+            if relay is not None:
+                relay.bind_channel(remote)
+        else:
+            self._send_relay = None
+            self._send_direct = True
+        self._send_remote = remote
+        log.info(
+            "ice pair",
+            peer=self.name,
+            local=f"{pair.local.type.value}:{format_address(pair.local.address)}",
+            remote=f"{pair.remote.type.value}:{format_address(remote)}",
+            relayed=pair.relayed,
+        )
+
+
+class IceTransport:
+    """The node's ICE shell over its shared UDP endpoints (module docstring).
+
+    ``options`` says what to gather; ``credentials`` supplies TURN credentials for servers
+    configured without them; ``rng`` is the agents' random source (tie-breakers, transaction
+    ids, consent jitter; default ``random.SystemRandom``), ``random_bytes`` the source of ICE
+    credentials and STUN/TURN transaction ids. ``ice_config`` is the default agent
+    configuration. ``claim_wireguard`` installs a WireGuard handler on the endpoints that hands
+    datagrams from a selected pair's remote to that session's ``on_data`` (not in the node,
+    whose WireGuard tunnel owns the handler). ``after_relay_batch`` is called after data a
+    stream (TCP/TLS) relay delivered (the node flushes its data path there).
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[UdpEndpoint],
+        options: GatherOptions,
+        *,
+        credentials: TurnCredentials | None = None,
+        rng: RandomSource | None = None,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+        ice_config: IceConfig | None = None,
+        claim_wireguard: bool = False,
+        after_relay_batch: Callable[[], None] | None = None,
+        list_addresses: AddressLister | None = None,
+    ) -> None:
+        self.rng: RandomSource = rng if rng is not None else random_module.SystemRandom()
+        self.random_bytes = random_bytes
+        self.ice_config = ice_config or IceConfig()
+        self.counters = TransportCounters()
+        self.mux = UdpMux(endpoints, on_ice=self._on_ice)
+        self.gatherer = Gatherer(
+            self.mux,
+            options,
+            credentials=credentials,
+            random=random_bytes,
+            list_addresses=list_addresses,
+            on_relay_data=self._on_relay_data,
+            on_relay_event=self._on_relay_event,
+            after_relay_batch=after_relay_batch,
+        )
+        if claim_wireguard:
+            for ep in self.mux.endpoints:
+                ep.set_handler(PacketKind.WIREGUARD, self._on_wireguard)
+        self._sessions: list[IceSession] = []
+        self._by_ufrag: dict[str, IceSession] = {}
+        self._by_tid: OrderedDict[bytes, tuple[IceSession, float]] = OrderedDict()
+        self._by_remote: dict[Address, IceSession] = {}
+        self._timer_scope: trio.CancelScope | None = None
+        #: The latest gathering round: its number, candidates so far, whether it finished.
+        self.round = 0
+        self.candidates: list[Candidate] = []
+        self.gathering_complete = False
+        self.last_gather: GatherResult | None = None
+        self._gather_wanted = trio.Event()
+        self._gather_wanted.set()
+        self._restart_on_gather = False
+        self._gathered = trio.Event()
+        self._last_relay_regather = -math.inf
+        self._running = False
+
+    # -- lifetime --------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the gatherer (and its TURN allocations), the gathering rounds and the agents'
+        timer until cancelled. ``started`` comes at once: sessions may be opened while the
+        first round gathers. (The endpoints' receive loops are the caller's: the node's data
+        path runs them.)"""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.gatherer.run)
+            nursery.start_soon(self._timer_loop)
+            nursery.start_soon(self._gather_loop)
+            self._running = True
+            try:
+                task_status.started()
+                await trio.sleep_forever()
+            finally:
+                self._running = False
+
+    async def wait_gathered(self) -> None:
+        """Wait until the current gathering round finished."""
+        while not self.gathering_complete:
+            await self._gathered.wait()
+
+    def regather(self, *, restart_sessions: bool = True, release_relays: bool = False) -> None:
+        """Gather again (network change). With ``restart_sessions`` every session restarts
+        into the new round at once (:class:`LocalRestart`, reason ``"regather"``);
+        ``release_relays`` deallocates the TURN allocations first (their 5-tuple may be gone).
+        """
+        self.counters.regathers += 1
+        self.mux.invalidate_routes()
+        if release_relays:
+            self.gatherer.release_relays()
+        self._restart_on_gather = self._restart_on_gather or restart_sessions
+        self._gather_wanted.set()
+
+    # -- sessions --------------------------------------------------------------------------------
+
+    @property
+    def sessions(self) -> list[IceSession]:
+        return list(self._sessions)
+
+    def open_session(
+        self,
+        name: str,
+        *,
+        controlling: bool,
+        on_event: EventHandler | None = None,
+        on_data: DataHandler | None = None,
+        lite: bool = False,
+        config: IceConfig | None = None,
+        credentials: IceCredentials | None = None,
+    ) -> IceSession:
+        """A new agent for peer ``name`` (controlling: we sent the offer, ARCHITECTURE.md §2),
+        with the node's candidates gathered so far; signal its :meth:`~IceSession.
+        local_description`. Events of the initial candidates are not emitted (they are in the
+        description); later ones are."""
+        creds = credentials or generate_credentials(self.random_bytes)
+        agent = IceAgent(
+            creds,
+            controlling=controlling,
+            rng=self.rng,
+            lite=lite,
+            config=config or self.ice_config,
+        )
+        session = IceSession(self, name, agent, on_event, on_data)
+        self._sessions.append(session)
+        self._register_ufrag(session, creds.ufrag)
+        session._join_round(trio.current_time())
+        self._pump(session)
+        return session
+
+    def _forget(self, session: IceSession) -> None:
+        if session in self._sessions:
+            self._sessions.remove(session)
+        for ufrag in session._ufrags:
+            if self._by_ufrag.get(ufrag) is session:
+                del self._by_ufrag[ufrag]
+        for remote in session._remotes:
+            if self._by_remote.get(remote) is session:
+                del self._by_remote[remote]
+        session._wake = None
+
+    def _register_ufrag(self, session: IceSession, ufrag: str) -> None:
+        other = self._by_ufrag.get(ufrag)
+        if other is not None and other is not session:
+            # 48 random bits: a collision is practically impossible; never route wrongly.
+            raise RuntimeError("ICE ufrag collision between sessions")
+        self._by_ufrag[ufrag] = session
+        session._ufrags.append(ufrag)
+        while len(session._ufrags) > UFRAGS_PER_SESSION:
+            old = session._ufrags.pop(0)
+            if self._by_ufrag.get(old) is session:
+                del self._by_ufrag[old]
+
+    def _route_remote(self, session: IceSession, remote: Address) -> None:
+        self._by_remote[remote] = session
+
+    # -- the agents' output ----------------------------------------------------------------------
+
+    def _pump(self, session: IceSession) -> None:
+        """Send what the agent queued, dispatch its events, re-arm the timer. Events may call
+        back into the session; the loop runs until the agent has nothing left."""
+        if session._closed:
+            return
+        agent = session.agent
+        now = trio.current_time()
+        while True:
+            transmits = agent.pop_transmits()
+            events = agent.pop_events()
+            if not transmits and not events:
+                break
+            for t in transmits:
+                self._transmit(session, t.data, t.local, t.remote, t.via_relay, now)
+            for event in events:
+                session._on_agent_event(event, now)
+                if session.closed_now():
+                    return
+        wake = agent.next_wakeup()
+        session._wake = wake
+        scope = self._timer_scope
+        if wake is not None and scope is not None and wake < scope.deadline:
+            scope.deadline = wake
+
+    def _transmit(
+        self,
+        session: IceSession,
+        data: bytes,
+        local: Address,
+        remote: Address,
+        via_relay: bool,
+        now: float,
+    ) -> None:
+        if len(data) >= 20 and _stun_class(data) == 0:
+            self._remember(bytes(data[8:20]), session, now)
+        if via_relay:
+            relay = self.gatherer.relay_for(local)
+            if relay is None:
+                self.counters.relay_missing += 1
+                return
+            if not relay.send(remote, data):
+                self.counters.tx_dropped += 1
+        elif not self.mux.send(data, remote):
+            self.counters.tx_dropped += 1
+
+    def _remember(self, tid: bytes, session: IceSession, now: float) -> None:
+        table = self._by_tid
+        table[tid] = (session, now + TRANSACTION_MEMORY)
+        table.move_to_end(tid)
+        while table:
+            _first, (_s, expires) = next(iter(table.items()))
+            if expires > now and len(table) <= MAX_REMEMBERED_TRANSACTIONS:
+                break
+            table.popitem(last=False)
+
+    # -- input -----------------------------------------------------------------------------------
+
+    def _on_ice(self, data: memoryview, local: Address, remote: Address) -> None:
+        """A STUN datagram for ICE (from the mux, or unwrapped by a relay)."""
+        cls = _stun_class(data)
+        if cls == 0:
+            username = stun_username(data)
+            session = None
+            if username is not None:
+                session = self._by_ufrag.get(username.partition(":")[0])
+            if session is None:
+                self.counters.checks_unknown_ufrag += 1
+                return
+        elif cls == 1:
+            self.counters.indications += 1
+            return
+        else:
+            entry = self._by_tid.get(bytes(data[8:20]))
+            if entry is None or entry[0]._closed:
+                self.counters.responses_unknown += 1
+                return
+            session = entry[0]
+        session.agent.handle_datagram(data, local, remote, trio.current_time())
+        self._pump(session)
+
+    def _on_relay_data(self, relay: TurnRelay, peer: Address, data: bytes) -> None:
+        if is_stun(data):
+            if relay.client.relayed is None:
+                return
+            self._on_ice(memoryview(data), relay.client.relayed, normalize_address(peer))
+            return
+        session = self._by_remote.get(peer)
+        if session is None or session.on_data is None:
+            self.counters.relayed_data_unrouted += 1
+            return
+        session.on_data(session, data, peer)
+
+    def _on_wireguard(self, data: memoryview, src: Address) -> None:
+        session = self._by_remote.get(src)
+        if session is None:
+            try:
+                session = self._by_remote.get(normalize_address(src))
+            except ValueError:
+                session = None
+        if session is None or session.on_data is None:
+            self.counters.direct_data_unrouted += 1
+            return
+        session.on_data(session, data, src)
+
+    def _on_relay_event(self, relay: TurnRelay, event: TurnEvent) -> None:
+        if isinstance(event, AllocationLost):
+            now = trio.current_time()
+            if now - self._last_relay_regather >= RELAY_REGATHER_INTERVAL:
+                self._last_relay_regather = now
+                self.regather(restart_sessions=False)
+
+    # -- tasks -----------------------------------------------------------------------------------
+
+    async def _gather_loop(self) -> None:
+        while True:
+            await self._gather_wanted.wait()
+            self._gather_wanted = trio.Event()
+            self.round += 1
+            self.candidates = []
+            self.gathering_complete = False
+            now = trio.current_time()
+            if self._restart_on_gather:
+                self._restart_on_gather = False
+                for session in list(self._sessions):
+                    session._restart("regather", now)
+                    self._pump(session)
+            round_number = self.round
+
+            def on_candidate(cand: Candidate, round_number: int = round_number) -> None:
+                self.candidates.append(cand)
+                t = trio.current_time()
+                for session in list(self._sessions):
+                    if session._round == round_number and not session._closed:
+                        session._add_local(cand, t)
+                        self._pump(session)
+
+            result = await self.gatherer.gather(on_candidate)
+            self.last_gather = result
+            for failure in result.failures:
+                log.info(
+                    "gathering", kind=failure.kind, server=failure.server, failed=failure.reason
+                )
+            self.gathering_complete = True
+            now = trio.current_time()
+            for session in list(self._sessions):
+                if session._round == round_number and not session._closed:
+                    session._local_done(now)
+                    self._pump(session)
+            self._gathered.set()
+            self._gathered = trio.Event()
+
+    async def _timer_loop(self) -> None:
+        while True:
+            deadline = min(
+                (s._wake for s in self._sessions if s._wake is not None), default=math.inf
+            )
+            with trio.move_on_at(deadline) as scope:
+                self._timer_scope = scope
+                await trio.sleep_forever()
+            self._timer_scope = None
+            self.counters.timer_wakeups += 1
+            now = trio.current_time()
+            for session in list(self._sessions):
+                wake = session._wake
+                if wake is None or wake > now or session._closed:
+                    continue
+                session.agent.handle_timeout(now)
+                self._pump(session)
+                if session._wake is not None and session._wake <= now:
+                    self.counters.stale_wakeups += 1
+                    session._wake = now + MIN_TIMER_STEP
+
+
+def relay_types(pair: SelectedPair) -> tuple[str, str]:
+    """``(local type, remote type)`` of a selected pair, e.g. ``("srflx", "host")``."""
+    return pair.local.type.value, pair.remote.type.value
+
+
+def is_direct(pair: SelectedPair) -> bool:
+    """Neither side of the pair is a relayed candidate."""
+    return CandidateType.RELAY not in (pair.local.type, pair.remote.type)
+
+
+__all__ = [
+    "DataHandler",
+    "EventHandler",
+    "IceSession",
+    "IceTransport",
+    "LocalCandidate",
+    "LocalCandidatesDone",
+    "LocalRestart",
+    "SessionEvent",
+    "TransportCounters",
+    "is_direct",
+    "relay_types",
+    "stun_username",
+]
