@@ -1,0 +1,731 @@
+"""One configured peer as the daemon runs it: signaling, ICE, and the WireGuard path.
+
+:class:`PeerSession` drives the whole life of a connection to one peer:
+
+1. **Offer/answer** through the rendezvous (:class:`~p2ptun.signal.client_io.SignalingClient`):
+   at start the node offers (ICE-controlling); an offer that arrives is answered
+   (ICE-controlled). When both offer at once the signaling core applies the glare rule
+   (smaller public key wins, ARCHITECTURE.md §2) and tells the loser which of its sessions
+   was superseded. An offer to a peer that is offline waits for its presence.
+2. **ICE**: each offer or answer creates an :class:`Attempt` — a fresh sans-I/O
+   :class:`~p2ptun.ice.IceAgent` with new credentials and the node's current candidates
+   (:class:`~p2ptun.node.gather.Gatherer`), trickling later ones (``Candidates`` messages, RFC
+   8838) and end-of-candidates. Its checks go out on the shared UDP socket or through a TURN
+   relay; the mux (:class:`~p2ptun.node.mux.UdpMux`) routes STUN back by ufrag or transaction.
+3. **The path**: when an attempt selects a pair it becomes the *active* one and the data path
+   sends the peer's WireGuard datagrams over it — straight to the remote candidate
+   (:meth:`WgTunnel.set_endpoint`), or through our TURN allocation as ChannelData
+   (:meth:`WgTunnel.set_sender`). A later selection (the agent moving from a relayed to a
+   direct pair, or a restarted attempt) swaps that send function; the WireGuard session is not
+   touched, so no new handshake and no lost TCP connection. A WireGuard handshake is started
+   when a path appears and there is no session yet.
+4. **Restarts** (make-before-break): a restart is a new attempt (``Restart`` offer) while the
+   active one keeps carrying data until the new one selects a pair; the old one is then
+   retired (it keeps answering the peer's checks for a while, then goes). Triggers: consent
+   suspect on the active pair (restart early), consent expired (stop sending on that pair at
+   once, restart), a network change (:meth:`PeerSession.restart` from the daemon), an attempt
+   that failed (retry with backoff), an offer nobody answered.
+
+Rendezvous loss changes nothing here: an established path keeps running on ICE consent alone;
+only new offers wait for the rendezvous to come back.
+
+Ping (``p2ptun ping``): a STUN Binding request on the active pair, built like a consent check
+(RFC 7675: USERNAME, PRIORITY, role and tie-breaker, MESSAGE-INTEGRITY with the peer's
+password, FINGERPRINT), sent the way data goes (direct, or through the relay); the peer's
+agent answers it as any check, and the response gives the round-trip time. It measures the
+path itself, without the WireGuard session or the peer's kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+
+from p2ptun.addr import Address, format_address
+from p2ptun.config import PeerConfig
+from p2ptun.errors import DecodeError, P2ptunError
+from p2ptun.ice import (
+    AgentState,
+    BetterPairAvailable,
+    Candidate,
+    ConsentExpired,
+    ConsentRestored,
+    ConsentSuspect,
+    IceAgent,
+    IceDescription,
+    IceEvent,
+    PairSelected,
+    RoleChanged,
+    SelectedPair,
+    StateChanged,
+    Transmit,
+    generate_credentials,
+)
+from p2ptun.ice.candidate import peer_reflexive_priority
+from p2ptun.log import get_logger
+from p2ptun.node.gather import Gatherer
+from p2ptun.node.mux import UdpMux
+from p2ptun.node.wgtunnel import WgTunnel
+from p2ptun.signal.client import SignalReceived
+from p2ptun.signal.client_io import SignalingClient
+from p2ptun.signal.seal import Answer, Bye, Candidates, Offer, Restart
+from p2ptun.stun import AttrType, Message, MessageClass, Method
+from p2ptun.stun.credentials import short_term_key
+from p2ptun.stun.message import random_transaction_id
+from p2ptun.wireguard import Peer
+
+log = get_logger("node.peer")
+
+OFFER_TIMEOUT = 20.0
+"""An offer the (online) peer has not answered after this long is made again."""
+RETRY_DELAYS = (1.0, 3.0, 5.0, 10.0, 20.0, 30.0)
+"""Waits before trying again after an attempt failed (the last one repeats)."""
+RETIRE_AFTER = 35.0
+"""A replaced attempt keeps answering the peer's checks this long."""
+SUSPECT_HOLDOFF = 10.0
+"""At most one early restart per this many seconds when consent turns suspect."""
+MIN_RESTART_INTERVAL = 1.0
+PING_SCHEDULE = (0.0, 0.5, 1.5)
+TRICKLE_OPTIONS = ("trickle",)
+
+
+class NodeContext(Protocol):
+    """What a peer needs from the daemon."""
+
+    @property
+    def tunnel(self) -> WgTunnel: ...
+
+    @property
+    def mux(self) -> UdpMux: ...
+
+    @property
+    def gatherer(self) -> Gatherer: ...
+
+    @property
+    def signaling(self) -> SignalingClient | None: ...
+
+    @property
+    def lite(self) -> bool: ...
+
+    def peer_changed(self) -> None: ...
+
+
+@dataclass
+class AttemptCounters:
+    transmits_dropped: int = 0
+    """Checks whose local base is not where the kernel would send from, or whose relay is
+    gone."""
+
+
+@dataclass(eq=False)
+class Attempt:
+    """One ICE session (one offer/answer) with the peer."""
+
+    owner: PeerSession
+    agent: IceAgent
+    controlling: bool
+    created: float
+    session_id: int | None = None
+    remote_set: bool = False
+    added: list[Candidate] = field(default_factory=list)
+    signalled: set[Candidate] = field(default_factory=set)
+    local_eoc: bool = False
+    eoc_sent: bool = False
+    retire_at: float | None = None
+    counters: AttemptCounters = field(default_factory=AttemptCounters)
+
+    @property
+    def ufrag(self) -> str:
+        return self.agent.local_credentials.ufrag
+
+    def handle_stun(self, data: bytes, local: Address, remote: Address) -> bool:
+        """The mux's entry point: one STUN datagram for this agent."""
+        handled = self.agent.handle_datagram(data, local, remote, trio.current_time())
+        self.owner.flush(self)
+        return handled
+
+    def __repr__(self) -> str:
+        role = "controlling" if self.controlling else "controlled"
+        return f"<Attempt {self.ufrag} {role} session={self.session_id}>"
+
+
+class PeerSession:
+    """Signaling, ICE attempts and the data path to one peer (see the module docstring)."""
+
+    def __init__(self, ctx: NodeContext, config: PeerConfig, wg: Peer) -> None:
+        self.ctx = ctx
+        self.config = config
+        self.wg = wg
+        self.routes: list[str] = []
+        self.online: bool | None = None
+        self.current: Attempt | None = None
+        self.active: Attempt | None = None
+        self.retired: list[Attempt] = []
+        self.path: SelectedPair | None = None
+        self.ping_rtt: float | None = None
+        self._rng = random.SystemRandom()
+        self._wake = trio.Event()
+        self._failures = 0
+        self._next_try = 0.0
+        self._online_since: float | None = None
+        self._last_restart = -1e9
+        self._last_suspect_restart = -1e9
+        self._running = False
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    # -- life -------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect, keep connected, until cancelled; then close this peer's attempts."""
+        self._running = True
+        task_status.started()
+        try:
+            self._offer("start")
+            while True:
+                now = trio.current_time()
+                self._run_timers(now)
+                deadline = self._next_deadline(now)
+                self._wake = trio.Event()
+                with trio.move_on_at(deadline):
+                    await self._wake.wait()
+        finally:
+            self._running = False
+            self.close()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def close(self, reason: str = "shutting down") -> None:
+        """Forget every attempt and stop sending to the peer. Says bye to it."""
+        client = self.ctx.signaling
+        if client is not None and (self.active is not None or self.current is not None):
+            with contextlib.suppress(KeyError, P2ptunError):
+                client.send_to(self.name, Bye(0, reason))
+        for attempt in self._attempts():
+            self.ctx.mux.remove_ice(attempt)
+        self.current = self.active = None
+        self.retired = []
+        self._clear_path()
+
+    def _attempts(self) -> list[Attempt]:
+        found = [a for a in (self.current, self.active) if a is not None]
+        return found + [a for a in self.retired if a not in found]
+
+    # -- timers -----------------------------------------------------------------------------
+
+    def _run_timers(self, now: float) -> None:
+        for attempt in self._attempts():
+            t = attempt.agent.next_wakeup()
+            if t is not None and t <= now:
+                attempt.agent.handle_timeout(now)
+                self.flush(attempt)
+        for attempt in list(self.retired):
+            if attempt.retire_at is not None and now >= attempt.retire_at:
+                self.retired.remove(attempt)
+                self.ctx.mux.remove_ice(attempt)
+        current = self.current
+        if current is None and self.active is None and now >= self._next_try:
+            self._offer("retry")
+        elif (
+            current is not None
+            and current.controlling
+            and not current.remote_set
+            and self.online
+            and self._online_since is not None
+            and now - max(current.created, self._online_since) > OFFER_TIMEOUT
+        ):
+            self._offer("offer not answered")
+
+    def _next_deadline(self, now: float) -> float:
+        times = [now + 30.0]
+        for attempt in self._attempts():
+            t = attempt.agent.next_wakeup()
+            if t is not None:
+                times.append(t)
+            if attempt.retire_at is not None:
+                times.append(attempt.retire_at)
+        if self.current is None and self.active is None:
+            times.append(self._next_try)
+        current = self.current
+        if current is not None and current.controlling and not current.remote_set:
+            times.append(max(current.created, self._online_since or now) + OFFER_TIMEOUT + 0.01)
+        return min(times)
+
+    # -- attempts ---------------------------------------------------------------------------
+
+    def _new_attempt(self, controlling: bool) -> Attempt:
+        creds = generate_credentials(os.urandom)
+        agent = IceAgent(creds, controlling=controlling, rng=self._rng, lite=self.ctx.lite)
+        attempt = Attempt(self, agent, controlling, trio.current_time())
+        self.ctx.mux.add_ice(attempt.ufrag, attempt)
+        self._add_local(attempt)
+        return attempt
+
+    def _drop(self, attempt: Attempt | None) -> None:
+        if attempt is None:
+            return
+        if attempt is self.current:
+            self.current = None
+        if attempt is not self.active:
+            self.ctx.mux.remove_ice(attempt)
+
+    def _retire(self, attempt: Attempt) -> None:
+        attempt.retire_at = trio.current_time() + RETIRE_AFTER
+        self.retired.append(attempt)
+        del self.retired[:-2]  # bounded: the two most recent
+
+    def _description(self, attempt: Attempt, candidates: list[Candidate], eoc: bool) -> str:
+        creds = attempt.agent.local_credentials
+        return IceDescription(
+            creds.ufrag,
+            creds.pwd,
+            tuple(candidates),
+            lite=self.ctx.lite,
+            options=TRICKLE_OPTIONS,
+            end_of_candidates=eoc,
+        ).to_text()
+
+    def _offer(self, reason: str) -> None:
+        """Start a new attempt as the controlling side: an Offer, or a Restart when a path
+        exists (make-before-break)."""
+        client = self.ctx.signaling
+        now = trio.current_time()
+        self._last_restart = now
+        self._drop(self.current)
+        attempt = self._new_attempt(controlling=True)
+        self.current = attempt
+        if client is None:
+            return  # the signaling client is being replaced; offered again on its return
+        eoc = attempt.local_eoc
+        text = self._description(attempt, attempt.added, eoc)
+        attempt.signalled.update(attempt.added)
+        attempt.eoc_sent = eoc
+        try:
+            attempt.session_id = client.offer(self.name, text, restart=self.active is not None)
+        except (KeyError, P2ptunError) as exc:
+            log.warning("cannot offer", peer=self.name, error=str(exc))
+            return
+        log.info(
+            "offer",
+            peer=self.name,
+            reason=reason,
+            restart=self.active is not None,
+            candidates=len(attempt.added),
+        )
+        self.wake()
+
+    def restart(self, reason: str) -> None:
+        """An ICE restart from our side (network change, consent lost)."""
+        now = trio.current_time()
+        if now - self._last_restart < MIN_RESTART_INTERVAL and self.current is not None:
+            return
+        self._offer(reason)
+
+    def signaling_replaced(self) -> None:
+        """The signaling client was replaced (config reload): offers in flight are gone."""
+        if self.active is None:
+            self._offer("signaling reconnected")
+
+    # -- local candidates -------------------------------------------------------------------
+
+    def candidates_changed(self) -> None:
+        """The node's candidates changed: add new ones to the running attempts and trickle
+        them to the peer."""
+        for attempt in (self.current, self.active):
+            if attempt is not None:
+                self._add_local(attempt)
+                self._trickle(attempt)
+                self.flush(attempt)
+
+    def _add_local(self, attempt: Attempt) -> None:
+        now = trio.current_time()
+        gatherer = self.ctx.gatherer
+        for cand in gatherer.candidates():
+            if cand in attempt.added:
+                continue
+            try:
+                attempt.agent.add_local_candidate(cand, now)
+            except ValueError as exc:
+                log.debug("candidate not usable", peer=self.name, error=str(exc))
+                continue
+            attempt.added.append(cand)
+        if gatherer.complete and not attempt.local_eoc:
+            attempt.local_eoc = True
+            attempt.agent.set_local_end_of_candidates(now)
+
+    def _trickle(self, attempt: Attempt) -> None:
+        """Signal candidates the peer has not seen yet, once it may receive them."""
+        client = self.ctx.signaling
+        if client is None or attempt.session_id is None:
+            return
+        if attempt.controlling and not attempt.remote_set:
+            return  # the offer may still wait for presence: trickle after the answer
+        new = [c for c in attempt.added if c not in attempt.signalled]
+        eoc = attempt.local_eoc and not attempt.eoc_sent
+        if not new and not eoc:
+            return
+        text = self._description(attempt, new, attempt.local_eoc)
+        try:
+            sent = client.send_to(self.name, Candidates(attempt.session_id, text))
+        except (KeyError, P2ptunError) as exc:
+            log.debug("cannot trickle", peer=self.name, error=str(exc))
+            return
+        if sent:
+            attempt.signalled.update(new)
+            attempt.eoc_sent = attempt.local_eoc
+
+    # -- signaling in -----------------------------------------------------------------------
+
+    def on_presence(self, online: bool) -> None:
+        if online and not self.online:
+            self._online_since = trio.current_time()
+        self.online = online
+        self.wake()
+
+    def on_signal(self, received: SignalReceived) -> None:
+        msg = received.message
+        if isinstance(msg, Offer | Restart):
+            self._on_offer(msg, received.superseded)
+        elif isinstance(msg, Answer):
+            current = self.current
+            if current is None or current.session_id != msg.session or current.remote_set:
+                log.debug("stale answer", peer=self.name)
+                return
+            if self._apply_remote(current, msg.description):
+                log.info("answer", peer=self.name, session=f"{msg.session:016x}")
+                self._trickle(current)
+                self.flush(current)
+        elif isinstance(msg, Candidates):
+            for attempt in (self.current, self.active):
+                if attempt is not None and attempt.session_id == msg.session:
+                    self._apply_remote(attempt, msg.fragment)
+                    break
+        elif isinstance(msg, Bye):
+            self._on_bye(msg)
+        self.wake()
+
+    def _on_offer(self, msg: Offer | Restart, superseded: int | None) -> None:
+        client = self.ctx.signaling
+        current = self.current
+        if current is not None and (
+            superseded is None or current.session_id == superseded or not current.remote_set
+        ):
+            self._drop(current)  # the peer's offer wins (glare) or replaces ours
+        attempt = self._new_attempt(controlling=False)
+        attempt.session_id = msg.session
+        if not self._apply_remote(attempt, msg.description):
+            self._drop(attempt)
+            return
+        self.current = attempt
+        if client is None:
+            return
+        text = self._description(attempt, attempt.added, attempt.local_eoc)
+        try:
+            client.send_to(self.name, Answer(msg.session, text))
+        except (KeyError, P2ptunError) as exc:
+            log.warning("cannot answer", peer=self.name, error=str(exc))
+            return
+        attempt.signalled.update(attempt.added)
+        attempt.eoc_sent = attempt.local_eoc
+        log.info(
+            "answered",
+            peer=self.name,
+            restart=isinstance(msg, Restart),
+            session=f"{msg.session:016x}",
+            candidates=len(attempt.added),
+        )
+        self.flush(attempt)
+
+    def _on_bye(self, msg: Bye) -> None:
+        log.info("peer said bye", peer=self.name, reason=msg.reason or "-")
+        active = self.active
+        if active is not None and msg.session in (0, active.session_id):
+            self.active = None
+            self.ctx.mux.remove_ice(active)
+            self._clear_path()
+        current = self.current
+        if current is not None and msg.session in (0, current.session_id):
+            self._drop(current)
+        self._next_try = trio.current_time() + RETRY_DELAYS[0]
+
+    def _apply_remote(self, attempt: Attempt, text: str) -> bool:
+        """Feed a remote description or trickled fragment to ``attempt``'s agent."""
+        now = trio.current_time()
+        try:
+            desc = IceDescription.parse(text)
+        except DecodeError as exc:
+            log.warning("bad ICE description from peer", peer=self.name, error=str(exc))
+            return False
+        agent = attempt.agent
+        if not agent.set_remote_credentials(desc.credentials, now, lite=desc.lite):
+            log.debug("candidates for another ICE generation", peer=self.name)
+            return False
+        attempt.remote_set = True
+        for cand in desc.candidates:
+            agent.add_remote_candidate(cand, now)
+        if desc.end_of_candidates:
+            agent.set_remote_end_of_candidates(now)
+        self.flush(attempt)
+        return True
+
+    # -- agent output -----------------------------------------------------------------------
+
+    def flush(self, attempt: Attempt) -> None:
+        """Send what ``attempt``'s agent queued and act on its events."""
+        agent = attempt.agent
+        while True:
+            transmits = agent.pop_transmits()
+            events = agent.pop_events()
+            if not transmits and not events:
+                break
+            for tx in transmits:
+                self._transmit(attempt, tx)
+            for event in events:
+                self._on_event(attempt, event)
+        self._wake.set()
+
+    def _transmit(self, attempt: Attempt, tx: Transmit) -> None:
+        mux = self.ctx.mux
+        mux.note_ice_request(tx.data, attempt)
+        if tx.via_relay:
+            relay = self.ctx.gatherer.relay_for(tx.local)
+            if relay is None:
+                attempt.counters.transmits_dropped += 1
+                return
+            relay.send(tx.remote, tx.data)
+            return
+        if mux.local_for(tx.remote) != tx.local:
+            # The kernel would send this from another local address: the check would test a
+            # pair other than the one it names. Let it fail instead.
+            attempt.counters.transmits_dropped += 1
+            return
+        mux.send(tx.data, tx.remote)
+
+    def _on_event(self, attempt: Attempt, event: IceEvent) -> None:
+        if attempt is not self.current and attempt is not self.active:
+            return  # a retired attempt: it only answers checks now
+        if isinstance(event, PairSelected):
+            if attempt is not self.active:
+                old = self.active
+                self.active = attempt
+                if self.current is attempt:
+                    self.current = None
+                if old is not None:
+                    self._retire(old)
+            self._failures = 0
+            self._use_pair(event.pair, event.previous)
+        elif isinstance(event, ConsentExpired):
+            if attempt is self.active:
+                log.warning("consent expired, path closed", peer=self.name)
+                self.active = None
+                self.ctx.mux.remove_ice(attempt)
+                self._clear_path()
+                self.restart("consent expired")
+        elif isinstance(event, ConsentSuspect):
+            now = trio.current_time()
+            log.info("consent suspect", peer=self.name, missed=event.missed)
+            if (
+                attempt is self.active
+                and self.current is None
+                and now - self._last_suspect_restart > SUSPECT_HOLDOFF
+            ):
+                self._last_suspect_restart = now
+                self.restart("consent suspect")
+        elif isinstance(event, ConsentRestored):
+            log.info("consent restored", peer=self.name)
+        elif isinstance(event, StateChanged):
+            log.debug("ice state", peer=self.name, state=event.state.value)
+            if event.state is AgentState.FAILED and attempt is self.current:
+                self._failures += 1
+                delay = RETRY_DELAYS[min(self._failures - 1, len(RETRY_DELAYS) - 1)]
+                log.info("ICE failed", peer=self.name, retry_in=f"{delay:g}")
+                self._drop(attempt)
+                self._next_try = trio.current_time() + delay
+                if self.active is not None:
+                    # A restart failed while the old path still works: try again later.
+                    self._schedule_restart(delay)
+        elif isinstance(event, BetterPairAvailable):
+            log.info(
+                "direct pair available",
+                peer=self.name,
+                pair=f"{_cand(event.pair.local)} -> {_cand(event.pair.remote)}",
+            )
+        elif isinstance(event, RoleChanged):
+            log.info("ICE role changed", peer=self.name, controlling=event.controlling)
+        self.ctx.peer_changed()
+
+    def _schedule_restart(self, delay: float) -> None:
+        self._next_try = trio.current_time() + delay
+        # With an active path the retry loop waits for "no active"; use the restart timer.
+        self._last_restart = trio.current_time()
+
+    # -- the data path ------------------------------------------------------------------------
+
+    def _use_pair(self, pair: SelectedPair, previous: SelectedPair | None) -> None:
+        tunnel = self.ctx.tunnel
+        remote = pair.remote.address
+        if pair.via_relay:
+            relay = self.ctx.gatherer.relay_for(pair.base)
+            if relay is None:
+                log.warning("selected relay is gone", peer=self.name)
+                self._clear_path()
+                return
+            relay.bind_channel(remote)
+            tunnel.set_sender(self.wg, _relay_sender(relay.send, remote), remote)
+        else:
+            tunnel.set_endpoint(self.wg, remote)
+        self.path = pair
+        now = trio.current_time()
+        if self.wg.has_session(now):
+            self.wg.send_keepalive(now)  # nothing to re-key: just use the new path
+        else:
+            self.wg.initiate_handshake(now)
+        tunnel.flush(self.wg)
+        log.info(
+            "path selected" if previous is None else "path changed",
+            peer=self.name,
+            path="relay" if pair.relayed else "direct",
+            local=_cand(pair.local),
+            remote=_cand(pair.remote),
+        )
+
+    def _clear_path(self) -> None:
+        if self.path is not None:
+            self.path = None
+            self.ctx.tunnel.set_endpoint(self.wg, None)
+
+    # -- status and ping --------------------------------------------------------------------
+
+    def state(self, now: float) -> str:
+        if self.path is not None and self.wg.has_session(now):
+            return "connected"
+        if self.online is False and self.path is None:
+            return "disconnected"
+        return "connecting"
+
+    def status(self, now: float) -> dict[str, Any]:
+        """This peer's entry in the status object (ARCHITECTURE.md §3)."""
+        pair = self.path
+        active = self.active
+        last = self.wg.last_handshake
+        rtt = self.ping_rtt if self.ping_rtt is not None else (pair.rtt if pair else None)
+        consent = active.agent.consent_age(now) if active is not None and pair else None
+        return {
+            "name": self.name,
+            "state": self.state(now),
+            "path": None if pair is None else ("relay" if pair.relayed else "direct"),
+            "local_candidate": None if pair is None else _cand_json(pair.local),
+            "remote_candidate": None if pair is None else _cand_json(pair.remote),
+            "rtt_ms": None if rtt is None else round(rtt * 1000, 3),
+            "rx_bytes": self.wg.rx_bytes,
+            "tx_bytes": self.wg.tx_bytes,
+            "last_handshake": None if last is None else round(now - last, 3),
+            "consent_age": None if consent is None else round(consent, 3),
+        }
+
+    async def ping(self, timeout: float = 3.0) -> dict[str, Any]:
+        """Probe the active pair (see the module docstring); the result for ``p2ptun ping``."""
+        pair, active = self.path, self.active
+        result: dict[str, Any] = {
+            "peer": self.name,
+            "path": None,
+            "local_candidate": None,
+            "remote_candidate": None,
+            "rtt_ms": None,
+        }
+        if pair is None or active is None:
+            result["error"] = "no path to the peer yet"
+            return result
+        result.update(
+            path="relay" if pair.relayed else "direct",
+            local_candidate=_cand_json(pair.local),
+            remote_candidate=_cand_json(pair.remote),
+        )
+        agent = active.agent
+        remote_creds = agent.remote_credentials
+        if remote_creds is None:
+            result["error"] = "no remote credentials"
+            return result
+        key = short_term_key(remote_creds.pwd)
+        got: dict[bytes, float] = {}
+        done = trio.Event()
+        sent: dict[bytes, float] = {}
+
+        def on_response(msg: Message, _source: Address) -> None:
+            if msg.message_class == MessageClass.SUCCESS and msg.check_integrity(key):
+                got[msg.transaction_id] = trio.current_time()
+                done.set()
+
+        start = trio.current_time()
+        mux = self.ctx.mux
+        with trio.move_on_at(start + timeout):
+            for at in PING_SCHEDULE:
+                with trio.move_on_at(start + at):
+                    await done.wait()
+                if done.is_set():
+                    break
+                tid = random_transaction_id()
+                msg = Message.request(
+                    Method.BINDING,
+                    tid,
+                    [
+                        (AttrType.USERNAME, f"{remote_creds.ufrag}:{active.ufrag}"),
+                        (AttrType.PRIORITY, peer_reflexive_priority(pair.local)),
+                        (
+                            AttrType.ICE_CONTROLLING
+                            if agent.controlling
+                            else AttrType.ICE_CONTROLLED,
+                            agent.tie_breaker,
+                        ),
+                    ],
+                )
+                wire = msg.encode(key, fingerprint=True)
+                mux.expect_response(tid, on_response)
+                sent[tid] = trio.current_time()
+                self._send_probe(pair, wire)
+            await done.wait()
+        for tid in sent:
+            mux.forget(tid)
+        if not got:
+            result["error"] = f"no answer within {timeout:g} s"
+            return result
+        tid, at = next(iter(got.items()))
+        rtt = at - sent[tid]
+        self.ping_rtt = rtt
+        result["rtt_ms"] = round(rtt * 1000, 3)
+        return result
+
+    def _send_probe(self, pair: SelectedPair, wire: bytes) -> None:
+        remote = pair.remote.address
+        if pair.via_relay:
+            relay = self.ctx.gatherer.relay_for(pair.base)
+            if relay is not None:
+                relay.send(remote, wire)
+        else:
+            self.ctx.mux.send(wire, remote)
+
+
+def _relay_sender(
+    send: Callable[[Address, bytes], None], remote: Address
+) -> Callable[[bytes], None]:
+    def sender(datagram: bytes) -> None:
+        send(remote, datagram)
+
+    return sender
+
+
+def _cand(c: Candidate) -> str:
+    return f"{c.type.value} {format_address(c.address)}"
+
+
+def _cand_json(c: Candidate) -> dict[str, str]:
+    return {"type": c.type.value, "address": format_address(c.address)}
