@@ -1,0 +1,332 @@
+"""The ICE transport on loopback: two node-level transports, one session each, real sockets,
+our embedded STUN/TURN server for relayed paths. Every wait is bounded."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import trio
+
+from p2ptun.addr import Address
+from p2ptun.config import StunServerSettings, TurnServerConfig, TurnServerSettings
+from p2ptun.ice.agent import IceConfig, PairSelected, SelectedPair, StateChanged
+from p2ptun.ice.candidate import CandidateType
+from p2ptun.ice.sdp import IceDescription
+from p2ptun.net.gather import GatherOptions
+from p2ptun.net.ice_transport import (
+    IceSession,
+    IceTransport,
+    LocalCandidate,
+    LocalCandidatesDone,
+    LocalRestart,
+    SessionEvent,
+    is_direct,
+    stun_username,
+)
+from p2ptun.net.udp import UdpEndpoint
+from p2ptun.rendezvous.stun_turn import StunTurnService
+from p2ptun.stun import AttrType, Message, Method
+
+HOST = "127.0.0.1"
+REALM = "lab"
+WG = b"\x04\x00\x00\x00"  # a WireGuard transport-data header: classified as WireGuard
+
+
+def free_port() -> int:
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind((HOST, 0))
+            port = int(u.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                try:
+                    t.bind((HOST, port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free port")
+
+
+@pytest.fixture
+async def turn_server(nursery: trio.Nursery) -> AsyncIterator[int]:
+    port = free_port()
+    settings = TurnServerSettings(
+        realm=REALM,
+        relay_address=HOST,
+        relay_ports=(43000, 43999),
+        users={"alice": "pw", "bob": "pw"},
+        allow_peers=(ipaddress.ip_network("127.0.0.0/8"),),
+    )
+    svc = await StunTurnService.bind(StunServerSettings(((HOST, port),)), settings)
+    nursery.start_soon(svc.serve)
+    yield port
+    svc.close()
+
+
+@dataclass
+class Node:
+    """One transport, its endpoint and one session, recording what happened."""
+
+    transport: IceTransport
+    endpoint: UdpEndpoint
+    events: list[SessionEvent] = field(default_factory=list)
+    data: list[bytes] = field(default_factory=list)
+    session: IceSession | None = None
+
+    def on_event(self, session: IceSession, event: SessionEvent) -> None:
+        self.events.append(event)
+
+    def on_data(self, session: IceSession, data: bytes | memoryview, source: Address) -> None:
+        self.data.append(bytes(data))
+
+    def open(self, name: str, controlling: bool, config: IceConfig | None = None) -> IceSession:
+        self.session = self.transport.open_session(
+            name,
+            controlling=controlling,
+            on_event=self.on_event,
+            on_data=self.on_data,
+            config=config,
+        )
+        return self.session
+
+
+def _lister(addresses: Sequence[str]) -> Callable[[], Awaitable[Sequence[str]]]:
+    async def list_addresses() -> Sequence[str]:
+        return list(addresses)
+
+    return list_addresses
+
+
+async def start_node(
+    nursery: trio.Nursery,
+    *,
+    hosts: Sequence[str] = (HOST,),
+    stun: Sequence[Address] = (),
+    turn: Sequence[TurnServerConfig] = (),
+    **options: Any,
+) -> Node:
+    ep = UdpEndpoint.bind(socket.AF_INET, HOST)
+    transport = IceTransport(
+        [ep],
+        GatherOptions(stun=tuple(stun), turn=tuple(turn), **options),
+        claim_wireguard=True,
+        list_addresses=_lister(hosts),
+    )
+    nursery.start_soon(ep.receive_loop)
+    await nursery.start(transport.run)
+    return Node(transport, ep)
+
+
+def turn_config(port: int, transport: str = "udp", user: str = "alice") -> TurnServerConfig:
+    url = f"turn:{HOST}:{port}?transport={transport}"
+    return TurnServerConfig(url, HOST, port, transport, user, "pw")  # type: ignore[arg-type]
+
+
+async def connect(a: Node, b: Node, timeout: float = 10.0) -> tuple[SelectedPair, SelectedPair]:
+    """Exchange full descriptions after gathering, wait for both to select a pair."""
+    with trio.fail_after(timeout):
+        await a.transport.wait_gathered()
+        await b.transport.wait_gathered()
+        sa = a.session or a.open("b", True)
+        sb = b.session or b.open("a", False)
+        sb.set_remote_description(sa.local_description())
+        sa.set_remote_description(sb.local_description())
+        return await sa.wait_connected(), await sb.wait_connected()
+
+
+async def exchange(a: Node, b: Node, n: int = 5, timeout: float = 5.0) -> None:
+    """Send n datagrams each way and wait until they all arrived."""
+    assert a.session is not None and b.session is not None
+    a.data.clear()
+    b.data.clear()
+    with trio.fail_after(timeout):
+        while len(a.data) < n or len(b.data) < n:
+            for i in range(n):
+                if len(b.data) < n:
+                    assert a.session.send(WG + b"a%d" % i)
+                if len(a.data) < n:
+                    assert b.session.send(WG + b"b%d" % i)
+            await trio.sleep(0.05)
+    assert all(d.startswith(WG + b"b") for d in a.data)
+    assert all(d.startswith(WG + b"a") for d in b.data)
+
+
+async def test_host_pair_over_loopback(nursery: trio.Nursery) -> None:
+    a = await start_node(nursery)
+    b = await start_node(nursery)
+    pa, pb = await connect(a, b)
+    assert (pa.local.type, pa.remote.type) == (CandidateType.HOST, CandidateType.HOST)
+    assert is_direct(pa) and is_direct(pb)
+    assert pa.remote.address == b.endpoint.local_address
+    await exchange(a, b)
+    assert a.session is not None and a.session.time_to_nomination is not None
+    assert any(isinstance(e, PairSelected) for e in a.events)
+    assert any(isinstance(e, StateChanged) for e in b.events)
+    # Both finished gathering before the sessions opened: nothing was trickled.
+    assert not [e for e in a.events if isinstance(e, LocalCandidate)]
+    assert a.session.local_description().end_of_candidates
+
+
+async def test_relay_pair_through_our_turn_server(nursery: trio.Nursery, turn_server: int) -> None:
+    # No host candidates at all: the only pairs are relay <-> relay.
+    a = await start_node(nursery, hosts=(), turn=[turn_config(turn_server)])
+    b = await start_node(nursery, hosts=(), turn=[turn_config(turn_server, user="bob")])
+    pa, pb = await connect(a, b)
+    assert pa.local.type is CandidateType.RELAY and pa.via_relay
+    assert pb.local.type is CandidateType.RELAY
+    await exchange(a, b)
+    relay = a.transport.gatherer.relays[0]
+    # The selected relayed pair gets a channel: data goes as ChannelData.
+    with trio.fail_after(5):
+        while not relay.channel_bound(pa.remote.address):
+            await trio.sleep(0.02)
+    before = relay.client.counters.tx_channel_data
+    await exchange(a, b, n=3)
+    assert relay.client.counters.tx_channel_data > before
+
+
+async def test_turn_over_tcp_relay(nursery: trio.Nursery, turn_server: int) -> None:
+    a = await start_node(nursery, hosts=(), turn=[turn_config(turn_server, "tcp")])
+    b = await start_node(nursery, hosts=(), turn=[turn_config(turn_server, user="bob")])
+    pa, _pb = await connect(a, b)
+    assert pa.via_relay
+    assert a.transport.gatherer.relays[0].transport == "tcp"
+    await exchange(a, b)
+
+
+async def test_srflx_from_stun_and_unresponsive_server_is_bounded(
+    nursery: trio.Nursery, turn_server: int
+) -> None:
+    # A STUN server that never answers (a bound socket nobody reads) costs stun_timeout.
+    silent = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await silent.bind((HOST, 0))
+    start = trio.current_time()
+    a = await start_node(
+        nursery,
+        stun=[(HOST, turn_server), silent.getsockname()],
+        stun_timeout=0.6,
+    )
+    with trio.fail_after(5):
+        await a.transport.wait_gathered()
+    assert trio.current_time() - start < 3
+    result = a.transport.last_gather
+    assert result is not None
+    # On loopback the mapped address is the host candidate: no srflx is emitted for it.
+    assert [c.type for c in result.candidates] == [CandidateType.HOST]
+    assert [f.kind for f in result.failures] == ["stun"]
+    silent.close()
+
+
+async def test_trickle_and_restart(nursery: trio.Nursery, turn_server: int) -> None:
+    a = await start_node(nursery, turn=[turn_config(turn_server)])
+    b = await start_node(nursery)
+    # Open a's session before gathering finishes: the relay candidate trickles in later.
+    sa = a.open("b", True)
+    assert not sa.local_description().end_of_candidates
+    with trio.fail_after(10):
+        await a.transport.wait_gathered()
+    trickled = [e for e in a.events if isinstance(e, LocalCandidate)]
+    assert [e.candidate.type for e in trickled] == [CandidateType.RELAY]
+    assert any(isinstance(e, LocalCandidatesDone) for e in a.events)
+    pa, _ = await connect(a, b)
+    assert is_direct(pa)
+    await exchange(a, b)
+    # Restart on a: new credentials, b follows through set_remote_description.
+    assert a.session is not None and b.session is not None
+    old = a.session.local_credentials
+    new = a.session.restart()
+    assert new != old
+    assert any(isinstance(e, LocalRestart) and e.reason == "local" for e in a.events)
+    assert b.session.set_remote_description(a.session.local_description()) is True
+    assert any(isinstance(e, LocalRestart) and e.reason == "remote" for e in b.events)
+    a.session.set_remote_description(b.session.local_description())
+    with trio.fail_after(10):
+        while a.session.agent.generation != 1 or a.session.time_to_nomination is None:
+            await trio.sleep(0.05)
+    assert a.session.selected_pair is not None
+    assert a.session.selected_pair.generation == 1
+    await exchange(a, b)
+
+
+async def test_many_sessions_share_one_socket(nursery: trio.Nursery) -> None:
+    hub = await start_node(nursery)
+    others = [await start_node(nursery) for _ in range(3)]
+    with trio.fail_after(10):
+        await hub.transport.wait_gathered()
+        sessions = []
+        for i, other in enumerate(others):
+            await other.transport.wait_gathered()
+            mine = hub.transport.open_session(f"peer{i}", controlling=True)
+            theirs = other.open("hub", False)
+            theirs.set_remote_description(mine.local_description())
+            mine.set_remote_description(theirs.local_description())
+            sessions.append(mine)
+        for s in sessions:
+            await s.wait_connected()
+    for s, other in zip(sessions, others, strict=True):
+        pair = s.selected_pair
+        assert pair is not None and pair.remote.address == other.endpoint.local_address
+        assert s.send(WG + s.name.encode())
+    with trio.fail_after(5):
+        while not all(o.data for o in others):
+            await trio.sleep(0.02)
+    for s, other in zip(sessions, others, strict=True):
+        assert other.data[0] == WG + s.name.encode()
+
+
+async def test_idle_connected_sessions_wake_rarely(nursery: trio.Nursery) -> None:
+    a = await start_node(nursery)
+    b = await start_node(nursery)
+    await connect(a, b)
+    with trio.fail_after(10):
+        assert a.session is not None
+        while a.session.agent.state.value != "completed":
+            await trio.sleep(0.05)
+    before = a.transport.counters.timer_wakeups
+    await trio.sleep(3.0)
+    woke = a.transport.counters.timer_wakeups - before
+    # Consent checks every 4-6 s (and their answers): well under one wake-up a second.
+    assert woke <= 3, woke
+    assert a.transport.counters.stale_wakeups == 0
+
+
+def test_stun_username_scanner() -> None:
+    msg = Message.request(
+        Method.BINDING,
+        b"x" * 12,
+        [(AttrType.PRIORITY, 1), (AttrType.USERNAME, "abcd:efgh")],
+    )
+    assert stun_username(msg.encode(b"k" * 16, fingerprint=True)) == "abcd:efgh"
+    assert stun_username(Message.request(Method.BINDING, b"y" * 12).encode()) is None
+    wire = bytearray(msg.encode())
+    wire[3] += 40  # length beyond the datagram
+    assert stun_username(bytes(wire)) is None
+    assert stun_username(b"\x00\x01") is None
+
+
+async def test_unknown_ufrag_and_stray_responses_are_counted(nursery: trio.Nursery) -> None:
+    a = await start_node(nursery)
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await sock.bind((HOST, 0))
+    check = Message.request(Method.BINDING, b"z" * 12, [(AttrType.USERNAME, "nobody:else")]).encode(
+        b"k" * 16, fingerprint=True
+    )
+    stray = Message.request(Method.BINDING, b"w" * 12).success([]).encode()
+    await sock.sendto(check, a.endpoint.local_address)
+    await sock.sendto(stray, a.endpoint.local_address)
+    await sock.sendto(b"\x04\x00\x00\x00garbage", a.endpoint.local_address)
+    with trio.fail_after(5):
+        c = a.transport.counters
+        while c.checks_unknown_ufrag < 1 or c.responses_unknown < 1 or c.direct_data_unrouted < 1:
+            await trio.sleep(0.02)
+    sock.close()
+
+
+def test_description_round_trips() -> None:
+    # The local description is plain RFC 8839 text the peer parses back.
+    text = "a=ice-ufrag:abcd\na=ice-pwd:" + "p" * 22 + "\na=ice-options:trickle\n"
+    assert IceDescription.parse(text).trickle
