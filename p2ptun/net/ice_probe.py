@@ -191,6 +191,10 @@ class Probe:
         with trio.move_on_after(10):
             await wait_file(self.dir / f"{args.peer}.done")
         result["selected"] = describe_pair(session.selected_pair)
+        selected = session.selected_pair
+        if selected is not None and selected.via_relay:
+            relay = transport.gatherer.relay_for(selected.base)
+            result["relay_transport"] = None if relay is None else relay.transport
         result["sent"] = self.sent
         result["received"] = self.received
         result["ok"] = True
