@@ -36,18 +36,18 @@ applied; the other peers' sessions are not touched. Changing ``name``, the priva
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import os
 import signal
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
 from p2ptun import config as config_mod
-from p2ptun.addr import format_address
+from p2ptun.addr import Address, format_address
 from p2ptun.config import IPNetwork, NodeConfig, PeerConfig
 from p2ptun.errors import EXIT_OK, P2ptunError, RuntimeFailure
 from p2ptun.keys import encode_key
@@ -56,7 +56,10 @@ from p2ptun.net import netlink
 from p2ptun.net.tun import TunDevice
 from p2ptun.net.udp import UdpEndpoint, open_endpoints
 from p2ptun.node import control
+from p2ptun.node.gather import Gatherer
 from p2ptun.node.mss import mss_for_mtu
+from p2ptun.node.mux import UdpMux
+from p2ptun.node.peer import PeerSession
 from p2ptun.node.sdnotify import Notifier
 from p2ptun.node.wgtunnel import WgTunnel
 from p2ptun.signal.client import (
@@ -65,8 +68,8 @@ from p2ptun.signal.client import (
     RegisteredEvent,
     RegistrationRefused,
 )
-from p2ptun.signal.client_io import SignalingClient
-from p2ptun.wireguard import Device, Peer
+from p2ptun.signal.client_io import SignalingClient, TurnCredentialsUnavailable
+from p2ptun.wireguard import Device
 
 log = get_logger("node")
 
@@ -140,49 +143,55 @@ def routes_for(
     return needed
 
 
-# -- peers -------------------------------------------------------------------------------------
-
-
-@dataclass
-class PeerEntry:
-    """One configured peer as the daemon runs it."""
-
-    config: PeerConfig
-    wg: Peer
-    routes: list[str] = field(default_factory=list)
-    online: bool | None = None
-    """Presence as the rendezvous reports it (None: unknown)."""
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    def state(self, now: float, has_path: bool) -> str:
-        """``connected`` (a path and a WireGuard session), ``disconnected`` (the peer is
-        offline), or ``connecting``."""
-        if has_path and self.wg.has_session(now):
-            return "connected"
-        if self.online is False:
-            return "disconnected"
-        return "connecting"
-
-
 # -- the daemon --------------------------------------------------------------------------------
 
 
 class NodeDaemon:
-    """The node daemon for one config. :meth:`run` is the whole service life."""
+    """The node daemon for one config. :meth:`run` is the whole service life.
+
+    It is also the :class:`~p2ptun.node.peer.NodeContext` its peers see: the data path, the
+    mux, the gatherer and the current signaling client.
+    """
 
     def __init__(self, config: NodeConfig, *, notifier: Notifier | None = None) -> None:
         self.config = config
         self.notifier = notifier if notifier is not None else Notifier()
         self.mtu = config.interface.mtu or DEFAULT_MTU
-        self.peers: dict[str, PeerEntry] = {}
-        self.tunnel: WgTunnel | None = None
+        self.peers: dict[str, PeerSession] = {}
+        self._tunnel: WgTunnel | None = None
+        self._mux: UdpMux | None = None
+        self._gatherer: Gatherer | None = None
         self.signaling: SignalingClient | None = None
+        self._signaling_scope: trio.CancelScope | None = None
+        self._peer_scopes: dict[str, trio.CancelScope] = {}
         self._rendezvous_warned = False
         self._last_status_line = ""
         self._nursery: trio.Nursery | None = None
+        self._restart_after_round = False
+
+    # -- NodeContext ------------------------------------------------------------------------
+
+    @property
+    def tunnel(self) -> WgTunnel:
+        assert self._tunnel is not None
+        return self._tunnel
+
+    @property
+    def mux(self) -> UdpMux:
+        assert self._mux is not None
+        return self._mux
+
+    @property
+    def gatherer(self) -> Gatherer:
+        assert self._gatherer is not None
+        return self._gatherer
+
+    @property
+    def lite(self) -> bool:
+        return self.config.ice.lite
+
+    def peer_changed(self) -> None:
+        self._notify_status()
 
     # -- lifetime --------------------------------------------------------------------------
 
@@ -204,10 +213,11 @@ class NodeDaemon:
                     self._nursery = nursery
                     await nursery.start(tunnel.run)
                     await nursery.start(control.serve, cfg.control_socket, self._handle_control)
-                    self.signaling = SignalingClient.from_config(cfg)
-                    await nursery.start(self.signaling.run)
-                    nursery.start_soon(self._signaling_events, self.signaling)
-                    nursery.start_soon(self._signaling_signals, self.signaling)
+                    await self._start_signaling(nursery)
+                    await nursery.start(self.gatherer.run)
+                    for session in self.peers.values():
+                        self._start_peer(session)
+                    nursery.start_soon(self._watch_network)
                     log.info(
                         "node up",
                         name=cfg.name,
@@ -226,7 +236,7 @@ class NodeDaemon:
                             continue
                         log.info("stopping", signal=signal.Signals(signum).name)
                         self.notifier.stopping()
-                        self.signaling.stop()
+                        await self._stop()
                         nursery.cancel_scope.cancel()
                         break
             finally:
@@ -234,8 +244,20 @@ class NodeDaemon:
                 await self._teardown(tunnel)
         log.info("node stopped", interface=self.interface)
 
+    async def _stop(self) -> None:
+        """Say goodbye to the peers and release the relays while the sockets still run."""
+        with trio.CancelScope(shield=True):
+            for session in self.peers.values():
+                session.close()
+            with trio.move_on_after(3):
+                await self.gatherer.close()
+            if self.signaling is not None:
+                with trio.move_on_after(0.2):  # let the signaling writer flush the byes
+                    await trio.sleep(0.2)
+                self.signaling.stop()
+
     async def _open_data_path(self) -> WgTunnel:
-        """TUN, addresses, MTU, up, routes, UDP sockets, WireGuard device and peers."""
+        """TUN, addresses, MTU, up, routes, UDP sockets, WireGuard device, mux, peers."""
         cfg = self.config
         tun = TunDevice.open(self.interface)
         endpoints: list[UdpEndpoint] = []
@@ -248,21 +270,28 @@ class NodeDaemon:
             )
             endpoints = open_endpoints(cfg.ice.port)
             device = Device(cfg.private_key, rng=os.urandom, wall_clock=time.time, mtu=self.mtu)
+            # learn_endpoints: until ICE selects a pair, answer an authenticated handshake
+            # where it came from (the two sides select within a round trip of each other).
             tunnel = WgTunnel(
-                device,
-                tun,
-                endpoints,
-                mss=mss_for_mtu(self.mtu),
-                learn_endpoints=False,
+                device, tun, endpoints, mss=mss_for_mtu(self.mtu), learn_endpoints=True
             )
-            self.tunnel = tunnel
+            self._tunnel = tunnel
+            self._mux = UdpMux(endpoints, on_relayed_wireguard=self._relayed_wireguard)
+            self._gatherer = Gatherer(
+                cfg,
+                self._mux,
+                interface=self.interface,
+                credentials=self._turn_credentials,
+                on_update=self._candidates_changed,
+                on_round=self._round_done,
+            )
             for peer_cfg in cfg.peers:
                 await self._add_peer(peer_cfg)
         except BaseException:
             for ep in endpoints:
                 ep.close()
             tun.close()
-            self.tunnel = None
+            self._tunnel = None
             raise
         return tunnel
 
@@ -270,69 +299,192 @@ class NodeDaemon:
         """Remove routes, close the TUN device (the interface goes with it) and the sockets.
         Runs shielded: a second signal must not leave half the state behind."""
         with trio.CancelScope(shield=True):
-            for entry in list(self.peers.values()):
-                for prefix in entry.routes:
+            for session in list(self.peers.values()):
+                for prefix in session.routes:
                     with contextlib.suppress(P2ptunError):
                         await netlink.run(netlink.remove_route, self.interface, prefix)
             tunnel.close()
-            self.tunnel = None
+            self._tunnel = None
         self.notifier.close()
+
+    # -- signaling ------------------------------------------------------------------------
+
+    async def _start_signaling(self, nursery: trio.Nursery) -> None:
+        client = SignalingClient.from_config(self.config)
+        scope = trio.CancelScope()
+        self.signaling = client
+        self._signaling_scope = scope
+        await nursery.start(self._run_signaling, client, scope)
+
+    async def _run_signaling(
+        self,
+        client: SignalingClient,
+        scope: trio.CancelScope,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        with scope:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(client.run)
+                nursery.start_soon(self._signaling_events, client)
+                nursery.start_soon(self._signaling_signals, client)
+                task_status.started()
+
+    async def _replace_signaling(self) -> None:
+        """The peer set changed (reload): the signaling client knows its peers from the start,
+        so a new one replaces it. Established paths do not depend on it."""
+        old, old_scope = self.signaling, self._signaling_scope
+        if old is not None:
+            old.stop()
+        if old_scope is not None:
+            old_scope.cancel()
+        self._rendezvous_warned = False
+        assert self._nursery is not None
+        await self._start_signaling(self._nursery)
+        for session in self.peers.values():
+            session.signaling_replaced()
+
+    async def _signaling_events(self, client: SignalingClient) -> None:
+        rv = format_address(self.config.rendezvous.address)
+        async for event in client.events:
+            if client is not self.signaling:
+                continue
+            if isinstance(event, RegisteredEvent):
+                self._rendezvous_warned = False
+                log.info("rendezvous connected", rendezvous=rv, name=event.name)
+            elif isinstance(event, Disconnected):
+                if not self._rendezvous_warned:
+                    self._rendezvous_warned = True
+                    log.warning(
+                        f"rendezvous {rv} unreachable ({event.reason}); "
+                        "retrying in the background, tunnels keep running"
+                    )
+                for session in self.peers.values():
+                    session.online = None
+            elif isinstance(event, RegistrationRefused):
+                log.error(
+                    "rendezvous refused registration",
+                    rendezvous=rv,
+                    reason=event.reason.name,
+                    text=event.text,
+                )
+            elif isinstance(event, PresenceChanged):
+                target = self.peers.get(event.peer)
+                if target is not None:
+                    log.info("peer presence", peer=event.peer, online=event.online)
+                    target.on_presence(event.online)
+            self._notify_status()
+
+    async def _signaling_signals(self, client: SignalingClient) -> None:
+        async for received in client.signals:
+            session = self.peers.get(received.peer)
+            if session is None or client is not self.signaling:
+                continue
+            session.on_signal(received)
+
+    async def _turn_credentials(self) -> tuple[str, str]:
+        client = self.signaling
+        if client is None:
+            raise TurnCredentialsUnavailable("no signaling client")
+        creds = await client.turn_credentials(timeout=15.0)
+        return creds.username, creds.password
+
+    # -- candidates and the network -------------------------------------------------------
+
+    def _candidates_changed(self) -> None:
+        for session in self.peers.values():
+            session.candidates_changed()
+
+    def _round_done(self, rounds: int) -> None:
+        if self._restart_after_round and rounds > 1:
+            self._restart_after_round = False
+            for session in self.peers.values():
+                session.restart("network change")
+
+    async def _watch_network(self) -> None:
+        """Network changes (debounced by the monitor) → regather, then ICE restart for every
+        peer (:meth:`_round_done`)."""
+        try:
+            async with netlink.NetworkMonitor(exclude=[self.interface]) as monitor:
+                async for changes in monitor:
+                    log.info(
+                        "network change: regathering, restarting ICE",
+                        changes=",".join(sorted({c.kind.value for c in changes})),
+                    )
+                    self._restart_after_round = True
+                    self.gatherer.regather()
+        except P2ptunError as exc:
+            log.warning("network monitor unavailable", error=str(exc))
+
+    def _relayed_wireguard(self, data: bytes, peer: Address) -> None:
+        tunnel = self.tunnel
+        tunnel.receive_datagram(data, b"relay " + format_address(peer).encode())
+        tunnel.flush()
 
     # -- peers ----------------------------------------------------------------------------
 
-    async def _add_peer(self, peer_cfg: PeerConfig) -> PeerEntry:
+    async def _add_peer(self, peer_cfg: PeerConfig) -> PeerSession:
         tunnel = self.tunnel
-        assert tunnel is not None
-        wg = self._wg_add(tunnel, peer_cfg)
-        entry = PeerEntry(peer_cfg, wg)
-        self.peers[peer_cfg.name] = entry
+        wg = tunnel.device.add_peer(
+            peer_cfg.public_key,
+            preshared_key=peer_cfg.preshared_key,
+            allowed_ips=[str(n) for n in peer_cfg.allowed_ips],
+            persistent_keepalive=peer_cfg.persistent_keepalive,
+        )
+        tunnel.set_endpoint(wg, None)
+        session = PeerSession(self, peer_cfg, wg)
+        self.peers[peer_cfg.name] = session
         for prefix in routes_for(self.config.interface.addresses, peer_cfg.allowed_ips):
             await netlink.run(netlink.add_route, self.interface, prefix)
-            entry.routes.append(prefix)
+            session.routes.append(prefix)
         log.info(
             "peer added",
             peer=peer_cfg.name,
             key=encode_key(peer_cfg.public_key)[:8],
             allowed_ips=",".join(str(n) for n in peer_cfg.allowed_ips),
         )
-        return entry
+        return session
+
+    def _start_peer(self, session: PeerSession) -> None:
+        assert self._nursery is not None
+        scope = trio.CancelScope()
+        self._peer_scopes[session.name] = scope
+        self._nursery.start_soon(self._run_peer, session, scope)
 
     @staticmethod
-    def _wg_add(tunnel: WgTunnel, peer_cfg: PeerConfig) -> Peer:
-        peer = tunnel.device.add_peer(
-            peer_cfg.public_key,
-            preshared_key=peer_cfg.preshared_key,
-            allowed_ips=[str(n) for n in peer_cfg.allowed_ips],
-            persistent_keepalive=peer_cfg.persistent_keepalive,
-        )
-        tunnel.set_endpoint(peer, None)
-        return peer
+    async def _run_peer(session: PeerSession, scope: trio.CancelScope) -> None:
+        with scope:
+            await session.run()
 
     async def _remove_peer(self, name: str) -> None:
-        entry = self.peers.pop(name)
-        for prefix in entry.routes:
+        session = self.peers.pop(name)
+        session.close("removed from the config")
+        scope = self._peer_scopes.pop(name, None)
+        if scope is not None:
+            scope.cancel()
+        for prefix in session.routes:
             with contextlib.suppress(P2ptunError):
                 await netlink.run(netlink.remove_route, self.interface, prefix)
-        if self.tunnel is not None:
-            self.tunnel.remove_peer(entry.wg)
+        if self._tunnel is not None:
+            self._tunnel.remove_peer(session.wg)
         log.info("peer removed", peer=name)
 
-    async def _update_peer_routes(self, entry: PeerEntry, new: PeerConfig) -> None:
+    async def _update_peer_routes(self, session: PeerSession, new: PeerConfig) -> None:
         """Same peer (name and key), new allowed IPs: WireGuard routing and kernel routes."""
         tunnel = self.tunnel
-        assert tunnel is not None
-        tunnel.device.allowed_ips.remove_value(entry.wg)
+        tunnel.device.allowed_ips.remove_value(session.wg)
         for net in new.allowed_ips:
-            tunnel.device.allowed_ips.insert(str(net), entry.wg)
+            tunnel.device.allowed_ips.insert(str(net), session.wg)
         wanted = routes_for(self.config.interface.addresses, new.allowed_ips)
-        for prefix in [r for r in entry.routes if r not in wanted]:
+        for prefix in [r for r in session.routes if r not in wanted]:
             with contextlib.suppress(P2ptunError):
                 await netlink.run(netlink.remove_route, self.interface, prefix)
-            entry.routes.remove(prefix)
-        for prefix in [r for r in wanted if r not in entry.routes]:
+            session.routes.remove(prefix)
+        for prefix in [r for r in wanted if r not in session.routes]:
             await netlink.run(netlink.add_route, self.interface, prefix)
-            entry.routes.append(prefix)
-        entry.config = new
+            session.routes.append(prefix)
+        session.wg.persistent_keepalive = new.persistent_keepalive
+        session.config = new
         log.info(
             "peer updated",
             peer=new.name,
@@ -382,69 +534,41 @@ class NodeDaemon:
                 [str(a) for a in new_if.addresses],
                 self.mtu,
             )
-            if self.tunnel is not None:
-                self.tunnel.mss = mss_for_mtu(self.mtu)
-                self.tunnel.device.mtu = self.mtu
+            self.tunnel.mss = mss_for_mtu(self.mtu)
+            self.tunnel.device.mtu = self.mtu
         new_peers = {p.name: p for p in new.peers}
-        for name, entry in list(self.peers.items()):
+        for name, session in list(self.peers.items()):
             target = new_peers.get(name)
             if (
                 target is None
-                or target.public_key != entry.config.public_key
-                or target.preshared_key != entry.config.preshared_key
+                or target.public_key != session.config.public_key
+                or target.preshared_key != session.config.preshared_key
             ):
                 await self._remove_peer(name)  # a new key means a new WireGuard peer
+        added = []
         for name, target in new_peers.items():
             current = self.peers.get(name)
             if current is None:
-                await self._add_peer(target)
+                added.append(await self._add_peer(target))
             elif target != current.config or new_if.addresses != old_if.addresses:
-                current.wg.persistent_keepalive = target.persistent_keepalive
                 await self._update_peer_routes(current, target)
-
-    # -- signaling ------------------------------------------------------------------------
-
-    async def _signaling_events(self, client: SignalingClient) -> None:
-        rv = format_address(self.config.rendezvous.address)
-        async for event in client.events:
-            peer_entry: PeerEntry | None
-            if isinstance(event, RegisteredEvent):
-                self._rendezvous_warned = False
-                log.info("rendezvous connected", rendezvous=rv, name=event.name)
-            elif isinstance(event, Disconnected):
-                if not self._rendezvous_warned:
-                    self._rendezvous_warned = True
-                    log.warning(
-                        f"rendezvous {rv} unreachable ({event.reason}); "
-                        "retrying in the background, tunnels keep running"
-                    )
-                for entry in self.peers.values():
-                    entry.online = None
-            elif isinstance(event, RegistrationRefused):
-                log.error(
-                    "rendezvous refused registration",
-                    rendezvous=rv,
-                    reason=event.reason.name,
-                    text=event.text,
-                )
-            elif isinstance(event, PresenceChanged):
-                peer_entry = self.peers.get(event.peer)
-                if peer_entry is not None:
-                    peer_entry.online = event.online
-                    log.info("peer presence", peer=event.peer, online=event.online)
-            self._notify_status()
-
-    async def _signaling_signals(self, client: SignalingClient) -> None:
-        async for received in client.signals:
-            log.debug("signal received", peer=received.peer)
+        signaling_changed = (
+            {(p.name, p.public_key) for p in old.peers}
+            != {(p.name, p.public_key) for p in new.peers}
+            or old.rendezvous != new.rendezvous
+            or old.name != new.name
+        )
+        if signaling_changed and self._nursery is not None:
+            await self._replace_signaling()
+        for session in added:
+            if self._nursery is not None:
+                self._start_peer(session)
 
     # -- status ---------------------------------------------------------------------------
 
     def _status_line(self) -> str:
         now = trio.current_time()
-        connected = sum(
-            1 for e in self.peers.values() if e.state(now, self._has_path(e)) == "connected"
-        )
+        connected = sum(1 for s in self.peers.values() if s.state(now) == "connected")
         return (
             f"interface {self.interface} up, {connected}/{len(self.peers)} peers connected, "
             f"rendezvous {self._rendezvous_state()}"
@@ -460,30 +584,10 @@ class NodeDaemon:
         client = self.signaling
         return "connected" if client is not None and client.ready else "disconnected"
 
-    def _has_path(self, entry: PeerEntry) -> bool:
-        return self.tunnel is not None and self.tunnel.endpoint(entry.wg) is not None
-
     def status(self) -> dict[str, Any]:
         """The status object of ARCHITECTURE.md §3: ``{"node": {...}, "peers": [...]}``."""
         now = trio.current_time()
         cfg = self.config
-        peers = []
-        for entry in self.peers.values():
-            last = entry.wg.last_handshake
-            peers.append(
-                {
-                    "name": entry.name,
-                    "state": entry.state(now, self._has_path(entry)),
-                    "path": None,
-                    "local_candidate": None,
-                    "remote_candidate": None,
-                    "rtt_ms": None,
-                    "rx_bytes": entry.wg.rx_bytes,
-                    "tx_bytes": entry.wg.tx_bytes,
-                    "last_handshake": None if last is None else round(now - last, 3),
-                    "consent_age": None,
-                }
-            )
         return {
             "node": {
                 "name": cfg.name,
@@ -491,7 +595,7 @@ class NodeDaemon:
                 "addresses": [str(a) for a in cfg.interface.addresses],
                 "rendezvous": self._rendezvous_state(),
             },
-            "peers": peers,
+            "peers": [session.status(now) for session in self.peers.values()],
         }
 
     async def _handle_control(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -499,12 +603,60 @@ class NodeDaemon:
         if cmd == "status":
             return {"ok": True, "status": self.status()}
         if cmd == "ping":
-            peer = request.get("peer")
-            if not isinstance(peer, str) or peer not in self.peers:
+            name = request.get("peer")
+            session = self.peers.get(name) if isinstance(name, str) else None
+            if session is None:
                 known = ", ".join(sorted(self.peers)) or "none"
-                raise ValueError(f"no peer named {peer!r} (configured: {known})")
-            raise ValueError(f"peer {peer!r} has no path yet")
+                raise ValueError(f"no peer named {name!r} (configured: {known})")
+            timeout = request.get("timeout", 3.0)
+            if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+                raise ValueError("timeout must be a number of seconds")
+            timeout = min(max(float(timeout), 0.1), 4.0)  # the control request allows 5 s
+            return {"ok": True, "ping": await session.ping(timeout)}
+        if cmd == "debug":
+            return {"ok": True, "debug": self.debug()}
         raise ValueError(f"unknown command {cmd!r}")
+
+    def debug(self) -> dict[str, Any]:
+        """Internals for troubleshooting (not part of the status contract): the data path's
+        counters, the mux's, and each peer's ICE state."""
+        now = trio.current_time()
+        peers = {}
+        for name, session in self.peers.items():
+            attempts = []
+            for attempt in (session.current, session.active, *session.retired):
+                if attempt is None:
+                    continue
+                agent = attempt.agent
+                attempts.append(
+                    {
+                        "ufrag": attempt.ufrag,
+                        "role": "controlling" if agent.controlling else "controlled",
+                        "state": agent.state.value,
+                        "current": attempt is session.current,
+                        "active": attempt is session.active,
+                        "local_candidates": len(attempt.added),
+                        "remote_candidates": len(agent.remote_candidates),
+                        "transmits_dropped": attempt.counters.transmits_dropped,
+                        "stats": dataclasses.asdict(agent.stats),
+                    }
+                )
+            peers[name] = {"online": session.online, "attempts": attempts}
+        return {
+            "tunnel": self.tunnel.status(),
+            "mux": dataclasses.asdict(self.mux.counters),
+            "relays": [
+                {
+                    "server": r.name,
+                    "relayed": None if r.relayed is None else format_address(r.relayed),
+                    "tx_dropped": r.tx_dropped,
+                }
+                for r in self.gatherer.relays()
+            ],
+            "candidates": [c.to_attribute() for c in self.gatherer.candidates()],
+            "peers": peers,
+            "time": now,
+        }
 
 
 def _reload_blocker(old: NodeConfig, new: NodeConfig) -> str | None:
@@ -534,7 +686,6 @@ def run(cfg: NodeConfig) -> int:
 __all__ = [
     "DEFAULT_MTU",
     "NodeDaemon",
-    "PeerEntry",
     "default_mtu",
     "routes_for",
     "run",

@@ -89,12 +89,14 @@ class Gatherer:
         interface: str,
         credentials: Credentials,
         on_update: Callable[[], None],
+        on_round: Callable[[int], None] | None = None,
     ) -> None:
         self.config = config
         self.mux = mux
         self.interface = interface
         self._credentials = credentials
         self._on_update = on_update
+        self._on_round = on_round
         self.lite = config.ice.lite
         self.host: list[Candidate] = []
         self._preferences: dict[str, int] = {}
@@ -103,6 +105,7 @@ class Gatherer:
         self._stun_done = False
         self._timed_out = False
         self._regather = trio.Event()
+        self._complete = trio.Event()
         self.rounds = 0
 
     # -- results ----------------------------------------------------------------------------
@@ -113,6 +116,15 @@ class Gatherer:
         return self._timed_out or (
             self.rounds > 0 and self._stun_done and all(s.settled for s in self._slots)
         )
+
+    async def wait_complete(self) -> None:
+        """Wait until the first round is complete."""
+        await self._complete.wait()
+
+    def _notify(self) -> None:
+        if self.complete:
+            self._complete.set()
+        self._on_update()
 
     def candidates(self) -> list[Candidate]:
         """Every current local candidate: host, server-reflexive, relayed."""
@@ -203,7 +215,7 @@ class Gatherer:
         if not self.complete:
             log.info("gathering: first round timed out, going on with what we have")
         self._timed_out = True
-        self._on_update()
+        self._notify()
 
     async def _round(self) -> None:
         old_srflx = {k: v.mapped for k, v in self._srflx.items()}
@@ -214,7 +226,7 @@ class Gatherer:
         }
         self.mux.network_changed()
         await self._gather_host()
-        self._on_update()
+        self._notify()
         self._stun_done = False
         await self._gather_srflx()
         self._stun_done = True
@@ -237,7 +249,9 @@ class Gatherer:
             srflx=len(self._srflx),
             relays=len(self.relays()),
         )
-        self._on_update()
+        self._notify()
+        if self._on_round is not None:
+            self._on_round(self.rounds)
 
     async def _gather_host(self) -> None:
         try:
@@ -330,13 +344,13 @@ class Gatherer:
                 else:
                     slot.attempts = 0
                 slot.relay = None
-                self._on_update()
+                self._notify()
             else:
                 slot.attempts += 1
                 delay = RELAY_RETRY[min(slot.attempts - 1, len(RELAY_RETRY) - 1)]
             if not slot.settled:
                 slot.settled = True
-                self._on_update()
+                self._notify()
             await trio.sleep(delay)
 
     async def _watch_replace(self, slot: _RelaySlot, relay: TurnRelay) -> None:
@@ -370,12 +384,17 @@ class Gatherer:
             password,
             send_udp=self.mux.send,
             on_data=self._relayed,
-            on_change=lambda _relay: self._on_update(),
+            on_change=lambda changed: self._relay_changed(slot, changed),
             local_ip=local[0] if local is not None else ("::" if ":" in server[0] else "0.0.0.0"),
         )
         if cfg.transport == "udp":
             self.mux.add_relay(server, relay)
         return relay
+
+    def _relay_changed(self, slot: _RelaySlot, relay: TurnRelay) -> None:
+        if relay.state is not RelayState.ALLOCATING:
+            slot.settled = True  # allocated, failed or closed: its first outcome is known
+        self._notify()
 
     def _relayed(self, relay: TurnRelay, peer: Address, data: bytes) -> None:
         relayed = relay.relayed

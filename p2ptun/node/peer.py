@@ -91,6 +91,8 @@ RETIRE_AFTER = 35.0
 SUSPECT_HOLDOFF = 10.0
 """At most one early restart per this many seconds when consent turns suspect."""
 MIN_RESTART_INTERVAL = 1.0
+FIRST_OFFER_WAIT = 2.0
+"""How long the first offer waits for the node's first gathering round."""
 PING_SCHEDULE = (0.0, 0.5, 1.5)
 TRICKLE_OPTIONS = ("trickle",)
 
@@ -189,7 +191,11 @@ class PeerSession:
         self._running = True
         task_status.started()
         try:
-            self._offer("start")
+            # Offer with the node's candidates if they come quickly; later ones trickle.
+            with trio.move_on_after(FIRST_OFFER_WAIT):
+                await self.ctx.gatherer.wait_complete()
+            if self.current is None and self.active is None:  # no offer of the peer's came
+                self._offer("start")
             while True:
                 now = trio.current_time()
                 self._run_timers(now)
@@ -585,9 +591,13 @@ class PeerSession:
             tunnel.set_endpoint(self.wg, remote)
         self.path = pair
         now = trio.current_time()
+        active = self.active
         if self.wg.has_session(now):
             self.wg.send_keepalive(now)  # nothing to re-key: just use the new path
-        else:
+        elif active is not None and active.agent.controlling:
+            # One side starts the handshake: two crossing initiations would each replace the
+            # other's handshake state and both would wait for the 5 s retransmission. The
+            # controlled side selected first (on the nominating check), so it can answer.
             self.wg.initiate_handshake(now)
         tunnel.flush(self.wg)
         log.info(

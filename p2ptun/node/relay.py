@@ -347,4 +347,5 @@ class TurnRelay:
             log.info("relay released", server=self.name)
             self._finish(RelayState.CLOSED, None)
         elif isinstance(event, PermissionFailed | ChannelBindFailed):
-            log.info("relay request failed", server=self.name, reason=event.reason)
+            # Typically a peer candidate in a range the server refuses (403): normal.
+            log.debug("relay request failed", server=self.name, reason=event.reason)
