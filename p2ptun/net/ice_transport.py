@@ -507,13 +507,14 @@ class IceTransport:
         self._by_remote: dict[Address, IceSession] = {}
         self._timer_scope: trio.CancelScope | None = None
         #: The latest gathering round: its number, candidates so far, whether it finished.
-        self.round = 0
+        #: Round 1 is due as soon as :meth:`run` starts.
+        self.round = 1
         self.candidates: list[Candidate] = []
         self.gathering_complete = False
         self.last_gather: GatherResult | None = None
         self._gather_wanted = trio.Event()
         self._gather_wanted.set()
-        self._restart_on_gather = False
+        self._gather_scope: trio.CancelScope | None = None
         self._gathered = trio.Event()
         self._last_relay_regather = -math.inf
         self._running = False
@@ -550,7 +551,18 @@ class IceTransport:
         self.mux.invalidate_routes()
         if release_relays:
             self.gatherer.release_relays()
-        self._restart_on_gather = self._restart_on_gather or restart_sessions
+        # The new round begins now (a round still gathering is abandoned): sessions restarted
+        # into it, and sessions opened from now on, get its candidates as they come.
+        if self._gather_scope is not None:
+            self._gather_scope.cancel()
+        self.round += 1
+        self.candidates = []
+        self.gathering_complete = False
+        if restart_sessions:
+            now = trio.current_time()
+            for session in list(self._sessions):
+                session._restart("regather", now)
+                self._pump(session)
         self._gather_wanted.set()
 
     # -- sessions --------------------------------------------------------------------------------
@@ -734,18 +746,11 @@ class IceTransport:
         while True:
             await self._gather_wanted.wait()
             self._gather_wanted = trio.Event()
-            self.round += 1
-            self.candidates = []
-            self.gathering_complete = False
-            now = trio.current_time()
-            if self._restart_on_gather:
-                self._restart_on_gather = False
-                for session in list(self._sessions):
-                    session._restart("regather", now)
-                    self._pump(session)
             round_number = self.round
 
             def on_candidate(cand: Candidate, round_number: int = round_number) -> None:
+                if round_number != self.round:
+                    return
                 self.candidates.append(cand)
                 t = trio.current_time()
                 for session in list(self._sessions):
@@ -753,7 +758,13 @@ class IceTransport:
                         session._add_local(cand, t)
                         self._pump(session)
 
-            result = await self.gatherer.gather(on_candidate)
+            result = None
+            with trio.CancelScope() as scope:
+                self._gather_scope = scope
+                result = await self.gatherer.gather(on_candidate)
+            self._gather_scope = None
+            if result is None or round_number != self.round:
+                continue  # superseded by a newer round
             self.last_gather = result
             for failure in result.failures:
                 log.info(

@@ -226,11 +226,14 @@ async def test_trickle_and_restart(nursery: trio.Nursery, turn_server: int) -> N
     b = await start_node(nursery)
     # Open a's session before gathering finishes: the relay candidate trickles in later.
     sa = a.open("b", True)
+    initial = list(sa.local_description().candidates)
     assert not sa.local_description().end_of_candidates
     with trio.fail_after(10):
         await a.transport.wait_gathered()
-    trickled = [e for e in a.events if isinstance(e, LocalCandidate)]
-    assert [e.candidate.type for e in trickled] == [CandidateType.RELAY]
+    trickled = [e.candidate for e in a.events if isinstance(e, LocalCandidate)]
+    assert CandidateType.RELAY in [c.type for c in trickled]
+    assert sorted(c.type.value for c in initial + trickled) == ["host", "relay"]
+    assert sa.local_description().candidates == tuple(initial + trickled)
     assert any(isinstance(e, LocalCandidatesDone) for e in a.events)
     pa, _ = await connect(a, b)
     assert is_direct(pa)
@@ -249,6 +252,28 @@ async def test_trickle_and_restart(nursery: trio.Nursery, turn_server: int) -> N
             await trio.sleep(0.05)
     assert a.session.selected_pair is not None
     assert a.session.selected_pair.generation == 1
+    await exchange(a, b)
+
+
+async def test_regather_restarts_sessions(nursery: trio.Nursery) -> None:
+    a = await start_node(nursery)
+    b = await start_node(nursery)
+    await connect(a, b)
+    assert a.session is not None and b.session is not None
+    a.transport.regather()
+    restarts = [e for e in a.events if isinstance(e, LocalRestart)]
+    assert [e.reason for e in restarts] == ["regather"]
+    with trio.fail_after(10):
+        await a.transport.wait_gathered()
+    # The old pair carries data meanwhile (make-before-break).
+    assert a.session.send(WG + b"still")
+    b.session.set_remote_description(a.session.local_description())
+    a.session.set_remote_description(b.session.local_description())
+    with trio.fail_after(10):
+        while a.session.time_to_nomination is None or b.session.time_to_nomination is None:
+            await trio.sleep(0.05)
+    pair = a.session.selected_pair
+    assert pair is not None and pair.generation == 1
     await exchange(a, b)
 
 
