@@ -1,0 +1,252 @@
+"""TURN over the shared UDP socket and over TCP, on loopback against our embedded server; the
+mux's routing rules. Every wait is bounded."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import AsyncIterator
+from functools import partial
+
+import pytest
+import trio
+
+from p2ptun.addr import Address
+from p2ptun.config import StunServerSettings, TurnServerSettings
+from p2ptun.errors import RuntimeFailure
+from p2ptun.net.turn_shared import TurnRelay, UdpMux, route_source
+from p2ptun.net.udp import UdpEndpoint
+from p2ptun.rendezvous.stun_turn import StunTurnService
+from p2ptun.stun import Message, Method, encode_channel_data
+from p2ptun.turn.client import AllocationLost, AllocationState, PermissionFailed, TurnEvent
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind((HOST, 0))
+            port = int(u.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                try:
+                    t.bind((HOST, port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free port")
+
+
+async def serve(
+    nursery: trio.Nursery, allow_loopback: bool
+) -> tuple[StunTurnService, int, trio.CancelScope]:
+    """Our STUN/TURN service on loopback; cancel the scope to stop it (connections close)."""
+    port = free_port()
+    settings = TurnServerSettings(
+        realm="lab",
+        relay_address=HOST,
+        relay_ports=(44000, 44999),
+        users={"alice": "pw"},
+        allow_peers=(ipaddress.ip_network("127.0.0.0/8"),) if allow_loopback else (),
+    )
+    svc = await StunTurnService.bind(StunServerSettings(((HOST, port),)), settings)
+    scope = trio.CancelScope()
+
+    async def run() -> None:
+        with scope:
+            await svc.serve()
+
+    nursery.start_soon(run)
+    return svc, port, scope
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery) -> AsyncIterator[int]:
+    _svc, port, scope = await serve(nursery, True)
+    yield port
+    scope.cancel()
+
+
+@pytest.fixture
+async def mux(nursery: trio.Nursery) -> AsyncIterator[UdpMux]:
+    ep = UdpEndpoint.bind(socket.AF_INET, HOST)
+    nursery.start_soon(ep.receive_loop)
+    yield UdpMux([ep])
+    ep.close()
+
+
+async def peer_socket() -> trio.socket.SocketType:
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await sock.bind((HOST, 0))
+    return sock
+
+
+async def test_udp_relay_round_trip_through_the_shared_socket(
+    nursery: trio.Nursery, server: int, mux: UdpMux
+) -> None:
+    got: list[tuple[Address, bytes]] = []
+    relay = TurnRelay.udp(
+        mux, (HOST, server), "alice", "pw", on_data=lambda r, p, d: got.append((p, d))
+    )
+    assert await nursery.start(relay.run) is relay
+    assert relay.allocated and relay.relayed[0] == HOST
+    assert relay.local_ip == HOST
+    assert mux.relay_for((HOST, server)) is relay
+    peer = await peer_socket()
+    target = peer.getsockname()
+    relay.create_permission(HOST)
+    with trio.fail_after(5):
+        while relay.client.permission_state(HOST) is None or not relay.client.counters:
+            await trio.sleep(0.01)
+        # Send indications until the permission is in place and one arrives.
+        while True:
+            relay.send(target, b"hello")
+            with trio.move_on_after(0.2):
+                data, src = await peer.recvfrom(2048)
+                break
+    assert data == b"hello" and src == relay.relayed
+    await peer.sendto(b"back", relay.relayed)
+    with trio.fail_after(5):
+        while not got:
+            await trio.sleep(0.01)
+    assert got[0] == (target, b"back")
+    # Channel: later data goes as ChannelData (4-byte header) both ways.
+    relay.bind_channel(target)
+    with trio.fail_after(5):
+        while not relay.channel_bound(target):
+            await trio.sleep(0.01)
+    relay.send(target, b"chan")
+    with trio.fail_after(5):
+        data, _ = await peer.recvfrom(2048)
+    assert data == b"chan"
+    assert relay.client.counters.tx_channel_data == 1
+    relay.close()
+    with trio.fail_after(5):
+        while relay.client.state is not AllocationState.CLOSED:
+            await trio.sleep(0.01)
+    assert mux.relay_for((HOST, server)) is None
+    peer.close()
+
+
+async def test_forbidden_peer_is_remembered(nursery: trio.Nursery, mux: UdpMux) -> None:
+    _svc, port, scope = await serve(nursery, allow_loopback=False)  # loopback peers: 403
+    events: list[TurnEvent] = []
+    relay = TurnRelay.udp(mux, (HOST, port), "alice", "pw", on_event=lambda r, e: events.append(e))
+    await nursery.start(relay.run)
+    assert relay.send((HOST, 9), b"x")  # asks for the permission
+    with trio.fail_after(5):
+        while not relay.is_forbidden(HOST):
+            await trio.sleep(0.01)
+    assert any(isinstance(e, PermissionFailed) and e.code == 403 for e in events)
+    assert not relay.send((HOST, 9), b"y")
+    assert relay.counters.tx_dropped == 1
+    relay.close()
+    scope.cancel()
+
+
+async def test_tcp_relay_and_connection_loss(nursery: trio.Nursery, mux: UdpMux) -> None:
+    _svc, port, scope = await serve(nursery, allow_loopback=True)
+    got: list[bytes] = []
+    batches: list[int] = []
+    events: list[TurnEvent] = []
+    relay = TurnRelay.stream(
+        (HOST, port),
+        "alice",
+        "pw",
+        on_data=lambda r, p, d: got.append(d),
+        on_event=lambda r, e: events.append(e),
+        after_batch=lambda: batches.append(1),
+    )
+    ended = trio.Event()
+
+    async def run(task_status: trio.TaskStatus[TurnRelay] = trio.TASK_STATUS_IGNORED) -> None:
+        await relay.run(task_status=task_status)
+        ended.set()
+
+    await nursery.start(run)
+    assert relay.transport == "tcp" and relay.local_ip == HOST
+    peer = await peer_socket()
+    relay.bind_channel(peer.getsockname())
+    with trio.fail_after(5):
+        while not relay.channel_bound(peer.getsockname()):
+            await trio.sleep(0.01)
+    assert relay.send(peer.getsockname(), b"odd")  # 3 bytes: padded on the stream
+    with trio.fail_after(5):
+        data, _ = await peer.recvfrom(2048)
+    assert data == b"odd"
+    await peer.sendto(b"reply", relay.relayed)
+    with trio.fail_after(5):
+        while not got:
+            await trio.sleep(0.01)
+    assert got == [b"reply"] and batches
+    # The server goes away: the allocation is lost and run() returns.
+    scope.cancel()
+    with trio.fail_after(10):
+        await ended.wait()
+    assert relay.failure is not None
+    assert any(isinstance(e, AllocationLost) for e in events)
+    assert not relay.send(peer.getsockname(), b"late")
+    peer.close()
+
+
+async def test_bad_password_and_silent_server_fail_in_bounded_time(
+    nursery: trio.Nursery, server: int, mux: UdpMux
+) -> None:
+    relay = TurnRelay.udp(mux, (HOST, server), "alice", "wrong")
+    with pytest.raises(RuntimeFailure, match="alice"):
+        await nursery.start(partial(relay.run, timeout=5))
+    assert mux.relay_for((HOST, server)) is None
+    silent = await peer_socket()
+    start = trio.current_time()
+    relay = TurnRelay.udp(mux, silent.getsockname(), "alice", "pw")
+    with pytest.raises(RuntimeFailure, match="no Allocate answer"):
+        await nursery.start(partial(relay.run, timeout=0.8))
+    assert trio.current_time() - start < 3
+    with pytest.raises(RuntimeFailure, match="cannot"):
+        await nursery.start(partial(TurnRelay.stream((HOST, free_port()), "a", "b").run, timeout=2))
+    silent.close()
+
+
+async def test_mux_routing(nursery: trio.Nursery, server: int, mux: UdpMux) -> None:
+    seen: list[tuple[str, Address, Address]] = []
+    mux.on_ice = lambda data, local, remote: seen.append(("ice", local, remote))
+    ep = mux.endpoints[0]
+    me = ep.local_address
+    sock = await peer_socket()
+    src = sock.getsockname()
+    # Unclaimed STUN goes to ICE with the local base the route lookup gives.
+    await sock.sendto(Message.request(Method.BINDING, b"a" * 12).encode(), me)
+    # A registered transaction id wins.
+    mux.register_transaction(b"b" * 12, lambda d, loc, r: seen.append(("tx", loc, r)))
+    await sock.sendto(Message.request(Method.BINDING, b"b" * 12).success([]).encode(), me)
+    # ChannelData from an address that is not our TURN server is dropped.
+    await sock.sendto(encode_channel_data(0x4000, b"x"), me)
+    with trio.fail_after(5):
+        while len(seen) < 2 or mux.counters.rx_dropped < 1:
+            await trio.sleep(0.01)
+    assert seen == [("ice", (HOST, me[1]), src), ("tx", (HOST, me[1]), src)]
+    mux.unregister_transaction(b"b" * 12)
+    assert mux.counters.rx_transactions == 1 and mux.counters.rx_ice == 1
+    sock.close()
+
+
+def test_route_source_and_cache() -> None:
+    assert route_source(HOST) == HOST
+    ep = UdpEndpoint.bind(socket.AF_INET)  # wildcard: the route lookup decides
+    calls: list[str] = []
+
+    def lookup(ip: str) -> str | None:
+        calls.append(ip)
+        return None if ip == "192.0.2.99" else "192.0.2.1"
+
+    mux = UdpMux([ep], route_lookup=lookup)
+    assert mux.local_base_for(("198.51.100.1", 1)) == ("192.0.2.1", ep.local_address[1])
+    assert mux.local_ip_for("198.51.100.1") == "192.0.2.1"
+    assert calls == ["198.51.100.1"]  # cached
+    assert mux.local_base_for(("192.0.2.99", 1)) is None
+    assert mux.endpoint_for("2001:db8::1") is None
+    assert not mux.send(b"x", ("2001:db8::1", 1))
+    mux.invalidate_routes()
+    mux.local_ip_for("198.51.100.1")
+    assert calls.count("198.51.100.1") == 2
+    ep.close()
