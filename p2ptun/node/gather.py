@@ -47,11 +47,11 @@ from p2ptun.turn.transport_stun import resolve
 
 log = get_logger("node.gather")
 
-GATHER_TIMEOUT = 5.0
+GATHER_TIMEOUT = 3.0
 """The first round is declared complete after this long, whatever is still pending."""
-STUN_SCHEDULE = (0.0, 0.5, 1.5, 3.5)
+STUN_SCHEDULE = (0.0, 0.4, 1.2)
 """When a Binding request to a STUN server is (re)sent; it gives up at STUN_TIMEOUT."""
-STUN_TIMEOUT = 5.0
+STUN_TIMEOUT = 2.5
 RELAY_RETRY = (2.0, 5.0, 10.0, 30.0, 60.0)
 DEFAULT_PREFERENCE = 65535
 

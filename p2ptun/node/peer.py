@@ -74,6 +74,7 @@ from p2ptun.node.mux import UdpMux
 from p2ptun.node.wgtunnel import WgTunnel
 from p2ptun.signal.client import SignalReceived
 from p2ptun.signal.client_io import SignalingClient
+from p2ptun.signal.negotiation import NegotiationState
 from p2ptun.signal.seal import Answer, Bye, Candidates, Offer, Restart
 from p2ptun.stun import AttrType, Message, MessageClass, Method
 from p2ptun.stun.credentials import short_term_key
@@ -305,6 +306,13 @@ class PeerSession:
         exists (make-before-break)."""
         client = self.ctx.signaling
         now = trio.current_time()
+        if client is not None:
+            negotiation = client.core.negotiations.get(self.name)
+            if negotiation is not None and negotiation.state is NegotiationState.ANSWERING:
+                # The peer's offer was accepted by the signaling core and waits in the signal
+                # channel: answering it is our next move, not a competing offer.
+                log.debug("offer skipped: the peer's offer is pending", peer=self.name)
+                return
         self._last_restart = now
         self._drop(self.current)
         attempt = self._new_attempt(controlling=True)
@@ -428,18 +436,18 @@ class PeerSession:
             self._drop(current)  # the peer's offer wins (glare) or replaces ours
         attempt = self._new_attempt(controlling=False)
         attempt.session_id = msg.session
-        if not self._apply_remote(attempt, msg.description):
+        if client is None or not self._apply_remote(attempt, msg.description):
             self._drop(attempt)
-            return
-        self.current = attempt
-        if client is None:
             return
         text = self._description(attempt, attempt.added, attempt.local_eoc)
         try:
             client.send_to(self.name, Answer(msg.session, text))
         except (KeyError, P2ptunError) as exc:
-            log.warning("cannot answer", peer=self.name, error=str(exc))
+            # The negotiation moved on (an offer of ours replaced this one): not an error.
+            log.info("offer not answered", peer=self.name, reason=str(exc))
+            self._drop(attempt)
             return
+        self.current = attempt
         attempt.signalled.update(attempt.added)
         attempt.eoc_sent = attempt.local_eoc
         log.info(
