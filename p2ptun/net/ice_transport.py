@@ -553,13 +553,19 @@ class IceTransport:
             self.gatherer.release_relays()
         # The new round begins now (a round still gathering is abandoned): sessions restarted
         # into it, and sessions opened from now on, get its candidates as they come.
+        now = trio.current_time()
         if self._gather_scope is not None:
             self._gather_scope.cancel()
+        if not self.gathering_complete:
+            # Sessions on the abandoned round keep what it found: that was all of it.
+            for session in list(self._sessions):
+                if session._round == self.round and not session._closed:
+                    session._local_done(now)
+                    self._pump(session)
         self.round += 1
         self.candidates = []
         self.gathering_complete = False
         if restart_sessions:
-            now = trio.current_time()
             for session in list(self._sessions):
                 session._restart("regather", now)
                 self._pump(session)

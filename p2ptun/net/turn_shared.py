@@ -689,9 +689,9 @@ class TurnRelay:
         elif isinstance(event, AllocationFailed | AllocationLost):
             self.failure = event
             self._allocated.set()
-            self._ended.set()
+            self._end()
         elif isinstance(event, Deallocated):
-            self._ended.set()
+            self._end()
         elif (
             isinstance(event, PermissionFailed)
             and event.code == 403
@@ -747,6 +747,13 @@ class TurnRelay:
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self._lost(f"send failed: {exc}")
                 return
+
+    def _end(self) -> None:
+        """The allocation is gone: stop taking the server's datagrams at once (a new relay
+        for the same server may attach before :meth:`run` has unwound)."""
+        if self._mux is not None:
+            self._mux.detach_relay(self)
+        self._ended.set()
 
     def _lost(self, reason: str) -> None:
         self.client.connection_lost(trio.current_time(), reason)

@@ -35,6 +35,7 @@ from p2ptun.stun import AttrType, Message, Method
 HOST = "127.0.0.1"
 REALM = "lab"
 WG = b"\x04\x00\x00\x00"  # a WireGuard transport-data header: classified as WireGuard
+SERVER_SCOPES: dict[int, trio.CancelScope] = {}
 
 
 def free_port() -> int:
@@ -62,9 +63,16 @@ async def turn_server(nursery: trio.Nursery) -> AsyncIterator[int]:
         allow_peers=(ipaddress.ip_network("127.0.0.0/8"),),
     )
     svc = await StunTurnService.bind(StunServerSettings(((HOST, port),)), settings)
-    nursery.start_soon(svc.serve)
+    scope = trio.CancelScope()
+
+    async def serve() -> None:
+        with scope:
+            await svc.serve()
+
+    nursery.start_soon(serve)
+    SERVER_SCOPES[port] = scope
     yield port
-    svc.close()
+    scope.cancel()
 
 
 @dataclass
@@ -275,6 +283,26 @@ async def test_regather_restarts_sessions(nursery: trio.Nursery) -> None:
     pair = a.session.selected_pair
     assert pair is not None and pair.generation == 1
     await exchange(a, b)
+
+
+async def test_lost_relay_starts_a_new_round(nursery: trio.Nursery, turn_server: int) -> None:
+    a = await start_node(nursery, turn=[turn_config(turn_server, "tcp")], turn_timeout=1.0)
+    with trio.fail_after(10):
+        await a.transport.wait_gathered()
+    assert a.transport.round == 1 and len(a.transport.gatherer.relays) == 1
+    sa = a.open("b", True)
+    SERVER_SCOPES[turn_server].cancel()  # the TCP connection closes: the allocation is lost
+    with trio.fail_after(10):
+        while a.transport.round < 2 or not a.transport.gathering_complete:
+            await trio.sleep(0.02)
+    assert a.transport.counters.regathers == 1
+    assert a.transport.gatherer.relays == []
+    result = a.transport.last_gather
+    assert result is not None and [f.kind for f in result.failures] == ["turn"]
+    # The session keeps its generation until it restarts; then it joins the new round.
+    assert not [e for e in a.events if isinstance(e, LocalRestart)]
+    sa.restart()
+    assert [c.type for c in sa.local_description().candidates] == [CandidateType.HOST]
 
 
 async def test_many_sessions_share_one_socket(nursery: trio.Nursery) -> None:
