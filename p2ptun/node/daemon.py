@@ -53,6 +53,7 @@ from p2ptun.errors import EXIT_OK, P2ptunError, RuntimeFailure
 from p2ptun.keys import encode_key
 from p2ptun.log import get_logger
 from p2ptun.net import netlink
+from p2ptun.net.netlink import ChangeKind
 from p2ptun.net.tun import TunDevice
 from p2ptun.net.udp import UdpEndpoint, open_endpoints
 from p2ptun.node import control
@@ -407,10 +408,16 @@ class NodeDaemon:
         try:
             async with netlink.NetworkMonitor(exclude=[self.interface]) as monitor:
                 async for changes in monitor:
+                    kinds = {c.kind for c in changes}
                     log.info(
                         "network change: regathering, restarting ICE",
-                        changes=",".join(sorted({c.kind.value for c in changes})),
+                        changes=",".join(sorted(k.value for k in kinds)),
                     )
+                    if kinds - {ChangeKind.ADDRESS_ADDED, ChangeKind.LINK_UP}:
+                        # The rendezvous connection may hang on an address or route that is
+                        # gone (TCP only notices after its keepalive timeout): reconnect now,
+                        # so that the restart offers go out at once.
+                        await self._replace_signaling()
                     self._restart_after_round = True
                     self.gatherer.regather()
         except P2ptunError as exc:
