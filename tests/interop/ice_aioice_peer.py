@@ -7,6 +7,7 @@ aioice's own ``Candidate.to_sdp`` / ``from_sdp``::
 
     python ice_aioice_peer.py '{"name": "b", "peer": "a", "dir": "/tmp/x",
                                 "controlling": false, "stun": ["203.0.113.10", 3478],
+                                "turn": ["203.0.113.10", 3478, "alice", "secret"],
                                 "count": 100, "size": 500, "timeout": 40}'
 
 Prints one JSON line with the result.
@@ -67,7 +68,15 @@ async def run(cfg: dict[str, Any]) -> dict[str, Any]:
     name, peer = cfg["name"], cfg["peer"]
     result: dict[str, Any] = {"name": name, "ok": False, "impl": "aioice"}
     stun = tuple(cfg["stun"]) if cfg.get("stun") else None
-    conn = aioice.Connection(ice_controlling=cfg["controlling"], stun_server=stun, use_ipv6=False)
+    turn = cfg.get("turn")  # [host, port, username, password]: a UDP TURN server
+    conn = aioice.Connection(
+        ice_controlling=cfg["controlling"],
+        stun_server=stun,
+        turn_server=(turn[0], turn[1]) if turn else None,
+        turn_username=turn[2] if turn else None,
+        turn_password=turn[3] if turn else None,
+        use_ipv6=False,
+    )
     received = 0
     enough = asyncio.Event()
 
