@@ -401,14 +401,18 @@ class IceSession:
         self._local = []
         self._local_complete = False
         for cand in transport.candidates:
-            if self.agent.add_local_candidate(cand, now):
+            if self._usable(cand) and self.agent.add_local_candidate(cand, now):
                 self._local.append(cand)
         if transport.gathering_complete:
             self._local_complete = True
             self.agent.set_local_end_of_candidates(now)
 
+    def _usable(self, candidate: Candidate) -> bool:
+        """An ICE-lite agent has host candidates only (RFC 8445 §2.5)."""
+        return not self.agent.lite or candidate.type is CandidateType.HOST
+
     def _add_local(self, candidate: Candidate, now: float) -> None:
-        if self.agent.add_local_candidate(candidate, now):
+        if self._usable(candidate) and self.agent.add_local_candidate(candidate, now):
             self._local.append(candidate)
             self._emit(LocalCandidate(candidate, self.agent.local_credentials.ufrag))
 

@@ -305,6 +305,30 @@ async def test_lost_relay_starts_a_new_round(nursery: trio.Nursery, turn_server:
     assert [c.type for c in sa.local_description().candidates] == [CandidateType.HOST]
 
 
+async def test_lite_session_uses_host_candidates_only(
+    nursery: trio.Nursery, turn_server: int
+) -> None:
+    lite = await start_node(nursery, turn=[turn_config(turn_server)])
+    full = await start_node(nursery)
+    with trio.fail_after(10):
+        await lite.transport.wait_gathered()
+        await full.transport.wait_gathered()
+    assert any(c.type is CandidateType.RELAY for c in lite.transport.candidates)
+    sl = lite.transport.open_session("full", controlling=False, lite=True)
+    lite.session = sl
+    sl.on_data = lite.on_data
+    desc = sl.local_description()
+    assert desc.lite and [c.type for c in desc.candidates] == [CandidateType.HOST]
+    sf = full.open("lite", False)  # a full agent facing a lite one becomes controlling
+    sf.set_remote_description(desc)
+    sl.set_remote_description(sf.local_description())
+    with trio.fail_after(10):
+        await sf.wait_connected()
+        await sl.wait_connected()
+    assert sf.agent.controlling
+    await exchange(full, lite)
+
+
 async def test_many_sessions_share_one_socket(nursery: trio.Nursery) -> None:
     hub = await start_node(nursery)
     others = [await start_node(nursery) for _ in range(3)]
