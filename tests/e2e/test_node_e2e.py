@@ -14,6 +14,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -273,3 +274,163 @@ def test_cone_cone_direct_ping_and_tcp(deployment: Callable[..., Deployment]) ->
     after = dep.peer_status(alice, bob)
     assert after["rx_bytes"] > MB and after["tx_bytes"] > 4 * MB
     assert after["consent_age"] is not None and after["last_handshake"] is not None
+
+
+def test_symmetric_vs_port_restricted_relays(deployment: Callable[..., Deployment]) -> None:
+    dep = deployment(["sym", "prc"])
+    alice, bob = dep.nodes
+    dep.wait_connected()
+    for a, b in ((alice, bob), (bob, alice)):
+        assert dep.peer_status(a, b)["path"] == "relay"
+    assert dep.ping(alice, bob).returncode == 0
+    dep.lab.reset_counters()
+    dep.tcp_transfer(alice, bob, 1 * MB)
+    assert dep.lab.server_bytes("site1") > MB and dep.lab.server_bytes("site2") > MB
+    assert dep.lab.direct_bytes("site1", "site2") == 0
+
+
+def test_udp_blocked_uses_turn_over_tcp(deployment: Callable[..., Deployment]) -> None:
+    dep = deployment(["udp-blocked", "cone"], turn="tcp")
+    alice, bob = dep.nodes
+    dep.wait_connected()
+    entry = dep.peer_status(alice, bob)
+    assert entry["path"] == "relay" and entry["local_candidate"]["type"] == "relay", entry
+    assert dep.ping(alice, bob).returncode == 0
+    dep.tcp_transfer(bob, alice, 1 * MB)
+
+
+def _handshakes(dep: Deployment, node: Node) -> int:
+    return (dep.workdir / f"{node.name}.log").read_text().count("handshake completed")
+
+
+def test_relay_moves_to_direct_without_new_handshake(natlab: LabFactory, tmp_path: Path) -> None:
+    lab = natlab(["cone", "cone"])
+    lab.block("site1", "site2")  # hole punching fails at first: relayed
+    dep = Deployment(lab, tmp_path)
+    alice = dep.add_node("alice", "site1", "10.77.0.1/24")
+    bob = dep.add_node("bob", "site2", "10.77.0.2/24")
+    dep.start_rendezvous()
+    dep.start_node(alice)
+    dep.start_node(bob)
+    dep.wait_connected()
+    assert dep.peer_status(alice, bob)["path"] == "relay"
+    assert dep.ping(alice, bob).returncode == 0
+    before = (_handshakes(dep, alice), _handshakes(dep, bob))
+    assert before == (1, 1)
+
+    lab.unblock("site1", "site2")
+    wait_until(
+        lambda: (
+            dep.peer_status(alice, bob).get("path") == "direct"
+            and dep.peer_status(bob, alice).get("path") == "direct"
+        ),
+        30,
+        interval=0.3,
+        what="moved to the direct path",
+    )
+    lab.reset_counters()
+    assert dep.ping(alice, bob).returncode == 0
+    assert lab.direct_bytes("site1", "site2") > 0
+    assert (_handshakes(dep, alice), _handshakes(dep, bob)) == before
+
+
+ECHO_SERVER = """
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(1)
+print("ready", flush=True)
+c, _ = s.accept()
+f = c.makefile("rwb")
+for line in f:
+    f.write(line)
+    f.flush()
+"""
+
+ECHO_CLIENT = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=60)
+f = c.makefile("rwb")
+for line in sys.stdin.buffer:
+    f.write(line)
+    f.flush()
+    sys.stdout.buffer.write(f.readline())
+    sys.stdout.flush()
+"""
+
+
+def test_network_change_restarts_ice_and_tcp_survives(
+    deployment: Callable[..., Deployment],
+) -> None:
+    dep = deployment(["cone", "prc"])
+    alice, bob = dep.nodes
+    dep.wait_connected()
+    lab = dep.lab
+    server = lab.popen(
+        bob.site,
+        [sys.executable, "-c", ECHO_SERVER, bob.tunnel_ip, "5003"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+    client = lab.popen(
+        alice.site,
+        [sys.executable, "-c", ECHO_CLIENT, bob.tunnel_ip, "5003"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert client.stdin is not None and client.stdout is not None
+    client.stdin.write("before\n")
+    client.stdin.flush()
+    assert client.stdout.readline() == "before\n"
+    old_local = dep.peer_status(alice, bob)["local_candidate"]
+    handshakes = _handshakes(dep, alice)
+
+    new_addr = lab.set_host_address("site1")  # the node's LAN address changes under it
+    wait_until(
+        lambda: (
+            dep.peer_status(alice, bob).get("local_candidate") not in (None, old_local)
+            and dep.peer_status(alice, bob).get("state") == "connected"
+        ),
+        30,
+        interval=0.3,
+        what="ICE restarted onto a new pair",
+    )
+    assert "network change" in (dep.workdir / "alice.log").read_text()
+    # The same TCP connection carries on over the new path; the WireGuard session too.
+    client.stdin.write("after\n")
+    client.stdin.flush()
+    assert client.stdout.readline() == "after\n"
+    assert _handshakes(dep, alice) == handshakes
+    assert new_addr != "10.0.1.2"
+
+
+def test_rendezvous_loss_keeps_the_tunnel(deployment: Callable[..., Deployment]) -> None:
+    dep = deployment(["cone", "cone"])
+    alice, bob = dep.nodes
+    dep.wait_connected()
+    assert dep.rendezvous is not None
+    dep.lab.stop(dep.rendezvous)
+    wait_until(
+        lambda: dep.status(alice).get("node", {}).get("rendezvous") == "disconnected",
+        30,
+        interval=0.3,
+        what="rendezvous seen as gone",
+    )
+    # Well past the signaling dead-peer timeout: the tunnel does not care.
+    for _ in range(3):
+        assert dep.ping(alice, bob, count=2).returncode == 0
+        assert dep.peer_status(alice, bob)["state"] == "connected"
+        time.sleep(2)
+    dep.start_rendezvous()
+    wait_until(
+        lambda: all(
+            dep.status(n).get("node", {}).get("rendezvous") == "connected" for n in dep.nodes
+        ),
+        60,
+        interval=0.5,
+        what="both nodes back on the rendezvous",
+    )
+    assert dep.ping(alice, bob).returncode == 0
