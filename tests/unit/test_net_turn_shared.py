@@ -3,10 +3,12 @@ mux's routing rules. Every wait is bounded."""
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import socket
 from collections.abc import AsyncIterator
 from functools import partial
+from pathlib import Path
 
 import pytest
 import trio
@@ -248,3 +250,108 @@ def test_route_source_and_cache() -> None:
     mux.local_ip_for("198.51.100.1")
     assert calls.count("198.51.100.1") == 2
     ep.close()
+
+
+def _certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a certificate for 127.0.0.1 it signed: (ca, cert, key)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    span = (now - datetime.timedelta(minutes=5), now + datetime.timedelta(hours=1))
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(span[0])
+        .not_valid_after(span[1])
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(span[0])
+        .not_valid_after(span[1])
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(HOST))]), False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = directory / "ca.pem", directory / "cert.pem", directory / "key.pem"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
+
+
+async def test_tls_relay(nursery: trio.Nursery, tmp_path: Path) -> None:
+    ca, cert, key = _certificates(tmp_path)
+    port, tls_port = free_port(), free_port()
+    settings = TurnServerSettings(
+        realm="lab",
+        relay_address=HOST,
+        relay_ports=(44000, 44999),
+        users={"alice": "pw"},
+        allow_peers=(ipaddress.ip_network("127.0.0.0/8"),),
+        tls_listen=((HOST, tls_port),),
+        tls_cert=str(cert),
+        tls_key=str(key),
+    )
+    svc = await StunTurnService.bind(StunServerSettings(((HOST, port),)), settings)
+    scope = trio.CancelScope()
+
+    async def serve() -> None:
+        with scope:
+            await svc.serve()
+
+    nursery.start_soon(serve)
+    got: list[bytes] = []
+    relay = TurnRelay.stream(
+        (HOST, tls_port),
+        "alice",
+        "pw",
+        transport="tls",
+        ca_file=str(ca),
+        on_data=lambda r, p, d: got.append(d),
+    )
+    await nursery.start(relay.run)
+    assert relay.transport == "tls" and relay.allocated
+    peer = await peer_socket()
+    relay.create_permission(HOST)
+    with trio.fail_after(5):
+        while True:
+            relay.send(peer.getsockname(), b"over tls")
+            with trio.move_on_after(0.2):
+                data, _ = await peer.recvfrom(2048)
+                break
+    assert data == b"over tls"
+    await peer.sendto(b"back", relay.relayed)
+    with trio.fail_after(5):
+        while not got:
+            await trio.sleep(0.01)
+    relay.close()
+    peer.close()
+    # A CA that did not sign the server's certificate: the handshake fails, one line.
+    (tmp_path / "other").mkdir()
+    other_ca, _, _ = _certificates(tmp_path / "other")
+    bad = TurnRelay.stream((HOST, tls_port), "alice", "pw", transport="tls", ca_file=str(other_ca))
+    with pytest.raises(RuntimeFailure, match="TLS handshake"):
+        await nursery.start(partial(bad.run, timeout=5))
+    scope.cancel()
