@@ -99,8 +99,9 @@ from p2ptun.turn.client import AllocationLost, TurnEvent
 
 log = get_logger("net.ice")
 
-#: Requests sent are remembered this long for routing their responses (RFC 8489 §6.2.1 with
-#: the agent's defaults: the last retransmission at 31.5 s, the timeout at 39.5 s).
+#: A request's transaction id is remembered this long after its latest (re)transmission, for
+#: routing the response (RFC 8489 §6.2.1: the final wait after the last send is Rm·RTO, 8 s
+#: with the agent's defaults; responses normally come within one round trip).
 TRANSACTION_MEMORY = 45.0
 #: At most this many remembered transactions (oldest forgotten first).
 MAX_REMEMBERED_TRANSACTIONS = 16384
