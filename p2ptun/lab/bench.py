@@ -1,0 +1,936 @@
+"""The ``tunnel`` section of ``scripts/bench``: p2ptun against the raw link and wireguard-go.
+
+``python -m p2ptun.lab.bench [--quick] [--idle S] [--iperf-seconds S] [--runs N] [--json F]``
+prints one table. Not a test: the numbers depend on the machine and drift between runs, so
+every row is measured in the same run, one measurement at a time, over the same topology.
+
+Topology: a :class:`~p2ptun.lab.natlab.NatLab` with two full-cone sites (``cone,cone``), a fresh
+lab for each row so that no row inherits NAT state, a renumbered host or a block from another::
+
+    site1 (10.0.1.2) ── nat1 (198.51.100.18) ── inet ── nat2 (198.51.100.34) ── site2 (10.0.2.2)
+                                                  │
+                                                server (203.0.113.10: rendezvous, STUN, TURN)
+
+Rows:
+
+``raw link``
+    No tunnel: site1 talks to nat2's public address, and nat2 forwards TCP port 5201 and ICMP
+    echo to site2 (a port forward added for the benchmark). The packets cross the same
+    namespaces, veths, NATs and conntrack as the tunnels' direct path, so the row is the ceiling
+    a tunnel over that path can reach. Kernel forwarding has no process to charge CPU to.
+``p2ptun direct``
+    ``p2ptun rendezvous`` on the server, ``p2ptun up`` on both sites; ICE finds the direct pair
+    through the cone NATs (checked: status path ``direct``, and the internet's counters show the
+    bytes went straight between the sites).
+``p2ptun relayed``
+    The same, but the internet drops everything between the two sites (:meth:`NatLab.block`),
+    so ICE settles on the embedded TURN server (checked: status path ``relay``, no direct bytes,
+    the bytes go through the server). The rendezvous process counts towards CPU.
+``wireguard-go``
+    wireguard-go on both site hosts, each peer's endpoint the other's NAT address and port
+    51820, ``persistent-keepalive 25`` (what a NATed WireGuard peer needs). The full-cone NATs
+    keep the source port and let the peer in once the local side has sent. Default MTU (1420;
+    p2ptun's default is smaller, 1416, as it leaves room for IPv6 and TURN framing).
+
+Columns (each tunnel row):
+
+- TCP throughput: ``iperf3`` from site1 to site2's tunnel address, one flow, ``--iperf-seconds``
+  (10) each, median of ``--runs`` (3) with min–max, receiver's rate.
+- ping RTT: average of ``--pings`` (20) pings at 0.2 s from site1 to site2's tunnel address.
+- CPU s/GB: utime+stime (``/proc/PID/stat``) of the tunnel processes at both ends (plus the
+  rendezvous when relayed) over all iperf3 runs, divided by the GB (10^9 bytes) received.
+- connect: from starting the second node (``p2ptun up``, or wireguard-go and its ``wg set``
+  configuration) to the first reply of a ``ping -i 0.02`` stream started at the same moment
+  from the first site. The first node is already up (and registered at the rendezvous).
+- recovery: site1's host gets a new LAN address (:meth:`NatLab.set_host_address`) during a
+  ``ping -i 0.1`` stream; time from the renumbering to the first reply to an echo request sent
+  after it (reply time minus its RTT is the request's send time).
+- wake-ups/s: voluntary context switches (``/proc/PID/task/*/status``) of each tunnel daemon,
+  summed over its threads, in the last ``--wake-window`` (10) s of ``--idle`` (60) s with no
+  traffic after connecting; mean of the two daemons, each with one peer (so per peer, too).
+- RSS: ``VmRSS`` of each daemon at the end of that idle period (before any bulk traffic);
+  mean of the two.
+
+Ratios against wireguard-go and the raw link follow in extra rows. Everything runs inside the
+lab's namespaces; every process is started with :meth:`NatLab.popen` and stopped by PID; the lab
+and the working directory are removed on exit, also on failure, Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import functools
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+from p2ptun.keys import encode_key, generate_private_key, public_key
+from p2ptun.lab.natlab import NatLab, iter_lines, lab_unavailable_reason
+
+RV = "203.0.113.10"
+"""The rendezvous (signaling, STUN, TURN) on the lab's server."""
+IPERF_PORT = 5201
+WG_PORT = 51820
+CONNECT_TIMEOUT = 30.0
+RECOVERY_TIMEOUT = 30.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+LAB_SITES = ("cone", "cone")
+
+ROW_RAW = "raw link"
+ROW_DIRECT = "p2ptun direct"
+ROW_RELAY = "p2ptun relayed"
+ROW_WG = "wireguard-go"
+ROWS = (ROW_RAW, ROW_DIRECT, ROW_RELAY, ROW_WG)
+"""The rows of the table, in order."""
+
+
+class BenchError(RuntimeError):
+    """A measurement could not be made (a tunnel did not come up, a tool failed)."""
+
+
+@dataclasses.dataclass
+class Options:
+    """How long and how often to measure."""
+
+    iperf_seconds: float = 10.0
+    runs: int = 3
+    pings: int = 20
+    ping_interval: float = 0.2
+    idle: float = 60.0
+    wake_window: float = 10.0
+    rows: tuple[str, ...] = ROWS
+    verbose: bool = True
+    keep_logs: Path | None = None
+    """Copy each row's logs and configs here (a directory per row) before removing them."""
+
+    @classmethod
+    def quick(cls) -> Options:
+        """A smoke run: 3 s iperf3, one run, 5 pings, 5 s idle."""
+        return cls(iperf_seconds=3.0, runs=1, pings=5, idle=5.0, wake_window=5.0)
+
+
+@dataclasses.dataclass
+class Result:
+    """One row of the table; ``None`` where a metric does not apply or was not measured."""
+
+    name: str
+    throughput_mbps: list[float] = dataclasses.field(default_factory=list)
+    rtt_ms: float | None = None
+    cpu_s_per_gb: float | None = None
+    connect_s: float | None = None
+    recovery_s: float | None = None
+    wakeups_per_s: float | None = None
+    rss_mib: float | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def throughput_median(self) -> float | None:
+        return statistics.median(self.throughput_mbps) if self.throughput_mbps else None
+
+
+# ---------------------------------------------------------------------------- /proc readings
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads, live and exited), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    # After the command name: state is field 3 of stat(5); utime and stime are 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def voluntary_switches(pid: int) -> dict[int, int]:
+    """Voluntary context switches of each thread of a process: tid -> count."""
+    counts: dict[int, int] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    counts[int(task.name)] = int(line.split()[1])
+    return counts
+
+
+def rss_mib(pid: int) -> float:
+    """Resident set size (``VmRSS``) of a process in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise BenchError(f"no VmRSS for PID {pid}")
+
+
+def wakeups_per_second(pids: Sequence[int], window: float) -> list[float]:
+    """Voluntary context switches per second of each process over ``window`` seconds."""
+    before = [voluntary_switches(pid) for pid in pids]
+    start = time.monotonic()
+    time.sleep(window)
+    after = [voluntary_switches(pid) for pid in pids]
+    elapsed = time.monotonic() - start
+    rates = []
+    for b, a in zip(before, after, strict=True):
+        switches = sum(count - b.get(tid, 0) for tid, count in a.items())
+        rates.append(switches / elapsed)
+    return rates
+
+
+# ---------------------------------------------------------------------------- ping
+
+_REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from .*icmp_seq=(\d+) .*time=([\d.]+) ms")
+_RTT_SUMMARY = re.compile(r"= [\d.]+/([\d.]+)/[\d.]+/[\d.]+ ms")
+
+
+def parse_reply(line: str) -> tuple[float, int, float] | None:
+    """``ping -D`` reply line -> (receive time (Unix s), icmp_seq, RTT in s), or None."""
+    m = _REPLY.match(line)
+    if m is None:
+        return None
+    return float(m.group(1)), int(m.group(2)), float(m.group(3)) / 1000
+
+
+def ping_stream(
+    lab: NatLab, host: str, dst: str, interval: float, deadline_s: float
+) -> subprocess.Popen[str]:
+    """Start ``ping -D`` (timestamped replies) from ``host`` to ``dst``, at most ``deadline_s``."""
+    argv = ["ping", "-D", "-n", "-i", str(interval), "-W", "1", "-w", str(int(deadline_s)), dst]
+    return lab.popen(host, argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
+def first_reply(stream: IO[str], deadline: float, sent_after: float = 0.0) -> float | None:
+    """Receive time of the first reply to a request sent at or after ``sent_after`` (Unix
+    time), reading ``stream`` until ``deadline`` (monotonic); None if there is none by then."""
+    for line in iter_lines(stream, deadline):
+        reply = parse_reply(line)
+        if reply is not None and reply[0] - reply[2] >= sent_after:
+            return reply[0]
+    return None
+
+
+def average_rtt_ms(lab: NatLab, host: str, dst: str, count: int, interval: float) -> float:
+    """Average RTT in ms of ``count`` pings at ``interval`` from ``host`` to ``dst``."""
+    argv = ["ping", "-n", "-q", "-c", str(count), "-i", str(interval), "-W", "2", dst]
+    proc = lab.exec(host, *argv, timeout=count * interval + 30)
+    m = _RTT_SUMMARY.search(proc.stdout)
+    if m is None:
+        raise BenchError(f"ping {dst} from {host} failed: {proc.stdout.strip()[-200:]}")
+    return float(m.group(1))
+
+
+# ---------------------------------------------------------------------------- a lab per row
+
+
+class Bench:
+    """One lab, its working directory and the processes of one row."""
+
+    def __init__(self, lab: NatLab, workdir: Path, opts: Options) -> None:
+        self.lab = lab
+        self.workdir = workdir
+        self.opts = opts
+        self.tag = secrets.token_hex(2)
+
+    def say(self, text: str) -> None:
+        if self.opts.verbose:
+            print(f"   {text}", file=sys.stderr, flush=True)
+
+    def log_file(self, name: str) -> IO[bytes]:
+        return (self.workdir / f"{name}.log").open("ab")
+
+    def daemon(
+        self, host: str, name: str, argv: Sequence[str], **env: str
+    ) -> subprocess.Popen[Any]:
+        """Start a long-running program in ``host``, output to ``<name>.log``."""
+        with self.log_file(name) as out:
+            return self.lab.popen(
+                host,
+                list(argv),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **env},
+            )
+
+    def tail_logs(self, lines: int = 20) -> str:
+        parts = []
+        for path in sorted(self.workdir.glob("*.log")):
+            text = path.read_text(errors="replace").splitlines()[-lines:]
+            parts.append(f"--- {path.name}\n" + "\n".join(text))
+        return "\n".join(parts)
+
+    # ------------------------------------------------------------------ iperf3
+
+    def throughput(
+        self, server_host: str, bind: str, dst: str, tunnel_pids: Sequence[int], result: Result
+    ) -> None:
+        """iperf3 runs from site1 to ``dst`` (served in ``server_host`` on ``bind``); fills the
+        throughput and, with ``tunnel_pids``, the CPU-seconds per GB of ``result``."""
+        server = self.lab.popen(
+            server_host,
+            ["iperf3", "-s", "-B", bind, "-p", str(IPERF_PORT)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(0.3)  # iperf3 binds at once; a refused first connect would waste a run
+            cpu = 0.0
+            received = 0
+            for run in range(self.opts.runs):
+                before = sum(cpu_seconds(pid) for pid in tunnel_pids)
+                rate, nbytes = self._iperf_client(dst)
+                cpu += sum(cpu_seconds(pid) for pid in tunnel_pids) - before
+                received += nbytes
+                result.throughput_mbps.append(rate / 1e6)
+                self.say(f"iperf3 run {run + 1}/{self.opts.runs}: {rate / 1e6:.0f} Mbit/s")
+        finally:
+            self.lab.stop(server)
+        if tunnel_pids and received:
+            result.cpu_s_per_gb = cpu / (received / 1e9)
+
+    def _iperf_client(self, dst: str) -> tuple[float, int]:
+        seconds = self.opts.iperf_seconds
+        argv = ["iperf3", "-c", dst, "-p", str(IPERF_PORT), "-t", f"{seconds:g}", "-J"]
+        argv += ["--connect-timeout", "5000"]
+        for attempt in range(3):
+            proc = self.lab.exec("site1", *argv, timeout=seconds + 30)
+            try:
+                report = json.loads(proc.stdout)
+            except json.JSONDecodeError:
+                report = {"error": proc.stderr.strip() or proc.stdout.strip()[-200:]}
+            if "error" not in report:
+                received = report["end"]["sum_received"]
+                return float(received["bits_per_second"]), int(received["bytes"])
+            if attempt < 2:
+                time.sleep(0.5)
+        raise BenchError(f"iperf3 to {dst} failed: {report['error']}")
+
+    def check_path(self, received: int, relayed: bool) -> None:
+        """The lab's counters show the bulk of ``received`` bytes went the expected way."""
+        direct = self.lab.direct_bytes("site1", "site2")
+        via_server = self.lab.server_bytes("site1")
+        if relayed and (direct > 0 or via_server < received // 2):
+            raise BenchError(f"not relayed: {direct} B direct, {via_server} B via the server")
+        if not relayed and direct < received // 2:
+            raise BenchError(f"not direct: {direct} B direct, {via_server} B via the server")
+
+
+# ---------------------------------------------------------------------------- raw link
+
+
+def bench_raw(bench: Bench) -> Result:
+    """Row ``raw link``: iperf3 and ping from site1 to nat2's public address, forwarded."""
+    lab, result = bench.lab, Result(ROW_RAW)
+    site2 = lab.site("site2")
+    wan = lab.if_wan("site2")
+    rules = (
+        "table ip bench {\n"
+        "  chain prerouting {\n"
+        "    type nat hook prerouting priority dstnat - 5; policy accept;\n"
+        f'    iifname "{wan}" tcp dport {IPERF_PORT} dnat to {site2.host_addr}\n'
+        f'    iifname "{wan}" icmp type echo-request dnat to {site2.host_addr}\n'
+        "  }\n"
+        "}\n"
+        # the router's own forward chain lets in only what it knows: add the port forward
+        f'insert rule ip lab forward iifname "{wan}" ct status dnat accept\n'
+    )
+    lab.exec("nat2", "nft", "-f", "-", input=rules, check=True, timeout=10)
+    dst = site2.wan_addr
+    lab.reset_counters()
+    bench.throughput("site2", site2.host_addr, dst, [], result)
+    bench.check_path(_received_bytes(result, bench.opts), relayed=False)
+    result.rtt_ms = average_rtt_ms(lab, "site1", dst, bench.opts.pings, bench.opts.ping_interval)
+    result.notes.append(f"site1 -> {dst} (nat2, forwarded to site2)")
+    return result
+
+
+def _received_bytes(result: Result, opts: Options) -> int:
+    """A lower bound of what the iperf3 runs moved (for the path check): bits -> bytes."""
+    return int(sum(result.throughput_mbps) * 1e6 / 8 * opts.iperf_seconds * 0.9)
+
+
+# ---------------------------------------------------------------------------- tunnels
+
+
+class Tunnel:
+    """A tunnel between site1 and site2 that the common measurements drive."""
+
+    name = ""
+    peer_ip = ""
+    """site2's tunnel address."""
+    relayed = False
+
+    def __init__(self, bench: Bench) -> None:
+        self.bench = bench
+        self.lab = bench.lab
+
+    def start_first(self) -> None:
+        """Start site1's end and wait until it is ready for the peer."""
+        raise NotImplementedError
+
+    def start_second(self) -> None:
+        """Start site2's end (timed from the call: return as soon as it is started)."""
+        raise NotImplementedError
+
+    def wait_established(self) -> None:
+        """Wait until the tunnel is up as expected (direct or relayed); raise otherwise."""
+        raise NotImplementedError
+
+    def daemon_pids(self) -> list[int]:
+        """The two tunnel daemons (site1's, site2's)."""
+        raise NotImplementedError
+
+    def cpu_pids(self) -> list[int]:
+        """Every process that carries the data: the daemons, and a relay if there is one."""
+        return self.daemon_pids()
+
+    def extra_notes(self) -> list[str]:
+        """Remarks for the table's notes (MTU and the like), while the tunnel runs."""
+        return []
+
+    def stop(self) -> None:
+        """Stop the tunnel's processes by PID, the daemons before what they depend on."""
+        raise NotImplementedError
+
+
+def measure_tunnel(tunnel: Tunnel, opts: Options) -> Result:
+    """The common measurements, in order: connect, idle, throughput, RTT, recovery."""
+    try:
+        return _measure(tunnel, opts)
+    finally:
+        tunnel.stop()
+
+
+def _measure(tunnel: Tunnel, opts: Options) -> Result:
+    bench, lab = tunnel.bench, tunnel.lab
+    result = Result(tunnel.name)
+    tunnel.start_first()
+
+    # connect: ping from site1 started together with the second end
+    budget = CONNECT_TIMEOUT
+    pinger = ping_stream(lab, "site1", tunnel.peer_ip, 0.02, budget + 5)
+    assert pinger.stdout is not None
+    t0 = time.time()
+    tunnel.start_second()
+    got = first_reply(pinger.stdout, time.monotonic() + budget)
+    lab.stop(pinger)
+    if got is None:
+        raise BenchError(f"no ping reply within {budget:.0f} s of starting the second end")
+    result.connect_s = got - t0
+    bench.say(f"connect: first reply after {result.connect_s:.2f} s")
+    tunnel.wait_established()
+
+    # idle: wake-ups in the last window, then RSS
+    pids = tunnel.daemon_pids()
+    window = min(opts.wake_window, opts.idle)
+    bench.say(f"idle {opts.idle:g} s (wake-ups counted over the last {window:g} s)")
+    time.sleep(max(0.0, opts.idle - window))
+    rates = wakeups_per_second(pids, window)
+    result.wakeups_per_s = statistics.mean(rates)
+    result.rss_mib = statistics.mean(rss_mib(pid) for pid in pids)
+    bench.say(
+        "wake-ups/s " + ", ".join(f"{r:.1f}" for r in rates) + f"; RSS {result.rss_mib:.1f} MiB"
+    )
+
+    # throughput and CPU
+    lab.reset_counters()
+    bench.throughput("site2", tunnel.peer_ip, tunnel.peer_ip, tunnel.cpu_pids(), result)
+    bench.check_path(_received_bytes(result, opts), relayed=tunnel.relayed)
+
+    result.rtt_ms = average_rtt_ms(lab, "site1", tunnel.peer_ip, opts.pings, opts.ping_interval)
+    bench.say(f"ping: {result.rtt_ms:.3f} ms")
+
+    # recovery after site1's host is renumbered
+    pinger = ping_stream(lab, "site1", tunnel.peer_ip, 0.1, RECOVERY_TIMEOUT + 10)
+    assert pinger.stdout is not None
+    if first_reply(pinger.stdout, time.monotonic() + 5) is None:
+        lab.stop(pinger)
+        raise BenchError("no ping reply before the renumbering")
+    time.sleep(1.0)
+    t_renumber = time.time()
+    new_addr = lab.set_host_address("site1")
+    got = first_reply(pinger.stdout, time.monotonic() + RECOVERY_TIMEOUT, sent_after=t_renumber)
+    lab.stop(pinger)
+    if got is None:
+        result.notes.append(f"no reply within {RECOVERY_TIMEOUT:.0f} s of the renumbering")
+    else:
+        result.recovery_s = got - t_renumber
+        bench.say(f"recovery after site1 -> {new_addr}: {result.recovery_s:.2f} s")
+    result.notes += tunnel.extra_notes()
+    return result
+
+
+# ------------------------------------------------------------------ p2ptun
+
+
+def _control_request(path: str, request: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+    """One request on a node's control socket (one JSON line each way); {} if it fails."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(path)
+            sock.sendall(json.dumps(request).encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        reply: dict[str, Any] = json.loads(data)
+    except (OSError, ValueError):
+        return {}
+    return reply
+
+
+@dataclasses.dataclass
+class _Node:
+    name: str
+    site: str
+    ifname: str
+    ip: str
+    key: str
+    pub: str
+    proc: subprocess.Popen[Any] | None = None
+
+
+class P2ptunTunnel(Tunnel):
+    """``p2ptun rendezvous`` on the server, ``p2ptun up`` on site1 (alice) and site2 (bob)."""
+
+    def __init__(self, bench: Bench, relayed: bool) -> None:
+        super().__init__(bench)
+        self.relayed = relayed
+        self.name = ROW_RELAY if relayed else ROW_DIRECT
+        self.peer_ip = "10.77.0.2"
+        self.run_dir = bench.workdir / "run"
+        rv_priv = generate_private_key()
+        self.rv_key, self.rv_pub = encode_key(rv_priv), encode_key(public_key(rv_priv))
+        self.nodes = []
+        for i, name in enumerate(("alice", "bob"), start=1):
+            priv = generate_private_key()
+            self.nodes.append(
+                _Node(
+                    name,
+                    f"site{i}",
+                    f"p2p{bench.tag}{name[0]}",
+                    f"10.77.0.{i}",
+                    encode_key(priv),
+                    encode_key(public_key(priv)),
+                )
+            )
+        self.rendezvous: subprocess.Popen[Any] | None = None
+        if relayed:
+            self.lab.block("site1", "site2")
+        self._start_rendezvous()
+
+    def _env(self) -> dict[str, str]:
+        return {"P2PTUN_RUN_DIR": str(self.run_dir)}
+
+    def _start_rendezvous(self) -> None:
+        work = self.bench.workdir
+        nodes = "".join(
+            f'[[node]]\nname = "{n.name}"\npublic_key = "{n.pub}"\n' for n in self.nodes
+        )
+        path = work / "rendezvous.toml"
+        path.write_text(
+            f'listen = "{RV}:7070"\nprivate_key = "{self.rv_key}"\n'
+            f'database = "{work}/rendezvous.sqlite"\n'
+            f'[stun]\nlisten = ["{RV}:3478"]\n'
+            f'[turn]\nrealm = "bench"\nrelay_address = "{RV}"\nrelay_ports = "49152-49999"\n'
+            f'auth_secret = "{secrets.token_hex(16)}"\n' + nodes
+        )
+        path.chmod(0o600)
+        argv = [sys.executable, "-m", "p2ptun", "rendezvous", "-c", str(path)]
+        self.rendezvous = self.bench.daemon("server", "rendezvous", argv, **self._env())
+
+    def _start_node(self, node: _Node) -> None:
+        peers = "".join(
+            f'[[peer]]\nname = "{p.name}"\npublic_key = "{p.pub}"\nallowed_ips = ["{p.ip}/32"]\n'
+            for p in self.nodes
+            if p is not node
+        )
+        path = self.bench.workdir / f"{node.name}.toml"
+        path.write_text(
+            f'name = "{node.name}"\nprivate_key = "{node.key}"\n'
+            f'[interface]\nname = "{node.ifname}"\naddress = ["{node.ip}/24"]\n'
+            f'[rendezvous]\naddress = "{RV}:7070"\npublic_key = "{self.rv_pub}"\n'
+            f'[ice]\nstun = ["{RV}:3478"]\n'
+            f'turn = [{{ url = "turn:{RV}:3478?transport=udp" }}]\n' + peers
+        )
+        path.chmod(0o600)
+        argv = [sys.executable, "-m", "p2ptun", "up", "-c", str(path)]
+        node.proc = self.bench.daemon(node.site, node.name, argv, **self._env())
+
+    def status(self, node: _Node) -> dict[str, Any]:
+        sock = str(self.run_dir / f"{node.ifname}.sock")
+        reply = _control_request(sock, {"cmd": "status"})
+        status: dict[str, Any] = reply.get("status", {}) if reply.get("ok") else {}
+        return status
+
+    def _alive(self, node: _Node) -> None:
+        if node.proc is None or node.proc.poll() is not None:
+            raise BenchError(f"p2ptun up ({node.name}) exited:\n{self.bench.tail_logs()}")
+        if self.rendezvous is None or self.rendezvous.poll() is not None:
+            raise BenchError(f"p2ptun rendezvous exited:\n{self.bench.tail_logs()}")
+
+    def _wait(self, what: str, check: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not check():
+            for node in self.nodes:
+                if node.proc is not None:
+                    self._alive(node)
+            if time.monotonic() > deadline:
+                raise BenchError(f"{what}: not within {timeout:.0f} s\n{self.bench.tail_logs()}")
+            time.sleep(0.1)
+
+    def start_first(self) -> None:
+        alice = self.nodes[0]
+        self._start_node(alice)
+        self._wait(
+            "alice registered at the rendezvous",
+            lambda: self.status(alice).get("node", {}).get("rendezvous") == "connected",
+            CONNECT_TIMEOUT,
+        )
+
+    def start_second(self) -> None:
+        self._start_node(self.nodes[1])
+
+    def _paths(self) -> list[str | None]:
+        paths = []
+        for node in self.nodes:
+            peers = self.status(node).get("peers", [])
+            ok = peers and peers[0].get("state") == "connected"
+            paths.append(peers[0].get("path") if ok else None)
+        return paths
+
+    def wait_established(self) -> None:
+        want = "relay" if self.relayed else "direct"
+        self._wait(
+            f"both nodes connected, path {want}",
+            lambda: self._paths() == [want, want],
+            CONNECT_TIMEOUT,
+        )
+
+    def daemon_pids(self) -> list[int]:
+        return [n.proc.pid for n in self.nodes if n.proc is not None]
+
+    def cpu_pids(self) -> list[int]:
+        pids = self.daemon_pids()
+        if self.relayed and self.rendezvous is not None:
+            pids.append(self.rendezvous.pid)
+        return pids
+
+    def extra_notes(self) -> list[str]:
+        mtu = _mtu(self.lab, "site1", self.nodes[0].ifname)
+        notes = [f"MTU {mtu}"]
+        if self.relayed and self.rendezvous is not None:
+            rss = rss_mib(self.rendezvous.pid)
+            notes.append(f"rendezvous RSS {rss:.1f} MiB (after the transfers)")
+        return notes
+
+    def stop(self) -> None:
+        for node in reversed(self.nodes):
+            if node.proc is not None:
+                self.lab.stop(node.proc)
+        if self.rendezvous is not None:
+            self.lab.stop(self.rendezvous)
+
+
+def _mtu(lab: NatLab, host: str, ifname: str) -> str:
+    out = lab.exec(host, "cat", f"/sys/class/net/{ifname}/mtu", timeout=10).stdout.strip()
+    return out or "?"
+
+
+# ------------------------------------------------------------------ wireguard-go
+
+
+class WireguardGoTunnel(Tunnel):
+    """wireguard-go on both site hosts, endpoints each other's NAT address, port 51820."""
+
+    name = ROW_WG
+
+    def __init__(self, bench: Bench) -> None:
+        super().__init__(bench)
+        self.peer_ip = "10.78.0.2"
+        self.ifnames = [f"wg{bench.tag}a", f"wg{bench.tag}b"]
+        self.keys = [generate_private_key(), generate_private_key()]
+        self.procs: list[subprocess.Popen[Any]] = []
+        for ifname in self.ifnames:
+            sock = Path(f"/var/run/wireguard/{ifname}.sock")
+            # wireguard-go removes its UAPI socket on SIGTERM, not when it had to be killed
+            bench.lab.add_cleanup(functools.partial(sock.unlink, missing_ok=True))
+
+    def _start(self, i: int) -> None:
+        site, ifname = f"site{i + 1}", self.ifnames[i]
+        other = self.lab.site(f"site{2 - i}")
+        proc = self.bench.daemon(site, ifname, ["wireguard-go", ifname], WG_PROCESS_FOREGROUND="1")
+        self.procs.append(proc)
+        deadline = time.monotonic() + 10
+        while self.lab.exec(site, "wg", "show", ifname, timeout=10).returncode != 0:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"wireguard-go did not come up:\n{self.bench.tail_logs()}")
+            time.sleep(0.02)
+        key_file = self.bench.workdir / f"{ifname}.key"
+        key_file.write_text(encode_key(self.keys[i]) + "\n")
+        key_file.chmod(0o600)
+        peer = encode_key(public_key(self.keys[1 - i]))
+        wg_set = ["wg", "set", ifname, "listen-port", str(WG_PORT), "private-key", str(key_file)]
+        wg_set += ["peer", peer, "allowed-ips", f"10.78.0.{2 - i}/32"]
+        wg_set += ["endpoint", f"{other.mapped_addr}:{WG_PORT}", "persistent-keepalive", "25"]
+        setup = [
+            wg_set,
+            ["ip", "addr", "add", f"10.78.0.{i + 1}/24", "dev", ifname],
+            ["ip", "link", "set", ifname, "up"],
+        ]
+        for argv in setup:
+            done = self.lab.exec(site, *argv, timeout=10)
+            if done.returncode != 0:
+                raise BenchError(f"{' '.join(argv)} in {site}: {done.stderr.strip()}")
+
+    def start_first(self) -> None:
+        self._start(0)
+
+    def start_second(self) -> None:
+        self._start(1)
+
+    def wait_established(self) -> None:
+        pass  # a ping reply came back: the handshake is done, the path is checked by counters
+
+    def daemon_pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def extra_notes(self) -> list[str]:
+        return [f"MTU {_mtu(self.lab, 'site1', self.ifnames[0])}, persistent-keepalive 25"]
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            self.lab.stop(proc)
+
+
+# ---------------------------------------------------------------------------- running
+
+
+@contextlib.contextmanager
+def _fresh_lab(name: str, opts: Options) -> Iterator[Bench]:
+    """A new cone/cone lab and working directory, removed afterwards whatever happens."""
+    workdir = Path(tempfile.mkdtemp(prefix="p2ptun-bench-"))
+    lab = None
+    try:
+        lab = NatLab.create(LAB_SITES, prefix="bn" + secrets.token_hex(3))
+        yield Bench(lab, workdir, opts)
+    finally:
+        if lab is not None:
+            lab.close()
+        if opts.keep_logs is not None:
+            dest = opts.keep_logs / f"{name.replace(' ', '-')}"
+            shutil.copytree(workdir, dest, dirs_exist_ok=True, ignore=_no_sockets)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _no_sockets(directory: str, names: list[str]) -> list[str]:
+    return [n for n in names if n.endswith(".sock") or n == "run"]
+
+
+def run_row(name: str, opts: Options) -> Result:
+    """Measure one row in a lab of its own; a failure is recorded in the result."""
+    if opts.verbose:
+        print(f"== {name}", file=sys.stderr, flush=True)
+    try:
+        with _fresh_lab(name, opts) as bench:
+            if name == ROW_RAW:
+                return bench_raw(bench)
+            if name == ROW_WG:
+                return measure_tunnel(WireguardGoTunnel(bench), opts)
+            return measure_tunnel(P2ptunTunnel(bench, relayed=name == ROW_RELAY), opts)
+    except (BenchError, subprocess.SubprocessError, OSError, RuntimeError) as exc:
+        message = str(exc)
+        print(f"   {name} FAILED: {message}", file=sys.stderr, flush=True)
+        return Result(name, error=message.splitlines()[0] if message else repr(exc))
+
+
+def run(opts: Options) -> list[Result]:
+    """Every requested row, one after the other."""
+    return [run_row(name, opts) for name in opts.rows]
+
+
+# ---------------------------------------------------------------------------- the table
+
+COLUMNS = (
+    "tunnel",
+    "TCP Mbit/s (min–max)",
+    "ping ms",
+    "CPU s/GB",
+    "connect s",
+    "recovery s",
+    "wake-ups/s",
+    "RSS MiB",
+)
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.{digits}f}"
+
+
+def _throughput_cell(r: Result) -> str:
+    med = r.throughput_median
+    if med is None:
+        return "–"
+    if len(r.throughput_mbps) == 1:
+        return f"{med:.0f}"
+    return f"{med:.0f} ({min(r.throughput_mbps):.0f}–{max(r.throughput_mbps):.0f})"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or b == 0:
+        return "–"
+    return f"{a / b:.2f}×"
+
+
+def _metrics(r: Result) -> list[float | None]:
+    return [
+        r.throughput_median,
+        r.rtt_ms,
+        r.cpu_s_per_gb,
+        r.connect_s,
+        r.recovery_s,
+        r.wakeups_per_s,
+        r.rss_mib,
+    ]
+
+
+def table_rows(results: Sequence[Result]) -> list[list[str]]:
+    """The table's body: one row per result, then the ratio rows."""
+    rows: list[list[str]] = []
+    for r in results:
+        if r.error is not None:
+            rows.append([r.name, "FAILED", *["–"] * (len(COLUMNS) - 2)])
+            continue
+        rows.append(
+            [
+                r.name,
+                _throughput_cell(r),
+                _num(r.rtt_ms, 3),
+                _num(r.cpu_s_per_gb),
+                _num(r.connect_s),
+                _num(r.recovery_s) if r.recovery_s is not None or r.name == ROW_RAW else "timeout",
+                _num(r.wakeups_per_s, 1),
+                _num(r.rss_mib, 1),
+            ]
+        )
+    by_name = {r.name: r for r in results if r.error is None}
+    for ref_name, limit in ((ROW_WG, len(COLUMNS) - 1), (ROW_RAW, 2)):
+        ref = by_name.get(ref_name)
+        if ref is None:
+            continue
+        for r in results:
+            if r.error is not None or r.name in (ref_name, ROW_RAW):
+                continue
+            cells = [_ratio(a, b) for a, b in zip(_metrics(r), _metrics(ref), strict=True)]
+            cells = [c if i < limit else "" for i, c in enumerate(cells)]
+            rows.append([f"{r.name} ÷ {ref_name}", *cells])
+    return rows
+
+
+def render(results: Sequence[Result]) -> str:
+    """The table as aligned text (a Markdown table, readable as is)."""
+    rows = [list(COLUMNS), *table_rows(results)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "| " + " | ".join(padded) + " |"
+
+    out = [line(rows[0]), "|" + "|".join(("-" * (w + 1) + ":") for w in widths) + "|"]
+    out[1] = "|" + "-" * (widths[0] + 2) + out[1][widths[0] + 3 :]
+    out += [line(row) for row in rows[1:]]
+    notes = [f"{r.name}: {'; '.join(r.notes)}" for r in results if r.notes and r.error is None]
+    notes += [f"{r.name}: FAILED: {r.error}" for r in results if r.error is not None]
+    return "\n".join(out + [""] + [f"- {n}" for n in notes])
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # unwinds through every `finally`: the lab is removed
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, argparse.Namespace]:
+    """The command line -> :class:`Options` (and the raw namespace)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m p2ptun.lab.bench",
+        description="p2ptun against the raw link and wireguard-go in a NAT lab (see the module).",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 3 s iperf3, 1 run, 5 s idle"
+    )
+    parser.add_argument("--iperf-seconds", type=float, help="length of each iperf3 run (10)")
+    parser.add_argument("--runs", type=int, help="iperf3 runs per row, median shown (3)")
+    parser.add_argument("--pings", type=int, help="pings for the RTT average (20)")
+    parser.add_argument("--idle", type=float, help="idle seconds before wake-ups and RSS (60)")
+    parser.add_argument("--wake-window", type=float, help="seconds wake-ups are counted (10)")
+    parser.add_argument(
+        "--rows",
+        help=f"comma-separated subset of: {', '.join(ROWS)} (default all)",
+    )
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--keep-logs", metavar="DIR", help="keep each row's logs in DIR")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    args = parser.parse_args(argv)
+    opts = Options.quick() if args.quick else Options()
+    for field in ("iperf_seconds", "runs", "pings", "idle", "wake_window"):
+        value = getattr(args, field)
+        if value is not None:
+            if value <= 0:
+                parser.error(f"--{field.replace('_', '-')} must be positive")
+            setattr(opts, field, value)
+    if args.rows:
+        rows = tuple(r.strip() for r in args.rows.split(","))
+        unknown = [r for r in rows if r not in ROWS]
+        if unknown:
+            parser.error(f"unknown rows {unknown} (known: {', '.join(ROWS)})")
+        opts.rows = rows
+    opts.verbose = not args.quiet
+    opts.keep_logs = Path(args.keep_logs) if args.keep_logs else None
+    return opts, args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark and print the table; exit 1 if a row failed, 2 on bad usage."""
+    opts, args = parse_args(argv)
+    reason = lab_unavailable_reason()
+    missing = [t for t in ("iperf3", "ping", "wireguard-go", "wg") if shutil.which(t) is None]
+    if reason is None and missing:
+        reason = f"missing tools: {', '.join(missing)}"
+    if reason is not None:
+        print(f"bench: {reason}", file=sys.stderr)
+        return 1
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    results = run(opts)
+    print(render(results), flush=True)
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps([dataclasses.asdict(r) for r in results], indent=2) + "\n"
+        )
+    return 1 if any(r.error is not None for r in results) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
