@@ -648,7 +648,11 @@ class NodeDaemon:
                         "stats": dataclasses.asdict(agent.stats),
                     }
                 )
-            peers[name] = {"online": session.online, "attempts": attempts}
+            peers[name] = {
+                "online": session.online,
+                "stale_wakeups": session.stale_wakeups,
+                "attempts": attempts,
+            }
         return {
             "tunnel": self.tunnel.status(),
             "mux": dataclasses.asdict(self.mux.counters),

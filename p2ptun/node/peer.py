@@ -179,7 +179,10 @@ class PeerSession:
         self._online_since: float | None = None
         self._last_restart = -1e9
         self._last_suspect_restart = -1e9
+        self._reoffer_floor = -1e9
         self._running = False
+        self.stale_wakeups = 0
+        """Times a timer was due again right after running (a bug elsewhere; never a spin)."""
 
     @property
     def name(self) -> str:
@@ -239,18 +242,24 @@ class PeerSession:
             if attempt.retire_at is not None and now >= attempt.retire_at:
                 self.retired.remove(attempt)
                 self.ctx.mux.remove_ice(attempt)
+        due = self._offer_due(now)
+        if due is not None and now >= due:
+            # Move both clocks first: whatever _offer decides (it may skip), the next due
+            # time is in the future, so this loop never spins.
+            self._reoffer_floor = now
+            self._next_try = now + RETRY_DELAYS[0]
+            self._offer("retry" if self.current is None else "offer not answered")
+
+    def _offer_due(self, now: float) -> float | None:
+        """When to offer next: after a failure (nothing running), or again when the online
+        peer leaves our offer unanswered. None: nothing to do."""
         current = self.current
-        if current is None and self.active is None and now >= self._next_try:
-            self._offer("retry")
-        elif (
-            current is not None
-            and current.controlling
-            and not current.remote_set
-            and self.online
-            and self._online_since is not None
-            and now - max(current.created, self._online_since) > OFFER_TIMEOUT
-        ):
-            self._offer("offer not answered")
+        if current is None:
+            return self._next_try if self.active is None else None
+        if current.controlling and not current.remote_set and self.online:
+            since = max(current.created, self._online_since or now, self._reoffer_floor)
+            return since + OFFER_TIMEOUT
+        return None
 
     def _next_deadline(self, now: float) -> float:
         times = [now + 30.0]
@@ -260,12 +269,16 @@ class PeerSession:
                 times.append(t)
             if attempt.retire_at is not None:
                 times.append(attempt.retire_at)
-        if self.current is None and self.active is None:
-            times.append(self._next_try)
-        current = self.current
-        if current is not None and current.controlling and not current.remote_set:
-            times.append(max(current.created, self._online_since or now) + OFFER_TIMEOUT + 0.01)
-        return min(times)
+        due = self._offer_due(now)
+        if due is not None:
+            times.append(due)
+        deadline = min(times)
+        if deadline <= now:
+            # Something asked to be woken in the past and was not moved by running it: do
+            # not spin on it (count it for the debug view).
+            self.stale_wakeups += 1
+            deadline = now + 0.01
+        return deadline
 
     # -- attempts ---------------------------------------------------------------------------
 
@@ -312,6 +325,7 @@ class PeerSession:
                 # The peer's offer was accepted by the signaling core and waits in the signal
                 # channel: answering it is our next move, not a competing offer.
                 log.debug("offer skipped: the peer's offer is pending", peer=self.name)
+                self._next_try = now + RETRY_DELAYS[0]
                 return
         self._last_restart = now
         self._drop(self.current)
@@ -563,10 +577,9 @@ class PeerSession:
                 delay = RETRY_DELAYS[min(self._failures - 1, len(RETRY_DELAYS) - 1)]
                 log.info("ICE failed", peer=self.name, retry_in=f"{delay:g}")
                 self._drop(attempt)
+                # With no path left this retries at _next_try; a failed restart beside a
+                # working path just ends (consent on that path decides what comes next).
                 self._next_try = trio.current_time() + delay
-                if self.active is not None:
-                    # A restart failed while the old path still works: try again later.
-                    self._schedule_restart(delay)
         elif isinstance(event, BetterPairAvailable):
             log.info(
                 "direct pair available",
@@ -576,11 +589,6 @@ class PeerSession:
         elif isinstance(event, RoleChanged):
             log.info("ICE role changed", peer=self.name, controlling=event.controlling)
         self.ctx.peer_changed()
-
-    def _schedule_restart(self, delay: float) -> None:
-        self._next_try = trio.current_time() + delay
-        # With an active path the retry loop waits for "no active"; use the restart timer.
-        self._last_restart = trio.current_time()
 
     # -- the data path ------------------------------------------------------------------------
 
