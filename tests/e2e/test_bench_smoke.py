@@ -1,0 +1,89 @@
+"""``scripts/bench``'s tunnel section end to end in quick mode: every row measured, the table
+complete, nothing left behind. No timing assertions: speed is what the benchmark shows, not
+what a test checks."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from p2ptun.lab.bench import COLUMNS, ROW_RAW, ROWS
+
+pytestmark = [
+    pytest.mark.lab,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not all(shutil.which(t) for t in ("iperf3", "wireguard-go", "wg", "ping")),
+        reason="iperf3, wireguard-go, wg and ping are needed",
+    ),
+]
+
+NUMBER = re.compile(r"^\d+(\.\d+)?$")
+THROUGHPUT = re.compile(r"^\d+( \(\d+–\d+\))?$")
+RATIO = re.compile(r"^\d+\.\d\d×$")
+
+
+def _namespaces() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10)
+    return {line.split()[0] for line in out.stdout.splitlines() if line.strip()}
+
+
+def _table(stdout: str) -> dict[str, list[str]]:
+    """Rows of the printed Markdown table by their first cell (header and rule left out)."""
+    rows = {}
+    for line in stdout.splitlines():
+        if line.startswith("| ") and not line.startswith("|-"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def _procs_mentioning(text: str) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, timeout=10)
+    return [line for line in out.stdout.splitlines() if text in line]
+
+
+def test_quick_bench_prints_every_row(natlab_required: None, tmp_path: Path) -> None:
+    before = _namespaces()
+    results_file = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "p2ptun.lab.bench", "--quick", "--json", str(results_file)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    rows = _table(proc.stdout)
+    assert rows.pop("tunnel") == list(COLUMNS[1:])
+    for name in ROWS:
+        cells = rows[name]
+        assert len(cells) == len(COLUMNS) - 1, (name, cells)
+        throughput, rtt, *rest = cells
+        assert THROUGHPUT.match(throughput), (name, cells)
+        assert NUMBER.match(rtt), (name, cells)
+        if name == ROW_RAW:  # kernel forwarding: no process, no connect, nothing idle
+            assert rest == ["–"] * len(rest), cells
+        else:  # CPU, connect, recovery, wake-ups, RSS
+            assert all(NUMBER.match(c) for c in rest), (name, cells)
+    tunnels = [n for n in ROWS if n != ROW_RAW]
+    for name in tunnels:
+        if name != "wireguard-go":
+            assert all(RATIO.match(c) for c in rows[f"{name} ÷ wireguard-go"]), rows
+        raw_ratios = rows[f"{name} ÷ raw link"]
+        assert all(RATIO.match(c) for c in raw_ratios[:2]), raw_ratios
+        assert raw_ratios[2:] == [""] * (len(raw_ratios) - 2), raw_ratios
+
+    results = {r["name"]: r for r in json.loads(results_file.read_text())}
+    assert set(results) == set(ROWS)
+    assert all(r["error"] is None and len(r["throughput_mbps"]) == 1 for r in results.values())
+
+    # Nothing left behind: the labs' namespaces, daemons and working directories are gone.
+    assert not {ns for ns in _namespaces() - before if ns.startswith("bn")}
+    assert not _procs_mentioning("p2ptun-bench-")
