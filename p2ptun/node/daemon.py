@@ -383,12 +383,12 @@ class NodeDaemon:
                 continue
             session.on_signal(received)
 
-    async def _turn_credentials(self) -> tuple[str, str]:
+    async def _turn_credentials(self) -> tuple[str, str, float]:
         client = self.signaling
         if client is None:
             raise TurnCredentialsUnavailable("no signaling client")
         creds = await client.turn_credentials(timeout=15.0)
-        return creds.username, creds.password
+        return creds.username, creds.password, float(creds.ttl)
 
     # -- candidates and the network -------------------------------------------------------
 

@@ -55,8 +55,12 @@ STUN_TIMEOUT = 2.5
 RELAY_RETRY = (2.0, 5.0, 10.0, 30.0, 60.0)
 DEFAULT_PREFERENCE = 65535
 
-Credentials = Callable[[], Awaitable[tuple[str, str]]]
-"""Fetches rendezvous-issued TURN credentials (username, password); raises on failure."""
+Credentials = Callable[[], Awaitable[tuple[str, str, float]]]
+"""Fetches rendezvous-issued TURN credentials (username, password, lifetime in seconds);
+raises on failure."""
+RENEW_AT = 0.8
+"""A relay made with issued credentials is replaced after this fraction of their lifetime
+(servers check the credentials' expiry on every authenticated request, refreshes too)."""
 
 
 @dataclass
@@ -72,6 +76,8 @@ class _RelaySlot:
     def __init__(self, config: TurnServerConfig) -> None:
         self.config = config
         self.relay: TurnRelay | None = None
+        self.lifetime: float | None = None
+        """Lifetime of the issued credentials the relay uses (None: configured ones)."""
         self.attempts = 0
         self.settled = False
         """Its first allocation attempt ended (either way): counts towards ``complete``."""
@@ -332,8 +338,11 @@ class Gatherer:
                 slot.relay = relay
                 try:
                     async with trio.open_nursery() as nursery:
-                        await nursery.start(relay.run)
                         nursery.start_soon(self._watch_replace, slot, relay)
+                        if slot.lifetime is not None:
+                            nursery.start_soon(self._renew, relay, slot.lifetime * RENEW_AT)
+                        await relay.run()  # until the allocation fails, is lost or closed
+                        nursery.cancel_scope.cancel()
                 finally:
                     if relay.transport == "udp":
                         self.mux.remove_relay(relay.server, relay)
@@ -353,6 +362,12 @@ class Gatherer:
                 self._notify()
             await trio.sleep(delay)
 
+    @staticmethod
+    async def _renew(relay: TurnRelay, after: float) -> None:
+        await trio.sleep(after)
+        log.info("relay credentials expire soon: allocating again", server=relay.name)
+        await relay.close()
+
     async def _watch_replace(self, slot: _RelaySlot, relay: TurnRelay) -> None:
         slot.replace = trio.Event()
         await slot.replace.wait()
@@ -363,8 +378,10 @@ class Gatherer:
         try:
             if cfg.username is not None and cfg.password is not None:
                 username, password = cfg.username, cfg.password
+                slot.lifetime = None
             else:
-                username, password = await self._credentials()
+                username, password, lifetime = await self._credentials()
+                slot.lifetime = max(lifetime, 60.0)
             server = await resolve(
                 cfg.host,
                 cfg.port,
