@@ -845,8 +845,15 @@ def table_rows(results: Sequence[Result]) -> list[list[str]]:
     return rows
 
 
-def render(results: Sequence[Result]) -> str:
-    """The table as aligned text (a Markdown table, readable as is)."""
+def machine_note() -> str:
+    """CPU count and load average: the context every number here depends on."""
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    return f"machine: {os.cpu_count()} CPUs, load average {' '.join(load)} (1, 5, 15 min)"
+
+
+def render(results: Sequence[Result], context: Sequence[str] = ()) -> str:
+    """The table as aligned text (a Markdown table, readable as is), then notes: each row's
+    remarks and failures, and ``context`` lines."""
     rows = [list(COLUMNS), *table_rows(results)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
 
@@ -862,6 +869,7 @@ def render(results: Sequence[Result]) -> str:
     out += [line(row) for row in rows[1:]]
     notes = [f"{r.name}: {'; '.join(r.notes)}" for r in results if r.notes and r.error is None]
     notes += [f"{r.name}: FAILED: {r.error}" for r in results if r.error is not None]
+    notes += context
     return "\n".join(out + [""] + [f"- {n}" for n in notes])
 
 
@@ -923,8 +931,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bench: {reason}", file=sys.stderr)
         return 1
     signal.signal(signal.SIGTERM, _on_sigterm)
+    context = [f"{machine_note()} at the start"]
     results = run(opts)
-    print(render(results), flush=True)
+    context.append(f"{machine_note()} at the end")
+    print(render(results, context), flush=True)
     if args.json:
         Path(args.json).write_text(
             json.dumps([dataclasses.asdict(r) for r in results], indent=2) + "\n"
