@@ -29,8 +29,10 @@ Reload (SIGHUP): the file is read again; a file that does not load (syntax, bad 
 refused with one log line and the running config stays. Otherwise peers that disappeared are
 removed (their routes with them), new peers are added (routes appear), peers whose allowed IPs
 changed get their routes and WireGuard routing updated, and interface addresses and MTU are
-applied; the other peers' sessions are not touched. Changing ``name``, the private key or
-``[interface] name`` needs a restart: such a reload is refused.
+applied; the other peers' sessions are not touched. A changed peer set or rendezvous replaces
+the signaling client (established paths do not depend on it). Changing ``name``, the private
+key or ``[interface] name`` needs a restart: such a reload is refused; ``[ice]`` changes are
+logged and take effect at the next restart.
 """
 
 from __future__ import annotations
@@ -530,6 +532,12 @@ class NodeDaemon:
     async def _apply(self, old: NodeConfig, new: NodeConfig) -> None:
         old_if, new_if = old.interface, new.interface
         self.config = new
+        if new.ice != old.ice:
+            log.warning(
+                "[ice] changed: STUN/TURN servers, lite and port apply at the next restart; "
+                "the rest of the new config is applied now",
+                path=new.path,
+            )
         if new_if.addresses != old_if.addresses or new_if.mtu != old_if.mtu:
             self.mtu = new_if.mtu or DEFAULT_MTU
             gone = [str(a) for a in old_if.addresses if a not in new_if.addresses]

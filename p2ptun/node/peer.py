@@ -632,7 +632,12 @@ class PeerSession:
     # -- status and ping --------------------------------------------------------------------
 
     def state(self, now: float) -> str:
-        if self.path is not None and self.wg.has_session(now):
+        """``connected`` while a selected pair has ICE consent (the WireGuard session on it
+        is made on demand: an idle tunnel lets its keys expire and re-handshakes in one round
+        trip), ``disconnected`` when the peer is offline and no path remains, else
+        ``connecting``."""
+        active = self.active
+        if self.path is not None and active is not None and active.agent.can_send(now):
             return "connected"
         if self.online is False and self.path is None:
             return "disconnected"
