@@ -44,7 +44,8 @@ Columns (each tunnel row):
   from the first site. The first node is already up (and registered at the rendezvous).
 - recovery: site1's host gets a new LAN address (:meth:`NatLab.set_host_address`) during a
   ``ping -i 0.1`` stream; time from the renumbering to the first reply to an echo request sent
-  after it (reply time minus its RTT is the request's send time).
+  after it (reply time minus its RTT is the request's send time). Resolution: the ping
+  interval; a path that never breaks shows 0–0.1 s plus one RTT.
 - wake-ups/s: voluntary context switches (``/proc/PID/task/*/status``) of each tunnel daemon,
   summed over its threads, in the last ``--wake-window`` (10) s of ``--idle`` (60) s with no
   traffic after connecting; mean of the two daemons, each with one peer (so per peer, too).
@@ -795,9 +796,15 @@ def _throughput_cell(r: Result) -> str:
 
 
 def _ratio(a: float | None, b: float | None) -> str:
+    """``a / b`` as ``0.71×`` (three decimals below 0.1, ``<0.001×`` below that)."""
     if a is None or b is None or b == 0:
         return "–"
-    return f"{a / b:.2f}×"
+    x = a / b
+    if x >= 100:
+        return f"{x:.0f}×"
+    if x >= 0.1:
+        return f"{x:.2f}×"
+    return f"{x:.3f}×" if x >= 0.001 else "<0.001×"
 
 
 def _metrics(r: Result) -> list[float | None]:

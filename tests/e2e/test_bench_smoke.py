@@ -26,7 +26,7 @@ pytestmark = [
 
 NUMBER = re.compile(r"^\d+(\.\d+)?$")
 THROUGHPUT = re.compile(r"^\d+( \(\d+–\d+\))?$")
-RATIO = re.compile(r"^\d+\.\d\d×$")
+RATIO = re.compile(r"^<?\d+(\.\d+)?×$")
 
 
 def _namespaces() -> set[str]:
