@@ -275,6 +275,14 @@ def test_cone_cone_direct_ping_and_tcp(deployment: Callable[..., Deployment]) ->
     assert after["rx_bytes"] > MB and after["tx_bytes"] > 4 * MB
     assert after["consent_age"] is not None and after["last_handshake"] is not None
 
+    # SIGTERM: exit 0, the relay allocation released on the server, the peer told.
+    assert alice.proc is not None
+    assert dep.lab.stop(alice.proc) == 0
+    rv_log = (dep.workdir / "rendezvous.log").read_text()
+    assert "refreshed to 0" in rv_log, rv_log[-2000:]
+    wait_until(lambda: "peer said bye" in (dep.workdir / "bob.log").read_text(), 10, what="bye")
+    assert dep.lab.exec(alice.site, "ip", "link", "show", alice.ifname).returncode != 0
+
 
 def test_symmetric_vs_port_restricted_relays(deployment: Callable[..., Deployment]) -> None:
     dep = deployment(["sym", "prc"])
