@@ -142,6 +142,7 @@ class Result:
 
     @property
     def throughput_median(self) -> float | None:
+        """The median of the iperf3 runs in Mbit/s (None before any run)."""
         return statistics.median(self.throughput_mbps) if self.throughput_mbps else None
 
 
@@ -243,10 +244,12 @@ class Bench:
         self.tag = secrets.token_hex(2)
 
     def say(self, text: str) -> None:
+        """A progress line on stderr (unless quiet)."""
         if self.opts.verbose:
             print(f"   {text}", file=sys.stderr, flush=True)
 
     def log_file(self, name: str) -> IO[bytes]:
+        """``<name>.log`` in the working directory, for appending."""
         return (self.workdir / f"{name}.log").open("ab")
 
     def daemon(
@@ -263,6 +266,7 @@ class Bench:
             )
 
     def tail_logs(self, lines: int = 20) -> str:
+        """The last ``lines`` lines of every log, for error messages."""
         parts = []
         for path in sorted(self.workdir.glob("*.log")):
             text = path.read_text(errors="replace").splitlines()[-lines:]
@@ -299,6 +303,7 @@ class Bench:
             result.cpu_s_per_gb = cpu / (received / 1e9)
 
     def _iperf_client(self, dst: str) -> tuple[float, int]:
+        """One iperf3 run from site1 (up to 3 attempts): (bits/s, bytes) received."""
         seconds = self.opts.iperf_seconds
         argv = ["iperf3", "-c", dst, "-p", str(IPERF_PORT), "-t", f"{seconds:g}", "-J"]
         argv += ["--connect-timeout", "5000"]
@@ -412,6 +417,7 @@ def measure_tunnel(tunnel: Tunnel, opts: Options) -> Result:
 
 
 def _measure(tunnel: Tunnel, opts: Options) -> Result:
+    """The body of :func:`measure_tunnel` (which stops the tunnel afterwards)."""
     bench, lab = tunnel.bench, tunnel.lab
     result = Result(tunnel.name)
     tunnel.start_first()
@@ -494,6 +500,8 @@ def _control_request(path: str, request: dict[str, Any], timeout: float = 5.0) -
 
 @dataclasses.dataclass
 class _Node:
+    """One ``p2ptun up`` node: its site, interface, tunnel address and keys."""
+
     name: str
     site: str
     ifname: str
@@ -533,9 +541,11 @@ class P2ptunTunnel(Tunnel):
         self._start_rendezvous()
 
     def _env(self) -> dict[str, str]:
+        """Environment for every p2ptun process: its own run directory."""
         return {"P2PTUN_RUN_DIR": str(self.run_dir)}
 
     def _start_rendezvous(self) -> None:
+        """``p2ptun rendezvous`` on the server: signaling, STUN and TURN."""
         work = self.bench.workdir
         nodes = "".join(
             f'[[node]]\nname = "{n.name}"\npublic_key = "{n.pub}"\n' for n in self.nodes
@@ -553,6 +563,7 @@ class P2ptunTunnel(Tunnel):
         self.rendezvous = self.bench.daemon("server", "rendezvous", argv, **self._env())
 
     def _start_node(self, node: _Node) -> None:
+        """Write the node config and start ``p2ptun up`` in its site."""
         peers = "".join(
             f'[[peer]]\nname = "{p.name}"\npublic_key = "{p.pub}"\nallowed_ips = ["{p.ip}/32"]\n'
             for p in self.nodes
@@ -571,18 +582,21 @@ class P2ptunTunnel(Tunnel):
         node.proc = self.bench.daemon(node.site, node.name, argv, **self._env())
 
     def status(self, node: _Node) -> dict[str, Any]:
+        """A node's ``p2ptun status`` over its control socket ({} if it does not answer)."""
         sock = str(self.run_dir / f"{node.ifname}.sock")
         reply = _control_request(sock, {"cmd": "status"})
         status: dict[str, Any] = reply.get("status", {}) if reply.get("ok") else {}
         return status
 
     def _alive(self, node: _Node) -> None:
+        """Raise if the node or the rendezvous has exited."""
         if node.proc is None or node.proc.poll() is not None:
             raise BenchError(f"p2ptun up ({node.name}) exited:\n{self.bench.tail_logs()}")
         if self.rendezvous is None or self.rendezvous.poll() is not None:
             raise BenchError(f"p2ptun rendezvous exited:\n{self.bench.tail_logs()}")
 
     def _wait(self, what: str, check: Callable[[], bool], timeout: float) -> None:
+        """Poll ``check`` every 0.1 s for at most ``timeout`` s; raise if a daemon dies."""
         deadline = time.monotonic() + timeout
         while not check():
             for node in self.nodes:
@@ -605,6 +619,7 @@ class P2ptunTunnel(Tunnel):
         self._start_node(self.nodes[1])
 
     def _paths(self) -> list[str | None]:
+        """Each node's path to its peer once connected (None while not connected)."""
         paths = []
         for node in self.nodes:
             peers = self.status(node).get("peers", [])
@@ -646,6 +661,7 @@ class P2ptunTunnel(Tunnel):
 
 
 def _mtu(lab: NatLab, host: str, ifname: str) -> str:
+    """An interface's MTU inside a lab host, as text."""
     out = lab.exec(host, "cat", f"/sys/class/net/{ifname}/mtu", timeout=10).stdout.strip()
     return out or "?"
 
@@ -670,6 +686,7 @@ class WireguardGoTunnel(Tunnel):
             bench.lab.add_cleanup(functools.partial(sock.unlink, missing_ok=True))
 
     def _start(self, i: int) -> None:
+        """Start wireguard-go on site ``i + 1`` and configure it with ``wg`` and ``ip``."""
         site, ifname = f"site{i + 1}", self.ifnames[i]
         other = self.lab.site(f"site{2 - i}")
         proc = self.bench.daemon(site, ifname, ["wireguard-go", ifname], WG_PROCESS_FOREGROUND="1")
@@ -737,6 +754,7 @@ def _fresh_lab(name: str, opts: Options) -> Iterator[Bench]:
 
 
 def _no_sockets(directory: str, names: list[str]) -> list[str]:
+    """``shutil.copytree`` ignore function: no sockets, no run directory."""
     return [n for n in names if n.endswith(".sock") or n == "run"]
 
 
@@ -777,6 +795,7 @@ COLUMNS = (
 
 
 def _num(value: float | None, digits: int = 2) -> str:
+    """A number for the table: fewer decimals as it grows; ``–`` for None."""
     if value is None:
         return "–"
     if abs(value) >= 100:
@@ -787,6 +806,7 @@ def _num(value: float | None, digits: int = 2) -> str:
 
 
 def _throughput_cell(r: Result) -> str:
+    """``median (min–max)`` in Mbit/s, or just the value after one run."""
     med = r.throughput_median
     if med is None:
         return "–"
@@ -808,6 +828,7 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 
 def _metrics(r: Result) -> list[float | None]:
+    """A row's values in column order (for the ratios)."""
     return [
         r.throughput_median,
         r.rtt_ms,
