@@ -79,6 +79,7 @@ from p2ptun.turn.client import (
     TurnEvent,
 )
 from p2ptun.turn.client_stream import StreamFramingError
+from p2ptun.turn.transport import connect
 
 log = get_logger("net.turn")
 
@@ -594,15 +595,12 @@ class TurnRelay:
             if self.local_ip is None:
                 return RuntimeFailure(f"no route to TURN server {format_address(self.server)}")
             return None
-        from p2ptun.turn.transport import _connect  # the TCP/TLS connect of the session shell
-
         try:
-            _server, _sock, stream = await _connect(
+            _server, _sock, stream = await connect(
                 self._host if self.transport == "tls" else self.server[0],
                 self.server[1],
                 self.transport,
                 self._ca_file,
-                None,
             )
         except RuntimeFailure as exc:
             return exc

@@ -318,9 +318,22 @@ class TurnSession:
                 await self._stream.aclose()
 
 
-async def _connect(
-    host: str, port: int, transport: Transport, ca_file: str | None, local_host: str | None
+async def connect(
+    host: str,
+    port: int,
+    transport: Transport,
+    ca_file: str | None = None,
+    local_host: str | None = None,
 ) -> tuple[Address, trio.socket.SocketType | None, trio.abc.Stream | None]:
+    """Resolve ``host`` and open what a TURN client talks to the server over:
+    ``(server address, UDP socket or None, TCP/TLS stream or None)``.
+
+    UDP: a socket of the server's family bound to ``local_host`` (default: any address).
+    TCP: a connected stream (trio sets TCP_NODELAY). TLS: that stream wrapped in TLS
+    verified against the system CAs or ``ca_file``, with ``host`` as the server name, the
+    handshake done. Raises :class:`RuntimeFailure` with one line; nothing is left open then.
+    Also used by :class:`p2ptun.net.turn_shared.TurnRelay` for its TCP/TLS allocations.
+    """
     kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
     server = await resolve(host, port, kind)
     shown = format_address(server)
@@ -379,7 +392,7 @@ async def open_turn_session(
     ``timeout``. On exit the allocation is released (waiting at most ``close_timeout``).
     """
     with trio.move_on_after(timeout) as connect_scope:
-        server, sock, stream = await _connect(host, port, transport, ca_file, local_host)
+        server, sock, stream = await connect(host, port, transport, ca_file, local_host)
     if connect_scope.cancelled_caught:
         raise RuntimeFailure(f"cannot reach TURN server {host}:{port} within {timeout:g} s")
     client = TurnClient(
