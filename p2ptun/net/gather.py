@@ -14,17 +14,30 @@ belongs to the node, not to one peer.
   (RFC 8489 §6.2.1 retransmissions) whose responses the :class:`~p2ptun.net.turn_shared.UdpMux`
   routes back by transaction id. Each query is bounded by ``stun_timeout``: an unresponsive
   server costs that much and nothing else. The base is the host address the kernel sends from
-  towards the server (the shared socket is bound to the wildcard address).
+  towards the server (the shared socket is bound to the wildcard address). A UDP TURN
+  allocation's XOR-MAPPED-ADDRESS is a server-reflexive candidate too (the same one when the
+  STUN and TURN server share an address: it is given once).
 - **Relayed candidates** (§5.1.1.2): one TURN allocation per configured TURN server
   (:class:`~p2ptun.net.turn_shared.TurnRelay`; UDP through the shared socket, TCP and TLS on
-  their own connections), bounded by ``turn_timeout``. The allocations outlive the gathering
-  round: their tasks run in the gatherer's nursery (:meth:`Gatherer.run`) until the
-  allocation is lost or the gatherer stops; a later round reuses the live ones.
+  their own connections), with the configured credentials or ones the ``credentials`` source
+  issues (the rendezvous, ARCHITECTURE.md §2).
+
+TURN allocations belong to the gatherer, not to a round. Each configured server has a slot
+whose task (in the gatherer's nursery, :meth:`Gatherer.run`) allocates once a round first asks
+for it and then keeps an allocation: one attempt is bounded by ``turn_timeout``; a failed
+attempt or a lost allocation is tried again after ``relay_retry`` (2, 5, 10, 30, 60 s, the
+last repeating); an allocation made with issued credentials is released and made again at
+80 % of their lifetime (servers check the credentials' expiry on every authenticated request,
+refreshes included); and a UDP allocation whose path changed — another local address towards
+the server, or another NAT mapping seen by the STUN servers — is abandoned (its 5-tuple is gone
+at the server) and made again. A round takes the allocations that are live, waits for those
+being made, and reports the others' last failure. ``on_relays_changed`` is called when an
+allocation appears or ends while no round waits for it: the caller starts a new round then.
 
 Trickle: :meth:`Gatherer.gather` calls ``on_candidate`` with each candidate the moment it is
 known (host candidates at once, then reflexive and relayed ones as their servers answer) and
-returns — end of gathering — when every query finished or timed out, with the candidates and
-the failures (one line each) of the round.
+returns — end of gathering — when every query finished or timed out, or ``round_timeout``
+after the start, with the candidates and the failures (one line each) of the round.
 
 Priorities: srflx candidates take their base's local preference (§5.1.2.1). Relayed ones are
 ranked below that by transport and server so that every relayed candidate gets a distinct
@@ -34,12 +47,12 @@ transport 0 for UDP, 1 for TCP, 2 for TLS (relaying over a stream is the last re
 
 from __future__ import annotations
 
+import enum
 import math
 import os
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from functools import partial
 from typing import Literal
 
 import trio
@@ -61,7 +74,6 @@ from p2ptun.ice.candidate import (
 from p2ptun.log import get_logger
 from p2ptun.net.turn_shared import (
     RelayDataHandler,
-    RelayEventHandler,
     TurnRelay,
     UdpMux,
     normalize_address,
@@ -72,9 +84,35 @@ from p2ptun.turn.transport_stun import resolve
 
 log = get_logger("net.gather")
 
-#: ``credentials(server)``: the username and password for a TURN server configured without
-#: them (rendezvous-issued, ARCHITECTURE.md §2), or None if there are none (yet).
-TurnCredentials = Callable[[TurnServerConfig], Awaitable[tuple[str, str] | None]]
+#: Waits before allocating again after a failed attempt or a lost allocation (the last
+#: repeats).
+RELAY_RETRY = (2.0, 5.0, 10.0, 30.0, 60.0)
+#: An allocation made with issued credentials is made again after this fraction of their
+#: lifetime.
+RENEW_AT = 0.8
+#: Issued credentials are taken to live at least this long (a shorter lifetime would renew
+#: the allocation over and over).
+MIN_CREDENTIAL_LIFETIME = 60.0
+#: The node's STUN give-up: end-of-candidates comes sooner when UDP is blocked.
+NODE_STUN_TIMEOUT = 2.5
+#: The node's gathering rounds end (end-of-candidates) at most this long after they start.
+NODE_ROUND_TIMEOUT = 3.0
+
+
+@dataclass(frozen=True)
+class IssuedCredentials:
+    """TURN credentials for a server configured without them."""
+
+    username: str
+    password: str
+    #: Seconds the server accepts them from now (None: no expiry known).
+    lifetime: float | None = None
+
+
+#: ``credentials(server)``: the credentials for a TURN server configured without them
+#: (rendezvous-issued, ARCHITECTURE.md §2), or None if there are none; may raise
+#: :class:`RuntimeFailure` with the reason.
+CredentialSource = Callable[[TurnServerConfig], Awaitable[IssuedCredentials | None]]
 #: ``list_addresses()``: the host addresses to use, most preferred first per family (tests
 #: and special setups; default: netlink).
 AddressLister = Callable[[], Awaitable[Sequence[str]]]
@@ -93,20 +131,30 @@ class GatherOptions:
     include_link_local: bool = False
     #: Bound on one STUN Binding query (retransmissions included).
     stun_timeout: float = 3.0
-    #: Bound on one TURN allocation (connect, 401 round, Allocate).
+    #: Bound on one TURN allocation attempt (credentials, connect, 401 round, Allocate).
     turn_timeout: float = 10.0
+    #: A round ends this long after it started at the latest (None: when every query ended);
+    #: an allocation still being made goes on and comes in a later round.
+    round_timeout: float | None = None
+    #: Waits before allocating again (:data:`RELAY_RETRY`).
+    relay_retry: tuple[float, ...] = RELAY_RETRY
+    #: Lower bound on the lifetime of issued credentials (:data:`MIN_CREDENTIAL_LIFETIME`).
+    min_credential_lifetime: float = MIN_CREDENTIAL_LIFETIME
     #: Network namespace to list addresses in (tests; the daemon runs inside its own).
     netns: str | None = None
 
     @classmethod
     def from_config(cls, ice: IceConfig, tun_name: str | None = None) -> GatherOptions:
-        """Options for a node's ``[ice]`` section; ``tun_name`` is excluded from host
-        candidates."""
+        """The node's options for its ``[ice]`` section; ``tun_name`` is excluded from host
+        candidates. An ICE-lite node has host candidates only (RFC 8445 §2.5): no STUN, no
+        TURN."""
         return cls(
-            stun=ice.stun,
-            turn=ice.turn,
+            stun=() if ice.lite else ice.stun,
+            turn=() if ice.lite else ice.turn,
             exclude_interfaces=(tun_name,) if tun_name else (),
             include_link_local=ice.ipv6_link_local,
+            stun_timeout=NODE_STUN_TIMEOUT,
+            round_timeout=NODE_ROUND_TIMEOUT,
         )
 
 
@@ -127,19 +175,60 @@ class GatherResult:
     failures: list[GatherFailure] = field(default_factory=list)
 
 
-@dataclass
-class _RelayEntry:
-    relay: TurnRelay
-    index: int
+class SlotState(enum.Enum):
+    """Where one configured TURN server's allocation stands."""
+
+    IDLE = "idle"
+    """No round asked for it yet."""
+    ALLOCATING = "allocating"
+    ALLOCATED = "allocated"
+    WAITING = "waiting"
+    """The last attempt failed (or the allocation was lost): trying again after a while."""
+    CLOSED = "closed"
+    """The gatherer stopped."""
+
+
+class _RelaySlot:
+    """One configured TURN server: its allocation, kept by :meth:`Gatherer._supervise`."""
+
+    def __init__(self, index: int, config: TurnServerConfig) -> None:
+        self.index = index
+        self.config = config
+        self.state = SlotState.IDLE
+        self.relay: TurnRelay | None = None
+        #: Why the last attempt failed or the last allocation was lost.
+        self.failure: str | None = None
+        self.attempts = 0
+        self.wanted = trio.Event()
+        self.changed = trio.Event()
+        #: Rounds waiting for this slot right now (they take a new allocation themselves).
+        self.waiting_rounds = 0
+        #: The allocation was abandoned by a round that waits for the next one: its end is
+        #: not news.
+        self.quiet_end = False
+
+    def set_state(self, state: SlotState) -> None:
+        self.state = state
+        changed, self.changed = self.changed, trio.Event()
+        changed.set()
+
+    @property
+    def live(self) -> TurnRelay | None:
+        relay = self.relay
+        if self.state is SlotState.ALLOCATED and relay is not None and relay.allocated:
+            return relay
+        return None
 
 
 class Gatherer:
     """Gathers the node's candidates over the shared sockets of ``mux`` (module docstring).
 
     Run :meth:`run` in a nursery (``await nursery.start(gatherer.run)``) — it holds the TURN
-    allocations — and call :meth:`gather` for each round. ``on_relay_data`` /
-    ``on_relay_event`` / ``after_relay_batch`` are given to every relay (see
-    :class:`~p2ptun.net.turn_shared.TurnRelay`).
+    allocations — and call :meth:`gather` for each round. ``on_relay_data`` and
+    ``after_relay_batch`` are given to every relay (see
+    :class:`~p2ptun.net.turn_shared.TurnRelay`); ``on_relays_changed()`` is called when an
+    allocation appears or ends outside a round. The TURN servers are those of ``options`` at
+    construction.
     """
 
     def __init__(
@@ -147,12 +236,12 @@ class Gatherer:
         mux: UdpMux,
         options: GatherOptions,
         *,
-        credentials: TurnCredentials | None = None,
+        credentials: CredentialSource | None = None,
         random: Callable[[int], bytes] = os.urandom,
         list_addresses: AddressLister | None = None,
         on_relay_data: RelayDataHandler | None = None,
-        on_relay_event: RelayEventHandler | None = None,
         after_relay_batch: Callable[[], None] | None = None,
+        on_relays_changed: Callable[[], None] | None = None,
     ) -> None:
         self.mux = mux
         self.options = options
@@ -160,13 +249,15 @@ class Gatherer:
         self._random = random
         self._list_addresses = list_addresses
         self.on_relay_data = on_relay_data
-        self.on_relay_event = on_relay_event
         self.after_relay_batch = after_relay_batch
+        self.on_relays_changed = on_relays_changed
         self._nursery: trio.Nursery | None = None
-        #: Live relays by (config url, resolved server).
-        self._relays: dict[tuple[str, Address], _RelayEntry] = {}
+        self._slots = [_RelaySlot(i, config) for i, config in enumerate(options.turn)]
+        self._closing = False
         #: Local preference of each host address in the latest round.
         self._preferences: dict[str, int] = {}
+        #: What each STUN server mapped us to in the latest round that heard from it.
+        self._mapped: dict[Address, Address] = {}
         self.rounds = 0
 
     # -- queries ---------------------------------------------------------------------------------
@@ -174,63 +265,99 @@ class Gatherer:
     @property
     def relays(self) -> list[TurnRelay]:
         """The live TURN allocations."""
-        return [e.relay for e in self._relays.values() if e.relay.allocated]
+        return [relay for slot in self._slots if (relay := slot.live) is not None]
 
     def relay_for(self, relayed: Address) -> TurnRelay | None:
         """The live relay whose relayed address is ``relayed``."""
-        for entry in self._relays.values():
-            relay = entry.relay
-            if relay.allocated and relay.client.relayed == relayed:
+        for relay in self.relays:
+            if relay.client.relayed == relayed:
                 return relay
         return None
+
+    def slot_states(self) -> list[tuple[str, SlotState, str | None]]:
+        """``(url, state, last failure)`` of each configured TURN server."""
+        return [(s.config.url, s.state, s.failure) for s in self._slots]
 
     # -- lifetime --------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Hold the nursery the TURN allocations live in, until cancelled (then they are
-        released without waiting for the servers)."""
+        """Keep the TURN allocations, until cancelled (then they are released without waiting
+        for the servers; :meth:`aclose` first releases them gracefully)."""
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                for slot in self._slots:
+                    nursery.start_soon(self._supervise, slot)
                 task_status.started()
                 await trio.sleep_forever()
         finally:
             self._nursery = None
-            self._relays.clear()
+            for slot in self._slots:
+                slot.relay = None
+                slot.set_state(SlotState.CLOSED)
 
-    def release_relays(self) -> None:
-        """Deallocate every TURN allocation (e.g. before re-gathering after the network
-        changed under them)."""
-        for entry in self._relays.values():
-            entry.relay.close()
-        self._relays.clear()
+    async def aclose(self) -> None:
+        """Deallocate every TURN allocation (each bounded by the relay's close timeout) and
+        make no new ones: the node is stopping."""
+        self._closing = True
+        relays = [slot.relay for slot in self._slots if slot.relay is not None]
+        async with trio.open_nursery() as nursery:
+            for relay in relays:
+                nursery.start_soon(relay.aclose)
 
     # -- one round -------------------------------------------------------------------------------
 
     async def gather(self, on_candidate: Callable[[Candidate], None] | None = None) -> GatherResult:
         """Gather once: host candidates at once, then srflx and relayed candidates as their
-        servers answer (each query bounded); returns when all finished. Needs :meth:`run`."""
+        servers answer (each query bounded, the whole by ``round_timeout``); returns when all
+        finished. Needs :meth:`run`."""
         if self._nursery is None:
             raise RuntimeError("Gatherer.gather() needs Gatherer.run() running")
         self.rounds += 1
         result = GatherResult()
+        given: set[tuple[Address, Address | None]] = set()
 
         def emit(candidate: Candidate) -> None:
+            key = (candidate.address, candidate.related)
+            if candidate.type is CandidateType.SRFLX:
+                if key in given:
+                    return  # the same mapping from a STUN and a TURN server
+                given.add(key)
             result.candidates.append(candidate)
             if on_candidate is not None:
                 on_candidate(candidate)
 
+        self.mux.invalidate_routes()
         addresses = await self._host_addresses(result)
         self._preferences = assign_local_preferences(addresses) if addresses else {}
         for host in addresses:
             port = self.mux.port_for(host)
             if port is not None:
                 emit(make_host_candidate((host, port), self._preferences[host]))
-        async with trio.open_nursery() as nursery:
-            for server in self.options.stun:
-                nursery.start_soon(self._srflx, server, emit, result)
-            for index, turn in enumerate(self.options.turn):
-                nursery.start_soon(self._relay, index, turn, emit, result)
+        self._check_relay_paths()
+        mapped: dict[Address, Address] = {}
+        # Each query removes its entry when it ends; what is left was cut by round_timeout.
+        pending: dict[object, GatherFailure] = {}
+        timeout = self.options.round_timeout
+        deadline = math.inf if timeout is None else trio.current_time() + timeout
+        with trio.move_on_at(deadline):
+            async with trio.open_nursery() as nursery:
+                for server in self.options.stun:
+                    shown = f"{server[0]}:{server[1]}"
+                    pending[server] = GatherFailure(
+                        "stun", shown, f"no answer from STUN server {shown} within the round"
+                    )
+                    nursery.start_soon(self._srflx, server, emit, result, mapped, pending)
+                for slot in self._slots:
+                    pending[slot] = GatherFailure(
+                        "turn",
+                        slot.config.url,
+                        f"{slot.config.url}: still allocating when the round ended "
+                        f"({timeout or 0:g} s); it comes in a later round",
+                    )
+                    nursery.start_soon(self._relay, slot, emit, result, pending)
+        result.failures.extend(pending.values())
+        self._check_mappings(mapped)
         log.info(
             "gathered",
             round=self.rounds,
@@ -268,7 +395,12 @@ class Gatherer:
     # -- server-reflexive --------------------------------------------------------------------------
 
     async def _srflx(
-        self, server_ref: Address, emit: Callable[[Candidate], None], result: GatherResult
+        self,
+        server_ref: Address,
+        emit: Callable[[Candidate], None],
+        result: GatherResult,
+        mapped_by: dict[Address, Address],
+        pending: dict[object, GatherFailure],
     ) -> None:
         shown = f"{server_ref[0]}:{server_ref[1]}"
         with trio.move_on_after(self.options.stun_timeout) as scope:
@@ -278,12 +410,15 @@ class Gatherer:
                 )
                 mapped, base = await self._binding(server)
             except RuntimeFailure as exc:
+                pending.pop(server_ref, None)
                 result.failures.append(GatherFailure("stun", shown, str(exc)))
                 return
+        pending.pop(server_ref, None)
         if scope.cancelled_caught:
             reason = f"no response from STUN server {shown} within {self.options.stun_timeout:g} s"
             result.failures.append(GatherFailure("stun", shown, reason))
             return
+        mapped_by[server] = mapped
         if mapped == base:
             return  # no NAT in between: the host candidate says it all (RFC 8445 §5.1.3)
         pref = self._preference(base[0])
@@ -341,82 +476,204 @@ class Gatherer:
             raise RuntimeFailure(f"no response from STUN server {shown}")
         return normalize_address(mapped), base
 
-    # -- relayed ---------------------------------------------------------------------------------
+    # -- relayed: one round's view ---------------------------------------------------------------
 
     async def _relay(
         self,
-        index: int,
-        config: TurnServerConfig,
+        slot: _RelaySlot,
         emit: Callable[[Candidate], None],
         result: GatherResult,
+        pending: dict[object, GatherFailure],
     ) -> None:
-        timeout = self.options.turn_timeout
+        """The round's part of one TURN server: its live allocation (waiting for one being
+        made), or its last failure."""
+        slot.wanted.set()
+        slot.waiting_rounds += 1
         try:
-            with trio.fail_after(timeout):
-                kind = socket.SOCK_DGRAM if config.transport == "udp" else socket.SOCK_STREAM
-                server = normalize_address(await resolve(config.host, config.port, kind))
-                entry = self._relays.get((config.url, server))
-                if entry is None or not entry.relay.allocated:
-                    entry = await self._allocate(index, config, server, timeout)
-        except (RuntimeFailure, trio.TooSlowError) as exc:
-            reason = (
-                f"{config.url}: no allocation within {timeout:g} s"
-                if isinstance(exc, trio.TooSlowError)
-                else str(exc)
-            )
-            log.info("relay gathering failed", server=config.url, reason=reason)
-            result.failures.append(GatherFailure("turn", config.url, reason))
+            while True:
+                relay = slot.live
+                if relay is not None:
+                    pending.pop(slot, None)
+                    srflx = self._relay_srflx(relay)
+                    if srflx is not None:
+                        emit(srflx)
+                    emit(self.relay_candidate(relay, slot.index))
+                    return
+                if slot.state in (SlotState.WAITING, SlotState.CLOSED):
+                    pending.pop(slot, None)
+                    reason = slot.failure or f"{slot.config.url}: the gatherer stopped"
+                    result.failures.append(GatherFailure("turn", slot.config.url, reason))
+                    return
+                await slot.changed.wait()
+        finally:
+            slot.waiting_rounds -= 1
+
+    def _relay_srflx(self, relay: TurnRelay) -> Candidate | None:
+        """The server-reflexive candidate a UDP allocation's XOR-MAPPED-ADDRESS gives (None
+        over a stream, or without a NAT)."""
+        mapped = relay.mapped
+        port = self.mux.port_for(relay.server[0])
+        if relay.transport != "udp" or mapped is None or relay.local_ip is None or port is None:
+            return None
+        base = (relay.local_ip, port)
+        if mapped == base:
+            return None
+        return make_srflx_candidate(mapped, base, relay.server[0], self._preference(base[0]))
+
+    def _check_relay_paths(self) -> None:
+        """At the start of a round: a UDP allocation whose server is now reached from another
+        local address has lost its 5-tuple; the round waits for a new one."""
+        for slot in self._slots:
+            relay = slot.live
+            if relay is None or relay.transport != "udp":
+                continue
+            local = self.mux.local_ip_for(relay.server[0])
+            if local != relay.local_ip:
+                log.info(
+                    "relay path changed, allocating again",
+                    server=slot.config.url,
+                    was=relay.local_ip or "-",
+                    now=local or "-",
+                )
+                self._replace(slot, quiet=True)
+
+    def _check_mappings(self, mapped: dict[Address, Address]) -> None:
+        """After a round: if a STUN server now maps us elsewhere (the NAT rebound or changed
+        its address), the UDP allocations made through that NAT are gone too."""
+        moved = [s for s, m in mapped.items() if self._mapped.get(s, m) != m]
+        self._mapped.update(mapped)
+        if not moved:
             return
-        emit(self.relay_candidate(entry.relay, index))
+        for slot in self._slots:
+            relay = slot.live
+            if relay is not None and relay.transport == "udp":
+                log.info("NAT mapping changed, allocating again", server=slot.config.url)
+                self._replace(slot, quiet=False)
 
-    async def _allocate(
-        self, index: int, config: TurnServerConfig, server: Address, timeout: float
-    ) -> _RelayEntry:
-        creds: tuple[str, str] | None
-        if config.username is not None and config.password is not None:
-            creds = (config.username, config.password)
-        elif self._credentials is not None:
-            creds = await self._credentials(config)
+    def _replace(self, slot: _RelaySlot, *, quiet: bool) -> None:
+        relay = slot.relay
+        if relay is None:
+            return
+        slot.quiet_end = quiet
+        slot.relay = None
+        relay.abandon()
+        slot.set_state(SlotState.ALLOCATING)
+
+    # -- relayed: keeping the allocations ----------------------------------------------------
+
+    async def _supervise(self, slot: _RelaySlot) -> None:
+        """Allocate once a round wants it, then keep an allocation (module docstring)."""
+        await slot.wanted.wait()
+        while not self._closing:
+            slot.set_state(SlotState.ALLOCATING)
+            delay = await self._hold(slot)
+            if delay > 0 and not self._closing:
+                await trio.sleep(delay)
+        slot.relay = None
+        slot.set_state(SlotState.CLOSED)
+
+    def _retry_delay(self, slot: _RelaySlot) -> float:
+        retry = self.options.relay_retry or RELAY_RETRY
+        return retry[min(slot.attempts, len(retry)) - 1]
+
+    async def _hold(self, slot: _RelaySlot) -> float:
+        """One allocation from attempt to end; returns how long to wait before the next."""
+        config = slot.config
+        timeout = self.options.turn_timeout
+        ended = trio.Event()
+        async with trio.open_nursery() as nursery:
+            try:
+                with trio.fail_after(timeout):
+                    creds = await self._credentials_for(config)
+                    kind = socket.SOCK_DGRAM if config.transport == "udp" else socket.SOCK_STREAM
+                    server = normalize_address(await resolve(config.host, config.port, kind))
+                    if config.transport == "udp" and self.mux.endpoint_for(server[0]) is None:
+                        raise RuntimeFailure(f"{config.url}: no UDP socket of its address family")
+                    relay = TurnRelay.from_config(
+                        self.mux,
+                        config,
+                        server,
+                        creds.username,
+                        creds.password,
+                        random=self._random,
+                        on_data=self.on_relay_data,
+                        on_event=self._relay_event,
+                    )
+                    relay.after_batch = self.after_relay_batch
+                    await nursery.start(self._run_relay, relay, ended)
+            except (RuntimeFailure, trio.TooSlowError) as exc:
+                reason = (
+                    f"{config.url}: no allocation within {timeout:g} s"
+                    if isinstance(exc, trio.TooSlowError)
+                    else str(exc)
+                )
+                slot.failure = reason
+                slot.attempts += 1
+                delay = self._retry_delay(slot)
+                log.info("relay gathering failed", server=config.url, reason=reason, retry_in=delay)
+                slot.set_state(SlotState.WAITING)
+                return delay
+            slot.relay = relay
+            slot.failure = None
+            slot.set_state(SlotState.ALLOCATED)
+            if self._closing:
+                relay.close()
+            elif slot.waiting_rounds == 0:
+                self._relays_changed()
+            if creds.lifetime is not None:
+                lifetime = max(creds.lifetime, self.options.min_credential_lifetime)
+                nursery.start_soon(self._renew, slot, relay, lifetime * RENEW_AT)
+            await ended.wait()
+            nursery.cancel_scope.cancel()
+        if slot.relay is relay:
+            slot.relay = None
+        quiet, slot.quiet_end = slot.quiet_end, False
+        delay = 0.0
+        if isinstance(relay.failure, AllocationLost):
+            slot.failure = f"{config.url}: {relay.failure.reason}"
+            slot.attempts += 1
+            delay = self._retry_delay(slot)
+            slot.set_state(SlotState.WAITING)
         else:
-            creds = None
-        if creds is None:
-            raise RuntimeFailure(f"{config.url}: no TURN credentials configured or issued")
-        key = (config.url, server)
+            slot.attempts = 0  # closed (renewal), or abandoned (new path): at once
+        if not quiet and not self._closing:
+            self._relays_changed()
+        return delay
 
-        def on_event(relay: TurnRelay, event: TurnEvent) -> None:
-            self._relay_event(key, relay, event)
+    async def _run_relay(
+        self,
+        relay: TurnRelay,
+        ended: trio.Event,
+        *,
+        task_status: trio.TaskStatus[TurnRelay] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        try:
+            await relay.run(timeout=self.options.turn_timeout, task_status=task_status)
+        finally:
+            ended.set()
 
-        relay = TurnRelay.from_config(
-            self.mux,
-            config,
-            server,
-            creds[0],
-            creds[1],
-            random=self._random,
-            on_data=self.on_relay_data,
-            on_event=on_event,
-        )
-        relay.after_batch = self.after_relay_batch
-        nursery = self._nursery
-        if nursery is None:
-            raise RuntimeFailure("the gatherer stopped")
-        old = self._relays.pop(key, None)
-        if old is not None:
-            old.relay.close()
-        # Failing before it is allocated, run() raises here; afterwards it only returns.
-        await nursery.start(partial(relay.run, timeout=timeout))
-        entry = _RelayEntry(relay, index)
-        self._relays[key] = entry
-        return entry
+    @staticmethod
+    async def _renew(slot: _RelaySlot, relay: TurnRelay, after: float) -> None:
+        await trio.sleep(after)
+        log.info("relay credentials expire soon: allocating again", server=slot.config.url)
+        relay.close()
 
-    def _relay_event(self, key: tuple[str, Address], relay: TurnRelay, event: TurnEvent) -> None:
+    async def _credentials_for(self, config: TurnServerConfig) -> IssuedCredentials:
+        if config.username is not None and config.password is not None:
+            return IssuedCredentials(config.username, config.password)
+        if self._credentials is not None:
+            creds = await self._credentials(config)
+            if creds is not None:
+                return creds
+        raise RuntimeFailure(f"{config.url}: no TURN credentials configured or issued")
+
+    def _relay_event(self, relay: TurnRelay, event: TurnEvent) -> None:
         if isinstance(event, AllocationLost):
             log.info("relay lost", server=format_address(relay.server), reason=event.reason)
-            entry = self._relays.get(key)
-            if entry is not None and entry.relay is relay:
-                del self._relays[key]
-        if self.on_relay_event is not None:
-            self.on_relay_event(relay, event)
+
+    def _relays_changed(self) -> None:
+        if self.on_relays_changed is not None:
+            self.on_relays_changed()
 
     def relay_candidate(self, relay: TurnRelay, index: int = 0) -> Candidate:
         """The relayed candidate of a live allocation (RFC 8445 §5.1.1.2)."""
@@ -440,10 +697,16 @@ class Gatherer:
 
 
 __all__ = [
+    "NODE_ROUND_TIMEOUT",
+    "NODE_STUN_TIMEOUT",
+    "RELAY_RETRY",
+    "RENEW_AT",
     "AddressLister",
+    "CredentialSource",
     "GatherFailure",
     "GatherOptions",
     "GatherResult",
     "Gatherer",
-    "TurnCredentials",
+    "IssuedCredentials",
+    "SlotState",
 ]

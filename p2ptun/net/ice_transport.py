@@ -22,15 +22,20 @@ drain and call the agents directly, then send what the agents queued at once):
 - responses (to checks and consent checks) by transaction id: every request an agent sends is
   remembered for the life of a STUN transaction;
 - the same for STUN that TURN relays unwrapped (base = the relayed address);
-- anything else a relay unwrapped (WireGuard) goes to the ``on_data`` callback of the session
+- WireGuard a relay unwrapped goes to ``on_relayed_data`` when given (the node: its tunnel,
+  which authenticates every datagram itself), else to the ``on_data`` callback of the session
   whose selected pair has that remote address; with ``claim_wireguard`` the transport also
   takes WireGuard datagrams straight from the sockets the same way (probes and tests: in the
-  node the WireGuard tunnel owns that handler).
+  node the WireGuard tunnel owns that handler). Anything else a relay unwraps is dropped and
+  counted.
 
 Transmits leave through the right base: host bases from the shared socket of their family,
 relayed bases through their :class:`~p2ptun.net.turn_shared.TurnRelay` (ChannelData once the
-selected relayed pair's channel is bound, Send indications before). :meth:`IceSession.send`
-puts data on the selected pair the same way.
+selected relayed pair's channel is bound, Send indications before). A check from a host base
+that is not the address the kernel sends from towards its destination is dropped (counted in
+``wrong_base``): it would test another pair than the one it names, so it fails instead.
+:meth:`IceSession.send` puts data on the selected pair the same way, and
+:meth:`IceSession.ping` measures its round-trip time with a consent-style check.
 
 Events for the daemon (``on_event(session, event)``, called synchronously): every
 :data:`~p2ptun.ice.agent.IceEvent` of the agent — :class:`~p2ptun.ice.agent.PairSelected`
@@ -46,8 +51,10 @@ Gathering rounds: the transport gathers once when it starts and again on
 :meth:`IceTransport.regather` (network change). A session takes the candidates of the latest
 round when it is opened or restarted — those present then are in
 :meth:`IceSession.local_description`, later ones arrive as :class:`LocalCandidate` events. A
-lost TURN allocation starts a new round by itself (rate-limited); sessions move to it at their
-next restart.
+TURN allocation that appears, is lost or is renewed outside a round starts a new round by
+itself (the gatherer retries with backoff, so this is bounded); sessions move to it when they
+restart (or, in the node, when a new offer/answer opens a new session). ``on_gathered(round)``
+hears about each finished round.
 
 Known limit: the sockets are bound to the wildcard address and
 :class:`~p2ptun.net.udp.UdpEndpoint` does not report a datagram's destination address, so the
@@ -78,6 +85,7 @@ from dataclasses import dataclass, fields
 import trio
 
 from p2ptun.addr import Address, format_address
+from p2ptun.errors import DecodeError
 from p2ptun.ice.agent import (
     ConsentExpired,
     IceAgent,
@@ -88,14 +96,20 @@ from p2ptun.ice.agent import (
     SelectedPair,
     StateChanged,
 )
-from p2ptun.ice.candidate import Candidate, CandidateType
+from p2ptun.ice.candidate import Candidate, CandidateType, peer_reflexive_priority
 from p2ptun.ice.sdp import IceCredentials, IceDescription, generate_credentials
 from p2ptun.log import get_logger
-from p2ptun.net.gather import AddressLister, Gatherer, GatherOptions, GatherResult, TurnCredentials
+from p2ptun.net.gather import (
+    AddressLister,
+    CredentialSource,
+    Gatherer,
+    GatherOptions,
+    GatherResult,
+)
 from p2ptun.net.turn_shared import TurnRelay, UdpMux, normalize_address
-from p2ptun.net.udp import PacketKind, UdpEndpoint
-from p2ptun.stun import is_stun
-from p2ptun.turn.client import AllocationLost, TurnEvent
+from p2ptun.net.udp import PacketKind, UdpEndpoint, classify
+from p2ptun.stun import AttrType, Message, MessageClass, Method, is_stun
+from p2ptun.stun.credentials import short_term_key
 
 log = get_logger("net.ice")
 
@@ -108,8 +122,8 @@ MAX_REMEMBERED_TRANSACTIONS = 16384
 #: Local ufrags routed per session: the current generation and the two before it (the agent
 #: answers the previous generation's checks until the next restart, and the selected pair's).
 UFRAGS_PER_SESSION = 3
-#: A lost relay starts a new gathering round at most this often.
-RELAY_REGATHER_INTERVAL = 10.0
+#: When :meth:`IceSession.ping` sends its (re)transmissions, in seconds after the start.
+PING_SCHEDULE = (0.0, 0.5, 1.5)
 #: When an agent asks to be woken in the past right after being run, it is woken this much
 #: later instead (guards against a busy loop; counted in ``stale_wakeups``).
 MIN_TIMER_STEP = 0.01
@@ -160,8 +174,12 @@ class TransportCounters:
     indications: int = 0
     relayed_data_unrouted: int = 0
     direct_data_unrouted: int = 0
+    relayed_other: int = 0
+    """Relayed payloads that are neither STUN nor WireGuard."""
     relay_missing: int = 0
     """Transmits for a relayed base whose allocation is gone."""
+    wrong_base: int = 0
+    """Transmits from a host base that is not where the kernel sends from to their remote."""
     tx_dropped: int = 0
     timer_wakeups: int = 0
     stale_wakeups: int = 0
@@ -373,6 +391,77 @@ class IceSession:
             return False
         return relay.send(remote, data)
 
+    async def ping(self, timeout: float = 3.0) -> float | None:
+        """The round-trip time of the selected pair in seconds, or None (no pair, or no answer
+        within ``timeout``).
+
+        A STUN Binding request built like a consent check (RFC 7675: USERNAME, PRIORITY, role
+        and tie-breaker, MESSAGE-INTEGRITY with the peer's password, FINGERPRINT), sent the
+        way data goes (direct, or through the relay) and retransmitted on
+        :data:`PING_SCHEDULE`; the peer's agent answers it as any check. It measures the path
+        itself, not what runs over it. Uses the current generation's credentials.
+        """
+        pair = self.agent.selected_pair
+        remote_creds = self.agent.remote_credentials
+        if pair is None or remote_creds is None or self._closed:
+            return None
+        transport = self._transport
+        mux = transport.mux
+        agent = self.agent
+        key = short_term_key(remote_creds.pwd)
+        username = f"{remote_creds.ufrag}:{self.local_credentials.ufrag}"
+        role = AttrType.ICE_CONTROLLING if agent.controlling else AttrType.ICE_CONTROLLED
+        sent: dict[bytes, float] = {}
+        rtts: list[float] = []
+        done = trio.Event()
+
+        def on_response(data: memoryview, _local: Address, _source: Address) -> None:
+            try:
+                msg = Message.decode(bytes(data))
+            except DecodeError:
+                return
+            at = sent.get(msg.transaction_id)
+            if at is None or done.is_set():
+                return
+            if msg.message_class == MessageClass.SUCCESS and msg.check_integrity(key):
+                rtts.append(trio.current_time() - at)
+                done.set()
+
+        start = trio.current_time()
+        try:
+            with trio.move_on_at(start + timeout):
+                for at in PING_SCHEDULE:
+                    with trio.move_on_at(start + at):
+                        await done.wait()
+                    if done.is_set():
+                        break
+                    tid = bytes(transport.random_bytes(12))
+                    msg = Message.request(
+                        Method.BINDING,
+                        tid,
+                        [
+                            (AttrType.USERNAME, username),
+                            (AttrType.PRIORITY, peer_reflexive_priority(pair.local)),
+                            (role, agent.tie_breaker),
+                        ],
+                    )
+                    if not mux.register_transaction(tid, on_response):
+                        continue
+                    sent[tid] = trio.current_time()
+                    self._send_on(pair, msg.encode(key, fingerprint=True))
+                await done.wait()
+        finally:
+            for tid in sent:
+                mux.unregister_transaction(tid)
+        return rtts[0] if rtts else None
+
+    def _send_on(self, pair: SelectedPair, data: bytes) -> bool:
+        remote = pair.remote.address
+        if pair.via_relay:
+            relay = self._transport.relay_for(pair.base)
+            return relay is not None and relay.send(remote, data)
+        return self._transport.mux.send(data, remote)
+
     def close(self) -> None:
         """Forget this session (its agent stops; nothing more is sent). Idempotent."""
         if not self._closed:
@@ -453,7 +542,7 @@ class IceSession:
             self._send_relay = None
             self._send_direct = True
         self._send_remote = remote
-        log.info(
+        log.debug(
             "ice pair",
             peer=self.name,
             local=f"{pair.local.type.value}:{format_address(pair.local.address)}",
@@ -471,8 +560,12 @@ class IceTransport:
     credentials and STUN/TURN transaction ids. ``ice_config`` is the default agent
     configuration. ``claim_wireguard`` installs a WireGuard handler on the endpoints that hands
     datagrams from a selected pair's remote to that session's ``on_data`` (not in the node,
-    whose WireGuard tunnel owns the handler). ``after_relay_batch`` is called after data a
-    stream (TCP/TLS) relay delivered (the node flushes its data path there).
+    whose WireGuard tunnel owns the handler). ``on_relayed_data(data, peer)`` takes every
+    WireGuard datagram a relay unwrapped instead of the sessions' ``on_data`` (the node: its
+    tunnel). ``after_relay_batch`` is called after data a stream (TCP/TLS) relay delivered
+    (the node flushes its data path there; a UDP relay's data arrives inside the endpoint's
+    batch, whose ``on_drained`` does that). ``on_gathered(round)`` is called when a gathering
+    round finished.
     """
 
     def __init__(
@@ -480,18 +573,22 @@ class IceTransport:
         endpoints: Sequence[UdpEndpoint],
         options: GatherOptions,
         *,
-        credentials: TurnCredentials | None = None,
+        credentials: CredentialSource | None = None,
         rng: RandomSource | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
         ice_config: IceConfig | None = None,
         claim_wireguard: bool = False,
+        on_relayed_data: Callable[[bytes, Address], None] | None = None,
         after_relay_batch: Callable[[], None] | None = None,
+        on_gathered: Callable[[int], None] | None = None,
         list_addresses: AddressLister | None = None,
     ) -> None:
         self.rng: RandomSource = rng if rng is not None else random_module.SystemRandom()
         self.random_bytes = random_bytes
         self.ice_config = ice_config or IceConfig()
         self.counters = TransportCounters()
+        self.on_relayed_data = on_relayed_data
+        self.on_gathered = on_gathered
         self.mux = UdpMux(endpoints, on_ice=self._on_ice)
         self.gatherer = Gatherer(
             self.mux,
@@ -500,8 +597,8 @@ class IceTransport:
             random=random_bytes,
             list_addresses=list_addresses,
             on_relay_data=self._on_relay_data,
-            on_relay_event=self._on_relay_event,
             after_relay_batch=after_relay_batch,
+            on_relays_changed=self._relays_changed,
         )
         if claim_wireguard:
             for ep in self.mux.endpoints:
@@ -521,7 +618,6 @@ class IceTransport:
         self._gather_wanted.set()
         self._gather_scope: trio.CancelScope | None = None
         self._gathered = trio.Event()
-        self._last_relay_regather = -math.inf
         self._running = False
 
     # -- lifetime --------------------------------------------------------------------------------
@@ -542,20 +638,28 @@ class IceTransport:
             finally:
                 self._running = False
 
+    async def aclose(self) -> None:
+        """Release the TURN allocations gracefully (each bounded by the relay's close
+        timeout; bound the whole from outside) while the sockets still run: the node is
+        stopping. Cancel :meth:`run` afterwards."""
+        await self.gatherer.aclose()
+
+    def relay_for(self, relayed: Address) -> TurnRelay | None:
+        """The live TURN allocation whose relayed address is ``relayed`` (a relayed base)."""
+        return self.gatherer.relay_for(relayed)
+
     async def wait_gathered(self) -> None:
         """Wait until the current gathering round finished."""
         while not self.gathering_complete:
             await self._gathered.wait()
 
-    def regather(self, *, restart_sessions: bool = True, release_relays: bool = False) -> None:
+    def regather(self, *, restart_sessions: bool = True) -> None:
         """Gather again (network change). With ``restart_sessions`` every session restarts
-        into the new round at once (:class:`LocalRestart`, reason ``"regather"``);
-        ``release_relays`` deallocates the TURN allocations first (their 5-tuple may be gone).
-        """
+        into the new round at once (:class:`LocalRestart`, reason ``"regather"``). UDP TURN
+        allocations whose path changed are made again by the round (see
+        :mod:`p2ptun.net.gather`)."""
         self.counters.regathers += 1
         self.mux.invalidate_routes()
-        if release_relays:
-            self.gatherer.release_relays()
         # The new round begins now (a round still gathering is abandoned): sessions restarted
         # into it, and sessions opened from now on, get its candidates as they come.
         now = trio.current_time()
@@ -675,6 +779,11 @@ class IceTransport:
     ) -> None:
         if len(data) >= 20 and _stun_class(data) == 0:
             self._remember(bytes(data[8:20]), session, now)
+        if not via_relay and self.mux.local_base_for(remote) != local:
+            # The kernel would send this from another local address: the check would test a
+            # pair other than the one it names. Let it fail instead.
+            self.counters.wrong_base += 1
+            return
         if via_relay:
             relay = self.gatherer.relay_for(local)
             if relay is None:
@@ -722,9 +831,18 @@ class IceTransport:
 
     def _on_relay_data(self, relay: TurnRelay, peer: Address, data: bytes) -> None:
         if is_stun(data):
-            if relay.client.relayed is None:
+            relayed = relay.client.relayed
+            if relayed is None:
                 return
-            self._on_ice(memoryview(data), relay.client.relayed, normalize_address(peer))
+            view, source = memoryview(data), normalize_address(peer)
+            if not self.mux.deliver_transaction(view, relayed, source):
+                self._on_ice(view, relayed, source)
+            return
+        if classify(data) is not PacketKind.WIREGUARD:
+            self.counters.relayed_other += 1
+            return
+        if self.on_relayed_data is not None:
+            self.on_relayed_data(data, peer)
             return
         session = self._by_remote.get(peer)
         if session is None or session.on_data is None:
@@ -744,12 +862,11 @@ class IceTransport:
             return
         session.on_data(session, data, src)
 
-    def _on_relay_event(self, relay: TurnRelay, event: TurnEvent) -> None:
-        if isinstance(event, AllocationLost):
-            now = trio.current_time()
-            if now - self._last_relay_regather >= RELAY_REGATHER_INTERVAL:
-                self._last_relay_regather = now
-                self.regather(restart_sessions=False)
+    def _relays_changed(self) -> None:
+        """A TURN allocation appeared or ended outside a round: a new round, so that sessions
+        opened from now on get the relays as they are."""
+        if self._running:
+            self.regather(restart_sessions=False)
 
     # -- tasks -----------------------------------------------------------------------------------
 
@@ -789,6 +906,8 @@ class IceTransport:
                     self._pump(session)
             self._gathered.set()
             self._gathered = trio.Event()
+            if self.on_gathered is not None:
+                self.on_gathered(round_number)
 
     async def _timer_loop(self) -> None:
         while True:

@@ -265,15 +265,23 @@ class UdpMux:
 
     # -- receiving -------------------------------------------------------------------------------
 
-    def _on_stun(self, ep: UdpEndpoint, data: memoryview, src: Address) -> None:
+    def deliver_transaction(self, data: memoryview, local: Address, remote: Address) -> bool:
+        """Hand a STUN message to the handler registered for its transaction id, if any (also
+        for STUN a TURN relay unwrapped, ``local`` then being the relayed address)."""
         handler = self._transactions.get(bytes(data[8:20]))
-        if handler is not None:
+        if handler is None:
+            return False
+        self.counters.rx_transactions += 1
+        handler(data, local, remote)
+        return True
+
+    def _on_stun(self, ep: UdpEndpoint, data: memoryview, src: Address) -> None:
+        if bytes(data[8:20]) in self._transactions:
             local = self.local_base_for(src)
             if local is None:
                 self.counters.rx_no_route += 1
                 return
-            self.counters.rx_transactions += 1
-            handler(data, local, src)
+            self.deliver_transaction(data, local, src)
             return
         relay = self._relays.get(src)
         if relay is not None:
@@ -354,6 +362,7 @@ class TurnRelay:
         self._allocated = trio.Event()
         self._ended = trio.Event()
         self._close_requested = trio.Event()
+        self._abandoned = False
         self._timer_scope: trio.CancelScope | None = None
         self._forbidden: set[str] = set()
 
@@ -442,7 +451,7 @@ class TurnRelay:
     @property
     def allocated(self) -> bool:
         """The allocation exists and can relay."""
-        return self.client.state is AllocationState.ALLOCATED
+        return self.client.state is AllocationState.ALLOCATED and not self._abandoned
 
     @property
     def relayed(self) -> Address:
@@ -474,7 +483,7 @@ class TurnRelay:
         (asking for the permission first if there is none). Synchronous; False (counted) if
         the allocation is not usable, the peer is forbidden or a stream's backlog is full."""
         client = self.client
-        if client.state is not AllocationState.ALLOCATED or peer[0] in self._forbidden:
+        if not self.allocated or peer[0] in self._forbidden:
             self.counters.tx_dropped += 1
             return False
         wire = client.send(peer, bytes(data), trio.current_time())
@@ -525,6 +534,21 @@ class TurnRelay:
         """Deallocate (Refresh with LIFETIME 0) and let :meth:`run` return. Idempotent."""
         self._close_requested.set()
 
+    def abandon(self) -> None:
+        """End at once without talking to the server: the path to it changed (a new local
+        address or NAT mapping), so the server no longer knows this allocation by our
+        5-tuple and a deallocation could not reach it. A UDP relay detaches from the mux at
+        once, so that a new allocation on the same server may attach."""
+        self._abandoned = True
+        self._allocated.set()
+        self._end()
+
+    async def aclose(self) -> None:
+        """:meth:`close` and wait until :meth:`run` has deallocated (bounded by its
+        ``close_timeout``). Only for a relay whose :meth:`run` was started."""
+        self.close()
+        await self._ended.wait()
+
     async def run(
         self,
         *,
@@ -559,6 +583,11 @@ class TurnRelay:
                         started = True
                         task_status.started(self)
                         await self._wait_end(close_timeout)
+                    elif self._abandoned:
+                        error = RuntimeFailure(
+                            f"TURN server {format_address(self.server)}: allocation abandoned "
+                            "(the path to the server changed)"
+                        )
                     elif self.failure is not None:
                         error = RuntimeFailure(self.failure.reason)
                     else:
@@ -568,7 +597,10 @@ class TurnRelay:
                         )
                 nursery.cancel_scope.cancel()
         finally:
-            if self.client.state in (AllocationState.ALLOCATED, AllocationState.ALLOCATING):
+            if not self._abandoned and self.client.state in (
+                AllocationState.ALLOCATED,
+                AllocationState.ALLOCATING,
+            ):
                 # Cancelled from outside: tell the server once, do not wait for it.
                 self.client.close(trio.current_time())
                 with contextlib.suppress(Exception):

@@ -4,19 +4,23 @@ foundations, reuse), credentials, bounded failures."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import ipaddress
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import pytest
 import trio
 
 from p2ptun.config import IceConfig, StunServerSettings, TurnServerConfig, TurnServerSettings
+from p2ptun.errors import RuntimeFailure
 from p2ptun.ice.candidate import Candidate, CandidateType
-from p2ptun.net.gather import Gatherer, GatherOptions
+from p2ptun.net.gather import Gatherer, GatherOptions, IssuedCredentials, SlotState
 from p2ptun.net.turn_shared import UdpMux
 from p2ptun.net.udp import UdpEndpoint
 from p2ptun.rendezvous.stun_turn import StunTurnService
+from p2ptun.turn.client import AllocationState
 
 HOST = "127.0.0.1"
 
@@ -35,9 +39,8 @@ def free_port() -> int:
     raise RuntimeError("no free port")
 
 
-@pytest.fixture
-async def server(nursery: trio.Nursery) -> AsyncIterator[int]:
-    port = free_port()
+async def serve(nursery: trio.Nursery, port: int) -> trio.CancelScope:
+    """Our STUN/TURN service on loopback ``port`` (UDP and TCP); cancel the scope to stop it."""
     settings = TurnServerSettings(
         realm="lab",
         relay_address=HOST,
@@ -53,6 +56,13 @@ async def server(nursery: trio.Nursery) -> AsyncIterator[int]:
             await svc.serve()
 
     nursery.start_soon(run)
+    return scope
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery) -> AsyncIterator[int]:
+    port = free_port()
+    scope = await serve(nursery, port)
     yield port
     scope.cancel()
 
@@ -64,17 +74,35 @@ def turn(port: int, transport: str = "udp", user: str | None = "alice") -> TurnS
 
 
 async def start(
-    nursery: trio.Nursery, options: GatherOptions, hosts: Sequence[str] = (HOST,), **kw: object
+    nursery: trio.Nursery,
+    options: GatherOptions,
+    hosts: Sequence[str] = (HOST,),
+    *,
+    route_lookup: Callable[[str], str | None] | None = None,
+    **kw: object,
 ) -> Gatherer:
-    ep = UdpEndpoint.bind(socket.AF_INET, HOST)
+    """A running gatherer on a loopback endpoint; with ``route_lookup`` the endpoint is bound
+    to the wildcard address and that function says which local address talks to whom."""
+    if route_lookup is None:
+        ep = UdpEndpoint.bind(socket.AF_INET, HOST)
+        mux = UdpMux([ep])
+    else:
+        ep = UdpEndpoint.bind(socket.AF_INET)
+        mux = UdpMux([ep], route_lookup=route_lookup)
     nursery.start_soon(ep.receive_loop)
 
     async def lister() -> Sequence[str]:
         return list(hosts)
 
-    gatherer = Gatherer(UdpMux([ep]), options, list_addresses=lister, **kw)  # type: ignore[arg-type]
+    gatherer = Gatherer(mux, options, list_addresses=lister, **kw)  # type: ignore[arg-type]
     await nursery.start(gatherer.run)
     return gatherer
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    with trio.fail_after(timeout):
+        while not condition():
+            await trio.sleep(0.01)
 
 
 async def test_host_candidates_have_distinct_preferences(nursery: trio.Nursery) -> None:
@@ -115,9 +143,9 @@ async def test_relays_udp_and_tcp_priorities_and_reuse(nursery: trio.Nursery, se
 async def test_issued_credentials_and_failures(nursery: trio.Nursery, server: int) -> None:
     asked: list[str] = []
 
-    async def credentials(config: TurnServerConfig) -> tuple[str, str] | None:
+    async def credentials(config: TurnServerConfig) -> IssuedCredentials | None:
         asked.append(config.url)
-        return ("alice", "pw") if "udp" in config.url else None
+        return IssuedCredentials("alice", "pw") if "udp" in config.url else None
 
     silent = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     await silent.bind((HOST, 0))
@@ -147,10 +175,154 @@ async def test_gather_needs_run() -> None:
 
 
 def test_options_from_config() -> None:
-    ice = IceConfig(stun=(("192.0.2.1", 3478),), ipv6_link_local=True)
+    turn = TurnServerConfig("turn:192.0.2.1:3478", "192.0.2.1", 3478, "udp", None, None)
+    ice = IceConfig(stun=(("192.0.2.1", 3478),), turn=(turn,), ipv6_link_local=True)
     opts = GatherOptions.from_config(ice, "p2p0")
-    assert opts.stun == ice.stun and opts.exclude_interfaces == ("p2p0",)
+    assert opts.stun == ice.stun and opts.turn == ice.turn
+    assert opts.exclude_interfaces == ("p2p0",)
     assert opts.include_link_local
+    # The node gives up on STUN sooner and ends its rounds after a few seconds.
+    assert opts.stun_timeout < 3 and opts.round_timeout is not None
+    # ICE-lite (RFC 8445 §2.5): host candidates only, so nothing to ask STUN/TURN servers.
+    lite = GatherOptions.from_config(dataclasses.replace(ice, lite=True))
+    assert lite.stun == () and lite.turn == ()
+
+
+async def test_failed_relay_is_retried_and_announced(nursery: trio.Nursery) -> None:
+    port = free_port()  # nothing listens yet: TCP connections are refused at once
+    changes: list[int] = []
+    options = GatherOptions(turn=(turn(port, "tcp"),), relay_retry=(0.3,), turn_timeout=2)
+    g = await start(nursery, options, on_relays_changed=lambda: changes.append(1))
+    first = await g.gather()
+    assert [f.kind for f in first.failures] == ["turn"], first.failures
+    assert "cannot connect" in first.failures[0].reason
+    assert g.slot_states()[0][1] is SlotState.WAITING and not changes
+    scope = await serve(nursery, port)
+    # The retry allocates while no round waits: the caller hears of it (to gather again).
+    await wait_for(lambda: bool(changes))
+    assert len(g.relays) == 1 and g.relays[0].transport == "tcp"
+    second = await g.gather()
+    assert not second.failures
+    assert [c.type for c in second.candidates] == [CandidateType.HOST, CandidateType.RELAY]
+    scope.cancel()  # the connection closes: the allocation is lost, announced, retried
+    await wait_for(lambda: len(changes) == 2 and g.slot_states()[0][1] is SlotState.WAITING)
+    url, _state, failure = g.slot_states()[0]
+    assert g.relays == [] and failure is not None and failure.startswith(url), failure
+
+
+async def test_issued_credentials_are_renewed_before_they_expire(
+    nursery: trio.Nursery, server: int
+) -> None:
+    asked: list[float] = []
+
+    async def credentials(config: TurnServerConfig) -> IssuedCredentials:
+        asked.append(trio.current_time())
+        return IssuedCredentials("alice", "pw", lifetime=0.5)
+
+    changes: list[int] = []
+    options = GatherOptions(turn=(turn(server, user=None),), min_credential_lifetime=0.5)
+    g = await start(
+        nursery, options, credentials=credentials, on_relays_changed=lambda: changes.append(1)
+    )
+    result = await g.gather()
+    first = g.relays[0]
+    assert [c.type for c in result.candidates].count(CandidateType.RELAY) == 1
+    # At 80 % of the lifetime: released (a clean deallocation), then made again with fresh
+    # credentials; both changes announced.
+    await wait_for(lambda: len(asked) == 2 and len(g.relays) == 1 and g.relays[0] is not first)
+    assert first.client.state is AllocationState.CLOSED and first.failure is None
+    assert asked[1] - asked[0] >= 0.4 - 0.05
+    await wait_for(lambda: len(changes) == 2)
+    await g.aclose()
+    assert g.relays == [] and len(asked) == 2
+
+
+async def test_udp_relay_srflx_and_new_allocation_when_the_path_changes(
+    nursery: trio.Nursery,
+) -> None:
+    # The endpoint is bound to the wildcard address; the route lookup says which local
+    # address the kernel would send from (a documentation address: the mapped address the
+    # server reports, 127.0.0.1, then differs from the base, as behind a NAT).
+    route = {"ip": "192.0.2.1"}
+    port = free_port()
+    scope = await serve(nursery, port)
+    changes: list[int] = []
+    g = await start(
+        nursery,
+        GatherOptions(turn=(turn(port),)),
+        hosts=["192.0.2.1"],
+        route_lookup=lambda ip: route["ip"],
+        on_relays_changed=lambda: changes.append(1),
+    )
+    result = await g.gather()
+    host, srflx, relay = result.candidates
+    assert (srflx.type, relay.type) == (CandidateType.SRFLX, CandidateType.RELAY)
+    assert srflx.address == (HOST, host.port) and srflx.related == host.address
+    assert relay.related == srflx.address
+    old = g.relays[0]
+    assert old.local_ip == "192.0.2.1"
+    # The kernel now sends from another address: the server knows the allocation by the old
+    # 5-tuple, so it is abandoned (no deallocation can reach it) and made again; the round
+    # waits for the new one and nobody needs to hear about it. (On loopback the 5-tuple does
+    # not really change: a fresh server stands in for the server seeing a new client.)
+    scope.cancel()
+    with trio.fail_after(5):
+        while True:  # until the stopped server has closed its sockets
+            await trio.sleep(0.01)
+            with contextlib.suppress(RuntimeFailure):
+                scope = await serve(nursery, port)
+                break
+    route["ip"] = "192.0.2.2"
+    again = await g.gather()
+    assert not again.failures, again.failures
+    assert not old.allocated and old.client.state is AllocationState.ALLOCATED  # not released
+    new = g.relays[0]
+    assert new is not old and new.local_ip == "192.0.2.2"
+    assert [c.related for c in again.candidates if c.type is CandidateType.SRFLX] == [
+        ("192.0.2.2", host.port)
+    ]
+    assert not changes
+    scope.cancel()
+
+
+async def test_nat_mapping_change_abandons_udp_relays(nursery: trio.Nursery, server: int) -> None:
+    changes: list[int] = []
+    options = GatherOptions(stun=((HOST, server),), turn=(turn(server), turn(server, "tcp")))
+    g = await start(nursery, options, on_relays_changed=lambda: changes.append(1))
+    await g.gather()
+    udp, tcp = sorted(g.relays, key=lambda r: r.transport != "udp")
+    # What a later round would see if the NAT in front of us rebound: another mapping from
+    # the same STUN server. The UDP allocation went with the old mapping; TCP is not touched.
+    g._check_mappings({(HOST, server): ("198.51.100.7", 4000)})
+    assert not udp.allocated and tcp.allocated
+    await wait_for(lambda: bool(changes))
+
+
+async def test_round_timeout_ends_the_round_early(nursery: trio.Nursery) -> None:
+    silent = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await silent.bind((HOST, 0))
+    addr = silent.getsockname()
+    url = f"turn:{HOST}:{addr[1]}?transport=udp"
+    options = GatherOptions(
+        stun=(addr,),
+        turn=(TurnServerConfig(url, HOST, addr[1], "udp", "alice", "pw"),),
+        stun_timeout=5,
+        turn_timeout=1.5,
+        round_timeout=0.4,
+        relay_retry=(30.0,),
+    )
+    g = await start(nursery, options)
+    start_time = trio.current_time()
+    result = await g.gather()
+    assert trio.current_time() - start_time < 1
+    reasons = sorted((f.kind, f.reason) for f in result.failures)
+    assert [k for k, _ in reasons] == ["stun", "turn"]
+    assert "within the round" in reasons[0][1] and "later round" in reasons[1][1]
+    assert [c.type for c in result.candidates] == [CandidateType.HOST]
+    # The allocation attempt goes on beyond the round, bounded by turn_timeout.
+    assert g.slot_states()[0][1] is SlotState.ALLOCATING
+    await wait_for(lambda: g.slot_states()[0][1] is SlotState.WAITING)
+    silent.close()
 
 
 @pytest.mark.lab

@@ -115,6 +115,7 @@ async def start_node(
     hosts: Sequence[str] = (HOST,),
     stun: Sequence[Address] = (),
     turn: Sequence[TurnServerConfig] = (),
+    transport_options: dict[str, Any] | None = None,
     **options: Any,
 ) -> Node:
     ep = UdpEndpoint.bind(socket.AF_INET, HOST)
@@ -123,6 +124,7 @@ async def start_node(
         GatherOptions(stun=tuple(stun), turn=tuple(turn), **options),
         claim_wireguard=True,
         list_addresses=_lister(hosts),
+        **(transport_options or {}),
     )
     nursery.start_soon(ep.receive_loop)
     await nursery.start(transport.run)
@@ -177,6 +179,11 @@ async def test_host_pair_over_loopback(nursery: trio.Nursery) -> None:
     # Both finished gathering before the sessions opened: nothing was trickled.
     assert not [e for e in a.events if isinstance(e, LocalCandidate)]
     assert a.session.local_description().end_of_candidates
+    # A consent-style check on the selected pair measures its round trip.
+    with trio.fail_after(5):
+        rtt = await a.session.ping(timeout=3)
+    assert rtt is not None and 0 <= rtt < 3
+    assert b.session is not None and await b.session.ping(timeout=3) is not None
 
 
 async def test_relay_pair_through_our_turn_server(nursery: trio.Nursery, turn_server: int) -> None:
@@ -195,6 +202,36 @@ async def test_relay_pair_through_our_turn_server(nursery: trio.Nursery, turn_se
     before = relay.client.counters.tx_channel_data
     await exchange(a, b, n=3)
     assert relay.client.counters.tx_channel_data > before
+    # Ping goes through the relay too; its answer comes back unwrapped by the relay.
+    assert a.session is not None
+    with trio.fail_after(5):
+        assert await a.session.ping(timeout=3) is not None
+
+
+async def test_relayed_wireguard_to_the_transport_handler(
+    nursery: trio.Nursery, turn_server: int
+) -> None:
+    # The node's way: every WireGuard datagram a relay unwraps goes to one handler (its
+    # tunnel authenticates it), whatever pair is selected; other payloads are dropped.
+    got: list[tuple[bytes, Address]] = []
+    a = await start_node(
+        nursery,
+        hosts=(),
+        turn=[turn_config(turn_server)],
+        transport_options={"on_relayed_data": lambda d, p: got.append((bytes(d), p))},
+    )
+    b = await start_node(nursery, hosts=(), turn=[turn_config(turn_server, user="bob")])
+    pa, pb = await connect(a, b)
+    assert pa.via_relay and pb.via_relay and b.session is not None
+    with trio.fail_after(5):
+        while not got:
+            assert b.session.send(WG + b"to-a")
+            await trio.sleep(0.05)
+    assert got[0] == (WG + b"to-a", pb.local.address) and not a.data
+    assert b.session.send(b"\x99junk")
+    with trio.fail_after(5):
+        while a.transport.counters.relayed_other < 1:
+            await trio.sleep(0.02)
 
 
 async def test_turn_over_tcp_relay(nursery: trio.Nursery, turn_server: int) -> None:
@@ -203,6 +240,24 @@ async def test_turn_over_tcp_relay(nursery: trio.Nursery, turn_server: int) -> N
     pa, _pb = await connect(a, b)
     assert pa.via_relay
     assert a.transport.gatherer.relays[0].transport == "tcp"
+    await exchange(a, b)
+
+
+async def test_checks_only_from_the_base_the_kernel_sends_from(nursery: trio.Nursery) -> None:
+    # a has two host addresses, but its socket is bound to 127.0.0.1: checks from the other
+    # base would leave from 127.0.0.1 and test the wrong pair, so they are not sent.
+    gathered: list[int] = []
+    a = await start_node(
+        nursery,
+        hosts=("127.0.0.2", HOST),
+        transport_options={"on_gathered": gathered.append},
+    )
+    b = await start_node(nursery)
+    pa, pb = await connect(a, b)
+    assert pa.local.address == a.endpoint.local_address
+    assert pb.remote.address == a.endpoint.local_address
+    assert a.transport.counters.wrong_base > 0
+    assert gathered == [1]
     await exchange(a, b)
 
 
@@ -393,12 +448,30 @@ async def test_unknown_ufrag_and_stray_responses_are_counted(nursery: trio.Nurse
         b"k" * 16, fingerprint=True
     )
     stray = Message.request(Method.BINDING, b"w" * 12).success([]).encode()
+    keepalive = Message.indication(Method.BINDING, b"v" * 12).encode()
     await sock.sendto(check, a.endpoint.local_address)
     await sock.sendto(stray, a.endpoint.local_address)
+    await sock.sendto(keepalive, a.endpoint.local_address)
     await sock.sendto(b"\x04\x00\x00\x00garbage", a.endpoint.local_address)
+    c = a.transport.counters
     with trio.fail_after(5):
-        c = a.transport.counters
-        while c.checks_unknown_ufrag < 1 or c.responses_unknown < 1 or c.direct_data_unrouted < 1:
+        while (
+            c.checks_unknown_ufrag < 1
+            or c.responses_unknown < 1
+            or c.indications < 1
+            or c.direct_data_unrouted < 1
+        ):
+            await trio.sleep(0.02)
+    # A closed session's ufrag is routed no more: its checks count as unknown.
+    session = a.open("gone", False)
+    ufrag = session.local_credentials.ufrag
+    session.close()
+    check = Message.request(Method.BINDING, b"u" * 12, [(AttrType.USERNAME, f"{ufrag}:x")]).encode(
+        b"k" * 16, fingerprint=True
+    )
+    await sock.sendto(check, a.endpoint.local_address)
+    with trio.fail_after(5):
+        while c.checks_unknown_ufrag < 2:
             await trio.sleep(0.02)
     sock.close()
 

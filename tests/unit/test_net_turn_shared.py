@@ -128,6 +128,28 @@ async def test_udp_relay_round_trip_through_the_shared_socket(
     peer.close()
 
 
+async def test_abandoned_relay_detaches_at_once_without_deallocating(
+    nursery: trio.Nursery, server: int, mux: UdpMux
+) -> None:
+    relay = TurnRelay.udp(mux, (HOST, server), "alice", "pw")
+    ended = trio.Event()
+
+    async def run(task_status: trio.TaskStatus[TurnRelay] = trio.TASK_STATUS_IGNORED) -> None:
+        await relay.run(task_status=task_status)
+        ended.set()
+
+    await nursery.start(run)
+    sent = mux.endpoints[0].counters.tx_packets
+    relay.abandon()  # the path to the server changed: nothing can reach the allocation now
+    assert mux.relay_for((HOST, server)) is None and not relay.allocated
+    assert not relay.send((HOST, 9), b"x")
+    with trio.fail_after(5):
+        await ended.wait()
+    # Nothing was sent, no deallocation either (the client still believes in its allocation).
+    assert relay.client.state is AllocationState.ALLOCATED and relay.failure is None
+    assert mux.endpoints[0].counters.tx_packets == sent
+
+
 async def test_forbidden_peer_is_remembered(nursery: trio.Nursery, mux: UdpMux) -> None:
     _svc, port, scope = await serve(nursery, allow_loopback=False)  # loopback peers: 403
     events: list[TurnEvent] = []
