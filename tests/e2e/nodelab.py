@@ -313,6 +313,26 @@ class Deployment:
     nodes: list[Node] = field(default_factory=list)
     rendezvous: subprocess.Popen[bytes] | None = None
 
+    @classmethod
+    def per_site(
+        cls, lab: NatLab, workdir: Path, keys: Sequence[tuple[str, str]] | None = None
+    ) -> Deployment:
+        """One node identity per site of ``lab`` (``n<i>`` at ``site<i>``, overlay address
+        10.77.0.i/24, ``keys[i - 1]`` if given), all registered with a rendezvous started on
+        the server."""
+        dep = cls(lab, workdir)
+        for site in lab.sites:
+            i = site.index
+            dep.add_node(
+                f"n{i}",
+                f"site{i}",
+                f"10.77.0.{i}/24",
+                ifname=f"p2p{dep.tag}n{i}",
+                keys=keys[i - 1] if keys else None,
+            )
+        dep.start_rendezvous()
+        return dep
+
     @property
     def run_dir(self) -> Path:
         return self.workdir / "run"
@@ -327,10 +347,18 @@ class Deployment:
     def node(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)
 
-    def add_node(self, name: str, site: str, address: str, ifname: str | None = None) -> Node:
+    def add_node(
+        self,
+        name: str,
+        site: str,
+        address: str,
+        ifname: str | None = None,
+        keys: tuple[str, str] | None = None,
+    ) -> Node:
         """A node identity at ``site`` (``site<i>``); register it before the rendezvous
-        starts. The interface name defaults to ``p2p<tag><first letter of name>``."""
-        key, pub = keypair()
+        starts. The interface name defaults to ``p2p<tag><first letter of name>``, the
+        (private, public) keys to new ones."""
+        key, pub = keys or keypair()
         node = Node(name, site, ifname or f"p2p{self.tag}{name[0]}", address, key, pub)
         assert all(n.ifname != node.ifname for n in self.nodes), node.ifname
         self.nodes.append(node)

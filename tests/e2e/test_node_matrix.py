@@ -75,11 +75,7 @@ def matrix(
 ) -> Iterator[Deployment]:
     """The module's lab, rendezvous and node identities (``n<i>`` at ``site<i>``, overlay
     address 10.77.0.i)."""
-    lab = natlab_module(list(SITES))
-    dep = Deployment(lab, tmp_path_factory.mktemp("matrix"))
-    for i in range(1, len(SITES) + 1):
-        dep.add_node(f"n{i}", f"site{i}", f"10.77.0.{i}/24", ifname=f"p2p{dep.tag}n{i}")
-    dep.start_rendezvous()
+    dep = Deployment.per_site(natlab_module(list(SITES)), tmp_path_factory.mktemp("matrix"))
     try:
         yield dep
     finally:
