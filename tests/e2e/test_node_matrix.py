@@ -13,7 +13,11 @@ SHA-256 checked at both ends, and the lab's forward counters agreeing with the p
 site, or through the server). Two more sym/sym cases relay through coturn on the server's second
 address instead of the embedded TURN: with a static long-term user, and with coturn's
 ``use-auth-secret`` sharing the rendezvous' ``[turn] auth_secret`` (the nodes name no
-credentials, so they use the ones the rendezvous issues).
+credentials, so they use the ones the rendezvous issues). The rendezvous issues credentials
+only when it has a ``[turn]`` section, and that section also makes it serve TURN itself (on its
+``[stun]`` listeners; there is no credentials-only mode), so here it keeps its own TURN on
+203.0.113.10 and coturn listens on 203.0.113.11; the case checks that the relay in use is
+coturn's and that the embedded TURN allocated nothing.
 
 For the record, each case prints the path chosen and the time from the second ``p2ptun up`` to
 the first ping reply through the tunnel; nothing asserts on time.
@@ -106,8 +110,9 @@ def _coturn(dep: Deployment, mode: str) -> tuple[Coturn, dict[str, Any]]:
         turn = f'{{ url = "{url}", username = "{user}", password = "{password}" }}'
     else:
         # The REST-API secret the rendezvous issues credentials with (its [turn] auth_secret).
+        # Its own realm, not the rendezvous' "lab": the client takes the server's REALM.
         args = ["-v", "--use-auth-secret", f"--static-auth-secret={dep.turn_secret}"]
-        args.append("--realm=lab")
+        args.append("--realm=coturn")
         turn = f'{{ url = "{url}" }}'
     server = start_coturn(dep.lab, addresses=[RV_ALT], extra_args=args)
     return server, {"stun": [f"{RV_ALT}:3478"], "turn_servers": [turn]}
@@ -161,7 +166,8 @@ def test_nat_pair(matrix_case: Deployment, case: Case) -> None:
             assert direct > 5 * MB, lab.counters()
             assert lab.server_bytes(a.site) < MB and lab.server_bytes(b.site) < MB
         else:
-            assert direct == 0, lab.counters()
+            # Only ICE checks (it keeps trying direct pairs while relayed), no data.
+            assert direct < 64 * 1024, lab.counters()
             assert lab.server_bytes(a.site) > 5 * MB and lab.server_bytes(b.site) > 5 * MB
         after = dep.peer_status(a, b)
         assert after["tx_bytes"] > 4 * MB and after["rx_bytes"] > MB, after
