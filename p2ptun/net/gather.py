@@ -188,6 +188,18 @@ class SlotState(enum.Enum):
     """The gatherer stopped."""
 
 
+@dataclass(frozen=True)
+class RelayStatus:
+    """One configured TURN server as :meth:`Gatherer.relay_status` reports it."""
+
+    url: str
+    state: SlotState
+    #: The live allocation, if any.
+    relay: TurnRelay | None
+    #: Why the last attempt failed or the last allocation was lost.
+    failure: str | None
+
+
 class _RelaySlot:
     """One configured TURN server: its allocation, kept by :meth:`Gatherer._supervise`."""
 
@@ -274,9 +286,9 @@ class Gatherer:
                 return relay
         return None
 
-    def slot_states(self) -> list[tuple[str, SlotState, str | None]]:
-        """``(url, state, last failure)`` of each configured TURN server."""
-        return [(s.config.url, s.state, s.failure) for s in self._slots]
+    def relay_status(self) -> list[RelayStatus]:
+        """Where each configured TURN server's allocation stands, in configuration order."""
+        return [RelayStatus(s.config.url, s.state, s.live, s.failure) for s in self._slots]
 
     # -- lifetime --------------------------------------------------------------------------------
 
@@ -708,5 +720,6 @@ __all__ = [
     "GatherResult",
     "Gatherer",
     "IssuedCredentials",
+    "RelayStatus",
     "SlotState",
 ]

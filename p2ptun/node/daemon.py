@@ -8,6 +8,10 @@ One trio nursery owns everything the node runs:
 * the **signaling client** (:class:`~p2ptun.signal.client_io.SignalingClient`), which keeps a
   connection to the rendezvous with jittered backoff; an unreachable rendezvous is reported
   once and retried in the background, it never stops the daemon;
+* the **ICE transport** (:class:`~p2ptun.net.ice_transport.IceTransport`) on the same UDP
+  endpoints: the STUN/ChannelData demux, candidate gathering with the TURN relays, and one
+  ICE session per offer/answer of each peer (:class:`~p2ptun.node.peer.PeerSession` decides
+  when); WireGuard that a relay unwraps goes to the data path;
 * the **control socket** (:mod:`p2ptun.node.control`) serving ``status`` and ``ping``;
 * **signals**: SIGTERM/SIGINT stop the daemon cleanly (routes, interface, control socket and
   relay allocations removed, exit 0); SIGHUP reloads the config.
@@ -50,18 +54,18 @@ import trio
 
 from p2ptun import config as config_mod
 from p2ptun.addr import Address, format_address
-from p2ptun.config import IPNetwork, NodeConfig, PeerConfig
+from p2ptun.config import IPNetwork, NodeConfig, PeerConfig, TurnServerConfig
 from p2ptun.errors import EXIT_OK, P2ptunError, RuntimeFailure
 from p2ptun.keys import encode_key
 from p2ptun.log import get_logger
 from p2ptun.net import netlink
+from p2ptun.net.gather import GatherOptions, IssuedCredentials
+from p2ptun.net.ice_transport import IceTransport
 from p2ptun.net.netlink import ChangeKind
 from p2ptun.net.tun import TunDevice
 from p2ptun.net.udp import UdpEndpoint, open_endpoints
 from p2ptun.node import control
-from p2ptun.node.gather import Gatherer
 from p2ptun.node.mss import mss_for_mtu
-from p2ptun.node.mux import UdpMux
 from p2ptun.node.peer import PeerSession
 from p2ptun.node.sdnotify import Notifier
 from p2ptun.node.wgtunnel import WgTunnel
@@ -153,7 +157,7 @@ class NodeDaemon:
     """The node daemon for one config. :meth:`run` is the whole service life.
 
     It is also the :class:`~p2ptun.node.peer.NodeContext` its peers see: the data path, the
-    mux, the gatherer and the current signaling client.
+    ICE transport and the current signaling client.
     """
 
     def __init__(self, config: NodeConfig, *, notifier: Notifier | None = None) -> None:
@@ -162,8 +166,7 @@ class NodeDaemon:
         self.mtu = config.interface.mtu or DEFAULT_MTU
         self.peers: dict[str, PeerSession] = {}
         self._tunnel: WgTunnel | None = None
-        self._mux: UdpMux | None = None
-        self._gatherer: Gatherer | None = None
+        self._transport: IceTransport | None = None
         self.signaling: SignalingClient | None = None
         self._signaling_scope: trio.CancelScope | None = None
         self._peer_scopes: dict[str, trio.CancelScope] = {}
@@ -180,14 +183,9 @@ class NodeDaemon:
         return self._tunnel
 
     @property
-    def mux(self) -> UdpMux:
-        assert self._mux is not None
-        return self._mux
-
-    @property
-    def gatherer(self) -> Gatherer:
-        assert self._gatherer is not None
-        return self._gatherer
+    def transport(self) -> IceTransport:
+        assert self._transport is not None
+        return self._transport
 
     @property
     def lite(self) -> bool:
@@ -217,7 +215,7 @@ class NodeDaemon:
                     await nursery.start(tunnel.run)
                     await nursery.start(control.serve, cfg.control_socket, self._handle_control)
                     await self._start_signaling(nursery)
-                    await nursery.start(self.gatherer.run)
+                    await nursery.start(self.transport.run)
                     for session in self.peers.values():
                         self._start_peer(session)
                     nursery.start_soon(self._watch_network)
@@ -253,14 +251,15 @@ class NodeDaemon:
             for session in self.peers.values():
                 session.close()
             with trio.move_on_after(3):
-                await self.gatherer.close()
+                await self.transport.aclose()
             if self.signaling is not None:
                 with trio.move_on_after(0.2):  # let the signaling writer flush the byes
                     await trio.sleep(0.2)
                 self.signaling.stop()
 
     async def _open_data_path(self) -> WgTunnel:
-        """TUN, addresses, MTU, up, routes, UDP sockets, WireGuard device, mux, peers."""
+        """TUN, addresses, MTU, up, routes, UDP sockets, WireGuard device, ICE transport,
+        peers."""
         cfg = self.config
         tun = TunDevice.open(self.interface)
         endpoints: list[UdpEndpoint] = []
@@ -279,14 +278,13 @@ class NodeDaemon:
                 device, tun, endpoints, mss=mss_for_mtu(self.mtu), learn_endpoints=True
             )
             self._tunnel = tunnel
-            self._mux = UdpMux(endpoints, on_relayed_wireguard=self._relayed_wireguard)
-            self._gatherer = Gatherer(
-                cfg,
-                self._mux,
-                interface=self.interface,
+            self._transport = IceTransport(
+                endpoints,
+                GatherOptions.from_config(cfg.ice, self.interface),
                 credentials=self._turn_credentials,
-                on_update=self._candidates_changed,
-                on_round=self._round_done,
+                on_relayed_data=self._relayed_wireguard,
+                after_relay_batch=tunnel.flush,
+                on_gathered=self._round_done,
             )
             for peer_cfg in cfg.peers:
                 await self._add_peer(peer_cfg)
@@ -385,18 +383,18 @@ class NodeDaemon:
                 continue
             session.on_signal(received)
 
-    async def _turn_credentials(self) -> tuple[str, str, float]:
+    async def _turn_credentials(self, server: TurnServerConfig) -> IssuedCredentials:
+        """Rendezvous-issued credentials for a TURN server configured without them."""
         client = self.signaling
-        if client is None:
-            raise TurnCredentialsUnavailable("no signaling client")
-        creds = await client.turn_credentials(timeout=15.0)
-        return creds.username, creds.password, float(creds.ttl)
+        try:
+            if client is None:
+                raise TurnCredentialsUnavailable("no signaling client")
+            creds = await client.turn_credentials(timeout=15.0)
+        except TurnCredentialsUnavailable as exc:
+            raise RuntimeFailure(f"{server.url}: {exc}") from None
+        return IssuedCredentials(creds.username, creds.password, float(creds.ttl))
 
-    # -- candidates and the network -------------------------------------------------------
-
-    def _candidates_changed(self) -> None:
-        for session in self.peers.values():
-            session.candidates_changed()
+    # -- the network ----------------------------------------------------------------------
 
     def _round_done(self, rounds: int) -> None:
         if self._restart_after_round and rounds > 1:
@@ -421,14 +419,14 @@ class NodeDaemon:
                         # so that the restart offers go out at once.
                         await self._replace_signaling()
                     self._restart_after_round = True
-                    self.gatherer.regather()
+                    self.transport.regather(restart_sessions=False)
         except P2ptunError as exc:
             log.warning("network monitor unavailable", error=str(exc))
 
     def _relayed_wireguard(self, data: bytes, peer: Address) -> None:
-        tunnel = self.tunnel
-        tunnel.receive_datagram(data, b"relay " + format_address(peer).encode())
-        tunnel.flush()
+        # A UDP relay's data arrives inside the endpoint's batch (flushed at its end), a
+        # stream relay's is flushed after each chunk (after_relay_batch).
+        self.tunnel.receive_datagram(data, b"relay " + format_address(peer).encode())
 
     # -- peers ----------------------------------------------------------------------------
 
@@ -634,8 +632,9 @@ class NodeDaemon:
 
     def debug(self) -> dict[str, Any]:
         """Internals for troubleshooting (not part of the status contract): the data path's
-        counters, the mux's, and each peer's ICE state."""
+        counters, the ICE transport's and its mux's, the relays, and each peer's ICE state."""
         now = trio.current_time()
+        transport = self.transport
         peers = {}
         for name, session in self.peers.items():
             attempts = []
@@ -650,9 +649,8 @@ class NodeDaemon:
                         "state": agent.state.value,
                         "current": attempt is session.current,
                         "active": attempt is session.active,
-                        "local_candidates": len(attempt.added),
+                        "local_candidates": len(agent.local_candidates),
                         "remote_candidates": len(agent.remote_candidates),
-                        "transmits_dropped": attempt.counters.transmits_dropped,
                         "stats": dataclasses.asdict(agent.stats),
                     }
                 )
@@ -663,16 +661,20 @@ class NodeDaemon:
             }
         return {
             "tunnel": self.tunnel.status(),
-            "mux": dataclasses.asdict(self.mux.counters),
+            "ice": transport.counters.as_dict(),
+            "mux": transport.mux.counters.as_dict(),
             "relays": [
                 {
-                    "server": r.name,
-                    "relayed": None if r.relayed is None else format_address(r.relayed),
-                    "tx_dropped": r.tx_dropped,
+                    "server": r.url,
+                    "state": r.state.value,
+                    "relayed": None if r.relay is None else format_address(r.relay.relayed),
+                    "tx_dropped": None if r.relay is None else r.relay.counters.tx_dropped,
+                    "failure": r.failure,
                 }
-                for r in self.gatherer.relays()
+                for r in transport.gatherer.relay_status()
             ],
-            "candidates": [c.to_attribute() for c in self.gatherer.candidates()],
+            "round": transport.round,
+            "candidates": [c.to_attribute() for c in transport.candidates],
             "peers": peers,
             "time": now,
         }

@@ -1,48 +1,51 @@
-"""One configured peer as the daemon runs it: signaling, ICE, and the WireGuard path.
+"""One configured peer as the daemon runs it: signaling, when to (re)start ICE, and the
+WireGuard path.
 
-:class:`PeerSession` drives the whole life of a connection to one peer:
+:class:`PeerSession` is the orchestration on top of the node's ICE transport
+(:class:`~p2ptun.net.ice_transport.IceTransport`, which owns the shared sockets' demux, the
+gathering and the TURN relays, the agents' timer and their transmits):
 
 1. **Offer/answer** through the rendezvous (:class:`~p2ptun.signal.client_io.SignalingClient`):
    at start the node offers (ICE-controlling); an offer that arrives is answered
    (ICE-controlled). When both offer at once the signaling core applies the glare rule
    (smaller public key wins, ARCHITECTURE.md §2) and tells the loser which of its sessions
    was superseded. An offer to a peer that is offline waits for its presence.
-2. **ICE**: each offer or answer creates an :class:`Attempt` — a fresh sans-I/O
-   :class:`~p2ptun.ice.IceAgent` with new credentials and the node's current candidates
-   (:class:`~p2ptun.node.gather.Gatherer`), trickling later ones (``Candidates`` messages, RFC
-   8838) and end-of-candidates. Its checks go out on the shared UDP socket or through a TURN
-   relay; the mux (:class:`~p2ptun.node.mux.UdpMux`) routes STUN back by ufrag or transaction.
+2. **ICE**: each offer or answer creates an :class:`Attempt` — a fresh
+   :class:`~p2ptun.net.ice_transport.IceSession` (one sans-I/O agent with new credentials,
+   the role of this offer/answer, and the node's latest gathering round), whose later
+   candidates (:class:`~p2ptun.net.ice_transport.LocalCandidate`, RFC 8838) and
+   end-of-candidates are trickled as ``Candidates`` messages once the peer may receive them.
 3. **The path**: when an attempt selects a pair it becomes the *active* one and the data path
    sends the peer's WireGuard datagrams over it — straight to the remote candidate
-   (:meth:`WgTunnel.set_endpoint`), or through our TURN allocation as ChannelData
-   (:meth:`WgTunnel.set_sender`). A later selection (the agent moving from a relayed to a
-   direct pair, or a restarted attempt) swaps that send function; the WireGuard session is not
-   touched, so no new handshake and no lost TCP connection. A WireGuard handshake is started
-   when a path appears and there is no session yet.
+   (:meth:`WgTunnel.set_endpoint`), or through our TURN allocation
+   (:meth:`WgTunnel.set_sender`; the session bound a channel, so it goes as ChannelData). A
+   later selection (the agent moving from a relayed to a direct pair, or a restarted attempt)
+   swaps that send function; the WireGuard session is not touched, so no new handshake and no
+   lost TCP connection. A WireGuard handshake is started when a path appears and there is no
+   session yet.
 4. **Restarts** (make-before-break): a restart is a new attempt (``Restart`` offer) while the
    active one keeps carrying data until the new one selects a pair; the old one is then
-   retired (it keeps answering the peer's checks for a while, then goes). Triggers: consent
-   suspect on the active pair (restart early), consent expired (stop sending on that pair at
-   once, restart), a network change (:meth:`PeerSession.restart` from the daemon), an attempt
-   that failed (retry with backoff), an offer nobody answered.
+   retired (it keeps answering the peer's checks for a while, then is closed). Triggers:
+   consent suspect on the active pair (restart early), consent expired (stop sending on that
+   pair at once, restart), a network change (:meth:`PeerSession.restart` from the daemon once
+   the transport regathered), an attempt that failed (retry with backoff), an offer nobody
+   answered. Its own timers (re-offer, retry, retirement) run in :meth:`PeerSession.run`,
+   which never spins: a due time always moves forward when it is acted on.
 
 Rendezvous loss changes nothing here: an established path keeps running on ICE consent alone;
 only new offers wait for the rendezvous to come back.
 
-Ping (``p2ptun ping``): a STUN Binding request on the active pair, built like a consent check
-(RFC 7675: USERNAME, PRIORITY, role and tie-breaker, MESSAGE-INTEGRITY with the peer's
-password, FINGERPRINT), sent the way data goes (direct, or through the relay); the peer's
-agent answers it as any check, and the response gives the round-trip time. It measures the
-path itself, without the WireGuard session or the peer's kernel.
+Ping (``p2ptun ping``): :meth:`IceSession.ping` on the active attempt, a consent-style check on
+the selected pair; the response gives the round-trip time of the path itself, without the
+WireGuard session or the peer's kernel.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import trio
@@ -59,26 +62,24 @@ from p2ptun.ice import (
     ConsentSuspect,
     IceAgent,
     IceDescription,
-    IceEvent,
     PairSelected,
     RoleChanged,
     SelectedPair,
     StateChanged,
-    Transmit,
-    generate_credentials,
 )
-from p2ptun.ice.candidate import peer_reflexive_priority
 from p2ptun.log import get_logger
-from p2ptun.node.gather import Gatherer
-from p2ptun.node.mux import UdpMux
+from p2ptun.net.ice_transport import (
+    IceSession,
+    IceTransport,
+    LocalCandidate,
+    LocalCandidatesDone,
+    SessionEvent,
+)
 from p2ptun.node.wgtunnel import WgTunnel
 from p2ptun.signal.client import SignalReceived
 from p2ptun.signal.client_io import SignalingClient
 from p2ptun.signal.negotiation import NegotiationState
 from p2ptun.signal.seal import Answer, Bye, Candidates, Offer, Restart
-from p2ptun.stun import AttrType, Message, MessageClass, Method
-from p2ptun.stun.credentials import short_term_key
-from p2ptun.stun.message import random_transaction_id
 from p2ptun.wireguard import Peer
 
 log = get_logger("node.peer")
@@ -89,13 +90,15 @@ RETRY_DELAYS = (1.0, 3.0, 5.0, 10.0, 20.0, 30.0)
 """Waits before trying again after an attempt failed (the last one repeats)."""
 RETIRE_AFTER = 35.0
 """A replaced attempt keeps answering the peer's checks this long."""
+MAX_RETIRED = 2
+"""Replaced attempts kept answering at most (the oldest is closed first)."""
 SUSPECT_HOLDOFF = 10.0
 """At most one early restart per this many seconds when consent turns suspect."""
 MIN_RESTART_INTERVAL = 1.0
 FIRST_OFFER_WAIT = 2.0
 """How long the first offer waits for the node's first gathering round."""
-PING_SCHEDULE = (0.0, 0.5, 1.5)
-TRICKLE_OPTIONS = ("trickle",)
+MAX_IDLE = 30.0
+"""The peer's timer wakes at least this often."""
 
 
 class NodeContext(Protocol):
@@ -105,10 +108,7 @@ class NodeContext(Protocol):
     def tunnel(self) -> WgTunnel: ...
 
     @property
-    def mux(self) -> UdpMux: ...
-
-    @property
-    def gatherer(self) -> Gatherer: ...
+    def transport(self) -> IceTransport: ...
 
     @property
     def signaling(self) -> SignalingClient | None: ...
@@ -119,39 +119,26 @@ class NodeContext(Protocol):
     def peer_changed(self) -> None: ...
 
 
-@dataclass
-class AttemptCounters:
-    transmits_dropped: int = 0
-    """Checks whose local base is not where the kernel would send from, or whose relay is
-    gone."""
-
-
 @dataclass(eq=False)
 class Attempt:
     """One ICE session (one offer/answer) with the peer."""
 
-    owner: PeerSession
-    agent: IceAgent
+    session: IceSession
     controlling: bool
     created: float
     session_id: int | None = None
     remote_set: bool = False
-    added: list[Candidate] = field(default_factory=list)
     signalled: set[Candidate] = field(default_factory=set)
-    local_eoc: bool = False
     eoc_sent: bool = False
     retire_at: float | None = None
-    counters: AttemptCounters = field(default_factory=AttemptCounters)
+
+    @property
+    def agent(self) -> IceAgent:
+        return self.session.agent
 
     @property
     def ufrag(self) -> str:
-        return self.agent.local_credentials.ufrag
-
-    def handle_stun(self, data: bytes, local: Address, remote: Address) -> bool:
-        """The mux's entry point: one STUN datagram for this agent."""
-        handled = self.agent.handle_datagram(data, local, remote, trio.current_time())
-        self.owner.flush(self)
-        return handled
+        return self.session.local_credentials.ufrag
 
     def __repr__(self) -> str:
         role = "controlling" if self.controlling else "controlled"
@@ -172,7 +159,6 @@ class PeerSession:
         self.retired: list[Attempt] = []
         self.path: SelectedPair | None = None
         self.ping_rtt: float | None = None
-        self._rng = random.SystemRandom()
         self._wake = trio.Event()
         self._failures = 0
         self._next_try = 0.0
@@ -197,7 +183,7 @@ class PeerSession:
         try:
             # Offer with the node's candidates if they come quickly; later ones trickle.
             with trio.move_on_after(FIRST_OFFER_WAIT):
-                await self.ctx.gatherer.wait_complete()
+                await self.ctx.transport.wait_gathered()
             if self.current is None and self.active is None:  # no offer of the peer's came
                 self._offer("start")
             while True:
@@ -221,7 +207,7 @@ class PeerSession:
             with contextlib.suppress(KeyError, P2ptunError):
                 client.send_to(self.name, Bye(0, reason))
         for attempt in self._attempts():
-            self.ctx.mux.remove_ice(attempt)
+            attempt.session.close()
         self.current = self.active = None
         self.retired = []
         self._clear_path()
@@ -230,18 +216,13 @@ class PeerSession:
         found = [a for a in (self.current, self.active) if a is not None]
         return found + [a for a in self.retired if a not in found]
 
-    # -- timers -----------------------------------------------------------------------------
+    # -- timers (the agents' own run in the transport) -------------------------------------------
 
     def _run_timers(self, now: float) -> None:
-        for attempt in self._attempts():
-            t = attempt.agent.next_wakeup()
-            if t is not None and t <= now:
-                attempt.agent.handle_timeout(now)
-                self.flush(attempt)
         for attempt in list(self.retired):
             if attempt.retire_at is not None and now >= attempt.retire_at:
                 self.retired.remove(attempt)
-                self.ctx.mux.remove_ice(attempt)
+                attempt.session.close()
         due = self._offer_due(now)
         if due is not None and now >= due:
             # Move both clocks first: whatever _offer decides (it may skip), the next due
@@ -262,13 +243,8 @@ class PeerSession:
         return None
 
     def _next_deadline(self, now: float) -> float:
-        times = [now + 30.0]
-        for attempt in self._attempts():
-            t = attempt.agent.next_wakeup()
-            if t is not None:
-                times.append(t)
-            if attempt.retire_at is not None:
-                times.append(attempt.retire_at)
+        times = [now + MAX_IDLE]
+        times += [a.retire_at for a in self.retired if a.retire_at is not None]
         due = self._offer_due(now)
         if due is not None:
             times.append(due)
@@ -283,11 +259,11 @@ class PeerSession:
     # -- attempts ---------------------------------------------------------------------------
 
     def _new_attempt(self, controlling: bool) -> Attempt:
-        creds = generate_credentials(os.urandom)
-        agent = IceAgent(creds, controlling=controlling, rng=self._rng, lite=self.ctx.lite)
-        attempt = Attempt(self, agent, controlling, trio.current_time())
-        self.ctx.mux.add_ice(attempt.ufrag, attempt)
-        self._add_local(attempt)
+        session = self.ctx.transport.open_session(
+            self.name, controlling=controlling, lite=self.ctx.lite
+        )
+        attempt = Attempt(session, controlling, trio.current_time())
+        session.on_event = partial(self._on_session_event, attempt)
         return attempt
 
     def _drop(self, attempt: Attempt | None) -> None:
@@ -296,21 +272,23 @@ class PeerSession:
         if attempt is self.current:
             self.current = None
         if attempt is not self.active:
-            self.ctx.mux.remove_ice(attempt)
+            attempt.session.close()
 
     def _retire(self, attempt: Attempt) -> None:
         attempt.retire_at = trio.current_time() + RETIRE_AFTER
         self.retired.append(attempt)
-        del self.retired[:-2]  # bounded: the two most recent
+        while len(self.retired) > MAX_RETIRED:
+            self.retired.pop(0).session.close()
 
-    def _description(self, attempt: Attempt, candidates: list[Candidate], eoc: bool) -> str:
-        creds = attempt.agent.local_credentials
+    @staticmethod
+    def _description(attempt: Attempt, candidates: list[Candidate], eoc: bool) -> str:
+        desc = attempt.session.local_description()
         return IceDescription(
-            creds.ufrag,
-            creds.pwd,
+            desc.ufrag,
+            desc.pwd,
             tuple(candidates),
-            lite=self.ctx.lite,
-            options=TRICKLE_OPTIONS,
+            lite=desc.lite,
+            options=desc.options,
             end_of_candidates=eoc,
         ).to_text()
 
@@ -333,12 +311,13 @@ class PeerSession:
         self.current = attempt
         if client is None:
             return  # the signaling client is being replaced; offered again on its return
-        eoc = attempt.local_eoc
-        text = self._description(attempt, attempt.added, eoc)
-        attempt.signalled.update(attempt.added)
-        attempt.eoc_sent = eoc
+        desc = attempt.session.local_description()
+        attempt.signalled.update(desc.candidates)
+        attempt.eoc_sent = desc.end_of_candidates
         try:
-            attempt.session_id = client.offer(self.name, text, restart=self.active is not None)
+            attempt.session_id = client.offer(
+                self.name, desc.to_text(), restart=self.active is not None
+            )
         except (KeyError, P2ptunError) as exc:
             log.warning("cannot offer", peer=self.name, error=str(exc))
             return
@@ -347,7 +326,7 @@ class PeerSession:
             peer=self.name,
             reason=reason,
             restart=self.active is not None,
-            candidates=len(attempt.added),
+            candidates=len(desc.candidates),
         )
         self.wake()
 
@@ -365,31 +344,6 @@ class PeerSession:
 
     # -- local candidates -------------------------------------------------------------------
 
-    def candidates_changed(self) -> None:
-        """The node's candidates changed: add new ones to the running attempts and trickle
-        them to the peer."""
-        for attempt in (self.current, self.active):
-            if attempt is not None:
-                self._add_local(attempt)
-                self._trickle(attempt)
-                self.flush(attempt)
-
-    def _add_local(self, attempt: Attempt) -> None:
-        now = trio.current_time()
-        gatherer = self.ctx.gatherer
-        for cand in gatherer.candidates():
-            if cand in attempt.added:
-                continue
-            try:
-                attempt.agent.add_local_candidate(cand, now)
-            except ValueError as exc:
-                log.debug("candidate not usable", peer=self.name, error=str(exc))
-                continue
-            attempt.added.append(cand)
-        if gatherer.complete and not attempt.local_eoc:
-            attempt.local_eoc = True
-            attempt.agent.set_local_end_of_candidates(now)
-
     def _trickle(self, attempt: Attempt) -> None:
         """Signal candidates the peer has not seen yet, once it may receive them."""
         client = self.ctx.signaling
@@ -397,11 +351,12 @@ class PeerSession:
             return
         if attempt.controlling and not attempt.remote_set:
             return  # the offer may still wait for presence: trickle after the answer
-        new = [c for c in attempt.added if c not in attempt.signalled]
-        eoc = attempt.local_eoc and not attempt.eoc_sent
-        if not new and not eoc:
+        desc = attempt.session.local_description()
+        new = [c for c in desc.candidates if c not in attempt.signalled]
+        eoc = desc.end_of_candidates
+        if not new and (not eoc or attempt.eoc_sent):
             return
-        text = self._description(attempt, new, attempt.local_eoc)
+        text = self._description(attempt, new, eoc)
         try:
             sent = client.send_to(self.name, Candidates(attempt.session_id, text))
         except (KeyError, P2ptunError) as exc:
@@ -409,7 +364,7 @@ class PeerSession:
             return
         if sent:
             attempt.signalled.update(new)
-            attempt.eoc_sent = attempt.local_eoc
+            attempt.eoc_sent = eoc
 
     # -- signaling in -----------------------------------------------------------------------
 
@@ -431,7 +386,6 @@ class PeerSession:
             if self._apply_remote(current, msg.description):
                 log.info("answer", peer=self.name, session=f"{msg.session:016x}")
                 self._trickle(current)
-                self.flush(current)
         elif isinstance(msg, Candidates):
             for attempt in (self.current, self.active):
                 if attempt is not None and attempt.session_id == msg.session:
@@ -453,32 +407,31 @@ class PeerSession:
         if client is None or not self._apply_remote(attempt, msg.description):
             self._drop(attempt)
             return
-        text = self._description(attempt, attempt.added, attempt.local_eoc)
+        desc = attempt.session.local_description()
         try:
-            client.send_to(self.name, Answer(msg.session, text))
+            client.send_to(self.name, Answer(msg.session, desc.to_text()))
         except (KeyError, P2ptunError) as exc:
             # The negotiation moved on (an offer of ours replaced this one): not an error.
             log.info("offer not answered", peer=self.name, reason=str(exc))
             self._drop(attempt)
             return
         self.current = attempt
-        attempt.signalled.update(attempt.added)
-        attempt.eoc_sent = attempt.local_eoc
+        attempt.signalled.update(desc.candidates)
+        attempt.eoc_sent = desc.end_of_candidates
         log.info(
             "answered",
             peer=self.name,
             restart=isinstance(msg, Restart),
             session=f"{msg.session:016x}",
-            candidates=len(attempt.added),
+            candidates=len(desc.candidates),
         )
-        self.flush(attempt)
 
     def _on_bye(self, msg: Bye) -> None:
         log.info("peer said bye", peer=self.name, reason=msg.reason or "-")
         active = self.active
         if active is not None and msg.session in (0, active.session_id):
             self.active = None
-            self.ctx.mux.remove_ice(active)
+            active.session.close()
             self._clear_path()
         current = self.current
         if current is not None and msg.session in (0, current.session_id):
@@ -486,61 +439,33 @@ class PeerSession:
         self._next_try = trio.current_time() + RETRY_DELAYS[0]
 
     def _apply_remote(self, attempt: Attempt, text: str) -> bool:
-        """Feed a remote description or trickled fragment to ``attempt``'s agent."""
-        now = trio.current_time()
+        """Feed a remote description or trickled fragment to ``attempt``'s session."""
         try:
             desc = IceDescription.parse(text)
         except DecodeError as exc:
             log.warning("bad ICE description from peer", peer=self.name, error=str(exc))
             return False
-        agent = attempt.agent
-        if not agent.set_remote_credentials(desc.credentials, now, lite=desc.lite):
+        session = attempt.session
+        if not session.set_remote_credentials(desc.credentials, lite=desc.lite):
             log.debug("candidates for another ICE generation", peer=self.name)
             return False
         attempt.remote_set = True
         for cand in desc.candidates:
-            agent.add_remote_candidate(cand, now)
+            session.add_remote_candidate(cand)
         if desc.end_of_candidates:
-            agent.set_remote_end_of_candidates(now)
-        self.flush(attempt)
+            session.set_remote_end_of_candidates()
         return True
 
-    # -- agent output -----------------------------------------------------------------------
+    # -- the session's events ---------------------------------------------------------------
 
-    def flush(self, attempt: Attempt) -> None:
-        """Send what ``attempt``'s agent queued and act on its events."""
-        agent = attempt.agent
-        while True:
-            transmits = agent.pop_transmits()
-            events = agent.pop_events()
-            if not transmits and not events:
-                break
-            for tx in transmits:
-                self._transmit(attempt, tx)
-            for event in events:
-                self._on_event(attempt, event)
-        self._wake.set()
-
-    def _transmit(self, attempt: Attempt, tx: Transmit) -> None:
-        mux = self.ctx.mux
-        mux.note_ice_request(tx.data, attempt)
-        if tx.via_relay:
-            relay = self.ctx.gatherer.relay_for(tx.local)
-            if relay is None:
-                attempt.counters.transmits_dropped += 1
-                return
-            relay.send(tx.remote, tx.data)
-            return
-        if mux.local_for(tx.remote) != tx.local:
-            # The kernel would send this from another local address: the check would test a
-            # pair other than the one it names. Let it fail instead.
-            attempt.counters.transmits_dropped += 1
-            return
-        mux.send(tx.data, tx.remote)
-
-    def _on_event(self, attempt: Attempt, event: IceEvent) -> None:
+    def _on_session_event(
+        self, attempt: Attempt, _session: IceSession, event: SessionEvent
+    ) -> None:
         if attempt is not self.current and attempt is not self.active:
-            return  # a retired attempt: it only answers checks now
+            return  # a retired (or not yet adopted) attempt: it only answers checks now
+        if isinstance(event, LocalCandidate | LocalCandidatesDone):
+            self._trickle(attempt)
+            return
         if isinstance(event, PairSelected):
             if attempt is not self.active:
                 old = self.active
@@ -555,7 +480,7 @@ class PeerSession:
             if attempt is self.active:
                 log.warning("consent expired, path closed", peer=self.name)
                 self.active = None
-                self.ctx.mux.remove_ice(attempt)
+                attempt.session.close()
                 self._clear_path()
                 self.restart("consent expired")
         elif isinstance(event, ConsentSuspect):
@@ -588,6 +513,7 @@ class PeerSession:
             )
         elif isinstance(event, RoleChanged):
             log.info("ICE role changed", peer=self.name, controlling=event.controlling)
+        self.wake()
         self.ctx.peer_changed()
 
     # -- the data path ------------------------------------------------------------------------
@@ -596,12 +522,12 @@ class PeerSession:
         tunnel = self.ctx.tunnel
         remote = pair.remote.address
         if pair.via_relay:
-            relay = self.ctx.gatherer.relay_for(pair.base)
+            relay = self.ctx.transport.relay_for(pair.base)
             if relay is None:
                 log.warning("selected relay is gone", peer=self.name)
                 self._clear_path()
                 return
-            relay.bind_channel(remote)
+            # The session bound a channel to the remote: the data goes as ChannelData.
             tunnel.set_sender(self.wg, _relay_sender(relay.send, remote), remote)
         else:
             tunnel.set_endpoint(self.wg, remote)
@@ -681,72 +607,20 @@ class PeerSession:
             local_candidate=_cand_json(pair.local),
             remote_candidate=_cand_json(pair.remote),
         )
-        agent = active.agent
-        remote_creds = agent.remote_credentials
-        if remote_creds is None:
+        if active.agent.remote_credentials is None:
             result["error"] = "no remote credentials"
             return result
-        key = short_term_key(remote_creds.pwd)
-        got: dict[bytes, float] = {}
-        done = trio.Event()
-        sent: dict[bytes, float] = {}
-
-        def on_response(msg: Message, _source: Address) -> None:
-            if msg.message_class == MessageClass.SUCCESS and msg.check_integrity(key):
-                got[msg.transaction_id] = trio.current_time()
-                done.set()
-
-        start = trio.current_time()
-        mux = self.ctx.mux
-        with trio.move_on_at(start + timeout):
-            for at in PING_SCHEDULE:
-                with trio.move_on_at(start + at):
-                    await done.wait()
-                if done.is_set():
-                    break
-                tid = random_transaction_id()
-                msg = Message.request(
-                    Method.BINDING,
-                    tid,
-                    [
-                        (AttrType.USERNAME, f"{remote_creds.ufrag}:{active.ufrag}"),
-                        (AttrType.PRIORITY, peer_reflexive_priority(pair.local)),
-                        (
-                            AttrType.ICE_CONTROLLING
-                            if agent.controlling
-                            else AttrType.ICE_CONTROLLED,
-                            agent.tie_breaker,
-                        ),
-                    ],
-                )
-                wire = msg.encode(key, fingerprint=True)
-                mux.expect_response(tid, on_response)
-                sent[tid] = trio.current_time()
-                self._send_probe(pair, wire)
-            await done.wait()
-        for tid in sent:
-            mux.forget(tid)
-        if not got:
+        rtt = await active.session.ping(timeout)
+        if rtt is None:
             result["error"] = f"no answer within {timeout:g} s"
             return result
-        tid, at = next(iter(got.items()))
-        rtt = at - sent[tid]
         self.ping_rtt = rtt
         result["rtt_ms"] = round(rtt * 1000, 3)
         return result
 
-    def _send_probe(self, pair: SelectedPair, wire: bytes) -> None:
-        remote = pair.remote.address
-        if pair.via_relay:
-            relay = self.ctx.gatherer.relay_for(pair.base)
-            if relay is not None:
-                relay.send(remote, wire)
-        else:
-            self.ctx.mux.send(wire, remote)
-
 
 def _relay_sender(
-    send: Callable[[Address, bytes], None], remote: Address
+    send: Callable[[Address, bytes], object], remote: Address
 ) -> Callable[[bytes], None]:
     def sender(datagram: bytes) -> None:
         send(remote, datagram)

@@ -196,7 +196,7 @@ async def test_failed_relay_is_retried_and_announced(nursery: trio.Nursery) -> N
     first = await g.gather()
     assert [f.kind for f in first.failures] == ["turn"], first.failures
     assert "cannot connect" in first.failures[0].reason
-    assert g.slot_states()[0][1] is SlotState.WAITING and not changes
+    assert g.relay_status()[0].state is SlotState.WAITING and not changes
     scope = await serve(nursery, port)
     # The retry allocates while no round waits: the caller hears of it (to gather again).
     await wait_for(lambda: bool(changes))
@@ -205,9 +205,10 @@ async def test_failed_relay_is_retried_and_announced(nursery: trio.Nursery) -> N
     assert not second.failures
     assert [c.type for c in second.candidates] == [CandidateType.HOST, CandidateType.RELAY]
     scope.cancel()  # the connection closes: the allocation is lost, announced, retried
-    await wait_for(lambda: len(changes) == 2 and g.slot_states()[0][1] is SlotState.WAITING)
-    url, _state, failure = g.slot_states()[0]
-    assert g.relays == [] and failure is not None and failure.startswith(url), failure
+    await wait_for(lambda: len(changes) == 2 and g.relay_status()[0].state is SlotState.WAITING)
+    status = g.relay_status()[0]
+    assert g.relays == [] and status.relay is None
+    assert status.failure is not None and status.failure.startswith(status.url), status
 
 
 async def test_issued_credentials_are_renewed_before_they_expire(
@@ -320,8 +321,8 @@ async def test_round_timeout_ends_the_round_early(nursery: trio.Nursery) -> None
     assert "within the round" in reasons[0][1] and "later round" in reasons[1][1]
     assert [c.type for c in result.candidates] == [CandidateType.HOST]
     # The allocation attempt goes on beyond the round, bounded by turn_timeout.
-    assert g.slot_states()[0][1] is SlotState.ALLOCATING
-    await wait_for(lambda: g.slot_states()[0][1] is SlotState.WAITING)
+    assert g.relay_status()[0].state is SlotState.ALLOCATING
+    await wait_for(lambda: g.relay_status()[0].state is SlotState.WAITING)
     silent.close()
 
 

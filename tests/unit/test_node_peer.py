@@ -1,23 +1,32 @@
-"""PeerSession under virtual time with fake node parts: the offer/retry clocks never spin, an
-unanswered offer is made again only while the peer is online, a pending offer of the peer's
-suppresses our own, and a selected pair becomes the WireGuard path."""
+"""PeerSession, the node's orchestration, over the real ICE transport on loopback sockets with
+fake signaling, tunnel and WireGuard peer: the offer/retry clocks never spin (virtual time),
+an unanswered offer is made again only while the peer is online, a pending offer of the peer's
+suppresses our own; and two sessions connect through offer/answer, the selected pair becomes
+the WireGuard path, a restart swaps it make-before-break, ping measures it, bye clears it."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
 from p2ptun.addr import Address
 from p2ptun.config import PeerConfig
-from p2ptun.ice import Candidate, make_host_candidate
 from p2ptun.keys import generate_private_key, public_key
+from p2ptun.net.gather import GatherOptions
+from p2ptun.net.ice_transport import IceTransport
+from p2ptun.net.udp import UdpEndpoint
 from p2ptun.node import peer as peer_mod
 from p2ptun.node.peer import PeerSession
+from p2ptun.signal.client import SignalReceived
 from p2ptun.signal.negotiation import Negotiation, NegotiationState
-from p2ptun.signal.seal import PeerMessage
+from p2ptun.signal.seal import Bye, Offer, PeerMessage, Restart
 
 
 class FakeCore:
@@ -27,7 +36,11 @@ class FakeCore:
 
 @dataclass
 class FakeSignaling:
+    """Records what the peer session signals; with ``deliver`` it also hands each message to
+    the other side (as the rendezvous would, later, never from inside the call)."""
+
     name: str
+    deliver: Callable[[PeerMessage], None] | None = None
     offers: list[tuple[str, bool]] = field(default_factory=list)
     sent: list[PeerMessage] = field(default_factory=list)
 
@@ -36,49 +49,16 @@ class FakeSignaling:
 
     def offer(self, peer: str, description: str, *, restart: bool = False) -> int:
         self.offers.append((description, restart))
-        return len(self.offers)
+        session = len(self.offers)
+        if self.deliver is not None:
+            message = Restart if restart else Offer
+            self.deliver(message(session, description))
+        return session
 
     def send_to(self, peer: str, message: PeerMessage) -> bool:
         self.sent.append(message)
-        return True
-
-
-class FakeGatherer:
-    complete = True
-
-    def __init__(self) -> None:
-        self.cands: list[Candidate] = [make_host_candidate(("10.0.1.2", 4000), 65535)]
-
-    async def wait_complete(self) -> None:
-        return None
-
-    def candidates(self) -> list[Candidate]:
-        return list(self.cands)
-
-    def relay_for(self, relayed: Address) -> None:
-        return None
-
-
-class FakeMux:
-    def __init__(self) -> None:
-        self.sinks: dict[str, Any] = {}
-        self.sent: list[tuple[bytes, Address]] = []
-
-    def add_ice(self, ufrag: str, sink: Any) -> None:
-        self.sinks[ufrag] = sink
-
-    def remove_ice(self, sink: Any) -> None:
-        for k in [k for k, v in self.sinks.items() if v is sink]:
-            del self.sinks[k]
-
-    def note_ice_request(self, data: bytes, sink: Any) -> None:
-        pass
-
-    def local_for(self, remote: Address) -> Address:
-        return ("10.0.1.2", 4000)
-
-    def send(self, data: bytes, remote: Address) -> bool:
-        self.sent.append((data, remote))
+        if self.deliver is not None:
+            self.deliver(message)
         return True
 
 
@@ -100,32 +80,87 @@ class FakeWg:
     rx_bytes = tx_bytes = 0
     last_handshake = None
 
+    def __init__(self) -> None:
+        self.initiated = 0
+
     def has_session(self, now: float) -> bool:
         return False
 
     def initiate_handshake(self, now: float) -> None:
-        pass
+        self.initiated += 1
 
     def send_keepalive(self, now: float) -> None:
         pass
 
 
+def loopback_transport() -> IceTransport:
+    """The node's real ICE transport on a loopback socket (host candidates from a fixed list,
+    no STUN or TURN servers)."""
+
+    async def addresses() -> list[str]:
+        return ["127.0.0.1"]
+
+    endpoint = UdpEndpoint.bind(socket.AF_INET, "127.0.0.1")
+    return IceTransport([endpoint], GatherOptions(), list_addresses=addresses)
+
+
 @dataclass
 class Ctx:
     signaling: Any
+    transport: IceTransport = field(default_factory=loopback_transport)
     tunnel: Any = field(default_factory=FakeTunnel)
-    mux: Any = field(default_factory=FakeMux)
-    gatherer: Any = field(default_factory=FakeGatherer)
     lite: bool = False
     changes: int = 0
 
     def peer_changed(self) -> None:
         self.changes += 1
 
+    @property
+    def address(self) -> Address:
+        return self.transport.mux.endpoints[0].local_address
 
-def make_session() -> tuple[PeerSession, Ctx, list[int]]:
-    ctx = Ctx(FakeSignaling("bob"))
-    cfg = PeerConfig("bob", public_key(generate_private_key()), ())
+
+@pytest.fixture
+async def transports(nursery: trio.Nursery) -> AsyncIterator[Callable[[Ctx], None]]:
+    """``start(ctx)``: run the context's transport (and, unless under a MockClock, its
+    socket's receive loop); at the end they are stopped, then the sockets closed."""
+    scopes: list[trio.CancelScope] = []
+    running: list[trio.Event] = []
+    endpoints: list[UdpEndpoint] = []
+    receive = not isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
+
+    async def run(ctx: Ctx, scope: trio.CancelScope, done: trio.Event) -> None:
+        try:
+            with scope:
+                async with trio.open_nursery() as inner:
+                    if receive:
+                        inner.start_soon(ctx.transport.mux.endpoints[0].receive_loop)
+                    await ctx.transport.run()
+        finally:
+            done.set()
+
+    def start(ctx: Ctx) -> None:
+        scope, done = trio.CancelScope(), trio.Event()
+        scopes.append(scope)
+        running.append(done)
+        endpoints.extend(ctx.transport.mux.endpoints)
+        nursery.start_soon(run, ctx, scope, done)
+
+    yield start
+    for scope in scopes:
+        scope.cancel()
+    with trio.fail_after(5):
+        for done in running:
+            await done.wait()
+    for endpoint in endpoints:
+        endpoint.close()
+
+
+def make_session(
+    name: str = "bob", signaling: FakeSignaling | None = None
+) -> tuple[PeerSession, Ctx, list[int]]:
+    ctx = Ctx(signaling or FakeSignaling(name))
+    cfg = PeerConfig(name, public_key(generate_private_key()), ())
     session = PeerSession(ctx, cfg, FakeWg())  # type: ignore[arg-type]
     loops = [0]
     original = session._next_deadline
@@ -139,9 +174,10 @@ def make_session() -> tuple[PeerSession, Ctx, list[int]]:
 
 
 async def test_offline_peer_never_spins_and_is_not_reoffered(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, transports: Callable[[Ctx], None]
 ) -> None:
     session, ctx, loops = make_session()
+    transports(ctx)
     async with trio.open_nursery() as nursery:
         await nursery.start(session.run)
         await trio.sleep(1)
@@ -158,13 +194,17 @@ async def test_offline_peer_never_spins_and_is_not_reoffered(
         await trio.sleep(peer_mod.OFFER_TIMEOUT * 3 + 1)
         assert 4 <= len(ctx.signaling.offers) <= 5
         assert session.stale_wakeups == 0
+        # Each new offer closed the unanswered one's ICE session: only the latest is open.
+        assert len(ctx.transport.sessions) == 1
         nursery.cancel_scope.cancel()
+    assert ctx.transport.sessions == []
 
 
 async def test_pending_offer_of_the_peer_suppresses_ours(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, transports: Callable[[Ctx], None]
 ) -> None:
     session, ctx, loops = make_session()
+    transports(ctx)
     negotiation = ctx.signaling.core.negotiations["bob"]
     negotiation.state = NegotiationState.ANSWERING  # the core accepted the peer's offer
     async with trio.open_nursery() as nursery:
@@ -176,10 +216,81 @@ async def test_pending_offer_of_the_peer_suppresses_ours(
 
 
 async def test_status_shape_without_path(autojump_clock: trio.testing.MockClock) -> None:
-    session, _ctx, _ = make_session()
+    session, ctx, _ = make_session()
     status = session.status(trio.current_time())
     assert status["state"] == "connecting" and status["path"] is None
     session.on_presence(False)
     assert session.status(trio.current_time())["state"] == "disconnected"
     result = await session.ping(0.5)
     assert result["rtt_ms"] is None and "no path" in result["error"]
+    ctx.transport.mux.endpoints[0].close()
+
+
+async def test_offer_answer_path_restart_ping_and_bye(
+    nursery: trio.Nursery, transports: Callable[[Ctx], None]
+) -> None:
+    inbox: trio.MemorySendChannel[tuple[PeerSession, SignalReceived]]
+    inbox, outbox = trio.open_memory_channel(100)
+    sessions: dict[str, PeerSession] = {}
+
+    def link(me: str, other: str) -> FakeSignaling:
+        def deliver(message: PeerMessage) -> None:
+            with contextlib.suppress(trio.BrokenResourceError, trio.WouldBlock):  # test over
+                inbox.send_nowait((sessions[other], SignalReceived(me, message)))
+
+        return FakeSignaling(other, deliver)
+
+    alice, actx, _ = make_session("bob", link("alice", "bob"))  # alice's view of bob
+    bob, bctx, _ = make_session("alice", link("bob", "alice"))  # bob's view of alice
+    sessions.update(alice=alice, bob=bob)
+    # bob waits for alice's offer (no glare here: the signaling core's business).
+    bctx.signaling.core.negotiations["alice"].state = NegotiationState.ANSWERING
+
+    async def rendezvous() -> None:
+        async for target, received in outbox:
+            target.on_signal(received)
+
+    nursery.start_soon(rendezvous)
+    for ctx in (actx, bctx):
+        transports(ctx)
+    for session in (alice, bob):
+        await nursery.start(session.run)
+        session.on_presence(True)
+
+    def connected() -> bool:
+        now = trio.current_time()
+        return alice.state(now) == "connected" and bob.state(now) == "connected"
+
+    with trio.fail_after(10):
+        while not connected():
+            await trio.sleep(0.02)
+    assert alice.path is not None and bob.path is not None
+    assert actx.tunnel.endpoints[-1] == bctx.address
+    assert bctx.tunnel.endpoints[-1] == actx.address
+    # The offerer (controlling) starts the WireGuard handshake, the answerer does not.
+    assert (alice.wg.initiated, bob.wg.initiated) == (1, 0)  # type: ignore[attr-defined]
+    assert alice.status(trio.current_time())["path"] == "direct"
+    pinged = await alice.ping(3.0)
+    assert pinged["rtt_ms"] is not None and pinged["path"] == "direct", pinged
+
+    # Restart (make-before-break): a new attempt, the old one retired once the new selects.
+    first = alice.active
+    assert first is not None
+    alice.restart("test")
+    assert alice.current is not None and alice.active is first
+    with trio.fail_after(10):
+        while alice.active is first or bob.active is None or bob.retired == []:
+            await trio.sleep(0.02)
+    assert alice.retired == [first] and first.retire_at is not None
+    assert actx.tunnel.endpoints[-1] == bctx.address
+    assert len(actx.tunnel.endpoints) == 2  # the path was set again, never cleared
+    assert actx.signaling.offers[-1][1] is True  # sent as a Restart
+
+    # Bye: the peer's path is cleared at once.
+    alice.close("test over")
+    with trio.fail_after(5):
+        while bob.path is not None:
+            await trio.sleep(0.02)
+    assert isinstance(actx.signaling.sent[-1], Bye)
+    assert bctx.tunnel.endpoints[-1] is None
+    assert actx.transport.sessions == []
