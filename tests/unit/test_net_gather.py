@@ -6,63 +6,29 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import ipaddress
 import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import pytest
 import trio
+from loopback_turn import HOST, free_port, serve_turn
 
-from p2ptun.config import IceConfig, StunServerSettings, TurnServerConfig, TurnServerSettings
+from p2ptun.config import IceConfig, TurnServerConfig
 from p2ptun.errors import RuntimeFailure
 from p2ptun.ice.candidate import Candidate, CandidateType
 from p2ptun.net.gather import Gatherer, GatherOptions, IssuedCredentials, SlotState
 from p2ptun.net.turn_shared import UdpMux
 from p2ptun.net.udp import UdpEndpoint
-from p2ptun.rendezvous.stun_turn import StunTurnService
 from p2ptun.turn.client import AllocationState
-
-HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind((HOST, 0))
-            port = int(u.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind((HOST, port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port")
 
 
 async def serve(nursery: trio.Nursery, port: int) -> trio.CancelScope:
-    """Our STUN/TURN service on loopback ``port`` (UDP and TCP); cancel the scope to stop it."""
-    settings = TurnServerSettings(
-        realm="lab",
-        relay_address=HOST,
-        relay_ports=(45000, 45999),
-        users={"alice": "pw"},
-        allow_peers=(ipaddress.ip_network("127.0.0.0/8"),),
-    )
-    svc = await StunTurnService.bind(StunServerSettings(((HOST, port),)), settings)
-    scope = trio.CancelScope()
-
-    async def run() -> None:
-        with scope:
-            await svc.serve()
-
-    nursery.start_soon(run)
-    return scope
+    return (await serve_turn(nursery, port, relay_ports=(45000, 45999)))[1]
 
 
 @pytest.fixture
 async def server(nursery: trio.Nursery) -> AsyncIterator[int]:
-    port = free_port()
-    scope = await serve(nursery, port)
+    port, scope = await serve_turn(nursery, relay_ports=(45000, 45999))
     yield port
     scope.cancel()
 

@@ -3,7 +3,6 @@ our embedded STUN/TURN server for relayed paths. Every wait is bounded."""
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -11,9 +10,10 @@ from typing import Any
 
 import pytest
 import trio
+from loopback_turn import HOST, serve_turn
 
 from p2ptun.addr import Address
-from p2ptun.config import StunServerSettings, TurnServerConfig, TurnServerSettings
+from p2ptun.config import TurnServerConfig
 from p2ptun.ice.agent import IceConfig, PairSelected, SelectedPair, StateChanged
 from p2ptun.ice.candidate import CandidateType
 from p2ptun.ice.sdp import IceDescription
@@ -29,47 +29,15 @@ from p2ptun.net.ice_transport import (
     stun_username,
 )
 from p2ptun.net.udp import UdpEndpoint
-from p2ptun.rendezvous.stun_turn import StunTurnService
 from p2ptun.stun import AttrType, Message, Method
 
-HOST = "127.0.0.1"
-REALM = "lab"
 WG = b"\x04\x00\x00\x00"  # a WireGuard transport-data header: classified as WireGuard
 SERVER_SCOPES: dict[int, trio.CancelScope] = {}
 
 
-def free_port() -> int:
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind((HOST, 0))
-            port = int(u.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind((HOST, port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port")
-
-
 @pytest.fixture
 async def turn_server(nursery: trio.Nursery) -> AsyncIterator[int]:
-    port = free_port()
-    settings = TurnServerSettings(
-        realm=REALM,
-        relay_address=HOST,
-        relay_ports=(43000, 43999),
-        users={"alice": "pw", "bob": "pw"},
-        allow_peers=(ipaddress.ip_network("127.0.0.0/8"),),
-    )
-    svc = await StunTurnService.bind(StunServerSettings(((HOST, port),)), settings)
-    scope = trio.CancelScope()
-
-    async def serve() -> None:
-        with scope:
-            await svc.serve()
-
-    nursery.start_soon(serve)
+    port, scope = await serve_turn(nursery, relay_ports=(43000, 43999))
     SERVER_SCOPES[port] = scope
     yield port
     scope.cancel()

@@ -12,59 +12,19 @@ from pathlib import Path
 
 import pytest
 import trio
+from loopback_turn import HOST, free_port, serve_turn
 
 from p2ptun.addr import Address
-from p2ptun.config import StunServerSettings, TurnServerSettings
 from p2ptun.errors import RuntimeFailure
 from p2ptun.net.turn_shared import TurnRelay, UdpMux, route_source
 from p2ptun.net.udp import UdpEndpoint
-from p2ptun.rendezvous.stun_turn import StunTurnService
 from p2ptun.stun import Message, Method, encode_channel_data
 from p2ptun.turn.client import AllocationLost, AllocationState, PermissionFailed, TurnEvent
-
-HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind((HOST, 0))
-            port = int(u.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind((HOST, port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port")
-
-
-async def serve(
-    nursery: trio.Nursery, allow_loopback: bool
-) -> tuple[StunTurnService, int, trio.CancelScope]:
-    """Our STUN/TURN service on loopback; cancel the scope to stop it (connections close)."""
-    port = free_port()
-    settings = TurnServerSettings(
-        realm="lab",
-        relay_address=HOST,
-        relay_ports=(44000, 44999),
-        users={"alice": "pw"},
-        allow_peers=(ipaddress.ip_network("127.0.0.0/8"),) if allow_loopback else (),
-    )
-    svc = await StunTurnService.bind(StunServerSettings(((HOST, port),)), settings)
-    scope = trio.CancelScope()
-
-    async def run() -> None:
-        with scope:
-            await svc.serve()
-
-    nursery.start_soon(run)
-    return svc, port, scope
 
 
 @pytest.fixture
 async def server(nursery: trio.Nursery) -> AsyncIterator[int]:
-    _svc, port, scope = await serve(nursery, True)
+    port, scope = await serve_turn(nursery)
     yield port
     scope.cancel()
 
@@ -151,7 +111,7 @@ async def test_abandoned_relay_detaches_at_once_without_deallocating(
 
 
 async def test_forbidden_peer_is_remembered(nursery: trio.Nursery, mux: UdpMux) -> None:
-    _svc, port, scope = await serve(nursery, allow_loopback=False)  # loopback peers: 403
+    port, scope = await serve_turn(nursery, allow_loopback=False)  # loopback peers: 403
     events: list[TurnEvent] = []
     relay = TurnRelay.udp(mux, (HOST, port), "alice", "pw", on_event=lambda r, e: events.append(e))
     await nursery.start(relay.run)
@@ -167,7 +127,7 @@ async def test_forbidden_peer_is_remembered(nursery: trio.Nursery, mux: UdpMux) 
 
 
 async def test_tcp_relay_and_connection_loss(nursery: trio.Nursery, mux: UdpMux) -> None:
-    _svc, port, scope = await serve(nursery, allow_loopback=True)
+    port, scope = await serve_turn(nursery)
     got: list[bytes] = []
     batches: list[int] = []
     events: list[TurnEvent] = []
@@ -325,25 +285,8 @@ def _certificates(directory: Path) -> tuple[Path, Path, Path]:
 
 async def test_tls_relay(nursery: trio.Nursery, tmp_path: Path) -> None:
     ca, cert, key = _certificates(tmp_path)
-    port, tls_port = free_port(), free_port()
-    settings = TurnServerSettings(
-        realm="lab",
-        relay_address=HOST,
-        relay_ports=(44000, 44999),
-        users={"alice": "pw"},
-        allow_peers=(ipaddress.ip_network("127.0.0.0/8"),),
-        tls_listen=((HOST, tls_port),),
-        tls_cert=str(cert),
-        tls_key=str(key),
-    )
-    svc = await StunTurnService.bind(StunServerSettings(((HOST, port),)), settings)
-    scope = trio.CancelScope()
-
-    async def serve() -> None:
-        with scope:
-            await svc.serve()
-
-    nursery.start_soon(serve)
+    tls_port = free_port()
+    _port, scope = await serve_turn(nursery, tls=(tls_port, str(cert), str(key)))
     got: list[bytes] = []
     relay = TurnRelay.stream(
         (HOST, tls_port),
