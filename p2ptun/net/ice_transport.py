@@ -53,8 +53,11 @@ round when it is opened or restarted — those present then are in
 :meth:`IceSession.local_description`, later ones arrive as :class:`LocalCandidate` events. A
 TURN allocation that appears, is lost or is renewed outside a round starts a new round by
 itself (the gatherer retries with backoff, so this is bounded); sessions move to it when they
-restart (or, in the node, when a new offer/answer opens a new session). ``on_gathered(round)``
-hears about each finished round.
+restart (or, in the node, when a new offer/answer opens a new session). A session opened with
+``follow_rounds`` also takes every later round's new candidates as :class:`LocalCandidate`
+events — after its end-of-candidates too, which RFC 8838 does not foresee but our agent
+accepts: the node trickles what a regather or a new TURN allocation found into the sessions
+it is running. ``on_gathered(round)`` hears about each finished round.
 
 Known limit: the sockets are bound to the wildcard address and
 :class:`~p2ptun.net.udp.UdpEndpoint` does not report a datagram's destination address, so the
@@ -245,6 +248,9 @@ class IceSession:
         self._closed = False
         #: Gathering round whose candidates this session's current generation uses.
         self._round = -1
+        #: Take the new candidates of later rounds too (module docstring); may be turned off
+        #: at any time (the node does for an attempt it retires).
+        self.follow_rounds = False
         #: Candidates the agent accepted for the current generation, in order (signalled).
         self._local: list[Candidate] = []
         self._local_complete = False
@@ -696,11 +702,12 @@ class IceTransport:
         lite: bool = False,
         config: IceConfig | None = None,
         credentials: IceCredentials | None = None,
+        follow_rounds: bool = False,
     ) -> IceSession:
         """A new agent for peer ``name`` (controlling: we sent the offer, ARCHITECTURE.md §2),
         with the node's candidates gathered so far; signal its :meth:`~IceSession.
         local_description`. Events of the initial candidates are not emitted (they are in the
-        description); later ones are."""
+        description); later ones are, and with ``follow_rounds`` those of later rounds too."""
         creds = credentials or generate_credentials(self.random_bytes)
         agent = IceAgent(
             creds,
@@ -710,6 +717,7 @@ class IceTransport:
             config=config or self.ice_config,
         )
         session = IceSession(self, name, agent, on_event, on_data)
+        session.follow_rounds = follow_rounds
         self._sessions.append(session)
         self._register_ufrag(session, creds.ufrag)
         session._join_round(trio.current_time())
@@ -882,7 +890,11 @@ class IceTransport:
                 self.candidates.append(cand)
                 t = trio.current_time()
                 for session in list(self._sessions):
-                    if session._round == round_number and not session._closed:
+                    if session._closed:
+                        continue
+                    if session._round == round_number or (
+                        session.follow_rounds and session._round < round_number
+                    ):
                         session._add_local(cand, t)
                         self._pump(session)
 

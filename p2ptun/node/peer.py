@@ -13,8 +13,9 @@ gathering and the TURN relays, the agents' timer and their transmits):
 2. **ICE**: each offer or answer creates an :class:`Attempt` — a fresh
    :class:`~p2ptun.net.ice_transport.IceSession` (one sans-I/O agent with new credentials,
    the role of this offer/answer, and the node's latest gathering round), whose later
-   candidates (:class:`~p2ptun.net.ice_transport.LocalCandidate`, RFC 8838) and
-   end-of-candidates are trickled as ``Candidates`` messages once the peer may receive them.
+   candidates (:class:`~p2ptun.net.ice_transport.LocalCandidate`, RFC 8838: those of its
+   round, and what later rounds find while it runs) and end-of-candidates are trickled as
+   ``Candidates`` messages once the peer may receive them.
 3. **The path**: when an attempt selects a pair it becomes the *active* one and the data path
    sends the peer's WireGuard datagrams over it — straight to the remote candidate
    (:meth:`WgTunnel.set_endpoint`), or through our TURN allocation
@@ -259,8 +260,10 @@ class PeerSession:
     # -- attempts ---------------------------------------------------------------------------
 
     def _new_attempt(self, controlling: bool) -> Attempt:
+        # follow_rounds: what a later round finds (a regather after a network change, a new
+        # TURN allocation) is trickled into the running attempt too.
         session = self.ctx.transport.open_session(
-            self.name, controlling=controlling, lite=self.ctx.lite
+            self.name, controlling=controlling, lite=self.ctx.lite, follow_rounds=True
         )
         attempt = Attempt(session, controlling, trio.current_time())
         session.on_event = partial(self._on_session_event, attempt)
@@ -276,6 +279,7 @@ class PeerSession:
 
     def _retire(self, attempt: Attempt) -> None:
         attempt.retire_at = trio.current_time() + RETIRE_AFTER
+        attempt.session.follow_rounds = False  # it only answers the peer's checks now
         self.retired.append(attempt)
         while len(self.retired) > MAX_RETIRED:
             self.retired.pop(0).session.close()

@@ -308,6 +308,33 @@ async def test_regather_restarts_sessions(nursery: trio.Nursery) -> None:
     await exchange(a, b)
 
 
+async def test_following_sessions_take_later_rounds(nursery: trio.Nursery) -> None:
+    hosts = [HOST]
+    a = await start_node(nursery, hosts=hosts)
+    with trio.fail_after(5):
+        await a.transport.wait_gathered()
+    follower = a.transport.open_session(
+        "f", controlling=True, follow_rounds=True, on_event=a.on_event
+    )
+    plain = a.transport.open_session("p", controlling=True)
+    assert follower.local_description().end_of_candidates
+    hosts.append("127.0.0.2")  # a new address: the node regathers, its sessions go on
+    a.transport.regather(restart_sessions=False)
+    with trio.fail_after(5):
+        await a.transport.wait_gathered()
+    trickled = [e.candidate.host for e in a.events if isinstance(e, LocalCandidate)]
+    assert trickled == ["127.0.0.2"]  # only what is new, after end-of-candidates
+    assert [c.host for c in follower.local_description().candidates] == [HOST, "127.0.0.2"]
+    assert [c.host for c in plain.local_description().candidates] == [HOST]
+    follower.follow_rounds = False
+    hosts.append("127.0.0.3")
+    a.transport.regather(restart_sessions=False)
+    with trio.fail_after(5):
+        await a.transport.wait_gathered()
+    assert len([e for e in a.events if isinstance(e, LocalCandidate)]) == 1
+    assert not [e for e in a.events if isinstance(e, LocalRestart)]
+
+
 async def test_lost_relay_starts_a_new_round(nursery: trio.Nursery, turn_server: int) -> None:
     a = await start_node(nursery, turn=[turn_config(turn_server, "tcp")], turn_timeout=1.0)
     with trio.fail_after(10):
