@@ -28,6 +28,7 @@ import trio
 
 from p2ptun.errors import RuntimeFailure
 from p2ptun.log import get_logger
+from p2ptun.net.offload import offload_wanted
 
 log = get_logger("net.tun")
 
@@ -112,11 +113,18 @@ class TunDevice:
         self.counters = TunCounters()
 
     @classmethod
-    def open(cls, name: str = "", *, vnet_hdr: bool = False, path: str = TUN_PATH) -> TunDevice:
+    def open(
+        cls, name: str = "", *, vnet_hdr: bool | None = None, path: str = TUN_PATH
+    ) -> TunDevice:
         """Create (or attach to) TUN interface ``name``; the kernel picks ``tunN`` if empty.
 
         A ``%d`` in ``name`` is replaced by the kernel with the first free number. The
         interface is created down and without addresses.
+
+        ``vnet_hdr`` None (the default) means on unless ``P2PTUN_OFFLOAD`` turns the TUN
+        offloads off (:func:`p2ptun.net.offload.offload_wanted`): the data path
+        (:class:`~p2ptun.node.wgtunnel.WgTunnel`) handles both framings and turns on TSO with
+        :meth:`enable_offload`. Pass False for plain packets.
 
         Raises :class:`RuntimeFailure` with a one-line message when the TUN driver is missing,
         the process lacks ``CAP_NET_ADMIN``, or the name is taken.
@@ -141,6 +149,8 @@ class TunDevice:
                     f"no TUN driver behind {path}: load the 'tun' kernel module"
                 ) from None
             raise RuntimeFailure(f"cannot open {path}: {exc.strerror}") from None
+        if vnet_hdr is None:
+            vnet_hdr = offload_wanted("tun")
         flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
         ifr = bytearray(_IFREQ.pack(name.encode(), flags))
         try:
@@ -272,6 +282,23 @@ class TunDevice:
         self.counters.tx_bytes += n
         return True
 
+    def writev(self, parts: Sequence[bytes | bytearray | memoryview]) -> bool:
+        """Inject one packet given in pieces (with ``vnet_hdr``: the virtio header first).
+
+        One ``writev`` system call and no copy; drops are counted as in :meth:`write`.
+        """
+        fd = self._check_open()
+        try:
+            n = os.writev(fd, parts)
+        except OSError as exc:
+            if exc.errno in _WRITE_DROP_ERRNOS:
+                self.counters.tx_dropped += 1
+                return False
+            raise self._io_error("write", exc) from None
+        self.counters.tx_packets += 1
+        self.counters.tx_bytes += n
+        return True
+
     def write_batch(self, packets: Iterable[bytes | bytearray | memoryview]) -> int:
         """Write each packet with :meth:`write`; returns how many the kernel accepted."""
         return sum(1 for packet in packets if self.write(packet))
@@ -287,6 +314,24 @@ class TunDevice:
             raise RuntimeFailure(
                 f"TUN interface {self.name}: cannot set offloads {flags:#x}: {exc.strerror}"
             ) from None
+
+    def enable_offload(self) -> int:
+        """Ask for checksum and TCP segmentation offload (TSO4/TSO6); returns the flags set.
+
+        Only meaningful with ``vnet_hdr``: reads may then return TCP super-packets of up to
+        64 KiB and packets with a partial checksum (see :mod:`p2ptun.net.offload`). A kernel
+        that refuses gets 0 (plain packets, still behind a virtio header).
+        """
+        if not self.vnet_hdr:
+            return 0
+        wanted = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
+        for flags in (wanted, TUN_F_CSUM | TUN_F_TSO4, 0):
+            try:
+                self.set_offload(flags)
+            except RuntimeFailure:
+                continue
+            return flags
+        return 0  # pragma: no cover - setting 0 cannot fail on an open device
 
     def _io_error(self, op: str, exc: OSError) -> RuntimeFailure:
         if exc.errno == errno.EBADFD:

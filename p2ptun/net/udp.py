@@ -18,8 +18,10 @@ from __future__ import annotations
 import contextlib
 import enum
 import errno
+import mmap
 import socket
-from collections.abc import Callable, Iterable
+import struct
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from types import TracebackType
 
@@ -28,6 +30,14 @@ import trio
 from p2ptun.addr import Address
 from p2ptun.errors import DecodeError, RuntimeFailure
 from p2ptun.log import get_logger
+from p2ptun.net.offload import (
+    MAX_GSO_BYTES,
+    SOL_UDP,
+    UDP_GRO,
+    UDP_MAX_SEGMENTS,
+    UDP_SEGMENT,
+    offload_wanted,
+)
 
 log = get_logger("net.udp")
 
@@ -141,6 +151,10 @@ class UdpCounters:
     tx_bytes: int = 0
     tx_dropped: int = 0
     """Datagrams not sent: full socket buffer, no route, refused by a firewall, ..."""
+    rx_reads: int = 0
+    """Receive system calls that returned data (fewer than datagrams with GRO)."""
+    tx_gso_sends: int = 0
+    """``sendmsg`` calls that carried more than one datagram (UDP GSO)."""
 
     def as_dict(self) -> dict[str, int]:
         """The counters as a plain dict (for ``p2ptun status --json``)."""
@@ -164,6 +178,46 @@ def _set_buffer(sock: socket.socket, force_opt: int, opt: int, size: int) -> int
 
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 _SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+
+
+def set_buffers(sock: socket.socket, size: int = DEFAULT_BUFFER_SIZE) -> tuple[int, int]:
+    """Raise both socket buffers of ``sock`` towards ``size``; returns (rcvbuf, sndbuf)."""
+    return (
+        _set_buffer(sock, _SO_RCVBUFFORCE, socket.SO_RCVBUF, size),
+        _set_buffer(sock, _SO_SNDBUFFORCE, socket.SO_SNDBUF, size),
+    )
+
+
+_GSO_SIZE = struct.Struct("=H")
+_GRO_SIZE = struct.Struct("=i")
+_GRO_CMSG_SPACE = socket.CMSG_SPACE(_GRO_SIZE.size)
+
+
+def probe_gso(sock: socket.socket) -> bool:
+    """True if the kernel knows ``UDP_SEGMENT`` on ``sock`` (and the environment allows it)."""
+    if not offload_wanted("udp"):
+        return False
+    try:
+        sock.getsockopt(SOL_UDP, UDP_SEGMENT)
+    except OSError:
+        return False
+    return True
+
+
+def enable_gro(sock: socket.socket) -> bool:
+    """Turn on ``UDP_GRO`` on ``sock``; False if the kernel (or the environment) says no."""
+    if not offload_wanted("udp"):
+        return False
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+    except OSError:
+        return False
+    return True
+
+
+def _lazy_buffer(size: int) -> memoryview:
+    """A zeroed, writable buffer whose pages only become resident once written to."""
+    return memoryview(mmap.mmap(-1, size))
 
 
 class UdpEndpoint:
@@ -195,8 +249,11 @@ class UdpEndpoint:
         self._sock = sock
         self.family = socket.AddressFamily(sock.family)
         self.counters = UdpCounters()
-        self._buffers = [bytearray(max_datagram) for _ in range(batch)]
-        self._views = [memoryview(b) for b in self._buffers]
+        self._views = [_lazy_buffer(max_datagram) for _ in range(batch)]
+        self.gso = probe_gso(sock)
+        """Whether :meth:`send_batch` may glue datagrams into one ``UDP_SEGMENT`` send."""
+        self.gro = enable_gro(sock)
+        """Whether one receive may return several datagrams (``UDP_GRO``)."""
         self._handlers: list[Handler | None] = [on_stun, on_channel_data, on_wireguard, None]
         self.on_drained = on_drained
         self.rcvbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
@@ -237,8 +294,7 @@ class UdpEndpoint:
         try:
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            _set_buffer(sock, _SO_RCVBUFFORCE, socket.SO_RCVBUF, buffer_size)
-            _set_buffer(sock, _SO_SNDBUFFORCE, socket.SO_SNDBUF, buffer_size)
+            set_buffers(sock, buffer_size)
             sock.bind((host, port))
         except OSError as exc:
             sock.close()
@@ -321,7 +377,7 @@ class UdpEndpoint:
         Each wake-up drains the socket until ``EAGAIN``, one batch at a time; between full
         batches it checkpoints so other tasks get their turn under load.
         """
-        batch = len(self._buffers)
+        batch = len(self._views)
         while True:
             try:
                 await trio.lowlevel.wait_readable(self._sock)
@@ -335,11 +391,13 @@ class UdpEndpoint:
     def drain(self) -> int:
         """Receive up to one batch without blocking, dispatch it, call ``on_drained``.
 
-        Returns the number of datagrams received (errors and drops included); less than the
-        batch size means the socket is empty for now.
+        Returns the number of receive calls that returned (errors and drops included); less
+        than the batch size means the socket is empty for now. With GRO one receive may
+        return several datagrams, which are split at the size the kernel reports.
         """
+        if self.gro:
+            return self._drain_gro()
         recv = self._sock.recvfrom_into
-        handlers = self._handlers
         counters = self.counters
         received = 0
         for view in self._views:
@@ -354,29 +412,66 @@ class UdpEndpoint:
                 received += 1
                 continue
             received += 1
-            counters.rx_bytes += n
-            data = view[:n]
-            kind = classify(data)
-            if kind == PacketKind.STUN:
-                counters.rx_stun += 1
-            elif kind == PacketKind.WIREGUARD:
-                counters.rx_wireguard += 1
-            elif kind == PacketKind.CHANNEL_DATA:
-                counters.rx_channel_data += 1
-            else:
-                counters.rx_other += 1
-                continue
-            handler = handlers[kind]
-            if handler is None:
-                counters.rx_unhandled += 1
-                continue
-            try:
-                handler(data, (src[0], src[1]))
-            except DecodeError:
-                counters.rx_malformed += 1
+            counters.rx_reads += 1
+            self._dispatch(view[:n], (src[0], src[1]))
         if received and self.on_drained is not None:
             self.on_drained()
         return received
+
+    def _drain_gro(self) -> int:
+        recv = self._sock.recvmsg_into
+        counters = self.counters
+        dispatch = self._dispatch
+        received = 0
+        for view in self._views:
+            try:
+                n, ancdata, _flags, src = recv((view,), _GRO_CMSG_SPACE)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno not in _TRANSIENT_RECV_ERRNOS:
+                    raise RuntimeFailure(f"UDP receive failed: {exc.strerror}") from None
+                counters.rx_errors += 1
+                received += 1
+                continue
+            received += 1
+            counters.rx_reads += 1
+            addr = (src[0], src[1])
+            segment = 0
+            for level, kind, data in ancdata:
+                if level == SOL_UDP and kind == UDP_GRO and len(data) >= _GRO_SIZE.size:
+                    segment = _GRO_SIZE.unpack_from(data)[0]
+            if segment <= 0 or segment >= n:
+                dispatch(view[:n], addr)
+                continue
+            for off in range(0, n, segment):
+                dispatch(view[off : min(off + segment, n)], addr)
+        if received and self.on_drained is not None:
+            self.on_drained()
+        return received
+
+    def _dispatch(self, data: memoryview, addr: Address) -> None:
+        """Classify one datagram and hand it to its handler (or count the drop)."""
+        counters = self.counters
+        counters.rx_bytes += len(data)
+        kind = classify(data)
+        if kind == PacketKind.STUN:
+            counters.rx_stun += 1
+        elif kind == PacketKind.WIREGUARD:
+            counters.rx_wireguard += 1
+        elif kind == PacketKind.CHANNEL_DATA:
+            counters.rx_channel_data += 1
+        else:
+            counters.rx_other += 1
+            return
+        handler = self._handlers[kind]
+        if handler is None:
+            counters.rx_unhandled += 1
+            return
+        try:
+            handler(data, addr)
+        except DecodeError:
+            counters.rx_malformed += 1
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -396,6 +491,14 @@ class UdpEndpoint:
         self.counters.tx_packets += 1
         self.counters.tx_bytes += n
         return True
+
+    def send_batch(self, datagrams: Sequence[bytes | bytearray | memoryview], addr: Address) -> int:
+        """Send ``datagrams`` (in order) to ``addr``; returns how many were sent.
+
+        With GSO, each run of equal-size datagrams goes out in one ``sendmsg``
+        (:func:`send_datagrams`); without, one ``sendto`` each.
+        """
+        return send_datagrams(self._sock, datagrams, addr, self.counters, gso=self.gso)
 
     def send_many(self, datagrams: Iterable[tuple[bytes | bytearray | memoryview, Address]]) -> int:
         """Send each ``(data, addr)``; returns how many were sent."""
@@ -421,6 +524,98 @@ class UdpEndpoint:
         self.counters.tx_packets += 1
         self.counters.tx_bytes += n
         return True
+
+
+def _send_one(
+    sock: socket.socket, data: bytes | bytearray | memoryview, addr: Address, counters: UdpCounters
+) -> bool:
+    try:
+        n = sock.sendto(data, addr)
+    except OSError as exc:
+        if exc.errno in _SEND_DROP_ERRNOS or isinstance(exc, socket.gaierror):
+            counters.tx_dropped += 1
+            return False
+        raise RuntimeFailure(f"UDP send failed: {exc.strerror}") from None
+    counters.tx_packets += 1
+    counters.tx_bytes += n
+    return True
+
+
+def send_datagrams(
+    sock: socket.socket,
+    datagrams: Sequence[bytes | bytearray | memoryview],
+    addr: Address,
+    counters: UdpCounters,
+    *,
+    gso: bool,
+) -> int:
+    """Send ``datagrams`` (in order) to ``addr`` from ``sock``; returns how many were sent.
+
+    With ``gso``, each run of equal-size datagrams (the last of a run may be shorter) goes
+    out in one ``sendmsg`` with ``UDP_SEGMENT``, its parts as the iovec (no copy). A kernel
+    that refuses a GSO send (``EINVAL``/``EIO``: a datagram above the route's MTU, a device
+    without checksum offload) gets that run one datagram at a time. Drops are counted.
+    """
+    count = len(datagrams)
+    if count == 1 or not gso:
+        sent = 0
+        for data in datagrams:
+            sent += _send_one(sock, data, addr, counters)
+        return sent
+    sendmsg = sock.sendmsg
+    sent = 0
+    i = 0
+    while i < count:
+        size = len(datagrams[i])
+        limit = min(UDP_MAX_SEGMENTS, max(1, MAX_GSO_BYTES // max(size, 1)))
+        j = i + 1
+        while j < count and j - i < limit:
+            n = len(datagrams[j])
+            if n > size:
+                break
+            j += 1
+            if n < size:
+                break
+        if j - i == 1:
+            sent += _send_one(sock, datagrams[i], addr, counters)
+            i = j
+            continue
+        run = datagrams[i:j]
+        try:
+            nbytes = sendmsg(run, [(SOL_UDP, UDP_SEGMENT, _GSO_SIZE.pack(size))], 0, addr)
+        except OSError as exc:
+            if exc.errno in (errno.EINVAL, errno.EIO, errno.EMSGSIZE):
+                for data in run:
+                    sent += _send_one(sock, data, addr, counters)
+            elif exc.errno in _SEND_DROP_ERRNOS or isinstance(exc, socket.gaierror):
+                counters.tx_dropped += j - i
+            else:
+                raise RuntimeFailure(f"UDP send failed: {exc.strerror}") from None
+        else:
+            counters.tx_packets += j - i
+            counters.tx_bytes += nbytes
+            counters.tx_gso_sends += 1
+            sent += j - i
+        i = j
+    return sent
+
+
+def recv_segments(sock: socket.socket, view: memoryview, *, gro: bool) -> tuple[int, int, Address]:
+    """One non-blocking receive into ``view``: ``(length, segment size, source)``.
+
+    With ``gro`` the read may hold several datagrams of ``segment`` bytes each (the last may
+    be shorter; :func:`p2ptun.net.offload.split_gro`); ``segment`` is 0 for a single
+    datagram. Raises ``BlockingIOError`` when nothing is waiting, ``OSError`` as recv does.
+    """
+    if not gro:
+        n, src = sock.recvfrom_into(view)
+        return n, 0, (str(src[0]), int(src[1]))
+    n, ancdata, _flags, src = sock.recvmsg_into((view,), _GRO_CMSG_SPACE)
+    segment = 0
+    for level, kind, data in ancdata:
+        if level == SOL_UDP and kind == UDP_GRO and len(data) >= _GRO_SIZE.size:
+            segment = _GRO_SIZE.unpack_from(data)[0]
+    return n, (segment if 0 < segment < n else 0), (str(src[0]), int(src[1]))
 
 
 def family_supported(family: socket.AddressFamily) -> bool:

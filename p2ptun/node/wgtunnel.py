@@ -49,6 +49,7 @@ import argparse
 import ipaddress
 import json
 import math
+import mmap
 import os
 import signal
 import socket
@@ -67,6 +68,15 @@ from p2ptun.addr import Address, is_ip, parse_host_port
 from p2ptun.errors import ConfigError, P2ptunError, UsageError
 from p2ptun.keys import decode_key, encode_key
 from p2ptun.log import get_logger
+from p2ptun.net.offload import (
+    VIRTIO_NET_HDR_F_NEEDS_CSUM,
+    VIRTIO_NET_HDR_GSO_NONE,
+    VNET_HDR,
+    VNET_HDR_LEN,
+    TcpCoalescer,
+    complete_checksum,
+    segment_tcp,
+)
 from p2ptun.net.tun import MAX_PACKET, TunDevice
 from p2ptun.net.udp import DEFAULT_BATCH, PacketKind, UdpEndpoint, open_endpoints
 from p2ptun.node.mss import clamp_mss
@@ -81,6 +91,9 @@ from p2ptun.wireguard import (
 )
 
 log = get_logger("node.wgtunnel")
+
+_INITIATION = 1
+"""WireGuard message type 1 (handshake initiation)."""
 
 DEFAULT_MTU = 1420
 """WireGuard's usual MTU: 1500 minus the IPv6, UDP and WireGuard transport overheads."""
@@ -297,6 +310,14 @@ class TunnelCounters:
     """TCP SYNs whose MSS option was lowered (both directions)."""
     replies_dropped: int = 0
     """Cookie replies with no way back (their handshake came through a relay)."""
+    tso_packets: int = 0
+    """TCP super-packets read from TUN and cut into segments before encryption."""
+    tso_segments: int = 0
+    """Segments those super-packets were cut into."""
+    tun_bad_offload: int = 0
+    """Packets read from TUN with a virtio header this data path cannot honour (dropped)."""
+    gro_segments: int = 0
+    """Decrypted segments written to TUN merged into super-packets."""
 
 
 def _routes_needed(spec: TunnelSpec) -> list[str]:
@@ -366,9 +387,17 @@ class WgTunnel:
         self._by_family = {ep.family: ep for ep in self.endpoints}
         self._peer_endpoints: dict[Peer, Address | None] = {}
         self._senders: dict[Peer, Sender] = {}
-        self._tun_views = [memoryview(bytearray(MAX_PACKET)) for _ in range(batch)]
+        self._vnet = tun.vnet_hdr
+        self.tun_offload = tun.enable_offload() if tun.vnet_hdr else 0
+        """The TUNSETOFFLOAD flags in force (0: packets come one at a time)."""
+        head = VNET_HDR_LEN if self._vnet else 0
+        self._tun_views = [_lazy_buffer(head + MAX_PACKET) for _ in range(batch)]
         self._tun_lengths = [0] * batch
+        self._seg_buffer = bytearray(2 * MAX_PACKET) if self.tun_offload else bytearray()
+        self._seg_lengths: list[int] = []
+        self._coalescer = TcpCoalescer()
         self._touched: dict[Peer, None] = {}  # insertion-ordered set
+        self._initiation_unsent: set[Peer] = set()
         self._rx_now: float | None = None
         self._timer_scope: trio.CancelScope | None = None
         for ep in self.endpoints:
@@ -435,6 +464,16 @@ class WgTunnel:
         roaming); replaces a sender set with :meth:`set_sender`."""
         self._senders.pop(peer, None)
         self._peer_endpoints[peer] = endpoint
+        if endpoint is not None:
+            self._path_set(peer)
+
+    def _path_set(self, peer: Peer) -> None:
+        """An initiation that never left (no path yet) does not count towards the one-per-
+        REKEY_TIMEOUT limit: now that there is a path, the next ``initiate_handshake`` goes
+        out at once instead of the handshake waiting up to 5 s for the retransmission."""
+        if peer in self._initiation_unsent:
+            self._initiation_unsent.discard(peer)
+            peer.handshake.last_sent = None
 
     def set_sender(self, peer: Peer, sender: Sender | None, endpoint: Address | None) -> None:
         """Send ``peer``'s datagrams with ``sender`` from now on (a relayed path), or drop them
@@ -443,6 +482,7 @@ class WgTunnel:
             self._senders.pop(peer, None)
         else:
             self._senders[peer] = sender
+            self._path_set(peer)
         self._peer_endpoints[peer] = endpoint
 
     def endpoint(self, peer: Peer) -> Address | None:
@@ -455,6 +495,7 @@ class WgTunnel:
         self._senders.pop(peer, None)
         self.peer_stats.pop(peer, None)
         self._touched.pop(peer, None)
+        self._initiation_unsent.discard(peer)
 
     def flush(self, peer: Peer | None = None) -> None:
         """Send what ``peer`` (or every touched peer) queued, e.g. after calling into the
@@ -502,6 +543,7 @@ class WgTunnel:
         batch = len(views)
         device = self.device
         touched = self._touched
+        vnet = self._vnet
         while True:
             try:
                 await tun.wait_readable()
@@ -517,6 +559,9 @@ class WgTunnel:
                 now = trio.current_time()
                 mss = self.mss
                 for i in range(n):
+                    if vnet:
+                        self._send_offloaded(views[i], lengths[i], now)
+                        continue
                     view = views[i]
                     if mss is not None and _maybe_syn(view):
                         self._clamp(view, lengths[i], mss)
@@ -527,6 +572,44 @@ class WgTunnel:
                 if n < batch:
                     break
                 await trio.lowlevel.checkpoint()
+
+    def _send_offloaded(self, view: memoryview, length: int, now: float) -> None:
+        """One TUN read behind a virtio header: complete its checksum or cut it into
+        segments, then hand the packet(s) to the device."""
+        flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(view)
+        packet = view[VNET_HDR_LEN:length]
+        device = self.device
+        touched = self._touched
+        if gso_type == VIRTIO_NET_HDR_GSO_NONE:
+            if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM and not complete_checksum(
+                packet, csum_start, csum_offset
+            ):
+                self.counters.tun_bad_offload += 1
+                return
+            mss = self.mss
+            if mss is not None and _maybe_syn(packet):
+                self._clamp(packet, len(packet), mss)
+            peer = device.send_packet(packet, now)
+            if peer is not None:
+                touched[peer] = None
+            return
+        seg_lengths = self._seg_lengths
+        count = segment_tcp(packet, gso_size, self._seg_buffer, seg_lengths)
+        if count == 0:
+            self.counters.tun_bad_offload += 1
+            return
+        self.counters.tso_packets += 1
+        self.counters.tso_segments += count
+        segs = memoryview(self._seg_buffer)
+        pos = 0
+        last: Peer | None = None
+        for k in range(count):
+            size = seg_lengths[k]
+            peer = device.send_packet(segs[pos : pos + size], now)
+            pos += size
+            if peer is not None and peer is not last:
+                touched[peer] = None
+                last = peer
 
     def _clamp(self, view: memoryview, length: int, mss: tuple[int, int]) -> None:
         if clamp_mss(view, length, mss[0], mss[1]):
@@ -588,8 +671,6 @@ class WgTunnel:
         if not touched:
             return
         scope = self._timer_scope
-        tun = self.tun
-        mss = self.mss
         for peer in touched:
             datagrams = peer.pop_datagrams()
             if datagrams:
@@ -600,16 +681,13 @@ class WgTunnel:
                         sender(datagram)
                 elif endpoint is None:
                     self._stats(peer).datagrams_without_endpoint += len(datagrams)
+                    if any(d[0] == _INITIATION for d in datagrams):
+                        self._initiation_unsent.add(peer)
                 else:
-                    for datagram in datagrams:
-                        self._send(datagram, endpoint)
-            for packet in peer.pop_packets():
-                if mss is not None and _maybe_syn(packet):
-                    writable = bytearray(packet)
-                    self._clamp(memoryview(writable), len(writable), mss)
-                    tun.write(writable)
-                else:
-                    tun.write(packet)
+                    self._send_batch(datagrams, endpoint)
+            packets = peer.pop_packets()
+            if packets:
+                self._write_packets(packets)
             for event in peer.pop_events():
                 self._on_event(peer, event)
             if scope is not None:
@@ -617,6 +695,42 @@ class WgTunnel:
                 if wake is not None and wake < scope.deadline:
                     scope.deadline = wake
         touched.clear()
+
+    def _write_packets(self, packets: list[bytes]) -> None:
+        """Write decrypted packets to TUN: merged into TCP super-packets when the device has
+        a virtio header, one write each otherwise; SYNs get their MSS clamped first."""
+        tun = self.tun
+        mss = self.mss
+        if not self._vnet:
+            for packet in packets:
+                if mss is not None and _maybe_syn(packet):
+                    writable = bytearray(packet)
+                    self._clamp(memoryview(writable), len(writable), mss)
+                    tun.write(writable)
+                else:
+                    tun.write(packet)
+            return
+        coalescer = self._coalescer
+        add = coalescer.add
+        for packet in packets:
+            if mss is not None and _maybe_syn(packet):
+                writable = bytearray(packet)
+                self._clamp(memoryview(writable), len(writable), mss)
+                add(writable)
+            else:
+                add(packet)
+        writev = tun.writev
+        for parts in coalescer.flush():
+            writev(parts)
+        self.counters.gro_segments = coalescer.merged
+
+    def _send_batch(self, datagrams: list[bytes], addr: Address) -> None:
+        family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
+        ep = self._by_family.get(family)
+        if ep is None:
+            self.counters.tx_no_socket += len(datagrams)
+        else:
+            ep.send_batch(datagrams, addr)
 
     def _send(self, datagram: bytes, addr: Address) -> None:
         family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
@@ -687,6 +801,11 @@ def _maybe_syn(packet: bytes | bytearray | memoryview) -> bool:
     if b0 >> 4 == 6:
         return packet[6] != 6 or (len(packet) > 53 and bool(packet[53] & 0x02))
     return False
+
+
+def _lazy_buffer(size: int) -> memoryview:
+    """A zeroed, writable buffer whose pages become resident only once written to."""
+    return memoryview(mmap.mmap(-1, size))
 
 
 def _fmt(addr: Address) -> str:

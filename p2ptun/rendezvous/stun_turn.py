@@ -38,7 +38,16 @@ from p2ptun.addr import Address, format_address
 from p2ptun.config import StunServerSettings, TurnServerSettings
 from p2ptun.errors import ConfigError, RuntimeFailure
 from p2ptun.log import get_logger
-from p2ptun.net.udp import UdpEndpoint
+from p2ptun.net.udp import (
+    DEFAULT_BUFFER_SIZE,
+    UdpCounters,
+    UdpEndpoint,
+    enable_gro,
+    probe_gso,
+    recv_segments,
+    send_datagrams,
+    set_buffers,
+)
 from p2ptun.stun import channel_data_frame_length, handle_binding, message_length
 from p2ptun.turn.server import (
     CloseRelay,
@@ -121,6 +130,10 @@ class StunTurnService:
         self.turn = turn
         self.counters = ShellCounters()
         self._udp: dict[Address, UdpEndpoint] = {}
+        self._relay_gso: dict[Address, bool] = {}
+        self._relay_gro: dict[Address, bool] = {}
+        self._relay_counters = UdpCounters()
+        """What the relay sockets sent (drops are also in ``relay_send_failed``)."""
         self._udp_list = udp
         self._tcp = tcp
         self._tls = tls
@@ -225,25 +238,29 @@ class StunTurnService:
     # -- UDP listeners -----------------------------------------------------------------------
 
     async def _udp_loop(self, local: Address, endpoint: UdpEndpoint) -> None:
-        """Wake once per readiness, drain the listener, hand every datagram to the core.
+        """Wake once per readiness, drain the listener, hand every datagram to the core,
+        then send what the whole batch produced (grouped per destination, UDP GSO).
 
         Not :meth:`UdpEndpoint.receive_loop`: its demultiplexer knows ChannelData only as
         0x40-0x4F, and a TURN server also takes the RFC 5766 channels up to 0x7FFF. The core
-        classifies and counts everything itself.
+        classifies and counts everything itself. With UDP GRO one read may hold several
+        datagrams of a client; they are split at the size the kernel reports.
         """
         sock = endpoint.socket
         counters = endpoint.counters
-        buffer = bytearray(0x10000)
-        view = memoryview(buffer)
+        gro = endpoint.gro
+        view = memoryview(bytearray(0x10000))
         turn = self.turn
         while True:
             try:
                 await trio.lowlevel.wait_readable(sock)
             except (trio.ClosedResourceError, OSError):
                 return
+            outputs: list[Output] = []
+            now = trio.current_time()
             for _ in range(RELAY_BATCH):
                 try:
-                    n, src = sock.recvfrom_into(buffer)
+                    n, segment, client = recv_segments(sock, view, gro=gro)
                 except BlockingIOError:
                     break
                 except OSError:
@@ -252,18 +269,23 @@ class StunTurnService:
                         return
                     continue
                 counters.rx_bytes += n
-                client = (str(src[0]), int(src[1]))
-                if turn is None:
-                    response = handle_binding(view[:n], client)
-                    if response is not None:
-                        endpoint.send(response, client)
-                    continue
-                ft = FiveTuple(client, local, Transport.UDP)
-                outputs = turn.handle_client(ft, view[:n], trio.current_time())
-                if outputs:
-                    self._dispatch(outputs)
+                counters.rx_reads += 1
+                step = segment or n
+                for off in range(0, n, step) if n else (0,):
+                    data = view[off : min(off + step, n)]
+                    if turn is None:
+                        response = handle_binding(data, client)
+                        if response is not None:
+                            endpoint.send(response, client)
+                        continue
+                    ft = FiveTuple(client, local, Transport.UDP)
+                    outputs.extend(turn.handle_client(ft, data, now))
             else:
+                self._dispatch(outputs)
                 await trio.lowlevel.checkpoint()
+                continue
+            if outputs:
+                self._dispatch(outputs)
 
     # -- streams -----------------------------------------------------------------------------
 
@@ -401,12 +423,15 @@ class StunTurnService:
         sock = socket.socket(_family(relay[0]), socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         try:
             sock.setblocking(False)
+            set_buffers(sock, DEFAULT_BUFFER_SIZE)
             sock.bind(relay)
         except OSError as exc:
             sock.close()
             log.warning("relay bind failed", relay=format_address(relay), error=exc.strerror)
             return False
         self._relays[relay] = sock
+        self._relay_gso[relay] = probe_gso(sock)
+        self._relay_gro[relay] = enable_gro(sock)
         self.counters.relays_opened += 1
         assert self._nursery is not None
         self._nursery.start_soon(self._relay_loop, relay, sock)
@@ -414,6 +439,8 @@ class StunTurnService:
 
     def _close_relay(self, relay: Address) -> None:
         sock = self._relays.pop(relay, None)
+        self._relay_gso.pop(relay, None)
+        self._relay_gro.pop(relay, None)
         if sock is None:
             return
         self.counters.relays_closed += 1
@@ -422,11 +449,12 @@ class StunTurnService:
         sock.close()
 
     async def _relay_loop(self, relay: Address, sock: socket.socket) -> None:
-        """Wake once per readiness and drain the relay socket (peer -> client)."""
+        """Wake once per readiness and drain the relay socket (peer -> client); what the
+        batch produced goes out grouped per client (UDP GSO)."""
         turn = self.turn
         assert turn is not None
-        buffer = bytearray(0x10000)
-        view = memoryview(buffer)
+        view = memoryview(bytearray(0x10000))
+        gro = self._relay_gro.get(relay, False)
         while True:
             try:
                 await trio.lowlevel.wait_readable(sock)
@@ -434,9 +462,11 @@ class StunTurnService:
                 return
             if sock.fileno() < 0:
                 return
+            outputs: list[Output] = []
+            now = trio.current_time()
             for _ in range(RELAY_BATCH):
                 try:
-                    n, src = sock.recvfrom_into(buffer)
+                    n, segment, src = recv_segments(sock, view, gro=gro)
                 except BlockingIOError:
                     break
                 except OSError:
@@ -444,46 +474,73 @@ class StunTurnService:
                     if sock.fileno() < 0:
                         return
                     continue
-                out = turn.handle_peer_data(
-                    relay, (str(src[0]), int(src[1])), view[:n], trio.current_time()
-                )
-                if out is not None:
-                    self._to_client(out)
+                step = segment or n
+                for off in range(0, n, step) if n else (0,):
+                    out = turn.handle_peer_data(relay, src, view[off : min(off + step, n)], now)
+                    if out is not None:
+                        outputs.append(out)
             else:
+                self._dispatch(outputs)
                 await trio.lowlevel.checkpoint()
+                continue
+            if outputs:
+                self._dispatch(outputs)
 
     # -- output dispatch ---------------------------------------------------------------------
 
-    def _to_client(self, out: ToClient) -> None:
-        ft = out.five_tuple
-        if ft.transport is Transport.UDP:
-            endpoint = self._udp.get(ft.server)
-            if endpoint is not None:
-                endpoint.send(out.data, ft.client)
-        else:
-            self._to_stream(ft, out.data)
-
     def _dispatch(self, outputs: Iterable[Output]) -> None:
+        """Carry out the core's outputs in order; datagrams to one destination from one
+        socket are gathered and sent together (one ``sendmsg`` per run with UDP GSO)."""
         pending = list(outputs)
+        pending.reverse()
         turn = self.turn
+        to_peers: dict[tuple[Address, Address], list[bytes]] = {}
+        to_clients: dict[tuple[Address, Address], list[bytes]] = {}
         while pending:
-            out = pending.pop(0)
+            out = pending.pop()
             if isinstance(out, ToClient):
-                self._to_client(out)
+                ft = out.five_tuple
+                if ft.transport is Transport.UDP:
+                    to_clients.setdefault((ft.server, ft.client), []).append(out.data)
+                else:
+                    self._to_stream(ft, out.data)
             elif isinstance(out, ToPeer):
-                sock = self._relays.get(out.relay)
-                if sock is None:
-                    continue
-                try:
-                    sock.sendto(out.data, out.peer)
-                except OSError:
-                    self.counters.relay_send_failed += 1
+                to_peers.setdefault((out.relay, out.peer), []).append(out.data)
             elif isinstance(out, OpenRelay):
                 assert turn is not None
+                self._send_gathered(to_peers, to_clients)
                 ok = self._nursery is not None and self._open_relay(out.relay)
-                pending.extend(turn.relay_opened(out.relay, ok, trio.current_time()))
+                more = turn.relay_opened(out.relay, ok, trio.current_time())
+                pending.extend(reversed(more))
             elif isinstance(out, CloseRelay):
+                self._send_gathered(to_peers, to_clients)
                 self._close_relay(out.relay)
+        self._send_gathered(to_peers, to_clients)
+
+    def _send_gathered(
+        self,
+        to_peers: dict[tuple[Address, Address], list[bytes]],
+        to_clients: dict[tuple[Address, Address], list[bytes]],
+    ) -> None:
+        for (relay, peer), datagrams in to_peers.items():
+            sock = self._relays.get(relay)
+            if sock is None:
+                continue
+            counters = self._relay_counters
+            before = counters.tx_dropped
+            try:
+                send_datagrams(
+                    sock, datagrams, peer, counters, gso=self._relay_gso.get(relay, False)
+                )
+            except RuntimeFailure:
+                counters.tx_dropped += len(datagrams)
+            self.counters.relay_send_failed += counters.tx_dropped - before
+        to_peers.clear()
+        for (server, client), datagrams in to_clients.items():
+            endpoint = self._udp.get(server)
+            if endpoint is not None:
+                endpoint.send_batch(datagrams, client)
+        to_clients.clear()
 
     async def _timer_loop(self) -> None:
         turn = self.turn

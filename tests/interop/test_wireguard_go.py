@@ -279,8 +279,13 @@ print(json.dumps({"bytes": size, "sha256": hashlib.sha256(data).hexdigest()}))
 """
 
 
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
+@pytest.fixture(params=["auto", "off"], ids=["offload", "no-offload"])
+def lab(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Lab]:
+    # Our tunnel with its offloads (TUN TSO/GRO, UDP GSO/GRO) on where the kernel has them,
+    # and forced off: the wire must be WireGuard either way.
+    monkeypatch.setenv("P2PTUN_OFFLOAD", request.param)
     tag = secrets.token_hex(3)
     lab = Lab(
         tag=tag,
@@ -356,6 +361,12 @@ def test_tcp_transfer_both_ways(lab: Lab) -> None:
     status = lab.our_status()
     assert status["counters"]["transport_auth_failed"] == 0
     assert status["peers"][0]["rx_bytes"] > size and status["peers"][0]["tx_bytes"] > size
+    if os.environ["P2PTUN_OFFLOAD"] == "off":
+        assert status["tunnel"]["tso_segments"] == 0 and status["tunnel"]["gro_segments"] == 0
+        assert all(udp["tx_gso_sends"] == 0 for udp in status["udp"])
+    else:
+        # 8 MiB from our side's TCP went out as TSO super-packets cut into segments.
+        assert status["tunnel"]["tso_segments"] > status["tunnel"]["tso_packets"] > 0
 
 
 def test_rekey_initiated_by_us(lab: Lab) -> None:

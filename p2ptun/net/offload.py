@@ -1,0 +1,401 @@
+"""Segmentation and coalescing offloads for the data path (UDP GSO/GRO, TUN TSO/GRO).
+
+The kernel can move 64 KiB at a time across a system call if both sides agree:
+
+* **TUN TSO** (``IFF_VNET_HDR`` + ``TUNSETOFFLOAD``): a read from the TUN device returns one
+  TCP *super-packet* of up to 64 KiB behind a ``struct virtio_net_hdr``. WireGuard encrypts per
+  inner packet, so :func:`segment_tcp` cuts it into MSS-sized TCP/IP packets — IP and TCP
+  headers fixed, checksums computed from scratch — *before* encryption. A packet with only a
+  partial checksum (``VIRTIO_NET_HDR_F_NEEDS_CSUM``) is completed by :func:`complete_checksum`.
+* **TUN GRO**: decrypted TCP segments that continue each other are merged by
+  :class:`TcpCoalescer` into one super-packet written with a virtio header (GSO type TCP,
+  partial checksum), so the receiving TCP stack handles 64 KiB at once. The parts are written
+  with one ``writev``; nothing is copied.
+* **UDP GSO** (``UDP_SEGMENT``): one ``sendmsg`` carries a run of same-size datagrams to one
+  address (see :meth:`p2ptun.net.udp.UdpEndpoint.send_batch`).
+* **UDP GRO** (``UDP_GRO``): one ``recvmsg`` may return several datagrams of one flow glued
+  together; the ``UDP_GRO`` control message gives their size (every one but the last has it),
+  and the wire format is self-delimiting per datagram, so they are split again before
+  demultiplexing.
+
+Each offload is probed when the socket or device is set up and falls back to one packet per
+system call when the kernel refuses. ``P2PTUN_OFFLOAD=off`` (environment) turns all of them off,
+``P2PTUN_OFFLOAD=udp`` or ``=tun`` keeps only that family (tests use it to prove both paths).
+
+The functions here are pure byte manipulation (no I/O), so they are tested with hypothesis
+against checksums computed from scratch.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Sequence
+
+# <linux/udp.h>
+SOL_UDP = 17
+UDP_SEGMENT = 103
+UDP_GRO = 104
+UDP_MAX_SEGMENTS = 64
+"""The kernel's limit on datagrams per GSO send (``UDP_MAX_SEGMENTS``)."""
+MAX_GSO_BYTES = 65000
+"""Keep a GSO send's payload below the 64 KiB an IP packet can hold, headers included."""
+
+# <linux/virtio_net.h>
+VNET_HDR = struct.Struct("<BBHHHH")
+"""``struct virtio_net_hdr``: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset."""
+VNET_HDR_LEN = VNET_HDR.size
+VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
+VIRTIO_NET_HDR_GSO_NONE = 0
+VIRTIO_NET_HDR_GSO_TCPV4 = 1
+VIRTIO_NET_HDR_GSO_TCPV6 = 4
+VIRTIO_NET_HDR_GSO_ECN = 0x80
+ZERO_VNET_HDR = bytes(VNET_HDR_LEN)
+
+IPPROTO_TCP = 6
+TCP_CSUM_OFFSET = 16
+
+_FIN, _SYN, _RST, _PSH, _ACK, _URG, _ECE, _CWR = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80
+_MAX_SUPER = 65535
+
+
+def offload_wanted(kind: str) -> bool:
+    """Whether the environment allows offload family ``kind`` (``"udp"`` or ``"tun"``).
+
+    ``P2PTUN_OFFLOAD`` unset, ``auto`` or ``on``: every offload the kernel accepts;
+    ``off``: none; otherwise a comma-separated list of the families to use.
+    """
+    raw = os.environ.get("P2PTUN_OFFLOAD", "auto").strip().lower()
+    if raw in ("", "auto", "on", "1", "yes"):
+        return True
+    if raw in ("off", "0", "no", "none"):
+        return False
+    return kind in {part.strip() for part in raw.split(",")}
+
+
+# -- checksums (RFC 1071) ----------------------------------------------------------------------
+
+
+def ones_sum(data: bytes | bytearray | memoryview) -> int:
+    """The 16-bit one's-complement sum of ``data`` (zero-padded to even length), in 0..0xFFFF.
+
+    2**16 ≡ 1 (mod 0xFFFF), so the big-endian integer of the data is congruent to the sum of
+    its 16-bit words: one C-speed conversion and one modulo instead of a Python loop. The
+    result is 0 only for all-zero data (end-around carry never yields 0 otherwise).
+    """
+    n = int.from_bytes(data, "big")
+    if len(data) & 1:
+        n <<= 8
+    r = n % 0xFFFF
+    return 0xFFFF if r == 0 and n else r
+
+
+def fold(total: int) -> int:
+    """Fold a sum of :func:`ones_sum` values (any size) back into 0..0xFFFF."""
+    r = total % 0xFFFF
+    return 0xFFFF if r == 0 and total else r
+
+
+def pseudo_sum(packet: bytes | bytearray | memoryview, version: int, l4_len: int) -> int:
+    """The TCP pseudo-header sum (addresses, protocol 6, ``l4_len``) of an IP ``packet``."""
+    addrs = packet[12:20] if version == 4 else packet[8:40]
+    return ones_sum(addrs) + IPPROTO_TCP + l4_len
+
+
+def ipv4_header_checksum(buf: bytearray | memoryview, off: int, ihl: int) -> None:
+    """Recompute the IPv4 header checksum of the header at ``buf[off:off+ihl]`` in place."""
+    buf[off + 10] = 0
+    buf[off + 11] = 0
+    c = 0xFFFF ^ ones_sum(buf[off : off + ihl])
+    buf[off + 10] = c >> 8
+    buf[off + 11] = c & 0xFF
+
+
+def complete_checksum(packet: bytearray | memoryview, csum_start: int, csum_offset: int) -> bool:
+    """Finish a partial checksum (``VIRTIO_NET_HDR_F_NEEDS_CSUM``) in place.
+
+    The kernel left the pseudo-header sum in the checksum field; the checksum is the
+    complement of the sum from ``csum_start`` to the end. False if the offsets do not fit.
+    """
+    pos = csum_start + csum_offset
+    if csum_start >= len(packet) or pos + 2 > len(packet):
+        return False
+    c = 0xFFFF ^ ones_sum(packet[csum_start:])
+    if c == 0 and csum_offset == 6:  # UDP: 0 means "no checksum"
+        c = 0xFFFF
+    packet[pos] = c >> 8
+    packet[pos + 1] = c & 0xFF
+    return True
+
+
+# -- segmentation (TSO on the TUN read side) ---------------------------------------------------
+
+
+def tcp_headers(packet: bytes | bytearray | memoryview) -> tuple[int, int, int] | None:
+    """``(ip_version, ip_header_len, tcp_header_len)`` of a plain IPv4/IPv6 TCP packet.
+
+    None for anything else (IPv6 extension headers, IPv4 fragments, truncated headers):
+    such packets are neither segmented nor coalesced.
+    """
+    size = len(packet)
+    if size < 40:
+        return None
+    version = packet[0] >> 4
+    if version == 4:
+        ihl = (packet[0] & 0x0F) * 4
+        if ihl < 20 or packet[9] != IPPROTO_TCP or (packet[6] & 0x3F) or packet[7]:
+            return None
+    elif version == 6:
+        ihl = 40
+        if size < 60 or packet[6] != IPPROTO_TCP:
+            return None
+    else:
+        return None
+    if size < ihl + 20:
+        return None
+    thl = (packet[ihl + 12] >> 4) * 4
+    if thl < 20 or size < ihl + thl:
+        return None
+    return version, ihl, thl
+
+
+def _ip_length(packet: bytes | bytearray | memoryview, version: int) -> int:
+    """The packet length its IP header claims."""
+    if version == 4:
+        return (packet[2] << 8) | packet[3]
+    return 40 + ((packet[4] << 8) | packet[5])
+
+
+def segment_tcp(
+    packet: bytes | bytearray | memoryview,
+    gso_size: int,
+    out: bytearray,
+    lengths: list[int],
+) -> int:
+    """Cut TCP super-packet ``packet`` into packets of at most ``gso_size`` payload bytes.
+
+    Segment ``i`` is written to ``out`` right after segment ``i - 1`` (``lengths[i]`` its
+    size; ``lengths`` is extended as needed), with the TCP sequence number advanced, FIN and
+    PSH only on the last segment, CWR only on the first, the IPv4 identification incremented,
+    the lengths set, and the IPv4 header and TCP checksums computed from scratch. Returns the
+    number of segments, 0 if ``packet`` is not a TCP packet this can cut (the caller drops
+    it). ``out`` must hold ``len(packet) + segments * headers`` bytes.
+    """
+    hdrs = tcp_headers(packet)
+    if hdrs is None or gso_size <= 0:
+        return 0
+    version, ihl, thl = hdrs
+    hlen = ihl + thl
+    total = min(len(packet), _ip_length(packet, version))
+    payload_len = total - hlen
+    if payload_len <= 0:
+        return 0
+    count = (payload_len + gso_size - 1) // gso_size
+    if len(out) < payload_len + count * hlen:
+        return 0
+    seq = int.from_bytes(packet[ihl + 4 : ihl + 8], "big")
+    flags = packet[ihl + 13]
+    addr_sum = ones_sum(packet[12:20] if version == 4 else packet[8:40]) + IPPROTO_TCP
+    ip_id = (packet[4] << 8) | packet[5]
+    header = bytes(packet[:hlen])
+    view = memoryview(out)
+    src = memoryview(packet)
+    pos = 0
+    while len(lengths) < count:
+        lengths.append(0)
+    for i in range(count):
+        start = hlen + i * gso_size
+        chunk = min(gso_size, total - start)
+        size = hlen + chunk
+        seg = view[pos : pos + size]
+        seg[:hlen] = header
+        seg[hlen:] = src[start : start + chunk]
+        if version == 4:
+            seg[2] = size >> 8
+            seg[3] = size & 0xFF
+            ident = (ip_id + i) & 0xFFFF
+            seg[4] = ident >> 8
+            seg[5] = ident & 0xFF
+            ipv4_header_checksum(seg, 0, ihl)
+        else:
+            plen = size - 40
+            seg[4] = plen >> 8
+            seg[5] = plen & 0xFF
+        struct.pack_into(">I", seg, ihl + 4, (seq + i * gso_size) & 0xFFFFFFFF)
+        f = flags
+        if i:
+            f &= ~_CWR
+        if i != count - 1:
+            f &= ~(_FIN | _PSH)
+        seg[ihl + 13] = f
+        seg[ihl + 16] = 0
+        seg[ihl + 17] = 0
+        c = 0xFFFF ^ fold(addr_sum + thl + chunk + ones_sum(seg[ihl:]))
+        seg[ihl + 16] = c >> 8
+        seg[ihl + 17] = c & 0xFF
+        lengths[i] = size
+        pos += size
+    return count
+
+
+# -- coalescing (GRO on the TUN write side) ----------------------------------------------------
+
+
+class TcpCoalescer:
+    """Merge consecutive TCP segments of one flow into super-packets for a vnet-header TUN.
+
+    Feed decrypted packets in order with :meth:`add`; :meth:`flush` returns what to write:
+    a list of iovec lists, each one ``writev`` to a TUN device opened with ``IFF_VNET_HDR``
+    (the virtio header first, then the packet, possibly in pieces). Two segments merge when
+    the second continues the first's sequence space, every header byte except the IP
+    length/identification/checksum and the TCP sequence number and checksum is equal, the
+    earlier segments all carry ``gso_size`` payload bytes and no PSH, and neither carries SYN,
+    FIN, RST, URG or CWR. A merged packet goes out as a TCP GSO packet with a partial
+    checksum (the kernel verifies nothing it did not compute; WireGuard authenticated the
+    bytes). Anything else goes out as it came, behind a zero virtio header.
+    """
+
+    def __init__(self) -> None:
+        self._out: list[list[bytes | bytearray | memoryview]] = []
+        self._open: list[bytes | bytearray | memoryview] | None = None
+        self._key = b""
+        self._version = 0
+        self._ihl = 0
+        self._hlen = 0
+        self._gso = 0
+        self._next_seq = 0
+        self._size = 0
+        self._count = 0
+        self._first: bytes | bytearray | memoryview = b""
+        self._psh = False
+        self.merged = 0
+        """Segments that went out inside a super-packet (for counters)."""
+
+    def add(self, packet: bytes | bytearray | memoryview) -> None:
+        """Queue one IP packet for writing (merged into the open super-packet if it can)."""
+        hdrs = tcp_headers(packet)
+        if hdrs is None:
+            self._close()
+            self._out.append([ZERO_VNET_HDR, packet])
+            return
+        version, ihl, thl = hdrs
+        hlen = ihl + thl
+        total = _ip_length(packet, version)
+        payload = total - hlen
+        flags = packet[ihl + 13]
+        if (
+            payload <= 0
+            or total != len(packet)
+            or flags & (_SYN | _FIN | _RST | _URG | _CWR)
+            or not flags & _ACK
+        ):
+            self._close()
+            self._out.append([ZERO_VNET_HDR, packet])
+            return
+        key = self._flow_key(packet, version, ihl, hlen)
+        seq = int.from_bytes(packet[ihl + 4 : ihl + 8], "big")
+        if (
+            self._open is not None
+            and key == self._key
+            and seq == self._next_seq
+            and payload <= self._gso
+            and self._size + payload <= _MAX_SUPER
+        ):
+            self._open.append(memoryview(packet)[hlen:])
+            self._size += payload
+            self._count += 1
+            self._next_seq = (seq + payload) & 0xFFFFFFFF
+            if payload < self._gso or flags & _PSH:
+                self._psh = bool(flags & _PSH)
+                self._close()
+            return
+        self._close()
+        self._open = [packet]
+        self._first = packet
+        self._key = key
+        self._version = version
+        self._ihl = ihl
+        self._hlen = hlen
+        self._gso = payload
+        self._size = total
+        self._count = 1
+        self._next_seq = (seq + payload) & 0xFFFFFFFF
+        self._psh = False
+        if flags & _PSH:
+            self._close()
+
+    @staticmethod
+    def _flow_key(
+        packet: bytes | bytearray | memoryview, version: int, ihl: int, hlen: int
+    ) -> bytes:
+        """The header bytes that must be equal for two segments to merge."""
+        if version == 4:
+            # version/ihl/tos, flags/fragment, ttl/protocol, addresses, options; TCP: ports,
+            # then ack/offset/flags/window, urgent pointer and options.
+            return b"".join(
+                (
+                    packet[0:2],
+                    packet[6:10],
+                    packet[12:ihl],
+                    packet[ihl : ihl + 4],
+                    packet[ihl + 8 : ihl + 16],
+                    packet[ihl + 18 : hlen],
+                )
+            )
+        return b"".join(
+            (
+                packet[0:4],
+                packet[6:40],
+                packet[40:44],
+                packet[48:56],
+                packet[58:hlen],
+            )
+        )
+
+    def _close(self) -> None:
+        parts = self._open
+        if parts is None:
+            return
+        self._open = None
+        first = self._first
+        if self._count == 1:
+            self._out.append([ZERO_VNET_HDR, first])
+            return
+        version, ihl, hlen = self._version, self._ihl, self._hlen
+        header = bytearray(first[:hlen])
+        size = self._size
+        if version == 4:
+            header[2] = size >> 8
+            header[3] = size & 0xFF
+            ipv4_header_checksum(header, 0, ihl)
+            gso_type = VIRTIO_NET_HDR_GSO_TCPV4
+        else:
+            plen = size - 40
+            header[4] = plen >> 8
+            header[5] = plen & 0xFF
+            gso_type = VIRTIO_NET_HDR_GSO_TCPV6
+        # Partial checksum: the pseudo-header sum, not complemented (the kernel finishes it).
+        psum = fold(pseudo_sum(header, version, size - ihl))
+        header[ihl + 16] = psum >> 8
+        header[ihl + 17] = psum & 0xFF
+        if self._psh:  # PSH of the last segment belongs on the merged packet
+            header[ihl + 13] |= _PSH
+        vnet = VNET_HDR.pack(
+            VIRTIO_NET_HDR_F_NEEDS_CSUM, gso_type, hlen, self._gso, ihl, TCP_CSUM_OFFSET
+        )
+        parts[0] = memoryview(first)[hlen:]
+        self._out.append([vnet, header, *parts])
+        self.merged += self._count
+
+    def flush(self) -> list[list[bytes | bytearray | memoryview]]:
+        """Close the open super-packet and return every queued write (then forget them)."""
+        self._close()
+        out, self._out = self._out, []
+        return out
+
+
+def split_gro(total: int, segment: int) -> Sequence[tuple[int, int]]:
+    """``(offset, length)`` of the datagrams in a ``total``-byte UDP GRO read of ``segment``."""
+    if segment <= 0 or segment >= total:
+        return ((0, total),)
+    return tuple((off, min(segment, total - off)) for off in range(0, total, segment))
