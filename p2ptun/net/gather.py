@@ -352,7 +352,9 @@ class Gatherer:
         pending: dict[object, GatherFailure] = {}
         timeout = self.options.round_timeout
         deadline = math.inf if timeout is None else trio.current_time() + timeout
-        with trio.move_on_at(deadline):
+        stun_done = trio.Event()
+
+        async def stun_queries() -> None:
             async with trio.open_nursery() as nursery:
                 for server in self.options.stun:
                     shown = f"{server[0]}:{server[1]}"
@@ -360,6 +362,11 @@ class Gatherer:
                         "stun", shown, f"no answer from STUN server {shown} within the round"
                     )
                     nursery.start_soon(self._srflx, server, emit, result, mapped, pending)
+            stun_done.set()
+
+        with trio.move_on_at(deadline):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(stun_queries)
                 for slot in self._slots:
                     pending[slot] = GatherFailure(
                         "turn",
@@ -367,7 +374,7 @@ class Gatherer:
                         f"{slot.config.url}: still allocating when the round ended "
                         f"({timeout or 0:g} s); it comes in a later round",
                     )
-                    nursery.start_soon(self._relay, slot, emit, result, pending)
+                    nursery.start_soon(self._relay, slot, emit, result, pending, mapped, stun_done)
         result.failures.extend(pending.values())
         self._check_mappings(mapped)
         log.info(
@@ -496,14 +503,36 @@ class Gatherer:
         emit: Callable[[Candidate], None],
         result: GatherResult,
         pending: dict[object, GatherFailure],
+        mapped: dict[Address, Address],
+        stun_done: trio.Event,
     ) -> None:
         """The round's part of one TURN server: its live allocation (waiting for one being
-        made), or its last failure."""
+        made), or its last failure. A UDP allocation older than this round is first checked
+        against what the STUN queries of the round saw from its server's address: if we are
+        mapped elsewhere now (the NAT rebound or renumbered), the allocation went with the old
+        mapping and a new one is made — giving the stale one would also hold the fresh one
+        back, as both share a foundation (RFC 8445 §6.1.2.6)."""
         slot.wanted.set()
         slot.waiting_rounds += 1
+        checked = False
         try:
             while True:
                 relay = slot.live
+                if relay is not None and relay.transport == "udp" and not checked:
+                    await stun_done.wait()
+                    checked = True
+                    seen = mapped.get(relay.server)
+                    if slot.live is not relay:
+                        continue  # lost or replaced meanwhile
+                    if seen is not None and relay.mapped is not None and seen != relay.mapped:
+                        log.info(
+                            "relay mapping is stale, allocating again",
+                            server=slot.config.url,
+                            was=format_address(relay.mapped),
+                            now=format_address(seen),
+                        )
+                        self._replace(slot, quiet=True)
+                        continue
                 if relay is not None:
                     pending.pop(slot, None)
                     srflx = self._relay_srflx(relay)
@@ -551,14 +580,16 @@ class Gatherer:
 
     def _check_mappings(self, mapped: dict[Address, Address]) -> None:
         """After a round: if a STUN server now maps us elsewhere (the NAT rebound or changed
-        its address), the UDP allocations made through that NAT are gone too."""
-        moved = [s for s, m in mapped.items() if self._mapped.get(s, m) != m]
+        its address), the UDP allocations made through that NAT are gone too — those whose
+        mapped address is none of this round's."""
+        moved = any(s in self._mapped and self._mapped[s] != m for s, m in mapped.items())
         self._mapped.update(mapped)
         if not moved:
             return
+        fresh = set(mapped.values())
         for slot in self._slots:
             relay = slot.live
-            if relay is not None and relay.transport == "udp":
+            if relay is not None and relay.transport == "udp" and relay.mapped not in fresh:
                 log.info("NAT mapping changed, allocating again", server=slot.config.url)
                 self._replace(slot, quiet=False)
 

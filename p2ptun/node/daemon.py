@@ -88,6 +88,8 @@ WIREGUARD_OVERHEAD = 32
 """WireGuard transport message: type/reserved (4), receiver index (4), counter (8), tag (16)."""
 PATH_OVERHEAD = IPV6_HEADER + UDP_HEADER + CHANNEL_DATA_HEADER + WIREGUARD_OVERHEAD
 CAP_NET_ADMIN = 12
+CONSENT_REGATHER_INTERVAL = 5.0
+"""Consent loss (one peer's or many at once) regathers at most this often."""
 
 
 def default_mtu(underlay: int = UNDERLAY_MTU) -> int:
@@ -174,6 +176,7 @@ class NodeDaemon:
         self._last_status_line = ""
         self._nursery: trio.Nursery | None = None
         self._restart_after_round = False
+        self._last_consent_regather = -CONSENT_REGATHER_INTERVAL
 
     # -- NodeContext ------------------------------------------------------------------------
 
@@ -193,6 +196,22 @@ class NodeDaemon:
 
     def peer_changed(self) -> None:
         self._notify_status()
+
+    def regather(self, reason: str) -> bool:
+        """A peer's path lost consent: our candidates may be stale (a NAT renumbered or lost
+        its mappings, which no netlink event tells). Gather again (ARCHITECTURE.md §4);
+        when the round is done the peers waiting for it restart (:meth:`_round_done`).
+        Returns False when the candidates were gathered a moment ago (restart now)."""
+        transport = self.transport
+        if not transport.gathering_complete:
+            return True  # a round is under way
+        now = trio.current_time()
+        if now - self._last_consent_regather < CONSENT_REGATHER_INTERVAL:
+            return False
+        self._last_consent_regather = now
+        log.info("regathering", reason=reason)
+        transport.regather(restart_sessions=False)
+        return True
 
     # -- lifetime --------------------------------------------------------------------------
 
@@ -401,6 +420,8 @@ class NodeDaemon:
             self._restart_after_round = False
             for session in self.peers.values():
                 session.restart("network change")
+        for session in self.peers.values():
+            session.round_done()
 
     async def _watch_network(self) -> None:
         """Network changes (debounced by the monitor) → regather, then ICE restart for every

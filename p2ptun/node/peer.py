@@ -30,8 +30,15 @@ gathering and the TURN relays, the agents' timer and their transmits):
    consent suspect on the active pair (restart early), consent expired (stop sending on that
    pair at once, restart), a network change (:meth:`PeerSession.restart` from the daemon once
    the transport regathered), an attempt that failed (retry with backoff), an offer nobody
-   answered. Its own timers (re-offer, retry, retirement) run in :meth:`PeerSession.run`,
-   which never spins: a due time always moves forward when it is acted on.
+   answered. Consent loss first asks the node to regather (ARCHITECTURE.md §4): our NAT may
+   have changed its address or dropped its mappings, which no local network event tells. The
+   restart waits for that round (at most :data:`REGATHER_WAIT`): an offer or answer with a
+   stale server-reflexive candidate gets stuck, because the fresh one the peer learns later
+   shares its foundation and stays Frozen while the stale pair is still being checked (RFC
+   8445 §6.1.2.6). The restart then replaces an attempt of the peer's that we answered with
+   the old candidates. The peer's own timers
+   (re-offer, retry, retirement) run in :meth:`PeerSession.run`, which never spins: a due
+   time always moves forward when it is acted on.
 
 Rendezvous loss changes nothing here: an established path keeps running on ICE consent alone;
 only new offers wait for the rendezvous to come back.
@@ -96,6 +103,8 @@ MAX_RETIRED = 2
 SUSPECT_HOLDOFF = 10.0
 """At most one early restart per this many seconds when consent turns suspect."""
 MIN_RESTART_INTERVAL = 1.0
+REGATHER_WAIT = 5.0
+"""A restart that waits for the node's regathering goes ahead after this long anyway."""
 FIRST_OFFER_WAIT = 2.0
 """How long the first offer waits for the node's first gathering round."""
 MAX_IDLE = 30.0
@@ -118,6 +127,12 @@ class NodeContext(Protocol):
     def lite(self) -> bool: ...
 
     def peer_changed(self) -> None: ...
+
+    def regather(self, reason: str) -> bool:
+        """Our candidates may be stale: gather again. True if a round is under way now (the
+        node then calls :meth:`PeerSession.round_done`), False if the candidates were
+        gathered a moment ago."""
+        ...
 
 
 @dataclass(eq=False)
@@ -167,6 +182,9 @@ class PeerSession:
         self._last_restart = -1e9
         self._last_suspect_restart = -1e9
         self._reoffer_floor = -1e9
+        #: A restart waiting for the node's regathering: why, and when it goes ahead anyway.
+        self._pending_restart: str | None = None
+        self._restart_at: float | None = None
         self._running = False
         self.stale_wakeups = 0
         """Times a timer was due again right after running (a bug elsewhere; never a spin)."""
@@ -226,15 +244,22 @@ class PeerSession:
                 attempt.session.close()
         due = self._offer_due(now)
         if due is not None and now >= due:
-            # Move both clocks first: whatever _offer decides (it may skip), the next due
+            # Move the clocks first: whatever _offer decides (it may skip), the next due
             # time is in the future, so this loop never spins.
             self._reoffer_floor = now
             self._next_try = now + RETRY_DELAYS[0]
-            self._offer("retry" if self.current is None else "offer not answered")
+            reason, self._pending_restart, self._restart_at = self._pending_restart, None, None
+            if reason is not None:
+                self.restart(f"{reason} (no new candidates in time)")
+            else:
+                self._offer("retry" if self.current is None else "offer not answered")
 
     def _offer_due(self, now: float) -> float | None:
-        """When to offer next: after a failure (nothing running), or again when the online
-        peer leaves our offer unanswered. None: nothing to do."""
+        """When to offer next: a restart waiting for regathering, after a failure (nothing
+        running), or again when the online peer leaves our offer unanswered. None: nothing
+        to do."""
+        if self._restart_at is not None:
+            return self._restart_at
         current = self.current
         if current is None:
             return self._next_try if self.active is None else None
@@ -336,10 +361,27 @@ class PeerSession:
 
     def restart(self, reason: str) -> None:
         """An ICE restart from our side (network change, consent lost)."""
+        self._pending_restart = self._restart_at = None
         now = trio.current_time()
         if now - self._last_restart < MIN_RESTART_INTERVAL and self.current is not None:
             return
         self._offer(reason)
+
+    def _regather_then_restart(self, reason: str) -> None:
+        """Consent trouble: restart once the node has gathered again (module docstring), or
+        at once if its candidates are fresh."""
+        if self.ctx.regather(reason):
+            self._pending_restart = reason
+            self._restart_at = trio.current_time() + REGATHER_WAIT
+            self.wake()
+        else:
+            self.restart(reason)
+
+    def round_done(self) -> None:
+        """The node finished a gathering round: a restart waiting for it goes ahead."""
+        reason = self._pending_restart
+        if reason is not None:
+            self.restart(reason)
 
     def signaling_replaced(self) -> None:
         """The signaling client was replaced (config reload): offers in flight are gone."""
@@ -364,8 +406,21 @@ class PeerSession:
         try:
             sent = client.send_to(self.name, Candidates(attempt.session_id, text))
         except (KeyError, P2ptunError) as exc:
-            log.debug("cannot trickle", peer=self.name, error=str(exc))
+            log.debug(
+                "cannot trickle",
+                peer=self.name,
+                session=f"{attempt.session_id:016x}",
+                error=str(exc),
+            )
             return
+        log.debug(
+            "trickle",
+            peer=self.name,
+            session=f"{attempt.session_id:016x}",
+            candidates=len(new),
+            end=eoc,
+            sent=sent,
+        )
         if sent:
             attempt.signalled.update(new)
             attempt.eoc_sent = eoc
@@ -454,10 +509,17 @@ class PeerSession:
             log.debug("candidates for another ICE generation", peer=self.name)
             return False
         attempt.remote_set = True
-        for cand in desc.candidates:
-            session.add_remote_candidate(cand)
+        added = sum(session.add_remote_candidate(cand) for cand in desc.candidates)
         if desc.end_of_candidates:
             session.set_remote_end_of_candidates()
+        log.debug(
+            "remote candidates",
+            peer=self.name,
+            session=None if attempt.session_id is None else f"{attempt.session_id:016x}",
+            added=added,
+            given=len(desc.candidates),
+            end=desc.end_of_candidates,
+        )
         return True
 
     # -- the session's events ---------------------------------------------------------------
@@ -486,17 +548,15 @@ class PeerSession:
                 self.active = None
                 attempt.session.close()
                 self._clear_path()
-                self.restart("consent expired")
+                self._regather_then_restart("consent expired")
         elif isinstance(event, ConsentSuspect):
             now = trio.current_time()
             log.info("consent suspect", peer=self.name, missed=event.missed)
-            if (
-                attempt is self.active
-                and self.current is None
-                and now - self._last_suspect_restart > SUSPECT_HOLDOFF
-            ):
+            if attempt is self.active and now - self._last_suspect_restart > SUSPECT_HOLDOFF:
+                # Also when the peer's restart runs already: we may have answered it with
+                # candidates that are stale now.
                 self._last_suspect_restart = now
-                self.restart("consent suspect")
+                self._regather_then_restart("consent suspect")
         elif isinstance(event, ConsentRestored):
             log.info("consent restored", peer=self.name)
         elif isinstance(event, StateChanged):

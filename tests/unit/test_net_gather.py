@@ -232,13 +232,7 @@ async def test_udp_relay_srflx_and_new_allocation_when_the_path_changes(
     # 5-tuple, so it is abandoned (no deallocation can reach it) and made again; the round
     # waits for the new one and nobody needs to hear about it. (On loopback the 5-tuple does
     # not really change: a fresh server stands in for the server seeing a new client.)
-    scope.cancel()
-    with trio.fail_after(5):
-        while True:  # until the stopped server has closed its sockets
-            await trio.sleep(0.01)
-            with contextlib.suppress(RuntimeFailure):
-                scope = await serve(nursery, port)
-                break
+    scope = await restart_server(nursery, scope, port)
     route["ip"] = "192.0.2.2"
     again = await g.gather()
     assert not again.failures, again.failures
@@ -249,6 +243,49 @@ async def test_udp_relay_srflx_and_new_allocation_when_the_path_changes(
         ("192.0.2.2", host.port)
     ]
     assert not changes
+    scope.cancel()
+
+
+async def restart_server(
+    nursery: trio.Nursery, scope: trio.CancelScope, port: int
+) -> trio.CancelScope:
+    """Stop the server on ``port`` and start a fresh one there (one that knows no allocation:
+    on loopback our 5-tuple never really changes)."""
+    scope.cancel()
+    with trio.fail_after(5):
+        while True:  # until the stopped server has closed its sockets
+            await trio.sleep(0.01)
+            with contextlib.suppress(RuntimeFailure):
+                return await serve(nursery, port)
+
+
+async def test_stale_udp_relay_is_made_again_within_the_round(nursery: trio.Nursery) -> None:
+    port = free_port()
+    scope = await serve(nursery, port)
+    changes: list[int] = []
+    g = await start(
+        nursery,
+        GatherOptions(stun=((HOST, port),), turn=(turn(port),)),
+        hosts=["192.0.2.1"],
+        route_lookup=lambda ip: "192.0.2.1",  # behind a "NAT": mapped 127.0.0.1, base 192.0.2.1
+        on_relays_changed=lambda: changes.append(1),
+    )
+    first = await g.gather()
+    assert [c.type for c in first.candidates].count(CandidateType.SRFLX) == 1  # given once
+    old = g.relays[0]
+    # The server saw this allocation come from elsewhere than where the STUN server sees us
+    # now: the NAT moved since, the allocation (and its srflx) went with the old mapping.
+    old.client.mapped = ("198.51.100.7", 4000)
+    scope = await restart_server(nursery, scope, port)
+    again = await g.gather()
+    assert not again.failures, again.failures
+    new = g.relays[0]
+    assert new is not old and not old.allocated
+    relayed = [c for c in again.candidates if c.type is CandidateType.RELAY]
+    assert [c.address for c in relayed] == [new.relayed]
+    assert all(c.address != ("198.51.100.7", 4000) for c in again.candidates)
+    assert all(c.related != ("198.51.100.7", 4000) for c in again.candidates)
+    assert not changes  # the round waited for the new allocation itself
     scope.cancel()
 
 

@@ -18,10 +18,12 @@ import trio.testing
 
 from p2ptun.addr import Address
 from p2ptun.config import PeerConfig
+from p2ptun.ice import IceConfig
+from p2ptun.ice.consent import ConsentConfig
 from p2ptun.keys import generate_private_key, public_key
 from p2ptun.net.gather import GatherOptions
 from p2ptun.net.ice_transport import IceTransport
-from p2ptun.net.udp import UdpEndpoint
+from p2ptun.net.udp import PacketKind, UdpEndpoint
 from p2ptun.node import peer as peer_mod
 from p2ptun.node.peer import PeerSession
 from p2ptun.signal.client import SignalReceived
@@ -93,7 +95,7 @@ class FakeWg:
         pass
 
 
-def loopback_transport() -> IceTransport:
+def loopback_transport(ice_config: IceConfig | None = None) -> IceTransport:
     """The node's real ICE transport on a loopback socket (host candidates from a fixed list,
     no STUN or TURN servers)."""
 
@@ -101,7 +103,9 @@ def loopback_transport() -> IceTransport:
         return ["127.0.0.1"]
 
     endpoint = UdpEndpoint.bind(socket.AF_INET, "127.0.0.1")
-    return IceTransport([endpoint], GatherOptions(), list_addresses=addresses)
+    return IceTransport(
+        [endpoint], GatherOptions(), list_addresses=addresses, ice_config=ice_config
+    )
 
 
 @dataclass
@@ -111,9 +115,15 @@ class Ctx:
     tunnel: Any = field(default_factory=FakeTunnel)
     lite: bool = False
     changes: int = 0
+    regathers: list[str] = field(default_factory=list)
 
     def peer_changed(self) -> None:
         self.changes += 1
+
+    def regather(self, reason: str) -> bool:
+        self.regathers.append(reason)
+        self.transport.regather(restart_sessions=False)
+        return True
 
     @property
     def address(self) -> Address:
@@ -157,11 +167,12 @@ async def transports(nursery: trio.Nursery) -> AsyncIterator[Callable[[Ctx], Non
 
 
 def make_session(
-    name: str = "bob", signaling: FakeSignaling | None = None
+    name: str = "bob", signaling: FakeSignaling | None = None, ice: IceConfig | None = None
 ) -> tuple[PeerSession, Ctx, list[int]]:
-    ctx = Ctx(signaling or FakeSignaling(name))
+    ctx = Ctx(signaling or FakeSignaling(name), loopback_transport(ice))
     cfg = PeerConfig(name, public_key(generate_private_key()), ())
     session = PeerSession(ctx, cfg, FakeWg())  # type: ignore[arg-type]
+    ctx.transport.on_gathered = lambda _round: session.round_done()  # as the daemon does
     loops = [0]
     original = session._next_deadline
 
@@ -226,9 +237,11 @@ async def test_status_shape_without_path(autojump_clock: trio.testing.MockClock)
     ctx.transport.mux.endpoints[0].close()
 
 
-async def test_offer_answer_path_restart_ping_and_bye(
-    nursery: trio.Nursery, transports: Callable[[Ctx], None]
-) -> None:
+async def connected_pair(
+    nursery: trio.Nursery, transports: Callable[[Ctx], None], ice: IceConfig | None = None
+) -> tuple[PeerSession, Ctx, PeerSession, Ctx]:
+    """alice and bob, each a PeerSession for the other over its own loopback transport,
+    offer/answer through a fake rendezvous; returns once both are connected."""
     inbox: trio.MemorySendChannel[tuple[PeerSession, SignalReceived]]
     inbox, outbox = trio.open_memory_channel(100)
     sessions: dict[str, PeerSession] = {}
@@ -240,8 +253,8 @@ async def test_offer_answer_path_restart_ping_and_bye(
 
         return FakeSignaling(other, deliver)
 
-    alice, actx, _ = make_session("bob", link("alice", "bob"))  # alice's view of bob
-    bob, bctx, _ = make_session("alice", link("bob", "alice"))  # bob's view of alice
+    alice, actx, _ = make_session("bob", link("alice", "bob"), ice)  # alice's view of bob
+    bob, bctx, _ = make_session("alice", link("bob", "alice"), ice)  # bob's view of alice
     sessions.update(alice=alice, bob=bob)
     # bob waits for alice's offer (no glare here: the signaling core's business).
     bctx.signaling.core.negotiations["alice"].state = NegotiationState.ANSWERING
@@ -264,6 +277,13 @@ async def test_offer_answer_path_restart_ping_and_bye(
     with trio.fail_after(10):
         while not connected():
             await trio.sleep(0.02)
+    return alice, actx, bob, bctx
+
+
+async def test_offer_answer_path_restart_ping_and_bye(
+    nursery: trio.Nursery, transports: Callable[[Ctx], None]
+) -> None:
+    alice, actx, bob, bctx = await connected_pair(nursery, transports)
     assert alice.path is not None and bob.path is not None
     assert actx.tunnel.endpoints[-1] == bctx.address
     assert bctx.tunnel.endpoints[-1] == actx.address
@@ -294,3 +314,36 @@ async def test_offer_answer_path_restart_ping_and_bye(
     assert isinstance(actx.signaling.sent[-1], Bye)
     assert bctx.tunnel.endpoints[-1] is None
     assert actx.transport.sessions == []
+
+
+async def test_consent_loss_regathers_and_restarts(
+    nursery: trio.Nursery, transports: Callable[[Ctx], None]
+) -> None:
+    # Consent checks every 0.2 s: two unanswered ones make the pair suspect within a second.
+    ice = IceConfig(consent=ConsentConfig(interval=0.2, jitter=0.0, timeout=30.0))
+    alice, actx, _bob, bctx = await connected_pair(nursery, transports, ice)
+    offers = len(actx.signaling.offers)
+    offer = actx.signaling.offer
+    gathered_when_offered: list[bool] = []
+
+    def recording_offer(peer: str, description: str, *, restart: bool = False) -> int:
+        gathered_when_offered.append(actx.transport.gathering_complete)
+        return offer(peer, description, restart=restart)
+
+    actx.signaling.offer = recording_offer  # type: ignore[method-assign]
+    # bob stops hearing STUN (its NAT lost the mapping, say): alice's consent checks go
+    # unanswered, though the old pair keeps carrying data meanwhile.
+    bctx.transport.mux.endpoints[0].set_handler(PacketKind.STUN, None)
+    with trio.fail_after(10):
+        while not actx.regathers:
+            await trio.sleep(0.02)
+    # First the node gathers again; the restart waits for that round (it may find that our
+    # NAT moved), then goes out as a Restart: make-before-break, the old pair still in use.
+    assert actx.regathers[0] == "consent suspect"
+    round_number = actx.transport.round
+    with trio.fail_after(5):
+        while len(actx.signaling.offers) == offers:
+            await trio.sleep(0.01)
+    assert gathered_when_offered == [True] and actx.transport.round == round_number
+    assert actx.signaling.offers[-1][1] is True
+    assert alice.path is not None and alice.current is not None
