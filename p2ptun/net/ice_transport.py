@@ -1,13 +1,16 @@
-"""The trio shell of ICE: one sans-I/O :class:`~p2ptun.ice.agent.IceAgent` per peer over the
-node's shared sockets.
+"""The trio shell of ICE: sans-I/O :class:`~p2ptun.ice.agent.IceAgent` s over the node's shared
+sockets, one per :class:`IceSession`.
 
 One :class:`IceTransport` per node owns
 
 - the :class:`~p2ptun.net.turn_shared.UdpMux` on the node's UDP endpoints (one per address
   family, ARCHITECTURE.md §2) and the :class:`~p2ptun.net.gather.Gatherer` with its TURN
   allocations: local candidates belong to the node and every agent uses them;
-- one :class:`IceSession` per peer (:meth:`IceTransport.open_session`), each wrapping an
-  :class:`~p2ptun.ice.agent.IceAgent`;
+- the :class:`IceSession` s (:meth:`IceTransport.open_session`), each wrapping an
+  :class:`~p2ptun.ice.agent.IceAgent`: one per peer that restarts in place
+  (:meth:`IceSession.restart`, as the probe does), or — the node
+  (:mod:`p2ptun.node.peer`) — one per offer/answer, several per peer while one replaces
+  another;
 - a single timer task for all agents: it sleeps until the earliest ``next_wakeup()`` of any
   agent, runs the agents that are due, and sleeps again. Inputs (datagrams, signaling) pull
   the deadline earlier when an agent needs it sooner. Idle, a connected agent wants the timer
@@ -65,7 +68,7 @@ base of an incoming datagram is the address the kernel sends from towards its so
 :mod:`p2ptun.net.turn_shared`). On a multi-homed host, pairs on the other host addresses fail
 the symmetric check and the routed one is used.
 
-A sketch of the daemon's use::
+A sketch of a user (the probe's way; the node's is :mod:`p2ptun.node.peer`)::
 
     transport = IceTransport(endpoints, GatherOptions.from_config(cfg.ice, tun_name))
     await nursery.start(transport.run)
@@ -74,6 +77,7 @@ A sketch of the daemon's use::
     session.set_remote_description(IceDescription.parse(text))   # what bob signalled
     ...
     session.send(wireguard_datagram)                    # on the selected pair
+    rtt = await session.ping()
 """
 
 from __future__ import annotations
