@@ -19,8 +19,10 @@ The kernel can move 64 KiB at a time across a system call if both sides agree:
   demultiplexing.
 
 Each offload is probed when the socket or device is set up and falls back to one packet per
-system call when the kernel refuses. ``P2PTUN_OFFLOAD=off`` (environment) turns all of them off,
-``P2PTUN_OFFLOAD=udp`` or ``=tun`` keeps only that family (tests use it to prove both paths).
+system call when the kernel refuses. ``P2PTUN_OFFLOAD=off`` (environment) turns all of them off;
+a comma-separated list keeps only the families named: ``udp`` (GSO and GRO), ``tun`` (the virtio
+header and GRO on TUN writes), ``tso`` (TSO on TUN reads; needs ``tun``). Tests use it to prove
+every path.
 
 The functions here are pure byte manipulation (no I/O), so they are tested with hypothesis
 against checksums computed from scratch.
@@ -60,7 +62,7 @@ _MAX_SUPER = 65535
 
 
 def offload_wanted(kind: str) -> bool:
-    """Whether the environment allows offload family ``kind`` (``"udp"`` or ``"tun"``).
+    """Whether the environment allows offload family ``kind`` (``udp``, ``tun`` or ``tso``).
 
     ``P2PTUN_OFFLOAD`` unset, ``auto`` or ``on``: every offload the kernel accepts;
     ``off``: none; otherwise a comma-separated list of the families to use.
@@ -230,7 +232,13 @@ def segment_tcp(
         seg[ihl + 13] = f
         seg[ihl + 16] = 0
         seg[ihl + 17] = 0
-        c = 0xFFFF ^ fold(addr_sum + thl + chunk + ones_sum(seg[ihl:]))
+        # ones_sum() and fold() inlined: one big-integer conversion and two modulos.
+        n = int.from_bytes(seg[ihl:], "big")
+        if chunk & 1:
+            n <<= 8
+        acc = n % 0xFFFF + addr_sum + thl + chunk
+        r = acc % 0xFFFF
+        c = 0xFFFF ^ (0xFFFF if r == 0 and acc else r)
         seg[ihl + 16] = c >> 8
         seg[ihl + 17] = c & 0xFF
         lengths[i] = size

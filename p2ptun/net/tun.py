@@ -322,7 +322,7 @@ class TunDevice:
         64 KiB and packets with a partial checksum (see :mod:`p2ptun.net.offload`). A kernel
         that refuses gets 0 (plain packets, still behind a virtio header).
         """
-        if not self.vnet_hdr:
+        if not self.vnet_hdr or not offload_wanted("tso"):
             return 0
         wanted = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
         for flags in (wanted, TUN_F_CSUM | TUN_F_TSO4, 0):

@@ -318,6 +318,8 @@ class TunnelCounters:
     """Packets read from TUN with a virtio header this data path cannot honour (dropped)."""
     gro_segments: int = 0
     """Decrypted segments written to TUN merged into super-packets."""
+    tun_early_reads: int = 0
+    """TUN reads made right after writing received packets (see ``_on_udp_drained``)."""
 
 
 def _routes_needed(spec: TunnelSpec) -> list[str]:
@@ -398,6 +400,7 @@ class WgTunnel:
         self._coalescer = TcpCoalescer()
         self._touched: dict[Peer, None] = {}  # insertion-ordered set
         self._initiation_unsent: set[Peer] = set()
+        self._wrote_tun = False
         self._rx_now: float | None = None
         self._timer_scope: trio.CancelScope | None = None
         for ep in self.endpoints:
@@ -538,12 +541,7 @@ class WgTunnel:
 
     async def _tun_loop(self) -> None:
         tun = self.tun
-        views = self._tun_views
-        lengths = self._tun_lengths
-        batch = len(views)
-        device = self.device
-        touched = self._touched
-        vnet = self._vnet
+        batch = len(self._tun_views)
         while True:
             try:
                 await tun.wait_readable()
@@ -552,26 +550,35 @@ class WgTunnel:
             while True:
                 if tun.closed:
                     return
-                n = tun.read_batch(views, lengths)
-                if n == 0:
-                    break
-                self.counters.tun_batches += 1
-                now = trio.current_time()
-                mss = self.mss
-                for i in range(n):
-                    if vnet:
-                        self._send_offloaded(views[i], lengths[i], now)
-                        continue
-                    view = views[i]
-                    if mss is not None and _maybe_syn(view):
-                        self._clamp(view, lengths[i], mss)
-                    peer = device.send_packet(view[: lengths[i]], now)
-                    if peer is not None:
-                        touched[peer] = None
-                self._flush_touched()
-                if n < batch:
+                if self._tun_drain_batch() < batch:
                     break
                 await trio.lowlevel.checkpoint()
+
+    def _tun_drain_batch(self) -> int:
+        """Read up to one batch from TUN without blocking, send it; returns packets read."""
+        views = self._tun_views
+        lengths = self._tun_lengths
+        n = self.tun.read_batch(views, lengths)
+        if n == 0:
+            return 0
+        self.counters.tun_batches += 1
+        now = trio.current_time()
+        device = self.device
+        touched = self._touched
+        mss = self.mss
+        if self._vnet:
+            for i in range(n):
+                self._send_offloaded(views[i], lengths[i], now)
+        else:
+            for i in range(n):
+                view = views[i]
+                if mss is not None and _maybe_syn(view):
+                    self._clamp(view, lengths[i], mss)
+                peer = device.send_packet(view[: lengths[i]], now)
+                if peer is not None:
+                    touched[peer] = None
+        self._flush_touched()
+        return n
 
     def _send_offloaded(self, view: memoryview, length: int, now: float) -> None:
         """One TUN read behind a virtio header: complete its checksum or cut it into
@@ -601,15 +608,18 @@ class WgTunnel:
         self.counters.tso_packets += 1
         self.counters.tso_segments += count
         segs = memoryview(self._seg_buffer)
+        # Every segment has the super-packet's addresses: route once.
+        peer = device.route(segs[: seg_lengths[0]])
+        if peer is None:
+            device.counters.no_route += count
+            return
+        send = peer.send_packet
         pos = 0
-        last: Peer | None = None
         for k in range(count):
             size = seg_lengths[k]
-            peer = device.send_packet(segs[pos : pos + size], now)
+            send(segs[pos : pos + size], now)
             pos += size
-            if peer is not None and peer is not last:
-                touched[peer] = None
-                last = peer
+        touched[peer] = None
 
     def _clamp(self, view: memoryview, length: int, mss: tuple[int, int]) -> None:
         if clamp_mss(view, length, mss[0], mss[1]):
@@ -642,6 +652,14 @@ class WgTunnel:
         self._rx_now = None
         self.counters.udp_batches += 1
         self._flush_touched()
+        if self._wrote_tun:
+            # What the packets just written provoke (an echo reply, TCP ACKs) is often queued
+            # on TUN by the time the write returns: take it now instead of after another trip
+            # through the event loop (one wake-up less per request/response).
+            self._wrote_tun = False
+            if not self.tun.closed:
+                self.counters.tun_early_reads += 1
+                self._tun_drain_batch()
         for source, reply in self.device.pop_replies():
             if isinstance(source, tuple):
                 self._send(reply, source)
@@ -701,6 +719,7 @@ class WgTunnel:
         a virtio header, one write each otherwise; SYNs get their MSS clamped first."""
         tun = self.tun
         mss = self.mss
+        self._wrote_tun = True
         if not self._vnet:
             for packet in packets:
                 if mss is not None and _maybe_syn(packet):

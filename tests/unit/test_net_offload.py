@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import struct
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,6 +17,7 @@ from p2ptun.net.offload import (
     ZERO_VNET_HDR,
     TcpCoalescer,
     complete_checksum,
+    offload_wanted,
     ones_sum,
     segment_tcp,
     split_gro,
@@ -227,3 +229,17 @@ def test_split_gro() -> None:
     assert split_gro(100, 0) == ((0, 100),)
     assert split_gro(100, 40) == ((0, 40), (40, 40), (80, 20))
     assert split_gro(80, 40) == ((0, 40), (40, 40))
+
+
+def test_offload_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    for value, expected in (
+        ("", (True, True, True)),
+        ("auto", (True, True, True)),
+        ("off", (False, False, False)),
+        ("udp", (True, False, False)),
+        ("udp, tun", (True, True, False)),
+    ):
+        monkeypatch.setenv("P2PTUN_OFFLOAD", value)
+        assert tuple(offload_wanted(k) for k in ("udp", "tun", "tso")) == expected
+    monkeypatch.delenv("P2PTUN_OFFLOAD")
+    assert offload_wanted("tso")
