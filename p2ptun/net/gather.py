@@ -175,6 +175,37 @@ class GatherResult:
     failures: list[GatherFailure] = field(default_factory=list)
 
 
+class _Round:
+    """What one :meth:`Gatherer.gather` call collects while its queries run."""
+
+    def __init__(self, on_candidate: Callable[[Candidate], None] | None) -> None:
+        self.result = GatherResult()
+        self._on_candidate = on_candidate
+        self._srflx: set[tuple[Address, Address | None]] = set()
+        #: What each STUN server (resolved) mapped us to this round.
+        self.mapped: dict[Address, Address] = {}
+        #: Queries still running (a STUN server as configured, a TURN slot), with the failure
+        #: to report if the round ends before them.
+        self.pending: dict[object, GatherFailure] = {}
+        self.stun_done = trio.Event()
+
+    def emit(self, candidate: Candidate) -> None:
+        if candidate.type is CandidateType.SRFLX:
+            key = (candidate.address, candidate.related)
+            if key in self._srflx:
+                return  # the same mapping from a STUN and a TURN server
+            self._srflx.add(key)
+        self.result.candidates.append(candidate)
+        if self._on_candidate is not None:
+            self._on_candidate(candidate)
+
+    def done(self, query: object, failure: GatherFailure | None = None) -> None:
+        """``query`` ended (with ``failure``, or with its candidates emitted)."""
+        self.pending.pop(query, None)
+        if failure is not None:
+            self.result.failures.append(failure)
+
+
 class SlotState(enum.Enum):
     """Where one configured TURN server's allocation stands."""
 
@@ -326,57 +357,42 @@ class Gatherer:
         if self._nursery is None:
             raise RuntimeError("Gatherer.gather() needs Gatherer.run() running")
         self.rounds += 1
-        result = GatherResult()
-        given: set[tuple[Address, Address | None]] = set()
-
-        def emit(candidate: Candidate) -> None:
-            key = (candidate.address, candidate.related)
-            if candidate.type is CandidateType.SRFLX:
-                if key in given:
-                    return  # the same mapping from a STUN and a TURN server
-                given.add(key)
-            result.candidates.append(candidate)
-            if on_candidate is not None:
-                on_candidate(candidate)
-
+        rnd = _Round(on_candidate)
         self.mux.invalidate_routes()
-        addresses = await self._host_addresses(result)
+        addresses = await self._host_addresses(rnd.result)
         self._preferences = assign_local_preferences(addresses) if addresses else {}
         for host in addresses:
             port = self.mux.port_for(host)
             if port is not None:
-                emit(make_host_candidate((host, port), self._preferences[host]))
+                rnd.emit(make_host_candidate((host, port), self._preferences[host]))
         self._check_relay_paths()
-        mapped: dict[Address, Address] = {}
-        # Each query removes its entry when it ends; what is left was cut by round_timeout.
-        pending: dict[object, GatherFailure] = {}
         timeout = self.options.round_timeout
         deadline = math.inf if timeout is None else trio.current_time() + timeout
-        stun_done = trio.Event()
 
         async def stun_queries() -> None:
             async with trio.open_nursery() as nursery:
                 for server in self.options.stun:
                     shown = f"{server[0]}:{server[1]}"
-                    pending[server] = GatherFailure(
+                    rnd.pending[server] = GatherFailure(
                         "stun", shown, f"no answer from STUN server {shown} within the round"
                     )
-                    nursery.start_soon(self._srflx, server, emit, result, mapped, pending)
-            stun_done.set()
+                    nursery.start_soon(self._srflx, server, rnd)
+            rnd.stun_done.set()
 
         with trio.move_on_at(deadline):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(stun_queries)
                 for slot in self._slots:
-                    pending[slot] = GatherFailure(
+                    rnd.pending[slot] = GatherFailure(
                         "turn",
                         slot.config.url,
                         f"{slot.config.url}: still allocating when the round ended "
                         f"({timeout or 0:g} s); it comes in a later round",
                     )
-                    nursery.start_soon(self._relay, slot, emit, result, pending, mapped, stun_done)
-        result.failures.extend(pending.values())
-        self._check_mappings(mapped)
+                    nursery.start_soon(self._relay, slot, rnd)
+        result = rnd.result
+        result.failures.extend(rnd.pending.values())  # cut by round_timeout
+        self._check_mappings(rnd.mapped)
         log.info(
             "gathered",
             round=self.rounds,
@@ -413,14 +429,7 @@ class Gatherer:
 
     # -- server-reflexive --------------------------------------------------------------------------
 
-    async def _srflx(
-        self,
-        server_ref: Address,
-        emit: Callable[[Candidate], None],
-        result: GatherResult,
-        mapped_by: dict[Address, Address],
-        pending: dict[object, GatherFailure],
-    ) -> None:
+    async def _srflx(self, server_ref: Address, rnd: _Round) -> None:
         shown = f"{server_ref[0]}:{server_ref[1]}"
         with trio.move_on_after(self.options.stun_timeout) as scope:
             try:
@@ -429,19 +438,18 @@ class Gatherer:
                 )
                 mapped, base = await self._binding(server)
             except RuntimeFailure as exc:
-                pending.pop(server_ref, None)
-                result.failures.append(GatherFailure("stun", shown, str(exc)))
+                rnd.done(server_ref, GatherFailure("stun", shown, str(exc)))
                 return
-        pending.pop(server_ref, None)
         if scope.cancelled_caught:
             reason = f"no response from STUN server {shown} within {self.options.stun_timeout:g} s"
-            result.failures.append(GatherFailure("stun", shown, reason))
+            rnd.done(server_ref, GatherFailure("stun", shown, reason))
             return
-        mapped_by[server] = mapped
+        rnd.done(server_ref)
+        rnd.mapped[server] = mapped
         if mapped == base:
             return  # no NAT in between: the host candidate says it all (RFC 8445 §5.1.3)
         pref = self._preference(base[0])
-        emit(make_srflx_candidate(mapped, base, server[0], pref))
+        rnd.emit(make_srflx_candidate(mapped, base, server[0], pref))
 
     async def _binding(self, server: Address) -> tuple[Address, Address]:
         """One Binding transaction from the shared socket: ``(mapped, base)``."""
@@ -497,15 +505,7 @@ class Gatherer:
 
     # -- relayed: one round's view ---------------------------------------------------------------
 
-    async def _relay(
-        self,
-        slot: _RelaySlot,
-        emit: Callable[[Candidate], None],
-        result: GatherResult,
-        pending: dict[object, GatherFailure],
-        mapped: dict[Address, Address],
-        stun_done: trio.Event,
-    ) -> None:
+    async def _relay(self, slot: _RelaySlot, rnd: _Round) -> None:
         """The round's part of one TURN server: its live allocation (waiting for one being
         made), or its last failure. A UDP allocation older than this round is first checked
         against what the STUN queries of the round saw from its server's address: if we are
@@ -519,9 +519,9 @@ class Gatherer:
             while True:
                 relay = slot.live
                 if relay is not None and relay.transport == "udp" and not checked:
-                    await stun_done.wait()
+                    await rnd.stun_done.wait()
                     checked = True
-                    seen = mapped.get(relay.server)
+                    seen = rnd.mapped.get(relay.server)
                     if slot.live is not relay:
                         continue  # lost or replaced meanwhile
                     if seen is not None and relay.mapped is not None and seen != relay.mapped:
@@ -534,16 +534,15 @@ class Gatherer:
                         self._replace(slot, quiet=True)
                         continue
                 if relay is not None:
-                    pending.pop(slot, None)
                     srflx = self._relay_srflx(relay)
                     if srflx is not None:
-                        emit(srflx)
-                    emit(self.relay_candidate(relay, slot.index))
+                        rnd.emit(srflx)
+                    rnd.emit(self.relay_candidate(relay, slot.index))
+                    rnd.done(slot)
                     return
                 if slot.state in (SlotState.WAITING, SlotState.CLOSED):
-                    pending.pop(slot, None)
                     reason = slot.failure or f"{slot.config.url}: the gatherer stopped"
-                    result.failures.append(GatherFailure("turn", slot.config.url, reason))
+                    rnd.done(slot, GatherFailure("turn", slot.config.url, reason))
                     return
                 await slot.changed.wait()
         finally:
