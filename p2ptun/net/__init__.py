@@ -17,6 +17,8 @@
 - :mod:`p2ptun.net.ice_probe` — ``python -m p2ptun.net.ice_probe``: one ICE peer on that
   transport in a process, for the NAT-lab and aioice interop tests.
 - :mod:`p2ptun.net.tun` — :class:`~p2ptun.net.tun.TunDevice`, the non-blocking TUN interface.
+- :mod:`p2ptun.net.offload` — the data path's segmentation and coalescing offloads (UDP
+  GSO/GRO, TUN TSO/GRO), probed with a fallback.
 - :mod:`p2ptun.net.netlink` — interface, address and route configuration (blocking pyroute2
   calls; ``await netlink.run(...)`` from trio), ICE host addresses, and
   :class:`~p2ptun.net.netlink.NetworkMonitor`, debounced network-change events.
