@@ -691,13 +691,17 @@ class TurnRelay:
             events = client.pop_events()
             if not transmits and not events:
                 break
-            busy = True
-            for data in transmits:
-                self._transmit(data)
+            if transmits:
+                busy = True
+                for data in transmits:
+                    self._transmit(data)
             for event in events:
+                if not isinstance(event, PeerData):
+                    busy = True
                 self._dispatch(event)
         # New requests always come with a transmit, so a step without output never needs an
         # earlier wake-up; a later one only costs one early wake (the timer re-computes).
+        # Relayed data alone (the bulk path) changes no timer of the client: no re-arm.
         scope = self._timer_scope
         if busy and scope is not None:
             wake = client.next_wakeup()
