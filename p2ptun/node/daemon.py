@@ -65,6 +65,7 @@ from p2ptun.net.netlink import ChangeKind
 from p2ptun.net.tun import TunDevice
 from p2ptun.net.udp import UdpEndpoint, open_endpoints
 from p2ptun.node import control
+from p2ptun.node.clockwatch import SuspendDetector
 from p2ptun.node.mss import mss_for_mtu
 from p2ptun.node.peer import PeerSession
 from p2ptun.node.sdnotify import Notifier
@@ -99,6 +100,7 @@ def default_mtu(underlay: int = UNDERLAY_MTU) -> int:
 
 
 DEFAULT_MTU = default_mtu()
+SUSPEND_CHECK_INTERVAL = 5.0
 
 
 # -- start-up checks ---------------------------------------------------------------------------
@@ -238,6 +240,7 @@ class NodeDaemon:
                     for session in self.peers.values():
                         self._start_peer(session)
                     nursery.start_soon(self._watch_network)
+                    nursery.start_soon(self._watch_suspend)
                     log.info(
                         "node up",
                         name=cfg.name,
@@ -434,15 +437,32 @@ class NodeDaemon:
                         "network change: regathering, restarting ICE",
                         changes=",".join(sorted(k.value for k in kinds)),
                     )
-                    if kinds - {ChangeKind.ADDRESS_ADDED, ChangeKind.LINK_UP}:
-                        # The rendezvous connection may hang on an address or route that is
-                        # gone (TCP only notices after its keepalive timeout): reconnect now,
-                        # so that the restart offers go out at once.
-                        await self._replace_signaling()
-                    self._restart_after_round = True
-                    self.transport.regather(restart_sessions=False)
+                    # The rendezvous connection may hang on an address or route that is
+                    # gone (TCP only notices after its keepalive timeout): reconnect now,
+                    # so that the restart offers go out at once.
+                    await self._regather_and_restart(
+                        reconnect=bool(kinds - {ChangeKind.ADDRESS_ADDED, ChangeKind.LINK_UP})
+                    )
         except P2ptunError as exc:
             log.warning("network monitor unavailable", error=str(exc))
+
+    async def _regather_and_restart(self, *, reconnect: bool) -> None:
+        """Regather, then restart ICE for every peer once the round is done (_round_done)."""
+        if reconnect:
+            await self._replace_signaling()
+        self._restart_after_round = True
+        self.transport.regather(restart_sessions=False)
+
+    async def _watch_suspend(self) -> None:
+        """A resume from suspend leaves every binding stale without any netlink event
+        (ARCHITECTURE.md §4): treat it like a network change. One wake-up every 5 s."""
+        detector = SuspendDetector()
+        while True:
+            slept = detector.sample(time.monotonic(), time.clock_gettime(time.CLOCK_BOOTTIME))
+            if slept is not None:
+                log.info("resumed from suspend: regathering, restarting ICE", slept=f"{slept:.0f}s")
+                await self._regather_and_restart(reconnect=True)
+            await trio.sleep(SUSPEND_CHECK_INTERVAL)
 
     def _relayed_wireguard(self, data: bytes, peer: Address) -> None:
         # A UDP relay's data arrives inside the endpoint's batch (flushed at its end), a
