@@ -459,10 +459,19 @@ class SignalClientCore:
         if before != online:
             self._events.append(PresenceChanged(peer, online))
         negotiation = self.negotiations[peer]
-        if online and negotiation.state is NegotiationState.WAITING_FOR_PEER:
-            pending = negotiation.pending
-            if pending is not None:
+        pending = negotiation.pending
+        if pending is None:
+            return
+        if negotiation.state is NegotiationState.OFFERING:
+            # Our unanswered offer went to the peer's previous registration, which may have
+            # refused it (we were not in its config yet) or dropped it: it is dead. Send it
+            # again to the peer's new registration rather than let it win glare unseen.
+            if online:
                 self._route(peer, pending)
+            else:
+                negotiation.wait_for_peer(pending)
+        elif online and negotiation.state is NegotiationState.WAITING_FOR_PEER:
+            self._route(peer, pending)
 
     def _on_deliver(self, sender: str, blob: bytes) -> None:
         try:

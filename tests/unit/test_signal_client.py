@@ -258,6 +258,30 @@ def test_offer_to_peer_that_just_left_waits_again() -> None:
     assert a.core.negotiations["bob"].session == session
 
 
+def test_offer_refused_by_peer_is_resent_when_it_reconnects() -> None:
+    """carol offers to bob, who does not know her yet and refuses it; bob reloads (a new
+    registration that knows carol). carol's dead offer must not stay pending (it would win
+    glare against bob's offers unseen): it goes again to bob's new registration."""
+    net = Net(make_server())
+    kc, kb = sorted((newkey(), newkey()), key=public_key)  # carol wins glare
+    c = net.add("carol", kc, {"bob": public_key(kb)})
+    b = net.add("bob", kb, {"alice": public_key(newkey())})
+    session = c.core.offer("bob", "from carol")
+    net.step()
+    assert b.core.counters.refused_signals == 1 and b.of(SignalReceived) == []
+    assert c.core.negotiations["bob"].state is NegotiationState.OFFERING
+    b.core.stop()  # SIGHUP: bob's signaling client is replaced
+    net.step()
+    assert c.core.negotiations["bob"].state is NegotiationState.WAITING_FOR_PEER
+    b = net.add("bob", kb, {"carol": public_key(kc)})  # carol re-sends on bob's presence
+    [got] = b.of(SignalReceived)
+    assert got.message == Offer(session, "from carol") and got.role is Role.CONTROLLED
+    b.core.send("carol", Answer(session, "answer"))
+    net.step()
+    [answer] = c.of(SignalReceived)
+    assert answer.message == Answer(session, "answer")
+
+
 def test_glare_resolved_by_smaller_key() -> None:
     net, a, b, ka, kb = two_nodes()
     sa = a.core.offer("bob", "from alice")
