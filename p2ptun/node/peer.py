@@ -186,6 +186,7 @@ class PeerSession:
         self._pending_restart: str | None = None
         self._restart_at: float | None = None
         self._running = False
+        self._closed = False  # close() is final: a closed session never offers again
         self.stale_wakeups = 0
         """Times a timer was due again right after running (a bug elsewhere; never a spin)."""
 
@@ -220,7 +221,9 @@ class PeerSession:
         self._wake.set()
 
     def close(self, reason: str = "shutting down") -> None:
-        """Forget every attempt and stop sending to the peer. Says bye to it."""
+        """Forget every attempt and stop sending to the peer. Says bye to it. Final: a timer
+        or a wake-up that was already due when the node began stopping offers nothing."""
+        self._closed = True
         client = self.ctx.signaling
         if client is not None and (self.active is not None or self.current is not None):
             with contextlib.suppress(KeyError, P2ptunError):
@@ -324,6 +327,8 @@ class PeerSession:
     def _offer(self, reason: str) -> None:
         """Start a new attempt as the controlling side: an Offer, or a Restart when a path
         exists (make-before-break)."""
+        if self._closed:
+            return
         client = self.ctx.signaling
         now = trio.current_time()
         if client is not None:
