@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Sequence
 
 # <linux/udp.h>
 SOL_UDP = 17
@@ -400,10 +399,3 @@ class TcpCoalescer:
         self._close()
         out, self._out = self._out, []
         return out
-
-
-def split_gro(total: int, segment: int) -> Sequence[tuple[int, int]]:
-    """``(offset, length)`` of the datagrams in a ``total``-byte UDP GRO read of ``segment``."""
-    if segment <= 0 or segment >= total:
-        return ((0, total),)
-    return tuple((off, min(segment, total - off)) for off in range(0, total, segment))

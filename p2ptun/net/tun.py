@@ -4,7 +4,9 @@
 ``/dev/net/tun`` with ``IFF_TUN | IFF_NO_PI``: every ``read`` returns exactly one IPv4 or IPv6
 packet and every ``write`` injects one, with no packet-information prefix. With
 ``vnet_hdr=True`` each packet is preceded by a ``struct virtio_net_hdr`` (:data:`VNET_HDR_LEN`
-bytes), which is what TSO/GSO offloads (``TUNSETOFFLOAD``) need later.
+bytes); :meth:`TunDevice.enable_offload` then lets the kernel hand over TCP super-packets
+(TSO) and packets with partial checksums, and :meth:`TunDevice.writev` injects super-packets
+in pieces (see :mod:`p2ptun.net.offload`).
 
 The data path follows DEVELOPERS.md: wake once with :meth:`TunDevice.wait_readable`, then
 drain with :meth:`TunDevice.read_batch` into preallocated buffers until the kernel says

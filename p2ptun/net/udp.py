@@ -7,6 +7,11 @@ batches — wake once, drain until ``EAGAIN`` into preallocated buffers — and 
 registered for each kind directly, without a trio channel per packet. Datagrams of no known
 kind are dropped and counted.
 
+With UDP GRO (probed in the constructor) one receive may hold several datagrams of a flow;
+they are split at the size the kernel reports and dispatched one by one.
+:meth:`UdpEndpoint.send_batch` sends runs of equal-size datagrams to one address with one
+``UDP_SEGMENT`` ``sendmsg`` (GSO), falling back to one ``sendto`` each.
+
 Handlers are plain callables ``handler(data, addr)``. ``data`` is a :class:`memoryview` into a
 receive buffer that stays valid until the endpoint's ``on_drained`` callback returns (the end
 of the current batch); a handler that keeps data longer must copy it. A handler may raise
@@ -604,7 +609,7 @@ def recv_segments(sock: socket.socket, view: memoryview, *, gro: bool) -> tuple[
     """One non-blocking receive into ``view``: ``(length, segment size, source)``.
 
     With ``gro`` the read may hold several datagrams of ``segment`` bytes each (the last may
-    be shorter; :func:`p2ptun.net.offload.split_gro`); ``segment`` is 0 for a single
+    be shorter); ``segment`` is 0 for a single
     datagram. Raises ``BlockingIOError`` when nothing is waiting, ``OSError`` as recv does.
     """
     if not gro:

@@ -13,6 +13,12 @@
   peer.
 * **Timers**: one task sleeps in :func:`trio.move_on_at` until :meth:`Device.next_wakeup`; the
   data path pulls that deadline earlier when a packet arms a sooner timer.
+* **Offloads** (:mod:`p2ptun.net.offload`, each probed, ``P2PTUN_OFFLOAD=off`` for none): with
+  a virtio header on the TUN device, a TCP super-packet read from it is cut into segments
+  before encryption (TSO), and the decrypted segments of a batch are merged back into
+  super-packets for one ``writev`` each (GRO); a peer's datagrams go out with UDP GSO
+  (:meth:`UdpEndpoint.send_batch`) and arrive with UDP GRO. After writing received packets the
+  TUN device is read once at once (an echo reply or ACKs are already queued).
 
 No trio channel sits between the descriptors and the protocol: three tasks call the device
 directly, which is safe because trio runs one task at a time.

@@ -20,7 +20,6 @@ from p2ptun.net.offload import (
     offload_wanted,
     ones_sum,
     segment_tcp,
-    split_gro,
 )
 
 
@@ -223,12 +222,6 @@ def test_coalesce_keeps_flows_and_gaps_apart() -> None:
     assert writes[1] == [ZERO_VNET_HDR, gap]
     assert writes[2] == [ZERO_VNET_HDR, syn]
     assert co.flush() == []
-
-
-def test_split_gro() -> None:
-    assert split_gro(100, 0) == ((0, 100),)
-    assert split_gro(100, 40) == ((0, 40), (40, 40), (80, 20))
-    assert split_gro(80, 40) == ((0, 40), (40, 40))
 
 
 def test_offload_switch(monkeypatch: pytest.MonkeyPatch) -> None:
