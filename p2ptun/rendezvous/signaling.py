@@ -67,6 +67,7 @@ from p2ptun.signal.messages import (
     decode_message,
     encode_message,
 )
+from p2ptun.signal.wakeup import Wakeup
 from p2ptun.turn.credentials import make_rest_credential
 from p2ptun.wireguard.noise import Rng
 
@@ -474,22 +475,6 @@ class SignalingServerCore:
 # -- the trio shell ------------------------------------------------------------------------------
 
 
-class _Wakeup:
-    """A level-triggered wakeup flag for one task."""
-
-    __slots__ = ("_event",)
-
-    def __init__(self) -> None:
-        self._event = trio.Event()
-
-    def set(self) -> None:
-        self._event.set()
-
-    async def wait(self) -> None:
-        await self._event.wait()
-        self._event = trio.Event()
-
-
 class SignalingServer:
     """The trio shell around :class:`SignalingServerCore`: a TCP listener, one reader and one
     writer task per connection, one timer task. ``started`` by :func:`serve_signaling`."""
@@ -507,8 +492,8 @@ class SignalingServer:
         self.send_timeout = send_timeout
         self.shutdown_grace = shutdown_grace
         self.address: tuple[str, int] | None = None
-        self._wakeups: dict[int, _Wakeup] = {}
-        self._timer = _Wakeup()
+        self._wakeups: dict[int, Wakeup] = {}
+        self._timer = Wakeup()
         self._next_id = 0
         self._scope = trio.CancelScope()
         self._run_scope = trio.CancelScope()
@@ -596,7 +581,7 @@ class SignalingServer:
         async with stream:
             if not self.core.connection_made(conn_id, trio.current_time(), peer):
                 return
-            wakeup = self._wakeups[conn_id] = _Wakeup()
+            wakeup = self._wakeups[conn_id] = Wakeup()
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._writer, stream, conn_id, wakeup, nursery.cancel_scope)
@@ -627,7 +612,7 @@ class SignalingServer:
         self,
         stream: trio.SocketStream,
         conn_id: int,
-        wakeup: _Wakeup,
+        wakeup: Wakeup,
         scope: trio.CancelScope,
     ) -> None:
         try:

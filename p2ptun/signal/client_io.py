@@ -44,23 +44,10 @@ from p2ptun.signal.client import (
 )
 from p2ptun.signal.messages import TurnCredentials
 from p2ptun.signal.seal import PeerMessage, SealPolicy
+from p2ptun.signal.wakeup import Wakeup
 from p2ptun.wireguard.noise import Rng
 
 log = get_logger("signal.client")
-
-
-class _Wakeup:
-    __slots__ = ("_event",)
-
-    def __init__(self) -> None:
-        self._event = trio.Event()
-
-    def set(self) -> None:
-        self._event.set()
-
-    async def wait(self) -> None:
-        await self._event.wait()
-        self._event = trio.Event()
 
 
 class TurnCredentialsUnavailable(Exception):
@@ -105,8 +92,8 @@ class SignalingClient:
         self._signals_send, self.signals = trio.open_memory_channel[SignalReceived](buffer)
         self._events_send, self.events = trio.open_memory_channel[ClientEvent](buffer)
         self.dropped_events = 0
-        self._timer = _Wakeup()
-        self._writer = _Wakeup()
+        self._timer = Wakeup()
+        self._writer = Wakeup()
         self._changed = trio.Event()
         self._conn_scope: trio.CancelScope | None = None
         self._turn_unavailable = 0

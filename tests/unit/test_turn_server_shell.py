@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import trio
+from loopback_turn import free_port
 
 from p2ptun.config import StunServerSettings, TurnServerSettings
 from p2ptun.errors import RuntimeFailure
@@ -19,21 +20,6 @@ from p2ptun.turn.credentials import make_rest_credential
 HOST = "127.0.0.1"
 REALM = "lab"
 AUTH_SECRET = "shell-test-secret-0123"
-
-
-def free_port() -> int:
-    """A port free for both UDP and TCP on loopback (bounded number of tries)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind((HOST, 0))
-            port = int(u.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind((HOST, port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port")
 
 
 def turn_settings() -> TurnServerSettings:
