@@ -69,7 +69,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -80,8 +79,10 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
+from p2ptun.errors import RuntimeFailure
 from p2ptun.keys import encode_key, generate_private_key, public_key
 from p2ptun.lab.natlab import NatLab, iter_lines, lab_unavailable_reason
+from p2ptun.node import control
 
 RV = "203.0.113.10"
 """The rendezvous (signaling, STUN, TURN) on the lab's server."""
@@ -480,22 +481,11 @@ def _measure(tunnel: Tunnel, opts: Options) -> Result:
 
 
 def _control_request(path: str, request: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
-    """One request on a node's control socket (one JSON line each way); {} if it fails."""
+    """One request on a node's control socket; {} if the daemon does not answer."""
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(path)
-            sock.sendall(json.dumps(request).encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        reply: dict[str, Any] = json.loads(data)
-    except (OSError, ValueError):
+        return control.request(path, request, timeout)
+    except RuntimeFailure:
         return {}
-    return reply
 
 
 @dataclasses.dataclass
