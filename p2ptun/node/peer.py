@@ -690,9 +690,10 @@ class PeerSession:
 
 def _relay_sender(
     send: Callable[[Address, bytes], object], remote: Address
-) -> Callable[[bytes], None]:
-    def sender(datagram: bytes) -> None:
-        send(remote, datagram)
+) -> Callable[[list[bytes]], None]:
+    def sender(datagrams: list[bytes]) -> None:
+        for datagram in datagrams:
+            send(remote, datagram)
 
     return sender
 

@@ -350,8 +350,9 @@ def _short(key: bytes) -> str:
     return encode_key(key)[:8]
 
 
-Sender = Callable[[bytes], object]
-"""Sends one WireGuard datagram to a peer over a path that is not plain UDP (a TURN relay)."""
+Sender = Callable[[list[bytes]], object]
+"""Sends a batch of WireGuard datagrams (in order) to a peer over a path that is not plain UDP
+(a TURN relay): one call per flush, so the path can batch too."""
 
 
 class WgTunnel:
@@ -701,8 +702,7 @@ class WgTunnel:
                 sender = self._senders.get(peer)
                 endpoint = self._peer_endpoints.get(peer)
                 if sender is not None:
-                    for datagram in datagrams:
-                        sender(datagram)
+                    sender(datagrams)
                 elif endpoint is None:
                     self._stats(peer).datagrams_without_endpoint += len(datagrams)
                     if any(d[0] == _INITIATION for d in datagrams):
