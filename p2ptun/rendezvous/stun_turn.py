@@ -16,6 +16,10 @@ address is bound (or the start fails with one clear line) before anything is ser
   allocation ends with it.
 - One UDP relay socket per allocation, bound where the core asks; each socket's task wakes
   once per readiness and drains it (no per-packet channel hops).
+- The data path relays a whole drained batch: ChannelData both ways is forwarded from views
+  into shared receive buffers, the core's checks (allocation, channel, permission) looked up
+  once per client/peer and channel in a batch (:meth:`TurnServer.channel_route`,
+  :meth:`TurnServer.peer_route`), and sent per destination with UDP GSO (GRO on receive).
 - One timer task drives the core's expiries.
 """
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import math
+import mmap
 import os
 import random
 import socket
@@ -50,6 +55,7 @@ from p2ptun.net.udp import (
 )
 from p2ptun.stun import channel_data_frame_length, handle_binding, message_length
 from p2ptun.turn.server import (
+    MAX_RELAY_PAYLOAD,
     CloseRelay,
     FiveTuple,
     OpenRelay,
@@ -75,9 +81,16 @@ IDLE_TIMEOUT = 120.0
 STREAM_QUEUE = 256
 #: Datagrams read from one relay socket before yielding to other tasks.
 RELAY_BATCH = 64
+#: Clients whose 5-tuple objects a UDP listener keeps (rebuilt when the table is full).
+MAX_FIVE_TUPLES = 4096
+#: ChannelData headers (channel number and length) kept for reuse.
+MAX_CHANNEL_HEADS = 4096
 #: The timer task looks at least this often (keeps the wall-clock offset fresh).
 TICK = 1.0
 TLS_HANDSHAKE_TIMEOUT = 10.0
+
+#: Datagrams gathered per (relay socket, peer) in one batch.
+_Gathered = dict[tuple[Address, Address], list[bytes | memoryview]]
 
 
 @dataclass
@@ -140,6 +153,10 @@ class StunTurnService:
         self._tls_context = tls_context
         self._streams: dict[FiveTuple, trio.MemorySendChannel[bytes]] = {}
         self._relays: dict[Address, socket.socket] = {}
+        # Receive buffers shared by every UDP loop: a loop relays what it read before it
+        # yields, so no two batches are ever in flight. Pages become resident when written.
+        self._pool = [memoryview(mmap.mmap(-1, 0x10000)) for _ in range(RELAY_BATCH)]
+        self._channel_heads: dict[int, bytes] = {}
         self._nursery: trio.Nursery | None = None
         for addr, endpoint in udp:
             self._udp[addr] = endpoint
@@ -238,54 +255,101 @@ class StunTurnService:
     # -- UDP listeners -----------------------------------------------------------------------
 
     async def _udp_loop(self, local: Address, endpoint: UdpEndpoint) -> None:
-        """Wake once per readiness, drain the listener, hand every datagram to the core,
-        then send what the whole batch produced (grouped per destination, UDP GSO).
+        """Wake once per readiness, drain the listener, and relay the batch.
 
         Not :meth:`UdpEndpoint.receive_loop`: its demultiplexer knows ChannelData only as
-        0x40-0x4F, and a TURN server also takes the RFC 5766 channels up to 0x7FFF. The core
-        classifies and counts everything itself. With UDP GRO one read may hold several
-        datagrams of a client; they are split at the size the kernel reports.
+        0x40-0x4F, and a TURN server also takes the RFC 5766 channels up to 0x7FFF. With UDP
+        GRO one read may hold several datagrams of a client; they are split at the size the
+        kernel reports.
+
+        ChannelData on a channel the core routes (:meth:`TurnServer.channel_route`: active
+        allocation, bound channel, permission — looked up once per client and channel in a
+        batch) is gathered per relay socket and peer, its payload a view into the receive
+        buffer, and sent with UDP GSO at the end of the batch. Everything else goes to
+        :meth:`TurnServer.handle_client`; since that may change the state, the data gathered
+        before it is sent first (after the outputs of earlier messages) and the routes are
+        looked up again after it.
         """
         sock = endpoint.socket
         counters = endpoint.counters
         gro = endpoint.gro
-        view = memoryview(bytearray(0x10000))
+        pool = self._pool
         turn = self.turn
+        channel_max = 0 if turn is None else turn.options.channel_max >> 8
+        five_tuples: dict[Address, FiveTuple] = {}
+        routes: dict[tuple[Address, int], tuple[Address, Address]] = {}
         while True:
             try:
                 await trio.lowlevel.wait_readable(sock)
             except (trio.ClosedResourceError, OSError):
                 return
             outputs: list[Output] = []
+            to_peers: _Gathered = {}
+            routes.clear()
+            relayed = relayed_bytes = 0
+            reads = 0
             now = trio.current_time()
-            for _ in range(RELAY_BATCH):
+            for view in pool:
                 try:
                     n, segment, client = recv_segments(sock, view, gro=gro)
                 except BlockingIOError:
                     break
                 except OSError:
+                    reads += 1
                     counters.rx_errors += 1
                     if sock.fileno() < 0:
                         return
                     continue
+                reads += 1
                 counters.rx_bytes += n
                 counters.rx_reads += 1
                 step = segment or n
-                for off in range(0, n, step) if n else (0,):
-                    data = view[off : min(off + step, n)]
-                    if turn is None:
-                        response = handle_binding(data, client)
+                if turn is None:
+                    for off in range(0, n, step) if n else (0,):
+                        response = handle_binding(view[off : min(off + step, n)], client)
                         if response is not None:
                             endpoint.send(response, client)
-                        continue
-                    ft = FiveTuple(client, local, Transport.UDP)
+                    continue
+                ft = five_tuples.get(client)
+                if ft is None:
+                    if len(five_tuples) >= MAX_FIVE_TUPLES:
+                        five_tuples.clear()
+                    ft = five_tuples[client] = FiveTuple(client, local, Transport.UDP)
+                for off in range(0, n, step) if n else (0,):
+                    data = view[off : min(off + step, n)]
+                    size = len(data)
+                    if size >= 4 and 0x40 <= data[0] <= channel_max:
+                        end = 4 + ((data[2] << 8) | data[3])
+                        if end <= size and size - end <= 3:
+                            key = (client, (data[0] << 8) | data[1])
+                            route = routes.get(key)
+                            if route is None:
+                                route = turn.channel_route(ft, key[1], now)
+                                if route is not None:
+                                    routes[key] = route
+                            if route is not None:
+                                batch = to_peers.get(route)
+                                if batch is None:
+                                    batch = to_peers[route] = []
+                                batch.append(data[4:end])
+                                relayed += 1
+                                relayed_bytes += end - 4
+                                continue
+                    if to_peers:
+                        self._dispatch(outputs)
+                        outputs = []
+                        self._send_to_peers(to_peers)
+                    routes.clear()
                     outputs.extend(turn.handle_client(ft, data, now))
-            else:
-                self._dispatch(outputs)
-                await trio.lowlevel.checkpoint()
-                continue
+            if turn is not None and relayed:
+                turn.counters.relayed_to_peer += relayed
+                turn.counters.relayed_to_peer_bytes += relayed_bytes
             if outputs:
                 self._dispatch(outputs)
+            if to_peers:
+                self._send_to_peers(to_peers)
+            if reads == len(pool):
+                await trio.lowlevel.checkpoint()
 
     # -- streams -----------------------------------------------------------------------------
 
@@ -449,12 +513,18 @@ class StunTurnService:
         sock.close()
 
     async def _relay_loop(self, relay: Address, sock: socket.socket) -> None:
-        """Wake once per readiness and drain the relay socket (peer -> client); what the
-        batch produced goes out grouped per client (UDP GSO)."""
+        """Wake once per readiness, drain the relay socket (peer -> client) and relay the
+        batch: a peer with a bound channel to a UDP client (:meth:`TurnServer.peer_route`,
+        looked up once per peer in a batch) gets its datagrams sent as ChannelData from the
+        listening socket — the header built here, the payload a view into the receive buffer,
+        UDP GSO for runs of equal size; the rest goes through
+        :meth:`TurnServer.handle_peer_data` (Data indications, stream clients, drops)."""
         turn = self.turn
         assert turn is not None
-        view = memoryview(bytearray(0x10000))
+        pool = self._pool
+        heads = self._channel_heads
         gro = self._relay_gro.get(relay, False)
+        routes: dict[Address, tuple[UdpEndpoint, Address, int] | None] = {}
         while True:
             try:
                 await trio.lowlevel.wait_readable(sock)
@@ -463,28 +533,65 @@ class StunTurnService:
             if sock.fileno() < 0:
                 return
             outputs: list[Output] = []
+            to_client: tuple[UdpEndpoint, Address] | None = None
+            prefixes: list[bytes] = []
+            payloads: list[memoryview] = []
+            routes.clear()
+            relayed = relayed_bytes = 0
+            reads = 0
             now = trio.current_time()
-            for _ in range(RELAY_BATCH):
+            for view in pool:
                 try:
                     n, segment, src = recv_segments(sock, view, gro=gro)
                 except BlockingIOError:
                     break
                 except OSError:
+                    reads += 1
                     self.counters.relay_recv_errors += 1
                     if sock.fileno() < 0:
                         return
                     continue
+                reads += 1
                 step = segment or n
-                for off in range(0, n, step) if n else (0,):
-                    out = turn.handle_peer_data(relay, src, view[off : min(off + step, n)], now)
-                    if out is not None:
-                        outputs.append(out)
-            else:
-                self._dispatch(outputs)
-                await trio.lowlevel.checkpoint()
-                continue
+                if src in routes:
+                    route = routes[src]
+                else:
+                    route = None
+                    found = turn.peer_route(relay, src, now)
+                    if found is not None:
+                        endpoint = self._udp.get(found[0].server)
+                        if endpoint is not None:
+                            route = (endpoint, found[0].client, found[1])
+                    routes[src] = route
+                if route is None or not n or step > MAX_RELAY_PAYLOAD:
+                    for off in range(0, n, step) if n else (0,):
+                        out = turn.handle_peer_data(relay, src, view[off : min(off + step, n)], now)
+                        if out is not None:
+                            outputs.append(out)
+                    continue
+                # One allocation per relay socket: every route leads to the same client.
+                to_client = (route[0], route[1])
+                base = route[2] << 16
+                for off in range(0, n, step):
+                    end = min(off + step, n)
+                    size = end - off
+                    head = heads.get(base | size)
+                    if head is None:
+                        if len(heads) >= MAX_CHANNEL_HEADS:
+                            heads.clear()
+                        head = heads[base | size] = (base | size).to_bytes(4, "big")
+                    prefixes.append(head)
+                    payloads.append(view[off:end])
+                    relayed += 1
+                    relayed_bytes += size
             if outputs:
                 self._dispatch(outputs)
+            if to_client is not None:
+                turn.counters.relayed_to_client += relayed
+                turn.counters.relayed_to_client_bytes += relayed_bytes
+                to_client[0].send_batch_prefixed(prefixes, payloads, to_client[1])
+            if reads == len(pool):
+                await trio.lowlevel.checkpoint()
 
     # -- output dispatch ---------------------------------------------------------------------
 
@@ -494,7 +601,7 @@ class StunTurnService:
         pending = list(outputs)
         pending.reverse()
         turn = self.turn
-        to_peers: dict[tuple[Address, Address], list[bytes]] = {}
+        to_peers: _Gathered = {}
         to_clients: dict[tuple[Address, Address], list[bytes]] = {}
         while pending:
             out = pending.pop()
@@ -519,14 +626,24 @@ class StunTurnService:
 
     def _send_gathered(
         self,
-        to_peers: dict[tuple[Address, Address], list[bytes]],
+        to_peers: _Gathered,
         to_clients: dict[tuple[Address, Address], list[bytes]],
     ) -> None:
+        self._send_to_peers(to_peers)
+        for (server, client), datagrams in to_clients.items():
+            endpoint = self._udp.get(server)
+            if endpoint is not None:
+                endpoint.send_batch(datagrams, client)
+        to_clients.clear()
+
+    def _send_to_peers(self, to_peers: _Gathered) -> None:
+        """Send each ``(relay, peer)``'s datagrams from that relay socket (UDP GSO for runs of
+        equal size), then forget them."""
+        counters = self._relay_counters
         for (relay, peer), datagrams in to_peers.items():
             sock = self._relays.get(relay)
             if sock is None:
                 continue
-            counters = self._relay_counters
             before = counters.tx_dropped
             try:
                 send_datagrams(
@@ -536,11 +653,6 @@ class StunTurnService:
                 counters.tx_dropped += len(datagrams)
             self.counters.relay_send_failed += counters.tx_dropped - before
         to_peers.clear()
-        for (server, client), datagrams in to_clients.items():
-            endpoint = self._udp.get(server)
-            if endpoint is not None:
-                endpoint.send_batch(datagrams, client)
-        to_clients.clear()
 
     async def _timer_loop(self) -> None:
         turn = self.turn

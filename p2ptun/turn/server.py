@@ -480,6 +480,54 @@ class TurnServer:
         self.counters.relayed_to_client_bytes += size
         return ToClient(ft, wire)
 
+    # -- routes for a shell's batches ---------------------------------------------------------
+
+    def channel_route(
+        self, five_tuple: FiveTuple, number: int, now: float
+    ) -> tuple[Address, Address] | None:
+        """Where ChannelData on channel ``number`` from the client at ``five_tuple`` goes at
+        ``now``: ``(relay, peer)`` when the allocation is active, the channel bound and the
+        peer permitted (RFC 8656 §12.6) — else None, and the message must go through
+        :meth:`handle_client`, which drops and counts it.
+
+        For a shell that relays a batch received at one ``now`` itself: the answer holds for
+        that batch until the shell hands the core anything else (which may change the state),
+        so it may be reused for the batch's further ChannelData of the same client and channel.
+        Every message forwarded that way must pass the length check of :meth:`handle_client`
+        and be counted in ``counters.relayed_to_peer`` / ``relayed_to_peer_bytes``.
+        """
+        alloc = self._by_tuple.get(five_tuple)
+        if alloc is None or alloc.state is not AllocationState.ACTIVE or alloc.expires <= now:
+            return None
+        channel = alloc.channels.get(number)
+        if channel is None or channel.expires <= now:
+            return None
+        if not alloc.has_permission(channel.peer[0], now):
+            return None
+        return alloc.relay, channel.peer
+
+    def peer_route(self, relay: Address, peer: Address, now: float) -> tuple[FiveTuple, int] | None:
+        """Where a datagram from ``peer`` on the relay socket at ``relay`` goes at ``now`` when
+        it can go as ChannelData over UDP: ``(five_tuple, channel number)`` when the
+        allocation is active, its client on UDP, the peer permitted and a channel bound to it
+        (RFC 8656 §12.7). Else None: use :meth:`handle_peer_data` (a Data indication, a stream
+        client or a drop, counted there).
+
+        Reusable within one batch like :meth:`channel_route`; every datagram forwarded that
+        way must be at most :data:`MAX_RELAY_PAYLOAD` bytes and be counted in
+        ``counters.relayed_to_client`` / ``relayed_to_client_bytes``.
+        """
+        alloc = self._by_relay.get(relay)
+        if alloc is None or alloc.state is not AllocationState.ACTIVE or alloc.expires <= now:
+            return None
+        ft = alloc.five_tuple
+        if ft.transport is not Transport.UDP or not alloc.has_permission(peer[0], now):
+            return None
+        channel = alloc.channel_by_peer.get(peer)
+        if channel is None or channel.expires <= now:
+            return None
+        return ft, channel.number
+
     # -- shell feedback ----------------------------------------------------------------------
 
     def relay_opened(self, relay: Address, ok: bool, now: float) -> list[Output]:

@@ -665,6 +665,43 @@ def test_channel_data_drops() -> None:
     assert server.counters.dropped_no_allocation == 1
 
 
+def test_routes_for_batches_follow_the_per_packet_checks() -> None:
+    """channel_route and peer_route answer what handle_client and handle_peer_data decide
+    for ChannelData, and None wherever those would drop or use a Data indication."""
+    server, client, response = allocated()
+    relay = response.xor_relayed_address
+    assert relay is not None
+    assert server.channel_route(client.ft, 0x4001, 0.0) is None  # no channel yet
+    assert server.peer_route(relay, PEER, 0.0) is None
+    assert ok(bind(client, 0x4001, PEER))
+    assert server.channel_route(client.ft, 0x4001, 1.0) == (relay, PEER)
+    assert server.peer_route(relay, PEER, 1.0) == (client.ft, 0x4001)
+    assert server.channel_route(client.ft, 0x4002, 1.0) is None  # another channel
+    assert server.channel_route(ft(9), 0x4001, 1.0) is None  # another client
+    assert server.peer_route(relay, (PEER[0], 1), 1.0) is None  # permitted, no channel
+    assert server.peer_route((RELAY, 1), PEER, 1.0) is None  # no such relay
+    # The permission (300 s) runs out before the channel (600 s): both directions stop.
+    t = PERMISSION_LIFETIME + 1.0
+    assert server.channel_route(client.ft, 0x4001, t) is None
+    assert server.peer_route(relay, PEER, t) is None
+    assert client.feed(b"\x40\x01\x00\x01a", t) == []
+    assert server.counters.dropped_no_permission == 1
+    # A Refresh to 0 deletes the allocation at once.
+    assert ok(client.request(Method.REFRESH, [(AttrType.LIFETIME, 0)], 2.0))
+    assert server.channel_route(client.ft, 0x4001, 2.0) is None
+    assert server.peer_route(relay, PEER, 2.0) is None
+
+
+def test_peer_route_is_for_udp_clients_only() -> None:
+    server = make_server()
+    client = Client(server, ft(7, transport=Transport.TCP))
+    relay = client.allocate().xor_relayed_address
+    assert relay is not None
+    assert ok(bind(client, 0x4000, PEER))
+    assert server.channel_route(client.ft, 0x4000, 1.0) == (relay, PEER)
+    assert server.peer_route(relay, PEER, 1.0) is None  # padded frames on its stream instead
+
+
 # -- 420 -----------------------------------------------------------------------------------------
 
 

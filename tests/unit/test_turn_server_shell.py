@@ -14,7 +14,16 @@ from loopback_turn import free_port
 from p2ptun.config import StunServerSettings, TurnServerSettings
 from p2ptun.errors import RuntimeFailure
 from p2ptun.rendezvous.stun_turn import StunTurnService
-from p2ptun.stun import AttrType, Message, MessageClass, Method, long_term_key, message_length
+from p2ptun.stun import (
+    AttrType,
+    Message,
+    MessageClass,
+    Method,
+    decode_channel_data,
+    encode_channel_data,
+    long_term_key,
+    message_length,
+)
 from p2ptun.turn.credentials import make_rest_credential
 
 HOST = "127.0.0.1"
@@ -197,3 +206,105 @@ async def test_bind_conflict_is_one_clear_runtime_failure() -> None:
             RuntimeFailure, match=rf"cannot bind UDP 127.0.0.1:{port}: address already in use"
         ):
             await StunTurnService.bind(StunServerSettings(((HOST, port),)), None)
+
+
+async def _allocate_with_channel(
+    client: trio.socket.SocketType, server: tuple[str, int], peer_addr: tuple[str, int]
+) -> tuple[str, int]:
+    """Allocate for ``client`` and bind channel 0x4001 to ``peer_addr``; the relayed address."""
+    key = long_term_key("alice", REALM, "pw")
+    challenge = await udp_exchange(
+        client,
+        Message.request(Method.ALLOCATE, b"1" * 12, [(AttrType.REQUESTED_TRANSPORT, 17)]).encode(),
+        server,
+    )
+    nonce = challenge.nonce
+
+    def signed(method: int, tid: bytes, attrs: list[tuple[int, object]]) -> bytes:
+        msg = Message.request(method, tid, attrs)
+        msg.add(AttrType.USERNAME, "alice").add(AttrType.REALM, REALM).add(AttrType.NONCE, nonce)
+        return msg.encode(key)
+
+    alloc = await udp_exchange(
+        client, signed(Method.ALLOCATE, b"2" * 12, [(AttrType.REQUESTED_TRANSPORT, 17)]), server
+    )
+    assert alloc.message_class == MessageClass.SUCCESS, alloc
+    bound = await udp_exchange(
+        client,
+        signed(
+            Method.CHANNEL_BIND,
+            b"3" * 12,
+            [(AttrType.CHANNEL_NUMBER, 0x4001), (AttrType.XOR_PEER_ADDRESS, peer_addr)],
+        ),
+        server,
+    )
+    assert bound.message_class == MessageClass.SUCCESS, bound
+    relay = alloc.xor_relayed_address
+    assert relay is not None
+    return relay
+
+
+@pytest.mark.parametrize("offload", ["auto", "off"])
+async def test_channel_data_bursts_are_relayed_in_order_both_ways(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, offload: str
+) -> None:
+    """A burst the server drains in one batch: ChannelData goes out per peer in order, with
+    malformed and unbound-channel messages and a Send indication among it dropped or relayed
+    as the RFC says; the peer's burst comes back as ChannelData. With UDP GSO/GRO and
+    without (P2PTUN_OFFLOAD=off)."""
+    monkeypatch.setenv("P2PTUN_OFFLOAD", offload)
+    port = free_port()
+    svc = await StunTurnService.bind(StunServerSettings(((HOST, port),)), turn_settings())
+    nursery.start_soon(svc.serve)
+    server = (HOST, port)
+    raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    raw.bind((HOST, 0))
+    client = trio.socket.from_stdlib_socket(raw)
+    peer_raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer_raw.bind((HOST, 0))
+    peer = trio.socket.from_stdlib_socket(peer_raw)
+    peer_addr = peer.getsockname()
+    relay = await _allocate_with_channel(client, server, peer_addr)
+
+    payloads = [bytes([i]) * 200 for i in range(30)] + [b"short", b"x" * 201]
+    burst = [encode_channel_data(0x4001, p) for p in payloads]
+    burst.insert(10, b"\x40\x01\x00\xff" + b"y" * 10)  # length beyond the datagram
+    burst.insert(20, encode_channel_data(0x4002, b"unbound"))
+    send = Message.indication(
+        Method.SEND, b"4" * 12, [(AttrType.XOR_PEER_ADDRESS, peer_addr), (AttrType.DATA, b"ind")]
+    ).encode()
+    burst.insert(25, send)
+    for wire in burst:  # back to back (no checkpoint): the server drains them in one batch
+        raw.sendto(wire, server)
+    expected = [*payloads[:23], b"ind", *payloads[23:]]
+    got: list[bytes] = []
+    with trio.fail_after(5):
+        while len(got) < len(expected):
+            data, src = await peer.recvfrom(2048)
+            assert src == relay
+            got.append(data)
+    assert got == expected
+    counters = svc.counters_dict()
+    assert counters["turn_dropped_malformed"] == 1
+    assert counters["turn_dropped_unbound_channel"] == 1
+    assert counters["turn_relayed_to_peer"] == len(expected)
+    assert counters["turn_relayed_to_peer_bytes"] == sum(len(p) for p in expected)
+
+    back = [bytes([i]) * 300 for i in range(25)] + [b"end"]
+    for data in back:
+        peer_raw.sendto(data, relay)
+    received: list[bytes] = []
+    with trio.fail_after(5):
+        while len(received) < len(back):
+            wire, src = await client.recvfrom(2048)
+            assert src == server
+            frame = decode_channel_data(wire)
+            assert frame.channel == 0x4001
+            received.append(frame.data)
+    assert received == back
+    counters = svc.counters_dict()
+    assert counters["turn_relayed_to_client"] == len(back)
+    assert counters["turn_relayed_to_client_bytes"] == sum(len(p) for p in back)
+    client.close()
+    peer.close()
+    svc.close()
