@@ -505,6 +505,66 @@ class UdpEndpoint:
         """
         return send_datagrams(self._sock, datagrams, addr, self.counters, gso=self.gso)
 
+    def send_batch_prefixed(
+        self,
+        prefixes: Sequence[bytes],
+        datagrams: Sequence[bytes | bytearray | memoryview],
+        addr: Address,
+    ) -> int:
+        """Send ``prefixes[i] + datagrams[i]`` for each ``i`` (in order) to ``addr`` without
+        joining them (a TURN ChannelData header before a payload); returns how many were sent.
+
+        The parts go as the iovec of ``sendmsg``. With GSO each run of equal total size (the
+        last of a run may be shorter) is one ``UDP_SEGMENT`` send whose iovec alternates
+        prefix and datagram; a kernel that refuses it gets the run one datagram at a time, as
+        in :func:`send_datagrams`. Drops are counted.
+        """
+        sock = self._sock
+        counters = self.counters
+        count = len(datagrams)
+        sendmsg = sock.sendmsg
+        gso = self.gso
+        sent = 0
+        i = 0
+        while i < count:
+            size = len(prefixes[i]) + len(datagrams[i])
+            j = i + 1
+            if gso:
+                limit = min(UDP_MAX_SEGMENTS, max(1, MAX_GSO_BYTES // max(size, 1)))
+                while j < count and j - i < limit:
+                    n = len(prefixes[j]) + len(datagrams[j])
+                    if n > size:
+                        break
+                    j += 1
+                    if n < size:
+                        break
+            parts: list[bytes | bytearray | memoryview] = []
+            for k in range(i, j):
+                parts.append(prefixes[k])
+                parts.append(datagrams[k])
+            try:
+                if j - i == 1:
+                    nbytes = sendmsg(parts, (), 0, addr)
+                else:
+                    cmsg = [(SOL_UDP, UDP_SEGMENT, _GSO_SIZE.pack(size))]
+                    nbytes = sendmsg(parts, cmsg, 0, addr)
+            except OSError as exc:
+                if j - i > 1 and exc.errno in (errno.EINVAL, errno.EIO, errno.EMSGSIZE):
+                    for k in range(i, j):
+                        sent += self.send_batch_prefixed((prefixes[k],), (datagrams[k],), addr)
+                elif exc.errno in _SEND_DROP_ERRNOS or isinstance(exc, socket.gaierror):
+                    counters.tx_dropped += j - i
+                else:
+                    raise RuntimeFailure(f"UDP send failed: {exc.strerror}") from None
+            else:
+                counters.tx_packets += j - i
+                counters.tx_bytes += nbytes
+                if j - i > 1:
+                    counters.tx_gso_sends += 1
+                sent += j - i
+            i = j
+        return sent
+
     def send_many(self, datagrams: Iterable[tuple[bytes | bytearray | memoryview, Address]]) -> int:
         """Send each ``(data, addr)``; returns how many were sent."""
         sent = 0
