@@ -33,6 +33,12 @@ indication) and queues it synchronously. Relayed data is handed to ``on_data(rel
 data)``; on a stream ``after_batch()`` follows each received chunk (the node flushes its data
 path there; over UDP the endpoint's own end-of-batch hook does that).
 
+The data path: :meth:`TurnRelay.send_batch` frames a batch of payloads for a peer with a bound
+channel as ChannelData without copying them (over UDP one GSO ``sendmsg`` per run of equal size,
+over a stream padded frames queued for one write); :meth:`TurnRelay.set_fast_receiver` hands
+WireGuard datagrams arriving as ChannelData on a peer's bound channel straight to a callable (a
+view into the receive buffer: no TurnClient event, no ``on_data``, no copy).
+
 Peers the server refuses (403 to CreatePermission: our embedded server denies private ranges by
 default) are remembered for the allocation's life, so that data and ICE checks to them are
 dropped here instead of asking for the same permission on every packet.
@@ -54,6 +60,7 @@ import ipaddress
 import math
 import os
 import socket
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from functools import partial
@@ -90,6 +97,9 @@ RelayTransport = Literal["udp", "tcp", "tls"]
 StunHandler = Callable[[memoryview, Address, Address], None]
 #: ``on_data(relay, peer, data)``: a payload the TURN server relayed from ``peer``.
 RelayDataHandler = Callable[["TurnRelay", Address, bytes], None]
+#: ``receiver(payload)``: a WireGuard datagram unwrapped from ChannelData of a bound channel;
+#: ``payload`` is only valid during the call (a view into the receive buffer).
+FastReceiver = Callable[[memoryview], None]
 #: ``on_event(relay, event)``: every event of the relay's TurnClient, after the relay's own
 #: bookkeeping (AllocationSucceeded, AllocationLost, ChannelBound, PermissionFailed, ...).
 RelayEventHandler = Callable[["TurnRelay", TurnEvent], None]
@@ -105,6 +115,8 @@ MAX_FORBIDDEN = 256
 #: Refresh at least this often over UDP: the Refresh keeps the NAT binding towards the server.
 UDP_REFRESH_INTERVAL = 60.0
 _RECV_SIZE = 65536 + 64
+_CHANNEL_HEAD = struct.Struct("!HH")
+_PADDING = (b"", b"\0", b"\0\0", b"\0\0\0")
 
 
 @dataclass
@@ -230,6 +242,17 @@ class UdpMux:
             return False
         return ep.send(data, remote)
 
+    def send_prefixed(
+        self, prefixes: Sequence[bytes], datagrams: Sequence[bytes], remote: Address
+    ) -> int:
+        """Send ``prefixes[i] + datagrams[i]`` for each ``i`` to ``remote`` without joining
+        them (UDP GSO where it applies, :meth:`UdpEndpoint.send_batch_prefixed`); returns how
+        many were sent."""
+        ep = self._by_family.get(int(_family_of(remote[0])))
+        if ep is None:
+            return 0
+        return ep.send_batch_prefixed(prefixes, datagrams, remote)
+
     # -- registrations ---------------------------------------------------------------------------
 
     def register_transaction(self, transaction_id: bytes, handler: StunHandler) -> bool:
@@ -305,7 +328,7 @@ class UdpMux:
             self.counters.rx_dropped += 1
             return
         self.counters.rx_turn += 1
-        relay.handle_datagram(data)
+        relay.receive_channel_data(data)
 
 
 @dataclass
@@ -316,6 +339,10 @@ class RelayCounters:
     """Payloads not sent: allocation not usable, peer forbidden, stream backlog full."""
     rx_malformed: int = 0
     refreshes: int = 0
+    rx_fast: int = 0
+    """ChannelData payloads handed straight to a fast receiver (see ``set_fast_receiver``)."""
+    tx_batches: int = 0
+    """Batches sent as ChannelData in one go (:meth:`TurnRelay.send_batch`)."""
 
 
 class TurnRelay:
@@ -365,6 +392,12 @@ class TurnRelay:
         self._abandoned = False
         self._timer_scope: trio.CancelScope | None = None
         self._forbidden: set[str] = set()
+        self._fast_peers: dict[Address, FastReceiver] = {}
+        self._fast: dict[int, FastReceiver] = {}
+        """Channel number -> receiver, for the bound channels of :attr:`_fast_peers`."""
+        self._headers: dict[int, bytes] = {}
+        """ChannelData header per payload size, for the channel :attr:`_headers_channel`."""
+        self._headers_channel = -1
 
     # -- construction ----------------------------------------------------------------------------
 
@@ -493,6 +526,84 @@ class TurnRelay:
             sent = self._queue(wire, droppable=True)
         self._pump()
         return sent
+
+    def send_batch(self, peer: Address, datagrams: Sequence[bytes]) -> int:
+        """Relay ``datagrams`` (in order) to ``peer``; returns how many were sent.
+
+        On a bound channel they go as ChannelData (RFC 8656 §12.4) framed here without
+        copying the payloads: over UDP one :meth:`UdpEndpoint.send_batch_prefixed` (UDP GSO
+        for runs of equal size), over a stream padded to 4 bytes (§12.5) and queued for one
+        write. Without a bound channel each goes through :meth:`send`. Drops are counted."""
+        if not self.allocated or peer[0] in self._forbidden:
+            self.counters.tx_dropped += len(datagrams)
+            return 0
+        number = self.client.channel_for_batch(peer, len(datagrams))
+        if number is None:
+            sent = 0
+            for datagram in datagrams:
+                sent += self.send(peer, datagram)
+            return sent
+        self.counters.tx_batches += 1
+        if number != self._headers_channel:
+            self._headers_channel = number
+            self._headers = {}
+        headers = self._headers
+        prefixes = []
+        for datagram in datagrams:
+            size = len(datagram)
+            head = headers.get(size)
+            if head is None:
+                if len(headers) >= 256:
+                    headers.clear()
+                head = headers[size] = _CHANNEL_HEAD.pack(number, size)
+            prefixes.append(head)
+        if self._mux is not None:
+            return self._mux.send_prefixed(prefixes, datagrams, self.server)
+        if len(self._out) > MAX_STREAM_BACKLOG:
+            self.counters.tx_dropped += len(datagrams)
+            return 0
+        out = self._out
+        for head, datagram in zip(prefixes, datagrams, strict=True):
+            out += head
+            out += datagram
+            pad = -len(datagram) & 3
+            if pad:
+                out += _PADDING[pad]
+        self._out_ready.set()
+        return len(datagrams)
+
+    def set_fast_receiver(self, peer: Address, receiver: FastReceiver | None) -> None:
+        """Hand WireGuard datagrams that arrive from ``peer`` as ChannelData on its bound
+        channel straight to ``receiver`` (None: no longer), bypassing the TurnClient and
+        :attr:`on_data`: no event, no copy. Anything else on that channel (STUN: ICE
+        consent checks) still takes the usual way. Takes effect once the channel is bound."""
+        peer = normalize_address(peer)
+        if receiver is None:
+            self._fast_peers.pop(peer, None)
+        else:
+            self._fast_peers[peer] = receiver
+        self._update_fast()
+
+    def receive_channel_data(self, data: memoryview) -> None:
+        """ChannelData from the server (the mux calls this): a WireGuard payload on a channel
+        with a fast receiver goes straight to it, a malformed message there is dropped and
+        counted (RFC 8656 §12.4 lengths), everything else goes to :meth:`handle_datagram`."""
+        fast = self._fast
+        receiver = fast.get((data[0] << 8) | data[1]) if fast else None
+        if receiver is None:
+            self.handle_datagram(data)
+            return
+        size = len(data)
+        end = 4 + ((data[2] << 8) | data[3])
+        if end > size or size - end > 3:
+            self.counters.rx_malformed += 1
+            return
+        # WireGuard: type 1-4 then three zero bytes (STUN starts 0x00/0x01 0x01-0x3F, not 0).
+        if end < 8 or not 0 < data[4] <= 4 or data[5] or data[6] or data[7]:
+            self.handle_datagram(data)
+            return
+        self.counters.rx_fast += 1
+        receiver(data[4:end])
 
     def bind_channel(self, peer: Address) -> None:
         """Bind a channel to ``peer`` (RFC 8656 §11) so that data goes as 4-byte-header
@@ -707,11 +818,22 @@ class TurnRelay:
             wake = client.next_wakeup()
             scope.deadline = math.inf if wake is None else wake
 
+    def _update_fast(self) -> None:
+        """Rebuild the channel -> fast receiver table from the client's bound channels."""
+        fast: dict[int, FastReceiver] = {}
+        if self.allocated:
+            for peer, receiver in self._fast_peers.items():
+                state = self.client.channel(peer)
+                if state is not None and state[1] is ChannelState.BOUND:
+                    fast[state[0]] = receiver
+        self._fast = fast
+
     def _dispatch(self, event: TurnEvent) -> None:
         if isinstance(event, PeerData):
             if self.on_data is not None:
                 self.on_data(self, event.peer, event.data)
             return
+        self._update_fast()
         if isinstance(event, AllocationSucceeded):
             log.info(
                 "relay allocated",
@@ -811,6 +933,7 @@ def _stream_local_ip(stream: trio.abc.Stream) -> str | None:
 
 __all__ = [
     "MAX_STREAM_BACKLOG",
+    "FastReceiver",
     "MuxCounters",
     "RelayCounters",
     "RelayDataHandler",

@@ -19,7 +19,9 @@ gathering and the TURN relays, the agents' timer and their transmits):
 3. **The path**: when an attempt selects a pair it becomes the *active* one and the data path
    sends the peer's WireGuard datagrams over it — straight to the remote candidate
    (:meth:`WgTunnel.set_endpoint`), or through our TURN allocation
-   (:meth:`WgTunnel.set_sender`; the session bound a channel, so it goes as ChannelData). A
+   (:meth:`WgTunnel.set_sender` with the relay's batch send; the session bound a channel, so
+   it goes as ChannelData, and what comes back on that channel goes straight to the tunnel,
+   :meth:`~p2ptun.net.turn_shared.TurnRelay.set_fast_receiver`). A
    later selection (the agent moving from a relayed to a direct pair, or a restarted attempt)
    swaps that send function; the WireGuard session is not touched, so no new handshake and no
    lost TCP connection. A WireGuard handshake is started when a path appears and there is no
@@ -51,7 +53,6 @@ WireGuard session or the peer's kernel.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
@@ -83,6 +84,7 @@ from p2ptun.net.ice_transport import (
     LocalCandidatesDone,
     SessionEvent,
 )
+from p2ptun.net.turn_shared import TurnRelay
 from p2ptun.node.wgtunnel import WgTunnel
 from p2ptun.signal.client import SignalReceived
 from p2ptun.signal.client_io import SignalingClient
@@ -174,6 +176,8 @@ class PeerSession:
         self.active: Attempt | None = None
         self.retired: list[Attempt] = []
         self.path: SelectedPair | None = None
+        #: The relay and remote whose ChannelData goes straight to the tunnel (a relayed path).
+        self._fast_path: tuple[TurnRelay, Address] | None = None
         self.ping_rtt: float | None = None
         self._wake = trio.Event()
         self._failures = 0
@@ -596,10 +600,13 @@ class PeerSession:
                 log.warning("selected relay is gone", peer=self.name)
                 self._clear_path()
                 return
-            # The session bound a channel to the remote: the data goes as ChannelData.
-            tunnel.set_sender(self.wg, _relay_sender(relay.send, remote), remote)
+            # The session bound a channel to the remote: the data goes as ChannelData, and
+            # what comes back on it goes straight to WireGuard.
+            tunnel.set_sender(self.wg, partial(relay.send_batch, remote), remote)
+            self._set_fast_path(relay, remote)
         else:
             tunnel.set_endpoint(self.wg, remote)
+            self._set_fast_path(None, remote)
         self.path = pair
         now = trio.current_time()
         active = self.active
@@ -623,6 +630,21 @@ class PeerSession:
         if self.path is not None:
             self.path = None
             self.ctx.tunnel.set_endpoint(self.wg, None)
+        self._set_fast_path(None, None)
+
+    def _set_fast_path(self, relay: TurnRelay | None, remote: Address | None) -> None:
+        """Let ``relay`` hand WireGuard from ``remote`` straight to the tunnel (None: stop
+        the current one). The source named for the cookie logic is the one the slow way
+        through the ICE transport gives (the daemon's relayed-data handler)."""
+        old = self._fast_path
+        if old is not None:
+            old[0].set_fast_receiver(old[1], None)
+            self._fast_path = None
+        if relay is None or remote is None:
+            return
+        source = b"relay " + format_address(remote).encode()
+        relay.set_fast_receiver(remote, partial(self.ctx.tunnel.receive_datagram, source=source))
+        self._fast_path = (relay, remote)
 
     # -- status and ping --------------------------------------------------------------------
 
@@ -686,16 +708,6 @@ class PeerSession:
         self.ping_rtt = rtt
         result["rtt_ms"] = round(rtt * 1000, 3)
         return result
-
-
-def _relay_sender(
-    send: Callable[[Address, bytes], object], remote: Address
-) -> Callable[[list[bytes]], None]:
-    def sender(datagrams: list[bytes]) -> None:
-        for datagram in datagrams:
-            send(remote, datagram)
-
-    return sender
 
 
 def _cand(c: Candidate) -> str:

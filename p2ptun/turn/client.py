@@ -470,6 +470,17 @@ class TurnClient:
         entry = self._channels.get(peer)
         return None if entry is None else (entry.number, entry.state)
 
+    def channel_for_batch(self, peer: Address, count: int) -> int | None:
+        """The number of the channel bound to ``peer`` when ``count`` payloads are about to go
+        to it as ChannelData that the caller frames itself (:func:`encode_channel_data`'s
+        layout, RFC 8656 §12.4; counted as sent), or None without a bound channel (use
+        :meth:`send` then)."""
+        entry = self._channels.get(peer)
+        if entry is None or entry.state is not ChannelState.BOUND:
+            return None
+        self.counters.tx_channel_data += count
+        return entry.number
+
     def pop_transmits(self) -> list[bytes]:
         """Messages to send to the server, in order (datagrams on UDP; on a stream, write
         them back to back)."""

@@ -9,6 +9,7 @@ import socket
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -19,7 +20,13 @@ from p2ptun.errors import RuntimeFailure
 from p2ptun.net.turn_shared import TurnRelay, UdpMux, route_source
 from p2ptun.net.udp import UdpEndpoint
 from p2ptun.stun import Message, Method, encode_channel_data
-from p2ptun.turn.client import AllocationLost, AllocationState, PermissionFailed, TurnEvent
+from p2ptun.turn.client import (
+    AllocationLost,
+    AllocationState,
+    PermissionFailed,
+    PermissionState,
+    TurnEvent,
+)
 
 
 @pytest.fixture
@@ -210,6 +217,159 @@ async def test_mux_routing(nursery: trio.Nursery, server: int, mux: UdpMux) -> N
     mux.unregister_transaction(b"b" * 12)
     assert mux.counters.rx_transactions == 1 and mux.counters.rx_ice == 1
     sock.close()
+
+
+def wireguard(n: int, size: int) -> bytes:
+    """Something that looks like a WireGuard transport message (type 4) of ``size`` bytes."""
+    return (b"\x04\x00\x00\x00" + n.to_bytes(4, "little") + b"w" * size)[:size]
+
+
+async def bound_udp_relay(
+    nursery: trio.Nursery, mux: UdpMux, server: int, peer: trio.socket.SocketType, **kw: Any
+) -> TurnRelay:
+    relay = TurnRelay.udp(mux, (HOST, server), "alice", "pw", **kw)
+    await nursery.start(relay.run)
+    relay.bind_channel(peer.getsockname())
+    with trio.fail_after(5):
+        while not relay.channel_bound(peer.getsockname()):
+            await trio.sleep(0.01)
+    return relay
+
+
+async def receive_all(peer: trio.socket.SocketType, count: int) -> list[bytes]:
+    got = []
+    with trio.fail_after(5):
+        while len(got) < count:
+            data, _ = await peer.recvfrom(65536)
+            got.append(data)
+    return got
+
+
+@pytest.mark.parametrize("offload", ["auto", "off"])
+async def test_udp_send_batch_is_channel_data_with_gso_and_without(
+    nursery: trio.Nursery, server: int, monkeypatch: pytest.MonkeyPatch, offload: str
+) -> None:
+    """A batch goes as ChannelData, its headers framed apart from the payloads: with GSO in
+    one sendmsg per run of equal size, with P2PTUN_OFFLOAD=off one each; either way the peer
+    gets every payload, in order."""
+    monkeypatch.setenv("P2PTUN_OFFLOAD", offload)
+    ep = UdpEndpoint.bind(socket.AF_INET, HOST)
+    nursery.start_soon(ep.receive_loop)
+    mux = UdpMux([ep])
+    peer = await peer_socket()
+    relay = await bound_udp_relay(nursery, mux, server, peer)
+    batch = [wireguard(i, 1200) for i in range(10)] + [wireguard(10, 80)] + [wireguard(11, 1200)]
+    gso_before = ep.counters.tx_gso_sends
+    assert relay.send_batch(peer.getsockname(), batch) == len(batch)
+    assert await receive_all(peer, len(batch)) == batch
+    assert relay.client.counters.tx_channel_data == len(batch)
+    assert relay.counters.tx_batches == 1
+    # 10 equal ones then a shorter one end a run; the last is alone.
+    assert ep.counters.tx_gso_sends - gso_before == (1 if ep.gso else 0)
+    with trio.fail_after(5):
+        await relay.aclose()
+    peer.close()
+    ep.close()
+
+
+async def test_udp_send_batch_without_a_channel_uses_send_indications(
+    nursery: trio.Nursery, server: int, mux: UdpMux
+) -> None:
+    relay = TurnRelay.udp(mux, (HOST, server), "alice", "pw")
+    await nursery.start(relay.run)
+    peer = await peer_socket()
+    target = peer.getsockname()
+    relay.create_permission(HOST)
+    with trio.fail_after(5):
+        while relay.client.permission_state(HOST) is not PermissionState.INSTALLED:
+            await trio.sleep(0.01)
+    assert relay.send_batch(target, [b"one", b"two"]) == 2
+    assert await receive_all(peer, 2) == [b"one", b"two"]
+    assert relay.client.counters.tx_send_indications == 2
+    assert relay.counters.tx_batches == 0
+    relay.abandon()
+    assert relay.send_batch(target, [b"late", b"later"]) == 0
+    assert relay.counters.tx_dropped == 2
+    peer.close()
+
+
+async def test_fast_receiver_takes_wireguard_of_its_channel(
+    nursery: trio.Nursery, server: int, mux: UdpMux
+) -> None:
+    """WireGuard on the channel of a peer with a fast receiver goes straight to it; STUN on
+    that channel (ICE consent) and everything once the receiver is removed go to on_data; a
+    malformed ChannelData of that channel is dropped and counted."""
+    slow: list[bytes] = []
+    fast: list[bytes] = []
+    peer = await peer_socket()
+    relay = await bound_udp_relay(
+        nursery, mux, server, peer, on_data=lambda r, p, d: slow.append(bytes(d))
+    )
+    relay.set_fast_receiver(peer.getsockname(), lambda view: fast.append(bytes(view)))
+    packets = [wireguard(i, 148 if i == 0 else 96) for i in range(20)]
+    check = Message.request(Method.BINDING, b"c" * 12).encode()
+    for packet in [*packets[:10], check, *packets[10:]]:
+        await peer.sendto(packet, relay.relayed)
+    with trio.fail_after(5):
+        while len(fast) < len(packets) or not slow:
+            await trio.sleep(0.01)
+    assert fast == packets and slow == [check]
+    assert relay.counters.rx_fast == len(packets)
+    number = relay.client.channel(peer.getsockname())
+    assert number is not None
+    head = number[0].to_bytes(2, "big")
+    relay.receive_channel_data(memoryview(head + b"\x00\x40" + wireguard(0, 32)))  # too long
+    relay.receive_channel_data(memoryview(head + b"\x00\x04" + wireguard(0, 12)))  # trailing
+    relay.receive_channel_data(memoryview(head + b"\x00\x02\x04\x00"))  # shorter than a type
+    assert relay.counters.rx_malformed == 2 and len(fast) == len(packets)
+    assert slow == [check, b"\x04\x00"]
+    relay.set_fast_receiver(peer.getsockname(), None)
+    await peer.sendto(packets[0], relay.relayed)
+    with trio.fail_after(5):
+        while len(slow) < 3:
+            await trio.sleep(0.01)
+    assert slow[-1] == packets[0] and len(fast) == len(packets)
+    relay.close()
+    peer.close()
+
+
+async def test_fast_receiver_waits_for_the_channel(
+    nursery: trio.Nursery, server: int, mux: UdpMux
+) -> None:
+    """Set before the channel is bound, the receiver takes over once ChannelBound arrives."""
+    fast: list[bytes] = []
+    relay = TurnRelay.udp(mux, (HOST, server), "alice", "pw")
+    await nursery.start(relay.run)
+    peer = await peer_socket()
+    relay.set_fast_receiver(peer.getsockname(), lambda view: fast.append(bytes(view)))
+    relay.bind_channel(peer.getsockname())
+    with trio.fail_after(5):
+        while not relay.channel_bound(peer.getsockname()):
+            await trio.sleep(0.01)
+    await peer.sendto(wireguard(1, 64), relay.relayed)
+    with trio.fail_after(5):
+        while not fast:
+            await trio.sleep(0.01)
+    assert fast == [wireguard(1, 64)]
+    relay.close()
+    peer.close()
+
+
+async def test_stream_send_batch_pads_each_frame(nursery: trio.Nursery) -> None:
+    port, scope = await serve_turn(nursery)
+    relay = TurnRelay.stream((HOST, port), "alice", "pw")
+    await nursery.start(relay.run)
+    peer = await peer_socket()
+    relay.bind_channel(peer.getsockname())
+    with trio.fail_after(5):
+        while not relay.channel_bound(peer.getsockname()):
+            await trio.sleep(0.01)
+    batch = [b"odd", b"four", b"x" * 1001, b"y" * 1002]  # every padding length
+    assert relay.send_batch(peer.getsockname(), batch) == len(batch)
+    assert await receive_all(peer, len(batch)) == batch
+    relay.close()
+    peer.close()
+    scope.cancel()
 
 
 def test_route_source_and_cache() -> None:
