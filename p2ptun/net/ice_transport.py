@@ -575,7 +575,8 @@ class IceTransport:
     tunnel). ``after_relay_batch`` is called after data a stream (TCP/TLS) relay delivered
     (the node flushes its data path there; a UDP relay's data arrives inside the endpoint's
     batch, whose ``on_drained`` does that). ``on_gathered(round)`` is called when a gathering
-    round finished.
+    round finished, ``on_timer()`` whenever the agents' timer woke the node (the node piggybacks
+    its suspend check on these wake-ups, which happen anyway while a peer is connected).
     """
 
     def __init__(
@@ -592,6 +593,7 @@ class IceTransport:
         after_relay_batch: Callable[[], None] | None = None,
         on_gathered: Callable[[int], None] | None = None,
         list_addresses: AddressLister | None = None,
+        on_timer: Callable[[], None] | None = None,
     ) -> None:
         self.rng: RandomSource = rng if rng is not None else random_module.SystemRandom()
         self.random_bytes = random_bytes
@@ -599,6 +601,7 @@ class IceTransport:
         self.counters = TransportCounters()
         self.on_relayed_data = on_relayed_data
         self.on_gathered = on_gathered
+        self.on_timer = on_timer
         self.mux = UdpMux(endpoints, on_ice=self._on_ice)
         self.gatherer = Gatherer(
             self.mux,
@@ -738,6 +741,8 @@ class IceTransport:
             if self._by_remote.get(remote) is session:
                 del self._by_remote[remote]
         session._wake = None
+        if self._timer_scope is not None:
+            self._timer_scope.deadline = self._earliest_wake()
 
     def _register_ufrag(self, session: IceSession, ufrag: str) -> None:
         other = self._by_ufrag.get(ufrag)
@@ -775,10 +780,17 @@ class IceTransport:
                 if session.closed_now():
                     return
         wake = agent.next_wakeup()
-        session._wake = wake
+        before, session._wake = session._wake, wake
         scope = self._timer_scope
-        if wake is not None and scope is not None and wake < scope.deadline:
+        if scope is None:
+            return
+        if wake is not None and wake < scope.deadline:
             scope.deadline = wake
+        elif before is not None and before <= scope.deadline and (wake is None or wake > before):
+            # This session armed the timer and now wants it later (a consent response ended
+            # the retransmission schedule): sleep until the next deadline that is still due
+            # instead of waking for nothing.
+            scope.deadline = self._earliest_wake()
 
     def _transmit(
         self,
@@ -925,16 +937,18 @@ class IceTransport:
             if self.on_gathered is not None:
                 self.on_gathered(round_number)
 
+    def _earliest_wake(self) -> float:
+        return min((s._wake for s in self._sessions if s._wake is not None), default=math.inf)
+
     async def _timer_loop(self) -> None:
         while True:
-            deadline = min(
-                (s._wake for s in self._sessions if s._wake is not None), default=math.inf
-            )
-            with trio.move_on_at(deadline) as scope:
+            with trio.move_on_at(self._earliest_wake()) as scope:
                 self._timer_scope = scope
                 await trio.sleep_forever()
             self._timer_scope = None
             self.counters.timer_wakeups += 1
+            if self.on_timer is not None:
+                self.on_timer()
             now = trio.current_time()
             for session in list(self._sessions):
                 wake = session._wake

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import ipaddress
 import os
 import signal
@@ -100,7 +101,9 @@ def default_mtu(underlay: int = UNDERLAY_MTU) -> int:
 
 
 DEFAULT_MTU = default_mtu()
-SUSPEND_CHECK_INTERVAL = 5.0
+#: The suspend check runs on every wake-up of the ICE timer (consent checks: every 4–6 s per
+#: connected peer) and, without peers, at least this often.
+SUSPEND_CHECK_INTERVAL = 60.0
 
 
 # -- start-up checks ---------------------------------------------------------------------------
@@ -177,6 +180,7 @@ class NodeDaemon:
         self._rendezvous_warned = False
         self._last_status_line = ""
         self._nursery: trio.Nursery | None = None
+        self._suspend = SuspendDetector()
         self._restart_after_round = False
         self._last_consent_regather = -CONSENT_REGATHER_INTERVAL
 
@@ -307,6 +311,7 @@ class NodeDaemon:
                 on_relayed_data=self._relayed_wireguard,
                 after_relay_batch=tunnel.flush,
                 on_gathered=self._round_done,
+                on_timer=self._check_suspend,
             )
             for peer_cfg in cfg.peers:
                 await self._add_peer(peer_cfg)
@@ -455,14 +460,18 @@ class NodeDaemon:
 
     async def _watch_suspend(self) -> None:
         """A resume from suspend leaves every binding stale without any netlink event
-        (ARCHITECTURE.md §4): treat it like a network change. One wake-up every 5 s."""
-        detector = SuspendDetector()
+        (ARCHITECTURE.md §4): treat it like a network change. The clocks are sampled on the
+        ICE timer's wake-ups (:meth:`_check_suspend`); this loop only bounds the gap when no
+        peer is connected, so it adds one wake-up a minute."""
         while True:
-            slept = detector.sample(time.monotonic(), time.clock_gettime(time.CLOCK_BOOTTIME))
-            if slept is not None:
-                log.info("resumed from suspend: regathering, restarting ICE", slept=f"{slept:.0f}s")
-                await self._regather_and_restart(reconnect=True)
+            self._check_suspend()
             await trio.sleep(SUSPEND_CHECK_INTERVAL)
+
+    def _check_suspend(self) -> None:
+        slept = self._suspend.sample(time.monotonic(), time.clock_gettime(time.CLOCK_BOOTTIME))
+        if slept is not None and self._nursery is not None:
+            log.info("resumed from suspend: regathering, restarting ICE", slept=f"{slept:.0f}s")
+            self._nursery.start_soon(functools.partial(self._regather_and_restart, reconnect=True))
 
     def _relayed_wireguard(self, data: bytes, peer: Address) -> None:
         # A UDP relay's data arrives inside the endpoint's batch (flushed at its end), a

@@ -475,3 +475,60 @@ def test_description_round_trips() -> None:
     # The local description is plain RFC 8839 text the peer parses back.
     text = "a=ice-ufrag:abcd\na=ice-pwd:" + "p" * 22 + "\na=ice-options:trickle\n"
     assert IceDescription.parse(text).trickle
+
+
+class _ScriptedAgent:
+    """Just enough of an IceAgent for the timer: a settable next_wakeup, timeouts recorded."""
+
+    def __init__(self, wake: float | None) -> None:
+        self.wake = wake
+        self.timeouts: list[float] = []
+
+    def next_wakeup(self) -> float | None:
+        return self.wake
+
+    def handle_timeout(self, now: float) -> None:
+        self.timeouts.append(now)
+        self.wake = None
+
+    def pop_transmits(self) -> list[object]:
+        return []
+
+    def pop_events(self) -> list[object]:
+        return []
+
+
+async def test_timer_follows_a_deadline_that_moves_later(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A consent response ends a check's retransmission schedule: the agent's next deadline
+    moves from the retransmission (0.5 s) to the next check (seconds). The timer must sleep
+    until then, not wake at the old deadline for nothing; ``on_timer`` hears each wake."""
+    ep = UdpEndpoint.bind(socket.AF_INET, HOST)
+    woke: list[float] = []
+    transport = IceTransport(
+        [ep],
+        GatherOptions(),
+        list_addresses=_lister([HOST]),
+        on_timer=lambda: woke.append(trio.current_time()),
+    )
+    await nursery.start(transport.run)
+    t0 = trio.current_time()
+    agent = _ScriptedAgent(t0 + 0.5)
+    session = IceSession(transport, "x", agent, None, None)  # type: ignore[arg-type]
+    transport._sessions.append(session)
+    transport._pump(session)
+    await trio.sleep(0.1)
+    agent.wake = t0 + 5.0
+    transport._pump(session)
+    await trio.sleep(4.0)
+    assert woke == [] and agent.timeouts == []
+    await trio.sleep(1.0)
+    assert woke == [t0 + 5.0] and agent.timeouts == [t0 + 5.0]
+    # A closed session's deadline does not wake the node either.
+    agent.wake = trio.current_time() + 1.0
+    transport._pump(session)
+    transport._forget(session)
+    await trio.sleep(2.0)
+    assert len(woke) == 1
+    ep.close()
