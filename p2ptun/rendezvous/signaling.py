@@ -83,8 +83,9 @@ class ServerLimits:
     max_pending: int = 512
     #: Handshake and registration must finish within this.
     handshake_timeout: float = 10.0
-    #: A registered node that sends nothing for this long is dropped (clients ping every 5 s).
-    idle_timeout: float = 20.0
+    #: A registered node that sends nothing for this long is dropped: two missed Pings of a
+    #: client that pings every 25 s, plus 10 s (:class:`p2ptun.signal.client.ClientTimers`).
+    idle_timeout: float = 60.0
     #: Token bucket per connection: sustained messages per second, and burst.
     rate: float = 50.0
     burst: float = 200.0

@@ -14,8 +14,15 @@ says so, feeds bytes in, sends :meth:`data_to_send`, closes the socket whenever
 :meth:`next_wakeup`. Time is ``now`` (monotonic seconds); the wall clock (for sealed
 timestamps) and randomness are injected.
 
-Timers (:class:`ClientTimers`): a Ping every 5 s while connected; any frame from the rendezvous
-counts as life, and 15 s without one declares the connection dead. Connect + handshake +
+Timers (:class:`ClientTimers`): a Ping every 25 s while registered; any frame from the
+rendezvous counts as life, and 35 s without one (a Ping interval plus 10 s for its Pong) declares
+the connection dead. The interval is a compromise between an idle node's wake-ups (one Ping and
+its Pong per interval) and how soon a connection that died silently is noticed; the TCP NAT
+binding it keeps alive lasts far longer (RFC 5382 REQ-5: at least 2 h 4 min). A connection that
+dies loudly (reset, rendezvous restart) or a network change is noticed at once; silence is the
+fallback. The rendezvous drops a node silent for 60 s
+(:attr:`~p2ptun.rendezvous.signaling.ServerLimits.idle_timeout`), two missed Pings. Connect +
+handshake +
 registration must finish within ``connect_timeout``. Reconnects follow
 :class:`~p2ptun.signal.backoff.BackoffPolicy` (jittered, capped at 30 s by default); the failure
 count resets once registered. A session is replaced (reconnect, fresh Noise keys) after
@@ -91,8 +98,10 @@ _CONNECTED = frozenset({ClientState.HANDSHAKING, ClientState.REGISTERING, Client
 
 @dataclass(frozen=True)
 class ClientTimers:
-    ping_interval: float = 5.0
-    dead_after: float = 15.0
+    #: A Ping this often while registered (the rendezvous' idle timeout must exceed it).
+    ping_interval: float = 25.0
+    #: No frame for this long: the connection is dead (a Ping interval plus the Pong's time).
+    dead_after: float = 35.0
     connect_timeout: float = 10.0
     max_session_age: float = 12 * 3600.0
 
