@@ -83,7 +83,8 @@ Behaviour, with the RFC sections implemented
   check; DISCONNECTED while consent is suspect; FAILED when every pair failed after
   end-of-candidates both ways (RFC 8838 §8), after ``connect_timeout`` without a valid pair,
   or when consent expired. :meth:`restart` revives a failed agent.
-- Consent (RFC 7675, :mod:`p2ptun.ice.consent`): on the selected pair, checks every 4–6 s,
+- Consent (RFC 7675, :mod:`p2ptun.ice.consent`): on the selected pair, checks every 4–6 s
+  (sent together with the answer to the peer's check when that falls in the window),
   :class:`ConsentSuspect` after two unanswered ones, :class:`ConsentExpired` 30 s after the
   last response and :meth:`can_send` false from then on. Peers' consent checks are answered as
   any check.
@@ -853,6 +854,9 @@ class IceAgent:
         sel = self._selection
         if sel is not None and sel.pair.key == (local, remote):
             sel.last_request = now
+            if sel.consent is not None and not sel.expired and sel.consent.peer_checked(now):
+                # Our consent check goes out with this response (RFC 7675 §5.1 interval kept).
+                self._consent_timers(now)
         if gen is not self._gen:
             self.stats.stale_requests += 1
             return

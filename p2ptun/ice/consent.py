@@ -11,6 +11,12 @@ ordinary ICE checks without USE-CANDIDATE, RFC 7675 §5.1) and routes the respon
 - Consent expires ``timeout`` (30 s) after the last authenticated success response on the
   pair (RFC 7675 §5.1); then :meth:`poll` reports :attr:`ConsentState.EXPIRED`, the agent
   stops sending on the pair (§5.2), and no more checks are sent.
+- The peer's own consent checks on the pair (:meth:`ConsentFreshness.peer_checked`) bring our
+  next check forward to that moment once at least ``(1 − jitter) × interval`` (4 s) passed since
+  our previous one, so both directions share the same wake-ups (the peer sends its request and
+  answers ours in one go) instead of each side waking three times per round. Every gap between
+  our checks stays within 0.8–1.2 × the interval, as RFC 7675 §5.1 asks; the randomisation
+  still spreads out the checks of different pairs.
 - A check counts as unanswered if no response arrived before the next check is due. After
   ``suspect_after`` (2) consecutive unanswered checks the pair is reported
   :attr:`ConsentState.SUSPECT`, so that the node can prepare a failover before the 30 s
@@ -112,6 +118,8 @@ class ConsentFreshness:
         self.checks_sent = 0
         self.responses = 0
         self._answered = True  # the previous check (if any) has been answered
+        #: When the previous check was due (selection time before the first).
+        self._last_check = now
         self._next_check: float | None = now + self._interval()
         self._tm: TransactionManager[float] = TransactionManager(rto=self.config.rto)
 
@@ -171,6 +179,7 @@ class ConsentFreshness:
                 if self.missed >= self.config.suspect_after and self.state is ConsentState.FRESH:
                     self.state = ConsentState.SUSPECT
                     result.became = ConsentState.SUSPECT
+            self._last_check = now
             self._next_check = now + self._interval()
             if len(self._tm) < self.config.max_transactions:
                 result.check_due = True
@@ -206,6 +215,17 @@ class ConsentFreshness:
             self.state = ConsentState.FRESH
             return ConsentState.FRESH
         return None
+
+    def peer_checked(self, now: float) -> bool:
+        """The peer checked the pair at ``now`` (its consent check, typically). If our next
+        check may already go out (the shortest randomised interval since the previous one has
+        passed), make it due now and return True: the caller polls at once. Module docstring."""
+        if self.expired or self._next_check is None or now >= self._next_check:
+            return False
+        if now < self._last_check + self.config.interval * (1.0 - self.config.jitter):
+            return False
+        self._next_check = now
+        return True
 
     def stop(self) -> None:
         """Stop checking (the pair is no longer selected)."""

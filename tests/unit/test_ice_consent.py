@@ -320,3 +320,48 @@ def test_direct_retries_are_bounded() -> None:
         assert peer.agent._gen.next_probe is None
     # Still relayed and fine.
     assert s.a.agent.can_send() and s.b.agent.can_send()
+
+
+# --- the two directions' consent checks share wake-ups ------------------------------------------
+
+
+def test_peer_check_brings_our_check_forward_only_within_the_window() -> None:
+    c = ConsentFreshness(0.0, random.Random(1))
+    assert not c.peer_checked(3.9)  # sooner than 0.8 × 5 s after the last check: no
+    assert c.poll(3.9).check_due is False
+    assert c.peer_checked(4.0)
+    assert c.next_wakeup() == 4.0
+    assert c.poll(4.0).check_due
+    c.start(_request(b"x" * 12), KEY, 4.0)
+    assert not c.peer_checked(4.1)  # the next one is 4 s away again
+    assert c._next_check is not None and 8.0 <= c._next_check <= 10.0
+
+
+def _requests(peer: object, start: float, end: float) -> list[float]:
+    times = []
+    for t, tx in peer.sent:  # type: ignore[attr-defined]
+        if start <= t < end and Message.decode(tx.data).message_class.name == "REQUEST":
+            times.append(t)
+    return times
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_consent_checks_of_both_sides_go_out_together(seed: int) -> None:
+    """Each side answers the other's consent check and sends its own with the answer, so an
+    idle node wakes twice per round (its request or the peer's, and the response) instead of
+    three times; every gap between one side's checks stays within 4–6 s (RFC 7675 §5.1)."""
+    s = make_scenario("port", "port", seed=seed)
+    s.b.agent._rng = random.Random(seed + 1000)  # the two sides' jitter differs, as in life
+    s.start()
+    assert s.net.run_while(s.connected, 20)
+    start = s.net.now + 45.0  # after the last retransmissions of the connectivity checks
+    s.net.run_until(start + 120.0)
+    a, b = _requests(s.a, start, start + 120.0), _requests(s.b, start, start + 120.0)
+    assert len(a) > 15 and len(b) > 15
+    for own in (a, b):
+        assert all(4.0 <= y - x <= 6.0 for x, y in itertools.pairwise(own))
+    one_way = s.net.delay + 0.001
+    for mine, theirs in ((a, b), (b, a)):
+        for t in mine:
+            assert any(abs(t - u) <= one_way for u in theirs), t
+    assert s.a.agent.can_send() and s.b.agent.can_send()
