@@ -58,6 +58,9 @@ TCP_CSUM_OFFSET = 16
 
 _FIN, _SYN, _RST, _PSH, _ACK, _URG, _ECE, _CWR = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80
 _MAX_SUPER = 65535
+_U16 = struct.Struct(">H")
+_U16X2 = struct.Struct(">HH")
+_U32 = struct.Struct(">I")
 
 
 def offload_wanted(kind: str) -> bool:
@@ -178,9 +181,16 @@ def segment_tcp(
     Segment ``i`` is written to ``out`` right after segment ``i - 1`` (``lengths[i]`` its
     size; ``lengths`` is extended as needed), with the TCP sequence number advanced, FIN and
     PSH only on the last segment, CWR only on the first, the IPv4 identification incremented,
-    the lengths set, and the IPv4 header and TCP checksums computed from scratch. Returns the
-    number of segments, 0 if ``packet`` is not a TCP packet this can cut (the caller drops
-    it). ``out`` must hold ``len(packet) + segments * headers`` bytes.
+    the lengths set, and the IPv4 header and TCP checksums computed. Returns the number of
+    segments, 0 if ``packet`` is not a TCP packet this can cut (the caller drops it). ``out``
+    must hold ``len(packet) + segments * headers`` bytes.
+
+    This runs for every segment the node sends, so the checksums are built from parts: the
+    header words that are the same in every segment are summed once, and per segment only the
+    changed fields and the payload are added (RFC 1071 §2: the sum is commutative). The
+    payload is summed little-endian, which is the byte-swapped sum (RFC 1071 §2(B)); a
+    little-endian integer needs no padding shift for an odd length, and converting one is
+    cheaper than big-endian.
     """
     hdrs = tcp_headers(packet)
     if hdrs is None or gso_size <= 0:
@@ -194,54 +204,65 @@ def segment_tcp(
     count = (payload_len + gso_size - 1) // gso_size
     if len(out) < payload_len + count * hlen:
         return 0
-    seq = int.from_bytes(packet[ihl + 4 : ihl + 8], "big")
-    flags = packet[ihl + 13]
-    addr_sum = ones_sum(packet[12:20] if version == 4 else packet[8:40]) + IPPROTO_TCP
-    ip_id = (packet[4] << 8) | packet[5]
-    header = bytes(packet[:hlen])
-    view = memoryview(out)
-    src = memoryview(packet)
-    pos = 0
     while len(lengths) < count:
         lengths.append(0)
+    header = bytearray(packet[:hlen])
+    seq = int.from_bytes(header[ihl + 4 : ihl + 8], "big")
+    flags = header[ihl + 13]
+    # Constant parts of the sums: the fields that change per segment are zeroed first.
+    if version == 4:
+        ip_id = (header[4] << 8) | header[5]
+        header[2:6] = b"\0\0\0\0"  # total length, identification
+        header[10:12] = b"\0\0"  # header checksum
+        ip_base = ones_sum(header[:ihl])
+        addr_sum = ones_sum(header[12:20]) + IPPROTO_TCP + thl
+    else:
+        ip_id = ip_base = 0
+        addr_sum = ones_sum(header[8:40]) + IPPROTO_TCP + thl
+    header[ihl + 4 : ihl + 8] = b"\0\0\0\0"  # sequence number
+    header[ihl + 13] = 0  # flags (the low byte of the data-offset word)
+    header[ihl + 16 : ihl + 18] = b"\0\0"  # checksum
+    tcp_base = ones_sum(header[ihl:hlen]) + addr_sum
+    view = memoryview(out)
+    src = memoryview(packet)
+    pack_u16 = _U16.pack_into
+    pack_u32 = _U32.pack_into
+    from_bytes = int.from_bytes
+    seq_at = ihl + 4
+    flags_at = ihl + 13
+    csum_at = ihl + 16
+    last = count - 1
+    pos = 0
+    start = hlen
     for i in range(count):
-        start = hlen + i * gso_size
-        chunk = min(gso_size, total - start)
+        chunk = gso_size if i < last else total - start
         size = hlen + chunk
-        seg = view[pos : pos + size]
-        seg[:hlen] = header
-        seg[hlen:] = src[start : start + chunk]
+        end = pos + hlen
+        view[pos:end] = header
+        view[end : end + chunk] = src[start : start + chunk]
         if version == 4:
-            seg[2] = size >> 8
-            seg[3] = size & 0xFF
             ident = (ip_id + i) & 0xFFFF
-            seg[4] = ident >> 8
-            seg[5] = ident & 0xFF
-            ipv4_header_checksum(seg, 0, ihl)
+            acc = ip_base + size + ident
+            r = acc % 0xFFFF
+            _U16X2.pack_into(out, pos + 2, size, ident)
+            pack_u16(out, pos + 10, 0xFFFF ^ (r or 0xFFFF))
         else:
-            plen = size - 40
-            seg[4] = plen >> 8
-            seg[5] = plen & 0xFF
-        struct.pack_into(">I", seg, ihl + 4, (seq + i * gso_size) & 0xFFFFFFFF)
+            pack_u16(out, pos + 4, size - 40)
+        s = (seq + i * gso_size) & 0xFFFFFFFF
+        pack_u32(out, pos + seq_at, s)
         f = flags
         if i:
             f &= ~_CWR
-        if i != count - 1:
+        if i != last:
             f &= ~(_FIN | _PSH)
-        seg[ihl + 13] = f
-        seg[ihl + 16] = 0
-        seg[ihl + 17] = 0
-        # ones_sum() and fold() inlined: one big-integer conversion and two modulos.
-        n = int.from_bytes(seg[ihl:], "big")
-        if chunk & 1:
-            n <<= 8
-        acc = n % 0xFFFF + addr_sum + thl + chunk
+        out[pos + flags_at] = f
+        p = from_bytes(src[start : start + chunk], "little") % 0xFFFF
+        acc = tcp_base + chunk + (s >> 16) + (s & 0xFFFF) + f + (((p & 0xFF) << 8) | (p >> 8))
         r = acc % 0xFFFF
-        c = 0xFFFF ^ (0xFFFF if r == 0 and acc else r)
-        seg[ihl + 16] = c >> 8
-        seg[ihl + 17] = c & 0xFF
+        pack_u16(out, pos + csum_at, 0xFFFF ^ (r or 0xFFFF))
         lengths[i] = size
         pos += size
+        start += chunk
     return count
 
 

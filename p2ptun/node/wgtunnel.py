@@ -620,12 +620,7 @@ class WgTunnel:
         if peer is None:
             device.counters.no_route += count
             return
-        send = peer.send_packet
-        pos = 0
-        for k in range(count):
-            size = seg_lengths[k]
-            send(segs[pos : pos + size], now)
-            pos += size
+        peer.send_packets(segs, seg_lengths, count, now)
         touched[peer] = None
 
     def _clamp(self, view: memoryview, length: int, mss: tuple[int, int]) -> None:

@@ -72,7 +72,9 @@ class Device:
         self._indices: dict[int, tuple[Peer, Keypair | None]] = {}
         self._replies: list[tuple[Source, bytes]] = []
         self._send_buffer = bytearray(BUFFER_SIZE)
+        self._send_view = memoryview(self._send_buffer)
         self._recv_buffer = bytearray(BUFFER_SIZE)
+        self._recv_view = memoryview(self._recv_buffer)
         self._scratch = bytearray(BUFFER_SIZE)
 
     # -- configuration --------------------------------------------------------------------------

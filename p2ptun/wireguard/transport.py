@@ -28,10 +28,13 @@ from p2ptun.wireguard.replay import REJECT_AFTER_MESSAGES, ReplayWindow
 PADDING_MULTIPLE = 16
 MAX_PLAINTEXT = MAX_DATAGRAM - TRANSPORT_HEADER_LEN - TAG_LEN
 """The largest plaintext that still fits one UDP datagram once sealed."""
+TRANSPORT_OVERHEAD = TRANSPORT_HEADER_LEN + TAG_LEN
+"""Bytes a transport message adds to its (padded) plaintext: header and tag."""
 BUFFER_SIZE = MAX_DATAGRAM + PADDING_MULTIPLE
 """Size for buffers passed to :func:`seal` / :func:`open_into` (room for any message)."""
 
-_NONCE_COUNTER = struct.Struct("<Q")
+NONCE_COUNTER = struct.Struct("<Q")
+"""The counter part of a transport nonce: 4 zero bytes, then this (whitepaper §5.4.6)."""
 _ZEROS = memoryview(bytes(PADDING_MULTIPLE))
 _TRANSPORT = int(MessageType.TRANSPORT)
 
@@ -120,7 +123,7 @@ def seal(
     if 0 < mtu < padded:
         padded = padded_length(size, mtu)
     TRANSPORT_HEADER.pack_into(out, 0, _TRANSPORT, receiver, counter)
-    _NONCE_COUNTER.pack_into(nonce, 4, counter)
+    NONCE_COUNTER.pack_into(nonce, 4, counter)
     if padded == size:
         plain: bytes | bytearray | memoryview = packet
     else:
@@ -156,7 +159,7 @@ def open_into(
     the counter against the replay window.
     """
     size = len(message) - TRANSPORT_HEADER_LEN - TAG_LEN
-    _NONCE_COUNTER.pack_into(nonce, 4, counter)
+    NONCE_COUNTER.pack_into(nonce, 4, counter)
     ciphertext = memoryview(message)[TRANSPORT_HEADER_LEN:]
     aead.decrypt_into(nonce, ciphertext, None, memoryview(out)[:size])
     return size
