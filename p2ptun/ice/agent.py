@@ -70,7 +70,8 @@ Behaviour, with the RFC sections implemented
   Waiting/Frozen pairs are dropped (§8.1.2), except as below.
 - Better paths after relaying (design, p2ptun-specific): while the selected pair is relayed,
   non-relayed pairs are kept; their checks run to completion and failed ones are put back to
-  Waiting every ``direct_retry_interval`` seconds, at most ``direct_retry_rounds`` times. When
+  Waiting ``direct_retry_interval`` seconds after selection, then at doubling intervals (up to
+  ``direct_retry_max_interval``), at most ``direct_retry_rounds`` times. When
   a non-relayed pair succeeds, the agent emits :class:`BetterPairAvailable` (both roles). A
   controlling agent with ``renominate`` (the default) then nominates that pair (USE-CANDIDATE
   on it) and, when that check succeeds, selects it (:class:`PairSelected`); a controlled agent
@@ -212,9 +213,12 @@ class IceConfig:
     #: No valid pair this long after checks started → FAILED (None: no limit).
     connect_timeout: float | None = 30.0
     consent: ConsentConfig = field(default_factory=ConsentConfig)
-    #: While relayed: retry failed direct pairs this often, this many times.
+    #: While relayed: retry failed direct pairs this long after selection, then at intervals
+    #: doubling up to ``direct_retry_max_interval``, this many times (5 s ... 160 s: the last
+    #: retry about 10 min after selection; an idle relayed node stops waking for them early).
     direct_retry_interval: float = 5.0
-    direct_retry_rounds: int = 12
+    direct_retry_max_interval: float = 160.0
+    direct_retry_rounds: int = 8
     #: Controlling agent: nominate a direct pair that succeeds while relayed.
     renominate: bool = True
     #: SOFTWARE attribute in our responses (None: none).
@@ -1331,8 +1335,8 @@ class IceAgent:
         self._events.append(BetterPairAvailable(pair.valid_pair, self._describe(sel)))
 
     def _probe(self, now: float) -> None:
-        """While relayed, put failed direct pairs back to Waiting every
-        ``direct_retry_interval`` seconds, ``direct_retry_rounds`` times at most."""
+        """While relayed, put failed direct pairs back to Waiting, ``direct_retry_rounds``
+        times at most, the interval doubling from ``direct_retry_interval``."""
         gen = self._gen
         if gen.next_probe is None or now < gen.next_probe:
             return
@@ -1345,7 +1349,11 @@ class IceAgent:
             if not pair.relayed and pair.state is PairState.FAILED:
                 pair.state = PairState.WAITING
                 pair.retries += 1
-        gen.next_probe = now + self.config.direct_retry_interval if gen.probe_rounds > 0 else None
+        done = self.config.direct_retry_rounds - gen.probe_rounds
+        interval = min(
+            self.config.direct_retry_interval * 2.0**done, self.config.direct_retry_max_interval
+        )
+        gen.next_probe = now + interval if gen.probe_rounds > 0 else None
 
     # ------------------------------------------------------------------------------------------
     # consent (RFC 7675)

@@ -365,3 +365,25 @@ def test_consent_checks_of_both_sides_go_out_together(seed: int) -> None:
         for t in mine:
             assert any(abs(t - u) <= one_way for u in theirs), t
     assert s.a.agent.can_send() and s.b.agent.can_send()
+
+
+def test_direct_retries_back_off_while_relayed() -> None:
+    """While relayed, failed direct pairs are retried 5 s after selection, then at doubling
+    intervals up to 160 s, 8 rounds in all: an idle relayed node soon stops waking for them."""
+    s = make_scenario("port", "port", seed=5)
+    s.net.blocked = _firewall_between_sites
+    s.start()
+    assert s.net.run_while(s.connected, 20)
+    sel_at = s.a.events_of(PairSelected)[0][0]
+    probes: list[float] = []
+    while s.net.now < sel_at + 900:
+        s.net.run_until(s.net.now + 0.5)
+        nxt = s.a.agent._gen.next_probe
+        if nxt is not None and (not probes or probes[-1] != nxt - sel_at):
+            probes.append(nxt - sel_at)
+    expected = [5, 15, 35, 75, 155, 315, 475, 635]
+    assert len(probes) == len(expected)
+    assert all(abs(p - e) < 0.01 for p, e in zip(probes, expected, strict=True)), probes
+    assert max(p.retries for p in s.a.agent.checklist.pairs if not p.relayed) >= 1
+    assert s.a.agent._gen.next_probe is None
+    assert s.a.agent.can_send() and s.b.agent.can_send()
