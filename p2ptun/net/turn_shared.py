@@ -188,7 +188,7 @@ class UdpMux:
         for ep in self.endpoints:
             self._by_family.setdefault(int(ep.family), ep)
             ep.set_handler(PacketKind.STUN, partial(self._on_stun, ep))
-            ep.set_handler(PacketKind.CHANNEL_DATA, partial(self._on_channel_data, ep))
+            ep.set_handler(PacketKind.CHANNEL_DATA, self._on_channel_data)
         self._transactions: dict[bytes, StunHandler] = {}
         self._relays: dict[Address, TurnRelay] = {}
         self._routes: dict[str, str | None] = {}
@@ -322,7 +322,7 @@ class UdpMux:
         self.counters.rx_ice += 1
         on_ice(data, local, src)
 
-    def _on_channel_data(self, ep: UdpEndpoint, data: memoryview, src: Address) -> None:
+    def _on_channel_data(self, data: memoryview, src: Address) -> None:
         relay = self._relays.get(src)
         if relay is None:
             self.counters.rx_dropped += 1
@@ -576,7 +576,8 @@ class TurnRelay:
         """Hand WireGuard datagrams that arrive from ``peer`` as ChannelData on its bound
         channel straight to ``receiver`` (None: no longer), bypassing the TurnClient and
         :attr:`on_data`: no event, no copy. Anything else on that channel (STUN: ICE
-        consent checks) still takes the usual way. Takes effect once the channel is bound."""
+        consent checks) still takes the usual way. Takes effect once the channel is bound;
+        over UDP (from the mux) and over a stream (frames cut from it) alike."""
         peer = normalize_address(peer)
         if receiver is None:
             self._fast_peers.pop(peer, None)
@@ -588,22 +589,26 @@ class TurnRelay:
         """ChannelData from the server (the mux calls this): a WireGuard payload on a channel
         with a fast receiver goes straight to it, a malformed message there is dropped and
         counted (RFC 8656 §12.4 lengths), everything else goes to :meth:`handle_datagram`."""
-        fast = self._fast
-        receiver = fast.get((data[0] << 8) | data[1]) if fast else None
-        if receiver is None:
+        if not self._fast or not self._take_fast(data):
             self.handle_datagram(data)
-            return
+
+    def _take_fast(self, data: bytes | memoryview) -> bool:
+        """Hand a ChannelData message to its channel's fast receiver; False if it has none or
+        the payload is not WireGuard. A malformed one there is taken: dropped and counted."""
+        receiver = self._fast.get((data[0] << 8) | data[1])
+        if receiver is None:
+            return False
         size = len(data)
         end = 4 + ((data[2] << 8) | data[3])
         if end > size or size - end > 3:
             self.counters.rx_malformed += 1
-            return
+            return True
         # WireGuard: type 1-4 then three zero bytes (STUN starts 0x00/0x01 0x01-0x3F, not 0).
         if end < 8 or not 0 < data[4] <= 4 or data[5] or data[6] or data[7]:
-            self.handle_datagram(data)
-            return
+            return False
         self.counters.rx_fast += 1
-        receiver(data[4:end])
+        receiver(memoryview(data)[4:end])
+        return True
 
     def bind_channel(self, peer: Address) -> None:
         """Bind a channel to ``peer`` (RFC 8656 §11) so that data goes as 4-byte-header
@@ -880,7 +885,9 @@ class TurnRelay:
                 self._lost("the server closed the connection")
                 return
             try:
-                self.client.handle_stream_data(chunk, trio.current_time())
+                self.client.handle_stream_data(
+                    chunk, trio.current_time(), self._take_fast if self._fast else None
+                )
             except StreamFramingError as exc:
                 self._lost(f"unframeable stream: {exc}")
                 return

@@ -608,13 +608,22 @@ class TurnClient:
         else:
             raise StunDecodeError("neither STUN nor ChannelData")
 
-    def handle_stream_data(self, chunk: bytes | bytearray | memoryview, now: float) -> None:
+    def handle_stream_data(
+        self,
+        chunk: bytes | bytearray | memoryview,
+        now: float,
+        take: Callable[[bytes], bool] | None = None,
+    ) -> None:
         """Bytes received on the TCP/TLS stream. A malformed frame inside a well-framed
         stream is dropped and counted; a stream that cannot be framed raises
-        :class:`p2ptun.turn.client_stream.StreamFramingError` — close the connection then."""
+        :class:`p2ptun.turn.client_stream.StreamFramingError` — close the connection then.
+        ``take``: each ChannelData frame is offered to it first; one it returns True for is
+        not handled here (a shell's fast path for relayed data)."""
         if self._framer is None:
             raise TurnStateError("handle_stream_data() on a datagram client")
         for frame in self._framer.feed(chunk):
+            if take is not None and 0x40 <= frame[0] <= 0x4F and take(frame):
+                continue
             try:
                 self.handle_datagram(frame, now)
             except DecodeError:

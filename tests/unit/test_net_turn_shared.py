@@ -355,9 +355,15 @@ async def test_fast_receiver_waits_for_the_channel(
     peer.close()
 
 
-async def test_stream_send_batch_pads_each_frame(nursery: trio.Nursery) -> None:
+async def test_stream_send_batch_pads_and_fast_receiver_takes_frames(
+    nursery: trio.Nursery,
+) -> None:
     port, scope = await serve_turn(nursery)
-    relay = TurnRelay.stream((HOST, port), "alice", "pw")
+    slow: list[bytes] = []
+    fast: list[bytes] = []
+    relay = TurnRelay.stream(
+        (HOST, port), "alice", "pw", on_data=lambda r, p, d: slow.append(bytes(d))
+    )
     await nursery.start(relay.run)
     peer = await peer_socket()
     relay.bind_channel(peer.getsockname())
@@ -367,6 +373,17 @@ async def test_stream_send_batch_pads_each_frame(nursery: trio.Nursery) -> None:
     batch = [b"odd", b"four", b"x" * 1001, b"y" * 1002]  # every padding length
     assert relay.send_batch(peer.getsockname(), batch) == len(batch)
     assert await receive_all(peer, len(batch)) == batch
+    # Back over the stream: padded frames cut from it, WireGuard to the fast receiver.
+    relay.set_fast_receiver(peer.getsockname(), lambda view: fast.append(bytes(view)))
+    packets = [wireguard(i, 93 + i) for i in range(8)]
+    check = Message.request(Method.BINDING, b"s" * 12).encode()
+    for packet in [*packets[:4], check, *packets[4:]]:
+        await peer.sendto(packet, relay.relayed)
+    with trio.fail_after(5):
+        while len(fast) < len(packets) or not slow:
+            await trio.sleep(0.01)
+    assert fast == packets and slow == [check]
+    assert relay.counters.rx_fast == len(packets)
     relay.close()
     peer.close()
     scope.cancel()
