@@ -30,6 +30,7 @@ import trio
 
 from p2ptun.config import NodeConfig
 from p2ptun.log import get_logger
+from p2ptun.signal import keepalive
 from p2ptun.signal.backoff import BackoffPolicy, Random
 from p2ptun.signal.channel import ChannelLimits
 from p2ptun.signal.client import (
@@ -190,6 +191,7 @@ class SignalingClient:
             self._after()
             return
         async with stream:
+            keepalive.enable(stream)
             self.core.connection_made(trio.current_time())
             try:
                 async with trio.open_nursery() as nursery:
