@@ -477,16 +477,21 @@ class UdpEndpoint:
             except DecodeError:
                 counters.rx_malformed += 1
             return
-        kind = classify(data)
-        if kind == PacketKind.STUN:
-            counters.rx_stun += 1
-        elif kind == PacketKind.WIREGUARD:
-            counters.rx_wireguard += 1
-        elif kind == PacketKind.CHANNEL_DATA:
+        if n >= CHANNEL_DATA_HEADER_LEN and 0x40 <= data[0] <= 0x4F:
+            # TURN ChannelData, the bulk of a relayed path (classify() agrees: no STUN).
             counters.rx_channel_data += 1
+            kind = PacketKind.CHANNEL_DATA
         else:
-            counters.rx_other += 1
-            return
+            kind = classify(data)
+            if kind == PacketKind.STUN:
+                counters.rx_stun += 1
+            elif kind == PacketKind.WIREGUARD:
+                counters.rx_wireguard += 1
+            elif kind == PacketKind.CHANNEL_DATA:  # pragma: no cover - taken above
+                counters.rx_channel_data += 1
+            else:
+                counters.rx_other += 1
+                return
         handler = self._handlers[kind]
         if handler is None:
             counters.rx_unhandled += 1

@@ -512,6 +512,7 @@ class WgTunnel:
         device from outside the data path (:meth:`Peer.send_keepalive`)."""
         if peer is not None:
             self._touched[peer] = None
+        self._rx_now = None
         self._flush_touched()
 
     def close(self) -> None:
@@ -642,10 +643,11 @@ class WgTunnel:
     def receive_datagram(self, data: bytes | bytearray | memoryview, source: bytes) -> None:
         """A WireGuard datagram that did not come straight from the UDP socket (a TURN relay
         unwrapped it); ``source`` names that path for the cookie logic. The caller flushes
-        (:meth:`flush`) or returns into a UDP batch, which does."""
+        (:meth:`flush`) or returns into a UDP batch, which does; either ends the batch's
+        shared ``now``."""
         now = self._rx_now
         if now is None:
-            now = trio.current_time()
+            now = self._rx_now = trio.current_time()
         peer = self.device.receive_datagram(data, now, source)
         if peer is not None:
             self._touched[peer] = None
