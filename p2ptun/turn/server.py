@@ -46,7 +46,9 @@ tells the shell to close a relay socket.
 from __future__ import annotations
 
 import enum
+import heapq
 import ipaddress
+import itertools
 import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -306,6 +308,8 @@ class Allocation:
     """Peer IP -> expiry time."""
     channels: dict[int, Channel] = field(default_factory=dict)
     channel_by_peer: dict[Address, Channel] = field(default_factory=dict)
+    wake: float | None = None
+    """The earliest of the expiry times above, as the server's schedule has it."""
 
     def has_permission(self, host: str, now: float) -> bool:
         expiry = self.permissions.get(host)
@@ -376,7 +380,10 @@ class TurnServer:
         self._per_user: dict[str, int] = {}
         self._per_ip: dict[str, int] = {}
         self._pending = 0
-        self._next_wakeup: float | None = None
+        # (time, tie-breaker, allocation) per allocation's earliest expiry; an entry whose
+        # time is no longer the allocation's ``wake`` is stale and dropped when met.
+        self._schedule: list[tuple[float, int, Allocation]] = []
+        self._schedule_seq = itertools.count()
         if not CHANNEL_MAX <= options.channel_max <= RFC5766_CHANNEL_MAX:
             raise ValueError("channel_max must be 0x4FFF-0x7FFF")
         self._channel_max_byte = options.channel_max >> 8
@@ -407,8 +414,15 @@ class TurnServer:
         }
 
     def next_wakeup(self) -> float | None:
-        """When :meth:`handle_timeout` wants to run next (an expiry), or None."""
-        return self._next_wakeup
+        """When :meth:`handle_timeout` wants to run next, or None: the earliest expiry of an
+        allocation (pending or active), permission or channel. Exact: a refresh moves it."""
+        schedule = self._schedule
+        while schedule:
+            wake, _, alloc = schedule[0]
+            if alloc.wake == wake:
+                return wake
+            heapq.heappop(schedule)
+        return None
 
     # -- client input ------------------------------------------------------------------------
 
@@ -540,7 +554,7 @@ class TurnServer:
             alloc.state = AllocationState.ACTIVE
             self._pending -= 1
             alloc.expires = now + alloc.lifetime
-            self._lower_wakeup(alloc.expires)
+            self._reschedule(alloc)
             self.counters.allocations_created += 1
             log.info(
                 "allocation created",
@@ -575,24 +589,22 @@ class TurnServer:
 
     def handle_timeout(self, now: float) -> list[Output]:
         """Expire allocations, permissions and channels whose time has come (RFC 8656 §6,
-        §9, §12); returns the relay sockets to close."""
-        wakeup = self._next_wakeup
-        if wakeup is None or now < wakeup:
-            return []
+        §9, §12); returns the relay sockets to close. Only allocations with something due are
+        looked at. Expiry is exact whenever this runs: the request and data paths compare
+        expiry times with ``now`` themselves, so this only frees what has already ended."""
         out: list[Output] = []
-        earliest: float | None = None
-        for alloc in list(self._by_tuple.values()):
+        schedule = self._schedule
+        while schedule and schedule[0][0] <= now:
+            wake, _, alloc = heapq.heappop(schedule)
+            if alloc.wake != wake:
+                continue
+            alloc.wake = None
             if alloc.expires <= now:
                 self.counters.allocations_expired += 1
                 out.extend(self._delete(alloc, "expired"))
                 continue
             self._purge(alloc, now)
-            candidates = [alloc.expires, *alloc.permissions.values()]
-            candidates.extend(c.expires for c in alloc.channels.values())
-            first = min(candidates)
-            if earliest is None or first < earliest:
-                earliest = first
-        self._next_wakeup = earliest
+            self._reschedule(alloc)
         return out
 
     # -- requests ----------------------------------------------------------------------------
@@ -769,7 +781,7 @@ class TurnServer:
         self._per_user[quota_user] = self._per_user.get(quota_user, 0) + 1
         self._per_ip[client_ip] = self._per_ip.get(client_ip, 0) + 1
         self._pending += 1
-        self._lower_wakeup(alloc.expires)
+        self._reschedule(alloc)
         return [OpenRelay(alloc.relay)]
 
     def _allocate_success(self, alloc: Allocation) -> ToClient:
@@ -802,7 +814,7 @@ class TurnServer:
             lifetime = self._lifetime(requested, floor=False)
             alloc.lifetime = lifetime
             alloc.expires = now + lifetime
-            self._lower_wakeup(alloc.expires)
+            self._reschedule(alloc)
         response = msg.success([(AttrType.LIFETIME, lifetime), *self._software()])
         self.counters.success_responses += 1
         return [ToClient(ft, self._encode(response, auth)), *closed]
@@ -827,7 +839,7 @@ class TurnServer:
         expires = now + PERMISSION_LIFETIME
         for host in hosts:
             alloc.permissions[host] = expires
-        self._lower_wakeup(expires)
+        self._reschedule(alloc)
         response = msg.success(self._software())
         self.counters.success_responses += 1
         return ToClient(ft, self._encode(response, auth))
@@ -869,7 +881,7 @@ class TurnServer:
         alloc.permissions[peer[0]] = max(
             alloc.permissions.get(peer[0], 0.0), now + PERMISSION_LIFETIME
         )
-        self._lower_wakeup(now + PERMISSION_LIFETIME)
+        self._reschedule(alloc)
         response = msg.success(self._software())
         self.counters.success_responses += 1
         return ToClient(ft, self._encode(response, auth))
@@ -995,6 +1007,7 @@ class TurnServer:
         if alloc.state is AllocationState.PENDING:
             self._pending -= 1
         alloc.state = AllocationState.DELETED
+        alloc.wake = None
         self._by_tuple.pop(alloc.five_tuple, None)
         if self._by_relay.get(alloc.relay) is alloc:
             del self._by_relay[alloc.relay]
@@ -1027,9 +1040,30 @@ class TurnServer:
             alloc.channel_by_peer.pop(channel.peer, None)
         self.counters.channels_expired += len(dead)
 
-    def _lower_wakeup(self, when: float) -> None:
-        if self._next_wakeup is None or when < self._next_wakeup:
-            self._next_wakeup = when
+    def _reschedule(self, alloc: Allocation) -> None:
+        """Put ``alloc`` in the schedule at its earliest expiry, after that may have moved.
+        Cost: the allocation's permissions and channels (bounded by the limits); the schedule
+        is rebuilt when stale entries outnumber live ones, so refreshes cannot grow it."""
+        if alloc.state is AllocationState.DELETED:
+            return
+        wake = alloc.expires
+        for expiry in alloc.permissions.values():
+            if expiry < wake:
+                wake = expiry
+        for channel in alloc.channels.values():
+            if channel.expires < wake:
+                wake = channel.expires
+        if wake == alloc.wake:
+            return
+        alloc.wake = wake
+        schedule = self._schedule
+        heapq.heappush(schedule, (wake, next(self._schedule_seq), alloc))
+        if len(schedule) > 2 * len(self._by_tuple) + 64:
+            seq = self._schedule_seq
+            schedule[:] = [
+                (a.wake, next(seq), a) for a in self._by_tuple.values() if a.wake is not None
+            ]
+            heapq.heapify(schedule)
 
     def _software(self) -> list[tuple[int, Any]]:
         software = self.options.software
