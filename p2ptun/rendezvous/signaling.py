@@ -10,7 +10,9 @@ A node is authenticated once its first transport frame decrypts (see
 handshake, and :class:`~p2ptun.rendezvous.store.RegistrationStore` decides whether that key may
 use the name it asks for. Then the core:
 
-- answers Ping with Pong; closes connections silent for ``idle_timeout``;
+- answers Ping with Pong; closes connections silent for ``idle_timeout`` and connections that
+  have not registered within ``handshake_timeout``, each at its own deadline (the core is woken
+  for the earliest one, never on a fixed tick);
 - keeps presence: a node watches names and gets Presence(name, online) now and on every change;
 - routes Route(ref, to, blob) as Deliver(from, blob) to the node registered as ``to``, or
   answers RouteFailed (peer offline, busy, rate limited). It never looks inside ``blob``, which
@@ -33,6 +35,7 @@ from __future__ import annotations
 import enum
 import math
 import os
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -96,8 +99,6 @@ class ServerLimits:
     #: ...and beyond which it is closed.
     hard_outbox: int = 1024 * 1024
     max_watches: int = 1024
-    #: How often the core sweeps its connections for timeouts.
-    sweep_interval: float = 1.0
     channel: ChannelLimits = field(default_factory=ChannelLimits)
 
 
@@ -187,7 +188,11 @@ class SignalingServerCore:
         self._online: dict[str, _Conn] = {}
         self._watchers: dict[str, set[int]] = {}
         self._dirty: set[int] = set()
-        self._next_sweep: float | None = None
+        # Deadline order, so that the earliest deadline is the first entry (``now`` never goes
+        # back): connections not yet registered by opening time, registered ones by the time
+        # of their last frame (moved to the end on every frame). Closing ones are in neither.
+        self._unregistered: OrderedDict[int, _Conn] = OrderedDict()
+        self._registered: OrderedDict[int, _Conn] = OrderedDict()
         self.shutting_down = False
 
     # -- queries ---------------------------------------------------------------------------
@@ -219,13 +224,24 @@ class SignalingServerCore:
         return dirty
 
     def next_wakeup(self) -> float | None:
-        return self._next_sweep if self._conns else None
+        """When :meth:`handle_timeout` wants to run: the earliest handshake or idle deadline
+        of a connection, or None. Exact, and cheap enough to ask after every input."""
+        wake = None
+        for conn in self._unregistered.values():
+            wake = conn.opened + self.limits.handshake_timeout
+            break
+        for conn in self._registered.values():
+            idle = conn.last_rx + self.limits.idle_timeout
+            if wake is None or idle < wake:
+                wake = idle
+            break
+        return wake
 
     # -- connection lifecycle --------------------------------------------------------------
 
     def connection_made(self, conn_id: int, now: float, peer: str = "") -> bool:
         """A TCP connection arrived; False means refuse it (close at once)."""
-        pending = sum(1 for c in self._conns.values() if c.state is not ConnState.READY)
+        pending = len(self._conns) - len(self._registered)
         if (
             self.shutting_down
             or len(self._conns) >= self.limits.max_connections
@@ -235,16 +251,17 @@ class SignalingServerCore:
             log.warning("connection refused: too many", peer=peer)
             return False
         channel = NoiseChannel.responder(self._private, self.rng, self.limits.channel)
-        self._conns[conn_id] = _Conn(conn_id, channel, now, peer, self.limits.burst)
+        conn = _Conn(conn_id, channel, now, peer, self.limits.burst)
+        self._conns[conn_id] = self._unregistered[conn_id] = conn
         self.counters.connections += 1
-        if self._next_sweep is None:
-            self._next_sweep = now + self.limits.sweep_interval
         return True
 
     def connection_lost(self, conn_id: int, now: float) -> None:
         conn = self._conns.pop(conn_id, None)
         if conn is None:
             return
+        self._unregistered.pop(conn_id, None)
+        self._registered.pop(conn_id, None)
         conn.channel.close()
         for name in conn.watching:
             watchers = self._watchers.get(name)
@@ -257,8 +274,6 @@ class SignalingServerCore:
             log.info("node offline", name=conn.name, conn=conn_id, reason=conn.close_reason)
             self._notify(conn.name, False)
         self._dirty.discard(conn_id)
-        if not self._conns:
-            self._next_sweep = None
 
     def _close(self, conn: _Conn, reason: str, final: Message | None = None) -> None:
         if conn.state is ConnState.CLOSING:
@@ -267,6 +282,8 @@ class SignalingServerCore:
             self._queue(conn, final)
         conn.state = ConnState.CLOSING
         conn.close_reason = reason
+        self._unregistered.pop(conn.id, None)
+        self._registered.pop(conn.id, None)
         self._dirty.add(conn.id)
         # Presence changes now, not when the socket finally closes.
         if conn.name is not None and self._online.get(conn.name) is conn:
@@ -281,19 +298,22 @@ class SignalingServerCore:
             self._close(conn, "shutdown", GoingAway("rendezvous shutting down"))
 
     def handle_timeout(self, now: float) -> None:
-        if self._next_sweep is None or now < self._next_sweep:
-            return
-        self._next_sweep = now + self.limits.sweep_interval
-        for conn in list(self._conns.values()):
-            if conn.state is ConnState.CLOSING:
-                continue
-            if conn.state is not ConnState.READY:
-                if now >= conn.opened + self.limits.handshake_timeout:
-                    self.counters.timeouts += 1
-                    self._close(conn, "handshake timeout")
-            elif now >= conn.last_rx + self.limits.idle_timeout:
+        """Close the connections whose deadline has come: ``handshake_timeout`` after opening
+        for one not yet registered, ``idle_timeout`` after its last frame for a registered one.
+        Exact: a connection is closed by the first call at or after its deadline. Only the
+        connections closed are looked at (they are at the front of their deadline order)."""
+        limits = self.limits
+        for order, timeout, reason in (
+            (self._unregistered, limits.handshake_timeout, "handshake timeout"),
+            (self._registered, limits.idle_timeout, "idle timeout"),
+        ):
+            while order:
+                conn = next(iter(order.values()))
+                since = conn.last_rx if conn.state is ConnState.READY else conn.opened
+                if now < since + timeout:
+                    break
                 self.counters.timeouts += 1
-                self._close(conn, "idle timeout")
+                self._close(conn, reason)
 
     # -- incoming bytes --------------------------------------------------------------------
 
@@ -315,6 +335,8 @@ class SignalingServerCore:
                     continue
                 plaintext = conn.channel.decrypt(frame)
                 conn.last_rx = now
+                if conn.state is ConnState.READY:
+                    self._registered.move_to_end(conn.id)
                 self._on_message(conn, decode_message(plaintext), now)
         except SignalDecodeError as exc:
             self.counters.decode_errors += 1
@@ -414,6 +436,8 @@ class SignalingServerCore:
         old = self._online.get(name)
         conn.name = name
         conn.state = ConnState.READY
+        del self._unregistered[conn.id]
+        self._registered[conn.id] = conn
         self._online[name] = conn
         self.counters.registrations += 1
         self._queue(conn, Registered(name))
@@ -478,7 +502,11 @@ class SignalingServerCore:
 
 class SignalingServer:
     """The trio shell around :class:`SignalingServerCore`: a TCP listener, one reader and one
-    writer task per connection, one timer task. ``started`` by :func:`serve_signaling`."""
+    writer task per connection, one timer task. ``started`` by :func:`serve_signaling`.
+
+    The timer task sleeps until the core's next wake-up; input that brings that time closer
+    (a new connection) moves the sleep's deadline, so an idle rendezvous wakes only when a
+    connection's deadline is due."""
 
     def __init__(
         self,
@@ -494,7 +522,9 @@ class SignalingServer:
         self.shutdown_grace = shutdown_grace
         self.address: tuple[str, int] | None = None
         self._wakeups: dict[int, Wakeup] = {}
-        self._timer = Wakeup()
+        self._timer_scope: trio.CancelScope | None = None
+        #: Times the timer task woke and ran the core's timeouts (tests count them).
+        self.timer_runs = 0
         self._next_id = 0
         self._scope = trio.CancelScope()
         self._run_scope = trio.CancelScope()
@@ -507,7 +537,12 @@ class SignalingServer:
             wakeup = self._wakeups.get(conn_id)
             if wakeup is not None:
                 wakeup.set()
-        self._timer.set()
+        scope = self._timer_scope
+        if scope is not None:
+            wake = self.core.next_wakeup()
+            deadline = math.inf if wake is None else wake
+            if deadline != scope.deadline:
+                scope.deadline = deadline
 
     async def run(self, *, task_status: trio.TaskStatus[SignalingServer]) -> None:
         host, port = self.listen
@@ -565,10 +600,12 @@ class SignalingServer:
 
     async def _timer_loop(self) -> None:
         while True:
-            deadline = self.core.next_wakeup()
-            with trio.move_on_at(deadline if deadline is not None else math.inf):
-                await self._timer.wait()
-                continue
+            wake = self.core.next_wakeup()
+            with trio.move_on_at(math.inf if wake is None else wake) as scope:
+                self._timer_scope = scope
+                await trio.sleep_forever()
+            self._timer_scope = None
+            self.timer_runs += 1
             self.core.handle_timeout(trio.current_time())
             self._kick()
 
@@ -582,6 +619,7 @@ class SignalingServer:
         async with stream:
             if not self.core.connection_made(conn_id, trio.current_time(), peer):
                 return
+            self._kick()  # its handshake deadline may be the earliest now
             wakeup = self._wakeups[conn_id] = Wakeup()
             try:
                 async with trio.open_nursery() as nursery:

@@ -20,7 +20,12 @@ address is bound (or the start fails with one clear line) before anything is ser
   into shared receive buffers, the core's checks (allocation, channel, permission) looked up
   once per client/peer and channel in a batch (:meth:`TurnServer.channel_route`,
   :meth:`TurnServer.peer_route`), and sent per destination with UDP GSO (GRO on receive).
-- One timer task drives the core's expiries.
+- One timer task drives the core's expiries: it sleeps until :meth:`TurnServer.next_wakeup`
+  (the earliest allocation, permission or channel expiry, RFC 8656 §6, §9, §12) and is moved
+  earlier when a request brings that time closer, so an idle server sleeps between expiries.
+  Expiry is exact to the clock: the timer runs at the deadline, and the data path checks the
+  expiry times itself, so nothing outlives its lifetime while the timer sleeps. The wall-clock
+  offset the core needs for REST-API credential expiry is refreshed before every request.
 """
 
 from __future__ import annotations
@@ -85,8 +90,6 @@ RELAY_BATCH = 64
 MAX_FIVE_TUPLES = 4096
 #: ChannelData headers (channel number and length) kept for reuse.
 MAX_CHANNEL_HEADS = 4096
-#: The timer task looks at least this often (keeps the wall-clock offset fresh).
-TICK = 1.0
 TLS_HANDSHAKE_TIMEOUT = 10.0
 
 #: Datagrams gathered per (relay socket, peer) in one batch.
@@ -158,6 +161,9 @@ class StunTurnService:
         self._pool = [memoryview(mmap.mmap(-1, 0x10000)) for _ in range(RELAY_BATCH)]
         self._channel_heads: dict[int, bytes] = {}
         self._nursery: trio.Nursery | None = None
+        self._timer_scope: trio.CancelScope | None = None
+        #: Times the timer task woke and ran the core's expiries (tests count them).
+        self.timer_runs = 0
         for addr, endpoint in udp:
             self._udp[addr] = endpoint
 
@@ -340,6 +346,7 @@ class StunTurnService:
                         outputs = []
                         self._send_to_peers(to_peers)
                     routes.clear()
+                    turn.wall_offset = time.time() - now
                     outputs.extend(turn.handle_client(ft, data, now))
             if turn is not None and relayed:
                 turn.counters.relayed_to_peer += relayed
@@ -464,7 +471,9 @@ class StunTurnService:
 
     def _stream_frame(self, ft: FiveTuple, frame: bytes) -> None:
         if self.turn is not None:
-            self._dispatch(self.turn.handle_client(ft, frame, trio.current_time()))
+            now = trio.current_time()
+            self.turn.wall_offset = time.time() - now
+            self._dispatch(self.turn.handle_client(ft, frame, now))
             return
         response = handle_binding(frame, ft.client)
         if response is not None:
@@ -597,7 +606,8 @@ class StunTurnService:
 
     def _dispatch(self, outputs: Iterable[Output]) -> None:
         """Carry out the core's outputs in order; datagrams to one destination from one
-        socket are gathered and sent together (one ``sendmsg`` per run with UDP GSO)."""
+        socket are gathered and sent together (one ``sendmsg`` per run with UDP GSO). Every
+        request that changes an expiry answers, so this is also where the timer is re-armed."""
         pending = list(outputs)
         pending.reverse()
         turn = self.turn
@@ -623,6 +633,17 @@ class StunTurnService:
                 self._send_gathered(to_peers, to_clients)
                 self._close_relay(out.relay)
         self._send_gathered(to_peers, to_clients)
+        self._rearm()
+
+    def _rearm(self) -> None:
+        """Move the timer's deadline to the core's next wake-up if that changed."""
+        scope = self._timer_scope
+        if scope is None or self.turn is None:
+            return
+        wake = self.turn.next_wakeup()
+        deadline = math.inf if wake is None else wake
+        if deadline != scope.deadline:
+            scope.deadline = deadline
 
     def _send_gathered(
         self,
@@ -658,11 +679,12 @@ class StunTurnService:
         turn = self.turn
         assert turn is not None
         while True:
-            now = trio.current_time()
             wake = turn.next_wakeup()
-            deadline = now + TICK if wake is None else min(wake, now + TICK)
-            await trio.sleep_until(deadline)
-            turn.wall_offset = time.time() - trio.current_time()
+            with trio.move_on_at(math.inf if wake is None else wake) as scope:
+                self._timer_scope = scope
+                await trio.sleep_forever()
+            self._timer_scope = None
+            self.timer_runs += 1
             outputs = turn.handle_timeout(trio.current_time())
             if outputs:
                 self._dispatch(outputs)
