@@ -64,10 +64,21 @@ Behaviour, with the RFC sections implemented
   Deviation: a check on an In-Progress pair does not cancel that transaction (§7.3.1.4);
   its request is re-sent at once instead, which has the same effect on the wire.
 - Nomination (§8.1.1, regular): the controlling agent nominates the best valid pair when no
-  higher-priority pair is still pending (and, for a relayed pair, when both sides finished
-  gathering), or ``nomination_delay`` after the first valid pair at the latest. The
-  controlled agent selects the highest-priority nominated valid pair. After selection,
-  Waiting/Frozen pairs are dropped (§8.1.2), except as below.
+  higher-priority pair may still succeed, or ``nomination_delay`` after the first valid pair
+  at the latest. For a relayed best pair every Frozen, Waiting or In-Progress higher pair may
+  still succeed, and both sides must have finished gathering: a direct path is worth two
+  seconds. For a direct best pair, an In-Progress higher pair is given up once its request
+  went out twice and a hold passed since the last send (``direct_hold_rtts`` round trips of
+  the valid pair, at least ``direct_hold_min``); the second send comes early, a hold after
+  the first, ahead of its RTO. A reachable better pair (same LAN, a public host) answers
+  within a round trip or two, usually before the srflx pairs succeed at all; one towards the
+  other site's private address never does, and waiting for it used to cost every NATed
+  connect the whole ``nomination_delay``. §8.1.1 leaves the stopping rule to the agent; the
+  early re-send is a deviation from the RFC 8489 schedule (§14.3 RTO) for these pairs only:
+  one extra request per pair, while the transaction's own retransmissions go on unchanged.
+  Frozen or Waiting higher pairs (not checked yet: pacing, many candidates) are waited for
+  up to ``nomination_delay``. The controlled agent selects the highest-priority nominated
+  valid pair. After selection, Waiting/Frozen pairs are dropped (§8.1.2), except as below.
 - Better paths after relaying (design, p2ptun-specific): while the selected pair is relayed,
   non-relayed pairs are kept; their checks run to completion and failed ones are put back to
   Waiting ``direct_retry_interval`` seconds after selection, then at doubling intervals (up to
@@ -210,6 +221,12 @@ class IceConfig:
     #: Controlling agent: nominate the best valid pair at the latest this long after the
     #: first valid pair appeared.
     nomination_delay: float = 2.0
+    #: Controlling agent, best valid pair not relayed: a higher-priority pair in progress is
+    #: waited for only until its check went out twice (the second time early, once the
+    #: first had this hold to be answered) and the hold passed after the last send. The hold
+    #: is ``direct_hold_rtts`` round trips of the valid pair, at least ``direct_hold_min``.
+    direct_hold_rtts: float = 4.0
+    direct_hold_min: float = 0.1
     #: No valid pair this long after checks started → FAILED (None: no limit).
     connect_timeout: float | None = 30.0
     consent: ConsentConfig = field(default_factory=ConsentConfig)
@@ -227,6 +244,8 @@ class IceConfig:
     def __post_init__(self) -> None:
         if self.ta <= 0 or self.check_rto_min <= 0:
             raise ValueError("ta and check_rto_min must be positive")
+        if self.direct_hold_rtts < 0 or self.direct_hold_min < 0 or self.nomination_delay < 0:
+            raise ValueError("nomination delays and holds must not be negative")
         if min(self.max_pairs, self.max_local_candidates, self.max_remote_candidates) < 1:
             raise ValueError("candidate and pair limits must be at least 1")
         if self.max_transactions < 1 or self.max_early_checks < 0:
@@ -435,6 +454,17 @@ class _Generation:
         return None
 
 
+@dataclass(frozen=True)
+class _NominationPlan:
+    best: CheckPair
+    #: Nominate ``best`` at this time (or now, if it has passed).
+    nominate_at: float
+    #: Re-send the checks of ``hurry`` (higher-priority pairs sent once) from this time.
+    hurry_at: float | None
+    hurry: list[CheckPair]
+    hold: float
+
+
 @dataclass(eq=False)
 class _Selection:
     pair: CheckPair
@@ -585,11 +615,13 @@ class IceAgent:
             self._may_check(gen)
             and self._controlling
             and gen.nominating is None
-            and gen.first_valid_at is not None
             and not self._has_nominated(gen)
-            and gen.checklist.valid_pairs()
         ):
-            times.append(gen.first_valid_at + self.config.nomination_delay)
+            plan = self._nomination_plan(gen)
+            if plan is not None:
+                times.append(plan.nominate_at)
+                if plan.hurry_at is not None:
+                    times.append(plan.hurry_at)
         if (
             gen.started_at is not None
             and not gen.failed
@@ -796,6 +828,9 @@ class IceAgent:
             if isinstance(event, StunTransmit):
                 ctx = event.context
                 if ctx is not None:
+                    if ctx.pair.transaction_id == event.transaction.transaction_id:
+                        ctx.pair.sends += 1
+                        ctx.pair.last_sent = now
                     self._transmit_to(event.data, ctx.pair.local, ctx.remote)
             else:
                 self._on_check_outcome(event, None, None, now)
@@ -1070,6 +1105,8 @@ class IceAgent:
                 and tx.context.use_candidate == use_candidate
             ):
                 # Triggered check on a pair whose check is outstanding: send it again now.
+                pair.sends += 1
+                pair.last_sent = now
                 self._transmit_to(tx.request, pair.local, pair.remote.address)
                 return
         tid = self._transaction_id()
@@ -1105,6 +1142,8 @@ class IceAgent:
             self._checks.cancel(pair.transaction_id)
         first = self._checks.start(wire, now, key=key, context=ctx, rto=rto)
         pair.transaction_id = tid
+        pair.sends = 1
+        pair.last_sent = now
         if pair.state is not PairState.SUCCEEDED:
             pair.state = PairState.IN_PROGRESS
         self.stats.checks_sent += 1
@@ -1244,18 +1283,69 @@ class IceAgent:
                 if direct:
                     self._nominate(gen, direct[0])
             return
+        plan = self._nomination_plan(gen)
+        assert plan is not None
+        if now >= plan.nominate_at:
+            self._nominate(gen, plan.best)
+            return
+        for pair in plan.hurry:
+            if pair.last_sent is not None and now >= pair.last_sent + plan.hold:
+                self._resend_check(pair, now)
+
+    def _resend_check(self, pair: CheckPair, now: float) -> None:
+        """Send the request of the check in flight on ``pair`` again now (a retransmission
+        ahead of its RTO; the transaction's own schedule is unchanged)."""
+        tx = None if pair.transaction_id is None else self._checks.get(pair.transaction_id)
+        pair.sends += 1
+        if tx is None:
+            return  # nothing in flight to answer: counts as sent, so it is not waited for
+        pair.last_sent = now
+        self._transmit_to(tx.request, pair.local, pair.remote.address)
+
+    def _nomination_plan(self, gen: _Generation) -> _NominationPlan | None:
+        """When to nominate the best valid pair, and which higher-priority pairs to re-send
+        early (module docstring, "Nomination"); None without a valid pair."""
+        valid = gen.checklist.valid_pairs()
+        if not valid or gen.first_valid_at is None:
+            return None
         best = valid[0]
-        pending_higher = any(
-            p.priority > best.priority
-            and p.state in (PairState.FROZEN, PairState.WAITING, PairState.IN_PROGRESS)
+        latest = gen.first_valid_at + self.config.nomination_delay
+        higher = [
+            p
             for p in gen.checklist.pairs
-        )
-        complete = gen.local_complete and gen.remote_complete
-        assert gen.first_valid_at is not None
-        if (not pending_higher and (not best.relayed or complete)) or (
-            now >= gen.first_valid_at + self.config.nomination_delay
-        ):
-            self._nominate(gen, best)
+            if p.priority > best.priority
+            and p.state in (PairState.FROZEN, PairState.WAITING, PairState.IN_PROGRESS)
+        ]
+        if best.relayed:
+            complete = gen.local_complete and gen.remote_complete
+            at = gen.first_valid_at if not higher and complete else latest
+            return _NominationPlan(best, at, None, [], 0.0)
+        hold = self._direct_hold(valid)
+        unknown = False
+        give_up = gen.first_valid_at
+        hurry: list[CheckPair] = []
+        hurry_at: float | None = None
+        for p in higher:
+            if p.state is not PairState.IN_PROGRESS or p.last_sent is None:
+                unknown = True  # not checked yet: no telling when it answers
+            elif p.sends < 2:
+                unknown = True
+                hurry.append(p)
+                t = p.last_sent + hold
+                hurry_at = t if hurry_at is None else min(hurry_at, t)
+            else:
+                give_up = max(give_up, p.last_sent + hold)
+        at = latest if unknown else min(latest, give_up)
+        return _NominationPlan(best, at, hurry_at, hurry, hold)
+
+    def _direct_hold(self, valid: list[CheckPair]) -> float:
+        """How long a check towards a pair as good as the valid ones takes to be answered:
+        ``direct_hold_rtts`` round trips of the best valid pair (of the slowest one measured
+        when its check was retransmitted), at least ``direct_hold_min``."""
+        rtt = valid[0].rtt
+        if rtt is None:
+            rtt = max((p.rtt for p in valid if p.rtt is not None), default=0.0)
+        return max(self.config.direct_hold_min, self.config.direct_hold_rtts * rtt)
 
     def _nominate(self, gen: _Generation, pair: CheckPair) -> None:
         log.debug("nominating", pair=repr(pair))

@@ -13,16 +13,18 @@ What is modelled
   address-and-port-dependent (:class:`Mapping`) and filtering likewise (:class:`Filtering`).
   Presets (:data:`NAT_TYPES`): ``full`` cone (EIM/EIF), ``restricted`` cone (EIM/ADF),
   ``port`` restricted cone (EIM/APDF), ``symmetric`` (APDM/APDF). Each NAT owns one private
-  LAN; packets between hosts of the same LAN go directly, no hairpinning. Mappings never
-  expire (the agent keeps them busy with consent checks anyway). Ports are allocated
-  sequentially from 20000, so symmetric mappings are predictable but useless to the peer.
+  LAN; packets between hosts of the same LAN go directly (1 ms), packets to the NAT's own
+  public address hairpin through it (mapping and filtering apply). Mappings never expire
+  (the agent keeps them busy with consent checks anyway). Ports are allocated sequentially
+  from 20000, so symmetric mappings are predictable but useless to the peer.
 - :class:`StunServer` answers Binding requests with :func:`p2ptun.stun.handle_binding`.
 - :class:`Relay` — a TURN-like relay with objects instead of TURN messages: ``Allocate`` gets
   a relayed port; ``Send(peer, data)`` relays data to the peer from the relayed address and
   installs a permission for the peer's IP (as a TURN client's CreatePermission would);
   datagrams to the relayed address from a permitted IP come back as ``DataInd(peer, data)``.
-- ``Network.blocked``: a firewall predicate ``(src, dst) -> bool`` applied on the internet to
-  drop traffic (e.g. "direct UDP between the two sites is blocked", or "the path died").
+- ``Network.blocked``: a firewall predicate ``(src, dst) -> bool`` applied on the internet and
+  inside LANs to drop traffic (e.g. "direct UDP between the two sites is blocked", or "the
+  path died").
 - :class:`Peer` — the test shell around an :class:`~p2ptun.ice.agent.IceAgent`: gathers host,
   server-reflexive and relayed candidates, signals them (with a signalling delay) to the other
   peer, drives the agent's timer, routes its transmits (directly or through the relay), and
@@ -48,6 +50,7 @@ from p2ptun.ice.candidate import (
     make_relay_candidate,
     make_srflx_candidate,
 )
+from p2ptun.ice.checklist import PairState
 from p2ptun.ice.sdp import IceCredentials
 from p2ptun.stun import AttrType, Message, MessageClass, Method, handle_binding
 
@@ -223,7 +226,7 @@ class Nat:
     def outbound(self, src: Address, dst: Address, payload: object) -> None:
         local = self.lan.get(dst[0])
         if local is not None:
-            self.net.schedule(self.net.now + 0.001, lambda: local.receive(src, payload))
+            self.net.schedule(self.net.now + 0.001, lambda: self._deliver_lan(local, src, payload))
             return
         key = self._key(src, dst)
         port = self._map.get(key)
@@ -237,6 +240,13 @@ class Nat:
         elif self.filtering is Filtering.APDF:
             self._allowed[port].add(dst)
         self.net.send((self.public_ip, port), dst, payload)
+
+    def _deliver_lan(self, host: Endpoint, src: Address, payload: object) -> None:
+        blocked = self.net.blocked
+        if blocked is not None and blocked(src, host.address):
+            self.net.dropped += 1
+            return
+        host.receive(src, payload)
 
     def receive_public(self, src: Address, dst: Address, payload: object) -> None:
         inside = self._reverse.get(dst[1])
@@ -560,6 +570,48 @@ class Peer:
         return [(t, e) for t, e in self.events if isinstance(e, kind)]
 
 
+@dataclass(frozen=True)
+class Nomination:
+    """What a controlling agent knew when it nominated a pair (:func:`watch_nominations`)."""
+
+    at: float
+    key: tuple[Address, Address]
+    relayed: bool
+    first_valid_at: float | None
+    #: A pair was nominated before (this is the move from a relayed to a direct pair).
+    renomination: bool
+    #: The pairs of higher priority than the nominated one: key, state, sends of the check.
+    higher: list[tuple[tuple[Address, Address], PairState, int]]
+
+
+def watch_nominations(peer: Peer) -> list[Nomination]:
+    """Record every nomination of ``peer``'s agent from now on (the list fills as the
+    simulation runs)."""
+    agent = peer.agent
+    seen: list[Nomination] = []
+    original = agent._nominate
+
+    def nominate(gen: Any, pair: Any) -> None:
+        seen.append(
+            Nomination(
+                peer.net.now,
+                pair.key,
+                pair.relayed,
+                gen.first_valid_at,
+                any(p.nominated for p in gen.checklist.pairs),
+                [
+                    (p.key, p.state, p.sends)
+                    for p in gen.checklist.pairs
+                    if p.priority > pair.priority
+                ],
+            )
+        )
+        original(gen, pair)
+
+    agent._nominate = nominate  # type: ignore[method-assign]
+    return seen
+
+
 @dataclass
 class Scenario:
     net: Network
@@ -607,19 +659,21 @@ def make_scenario(
     b_controlling: bool = False,
     config_a: IceConfig | None = None,
     config_b: IceConfig | None = None,
+    same_lan: bool = False,
 ) -> Scenario:
     """Two peers, each behind a NAT of the named type (:data:`NAT_TYPES`), a STUN server and a
     relay on the internet. A's LAN is 10.0.1.0/24 behind 198.51.100.1, B's 10.0.2.0/24 behind
-    203.0.113.1; public peers get 198.51.100.10 / 203.0.113.10."""
+    203.0.113.1; public peers get 198.51.100.10 / 203.0.113.10. With ``same_lan``, B is
+    10.0.1.3 on A's LAN instead (``nat_b`` is ignored; A's NAT must not be ``public``)."""
     net = Network(seed, loss=loss, duplicate=duplicate, jitter=jitter)
     stun = StunServer(net, "192.0.2.1")
     rel = Relay(net, "192.0.2.2")
     nats: list[Nat | None] = []
     endpoints: list[Endpoint] = []
-    for kind, public, private in (
-        (nat_a, "198.51.100.1", "10.0.1.2"),
-        (nat_b, "203.0.113.1", "10.0.2.2"),
-    ):
+    sites = [(nat_a, "198.51.100.1", "10.0.1.2")]
+    if not same_lan:
+        sites.append((nat_b, "203.0.113.1", "10.0.2.2"))
+    for kind, public, private in sites:
         preset = NAT_TYPES[kind]
         if preset is None:
             nats.append(None)
@@ -628,6 +682,11 @@ def make_scenario(
             nat = Nat(net, public, *preset)
             nats.append(nat)
             endpoints.append(Endpoint(net, (private, 4000), nat))
+    if same_lan:
+        lan = nats[0]
+        assert lan is not None, "same_lan needs a NAT at A"
+        nats.append(lan)
+        endpoints.append(Endpoint(net, ("10.0.1.3", 4000), lan))
     a = Peer(
         net,
         "alice",

@@ -1,0 +1,232 @@
+"""When the controlling agent nominates (RFC 8445 §8.1.1, and the hold described in
+:mod:`p2ptun.ice.agent`), under virtual time over the simulated network of :mod:`icesim`.
+
+A relayed best pair waits ``nomination_delay`` for anything better; a direct one waits for a
+higher-priority pair only until that pair's check went out twice (the second time early) and
+a few round trips passed: a reachable pair (same LAN, public host) answers by then, and one
+towards the other site's private address never does.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from icesim import Nomination, Scenario, make_scenario, watch_nominations
+
+from p2ptun.ice.agent import IceConfig
+from p2ptun.ice.candidate import CandidateType, make_host_candidate
+from p2ptun.ice.checklist import PairState
+
+EPS = 1e-9
+
+
+def assert_hold_kept(noms: list[Nomination], config: IceConfig) -> None:
+    """Every regular nomination waited as long as the rule says: till ``nomination_delay``,
+    or until no higher-priority pair could still answer (direct: each was sent at least
+    twice, or is done; relayed: none is left)."""
+    for n in noms:
+        if n.renomination:
+            continue
+        assert n.first_valid_at is not None
+        if n.at >= n.first_valid_at + config.nomination_delay - EPS:
+            continue
+        for key, state, sends in n.higher:
+            if n.relayed:
+                assert state in (PairState.FAILED, PairState.SUCCEEDED), (n, key)
+            else:
+                assert state in (PairState.FAILED, PairState.SUCCEEDED) or (
+                    state is PairState.IN_PROGRESS and sends >= 2
+                ), (n, key)
+
+
+def connect(s: Scenario, timeout: float = 20.0) -> tuple[list[Nomination], list[Nomination]]:
+    noms = (watch_nominations(s.a), watch_nominations(s.b))
+    s.start()
+    assert s.net.run_while(s.connected, timeout), (s.a.agent.checklist.pairs,)
+    return noms
+
+
+@pytest.mark.parametrize(
+    ("nat_a", "nat_b"),
+    [("full", "full"), ("restricted", "restricted"), ("port", "port"), ("full", "port")],
+)
+def test_cone_nats_nominate_srflx_after_a_short_hold(nat_a: str, nat_b: str) -> None:
+    """The host↔host pair towards the other LAN never answers; srflx↔srflx is nominated two
+    holds after that pair's first check (its early re-send, then the hold), not
+    ``nomination_delay`` after the first valid pair."""
+    config = IceConfig()
+    s = make_scenario(nat_a, nat_b, seed=3, config_a=config, config_b=config)
+    noms, _ = connect(s)
+    sel = s.a.agent.selected_pair
+    assert sel is not None
+    assert (sel.local.type, sel.remote.type) == (CandidateType.SRFLX, CandidateType.SRFLX)
+    (nom,) = noms
+    assert nom.higher and all(state is PairState.IN_PROGRESS for _, state, _ in nom.higher)
+    host_pair = s.a.agent.checklist.find(s.a.endpoint.address, s.b.endpoint.address)
+    assert host_pair is not None and host_pair.state is PairState.IN_PROGRESS
+    assert host_pair.sends >= 2
+    first_host_check = min(
+        t for t, tr in s.a.sent if (tr.local, tr.remote) == host_pair.key and not tr.via_relay
+    )
+    assert sel.rtt is not None
+    hold = max(config.direct_hold_min, config.direct_hold_rtts * sel.rtt)
+    assert nom.at <= first_host_check + 2 * hold + config.ta + EPS
+    assert nom.first_valid_at is not None
+    assert nom.at < nom.first_valid_at + config.nomination_delay / 2
+    assert_hold_kept(noms, config)
+
+
+def test_same_lan_ends_on_host_pair() -> None:
+    s = make_scenario("port", "port", seed=4, same_lan=True)
+    noms, _ = connect(s)
+    sa, sb = s.a.agent.selected_pair, s.b.agent.selected_pair
+    assert sa is not None and sb is not None
+    assert sa.local.type is CandidateType.HOST and sa.remote.type is CandidateType.HOST
+    assert sb.local.type is CandidateType.HOST and sb.remote.type is CandidateType.HOST
+    assert s.same_path()
+    assert_hold_kept(noms, IceConfig())
+
+
+def test_same_lan_host_pair_answering_late_still_wins() -> None:
+    """B's traffic on the LAN towards A is lost until 0.2 s (A's first check is answered into
+    the void, B's own checks vanish), so the hairpinned srflx pair is valid first. A re-sends
+    its host check early, before the RTO, gets the answer within the hold and nominates the
+    host pair."""
+    s = make_scenario("full", "full", seed=5, same_lan=True)
+    a_host, b_host = s.a.endpoint.address, s.b.endpoint.address
+    s.net.blocked = lambda src, dst: src == b_host and dst == a_host and s.net.now < 0.2
+    noms, _ = connect(s)
+    sa = s.a.agent.selected_pair
+    assert sa is not None
+    assert (sa.local.type, sa.remote.type) == (CandidateType.HOST, CandidateType.HOST)
+    assert s.same_path()
+    host_pair = s.a.agent.checklist.find(a_host, b_host)
+    assert host_pair is not None and host_pair.last_success is not None
+    first_valid = s.a.agent._gen.first_valid_at
+    assert first_valid is not None and first_valid < host_pair.last_success
+    # Answered before its RTO: the early re-send did it.
+    first_check = min(t for t, tr in s.a.sent if (tr.local, tr.remote) == host_pair.key)
+    assert host_pair.last_success < first_check + IceConfig().check_rto_min
+    (nom,) = noms
+    assert nom.key == host_pair.key
+    assert_hold_kept(noms, IceConfig())
+
+
+@pytest.mark.parametrize(("nat_a", "nat_b"), [("port", "symmetric"), ("symmetric", "symmetric")])
+def test_relayed_pair_waits_the_full_delay(nat_a: str, nat_b: str) -> None:
+    """A relayed pair is nominated ``nomination_delay`` after the first valid pair while
+    direct pairs are still in progress, as before."""
+    config = IceConfig()
+    s = make_scenario(nat_a, nat_b, seed=6)
+    noms, _ = connect(s)
+    sel = s.a.agent.selected_pair
+    assert sel is not None and sel.relayed
+    first = next(n for n in noms if not n.renomination)
+    assert first.relayed
+    assert first.first_valid_at is not None
+    assert first.at >= first.first_valid_at + config.nomination_delay - EPS
+    assert any(state is PairState.IN_PROGRESS for _, state, _ in first.higher)
+    assert_hold_kept(noms, config)
+
+
+def test_many_unreachable_candidates_each_get_two_sends() -> None:
+    """B also signals twelve host addresses nobody answers on: the paced checks reach all of
+    them (Ta apart, RTO growing with the list), each is re-sent before A gives up on it, and
+    the srflx pair is still nominated well before ``nomination_delay``."""
+    config = IceConfig()
+    s = make_scenario("port", "port", seed=8)
+    for i in range(12):
+        s.b.signal("cand", make_host_candidate((f"10.0.2.{100 + i}", 4000), 65000 - i))
+    noms, _ = connect(s)
+    sel = s.a.agent.selected_pair
+    assert sel is not None and sel.local.type is CandidateType.SRFLX
+    (nom,) = noms
+    assert len(nom.higher) >= 13
+    assert all(state is PairState.IN_PROGRESS and sends >= 2 for _, state, sends in nom.higher)
+    assert nom.first_valid_at is not None
+    assert nom.at < nom.first_valid_at + config.nomination_delay
+    assert_hold_kept(noms, config)
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize(
+    ("nat_a", "nat_b", "same_lan"),
+    [("port", "port", False), ("full", "symmetric", False), ("port", "port", True)],
+)
+def test_hold_rule_under_loss(nat_a: str, nat_b: str, same_lan: bool, seed: int) -> None:
+    s = make_scenario(nat_a, nat_b, seed=seed, loss=0.15, jitter=0.03, same_lan=same_lan)
+    noms_a, noms_b = connect(s, timeout=30.0)
+
+    def direct() -> bool:
+        sel = s.a.agent.selected_pair
+        return sel is not None and not sel.relayed and s.connected()
+
+    # A lossy start may settle on the relay first (as it always could) and move later.
+    assert s.net.run_while(direct, 30.0)
+    assert_hold_kept(noms_a + noms_b, IceConfig())
+
+
+def test_hold_settings_are_validated() -> None:
+    with pytest.raises(ValueError):
+        IceConfig(direct_hold_min=-1.0)
+    with pytest.raises(ValueError):
+        IceConfig(direct_hold_rtts=-0.5)
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize=True,
+)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    loss=st.floats(0.0, 0.2),
+    duplicate=st.floats(0.0, 0.1),
+    jitter=st.floats(0.0, 0.08),
+    nats=st.sampled_from(
+        [
+            ("full", "full", False),
+            ("restricted", "port", False),
+            ("port", "port", False),
+            ("public", "port", False),
+            ("full", "symmetric", False),
+            ("port", "symmetric", False),
+            ("symmetric", "symmetric", False),
+            ("port", "port", True),
+            ("full", "full", True),
+        ]
+    ),
+    a_controlling=st.booleans(),
+    b_controlling=st.booleans(),
+)
+def test_nominations_keep_the_hold(
+    seed: int,
+    loss: float,
+    duplicate: float,
+    jitter: float,
+    nats: tuple[str, str, bool],
+    a_controlling: bool,
+    b_controlling: bool,
+) -> None:
+    """Over impairments, NAT types and role conflicts: no nomination comes before the hold
+    allows it, both agents agree on the path, and a same-LAN pair ends on host↔host."""
+    nat_a, nat_b, same_lan = nats
+    s = make_scenario(
+        nat_a,
+        nat_b,
+        seed=seed,
+        loss=loss,
+        duplicate=duplicate,
+        jitter=jitter,
+        same_lan=same_lan,
+        a_controlling=a_controlling,
+        b_controlling=b_controlling,
+    )
+    noms_a, noms_b = connect(s, timeout=30.0)
+    assert_hold_kept(noms_a + noms_b, IceConfig())
+    if same_lan and loss == 0.0:
+        sel = s.a.agent.selected_pair
+        assert sel is not None
+        assert (sel.local.type, sel.remote.type) == (CandidateType.HOST, CandidateType.HOST)
