@@ -38,6 +38,10 @@ from p2ptun.wireguard.transport import BUFFER_SIZE, Keypair
 _MAX_INDEX_TRIES = 64
 
 
+_JITTER_POOL = 256
+"""Random bytes drawn at once for :meth:`Device.jitter` (64 draws)."""
+
+
 class Device:
     """A WireGuard interface: our static key pair and the peers we talk to.
 
@@ -76,6 +80,20 @@ class Device:
         self._recv_buffer = bytearray(BUFFER_SIZE)
         self._recv_view = memoryview(self._recv_buffer)
         self._scratch = bytearray(BUFFER_SIZE)
+        self._jitter_pool = b""
+        self._jitter_pos = 0
+
+    def jitter(self) -> float:
+        """A uniform fraction in [0, 1] for timer jitter (whitepaper §6.1: REKEY_TIMEOUT +
+        jitter). Not secret, and drawn on the data path (the first packet after every
+        exchange arms "new handshake"), so ``rng`` is asked for 64 at a time instead of one
+        system call each."""
+        pos = self._jitter_pos
+        if pos >= len(self._jitter_pool):
+            self._jitter_pool = self.rng(_JITTER_POOL)
+            pos = 0
+        self._jitter_pos = pos + 4
+        return int.from_bytes(self._jitter_pool[pos : pos + 4], "little") / 0xFFFFFFFF
 
     # -- configuration --------------------------------------------------------------------------
 

@@ -633,8 +633,7 @@ class Peer:
     # -- timer hooks (§6.5) ---------------------------------------------------------------------
 
     def _jitter(self) -> float:
-        raw = int.from_bytes(self.device.rng(4), "little")
-        return self.timers.rekey_timeout_jitter_max * raw / 0xFFFFFFFF
+        return self.timers.rekey_timeout_jitter_max * self.device.jitter()
 
     def _timers_any_authenticated_packet_traversal(self, now: float) -> None:
         if self.persistent_keepalive:

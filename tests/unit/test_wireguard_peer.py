@@ -847,3 +847,23 @@ def test_send_packets_near_the_message_limits() -> None:
     assert sorted(kinds) == sorted((d[0], len(d)) for _, _, d in many.log)
     assert (MessageType.INITIATION, 148) in kinds
     assert many.packets_b == one.packets_b == few
+
+
+def test_jitter_draws_randomness_in_bulk() -> None:
+    """Timer jitter (§6.1) is drawn on the data path: one rng call serves 64 draws, every
+    draw is in [0, 1], and the draws are what the rng's bytes say."""
+    given: list[bytes] = []
+    r = random.Random(7)
+
+    def rng(n: int) -> bytes:
+        given.append(r.randbytes(n))
+        return given[-1]
+
+    dev = Device(clamp(bytes(range(32))), rng=rng, wall_clock=lambda: WALL)
+    given.clear()
+    draws = [dev.jitter() for _ in range(130)]
+    assert [len(b) for b in given] == [256, 256, 256]
+    assert all(0.0 <= d <= 1.0 for d in draws)
+    assert draws[0] == int.from_bytes(given[0][:4], "little") / 0xFFFFFFFF
+    assert draws[63] == int.from_bytes(given[0][252:256], "little") / 0xFFFFFFFF
+    assert draws[64] == int.from_bytes(given[1][:4], "little") / 0xFFFFFFFF
