@@ -36,7 +36,7 @@ Columns (each tunnel row):
 
 - TCP throughput: ``iperf3`` from site1 to site2's tunnel address, one flow, ``--iperf-seconds``
   (10) each, median of ``--runs`` (3) with min–max, receiver's rate.
-- ping RTT: average of ``--pings`` (20) pings at 0.2 s from site1 to site2's tunnel address.
+- ping RTT: median of ``--pings`` (50) pings at 0.2 s from site1 to site2's tunnel address.
 - CPU s/GB: utime+stime (``/proc/PID/stat``) of the tunnel processes at both ends (plus the
   rendezvous when relayed) over all iperf3 runs, divided by the GB (10^9 bytes) received.
 - connect: from starting the second node (``p2ptun up``, or wireguard-go and its ``wg set``
@@ -50,7 +50,7 @@ Columns (each tunnel row):
   summed over its threads, in the last ``--wake-window`` (10) s of ``--idle`` (60) s with no
   traffic after connecting; mean of the two daemons, each with one peer (so per peer, too).
 - RSS: ``VmRSS`` of each daemon at the end of that idle period (before any bulk traffic);
-  mean of the two.
+  mean of the two. The rendezvous' wake-ups in the same window go to the notes.
 
 Ratios against wireguard-go and the raw link follow in extra rows. Everything runs inside the
 lab's namespaces; every process is started with :meth:`NatLab.popen` and stopped by PID; the lab
@@ -111,7 +111,7 @@ class Options:
 
     iperf_seconds: float = 10.0
     runs: int = 3
-    pings: int = 20
+    pings: int = 50
     ping_interval: float = 0.2
     idle: float = 60.0
     wake_window: float = 10.0
@@ -193,7 +193,6 @@ def wakeups_per_second(pids: Sequence[int], window: float) -> list[float]:
 # ---------------------------------------------------------------------------- ping
 
 _REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from .*icmp_seq=(\d+) .*time=([\d.]+) ms")
-_RTT_SUMMARY = re.compile(r"= [\d.]+/([\d.]+)/[\d.]+/[\d.]+ ms")
 
 
 def parse_reply(line: str) -> tuple[float, int, float] | None:
@@ -222,14 +221,21 @@ def first_reply(stream: IO[str], deadline: float, sent_after: float = 0.0) -> fl
     return None
 
 
-def average_rtt_ms(lab: NatLab, host: str, dst: str, count: int, interval: float) -> float:
-    """Average RTT in ms of ``count`` pings at ``interval`` from ``host`` to ``dst``."""
-    argv = ["ping", "-n", "-q", "-c", str(count), "-i", str(interval), "-W", "2", dst]
+_RTT = re.compile(r"time=([\d.]+) ms")
+
+
+def median_rtt_ms(lab: NatLab, host: str, dst: str, count: int, interval: float) -> float:
+    """Median RTT in ms of ``count`` pings at ``interval`` from ``host`` to ``dst``.
+
+    The median, not ping's mean: on a shared VM one echo in twenty or so takes a few ms
+    longer (a descheduled vCPU), which moves a mean of 20 by 0.2 ms and says nothing about
+    the tunnel. Every row is measured the same way."""
+    argv = ["ping", "-n", "-c", str(count), "-i", str(interval), "-W", "2", dst]
     proc = lab.exec(host, *argv, timeout=count * interval + 30)
-    m = _RTT_SUMMARY.search(proc.stdout)
-    if m is None:
+    rtts = [float(m.group(1)) for m in _RTT.finditer(proc.stdout)]
+    if not rtts:
         raise BenchError(f"ping {dst} from {host} failed: {proc.stdout.strip()[-200:]}")
-    return float(m.group(1))
+    return statistics.median(rtts)
 
 
 # ---------------------------------------------------------------------------- a lab per row
@@ -355,7 +361,7 @@ def bench_raw(bench: Bench) -> Result:
     lab.reset_counters()
     bench.throughput("site2", site2.host_addr, dst, [], result)
     bench.check_path(_received_bytes(result, bench.opts), relayed=False)
-    result.rtt_ms = average_rtt_ms(lab, "site1", dst, bench.opts.pings, bench.opts.ping_interval)
+    result.rtt_ms = median_rtt_ms(lab, "site1", dst, bench.opts.pings, bench.opts.ping_interval)
     result.notes.append(f"site1 -> {dst} (nat2, forwarded to site2)")
     return result
 
@@ -395,6 +401,10 @@ class Tunnel:
     def daemon_pids(self) -> list[int]:
         """The two tunnel daemons (site1's, site2's)."""
         raise NotImplementedError
+
+    def server_pids(self) -> list[int]:
+        """Servers the tunnel needs while idle (a rendezvous), for the notes' wake-ups."""
+        return []
 
     def cpu_pids(self) -> list[int]:
         """Every process that carries the data: the daemons, and a relay if there is one."""
@@ -442,8 +452,11 @@ def _measure(tunnel: Tunnel, opts: Options) -> Result:
     window = min(opts.wake_window, opts.idle)
     bench.say(f"idle {opts.idle:g} s (wake-ups counted over the last {window:g} s)")
     time.sleep(max(0.0, opts.idle - window))
-    rates = wakeups_per_second(pids, window)
+    servers = tunnel.server_pids()
+    rates = wakeups_per_second(pids + servers, window)
+    rates, server_rates = rates[: len(pids)], rates[len(pids) :]
     result.wakeups_per_s = statistics.mean(rates)
+    result.notes.extend(f"rendezvous at idle: {r:.1f} wake-ups/s" for r in server_rates)
     result.rss_mib = statistics.mean(rss_mib(pid) for pid in pids)
     bench.say(
         "wake-ups/s " + ", ".join(f"{r:.1f}" for r in rates) + f"; RSS {result.rss_mib:.1f} MiB"
@@ -454,7 +467,7 @@ def _measure(tunnel: Tunnel, opts: Options) -> Result:
     bench.throughput("site2", tunnel.peer_ip, tunnel.peer_ip, tunnel.cpu_pids(), result)
     bench.check_path(_received_bytes(result, opts), relayed=tunnel.relayed)
 
-    result.rtt_ms = average_rtt_ms(lab, "site1", tunnel.peer_ip, opts.pings, opts.ping_interval)
+    result.rtt_ms = median_rtt_ms(lab, "site1", tunnel.peer_ip, opts.pings, opts.ping_interval)
     bench.say(f"ping: {result.rtt_ms:.3f} ms")
 
     # recovery after site1's host is renumbered
@@ -627,6 +640,9 @@ class P2ptunTunnel(Tunnel):
 
     def daemon_pids(self) -> list[int]:
         return [n.proc.pid for n in self.nodes if n.proc is not None]
+
+    def server_pids(self) -> list[int]:
+        return [] if self.rendezvous is None else [self.rendezvous.pid]
 
     def cpu_pids(self) -> list[int]:
         pids = self.daemon_pids()
@@ -909,7 +925,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, argparse.Nam
     )
     parser.add_argument("--iperf-seconds", type=float, help="length of each iperf3 run (10)")
     parser.add_argument("--runs", type=int, help="iperf3 runs per row, median shown (3)")
-    parser.add_argument("--pings", type=int, help="pings for the RTT average (20)")
+    parser.add_argument("--pings", type=int, help="pings for the median RTT (50)")
     parser.add_argument("--idle", type=float, help="idle seconds before wake-ups and RSS (60)")
     parser.add_argument("--wake-window", type=float, help="seconds wake-ups are counted (10)")
     parser.add_argument(
