@@ -79,6 +79,17 @@ Behaviour, with the RFC sections implemented
   Frozen or Waiting higher pairs (not checked yet: pacing, many candidates) are waited for
   up to ``nomination_delay``. The controlled agent selects the highest-priority nominated
   valid pair. After selection, Waiting/Frozen pairs are dropped (§8.1.2), except as below.
+- Ceasing checks (§8.1.2): once a direct (non-relayed) pair is selected, both roles abandon
+  the checks in flight on every other pair, of lower and of higher priority alike (the RFC
+  lets the agent decide for the higher ones): their transactions stop without an outcome, so
+  nothing is retransmitted and no timer is armed for them, and the pairs count as Failed.
+  Typically these are the checks towards the other site's private address that the
+  nomination hold gave up on; left alone they would be retransmitted until the RFC 8489
+  timeout, some 40 s after connecting. A late response is then an unknown one and is
+  ignored. Checks on pairs being nominated (or nominated by the peer and not yet valid) are
+  kept, and a peer's check on an abandoned pair triggers a new check as usual (§7.3.1.4).
+  Consent checks on the selected pair are separate and unaffected. A relayed selection
+  keeps its checks running (next item).
 - Better paths after relaying (design, p2ptun-specific): while the selected pair is relayed,
   non-relayed pairs are kept; their checks run to completion and failed ones are put back to
   Waiting ``direct_retry_interval`` seconds after selection, then at doubling intervals (up to
@@ -384,6 +395,8 @@ class IceStats:
     requests: int = 0
     responses_sent: int = 0
     checks_sent: int = 0
+    #: Checks in flight abandoned because a direct pair was selected (§8.1.2).
+    checks_ceased: int = 0
     consent_checks_sent: int = 0
     unknown_responses: int = 0
     invalid_responses: int = 0
@@ -1411,9 +1424,28 @@ class IceAgent:
                 gen.probe_rounds = self.config.direct_retry_rounds
                 gen.next_probe = now + self.config.direct_retry_interval
         else:
-            gen.checklist.remove_pending(keep={p for p in gen.checklist.pairs if p.use_candidate})
+            keep = {p for p in gen.checklist.pairs if p.use_candidate or p.nominate_on_success}
+            gen.checklist.remove_pending(keep=keep)
+            self._cease_checks(gen, keep | {pair})
             gen.next_probe = None
         self._refresh_state(now)
+
+    def _cease_checks(self, gen: _Generation, keep: set[CheckPair]) -> None:
+        """A direct pair is selected: abandon the checks in flight on every other pair
+        (§8.1.2, module docstring). Their transactions are dropped without an outcome, so
+        nothing retransmits or wakes up for them and a late response is an unknown one;
+        an abandoned In-Progress pair counts as Failed."""
+        for tx in list(self._checks):
+            ctx = tx.context
+            if ctx is None or ctx.generation != gen.number or ctx.pair in keep:
+                continue
+            self._checks.cancel(tx.transaction_id)
+            pair = ctx.pair
+            if pair.transaction_id == tx.transaction_id:
+                pair.transaction_id = None
+                if pair.state is PairState.IN_PROGRESS:
+                    pair.state = PairState.FAILED
+            self.stats.checks_ceased += 1
 
     def _report_better(self, gen: _Generation, pair: CheckPair) -> None:
         sel = self._selection
