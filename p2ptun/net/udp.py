@@ -109,11 +109,14 @@ class PacketKind(enum.IntEnum):
 def classify(data: bytes | bytearray | memoryview) -> PacketKind:
     """Classify one datagram by its first bytes.
 
+    - WireGuard transport data: first byte 4, bytes 1–3 zero. Tested first: it is the bulk of
+      the traffic, and no STUN message starts with 4.
+    - TURN ChannelData: first byte 0x40–0x4F and at least the 4-byte ChannelData header (the
+      bulk of a relayed path; no STUN message starts so either).
     - STUN: first byte 0–3, bytes 4–8 the magic cookie 0x2112A442, and at least the 20-byte
-      STUN header. Checked first: a WireGuard type byte 1–3 can look like a STUN type, the
-      cookie is the stronger signal.
-    - TURN ChannelData: first byte 0x40–0x4F and at least the 4-byte ChannelData header.
-    - WireGuard: first byte 1–4 and bytes 1–3 zero.
+      STUN header. Tested before the other WireGuard types: a type byte 1–3 can look like a
+      STUN type, the cookie is the stronger signal.
+    - WireGuard handshake: first byte 1–3 and bytes 1–3 zero.
     - OTHER: everything else, including the empty datagram.
 
     Only the kind is decided here; each protocol's decoder validates the rest.
@@ -122,17 +125,19 @@ def classify(data: bytes | bytearray | memoryview) -> PacketKind:
     if n < WIREGUARD_MIN_LEN:  # also the smallest length any kind needs
         return PacketKind.OTHER
     first = data[0]
-    if first <= 3 and n >= STUN_HEADER_LEN and data[4:8] == STUN_MAGIC_COOKIE:
-        return PacketKind.STUN
+    if first == 4:
+        if data[1] or data[2] or data[3]:
+            return PacketKind.OTHER
+        return PacketKind.WIREGUARD
     if 0x40 <= first <= 0x4F:
         # n >= 4 == CHANNEL_DATA_HEADER_LEN holds here.
         return PacketKind.CHANNEL_DATA
-    if 1 <= first <= 4 and data[1] == 0 and data[2] == 0 and data[3] == 0:
+    if first <= 3 and n >= STUN_HEADER_LEN and data[4:8] == STUN_MAGIC_COOKIE:
+        return PacketKind.STUN
+    if 1 <= first <= 3 and data[1] == 0 and data[2] == 0 and data[3] == 0:
         return PacketKind.WIREGUARD
     return PacketKind.OTHER
 
-
-_WIREGUARD = int(PacketKind.WIREGUARD)
 
 Handler = Callable[[memoryview, Address], None]
 """``handler(data, addr)``: one received datagram of one kind and its source address."""
@@ -462,36 +467,17 @@ class UdpEndpoint:
     def _dispatch(self, data: memoryview, addr: Address) -> None:
         """Classify one datagram and hand it to its handler (or count the drop)."""
         counters = self.counters
-        n = len(data)
-        counters.rx_bytes += n
-        # WireGuard transport data (type 4, three zero bytes) first: it is the bulk of the
-        # traffic, and classify() would say the same (a STUN first byte is 0-3).
-        if n >= WIREGUARD_MIN_LEN and data[0] == 4 and not (data[1] or data[2] or data[3]):
+        counters.rx_bytes += len(data)
+        kind = classify(data)
+        if kind is PacketKind.WIREGUARD:
             counters.rx_wireguard += 1
-            wireguard = self._handlers[_WIREGUARD]
-            if wireguard is None:
-                counters.rx_unhandled += 1
-                return
-            try:
-                wireguard(data, addr)
-            except DecodeError:
-                counters.rx_malformed += 1
-            return
-        if n >= CHANNEL_DATA_HEADER_LEN and 0x40 <= data[0] <= 0x4F:
-            # TURN ChannelData, the bulk of a relayed path (classify() agrees: no STUN).
+        elif kind is PacketKind.CHANNEL_DATA:
             counters.rx_channel_data += 1
-            kind = PacketKind.CHANNEL_DATA
+        elif kind is PacketKind.STUN:
+            counters.rx_stun += 1
         else:
-            kind = classify(data)
-            if kind == PacketKind.STUN:
-                counters.rx_stun += 1
-            elif kind == PacketKind.WIREGUARD:
-                counters.rx_wireguard += 1
-            elif kind == PacketKind.CHANNEL_DATA:  # pragma: no cover - taken above
-                counters.rx_channel_data += 1
-            else:
-                counters.rx_other += 1
-                return
+            counters.rx_other += 1
+            return
         handler = self._handlers[kind]
         if handler is None:
             counters.rx_unhandled += 1
