@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import trio
@@ -88,27 +88,8 @@ async def test_relay_round_trip_and_refresh_zero_closes_the_relay(
     peer = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     await peer.bind((HOST, 0))
     peer_addr = peer.getsockname()
-    key = long_term_key("alice", REALM, "pw")
-
-    challenge = await udp_exchange(
-        client,
-        Message.request(Method.ALLOCATE, b"1" * 12, [(AttrType.REQUESTED_TRANSPORT, 17)]).encode(),
-        server,
-    )
-    assert challenge.error_code is not None and challenge.error_code.code == 401
-    nonce = challenge.nonce
-
-    def signed(method: int, tid: bytes, attrs: list[tuple[int, object]]) -> bytes:
-        msg = Message.request(method, tid, attrs)
-        msg.add(AttrType.USERNAME, "alice").add(AttrType.REALM, REALM).add(AttrType.NONCE, nonce)
-        return msg.encode(key)
-
-    alloc = await udp_exchange(
-        client, signed(Method.ALLOCATE, b"2" * 12, [(AttrType.REQUESTED_TRANSPORT, 17)]), server
-    )
-    assert alloc.message_class == MessageClass.SUCCESS, alloc
-    relay = alloc.xor_relayed_address
-    assert relay is not None and relay[0] == HOST
+    signed, relay = await _allocate(client, server)
+    assert relay[0] == HOST
     perm = await udp_exchange(
         client,
         signed(Method.CREATE_PERMISSION, b"3" * 12, [(AttrType.XOR_PEER_ADDRESS, peer_addr)]),
@@ -208,16 +189,22 @@ async def test_bind_conflict_is_one_clear_runtime_failure() -> None:
             await StunTurnService.bind(StunServerSettings(((HOST, port),)), None)
 
 
-async def _allocate_with_channel(
-    client: trio.socket.SocketType, server: tuple[str, int], peer_addr: tuple[str, int]
-) -> tuple[str, int]:
-    """Allocate for ``client`` and bind channel 0x4001 to ``peer_addr``; the relayed address."""
+Signer = Callable[[int, bytes, list[tuple[int, object]]], bytes]
+"""Encodes a request signed with alice's long-term credentials and the server's nonce."""
+
+
+async def _allocate(
+    client: trio.socket.SocketType, server: tuple[str, int]
+) -> tuple[Signer, tuple[str, int]]:
+    """Allocate for ``client`` as alice (the 401 challenge, then the signed request): a signer
+    for further requests and the relayed address."""
     key = long_term_key("alice", REALM, "pw")
     challenge = await udp_exchange(
         client,
         Message.request(Method.ALLOCATE, b"1" * 12, [(AttrType.REQUESTED_TRANSPORT, 17)]).encode(),
         server,
     )
+    assert challenge.error_code is not None and challenge.error_code.code == 401
     nonce = challenge.nonce
 
     def signed(method: int, tid: bytes, attrs: list[tuple[int, object]]) -> bytes:
@@ -229,6 +216,16 @@ async def _allocate_with_channel(
         client, signed(Method.ALLOCATE, b"2" * 12, [(AttrType.REQUESTED_TRANSPORT, 17)]), server
     )
     assert alloc.message_class == MessageClass.SUCCESS, alloc
+    relay = alloc.xor_relayed_address
+    assert relay is not None
+    return signed, relay
+
+
+async def _allocate_with_channel(
+    client: trio.socket.SocketType, server: tuple[str, int], peer_addr: tuple[str, int]
+) -> tuple[str, int]:
+    """Allocate for ``client`` and bind channel 0x4001 to ``peer_addr``; the relayed address."""
+    signed, relay = await _allocate(client, server)
     bound = await udp_exchange(
         client,
         signed(
@@ -239,8 +236,6 @@ async def _allocate_with_channel(
         server,
     )
     assert bound.message_class == MessageClass.SUCCESS, bound
-    relay = alloc.xor_relayed_address
-    assert relay is not None
     return relay
 
 
