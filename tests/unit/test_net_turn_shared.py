@@ -293,6 +293,29 @@ async def test_udp_send_batch_without_a_channel_uses_send_indications(
     peer.close()
 
 
+async def send_split_by_kind(
+    peer: trio.socket.SocketType,
+    relay: TurnRelay,
+    packets: list[bytes],
+    tag: bytes,
+    fast: list[bytes],
+    slow: list[bytes],
+) -> bytes:
+    """Send ``packets`` from ``peer`` to the relay with a STUN Binding request (an ICE consent
+    check) in the middle; the WireGuard packets must reach the fast receiver (``fast``), in
+    order, and only the check (returned) the relay's on_data (``slow``)."""
+    check = Message.request(Method.BINDING, tag * 12).encode()
+    half = len(packets) // 2
+    for packet in [*packets[:half], check, *packets[half:]]:
+        await peer.sendto(packet, relay.relayed)
+    with trio.fail_after(5):
+        while len(fast) < len(packets) or not slow:
+            await trio.sleep(0.01)
+    assert fast == packets and slow == [check]
+    assert relay.counters.rx_fast == len(packets)
+    return check
+
+
 async def test_fast_receiver_takes_wireguard_of_its_channel(
     nursery: trio.Nursery, server: int, mux: UdpMux
 ) -> None:
@@ -307,14 +330,7 @@ async def test_fast_receiver_takes_wireguard_of_its_channel(
     )
     relay.set_fast_receiver(peer.getsockname(), lambda view: fast.append(bytes(view)))
     packets = [wireguard(i, 148 if i == 0 else 96) for i in range(20)]
-    check = Message.request(Method.BINDING, b"c" * 12).encode()
-    for packet in [*packets[:10], check, *packets[10:]]:
-        await peer.sendto(packet, relay.relayed)
-    with trio.fail_after(5):
-        while len(fast) < len(packets) or not slow:
-            await trio.sleep(0.01)
-    assert fast == packets and slow == [check]
-    assert relay.counters.rx_fast == len(packets)
+    check = await send_split_by_kind(peer, relay, packets, b"c", fast, slow)
     number = relay.client.channel(peer.getsockname())
     assert number is not None
     head = number[0].to_bytes(2, "big")
@@ -376,14 +392,7 @@ async def test_stream_send_batch_pads_and_fast_receiver_takes_frames(
     # Back over the stream: padded frames cut from it, WireGuard to the fast receiver.
     relay.set_fast_receiver(peer.getsockname(), lambda view: fast.append(bytes(view)))
     packets = [wireguard(i, 93 + i) for i in range(8)]
-    check = Message.request(Method.BINDING, b"s" * 12).encode()
-    for packet in [*packets[:4], check, *packets[4:]]:
-        await peer.sendto(packet, relay.relayed)
-    with trio.fail_after(5):
-        while len(fast) < len(packets) or not slow:
-            await trio.sleep(0.01)
-    assert fast == packets and slow == [check]
-    assert relay.counters.rx_fast == len(packets)
+    await send_split_by_kind(peer, relay, packets, b"s", fast, slow)
     relay.close()
     peer.close()
     scope.cancel()
