@@ -510,7 +510,7 @@ class UdpEndpoint:
         """Send ``datagrams`` (in order) to ``addr``; returns how many were sent.
 
         With GSO, each run of equal-size datagrams goes out in one ``sendmsg``
-        (:func:`send_datagrams`); without, one ``sendto`` each.
+        (:func:`send_datagrams`); without, one ``sendmsg`` each.
         """
         return send_datagrams(self._sock, datagrams, addr, self.counters, gso=self.gso)
 
@@ -521,58 +521,11 @@ class UdpEndpoint:
         addr: Address,
     ) -> int:
         """Send ``prefixes[i] + datagrams[i]`` for each ``i`` (in order) to ``addr`` without
-        joining them (a TURN ChannelData header before a payload); returns how many were sent.
-
-        The parts go as the iovec of ``sendmsg``. With GSO each run of equal total size (the
-        last of a run may be shorter) is one ``UDP_SEGMENT`` send whose iovec alternates
-        prefix and datagram; a kernel that refuses it gets the run one datagram at a time, as
-        in :func:`send_datagrams`. Drops are counted.
-        """
-        sock = self._sock
-        counters = self.counters
-        count = len(datagrams)
-        sendmsg = sock.sendmsg
-        gso = self.gso
-        sent = 0
-        i = 0
-        while i < count:
-            size = len(prefixes[i]) + len(datagrams[i])
-            j = i + 1
-            if gso:
-                limit = min(UDP_MAX_SEGMENTS, max(1, MAX_GSO_BYTES // max(size, 1)))
-                while j < count and j - i < limit:
-                    n = len(prefixes[j]) + len(datagrams[j])
-                    if n > size:
-                        break
-                    j += 1
-                    if n < size:
-                        break
-            parts: list[bytes | bytearray | memoryview] = []
-            for k in range(i, j):
-                parts.append(prefixes[k])
-                parts.append(datagrams[k])
-            try:
-                if j - i == 1:
-                    nbytes = sendmsg(parts, (), 0, addr)
-                else:
-                    cmsg = [(SOL_UDP, UDP_SEGMENT, _GSO_SIZE.pack(size))]
-                    nbytes = sendmsg(parts, cmsg, 0, addr)
-            except OSError as exc:
-                if j - i > 1 and exc.errno in (errno.EINVAL, errno.EIO, errno.EMSGSIZE):
-                    for k in range(i, j):
-                        sent += self.send_batch_prefixed((prefixes[k],), (datagrams[k],), addr)
-                elif exc.errno in _SEND_DROP_ERRNOS or isinstance(exc, socket.gaierror):
-                    counters.tx_dropped += j - i
-                else:
-                    raise RuntimeFailure(f"UDP send failed: {exc.strerror}") from None
-            else:
-                counters.tx_packets += j - i
-                counters.tx_bytes += nbytes
-                if j - i > 1:
-                    counters.tx_gso_sends += 1
-                sent += j - i
-            i = j
-        return sent
+        joining them (a TURN ChannelData header before a payload): :func:`send_datagrams`
+        with the parts as the iovec. Returns how many were sent."""
+        return send_datagrams(
+            self._sock, datagrams, addr, self.counters, gso=self.gso, prefixes=prefixes
+        )
 
     def send_many(self, datagrams: Iterable[tuple[bytes | bytearray | memoryview, Address]]) -> int:
         """Send each ``(data, addr)``; returns how many were sent."""
@@ -600,21 +553,6 @@ class UdpEndpoint:
         return True
 
 
-def _send_one(
-    sock: socket.socket, data: bytes | bytearray | memoryview, addr: Address, counters: UdpCounters
-) -> bool:
-    try:
-        n = sock.sendto(data, addr)
-    except OSError as exc:
-        if exc.errno in _SEND_DROP_ERRNOS or isinstance(exc, socket.gaierror):
-            counters.tx_dropped += 1
-            return False
-        raise RuntimeFailure(f"UDP send failed: {exc.strerror}") from None
-    counters.tx_packets += 1
-    counters.tx_bytes += n
-    return True
-
-
 def send_datagrams(
     sock: socket.socket,
     datagrams: Sequence[bytes | bytearray | memoryview],
@@ -622,56 +560,90 @@ def send_datagrams(
     counters: UdpCounters,
     *,
     gso: bool,
+    prefixes: Sequence[bytes] | None = None,
 ) -> int:
     """Send ``datagrams`` (in order) to ``addr`` from ``sock``; returns how many were sent.
 
-    With ``gso``, each run of equal-size datagrams (the last of a run may be shorter) goes
-    out in one ``sendmsg`` with ``UDP_SEGMENT``, its parts as the iovec (no copy). A kernel
-    that refuses a GSO send (``EINVAL``/``EIO``: a datagram above the route's MTU, a device
-    without checksum offload) gets that run one datagram at a time. Drops are counted.
+    With ``prefixes``, datagram ``i`` is ``prefixes[i] + datagrams[i]``, sent without joining
+    them (both go into the iovec). With ``gso``, each run of equal-size datagrams (the last of
+    a run may be shorter) goes out in one ``sendmsg`` with ``UDP_SEGMENT``, its parts as the
+    iovec (no copy). A kernel that refuses a GSO send (``EINVAL``/``EIO``: a datagram above
+    the route's MTU, a device without checksum offload) gets that run one datagram at a time.
+    Drops are counted.
     """
     count = len(datagrams)
-    if count == 1 or not gso:
-        sent = 0
-        for data in datagrams:
-            sent += _send_one(sock, data, addr, counters)
-        return sent
-    sendmsg = sock.sendmsg
+    if prefixes is None:
+        sizes = [len(d) for d in datagrams]
+    else:
+        sizes = [len(p) + len(d) for p, d in zip(prefixes, datagrams, strict=True)]
     sent = 0
     i = 0
     while i < count:
-        size = len(datagrams[i])
-        limit = min(UDP_MAX_SEGMENTS, max(1, MAX_GSO_BYTES // max(size, 1)))
+        size = sizes[i]
         j = i + 1
-        while j < count and j - i < limit:
-            n = len(datagrams[j])
-            if n > size:
-                break
-            j += 1
-            if n < size:
-                break
-        if j - i == 1:
-            sent += _send_one(sock, datagrams[i], addr, counters)
-            i = j
-            continue
-        run = datagrams[i:j]
-        try:
-            nbytes = sendmsg(run, [(SOL_UDP, UDP_SEGMENT, _GSO_SIZE.pack(size))], 0, addr)
-        except OSError as exc:
-            if exc.errno in (errno.EINVAL, errno.EIO, errno.EMSGSIZE):
-                for data in run:
-                    sent += _send_one(sock, data, addr, counters)
-            elif exc.errno in _SEND_DROP_ERRNOS or isinstance(exc, socket.gaierror):
-                counters.tx_dropped += j - i
-            else:
-                raise RuntimeFailure(f"UDP send failed: {exc.strerror}") from None
+        if gso:
+            limit = min(UDP_MAX_SEGMENTS, max(1, MAX_GSO_BYTES // max(size, 1)))
+            while j < count and j - i < limit:
+                n = sizes[j]
+                if n > size:
+                    break
+                j += 1
+                if n < size:
+                    break
+        done = _send_run(sock, _iovec(datagrams, prefixes, i, j), size, j - i, addr, counters)
+        if done is None:  # the kernel refused GSO for this run: one datagram at a time
+            for k in range(i, j):
+                one = _iovec(datagrams, prefixes, k, k + 1)
+                sent += _send_run(sock, one, sizes[k], 1, addr, counters) or 0
         else:
-            counters.tx_packets += j - i
-            counters.tx_bytes += nbytes
-            counters.tx_gso_sends += 1
-            sent += j - i
+            sent += done
         i = j
     return sent
+
+
+def _iovec(
+    datagrams: Sequence[bytes | bytearray | memoryview],
+    prefixes: Sequence[bytes] | None,
+    start: int,
+    end: int,
+) -> Sequence[bytes | bytearray | memoryview]:
+    """The ``sendmsg`` parts of datagrams ``start`` to ``end`` (prefix, datagram, ...)."""
+    if prefixes is None:
+        return datagrams[start:end]
+    parts: list[bytes | bytearray | memoryview] = []
+    for k in range(start, end):
+        parts.append(prefixes[k])
+        parts.append(datagrams[k])
+    return parts
+
+
+def _send_run(
+    sock: socket.socket,
+    parts: Sequence[bytes | bytearray | memoryview],
+    size: int,
+    count: int,
+    addr: Address,
+    counters: UdpCounters,
+) -> int | None:
+    """One ``sendmsg`` of ``count`` datagrams of ``size`` bytes (GSO when more than one);
+    how many were sent, or None when the kernel refused the GSO send."""
+    try:
+        if count == 1:
+            nbytes = sock.sendmsg(parts, (), 0, addr)
+        else:
+            nbytes = sock.sendmsg(parts, [(SOL_UDP, UDP_SEGMENT, _GSO_SIZE.pack(size))], 0, addr)
+    except OSError as exc:
+        if count > 1 and exc.errno in (errno.EINVAL, errno.EIO, errno.EMSGSIZE):
+            return None
+        if exc.errno in _SEND_DROP_ERRNOS or isinstance(exc, socket.gaierror):
+            counters.tx_dropped += count
+            return 0
+        raise RuntimeFailure(f"UDP send failed: {exc.strerror}") from None
+    counters.tx_packets += count
+    counters.tx_bytes += nbytes
+    if count > 1:
+        counters.tx_gso_sends += 1
+    return count
 
 
 def recv_segments(sock: socket.socket, view: memoryview, *, gro: bool) -> tuple[int, int, Address]:

@@ -3,12 +3,13 @@ survive both, with the offloads on and forced off (``P2PTUN_OFFLOAD=off``)."""
 
 from __future__ import annotations
 
+import errno
 import socket
 
 import pytest
 
 from p2ptun.addr import Address
-from p2ptun.net.udp import PacketKind, UdpEndpoint
+from p2ptun.net.udp import PacketKind, UdpCounters, UdpEndpoint, send_datagrams
 
 
 def wg_datagram(i: int, size: int) -> bytes:
@@ -91,3 +92,38 @@ def test_classify_each_gro_segment() -> None:
             rx.drain()
         assert kinds == [PacketKind.WIREGUARD] * 2
         assert rx.counters.rx_other == 1
+
+
+class _RefusesGso:
+    """A socket stand-in whose kernel refuses every GSO send (as for a datagram above the
+    route's MTU): the only way to reach that branch on loopback."""
+
+    def __init__(self) -> None:
+        self.sends: list[tuple[bytes, bool]] = []
+
+    def sendmsg(self, parts: list[bytes], cmsgs: object, flags: int, addr: Address) -> int:
+        if cmsgs:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        data = b"".join(parts)
+        self.sends.append((data, bool(cmsgs)))
+        return len(data)
+
+
+@pytest.mark.parametrize("prefixed", [False, True])
+def test_gso_refused_run_goes_datagram_by_datagram(prefixed: bool) -> None:
+    payloads = [bytes([i]) * 100 for i in range(5)] + [b"short"]
+    prefixes = [b"\x40\x01" + len(p).to_bytes(2, "big") for p in payloads] if prefixed else None
+    sock = _RefusesGso()
+    counters = UdpCounters()
+    sent = send_datagrams(
+        sock,  # type: ignore[arg-type]
+        payloads,
+        ("127.0.0.1", 9),
+        counters,
+        gso=True,
+        prefixes=prefixes,
+    )
+    expected = [h + p for h, p in zip(prefixes or [b""] * 6, payloads, strict=True)]
+    assert sent == 6 and [d for d, _ in sock.sends] == expected
+    assert counters.tx_packets == 6 and counters.tx_gso_sends == 0
+    assert counters.tx_bytes == sum(map(len, expected))
