@@ -70,7 +70,7 @@ from p2ptun.node.clockwatch import SuspendDetector
 from p2ptun.node.mss import mss_for_mtu
 from p2ptun.node.peer import PeerSession
 from p2ptun.node.sdnotify import Notifier
-from p2ptun.node.wgtunnel import WgTunnel
+from p2ptun.node.wgtunnel import WgTunnel, relay_source
 from p2ptun.signal.client import (
     Disconnected,
     PresenceChanged,
@@ -476,7 +476,7 @@ class NodeDaemon:
     def _relayed_wireguard(self, data: bytes, peer: Address) -> None:
         # A UDP relay's data arrives inside the endpoint's batch (flushed at its end), a
         # stream relay's is flushed after each chunk (after_relay_batch).
-        self.tunnel.receive_datagram(data, b"relay " + format_address(peer).encode())
+        self.tunnel.receive_datagram(data, relay_source(peer))
 
     # -- peers ----------------------------------------------------------------------------
 

@@ -85,7 +85,7 @@ from p2ptun.net.ice_transport import (
     SessionEvent,
 )
 from p2ptun.net.turn_shared import TurnRelay
-from p2ptun.node.wgtunnel import WgTunnel
+from p2ptun.node.wgtunnel import WgTunnel, relay_source
 from p2ptun.signal.client import SignalReceived
 from p2ptun.signal.client_io import SignalingClient
 from p2ptun.signal.negotiation import NegotiationState
@@ -642,7 +642,7 @@ class PeerSession:
             self._fast_path = None
         if relay is None or remote is None:
             return
-        source = b"relay " + format_address(remote).encode()
+        source = relay_source(remote)
         relay.set_fast_receiver(remote, partial(self.ctx.tunnel.receive_datagram, source=source))
         self._fast_path = (relay, remote)
 

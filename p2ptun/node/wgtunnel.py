@@ -70,7 +70,7 @@ from typing import Any
 import trio
 
 from p2ptun import log as logging_setup
-from p2ptun.addr import Address, is_ip, parse_host_port
+from p2ptun.addr import Address, format_address, is_ip, parse_host_port
 from p2ptun.errors import ConfigError, P2ptunError, UsageError
 from p2ptun.keys import decode_key, encode_key
 from p2ptun.log import get_logger
@@ -348,6 +348,12 @@ def _routes_needed(spec: TunnelSpec) -> list[str]:
 
 def _short(key: bytes) -> str:
     return encode_key(key)[:8]
+
+
+def relay_source(peer: Address) -> bytes:
+    """How a datagram relayed from ``peer`` names its path for :meth:`WgTunnel.receive_datagram`
+    (the cookie logic keys on it): the same for every way relayed data reaches the tunnel."""
+    return b"relay " + format_address(peer).encode()
 
 
 Sender = Callable[[list[bytes]], object]
@@ -637,7 +643,9 @@ class WgTunnel:
         if peer is not None:
             self._touched[peer] = None
             if self.learn_endpoints and self._peer_endpoints.get(peer) is None:
-                log.info("endpoint learned", peer=_short(peer.public_key), endpoint=_fmt(addr))
+                log.info(
+                    "endpoint learned", peer=_short(peer.public_key), endpoint=format_address(addr)
+                )
                 self._peer_endpoints[peer] = addr
 
     def receive_datagram(self, data: bytes | bytearray | memoryview, source: bytes) -> None:
@@ -789,7 +797,7 @@ class WgTunnel:
             peers.append(
                 {
                     "public_key": encode_key(peer.public_key),
-                    "endpoint": None if endpoint is None else _fmt(endpoint),
+                    "endpoint": None if endpoint is None else format_address(endpoint),
                     "has_session": peer.has_session(now),
                     "last_handshake_age": None if last is None else round(now - last, 3),
                     "rx_bytes": peer.rx_bytes,
@@ -828,10 +836,6 @@ def _maybe_syn(packet: bytes | bytearray | memoryview) -> bool:
 def _lazy_buffer(size: int) -> memoryview:
     """A zeroed, writable buffer whose pages become resident only once written to."""
     return memoryview(mmap.mmap(-1, size))
-
-
-def _fmt(addr: Address) -> str:
-    return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
 
 
 # -- running as a process ----------------------------------------------------------------------
