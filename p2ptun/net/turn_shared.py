@@ -60,7 +60,6 @@ import ipaddress
 import math
 import os
 import socket
-import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from functools import partial
@@ -73,6 +72,7 @@ from p2ptun.config import TurnServerConfig
 from p2ptun.errors import DecodeError, RuntimeFailure
 from p2ptun.log import get_logger
 from p2ptun.net.udp import PacketKind, UdpEndpoint
+from p2ptun.stun import channel_data_end, channel_data_header
 from p2ptun.turn.client import (
     AllocationFailed,
     AllocationLost,
@@ -115,7 +115,6 @@ MAX_FORBIDDEN = 256
 #: Refresh at least this often over UDP: the Refresh keeps the NAT binding towards the server.
 UDP_REFRESH_INTERVAL = 60.0
 _RECV_SIZE = 65536 + 64
-_CHANNEL_HEAD = struct.Struct("!HH")
 _PADDING = (b"", b"\0", b"\0\0", b"\0\0\0")
 
 
@@ -555,7 +554,7 @@ class TurnRelay:
             if head is None:
                 if len(headers) >= 256:
                     headers.clear()
-                head = headers[size] = _CHANNEL_HEAD.pack(number, size)
+                head = headers[size] = channel_data_header(number, size)
             prefixes.append(head)
         if self._mux is not None:
             return self._mux.send_prefixed(prefixes, datagrams, self.server)
@@ -598,9 +597,8 @@ class TurnRelay:
         receiver = self._fast.get((data[0] << 8) | data[1])
         if receiver is None:
             return False
-        size = len(data)
-        end = 4 + ((data[2] << 8) | data[3])
-        if end > size or size - end > 3:
+        end = channel_data_end(data)
+        if end < 0:
             self.counters.rx_malformed += 1
             return True
         # WireGuard: type 1-4 then three zero bytes (STUN starts 0x00/0x01 0x01-0x3F, not 0).

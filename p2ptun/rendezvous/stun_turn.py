@@ -58,7 +58,13 @@ from p2ptun.net.udp import (
     send_datagrams,
     set_buffers,
 )
-from p2ptun.stun import channel_data_frame_length, handle_binding, message_length
+from p2ptun.stun import (
+    channel_data_end,
+    channel_data_frame_length,
+    channel_data_header,
+    handle_binding,
+    message_length,
+)
 from p2ptun.turn.server import (
     MAX_RELAY_PAYLOAD,
     CloseRelay,
@@ -325,8 +331,8 @@ class StunTurnService:
                     data = view[off : min(off + step, n)]
                     size = len(data)
                     if size >= 4 and 0x40 <= data[0] <= channel_max:
-                        end = 4 + ((data[2] << 8) | data[3])
-                        if end <= size and size - end <= 3:
+                        end = channel_data_end(data)
+                        if end >= 0:
                             key = (client, (data[0] << 8) | data[1])
                             route = routes.get(key)
                             if route is None:
@@ -588,7 +594,7 @@ class StunTurnService:
                     if head is None:
                         if len(heads) >= MAX_CHANNEL_HEADS:
                             heads.clear()
-                        head = heads[base | size] = (base | size).to_bytes(4, "big")
+                        head = heads[base | size] = channel_data_header(route[2], size)
                     prefixes.append(head)
                     payloads.append(view[off:end])
                     relayed += 1

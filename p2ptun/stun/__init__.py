@@ -74,7 +74,9 @@ with ``next_wakeup()``, ``handle_timeout(now) -> bytes | TransactionOutcome | No
 TURN ChannelData (RFC 8656 §12)
 -------------------------------
 ``encode_channel_data(channel, data, pad=False)``, ``decode_channel_data(datagram)`` ->
-``ChannelData(channel, data)``, ``channel_data_frame_length(buffer)`` for streams.
+``ChannelData(channel, data)``, ``channel_data_frame_length(buffer)`` for streams; for relays
+that forward views without copying, ``channel_data_header(channel, length)`` and
+``channel_data_end(datagram)`` (-1 if malformed).
 """
 
 from p2ptun.stun.attributes import (
@@ -87,7 +89,9 @@ from p2ptun.stun.channeldata import (
     CHANNEL_MAX,
     CHANNEL_MIN,
     ChannelData,
+    channel_data_end,
     channel_data_frame_length,
+    channel_data_header,
     decode_channel_data,
     encode_channel_data,
     is_channel_data,
@@ -159,7 +163,9 @@ __all__ = [
     "Transmit",
     "binding_response",
     "binding_success",
+    "channel_data_end",
     "channel_data_frame_length",
+    "channel_data_header",
     "decode",
     "decode_channel_data",
     "encode_channel_data",

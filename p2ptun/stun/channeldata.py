@@ -56,6 +56,22 @@ def encode_channel_data(channel: int, data: bytes, *, pad: bool = False) -> byte
     return head + data
 
 
+def channel_data_header(channel: int, length: int) -> bytes:
+    """The 4-byte header of a ChannelData message (RFC 8656 §12.4), for a caller that sends
+    the header and the data as separate parts instead of joining them."""
+    return _HEAD.pack(channel, length)
+
+
+def channel_data_end(datagram: bytes | bytearray | memoryview) -> int:
+    """Where the application data of a ChannelData message ends (header plus its length
+    field), or -1 if the length field exceeds the message or more than 3 bytes of padding
+    follow: the checks of :func:`decode_channel_data` without copying the data, for relays
+    that forward a view. ``datagram`` holds at least the header (:func:`is_channel_data`)."""
+    end = CHANNEL_DATA_HEADER_LENGTH + ((datagram[2] << 8) | datagram[3])
+    size = len(datagram)
+    return end if end <= size and size - end <= 3 else -1
+
+
 def decode_channel_data(datagram: bytes | bytearray | memoryview) -> ChannelData:
     """Parse one ChannelData message received in a datagram (or one frame cut from a stream with
     :func:`channel_data_frame_length`). Up to 3 bytes of padding after the data are accepted

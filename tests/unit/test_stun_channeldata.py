@@ -9,7 +9,9 @@ from hypothesis import strategies as st
 from p2ptun.stun import (
     ChannelData,
     StunDecodeError,
+    channel_data_end,
     channel_data_frame_length,
+    channel_data_header,
     decode_channel_data,
     encode_channel_data,
     is_channel_data,
@@ -56,3 +58,21 @@ def test_invalid() -> None:
         with pytest.raises(StunDecodeError):
             decode_channel_data(bad)
     assert decode_channel_data(b"\x40\x00\x00\x01a\x00\x00\x00") == (0x4000, b"a")
+
+
+@given(st.integers(0x4000, 0x4FFF), st.binary(max_size=200), st.integers(0, 6), st.integers(-3, 3))
+def test_channel_data_end_agrees_with_the_decoder(
+    channel: int, data: bytes, padding: int, skew: int
+) -> None:
+    """The copy-free check accepts exactly what decode_channel_data accepts, and ends the
+    data where the decoder does; the header helper frames like the encoder."""
+    length = max(0, len(data) + skew)
+    message = channel_data_header(channel, length) + data + bytes(padding)
+    assert channel_data_header(channel, len(data)) + data == encode_channel_data(channel, data)
+    try:
+        decoded = decode_channel_data(message)
+    except StunDecodeError:
+        assert channel_data_end(message) == -1
+    else:
+        end = channel_data_end(message)
+        assert message[4:end] == decoded.data
