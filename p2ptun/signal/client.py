@@ -41,6 +41,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from p2ptun.log import get_logger
+from p2ptun.noise import Rng
 from p2ptun.signal.backoff import Backoff, BackoffPolicy, Random
 from p2ptun.signal.channel import ChannelLimits, NoiseChannel
 from p2ptun.signal.codec import check_name
@@ -71,7 +72,6 @@ from p2ptun.signal.messages import (
 )
 from p2ptun.signal.negotiation import Negotiation, NegotiationState, Role
 from p2ptun.signal.seal import Offer, PeerMessage, Restart, SealPolicy, SignalBox
-from p2ptun.wireguard.noise import Rng
 
 log = get_logger("signal.client")
 

@@ -30,6 +30,7 @@ import trio
 
 from p2ptun.config import NodeConfig
 from p2ptun.log import get_logger
+from p2ptun.noise import Rng
 from p2ptun.signal import keepalive
 from p2ptun.signal.backoff import BackoffPolicy, Random
 from p2ptun.signal.channel import ChannelLimits
@@ -46,7 +47,6 @@ from p2ptun.signal.client import (
 from p2ptun.signal.messages import TurnCredentials
 from p2ptun.signal.seal import PeerMessage, SealPolicy
 from p2ptun.signal.wakeup import Wakeup
-from p2ptun.wireguard.noise import Rng
 
 log = get_logger("signal.client")
 

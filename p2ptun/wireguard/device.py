@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from p2ptun.noise import KEY_LEN, NoiseError, Rng, dh_public
 from p2ptun.wireguard.cookie import CookieChecker, Source
-from p2ptun.wireguard.errors import NoiseError, WireGuardDecodeError
+from p2ptun.wireguard.errors import WireGuardDecodeError
 from p2ptun.wireguard.events import Counters
 from p2ptun.wireguard.handshake import consume_initiation
 from p2ptun.wireguard.messages import (
@@ -29,7 +30,6 @@ from p2ptun.wireguard.messages import (
     Response,
     decode,
 )
-from p2ptun.wireguard.noise import KEY_LEN, Rng, dh_public
 from p2ptun.wireguard.peer import Peer
 from p2ptun.wireguard.routing import AllowedIPs, Network
 from p2ptun.wireguard.timers import TimerConfig

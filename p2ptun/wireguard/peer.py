@@ -42,9 +42,9 @@ from typing import TYPE_CHECKING
 from cryptography.exceptions import InvalidTag
 
 from p2ptun.log import get_logger
+from p2ptun.noise import KEY_LEN, TAG_LEN, HandshakeState, NoiseError
 from p2ptun.wireguard import tai64n
 from p2ptun.wireguard.cookie import CookieGenerator, Source
-from p2ptun.wireguard.errors import NoiseError
 from p2ptun.wireguard.events import Event, HandshakeCompleted, HandshakeFailed, SessionExpired
 from p2ptun.wireguard.handshake import (
     HandshakeStage,
@@ -62,7 +62,6 @@ from p2ptun.wireguard.messages import (
     MessageType,
     Response,
 )
-from p2ptun.wireguard.noise import KEY_LEN, TAG_LEN, HandshakeState
 from p2ptun.wireguard.tai64n import TAI64N_LEN
 from p2ptun.wireguard.timers import TimerConfig
 from p2ptun.wireguard.transport import (
