@@ -5,7 +5,7 @@ WireGuard path.
 (:class:`~p2ptun.net.ice_transport.IceTransport`, which owns the shared sockets' demux, the
 gathering and the TURN relays, the agents' timer and their transmits):
 
-1. **Offer/answer** through the rendezvous (:class:`~p2ptun.signal.client_io.SignalingClient`):
+1. **Offer/answer** through the rendezvous (:class:`~p2ptun.net.signaling.SignalingClient`):
    at start the node offers (ICE-controlling); an offer that arrives is answered
    (ICE-controlled). When both offer at once the signaling core applies the glare rule
    (smaller public key wins, ARCHITECTURE.md §2) and tells the loser which of its sessions
@@ -84,10 +84,10 @@ from p2ptun.net.ice_transport import (
     LocalCandidatesDone,
     SessionEvent,
 )
+from p2ptun.net.signaling import SignalingClient
 from p2ptun.net.turn_shared import TurnRelay
 from p2ptun.node.wgtunnel import WgTunnel, relay_source
 from p2ptun.signal.client import SignalReceived
-from p2ptun.signal.client_io import SignalingClient
 from p2ptun.signal.negotiation import NegotiationState
 from p2ptun.signal.seal import Answer, Bye, Candidates, Offer, Restart
 from p2ptun.wireguard import Peer

@@ -44,6 +44,7 @@ import trio
 from p2ptun.addr import format_address
 from p2ptun.config import RendezvousConfig, TurnServerSettings
 from p2ptun.log import get_logger
+from p2ptun.net.wakeup import Wakeup
 from p2ptun.noise import Rng
 from p2ptun.rendezvous.store import RegistrationStore, SqliteStore
 from p2ptun.signal.channel import ChannelLimits, NoiseChannel
@@ -71,7 +72,6 @@ from p2ptun.signal.messages import (
     decode_message,
     encode_message,
 )
-from p2ptun.signal.wakeup import Wakeup
 from p2ptun.turn.credentials import make_rest_credential
 
 log = get_logger("rendezvous.signaling")

@@ -8,7 +8,7 @@ State machine (:class:`ClientState`)::
     any connected state --(error, silence, refusal, GoingAway, connection_lost)--> IDLE
     any --(stop)--> STOPPED
 
-The I/O layer (:mod:`p2ptun.signal.client_io`) opens a TCP connection when :meth:`poll_connect`
+The I/O layer (:mod:`p2ptun.net.signaling`) opens a TCP connection when :meth:`poll_connect`
 says so, feeds bytes in, sends :meth:`data_to_send`, closes the socket whenever
 :attr:`SignalClientCore.connected` turns False, and calls :meth:`handle_timeout` at
 :meth:`next_wakeup`. Time is ``now`` (monotonic seconds); the wall clock (for sealed

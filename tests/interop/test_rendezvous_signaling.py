@@ -22,6 +22,7 @@ import trio
 
 from p2ptun.config import NodeEntry, RendezvousConfig, StunServerSettings, TurnServerSettings
 from p2ptun.keys import generate_private_key, public_key
+from p2ptun.net.signaling import SignalingClient
 from p2ptun.rendezvous.signaling import (
     ServerLimits,
     SignalingServer,
@@ -35,7 +36,6 @@ from p2ptun.signal.client import (
     RegistrationRefused,
     SignalReceived,
 )
-from p2ptun.signal.client_io import SignalingClient
 from p2ptun.signal.messages import Deliver, RefusalReason, Route
 from p2ptun.signal.seal import Answer, Candidates, Offer, SignalBox
 
