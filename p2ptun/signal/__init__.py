@@ -11,10 +11,10 @@ Layers, bottom up, all sans-I/O:
   end to end with ``Noise_K`` so the rendezvous can neither read, forge, replay nor redirect it.
 - :mod:`.negotiation` — offer/answer, ICE roles and the glare rule.
 - :mod:`.client` — the node's client state machine (connect, register, heartbeat, backoff).
+- :mod:`.hub` — the rendezvous' side: registration, presence, routing, TURN credentials, limits.
 
-The trio shell the daemon uses is :class:`p2ptun.net.signaling.SignalingClient`.
-
-The rendezvous side lives in :mod:`p2ptun.rendezvous.signaling`.
+Their trio shells: :class:`p2ptun.net.signaling.SignalingClient` (the node's, run by the daemon)
+and :class:`p2ptun.rendezvous.signaling.SignalingServer` (the rendezvous').
 """
 
 from p2ptun.signal.backoff import BackoffPolicy

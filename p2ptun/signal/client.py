@@ -21,7 +21,7 @@ its Pong per interval) and how soon a connection that died silently is noticed; 
 binding it keeps alive lasts far longer (RFC 5382 REQ-5: at least 2 h 4 min). A connection that
 dies loudly (reset, rendezvous restart) or a network change is noticed at once; silence is the
 fallback. The rendezvous drops a node silent for 60 s
-(:attr:`~p2ptun.rendezvous.signaling.ServerLimits.idle_timeout`), two missed Pings. Connect +
+(:attr:`~p2ptun.signal.hub.ServerLimits.idle_timeout`), two missed Pings. Connect +
 handshake +
 registration must finish within ``connect_timeout``. Reconnects follow
 :class:`~p2ptun.signal.backoff.BackoffPolicy` (jittered, capped at 30 s by default); the failure
