@@ -29,10 +29,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from p2ptun.errors import P2ptunError
+from p2ptun.errors import RemoteProtocolError
 
 
-class NoiseError(P2ptunError):
+class NoiseError(RemoteProtocolError):
     """A Noise handshake step failed: bad AEAD tag, a low-order DH result or a short message.
 
     This is an authentication failure, not a parse failure: the caller drops and counts it.

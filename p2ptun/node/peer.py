@@ -61,7 +61,7 @@ import trio
 
 from p2ptun.addr import Address, format_address
 from p2ptun.config import PeerConfig
-from p2ptun.errors import DecodeError, P2ptunError
+from p2ptun.errors import DecodeError, ProtocolError
 from p2ptun.ice import (
     AgentState,
     BetterPairAvailable,
@@ -230,7 +230,7 @@ class PeerSession:
         self._closed = True
         client = self.ctx.signaling
         if client is not None and (self.active is not None or self.current is not None):
-            with contextlib.suppress(KeyError, P2ptunError):
+            with contextlib.suppress(KeyError, ProtocolError):
                 client.send_to(self.name, Bye(0, reason))
         for attempt in self._attempts():
             attempt.session.close()
@@ -356,7 +356,7 @@ class PeerSession:
             attempt.session_id = client.offer(
                 self.name, desc.to_text(), restart=self.active is not None
             )
-        except (KeyError, P2ptunError) as exc:
+        except (KeyError, ProtocolError) as exc:
             log.warning("cannot offer", peer=self.name, error=str(exc))
             return
         log.info(
@@ -414,7 +414,7 @@ class PeerSession:
         text = self._description(attempt, new, eoc)
         try:
             sent = client.send_to(self.name, Candidates(attempt.session_id, text))
-        except (KeyError, P2ptunError) as exc:
+        except (KeyError, ProtocolError) as exc:
             log.debug(
                 "cannot trickle",
                 peer=self.name,
@@ -478,7 +478,7 @@ class PeerSession:
         desc = attempt.session.local_description()
         try:
             client.send_to(self.name, Answer(msg.session, desc.to_text()))
-        except (KeyError, P2ptunError) as exc:
+        except (KeyError, ProtocolError) as exc:
             # The negotiation moved on (an offer of ours replaced this one): not an error.
             log.info("offer not answered", peer=self.name, reason=str(exc))
             self._drop(attempt)
