@@ -1,8 +1,9 @@
 """The ``p2ptun`` command (ARCHITECTURE.md §3).
 
 Exit codes: 0 success, 2 bad usage or bad config (one line on stderr), 1 runtime failure.
-Every expected failure is a :class:`~p2ptun.errors.P2ptunError`; nothing a user can cause ends
-in a traceback.
+Every expected failure is a :class:`~p2ptun.errors.P2ptunError` (one line, its exit code), or a
+:class:`~p2ptun.errors.ProtocolError` from a core that no layer below caught (one line, exit 1);
+nothing a user can cause ends in a traceback.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from p2ptun.errors import (
     EXIT_OK,
     EXIT_USAGE,
     P2ptunError,
+    ProtocolError,
     RuntimeFailure,
     UsageError,
 )
@@ -263,6 +265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except P2ptunError as exc:
         sys.stderr.write(f"{exc}\n")
         return exc.exit_code
+    except ProtocolError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

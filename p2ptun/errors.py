@@ -1,8 +1,15 @@
 """The project's error types and the exit-code policy.
 
-Exit codes (ARCHITECTURE.md §3): 0 success; 2 bad usage or bad configuration, reported as one
-line on stderr; 1 a runtime failure, reported with a clear message. A user mistake never shows a
-Python traceback.
+Two families, as h11 splits them:
+
+- **User-facing errors** (:class:`P2ptunError` and its subclasses) carry an exit code.
+  Exit codes (ARCHITECTURE.md §3): 0 success; 2 bad usage or bad configuration, reported as one
+  line on stderr; 1 a runtime failure, reported with a clear message. A user mistake never shows
+  a Python traceback.
+- **Protocol errors** (:class:`ProtocolError`) are raised by the sans-I/O cores and carry no
+  exit code: :class:`RemoteProtocolError` when the other side sent something malformed or
+  unauthentic (the I/O layer drops it and counts it), :class:`LocalProtocolError` when our own
+  code used a core in a way its state does not allow (a bug in the caller).
 """
 
 from __future__ import annotations
@@ -53,7 +60,23 @@ class RuntimeFailure(P2ptunError):
     exit_code = EXIT_FAILURE
 
 
-class DecodeError(P2ptunError, ValueError):
+class ProtocolError(Exception):
+    """Base of the errors a protocol core raises; no exit code (see the module docstring)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The other side sent something malformed or unauthentic: a datagram or frame that does
+    not parse, a handshake or seal that does not authenticate, a replay. The I/O layer drops it
+    (on a stream, with the connection) and counts it; it never ends the program."""
+
+
+class LocalProtocolError(ProtocolError):
+    """Our own code used a core wrongly: a call the core's state does not allow. Not something
+    the network can cause; where it can happen in a race (an answer to an offer that was just
+    replaced) the caller catches it and moves on."""
+
+
+class DecodeError(RemoteProtocolError, ValueError):
     """Bytes from the network that do not parse. Callers drop the datagram and count it.
 
     Every wire decoder raises only a subclass of this, never IndexError, struct.error or the like.

@@ -1,4 +1,5 @@
-"""The trio I/O layer: sockets, TUN, netlink, and the I/O shells of ICE, TURN and gathering.
+"""The trio I/O layer: sockets, TUN, netlink, and the I/O shells of ICE, TURN, gathering and
+signaling.
 
 - :mod:`p2ptun.net.udp` — :class:`~p2ptun.net.udp.UdpEndpoint`, one UDP socket per address
   family, demultiplexed by :func:`~p2ptun.net.udp.classify` into STUN, TURN ChannelData and
@@ -16,6 +17,10 @@
   on the selected pair. The daemon (:mod:`p2ptun.node`) decides when sessions open and close.
 - :mod:`p2ptun.net.ice_probe` — ``python -m p2ptun.net.ice_probe``: one ICE peer on that
   transport in a process, for the NAT-lab and aioice interop tests.
+- :mod:`p2ptun.net.signaling` — :class:`~p2ptun.net.signaling.SignalingClient`, the node's
+  TCP connection to its rendezvous around the sans-I/O
+  :class:`~p2ptun.signal.client.SignalClientCore` (with :mod:`p2ptun.net.keepalive`, kernel
+  TCP keepalive, and :mod:`p2ptun.net.wakeup`, the wake-up flag of its tasks).
 - :mod:`p2ptun.net.tun` — :class:`~p2ptun.net.tun.TunDevice`, the non-blocking TUN interface.
 - :mod:`p2ptun.net.offload` — the data path's segmentation and coalescing offloads (UDP
   GSO/GRO, TUN TSO/GRO), probed with a fallback.

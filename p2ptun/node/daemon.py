@@ -5,7 +5,7 @@ One trio nursery owns everything the node runs:
 * the **data path** (:class:`~p2ptun.node.wgtunnel.WgTunnel`): the TUN device, one UDP
   endpoint per address family, the sans-I/O WireGuard :class:`~p2ptun.wireguard.Device`;
   TCP SYNs crossing the tunnel get their MSS clamped (:mod:`p2ptun.node.mss`);
-* the **signaling client** (:class:`~p2ptun.signal.client_io.SignalingClient`), which keeps a
+* the **signaling client** (:class:`~p2ptun.net.signaling.SignalingClient`), which keeps a
   connection to the rendezvous with jittered backoff; an unreachable rendezvous is reported
   once and retried in the background, it never stops the daemon;
 * the **ICE transport** (:class:`~p2ptun.net.ice_transport.IceTransport`) on the same UDP
@@ -63,6 +63,7 @@ from p2ptun.net import netlink
 from p2ptun.net.gather import GatherOptions, IssuedCredentials
 from p2ptun.net.ice_transport import IceTransport
 from p2ptun.net.netlink import ChangeKind
+from p2ptun.net.signaling import SignalingClient, TurnCredentialsUnavailable
 from p2ptun.net.tun import TunDevice
 from p2ptun.net.udp import UdpEndpoint, open_endpoints
 from p2ptun.node import control
@@ -77,7 +78,6 @@ from p2ptun.signal.client import (
     RegisteredEvent,
     RegistrationRefused,
 )
-from p2ptun.signal.client_io import SignalingClient, TurnCredentialsUnavailable
 from p2ptun.wireguard import Device
 
 log = get_logger("node")
@@ -155,6 +155,18 @@ def routes_for(
         if not covered:
             needed.append(str(net))
     return needed
+
+
+def signaling_client(config: NodeConfig) -> SignalingClient:
+    """The signaling client for a node config: this node's name and key, the rendezvous'
+    address and key, and the configured peers' keys (which sealed messages it accepts)."""
+    return SignalingClient(
+        name=config.name,
+        private_key=config.private_key,
+        rendezvous=config.rendezvous.address,
+        rendezvous_key=config.rendezvous.public_key,
+        peers={p.name: p.public_key for p in config.peers},
+    )
 
 
 # -- the daemon --------------------------------------------------------------------------------
@@ -338,7 +350,7 @@ class NodeDaemon:
     # -- signaling ------------------------------------------------------------------------
 
     async def _start_signaling(self, nursery: trio.Nursery) -> None:
-        client = SignalingClient.from_config(self.config)
+        client = signaling_client(self.config)
         scope = trio.CancelScope()
         self.signaling = client
         self._signaling_scope = scope

@@ -5,7 +5,7 @@ WireGuard path.
 (:class:`~p2ptun.net.ice_transport.IceTransport`, which owns the shared sockets' demux, the
 gathering and the TURN relays, the agents' timer and their transmits):
 
-1. **Offer/answer** through the rendezvous (:class:`~p2ptun.signal.client_io.SignalingClient`):
+1. **Offer/answer** through the rendezvous (:class:`~p2ptun.net.signaling.SignalingClient`):
    at start the node offers (ICE-controlling); an offer that arrives is answered
    (ICE-controlled). When both offer at once the signaling core applies the glare rule
    (smaller public key wins, ARCHITECTURE.md §2) and tells the loser which of its sessions
@@ -61,7 +61,7 @@ import trio
 
 from p2ptun.addr import Address, format_address
 from p2ptun.config import PeerConfig
-from p2ptun.errors import DecodeError, P2ptunError
+from p2ptun.errors import DecodeError, ProtocolError
 from p2ptun.ice import (
     AgentState,
     BetterPairAvailable,
@@ -84,10 +84,10 @@ from p2ptun.net.ice_transport import (
     LocalCandidatesDone,
     SessionEvent,
 )
+from p2ptun.net.signaling import SignalingClient
 from p2ptun.net.turn_shared import TurnRelay
 from p2ptun.node.wgtunnel import WgTunnel, relay_source
 from p2ptun.signal.client import SignalReceived
-from p2ptun.signal.client_io import SignalingClient
 from p2ptun.signal.negotiation import NegotiationState
 from p2ptun.signal.seal import Answer, Bye, Candidates, Offer, Restart
 from p2ptun.wireguard import Peer
@@ -230,7 +230,7 @@ class PeerSession:
         self._closed = True
         client = self.ctx.signaling
         if client is not None and (self.active is not None or self.current is not None):
-            with contextlib.suppress(KeyError, P2ptunError):
+            with contextlib.suppress(KeyError, ProtocolError):
                 client.send_to(self.name, Bye(0, reason))
         for attempt in self._attempts():
             attempt.session.close()
@@ -356,7 +356,7 @@ class PeerSession:
             attempt.session_id = client.offer(
                 self.name, desc.to_text(), restart=self.active is not None
             )
-        except (KeyError, P2ptunError) as exc:
+        except (KeyError, ProtocolError) as exc:
             log.warning("cannot offer", peer=self.name, error=str(exc))
             return
         log.info(
@@ -414,7 +414,7 @@ class PeerSession:
         text = self._description(attempt, new, eoc)
         try:
             sent = client.send_to(self.name, Candidates(attempt.session_id, text))
-        except (KeyError, P2ptunError) as exc:
+        except (KeyError, ProtocolError) as exc:
             log.debug(
                 "cannot trickle",
                 peer=self.name,
@@ -478,7 +478,7 @@ class PeerSession:
         desc = attempt.session.local_description()
         try:
             client.send_to(self.name, Answer(msg.session, desc.to_text()))
-        except (KeyError, P2ptunError) as exc:
+        except (KeyError, ProtocolError) as exc:
             # The negotiation moved on (an offer of ours replaced this one): not an error.
             log.info("offer not answered", peer=self.name, reason=str(exc))
             self._drop(attempt)

@@ -13,7 +13,9 @@ Rules (ARCHITECTURE.md §3, ``open_registration`` and ``[[node]]``):
 A binding can be removed by an operator with ``sqlite3 FILE "DELETE FROM bindings WHERE
 name = '...'"`` while the rendezvous is stopped.
 
-:class:`RegistrationStore` is the interface the signaling core uses; :class:`SqliteStore` is the
+:class:`RegistrationStore` is the interface the signaling shell holds: the hub core
+(:class:`p2ptun.signal.hub.SignalingServerCore`) asks it only :meth:`~RegistrationStore.admit`
+(its :class:`~p2ptun.signal.hub.Registrations`), the shell closes it. :class:`SqliteStore` is the
 real one and :class:`MemoryStore` the in-memory one for tests. Calls are synchronous and short:
 a known binding is one indexed lookup, only a first use writes (WAL journal).
 """
@@ -24,36 +26,21 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Protocol
 
 from p2ptun.config import NodeEntry
 from p2ptun.errors import RuntimeFailure
+from p2ptun.signal.hub import Admission, Registrations
 from p2ptun.signal.messages import RefusalReason
 
 SCHEMA_VERSION = 1
 
-
-@dataclass(frozen=True, slots=True)
-class Admission:
-    """The store's answer to "may ``key`` register as ``name``?"."""
-
-    allowed: bool
-    reason: RefusalReason | None = None
-    text: str = ""
-    #: True when this admission created a new (trust-on-first-use) binding.
-    new_binding: bool = False
-
-
 ADMITTED = Admission(True)
 
 
-class RegistrationStore(Protocol):
-    """What the signaling core needs from a store."""
-
-    def admit(self, name: str, key: bytes) -> Admission:
-        """Decide, and in open-registration mode record, a registration."""
-        ...
+class RegistrationStore(Registrations, Protocol):
+    """A store as the signaling shell holds it: the hub's
+    :class:`~p2ptun.signal.hub.Registrations` (``admit``), closed when the server stops."""
 
     def close(self) -> None: ...
 

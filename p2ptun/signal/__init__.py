@@ -1,6 +1,6 @@
 """Signaling: how nodes find each other through the rendezvous (ARCHITECTURE.md §2).
 
-Layers, bottom up (all sans-I/O except :mod:`.client_io`):
+Layers, bottom up, all sans-I/O:
 
 - :mod:`.frames` — length-prefixed, versioned, typed frames on the TCP stream (≤ 64 KiB).
 - :mod:`.channel` — the node ↔ rendezvous channel: ``Noise_IK_25519_ChaChaPoly_BLAKE2s`` with
@@ -11,9 +11,10 @@ Layers, bottom up (all sans-I/O except :mod:`.client_io`):
   end to end with ``Noise_K`` so the rendezvous can neither read, forge, replay nor redirect it.
 - :mod:`.negotiation` — offer/answer, ICE roles and the glare rule.
 - :mod:`.client` — the node's client state machine (connect, register, heartbeat, backoff).
-- :mod:`.client_io` — the trio shell the daemon uses (:class:`SignalingClient`).
+- :mod:`.hub` — the rendezvous' side: registration, presence, routing, TURN credentials, limits.
 
-The rendezvous side lives in :mod:`p2ptun.rendezvous.signaling`.
+Their trio shells: :class:`p2ptun.net.signaling.SignalingClient` (the node's, run by the daemon)
+and :class:`p2ptun.rendezvous.signaling.SignalingServer` (the rendezvous').
 """
 
 from p2ptun.signal.backoff import BackoffPolicy

@@ -16,7 +16,7 @@ verify-and-use). Both handshake payloads are empty.
 The protocol name ``Noise_IK_25519_ChaChaPoly_BLAKE2s`` and the prologue :data:`PROLOGUE`
 (Noise spec §6) differ from WireGuard's ``Noise_IKpsk2...`` / ``WireGuard v1 zx2c4...`` and
 from the end-to-end sealing construction, so no key or transcript of one protocol can be used
-in another, although all share the primitives of :mod:`p2ptun.wireguard.noise`.
+in another, although all share the primitives of :mod:`p2ptun.noise`.
 
 **Replay of message 1.** IK's first message can be replayed (Noise spec §7.7, payload property
 of message 1). A replayed message 1 only makes the rendezvous compute a message 2 whose keys
@@ -40,19 +40,19 @@ import enum
 import struct
 from dataclasses import dataclass
 
-from p2ptun.signal.errors import ChannelError, SignalDecodeError
-from p2ptun.signal.frames import HEADER, MAX_PAYLOAD, VERSION, Frame, FrameType, encode_frame
-from p2ptun.wireguard.errors import NoiseError
-from p2ptun.wireguard.noise import (
+from p2ptun.noise import (
     DH_LEN,
     PATTERN_IK,
     TAG_LEN,
     HandshakeState,
+    NoiseError,
     Rng,
     aead_decrypt,
     aead_encrypt,
     protocol_name,
 )
+from p2ptun.signal.errors import ChannelError, SignalDecodeError
+from p2ptun.signal.frames import HEADER, MAX_PAYLOAD, VERSION, Frame, FrameType, encode_frame
 
 PROTOCOL_NAME = protocol_name(PATTERN_IK)
 """``Noise_IK_25519_ChaChaPoly_BLAKE2s``."""

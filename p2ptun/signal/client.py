@@ -8,7 +8,7 @@ State machine (:class:`ClientState`)::
     any connected state --(error, silence, refusal, GoingAway, connection_lost)--> IDLE
     any --(stop)--> STOPPED
 
-The I/O layer (:mod:`p2ptun.signal.client_io`) opens a TCP connection when :meth:`poll_connect`
+The I/O layer (:mod:`p2ptun.net.signaling`) opens a TCP connection when :meth:`poll_connect`
 says so, feeds bytes in, sends :meth:`data_to_send`, closes the socket whenever
 :attr:`SignalClientCore.connected` turns False, and calls :meth:`handle_timeout` at
 :meth:`next_wakeup`. Time is ``now`` (monotonic seconds); the wall clock (for sealed
@@ -21,7 +21,7 @@ its Pong per interval) and how soon a connection that died silently is noticed; 
 binding it keeps alive lasts far longer (RFC 5382 REQ-5: at least 2 h 4 min). A connection that
 dies loudly (reset, rendezvous restart) or a network change is noticed at once; silence is the
 fallback. The rendezvous drops a node silent for 60 s
-(:attr:`~p2ptun.rendezvous.signaling.ServerLimits.idle_timeout`), two missed Pings. Connect +
+(:attr:`~p2ptun.signal.hub.ServerLimits.idle_timeout`), two missed Pings. Connect +
 handshake +
 registration must finish within ``connect_timeout``. Reconnects follow
 :class:`~p2ptun.signal.backoff.BackoffPolicy` (jittered, capped at 30 s by default); the failure
@@ -41,6 +41,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from p2ptun.log import get_logger
+from p2ptun.noise import Rng
 from p2ptun.signal.backoff import Backoff, BackoffPolicy, Random
 from p2ptun.signal.channel import ChannelLimits, NoiseChannel
 from p2ptun.signal.codec import check_name
@@ -71,7 +72,6 @@ from p2ptun.signal.messages import (
 )
 from p2ptun.signal.negotiation import Negotiation, NegotiationState, Role
 from p2ptun.signal.seal import Offer, PeerMessage, Restart, SealPolicy, SignalBox
-from p2ptun.wireguard.noise import Rng
 
 log = get_logger("signal.client")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from p2ptun.errors import DecodeError, P2ptunError
+from p2ptun.errors import DecodeError, RemoteProtocolError
 
 
 class SignalDecodeError(DecodeError):
@@ -13,7 +13,7 @@ class SignalDecodeError(DecodeError):
     """
 
 
-class ChannelError(P2ptunError):
+class ChannelError(RemoteProtocolError):
     """The Noise channel refused a frame: a bad AEAD tag, a counter that is not the next one,
     a handshake that does not authenticate, or a session past its message bound.
 
@@ -21,7 +21,7 @@ class ChannelError(P2ptunError):
     """
 
 
-class SealError(P2ptunError):
+class SealError(RemoteProtocolError):
     """A sealed node-to-node message was refused: it does not open with the keys the
     receiver's configuration names, it is a replay or out of order, or it is stale.
 

@@ -22,11 +22,11 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from p2ptun.errors import P2ptunError
+from p2ptun.errors import LocalProtocolError
 from p2ptun.signal.seal import Answer, Bye, Candidates, Offer, PeerMessage, Restart
 
 
-class NegotiationError(P2ptunError):
+class NegotiationError(LocalProtocolError):
     """The daemon tried to send something the negotiation state does not allow (an answer
     to an offer that was never received, candidates for another session)."""
 

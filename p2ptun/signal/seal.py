@@ -10,7 +10,7 @@ reorder or redirect them. Each message is one Noise ``K`` handshake message (Noi
       ...
       -> e, es, ss
 
-over 25519/ChaChaPoly/BLAKE2s (the primitives of :mod:`p2ptun.wireguard.noise`), with
+over 25519/ChaChaPoly/BLAKE2s (the primitives of :mod:`p2ptun.noise`), with
 
 - protocol name ``Noise_K_25519_ChaChaPoly_BLAKE2s``;
 - prologue ``"p2ptun signal seal v1\\0" || len || sender name || len || receiver name``
@@ -43,19 +43,19 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from p2ptun.signal.codec import Reader, Writer, check_name
-from p2ptun.signal.errors import SealError, SignalDecodeError
-from p2ptun.signal.messages import MAX_BLOB, MAX_TEXT
-from p2ptun.wireguard.errors import NoiseError
-from p2ptun.wireguard.noise import (
+from p2ptun.noise import (
     DH_LEN,
     TAG_LEN,
     HandshakePattern,
     HandshakeState,
+    NoiseError,
     Rng,
     dh_public,
     protocol_name,
 )
+from p2ptun.signal.codec import Reader, Writer, check_name
+from p2ptun.signal.errors import SealError, SignalDecodeError
+from p2ptun.signal.messages import MAX_BLOB, MAX_TEXT
 
 PATTERN_K = HandshakePattern("K", ("s",), ("s",), (("e", "es", "ss"),))
 """Noise ``K`` (spec §7.4): both static keys known in advance, one message."""

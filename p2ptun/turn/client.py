@@ -50,7 +50,7 @@ from typing import Any
 
 from p2ptun import __version__
 from p2ptun.addr import Address, format_address
-from p2ptun.errors import DecodeError
+from p2ptun.errors import DecodeError, LocalProtocolError
 from p2ptun.log import get_logger
 from p2ptun.stun import (
     CHANNEL_MAX,
@@ -129,7 +129,7 @@ def refresh_delay(lifetime: float) -> float:
     return lifetime - 60.0 if lifetime > 300.0 else lifetime * 0.8
 
 
-class TurnStateError(RuntimeError):
+class TurnStateError(LocalProtocolError, RuntimeError):
     """A :class:`TurnClient` method was called in a state that does not allow it."""
 
 

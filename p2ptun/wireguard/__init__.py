@@ -11,8 +11,9 @@ Entry points: :class:`Device` (our key, the peers, datagram demultiplexing) and 
 clock; see :mod:`p2ptun.wireguard.device`.
 """
 
+from p2ptun.noise import NoiseError
 from p2ptun.wireguard.device import Device
-from p2ptun.wireguard.errors import NoiseError, WireGuardDecodeError
+from p2ptun.wireguard.errors import WireGuardDecodeError
 from p2ptun.wireguard.events import (
     Counters,
     Event,

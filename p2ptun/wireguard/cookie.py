@@ -15,13 +15,14 @@ with the rejected message's ``mac1`` as associated data.
 
 from __future__ import annotations
 
+import hashlib
 import hmac as _hmac
 import ipaddress
 
 from p2ptun.addr import Address
-from p2ptun.wireguard.errors import NoiseError
+from p2ptun.noise import NoiseError, Rng, hash_
+from p2ptun.wireguard.constants import LABEL_COOKIE, LABEL_MAC1, MAC_LEN
 from p2ptun.wireguard.messages import CookieReply
-from p2ptun.wireguard.noise import LABEL_COOKIE, LABEL_MAC1, MAC_LEN, Rng, hash_, mac
 from p2ptun.wireguard.xchacha import XNONCE_LEN, xaead_decrypt, xaead_encrypt
 
 COOKIE_REFRESH_TIME = 120.0
@@ -29,6 +30,12 @@ COOKIE_REFRESH_TIME = 120.0
 COOKIE_SECRET_LEN = 32
 
 _ZERO_MAC = bytes(MAC_LEN)
+
+
+def mac(key: bytes, data: bytes) -> bytes:
+    """``MAC(key, input)``: keyed BLAKE2s with a 16-byte digest (whitepaper §5.4)."""
+    return hashlib.blake2s(data, key=key, digest_size=MAC_LEN).digest()
+
 
 Source = Address | bytes | None
 """Where a datagram came from: an ``(ip, port)`` tuple, opaque bytes, or unknown."""

@@ -11,16 +11,22 @@ WireGuard datagram (:meth:`Device.receive_datagram`) and hands it to the peer it
 Outgoing plaintext is routed to a peer by cryptokey routing (:meth:`Device.send_packet`).
 Randomness (``rng``) and the wall clock for TAI64N timestamps (``wall_clock``) are injected;
 ``now`` arguments are monotonic seconds.
+
+The device and its peers share the index table (:mod:`.index`) and the rest of
+:class:`~p2ptun.wireguard.shared.Shared`; a peer calls back into the device only through the
+demultiplexer it is given there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from p2ptun.noise import KEY_LEN, NoiseError, Rng, dh_public
 from p2ptun.wireguard.cookie import CookieChecker, Source
-from p2ptun.wireguard.errors import NoiseError, WireGuardDecodeError
+from p2ptun.wireguard.errors import WireGuardDecodeError
 from p2ptun.wireguard.events import Counters
 from p2ptun.wireguard.handshake import consume_initiation
+from p2ptun.wireguard.index import IndexTable
 from p2ptun.wireguard.messages import (
     TRANSPORT_HEADER,
     TRANSPORT_MIN_LEN,
@@ -29,17 +35,10 @@ from p2ptun.wireguard.messages import (
     Response,
     decode,
 )
-from p2ptun.wireguard.noise import KEY_LEN, Rng, dh_public
 from p2ptun.wireguard.peer import Peer
 from p2ptun.wireguard.routing import AllowedIPs, Network
+from p2ptun.wireguard.shared import Shared
 from p2ptun.wireguard.timers import TimerConfig
-from p2ptun.wireguard.transport import BUFFER_SIZE, Keypair
-
-_MAX_INDEX_TRIES = 64
-
-
-_JITTER_POOL = 256
-"""Random bytes drawn at once for :meth:`Device.jitter` (64 draws)."""
 
 
 class Device:
@@ -67,33 +66,40 @@ class Device:
         self.rng = rng
         self.wall_clock = wall_clock
         self.timers = timers if timers is not None else TimerConfig()
-        self.mtu = mtu
         self.counters = counters if counters is not None else Counters()
         self.under_load = False
         self.cookie_checker = CookieChecker(self.public_key, rng)
         self.peers: dict[bytes, Peer] = {}
         self.allowed_ips: AllowedIPs[Peer] = AllowedIPs()
-        self._indices: dict[int, tuple[Peer, Keypair | None]] = {}
+        self.indices: IndexTable[Peer] = IndexTable(rng)
+        """Our receiver indices (§5.4.1), allocated by the peers, looked up here."""
+        self.shared: Shared[Peer] = Shared(
+            private_key,
+            rng=rng,
+            wall_clock=wall_clock,
+            counters=self.counters,
+            indices=self.indices,
+            allowed_ips=self.allowed_ips,
+            mtu=mtu,
+            demux=self.receive_datagram,
+        )
+        """What every peer of this device is given (:mod:`p2ptun.wireguard.shared`)."""
         self._replies: list[tuple[Source, bytes]] = []
-        self._send_buffer = bytearray(BUFFER_SIZE)
-        self._send_view = memoryview(self._send_buffer)
-        self._recv_buffer = bytearray(BUFFER_SIZE)
-        self._recv_view = memoryview(self._recv_buffer)
-        self._scratch = bytearray(BUFFER_SIZE)
-        self._jitter_pool = b""
-        self._jitter_pos = 0
+
+    @property
+    def mtu(self) -> int:
+        """The MTU that caps the padding of plaintext (0 = pad to 16 without a cap); may be
+        changed at run time."""
+        return self.shared.mtu
+
+    @mtu.setter
+    def mtu(self, mtu: int) -> None:
+        self.shared.mtu = mtu
 
     def jitter(self) -> float:
-        """A uniform fraction in [0, 1] for timer jitter (whitepaper §6.1: REKEY_TIMEOUT +
-        jitter). Not secret, and drawn on the data path (the first packet after every
-        exchange arms "new handshake"), so ``rng`` is asked for 64 at a time instead of one
-        system call each."""
-        pos = self._jitter_pos
-        if pos >= len(self._jitter_pool):
-            self._jitter_pool = self.rng(_JITTER_POOL)
-            pos = 0
-        self._jitter_pos = pos + 4
-        return int.from_bytes(self._jitter_pool[pos : pos + 4], "little") / 0xFFFFFFFF
+        """A uniform fraction in [0, 1] for timer jitter (see :meth:`Shared.jitter
+        <p2ptun.wireguard.shared.Shared.jitter>`)."""
+        return self.shared.jitter()
 
     # -- configuration --------------------------------------------------------------------------
 
@@ -112,11 +118,11 @@ class Device:
         peer = self.peers.get(public_key)
         if peer is None:
             peer = Peer(
-                self,
+                self.shared,
                 public_key,
                 preshared_key=preshared_key,
                 persistent_keepalive=persistent_keepalive,
-                timers=timers,
+                timers=timers if timers is not None else self.timers,
             )
             self.peers[public_key] = peer
         for net in allowed_ips:
@@ -128,24 +134,7 @@ class Device:
         peer.zero_key_material()
         self.allowed_ips.remove_value(peer)
         self.peers.pop(peer.public_key, None)
-        for index in [i for i, (p, _) in self._indices.items() if p is peer]:
-            del self._indices[index]
-
-    # -- index table (§5.4.1: random 32-bit session indices) ------------------------------------
-
-    def _new_index(self, peer: Peer, keypair: Keypair | None) -> int:
-        for _ in range(_MAX_INDEX_TRIES):
-            index = int.from_bytes(self.rng(4), "little")
-            if index not in self._indices:
-                self._indices[index] = (peer, keypair)
-                return index
-        raise RuntimeError("could not find a free session index")  # pragma: no cover
-
-    def _set_index(self, index: int, peer: Peer, keypair: Keypair | None) -> None:
-        self._indices[index] = (peer, keypair)
-
-    def _free_index(self, index: int) -> None:
-        self._indices.pop(index, None)
+        self.indices.free_peer(peer)
 
     # -- data path ------------------------------------------------------------------------------
 
@@ -183,7 +172,7 @@ class Device:
             if word != 4 or size > 65535:
                 self.counters.malformed += 1
                 return None
-            entry = self._indices.get(receiver)
+            entry = self.indices.lookup(receiver)
             if entry is None:
                 self.counters.unknown_index += 1
                 return None
@@ -191,7 +180,7 @@ class Device:
             if kp is None:
                 self.counters.unknown_index += 1
                 return None
-            return peer if peer._receive_transport(kp, data, counter, now) else None
+            return peer if peer.receive_transport(kp, data, counter, now) else None
         data = bytes(data)  # handshake messages are rare; the MAC and cookie code wants bytes
         try:
             msg = decode(data)
@@ -235,22 +224,22 @@ class Device:
         if peer is None:
             self.counters.unknown_peer += 1
             return None
-        return peer if peer._consume_initiation(state, msg.sender, timestamp, now) else None
+        return peer if peer.accept_initiation(state, msg.sender, timestamp, now) else None
 
     def _receive_response(
         self, msg: Response, data: bytes, now: float, source: Source
     ) -> Peer | None:
         if not self._check_macs(data, msg.sender, now, source):
             return None
-        entry = self._indices.get(msg.receiver)
+        entry = self.indices.lookup(msg.receiver)
         if entry is None or entry[1] is not None:
             self.counters.unknown_index += 1
             return None
         peer = entry[0]
-        return peer if peer._consume_response(msg, now) else None
+        return peer if peer.accept_response(msg, now) else None
 
     def _receive_cookie_reply(self, msg: CookieReply, now: float) -> None:
-        entry = self._indices.get(msg.receiver)
+        entry = self.indices.lookup(msg.receiver)
         if entry is None:
             self.counters.unknown_index += 1
             return

@@ -1,8 +1,12 @@
-"""Errors raised by the WireGuard protocol layer."""
+"""Errors raised by the WireGuard protocol layer.
+
+A handshake message that parses but does not authenticate raises
+:class:`p2ptun.noise.NoiseError`, the error of the Noise primitives shared with signaling.
+"""
 
 from __future__ import annotations
 
-from p2ptun.errors import DecodeError, P2ptunError
+from p2ptun.errors import DecodeError
 
 
 class WireGuardDecodeError(DecodeError):
@@ -10,11 +14,4 @@ class WireGuardDecodeError(DecodeError):
 
     Raised by every decoder in :mod:`p2ptun.wireguard.messages` and by nothing else; the I/O
     layer drops the datagram and counts it.
-    """
-
-
-class NoiseError(P2ptunError):
-    """A Noise handshake step failed: bad AEAD tag, a low-order DH result or a short message.
-
-    This is an authentication failure, not a parse failure: the caller drops and counts it.
     """

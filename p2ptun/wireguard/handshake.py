@@ -11,16 +11,9 @@ from __future__ import annotations
 
 from enum import Enum
 
-from p2ptun.wireguard.errors import NoiseError
+from p2ptun.noise import DH_LEN, PATTERN_IKPSK2, HandshakeState, NoiseError, Rng
+from p2ptun.wireguard.constants import CONSTRUCTION, IDENTIFIER
 from p2ptun.wireguard.messages import Initiation, Response
-from p2ptun.wireguard.noise import (
-    CONSTRUCTION,
-    DH_LEN,
-    IDENTIFIER,
-    PATTERN_IKPSK2,
-    HandshakeState,
-    Rng,
-)
 from p2ptun.wireguard.tai64n import TAI64N_LEN
 
 

@@ -23,8 +23,9 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
+from p2ptun.noise import DH_LEN, TAG_LEN
+from p2ptun.wireguard.constants import MAC_LEN
 from p2ptun.wireguard.errors import WireGuardDecodeError
-from p2ptun.wireguard.noise import DH_LEN, MAC_LEN, TAG_LEN
 from p2ptun.wireguard.tai64n import TAI64N_LEN
 from p2ptun.wireguard.xchacha import XNONCE_LEN
 

@@ -1,7 +1,9 @@
 """One WireGuard peer: handshake, keypair rotation, timers, sans-I/O (whitepaper §5–6).
 
-A :class:`Peer` belongs to a :class:`~p2ptun.wireguard.device.Device`, which owns the static key,
-the index table and the demultiplexing of received datagrams. The peer takes
+A :class:`Peer` belongs to a :class:`~p2ptun.wireguard.device.Device`, which owns the static key
+and the demultiplexing of received datagrams and gives each of its peers the state they share
+(:class:`~p2ptun.wireguard.shared.Shared`: the key, the index table, counters, buffers). The
+peer takes
 
 * plaintext packets to send (:meth:`Peer.send_packet`),
 * datagrams from the network (:meth:`Peer.receive_datagram`, or via the device),
@@ -37,14 +39,13 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidTag
 
 from p2ptun.log import get_logger
+from p2ptun.noise import KEY_LEN, TAG_LEN, HandshakeState, NoiseError
 from p2ptun.wireguard import tai64n
 from p2ptun.wireguard.cookie import CookieGenerator, Source
-from p2ptun.wireguard.errors import NoiseError
 from p2ptun.wireguard.events import Event, HandshakeCompleted, HandshakeFailed, SessionExpired
 from p2ptun.wireguard.handshake import (
     HandshakeStage,
@@ -62,7 +63,7 @@ from p2ptun.wireguard.messages import (
     MessageType,
     Response,
 )
-from p2ptun.wireguard.noise import KEY_LEN, TAG_LEN, HandshakeState
+from p2ptun.wireguard.shared import Shared
 from p2ptun.wireguard.tai64n import TAI64N_LEN
 from p2ptun.wireguard.timers import TimerConfig
 from p2ptun.wireguard.transport import (
@@ -73,9 +74,6 @@ from p2ptun.wireguard.transport import (
     padded_length,
     seal,
 )
-
-if TYPE_CHECKING:
-    from p2ptun.wireguard.device import Device
 
 _TRANSPORT = int(MessageType.TRANSPORT)
 
@@ -100,15 +98,16 @@ class HandshakeRecord:
 
 
 class Peer:
-    """A remote WireGuard peer, identified by its static public key. Made by ``Device.add_peer``.
+    """A remote WireGuard peer, identified by its static public key. Made by ``Device.add_peer``
+    with the device's :class:`~p2ptun.wireguard.shared.Shared`.
 
-    ``persistent_keepalive`` is an interval in seconds (None = off). ``timers`` overrides the
-    device's :class:`~p2ptun.wireguard.timers.TimerConfig` for this peer.
+    ``persistent_keepalive`` is an interval in seconds (None = off). ``timers`` are the
+    peer's :class:`~p2ptun.wireguard.timers.TimerConfig` (the device's, unless overridden).
     """
 
     def __init__(
         self,
-        device: Device,
+        shared: Shared[Peer],
         public_key: bytes,
         *,
         preshared_key: bytes | None = None,
@@ -119,11 +118,11 @@ class Peer:
             raise ValueError("public key must be 32 bytes")
         if preshared_key is not None and len(preshared_key) != KEY_LEN:
             raise ValueError("preshared key must be 32 bytes")
-        self.device = device
+        self.shared = shared
         self.public_key = public_key
         self.preshared_key = preshared_key
         self.persistent_keepalive = persistent_keepalive
-        self.timers = timers if timers is not None else device.timers
+        self.timers = timers if timers is not None else TimerConfig()
         self.cookie = CookieGenerator(public_key)
         self.handshake = HandshakeRecord()
         self.previous: Keypair | None = None
@@ -176,7 +175,7 @@ class Peer:
         Handshake initiations are identified by the static key inside them, so the datagram
         goes through the device's demultiplexer; its results land on the peer it belongs to.
         """
-        return self.device.receive_datagram(data, now, source) is self
+        return self.shared.demux(data, now, source) is self
 
     def send_packet(self, packet: bytes | bytearray | memoryview, now: float) -> None:
         """Encrypt and send one plaintext IP packet (or stage it and start a handshake).
@@ -222,14 +221,14 @@ class Peer:
                 self.send_packet(packets[pos : pos + size], now)
                 pos += size
             return
-        device = self.device
+        shared = self.shared
         aead = kp.send_aead
         nonce = kp.send_nonce
         receiver = kp.remote_index
-        out = device._send_buffer
-        out_view = device._send_view
-        scratch = device._scratch
-        mtu = device.mtu
+        out = shared.send_buffer
+        out_view = shared.send_view
+        scratch = shared.scratch
+        mtu = shared.mtu
         append = self._datagrams.append
         encrypt_into = aead.encrypt_into
         pack_header = TRANSPORT_HEADER.pack_into
@@ -256,7 +255,7 @@ class Peer:
             pos += size
         kp.send_counter = counter
         self.tx_bytes += sent
-        device.counters.packets_sent += count
+        shared.counters.packets_sent += count
         # §6.5 timer hooks, as _send_transport() runs them for a data packet.
         self._send_keepalive_at = None
         if self.persistent_keepalive:
@@ -331,9 +330,10 @@ class Peer:
 
     def zero_key_material(self) -> None:
         """Erase all keypairs and the handshake in flight; drop staged packets (§6.3)."""
+        indices = self.shared.indices
         for kp in (self.previous, self.current, self.next):
             if kp is not None:
-                self.device._free_index(kp.local_index)
+                indices.free(kp.local_index)
         self.previous = self.current = self.next = None
         self._clear_handshake()
         self.staged.clear()
@@ -343,7 +343,7 @@ class Peer:
     def _clear_handshake(self) -> None:
         hs = self.handshake
         if hs.local_index is not None:
-            self.device._free_index(hs.local_index)
+            self.shared.indices.free(hs.local_index)
             hs.local_index = None
         hs.stage = HandshakeStage.ZEROED
         hs.noise = None
@@ -355,11 +355,11 @@ class Peer:
                 return
             self._handshake_attempts = 0
         hs.last_sent = now
-        device = self.device
+        shared = self.shared
         self._clear_handshake()
-        index = device._new_index(self, None)
-        state = new_state(True, device.private_key, device.rng, self.public_key, self.preshared_key)
-        timestamp = tai64n.encode(device.wall_clock())
+        index = shared.indices.new(self)
+        state = new_state(True, shared.private_key, shared.rng, self.public_key, self.preshared_key)
+        timestamp = tai64n.encode(shared.wall_clock())
         _, raw = create_initiation(state, index, timestamp)
         self.cookie.add_macs(raw, now)
         hs.stage = HandshakeStage.INITIATION_CREATED
@@ -367,7 +367,7 @@ class Peer:
         hs.local_index = index
         self._datagrams.append(bytes(raw))
         self.tx_bytes += len(raw)
-        device.counters.initiations_sent += 1
+        shared.counters.initiations_sent += 1
         self._timers_any_authenticated_packet_traversal(now)
         self._timers_any_authenticated_packet_sent()
         self._retransmit_at = now + self.timers.rekey_timeout + self._jitter()
@@ -384,12 +384,15 @@ class Peer:
         self._handshake_attempts += 1
         self._send_initiation(now, retry=True)
 
-    def _consume_initiation(
+    def accept_initiation(
         self, state: HandshakeState, sender: int, timestamp: bytes, now: float
     ) -> bool:
-        """Responder: a decrypted initiation from this peer; reply if it is fresh (§5.4.3)."""
+        """Responder: a decrypted initiation from this peer; reply if it is fresh (§5.4.3).
+
+        Called by the device's demultiplexer once the initiation authenticated as this peer
+        (MACs checked, Noise message decrypted); True if it was accepted and answered."""
         hs = self.handshake
-        counters = self.device.counters
+        counters = self.shared.counters
         if not tai64n.is_newer(timestamp, hs.greatest_timestamp):
             counters.replayed_initiation += 1
             return False
@@ -404,8 +407,8 @@ class Peer:
         self._timers_any_authenticated_packet_received()
         # Our own initiation in flight, if any, is abandoned: the peer's wins.
         self._clear_handshake()
-        device = self.device
-        index = device._new_index(self, None)
+        indices = self.shared.indices
+        index = indices.new(self)
         _, raw = create_response(state, index, sender, self.preshared_key)
         self.cookie.add_macs(raw, now)
         send_key, recv_key = session_keys(state)
@@ -418,11 +421,11 @@ class Peer:
             is_initiator=False,
             reject_after_messages=self.timers.reject_after_messages,
         )
-        device._set_index(index, self, kp)
+        indices.set(index, self, kp)
         # Responder rotation: the new keypair waits in `next`; `previous` is dropped.
         for old in (self.next, self.previous):
             if old is not None:
-                device._free_index(old.local_index)
+                indices.free(old.local_index)
         self.next = kp
         self.previous = None
         hs.last_sent = now
@@ -434,21 +437,24 @@ class Peer:
         self._timers_any_authenticated_packet_sent()
         return True
 
-    def _consume_response(self, msg: Response, now: float) -> bool:
-        """Initiator: a response to our initiation in flight (§5.4.3, §5.4.5)."""
+    def accept_response(self, msg: Response, now: float) -> bool:
+        """Initiator: a response to our initiation in flight (§5.4.3, §5.4.5).
+
+        Called by the device's demultiplexer for a response whose receiver index names this
+        peer's handshake (MACs checked); True if it authenticated and completed it."""
         hs = self.handshake
-        device = self.device
+        shared = self.shared
         if (
             hs.stage is not HandshakeStage.INITIATION_CREATED
             or hs.noise is None
             or hs.local_index != msg.receiver
         ):
-            device.counters.unexpected_response += 1
+            shared.counters.unexpected_response += 1
             return False
         try:
             state = consume_response(hs.noise, msg, self.preshared_key)
         except NoiseError:
-            device.counters.handshake_auth_failed += 1
+            shared.counters.handshake_auth_failed += 1
             return False
         self.rx_bytes += RESPONSE_LEN
         self._timers_any_authenticated_packet_traversal(now)
@@ -467,15 +473,16 @@ class Peer:
             is_initiator=True,
             reject_after_messages=self.timers.reject_after_messages,
         )
-        device._set_index(index, self, kp)
+        indices = shared.indices
+        indices.set(index, self, kp)
         # Initiator rotation (§5.4.5): the new keypair is current at once.
         if self.previous is not None:
-            device._free_index(self.previous.local_index)
+            indices.free(self.previous.local_index)
         if self.next is not None:
             self.previous = self.next
             self.next = None
             if self.current is not None:
-                device._free_index(self.current.local_index)
+                indices.free(self.current.local_index)
         else:
             self.previous = self.current
         self.current = kp
@@ -491,7 +498,7 @@ class Peer:
         staged = self.staged
         if len(staged) >= self.timers.max_staged_packets:
             staged.popleft()
-            self.device.counters.staged_dropped += 1
+            self.shared.counters.staged_dropped += 1
         staged.append(bytes(packet))
 
     def _flush_staged(self, now: float) -> None:
@@ -513,10 +520,10 @@ class Peer:
     def _send_transport(
         self, kp: Keypair, packet: bytes | bytearray | memoryview, now: float
     ) -> None:
-        device = self.device
+        shared = self.shared
         counter = kp.send_counter
         kp.send_counter = counter + 1
-        out = device._send_buffer
+        out = shared.send_buffer
         size = seal(
             kp.send_aead,
             kp.send_nonce,
@@ -524,8 +531,8 @@ class Peer:
             counter,
             packet,
             out,
-            device._scratch,
-            device.mtu,
+            shared.scratch,
+            shared.mtu,
         )
         self._datagrams.append(bytes(memoryview(out)[:size]))
         self.tx_bytes += size
@@ -534,22 +541,24 @@ class Peer:
         if self.persistent_keepalive:
             self._persistent_keepalive_at = now + self.persistent_keepalive
         if packet:
-            device.counters.packets_sent += 1
+            shared.counters.packets_sent += 1
             if self._new_handshake_at is None:
                 self._new_handshake_at = now + self.timers.new_handshake_timeout + self._jitter()
         else:
-            device.counters.keepalives_sent += 1
+            shared.counters.keepalives_sent += 1
 
-    def _receive_transport(
+    def receive_transport(
         self, kp: Keypair, message: bytes | bytearray | memoryview, counter: int, now: float
     ) -> bool:
         """A transport message for keypair ``kp`` of this peer; True if it authenticated.
 
-        The hot path of receiving: :func:`~p2ptun.wireguard.transport.open_into` and the
-        timer hooks are inlined (one Python call less each per packet).
+        Called by the device's demultiplexer, which found ``kp`` by the message's receiver
+        index and read its ``counter`` from the header. The hot path of receiving:
+        :func:`~p2ptun.wireguard.transport.open_into` and the timer hooks are inlined (one
+        Python call less each per packet).
         """
-        device = self.device
-        counters = device.counters
+        shared = self.shared
+        counters = shared.counters
         timers = self.timers
         age = now - kp.created
         if age >= timers.reject_after_time:
@@ -564,7 +573,7 @@ class Peer:
         NONCE_COUNTER.pack_into(nonce, 4, counter)
         try:
             kp.recv_aead.decrypt_into(
-                nonce, memoryview(message)[TRANSPORT_HEADER_LEN:], None, device._recv_view[:size]
+                nonce, memoryview(message)[TRANSPORT_HEADER_LEN:], None, shared.recv_view[:size]
             )
         except InvalidTag:
             counters.transport_auth_failed += 1
@@ -576,7 +585,7 @@ class Peer:
         if kp is self.next:
             # The initiator used the new session: confirm it (§5.4.5, responder side).
             if self.previous is not None:
-                device._free_index(self.previous.local_index)
+                shared.indices.free(self.previous.local_index)
             self.previous = self.current
             self.current = kp
             self.next = None
@@ -596,13 +605,13 @@ class Peer:
             self._send_keepalive_at = now + timers.keepalive_timeout
         else:
             self._need_another_keepalive = True
-        buf = device._recv_buffer
+        buf = shared.recv_buffer
         length = inner_length(buf, size)
         if length < 0:
             counters.bad_inner_packet += 1
             return True
-        view = device._recv_view[:length]
-        if device.allowed_ips.lookup_source(view) is not self:
+        view = shared.recv_view[:length]
+        if shared.allowed_ips.lookup_source(view) is not self:
             counters.source_not_allowed += 1
             return True
         counters.packets_received += 1
@@ -633,7 +642,7 @@ class Peer:
     # -- timer hooks (§6.5) ---------------------------------------------------------------------
 
     def _jitter(self) -> float:
-        return self.timers.rekey_timeout_jitter_max * self.device.jitter()
+        return self.timers.rekey_timeout_jitter_max * self.shared.jitter()
 
     def _timers_any_authenticated_packet_traversal(self, now: float) -> None:
         if self.persistent_keepalive:
@@ -653,6 +662,6 @@ class Peer:
         self._retransmit_at = None
         self._handshake_attempts = 0
         self.last_handshake = now
-        self.device.counters.handshakes_completed += 1
+        self.shared.counters.handshakes_completed += 1
         self._events.append(HandshakeCompleted(now, is_initiator))
         log.debug("handshake complete", peer=repr(self), initiator=is_initiator)

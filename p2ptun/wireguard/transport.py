@@ -16,13 +16,13 @@ import struct
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from p2ptun.noise import TAG_LEN
 from p2ptun.wireguard.messages import (
     MAX_DATAGRAM,
     TRANSPORT_HEADER,
     TRANSPORT_HEADER_LEN,
     MessageType,
 )
-from p2ptun.wireguard.noise import TAG_LEN
 from p2ptun.wireguard.replay import REJECT_AFTER_MESSAGES, ReplayWindow
 
 PADDING_MULTIPLE = 16

@@ -14,7 +14,7 @@ import struct
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from p2ptun.wireguard.errors import NoiseError
+from p2ptun.noise import NoiseError
 
 XNONCE_LEN = 24
 _MASK = 0xFFFFFFFF

@@ -22,20 +22,15 @@ import trio
 
 from p2ptun.config import NodeEntry, RendezvousConfig, StunServerSettings, TurnServerSettings
 from p2ptun.keys import generate_private_key, public_key
-from p2ptun.rendezvous.signaling import (
-    ServerLimits,
-    SignalingServer,
-    SignalingServerCore,
-    open_store,
-    serve_signaling,
-)
+from p2ptun.net.signaling import SignalingClient
+from p2ptun.rendezvous.signaling import SignalingServer, open_store, serve_signaling
 from p2ptun.signal.backoff import BackoffPolicy
 from p2ptun.signal.client import (
     Disconnected,
     RegistrationRefused,
     SignalReceived,
 )
-from p2ptun.signal.client_io import SignalingClient
+from p2ptun.signal.hub import ServerLimits, SignalingServerCore
 from p2ptun.signal.messages import Deliver, RefusalReason, Route
 from p2ptun.signal.seal import Answer, Candidates, Offer, SignalBox
 
@@ -212,8 +207,9 @@ async def test_malicious_rendezvous_cannot_forge_or_misdirect(tmp_path: Path, at
     import time
 
     cfg = rv_config(tmp_path)
-    core = EvilCore(attack, forger, RV_KEY, open_store(cfg), rng=os.urandom, wall_clock=time.time)
-    server = SignalingServer(core, cfg.listen)
+    store = open_store(cfg)
+    core = EvilCore(attack, forger, RV_KEY, store, rng=os.urandom, wall_clock=time.time)
+    server = SignalingServer(core, cfg.listen, store=store)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)

@@ -10,6 +10,8 @@ import sys
 import pytest
 
 from p2ptun import cli, log
+from p2ptun.errors import DecodeError
+from p2ptun.signal.negotiation import NegotiationError
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -46,6 +48,18 @@ def test_usage_errors_are_one_line(args: tuple[str, ...], word: str) -> None:
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1, proc.stderr
     assert word in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("error", [DecodeError("bad bytes"), NegotiationError("bad call")])
+def test_protocol_error_reaching_the_cli_is_one_line_and_exit_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], error: Exception
+) -> None:
+    def fail(args: object) -> int:
+        raise error
+
+    monkeypatch.setattr(cli, "cmd_genkey", fail)
+    assert cli.main(["genkey"]) == 1
+    assert capsys.readouterr().err == f"{error}\n"
 
 
 def test_no_command_shows_usage() -> None:

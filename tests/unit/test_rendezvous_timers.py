@@ -19,12 +19,13 @@ from test_turn_server_shell import HOST, REALM, turn_settings
 
 from p2ptun.config import StunServerSettings
 from p2ptun.keys import generate_private_key, public_key
-from p2ptun.rendezvous.signaling import ServerLimits, SignalingServer, SignalingServerCore
+from p2ptun.net.signaling import SignalingClient
+from p2ptun.rendezvous.signaling import SignalingServer
 from p2ptun.rendezvous.store import MemoryStore
 from p2ptun.rendezvous.stun_turn import StunTurnService
 from p2ptun.signal.backoff import BackoffPolicy
 from p2ptun.signal.client import ClientTimers, PresenceChanged
-from p2ptun.signal.client_io import SignalingClient
+from p2ptun.signal.hub import ServerLimits, SignalingServerCore
 from p2ptun.stun import AttrType, Message, MessageClass, Method, long_term_key
 from p2ptun.turn.server import DEFAULT_LIFETIME
 

@@ -16,7 +16,7 @@ import pytest
 
 from p2ptun.config import NodeEntry, TurnServerSettings
 from p2ptun.keys import clamp, encode_key, public_key
-from p2ptun.rendezvous.signaling import ServerLimits, SignalingServerCore
+from p2ptun.rendezvous.signaling import rest_turn_issuer
 from p2ptun.rendezvous.store import MemoryStore
 from p2ptun.signal.backoff import Backoff, BackoffPolicy
 from p2ptun.signal.channel import ChannelLimits
@@ -34,6 +34,7 @@ from p2ptun.signal.client import (
     TurnCredentialsReceived,
     TurnUnavailable,
 )
+from p2ptun.signal.hub import ServerLimits, SignalingServerCore
 from p2ptun.signal.messages import RefusalReason, RouteFailure
 from p2ptun.signal.negotiation import NegotiationState, Role
 from p2ptun.signal.seal import Answer, Candidates, Offer
@@ -196,7 +197,7 @@ def make_server(
         MemoryStore(open_registration, nodes),
         rng=rng,
         wall_clock=lambda: WALL0 + (net.now if net else 0.0),
-        turn=turn,
+        turn=rest_turn_issuer(turn),
         limits=limits,
     )
 

@@ -31,7 +31,7 @@ from p2ptun.signal.seal import (
     open_sealed,
     seal,
 )
-from p2ptun.wireguard.noise import CONSTRUCTION, IDENTIFIER
+from p2ptun.wireguard.constants import CONSTRUCTION, IDENTIFIER
 
 _rand = random.Random(7)
 

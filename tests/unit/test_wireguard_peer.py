@@ -759,7 +759,7 @@ def test_remove_peer_frees_everything() -> None:
     net = Net()
     net.connect()
     net.b.remove_peer(net.b_a)
-    assert net.b._indices == {}
+    assert len(net.b.indices) == 0
     assert net.b.route(b_to_a()) is None
     assert net.b.peers == {}
 
@@ -770,7 +770,7 @@ def test_bad_keys_refused(bad: bytes) -> None:
         Device(bad, rng=random.Random(0).randbytes, wall_clock=lambda: 0.0)
     dev = Device(bytes(32), rng=random.Random(0).randbytes, wall_clock=lambda: 0.0)
     with pytest.raises(ValueError):
-        Peer(dev, bad)
+        Peer(dev.shared, bad)
 
 
 # -- batch sending ---------------------------------------------------------------------------

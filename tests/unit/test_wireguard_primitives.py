@@ -11,10 +11,12 @@ import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from p2ptun import noise
 from p2ptun.keys import clamp, public_key
-from p2ptun.wireguard import noise, tai64n
-from p2ptun.wireguard.cookie import CookieChecker, CookieGenerator, source_bytes
-from p2ptun.wireguard.errors import NoiseError, WireGuardDecodeError
+from p2ptun.noise import NoiseError
+from p2ptun.wireguard import constants, tai64n
+from p2ptun.wireguard.cookie import CookieChecker, CookieGenerator, mac, source_bytes
+from p2ptun.wireguard.errors import WireGuardDecodeError
 from p2ptun.wireguard.handshake import (
     consume_initiation,
     consume_response,
@@ -74,9 +76,7 @@ def test_kdf_chain_matches_whitepaper_definition() -> None:
 
 
 def test_mac_is_keyed_blake2s_128() -> None:
-    assert (
-        noise.mac(b"k" * 32, b"x") == hashlib.blake2s(b"x", key=b"k" * 32, digest_size=16).digest()
-    )
+    assert mac(b"k" * 32, b"x") == hashlib.blake2s(b"x", key=b"k" * 32, digest_size=16).digest()
 
 
 def test_nonce_is_le_counter_after_four_zero_bytes() -> None:
@@ -98,11 +98,11 @@ def test_dh_rejects_low_order_point() -> None:
 
 
 def test_construction_constants() -> None:
-    assert noise.CONSTRUCTION == b"Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s"
-    assert noise.IDENTIFIER == b"WireGuard v1 zx2c4 Jason@zx2c4.com"
-    assert noise.LABEL_MAC1 == b"mac1----"
-    assert noise.LABEL_COOKIE == b"cookie--"
-    assert noise.protocol_name(noise.PATTERN_IKPSK2) == noise.CONSTRUCTION
+    assert constants.CONSTRUCTION == b"Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s"
+    assert constants.IDENTIFIER == b"WireGuard v1 zx2c4 Jason@zx2c4.com"
+    assert constants.LABEL_MAC1 == b"mac1----"
+    assert constants.LABEL_COOKIE == b"cookie--"
+    assert noise.protocol_name(noise.PATTERN_IKPSK2) == constants.CONSTRUCTION
 
 
 # -- XChaCha20Poly1305 (draft-irtf-cfrg-xchacha-03) ------------------------------------------
@@ -296,8 +296,8 @@ def test_handshake_matches_whitepaper_derivation() -> None:
         return ChaCha20Poly1305(k).encrypt(bytes(12), p, a)
 
     # Initiator, §5.4.2.
-    c = H(noise.CONSTRUCTION)
-    h = H(c, noise.IDENTIFIER)
+    c = H(constants.CONSTRUCTION)
+    h = H(c, constants.IDENTIFIER)
     h = H(h, sr_pub)
     c = noise.kdf1(c, ei_pub)
     h = H(h, ei_pub)

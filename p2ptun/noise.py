@@ -1,15 +1,18 @@
-"""Noise protocol primitives with WireGuard's choices: 25519, ChaChaPoly, BLAKE2s.
+"""Noise protocol primitives over 25519, ChaChaPoly and BLAKE2s, and a generic handshake state.
 
-This module is shared by the data plane (the WireGuard handshake, :mod:`.handshake`) and the
-signaling channel: it holds the functions the WireGuard whitepaper §5.4 names (``HASH``,
-``HMAC``, ``KDF1..3``, ``MAC``, ``DH``, ``AEAD``) and a small generic Noise state machine
-(Noise specification rev. 34, §5.1–5.3) driven by handshake patterns, so that another
-protocol can run, say, ``Noise_IK`` or ``Noise_XX`` over the same primitives with its own
-prologue.
+Shared by the WireGuard data plane (:mod:`p2ptun.wireguard.handshake`) and the signaling
+channel and sealing (:mod:`p2ptun.signal.channel`, :mod:`p2ptun.signal.seal`). It holds the
+functions the WireGuard whitepaper §5.4 names (``HASH``, ``HMAC``, ``KDF1..3``, ``DH``,
+``AEAD``) and a small generic Noise state machine (Noise specification rev. 34, §5.1–5.3)
+driven by handshake patterns, so that each protocol runs, say, ``Noise_IK`` or ``Noise_XX``
+over the same primitives with its own prologue.
 
-WireGuard's handshake is exactly ``Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s`` with the prologue
-:data:`IDENTIFIER`; :data:`PATTERN_IKPSK2` with :data:`CONSTRUCTION` reproduces it byte for byte
-(whitepaper §5.4.2–5.4.3).
+WireGuard's handshake is exactly ``Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s`` with WireGuard's
+prologue: :data:`PATTERN_IKPSK2` with the constants of :mod:`p2ptun.wireguard.constants`
+reproduces it byte for byte (whitepaper §5.4.2–5.4.3).
+
+Sans-I/O: randomness comes in as an :data:`Rng`; nothing here reads a clock or the system's
+random source.
 """
 
 from __future__ import annotations
@@ -26,26 +29,25 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from p2ptun.wireguard.errors import NoiseError
+from p2ptun.errors import RemoteProtocolError
 
-CONSTRUCTION = b"Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s"
-"""The Noise protocol name WireGuard hashes into its initial chaining key (whitepaper §5.4)."""
-IDENTIFIER = b"WireGuard v1 zx2c4 Jason@zx2c4.com"
-"""WireGuard's Noise prologue (whitepaper §5.4)."""
-LABEL_MAC1 = b"mac1----"
-"""Label hashed with the responder's public key to key MAC1 (whitepaper §5.4.4)."""
-LABEL_COOKIE = b"cookie--"
-"""Label hashed with the responder's public key to key cookie encryption (§5.4.7)."""
+
+class NoiseError(RemoteProtocolError):
+    """A Noise handshake step failed: bad AEAD tag, a low-order DH result or a short message.
+
+    This is an authentication failure, not a parse failure: the caller drops and counts it.
+    """
+
 
 HASH_LEN = 32
 KEY_LEN = 32
 DH_LEN = 32
 TAG_LEN = 16
-MAC_LEN = 16
 EMPTY = b""
 
 Rng = Callable[[int], bytes]
-"""Source of randomness: ``rng(n)`` returns ``n`` random bytes (``os.urandom`` in production)."""
+"""Source of randomness: ``rng(n)`` returns ``n`` random bytes (``os.urandom`` in production,
+passed in by the I/O layer)."""
 
 _NONCE = struct.Struct("<4xQ")
 
@@ -64,11 +66,6 @@ def hash_(*parts: bytes) -> bytes:
 def hmac(key: bytes, data: bytes) -> bytes:
     """``HMAC(key, input)``: HMAC over BLAKE2s (RFC 2104, 64-byte block), 32-byte output."""
     return _hmac.new(key, data, hashlib.blake2s).digest()
-
-
-def mac(key: bytes, data: bytes) -> bytes:
-    """``MAC(key, input)``: keyed BLAKE2s with a 16-byte digest (whitepaper §5.4)."""
-    return hashlib.blake2s(data, key=key, digest_size=MAC_LEN).digest()
 
 
 def kdf(key: bytes, data: bytes, n: int) -> tuple[bytes, ...]:

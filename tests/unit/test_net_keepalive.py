@@ -6,7 +6,7 @@ import socket
 
 import trio
 
-from p2ptun.signal import keepalive
+from p2ptun.net import keepalive
 
 
 async def test_enable_sets_the_kernel_keepalive_options() -> None:

@@ -1,7 +1,8 @@
 """A level-triggered wake-up flag for one trio task (set any number of times, wait clears it).
 
-The signaling shells (node client and rendezvous server) use it to wake their writer and timer
-tasks without a channel hop per message.
+The signaling shells (the node's client, :mod:`p2ptun.net.signaling`, and the rendezvous'
+server, :mod:`p2ptun.rendezvous.signaling`) use it to wake their writer and timer tasks without
+a channel hop per message.
 """
 
 from __future__ import annotations

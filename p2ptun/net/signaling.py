@@ -1,9 +1,11 @@
 """The node's signaling client over TCP with trio: the thin shell around
 :class:`~p2ptun.signal.client.SignalClientCore`.
 
-Usage from the daemon::
+The shell reads no config: the daemon translates the node config into the constructor's
+arguments (:func:`p2ptun.node.daemon.signaling_client`). Usage::
 
-    client = SignalingClient.from_config(node_config)
+    client = SignalingClient(name=..., private_key=..., rendezvous=(host, port),
+                             rendezvous_key=..., peers={"bob": bob_public_key})
     async with trio.open_nursery() as nursery:
         await nursery.start(client.run)
         session = client.offer("bob", description_text)          # waits for bob's presence
@@ -28,9 +30,10 @@ from collections.abc import Callable, Mapping
 
 import trio
 
-from p2ptun.config import NodeConfig
 from p2ptun.log import get_logger
-from p2ptun.signal import keepalive
+from p2ptun.net import keepalive
+from p2ptun.net.wakeup import Wakeup
+from p2ptun.noise import Rng
 from p2ptun.signal.backoff import BackoffPolicy, Random
 from p2ptun.signal.channel import ChannelLimits
 from p2ptun.signal.client import (
@@ -45,8 +48,6 @@ from p2ptun.signal.client import (
 )
 from p2ptun.signal.messages import TurnCredentials
 from p2ptun.signal.seal import PeerMessage, SealPolicy
-from p2ptun.signal.wakeup import Wakeup
-from p2ptun.wireguard.noise import Rng
 
 log = get_logger("signal.client")
 
@@ -98,18 +99,6 @@ class SignalingClient:
         self._changed = trio.Event()
         self._conn_scope: trio.CancelScope | None = None
         self._turn_unavailable = 0
-
-    @classmethod
-    def from_config(cls, config: NodeConfig, **kwargs: object) -> SignalingClient:
-        """A client for a node config (``kwargs`` as for the constructor)."""
-        return cls(
-            name=config.name,
-            private_key=config.private_key,
-            rendezvous=config.rendezvous.address,
-            rendezvous_key=config.rendezvous.public_key,
-            peers={p.name: p.public_key for p in config.peers},
-            **kwargs,  # type: ignore[arg-type]
-        )
 
     # -- state -----------------------------------------------------------------------------
 

@@ -1,0 +1,518 @@
+"""The rendezvous' signaling hub, sans-I/O: connection ids, bytes and ``now`` in; bytes per
+connection, close requests and :meth:`~SignalingServerCore.next_wakeup` out.
+
+Per connection (:class:`ConnState`)::
+
+    HANDSHAKE --(Noise IK message 1 → message 2)--> REGISTERING --(Register, admitted)--> READY
+    any --(error, refusal, silence, limit, shutdown)--> CLOSING --(flushed)--> closed
+
+A node is authenticated once its first transport frame decrypts (see
+:mod:`p2ptun.signal.channel` on message-1 replays); its identity is the static key from the
+handshake, and the :class:`Registrations` the core is given (the rendezvous' store,
+:mod:`p2ptun.rendezvous.store`) decide whether that key may use the name it asks for. Then the
+core:
+
+- answers Ping with Pong; closes connections silent for ``idle_timeout`` and connections that
+  have not registered within ``handshake_timeout``, each at its own deadline (the core is woken
+  for the earliest one, never on a fixed tick);
+- keeps presence: a node watches names and gets Presence(name, online) now and on every change;
+- routes Route(ref, to, blob) as Deliver(from, blob) to the node registered as ``to``, or
+  answers RouteFailed (peer offline, busy, rate limited). It never looks inside ``blob``, which
+  is sealed end to end (:mod:`p2ptun.signal.seal`);
+- hands TURN credentials to registered nodes, minted by the :data:`TurnIssuer` it is given (the
+  rendezvous' ``[turn] auth_secret``, in coturn's REST-API form);
+- bounds everything: connections, unauthenticated connections, a token bucket of messages per
+  connection, bytes queued to each connection (routes to a full queue fail as busy; a queue past
+  the hard limit closes the connection), names watched per connection.
+
+A new registration of a name that is online (same key, the store guarantees) replaces the old
+connection, whose socket is likely dead after a network change, without presence flapping.
+
+Randomness (``rng``, for the Noise channel) and the wall clock (for credential expiry) are
+injected. Logs name connections, node names and reasons; never keys or sealed payloads.
+
+The trio shell that serves it on TCP is :class:`p2ptun.rendezvous.signaling.SignalingServer`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from p2ptun.log import get_logger
+from p2ptun.noise import Rng
+from p2ptun.signal.channel import ChannelLimits, NoiseChannel
+from p2ptun.signal.errors import ChannelError, SignalDecodeError
+from p2ptun.signal.frames import FrameDecoder
+from p2ptun.signal.messages import (
+    Deliver,
+    Error,
+    ErrorCode,
+    GoingAway,
+    Message,
+    Ping,
+    Pong,
+    Presence,
+    RefusalReason,
+    Refused,
+    Register,
+    Registered,
+    Route,
+    RouteFailed,
+    RouteFailure,
+    TurnCredentials,
+    TurnRequest,
+    Unwatch,
+    Watch,
+    decode_message,
+    encode_message,
+)
+
+log = get_logger("rendezvous.signaling")
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The answer to "may ``key`` register as ``name``?"."""
+
+    allowed: bool
+    reason: RefusalReason | None = None
+    text: str = ""
+    #: True when this admission created a new (trust-on-first-use) binding.
+    new_binding: bool = False
+
+
+class Registrations(Protocol):
+    """What the hub needs to admit a registration: the rendezvous' name ↔ key bindings
+    (:class:`p2ptun.rendezvous.store.SqliteStore` in production)."""
+
+    def admit(self, name: str, key: bytes) -> Admission:
+        """Decide, and in open-registration mode record, a registration."""
+        ...
+
+
+TurnIssuer = Callable[[str, float], TurnCredentials]
+"""``issue(name, unix_time)``: TURN credentials for the node registered as ``name``, minted at
+wall-clock ``unix_time`` (the rendezvous shell builds it from ``[turn]``:
+:func:`p2ptun.rendezvous.signaling.rest_turn_issuer`)."""
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """Bounds that keep one node (or a crowd) from exhausting the rendezvous."""
+
+    max_connections: int = 10_000
+    #: Connections not yet registered.
+    max_pending: int = 512
+    #: Handshake and registration must finish within this.
+    handshake_timeout: float = 10.0
+    #: A registered node that sends nothing for this long is dropped: two missed Pings of a
+    #: client that pings every 25 s, plus 10 s (:class:`p2ptun.signal.client.ClientTimers`).
+    idle_timeout: float = 60.0
+    #: Token bucket per connection: sustained messages per second, and burst.
+    rate: float = 50.0
+    burst: float = 200.0
+    #: Messages dropped for rate in a row before the connection is closed.
+    max_rate_drops: int = 1000
+    #: Bytes queued to a connection beyond which routes to it fail as busy...
+    max_outbox: int = 256 * 1024
+    #: ...and beyond which it is closed.
+    hard_outbox: int = 1024 * 1024
+    max_watches: int = 1024
+    channel: ChannelLimits = field(default_factory=ChannelLimits)
+
+
+class ConnState(enum.Enum):
+    HANDSHAKE = "handshake"
+    REGISTERING = "registering"
+    READY = "ready"
+    CLOSING = "closing"
+
+
+@dataclass
+class ServerCounters:
+    connections: int = 0
+    refused_connections: int = 0
+    registrations: int = 0
+    refused_registrations: int = 0
+    new_bindings: int = 0
+    routed: int = 0
+    route_offline: int = 0
+    route_busy: int = 0
+    rate_limited: int = 0
+    decode_errors: int = 0
+    channel_errors: int = 0
+    protocol_errors: int = 0
+    timeouts: int = 0
+    turn_issued: int = 0
+
+
+class _Conn:
+    __slots__ = (
+        "channel",
+        "close_reason",
+        "decoder",
+        "id",
+        "key",
+        "last_rx",
+        "name",
+        "opened",
+        "outbox",
+        "peer",
+        "rate_drops",
+        "state",
+        "tokens",
+        "tokens_at",
+        "watching",
+    )
+
+    def __init__(self, conn_id: int, channel: NoiseChannel, now: float, peer: str, burst: float):
+        self.id = conn_id
+        self.channel = channel
+        self.decoder = FrameDecoder()
+        self.state = ConnState.HANDSHAKE
+        self.outbox = bytearray()
+        self.name: str | None = None
+        self.key: bytes | None = None
+        self.opened = now
+        self.last_rx = now
+        self.peer = peer
+        self.tokens = burst
+        self.tokens_at = now
+        self.rate_drops = 0
+        self.watching: set[str] = set()
+        self.close_reason = ""
+
+
+class SignalingServerCore:
+    """Sans-I/O signaling server: connection ids and bytes in, bytes per connection out.
+
+    ``turn`` mints TURN credentials for registered nodes (None: the rendezvous issues none).
+    """
+
+    def __init__(
+        self,
+        private_key: bytes,
+        store: Registrations,
+        *,
+        rng: Rng,
+        wall_clock: Callable[[], float],
+        turn: TurnIssuer | None = None,
+        limits: ServerLimits | None = None,
+    ) -> None:
+        self._private = private_key
+        self.store = store
+        self.rng = rng
+        self.wall_clock = wall_clock
+        self.turn = turn
+        self.limits = limits or ServerLimits()
+        self.counters = ServerCounters()
+        self._conns: dict[int, _Conn] = {}
+        self._online: dict[str, _Conn] = {}
+        self._watchers: dict[str, set[int]] = {}
+        self._dirty: set[int] = set()
+        # Deadline order, so that the earliest deadline is the first entry (``now`` never goes
+        # back): connections not yet registered by opening time, registered ones by the time
+        # of their last frame (moved to the end on every frame). Closing ones are in neither.
+        self._unregistered: OrderedDict[int, _Conn] = OrderedDict()
+        self._registered: OrderedDict[int, _Conn] = OrderedDict()
+        self.shutting_down = False
+
+    # -- queries ---------------------------------------------------------------------------
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._conns)
+
+    @property
+    def online(self) -> frozenset[str]:
+        return frozenset(self._online)
+
+    def data_to_send(self, conn_id: int) -> bytes:
+        conn = self._conns.get(conn_id)
+        if conn is None:
+            return b""
+        data = bytes(conn.outbox)
+        conn.outbox.clear()
+        return data
+
+    def should_close(self, conn_id: int) -> bool:
+        """True when the shell should close this connection once its output is flushed."""
+        conn = self._conns.get(conn_id)
+        return conn is None or conn.state is ConnState.CLOSING
+
+    def take_dirty(self) -> set[int]:
+        """Connections with new output or a close request since the last call."""
+        dirty, self._dirty = self._dirty, set()
+        return dirty
+
+    def next_wakeup(self) -> float | None:
+        """When :meth:`handle_timeout` wants to run: the earliest handshake or idle deadline
+        of a connection, or None. Exact, and cheap enough to ask after every input."""
+        wake = None
+        for conn in self._unregistered.values():
+            wake = conn.opened + self.limits.handshake_timeout
+            break
+        for conn in self._registered.values():
+            idle = conn.last_rx + self.limits.idle_timeout
+            if wake is None or idle < wake:
+                wake = idle
+            break
+        return wake
+
+    # -- connection lifecycle --------------------------------------------------------------
+
+    def connection_made(self, conn_id: int, now: float, peer: str = "") -> bool:
+        """A TCP connection arrived; False means refuse it (close at once)."""
+        pending = len(self._conns) - len(self._registered)
+        if (
+            self.shutting_down
+            or len(self._conns) >= self.limits.max_connections
+            or pending >= self.limits.max_pending
+        ):
+            self.counters.refused_connections += 1
+            log.warning("connection refused: too many", peer=peer)
+            return False
+        channel = NoiseChannel.responder(self._private, self.rng, self.limits.channel)
+        conn = _Conn(conn_id, channel, now, peer, self.limits.burst)
+        self._conns[conn_id] = self._unregistered[conn_id] = conn
+        self.counters.connections += 1
+        return True
+
+    def connection_lost(self, conn_id: int, now: float) -> None:
+        conn = self._conns.pop(conn_id, None)
+        if conn is None:
+            return
+        self._unregistered.pop(conn_id, None)
+        self._registered.pop(conn_id, None)
+        conn.channel.close()
+        for name in conn.watching:
+            watchers = self._watchers.get(name)
+            if watchers is not None:
+                watchers.discard(conn_id)
+                if not watchers:
+                    del self._watchers[name]
+        if conn.name is not None and self._online.get(conn.name) is conn:
+            del self._online[conn.name]
+            log.info("node offline", name=conn.name, conn=conn_id, reason=conn.close_reason)
+            self._notify(conn.name, False)
+        self._dirty.discard(conn_id)
+
+    def _close(self, conn: _Conn, reason: str, final: Message | None = None) -> None:
+        if conn.state is ConnState.CLOSING:
+            return
+        if final is not None and conn.channel.established:
+            self._queue(conn, final)
+        conn.state = ConnState.CLOSING
+        conn.close_reason = reason
+        self._unregistered.pop(conn.id, None)
+        self._registered.pop(conn.id, None)
+        self._dirty.add(conn.id)
+        # Presence changes now, not when the socket finally closes.
+        if conn.name is not None and self._online.get(conn.name) is conn:
+            del self._online[conn.name]
+            log.info("node offline", name=conn.name, conn=conn.id, reason=reason)
+            self._notify(conn.name, False)
+
+    def shutdown(self, now: float) -> None:
+        """Graceful shutdown: refuse new connections, tell every node, close all."""
+        self.shutting_down = True
+        for conn in list(self._conns.values()):
+            self._close(conn, "shutdown", GoingAway("rendezvous shutting down"))
+
+    def handle_timeout(self, now: float) -> None:
+        """Close the connections whose deadline has come: ``handshake_timeout`` after opening
+        for one not yet registered, ``idle_timeout`` after its last frame for a registered one.
+        Exact: a connection is closed by the first call at or after its deadline. Only the
+        connections closed are looked at (they are at the front of their deadline order)."""
+        limits = self.limits
+        for order, timeout, reason in (
+            (self._unregistered, limits.handshake_timeout, "handshake timeout"),
+            (self._registered, limits.idle_timeout, "idle timeout"),
+        ):
+            while order:
+                conn = next(iter(order.values()))
+                since = conn.last_rx if conn.state is ConnState.READY else conn.opened
+                if now < since + timeout:
+                    break
+                self.counters.timeouts += 1
+                self._close(conn, reason)
+
+    # -- incoming bytes --------------------------------------------------------------------
+
+    def data_received(self, conn_id: int, data: bytes, now: float) -> None:
+        conn = self._conns.get(conn_id)
+        if conn is None or conn.state is ConnState.CLOSING:
+            return
+        try:
+            for frame in conn.decoder.feed(data):
+                if conn.state is ConnState.CLOSING:
+                    return
+                if conn.state is ConnState.HANDSHAKE:
+                    response = conn.channel.receive_handshake(frame)
+                    assert response is not None
+                    conn.key = conn.channel.remote_static
+                    conn.outbox += response
+                    self._dirty.add(conn.id)
+                    conn.state = ConnState.REGISTERING
+                    continue
+                plaintext = conn.channel.decrypt(frame)
+                conn.last_rx = now
+                if conn.state is ConnState.READY:
+                    self._registered.move_to_end(conn.id)
+                self._on_message(conn, decode_message(plaintext), now)
+        except SignalDecodeError as exc:
+            self.counters.decode_errors += 1
+            log.info("bad frame", conn=conn.id, peer=conn.peer, error=str(exc))
+            self._close(conn, "bad frame")
+        except ChannelError as exc:
+            self.counters.channel_errors += 1
+            log.info("channel error", conn=conn.id, peer=conn.peer, error=str(exc))
+            self._close(conn, "channel error")
+
+    def _queue(self, conn: _Conn, msg: Message) -> None:
+        if conn.state is ConnState.CLOSING:
+            return
+        try:
+            conn.outbox += conn.channel.encrypt(encode_message(msg))
+        except ChannelError:
+            self._close(conn, "session message limit")
+            return
+        self._dirty.add(conn.id)
+        if len(conn.outbox) > self.limits.hard_outbox:
+            log.warning("closing slow connection", conn=conn.id, name=conn.name)
+            conn.outbox.clear()
+            self._close(conn, "send queue overflow")
+
+    def _take_token(self, conn: _Conn, now: float) -> bool:
+        limits = self.limits
+        conn.tokens = min(limits.burst, conn.tokens + (now - conn.tokens_at) * limits.rate)
+        conn.tokens_at = now
+        if conn.tokens >= 1.0:
+            conn.tokens -= 1.0
+            conn.rate_drops = 0
+            return True
+        self.counters.rate_limited += 1
+        conn.rate_drops += 1
+        if conn.rate_drops > limits.max_rate_drops:
+            self._close(conn, "rate limit")
+        return False
+
+    def _protocol_error(self, conn: _Conn, what: str) -> None:
+        self.counters.protocol_errors += 1
+        log.info("protocol error", conn=conn.id, name=conn.name, error=what)
+        self._close(conn, "protocol error", Error(ErrorCode.PROTOCOL, what))
+
+    def _on_message(self, conn: _Conn, msg: Message, now: float) -> None:
+        if conn.state is ConnState.REGISTERING:
+            if isinstance(msg, Register):
+                self._register(conn, msg.name)
+            else:
+                self._protocol_error(conn, "expected Register")
+            return
+        if isinstance(msg, Ping):
+            self._queue(conn, Pong(msg.seq))
+            return
+        if isinstance(msg, Pong):
+            return
+        if not self._take_token(conn, now):
+            if isinstance(msg, Route):
+                self._queue(conn, RouteFailed(msg.ref, msg.to, RouteFailure.RATE_LIMITED))
+            elif isinstance(msg, TurnRequest):
+                self._queue(conn, Error(ErrorCode.RATE_LIMITED, "too many requests"))
+            return
+        if isinstance(msg, Route):
+            self._route(conn, msg)
+        elif isinstance(msg, Watch):
+            self._watch(conn, msg.names)
+        elif isinstance(msg, Unwatch):
+            for name in msg.names:
+                conn.watching.discard(name)
+                watchers = self._watchers.get(name)
+                if watchers is not None:
+                    watchers.discard(conn.id)
+                    if not watchers:
+                        del self._watchers[name]
+        elif isinstance(msg, TurnRequest):
+            self._issue_turn(conn)
+        else:
+            self._protocol_error(conn, f"unexpected {type(msg).__name__}")
+
+    def _register(self, conn: _Conn, name: str) -> None:
+        assert conn.key is not None
+        admission = self.store.admit(name, conn.key)
+        if not admission.allowed:
+            assert admission.reason is not None
+            self.counters.refused_registrations += 1
+            log.warning(
+                "registration refused",
+                name=name,
+                conn=conn.id,
+                peer=conn.peer,
+                reason=admission.reason.name,
+            )
+            self._close(conn, "registration refused", Refused(admission.reason, admission.text))
+            return
+        if admission.new_binding:
+            self.counters.new_bindings += 1
+            log.info("new name binding (trust on first use)", name=name)
+        old = self._online.get(name)
+        conn.name = name
+        conn.state = ConnState.READY
+        del self._unregistered[conn.id]
+        self._registered[conn.id] = conn
+        self._online[name] = conn
+        self.counters.registrations += 1
+        self._queue(conn, Registered(name))
+        if old is not None:
+            # Same name, same key (the store binds them): the node reconnected.
+            old.name = None
+            self._close(old, "replaced", GoingAway("replaced by a newer connection"))
+            log.info("node reconnected", name=name, conn=conn.id, old_conn=old.id)
+        else:
+            log.info("node online", name=name, conn=conn.id, peer=conn.peer)
+            self._notify(name, True)
+
+    def _notify(self, name: str, online: bool) -> None:
+        for watcher_id in list(self._watchers.get(name, ())):
+            watcher = self._conns.get(watcher_id)
+            if watcher is not None and watcher.state is ConnState.READY:
+                self._queue(watcher, Presence(name, online))
+
+    def _watch(self, conn: _Conn, names: tuple[str, ...]) -> None:
+        for name in names:
+            if name not in conn.watching:
+                if len(conn.watching) >= self.limits.max_watches:
+                    break
+                conn.watching.add(name)
+                self._watchers.setdefault(name, set()).add(conn.id)
+            self._queue(conn, Presence(name, name in self._online))
+
+    def _route(self, conn: _Conn, msg: Route) -> None:
+        assert conn.name is not None
+        dest = self._online.get(msg.to)
+        if dest is None or dest.state is not ConnState.READY:
+            self.counters.route_offline += 1
+            self._queue(conn, RouteFailed(msg.ref, msg.to, RouteFailure.PEER_OFFLINE))
+            return
+        if len(dest.outbox) > self.limits.max_outbox:
+            self.counters.route_busy += 1
+            self._queue(conn, RouteFailed(msg.ref, msg.to, RouteFailure.PEER_BUSY))
+            return
+        self.counters.routed += 1
+        self._queue(dest, Deliver(conn.name, msg.blob))
+
+    def _issue_turn(self, conn: _Conn) -> None:
+        assert conn.name is not None
+        issue = self.turn
+        if issue is None:
+            self._queue(
+                conn, Error(ErrorCode.NO_TURN, "this rendezvous issues no TURN credentials")
+            )
+            return
+        credentials = issue(conn.name, self.wall_clock())
+        self.counters.turn_issued += 1
+        self._queue(conn, credentials)
