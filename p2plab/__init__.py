@@ -1,0 +1,16 @@
+"""The NAT lab: network namespaces and nftables NATs for end-to-end tests and demos.
+
+- :class:`NatLab` (:mod:`p2plab.natlab`): build a lab (``NatLab.create(["cone", "sym"])``),
+  run programs in its hosts (``exec``, ``popen``), read the internet's byte counters, and turn
+  the knobs (netem loss/delay, NAT flush, NAT renumbering, host readdressing, blocking).
+- :mod:`p2plab.pytest_plugin`: the ``natlab`` / ``natlab_module`` fixture factories.
+- :mod:`p2plab.probe`: raw-socket probes run inside lab hosts (reflector, NAT
+  classification, loss/RTT counting, TCP).
+- :mod:`p2plab.coturn`: coturn in the lab and RFC 5780 NAT discovery.
+- :mod:`p2plab.delay`: the userspace delay line behind ``set_netem(delay_ms=...)``.
+- :mod:`p2plab.cli`: ``scripts/natlab`` (``python -m p2plab``).
+"""
+
+from p2plab.natlab import NAT_TYPES, LabError, NatLab, Site, lab_unavailable_reason
+
+__all__ = ["NAT_TYPES", "LabError", "NatLab", "Site", "lab_unavailable_reason"]
