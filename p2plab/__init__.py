@@ -8,6 +8,8 @@
   classification, loss/RTT counting, TCP).
 - :mod:`p2plab.coturn`: coturn in the lab and RFC 5780 NAT discovery.
 - :mod:`p2plab.delay`: the userspace delay line behind ``set_netem(delay_ms=...)``.
+- :mod:`p2plab.ice_probe`: one ICE peer on :class:`p2ptun.net.ice_transport.IceTransport` in a
+  process (``python -m p2plab.ice_probe``), for the NAT-lab and aioice interop tests.
 - :mod:`p2plab.cli`: ``scripts/natlab`` (``python -m p2plab``).
 """
 

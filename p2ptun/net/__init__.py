@@ -14,8 +14,6 @@
   shell of a node: one sans-I/O agent per :class:`~p2ptun.net.ice_transport.IceSession` over
   the shared sockets, one timer task for all, demux by ufrag and transaction id, data and ping
   on the selected pair. The daemon (:mod:`p2ptun.node`) decides when sessions open and close.
-- :mod:`p2ptun.net.ice_probe` — ``python -m p2ptun.net.ice_probe``: one ICE peer on that
-  transport in a process, for the NAT-lab and aioice interop tests.
 - :mod:`p2ptun.net.tun` — :class:`~p2ptun.net.tun.TunDevice`, the non-blocking TUN interface.
 - :mod:`p2ptun.net.offload` — the data path's segmentation and coalescing offloads (UDP
   GSO/GRO, TUN TSO/GRO), probed with a fallback.
