@@ -17,6 +17,8 @@
 - :mod:`p2ptun.net.tun` — :class:`~p2ptun.net.tun.TunDevice`, the non-blocking TUN interface.
 - :mod:`p2ptun.net.offload` — the data path's segmentation and coalescing offloads (UDP
   GSO/GRO, TUN TSO/GRO), probed with a fallback.
+- :mod:`p2ptun.net.sdnotify` — :class:`~p2ptun.net.sdnotify.Notifier`, systemd's notify
+  protocol (``READY=1``, ``STATUS=``, ``STOPPING=1``) for both daemons.
 - :mod:`p2ptun.net.netlink` — interface, address and route configuration (blocking pyroute2
   calls; ``await netlink.run(...)`` from trio), ICE host addresses, and
   :class:`~p2ptun.net.netlink.NetworkMonitor`, debounced network-change events.
