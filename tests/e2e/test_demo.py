@@ -73,8 +73,11 @@ def test_demo_from_a_fresh_clone(tmp_path: Path) -> None:
     log = tmp_path / "demo.log"
 
     before = _namespaces()
-    status = _run_demo(clone, home, log)
-    after = _namespaces()
+    try:
+        status = _run_demo(clone, home, log)
+    finally:
+        after = _namespaces()
+        shutil.rmtree(clone, ignore_errors=True)  # its venv is large; the log stays
 
     output = log.read_text(errors="replace")
     tail = "\n".join(output.splitlines()[-40:])
@@ -84,7 +87,7 @@ def test_demo_from_a_fresh_clone(tmp_path: Path) -> None:
     assert "ping from alice (site1) to bob (site2) across the tunnel" in output
     assert re.search(r"3 packets transmitted, [1-3] received", output), tail
     assert re.search(r"bytes from 10\.77\.0\.2: icmp_seq=\d+", output), tail
-    assert (clone / ".venv" / "bin" / "python").exists()  # the demo made its own venv
+    assert "== creating .venv" in output  # the demo made its own venv
     # other labs may come and go meanwhile: only the demo's own namespaces count
     leftover = sorted(ns for ns in after - before if ns.startswith(lab.group(1) + "-"))
     assert leftover == []
