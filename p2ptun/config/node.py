@@ -1,0 +1,194 @@
+"""The node config (``p2ptun up -c FILE``, ARCHITECTURE.md §3) read into :class:`NodeConfig`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from p2ptun.addr import parse_host_port
+from p2ptun.config.reader import ConfigFile, Table, type_name
+from p2ptun.config.schema import (
+    DEFAULT_RENDEZVOUS_PORT,
+    IFNAME_RE,
+    IFNAMSIZ,
+    IceConfig,
+    InterfaceConfig,
+    IPNetwork,
+    NodeConfig,
+    PeerConfig,
+    RendezvousRef,
+    TurnServerConfig,
+)
+from p2ptun.config.values import (
+    check_name,
+    parse_interface_address,
+    parse_network,
+    parse_stun_server,
+    parse_turn_url,
+)
+from p2ptun.keys import public_key
+
+
+def node_config(source: ConfigFile, data: dict[str, Any]) -> NodeConfig:
+    """Build a :class:`NodeConfig` from the decoded file (ARCHITECTURE.md §3)."""
+    top = source.top(data)
+    top.expect("name", "private_key", "private_key_file", "interface", "rendezvous", "ice", "peer")
+    name = check_name(top, "name", top.string("name", required=True))
+    private = top.private_key()
+    own_public = public_key(private)
+
+    iface_t = top.table("interface", required=True)
+    assert iface_t is not None
+    interface = _interface(iface_t)
+
+    rv_t = top.table("rendezvous", required=True)
+    assert rv_t is not None
+    rv_addr_raw = rv_t.string("address", required=True)
+    rv_host, rv_port = rv_t.parse(
+        "address",
+        rv_addr_raw,
+        lambda s: parse_host_port(s, DEFAULT_RENDEZVOUS_PORT),
+        "a host:port",
+    )
+    rv_key = rv_t.key_value("public_key")
+    assert rv_key is not None
+    rv_t.check_unknown()
+
+    ice_t = top.table("ice")
+    ice = _ice(ice_t) if ice_t is not None else IceConfig()
+
+    peers = _peers(top, own_public, name)
+    top.check_unknown()
+    return NodeConfig(
+        path=source.file,
+        name=name,
+        private_key=private,
+        interface=interface,
+        rendezvous=RendezvousRef(rv_host, rv_port, rv_key),
+        ice=ice,
+        peers=peers,
+        warnings=tuple(source.warnings),
+    )
+
+
+def _interface(t: Table) -> InterfaceConfig:
+    ifname = t.string("name", required=True)
+    if len(ifname) >= IFNAMSIZ:
+        raise t.error("name", f"{ifname!r} is {len(ifname)} characters", "Linux allows at most 15")
+    if not IFNAME_RE.match(ifname) or ifname in (".", ".."):
+        raise t.error(
+            "name",
+            f"{ifname!r} is not a valid interface name",
+            "use letters, digits, '_', '-', '.'",
+        )
+    addresses = []
+    for key, raw in t.strings("address", required=True):
+        addresses.append(t.parse(key, raw, parse_interface_address, "an address/prefix"))
+    if not addresses:
+        raise t.error("address", "empty", 'give at least one, e.g. ["10.77.0.1/24"]')
+    if len(set(addresses)) != len(addresses):
+        raise t.error("address", "lists the same address twice")
+    mtu = t.integer("mtu")
+    if mtu is not None:
+        has_v6 = any(a.version == 6 for a in addresses)
+        low = 1280 if has_v6 else 576
+        if not low <= mtu <= 65535:
+            raise t.error("mtu", f"{mtu} is out of range", f"expected {low}-65535")
+    t.check_unknown()
+    return InterfaceConfig(ifname, tuple(addresses), mtu)
+
+
+def _ice(t: Table) -> IceConfig:
+    stun = tuple(
+        t.parse(key, raw, parse_stun_server, "a STUN server host[:port]")
+        for key, raw in t.strings("stun")
+    )
+    turn = []
+    for i, item in enumerate(t.array("turn")):
+        key = f"turn[{i}]"
+        if not isinstance(item, dict):
+            raise t.error(
+                key,
+                f"expected a table, got {type_name(item)}",
+                '{ url = "turn:host:3478", username = "u", password = "p" }',
+            )
+        turn.append(_turn_server(Table(t.source, item, t.key(key))))
+    lite = t.boolean("lite")
+    port = t.integer("port", 0)
+    if not 0 <= port <= 65535:
+        raise t.error("port", f"{port} is out of range", "expected 0 (any) or 1-65535")
+    link_local = t.boolean("ipv6_link_local")
+    t.check_unknown()
+    return IceConfig(stun, tuple(turn), lite, port, link_local)
+
+
+def _turn_server(t: Table) -> TurnServerConfig:
+    url = t.string("url", required=True)
+    host, port, transport = t.parse("url", url, parse_turn_url, "a TURN URL")
+    username = t.string("username")
+    password = t.string("password")
+    if (username is None) != (password is None):
+        missing = "password" if password is None else "username"
+        raise t.error(
+            missing,
+            "missing",
+            "give both username and password, or neither to use "
+            "credentials issued by the rendezvous",
+        )
+    ca_file = t.string("ca_file")
+    if ca_file is not None and transport != "tls":
+        raise t.error("ca_file", "only applies to turns: URLs")
+    t.check_unknown()
+    return TurnServerConfig(url, host, port, transport, username, password, ca_file)
+
+
+def _peers(top: Table, own_public: bytes, own_name: str) -> tuple[PeerConfig, ...]:
+    peers: list[PeerConfig] = []
+    names: dict[str, str] = {}
+    keys: dict[bytes, str] = {}
+    routes: list[tuple[IPNetwork, str, str]] = []
+    for t in top.tables("peer"):
+        name = check_name(t, "name", t.string("name", required=True))
+        if name == own_name:
+            raise t.error("name", f"{name!r} is this node's own name")
+        if name in names:
+            raise t.error("name", f"duplicate peer name {name!r}", f"first used at {names[name]}")
+        names[name] = t.path
+        key = t.key_value("public_key")
+        assert key is not None
+        if key == own_public:
+            raise t.error(
+                "public_key",
+                "is this node's own public key",
+                "use the peer's key: 'p2ptun pubkey < peer.key'",
+            )
+        if key in keys:
+            raise t.error("public_key", "duplicate peer key", f"already used by {keys[key]}")
+        keys[key] = t.path
+        nets = []
+        for key_name, raw in t.strings("allowed_ips", required=True):
+            net = t.parse(key_name, raw, parse_network, "a network/prefix")
+            for other, other_key, other_peer in routes:
+                if net.version == other.version and net.overlaps(other):  # type: ignore[arg-type,unused-ignore]
+                    raise t.error(
+                        key_name,
+                        f"{net} overlaps {other} of peer {other_peer!r} ({other_key})",
+                        "each address must route to one peer",
+                    )
+            nets.append(net)
+        for net in nets:
+            routes.append((net, t.key("allowed_ips"), name))
+        psk = None
+        if t.has("preshared_key") or t.has("preshared_key_file"):
+            psk = t.private_key("preshared_key")
+        else:
+            t.known += ["preshared_key", "preshared_key_file"]
+        keepalive = t.integer("persistent_keepalive")
+        if keepalive is not None and not 0 <= keepalive <= 65535:
+            raise t.error(
+                "persistent_keepalive",
+                f"{keepalive} is out of range",
+                "seconds, 0 (off) to 65535",
+            )
+        t.check_unknown()
+        peers.append(PeerConfig(name, key, tuple(nets), psk, keepalive or None))
+    return tuple(peers)

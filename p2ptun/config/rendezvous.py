@@ -1,0 +1,177 @@
+"""The rendezvous config (``p2ptun rendezvous -c FILE``, ARCHITECTURE.md §3) read into
+:class:`RendezvousConfig`."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from p2ptun.config.reader import ConfigFile, Table
+from p2ptun.config.schema import (
+    DEFAULT_RENDEZVOUS_PORT,
+    DEFAULT_STUN_PORT,
+    DEFAULT_TURNS_PORT,
+    NodeEntry,
+    RendezvousConfig,
+    StunServerSettings,
+    TurnServerSettings,
+)
+from p2ptun.config.values import (
+    check_name,
+    parse_ip_literal,
+    parse_listen,
+    parse_network,
+    parse_port_range,
+)
+
+
+def rendezvous_config(source: ConfigFile, data: dict[str, Any]) -> RendezvousConfig:
+    """Build a :class:`RendezvousConfig` from the decoded file (ARCHITECTURE.md §3)."""
+    top = source.top(data)
+    top.expect(
+        "listen",
+        "private_key",
+        "private_key_file",
+        "database",
+        "open_registration",
+        "stun",
+        "turn",
+        "node",
+    )
+    listen = top.parse(
+        "listen",
+        top.string("listen", f"0.0.0.0:{DEFAULT_RENDEZVOUS_PORT}"),
+        lambda s: parse_listen(s, DEFAULT_RENDEZVOUS_PORT),
+        "a listen address ip:port",
+    )
+    private = top.private_key()
+    database = top.string("database", "/var/lib/p2ptun/rendezvous.sqlite")
+    if not database:
+        raise top.error("database", "empty", "a path such as /var/lib/p2ptun/rendezvous.sqlite")
+    open_reg = top.boolean("open_registration")
+
+    stun = None
+    stun_t = top.table("stun")
+    if stun_t is not None:
+        listens = tuple(
+            stun_t.parse(k, raw, lambda s: parse_listen(s, DEFAULT_STUN_PORT), "an ip:port")
+            for k, raw in stun_t.strings("listen", required=True)
+        )
+        stun_t.check_unknown()
+        stun = StunServerSettings(listens)
+
+    turn = None
+    turn_t = top.table("turn")
+    if turn_t is not None:
+        if stun is None or not stun.listen:
+            raise turn_t.error(
+                None,
+                "TURN is served on the [stun] listeners",
+                'add [stun] listen = ["0.0.0.0:3478"]',
+            )
+        turn = _turn_settings(turn_t)
+
+    nodes: list[NodeEntry] = []
+    seen_names: dict[str, str] = {}
+    seen_keys: dict[bytes, str] = {}
+    for t in top.tables("node"):
+        name = check_name(t, "name", t.string("name", required=True))
+        if name in seen_names:
+            raise t.error(
+                "name", f"duplicate node name {name!r}", f"first used at {seen_names[name]}"
+            )
+        seen_names[name] = t.path
+        key = t.key_value("public_key")
+        assert key is not None
+        if key in seen_keys:
+            raise t.error("public_key", "duplicate node key", f"already used by {seen_keys[key]}")
+        seen_keys[key] = t.path
+        t.check_unknown()
+        nodes.append(NodeEntry(name, key))
+    if not nodes and not open_reg:
+        source.warnings.append(
+            f"{source.file}: no [[node]] entries and open_registration = false: "
+            "no node can register"
+        )
+    top.check_unknown()
+    return RendezvousConfig(
+        path=source.file,
+        listen=listen,
+        private_key=private,
+        database=database,
+        open_registration=open_reg,
+        stun=stun,
+        turn=turn,
+        nodes=tuple(nodes),
+        warnings=tuple(source.warnings),
+    )
+
+
+def _turn_settings(t: Table) -> TurnServerSettings:
+    realm = t.string("realm", "p2ptun")
+    if not realm or len(realm) > 127:
+        raise t.error("realm", "must be 1-127 characters")
+    relay_raw = t.string("relay_address", required=True)
+    relay = t.parse("relay_address", relay_raw, parse_ip_literal, "an IP address")
+    ports = t.parse(
+        "relay_ports", t.string("relay_ports", "49152-65535"), parse_port_range, "a port range"
+    )
+    users_t = t.table("users")
+    users: dict[str, str] = {}
+    if users_t is not None:
+        for user, password in users_t.data.items():
+            users_t.known.append(user)
+            if not isinstance(password, str) or not password:
+                raise users_t.error(user, "expected a non-empty password string")
+            if ":" in user or not user:
+                raise users_t.error(user, "user names cannot contain ':'")
+            users[user] = password
+    secret = t.string("auth_secret")
+    if secret is not None and len(secret) < 16:
+        raise t.error("auth_secret", "too short", "use at least 16 random characters")
+    if not users and secret is None:
+        raise t.error(
+            None,
+            "no credentials: TURN would refuse everyone",
+            'set users = { name = "password" } and/or auth_secret',
+        )
+    tls_listen = tuple(
+        t.parse(k, raw, lambda s: parse_listen(s, DEFAULT_TURNS_PORT), "an ip:port")
+        for k, raw in t.strings("tls_listen")
+    )
+    tls_cert = t.string("tls_cert")
+    tls_key = t.string("tls_key")
+    if tls_listen and (tls_cert is None or tls_key is None):
+        raise t.error("tls_listen", "needs tls_cert and tls_key")
+    for key, value in (("tls_cert", tls_cert), ("tls_key", tls_key)):
+        if value is not None and not os.access(value, os.R_OK):
+            raise t.error(key, f"{value}: cannot be read")
+    allow = tuple(
+        t.parse(k, raw, parse_network, "a network/prefix") for k, raw in t.strings("allow_peers")
+    )
+    quota = t.integer("user_quota", 10)
+    if not 1 <= quota <= 10000:
+        raise t.error("user_quota", f"{quota} is out of range", "expected 1-10000")
+    max_lifetime = t.integer("max_lifetime", 3600)
+    if not 600 <= max_lifetime <= 86400:
+        raise t.error("max_lifetime", f"{max_lifetime} is out of range", "seconds, 600-86400")
+    cred_lifetime = t.integer("credential_lifetime", 86400)
+    if not 60 <= cred_lifetime <= 30 * 86400:
+        raise t.error(
+            "credential_lifetime", f"{cred_lifetime} is out of range", "seconds, 60-2592000"
+        )
+    t.check_unknown()
+    return TurnServerSettings(
+        realm=realm,
+        relay_address=relay,
+        relay_ports=ports,
+        users=users,
+        auth_secret=secret,
+        tls_listen=tls_listen,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        allow_peers=allow,
+        user_quota=quota,
+        max_lifetime=max_lifetime,
+        credential_lifetime=cred_lifetime,
+    )

@@ -1,0 +1,160 @@
+"""The configuration's shape: the frozen dataclasses a node or rendezvous config loads into.
+
+The file format is the user contract of ARCHITECTURE.md §3 (``docs/ARCHITECTURE.md`` maps the
+code); :mod:`p2ptun.config.node` and :mod:`p2ptun.config.rendezvous` fill these from TOML.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from p2ptun.addr import Address
+from p2ptun.keys import public_key
+
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+DEFAULT_STUN_PORT = 3478
+DEFAULT_TURNS_PORT = 5349
+DEFAULT_RENDEZVOUS_PORT = 7070
+IFNAMSIZ = 16  # Linux: 15 characters and the terminating NUL
+NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62})$")
+NAME_RULE = (
+    "1-63 characters: lower-case letters, digits, '.', '_', '-', starting with a letter or digit"
+)
+IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+
+
+# --------------------------------------------------------------------------------------------
+# The dataclasses
+
+
+@dataclass(frozen=True)
+class InterfaceConfig:
+    name: str
+    addresses: tuple[IPInterface, ...]
+    mtu: int | None = None  # None: computed from the worst path overhead
+
+
+@dataclass(frozen=True)
+class RendezvousRef:
+    """Where a node finds the rendezvous server, and the key it must present."""
+
+    host: str
+    port: int
+    public_key: bytes
+
+    @property
+    def address(self) -> Address:
+        return (self.host, self.port)
+
+
+TurnTransport = Literal["udp", "tcp", "tls"]
+
+
+@dataclass(frozen=True)
+class TurnServerConfig:
+    """One TURN server a node may allocate relays on (RFC 7065 URI)."""
+
+    url: str
+    host: str
+    port: int
+    transport: TurnTransport
+    username: str | None = None  # None: use credentials issued by the rendezvous
+    password: str | None = field(default=None, repr=False)
+    ca_file: str | None = None
+
+
+@dataclass(frozen=True)
+class IceConfig:
+    stun: tuple[Address, ...] = ()
+    turn: tuple[TurnServerConfig, ...] = ()
+    lite: bool = False
+    port: int = 0
+    ipv6_link_local: bool = False
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    name: str
+    public_key: bytes
+    allowed_ips: tuple[IPNetwork, ...]
+    preshared_key: bytes | None = field(default=None, repr=False)
+    persistent_keepalive: int | None = None
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    path: str
+    name: str
+    private_key: bytes = field(repr=False)
+    interface: InterfaceConfig
+    rendezvous: RendezvousRef
+    ice: IceConfig
+    peers: tuple[PeerConfig, ...]
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def public_key(self) -> bytes:
+        return public_key(self.private_key)
+
+    @property
+    def control_socket(self) -> str:
+        return control_socket_path(self.interface.name)
+
+
+@dataclass(frozen=True)
+class StunServerSettings:
+    listen: tuple[Address, ...]
+
+
+@dataclass(frozen=True)
+class TurnServerSettings:
+    realm: str
+    relay_address: str
+    relay_ports: tuple[int, int]
+    users: dict[str, str] = field(default_factory=dict, repr=False, hash=False)
+    auth_secret: str | None = field(default=None, repr=False)
+    tls_listen: tuple[Address, ...] = ()
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    allow_peers: tuple[IPNetwork, ...] = ()
+    user_quota: int = 10
+    max_lifetime: int = 3600
+    credential_lifetime: int = 86400
+
+
+@dataclass(frozen=True)
+class NodeEntry:
+    name: str
+    public_key: bytes
+
+
+@dataclass(frozen=True)
+class RendezvousConfig:
+    path: str
+    listen: Address
+    private_key: bytes = field(repr=False)
+    database: str
+    open_registration: bool
+    stun: StunServerSettings | None
+    turn: TurnServerSettings | None
+    nodes: tuple[NodeEntry, ...]
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def public_key(self) -> bytes:
+        return public_key(self.private_key)
+
+
+Config = NodeConfig | RendezvousConfig
+
+
+def control_socket_path(interface: str, run_dir: str | None = None) -> str:
+    """The node's control socket (ARCHITECTURE.md §3): ``/run/p2ptun/<interface>.sock``."""
+    base = run_dir or os.environ.get("P2PTUN_RUN_DIR", "/run/p2ptun")
+    return os.path.join(base, f"{interface}.sock")
