@@ -1,4 +1,5 @@
-"""The NAT lab: network namespaces and nftables NATs for end-to-end tests and demos.
+"""The development tree, not installed with p2ptun: the NAT lab (network namespaces and
+nftables NATs) for end-to-end tests, the demo and the bench, and the programs run in it.
 
 - :class:`NatLab` (:mod:`p2plab.natlab`): build a lab (``NatLab.create(["cone", "sym"])``),
   run programs in its hosts (``exec``, ``popen``), read the internet's byte counters, and turn
@@ -11,6 +12,9 @@
 - :mod:`p2plab.ice_probe`: one ICE peer on :class:`p2ptun.net.ice_transport.IceTransport` in a
   process (``python -m p2plab.ice_probe``), for the NAT-lab and aioice interop tests.
 - :mod:`p2plab.cli`: ``scripts/natlab`` (``python -m p2plab``).
+- :mod:`p2plab.bench`: ``scripts/bench``'s tunnel table (``python -m p2plab.bench``).
+- :mod:`p2plab.wgtunnel_tool`: the node's data path as a process with fixed peers
+  (``python -m p2plab.wgtunnel_tool``), for the wireguard-go interop tests.
 """
 
 from p2plab.natlab import NAT_TYPES, LabError, NatLab, Site, lab_unavailable_reason
