@@ -1,0 +1,261 @@
+"""The ports between the daemons and the machine they run on.
+
+Everything the node and the rendezvous need from the operating system goes through the small
+interfaces below, so that one composition root builds the same daemon on a real host
+(:class:`p2ptun.net.system.SystemHost`: sockets, a TUN device, netlink, the clocks) or inside
+an in-memory network under trio's virtual clock (``p2plab.memnet``: simulated NATs, links and
+TUN devices, used by the tests and never shipped). This is how wireguard-go keeps ``tun.Device``
+and ``conn.Bind`` beside their test fakes.
+
+- :class:`DatagramPort`: one UDP socket. It drains what arrives in batches and hands each
+  datagram to exactly one :class:`DatagramReceiver` (the object that owns the socket's
+  dispatch, :class:`p2ptun.net.dispatch.Dispatcher` on the node); it sends single datagrams
+  and batches (GSO where the kernel offers it).
+- :class:`TunPort`: the TUN device: batched reads into the caller's buffers, writes and
+  vectored writes, with or without a virtio header (offloads).
+- :class:`Connection`: a TCP (or TLS) byte stream with its two addresses.
+- :class:`Host`: opens the ports above, configures the interface and its routes, lists the
+  local addresses and the route towards a remote address, reports network changes, and gives
+  the clocks and randomness the daemons inject into their sans-I/O cores.
+
+Addresses are ``(ip, port)`` tuples with literal IPs; networks stay typed
+(:mod:`ipaddress`) from the config to the host.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+
+from p2ptun.addr import Address
+
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Buffer = bytes | bytearray | memoryview
+
+
+# -- datagrams -------------------------------------------------------------------------------
+
+
+class DatagramReceiver(Protocol):
+    """The one owner of a datagram port's dispatch."""
+
+    def datagram(self, data: memoryview, source: Address) -> None:
+        """One received datagram. ``data`` is valid until :meth:`drained` returns; keep a copy
+        to hold it longer."""
+
+    def drained(self) -> None:
+        """The end of a batch: flush what the datagrams queued."""
+
+
+class DatagramPort(Protocol):
+    """One UDP socket of one address family."""
+
+    @property
+    def family(self) -> int:
+        """``socket.AF_INET`` or ``socket.AF_INET6``."""
+
+    @property
+    def local_address(self) -> Address:
+        """The bound ``(ip, port)``; the ip is the wildcard when bound to any address."""
+
+    @property
+    def gso(self) -> bool:
+        """Whether :meth:`send_batch` glues runs of datagrams into one send (UDP GSO)."""
+
+    def send(self, data: Buffer, addr: Address) -> bool:
+        """Send one datagram without blocking; False (and counted) if it was dropped."""
+
+    def send_batch(self, datagrams: Sequence[Buffer], addr: Address) -> int:
+        """Send ``datagrams`` in order to ``addr``; how many were sent."""
+
+    def send_batch_prefixed(
+        self, prefixes: Sequence[bytes], datagrams: Sequence[Buffer], addr: Address
+    ) -> int:
+        """Send ``prefixes[i] + datagrams[i]`` for each ``i`` without joining them."""
+
+    async def receive_loop(self, receiver: DatagramReceiver) -> None:
+        """Deliver datagrams to ``receiver`` until cancelled or closed."""
+
+    def close(self) -> None:
+        """Close the socket (idempotent); :meth:`receive_loop` returns."""
+
+
+# -- the TUN device ----------------------------------------------------------------------------
+
+
+class TunPort(Protocol):
+    """A layer-3 TUN device: IP packets to and from the kernel."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def vnet_hdr(self) -> bool:
+        """Whether every packet carries a virtio-net header (offloads possible)."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    def enable_offload(self) -> int:
+        """Ask for TSO/checksum offload; the flags in force (0: none)."""
+
+    async def wait_readable(self) -> None:
+        """Until a packet can be read (raises ``trio.ClosedResourceError`` once closed)."""
+
+    def read_batch(self, buffers: Sequence[bytearray | memoryview], lengths: list[int]) -> int:
+        """Read up to ``len(buffers)`` packets without blocking; their lengths go to
+        ``lengths``; returns how many were read (0: none waiting)."""
+
+    def write(self, packet: Buffer) -> bool:
+        """Write one packet (False: dropped, e.g. the kernel queue is full)."""
+
+    def writev(self, parts: Sequence[Buffer]) -> bool:
+        """Write one packet given as parts (a virtio header and segments)."""
+
+    def close(self) -> None: ...
+
+
+# -- streams -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Connection:
+    """A connected byte stream (TCP, possibly wrapped in TLS later) and its addresses."""
+
+    stream: trio.abc.Stream
+    local: Address
+    remote: Address
+
+
+class Listener(Protocol):
+    """A listening TCP socket."""
+
+    @property
+    def local_address(self) -> Address: ...
+
+    async def accept(self) -> Connection: ...
+
+    async def aclose(self) -> None: ...
+
+
+# -- network changes ---------------------------------------------------------------------------
+
+
+class ChangeKind(enum.Enum):
+    """What changed on the host's network."""
+
+    ADDRESS_ADDED = "address-added"
+    ADDRESS_REMOVED = "address-removed"
+    DEFAULT_ROUTE = "default-route"
+    LINK_UP = "link-up"
+    LINK_DOWN = "link-down"
+    RESYNC = "resync"
+    """Events were lost (the socket overflowed): assume anything changed."""
+
+
+@dataclass(frozen=True)
+class NetworkChange:
+    """One change; ``interface`` and ``address`` are set where they apply."""
+
+    kind: ChangeKind
+    interface: str | None = None
+    address: str | None = None
+
+
+@dataclass(frozen=True, order=True)
+class LocalAddress:
+    """A local IP address usable for an ICE host candidate."""
+
+    address: str
+    """Literal IP address, without scope."""
+    prefixlen: int
+    interface: str
+    index: int
+    """Interface index (the scope id for an IPv6 link-local address)."""
+
+    @property
+    def version(self) -> int:
+        return ipaddress.ip_address(self.address).version
+
+    @property
+    def is_link_local(self) -> bool:
+        return ipaddress.ip_address(self.address).is_link_local
+
+
+# -- the host ----------------------------------------------------------------------------------
+
+
+class Host(Protocol):
+    """The machine a daemon runs on: its sockets, interfaces, routes, clocks and randomness."""
+
+    # sockets
+    def open_datagram_ports(self, port: int = 0) -> list[DatagramPort]:
+        """One wildcard-bound UDP port per address family the host supports (the same port
+        number on both when it can); RuntimeFailure (one line) when none can be bound."""
+
+    def bind_datagram(self, ip: str, port: int) -> DatagramPort:
+        """A UDP port bound to ``(ip, port)`` (a server's listener or a TURN relay)."""
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        *,
+        local_ip: str | None = None,
+        keepalive: tuple[int, int, int] | None = None,
+    ) -> Connection:
+        """A TCP connection; OSError when it cannot be made. ``keepalive``: ``(idle,
+        interval, count)`` seconds/probes for kernel keepalive on the connection."""
+
+    async def listen_tcp(self, ip: str, port: int) -> Listener: ...
+
+    async def resolve(self, host: str, port: int) -> list[Address]:
+        """The addresses of ``host`` (a literal resolves to itself), IPv4 first."""
+
+    def route_source(self, remote_ip: str) -> str | None:
+        """The local address the host sends from towards ``remote_ip`` (None: no route)."""
+
+    def local_addresses(
+        self, *, exclude: Iterable[str] = (), include_link_local: bool = False
+    ) -> list[LocalAddress]:
+        """Addresses fit for ICE host candidates (no loopback, no ``exclude`` interfaces)."""
+
+    # the interface
+    def open_tun(self, name: str) -> TunPort: ...
+
+    def interface_exists(self, name: str) -> bool: ...
+
+    async def configure_interface(
+        self, name: str, addresses: Sequence[IPInterface], mtu: int
+    ) -> None:
+        """Set the addresses and the MTU and bring the interface up (idempotent)."""
+
+    async def remove_addresses(self, name: str, addresses: Sequence[IPInterface]) -> None: ...
+
+    async def add_route(self, name: str, prefix: IPNetwork) -> None: ...
+
+    async def remove_route(self, name: str, prefix: IPNetwork) -> None: ...
+
+    def network_changes(
+        self, *, exclude: Iterable[str] = ()
+    ) -> AbstractAsyncContextManager[AsyncIterator[list[NetworkChange]]]:
+        """Batches of changes of addresses, default routes and links (debounced)."""
+
+    # clocks and randomness (injected into the sans-I/O cores)
+    def wall_clock(self) -> float:
+        """Seconds since the Unix epoch (WireGuard's TAI64N, signaling timestamps)."""
+
+    def suspend_clocks(self) -> tuple[float, float]:
+        """``(monotonic, boottime)``: the second grows while the machine sleeps."""
+
+    def random_bytes(self, n: int) -> bytes: ...
+
+    def random(self) -> float:
+        """A float in [0, 1) (jitter, backoff)."""
