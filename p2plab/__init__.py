@@ -15,6 +15,8 @@ nftables NATs) for end-to-end tests, the demo and the bench, and the programs ru
 - :mod:`p2plab.bench`: ``scripts/bench``'s tunnel table (``python -m p2plab.bench``).
 - :mod:`p2plab.wgtunnel_tool`: the node's data path as a process with fixed peers
   (``python -m p2plab.wgtunnel_tool``), for the wireguard-go interop tests.
+- :mod:`p2plab.natmodel` and :mod:`p2plab.memnet`: NAT behaviour as data, and an in-memory
+  network on it for whole daemons under trio's virtual clock.
 """
 
 from p2plab.natlab import NAT_TYPES, LabError, NatLab, Site, lab_unavailable_reason
