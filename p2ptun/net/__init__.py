@@ -15,8 +15,6 @@ signaling.
   shell of a node: one sans-I/O agent per :class:`~p2ptun.net.ice_transport.IceSession` over
   the shared sockets, one timer task for all, demux by ufrag and transaction id, data and ping
   on the selected pair. The daemon (:mod:`p2ptun.node`) decides when sessions open and close.
-- :mod:`p2ptun.net.ice_probe` — ``python -m p2ptun.net.ice_probe``: one ICE peer on that
-  transport in a process, for the NAT-lab and aioice interop tests.
 - :mod:`p2ptun.net.signaling` — :class:`~p2ptun.net.signaling.SignalingClient`, the node's
   TCP connection to its rendezvous around the sans-I/O
   :class:`~p2ptun.signal.client.SignalClientCore` (with :mod:`p2ptun.net.keepalive`, kernel
@@ -24,6 +22,8 @@ signaling.
 - :mod:`p2ptun.net.tun` — :class:`~p2ptun.net.tun.TunDevice`, the non-blocking TUN interface.
 - :mod:`p2ptun.net.offload` — the data path's segmentation and coalescing offloads (UDP
   GSO/GRO, TUN TSO/GRO), probed with a fallback.
+- :mod:`p2ptun.net.sdnotify` — :class:`~p2ptun.net.sdnotify.Notifier`, systemd's notify
+  protocol (``READY=1``, ``STATUS=``, ``STOPPING=1``) for both daemons.
 - :mod:`p2ptun.net.netlink` — interface, address and route configuration (blocking pyroute2
   calls; ``await netlink.run(...)`` from trio), ICE host addresses, and
   :class:`~p2ptun.net.netlink.NetworkMonitor`, debounced network-change events.

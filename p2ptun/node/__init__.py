@@ -11,13 +11,13 @@ Layout (each module's docstring has the details)::
     mss.py       TCP MSS clamping of SYNs crossing the tunnel (incremental checksum)
     control.py   the control socket (one JSON request/reply per connection)
     status.py    the status table and ping line
-    sdnotify.py  systemd's notify protocol
 
 The ICE, TURN and gathering shells it runs on are trio I/O and live in :mod:`p2ptun.net`:
 :class:`~p2ptun.net.ice_transport.IceTransport` (the node's ICE sessions, their timer and
 demux), :class:`~p2ptun.net.gather.Gatherer` (host, server-reflexive and relayed candidates,
 the TURN allocations kept alive) and :mod:`p2ptun.net.turn_shared` (the STUN/ChannelData mux
-of the shared sockets, TURN relays over UDP, TCP or TLS).
+of the shared sockets, TURN relays over UDP, TCP or TLS). So does systemd's notify protocol
+(:mod:`p2ptun.net.sdnotify`), which the rendezvous server uses too.
 
 Data flow: the UDP endpoints (:mod:`p2ptun.net.udp`) hand WireGuard datagrams straight to the
 tunnel and STUN/ChannelData to the transport's mux; TURN relays hand unwrapped payloads back to

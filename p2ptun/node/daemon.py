@@ -63,6 +63,7 @@ from p2ptun.net import netlink
 from p2ptun.net.gather import GatherOptions, IssuedCredentials
 from p2ptun.net.ice_transport import IceTransport
 from p2ptun.net.netlink import ChangeKind
+from p2ptun.net.sdnotify import Notifier
 from p2ptun.net.signaling import SignalingClient, TurnCredentialsUnavailable
 from p2ptun.net.tun import TunDevice
 from p2ptun.net.udp import UdpEndpoint, open_endpoints
@@ -70,7 +71,6 @@ from p2ptun.node import control
 from p2ptun.node.clockwatch import SuspendDetector
 from p2ptun.node.mss import mss_for_mtu
 from p2ptun.node.peer import PeerSession
-from p2ptun.node.sdnotify import Notifier
 from p2ptun.node.wgtunnel import WgTunnel, relay_source
 from p2ptun.signal.client import (
     Disconnected,

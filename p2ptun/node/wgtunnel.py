@@ -23,56 +23,29 @@
 No trio channel sits between the descriptors and the protocol: three tasks call the device
 directly, which is safe because trio runs one task at a time.
 
-Peers have fixed endpoints here (or learn one from their first authenticated datagram when none
-is configured). The node daemon sets each peer's path from ICE's selected pair instead:
-:meth:`WgTunnel.set_endpoint` for a direct UDP path, :meth:`WgTunnel.set_sender` for any other
-(a TURN relay); datagrams that arrive by another way than the UDP socket (unwrapped from TURN)
-enter through :meth:`WgTunnel.receive_datagram`. With ``mss`` set, TCP SYNs crossing the tunnel
-in either direction get their MSS option clamped (:mod:`p2ptun.node.mss`).
-
-Run it alone as a process (tests, experiments)::
-
-    python -m p2ptun.node.wgtunnel --config tunnel.json [--status-file F] [--log-level L]
-    python -m p2ptun.node.wgtunnel --private-key-file K --listen-port 51820 \\
-        --interface p2p0 --address 10.99.0.1/24 --peer PUBKEY --endpoint 10.98.0.2:51820 \\
-        --allowed-ips 10.99.0.2/32 [--preshared-key-file F] [--rekey-after 4]
-
-The JSON config::
-
-    {"private_key": "<base64>", "listen_port": 51820, "interface": "p2p0",
-     "address": ["10.99.0.1/24"], "mtu": 1420, "rekey_after": null, "under_load": false,
-     "peers": [{"public_key": "<base64>", "endpoint": "10.98.0.2:51820",
-                "allowed_ips": ["10.99.0.2/32"], "preshared_key": null,
-                "persistent_keepalive": null}]}
-
-SIGTERM or SIGINT stops it (the TUN interface disappears with its descriptor); SIGUSR1 writes
-the status (:meth:`WgTunnel.status`) to the status file as JSON, which it also does on exit.
+A peer's path is set from outside: :meth:`WgTunnel.set_endpoint` for a direct UDP path (the
+node daemon takes it from ICE's selected pair; the standalone tunnel process of the development
+tree, ``python -m p2plab.wgtunnel_tool``, from its config), :meth:`WgTunnel.set_sender` for any
+other (a TURN relay); with ``learn_endpoints`` a peer without a path takes one from its first
+authenticated datagram. Datagrams that arrive by another way than the UDP socket (unwrapped
+from TURN) enter through :meth:`WgTunnel.receive_datagram`. With ``mss`` set, TCP SYNs crossing
+the tunnel in either direction get their MSS option clamped (:mod:`p2ptun.node.mss`).
 """
 
 from __future__ import annotations
 
-import argparse
-import ipaddress
-import json
 import math
 import mmap
-import os
-import signal
 import socket
-import sys
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import trio
 
-from p2ptun import log as logging_setup
-from p2ptun.addr import Address, format_address, is_ip, parse_host_port
-from p2ptun.errors import ConfigError, P2ptunError, UsageError
-from p2ptun.keys import decode_key, encode_key
+from p2ptun.addr import Address, format_address
+from p2ptun.keys import encode_key
 from p2ptun.log import get_logger
 from p2ptun.net.offload import (
     VIRTIO_NET_HDR_F_NEEDS_CSUM,
@@ -84,7 +57,7 @@ from p2ptun.net.offload import (
     segment_tcp,
 )
 from p2ptun.net.tun import MAX_PACKET, TunDevice
-from p2ptun.net.udp import DEFAULT_BATCH, PacketKind, UdpEndpoint, open_endpoints
+from p2ptun.net.udp import DEFAULT_BATCH, PacketKind, UdpEndpoint
 from p2ptun.node.mss import clamp_mss
 from p2ptun.wireguard import (
     Device,
@@ -93,196 +66,12 @@ from p2ptun.wireguard import (
     HandshakeFailed,
     Peer,
     SessionExpired,
-    TimerConfig,
 )
 
 log = get_logger("node.wgtunnel")
 
 _INITIATION = 1
 """WireGuard message type 1 (handshake initiation)."""
-
-DEFAULT_MTU = 1420
-"""WireGuard's usual MTU: 1500 minus the IPv6, UDP and WireGuard transport overheads."""
-
-
-# -- configuration -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PeerSpec:
-    """One peer: its static key, the addresses routed to it, and where to send its datagrams.
-
-    ``endpoint`` None means "learn it from the peer's first authenticated datagram".
-    """
-
-    public_key: bytes
-    allowed_ips: tuple[str, ...] = ()
-    endpoint: Address | None = None
-    preshared_key: bytes | None = None
-    persistent_keepalive: float | None = None
-
-
-@dataclass(frozen=True)
-class TunnelSpec:
-    """Everything :meth:`WgTunnel.open` needs: our key, the interface, the port, the peers.
-
-    ``rekey_after`` shortens every WireGuard timer proportionally
-    (:meth:`TimerConfig.shortened`) — for tests that want to watch rekeys; None keeps the
-    standard timers. The daemon will decide ``under_load`` itself from its receive queue.
-    """
-
-    private_key: bytes
-    interface: str
-    addresses: tuple[str, ...] = ()
-    listen_port: int = 0
-    mtu: int = DEFAULT_MTU
-    peers: tuple[PeerSpec, ...] = ()
-    rekey_after: float | None = None
-    under_load: bool = False
-    """Demand cookies from every handshake (:attr:`Device.under_load`) — for tests."""
-
-    def timers(self) -> TimerConfig:
-        base = TimerConfig()
-        return base if self.rekey_after is None else base.shortened(self.rekey_after)
-
-
-class _Fields:
-    """Typed access to one JSON object of a config file, with one-line ConfigErrors."""
-
-    def __init__(self, file: str, prefix: str, data: object) -> None:
-        if not isinstance(data, dict):
-            raise ConfigError(file, prefix or None, "must be a JSON object")
-        self.file = file
-        self.prefix = prefix
-        self.data: dict[str, Any] = data
-
-    def key(self, name: str) -> str:
-        return f"{self.prefix}.{name}" if self.prefix else name
-
-    def error(self, name: str, problem: str, hint: str | None = None) -> ConfigError:
-        return ConfigError(self.file, self.key(name), problem, hint)
-
-    def check_unknown(self, known: Iterable[str]) -> None:
-        for name in self.data:
-            if name not in known:
-                raise self.error(name, "unknown key", "allowed: " + ", ".join(sorted(known)))
-
-    def key_value(self, name: str, *, required: bool) -> bytes | None:
-        raw = self.data.get(name)
-        if raw is None:
-            if required:
-                raise self.error(name, "missing", "a base64 key as `wg genkey` prints")
-            return None
-        if not isinstance(raw, str):
-            raise self.error(name, "must be a string", "a base64 key as `wg genkey` prints")
-        try:
-            return decode_key(raw)
-        except ValueError as exc:
-            raise self.error(name, str(exc)) from None
-
-    def number(self, name: str, default: float | None, *, low: float, high: float) -> Any:
-        raw = self.data.get(name, default)
-        if raw is None:
-            return None
-        if isinstance(raw, bool) or not isinstance(raw, int | float) or not low <= raw <= high:
-            raise self.error(name, f"must be a number from {low:g} to {high:g}", f"got {raw!r}")
-        return raw
-
-    def strings(self, name: str) -> tuple[str, ...]:
-        raw = self.data.get(name, [])
-        if isinstance(raw, str):
-            raw = [raw]
-        if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
-            raise self.error(name, "must be a list of strings")
-        return tuple(raw)
-
-
-def _check_networks(fields: _Fields, name: str, values: Sequence[str], *, host: bool) -> None:
-    for value in values:
-        try:
-            if host:
-                ipaddress.ip_interface(value)
-            else:
-                ipaddress.ip_network(value, strict=False)
-        except ValueError:
-            what = "address/prefix like 10.99.0.1/24" if host else "network like 10.99.0.2/32"
-            raise fields.error(name, f"{value!r} is not an IP {what}") from None
-
-
-def _parse_endpoint(fields: _Fields, raw: object) -> Address | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, str):
-        raise fields.error("endpoint", "must be a string", "ip:port or [ipv6]:port")
-    try:
-        host, port = parse_host_port(raw)
-    except ValueError as exc:
-        raise fields.error("endpoint", str(exc), "ip:port or [ipv6]:port") from None
-    if not is_ip(host):
-        raise fields.error("endpoint", f"{host!r} is not an IP address", "no DNS names here")
-    return host, port
-
-
-def parse_spec(data: object, file: str = "<config>") -> TunnelSpec:
-    """Build a :class:`TunnelSpec` from decoded JSON; raises :class:`ConfigError` (one line)."""
-    top = _Fields(file, "", data)
-    top.check_unknown(
-        {
-            "private_key",
-            "listen_port",
-            "interface",
-            "address",
-            "mtu",
-            "rekey_after",
-            "under_load",
-            "peers",
-        }
-    )
-    private_key = top.key_value("private_key", required=True)
-    assert private_key is not None
-    interface = top.data.get("interface")
-    if not isinstance(interface, str) or not 0 < len(interface.encode()) < 16:
-        raise top.error("interface", "must be an interface name of 1-15 bytes")
-    addresses = top.strings("address")
-    _check_networks(top, "address", addresses, host=True)
-    peers = []
-    raw_peers = top.data.get("peers", [])
-    if not isinstance(raw_peers, list):
-        raise top.error("peers", "must be a list of objects")
-    for i, raw in enumerate(raw_peers):
-        p = _Fields(file, f"peers[{i}]", raw)
-        p.check_unknown(
-            {"public_key", "preshared_key", "endpoint", "allowed_ips", "persistent_keepalive"}
-        )
-        public = p.key_value("public_key", required=True)
-        assert public is not None
-        allowed = p.strings("allowed_ips")
-        _check_networks(p, "allowed_ips", allowed, host=False)
-        peers.append(
-            PeerSpec(
-                public_key=public,
-                allowed_ips=allowed,
-                endpoint=_parse_endpoint(p, p.data.get("endpoint")),
-                preshared_key=p.key_value("preshared_key", required=False),
-                persistent_keepalive=p.number("persistent_keepalive", None, low=1, high=65535),
-            )
-        )
-    if len({p.public_key for p in peers}) != len(peers):
-        raise top.error("peers", "the same public key appears twice")
-    rekey_after = top.number("rekey_after", None, low=0.5, high=3600)
-    under_load = top.data.get("under_load", False)
-    if not isinstance(under_load, bool):
-        raise top.error("under_load", "must be true or false")
-    return TunnelSpec(
-        private_key=private_key,
-        interface=interface,
-        addresses=addresses,
-        listen_port=int(top.number("listen_port", 0, low=0, high=65535)),
-        mtu=int(top.number("mtu", DEFAULT_MTU, low=576, high=65535)),
-        peers=tuple(peers),
-        rekey_after=None if rekey_after is None else float(rekey_after),
-        under_load=under_load,
-    )
 
 
 # -- the tunnel --------------------------------------------------------------------------------
@@ -328,24 +117,6 @@ class TunnelCounters:
     """TUN reads made right after writing received packets (see ``_on_udp_drained``)."""
 
 
-def _routes_needed(spec: TunnelSpec) -> list[str]:
-    """The peers' allowed IPs that the interface's own prefixes do not already route."""
-    connected = [ipaddress.ip_interface(a).network for a in spec.addresses]
-    needed = []
-    for peer in spec.peers:
-        for prefix in peer.allowed_ips:
-            net = ipaddress.ip_network(prefix, strict=False)
-            covered = any(
-                net.version == c.version
-                and int(c.network_address) <= int(net.network_address)
-                and int(net.broadcast_address) <= int(c.broadcast_address)
-                for c in connected
-            )
-            if not covered:
-                needed.append(str(net))
-    return needed
-
-
 def _short(key: bytes) -> str:
     return encode_key(key)[:8]
 
@@ -364,9 +135,9 @@ Sender = Callable[[list[bytes]], object]
 class WgTunnel:
     """A WireGuard device wired to a TUN device and one UDP endpoint per address family.
 
-    Build it from opened parts (``WgTunnel(device, tun, endpoints)``), as the daemon does, or
-    with :meth:`open` from a :class:`TunnelSpec`; then add peers with :meth:`add_peer` (a peer
-    added to ``device`` directly has no endpoint until it learns one). The tunnel installs its
+    Build it from opened parts (``WgTunnel(device, tun, endpoints)``); peers are added to
+    ``device`` and have no path until :meth:`set_endpoint` or :meth:`set_sender` gives them one
+    (or, with ``learn_endpoints``, their first authenticated datagram). The tunnel installs its
     WireGuard handler and ``on_drained`` callback on the endpoints, and :meth:`run` runs their
     receive loops. It closes the TUN device and the endpoints when closed (or leaving the
     ``with`` block). Time is trio's clock, so a ``MockClock`` drives the protocol timers too.
@@ -421,53 +192,6 @@ class WgTunnel:
             ep.on_drained = self._on_udp_drained
 
     # -- construction and lifetime -------------------------------------------------------------
-
-    @classmethod
-    def open(cls, spec: TunnelSpec, *, batch: int = DEFAULT_BATCH) -> WgTunnel:
-        """Create the TUN interface, configure it, bind UDP, and add the peers of ``spec``.
-
-        Blocking (netlink, socket setup): call it before the trio loop or from a worker thread.
-        Routes are added for allowed IPs outside the interface's own prefixes. Raises
-        :class:`RuntimeFailure` with one line; nothing is left open on failure.
-        """
-        from p2ptun.net import netlink
-
-        device = Device(
-            spec.private_key,
-            rng=os.urandom,
-            wall_clock=time.time,
-            timers=spec.timers(),
-            mtu=spec.mtu,
-        )
-        device.under_load = spec.under_load
-        tun = TunDevice.open(spec.interface)
-        endpoints: list[UdpEndpoint] = []
-        try:
-            netlink.configure_interface(spec.interface, spec.addresses, spec.mtu)
-            for prefix in _routes_needed(spec):
-                netlink.add_route(spec.interface, prefix)
-            endpoints = open_endpoints(spec.listen_port, batch=batch)
-            tunnel = cls(device, tun, endpoints, batch=batch)
-        except BaseException:
-            for ep in endpoints:
-                ep.close()
-            tun.close()
-            raise
-        for peer_spec in spec.peers:
-            tunnel.add_peer(peer_spec)
-        return tunnel
-
-    def add_peer(self, spec: PeerSpec) -> Peer:
-        """Add a peer to the device and give it its endpoint."""
-        peer = self.device.add_peer(
-            spec.public_key,
-            preshared_key=spec.preshared_key,
-            allowed_ips=spec.allowed_ips,
-            persistent_keepalive=spec.persistent_keepalive,
-        )
-        self._peer_endpoints[peer] = spec.endpoint
-        self.peer_stats.setdefault(peer, PeerStats())
-        return peer
 
     def _stats(self, peer: Peer) -> PeerStats:
         stats = self.peer_stats.get(peer)
@@ -836,146 +560,3 @@ def _maybe_syn(packet: bytes | bytearray | memoryview) -> bool:
 def _lazy_buffer(size: int) -> memoryview:
     """A zeroed, writable buffer whose pages become resident only once written to."""
     return memoryview(mmap.mmap(-1, size))
-
-
-# -- running as a process ----------------------------------------------------------------------
-
-
-def write_status(tunnel: WgTunnel, path: Path) -> None:
-    """Write :meth:`WgTunnel.status` to ``path`` atomically (a reader never sees half a file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(tunnel.status(), indent=1) + "\n")
-    os.replace(tmp, path)
-
-
-async def serve(spec: TunnelSpec, *, status_file: Path | None = None) -> None:
-    """Open the tunnel of ``spec`` and run it until SIGTERM or SIGINT."""
-    tunnel = WgTunnel.open(spec)
-    with tunnel:
-        try:
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as sigs:
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(tunnel.run)
-                    log.info(
-                        "tunnel up",
-                        interface=tunnel.tun.name,
-                        port=tunnel.listen_port,
-                        peers=len(spec.peers),
-                        rekey_after=tunnel.device.timers.rekey_after_time,
-                    )
-                    async for signum in sigs:
-                        if signum == signal.SIGUSR1:
-                            if status_file is not None:
-                                write_status(tunnel, status_file)
-                            continue
-                        log.info("stopping", signal=signal.Signals(signum).name)
-                        nursery.cancel_scope.cancel()
-                        break
-        finally:
-            if status_file is not None:
-                write_status(tunnel, status_file)
-
-
-def _read_key_file(path: str, what: str) -> str:
-    try:
-        return Path(path).read_text().strip()
-    except OSError as exc:
-        raise UsageError(f"cannot read {what} file {path}: {exc.strerror}") from None
-
-
-def _spec_from_args(args: argparse.Namespace) -> TunnelSpec:
-    if args.config is not None:
-        if args.private_key_file or args.peer or args.interface:
-            raise UsageError("--config cannot be combined with key, interface or peer options")
-        try:
-            text = Path(args.config).read_text()
-        except OSError as exc:
-            raise UsageError(f"cannot read config file {args.config}: {exc.strerror}") from None
-        try:
-            decoded = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(
-                args.config, None, f"not valid JSON: {exc.msg} at line {exc.lineno}"
-            ) from None
-        return parse_spec(decoded, args.config)
-    if not args.private_key_file or not args.interface:
-        raise UsageError("give --config FILE, or at least --private-key-file and --interface")
-    data: dict[str, Any] = {
-        "private_key": _read_key_file(args.private_key_file, "private key"),
-        "interface": args.interface,
-        "address": args.address,
-        "listen_port": args.listen_port,
-        "mtu": args.mtu,
-        "rekey_after": args.rekey_after,
-        "under_load": args.under_load,
-        "peers": [],
-    }
-    if args.peer:
-        peer: dict[str, Any] = {"public_key": args.peer, "allowed_ips": args.allowed_ips}
-        if args.endpoint:
-            peer["endpoint"] = args.endpoint
-        if args.preshared_key_file:
-            peer["preshared_key"] = _read_key_file(args.preshared_key_file, "preshared key")
-        if args.persistent_keepalive:
-            peer["persistent_keepalive"] = args.persistent_keepalive
-        data["peers"].append(peer)
-    elif args.endpoint or args.allowed_ips or args.preshared_key_file:
-        raise UsageError("--endpoint, --allowed-ips and --preshared-key-file need --peer")
-    return parse_spec(data, "<command line>")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m p2ptun.node.wgtunnel",
-        description="Run one WireGuard tunnel (TUN + UDP) with fixed peer endpoints.",
-    )
-    parser.add_argument("--config", metavar="FILE", help="JSON config (see the module doc)")
-    parser.add_argument("--private-key-file", metavar="FILE")
-    parser.add_argument("--interface", metavar="NAME")
-    parser.add_argument("--address", action="append", default=[], metavar="ADDR/LEN")
-    parser.add_argument("--listen-port", type=int, default=0, metavar="PORT")
-    parser.add_argument("--mtu", type=int, default=DEFAULT_MTU)
-    parser.add_argument("--peer", metavar="PUBKEY", help="the peer's base64 public key")
-    parser.add_argument("--preshared-key-file", metavar="FILE")
-    parser.add_argument("--endpoint", metavar="IP:PORT")
-    parser.add_argument(
-        "--allowed-ips",
-        action="extend",
-        default=[],
-        metavar="NET[,NET...]",
-        type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
-    )
-    parser.add_argument("--persistent-keepalive", type=float, metavar="SECONDS")
-    parser.add_argument(
-        "--rekey-after",
-        type=float,
-        metavar="SECONDS",
-        help="shorten all WireGuard timers so that REKEY_AFTER_TIME is this (tests)",
-    )
-    parser.add_argument(
-        "--under-load",
-        action="store_true",
-        help="demand a cookie (MAC2) from every handshake message (tests)",
-    )
-    parser.add_argument("--status-file", type=Path, metavar="FILE")
-    parser.add_argument("--log-level", default="info", choices=sorted(logging_setup.LEVELS))
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m p2ptun.node.wgtunnel``; returns the exit code."""
-    args = build_parser().parse_args(argv)
-    logging_setup.setup(args.log_level)
-    try:
-        spec = _spec_from_args(args)
-        trio.run(lambda: serve(spec, status_file=args.status_file))
-    except P2ptunError as exc:
-        print(f"wgtunnel: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 0
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

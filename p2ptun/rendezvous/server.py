@@ -19,7 +19,7 @@ from p2ptun.addr import format_address
 from p2ptun.config import RendezvousConfig
 from p2ptun.errors import EXIT_OK, RuntimeFailure
 from p2ptun.log import get_logger
-from p2ptun.node.sdnotify import Notifier
+from p2ptun.net.sdnotify import Notifier
 from p2ptun.rendezvous.signaling import serve_signaling
 from p2ptun.rendezvous.stun_turn import StunTurnService
 

@@ -1,10 +1,17 @@
-# Shared install steps for scripts/test, scripts/demo and scripts/bench (sourced, not run).
-# Debian packages are installed only when missing; the virtualenv lives in .venv.
+# Shared install steps for scripts/test, scripts/demo, scripts/bench and scripts/natlab
+# (sourced, not run). Debian packages are installed only when missing; the virtualenv lives in
+# .venv.
 
 DEBIAN_PACKAGES=(
-  python3 python3-venv python3-dev gcc
-  iproute2 nftables conntrack iputils-ping procps util-linux
-  coturn wireguard-tools wireguard-go iperf3 systemd
+  python3 python3-venv python3-dev gcc  # the venv (and any wheel built from source)
+  iproute2                 # ip (netns, links, routes), tc (lab delay line), ss
+  nftables conntrack       # the lab's NATs, loss and counters; NAT flushes
+  iputils-ping iperf3      # ping across tunnels (demo, tests, bench); bench throughput
+  procps util-linux        # ps, sysctl; setpriv, unshare (service tests)
+  coturn                   # turnserver, turnutils_* (interop tests, lab NAT discovery)
+  wireguard-tools wireguard-go  # wg, wireguard-go (interop tests, bench)
+  systemd                  # systemd-analyze verify (unit files)
+  git                      # the demo test clones the checkout
 )
 
 install_debian_packages() {

@@ -5,7 +5,7 @@ public server at :data:`RV` and ``p2ptun up`` nodes in the site hosts. Every pro
 with ``lab.popen`` (so the lab stops it by PID when it closes, pass or fail), every file lives in
 the deployment's work directory, control sockets in its own run directory
 (``P2PTUN_RUN_DIR``), and every interface name carries the deployment's random tag. Waits are
-bounded polls (:func:`p2ptun.lab.natlab.wait_until`); helpers that wait take a ``timeout``.
+bounded polls (:func:`p2plab.natlab.wait_until`); helpers that wait take a ``timeout``.
 
 Two ways to use it:
 
@@ -42,9 +42,9 @@ from typing import Any
 
 import pytest
 
+from p2plab.bench import parse_reply
+from p2plab.natlab import NatLab, wait_for_line, wait_until
 from p2ptun.keys import encode_key, generate_private_key, public_key
-from p2ptun.lab.bench import parse_reply
-from p2ptun.lab.natlab import NatLab, wait_for_line, wait_until
 
 RV = "203.0.113.10"
 """The rendezvous (signaling :7070, STUN/TURN :3478) on the lab's server."""

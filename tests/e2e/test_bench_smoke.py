@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from p2ptun.lab.bench import COLUMNS, ROW_RAW, ROWS
+from p2plab.bench import COLUMNS, ROW_RAW, ROWS
 
 pytestmark = [
     pytest.mark.lab,
@@ -53,7 +53,7 @@ def test_quick_bench_prints_every_row(natlab_required: None, tmp_path: Path) -> 
     before = _namespaces()
     results_file = tmp_path / "results.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "p2ptun.lab.bench", "--quick", "--json", str(results_file)],
+        [sys.executable, "-m", "p2plab.bench", "--quick", "--json", str(results_file)],
         capture_output=True,
         text=True,
         timeout=600,

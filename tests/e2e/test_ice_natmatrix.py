@@ -1,4 +1,4 @@
-"""ICE across real NATs: two of our ICE transports (``python -m p2ptun.net.ice_probe``), one in
+"""ICE across real NATs: two of our ICE transports (``python -m p2plab.ice_probe``), one in
 each site host of the lab, with our embedded STUN/TURN server (``p2ptun rendezvous``) on the
 public server host. For each NAT pair the selected pair must be direct where hole punching can
 work and relayed where it cannot (ARCHITECTURE.md §4), relayed over TCP when one site blocks

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from p2ptun.lab import coturn
-from p2ptun.lab.natlab import NAT_TYPES, LabError, NatLab, wait_for_line
+from p2plab import coturn
+from p2plab.natlab import NAT_TYPES, LabError, NatLab, wait_for_line
 
 pytestmark = pytest.mark.lab
 
@@ -162,7 +162,7 @@ def test_coturn_natdiscovery_agrees(
 
 
 def _listen_in(lab: NatLab, host: str, port: int, seconds: float) -> subprocess.Popen[str]:
-    argv = [sys.executable, "-m", "p2ptun.lab.probe", "listen", "--port", str(port)]
+    argv = [sys.executable, "-m", "p2plab.probe", "listen", "--port", str(port)]
     proc = lab.popen(host, [*argv, "--timeout", str(seconds)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     assert wait_for_line(proc.stdout, "ready", 10) is not None

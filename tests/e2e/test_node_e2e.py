@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from nodelab import Deployment, EchoConnection
 
-from p2ptun.lab.natlab import NatLab, wait_until
+from p2plab.natlab import NatLab, wait_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 

@@ -34,8 +34,8 @@ from typing import Any
 import pytest
 from nodelab import MB, RV, RV_ALT, Deployment, report
 
-from p2ptun.lab.coturn import Coturn, start_coturn
-from p2ptun.lab.natlab import NatLab
+from p2plab.coturn import Coturn, start_coturn
+from p2plab.natlab import NatLab
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 

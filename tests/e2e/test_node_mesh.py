@@ -21,7 +21,7 @@ from itertools import permutations
 import pytest
 from nodelab import CONNECT_TIMEOUT, Deployment, Node, keypair, report
 
-from p2ptun.lab.natlab import LabError, NatLab, wait_until
+from p2plab.natlab import LabError, NatLab, wait_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 

@@ -38,7 +38,7 @@ from nodelab import (
     tcp_stall,
 )
 
-from p2ptun.lab.natlab import NatLab, wait_until
+from p2plab.natlab import NatLab, wait_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 

@@ -1,7 +1,7 @@
-"""aioice's ICE agent as the other peer of :mod:`p2ptun.net.ice_probe` (asyncio, run in a lab
+"""aioice's ICE agent as the other peer of :mod:`p2plab.ice_probe` (asyncio, run in a lab
 site namespace by ``test_ice_aioice.py``).
 
-It speaks the probe's file protocol (see :mod:`p2ptun.net.ice_probe`) with nothing of p2ptun
+It speaks the probe's file protocol (see :mod:`p2plab.ice_probe`) with nothing of p2ptun
 on its side: the description is written and read as RFC 8839 attribute lines, candidates are
 aioice's own ``Candidate.to_sdp`` / ``from_sdp``::
 

@@ -89,8 +89,8 @@ def probe_argv(
     size: int = 1000,
     timeout: float = 40.0,
 ) -> list[str]:
-    """The command line of our ICE probe (:mod:`p2ptun.net.ice_probe`)."""
-    argv = [sys.executable, "-m", "p2ptun.net.ice_probe", "--name", name, "--peer", peer]
+    """The command line of our ICE probe (:mod:`p2plab.ice_probe`)."""
+    argv = [sys.executable, "-m", "p2plab.ice_probe", "--name", name, "--peer", peer]
     argv += ["--dir", str(directory), "--controlling" if controlling else "--controlled"]
     argv += ["--count", str(count), "--size", str(size), "--timeout", str(timeout)]
     if stun:

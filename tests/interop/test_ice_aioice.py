@@ -45,7 +45,7 @@ CASES = [
 def start_coturn(lab: Any) -> None:
     if shutil.which("turnserver") is None:
         pytest.skip("coturn (turnserver) is not installed")
-    from p2ptun.lab.coturn import start_coturn as start
+    from p2plab.coturn import start_coturn as start
 
     start(
         lab,

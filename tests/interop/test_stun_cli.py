@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from p2ptun.lab.coturn import start_coturn
+from p2plab.coturn import start_coturn
 
 pytestmark = pytest.mark.lab
 

@@ -372,7 +372,7 @@ def lab(natlab: Any) -> Any:
 
 @pytest.fixture
 def echo(lab: Any) -> tuple[str, int]:
-    from p2ptun.lab.natlab import wait_for_line
+    from p2plab.natlab import wait_for_line
 
     host = lab.site(2).host_addr
     cfg = json.dumps({"host": host, "port": ECHO_PORT, "lifetime": 120})

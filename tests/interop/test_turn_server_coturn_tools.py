@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
+from p2plab.natlab import NatLab, wait_for_line
 from p2ptun.keys import encode_key, generate_private_key
-from p2ptun.lab.natlab import NatLab, wait_for_line
 from p2ptun.turn.credentials import make_rest_credential
 
 pytestmark = [

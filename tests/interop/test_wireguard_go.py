@@ -1,6 +1,6 @@
 """Our WireGuard session layer against wireguard-go, across two network namespaces.
 
-Namespace A runs our tunnel as a process (``python -m p2ptun.node.wgtunnel``: a TUN device
+Namespace A runs our tunnel as a process (``python -m p2plab.wgtunnel_tool``: a TUN device
 ``p2p…`` with 10.99.0.1/24, a UDP socket, the sans-I/O :class:`p2ptun.wireguard.Device`).
 Namespace B runs wireguard-go (``WG_PROCESS_FOREGROUND=1``) on an interface with a unique name
 (its UAPI socket directory ``/var/run/wireguard`` is shared by all namespaces), configured with
@@ -179,7 +179,7 @@ class Lab:
         }
         path = self.workdir / "ours.json"
         path.write_text(json.dumps(config))
-        args = [sys.executable, "-m", "p2ptun.node.wgtunnel", "--config", str(path)]
+        args = [sys.executable, "-m", "p2plab.wgtunnel_tool", "--config", str(path)]
         args += ["--status-file", str(self.status_path), "--log-level", "debug"]
         self.ours = proc = self.popen(self.ns_a, args, "ours.log")
         ok = wait_until(lambda: proc.poll() is not None or "tunnel up" in self.our_log(), 15)

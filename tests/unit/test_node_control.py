@@ -1,4 +1,4 @@
-"""Control socket, sd_notify and status rendering."""
+"""Control socket and status rendering."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import trio
 
 from p2ptun.errors import RuntimeFailure
 from p2ptun.node import control, status
-from p2ptun.node.sdnotify import Notifier
 
 STATUS: dict[str, Any] = {
     "node": {
@@ -103,21 +102,6 @@ def test_stale_socket_is_replaced(tmp_path: Path) -> None:
 def test_request_without_daemon(tmp_path: Path) -> None:
     with pytest.raises(RuntimeFailure, match="is 'p2ptun up' running"):
         control.request(str(tmp_path / "none.sock"), {"cmd": "status"})
-
-
-def test_sd_notify(tmp_path: Path) -> None:
-    path = str(tmp_path / "notify")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
-        server.bind(path)
-        server.settimeout(5)
-        notifier = Notifier(path)
-        assert notifier.ready("interface p2p0 up")
-        assert server.recv(4096) == b"READY=1\nSTATUS=interface p2p0 up"
-        assert notifier.stopping()
-        assert server.recv(4096) == b"STOPPING=1"
-        notifier.close()
-    assert not Notifier("").enabled and not Notifier("").ready()
-    assert Notifier(str(tmp_path / "gone")).ready() is False  # never raises
 
 
 def test_render_table() -> None:

@@ -1,4 +1,4 @@
-"""``scripts/natlab`` (``python -m p2ptun.lab``): build, use and remove NAT labs from a shell.
+"""``scripts/natlab`` (``python -m p2plab``): build, use and remove NAT labs from a shell.
 
 ::
 
@@ -25,8 +25,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from p2plab.natlab import DEFAULT_STATE_DIR, LabError, NatLab, parse_sites
 from p2ptun import log as p2plog
-from p2ptun.lab.natlab import DEFAULT_STATE_DIR, LabError, NatLab, parse_sites
 
 USAGE_EXIT = 2
 

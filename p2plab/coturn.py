@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from p2ptun.log import get_logger
 
 if TYPE_CHECKING:
-    from p2ptun.lab.natlab import NatLab
+    from p2plab.natlab import NatLab
 
 log = get_logger("lab.coturn")
 

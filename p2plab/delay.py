@@ -1,6 +1,6 @@
 """A userspace delay line for one direction of a lab link (this kernel has no ``sch_netem``).
 
-``python -m p2ptun.lab.delay --dev DEV --tap TAP --delay-ms D [--jitter-ms J]``, run inside the
+``python -m p2plab.delay --dev DEV --tap TAP --delay-ms D [--jitter-ms J]``, run inside the
 namespace that owns ``DEV``. It creates the TAP device ``TAP``; the lab then redirects ``DEV``'s
 egress to it with tc (``clsact`` + ``u32`` + ``mirred``). Each frame read from the tap is held
 for D ± J ms and then sent out of ``DEV`` through an ``AF_PACKET`` socket with
@@ -88,7 +88,7 @@ def run(dev: str, tap: str, delay_s: float, jitter_s: float, lifetime: float) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m p2ptun.lab.delay")
+    parser = argparse.ArgumentParser(prog="python -m p2plab.delay")
     parser.add_argument("--dev", required=True)
     parser.add_argument("--tap", required=True)
     parser.add_argument("--delay-ms", type=float, required=True)

@@ -30,7 +30,7 @@ Every router silently drops unsolicited inbound traffic to itself (no ICMP port-
 
 Impairments: this kernel has no ``sch_netem``, so :meth:`NatLab.set_netem` drops packets with an
 nftables ``numgen random`` rule in the internet and delays them with a userspace delay line
-(:mod:`p2ptun.lab.delay`) that the link's egress is redirected through (tc ``mirred``).
+(:mod:`p2plab.delay`) that the link's egress is redirected through (tc ``mirred``).
 
 The lab is built with few subprocesses (one ``ip -batch`` for namespaces and links, then one
 ``ip netns exec NS sh`` per namespace running ``ip -batch`` and ``nft -f``), so a two-site lab
@@ -671,8 +671,8 @@ class NatLab:
         return proc.returncode
 
     def probe(self, host: str, *args: str, timeout: float = 30.0) -> dict[str, Any]:
-        """Run ``python -m p2ptun.lab.probe ARGS`` in ``host`` and return its JSON result."""
-        proc = self.exec(host, sys.executable, "-m", "p2ptun.lab.probe", *args, timeout=timeout)
+        """Run ``python -m p2plab.probe ARGS`` in ``host`` and return its JSON result."""
+        proc = self.exec(host, sys.executable, "-m", "p2plab.probe", *args, timeout=timeout)
         if proc.returncode != 0:
             raise LabError(f"probe {' '.join(args)} in {host} failed: {proc.stderr.strip()}")
         result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -685,9 +685,9 @@ class NatLab:
         tcp: Iterable[tuple[str, int]] = (),
         timeout: float = 10.0,
     ) -> subprocess.Popen[str]:
-        """Start the probe reflector in ``host`` (see :mod:`p2ptun.lab.probe`), wait until it
+        """Start the probe reflector in ``host`` (see :mod:`p2plab.probe`), wait until it
         is bound; the lab stops it on :meth:`close` (or call :meth:`stop`)."""
-        argv = [sys.executable, "-m", "p2ptun.lab.probe", "reflect"]
+        argv = [sys.executable, "-m", "p2plab.probe", "reflect"]
         argv += [a for ep in listen for a in ("--listen", f"{ep[0]}:{ep[1]}")]
         argv += [a for ep in tcp for a in ("--tcp", f"{ep[0]}:{ep[1]}")]
         proc: subprocess.Popen[str] = self.popen(
@@ -797,7 +797,7 @@ class NatLab:
         ``loss`` in percent and ``delay_ms`` ± ``jitter_ms`` apply to each selected direction:
         ``up`` (leaving the site), ``down`` (towards it) or ``both``. This kernel has no
         ``sch_netem``: loss is an nftables ``numgen random`` drop in the internet's forward
-        chain, delay a userspace delay line (:mod:`p2ptun.lab.delay`) that the link's egress is
+        chain, delay a userspace delay line (:mod:`p2plab.delay`) that the link's egress is
         redirected through. All zero means :meth:`clear_netem`.
         """
         k = self._endpoint(site)
@@ -847,7 +847,7 @@ class NatLab:
 
     def _start_delay_line(self, k: int, d: str, delay_ms: float, jitter_ms: float) -> int:
         ns, dev, tap = self._delay_dev(k, d)
-        argv = [sys.executable, "-m", "p2ptun.lab.delay", "--dev", dev, "--tap", tap]
+        argv = [sys.executable, "-m", "p2plab.delay", "--dev", dev, "--tap", tap]
         argv += ["--delay-ms", str(delay_ms), "--jitter-ms", str(jitter_ms)]
         proc = subprocess.Popen(
             ["ip", "netns", "exec", ns, *argv],
@@ -897,7 +897,7 @@ class NatLab:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"p2ptun.lab.delay" in cmdline and any(t.encode() in cmdline for t in taps):
+            if b"p2plab.delay" in cmdline and any(t.encode() in cmdline for t in taps):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
                 deadline = time.monotonic() + 3.0

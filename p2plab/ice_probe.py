@@ -3,7 +3,7 @@
 Two probes (or a probe and another ICE implementation's driver) exchange their descriptions
 through files in a shared directory, connect, and push datagrams both ways::
 
-    python -m p2ptun.net.ice_probe --name a --peer b --dir /tmp/x --controlling \\
+    python -m p2plab.ice_probe --name a --peer b --dir /tmp/x --controlling \\
         --stun 203.0.113.10:3478 --turn "turn:203.0.113.10:3478?transport=udp" \\
         --turn-user alice --turn-password secret --count 200
 
@@ -81,7 +81,7 @@ def describe_pair(pair: SelectedPair | None) -> dict[str, Any] | None:
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m p2ptun.net.ice_probe", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m p2plab.ice_probe", description=__doc__)
     p.add_argument("--name", required=True)
     p.add_argument("--peer", required=True)
     p.add_argument("--dir", required=True, type=Path)

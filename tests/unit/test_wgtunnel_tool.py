@@ -1,4 +1,5 @@
-"""The wgtunnel process's configuration: JSON and command line to a TunnelSpec, exit codes.
+"""The standalone tunnel process's configuration: JSON and command line to a TunnelSpec, exit
+codes.
 
 The data path itself runs against wireguard-go in ``tests/interop/test_wireguard_go.py``.
 """
@@ -11,16 +12,16 @@ from typing import Any
 
 import pytest
 
-from p2ptun.errors import ConfigError
-from p2ptun.keys import encode_key, generate_private_key, public_key
-from p2ptun.node.wgtunnel import (
+from p2plab.wgtunnel_tool import (
     TunnelSpec,
-    _routes_needed,
     _spec_from_args,
     build_parser,
     main,
     parse_spec,
+    tunnel_routes,
 )
+from p2ptun.errors import ConfigError
+from p2ptun.keys import encode_key, generate_private_key, public_key
 from p2ptun.wireguard import TimerConfig
 
 KEY = generate_private_key()
@@ -68,13 +69,31 @@ def test_ipv6_endpoint_and_no_endpoint() -> None:
     assert spec.peers[1].endpoint is None and spec.peers[1].allowed_ips == ()
 
 
+def test_nulls_are_absent_keys_and_a_string_is_a_list_of_one() -> None:
+    """The JSON of the module doc: ``null`` for "not set", as TOML would leave the key out."""
+    peers = [
+        {
+            "public_key": encode_key(PEER),
+            "endpoint": None,
+            "allowed_ips": "10.99.0.2/32",
+            "preshared_key": None,
+            "persistent_keepalive": None,
+        }
+    ]
+    spec = parse_spec(config(address="10.99.0.1/24", rekey_after=None, mtu=None, peers=peers))
+    assert spec.addresses == ("10.99.0.1/24",) and spec.rekey_after is None and spec.mtu == 1420
+    (peer,) = spec.peers
+    assert peer.allowed_ips == ("10.99.0.2/32",) and peer.endpoint is None
+    assert peer.preshared_key is None and peer.persistent_keepalive is None
+
+
 @pytest.mark.parametrize(
     ("changes", "key"),
     [
         ({"private_key": None}, "private_key"),
         ({"private_key": "not-a-key"}, "private_key"),
         ({"interface": "a-name-that-is-too-long"}, "interface"),
-        ({"address": ["banana"]}, "address"),
+        ({"address": ["banana"]}, "address[0]"),
         ({"listen_port": 70000}, "listen_port"),
         ({"rekey_after": 0}, "rekey_after"),
         ({"under_load": "yes"}, "under_load"),
@@ -82,7 +101,7 @@ def test_ipv6_endpoint_and_no_endpoint() -> None:
         ({"peers": {}}, "peers"),
         ({"peers": [{"public_key": encode_key(PEER), "endpoint": "host.example:1"}]}, "endpoint"),
         ({"peers": [{"public_key": encode_key(PEER), "endpoint": "10.0.0.1"}]}, "endpoint"),
-        ({"peers": [{"public_key": encode_key(PEER), "allowed_ips": ["x/33"]}]}, "allowed_ips"),
+        ({"peers": [{"public_key": encode_key(PEER), "allowed_ips": ["x/33"]}]}, "allowed_ips[0]"),
         ({"peers": [{"public_key": encode_key(PEER)}] * 2}, "peers"),
         ({"peers": [{"endpoint": "10.0.0.1:1"}]}, "public_key"),
     ],
@@ -96,8 +115,8 @@ def test_bad_config_names_the_key(changes: dict[str, Any], key: str) -> None:
 
 def test_routes_only_for_prefixes_outside_the_interface() -> None:
     spec = parse_spec(config())
-    assert _routes_needed(spec) == ["10.50.0.0/16"]
-    assert _routes_needed(TunnelSpec(private_key=KEY, interface="p2p0")) == []
+    assert tunnel_routes(spec) == ["10.50.0.0/16"]
+    assert tunnel_routes(TunnelSpec(private_key=KEY, interface="p2p0")) == []
 
 
 def test_main_bad_config_exits_2_with_one_line(

@@ -1,7 +1,7 @@
 """pytest fixtures for the NAT lab (enabled by ``pytest_plugins`` in ``tests/conftest.py``).
 
 ``natlab`` is a factory: call it with the sites' NAT types, get a built
-:class:`~p2ptun.lab.natlab.NatLab`; everything it made (namespaces, veths, state file, processes
+:class:`~p2plab.natlab.NatLab`; everything it made (namespaces, veths, state file, processes
 started with ``lab.popen``) is removed when the test ends, pass or fail::
 
     @pytest.mark.lab
@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from p2ptun.lab.natlab import NatLab, lab_unavailable_reason
+from p2plab.natlab import NatLab, lab_unavailable_reason
 
 LabFactory = Callable[..., NatLab]
 

@@ -1,10 +1,10 @@
 """The ``tunnel`` section of ``scripts/bench``: p2ptun against the raw link and wireguard-go.
 
-``python -m p2ptun.lab.bench [--quick] [--idle S] [--iperf-seconds S] [--runs N] [--json F]``
+``python -m p2plab.bench [--quick] [--idle S] [--iperf-seconds S] [--runs N] [--json F]``
 prints one table. Not a test: the numbers depend on the machine and drift between runs, so
 every row is measured in the same run, one measurement at a time, over the same topology.
 
-Topology: a :class:`~p2ptun.lab.natlab.NatLab` with two full-cone sites (``cone,cone``), a fresh
+Topology: a :class:`~p2plab.natlab.NatLab` with two full-cone sites (``cone,cone``), a fresh
 lab for each row so that no row inherits NAT state, a renumbered host or a block from another::
 
     site1 (10.0.1.2) ── nat1 (198.51.100.18) ── inet ── nat2 (198.51.100.34) ── site2 (10.0.2.2)
@@ -79,9 +79,9 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
+from p2plab.natlab import NatLab, iter_lines, lab_unavailable_reason
 from p2ptun.errors import RuntimeFailure
 from p2ptun.keys import encode_key, generate_private_key, public_key
-from p2ptun.lab.natlab import NatLab, iter_lines, lab_unavailable_reason
 from p2ptun.node import control
 
 RV = "203.0.113.10"
@@ -917,7 +917,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, argparse.Namespace]:
     """The command line -> :class:`Options` (and the raw namespace)."""
     parser = argparse.ArgumentParser(
-        prog="python -m p2ptun.lab.bench",
+        prog="python -m p2plab.bench",
         description="p2ptun against the raw link and wireguard-go in a NAT lab (see the module).",
     )
     parser.add_argument(

@@ -1,4 +1,4 @@
-"""Raw-socket probes run inside lab namespaces: ``python -m p2ptun.lab.probe COMMAND ...``.
+"""Raw-socket probes run inside lab namespaces: ``python -m p2plab.probe COMMAND ...``.
 
 Commands (each prints one JSON object on stdout, every wait bounded):
 
@@ -277,7 +277,7 @@ def send(to: Endpoint, bind: Endpoint | None, n: int) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m p2ptun.lab.probe")
+    parser = argparse.ArgumentParser(prog="python -m p2plab.probe")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("reflect")
     p.add_argument("--listen", action="append", type=parse_endpoint, default=[])
