@@ -9,6 +9,7 @@ cut from the byte stream by its length field. The whole query is bounded by ``ti
 from __future__ import annotations
 
 import math
+import os
 import socket
 
 import trio
@@ -49,7 +50,7 @@ async def resolve(host: str, port: int, kind: socket.SocketKind) -> Address:
 
 
 def _binding_request() -> Message:
-    return Message.request(Method.BINDING, random_transaction_id())
+    return Message.request(Method.BINDING, random_transaction_id(os.urandom))
 
 
 def _mapped(outcome: TransactionOutcome[None], server: Address) -> Address:
