@@ -18,7 +18,7 @@ from p2ptun.ice.agent import (
     StateChanged,
 )
 from p2ptun.ice.candidate import CandidateType, make_host_candidate, make_srflx_candidate
-from p2ptun.ice.checklist import CheckList, PairState
+from p2ptun.ice.checklist import PairState
 from p2ptun.ice.sdp import IceCredentials
 
 DIRECT = (CandidateType.HOST, CandidateType.SRFLX, CandidateType.PRFLX)
@@ -312,45 +312,6 @@ def test_early_check_queue_is_bounded() -> None:
     a.set_remote_credentials(IceCredentials("peer1", "peerpasswordpeerpassword1"), 0.1)
     assert len(a.checklist) == 4
     assert all(p.remote.type is CandidateType.PRFLX for p in a.checklist.pairs)
-
-
-# --- check list unit tests ----------------------------------------------------------------------
-
-
-def test_checklist_initial_states_and_unfreezing() -> None:
-    cl = CheckList(controlling=True)
-    l1 = make_host_candidate(("10.0.0.1", 1000), 65535)
-    r1 = make_host_candidate(("198.51.100.1", 2000), 65535)
-    r2 = make_host_candidate(("198.51.100.1", 2001), 65534)  # same foundation as r1
-    p1 = cl.add(l1, r1)
-    p2 = cl.add(l1, r2)
-    assert p1 is not None and p2 is not None
-    assert p1.state is PairState.WAITING and p2.state is PairState.FROZEN
-    assert cl.add(l1, r1) is p1
-    assert cl.next_ordinary() is p1
-    p1.state = PairState.IN_PROGRESS
-    # Frozen p2 shares the in-progress foundation: nothing to unfreeze yet.
-    assert cl.next_ordinary() is None
-    p1.state = PairState.SUCCEEDED
-    cl.unfreeze_foundation(p1.foundation)
-    assert p2.state is PairState.WAITING
-
-
-def test_checklist_role_change_reorders() -> None:
-    cl = CheckList(controlling=True)
-    la = make_host_candidate(("10.0.0.1", 1000), 65535)
-    lb = make_host_candidate(("10.0.0.2", 1000), 1)
-    ra = make_host_candidate(("198.51.100.1", 2000), 65535)
-    rb = make_host_candidate(("198.51.100.2", 2000), 1)
-    for loc in (la, lb):
-        for rem in (ra, rb):
-            cl.add(loc, rem)
-    before = [p.key for p in cl.pairs]
-    cl.set_role(False)
-    after = [p.priority for p in cl.pairs]
-    assert after == sorted(after, reverse=True)
-    # (la, rb) ranked above (lb, ra) while controlling; the G > D bit now favours (lb, ra).
-    assert [p.key for p in cl.pairs] != before
 
 
 # --- helpers for unit-level tests ---------------------------------------------------------------
