@@ -75,29 +75,26 @@ __all__ = [
 ]
 
 # --- the agent (appended) ---------------------------------------------------------------------
-from p2ptun.ice.agent import (
-    AgentState,
-    BetterPairAvailable,
-    ConsentExpired,
-    ConsentRestored,
-    ConsentSuspect,
-    GenerationFailed,
-    IceAgent,
-    IceConfig,
-    IceEvent,
-    IceStats,
-    PairSelected,
-    RoleChanged,
-    SelectedPair,
-    StateChanged,
-    Transmit,
-)
+from p2ptun.ice.agent import IceAgent, IceConfig, IceStats, Transmit
 from p2ptun.ice.checklist import CheckList, CheckPair, PairState
 from p2ptun.ice.consent import (
     ConsentConfig,
     ConsentFreshness,
     ConsentState,
     RandomSource,
+)
+from p2ptun.ice.events import (
+    AgentState,
+    BetterPairAvailable,
+    ConsentExpired,
+    ConsentRestored,
+    ConsentSuspect,
+    GenerationFailed,
+    IceEvent,
+    PairSelected,
+    RoleChanged,
+    SelectedPair,
+    StateChanged,
 )
 
 __all__ += [

@@ -130,7 +130,6 @@ Behaviour, with the RFC sections implemented
 
 from __future__ import annotations
 
-import enum
 import ipaddress
 from collections import deque
 from dataclasses import dataclass, field
@@ -141,7 +140,6 @@ from p2ptun.ice.candidate import (
     DEFAULT_MAX_PAIRS,
     MAX_PRIORITY,
     Candidate,
-    CandidatePair,
     CandidateType,
     Transport,
     can_pair,
@@ -155,6 +153,19 @@ from p2ptun.ice.consent import (
     ConsentFreshness,
     ConsentState,
     RandomSource,
+)
+from p2ptun.ice.events import (
+    AgentState,
+    BetterPairAvailable,
+    ConsentExpired,
+    ConsentRestored,
+    ConsentSuspect,
+    GenerationFailed,
+    IceEvent,
+    PairSelected,
+    RoleChanged,
+    SelectedPair,
+    StateChanged,
 )
 from p2ptun.ice.sdp import MAX_CANDIDATES, IceCredentials
 from p2ptun.log import get_logger
@@ -178,36 +189,14 @@ from p2ptun.stun.transaction import (
 )
 
 __all__ = [
-    "AgentState",
-    "BetterPairAvailable",
-    "ConsentExpired",
-    "ConsentRestored",
-    "ConsentSuspect",
-    "GenerationFailed",
     "IceAgent",
     "IceConfig",
-    "IceEvent",
     "IceStats",
-    "PairSelected",
     "RandomSource",
-    "RoleChanged",
-    "SelectedPair",
-    "StateChanged",
     "Transmit",
 ]
 
 log = get_logger("ice")
-
-
-class AgentState(enum.Enum):
-    """The agent's overall state (RFC 8445 §6.1.3 check list states, as WebRTC reports them)."""
-
-    NEW = "new"
-    CHECKING = "checking"
-    CONNECTED = "connected"
-    COMPLETED = "completed"
-    DISCONNECTED = "disconnected"
-    FAILED = "failed"
 
 
 @dataclass(frozen=True)
@@ -277,105 +266,6 @@ class Transmit:
     local: Address
     remote: Address
     via_relay: bool = False
-
-
-@dataclass(frozen=True)
-class SelectedPair:
-    """The pair data flows over.
-
-    ``local`` is the local candidate of the valid pair (what the peer sees: host, srflx,
-    prflx or relay), ``remote`` the remote candidate; ``base`` is where to send from (a host
-    socket address, or a relayed address when ``via_relay``).
-    """
-
-    local: Candidate
-    remote: Candidate
-    base: Address
-    via_relay: bool
-    generation: int
-    rtt: float | None = None
-
-    @property
-    def relayed(self) -> bool:
-        """The path goes through a TURN server (either side relayed)."""
-        return CandidateType.RELAY in (self.local.type, self.remote.type)
-
-    @property
-    def candidate_pair(self) -> CandidatePair:
-        return CandidatePair(self.local, self.remote)
-
-
-@dataclass(frozen=True)
-class StateChanged:
-    state: AgentState
-    previous: AgentState
-
-
-@dataclass(frozen=True)
-class RoleChanged:
-    """A role conflict (RFC 8445 §7.2.5.1, §7.3.1.1) or a lite peer changed our role."""
-
-    controlling: bool
-
-
-@dataclass(frozen=True)
-class PairSelected:
-    """A pair was selected for data (nominated); ``previous`` is the pair it replaces (after a
-    restart, or a move from a relayed to a direct pair). Send on ``pair`` from now on."""
-
-    pair: SelectedPair
-    previous: SelectedPair | None
-
-
-@dataclass(frozen=True)
-class BetterPairAvailable:
-    """While relayed, a direct (non-relayed) pair succeeded. A controlling agent with
-    ``renominate`` moves to it by itself; otherwise the node may restart ICE."""
-
-    pair: CandidatePair
-    current: SelectedPair
-
-
-@dataclass(frozen=True)
-class ConsentSuspect:
-    """Consecutive consent checks went unanswered (RFC 7675); consent still holds."""
-
-    pair: SelectedPair
-    missed: int
-
-
-@dataclass(frozen=True)
-class ConsentRestored:
-    """A consent response arrived after :class:`ConsentSuspect`."""
-
-    pair: SelectedPair
-
-
-@dataclass(frozen=True)
-class ConsentExpired:
-    """No consent response for the consent timeout: stop sending (RFC 7675 §5.2)."""
-
-    pair: SelectedPair
-    last_response: float
-
-
-@dataclass(frozen=True)
-class GenerationFailed:
-    """The checks of a restarted generation failed while an older pair still carries data."""
-
-    generation: int
-
-
-IceEvent = (
-    StateChanged
-    | RoleChanged
-    | PairSelected
-    | BetterPairAvailable
-    | ConsentSuspect
-    | ConsentRestored
-    | ConsentExpired
-    | GenerationFailed
-)
 
 
 @dataclass

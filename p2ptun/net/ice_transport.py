@@ -93,17 +93,9 @@ import trio
 
 from p2ptun.addr import Address, format_address
 from p2ptun.errors import DecodeError
-from p2ptun.ice.agent import (
-    ConsentExpired,
-    IceAgent,
-    IceConfig,
-    IceEvent,
-    PairSelected,
-    RandomSource,
-    SelectedPair,
-    StateChanged,
-)
+from p2ptun.ice.agent import IceAgent, IceConfig, RandomSource
 from p2ptun.ice.candidate import Candidate, CandidateType, peer_reflexive_priority
+from p2ptun.ice.events import ConsentExpired, IceEvent, PairSelected, SelectedPair, StateChanged
 from p2ptun.ice.sdp import IceCredentials, IceDescription, generate_credentials
 from p2ptun.log import get_logger
 from p2ptun.net.gather import (

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from p2ptun.addr import Address
-from p2ptun.ice.agent import IceAgent, IceConfig, IceEvent, Transmit
+from p2ptun.ice.agent import IceAgent, IceConfig, Transmit
 from p2ptun.ice.candidate import (
     Candidate,
     make_host_candidate,
@@ -51,6 +51,7 @@ from p2ptun.ice.candidate import (
     make_srflx_candidate,
 )
 from p2ptun.ice.checklist import PairState
+from p2ptun.ice.events import IceEvent
 from p2ptun.ice.sdp import IceCredentials
 from p2ptun.stun import AttrType, Message, MessageClass, Method, handle_binding
 

@@ -9,16 +9,10 @@ import random
 import pytest
 from icesim import Peer, Scenario, make_scenario
 
-from p2ptun.ice.agent import (
-    AgentState,
-    IceAgent,
-    IceConfig,
-    PairSelected,
-    RoleChanged,
-    StateChanged,
-)
+from p2ptun.ice.agent import IceAgent, IceConfig
 from p2ptun.ice.candidate import CandidateType, make_host_candidate, make_srflx_candidate
 from p2ptun.ice.checklist import PairState
+from p2ptun.ice.events import AgentState, PairSelected, RoleChanged, StateChanged
 from p2ptun.ice.sdp import IceCredentials
 
 DIRECT = (CandidateType.HOST, CandidateType.SRFLX, CandidateType.PRFLX)

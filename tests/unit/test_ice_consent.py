@@ -9,16 +9,16 @@ import random
 import pytest
 from icesim import Scenario, make_scenario
 
-from p2ptun.ice.agent import (
+from p2ptun.ice.agent import IceConfig
+from p2ptun.ice.consent import ConsentConfig, ConsentFreshness, ConsentState
+from p2ptun.ice.events import (
     AgentState,
     BetterPairAvailable,
     ConsentExpired,
     ConsentRestored,
     ConsentSuspect,
-    IceConfig,
     PairSelected,
 )
-from p2ptun.ice.consent import ConsentConfig, ConsentFreshness, ConsentState
 from p2ptun.stun import AttrType, Message, Method, short_term_key
 
 KEY = short_term_key("consentpasswordconsentpassword")
