@@ -63,22 +63,17 @@ Behaviour, with the RFC sections implemented
   is answered and queued (bounded) until they arrive (RFC 8838 §14, RFC 8445 §7.3).
   Deviation: a check on an In-Progress pair does not cancel that transaction (§7.3.1.4);
   its request is re-sent at once instead, which has the same effect on the wire.
-- Nomination (§8.1.1, regular): the controlling agent nominates the best valid pair when no
-  higher-priority pair may still succeed, or ``nomination_delay`` after the first valid pair
-  at the latest. For a relayed best pair every Frozen, Waiting or In-Progress higher pair may
-  still succeed, and both sides must have finished gathering: a direct path is worth two
-  seconds. For a direct best pair, an In-Progress higher pair is given up once its request
-  went out twice and a hold passed since the last send (``direct_hold_rtts`` round trips of
-  the valid pair, at least ``direct_hold_min``); the second send comes early, a hold after
-  the first, ahead of its RTO. A reachable better pair (same LAN, a public host) answers
-  within a round trip or two, usually before the srflx pairs succeed at all; one towards the
-  other site's private address never does, and waiting for it used to cost every NATed
-  connect the whole ``nomination_delay``. §8.1.1 leaves the stopping rule to the agent; the
-  early re-send is a deviation from the RFC 8489 schedule (§14.3 RTO) for these pairs only:
-  one extra request per pair, while the transaction's own retransmissions go on unchanged.
-  Frozen or Waiting higher pairs (not checked yet: pacing, many candidates) are waited for
-  up to ``nomination_delay``. The controlled agent selects the highest-priority nominated
-  valid pair. After selection, Waiting/Frozen pairs are dropped (§8.1.2), except as below.
+- Nomination (§8.1.1, regular) and roles (§6.1.1, §7.2.5.1, §7.3.1.1): the policy object
+  :class:`~p2ptun.ice.nomination.NominationPolicy` and the role functions of
+  :mod:`p2ptun.ice.nomination` decide when the controlling agent nominates (at once when no
+  higher-priority pair may still succeed, ``nomination_delay`` after the first valid pair at
+  the latest; a relayed best pair waits for every better pair and for both sides' gathering,
+  a direct one gives up on a better pair once its check went out twice and
+  ``max(direct_hold_min, direct_hold_rtts × RTT)`` passed), what nominates a pair on the
+  controlled side (USE-CANDIDATE, §7.3.1.5), which pair is selected (the highest-priority
+  nominated valid one, both roles) and how role conflicts end; the agent sends the checks,
+  the USE-CANDIDATE and the 487s. After selection, Waiting/Frozen pairs are dropped (§8.1.2),
+  except as below.
 - Ceasing checks (§8.1.2): once a direct (non-relayed) pair is selected, both roles abandon
   the checks in flight on every other pair, of lower and of higher priority alike (the RFC
   lets the agent decide for the higher ones): their transactions stop without an outcome, so
@@ -166,6 +161,14 @@ from p2ptun.ice.events import (
     RoleChanged,
     SelectedPair,
     StateChanged,
+)
+from p2ptun.ice.nomination import (
+    NominationPolicy,
+    RoleConflict,
+    lite_lite_pair,
+    resolve_role_conflict,
+    role_after_conflict_response,
+    role_facing,
 )
 from p2ptun.ice.sdp import MAX_CANDIDATES, IceCredentials
 from p2ptun.log import get_logger
@@ -357,17 +360,6 @@ class _Generation:
         return None
 
 
-@dataclass(frozen=True)
-class _NominationPlan:
-    best: CheckPair
-    #: Nominate ``best`` at this time (or now, if it has passed).
-    nominate_at: float
-    #: Re-send the checks of ``hurry`` (higher-priority pairs sent once) from this time.
-    hurry_at: float | None
-    hurry: list[CheckPair]
-    hold: float
-
-
 @dataclass(eq=False)
 class _Selection:
     pair: CheckPair
@@ -402,6 +394,10 @@ class IceAgent:
         #: The 64-bit tie-breaker (RFC 8445 §7.1.1), kept across restarts.
         self.tie_breaker: int = rng.getrandbits(64)
         self.stats = IceStats()
+        cfg = self.config
+        self._nomination = NominationPolicy(
+            cfg.nomination_delay, cfg.direct_hold_rtts, cfg.direct_hold_min, cfg.renominate
+        )
         self._gen = _Generation(0, credentials, CheckList(controlling, self.config.max_pairs))
         self._checks: TransactionManager[_CheckContext] = TransactionManager(
             rc=self.config.check_rc, rm=self.config.check_rm
@@ -514,17 +510,10 @@ class IceAgent:
                     times.append(t)
             elif self._lite_consent(sel):
                 times.append(sel.last_request + self.config.consent.timeout)
-        if (
-            self._may_check(gen)
-            and self._controlling
-            and gen.nominating is None
-            and not self._has_nominated(gen)
-        ):
-            plan = self._nomination_plan(gen)
-            if plan is not None:
-                times.append(plan.nominate_at)
-                if plan.hurry_at is not None:
-                    times.append(plan.hurry_at)
+        if self._may_check(gen) and self._controlling and gen.nominating is None:
+            t = self._nomination.next_wakeup(gen.checklist, gen.first_valid_at, self._gathered(gen))
+            if t is not None:
+                times.append(t)
         if (
             gen.started_at is not None
             and not gen.failed
@@ -601,10 +590,7 @@ class IceAgent:
         gen.remote_lite = lite
         if gen.started_at is None:
             gen.started_at = now
-        if lite and not self.lite and not self._controlling:
-            self._set_role(True)
-        elif self.lite and not lite and self._controlling:
-            self._set_role(False)
+        self._set_role(role_facing(self._controlling, lite=self.lite, peer_lite=lite))
         self._drain_early(now)
         self._after_input(now)
         return True
@@ -836,20 +822,22 @@ class IceAgent:
         local: Address,
         remote: Address,
     ) -> bool:
-        """RFC 8445 §7.3.1.1. Returns False if we answered 487 (the request goes no further)."""
-        if self._controlling and theirs_controlling is not None:
-            self.stats.role_conflicts += 1
-            if not self.lite and self.tie_breaker >= theirs_controlling:
-                self._reply(error_response(msg, ErrorCode.ROLE_CONFLICT), key, local, remote)
-                return False
-            self._set_role(False)
-        elif not self._controlling and theirs_controlled is not None:
-            self.stats.role_conflicts += 1
-            if not self.lite and self.tie_breaker >= theirs_controlled:
-                self._set_role(True)
-            else:
-                self._reply(error_response(msg, ErrorCode.ROLE_CONFLICT), key, local, remote)
-                return False
+        """RFC 8445 §7.3.1.1 (:func:`~p2ptun.ice.nomination.resolve_role_conflict`). Returns
+        False if we answered 487 (the request goes no further)."""
+        conflict = resolve_role_conflict(
+            controlling=self._controlling,
+            lite=self.lite,
+            tie_breaker=self.tie_breaker,
+            theirs_controlling=theirs_controlling,
+            theirs_controlled=theirs_controlled,
+        )
+        if conflict is RoleConflict.NONE:
+            return True
+        self.stats.role_conflicts += 1
+        if conflict is RoleConflict.REJECT:
+            self._reply(error_response(msg, ErrorCode.ROLE_CONFLICT), key, local, remote)
+            return False
+        self._set_role(not self._controlling)
         return True
 
     def _queue_early(self, gen: _Generation, check: _EarlyCheck) -> None:
@@ -930,10 +918,7 @@ class IceAgent:
             if pair is None:
                 return
         if use_candidate and not self._controlling:
-            if pair.state is PairState.SUCCEEDED and pair.valid:
-                pair.nominated = True
-            else:
-                pair.nominate_on_success = True
+            self._nomination.peer_nominated(pair)
         if pair.state is PairState.IN_PROGRESS or (
             pair is gen.nominating and pair.transaction_id is not None
         ):
@@ -967,7 +952,7 @@ class IceAgent:
         if gen.started_at is None:
             gen.started_at = now
         if use_candidate:
-            pair.nominated = True
+            self._nomination.peer_nominated(pair)
         self._update_selection(now)
 
     # ------------------------------------------------------------------------------------------
@@ -1100,8 +1085,7 @@ class IceAgent:
             error = outcome.error
             if error is not None and error[0] == ErrorCode.ROLE_CONFLICT:
                 # §7.2.5.1: switch role if the request carried our current role, retry.
-                if ctx.controlling == self._controlling:
-                    self._set_role(not self._controlling)
+                self._set_role(role_after_conflict_response(ctx.controlling, self._controlling))
                 if pair.state is not PairState.SUCCEEDED:
                     pair.state = PairState.WAITING
                 gen.checklist.enqueue_triggered(pair)
@@ -1127,10 +1111,12 @@ class IceAgent:
         gen.checklist.unfreeze_foundation(pair.foundation)
         if gen.first_valid_at is None:
             gen.first_valid_at = now
-        if ctx.use_candidate and ctx.controlling and self._controlling:
-            pair.nominated = True
-        if pair.nominate_on_success and not self._controlling:
-            pair.nominated = True
+        self._nomination.check_succeeded(
+            pair,
+            sent_use_candidate=ctx.use_candidate,
+            sent_controlling=ctx.controlling,
+            controlling=self._controlling,
+        )
         sel = self._selection
         if sel is not None and sel.consent is not None and sel.pair.key == pair.key:
             sel.consent.refresh(now)
@@ -1163,37 +1149,26 @@ class IceAgent:
     # ------------------------------------------------------------------------------------------
     # nomination and selection (RFC 8445 §8)
 
-    def _has_nominated(self, gen: _Generation) -> bool:
-        return any(p.nominated for p in gen.checklist.pairs)
-
     def _selected_in(self, gen: _Generation) -> bool:
         sel = self._selection
         return sel is not None and sel.generation is gen
 
+    def _gathered(self, gen: _Generation) -> bool:
+        """Both sides signalled end-of-candidates."""
+        return gen.local_complete and gen.remote_complete
+
     def _maybe_nominate(self, now: float) -> None:
-        """Regular nomination by the controlling agent (§8.1.1), and the move from a relayed
-        to a direct pair (module docstring)."""
+        """Regular nomination by the controlling agent (§8.1.1), the early re-sends of the
+        checks it waits for, and the move from a relayed to a direct pair, as the nomination
+        policy decides (:meth:`~p2ptun.ice.nomination.NominationPolicy.step`)."""
         gen = self._gen
         if not self._controlling or not self._may_check(gen) or gen.nominating is not None:
             return
-        valid = gen.checklist.valid_pairs()
-        if not valid:
-            return
-        nominated = [p for p in valid if p.nominated]
-        if nominated:
-            if self.config.renominate and nominated[0].relayed:
-                direct = [p for p in valid if not p.relayed and not p.nominated]
-                if direct:
-                    self._nominate(gen, direct[0])
-            return
-        plan = self._nomination_plan(gen)
-        assert plan is not None
-        if now >= plan.nominate_at:
-            self._nominate(gen, plan.best)
-            return
-        for pair in plan.hurry:
-            if pair.last_sent is not None and now >= pair.last_sent + plan.hold:
-                self._resend_check(pair, now)
+        step = self._nomination.step(gen.checklist, gen.first_valid_at, self._gathered(gen), now)
+        if step.nominate is not None:
+            self._nominate(gen, step.nominate)
+        for pair in step.resend:
+            self._resend_check(pair, now)
 
     def _resend_check(self, pair: CheckPair, now: float) -> None:
         """Send the request of the check in flight on ``pair`` again now (a retransmission
@@ -1205,51 +1180,6 @@ class IceAgent:
         pair.last_sent = now
         self._transmit_to(tx.request, pair.local, pair.remote.address)
 
-    def _nomination_plan(self, gen: _Generation) -> _NominationPlan | None:
-        """When to nominate the best valid pair, and which higher-priority pairs to re-send
-        early (module docstring, "Nomination"); None without a valid pair."""
-        valid = gen.checklist.valid_pairs()
-        if not valid or gen.first_valid_at is None:
-            return None
-        best = valid[0]
-        latest = gen.first_valid_at + self.config.nomination_delay
-        higher = [
-            p
-            for p in gen.checklist.pairs
-            if p.priority > best.priority
-            and p.state in (PairState.FROZEN, PairState.WAITING, PairState.IN_PROGRESS)
-        ]
-        if best.relayed:
-            complete = gen.local_complete and gen.remote_complete
-            at = gen.first_valid_at if not higher and complete else latest
-            return _NominationPlan(best, at, None, [], 0.0)
-        hold = self._direct_hold(valid)
-        unknown = False
-        give_up = gen.first_valid_at
-        hurry: list[CheckPair] = []
-        hurry_at: float | None = None
-        for p in higher:
-            if p.state is not PairState.IN_PROGRESS or p.last_sent is None:
-                unknown = True  # not checked yet: no telling when it answers
-            elif p.sends < 2:
-                unknown = True
-                hurry.append(p)
-                t = p.last_sent + hold
-                hurry_at = t if hurry_at is None else min(hurry_at, t)
-            else:
-                give_up = max(give_up, p.last_sent + hold)
-        at = latest if unknown else min(latest, give_up)
-        return _NominationPlan(best, at, hurry_at, hurry, hold)
-
-    def _direct_hold(self, valid: list[CheckPair]) -> float:
-        """How long a check towards a pair as good as the valid ones takes to be answered:
-        ``direct_hold_rtts`` round trips of the best valid pair (of the slowest one measured
-        when its check was retransmitted), at least ``direct_hold_min``."""
-        rtt = valid[0].rtt
-        if rtt is None:
-            rtt = max((p.rtt for p in valid if p.rtt is not None), default=0.0)
-        return max(self.config.direct_hold_min, self.config.direct_hold_rtts * rtt)
-
     def _nominate(self, gen: _Generation, pair: CheckPair) -> None:
         log.debug("nominating", pair=repr(pair))
         pair.use_candidate = True
@@ -1259,18 +1189,11 @@ class IceAgent:
     def _update_selection(self, now: float) -> None:
         gen = self._gen
         if self.lite and gen.remote_lite:
-            # Lite/lite (§2.5): no checks; the highest-priority pair once all is known.
-            if not gen.remote_complete or not gen.checklist.pairs:
-                return
-            best = gen.checklist.pairs[0]
-            best.state = PairState.SUCCEEDED
-            best.valid_local = best.local
-            best.nominated = True
+            best = lite_lite_pair(gen.checklist, gen.remote_complete)
         else:
-            candidates = [p for p in gen.checklist.valid_pairs() if p.nominated]
-            if not candidates:
-                return
-            best = candidates[0]
+            best = self._nomination.selected(gen.checklist)
+        if best is None:
+            return
         sel = self._selection
         if sel is not None and sel.pair is best and sel.generation is gen:
             return

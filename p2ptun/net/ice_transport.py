@@ -41,11 +41,11 @@ that is not the address the kernel sends from towards its destination is dropped
 :meth:`IceSession.ping` measures its round-trip time with a consent-style check.
 
 Events for the daemon (``on_event(session, event)``, called synchronously): every
-:data:`~p2ptun.ice.agent.IceEvent` of the agent — :class:`~p2ptun.ice.agent.PairSelected`
+:data:`~p2ptun.ice.events.IceEvent` of the agent — :class:`~p2ptun.ice.events.PairSelected`
 (connected / the selected pair changed; ``previous`` set on a change),
-:class:`~p2ptun.ice.agent.BetterPairAvailable`, :class:`~p2ptun.ice.agent.ConsentSuspect`,
-:class:`~p2ptun.ice.agent.ConsentRestored`, :class:`~p2ptun.ice.agent.ConsentExpired`,
-:class:`~p2ptun.ice.agent.StateChanged` (``FAILED`` = failed), ... — plus the shell's own:
+:class:`~p2ptun.ice.events.BetterPairAvailable`, :class:`~p2ptun.ice.events.ConsentSuspect`,
+:class:`~p2ptun.ice.events.ConsentRestored`, :class:`~p2ptun.ice.events.ConsentExpired`,
+:class:`~p2ptun.ice.events.StateChanged` (``FAILED`` = failed), ... — plus the shell's own:
 :class:`LocalCandidate` (trickle it to the peer), :class:`LocalCandidatesDone` (signal
 end-of-candidates) and :class:`LocalRestart` (our credentials changed: signal
 :meth:`IceSession.local_description` again).

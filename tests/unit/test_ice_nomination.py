@@ -1,5 +1,5 @@
 """When the controlling agent nominates (RFC 8445 §8.1.1, and the hold described in
-:mod:`p2ptun.ice.agent`), under virtual time over the simulated network of :mod:`icesim`.
+:mod:`p2ptun.ice.nomination`), under virtual time over the simulated network of :mod:`icesim`.
 
 A relayed best pair waits ``nomination_delay`` for anything better; a direct one waits for a
 higher-priority pair only until that pair's check went out twice (the second time early) and
@@ -17,6 +17,12 @@ from icesim import Nomination, Scenario, make_scenario, watch_nominations
 from p2ptun.ice.agent import IceConfig
 from p2ptun.ice.candidate import CandidateType, make_host_candidate
 from p2ptun.ice.checklist import PairState
+from p2ptun.ice.nomination import (
+    RoleConflict,
+    resolve_role_conflict,
+    role_after_conflict_response,
+    role_facing,
+)
 
 EPS = 1e-9
 
@@ -231,3 +237,51 @@ def test_nominations_keep_the_hold(
         sel = s.a.agent.selected_pair
         assert sel is not None
         assert (sel.local.type, sel.remote.type) == (CandidateType.HOST, CandidateType.HOST)
+
+
+# --- the role rules on their own (RFC 8445 §6.1.1, §7.2.5.1, §7.3.1.1) ----------------------
+
+
+@pytest.mark.parametrize(
+    ("controlling", "lite", "ours", "theirs_controlling", "theirs_controlled", "expected"),
+    [
+        (True, False, 5, None, 9, RoleConflict.NONE),  # no conflict either way
+        (False, False, 5, 9, None, RoleConflict.NONE),
+        (True, False, 9, 5, None, RoleConflict.REJECT),  # both control: the larger keeps it
+        (True, False, 5, 5, None, RoleConflict.REJECT),  # ties go to us
+        (True, False, 5, 9, None, RoleConflict.SWITCH),
+        (False, False, 9, None, 5, RoleConflict.SWITCH),  # both controlled: the larger controls
+        (False, False, 5, None, 5, RoleConflict.SWITCH),
+        (False, False, 5, None, 9, RoleConflict.REJECT),
+        (True, True, 9, 5, None, RoleConflict.SWITCH),  # a lite agent always gives way
+        (False, True, 9, None, 5, RoleConflict.REJECT),
+    ],
+)
+def test_role_conflicts_are_settled_by_the_tie_breakers(
+    controlling: bool,
+    lite: bool,
+    ours: int,
+    theirs_controlling: int | None,
+    theirs_controlled: int | None,
+    expected: RoleConflict,
+) -> None:
+    conflict = resolve_role_conflict(
+        controlling=controlling,
+        lite=lite,
+        tie_breaker=ours,
+        theirs_controlling=theirs_controlling,
+        theirs_controlled=theirs_controlled,
+    )
+    assert conflict is expected
+
+
+def test_roles_facing_a_lite_peer_and_after_a_487() -> None:
+    for controlling in (True, False):
+        assert role_facing(controlling, lite=False, peer_lite=True) is True
+        assert role_facing(controlling, lite=True, peer_lite=False) is False
+        assert role_facing(controlling, lite=False, peer_lite=False) is controlling
+        assert role_facing(controlling, lite=True, peer_lite=True) is controlling
+        # A 487 to a check sent in the role we still have switches it; one sent before we
+        # switched already leaves the role as it is.
+        assert role_after_conflict_response(controlling, controlling) is not controlling
+        assert role_after_conflict_response(not controlling, controlling) is controlling
