@@ -75,7 +75,7 @@ __all__ = [
 ]
 
 # --- the agent (appended) ---------------------------------------------------------------------
-from p2ptun.ice.agent import IceAgent, IceConfig, IceStats, Transmit
+from p2ptun.ice.agent import AgentConfig, IceAgent, IceStats, OutgoingDatagram
 from p2ptun.ice.checklist import CheckList, CheckPair, PairState
 from p2ptun.ice.consent import (
     ConsentConfig,
@@ -98,6 +98,7 @@ from p2ptun.ice.events import (
 )
 
 __all__ += [
+    "AgentConfig",
     "AgentState",
     "BetterPairAvailable",
     "CheckList",
@@ -110,14 +111,13 @@ __all__ += [
     "ConsentSuspect",
     "GenerationFailed",
     "IceAgent",
-    "IceConfig",
     "IceEvent",
     "IceStats",
+    "OutgoingDatagram",
     "PairSelected",
     "PairState",
     "RandomSource",
     "RoleChanged",
     "SelectedPair",
     "StateChanged",
-    "Transmit",
 ]

@@ -14,8 +14,8 @@ The agent never touches a socket, a clock or a random source it was not given. I
 - :meth:`~IceAgent.handle_timeout` at :meth:`~IceAgent.next_wakeup`;
 - :meth:`~IceAgent.restart` with fresh credentials (RFC 8445 §9).
 
-Outputs: :meth:`~IceAgent.pop_transmits` (:class:`Transmit`: bytes, the local base to send
-from — ``via_relay`` says it is a TURN allocation — and the destination) and
+Outputs: :meth:`~IceAgent.pop_transmits` (:class:`OutgoingDatagram`: bytes, the local base to
+send from — ``via_relay`` says it is a TURN allocation — and the destination) and
 :meth:`~IceAgent.pop_events` (:data:`IceEvent`). After *every* input call the shell drains
 both and re-arms its timer at :meth:`~IceAgent.next_wakeup`. A thin trio shell over
 :class:`p2ptun.net.udp.UdpEndpoint` does exactly that: STUN datagrams from the socket (and
@@ -192,19 +192,21 @@ from p2ptun.stun.transaction import (
 )
 
 __all__ = [
+    "AgentConfig",
     "IceAgent",
-    "IceConfig",
     "IceStats",
+    "OutgoingDatagram",
     "RandomSource",
-    "Transmit",
 ]
 
 log = get_logger("ice")
 
 
 @dataclass(frozen=True)
-class IceConfig:
-    """Agent parameters. Defaults follow RFC 8445 / RFC 7675 where they give one."""
+class AgentConfig:
+    """The agent's tunables (not the user's ``[ice]`` section, which is
+    :class:`p2ptun.config.IceConfig`). Defaults follow RFC 8445 / RFC 7675 where they give
+    one."""
 
     #: Pacing: one new check every Ta seconds (RFC 8445 §14.2).
     ta: float = 0.05
@@ -258,11 +260,15 @@ class IceConfig:
 
 
 @dataclass(frozen=True)
-class Transmit:
-    """A datagram to send: from the local base ``local`` to ``remote``.
+class OutgoingDatagram:
+    """A datagram the agent wants sent, with its route: from the local base ``local`` to
+    ``remote``.
 
     ``local`` is a host candidate's address (send from that socket) or, with ``via_relay``,
     the relayed address of a TURN allocation (send through that allocation to ``remote``).
+    Unlike :class:`p2ptun.stun.transaction.Transmit` (the bytes of one transaction, sent
+    wherever that transaction goes), it carries everything the shell needs to send it: checks,
+    their answers and consent checks to any pair come out of one agent.
     """
 
     data: bytes
@@ -385,9 +391,9 @@ class IceAgent:
         controlling: bool,
         rng: RandomSource,
         lite: bool = False,
-        config: IceConfig | None = None,
+        config: AgentConfig | None = None,
     ) -> None:
-        self.config = config or IceConfig()
+        self.config = config or AgentConfig()
         self.lite = lite
         self._rng = rng
         self._controlling = controlling
@@ -408,7 +414,7 @@ class IceAgent:
         self._previous: _Generation | None = None
         self._next_check_at = 0.0
         self._state = AgentState.NEW
-        self._transmits: list[Transmit] = []
+        self._transmits: list[OutgoingDatagram] = []
         self._events: list[IceEvent] = []
 
     # ------------------------------------------------------------------------------------------
@@ -479,7 +485,7 @@ class IceAgent:
             return sel.consent.age(now)
         return max(0.0, now - sel.last_request)
 
-    def pop_transmits(self) -> list[Transmit]:
+    def pop_transmits(self) -> list[OutgoingDatagram]:
         """Datagrams to send now, in order."""
         out, self._transmits = self._transmits, []
         return out
@@ -1438,13 +1444,13 @@ class IceAgent:
 
     def _transmit_to(self, data: bytes, base: Candidate, remote: Address) -> None:
         self._transmits.append(
-            Transmit(data, base.address, remote, base.type is CandidateType.RELAY)
+            OutgoingDatagram(data, base.address, remote, base.type is CandidateType.RELAY)
         )
 
     def _reply(self, response: Message, key: bytes | None, local: Address, remote: Address) -> None:
         self.stats.responses_sent += 1
         data = response.encode(key, fingerprint=True)
-        self._transmits.append(Transmit(data, local, remote, self._is_relay_base(local)))
+        self._transmits.append(OutgoingDatagram(data, local, remote, self._is_relay_base(local)))
 
     def _describe(self, sel: _Selection) -> SelectedPair:
         pair = sel.pair
