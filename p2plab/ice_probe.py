@@ -38,7 +38,8 @@ import trio
 from p2ptun import log as logging_setup
 from p2ptun.addr import Address, format_address, parse_host_port
 from p2ptun.config import TurnServerConfig, parse_turn_url
-from p2ptun.ice.agent import IceConfig, SelectedPair
+from p2ptun.ice.agent import AgentConfig
+from p2ptun.ice.events import SelectedPair
 from p2ptun.ice.sdp import IceDescription, IceParseError
 from p2ptun.net.gather import GatherOptions
 from p2ptun.net.ice_transport import IceSession, IceTransport
@@ -138,7 +139,7 @@ class Probe:
         args = self.args
         endpoints = open_endpoints(0, families=(socket.AF_INET,))
         transport = IceTransport(
-            endpoints, self.options(), claim_wireguard=True, ice_config=IceConfig()
+            endpoints, self.options(), claim_wireguard=True, agent_config=AgentConfig()
         )
         try:
             async with trio.open_nursery() as nursery:

@@ -72,7 +72,7 @@ def cmd_stun(args: argparse.Namespace) -> int:
     import trio
 
     from p2ptun.addr import format_address, parse_host_port
-    from p2ptun.turn.transport_stun import DEFAULT_STUN_PORT, query_mapped_address
+    from p2ptun.net.stun_query import DEFAULT_STUN_PORT, query_mapped_address
 
     try:
         host, port = parse_host_port(args.server, DEFAULT_STUN_PORT)

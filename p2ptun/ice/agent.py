@@ -14,8 +14,8 @@ The agent never touches a socket, a clock or a random source it was not given. I
 - :meth:`~IceAgent.handle_timeout` at :meth:`~IceAgent.next_wakeup`;
 - :meth:`~IceAgent.restart` with fresh credentials (RFC 8445 §9).
 
-Outputs: :meth:`~IceAgent.pop_transmits` (:class:`Transmit`: bytes, the local base to send
-from — ``via_relay`` says it is a TURN allocation — and the destination) and
+Outputs: :meth:`~IceAgent.pop_transmits` (:class:`OutgoingDatagram`: bytes, the local base to
+send from — ``via_relay`` says it is a TURN allocation — and the destination) and
 :meth:`~IceAgent.pop_events` (:data:`IceEvent`). After *every* input call the shell drains
 both and re-arms its timer at :meth:`~IceAgent.next_wakeup`. A thin trio shell over
 :class:`p2ptun.net.udp.UdpEndpoint` does exactly that: STUN datagrams from the socket (and
@@ -63,22 +63,17 @@ Behaviour, with the RFC sections implemented
   is answered and queued (bounded) until they arrive (RFC 8838 §14, RFC 8445 §7.3).
   Deviation: a check on an In-Progress pair does not cancel that transaction (§7.3.1.4);
   its request is re-sent at once instead, which has the same effect on the wire.
-- Nomination (§8.1.1, regular): the controlling agent nominates the best valid pair when no
-  higher-priority pair may still succeed, or ``nomination_delay`` after the first valid pair
-  at the latest. For a relayed best pair every Frozen, Waiting or In-Progress higher pair may
-  still succeed, and both sides must have finished gathering: a direct path is worth two
-  seconds. For a direct best pair, an In-Progress higher pair is given up once its request
-  went out twice and a hold passed since the last send (``direct_hold_rtts`` round trips of
-  the valid pair, at least ``direct_hold_min``); the second send comes early, a hold after
-  the first, ahead of its RTO. A reachable better pair (same LAN, a public host) answers
-  within a round trip or two, usually before the srflx pairs succeed at all; one towards the
-  other site's private address never does, and waiting for it used to cost every NATed
-  connect the whole ``nomination_delay``. §8.1.1 leaves the stopping rule to the agent; the
-  early re-send is a deviation from the RFC 8489 schedule (§14.3 RTO) for these pairs only:
-  one extra request per pair, while the transaction's own retransmissions go on unchanged.
-  Frozen or Waiting higher pairs (not checked yet: pacing, many candidates) are waited for
-  up to ``nomination_delay``. The controlled agent selects the highest-priority nominated
-  valid pair. After selection, Waiting/Frozen pairs are dropped (§8.1.2), except as below.
+- Nomination (§8.1.1, regular) and roles (§6.1.1, §7.2.5.1, §7.3.1.1): the policy object
+  :class:`~p2ptun.ice.nomination.NominationPolicy` and the role functions of
+  :mod:`p2ptun.ice.nomination` decide when the controlling agent nominates (at once when no
+  higher-priority pair may still succeed, ``nomination_delay`` after the first valid pair at
+  the latest; a relayed best pair waits for every better pair and for both sides' gathering,
+  a direct one gives up on a better pair once its check went out twice and
+  ``max(direct_hold_min, direct_hold_rtts × RTT)`` passed), what nominates a pair on the
+  controlled side (USE-CANDIDATE, §7.3.1.5), which pair is selected (the highest-priority
+  nominated valid one, both roles) and how role conflicts end; the agent sends the checks,
+  the USE-CANDIDATE and the 487s. After selection, Waiting/Frozen pairs are dropped (§8.1.2),
+  except as below.
 - Ceasing checks (§8.1.2): once a direct (non-relayed) pair is selected, both roles abandon
   the checks in flight on every other pair, of lower and of higher priority alike (the RFC
   lets the agent decide for the higher ones): their transactions stop without an outcome, so
@@ -130,7 +125,6 @@ Behaviour, with the RFC sections implemented
 
 from __future__ import annotations
 
-import enum
 import ipaddress
 from collections import deque
 from dataclasses import dataclass, field
@@ -141,7 +135,6 @@ from p2ptun.ice.candidate import (
     DEFAULT_MAX_PAIRS,
     MAX_PRIORITY,
     Candidate,
-    CandidatePair,
     CandidateType,
     Transport,
     can_pair,
@@ -155,6 +148,27 @@ from p2ptun.ice.consent import (
     ConsentFreshness,
     ConsentState,
     RandomSource,
+)
+from p2ptun.ice.events import (
+    AgentState,
+    BetterPairAvailable,
+    ConsentExpired,
+    ConsentRestored,
+    ConsentSuspect,
+    GenerationFailed,
+    IceEvent,
+    PairSelected,
+    RoleChanged,
+    SelectedPair,
+    StateChanged,
+)
+from p2ptun.ice.nomination import (
+    NominationPolicy,
+    RoleConflict,
+    lite_lite_pair,
+    resolve_role_conflict,
+    role_after_conflict_response,
+    role_facing,
 )
 from p2ptun.ice.sdp import MAX_CANDIDATES, IceCredentials
 from p2ptun.log import get_logger
@@ -178,41 +192,21 @@ from p2ptun.stun.transaction import (
 )
 
 __all__ = [
-    "AgentState",
-    "BetterPairAvailable",
-    "ConsentExpired",
-    "ConsentRestored",
-    "ConsentSuspect",
-    "GenerationFailed",
+    "AgentConfig",
     "IceAgent",
-    "IceConfig",
-    "IceEvent",
     "IceStats",
-    "PairSelected",
+    "OutgoingDatagram",
     "RandomSource",
-    "RoleChanged",
-    "SelectedPair",
-    "StateChanged",
-    "Transmit",
 ]
 
 log = get_logger("ice")
 
 
-class AgentState(enum.Enum):
-    """The agent's overall state (RFC 8445 §6.1.3 check list states, as WebRTC reports them)."""
-
-    NEW = "new"
-    CHECKING = "checking"
-    CONNECTED = "connected"
-    COMPLETED = "completed"
-    DISCONNECTED = "disconnected"
-    FAILED = "failed"
-
-
 @dataclass(frozen=True)
-class IceConfig:
-    """Agent parameters. Defaults follow RFC 8445 / RFC 7675 where they give one."""
+class AgentConfig:
+    """The agent's tunables (not the user's ``[ice]`` section, which is
+    :class:`p2ptun.config.IceConfig`). Defaults follow RFC 8445 / RFC 7675 where they give
+    one."""
 
     #: Pacing: one new check every Ta seconds (RFC 8445 §14.2).
     ta: float = 0.05
@@ -266,116 +260,21 @@ class IceConfig:
 
 
 @dataclass(frozen=True)
-class Transmit:
-    """A datagram to send: from the local base ``local`` to ``remote``.
+class OutgoingDatagram:
+    """A datagram the agent wants sent, with its route: from the local base ``local`` to
+    ``remote``.
 
     ``local`` is a host candidate's address (send from that socket) or, with ``via_relay``,
     the relayed address of a TURN allocation (send through that allocation to ``remote``).
+    Unlike :class:`p2ptun.stun.transaction.Transmit` (the bytes of one transaction, sent
+    wherever that transaction goes), it carries everything the shell needs to send it: checks,
+    their answers and consent checks to any pair come out of one agent.
     """
 
     data: bytes
     local: Address
     remote: Address
     via_relay: bool = False
-
-
-@dataclass(frozen=True)
-class SelectedPair:
-    """The pair data flows over.
-
-    ``local`` is the local candidate of the valid pair (what the peer sees: host, srflx,
-    prflx or relay), ``remote`` the remote candidate; ``base`` is where to send from (a host
-    socket address, or a relayed address when ``via_relay``).
-    """
-
-    local: Candidate
-    remote: Candidate
-    base: Address
-    via_relay: bool
-    generation: int
-    rtt: float | None = None
-
-    @property
-    def relayed(self) -> bool:
-        """The path goes through a TURN server (either side relayed)."""
-        return CandidateType.RELAY in (self.local.type, self.remote.type)
-
-    @property
-    def candidate_pair(self) -> CandidatePair:
-        return CandidatePair(self.local, self.remote)
-
-
-@dataclass(frozen=True)
-class StateChanged:
-    state: AgentState
-    previous: AgentState
-
-
-@dataclass(frozen=True)
-class RoleChanged:
-    """A role conflict (RFC 8445 §7.2.5.1, §7.3.1.1) or a lite peer changed our role."""
-
-    controlling: bool
-
-
-@dataclass(frozen=True)
-class PairSelected:
-    """A pair was selected for data (nominated); ``previous`` is the pair it replaces (after a
-    restart, or a move from a relayed to a direct pair). Send on ``pair`` from now on."""
-
-    pair: SelectedPair
-    previous: SelectedPair | None
-
-
-@dataclass(frozen=True)
-class BetterPairAvailable:
-    """While relayed, a direct (non-relayed) pair succeeded. A controlling agent with
-    ``renominate`` moves to it by itself; otherwise the node may restart ICE."""
-
-    pair: CandidatePair
-    current: SelectedPair
-
-
-@dataclass(frozen=True)
-class ConsentSuspect:
-    """Consecutive consent checks went unanswered (RFC 7675); consent still holds."""
-
-    pair: SelectedPair
-    missed: int
-
-
-@dataclass(frozen=True)
-class ConsentRestored:
-    """A consent response arrived after :class:`ConsentSuspect`."""
-
-    pair: SelectedPair
-
-
-@dataclass(frozen=True)
-class ConsentExpired:
-    """No consent response for the consent timeout: stop sending (RFC 7675 §5.2)."""
-
-    pair: SelectedPair
-    last_response: float
-
-
-@dataclass(frozen=True)
-class GenerationFailed:
-    """The checks of a restarted generation failed while an older pair still carries data."""
-
-    generation: int
-
-
-IceEvent = (
-    StateChanged
-    | RoleChanged
-    | PairSelected
-    | BetterPairAvailable
-    | ConsentSuspect
-    | ConsentRestored
-    | ConsentExpired
-    | GenerationFailed
-)
 
 
 @dataclass
@@ -467,17 +366,6 @@ class _Generation:
         return None
 
 
-@dataclass(frozen=True)
-class _NominationPlan:
-    best: CheckPair
-    #: Nominate ``best`` at this time (or now, if it has passed).
-    nominate_at: float
-    #: Re-send the checks of ``hurry`` (higher-priority pairs sent once) from this time.
-    hurry_at: float | None
-    hurry: list[CheckPair]
-    hold: float
-
-
 @dataclass(eq=False)
 class _Selection:
     pair: CheckPair
@@ -503,15 +391,19 @@ class IceAgent:
         controlling: bool,
         rng: RandomSource,
         lite: bool = False,
-        config: IceConfig | None = None,
+        config: AgentConfig | None = None,
     ) -> None:
-        self.config = config or IceConfig()
+        self.config = config or AgentConfig()
         self.lite = lite
         self._rng = rng
         self._controlling = controlling
         #: The 64-bit tie-breaker (RFC 8445 §7.1.1), kept across restarts.
         self.tie_breaker: int = rng.getrandbits(64)
         self.stats = IceStats()
+        cfg = self.config
+        self._nomination = NominationPolicy(
+            cfg.nomination_delay, cfg.direct_hold_rtts, cfg.direct_hold_min, cfg.renominate
+        )
         self._gen = _Generation(0, credentials, CheckList(controlling, self.config.max_pairs))
         self._checks: TransactionManager[_CheckContext] = TransactionManager(
             rc=self.config.check_rc, rm=self.config.check_rm
@@ -522,7 +414,7 @@ class IceAgent:
         self._previous: _Generation | None = None
         self._next_check_at = 0.0
         self._state = AgentState.NEW
-        self._transmits: list[Transmit] = []
+        self._transmits: list[OutgoingDatagram] = []
         self._events: list[IceEvent] = []
 
     # ------------------------------------------------------------------------------------------
@@ -593,7 +485,7 @@ class IceAgent:
             return sel.consent.age(now)
         return max(0.0, now - sel.last_request)
 
-    def pop_transmits(self) -> list[Transmit]:
+    def pop_transmits(self) -> list[OutgoingDatagram]:
         """Datagrams to send now, in order."""
         out, self._transmits = self._transmits, []
         return out
@@ -624,17 +516,10 @@ class IceAgent:
                     times.append(t)
             elif self._lite_consent(sel):
                 times.append(sel.last_request + self.config.consent.timeout)
-        if (
-            self._may_check(gen)
-            and self._controlling
-            and gen.nominating is None
-            and not self._has_nominated(gen)
-        ):
-            plan = self._nomination_plan(gen)
-            if plan is not None:
-                times.append(plan.nominate_at)
-                if plan.hurry_at is not None:
-                    times.append(plan.hurry_at)
+        if self._may_check(gen) and self._controlling and gen.nominating is None:
+            t = self._nomination.next_wakeup(gen.checklist, gen.first_valid_at, self._gathered(gen))
+            if t is not None:
+                times.append(t)
         if (
             gen.started_at is not None
             and not gen.failed
@@ -711,10 +596,7 @@ class IceAgent:
         gen.remote_lite = lite
         if gen.started_at is None:
             gen.started_at = now
-        if lite and not self.lite and not self._controlling:
-            self._set_role(True)
-        elif self.lite and not lite and self._controlling:
-            self._set_role(False)
+        self._set_role(role_facing(self._controlling, lite=self.lite, peer_lite=lite))
         self._drain_early(now)
         self._after_input(now)
         return True
@@ -946,20 +828,22 @@ class IceAgent:
         local: Address,
         remote: Address,
     ) -> bool:
-        """RFC 8445 §7.3.1.1. Returns False if we answered 487 (the request goes no further)."""
-        if self._controlling and theirs_controlling is not None:
-            self.stats.role_conflicts += 1
-            if not self.lite and self.tie_breaker >= theirs_controlling:
-                self._reply(error_response(msg, ErrorCode.ROLE_CONFLICT), key, local, remote)
-                return False
-            self._set_role(False)
-        elif not self._controlling and theirs_controlled is not None:
-            self.stats.role_conflicts += 1
-            if not self.lite and self.tie_breaker >= theirs_controlled:
-                self._set_role(True)
-            else:
-                self._reply(error_response(msg, ErrorCode.ROLE_CONFLICT), key, local, remote)
-                return False
+        """RFC 8445 §7.3.1.1 (:func:`~p2ptun.ice.nomination.resolve_role_conflict`). Returns
+        False if we answered 487 (the request goes no further)."""
+        conflict = resolve_role_conflict(
+            controlling=self._controlling,
+            lite=self.lite,
+            tie_breaker=self.tie_breaker,
+            theirs_controlling=theirs_controlling,
+            theirs_controlled=theirs_controlled,
+        )
+        if conflict is RoleConflict.NONE:
+            return True
+        self.stats.role_conflicts += 1
+        if conflict is RoleConflict.REJECT:
+            self._reply(error_response(msg, ErrorCode.ROLE_CONFLICT), key, local, remote)
+            return False
+        self._set_role(not self._controlling)
         return True
 
     def _queue_early(self, gen: _Generation, check: _EarlyCheck) -> None:
@@ -1040,10 +924,7 @@ class IceAgent:
             if pair is None:
                 return
         if use_candidate and not self._controlling:
-            if pair.state is PairState.SUCCEEDED and pair.valid:
-                pair.nominated = True
-            else:
-                pair.nominate_on_success = True
+            self._nomination.peer_nominated(pair)
         if pair.state is PairState.IN_PROGRESS or (
             pair is gen.nominating and pair.transaction_id is not None
         ):
@@ -1077,7 +958,7 @@ class IceAgent:
         if gen.started_at is None:
             gen.started_at = now
         if use_candidate:
-            pair.nominated = True
+            self._nomination.peer_nominated(pair)
         self._update_selection(now)
 
     # ------------------------------------------------------------------------------------------
@@ -1210,8 +1091,7 @@ class IceAgent:
             error = outcome.error
             if error is not None and error[0] == ErrorCode.ROLE_CONFLICT:
                 # §7.2.5.1: switch role if the request carried our current role, retry.
-                if ctx.controlling == self._controlling:
-                    self._set_role(not self._controlling)
+                self._set_role(role_after_conflict_response(ctx.controlling, self._controlling))
                 if pair.state is not PairState.SUCCEEDED:
                     pair.state = PairState.WAITING
                 gen.checklist.enqueue_triggered(pair)
@@ -1237,10 +1117,12 @@ class IceAgent:
         gen.checklist.unfreeze_foundation(pair.foundation)
         if gen.first_valid_at is None:
             gen.first_valid_at = now
-        if ctx.use_candidate and ctx.controlling and self._controlling:
-            pair.nominated = True
-        if pair.nominate_on_success and not self._controlling:
-            pair.nominated = True
+        self._nomination.check_succeeded(
+            pair,
+            sent_use_candidate=ctx.use_candidate,
+            sent_controlling=ctx.controlling,
+            controlling=self._controlling,
+        )
         sel = self._selection
         if sel is not None and sel.consent is not None and sel.pair.key == pair.key:
             sel.consent.refresh(now)
@@ -1273,37 +1155,26 @@ class IceAgent:
     # ------------------------------------------------------------------------------------------
     # nomination and selection (RFC 8445 §8)
 
-    def _has_nominated(self, gen: _Generation) -> bool:
-        return any(p.nominated for p in gen.checklist.pairs)
-
     def _selected_in(self, gen: _Generation) -> bool:
         sel = self._selection
         return sel is not None and sel.generation is gen
 
+    def _gathered(self, gen: _Generation) -> bool:
+        """Both sides signalled end-of-candidates."""
+        return gen.local_complete and gen.remote_complete
+
     def _maybe_nominate(self, now: float) -> None:
-        """Regular nomination by the controlling agent (§8.1.1), and the move from a relayed
-        to a direct pair (module docstring)."""
+        """Regular nomination by the controlling agent (§8.1.1), the early re-sends of the
+        checks it waits for, and the move from a relayed to a direct pair, as the nomination
+        policy decides (:meth:`~p2ptun.ice.nomination.NominationPolicy.step`)."""
         gen = self._gen
         if not self._controlling or not self._may_check(gen) or gen.nominating is not None:
             return
-        valid = gen.checklist.valid_pairs()
-        if not valid:
-            return
-        nominated = [p for p in valid if p.nominated]
-        if nominated:
-            if self.config.renominate and nominated[0].relayed:
-                direct = [p for p in valid if not p.relayed and not p.nominated]
-                if direct:
-                    self._nominate(gen, direct[0])
-            return
-        plan = self._nomination_plan(gen)
-        assert plan is not None
-        if now >= plan.nominate_at:
-            self._nominate(gen, plan.best)
-            return
-        for pair in plan.hurry:
-            if pair.last_sent is not None and now >= pair.last_sent + plan.hold:
-                self._resend_check(pair, now)
+        step = self._nomination.step(gen.checklist, gen.first_valid_at, self._gathered(gen), now)
+        if step.nominate is not None:
+            self._nominate(gen, step.nominate)
+        for pair in step.resend:
+            self._resend_check(pair, now)
 
     def _resend_check(self, pair: CheckPair, now: float) -> None:
         """Send the request of the check in flight on ``pair`` again now (a retransmission
@@ -1315,51 +1186,6 @@ class IceAgent:
         pair.last_sent = now
         self._transmit_to(tx.request, pair.local, pair.remote.address)
 
-    def _nomination_plan(self, gen: _Generation) -> _NominationPlan | None:
-        """When to nominate the best valid pair, and which higher-priority pairs to re-send
-        early (module docstring, "Nomination"); None without a valid pair."""
-        valid = gen.checklist.valid_pairs()
-        if not valid or gen.first_valid_at is None:
-            return None
-        best = valid[0]
-        latest = gen.first_valid_at + self.config.nomination_delay
-        higher = [
-            p
-            for p in gen.checklist.pairs
-            if p.priority > best.priority
-            and p.state in (PairState.FROZEN, PairState.WAITING, PairState.IN_PROGRESS)
-        ]
-        if best.relayed:
-            complete = gen.local_complete and gen.remote_complete
-            at = gen.first_valid_at if not higher and complete else latest
-            return _NominationPlan(best, at, None, [], 0.0)
-        hold = self._direct_hold(valid)
-        unknown = False
-        give_up = gen.first_valid_at
-        hurry: list[CheckPair] = []
-        hurry_at: float | None = None
-        for p in higher:
-            if p.state is not PairState.IN_PROGRESS or p.last_sent is None:
-                unknown = True  # not checked yet: no telling when it answers
-            elif p.sends < 2:
-                unknown = True
-                hurry.append(p)
-                t = p.last_sent + hold
-                hurry_at = t if hurry_at is None else min(hurry_at, t)
-            else:
-                give_up = max(give_up, p.last_sent + hold)
-        at = latest if unknown else min(latest, give_up)
-        return _NominationPlan(best, at, hurry_at, hurry, hold)
-
-    def _direct_hold(self, valid: list[CheckPair]) -> float:
-        """How long a check towards a pair as good as the valid ones takes to be answered:
-        ``direct_hold_rtts`` round trips of the best valid pair (of the slowest one measured
-        when its check was retransmitted), at least ``direct_hold_min``."""
-        rtt = valid[0].rtt
-        if rtt is None:
-            rtt = max((p.rtt for p in valid if p.rtt is not None), default=0.0)
-        return max(self.config.direct_hold_min, self.config.direct_hold_rtts * rtt)
-
     def _nominate(self, gen: _Generation, pair: CheckPair) -> None:
         log.debug("nominating", pair=repr(pair))
         pair.use_candidate = True
@@ -1369,18 +1195,11 @@ class IceAgent:
     def _update_selection(self, now: float) -> None:
         gen = self._gen
         if self.lite and gen.remote_lite:
-            # Lite/lite (§2.5): no checks; the highest-priority pair once all is known.
-            if not gen.remote_complete or not gen.checklist.pairs:
-                return
-            best = gen.checklist.pairs[0]
-            best.state = PairState.SUCCEEDED
-            best.valid_local = best.local
-            best.nominated = True
+            best = lite_lite_pair(gen.checklist, gen.remote_complete)
         else:
-            candidates = [p for p in gen.checklist.valid_pairs() if p.nominated]
-            if not candidates:
-                return
-            best = candidates[0]
+            best = self._nomination.selected(gen.checklist)
+        if best is None:
+            return
         sel = self._selection
         if sel is not None and sel.pair is best and sel.generation is gen:
             return
@@ -1625,13 +1444,13 @@ class IceAgent:
 
     def _transmit_to(self, data: bytes, base: Candidate, remote: Address) -> None:
         self._transmits.append(
-            Transmit(data, base.address, remote, base.type is CandidateType.RELAY)
+            OutgoingDatagram(data, base.address, remote, base.type is CandidateType.RELAY)
         )
 
     def _reply(self, response: Message, key: bytes | None, local: Address, remote: Address) -> None:
         self.stats.responses_sent += 1
         data = response.encode(key, fingerprint=True)
-        self._transmits.append(Transmit(data, local, remote, self._is_relay_base(local)))
+        self._transmits.append(OutgoingDatagram(data, local, remote, self._is_relay_base(local)))
 
     def _describe(self, sel: _Selection) -> SelectedPair:
         pair = sel.pair

@@ -3,16 +3,17 @@
 This module is the data model the ICE agent builds on:
 
 - :class:`Candidate`, an immutable candidate as it is signalled (RFC 8839 §5.1 fields), with its
-  text form in :meth:`Candidate.to_sdp` / :meth:`Candidate.from_sdp` (grammar in
-  :mod:`p2ptun.ice.sdp`);
+  text form in :meth:`Candidate.to_sdp` (the parser, :func:`p2ptun.ice.sdp.parse_candidate`,
+  lives with the rest of the grammar in :mod:`p2ptun.ice.sdp`);
 - the recommended priority formula (§5.1.2.1) and the RFC 8421 dual-stack local preferences
   (:func:`compute_priority`, :func:`assign_local_preferences`);
 - foundations (§5.1.1.3, :func:`compute_foundation`) and constructors of local candidates that
   fill both in (:func:`make_host_candidate`, :func:`make_srflx_candidate`,
   :func:`make_relay_candidate`, :func:`make_prflx_candidate`);
 - redundant candidate elimination (§5.1.3, :func:`eliminate_redundant`);
-- candidate pairs: forming (§6.1.2.2), priority (§6.1.2.3), ordering, pruning and the check list
-  size limit (§6.1.2.4), all as functions the agent calls (:func:`build_checklist` chains them).
+- candidate pairs: which candidates pair (§6.1.2.2, :func:`can_pair`) and their priority
+  (§6.1.2.3, :func:`pair_priority`). The check list itself — pairs formed from bases only, in
+  priority order, bounded in size (§6.1.2.4) — is :class:`p2ptun.ice.checklist.CheckList`.
 
 Nothing here does I/O, reads a clock or draws randomness. Host addresses are IP literals (the
 parser rejects host names, see :mod:`p2ptun.ice.sdp`), normalised with :mod:`ipaddress` so they
@@ -24,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -42,22 +43,17 @@ __all__ = [
     "TcpType",
     "Transport",
     "assign_local_preferences",
-    "build_checklist",
     "can_pair",
     "candidate_base",
     "compute_foundation",
     "compute_priority",
     "eliminate_redundant",
-    "form_pairs",
-    "limit_pairs",
     "make_host_candidate",
     "make_prflx_candidate",
     "make_relay_candidate",
     "make_srflx_candidate",
     "pair_priority",
     "peer_reflexive_priority",
-    "prune_pairs",
-    "sort_pairs",
 ]
 
 
@@ -155,8 +151,8 @@ class Candidate:
     :func:`candidate_base`.
 
     Construction validates every field and raises ValueError with a reason;
-    :meth:`from_sdp` turns that into :class:`p2ptun.ice.sdp.IceParseError`. Candidates are
-    hashable and compare by value.
+    :func:`p2ptun.ice.sdp.parse_candidate` turns that into
+    :class:`p2ptun.ice.sdp.IceParseError`. Candidates are hashable and compare by value.
     """
 
     foundation: str
@@ -246,7 +242,7 @@ class Candidate:
 
         Related address, related port and tcptype come right after the type, then the other
         extensions in their original order: this is the canonical form, which
-        :meth:`from_sdp` reads back to an equal candidate.
+        :func:`p2ptun.ice.sdp.parse_candidate` reads back to an equal candidate.
         """
         parts = [
             self.foundation,
@@ -271,19 +267,6 @@ class Candidate:
     def to_attribute(self) -> str:
         """``candidate:<value>``: the attribute as it appears after ``a=`` (RFC 8839 §5.1)."""
         return "candidate:" + self.to_sdp()
-
-    @classmethod
-    def from_sdp(cls, text: str) -> Candidate:
-        """Parse ``a=candidate:...``, ``candidate:...`` or the bare value.
-
-        Raises only :class:`p2ptun.ice.sdp.IceParseError` (its subclass
-        :class:`~p2ptun.ice.sdp.UnsupportedCandidateError` for well-formed candidates p2ptun
-        cannot use: unknown transport or type, or a host-name address). See
-        :func:`p2ptun.ice.sdp.parse_candidate`.
-        """
-        from p2ptun.ice.sdp import parse_candidate  # sdp imports this module
-
-        return parse_candidate(text)
 
     def __str__(self) -> str:
         return self.to_attribute()
@@ -587,97 +570,3 @@ def can_pair(local: Candidate, remote: Candidate) -> bool:
         and local.ip_version == remote.ip_version
         and _is_link_local(local.host) == _is_link_local(remote.host)
     )
-
-
-def form_pairs(
-    local_candidates: Iterable[Candidate], remote_candidates: Iterable[Candidate]
-) -> list[CandidatePair]:
-    """Every pair :func:`can_pair` allows, local-major order (RFC 8445 §6.1.2.2)."""
-    remotes = list(remote_candidates)
-    return [
-        CandidatePair(local, remote)
-        for local in local_candidates
-        for remote in remotes
-        if can_pair(local, remote)
-    ]
-
-
-def _pair_sort_key(pair: CandidatePair, ice_controlling: bool) -> tuple[object, ...]:
-    # Highest priority first; the rest only makes the order total and thus independent of the
-    # order the pairs were given in.
-    return (
-        -pair.priority(ice_controlling),
-        pair.local.host,
-        pair.local.port,
-        pair.remote.host,
-        pair.remote.port,
-        pair.local.type.value,
-        pair.remote.type.value,
-        pair.foundation,
-    )
-
-
-def sort_pairs(pairs: Iterable[CandidatePair], ice_controlling: bool) -> list[CandidatePair]:
-    """Pairs in decreasing pair priority (RFC 8445 §6.1.2.3), deterministically tie-broken."""
-    return sorted(pairs, key=lambda p: _pair_sort_key(p, ice_controlling))
-
-
-def prune_pairs(
-    pairs: Iterable[CandidatePair],
-    ice_controlling: bool,
-    local_candidates: Iterable[Candidate] = (),
-) -> list[CandidatePair]:
-    """Replace reflexive local candidates by their base and drop duplicates (RFC 8445 §6.1.2.4).
-
-    Checks are sent from a base, never from a reflexive address, so in each pair whose local
-    candidate is server- or peer-reflexive the local candidate is replaced by the candidate of
-    its base, looked up among ``local_candidates`` and the pairs' own local candidates (a
-    reflexive candidate whose base is not found is left as it is). Then, walking the list in
-    decreasing priority (computed before replacement), a pair is dropped when an earlier pair
-    has the same local and remote candidates. Returns the pruned list, highest priority first.
-    """
-    ordered = sort_pairs(pairs, ice_controlling)
-    bases: dict[tuple[object, ...], Candidate] = {}
-    for cand in [*local_candidates, *(p.local for p in ordered)]:
-        if cand.type in (CandidateType.HOST, CandidateType.RELAY):
-            bases.setdefault((cand.component, cand.transport, cand.address), cand)
-    result: list[CandidatePair] = []
-    seen: set[tuple[Candidate, Candidate]] = set()
-    for pair in ordered:
-        local = pair.local
-        if local.type in (CandidateType.SRFLX, CandidateType.PRFLX) and local.related:
-            local = bases.get((local.component, local.transport, local.related), local)
-        key = (local, pair.remote)
-        if key in seen:
-            continue
-        seen.add(key)
-        result.append(pair if local is pair.local else CandidatePair(local, pair.remote))
-    return result
-
-
-def limit_pairs(
-    pairs: Sequence[CandidatePair], limit: int = DEFAULT_MAX_PAIRS
-) -> list[CandidatePair]:
-    """The first ``limit`` pairs of a priority-ordered list (RFC 8445 §6.1.2.4).
-
-    The limit (default 100, configurable) bounds the connectivity checks an attacker can make
-    us send (§19.5.1); lower-priority pairs are discarded.
-    """
-    if limit < 0:
-        raise ValueError(f"pair limit {limit} is negative")
-    return list(pairs[:limit])
-
-
-def build_checklist(
-    local_candidates: Iterable[Candidate],
-    remote_candidates: Iterable[Candidate],
-    ice_controlling: bool,
-    limit: int = DEFAULT_MAX_PAIRS,
-) -> list[CandidatePair]:
-    """Form, order, prune and limit the pairs of one check list (RFC 8445 §6.1.2.2–§6.1.2.4).
-
-    The result is highest priority first; the agent then sets initial states (§6.1.2.6).
-    """
-    locals_ = list(local_candidates)
-    pairs = form_pairs(locals_, remote_candidates)
-    return limit_pairs(prune_pairs(pairs, ice_controlling, locals_), limit)

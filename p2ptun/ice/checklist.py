@@ -70,7 +70,7 @@ class CheckPair:
     transaction_id: bytes | None = None
     #: Times the request of the check in flight went out (first send, retransmissions and
     #: early re-sends), and when it last did: the controlling agent's nomination hold
-    #: (:mod:`p2ptun.ice.agent`) gives up on a pair from these.
+    #: (:mod:`p2ptun.ice.nomination`) gives up on a pair from these.
     sends: int = 0
     last_sent: float | None = None
     #: When the last check on this pair was answered with success (consent uses it).

@@ -72,6 +72,7 @@ from p2ptun.ice.candidate import (
     make_srflx_candidate,
 )
 from p2ptun.log import get_logger
+from p2ptun.net.streams import resolve
 from p2ptun.net.turn_shared import (
     RelayDataHandler,
     TurnRelay,
@@ -80,7 +81,6 @@ from p2ptun.net.turn_shared import (
 )
 from p2ptun.stun import ClientTransaction, Message, Method, TransactionOutcome
 from p2ptun.turn.client import AllocationLost, TurnEvent
-from p2ptun.turn.transport_stun import resolve
 
 log = get_logger("net.gather")
 

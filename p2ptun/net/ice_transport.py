@@ -41,11 +41,11 @@ that is not the address the kernel sends from towards its destination is dropped
 :meth:`IceSession.ping` measures its round-trip time with a consent-style check.
 
 Events for the daemon (``on_event(session, event)``, called synchronously): every
-:data:`~p2ptun.ice.agent.IceEvent` of the agent — :class:`~p2ptun.ice.agent.PairSelected`
+:data:`~p2ptun.ice.events.IceEvent` of the agent — :class:`~p2ptun.ice.events.PairSelected`
 (connected / the selected pair changed; ``previous`` set on a change),
-:class:`~p2ptun.ice.agent.BetterPairAvailable`, :class:`~p2ptun.ice.agent.ConsentSuspect`,
-:class:`~p2ptun.ice.agent.ConsentRestored`, :class:`~p2ptun.ice.agent.ConsentExpired`,
-:class:`~p2ptun.ice.agent.StateChanged` (``FAILED`` = failed), ... — plus the shell's own:
+:class:`~p2ptun.ice.events.BetterPairAvailable`, :class:`~p2ptun.ice.events.ConsentSuspect`,
+:class:`~p2ptun.ice.events.ConsentRestored`, :class:`~p2ptun.ice.events.ConsentExpired`,
+:class:`~p2ptun.ice.events.StateChanged` (``FAILED`` = failed), ... — plus the shell's own:
 :class:`LocalCandidate` (trickle it to the peer), :class:`LocalCandidatesDone` (signal
 end-of-candidates) and :class:`LocalRestart` (our credentials changed: signal
 :meth:`IceSession.local_description` again).
@@ -93,17 +93,9 @@ import trio
 
 from p2ptun.addr import Address, format_address
 from p2ptun.errors import DecodeError
-from p2ptun.ice.agent import (
-    ConsentExpired,
-    IceAgent,
-    IceConfig,
-    IceEvent,
-    PairSelected,
-    RandomSource,
-    SelectedPair,
-    StateChanged,
-)
+from p2ptun.ice.agent import AgentConfig, IceAgent, RandomSource
 from p2ptun.ice.candidate import Candidate, CandidateType, peer_reflexive_priority
+from p2ptun.ice.events import ConsentExpired, IceEvent, PairSelected, SelectedPair, StateChanged
 from p2ptun.ice.sdp import IceCredentials, IceDescription, generate_credentials
 from p2ptun.log import get_logger
 from p2ptun.net.gather import (
@@ -567,7 +559,7 @@ class IceTransport:
     ``options`` says what to gather; ``credentials`` supplies TURN credentials for servers
     configured without them; ``rng`` is the agents' random source (tie-breakers, transaction
     ids, consent jitter; default ``random.SystemRandom``), ``random_bytes`` the source of ICE
-    credentials and STUN/TURN transaction ids. ``ice_config`` is the default agent
+    credentials and STUN/TURN transaction ids. ``agent_config`` is the default agent
     configuration. ``claim_wireguard`` installs a WireGuard handler on the endpoints that hands
     datagrams from a selected pair's remote to that session's ``on_data`` (not in the node,
     whose WireGuard tunnel owns the handler). ``on_relayed_data(data, peer)`` takes every
@@ -587,7 +579,7 @@ class IceTransport:
         credentials: CredentialSource | None = None,
         rng: RandomSource | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
-        ice_config: IceConfig | None = None,
+        agent_config: AgentConfig | None = None,
         claim_wireguard: bool = False,
         on_relayed_data: Callable[[bytes, Address], None] | None = None,
         after_relay_batch: Callable[[], None] | None = None,
@@ -597,7 +589,7 @@ class IceTransport:
     ) -> None:
         self.rng: RandomSource = rng if rng is not None else random_module.SystemRandom()
         self.random_bytes = random_bytes
-        self.ice_config = ice_config or IceConfig()
+        self.agent_config = agent_config or AgentConfig()
         self.counters = TransportCounters()
         self.on_relayed_data = on_relayed_data
         self.on_gathered = on_gathered
@@ -707,7 +699,7 @@ class IceTransport:
         on_event: EventHandler | None = None,
         on_data: DataHandler | None = None,
         lite: bool = False,
-        config: IceConfig | None = None,
+        config: AgentConfig | None = None,
         credentials: IceCredentials | None = None,
         follow_rounds: bool = False,
     ) -> IceSession:
@@ -721,7 +713,7 @@ class IceTransport:
             controlling=controlling,
             rng=self.rng,
             lite=lite,
-            config=config or self.ice_config,
+            config=config or self.agent_config,
         )
         session = IceSession(self, name, agent, on_event, on_data)
         session.follow_rounds = follow_rounds

@@ -24,12 +24,12 @@ base the peer can validate a pair with anyway (RFC 8445 §7.2.5.2.1 symmetric ch
 
 :class:`TurnRelay` runs one :class:`TurnClient` allocation (RFC 8656): over UDP it sends through
 the mux's shared socket and receives what the mux routes to it; over TCP or TLS (``turn:...?
-transport=tcp``, ``turns:``) it owns a connection (opened with the connect helper of
-:mod:`p2ptun.turn.transport`), a reader task that cuts the byte stream into frames and a writer
-task that sends everything queued since its last wake-up in one write. Either way the relay has
-a single timer task re-armed at the client's ``next_wakeup()`` after every step, and nothing
-blocks: :meth:`TurnRelay.send` wraps a payload (ChannelData on a bound channel, else a Send
-indication) and queues it synchronously. Relayed data is handed to ``on_data(relay, peer,
+transport=tcp``, ``turns:``) it owns a connection (opened by
+:func:`p2ptun.net.streams.open_stream`), a reader task that cuts the byte stream into frames and
+a writer task that sends everything queued since its last wake-up in one write. Either way the
+relay has a single timer task re-armed at the client's ``next_wakeup()`` after every step, and
+nothing blocks: :meth:`TurnRelay.send` wraps a payload (ChannelData on a bound channel, else a
+Send indication) and queues it synchronously. Relayed data is handed to ``on_data(relay, peer,
 data)``; on a stream ``after_batch()`` follows each received chunk (the node flushes its data
 path there; over UDP the endpoint's own end-of-batch hook does that).
 
@@ -71,6 +71,7 @@ from p2ptun.addr import Address, format_address
 from p2ptun.config import TurnServerConfig
 from p2ptun.errors import DecodeError, RuntimeFailure
 from p2ptun.log import get_logger
+from p2ptun.net.streams import open_stream
 from p2ptun.net.udp import PacketKind, UdpEndpoint
 from p2ptun.stun import channel_data_end, channel_data_header
 from p2ptun.turn.client import (
@@ -86,7 +87,6 @@ from p2ptun.turn.client import (
     TurnEvent,
 )
 from p2ptun.turn.client_stream import StreamFramingError
-from p2ptun.turn.transport import connect
 
 log = get_logger("net.turn")
 
@@ -741,8 +741,9 @@ class TurnRelay:
             if self.local_ip is None:
                 return RuntimeFailure(f"no route to TURN server {format_address(self.server)}")
             return None
+        assert self.transport != "udp"
         try:
-            _server, _sock, stream = await connect(
+            _server, stream = await open_stream(
                 self._host if self.transport == "tls" else self.server[0],
                 self.server[1],
                 self.transport,
@@ -750,7 +751,6 @@ class TurnRelay:
             )
         except RuntimeFailure as exc:
             return exc
-        assert stream is not None
         self._stream = stream
         self.local_ip = _stream_local_ip(stream)
         nursery.start_soon(self._read_stream)

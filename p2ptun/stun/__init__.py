@@ -1,7 +1,7 @@
 """Sans-I/O STUN (RFC 8489) with the ICE (RFC 8445) and TURN (RFC 8656) attributes.
 
-Nothing in this package reads a clock, draws randomness or touches a socket (except the
-convenience :func:`random_transaction_id`, which the caller chooses to use).
+Nothing in this package reads a clock, draws randomness or touches a socket: the caller passes
+the time (``now``) and the random source (transaction ids).
 
 Demultiplexing (ARCHITECTURE.md §2)
 -----------------------------------
@@ -12,8 +12,9 @@ Messages
 --------
 ::
 
-    from p2ptun.stun import AttrType, Message, Method, short_term_key
+    from p2ptun.stun import AttrType, Message, Method, random_transaction_id, short_term_key
 
+    tid = random_transaction_id(os.urandom)    # the shell's CSPRNG; tests pass a seeded source
     req = Message.request(Method.BINDING, tid, [
         (AttrType.USERNAME, "remote:local"),
         (AttrType.PRIORITY, 0x6E0001FF),

@@ -8,8 +8,8 @@ Python types of decoded values:
 
 ========================================  ==============================================
 MAPPED-ADDRESS, XOR-MAPPED-ADDRESS,       :data:`p2ptun.addr.Address` ``(host, port)``,
-ALTERNATE-SERVER, XOR-PEER-ADDRESS,       host formatted like the socket module does
-XOR-RELAYED-ADDRESS                       (``socket.inet_ntop``)
+ALTERNATE-SERVER, XOR-PEER-ADDRESS,       host in RFC 5952 text, as glibc's
+XOR-RELAYED-ADDRESS                       ``inet_ntop`` writes it
 USERNAME, REALM, NONCE, SOFTWARE,         ``str`` (UTF-8)
 ALTERNATE-DOMAIN
 USERHASH, DATA, RESERVATION-TOKEN,        ``bytes``
@@ -33,7 +33,7 @@ anything else                             ``bytes`` (the raw value)
 
 from __future__ import annotations
 
-import socket
+import ipaddress
 import struct
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -53,10 +53,7 @@ _ICMP = struct.Struct("!2xBBI")
 _ALGO_HEAD = struct.Struct("!HH")
 
 _COOKIE_HIGH = MAGIC_COOKIE >> 16
-_AF_INET = socket.AF_INET
-_AF_INET6 = socket.AF_INET6
-_inet_ntop = socket.inet_ntop
-_inet_pton = socket.inet_pton
+_U16X8 = struct.Struct("!8H")
 
 
 class ErrorValue(NamedTuple):
@@ -100,16 +97,70 @@ def _fail(what: str) -> StunDecodeError:
 # -- addresses (RFC 8489 §14.1, §14.2) ----------------------------------------------------------
 
 
+#: Address texts and packed addresses remembered (the same few peers recur on every check).
+_ADDRESS_CACHE = 1024
+_packed: dict[str, tuple[int, bytes]] = {}
+_texts: dict[bytes, str] = {}
+
+
 def _pack_host(host: str) -> tuple[int, bytes]:
     """(family, packed address) for a literal IP; a ``%scope`` suffix is dropped."""
-    if "%" in host:
-        host = host.split("%", 1)[0]
+    entry = _packed.get(host)
+    if entry is not None:
+        return entry
+    text = host.split("%", 1)[0] if "%" in host else host
     try:
-        if ":" in host:
-            return 2, _inet_pton(_AF_INET6, host)
-        return 1, _inet_pton(_AF_INET, host)
-    except OSError:
-        raise ValueError(f"{host!r} is not a literal IP address") from None
+        if ":" in text:
+            entry = 2, ipaddress.IPv6Address(text).packed
+        else:
+            entry = 1, ipaddress.IPv4Address(text).packed
+    except ValueError:
+        raise ValueError(f"{text!r} is not a literal IP address") from None
+    if len(_packed) >= _ADDRESS_CACHE:
+        _packed.clear()
+    _packed[host] = entry
+    return entry
+
+
+def _host_text(packed: bytes) -> str:
+    """The text of a packed IPv4 (4 bytes) or IPv6 (16 bytes) address."""
+    text = _texts.get(packed)
+    if text is None:
+        text = _ipv4_text(packed) if len(packed) == 4 else _ipv6_text(packed)
+        if len(_texts) >= _ADDRESS_CACHE:
+            _texts.clear()
+        _texts[packed] = text
+    return text
+
+
+def _ipv4_text(packed: bytes) -> str:
+    return f"{packed[0]}.{packed[1]}.{packed[2]}.{packed[3]}"
+
+
+def _ipv6_text(packed: bytes) -> str:
+    """RFC 5952 §4 text, as glibc's ``inet_ntop`` writes it: lower-case hex without leading
+    zeros, the longest run of two or more zero fields (the first of equal runs) as ``::``, and
+    an IPv4-mapped (``::ffff:a.b.c.d``) or IPv4-compatible (``::a.b.c.d``) address with its
+    last 32 bits in dotted decimal."""
+    words = _U16X8.unpack(packed)
+    best, best_len, i = -1, 1, 0
+    while i < 8:
+        if words[i]:
+            i += 1
+            continue
+        j = i + 1
+        while j < 8 and not words[j]:
+            j += 1
+        if j - i > best_len:
+            best, best_len = i, j - i
+        i = j
+    if best == 0 and (best_len == 6 or (best_len == 5 and words[5] == 0xFFFF)):
+        return ("::ffff:" if best_len == 5 else "::") + _ipv4_text(packed[12:])
+    if best < 0:
+        return ":".join([f"{w:x}" for w in words])
+    head = ":".join([f"{w:x}" for w in words[:best]])
+    tail = ":".join([f"{w:x}" for w in words[best + best_len :]])
+    return f"{head}::{tail}"
 
 
 def decode_address(value: bytes, transaction_id: bytes) -> Address:
@@ -118,10 +169,8 @@ def decode_address(value: bytes, transaction_id: bytes) -> Address:
     if n < 4:
         raise _fail("address attribute too short")
     family, port = _ADDR_HEAD.unpack_from(value)
-    if family == 1 and n == 8:
-        return _inet_ntop(_AF_INET, value[4:8]), port
-    if family == 2 and n == 20:
-        return _inet_ntop(_AF_INET6, value[4:20]), port
+    if (family == 1 and n == 8) or (family == 2 and n == 20):
+        return _host_text(bytes(value[4:])), port
     raise _fail(f"bad address family {family} or length {n}")
 
 
@@ -141,11 +190,11 @@ def decode_xor_address(value: bytes, transaction_id: bytes) -> Address:
     port = xport ^ _COOKIE_HIGH
     if family == 1 and n == 8:
         addr = _U32.unpack_from(value, 4)[0] ^ MAGIC_COOKIE
-        return _inet_ntop(_AF_INET, _U32.pack(addr)), port
+        return _host_text(_U32.pack(addr)), port
     if family == 2 and n == 20:
         mask = int.from_bytes(MAGIC_COOKIE_BYTES + transaction_id, "big")
         addr = int.from_bytes(value[4:20], "big") ^ mask
-        return _inet_ntop(_AF_INET6, addr.to_bytes(16, "big")), port
+        return _host_text(addr.to_bytes(16, "big")), port
     raise _fail(f"bad address family {family} or length {n}")
 
 

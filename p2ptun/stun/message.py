@@ -11,10 +11,9 @@ over the exact bytes received.
 from __future__ import annotations
 
 import hmac
-import os
 import struct
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,10 +87,14 @@ def message_length(data: bytes | bytearray | memoryview) -> int | None:
     return HEADER_LENGTH + ((data[2] << 8) | data[3])
 
 
-def random_transaction_id() -> bytes:
-    """96 random bits from the OS CSPRNG (RFC 8489 §5). For the I/O layer and callers that do not
-    inject their own randomness."""
-    return os.urandom(12)
+def random_transaction_id(random_bytes: Callable[[int], bytes]) -> bytes:
+    """A transaction id: 96 bits from ``random_bytes`` (RFC 8489 §5 asks for a uniform and
+    random choice: the shell passes a CSPRNG such as ``os.urandom``, tests a seeded source).
+    Raises ValueError if the source does not return 12 bytes."""
+    tid = bytes(random_bytes(12))
+    if len(tid) != 12:
+        raise ValueError("random_bytes(12) must return 12 bytes")
+    return tid
 
 
 @dataclass(slots=True)

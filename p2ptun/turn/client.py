@@ -43,7 +43,6 @@ import base64
 import binascii
 import enum
 import ipaddress
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -385,7 +384,8 @@ class TurnClient:
 
     ``server`` is the server's transport address, used in messages and for the shell's
     bookkeeping only. ``stream`` selects TCP/TLS behaviour (no retransmissions, padded
-    ChannelData, stream reassembly). ``random(n)`` supplies transaction ids; ``lifetime`` is
+    ChannelData, stream reassembly). ``random(n)`` supplies transaction ids (the shell passes
+    ``os.urandom``, tests a deterministic source); ``lifetime`` is
     the LIFETIME requested in Allocate and Refresh (None: the server's default).
     ``refresh_interval`` refreshes at least that often, whatever the lifetime: over UDP through
     a NAT the Refresh doubles as a keepalive for the NAT binding (conntrack forgets idle UDP
@@ -399,7 +399,7 @@ class TurnClient:
         password: str,
         *,
         stream: bool = False,
-        random: Callable[[int], bytes] = os.urandom,
+        random: Callable[[int], bytes],
         lifetime: int | None = None,
         software: str | None = SOFTWARE,
         rto: float = 0.5,

@@ -49,10 +49,9 @@ import enum
 import heapq
 import ipaddress
 import itertools
-import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Protocol
 
 from p2ptun.addr import Address, format_address
 from p2ptun.log import get_logger
@@ -342,6 +341,15 @@ def _family_of(host: str) -> int:
 # -- the server ------------------------------------------------------------------------------
 
 
+class ServerRandom(Protocol):
+    """What the server draws randomness from: relay ports (RFC 8656 §7.2) and the transaction
+    ids of the indications it sends. ``random.SystemRandom`` and ``random.Random`` fit."""
+
+    def getrandbits(self, k: int, /) -> int: ...
+
+    def randrange(self, stop: int, /) -> int: ...
+
+
 class TurnServer:
     """The TURN server state machine (RFC 8656), sans I/O.
 
@@ -357,14 +365,14 @@ class TurnServer:
         options: TurnServerOptions,
         secret: bytes,
         *,
-        rng: random.Random | None = None,
+        rng: ServerRandom,
         wall_offset: float = 0.0,
     ) -> None:
         self.options = options
         self.limits = options.limits
         self.counters = TurnServerCounters()
         self.wall_offset = wall_offset
-        self._rng = rng if rng is not None else random.Random(secret)
+        self._rng = rng
         self._nonces = NonceIssuer(secret, options.nonce_lifetime)
         self._credentials = CredentialStore(options.realm, options.users, options.auth_secret)
         self._policy = PeerPolicy.build(options.allow_peers, options.own_addresses)

@@ -1,5 +1,9 @@
 """Our TURN client against coturn (and against our own TURN server), in the NAT lab.
 
+The client is the node's own relay shell, :class:`p2ptun.net.turn_shared.TurnRelay` over the
+sans-I/O :class:`p2ptun.turn.client.TurnClient`: over UDP through a shared-socket mux, over
+TCP and TLS on a connection of its own.
+
 Topology: the client runs in ``site1`` behind a port-restricted NAT; coturn runs in the
 ``server`` namespace on 203.0.113.10; the UDP peer is an echo program in ``site2``, a public
 (un-NATed) host. The echo answers each datagram with ``"<source ip>:<port>|"`` + the data, so
@@ -14,12 +18,14 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,68 +44,120 @@ pytestmark = pytest.mark.lab
 # ---------------------------------------------------------------- the in-namespace programs
 
 
-async def _roundtrip(turn: Any, peer: tuple[str, int], payload: bytes) -> dict[str, Any]:
+async def _roundtrip(
+    relay: Any, inbox: Any, peer: tuple[str, int], payload: bytes
+) -> dict[str, Any]:
+    """Relay ``payload`` to the echo and wait for its answer; ``channel`` is the channel the
+    answer came on (None: a Data indication)."""
     import trio
 
-    await turn.send(peer, payload)
+    counters = relay.client.counters
+    channel_data = counters.rx_channel_data
+    relay.send(peer, payload)
     with trio.move_on_after(3):
         while True:
-            event = await turn.receive()
-            if event.data.endswith(b"|" + payload):
-                seen = event.data.split(b"|", 1)[0].decode()
-                return {"ok": True, "channel": event.channel, "seen": seen, "from": event.peer}
+            source, data = await inbox.receive()
+            if data.endswith(b"|" + payload):
+                seen = data.split(b"|", 1)[0].decode()
+                state = relay.client.channel(peer)
+                by_channel = counters.rx_channel_data > channel_data and state is not None
+                channel = state[0] if by_channel else None
+                return {"ok": True, "channel": channel, "seen": seen, "from": source}
     return {"ok": False}
+
+
+async def _allocate(nursery: Any, cfg: dict[str, Any], events: list[str], inbox: Any = None) -> Any:
+    """One allocation through the node's own relay shell (:class:`TurnRelay`), run in
+    ``nursery``: over UDP from a shared-socket mux of its own, over TCP/TLS on its own
+    connection. The names of its events go to ``events``, relayed data to ``inbox``. Raises
+    RuntimeFailure if it cannot be made."""
+    import socket
+
+    from p2ptun.net.turn_shared import TurnRelay, UdpMux
+    from p2ptun.net.udp import UdpEndpoint
+
+    def on_event(relay: Any, event: Any) -> None:
+        events.append(type(event).__name__)
+
+    def on_data(relay: Any, peer: tuple[str, int], data: bytes) -> None:
+        events.append("PeerData")
+        if inbox is not None:
+            inbox.send_nowait((peer, data))
+
+    server = (cfg["host"], cfg["port"])
+    credentials = (cfg["username"], cfg["password"])
+    options = {"random": os.urandom, "on_event": on_event, "on_data": on_data}
+    options.update(cfg.get("options", {}))
+    transport = cfg.get("transport", "udp")
+    if transport == "udp":
+        endpoint = UdpEndpoint.bind(socket.AF_INET)
+        nursery.start_soon(endpoint.receive_loop)
+        relay = TurnRelay.udp(UdpMux([endpoint]), server, *credentials, **options)
+    else:
+        relay = TurnRelay.stream(
+            server, *credentials, transport=transport, ca_file=cfg.get("ca_file"), **options
+        )
+    await nursery.start(partial(relay.run, timeout=cfg.get("timeout", 15), close_timeout=5))
+    return relay
+
+
+async def _wait_for(events: list[str], done: str, failed: str, timeout: float = 10.0) -> None:
+    """Wait until ``done`` is among the events; RuntimeFailure on ``failed`` or a timeout."""
+    import trio
+
+    from p2ptun.errors import RuntimeFailure
+
+    with trio.move_on_after(timeout):
+        while done not in events and failed not in events:
+            await trio.sleep(0.01)
+    if done not in events:
+        raise RuntimeFailure(f"no {done} within {timeout:g} s: {events}")
 
 
 async def _client(cfg: dict[str, Any]) -> dict[str, Any]:
     import trio
 
     from p2ptun.errors import RuntimeFailure
-    from p2ptun.turn.transport import open_turn_session
 
     result: dict[str, Any] = {"events": [], "rounds": []}
+    events: list[str] = result["events"]
     peer = (cfg["peer"][0], cfg["peer"][1]) if cfg.get("peer") else None
-
-    def session(username: str, password: str) -> Any:
-        return open_turn_session(
-            cfg["host"],
-            cfg["port"],
-            username,
-            password,
-            transport=cfg.get("transport", "udp"),
-            ca_file=cfg.get("ca_file"),
-            timeout=cfg.get("timeout", 15),
-            on_event=lambda e: result["events"].append(type(e).__name__),
-            **cfg.get("options", {}),
-        )
+    inbox_send, inbox = trio.open_memory_channel[tuple[tuple[str, int], bytes]](256)
 
     start = trio.current_time()
-    try:
-        async with session(cfg["username"], cfg["password"]) as turn:
-            result["relayed"] = list(turn.relayed)
-            result["mapped"] = list(turn.mapped) if turn.mapped else None
+    async with trio.open_nursery() as nursery:
+        try:
+            relay = await _allocate(nursery, cfg, events, inbox_send)
+            result["relayed"] = list(relay.relayed)
+            result["mapped"] = list(relay.mapped) if relay.mapped else None
             if cfg.get("second"):
                 try:
-                    async with session(cfg["username"], cfg["password"]):
-                        result["second"] = "allocated"
+                    second = await _allocate(nursery, cfg, events)
+                    result["second"] = "allocated"
+                    await second.aclose()
                 except RuntimeFailure as exc:
                     result["second"] = str(exc)
             if peer is not None:
-                await turn.create_permission(peer)
-                result["rounds"].append(await _roundtrip(turn, peer, b"send-1"))
+                relay.create_permission(peer[0])
+                await _wait_for(events, "PermissionCreated", "PermissionFailed")
+                result["rounds"].append(await _roundtrip(relay, inbox, peer, b"send-1"))
                 if cfg.get("channel"):
-                    result["channel"] = await turn.bind_channel(peer)
-                    result["rounds"].append(await _roundtrip(turn, peer, b"chan-1"))
+                    relay.bind_channel(peer)
+                    await _wait_for(events, "ChannelBound", "ChannelBindFailed")
+                    result["channel"] = relay.client.channel(peer)[0]
+                    result["rounds"].append(await _roundtrip(relay, inbox, peer, b"chan-1"))
                 n = 0
                 while trio.current_time() - start < cfg.get("hold", 0):
                     await trio.sleep(1)
                     n += 1
-                    result["rounds"].append(await _roundtrip(turn, peer, b"hold-%d" % n))
-            result["refreshes"] = turn.refreshes
-            result["stale_nonces"] = turn.client.counters.stale_nonces
+                    result["rounds"].append(await _roundtrip(relay, inbox, peer, b"hold-%d" % n))
+            result["refreshes"] = events.count("AllocationRefreshed")
+            result["stale_nonces"] = relay.client.counters.stale_nonces
             result["elapsed"] = trio.current_time() - start
-    except RuntimeFailure as exc:
-        result["error"] = str(exc)
+            await relay.aclose()  # deallocates: the last event is Deallocated
+        except RuntimeFailure as exc:
+            result["error"] = str(exc)
+        nursery.cancel_scope.cancel()  # the UDP endpoints' receive loops
     return result
 
 

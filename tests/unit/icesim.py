@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from p2ptun.addr import Address
-from p2ptun.ice.agent import IceAgent, IceConfig, IceEvent, Transmit
+from p2ptun.ice.agent import AgentConfig, IceAgent, OutgoingDatagram
 from p2ptun.ice.candidate import (
     Candidate,
     make_host_candidate,
@@ -51,6 +51,7 @@ from p2ptun.ice.candidate import (
     make_srflx_candidate,
 )
 from p2ptun.ice.checklist import PairState
+from p2ptun.ice.events import IceEvent
 from p2ptun.ice.sdp import IceCredentials
 from p2ptun.stun import AttrType, Message, MessageClass, Method, handle_binding
 
@@ -330,7 +331,7 @@ class Peer:
         controlling: bool,
         seed: int,
         lite: bool = False,
-        config: IceConfig | None = None,
+        config: AgentConfig | None = None,
         stun: Address | None = None,
         relay: Address | None = None,
     ) -> None:
@@ -351,8 +352,8 @@ class Peer:
         self.signal_delay = 0.05
         self.events: list[tuple[float, IceEvent]] = []
         self.learned: set[Address] = set()
-        self.violations: list[Transmit] = []
-        self.sent: list[tuple[float, Transmit]] = []
+        self.violations: list[OutgoingDatagram] = []
+        self.sent: list[tuple[float, OutgoingDatagram]] = []
         self.relayed_address: Address | None = None
         self.data_received: list[tuple[float, bytes]] = []
         self.on_event: Callable[[Peer, IceEvent], None] | None = None
@@ -521,10 +522,10 @@ class Peer:
         sel = self.agent.selected_pair
         if sel is None or not self.agent.can_send(self.net.now):
             return False
-        self._route(Transmit(data, sel.base, sel.remote.address, sel.via_relay))
+        self._route(OutgoingDatagram(data, sel.base, sel.remote.address, sel.via_relay))
         return True
 
-    def _route(self, t: Transmit) -> None:
+    def _route(self, t: OutgoingDatagram) -> None:
         if t.via_relay:
             assert self.relay is not None
             self.endpoint.send(self.relay, Send(t.remote, t.data))
@@ -657,8 +658,8 @@ def make_scenario(
     lite_b: bool = False,
     a_controlling: bool = True,
     b_controlling: bool = False,
-    config_a: IceConfig | None = None,
-    config_b: IceConfig | None = None,
+    config_a: AgentConfig | None = None,
+    config_b: AgentConfig | None = None,
     same_lan: bool = False,
 ) -> Scenario:
     """Two peers, each behind a NAT of the named type (:data:`NAT_TYPES`), a STUN server and a

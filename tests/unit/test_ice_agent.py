@@ -9,16 +9,10 @@ import random
 import pytest
 from icesim import Peer, Scenario, make_scenario
 
-from p2ptun.ice.agent import (
-    AgentState,
-    IceAgent,
-    IceConfig,
-    PairSelected,
-    RoleChanged,
-    StateChanged,
-)
+from p2ptun.ice.agent import AgentConfig, IceAgent
 from p2ptun.ice.candidate import CandidateType, make_host_candidate, make_srflx_candidate
-from p2ptun.ice.checklist import CheckList, PairState
+from p2ptun.ice.checklist import PairState
+from p2ptun.ice.events import AgentState, PairSelected, RoleChanged, StateChanged
 from p2ptun.ice.sdp import IceCredentials
 
 DIRECT = (CandidateType.HOST, CandidateType.SRFLX, CandidateType.PRFLX)
@@ -110,7 +104,7 @@ def test_no_relay_and_no_hole_punching_fails() -> None:
 def test_failure_when_all_pairs_fail_after_end_of_candidates() -> None:
     """Without a connect timeout, failure comes from every pair failing once both sides
     signalled end-of-candidates (RFC 8838 §8)."""
-    config = IceConfig(connect_timeout=None, check_rc=3, check_rm=4)
+    config = AgentConfig(connect_timeout=None, check_rc=3, check_rm=4)
     s = make_scenario("port", "symmetric", seed=5, relay=False, config_a=config, config_b=config)
     s.start()
     assert s.net.run_while(lambda: s.a.agent.state is AgentState.FAILED, 30)
@@ -255,7 +249,7 @@ def test_different_remote_credentials_are_refused_without_restart() -> None:
 
 
 def test_remote_candidate_and_pair_limits() -> None:
-    config = IceConfig(max_pairs=10, max_remote_candidates=20)
+    config = AgentConfig(max_pairs=10, max_remote_candidates=20)
     a = agent("alice", controlling=True, seed=1, config=config)
     a.add_local_candidate(make_host_candidate(("10.0.0.1", 4000), 65535), 0.0)
     a.add_local_candidate(make_host_candidate(("10.0.0.2", 4000), 65534), 0.0)
@@ -271,7 +265,7 @@ def test_remote_candidate_and_pair_limits() -> None:
 
 
 def test_transaction_and_pacing_limits() -> None:
-    config = IceConfig(max_transactions=3, ta=0.05)
+    config = AgentConfig(max_transactions=3, ta=0.05)
     a = agent("alice", controlling=True, seed=1, config=config)
     a.add_local_candidate(make_host_candidate(("10.0.0.1", 4000), 65535), 0.0)
     a.set_remote_credentials(IceCredentials("peer1", "peerpasswordpeerpassword1"), 0.0)
@@ -298,7 +292,7 @@ def test_transaction_and_pacing_limits() -> None:
 def test_early_check_queue_is_bounded() -> None:
     from test_ice_agent_fuzz import check_request
 
-    config = IceConfig(max_early_checks=4)
+    config = AgentConfig(max_early_checks=4)
     a = agent("alice", controlling=False, seed=1, config=config)
     a.add_local_candidate(make_host_candidate(("10.0.0.1", 4000), 65535), 0.0)
     for i in range(20):
@@ -314,50 +308,16 @@ def test_early_check_queue_is_bounded() -> None:
     assert all(p.remote.type is CandidateType.PRFLX for p in a.checklist.pairs)
 
 
-# --- check list unit tests ----------------------------------------------------------------------
-
-
-def test_checklist_initial_states_and_unfreezing() -> None:
-    cl = CheckList(controlling=True)
-    l1 = make_host_candidate(("10.0.0.1", 1000), 65535)
-    r1 = make_host_candidate(("198.51.100.1", 2000), 65535)
-    r2 = make_host_candidate(("198.51.100.1", 2001), 65534)  # same foundation as r1
-    p1 = cl.add(l1, r1)
-    p2 = cl.add(l1, r2)
-    assert p1 is not None and p2 is not None
-    assert p1.state is PairState.WAITING and p2.state is PairState.FROZEN
-    assert cl.add(l1, r1) is p1
-    assert cl.next_ordinary() is p1
-    p1.state = PairState.IN_PROGRESS
-    # Frozen p2 shares the in-progress foundation: nothing to unfreeze yet.
-    assert cl.next_ordinary() is None
-    p1.state = PairState.SUCCEEDED
-    cl.unfreeze_foundation(p1.foundation)
-    assert p2.state is PairState.WAITING
-
-
-def test_checklist_role_change_reorders() -> None:
-    cl = CheckList(controlling=True)
-    la = make_host_candidate(("10.0.0.1", 1000), 65535)
-    lb = make_host_candidate(("10.0.0.2", 1000), 1)
-    ra = make_host_candidate(("198.51.100.1", 2000), 65535)
-    rb = make_host_candidate(("198.51.100.2", 2000), 1)
-    for loc in (la, lb):
-        for rem in (ra, rb):
-            cl.add(loc, rem)
-    before = [p.key for p in cl.pairs]
-    cl.set_role(False)
-    after = [p.priority for p in cl.pairs]
-    assert after == sorted(after, reverse=True)
-    # (la, rb) ranked above (lb, ra) while controlling; the G > D bit now favours (lb, ra).
-    assert [p.key for p in cl.pairs] != before
-
-
 # --- helpers for unit-level tests ---------------------------------------------------------------
 
 
 def agent(
-    name: str, *, controlling: bool, seed: int, lite: bool = False, config: IceConfig | None = None
+    name: str,
+    *,
+    controlling: bool,
+    seed: int,
+    lite: bool = False,
+    config: AgentConfig | None = None,
 ) -> IceAgent:
     creds = IceCredentials(f"{name}u", f"{name}passwordpasswordpassword")
     return IceAgent(
@@ -417,7 +377,7 @@ def test_new_checks_are_paced_at_ta() -> None:
     """New checks (not retransmissions) leave at most one per Ta (RFC 8445 §6.1.4.2)."""
     from p2ptun.stun import Message as StunMessage
 
-    config = IceConfig(ta=0.05)
+    config = AgentConfig(ta=0.05)
     s = make_scenario("symmetric", "symmetric", seed=21, config_a=config, config_b=config)
     connect(s)
     t_sel = s.a.events_of(PairSelected)[0][0]

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from p2ptun.ice.agent import IceAgent, IceConfig
+from p2ptun.ice.agent import AgentConfig, IceAgent
 from p2ptun.ice.candidate import make_host_candidate
 from p2ptun.ice.sdp import IceCredentials
 from p2ptun.stun import AttrType, Message, MessageClass, Method, short_term_key
@@ -26,7 +26,7 @@ def make_agent(controlling: bool = False, *, lite: bool = False) -> IceAgent:
         controlling=controlling,
         rng=random.Random(1),
         lite=lite,
-        config=IceConfig(),
+        config=AgentConfig(),
     )
     a.add_local_candidate(make_host_candidate(LOCAL, 65535), 0.0)
     return a

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from icesim import make_scenario
 
-from p2ptun.ice.agent import IceConfig
+from p2ptun.ice.agent import AgentConfig
 
 #: Virtual seconds within which the agents must be connected, loss included.
 CONNECT_WITHIN = 30.0
@@ -40,7 +40,7 @@ def test_cone_nats_always_connect(
     a_controlling: bool,
     b_controlling: bool,
 ) -> None:
-    config = IceConfig(max_pairs=20, max_transactions=16, max_early_checks=8)
+    config = AgentConfig(max_pairs=20, max_transactions=16, max_early_checks=8)
     s = make_scenario(
         nat_a,
         nat_b,

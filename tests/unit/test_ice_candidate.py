@@ -1,4 +1,4 @@
-"""Candidate model: priorities, RFC 8421 preferences, foundations, redundancy, pairs, pruning."""
+"""Candidate model: priorities, RFC 8421 preferences, foundations, redundancy, pairs."""
 
 from __future__ import annotations
 
@@ -9,29 +9,23 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from p2ptun.ice.candidate import (
-    DEFAULT_MAX_PAIRS,
     Candidate,
     CandidatePair,
     CandidateType,
     TcpType,
     Transport,
     assign_local_preferences,
-    build_checklist,
     can_pair,
     candidate_base,
     compute_foundation,
     compute_priority,
     eliminate_redundant,
-    form_pairs,
-    limit_pairs,
     make_host_candidate,
     make_prflx_candidate,
     make_relay_candidate,
     make_srflx_candidate,
     pair_priority,
     peer_reflexive_priority,
-    prune_pairs,
-    sort_pairs,
 )
 
 HOST, SRFLX, PRFLX, RELAY = (
@@ -361,78 +355,3 @@ def test_can_pair_rules() -> None:
     assert not can_pair(ll, v6)
     assert not can_pair(v4, comp2)
     assert not can_pair(v4, tcp)
-
-
-def test_sort_pairs_controlling_and_controlled() -> None:
-    h = make_host_candidate(("10.0.0.1", 5000), 65535)
-    r = make_relay_candidate(("198.51.100.2", 9), ("203.0.113.1", 7), "10.0.0.1", TURN_IP, 65535)
-    rh = remote("192.0.2.1", 1, 2130706431)
-    rr = remote("198.51.100.3", 1, 16777215, RELAY)
-    pairs = form_pairs([r, h], [rr, rh])
-    for controlling in (True, False):
-        ordered = sort_pairs(pairs, controlling)
-        prios = [p.priority(controlling) for p in ordered]
-        assert prios == sorted(prios, reverse=True)
-        assert ordered[0] == CandidatePair(h, rh)
-        assert ordered[-1] == CandidatePair(r, rr)
-        assert sort_pairs(reversed(pairs), controlling) == ordered
-
-
-def test_prune_replaces_srflx_by_base_and_drops_duplicates() -> None:
-    host = make_host_candidate(("10.0.0.1", 5000), 65535)
-    srflx = make_srflx_candidate(("203.0.113.1", 6000), host.address, STUN_IP, 65535)
-    relay = make_relay_candidate(("198.51.100.2", 40000), srflx.address, "10.0.0.1", TURN_IP, 65535)
-    r1 = remote("192.0.2.10", 7000, 2130706431, HOST, "a")
-    r2 = remote("203.0.113.20", 7001, 1694498815, SRFLX, "b")
-    pairs = form_pairs([host, srflx, relay], [r1, r2])
-    assert len(pairs) == 6
-    pruned = prune_pairs(pairs, ice_controlling=True)
-    assert all(p.local.type is not SRFLX for p in pruned)
-    assert set(pruned) == {
-        CandidatePair(host, r1),
-        CandidatePair(host, r2),
-        CandidatePair(relay, r1),
-        CandidatePair(relay, r2),
-    }
-    prios = [p.priority(True) for p in pruned]
-    assert prios == sorted(prios, reverse=True)
-
-
-def test_prune_srflx_base_from_local_candidates_argument() -> None:
-    host = make_host_candidate(("10.0.0.1", 5000), 65535)
-    srflx = make_srflx_candidate(("203.0.113.1", 6000), host.address, STUN_IP, 65535)
-    r1 = remote("192.0.2.10", 7000, 2130706431)
-    # Only the srflx pair is given: its local candidate becomes the host base.
-    assert prune_pairs([CandidatePair(srflx, r1)], False, [host]) == [CandidatePair(host, r1)]
-    # Base unknown: left as it is.
-    assert prune_pairs([CandidatePair(srflx, r1)], False) == [CandidatePair(srflx, r1)]
-
-
-def test_prune_drops_exact_duplicates() -> None:
-    host = make_host_candidate(("10.0.0.1", 5000), 65535)
-    r1 = remote("192.0.2.10", 7000, 2130706431)
-    assert prune_pairs([CandidatePair(host, r1)] * 3, True) == [CandidatePair(host, r1)]
-
-
-def test_limit_pairs() -> None:
-    pairs = [
-        CandidatePair(remote("192.0.2.1", i, i), remote("192.0.2.2", 1, 1)) for i in range(1, 6)
-    ]
-    assert limit_pairs(pairs, 3) == pairs[:3]
-    assert limit_pairs(pairs) == pairs
-    assert limit_pairs(pairs, 0) == []
-    with pytest.raises(ValueError):
-        limit_pairs(pairs, -1)
-
-
-def test_build_checklist_limit_default_100() -> None:
-    prefs = assign_local_preferences(f"10.0.{i}.1" for i in range(12))
-    local = [make_host_candidate((h, 5000), lp) for h, lp in prefs.items()]
-    remotes = [
-        remote(f"192.0.2.{i + 1}", 6000, 2130706431 - 256 * i, fnd=str(i)) for i in range(12)
-    ]
-    checklist = build_checklist(local, remotes, ice_controlling=True)
-    assert len(checklist) == DEFAULT_MAX_PAIRS
-    full = sort_pairs(form_pairs(local, remotes), True)
-    assert checklist == full[:DEFAULT_MAX_PAIRS]
-    assert len(build_checklist(local, remotes, True, limit=7)) == 7

@@ -9,9 +9,9 @@ import pytest
 from icesim import Peer, make_scenario
 
 from p2ptun.addr import Address
-from p2ptun.ice.agent import PairSelected
 from p2ptun.ice.candidate import CandidateType
 from p2ptun.ice.checklist import PairState
+from p2ptun.ice.events import PairSelected
 from p2ptun.stun import Message, MessageClass
 
 

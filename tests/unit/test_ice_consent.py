@@ -9,16 +9,16 @@ import random
 import pytest
 from icesim import Scenario, make_scenario
 
-from p2ptun.ice.agent import (
+from p2ptun.ice.agent import AgentConfig
+from p2ptun.ice.consent import ConsentConfig, ConsentFreshness, ConsentState
+from p2ptun.ice.events import (
     AgentState,
     BetterPairAvailable,
     ConsentExpired,
     ConsentRestored,
     ConsentSuspect,
-    IceConfig,
     PairSelected,
 )
-from p2ptun.ice.consent import ConsentConfig, ConsentFreshness, ConsentState
 from p2ptun.stun import AttrType, Message, Method, short_term_key
 
 KEY = short_term_key("consentpasswordconsentpassword")
@@ -260,7 +260,7 @@ def _firewall_between_sites(src: tuple[str, int], dst: tuple[str, int]) -> bool:
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_relay_then_firewall_opens_moves_to_direct(seed: int) -> None:
-    config = IceConfig(direct_retry_interval=3.0)
+    config = AgentConfig(direct_retry_interval=3.0)
     s = make_scenario("port", "port", seed=seed, config_a=config, config_b=config)
     s.net.blocked = _firewall_between_sites
     s.start()
@@ -291,7 +291,7 @@ def test_relay_then_firewall_opens_moves_to_direct(seed: int) -> None:
 
 
 def test_without_renomination_better_pair_is_only_reported() -> None:
-    config = IceConfig(direct_retry_interval=3.0, renominate=False)
+    config = AgentConfig(direct_retry_interval=3.0, renominate=False)
     s = make_scenario("port", "port", seed=3, config_a=config, config_b=config)
     s.net.blocked = _firewall_between_sites
     s.start()
@@ -308,7 +308,7 @@ def test_without_renomination_better_pair_is_only_reported() -> None:
 
 
 def test_direct_retries_are_bounded() -> None:
-    config = IceConfig(direct_retry_interval=2.0, direct_retry_rounds=3, check_rc=2, check_rm=2)
+    config = AgentConfig(direct_retry_interval=2.0, direct_retry_rounds=3, check_rc=2, check_rm=2)
     s = make_scenario("port", "port", seed=4, config_a=config, config_b=config)
     s.net.blocked = _firewall_between_sites
     s.start()

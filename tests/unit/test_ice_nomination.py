@@ -1,5 +1,5 @@
 """When the controlling agent nominates (RFC 8445 §8.1.1, and the hold described in
-:mod:`p2ptun.ice.agent`), under virtual time over the simulated network of :mod:`icesim`.
+:mod:`p2ptun.ice.nomination`), under virtual time over the simulated network of :mod:`icesim`.
 
 A relayed best pair waits ``nomination_delay`` for anything better; a direct one waits for a
 higher-priority pair only until that pair's check went out twice (the second time early) and
@@ -14,14 +14,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from icesim import Nomination, Scenario, make_scenario, watch_nominations
 
-from p2ptun.ice.agent import IceConfig
+from p2ptun.ice.agent import AgentConfig
 from p2ptun.ice.candidate import CandidateType, make_host_candidate
 from p2ptun.ice.checklist import PairState
+from p2ptun.ice.nomination import (
+    RoleConflict,
+    resolve_role_conflict,
+    role_after_conflict_response,
+    role_facing,
+)
 
 EPS = 1e-9
 
 
-def assert_hold_kept(noms: list[Nomination], config: IceConfig) -> None:
+def assert_hold_kept(noms: list[Nomination], config: AgentConfig) -> None:
     """Every regular nomination waited as long as the rule says: till ``nomination_delay``,
     or until no higher-priority pair could still answer (direct: each was sent at least
     twice, or is done; relayed: none is left)."""
@@ -55,7 +61,7 @@ def test_cone_nats_nominate_srflx_after_a_short_hold(nat_a: str, nat_b: str) -> 
     """The host↔host pair towards the other LAN never answers; srflx↔srflx is nominated two
     holds after that pair's first check (its early re-send, then the hold), not
     ``nomination_delay`` after the first valid pair."""
-    config = IceConfig()
+    config = AgentConfig()
     s = make_scenario(nat_a, nat_b, seed=3, config_a=config, config_b=config)
     noms, _ = connect(s)
     sel = s.a.agent.selected_pair
@@ -86,7 +92,7 @@ def test_same_lan_ends_on_host_pair() -> None:
     assert sa.local.type is CandidateType.HOST and sa.remote.type is CandidateType.HOST
     assert sb.local.type is CandidateType.HOST and sb.remote.type is CandidateType.HOST
     assert s.same_path()
-    assert_hold_kept(noms, IceConfig())
+    assert_hold_kept(noms, AgentConfig())
 
 
 def test_same_lan_host_pair_answering_late_still_wins() -> None:
@@ -108,17 +114,17 @@ def test_same_lan_host_pair_answering_late_still_wins() -> None:
     assert first_valid is not None and first_valid < host_pair.last_success
     # Answered before its RTO: the early re-send did it.
     first_check = min(t for t, tr in s.a.sent if (tr.local, tr.remote) == host_pair.key)
-    assert host_pair.last_success < first_check + IceConfig().check_rto_min
+    assert host_pair.last_success < first_check + AgentConfig().check_rto_min
     (nom,) = noms
     assert nom.key == host_pair.key
-    assert_hold_kept(noms, IceConfig())
+    assert_hold_kept(noms, AgentConfig())
 
 
 @pytest.mark.parametrize(("nat_a", "nat_b"), [("port", "symmetric"), ("symmetric", "symmetric")])
 def test_relayed_pair_waits_the_full_delay(nat_a: str, nat_b: str) -> None:
     """A relayed pair is nominated ``nomination_delay`` after the first valid pair while
     direct pairs are still in progress, as before."""
-    config = IceConfig()
+    config = AgentConfig()
     s = make_scenario(nat_a, nat_b, seed=6)
     noms, _ = connect(s)
     sel = s.a.agent.selected_pair
@@ -135,7 +141,7 @@ def test_many_unreachable_candidates_each_get_two_sends() -> None:
     """B also signals twelve host addresses nobody answers on: the paced checks reach all of
     them (Ta apart, RTO growing with the list), each is re-sent before A gives up on it, and
     the srflx pair is still nominated well before ``nomination_delay``."""
-    config = IceConfig()
+    config = AgentConfig()
     s = make_scenario("port", "port", seed=8)
     for i in range(12):
         s.b.signal("cand", make_host_candidate((f"10.0.2.{100 + i}", 4000), 65000 - i))
@@ -165,14 +171,14 @@ def test_hold_rule_under_loss(nat_a: str, nat_b: str, same_lan: bool, seed: int)
 
     # A lossy start may settle on the relay first (as it always could) and move later.
     assert s.net.run_while(direct, 30.0)
-    assert_hold_kept(noms_a + noms_b, IceConfig())
+    assert_hold_kept(noms_a + noms_b, AgentConfig())
 
 
 def test_hold_settings_are_validated() -> None:
     with pytest.raises(ValueError):
-        IceConfig(direct_hold_min=-1.0)
+        AgentConfig(direct_hold_min=-1.0)
     with pytest.raises(ValueError):
-        IceConfig(direct_hold_rtts=-0.5)
+        AgentConfig(direct_hold_rtts=-0.5)
 
 
 @settings(
@@ -226,8 +232,56 @@ def test_nominations_keep_the_hold(
         b_controlling=b_controlling,
     )
     noms_a, noms_b = connect(s, timeout=30.0)
-    assert_hold_kept(noms_a + noms_b, IceConfig())
+    assert_hold_kept(noms_a + noms_b, AgentConfig())
     if same_lan and loss == 0.0:
         sel = s.a.agent.selected_pair
         assert sel is not None
         assert (sel.local.type, sel.remote.type) == (CandidateType.HOST, CandidateType.HOST)
+
+
+# --- the role rules on their own (RFC 8445 §6.1.1, §7.2.5.1, §7.3.1.1) ----------------------
+
+
+@pytest.mark.parametrize(
+    ("controlling", "lite", "ours", "theirs_controlling", "theirs_controlled", "expected"),
+    [
+        (True, False, 5, None, 9, RoleConflict.NONE),  # no conflict either way
+        (False, False, 5, 9, None, RoleConflict.NONE),
+        (True, False, 9, 5, None, RoleConflict.REJECT),  # both control: the larger keeps it
+        (True, False, 5, 5, None, RoleConflict.REJECT),  # ties go to us
+        (True, False, 5, 9, None, RoleConflict.SWITCH),
+        (False, False, 9, None, 5, RoleConflict.SWITCH),  # both controlled: the larger controls
+        (False, False, 5, None, 5, RoleConflict.SWITCH),
+        (False, False, 5, None, 9, RoleConflict.REJECT),
+        (True, True, 9, 5, None, RoleConflict.SWITCH),  # a lite agent always gives way
+        (False, True, 9, None, 5, RoleConflict.REJECT),
+    ],
+)
+def test_role_conflicts_are_settled_by_the_tie_breakers(
+    controlling: bool,
+    lite: bool,
+    ours: int,
+    theirs_controlling: int | None,
+    theirs_controlled: int | None,
+    expected: RoleConflict,
+) -> None:
+    conflict = resolve_role_conflict(
+        controlling=controlling,
+        lite=lite,
+        tie_breaker=ours,
+        theirs_controlling=theirs_controlling,
+        theirs_controlled=theirs_controlled,
+    )
+    assert conflict is expected
+
+
+def test_roles_facing_a_lite_peer_and_after_a_487() -> None:
+    for controlling in (True, False):
+        assert role_facing(controlling, lite=False, peer_lite=True) is True
+        assert role_facing(controlling, lite=True, peer_lite=False) is False
+        assert role_facing(controlling, lite=False, peer_lite=False) is controlling
+        assert role_facing(controlling, lite=True, peer_lite=True) is controlling
+        # A 487 to a check sent in the role we still have switches it; one sent before we
+        # switched already leaves the role as it is.
+        assert role_after_conflict_response(controlling, controlling) is not controlling
+        assert role_after_conflict_response(not controlling, controlling) is controlling

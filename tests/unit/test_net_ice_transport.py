@@ -14,8 +14,9 @@ from loopback_turn import HOST, serve_turn
 
 from p2ptun.addr import Address
 from p2ptun.config import TurnServerConfig
-from p2ptun.ice.agent import IceConfig, PairSelected, SelectedPair, StateChanged
+from p2ptun.ice.agent import AgentConfig
 from p2ptun.ice.candidate import CandidateType
+from p2ptun.ice.events import PairSelected, SelectedPair, StateChanged
 from p2ptun.ice.sdp import IceDescription
 from p2ptun.net.gather import GatherOptions
 from p2ptun.net.ice_transport import (
@@ -59,7 +60,7 @@ class Node:
     def on_data(self, session: IceSession, data: bytes | memoryview, source: Address) -> None:
         self.data.append(bytes(data))
 
-    def open(self, name: str, controlling: bool, config: IceConfig | None = None) -> IceSession:
+    def open(self, name: str, controlling: bool, config: AgentConfig | None = None) -> IceSession:
         self.session = self.transport.open_session(
             name,
             controlling=controlling,

@@ -18,7 +18,7 @@ import trio.testing
 
 from p2ptun.addr import Address
 from p2ptun.config import PeerConfig
-from p2ptun.ice import IceConfig
+from p2ptun.ice import AgentConfig
 from p2ptun.ice.consent import ConsentConfig
 from p2ptun.keys import generate_private_key, public_key
 from p2ptun.net.gather import GatherOptions
@@ -95,7 +95,7 @@ class FakeWg:
         pass
 
 
-def loopback_transport(ice_config: IceConfig | None = None) -> IceTransport:
+def loopback_transport(agent_config: AgentConfig | None = None) -> IceTransport:
     """The node's real ICE transport on a loopback socket (host candidates from a fixed list,
     no STUN or TURN servers)."""
 
@@ -104,7 +104,7 @@ def loopback_transport(ice_config: IceConfig | None = None) -> IceTransport:
 
     endpoint = UdpEndpoint.bind(socket.AF_INET, "127.0.0.1")
     return IceTransport(
-        [endpoint], GatherOptions(), list_addresses=addresses, ice_config=ice_config
+        [endpoint], GatherOptions(), list_addresses=addresses, agent_config=agent_config
     )
 
 
@@ -167,7 +167,7 @@ async def transports(nursery: trio.Nursery) -> AsyncIterator[Callable[[Ctx], Non
 
 
 def make_session(
-    name: str = "bob", signaling: FakeSignaling | None = None, ice: IceConfig | None = None
+    name: str = "bob", signaling: FakeSignaling | None = None, ice: AgentConfig | None = None
 ) -> tuple[PeerSession, Ctx, list[int]]:
     ctx = Ctx(signaling or FakeSignaling(name), loopback_transport(ice))
     cfg = PeerConfig(name, public_key(generate_private_key()), ())
@@ -238,7 +238,7 @@ async def test_status_shape_without_path(autojump_clock: trio.testing.MockClock)
 
 
 async def connected_pair(
-    nursery: trio.Nursery, transports: Callable[[Ctx], None], ice: IceConfig | None = None
+    nursery: trio.Nursery, transports: Callable[[Ctx], None], ice: AgentConfig | None = None
 ) -> tuple[PeerSession, Ctx, PeerSession, Ctx]:
     """alice and bob, each a PeerSession for the other over its own loopback transport,
     offer/answer through a fake rendezvous; returns once both are connected."""
@@ -320,7 +320,7 @@ async def test_consent_loss_regathers_and_restarts(
     nursery: trio.Nursery, transports: Callable[[Ctx], None]
 ) -> None:
     # Consent checks every 0.2 s: two unanswered ones make the pair suspect within a second.
-    ice = IceConfig(consent=ConsentConfig(interval=0.2, jitter=0.0, timeout=30.0))
+    ice = AgentConfig(consent=ConsentConfig(interval=0.2, jitter=0.0, timeout=30.0))
     alice, actx, _bob, bctx = await connected_pair(nursery, transports, ice)
     offers = len(actx.signaling.offers)
     offer = actx.signaling.offer

@@ -31,6 +31,7 @@ from p2ptun.stun import (
     message_length,
     opaque_string,
     peek_transaction_id,
+    random_transaction_id,
     short_term_key,
     unknown_comprehension_required,
 )
@@ -207,6 +208,41 @@ def test_scoped_ipv6_and_bad_hosts() -> None:
         Message(Method.BINDING, MessageClass.REQUEST, b"short")
     with pytest.raises(ValueError):
         Message.request(Method.BINDING, TID, [(A.DATA, b"x" * 70000)]).encode()
+
+
+# Zero-heavy IPv6 addresses reach every compression case (runs, ties, mapped, compatible).
+_words = st.one_of(st.just(0), st.just(0), st.just(0xFFFF), st.integers(0, 0xFFFF))
+zero_heavy_ipv6 = st.lists(_words, min_size=8, max_size=8).map(
+    lambda ws: b"".join(w.to_bytes(2, "big") for w in ws)
+)
+
+
+@settings(max_examples=500)
+@given(packed=st.one_of(zero_heavy_ipv6, st.binary(min_size=16, max_size=16)), tid=tids)
+def test_ipv6_text_is_what_inet_ntop_writes(packed: bytes, tid: bytes) -> None:
+    text = socket.inet_ntop(socket.AF_INET6, packed)
+    assert encode_value(A.MAPPED_ADDRESS, (text, 9), tid)[4:] == packed
+    for attr_type in (A.MAPPED_ADDRESS, A.XOR_MAPPED_ADDRESS):
+        assert decode_value(attr_type, encode_value(attr_type, (text, 9), tid), tid) == (text, 9)
+
+
+@given(packed=st.binary(min_size=4, max_size=4), tid=tids)
+def test_ipv4_text_is_what_inet_ntop_writes(packed: bytes, tid: bytes) -> None:
+    text = socket.inet_ntop(socket.AF_INET, packed)
+    for attr_type in (A.MAPPED_ADDRESS, A.XOR_MAPPED_ADDRESS):
+        assert decode_value(attr_type, encode_value(attr_type, (text, 9), tid), tid) == (text, 9)
+
+
+@pytest.mark.parametrize("host", ["1.2.3", "01.2.3.4", "1.2.3.256", "1.2.3.4 ", "::g", "1::2::3"])
+def test_hosts_inet_pton_refuses_are_refused(host: str) -> None:
+    with pytest.raises(ValueError):
+        encode_value(A.XOR_PEER_ADDRESS, (host, 5), TID)
+
+
+def test_random_transaction_id_takes_its_source() -> None:
+    assert random_transaction_id(lambda n: bytes(range(n))) == bytes(range(12))
+    with pytest.raises(ValueError):
+        random_transaction_id(lambda n: b"short")
 
 
 # -- integrity placement rules (RFC 8489 §14.5-§14.7) -----------------------------------------

@@ -9,12 +9,14 @@ cut from the byte stream by its length field. The whole query is bounded by ``ti
 from __future__ import annotations
 
 import math
+import os
 import socket
 
 import trio
 
 from p2ptun.addr import Address, format_address
 from p2ptun.errors import DecodeError, RuntimeFailure
+from p2ptun.net.streams import resolve
 from p2ptun.stun import (
     ClientTransaction,
     Message,
@@ -32,24 +34,8 @@ DEFAULT_STUN_PORT = 3478
 _MAX_RESPONSE = 0xFFFF + 20
 
 
-async def resolve(host: str, port: int, kind: socket.SocketKind) -> Address:
-    """The first address ``host`` resolves to (IPv4 preferred), as an ``(ip, port)`` tuple.
-
-    Raises :class:`RuntimeFailure` if the name does not resolve.
-    """
-    try:
-        infos = await trio.socket.getaddrinfo(host, port, type=kind)
-    except socket.gaierror as exc:
-        raise RuntimeFailure(f"cannot resolve {host!r}: {exc.strerror}") from None
-    infos.sort(key=lambda info: 0 if info[0] == socket.AF_INET else 1)
-    for family, _type, _proto, _name, sockaddr in infos:
-        if family in (socket.AF_INET, socket.AF_INET6):
-            return str(sockaddr[0]), int(sockaddr[1])
-    raise RuntimeFailure(f"{host!r} has no IPv4 or IPv6 address")
-
-
 def _binding_request() -> Message:
-    return Message.request(Method.BINDING, random_transaction_id())
+    return Message.request(Method.BINDING, random_transaction_id(os.urandom))
 
 
 def _mapped(outcome: TransactionOutcome[None], server: Address) -> Address:
