@@ -3,7 +3,7 @@ sockets, one per :class:`IceSession`.
 
 One :class:`IceTransport` per node owns
 
-- the :class:`~p2ptun.net.turn_shared.UdpMux` on the node's UDP endpoints (one per address
+- the :class:`~p2ptun.net.mux.UdpMux` on the node's UDP endpoints (one per address
   family, ARCHITECTURE.md §2) and the :class:`~p2ptun.net.gather.Gatherer` with its TURN
   allocations: local candidates belong to the node and every agent uses them;
 - the :class:`IceSession` s (:meth:`IceTransport.open_session`), each wrapping an
@@ -25,15 +25,15 @@ drain and call the agents directly, then send what the agents queued at once):
 - responses (to checks and consent checks) by transaction id: every request an agent sends is
   remembered for the life of a STUN transaction;
 - the same for STUN that TURN relays unwrapped (base = the relayed address);
-- WireGuard a relay unwrapped goes to ``on_relayed_data`` when given (the node: its tunnel,
-  which authenticates every datagram itself), else to the ``on_data`` callback of the session
-  whose selected pair has that remote address; with ``claim_wireguard`` the transport also
-  takes WireGuard datagrams straight from the sockets the same way (probes and tests: in the
-  node the WireGuard tunnel owns that handler). Anything else a relay unwraps is dropped and
-  counted.
+- WireGuard a relay unwrapped goes to ``relayed_wireguard`` when given (the node: its data
+  path, which authenticates every datagram itself), else to the ``on_data`` callback of the
+  session whose selected pair has that remote address. :meth:`IceTransport.on_wireguard` does
+  the same for WireGuard straight from the sockets, for an owner that wires it into its
+  sockets' dispatchers (the probe and tests; in the node the data path owns that kind).
+  Anything else a relay unwraps is dropped and counted.
 
 Transmits leave through the right base: host bases from the shared socket of their family,
-relayed bases through their :class:`~p2ptun.net.turn_shared.TurnRelay` (ChannelData once the
+relayed bases through their :class:`~p2ptun.net.turn_relay.TurnRelay` (ChannelData once the
 selected relayed pair's channel is bound, Send indications before). A check from a host base
 that is not the address the kernel sends from towards its destination is dropped (counted in
 ``wrong_base``): it would test another pair than the one it names, so it fails instead.
@@ -65,7 +65,7 @@ it is running. ``on_gathered(round)`` hears about each finished round.
 Known limit: the sockets are bound to the wildcard address and
 :class:`~p2ptun.net.udp.UdpEndpoint` does not report a datagram's destination address, so the
 base of an incoming datagram is the address the kernel sends from towards its source (see
-:mod:`p2ptun.net.turn_shared`). On a multi-homed host, pairs on the other host addresses fail
+:mod:`p2ptun.net.mux`). On a multi-homed host, pairs on the other host addresses fail
 the symmetric check and the routed one is used.
 
 A sketch of a user (the probe's way; the node's is :mod:`p2ptun.node.peer`)::
@@ -83,8 +83,6 @@ A sketch of a user (the probe's way; the node's is :mod:`p2ptun.node.peer`)::
 from __future__ import annotations
 
 import math
-import os
-import random as random_module
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -105,8 +103,9 @@ from p2ptun.net.gather import (
     GatherOptions,
     GatherResult,
 )
-from p2ptun.net.turn_shared import TurnRelay, UdpMux, normalize_address
-from p2ptun.net.udp import PacketKind, UdpEndpoint, classify
+from p2ptun.net.mux import UdpMux, normalize_address
+from p2ptun.net.ports import DatagramPort, Host
+from p2ptun.net.turn_relay import TurnRelay, WireGuardReceiver
 from p2ptun.stun import AttrType, Message, MessageClass, Method, is_stun
 from p2ptun.stun.credentials import short_term_key
 
@@ -556,58 +555,52 @@ class IceSession:
 class IceTransport:
     """The node's ICE shell over its shared UDP endpoints (module docstring).
 
-    ``options`` says what to gather; ``credentials`` supplies TURN credentials for servers
-    configured without them; ``rng`` is the agents' random source (tie-breakers, transaction
-    ids, consent jitter; default ``random.SystemRandom``), ``random_bytes`` the source of ICE
-    credentials and STUN/TURN transaction ids. ``agent_config`` is the default agent
-    configuration. ``claim_wireguard`` installs a WireGuard handler on the endpoints that hands
-    datagrams from a selected pair's remote to that session's ``on_data`` (not in the node,
-    whose WireGuard tunnel owns the handler). ``on_relayed_data(data, peer)`` takes every
-    WireGuard datagram a relay unwrapped instead of the sessions' ``on_data`` (the node: its
-    tunnel). ``after_relay_batch`` is called after data a stream (TCP/TLS) relay delivered
-    (the node flushes its data path there; a UDP relay's data arrives inside the endpoint's
-    batch, whose ``on_drained`` does that). ``on_gathered(round)`` is called when a gathering
+    ``options`` says what to gather; ``host`` is the machine (addresses, names, TURN
+    connections, and the random sources: ``host.rng`` for the agents' tie-breakers,
+    transaction ids and consent jitter, ``host.random_bytes`` for ICE credentials and STUN/TURN
+    transaction ids); ``credentials`` supplies TURN credentials for servers configured without
+    them. ``agent_config`` is the default agent configuration. ``relayed_wireguard(data,
+    peer)`` takes every WireGuard datagram a relay unwrapped instead of the sessions'
+    ``on_data`` (the node: its data path). ``after_relay_batch`` is called after data a stream
+    (TCP/TLS) relay delivered (the node flushes its data path there; a UDP relay's data
+    arrives inside the socket's batch, whose end does that). ``on_gathered(round)`` is called
+    when a gathering
     round finished, ``on_timer()`` whenever the agents' timer woke the node (the node piggybacks
     its suspend check on these wake-ups, which happen anyway while a peer is connected).
     """
 
     def __init__(
         self,
-        endpoints: Sequence[UdpEndpoint],
+        endpoints: Sequence[DatagramPort],
         options: GatherOptions,
         *,
+        host: Host,
         credentials: CredentialSource | None = None,
-        rng: RandomSource | None = None,
-        random_bytes: Callable[[int], bytes] = os.urandom,
         agent_config: AgentConfig | None = None,
-        claim_wireguard: bool = False,
-        on_relayed_data: Callable[[bytes, Address], None] | None = None,
+        relayed_wireguard: WireGuardReceiver | None = None,
         after_relay_batch: Callable[[], None] | None = None,
         on_gathered: Callable[[int], None] | None = None,
         list_addresses: AddressLister | None = None,
         on_timer: Callable[[], None] | None = None,
     ) -> None:
-        self.rng: RandomSource = rng if rng is not None else random_module.SystemRandom()
-        self.random_bytes = random_bytes
+        self.rng: RandomSource = host.rng
+        self.random_bytes = host.random_bytes
         self.agent_config = agent_config or AgentConfig()
         self.counters = TransportCounters()
-        self.on_relayed_data = on_relayed_data
         self.on_gathered = on_gathered
         self.on_timer = on_timer
-        self.mux = UdpMux(endpoints, on_ice=self._on_ice)
+        self.mux = UdpMux(endpoints, on_ice=self._on_ice, route_lookup=host.route_source)
         self.gatherer = Gatherer(
             self.mux,
             options,
+            host=host,
             credentials=credentials,
-            random=random_bytes,
             list_addresses=list_addresses,
             on_relay_data=self._on_relay_data,
+            relayed_wireguard=relayed_wireguard or self._relayed_to_session,
             after_relay_batch=after_relay_batch,
             on_relays_changed=self._relays_changed,
         )
-        if claim_wireguard:
-            for ep in self.mux.endpoints:
-                ep.set_handler(PacketKind.WIREGUARD, self._on_wireguard)
         self._sessions: list[IceSession] = []
         self._by_ufrag: dict[str, IceSession] = {}
         self._by_tid: OrderedDict[bytes, tuple[IceSession, float]] = OrderedDict()
@@ -854,19 +847,20 @@ class IceTransport:
             if not self.mux.deliver_transaction(view, relayed, source):
                 self._on_ice(view, relayed, source)
             return
-        if classify(data) is not PacketKind.WIREGUARD:
-            self.counters.relayed_other += 1
-            return
-        if self.on_relayed_data is not None:
-            self.on_relayed_data(data, peer)
-            return
+        self.counters.relayed_other += 1  # WireGuard went to the relay's WireGuard receiver
+
+    def _relayed_to_session(self, data: memoryview, peer: Address) -> None:
+        """Relayed WireGuard without a data path (probes, tests): to the session whose
+        selected pair has ``peer`` as its remote."""
         session = self._by_remote.get(peer)
         if session is None or session.on_data is None:
             self.counters.relayed_data_unrouted += 1
             return
-        session.on_data(session, data, peer)
+        session.on_data(session, bytes(data), peer)
 
-    def _on_wireguard(self, data: memoryview, src: Address) -> None:
+    def on_wireguard(self, data: memoryview, src: Address) -> None:
+        """A dispatcher's WireGuard handler for owners without a data path (probes, tests):
+        to the session whose selected pair has ``src`` as its remote."""
         session = self._by_remote.get(src)
         if session is None:
             try:

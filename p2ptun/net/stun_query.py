@@ -17,6 +17,7 @@ import trio
 from p2ptun.addr import Address, format_address
 from p2ptun.errors import DecodeError, RuntimeFailure
 from p2ptun.net.streams import resolve
+from p2ptun.net.system import SystemHost
 from p2ptun.stun import (
     ClientTransaction,
     Message,
@@ -136,9 +137,8 @@ async def query_mapped_address(
     Raises :class:`RuntimeFailure` with a one-line message on timeout, an error response,
     a connection failure or a name that does not resolve.
     """
-    kind = socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM
     with trio.move_on_after(timeout) as scope:
-        server = await resolve(host, port, kind)
+        server = await resolve(SystemHost(), host, port)
         if tcp:
             return await _query_tcp(server)
         return await _query_udp(server, timeout)

@@ -23,7 +23,6 @@ import fcntl
 import os
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 
 import trio
@@ -31,6 +30,7 @@ import trio
 from p2ptun.errors import RuntimeFailure
 from p2ptun.log import get_logger
 from p2ptun.net.offload import offload_wanted
+from p2ptun.net.ports import TunCounters
 
 log = get_logger("net.tun")
 
@@ -83,17 +83,6 @@ def validate_ifname(name: str) -> None:
         raise RuntimeFailure(
             f"invalid interface name {name!r}: no '/', ':', whitespace, '.' or '..'"
         )
-
-
-@dataclass
-class TunCounters:
-    """Packet counters for one TUN device."""
-
-    rx_packets: int = 0
-    rx_bytes: int = 0
-    tx_packets: int = 0
-    tx_bytes: int = 0
-    tx_dropped: int = 0
 
 
 class TunDevice:

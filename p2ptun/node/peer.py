@@ -20,8 +20,8 @@ gathering and the TURN relays, the agents' timer and their transmits):
    sends the peer's WireGuard datagrams over it — straight to the remote candidate
    (:meth:`WgTunnel.set_endpoint`), or through our TURN allocation
    (:meth:`WgTunnel.set_sender` with the relay's batch send; the session bound a channel, so
-   it goes as ChannelData, and what comes back on that channel goes straight to the tunnel,
-   :meth:`~p2ptun.net.turn_shared.TurnRelay.set_fast_receiver`). A
+   it goes as ChannelData; whatever WireGuard the relay unwraps goes to the data path, which
+   authenticates every datagram itself). A
    later selection (the agent moving from a relayed to a direct pair, or a restarted attempt)
    swaps that send function; the WireGuard session is not touched, so no new handshake and no
    lost TCP connection. A WireGuard handshake is started when a path appears and there is no
@@ -59,8 +59,8 @@ from typing import Any, Protocol
 
 import trio
 
-from p2ptun.addr import Address, format_address
-from p2ptun.config import PeerConfig
+from p2ptun.addr import format_address
+from p2ptun.config import IPNetwork, PeerConfig
 from p2ptun.errors import DecodeError, ProtocolError
 from p2ptun.ice import (
     AgentState,
@@ -85,8 +85,7 @@ from p2ptun.net.ice_transport import (
     SessionEvent,
 )
 from p2ptun.net.signaling import SignalingClient
-from p2ptun.net.turn_shared import TurnRelay
-from p2ptun.node.wgtunnel import WgTunnel, relay_source
+from p2ptun.node.wgtunnel import WgTunnel
 from p2ptun.signal.client import SignalReceived
 from p2ptun.signal.negotiation import NegotiationState
 from p2ptun.signal.seal import Answer, Bye, Candidates, Offer, Restart
@@ -170,14 +169,12 @@ class PeerSession:
         self.ctx = ctx
         self.config = config
         self.wg = wg
-        self.routes: list[str] = []
+        self.routes: list[IPNetwork] = []
         self.online: bool | None = None
         self.current: Attempt | None = None
         self.active: Attempt | None = None
         self.retired: list[Attempt] = []
         self.path: SelectedPair | None = None
-        #: The relay and remote whose ChannelData goes straight to the tunnel (a relayed path).
-        self._fast_path: tuple[TurnRelay, Address] | None = None
         self.ping_rtt: float | None = None
         self._wake = trio.Event()
         self._failures = 0
@@ -600,13 +597,10 @@ class PeerSession:
                 log.warning("selected relay is gone", peer=self.name)
                 self._clear_path()
                 return
-            # The session bound a channel to the remote: the data goes as ChannelData, and
-            # what comes back on it goes straight to WireGuard.
+            # The session bound a channel to the remote: the data goes as ChannelData.
             tunnel.set_sender(self.wg, partial(relay.send_batch, remote), remote)
-            self._set_fast_path(relay, remote)
         else:
             tunnel.set_endpoint(self.wg, remote)
-            self._set_fast_path(None, remote)
         self.path = pair
         now = trio.current_time()
         active = self.active
@@ -630,21 +624,6 @@ class PeerSession:
         if self.path is not None:
             self.path = None
             self.ctx.tunnel.set_endpoint(self.wg, None)
-        self._set_fast_path(None, None)
-
-    def _set_fast_path(self, relay: TurnRelay | None, remote: Address | None) -> None:
-        """Let ``relay`` hand WireGuard from ``remote`` straight to the tunnel (None: stop
-        the current one). The source named for the cookie logic is the one the slow way
-        through the ICE transport gives (the daemon's relayed-data handler)."""
-        old = self._fast_path
-        if old is not None:
-            old[0].set_fast_receiver(old[1], None)
-            self._fast_path = None
-        if relay is None or remote is None:
-            return
-        source = relay_source(remote)
-        relay.set_fast_receiver(remote, partial(self.ctx.tunnel.receive_datagram, source=source))
-        self._fast_path = (relay, remote)
 
     # -- status and ping --------------------------------------------------------------------
 
