@@ -35,7 +35,6 @@ import ipaddress
 import itertools
 import math
 import random
-import socket
 import struct
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -60,6 +59,7 @@ from p2ptun.net.ports import (
     TunCounters,
     UdpCounters,
 )
+from p2ptun.net.udp import family_of
 
 EPOCH = 1_780_000_000.0
 """The wall clock of every memory host at virtual time 0 (a date in 2026)."""
@@ -375,7 +375,7 @@ class MemoryDatagramPort:
         self.host = host
         self._ip = ip
         self._port = port
-        self.family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        self.family = family_of(ip)
         self.counters = UdpCounters()
         self._queue: deque[tuple[bytes, Address]] = deque()
         self._event = trio.Event()

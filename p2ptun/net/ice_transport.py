@@ -82,7 +82,6 @@ A sketch of a user (the probe's way; the node's is :mod:`p2ptun.node.peer`)::
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -105,6 +104,7 @@ from p2ptun.net.gather import (
 )
 from p2ptun.net.mux import UdpMux, normalize_address
 from p2ptun.net.ports import DatagramPort, Host
+from p2ptun.net.timer import CoreTimer
 from p2ptun.net.turn_relay import TurnRelay, WireGuardReceiver
 from p2ptun.stun import AttrType, Message, MessageClass, Method, is_stun
 from p2ptun.stun.credentials import short_term_key
@@ -605,7 +605,7 @@ class IceTransport:
         self._by_ufrag: dict[str, IceSession] = {}
         self._by_tid: OrderedDict[bytes, tuple[IceSession, float]] = OrderedDict()
         self._by_remote: dict[Address, IceSession] = {}
-        self._timer_scope: trio.CancelScope | None = None
+        self._timer = CoreTimer(self._earliest_wake, self._on_timeout)
         #: The latest gathering round: its number, candidates so far, whether it finished.
         #: Round 1 is due as soon as :meth:`run` starts.
         self.round = 1
@@ -627,7 +627,7 @@ class IceTransport:
         path runs them.)"""
         async with trio.open_nursery() as nursery:
             await nursery.start(self.gatherer.run)
-            nursery.start_soon(self._timer_loop)
+            nursery.start_soon(self._timer.run)
             nursery.start_soon(self._gather_loop)
             self._running = True
             try:
@@ -726,8 +726,7 @@ class IceTransport:
             if self._by_remote.get(remote) is session:
                 del self._by_remote[remote]
         session._wake = None
-        if self._timer_scope is not None:
-            self._timer_scope.deadline = self._earliest_wake()
+        self._timer.rearm()
 
     def _register_ufrag(self, session: IceSession, ufrag: str) -> None:
         other = self._by_ufrag.get(ufrag)
@@ -766,16 +765,17 @@ class IceTransport:
                     return
         wake = agent.next_wakeup()
         before, session._wake = session._wake, wake
-        scope = self._timer_scope
-        if scope is None:
+        timer = self._timer
+        deadline = timer.deadline
+        if deadline is None:
             return
-        if wake is not None and wake < scope.deadline:
-            scope.deadline = wake
-        elif before is not None and before <= scope.deadline and (wake is None or wake > before):
+        if wake is not None and wake < deadline:
+            timer.pull_earlier(wake)
+        elif before is not None and before <= deadline and (wake is None or wake > before):
             # This session armed the timer and now wants it later (a consent response ended
             # the retransmission schedule): sleep until the next deadline that is still due
             # instead of waking for nothing.
-            scope.deadline = self._earliest_wake()
+            timer.rearm()
 
     def _transmit(
         self,
@@ -923,28 +923,22 @@ class IceTransport:
             if self.on_gathered is not None:
                 self.on_gathered(round_number)
 
-    def _earliest_wake(self) -> float:
-        return min((s._wake for s in self._sessions if s._wake is not None), default=math.inf)
+    def _earliest_wake(self) -> float | None:
+        return min((s._wake for s in self._sessions if s._wake is not None), default=None)
 
-    async def _timer_loop(self) -> None:
-        while True:
-            with trio.move_on_at(self._earliest_wake()) as scope:
-                self._timer_scope = scope
-                await trio.sleep_forever()
-            self._timer_scope = None
-            self.counters.timer_wakeups += 1
-            if self.on_timer is not None:
-                self.on_timer()
-            now = trio.current_time()
-            for session in list(self._sessions):
-                wake = session._wake
-                if wake is None or wake > now or session._closed:
-                    continue
-                session.agent.handle_timeout(now)
-                self._pump(session)
-                if session._wake is not None and session._wake <= now:
-                    self.counters.stale_wakeups += 1
-                    session._wake = now + MIN_TIMER_STEP
+    def _on_timeout(self, now: float) -> None:
+        self.counters.timer_wakeups += 1
+        if self.on_timer is not None:
+            self.on_timer()
+        for session in list(self._sessions):
+            wake = session._wake
+            if wake is None or wake > now or session._closed:
+                continue
+            session.agent.handle_timeout(now)
+            self._pump(session)
+            if session._wake is not None and session._wake <= now:
+                self.counters.stale_wakeups += 1
+                session._wake = now + MIN_TIMER_STEP
 
 
 def relay_types(pair: SelectedPair) -> tuple[str, str]:

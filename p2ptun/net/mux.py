@@ -34,7 +34,8 @@ from typing import Protocol
 from p2ptun.addr import Address, format_address
 from p2ptun.errors import RuntimeFailure
 from p2ptun.net.ports import DatagramPort
-from p2ptun.net.system import family_of, route_source
+from p2ptun.net.system import route_source
+from p2ptun.net.udp import family_of
 
 #: ``handler(data, local, remote)``: a STUN datagram, the local base it arrived on, its source.
 #: ``data`` is only valid during the call (copy it to keep it).

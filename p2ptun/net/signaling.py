@@ -30,6 +30,7 @@ import trio
 from p2ptun.log import get_logger
 from p2ptun.net import keepalive
 from p2ptun.net.ports import Host
+from p2ptun.net.timer import CoreTimer
 from p2ptun.net.wakeup import Wakeup
 from p2ptun.signal.backoff import BackoffPolicy
 from p2ptun.signal.channel import ChannelLimits
@@ -93,6 +94,9 @@ class SignalingClient:
         self._events_send, self.events = trio.open_memory_channel[ClientEvent](buffer)
         self.dropped_events = 0
         self._timer = Wakeup()
+        """Wakes :meth:`run` between connections (a deadline moved, or stop)."""
+        self._core_timer = CoreTimer(self.core.next_wakeup, self._on_timeout)
+        """The core's timers while connected."""
         self._writer = Wakeup()
         self._changed = trio.Event()
         self._conn_scope: trio.CancelScope | None = None
@@ -128,6 +132,7 @@ class SignalingClient:
                 self._turn_unavailable += 1
         self._writer.set()
         self._timer.set()
+        self._core_timer.rearm()
         self._changed.set()
         self._changed = trio.Event()
         if not self.core.connected and self._conn_scope is not None:
@@ -186,7 +191,7 @@ class SignalingClient:
                     self._after()
                     nursery.start_soon(self._read, stream)
                     nursery.start_soon(self._write, stream)
-                    nursery.start_soon(self._timers)
+                    nursery.start_soon(self._core_timer.run)
             finally:
                 self._conn_scope = None
                 if self.core.connected:
@@ -221,14 +226,9 @@ class SignalingClient:
                 continue
             await self._writer.wait()
 
-    async def _timers(self) -> None:
-        while True:
-            deadline = self.core.next_wakeup()
-            with trio.move_on_at(deadline if deadline is not None else math.inf):
-                await self._timer.wait()
-                continue
-            self.core.handle_timeout(trio.current_time())
-            self._after()
+    def _on_timeout(self, now: float) -> None:
+        self.core.handle_timeout(now)
+        self._after()
 
     # -- the daemon's API ------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from p2ptun.addr import Address, format_address
 from p2ptun.errors import DecodeError, RuntimeFailure
 from p2ptun.net.streams import resolve
 from p2ptun.net.system import SystemHost
+from p2ptun.net.udp import family_of
 from p2ptun.stun import (
     ClientTransaction,
     Message,
@@ -52,7 +53,7 @@ def _mapped(outcome: TransactionOutcome[None], server: Address) -> Address:
 
 
 async def _query_udp(server: Address, timeout: float) -> Address:
-    family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
+    family = family_of(server[0])
     sock = trio.socket.socket(family, socket.SOCK_DGRAM)
     with sock:
         await sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))

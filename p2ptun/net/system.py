@@ -35,23 +35,17 @@ from p2ptun.net.ports import (
     TunPort,
 )
 from p2ptun.net.tun import TunDevice
-from p2ptun.net.udp import UdpEndpoint, open_endpoints, receive_buffers
+from p2ptun.net.udp import UdpEndpoint, family_of, open_endpoints, receive_buffers
 
 #: Pending connections a TCP listener queues before the kernel refuses more.
 LISTEN_BACKLOG = 128
-
-
-def family_of(host: str) -> socket.AddressFamily:
-    """The socket family of an IP literal (``AF_INET6`` for IPv6)."""
-    version = ipaddress.ip_address(host.split("%", 1)[0]).version
-    return socket.AF_INET6 if version == 6 else socket.AF_INET
 
 
 def route_source(remote_ip: str) -> str | None:
     """The local address the kernel sends from towards ``remote_ip`` (no packet is sent), or
     None without a route."""
     try:
-        family = family_of(remote_ip)
+        family = family_of(remote_ip.split("%", 1)[0])
         with socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as probe:
             probe.connect((remote_ip, 9))
             return str(ipaddress.ip_address(probe.getsockname()[0].split("%", 1)[0]))
@@ -223,4 +217,4 @@ class SystemHost:
         return self._rng
 
 
-__all__ = ["SystemHost", "SystemListener", "family_of", "route_source"]
+__all__ = ["SystemHost", "SystemListener", "route_source"]

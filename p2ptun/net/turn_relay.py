@@ -44,7 +44,6 @@ dropped here instead of asking for the same permission on every packet.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -58,6 +57,7 @@ from p2ptun.log import get_logger
 from p2ptun.net.mux import UdpMux, normalize_address
 from p2ptun.net.ports import Host
 from p2ptun.net.streams import open_stream
+from p2ptun.net.timer import CoreTimer
 from p2ptun.stun import channel_data_end, channel_data_header
 from p2ptun.turn.client import (
     AllocationFailed,
@@ -169,7 +169,7 @@ class TurnRelay:
         self._ended = trio.Event()
         self._close_requested = trio.Event()
         self._abandoned = False
-        self._timer_scope: trio.CancelScope | None = None
+        self._timer = CoreTimer(client.next_wakeup, self._on_timeout)
         self._forbidden: set[str] = set()
         self._channel_peers: dict[int, Address] = {}
         """Bound channel number -> its peer (what arrives on it goes to :attr:`wireguard`)."""
@@ -466,7 +466,7 @@ class TurnRelay:
                         f"{self.transport} within {timeout:g} s"
                     )
                 if error is None:
-                    nursery.start_soon(self._timer)
+                    nursery.start_soon(self._timer.run)
                     self.client.allocate(trio.current_time())
                     self._pump()
                     with trio.move_on_after(timeout):
@@ -596,10 +596,8 @@ class TurnRelay:
         # New requests always come with a transmit, so a step without output never needs an
         # earlier wake-up; a later one only costs one early wake (the timer re-computes).
         # Relayed data alone (the bulk path) changes no timer of the client: no re-arm.
-        scope = self._timer_scope
-        if busy and scope is not None:
-            wake = client.next_wakeup()
-            scope.deadline = math.inf if wake is None else wake
+        if busy:
+            self._timer.rearm()
 
     def _update_channels(self) -> None:
         """Rebuild the channel -> peer table from the client's bound channels."""
@@ -642,15 +640,9 @@ class TurnRelay:
         if self.on_event is not None:
             self.on_event(self, event)
 
-    async def _timer(self) -> None:
-        while True:
-            wake = self.client.next_wakeup()
-            with trio.move_on_at(math.inf if wake is None else wake) as scope:
-                self._timer_scope = scope
-                await trio.sleep_forever()
-            self._timer_scope = None
-            self.client.handle_timeout(trio.current_time())
-            self._pump()
+    def _on_timeout(self, now: float) -> None:
+        self.client.handle_timeout(now)
+        self._pump()
 
     async def _read_stream(self) -> None:
         stream = self._stream

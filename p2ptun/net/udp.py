@@ -31,7 +31,7 @@ from types import TracebackType
 
 import trio
 
-from p2ptun.addr import Address
+from p2ptun.addr import Address, is_ipv6
 from p2ptun.errors import RuntimeFailure
 from p2ptun.log import get_logger
 from p2ptun.net.offload import (
@@ -506,6 +506,11 @@ def _send_run(
     if count > 1:
         counters.tx_gso_sends += 1
     return count
+
+
+def family_of(host: str) -> socket.AddressFamily:
+    """The socket family of the IP literal ``host``."""
+    return socket.AF_INET6 if is_ipv6(host) else socket.AF_INET
 
 
 def family_supported(family: socket.AddressFamily) -> bool:

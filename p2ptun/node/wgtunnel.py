@@ -11,8 +11,9 @@
   :class:`~p2ptun.net.dispatch.Dispatcher`, which calls :meth:`WgTunnel.on_datagram` for each
   WireGuard datagram; at the end of the batch (:meth:`WgTunnel.udp_drained`) the decrypted
   packets go to the TUN device and handshake replies to the peer.
-* **Timers**: one task sleeps in :func:`trio.move_on_at` until :meth:`Device.next_wakeup`; the
-  data path pulls that deadline earlier when a packet arms a sooner timer.
+* **Timers**: one :class:`~p2ptun.net.timer.CoreTimer` sleeps until
+  :meth:`Device.next_wakeup`; the data path pulls that deadline earlier when a packet arms a
+  sooner timer.
 * **Offloads** (:mod:`p2ptun.net.offload`, each probed, ``P2PTUN_OFFLOAD=off`` for none): with
   a virtio header on the TUN device, a TCP super-packet read from it is cut into segments
   before encryption (TSO), and the decrypted segments of a batch are merged back into
@@ -35,9 +36,7 @@ the tunnel in either direction get their MSS option clamped (:mod:`p2ptun.node.m
 
 from __future__ import annotations
 
-import math
 import mmap
-import socket
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from types import TracebackType
@@ -58,8 +57,9 @@ from p2ptun.net.offload import (
     segment_tcp,
 )
 from p2ptun.net.ports import DatagramPort, TunPort
+from p2ptun.net.timer import CoreTimer
 from p2ptun.net.tun import MAX_PACKET
-from p2ptun.net.udp import DEFAULT_BATCH
+from p2ptun.net.udp import DEFAULT_BATCH, family_of
 from p2ptun.node.mss import clamp_mss
 from p2ptun.wireguard import (
     Device,
@@ -191,7 +191,7 @@ class WgTunnel:
         self._initiation_unsent: set[Peer] = set()
         self._wrote_tun = False
         self._rx_now: float | None = None
-        self._timer_scope: trio.CancelScope | None = None
+        self._timer = CoreTimer(device.next_wakeup, self._on_timeout)
         self._relay_sources: dict[Address, bytes] = {}
 
     # -- construction and lifetime -------------------------------------------------------------
@@ -273,7 +273,7 @@ class WgTunnel:
         """Move packets until cancelled (or until the TUN device or sockets are closed)."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._tun_loop)
-            nursery.start_soon(self._timer_loop)
+            nursery.start_soon(self._timer.run)
             task_status.started()
 
     async def _tun_loop(self) -> None:
@@ -415,18 +415,11 @@ class WgTunnel:
             else:
                 self.counters.replies_dropped += 1
 
-    async def _timer_loop(self) -> None:
-        device = self.device
-        while True:
-            wake = device.next_wakeup()
-            with trio.move_on_at(math.inf if wake is None else wake) as scope:
-                self._timer_scope = scope
-                await trio.sleep_forever()
-            self._timer_scope = None
-            self.counters.timer_runs += 1
-            for peer in device.handle_timeout(trio.current_time()):
-                self._touched[peer] = None
-            self._flush_touched()
+    def _on_timeout(self, now: float) -> None:
+        self.counters.timer_runs += 1
+        for peer in self.device.handle_timeout(now):
+            self._touched[peer] = None
+        self._flush_touched()
 
     # -- output --------------------------------------------------------------------------------
 
@@ -435,7 +428,7 @@ class WgTunnel:
         touched = self._touched
         if not touched:
             return
-        scope = self._timer_scope
+        pull_earlier = self._timer.pull_earlier
         for peer in touched:
             datagrams = peer.pop_datagrams()
             if datagrams:
@@ -454,10 +447,9 @@ class WgTunnel:
                 self._write_packets(packets)
             for event in peer.pop_events():
                 self._on_event(peer, event)
-            if scope is not None:
-                wake = peer.next_wakeup()
-                if wake is not None and wake < scope.deadline:
-                    scope.deadline = wake
+            wake = peer.next_wakeup()
+            if wake is not None:
+                pull_earlier(wake)
         touched.clear()
 
     def _write_packets(self, packets: list[bytes]) -> None:
@@ -490,7 +482,7 @@ class WgTunnel:
         self.counters.gro_segments = coalescer.merged
 
     def _send_batch(self, datagrams: list[bytes], addr: Address) -> None:
-        family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
+        family = family_of(addr[0])
         ep = self._by_family.get(family)
         if ep is None:
             self.counters.tx_no_socket += len(datagrams)
@@ -498,7 +490,7 @@ class WgTunnel:
             ep.send_batch(datagrams, addr)
 
     def _send(self, datagram: bytes, addr: Address) -> None:
-        family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
+        family = family_of(addr[0])
         ep = self._by_family.get(family)
         if ep is None:
             self.counters.tx_no_socket += 1

@@ -11,14 +11,13 @@ Entry point for the rendezvous main: :func:`serve_signaling`.
 
 from __future__ import annotations
 
-import math
-
 import trio
 
 from p2ptun.addr import format_address
 from p2ptun.config import RendezvousConfig, TurnServerSettings
 from p2ptun.log import get_logger
 from p2ptun.net.ports import Connection, Host, Listener
+from p2ptun.net.timer import CoreTimer
 from p2ptun.net.wakeup import Wakeup
 from p2ptun.rendezvous.store import RegistrationStore, SqliteStore
 from p2ptun.signal.hub import ServerLimits, SignalingServerCore, TurnIssuer
@@ -72,9 +71,7 @@ class SignalingServer:
         self.shutdown_grace = shutdown_grace
         self.address: tuple[str, int] | None = None
         self._wakeups: dict[int, Wakeup] = {}
-        self._timer_scope: trio.CancelScope | None = None
-        #: Times the timer task woke and ran the core's timeouts (tests count them).
-        self.timer_runs = 0
+        self._timer = CoreTimer(core.next_wakeup, self._on_timeout)
         self._next_id = 0
         self._scope = trio.CancelScope()
         self._run_scope = trio.CancelScope()
@@ -87,12 +84,7 @@ class SignalingServer:
             wakeup = self._wakeups.get(conn_id)
             if wakeup is not None:
                 wakeup.set()
-        scope = self._timer_scope
-        if scope is not None:
-            wake = self.core.next_wakeup()
-            deadline = math.inf if wake is None else wake
-            if deadline != scope.deadline:
-                scope.deadline = deadline
+        self._timer.rearm()
 
     async def run(self, *, task_status: trio.TaskStatus[SignalingServer]) -> None:
         ip, port = self.listen
@@ -121,7 +113,7 @@ class SignalingServer:
         with self._scope:
             self._scope.shield = True
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._timer_loop)
+                nursery.start_soon(self._timer.run)
                 for listener in self._listeners:
                     nursery.start_soon(self._accept_loop, listener, nursery)
 
@@ -149,16 +141,14 @@ class SignalingServer:
         except (trio.ClosedResourceError, OSError):
             return
 
-    async def _timer_loop(self) -> None:
-        while True:
-            wake = self.core.next_wakeup()
-            with trio.move_on_at(math.inf if wake is None else wake) as scope:
-                self._timer_scope = scope
-                await trio.sleep_forever()
-            self._timer_scope = None
-            self.timer_runs += 1
-            self.core.handle_timeout(trio.current_time())
-            self._kick()
+    @property
+    def timer_runs(self) -> int:
+        """Times the timer woke and ran the core's timeouts (tests count them)."""
+        return self._timer.runs
+
+    def _on_timeout(self, now: float) -> None:
+        self.core.handle_timeout(now)
+        self._kick()
 
     async def _handle(self, conn: Connection) -> None:
         self._next_id += 1

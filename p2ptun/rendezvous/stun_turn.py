@@ -48,6 +48,7 @@ from p2ptun.config import StunServerSettings, TurnServerSettings
 from p2ptun.errors import ConfigError, RuntimeFailure
 from p2ptun.log import get_logger
 from p2ptun.net.ports import Connection, DatagramPort, Host, Listener
+from p2ptun.net.timer import CoreTimer
 from p2ptun.stun import (
     channel_data_end,
     channel_data_frame_length,
@@ -146,9 +147,7 @@ class StunTurnService:
         self._relays: dict[Address, DatagramPort] = {}
         self._channel_heads: dict[int, bytes] = {}
         self._nursery: trio.Nursery | None = None
-        self._timer_scope: trio.CancelScope | None = None
-        #: Times the timer task woke and ran the core's expiries (tests count them).
-        self.timer_runs = 0
+        self._timer = CoreTimer(turn.next_wakeup, self._on_timeout) if turn is not None else None
 
     # -- construction ------------------------------------------------------------------------
 
@@ -217,8 +216,8 @@ class StunTurnService:
                     nursery.start_soon(self._accept_loop, listener, Transport.TCP)
                 for _addr, listener in self._tls:
                     nursery.start_soon(self._accept_loop, listener, Transport.TLS)
-                if self.turn is not None:
-                    nursery.start_soon(self._timer_loop)
+                if self._timer is not None:
+                    nursery.start_soon(self._timer.run)
         finally:
             self._nursery = None
             self.close()
@@ -433,17 +432,8 @@ class StunTurnService:
                 self._send_gathered(to_peers, to_clients)
                 self._close_relay(out.relay)
         self._send_gathered(to_peers, to_clients)
-        self._rearm()
-
-    def _rearm(self) -> None:
-        """Move the timer's deadline to the core's next wake-up if that changed."""
-        scope = self._timer_scope
-        if scope is None or self.turn is None:
-            return
-        wake = self.turn.next_wakeup()
-        deadline = math.inf if wake is None else wake
-        if deadline != scope.deadline:
-            scope.deadline = deadline
+        if self._timer is not None:
+            self._timer.rearm()
 
     def _send_gathered(
         self,
@@ -473,19 +463,16 @@ class StunTurnService:
             self.counters.relay_send_failed += counters.tx_dropped - before
         to_peers.clear()
 
-    async def _timer_loop(self) -> None:
-        turn = self.turn
-        assert turn is not None
-        while True:
-            wake = turn.next_wakeup()
-            with trio.move_on_at(math.inf if wake is None else wake) as scope:
-                self._timer_scope = scope
-                await trio.sleep_forever()
-            self._timer_scope = None
-            self.timer_runs += 1
-            outputs = turn.handle_timeout(trio.current_time())
-            if outputs:
-                self._dispatch(outputs)
+    @property
+    def timer_runs(self) -> int:
+        """Times the timer woke and ran the core's expiries (tests count them)."""
+        return 0 if self._timer is None else self._timer.runs
+
+    def _on_timeout(self, now: float) -> None:
+        assert self.turn is not None
+        outputs = self.turn.handle_timeout(now)
+        if outputs:
+            self._dispatch(outputs)
 
 
 class _ClientReceiver:

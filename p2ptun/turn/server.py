@@ -53,7 +53,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
-from p2ptun.addr import Address, format_address
+from p2ptun.addr import Address, format_address, is_ipv6
 from p2ptun.log import get_logger
 from p2ptun.stun import (
     AddressErrorValue,
@@ -335,7 +335,7 @@ class _Reject(Exception):
 
 
 def _family_of(host: str) -> int:
-    return AddressFamily.IPV6 if ":" in host else AddressFamily.IPV4
+    return AddressFamily.IPV6 if is_ipv6(host) else AddressFamily.IPV4
 
 
 # -- the server ------------------------------------------------------------------------------
