@@ -1,4 +1,4 @@
-"""The ``p2ptun`` command (ARCHITECTURE.md §3).
+"""The ``p2ptun`` command (docs/ARCHITECTURE.md §3).
 
 Exit codes: 0 success, 2 bad usage or bad config (one line on stderr), 1 runtime failure.
 Every expected failure is a :class:`~p2ptun.errors.P2ptunError` (one line, its exit code), or a

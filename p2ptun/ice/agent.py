@@ -380,7 +380,7 @@ class IceAgent:
     """An ICE agent for one component over UDP (RFC 8445); see the module docstring.
 
     ``credentials`` are the local ufrag/pwd, ``controlling`` the initial role (the offerer
-    controls, ARCHITECTURE.md §2), ``rng`` the injected random source (tie-breaker,
+    controls, docs/ARCHITECTURE.md §2), ``rng`` the injected random source (tie-breaker,
     transaction ids, consent jitter), ``lite`` makes this an ICE-lite agent (§2.5).
     """
 

@@ -238,7 +238,7 @@ def lite_lite_pair(checklist: CheckList, remote_complete: bool) -> CheckPair | N
 def role_facing(controlling: bool, *, lite: bool, peer_lite: bool) -> bool:
     """Our role once we know whether the peer is lite (RFC 8445 §6.1.1): a full agent facing a
     lite one controls, a lite agent facing a full one is controlled; otherwise the role stays
-    (the offerer controls, ARCHITECTURE.md §2)."""
+    (the offerer controls, docs/ARCHITECTURE.md §2)."""
     if peer_lite and not lite:
         return True
     if lite and not peer_lite:

@@ -107,7 +107,7 @@ class IssuedCredentials:
 
 
 #: ``credentials(server)``: the credentials for a TURN server configured without them
-#: (rendezvous-issued, ARCHITECTURE.md §2), or None if there are none; may raise
+#: (rendezvous-issued, docs/ARCHITECTURE.md §2), or None if there are none; may raise
 #: :class:`RuntimeFailure` with the reason.
 CredentialSource = Callable[[TurnServerConfig], Awaitable[IssuedCredentials | None]]
 #: ``list_addresses()``: the host addresses to use, most preferred first per family (tests

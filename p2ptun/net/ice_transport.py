@@ -4,7 +4,7 @@ sockets, one per :class:`IceSession`.
 One :class:`IceTransport` per node owns
 
 - the :class:`~p2ptun.net.mux.UdpMux` on the node's UDP endpoints (one per address
-  family, ARCHITECTURE.md §2) and the :class:`~p2ptun.net.gather.Gatherer` with its TURN
+  family, docs/ARCHITECTURE.md §2) and the :class:`~p2ptun.net.gather.Gatherer` with its TURN
   allocations: local candidates belong to the node and every agent uses them;
 - the :class:`IceSession` s (:meth:`IceTransport.open_session`), each wrapping an
   :class:`~p2ptun.ice.agent.IceAgent`: one per peer that restarts in place
@@ -696,7 +696,7 @@ class IceTransport:
         credentials: IceCredentials | None = None,
         follow_rounds: bool = False,
     ) -> IceSession:
-        """A new agent for peer ``name`` (controlling: we sent the offer, ARCHITECTURE.md §2),
+        """A new agent for peer ``name`` (controlling: we sent the offer, docs/ARCHITECTURE.md §2),
         with the node's candidates gathered so far; signal its :meth:`~IceSession.
         local_description`. Events of the initial candidates are not emitted (they are in the
         description); later ones are, and with ``follow_rounds`` those of later rounds too."""

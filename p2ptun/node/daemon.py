@@ -1,4 +1,4 @@
-"""The node daemon, ``p2ptun up -c FILE`` (ARCHITECTURE.md §1, §3, §4).
+"""The node daemon, ``p2ptun up -c FILE`` (docs/ARCHITECTURE.md §1, §3, §4).
 
 One trio nursery owns everything the node runs:
 
@@ -220,7 +220,7 @@ class NodeDaemon:
 
     def regather(self, reason: str) -> bool:
         """A peer's path lost consent: our candidates may be stale (a NAT renumbered or lost
-        its mappings, which no netlink event tells). Gather again (ARCHITECTURE.md §4);
+        its mappings, which no netlink event tells). Gather again (docs/ARCHITECTURE.md §4);
         when the round is done the peers waiting for it restart (:meth:`_round_done`).
         Returns False when the candidates were gathered a moment ago (restart now)."""
         transport = self.transport
@@ -511,7 +511,7 @@ class NodeDaemon:
 
     async def _watch_suspend(self) -> None:
         """A resume from suspend leaves every binding stale without any netlink event
-        (ARCHITECTURE.md §4): treat it like a network change. The clocks are sampled on the
+        (docs/ARCHITECTURE.md §4): treat it like a network change. The clocks are sampled on the
         ICE timer's wake-ups (:meth:`_check_suspend`); this loop only bounds the gap when no
         peer is connected, so it adds one wake-up a minute."""
         while True:
@@ -689,7 +689,7 @@ class NodeDaemon:
         return "connected" if client is not None and client.ready else "disconnected"
 
     def status(self) -> dict[str, Any]:
-        """The status object of ARCHITECTURE.md §3: ``{"node": {...}, "peers": [...]}``."""
+        """The status object of docs/ARCHITECTURE.md §3: ``{"node": {...}, "peers": [...]}``."""
         now = trio.current_time()
         cfg = self.config
         return {

@@ -8,7 +8,7 @@ gathering and the TURN relays, the agents' timer and their transmits):
 1. **Offer/answer** through the rendezvous (:class:`~p2ptun.net.signaling.SignalingClient`):
    at start the node offers (ICE-controlling); an offer that arrives is answered
    (ICE-controlled). When both offer at once the signaling core applies the glare rule
-   (smaller public key wins, ARCHITECTURE.md §2) and tells the loser which of its sessions
+   (smaller public key wins, docs/ARCHITECTURE.md §2) and tells the loser which of its sessions
    was superseded. An offer to a peer that is offline waits for its presence.
 2. **ICE**: each offer or answer creates an :class:`Attempt` — a fresh
    :class:`~p2ptun.net.ice_transport.IceSession` (one sans-I/O agent with new credentials,
@@ -32,7 +32,7 @@ gathering and the TURN relays, the agents' timer and their transmits):
    consent suspect on the active pair (restart early), consent expired (stop sending on that
    pair at once, restart), a network change (:meth:`PeerSession.restart` from the daemon once
    the transport regathered), an attempt that failed (retry with backoff), an offer nobody
-   answered. Consent loss first asks the node to regather (ARCHITECTURE.md §4): our NAT may
+   answered. Consent loss first asks the node to regather (docs/ARCHITECTURE.md §4): our NAT may
    have changed its address or dropped its mappings, which no local network event tells. The
    restart waits for that round (at most :data:`REGATHER_WAIT`): an offer or answer with a
    stale server-reflexive candidate gets stuck, because the fresh one the peer learns later
@@ -640,7 +640,7 @@ class PeerSession:
         return "connecting"
 
     def status(self, now: float) -> dict[str, Any]:
-        """This peer's entry in the status object (ARCHITECTURE.md §3)."""
+        """This peer's entry in the status object (docs/ARCHITECTURE.md §3)."""
         pair = self.path
         active = self.active
         last = self.wg.last_handshake

@@ -27,7 +27,7 @@ def stun(msg_type: int = 0x0001, body: bytes = b"") -> bytes:
 
 
 def reference_classify(data: bytes) -> PacketKind:
-    """The rule of ARCHITECTURE.md §2, written independently of the implementation."""
+    """The rule of docs/ARCHITECTURE.md §2, written independently of the implementation."""
     if len(data) >= 20 and data[0] in (0, 1, 2, 3) and data[4:8] == b"\x21\x12\xa4\x42":
         return PacketKind.STUN
     if len(data) >= 4 and data[0] >> 4 == 4:
