@@ -16,8 +16,8 @@ address is bound (or the start fails with one clear line) before anything is ser
   allocation ends with it.
 - One UDP relay socket per allocation, bound where the core asks (through the
   :class:`~p2ptun.net.ports.Host`); each socket's task wakes once per readiness and drains it
-  into buffers shared by every relay socket (no per-packet channel hops, no buffers per
-  allocation).
+  into receive buffers shared by every UDP socket of the service (no per-packet channel hops,
+  no buffers per allocation).
 - Every UDP socket is a :class:`~p2ptun.net.ports.DatagramPort` drained by the endpoint's own
   loop; what the batch holds goes to a receiver of this shell (:class:`_ClientReceiver` on a
   listener, :class:`_PeerReceiver` on a relay socket), which relays the batch at its end.
@@ -172,7 +172,9 @@ class StunTurnService:
         tls: list[tuple[Address, Listener]] = []
         try:
             for ip, port in stun.listen:
-                udp.append(((ip, port), host.bind_datagram(ip, port)))
+                # Every receiver of this shell relays its batch before it yields: the
+                # listeners and the relay sockets can share one set of receive buffers.
+                udp.append(((ip, port), host.bind_datagram(ip, port, shared_buffers=True)))
             for ip, port in stun.listen:
                 tcp.append(((ip, port), await host.listen_tcp(ip, port)))
             for ip, port in turn.tls_listen if turn is not None else ():
