@@ -941,11 +941,6 @@ class IceTransport:
                 session._wake = now + MIN_TIMER_STEP
 
 
-def relay_types(pair: SelectedPair) -> tuple[str, str]:
-    """``(local type, remote type)`` of a selected pair, e.g. ``("srflx", "host")``."""
-    return pair.local.type.value, pair.remote.type.value
-
-
 def is_direct(pair: SelectedPair) -> bool:
     """Neither side of the pair is a relayed candidate."""
     return CandidateType.RELAY not in (pair.local.type, pair.remote.type)
@@ -962,6 +957,5 @@ __all__ = [
     "SessionEvent",
     "TransportCounters",
     "is_direct",
-    "relay_types",
     "stun_username",
 ]

@@ -22,7 +22,7 @@ import errno
 import fcntl
 import os
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from types import TracebackType
 
 import trio
@@ -289,10 +289,6 @@ class TunDevice:
         self.counters.tx_packets += 1
         self.counters.tx_bytes += n
         return True
-
-    def write_batch(self, packets: Iterable[bytes | bytearray | memoryview]) -> int:
-        """Write each packet with :meth:`write`; returns how many the kernel accepted."""
-        return sum(1 for packet in packets if self.write(packet))
 
     # -- offloads --------------------------------------------------------------------------
 

@@ -389,31 +389,6 @@ class UdpEndpoint:
             self._sock, datagrams, addr, self.counters, gso=self.gso, prefixes=prefixes
         )
 
-    def send_many(self, datagrams: Iterable[tuple[bytes | bytearray | memoryview, Address]]) -> int:
-        """Send each ``(data, addr)``; returns how many were sent."""
-        sent = 0
-        for data, addr in datagrams:
-            sent += self.send(data, addr)
-        return sent
-
-    async def send_wait(self, data: bytes | bytearray | memoryview, addr: Address) -> bool:
-        """Like :meth:`send`, but when the socket buffer is full wait (once) until it is not.
-
-        For control traffic that should not be dropped lightly; the data path uses
-        :meth:`send`.
-        """
-        await trio.lowlevel.checkpoint_if_cancelled()
-        try:
-            n = self._sock.sendto(data, addr)
-        except BlockingIOError:
-            await trio.lowlevel.wait_writable(self._sock)
-            return self.send(data, addr)
-        except OSError:
-            return self.send(data, addr)  # counts the drop or raises
-        self.counters.tx_packets += 1
-        self.counters.tx_bytes += n
-        return True
-
 
 def send_datagrams(
     sock: socket.socket,

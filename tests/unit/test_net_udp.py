@@ -327,14 +327,14 @@ async def test_unhandled_kind_is_dropped() -> None:
         assert got == [b"\x4f\xff\x00\x00"]
 
 
-async def test_send_and_send_wait() -> None:
+async def test_send() -> None:
     with UdpEndpoint.bind(socket.AF_INET, "127.0.0.1", 0) as ep, client_socket() as client:
         client.setblocking(False)
         dest = client.getsockname()
         assert ep.send(b"one", dest)
         assert ep.send(bytearray(b"two"), dest)
-        assert await ep.send_wait(memoryview(b"three"), dest)
-        assert ep.send_many([(b"four", dest), (b"five", dest)]) == 2
+        assert ep.send(memoryview(b"three"), dest)
+        assert ep.send_batch([b"four", b"five"], dest) == 2
         got: list[bytes] = []
         with trio.fail_after(5):
             while len(got) < 5:
