@@ -104,8 +104,10 @@ Behaviour, with the RFC sections implemented
 - Consent (RFC 7675, :mod:`p2ptun.ice.consent`): on the selected pair, checks every 4–6 s
   (sent together with the answer to the peer's check when that falls in the window),
   :class:`ConsentSuspect` after two unanswered ones, :class:`ConsentExpired` 30 s after the
-  last response and :meth:`can_send` false from then on. Peers' consent checks are answered as
-  any check.
+  last response and :meth:`can_send` false from then on. :meth:`probe_consent` checks the
+  pair at once with a short burst (the node's fast failure detection) and reports
+  :class:`ConsentLost` within a fraction of a second if nothing answers. Peers' consent
+  checks are answered as any check.
 - ICE restart (§9): :meth:`restart` starts a new generation (new credentials, empty candidate
   lists, new check list; the shell re-gathers). The old selected pair stays selected, keeps
   its consent checks (with the old credentials) and keeps answering the peer's old-credential
@@ -153,6 +155,7 @@ from p2ptun.ice.events import (
     AgentState,
     BetterPairAvailable,
     ConsentExpired,
+    ConsentLost,
     ConsentRestored,
     ConsentSuspect,
     GenerationFailed,
@@ -243,6 +246,10 @@ class AgentConfig:
     direct_retry_rounds: int = 8
     #: Controlling agent: nominate a direct pair that succeeds while relayed.
     renominate: bool = True
+    #: Controlling agent: nominate a relayed best pair at once (it carries data while direct
+    #: pairs are still checked, and renomination moves to one that succeeds) instead of
+    #: waiting ``nomination_delay`` for them. Needs ``renominate``.
+    relay_first: bool = False
     #: SOFTWARE attribute in our responses (None: none).
     software: str | None = None
 
@@ -402,7 +409,11 @@ class IceAgent:
         self.stats = IceStats()
         cfg = self.config
         self._nomination = NominationPolicy(
-            cfg.nomination_delay, cfg.direct_hold_rtts, cfg.direct_hold_min, cfg.renominate
+            cfg.nomination_delay,
+            cfg.direct_hold_rtts,
+            cfg.direct_hold_min,
+            cfg.renominate,
+            cfg.relay_first,
         )
         self._gen = _Generation(0, credentials, CheckList(controlling, self.config.max_pairs))
         self._checks: TransactionManager[_CheckContext] = TransactionManager(
@@ -645,6 +656,20 @@ class IceAgent:
 
     # ------------------------------------------------------------------------------------------
     # restart
+
+    def probe_consent(self, now: float) -> bool:
+        """Check at once whether the selected pair still works (the data path saw it go
+        quiet): a burst of consent checks (:meth:`ConsentFreshness.probe`); unanswered, it
+        ends in :class:`ConsentLost`. False when there is nothing to probe (no pair, consent
+        expired, a lite agent) or a probe is already under way."""
+        sel = self._selection
+        if sel is None or sel.expired or sel.consent is None:
+            return False
+        if not sel.consent.probe(now, sel.pair.rtt):
+            return False
+        self._consent_timers(now)
+        self._refresh_state(now)
+        return True
 
     def restart(self, credentials: IceCredentials, now: float) -> None:
         """ICE restart (RFC 8445 §9) with fresh local credentials.
@@ -1049,8 +1074,8 @@ class IceAgent:
             if (local, remote) != sel.pair.key:
                 self.stats.non_symmetric += 1
                 return True
-            was_suspect = sel.consent.state is ConsentState.SUSPECT
-            if sel.consent.handle_response(msg, now) and was_suspect:
+            troubled = sel.consent.state in (ConsentState.SUSPECT, ConsentState.LOST)
+            if sel.consent.handle_response(msg, now) and troubled:
                 self._events.append(ConsentRestored(self._describe(sel)))
             return True
         tx = self._checks.get(msg.transaction_id)
@@ -1315,6 +1340,9 @@ class IceAgent:
             self._transmit_to(data, sel.pair.local, sel.pair.remote.address)
         if poll.became is ConsentState.SUSPECT:
             self._events.append(ConsentSuspect(self._describe(sel), sel.consent.missed))
+        elif poll.became is ConsentState.LOST:
+            log.info("consent probe unanswered", generation=sel.generation.number)
+            self._events.append(ConsentLost(self._describe(sel)))
         elif poll.became is ConsentState.EXPIRED:
             self._expire(sel, sel.consent.last_response)
             return
@@ -1390,7 +1418,10 @@ class IceAgent:
         gen = self._gen
         sel = self._selection
         if sel is not None and not sel.expired:
-            if sel.consent is not None and sel.consent.state is ConsentState.SUSPECT:
+            if sel.consent is not None and sel.consent.state in (
+                ConsentState.SUSPECT,
+                ConsentState.LOST,
+            ):
                 state = AgentState.DISCONNECTED
             elif sel.generation is gen:
                 if not gen.regular_done and not gen.checklist.count(

@@ -23,6 +23,7 @@ __all__ = [
     "AgentState",
     "BetterPairAvailable",
     "ConsentExpired",
+    "ConsentLost",
     "ConsentRestored",
     "ConsentSuspect",
     "GenerationFailed",
@@ -111,8 +112,17 @@ class ConsentSuspect:
 
 
 @dataclass(frozen=True)
+class ConsentLost:
+    """A probe of the selected pair (:meth:`IceAgent.probe_consent`) went unanswered: the pair
+    does not carry data now. Consent itself holds until its timeout; move the data elsewhere
+    and find a new path."""
+
+    pair: SelectedPair
+
+
+@dataclass(frozen=True)
 class ConsentRestored:
-    """A consent response arrived after :class:`ConsentSuspect`."""
+    """A consent response arrived after :class:`ConsentSuspect` or :class:`ConsentLost`."""
 
     pair: SelectedPair
 
@@ -138,6 +148,7 @@ IceEvent = (
     | PairSelected
     | BetterPairAvailable
     | ConsentSuspect
+    | ConsentLost
     | ConsentRestored
     | ConsentExpired
     | GenerationFailed

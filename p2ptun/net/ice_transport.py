@@ -379,6 +379,16 @@ class IceSession:
         self._transport._pump(self)
         return self.agent.local_credentials
 
+    def probe(self) -> bool:
+        """Check the selected pair at once (:meth:`IceAgent.probe_consent`): the data path saw
+        it go quiet. Unanswered, the session reports :class:`ConsentLost`. False when there
+        is nothing to probe or a probe is under way."""
+        if self._closed:
+            return False
+        started = self.agent.probe_consent(trio.current_time())
+        self._transport._pump(self)
+        return started
+
     def send(self, data: bytes | bytearray | memoryview) -> bool:
         """Send ``data`` on the selected pair (direct: UDP from the shared socket; relayed:
         through the TURN allocation). False (nothing sent) if no pair is usable."""
