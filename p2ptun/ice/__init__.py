@@ -95,6 +95,7 @@ from p2ptun.ice.events import (
     PairSelected,
     RoleChanged,
     SelectedPair,
+    StandbyReady,
     StateChanged,
 )
 
@@ -121,5 +122,6 @@ __all__ += [
     "RandomSource",
     "RoleChanged",
     "SelectedPair",
+    "StandbyReady",
     "StateChanged",
 ]

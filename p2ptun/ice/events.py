@@ -31,6 +31,7 @@ __all__ = [
     "PairSelected",
     "RoleChanged",
     "SelectedPair",
+    "StandbyReady",
     "StateChanged",
 ]
 
@@ -112,6 +113,14 @@ class ConsentSuspect:
 
 
 @dataclass(frozen=True)
+class StandbyReady:
+    """A relayed pair is kept valid beside the selected direct one (the agent's standby): the
+    shell prepares it (a TURN channel), so that data can move there at once."""
+
+    pair: SelectedPair
+
+
+@dataclass(frozen=True)
 class ConsentLost:
     """A probe of the selected pair (:meth:`IceAgent.probe_consent`) went unanswered: the pair
     does not carry data now. Consent itself holds until its timeout; move the data elsewhere
@@ -147,6 +156,7 @@ IceEvent = (
     | RoleChanged
     | PairSelected
     | BetterPairAvailable
+    | StandbyReady
     | ConsentSuspect
     | ConsentLost
     | ConsentRestored

@@ -650,9 +650,17 @@ class PeerSession:
             log.debug("path quiet, probing", peer=self.name, unanswered=unanswered)
 
     def _path_lost(self) -> None:
-        """The selected path carries nothing (its probe went unanswered): find another one now
-        — gather again (our NAT may have moved) and restart ICE, make-before-break."""
-        log.warning("path lost: probe unanswered", peer=self.name)
+        """The selected path carries nothing (its probe went unanswered): move the data to the
+        standby relayed pair if the agent keeps one (no gathering, no signaling: within the
+        detection interval), and find the best path again — gather (our NAT may have moved)
+        and restart ICE, make-before-break."""
+        active = self.active
+        standby = None if active is None else active.agent.standby_pair(trio.current_time())
+        if standby is not None:
+            log.warning("path lost: probe unanswered, data moved to the relay", peer=self.name)
+            self._use_pair(standby, self.path)
+        else:
+            log.warning("path lost: probe unanswered", peer=self.name)
         self._regather_then_restart("path lost")
 
     # -- status and ping --------------------------------------------------------------------

@@ -113,6 +113,7 @@ EVENTS: dict[str, tuple[str, str, Callable[[MemoryLab, MemoryNode, MemoryNode], 
     "relayed-symmetric-nat-flushed": ("sym", "sym", lambda lab, a, b: b.router.flush()),
     "port-restricted-nat-flushed": ("prc", "prc", lambda lab, a, b: b.router.flush()),
     "host-renumbered": ("prc", "prc", lambda lab, a, b: b.host.renumber("10.0.2.77")),
+    "direct-path-black-holed": ("cone", "cone", _block_direct),
 }
 
 
@@ -140,4 +141,40 @@ async def test_traffic_is_back_within_two_seconds_after(
         outage = pinger.longest_gap(before, trio.current_time())
         assert outage <= 2.0, f"{event}: no traffic for {outage:.2f} s"
         assert alice.daemon.status()["peers"][0]["state"] == "connected"
+        nursery.cancel_scope.cancel()
+
+
+async def test_black_holed_direct_path_fails_over_to_the_standby_and_comes_back(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """While the direct pair is selected the relayed pair is kept valid (the standby): when the
+    direct path drops everything the data moves to the relay within the detection interval,
+    with no gathering or signaling; when the direct path heals the tunnel moves back to it,
+    not at once (a flapping path must not flap the tunnel) but at the next direct retry."""
+    lab = MemoryLab(seed=1)
+    alice = lab.node("alice", "cone")
+    bob = lab.node("bob", "cone")
+    async with trio.open_nursery() as nursery:
+        await lab.start(nursery)
+        pinger = lab.pinger(alice, bob)
+        await nursery.start(pinger.run)
+        await lab.wait_until(lambda: pinger.replies, 15)
+        await trio.sleep(10)
+        session = alice.daemon.peers["bob"]
+        assert session.active is not None
+        standby = session.active.agent.standby_pair(trio.current_time())
+        assert standby is not None and standby.relayed
+        before = trio.current_time()
+        _block_direct(lab, alice, bob)
+        await lab.wait_until(lambda: alice.daemon.status()["peers"][0]["path"] == "relay", 5)
+        moved = trio.current_time() - before
+        await trio.sleep(20)
+        assert pinger.longest_gap(before, trio.current_time()) <= 1.5
+        assert moved <= 1.5, f"on the relay {moved:.2f} s after the direct path failed"
+        healed = trio.current_time()
+        lab.network.blocked = None
+        await lab.wait_until(lambda: alice.daemon.status()["peers"][0]["path"] == "direct", 60)
+        back = trio.current_time() - healed
+        assert 1.0 <= back <= 45, f"back on the direct path {back:.1f} s after it healed"
+        assert pinger.longest_gap(healed, trio.current_time()) < 0.2
         nursery.cancel_scope.cancel()
