@@ -680,15 +680,16 @@ class IceAgent:
     # ------------------------------------------------------------------------------------------
     # restart
 
-    def probe_consent(self, now: float) -> bool:
+    def probe_consent(self, now: float, *, urgent: bool = True) -> bool:
         """Check at once whether the selected pair still works (the data path saw it go
         quiet): a burst of consent checks (:meth:`ConsentFreshness.probe`); unanswered, it
         ends in :class:`ConsentLost`. False when there is nothing to probe (no pair, consent
-        expired, a lite agent) or a probe is already under way."""
+        expired, a lite agent), a probe is already under way, or an optional probe
+        (``urgent=False``) came within the holdoff of the previous one."""
         sel = self._selection
         if sel is None or sel.expired or sel.consent is None:
             return False
-        if not sel.consent.probe(now, sel.pair.rtt):
+        if not sel.consent.probe(now, sel.pair.rtt, urgent=urgent):
             return False
         self._consent_timers(now)
         self._refresh_state(now)

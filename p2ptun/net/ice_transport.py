@@ -386,13 +386,13 @@ class IceSession:
         self._transport._pump(self)
         return self.agent.local_credentials
 
-    def probe(self) -> bool:
+    def probe(self, *, urgent: bool = True) -> bool:
         """Check the selected pair at once (:meth:`IceAgent.probe_consent`): the data path saw
         it go quiet. Unanswered, the session reports :class:`ConsentLost`. False when there
-        is nothing to probe or a probe is under way."""
+        is nothing to probe, a probe is under way, or an optional probe was held off."""
         if self._closed:
             return False
-        started = self.agent.probe_consent(trio.current_time())
+        started = self.agent.probe_consent(trio.current_time(), urgent=urgent)
         self._transport._pump(self)
         return started
 

@@ -649,15 +649,18 @@ class PeerSession:
         active = self.active
         if active is None or self.path is None:
             return
+        # Data that stopped arriving is a weaker sign than data left unanswered: its probe is
+        # optional, one per holdoff (ConsentConfig.probe_holdoff), and so is its keepalive.
+        rx = self.wg.rx_bytes
+        if not active.session.probe(urgent=unanswered):
+            return
+        self._probe_rx = rx
+        log.debug("path quiet, probing", peer=self.name, unanswered=unanswered)
         # Our NAT may have given us a new mapping that the peer does not know: a keepalive
         # from it lets the peer roam to it (WireGuard's rule) in one trip, where the peer's NAT
         # lets the new mapping in — before the probe has even ended.
         self.wg.send_keepalive(trio.current_time())
         self.ctx.tunnel.flush(self.wg)
-        rx = self.wg.rx_bytes
-        if active.session.probe():
-            self._probe_rx = rx
-            log.debug("path quiet, probing", peer=self.name, unanswered=unanswered)
 
     def _path_lost(self) -> None:
         """The selected path carries nothing (its probe went unanswered): move the data to the
