@@ -594,9 +594,10 @@ class IceTransport:
     ``on_data`` (the node: its data path). ``after_relay_batch`` is called after data a stream
     (TCP/TLS) relay delivered (the node flushes its data path there; a UDP relay's data
     arrives inside the socket's batch, whose end does that). ``on_gathered(round)`` is called
-    when a gathering
-    round finished, ``on_timer()`` whenever the agents' timer woke the node (the node piggybacks
-    its suspend check on these wake-ups, which happen anyway while a peer is connected).
+    when a gathering round finished, ``on_mapping_moved()`` when a keepalive Binding found the
+    node mapped elsewhere between rounds (:class:`~p2ptun.net.gather.Gatherer`), ``on_timer()``
+    whenever the agents' timer woke the node (the node piggybacks its suspend check on these
+    wake-ups, which happen anyway while a peer is connected).
     """
 
     def __init__(
@@ -612,6 +613,7 @@ class IceTransport:
         on_gathered: Callable[[int], None] | None = None,
         list_addresses: AddressLister | None = None,
         on_timer: Callable[[], None] | None = None,
+        on_mapping_moved: Callable[[], None] | None = None,
     ) -> None:
         self.rng: RandomSource = host.rng
         self.random_bytes = host.random_bytes
@@ -630,6 +632,7 @@ class IceTransport:
             relayed_wireguard=relayed_wireguard or self._relayed_to_session,
             after_relay_batch=after_relay_batch,
             on_relays_changed=self._relays_changed,
+            on_mapping_moved=on_mapping_moved,
         )
         self._sessions: list[IceSession] = []
         self._by_ufrag: dict[str, IceSession] = {}

@@ -358,6 +358,7 @@ class NodeDaemon:
                 after_relay_batch=tunnel.flush,
                 on_gathered=self._round_done,
                 on_timer=self._check_suspend,
+                on_mapping_moved=self._mapping_moved,
             )
             self._transport = transport
             # Each socket's dispatch has one owner, built here with every handler it needs:
@@ -504,6 +505,17 @@ class NodeDaemon:
                 session.restart("network change")
         for session in self.peers.values():
             session.round_done()
+
+    def _mapping_moved(self) -> None:
+        """A keepalive Binding found our NAT mapping moved while no path complained (an idle
+        node whose NAT renumbered or rebound): the same as a network change, before traffic
+        meets the dead paths."""
+        log.info("our NAT mapping moved: regathering, restarting ICE")
+        if self.signaling is not None:
+            # The rendezvous connection went through the old mapping: it is dead.
+            self.signaling.reconnect_now("our NAT mapping changed")
+        self._restart_after_round = True
+        self.transport.regather(restart_sessions=False)
 
     async def _watch_network(self) -> None:
         """Network changes (debounced by the monitor) → regather, then ICE restart for every
