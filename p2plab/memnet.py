@@ -367,9 +367,13 @@ class MemoryListener:
 
 class MemoryDatagramPort:
     """A UDP socket of a :class:`MemoryHost` (implements
-    :class:`~p2ptun.net.ports.DatagramPort`)."""
+    :class:`~p2ptun.net.ports.DatagramPort`). Like the real endpoint with ``IP_PKTINFO`` it
+    reports the local address each datagram was sent to, and a send may name its source: one
+    of the host's addresses it leaves from (an address the host does not have is ignored and
+    counted in ``tx_source_fallbacks``, as the kernel refuses it and the endpoint retries)."""
 
     gso = False
+    pktinfo = True
 
     def __init__(self, host: MemoryHost, ip: str, port: int) -> None:
         self.host = host
@@ -377,7 +381,7 @@ class MemoryDatagramPort:
         self._port = port
         self.family = family_of(ip)
         self.counters = UdpCounters()
-        self._queue: deque[tuple[bytes, Address]] = deque()
+        self._queue: deque[tuple[bytes, Address, str]] = deque()
         self._event = trio.Event()
         self.closed = False
 
@@ -385,15 +389,19 @@ class MemoryDatagramPort:
     def local_address(self) -> Address:
         return self._ip, self._port
 
-    def _source_ip(self, dst_ip: str) -> str | None:
+    def _source_ip(self, dst_ip: str, source: str | None) -> str | None:
+        if source is not None:
+            if source in self.host.addresses and family_of(source) == self.family:
+                return source
+            self.counters.tx_source_fallbacks += 1
         if not ipaddress.ip_address(self._ip).is_unspecified:
             return self._ip
         return self.host.route_source(dst_ip)
 
-    def send(self, data: Buffer, addr: Address) -> bool:
+    def send(self, data: Buffer, addr: Address, source: str | None = None) -> bool:
         if self.closed:
             return False
-        src_ip = self._source_ip(addr[0])
+        src_ip = self._source_ip(addr[0], source)
         if src_ip is None:
             self.counters.tx_dropped += 1
             return False
@@ -402,18 +410,27 @@ class MemoryDatagramPort:
         self.host.send_datagram((src_ip, self._port), (addr[0], int(addr[1])), bytes(data))
         return True
 
-    def send_batch(self, datagrams: Sequence[Buffer], addr: Address) -> int:
-        return sum(self.send(d, addr) for d in datagrams)
+    def send_batch(
+        self, datagrams: Sequence[Buffer], addr: Address, source: str | None = None
+    ) -> int:
+        return sum(self.send(d, addr, source) for d in datagrams)
 
     def send_batch_prefixed(
-        self, prefixes: Sequence[bytes], datagrams: Sequence[Buffer], addr: Address
+        self,
+        prefixes: Sequence[bytes],
+        datagrams: Sequence[Buffer],
+        addr: Address,
+        source: str | None = None,
     ) -> int:
-        return sum(self.send(p + bytes(d), addr) for p, d in zip(prefixes, datagrams, strict=True))
+        return sum(
+            self.send(p + bytes(d), addr, source) for p, d in zip(prefixes, datagrams, strict=True)
+        )
 
-    def arrive(self, data: bytes, src: Address) -> None:
+    def arrive(self, data: bytes, src: Address, local: str) -> None:
+        """A datagram from ``src`` sent to our address ``local``."""
         if self.closed:
             return
-        self._queue.append((data, src))
+        self._queue.append((data, src, local))
         self._event.set()
 
     async def receive_loop(self, receiver: DatagramReceiver) -> None:
@@ -426,10 +443,10 @@ class MemoryDatagramPort:
                 continue
             count = 0
             while queue and count < BATCH:
-                data, src = queue.popleft()
+                data, src, local = queue.popleft()
                 counters.rx_reads += 1
                 counters.rx_bytes += len(data)
-                receiver.datagram(memoryview(data), src)
+                receiver.datagram(memoryview(data), src, local)
                 count += 1
             receiver.drained()
             await trio.lowlevel.checkpoint()
@@ -637,6 +654,10 @@ class MemoryHost:
     """Seconds this machine spent suspended (the boot-time clock runs ahead by that much)."""
     online: bool = True
     """False: the uplink is down (nothing leaves or arrives)."""
+    extra_addresses: list[str] = field(default_factory=list)
+    """Further addresses of the machine (:meth:`add_address`): a server with two addresses.
+    Datagrams to them arrive; sends leave from them when asked to (the route's source is
+    always :attr:`ip`)."""
 
     def __post_init__(self) -> None:
         self.rng = random.Random(f"{self.name}:{self.network.rng.random()}")
@@ -647,13 +668,40 @@ class MemoryHost:
     def ip(self) -> str:
         return str(self.address.ip)
 
+    @property
+    def addresses(self) -> list[str]:
+        """Every address of the machine, the primary one first."""
+        return [self.ip, *self.extra_addresses]
+
+    def add_address(self, ip: str) -> None:
+        """One more address (on the internet for a public host, on the site's LAN behind a
+        router); a watcher hears of it."""
+        if ip in self.addresses:
+            return
+        self.extra_addresses.append(ip)
+        if self.router is not None:
+            self.router.hosts[ip] = self
+        else:
+            self.network.owners[ip] = self
+        self.emit_changes([NetworkChange(ChangeKind.ADDRESS_ADDED, "eth0", ip)])
+
+    def remove_address(self, ip: str) -> None:
+        """Take away an address :meth:`add_address` gave; a watcher hears of it."""
+        if ip not in self.extra_addresses:
+            return
+        self.extra_addresses.remove(ip)
+        owners = self.router.hosts if self.router is not None else self.network.owners
+        if owners.get(ip) is self:
+            del owners[ip]
+        self.emit_changes([NetworkChange(ChangeKind.ADDRESS_REMOVED, "eth0", ip)])
+
     # -- datagrams --------------------------------------------------------------------------
 
     def send_datagram(self, src: Address, dst: Address, data: bytes) -> None:
         if not self.online:
             self.network.dropped += 1
             return
-        if dst[0] == self.ip or dst[0].startswith("127."):
+        if dst[0] in self.addresses or dst[0].startswith("127."):
             self.network.schedule(0.0, lambda: self.deliver(src, dst, data))
         elif self.router is not None:
             self.router.from_lan(src, dst, data)
@@ -664,14 +712,14 @@ class MemoryHost:
         self.deliver(src, dst, data)
 
     def deliver(self, src: Address, dst: Address, data: bytes) -> None:
-        if not self.online or dst[0] != self.ip:
+        if not self.online or (dst[0] != self.ip and dst[0] not in self.extra_addresses):
             self.network.dropped += 1
             return
         port = self.ports.get(dst) or self.ports.get(("0.0.0.0", dst[1]))
         if port is None:
             self.network.dropped += 1
             return
-        port.arrive(data, src)
+        port.arrive(data, src, dst[0])
 
     def open_datagram_ports(self, port: int = 0) -> list[DatagramPort]:
         return [self.bind_datagram("0.0.0.0", port)]
@@ -679,7 +727,7 @@ class MemoryHost:
     def bind_datagram(
         self, ip: str, port: int, *, shared_buffers: bool = False
     ) -> MemoryDatagramPort:
-        if ip not in ("0.0.0.0", self.ip):
+        if ip != "0.0.0.0" and ip not in self.addresses:
             raise RuntimeFailure(f"cannot bind UDP {ip}:{port}: no such local address")
         if port == 0:
             port = next(self._ephemeral)
@@ -704,7 +752,8 @@ class MemoryHost:
         await trio.lowlevel.checkpoint()
         if not self.online:
             return []
-        return [LocalAddress(self.ip, self.address.network.prefixlen, "eth0", 2)]
+        prefixlen = self.address.network.prefixlen
+        return [LocalAddress(ip, prefixlen, "eth0", 2) for ip in self.addresses]
 
     # -- TCP --------------------------------------------------------------------------------
 

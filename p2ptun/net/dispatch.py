@@ -75,10 +75,11 @@ def classify(data: bytes | bytearray | memoryview) -> PacketKind:
     return PacketKind.OTHER
 
 
-Handler = Callable[[memoryview, Address], None]
-"""``handler(data, addr)``: one received datagram of one kind and its source address. ``data``
-is valid until the batch ends (:meth:`Dispatcher.drained`); a handler that keeps it copies it.
-It may raise :class:`~p2ptun.errors.DecodeError` for a malformed datagram."""
+Handler = Callable[[memoryview, Address, str | None], None]
+"""``handler(data, addr, local)``: one received datagram of one kind, its source address and
+the local IP it came to (None where the port cannot tell). ``data`` is valid until the batch
+ends (:meth:`Dispatcher.drained`); a handler that keeps it copies it. It may raise
+:class:`~p2ptun.errors.DecodeError` for a malformed datagram."""
 
 
 @dataclass
@@ -118,8 +119,9 @@ class Dispatcher:
         self._drained = drained
         self.counters = DispatchCounters()
 
-    def datagram(self, data: memoryview, source: Address) -> None:
-        """Classify one datagram and hand it to its handler (or count the drop)."""
+    def datagram(self, data: memoryview, source: Address, local: str | None) -> None:
+        """Classify one datagram and hand it, with its addresses, to its handler (or count
+        the drop)."""
         counters = self.counters
         kind = classify(data)
         if kind is PacketKind.WIREGUARD:
@@ -136,7 +138,7 @@ class Dispatcher:
             counters.rx_unhandled += 1
             return
         try:
-            handler(data, source)
+            handler(data, source, local)
         except DecodeError:
             counters.rx_malformed += 1
 

@@ -891,7 +891,7 @@ class IceTransport:
             return
         session.on_data(session, bytes(data), peer)
 
-    def on_wireguard(self, data: memoryview, src: Address) -> None:
+    def on_wireguard(self, data: memoryview, src: Address, local: str | None = None) -> None:
         """A dispatcher's WireGuard handler for owners without a data path (probes, tests):
         to the session whose selected pair has ``src`` as its remote."""
         session = self._by_remote.get(src)

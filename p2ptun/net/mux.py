@@ -220,7 +220,7 @@ class UdpMux:
         handler(data, local, remote)
         return True
 
-    def on_stun(self, data: memoryview, src: Address) -> None:
+    def on_stun(self, data: memoryview, src: Address, local_ip: str | None = None) -> None:
         """The dispatcher's STUN handler (routing order: the module docstring)."""
         if bytes(data[8:20]) in self._transactions:
             local = self.local_base_for(src)
@@ -245,7 +245,7 @@ class UdpMux:
         self.counters.rx_ice += 1
         on_ice(data, local, src)
 
-    def on_channel_data(self, data: memoryview, src: Address) -> None:
+    def on_channel_data(self, data: memoryview, src: Address, local_ip: str | None = None) -> None:
         """The dispatcher's ChannelData handler: only our TURN servers send us any."""
         relay = self._relays.get(src)
         if relay is None:

@@ -8,9 +8,11 @@ TUN devices, used by the tests and never shipped). This is how wireguard-go keep
 and ``conn.Bind`` beside their test fakes.
 
 - :class:`DatagramPort`: one UDP socket. It drains what arrives in batches and hands each
-  datagram to exactly one :class:`DatagramReceiver` (the object that owns the socket's
-  dispatch, :class:`p2ptun.net.dispatch.Dispatcher` on the node); it sends single datagrams
-  and batches (GSO where the kernel offers it).
+  datagram, with its source and the local address it came to, to exactly one
+  :class:`DatagramReceiver` (the object that owns the socket's dispatch,
+  :class:`p2ptun.net.dispatch.Dispatcher` on the node); it sends single datagrams and batches
+  (GSO where the kernel offers it), each from a chosen local address if asked (a
+  multi-homed host answers from the address a request came to).
 - :class:`TunPort`: the TUN device: batched reads into the caller's buffers, writes and
   vectored writes, with or without a virtio header (offloads).
 - :class:`Connection`: a TCP (or TLS) byte stream with its two addresses.
@@ -59,6 +61,8 @@ class UdpCounters:
     """Receive system calls that returned data (fewer than datagrams with GRO)."""
     tx_gso_sends: int = 0
     """``sendmsg`` calls that carried more than one datagram (UDP GSO)."""
+    tx_source_fallbacks: int = 0
+    """Sends whose source address the host refused (it is gone): sent again without it."""
 
     def as_dict(self) -> dict[str, int]:
         """The counters as a plain dict (for ``p2ptun status --json``)."""
@@ -68,9 +72,10 @@ class UdpCounters:
 class DatagramReceiver(Protocol):
     """The one owner of a datagram port's dispatch."""
 
-    def datagram(self, data: memoryview, source: Address) -> None:
-        """One received datagram. ``data`` is valid until :meth:`drained` returns; keep a copy
-        to hold it longer."""
+    def datagram(self, data: memoryview, source: Address, local: str | None) -> None:
+        """One received datagram from ``source``, addressed to our ``local`` IP (the address an
+        answer leaves from; None where the port cannot tell). ``data`` is valid until
+        :meth:`drained` returns; keep a copy to hold it longer."""
 
     def drained(self) -> None:
         """The end of a batch: flush what the datagrams queued."""
@@ -92,18 +97,33 @@ class DatagramPort(Protocol):
         """Whether :meth:`send_batch` glues runs of datagrams into one send (UDP GSO)."""
 
     @property
+    def pktinfo(self) -> bool:
+        """Whether the port reports each datagram's local address and sends from a chosen
+        source (``IP_PKTINFO``); without, ``local`` is None and ``source`` is ignored."""
+
+    @property
     def counters(self) -> UdpCounters: ...
 
-    def send(self, data: Buffer, addr: Address) -> bool:
-        """Send one datagram without blocking; False (and counted) if it was dropped."""
+    def send(self, data: Buffer, addr: Address, source: str | None = None) -> bool:
+        """Send one datagram without blocking, from our address ``source`` if given (one the
+        host no longer has: sent without it and counted, never dropped for that); False (and
+        counted) if it was dropped."""
 
-    def send_batch(self, datagrams: Sequence[Buffer], addr: Address) -> int:
-        """Send ``datagrams`` in order to ``addr``; how many were sent."""
+    def send_batch(
+        self, datagrams: Sequence[Buffer], addr: Address, source: str | None = None
+    ) -> int:
+        """Send ``datagrams`` in order to ``addr`` (from ``source``, as :meth:`send`); how
+        many were sent."""
 
     def send_batch_prefixed(
-        self, prefixes: Sequence[bytes], datagrams: Sequence[Buffer], addr: Address
+        self,
+        prefixes: Sequence[bytes],
+        datagrams: Sequence[Buffer],
+        addr: Address,
+        source: str | None = None,
     ) -> int:
-        """Send ``prefixes[i] + datagrams[i]`` for each ``i`` without joining them."""
+        """Send ``prefixes[i] + datagrams[i]`` for each ``i`` without joining them (from
+        ``source``, as :meth:`send`)."""
 
     async def receive_loop(self, receiver: DatagramReceiver) -> None:
         """Deliver datagrams to ``receiver`` until cancelled or closed."""

@@ -11,7 +11,22 @@ receiver the batch is over. No trio channel sits between the socket and the prot
 With UDP GRO (probed in the constructor) one receive may hold several datagrams of a flow;
 they are split at the size the kernel reports and handed over one by one.
 :meth:`UdpEndpoint.send_batch` sends runs of equal-size datagrams to one address with one
-``UDP_SEGMENT`` ``sendmsg`` (GSO), falling back to one ``sendto`` each.
+``UDP_SEGMENT`` ``sendmsg`` (GSO), falling back to one ``sendmsg`` each.
+
+Multi-homed hosts: the sockets are bound to the wildcard address, so the endpoint asks the
+kernel for each datagram's local address (``IP_PKTINFO``, ``IPV6_RECVPKTINFO``) and hands it to
+the receiver as ``local`` — the address the datagram came to, the one an answer must leave from
+(RFC 8445 §7.2.5.2.1: a response from another address fails the peer's symmetric check; a STUN
+or TURN client drops it). Every send may name its ``source``: the ``sendmsg`` then carries an
+``IP_PKTINFO`` (``ipi_spec_dst``) or ``IPV6_PKTINFO`` message, and the kernel routes the datagram
+as coming from that address (source policy routing, ``ip rule from ...``, sees it). A source the
+kernel refuses (``ENETUNREACH``, ``EINVAL``: the address is gone) is dropped and the datagram
+sent once more without it, counted in ``tx_source_fallbacks`` — WireGuard's rule for its sticky
+sockets: never lose the datagram for its source. WireGuard (the kernel module, wireguard-go) and
+coturn (one socket per listening address) answer from the address a request came to the same
+way. ``P2PTUN_PKTINFO=off`` in the environment turns this off (:attr:`UdpEndpoint.pktinfo`
+False: ``local`` is None, ``source`` ignored), as on a kernel without it; tests use it to show
+what it is for.
 
 The data a receiver gets is a :class:`memoryview` into a receive buffer that stays valid until
 its ``drained`` returns (the end of the current batch); a receiver that keeps data longer must
@@ -24,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import mmap
+import os
 import socket
 import struct
 from collections.abc import Iterable, Sequence
@@ -115,7 +131,23 @@ def set_buffers(sock: socket.socket, size: int = DEFAULT_BUFFER_SIZE) -> tuple[i
 
 _GSO_SIZE = struct.Struct("=H")
 _GRO_SIZE = struct.Struct("=i")
-_GRO_CMSG_SPACE = socket.CMSG_SPACE(_GRO_SIZE.size)
+
+# <linux/in.h>, <linux/in6.h>: the ancillary data that names a datagram's local address.
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
+IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
+_IN_PKTINFO = struct.Struct("=i4s4s")
+"""``struct in_pktinfo``: ``ipi_ifindex``, ``ipi_spec_dst`` (the local address the datagram
+came to, for unicast the header's destination; what an answer leaves from), ``ipi_addr``."""
+_IN6_PKTINFO = struct.Struct("=16sI")
+"""``struct in6_pktinfo``: ``ipi6_addr`` (the destination), ``ipi6_ifindex``."""
+_RECV_CMSG_SPACE = socket.CMSG_SPACE(_GRO_SIZE.size) + socket.CMSG_SPACE(_IN6_PKTINFO.size)
+"""Ancillary space of one receive: the GRO segment size and the (larger, IPv6) pktinfo."""
+MAX_SOURCES = 256
+"""Source control messages kept built (source address -> cmsg) per endpoint."""
+_SOURCE_ERRNOS = frozenset({errno.EINVAL, errno.EADDRNOTAVAIL, errno.ENETUNREACH})
+"""What the kernel answers a send whose source address is not (or no longer) ours (IPv4 says
+``ENETUNREACH``, IPv6 ``EINVAL``); the same send without the source tells whether it was that."""
 
 
 def probe_gso(sock: socket.socket) -> bool:
@@ -138,6 +170,57 @@ def enable_gro(sock: socket.socket) -> bool:
     except OSError:
         return False
     return True
+
+
+def pktinfo_wanted() -> bool:
+    """Whether the environment allows local addresses per datagram (``P2PTUN_PKTINFO``: unset,
+    ``auto`` or ``on``: yes; ``off``: no)."""
+    raw = os.environ.get("P2PTUN_PKTINFO", "auto").strip().lower()
+    return raw not in ("off", "0", "no", "none")
+
+
+def enable_pktinfo(sock: socket.socket) -> bool:
+    """Ask the kernel for each datagram's local address on ``sock`` (``IP_PKTINFO`` or
+    ``IPV6_RECVPKTINFO``); False if it (or the environment) says no."""
+    if not pktinfo_wanted():
+        return False
+    try:
+        if sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+    except OSError:
+        return False
+    return True
+
+
+def source_cmsg(family: int, source: str) -> tuple[int, int, bytes] | None:
+    """The control message that makes a ``sendmsg`` leave from ``source`` (an IP literal of
+    ``family``; an IPv6 scope is dropped: the kernel finds the address's interface), or None
+    if ``source`` is no such literal."""
+    try:
+        if family == socket.AF_INET6:
+            packed = socket.inet_pton(socket.AF_INET6, source.split("%", 1)[0])
+            if not any(packed):
+                return None
+            return socket.IPPROTO_IPV6, IPV6_PKTINFO, _IN6_PKTINFO.pack(packed, 0)
+        packed = socket.inet_pton(socket.AF_INET, source)
+    except (OSError, ValueError):
+        return None
+    if not any(packed):
+        return None
+    return socket.IPPROTO_IP, IP_PKTINFO, _IN_PKTINFO.pack(0, packed, bytes(4))
+
+
+def _pktinfo_address(data: bytes, ipv6: bool) -> str | None:
+    """The local address in a received pktinfo message (None if it is too short)."""
+    if ipv6:
+        if len(data) < _IN6_PKTINFO.size:
+            return None
+        return socket.inet_ntop(socket.AF_INET6, data[:16])
+    if len(data) < _IN_PKTINFO.size:
+        return None
+    return socket.inet_ntop(socket.AF_INET, data[4:8])
 
 
 def _lazy_buffer(size: int) -> memoryview:
@@ -186,6 +269,18 @@ class UdpEndpoint:
         """Whether :meth:`send_batch` may glue datagrams into one ``UDP_SEGMENT`` send."""
         self.gro = enable_gro(sock)
         """Whether one receive may return several datagrams (``UDP_GRO``)."""
+        self.pktinfo = enable_pktinfo(sock)
+        """Whether each datagram's local address is known and sends may name their source
+        (module docstring)."""
+        self._pktinfo_level = (
+            socket.IPPROTO_IPV6 if self.family == socket.AF_INET6 else socket.IPPROTO_IP
+        )
+        self._pktinfo_type = IPV6_PKTINFO if self.family == socket.AF_INET6 else IP_PKTINFO
+        # The latest pktinfo received and its address as text: the datagrams of a batch
+        # mostly come to one address, so each is converted once.
+        self._last_pktinfo = b""
+        self._last_local: str | None = None
+        self._sources: dict[str, tuple[int, int, bytes] | None] = {}
         self.rcvbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         self.sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
 
@@ -307,25 +402,22 @@ class UdpEndpoint:
 
         Returns the number of receive calls that returned (errors and drops included); less
         than the batch size means the socket is empty for now. With GRO one receive may
-        return several datagrams, which are split at the size the kernel reports.
+        return several datagrams, which are split at the size the kernel reports. Each
+        datagram goes with its local address (``IP_PKTINFO``; None without it): the text is
+        made only when the kernel's pktinfo differs from the previous datagram's.
         """
         counters = self.counters
         deliver = receiver.datagram
-        gro = self.gro
-        recv = self._sock.recvmsg_into if gro else None
-        recvfrom = self._sock.recvfrom_into
+        recv = self._sock.recvmsg_into
+        level = self._pktinfo_level
+        kind_pktinfo = self._pktinfo_type
+        ipv6 = level == socket.IPPROTO_IPV6
+        last_raw = self._last_pktinfo
+        last_local = self._last_local
         received = 0
         for view in self._views:
             try:
-                if recv is None:
-                    n, src = recvfrom(view)
-                    segment = 0
-                else:
-                    n, ancdata, _flags, src = recv((view,), _GRO_CMSG_SPACE)
-                    segment = 0
-                    for level, kind, data in ancdata:
-                        if level == SOL_UDP and kind == UDP_GRO and len(data) >= _GRO_SIZE.size:
-                            segment = _GRO_SIZE.unpack_from(data)[0]
+                n, ancdata, _flags, src = recv((view,), _RECV_CMSG_SPACE)
             except BlockingIOError:
                 break
             except OSError as exc:
@@ -334,59 +426,121 @@ class UdpEndpoint:
                 counters.rx_errors += 1
                 received += 1
                 continue
+            segment = 0
+            local = None
+            for cmsg_level, kind, data in ancdata:
+                if cmsg_level == level and kind == kind_pktinfo:
+                    if data != last_raw:
+                        last_raw = data
+                        last_local = _pktinfo_address(data, ipv6)
+                    local = last_local
+                elif cmsg_level == SOL_UDP and kind == UDP_GRO and len(data) >= _GRO_SIZE.size:
+                    segment = _GRO_SIZE.unpack_from(data)[0]
             received += 1
             counters.rx_reads += 1
             counters.rx_bytes += n
             addr = (src[0], src[1])
             if segment <= 0 or segment >= n:
-                deliver(view[:n], addr)
+                deliver(view[:n], addr, local)
                 continue
             for off in range(0, n - segment, segment):
-                deliver(view[off : off + segment], addr)
+                deliver(view[off : off + segment], addr, local)
             last = n - (n - 1) % segment - 1  # the last datagram may be shorter
-            deliver(view[last:n], addr)
+            deliver(view[last:n], addr, local)
+        self._last_pktinfo = last_raw
+        self._last_local = last_local
         if received:
             receiver.drained()
         return received
 
     # -- sending ---------------------------------------------------------------------------
 
-    def send(self, data: bytes | bytearray | memoryview, addr: Address) -> bool:
-        """Send one datagram without blocking; False (and counted) if it was dropped.
+    def source_cmsg(self, source: str | None) -> tuple[int, int, bytes] | None:
+        """The control message that sends from ``source`` (built once per address), or None:
+        no source, pktinfo off, or not an address of this family."""
+        if source is None or not self.pktinfo:
+            return None
+        sources = self._sources
+        try:
+            return sources[source]
+        except KeyError:
+            pass
+        cmsg = source_cmsg(self.family, source)
+        if len(sources) >= MAX_SOURCES:
+            sources.clear()
+        sources[source] = cmsg
+        return cmsg
+
+    def send(
+        self, data: bytes | bytearray | memoryview, addr: Address, source: str | None = None
+    ) -> bool:
+        """Send one datagram without blocking, from ``source`` if given (the module docstring
+        says what happens to a source that is gone); False (and counted) if it was dropped.
 
         UDP may lose datagrams anyway, so a full buffer or an unreachable destination drops
         this one instead of stalling the data path. The protocols above retransmit.
         """
+        counters = self.counters
+        cmsg = self.source_cmsg(source)
         try:
-            n = self._sock.sendto(data, addr)
+            if cmsg is None:
+                n = self._sock.sendto(data, addr)
+            else:
+                try:
+                    n = self._sock.sendmsg((data,), (cmsg,), 0, addr)
+                except OSError as exc:
+                    if exc.errno not in _SOURCE_ERRNOS:
+                        raise
+                    n = self._sock.sendto(data, addr)
+                    counters.tx_source_fallbacks += 1
         except OSError as exc:
             if exc.errno in _SEND_DROP_ERRNOS or isinstance(exc, socket.gaierror):
-                self.counters.tx_dropped += 1
+                counters.tx_dropped += 1
                 return False
             raise RuntimeFailure(f"UDP send failed: {exc.strerror}") from None
-        self.counters.tx_packets += 1
-        self.counters.tx_bytes += n
+        counters.tx_packets += 1
+        counters.tx_bytes += n
         return True
 
-    def send_batch(self, datagrams: Sequence[bytes | bytearray | memoryview], addr: Address) -> int:
-        """Send ``datagrams`` (in order) to ``addr``; returns how many were sent.
+    def send_batch(
+        self,
+        datagrams: Sequence[bytes | bytearray | memoryview],
+        addr: Address,
+        source: str | None = None,
+    ) -> int:
+        """Send ``datagrams`` (in order) to ``addr``, from ``source`` if given; returns how many
+        were sent.
 
         With GSO, each run of equal-size datagrams goes out in one ``sendmsg``
         (:func:`send_datagrams`); without, one ``sendmsg`` each.
         """
-        return send_datagrams(self._sock, datagrams, addr, self.counters, gso=self.gso)
+        return send_datagrams(
+            self._sock,
+            datagrams,
+            addr,
+            self.counters,
+            gso=self.gso,
+            source=self.source_cmsg(source),
+        )
 
     def send_batch_prefixed(
         self,
         prefixes: Sequence[bytes],
         datagrams: Sequence[bytes | bytearray | memoryview],
         addr: Address,
+        source: str | None = None,
     ) -> int:
         """Send ``prefixes[i] + datagrams[i]`` for each ``i`` (in order) to ``addr`` without
-        joining them (a TURN ChannelData header before a payload): :func:`send_datagrams`
-        with the parts as the iovec. Returns how many were sent."""
+        joining them (a TURN ChannelData header before a payload), from ``source`` if given:
+        :func:`send_datagrams` with the parts as the iovec. Returns how many were sent."""
         return send_datagrams(
-            self._sock, datagrams, addr, self.counters, gso=self.gso, prefixes=prefixes
+            self._sock,
+            datagrams,
+            addr,
+            self.counters,
+            gso=self.gso,
+            prefixes=prefixes,
+            source=self.source_cmsg(source),
         )
 
 
@@ -398,6 +552,7 @@ def send_datagrams(
     *,
     gso: bool,
     prefixes: Sequence[bytes] | None = None,
+    source: tuple[int, int, bytes] | None = None,
 ) -> int:
     """Send ``datagrams`` (in order) to ``addr`` from ``sock``; returns how many were sent.
 
@@ -406,7 +561,8 @@ def send_datagrams(
     a run may be shorter) goes out in one ``sendmsg`` with ``UDP_SEGMENT``, its parts as the
     iovec (no copy). A kernel that refuses a GSO send (``EINVAL``/``EIO``: a datagram above
     the route's MTU, a device without checksum offload) gets that run one datagram at a time.
-    Drops are counted.
+    ``source``: the control message of the source address (:func:`source_cmsg`); once the
+    kernel refused it, the rest of the batch goes without. Drops are counted.
     """
     count = len(datagrams)
     if prefixes is None:
@@ -427,13 +583,19 @@ def send_datagrams(
                 j += 1
                 if n < size:
                     break
-        done = _send_run(sock, _iovec(datagrams, prefixes, i, j), size, j - i, addr, counters)
+        fallbacks = counters.tx_source_fallbacks
+        parts = _iovec(datagrams, prefixes, i, j)
+        done = _send_run(sock, parts, size, j - i, addr, counters, source)
         if done is None:  # the kernel refused GSO for this run: one datagram at a time
             for k in range(i, j):
                 one = _iovec(datagrams, prefixes, k, k + 1)
-                sent += _send_run(sock, one, sizes[k], 1, addr, counters) or 0
+                sent += _send_run(sock, one, sizes[k], 1, addr, counters, source) or 0
+                if counters.tx_source_fallbacks != fallbacks:
+                    source = None
         else:
             sent += done
+        if counters.tx_source_fallbacks != fallbacks:
+            source = None
         i = j
     return sent
 
@@ -461,14 +623,27 @@ def _send_run(
     count: int,
     addr: Address,
     counters: UdpCounters,
+    source: tuple[int, int, bytes] | None,
 ) -> int | None:
-    """One ``sendmsg`` of ``count`` datagrams of ``size`` bytes (GSO when more than one);
-    how many were sent, or None when the kernel refused the GSO send."""
+    """One ``sendmsg`` of ``count`` datagrams of ``size`` bytes (GSO when more than one), from
+    ``source`` if given (refused: once more without it, counted); how many were sent, or None
+    when the kernel refused the GSO send."""
+    ancillary: tuple[tuple[int, int, bytes], ...] = (
+        () if count == 1 else ((SOL_UDP, UDP_SEGMENT, _GSO_SIZE.pack(size)),)
+    )
     try:
-        if count == 1:
-            nbytes = sock.sendmsg(parts, (), 0, addr)
+        if source is None:
+            nbytes = sock.sendmsg(parts, ancillary, 0, addr)
         else:
-            nbytes = sock.sendmsg(parts, [(SOL_UDP, UDP_SEGMENT, _GSO_SIZE.pack(size))], 0, addr)
+            try:
+                nbytes = sock.sendmsg(parts, (*ancillary, source), 0, addr)
+            except OSError as exc:
+                if exc.errno not in _SOURCE_ERRNOS:
+                    raise
+                # The source is gone (or the kernel refused GSO: then this fails the same way
+                # and the caller sends one datagram at a time, with the source again).
+                nbytes = sock.sendmsg(parts, ancillary, 0, addr)
+                counters.tx_source_fallbacks += 1
     except OSError as exc:
         if count > 1 and exc.errno in (errno.EINVAL, errno.EIO, errno.EMSGSIZE):
             return None

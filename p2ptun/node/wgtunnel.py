@@ -371,7 +371,7 @@ class WgTunnel:
         if clamp_mss(view, length, mss[0], mss[1]):
             self.counters.mss_clamped += 1
 
-    def on_datagram(self, data: memoryview, addr: Address) -> None:
+    def on_datagram(self, data: memoryview, addr: Address, local: str | None = None) -> None:
         """The dispatcher's handler for one WireGuard datagram (``data`` is valid until the
         batch ends, :meth:`udp_drained`)."""
         now = self._rx_now

@@ -504,7 +504,7 @@ class _ClientReceiver:
         self.relayed_bytes = 0
         self.now: float | None = None
 
-    def datagram(self, data: memoryview, client: Address) -> None:
+    def datagram(self, data: memoryview, client: Address, local: str | None) -> None:
         service = self.service
         turn = service.turn
         if turn is None:
@@ -583,7 +583,7 @@ class _PeerReceiver:
         self.relayed_bytes = 0
         self.now: float | None = None
 
-    def datagram(self, data: memoryview, src: Address) -> None:
+    def datagram(self, data: memoryview, src: Address, local: str | None) -> None:
         service = self.service
         turn = service.turn
         assert turn is not None

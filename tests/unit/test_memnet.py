@@ -32,10 +32,12 @@ class Recorder:
 
     def __init__(self) -> None:
         self.got: list[tuple[bytes, Address, float]] = []
+        self.locals: list[str | None] = []
         self.batches = 0
 
-    def datagram(self, data: memoryview, source: Address) -> None:
+    def datagram(self, data: memoryview, source: Address, local: str | None) -> None:
         self.got.append((bytes(data), source, trio.current_time()))
+        self.locals.append(local)
 
     def drained(self) -> None:
         self.batches += 1
@@ -135,6 +137,44 @@ async def test_datagram_crosses_the_nat_and_the_reply_comes_back(
         await trio.sleep(1)
         assert [d for d, _, _ in node_rx.got] == [b"back"]
         assert node_rx.got[0][1] == (SERVER, 3478)
+        # Each port says which of its host's addresses a datagram came to.
+        assert srv_rx.locals == [SERVER] and node_rx.locals == [node.ip]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_host_with_two_addresses_answers_from_each(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    net, server, node = build("prc")
+    second = "203.0.113.11"
+    server.add_address(second)
+    assert server.addresses == [SERVER, second]
+    srv_port = server.bind_datagram("0.0.0.0", 3478)
+    node_port = node.open_datagram_ports(5000)[0]
+    srv_rx, node_rx = Recorder(), Recorder()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(net.run)
+        nursery.start_soon(srv_port.receive_loop, srv_rx)
+        nursery.start_soon(node_port.receive_loop, node_rx)
+        node_port.send(b"to the second", (second, 3478))
+        await trio.sleep(1)
+        assert srv_rx.locals == [second]
+        (data, client, _), local = srv_rx.got[0], srv_rx.locals[0]
+        # An answer from the route's source (the first address) does not pass the
+        # port-restricted NAT: the node only ever sent to the second. One from the address the
+        # request came to does.
+        assert srv_port.send(b"unasked", client)
+        assert srv_port.send(data.upper(), client, local)
+        # An address the host does not have: the datagram goes from the route's, counted.
+        assert srv_port.send(b"gone", client, "203.0.113.99")
+        await trio.sleep(1)
+        assert [(d, s) for d, s, _ in node_rx.got] == [(b"TO THE SECOND", (second, 3478))]
+        assert srv_port.counters.tx_source_fallbacks == 1
+        # The second address goes away: nothing reaches it any more.
+        server.remove_address(second)
+        node_port.send(b"late", (second, 3478))
+        await trio.sleep(1)
+        assert len(srv_rx.got) == 1
         nursery.cancel_scope.cancel()
 
 

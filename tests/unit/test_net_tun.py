@@ -386,7 +386,7 @@ async def test_udp_injected_through_tun_reaches_endpoint(
     namespace and is dispatched to the WireGuard handler."""
     ns, dev = configured
     got: list[tuple[bytes, tuple[str, int]]] = []
-    dispatcher = Dispatcher(wireguard=lambda d, a: got.append((bytes(d), a)))
+    dispatcher = Dispatcher(wireguard=lambda d, a, _local: got.append((bytes(d), a)))
     ep = netlink.in_netns(ns, lambda: UdpEndpoint.bind(socket.AF_INET, "10.201.0.1", 0))
     with ep:
         port = ep.local_address[1]

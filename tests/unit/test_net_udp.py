@@ -153,14 +153,16 @@ class Collector:
 
     def __init__(self) -> None:
         self.got: list[tuple[PacketKind, bytes, Address]] = []
+        self.locals: list[str | None] = []
         self.drains = 0
         self.event = trio.Event()
         self.want = 0
 
     def handler(self, kind: PacketKind) -> object:
-        def handle(data: memoryview, addr: Address) -> None:
+        def handle(data: memoryview, addr: Address, local: str | None) -> None:
             assert isinstance(data, memoryview)
             self.got.append((kind, bytes(data), addr))
+            self.locals.append(local)
             if len(self.got) >= self.want:
                 self.event.set()
 
@@ -261,7 +263,7 @@ async def test_drain_batches_and_views_valid_until_drained() -> None:
     views: list[memoryview] = []
     snapshots: list[list[bytes]] = []
 
-    def on_wg(data: memoryview, addr: Address) -> None:
+    def on_wg(data: memoryview, addr: Address, local: str | None) -> None:
         views.append(data)
 
     def drained() -> None:
@@ -292,7 +294,7 @@ async def test_drain_batches_and_views_valid_until_drained() -> None:
 async def test_decode_error_is_counted_and_dropped() -> None:
     seen: list[bytes] = []
 
-    def on_stun(data: memoryview, addr: Address) -> None:
+    def on_stun(data: memoryview, addr: Address, local: str | None) -> None:
         if data[1] == 0xFF:
             raise DecodeError("bad STUN")
         seen.append(bytes(data))
@@ -314,7 +316,7 @@ async def test_decode_error_is_counted_and_dropped() -> None:
 
 async def test_unhandled_kind_is_dropped() -> None:
     got: list[bytes] = []
-    dispatcher = Dispatcher(channel_data=lambda d, a: got.append(bytes(d)))
+    dispatcher = Dispatcher(channel_data=lambda d, a, _local: got.append(bytes(d)))
     with UdpEndpoint.bind(socket.AF_INET, "127.0.0.1", 0) as ep, client_socket() as client:
         client.sendto(b"\x01\x00\x00\x00" + bytes(144), ep.local_address)
         client.sendto(b"\x4f\xff\x00\x00", ep.local_address)
@@ -415,3 +417,158 @@ async def test_open_endpoints_port_in_use_closes_everything() -> None:
         if IPV6:
             with UdpEndpoint.bind(socket.AF_INET6, "::", port):
                 pass
+
+
+# -- local addresses and sources (IP_PKTINFO) ------------------------------------------------
+
+GONE = "198.51.100.203"
+"""A documentation address this machine does not have: a source that vanished."""
+
+
+def wildcard(family: socket.AddressFamily = socket.AF_INET) -> UdpEndpoint:
+    return UdpEndpoint.bind(family, None, 0)
+
+
+def port_of(ep: UdpEndpoint) -> int:
+    return ep.local_address[1]
+
+
+async def receive(ep: UdpEndpoint, col: Collector, want: int) -> None:
+    col.want = want
+    with trio.fail_after(5):
+        while len(col.got) < want:
+            await trio.lowlevel.wait_readable(ep.socket)
+            ep.drain(make_dispatcher(col))
+
+
+def recv_all(sock: socket.socket, count: int) -> list[tuple[bytes, Address]]:
+    sock.settimeout(5)
+    return [sock.recvfrom(65536) for _ in range(count)]
+
+
+async def test_each_datagram_reports_the_address_it_came_to() -> None:
+    # Loopback holds all of 127.0.0.0/8: a wildcard socket is two addresses at once.
+    col = Collector()
+    with wildcard() as ep, client_socket() as client:
+        assert ep.pktinfo
+        port = port_of(ep)
+        for dest in ("127.0.0.1", "127.0.0.2", "127.0.0.2", "127.0.0.1"):
+            client.sendto(b"\x04\x00\x00\x00" + dest.encode(), (dest, port))
+        await receive(ep, col, 4)
+        assert col.locals == ["127.0.0.1", "127.0.0.2", "127.0.0.2", "127.0.0.1"]
+        assert [d[4:].decode() for _, d, _ in col.got] == col.locals
+        # The text is made once per run of datagrams to one address: the same object.
+        assert col.locals[1] is col.locals[2]
+
+
+async def test_a_bound_socket_reports_its_address() -> None:
+    col = Collector()
+    with make_endpoint() as ep, client_socket() as client:
+        client.sendto(stun(), ep.local_address)
+        await receive(ep, col, 1)
+        assert col.locals == ["127.0.0.1"]
+
+
+async def test_send_leaves_from_the_source_asked_for() -> None:
+    with wildcard() as ep, client_socket() as client:
+        dest = client.getsockname()
+        port = port_of(ep)
+        assert ep.send(b"default", dest)
+        assert ep.send(b"two", dest, "127.0.0.2")
+        assert ep.send(b"one", dest, "127.0.0.1")
+        assert ep.send_batch([b"b1", b"b2", b"b3"], dest, "127.0.0.2") == 3
+        assert ep.send_batch_prefixed([b"p:", b"p:"], [b"x", b"y"], dest, "127.0.0.2") == 2
+        got = recv_all(client, 8)
+        assert [(d, a) for d, a in got] == [
+            (b"default", ("127.0.0.1", port)),
+            (b"two", ("127.0.0.2", port)),
+            (b"one", ("127.0.0.1", port)),
+            (b"b1", ("127.0.0.2", port)),
+            (b"b2", ("127.0.0.2", port)),
+            (b"b3", ("127.0.0.2", port)),
+            (b"p:x", ("127.0.0.2", port)),
+            (b"p:y", ("127.0.0.2", port)),
+        ]
+        assert ep.counters.tx_packets == 8 and ep.counters.tx_source_fallbacks == 0
+
+
+async def test_answers_leave_from_the_address_the_request_came_to() -> None:
+    """The receiver answers each datagram from its local address: a client that asked
+    127.0.0.2 hears 127.0.0.2 (what a STUN client or an ICE peer checks)."""
+    with wildcard() as ep, client_socket() as client:
+        port = port_of(ep)
+
+        def echo(data: memoryview, addr: Address, local: str | None) -> None:
+            ep.send(bytes(data), addr, local)
+
+        dispatcher = Dispatcher(stun=echo)
+        for dest in ("127.0.0.2", "127.0.0.1"):
+            client.sendto(stun(), (dest, port))
+        with trio.fail_after(5):
+            while ep.counters.tx_packets < 2:
+                await trio.lowlevel.wait_readable(ep.socket)
+                ep.drain(dispatcher)
+        assert [a for _, a in recv_all(client, 2)] == [("127.0.0.2", port), ("127.0.0.1", port)]
+
+
+async def test_a_vanished_source_falls_back_and_the_datagram_still_goes() -> None:
+    with wildcard() as ep, client_socket() as client:
+        dest = client.getsockname()
+        port = port_of(ep)
+        assert ep.send(b"single", dest, GONE)
+        # A batch tries the source once and sends the rest without it.
+        assert ep.send_batch([b"a" * 100, b"b" * 100, b"c" * 50, b"d" * 70], dest, GONE) == 4
+        assert ep.send_batch_prefixed([b"h"], [b"pfx"], dest, GONE) == 1
+        got = recv_all(client, 6)
+        assert [d for d, _ in got] == [
+            b"single",
+            b"a" * 100,
+            b"b" * 100,
+            b"c" * 50,
+            b"d" * 70,
+            b"hpfx",
+        ]
+        assert {a for _, a in got} == {("127.0.0.1", port)}
+        assert ep.counters.tx_source_fallbacks == 3
+        assert ep.counters.tx_dropped == 0 and ep.counters.tx_packets == 6
+
+
+async def test_a_source_of_the_other_family_or_no_address_is_ignored() -> None:
+    with wildcard() as ep, client_socket() as client:
+        assert ep.send(b"v6", client.getsockname(), "::1")
+        assert ep.send(b"junk", client.getsockname(), "not-an-address")
+        assert ep.send(b"any", client.getsockname(), "0.0.0.0")
+        assert [d for d, _ in recv_all(client, 3)] == [b"v6", b"junk", b"any"]
+        assert ep.counters.tx_source_fallbacks == 0
+
+
+def test_pktinfo_off_reports_nothing_and_ignores_sources(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("P2PTUN_PKTINFO", "off")
+    col = Collector()
+    with wildcard() as ep, client_socket() as client:
+        assert not ep.pktinfo
+        port = port_of(ep)
+        client.sendto(stun(), ("127.0.0.2", port))
+        client.settimeout(5)
+        trio.run(receive, ep, col, 1)
+        assert col.locals == [None]
+        # The kernel picks the source: towards 127.0.0.1 that is 127.0.0.1.
+        assert ep.send(b"x", client.getsockname(), "127.0.0.2")
+        assert recv_all(client, 1)[0][1] == ("127.0.0.1", port)
+
+
+@pytest.mark.skipif(not IPV6, reason="IPv6 is not available on this host")
+async def test_ipv6_local_address_and_source() -> None:
+    col = Collector()
+    with wildcard(socket.AF_INET6) as ep, client_socket(socket.AF_INET6) as client:
+        assert ep.pktinfo
+        port = port_of(ep)
+        client.sendto(stun(), ("::1", port))
+        await receive(ep, col, 1)
+        assert col.locals == ["::1"]
+        assert ep.send(b"from ::1", client.getsockname()[:2], "::1")
+        assert ep.send(b"gone", client.getsockname()[:2], "2001:db8::203")
+        got = recv_all(client, 2)
+        assert [d for d, _ in got] == [b"from ::1", b"gone"]
+        assert all(a[:2] == ("::1", port) for _, a in got)
+        assert ep.counters.tx_source_fallbacks == 1

@@ -24,7 +24,7 @@ def test_batch_boundaries_survive(monkeypatch: pytest.MonkeyPatch, mode: str) ->
     monkeypatch.setenv("P2PTUN_OFFLOAD", mode)
     got: list[bytes] = []
 
-    def handler(data: memoryview, addr: Address) -> None:
+    def handler(data: memoryview, addr: Address, local: str | None) -> None:
         got.append(bytes(data))
 
     dispatcher = Dispatcher(wireguard=handler)
@@ -56,7 +56,7 @@ def test_gso_refused_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     """A GSO run the kernel refuses (segments above the route MTU) goes one by one."""
     got: list[int] = []
 
-    def handler(data: memoryview, addr: Address) -> None:
+    def handler(data: memoryview, addr: Address, local: str | None) -> None:
         got.append(len(data))
 
     dispatcher = Dispatcher(wireguard=handler)
@@ -80,7 +80,7 @@ def test_gso_refused_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_classify_each_gro_segment() -> None:
     """Each datagram of a GRO read is classified on its own (WireGuard vs. other)."""
     kinds: list[PacketKind] = []
-    dispatcher = Dispatcher(wireguard=lambda d, a: kinds.append(PacketKind.WIREGUARD))
+    dispatcher = Dispatcher(wireguard=lambda d, a, _local: kinds.append(PacketKind.WIREGUARD))
     with (
         UdpEndpoint.bind(socket.AF_INET, "127.0.0.1") as rx,
         UdpEndpoint.bind(socket.AF_INET, "127.0.0.1") as tx,

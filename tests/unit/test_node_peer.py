@@ -154,9 +154,9 @@ async def transports(nursery: trio.Nursery) -> AsyncIterator[Callable[[Ctx], Non
                     if receive:
                         mux = ctx.transport.mux
 
-                        def on_stun(data: memoryview, source: Address) -> None:
+                        def on_stun(data: memoryview, source: Address, local: str | None) -> None:
                             if not ctx.deaf:
-                                mux.on_stun(data, source)
+                                mux.on_stun(data, source, local)
 
                         dispatcher = Dispatcher(stun=on_stun, channel_data=mux.on_channel_data)
                         inner.start_soon(mux.endpoints[0].receive_loop, dispatcher)
