@@ -33,12 +33,15 @@ drain and call the agents directly, then send what the agents queued at once):
   Anything else a relay unwraps is dropped and counted.
 
 Transmits leave through the right base: host bases from the shared socket of their family,
-relayed bases through their :class:`~p2ptun.net.turn_relay.TurnRelay` (ChannelData once the
-selected relayed pair's channel is bound, Send indications before). A check from a host base
-that is not the address the kernel sends from towards its destination is dropped (counted in
-``wrong_base``): it would test another pair than the one it names, so it fails instead.
-:meth:`IceSession.send` puts data on the selected pair the same way, and
-:meth:`IceSession.ping` measures its round-trip time with a consent-style check.
+with the base's address as the source (``IP_PKTINFO``: a check tests the pair it names, an
+answer leaves from the address the request came to, RFC 8445 §7.2.5.2.1), relayed bases
+through their :class:`~p2ptun.net.turn_relay.TurnRelay` (ChannelData once the selected relayed
+pair's channel is bound, Send indications before). Where the socket cannot choose its source
+(``P2PTUN_PKTINFO=off``), a check from a host base that is not the address the kernel sends
+from towards its destination is dropped (counted in ``wrong_base``): it would test another pair
+than the one it names, so it fails instead. :meth:`IceSession.send` puts data on the selected
+pair the same way, and :meth:`IceSession.ping` measures its round-trip time with a
+consent-style check.
 
 Events for the daemon (``on_event(session, event)``, called synchronously): every
 :data:`~p2ptun.ice.events.IceEvent` of the agent — :class:`~p2ptun.ice.events.PairSelected`
@@ -62,11 +65,13 @@ events — after its end-of-candidates too, which RFC 8838 does not foresee but 
 accepts: the node trickles what a regather or a new TURN allocation found into the sessions
 it is running. ``on_gathered(round)`` hears about each finished round.
 
-Known limit: the sockets are bound to the wildcard address and
-:class:`~p2ptun.net.udp.UdpEndpoint` does not report a datagram's destination address, so the
-base of an incoming datagram is the address the kernel sends from towards its source (see
-:mod:`p2ptun.net.mux`). On a multi-homed host, pairs on the other host addresses fail
-the symmetric check and the routed one is used.
+Multi-homed hosts: the sockets are bound to the wildcard address; the base of an incoming
+datagram is the local address it came to, as the endpoint reports it (see :mod:`p2ptun.net.mux`),
+and everything sent on a pair leaves from its base. So every host address works as a base —
+with source policy routing (``ip rule from A table ...``) each through its own uplink — and the
+gatherer asks the STUN servers from each of them (:mod:`p2ptun.net.gather`). Without
+``IP_PKTINFO`` the base of an incoming datagram is the address the kernel sends from towards
+its source, and pairs on the other host addresses fail the symmetric check.
 
 A sketch of a user (the probe's way; the node's is :mod:`p2ptun.node.peer`)::
 
@@ -265,6 +270,7 @@ class IceSession:
         self.selected_at: float | None = None
         self._send_relay: TurnRelay | None = None
         self._send_remote: Address | None = None
+        self._send_source: str | None = None
         self._send_direct = False
         self._remotes: set[Address] = set()
 
@@ -403,7 +409,7 @@ class IceSession:
         if remote is None or not self.agent.can_send():
             return False
         if self._send_direct:
-            return self._transport.mux.send(data, remote)
+            return self._transport.mux.send(data, remote, self._send_source)
         relay = self._send_relay
         if relay is None:
             return False
@@ -478,7 +484,7 @@ class IceSession:
         if pair.via_relay:
             relay = self._transport.relay_for(pair.base)
             return relay is not None and relay.send(remote, data)
-        return self._transport.mux.send(data, remote)
+        return self._transport.mux.send(data, remote, pair.base[0])
 
     def close(self) -> None:
         """Forget this session (its agent stops; nothing more is sent). Idempotent."""
@@ -572,6 +578,7 @@ class IceSession:
         else:
             self._send_relay = None
             self._send_direct = True
+        self._send_source = pair.base[0]
         self._send_remote = remote
         log.debug(
             "ice pair",
@@ -821,11 +828,7 @@ class IceTransport:
     ) -> None:
         if len(data) >= 20 and _stun_class(data) == 0:
             self._remember(bytes(data[8:20]), session, now)
-        if not via_relay and self.mux.local_base_for(remote) != local:
-            # The kernel would send this from another local address: the check would test a
-            # pair other than the one it names. Let it fail instead.
-            self.counters.wrong_base += 1
-            return
+        mux = self.mux
         if via_relay:
             relay = self.gatherer.relay_for(local)
             if relay is None:
@@ -833,7 +836,17 @@ class IceTransport:
                 return
             if not relay.send(remote, data):
                 self.counters.tx_dropped += 1
-        elif not self.mux.send(data, remote):
+            return
+        if mux.chooses_source(remote[0]):
+            source: str | None = local[0]  # from the base the transmit names
+        elif mux.local_base_for(remote) != local:
+            # The kernel would send this from another local address: the check would test a
+            # pair other than the one it names. Let it fail instead.
+            self.counters.wrong_base += 1
+            return
+        else:
+            source = None
+        if not mux.send(data, remote, source):
             self.counters.tx_dropped += 1
 
     def _remember(self, tid: bytes, session: IceSession, now: float) -> None:

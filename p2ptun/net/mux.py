@@ -14,14 +14,19 @@ routes each datagram, in this order:
 3. every other STUN message goes to :attr:`UdpMux.on_ice` (the ICE transport), with the local
    base address it arrived on.
 
-The local base: the sockets are bound to the wildcard address, and the endpoint does not
-report a datagram's destination address (no ``IP_PKTINFO``). The mux takes the address the
-host would use as the *source* towards the sender (a route lookup, cached per remote IP):
-with a wildcard socket that is exactly the address our answers leave from, so it is the only
-base the peer can validate a pair with anyway (RFC 8445 §7.2.5.2.1 symmetric check).
+The local base: the sockets are bound to the wildcard address; the endpoint reports the local
+address each datagram came to (``IP_PKTINFO``, :attr:`~p2ptun.net.ports.DatagramPort.
+pktinfo`), and that address with the socket's port is the base. Whoever answers names it as
+the source of the answer (:meth:`UdpMux.send`), so a multi-homed host answers from the address
+it was asked at — what the peer's symmetric check requires (RFC 8445 §7.2.5.2.1) and what
+source policy routing (``ip rule from A table ...``) sends out of the right uplink. Where the
+port cannot tell (``P2PTUN_PKTINFO=off``, a kernel without it) the mux takes the address the
+host would use as the *source* towards the sender (a route lookup, cached per remote IP): with
+a wildcard socket that is then exactly the address our answers leave from, so it is the only
+base the peer can validate a pair with (:meth:`UdpMux.chooses_source` says which applies).
 
 The mux also sends for the others: one datagram or a prefixed batch to a remote, from the
-socket of the remote's address family.
+socket of the remote's address family, from a given local address if asked.
 """
 
 from __future__ import annotations
@@ -111,6 +116,12 @@ class UdpMux:
         self._by_family: dict[int, DatagramPort] = {}
         for ep in self.endpoints:
             self._by_family.setdefault(int(ep.family), ep)
+        # A wildcard socket with pktinfo can send from any of our addresses and receive on
+        # it; one bound to an address only ever talks from that one.
+        self._chooses: dict[int, bool] = {
+            family: ep.pktinfo and ipaddress.ip_address(ep.local_address[0]).is_unspecified
+            for family, ep in self._by_family.items()
+        }
         self._transactions: dict[bytes, StunHandler] = {}
         self._relays: dict[Address, RelayLink] = {}
         self._routes: dict[str, str | None] = {}
@@ -156,24 +167,40 @@ class UdpMux:
         """Forget cached route lookups (call on a network change)."""
         self._routes.clear()
 
-    def send(self, data: bytes | bytearray | memoryview, remote: Address) -> bool:
-        """Send one datagram to ``remote`` from the shared socket of its family; False if it
-        was dropped (no socket of that family, full buffer, no route...)."""
+    def chooses_source(self, host: str) -> bool:
+        """Whether datagrams to ``host`` can leave from any of our addresses and arrive with
+        theirs known (the endpoint of its family is bound to the wildcard address and has
+        ``IP_PKTINFO``)."""
+        return self._chooses.get(int(family_of(host)), False)
+
+    def send(
+        self,
+        data: bytes | bytearray | memoryview,
+        remote: Address,
+        source: str | None = None,
+    ) -> bool:
+        """Send one datagram to ``remote`` from the shared socket of its family, from our
+        address ``source`` if given; False if it was dropped (no socket of that family, full
+        buffer, no route...)."""
         ep = self._by_family.get(int(family_of(remote[0])))
         if ep is None:
             return False
-        return ep.send(data, remote)
+        return ep.send(data, remote, source)
 
     def send_prefixed(
-        self, prefixes: Sequence[bytes], datagrams: Sequence[bytes], remote: Address
+        self,
+        prefixes: Sequence[bytes],
+        datagrams: Sequence[bytes],
+        remote: Address,
+        source: str | None = None,
     ) -> int:
         """Send ``prefixes[i] + datagrams[i]`` for each ``i`` to ``remote`` without joining
-        them (UDP GSO where it applies, :meth:`DatagramPort.send_batch_prefixed`); returns how
-        many were sent."""
+        them (UDP GSO where it applies, :meth:`DatagramPort.send_batch_prefixed`), from
+        ``source`` if given; returns how many were sent."""
         ep = self._by_family.get(int(family_of(remote[0])))
         if ep is None:
             return 0
-        return ep.send_batch_prefixed(prefixes, datagrams, remote)
+        return ep.send_batch_prefixed(prefixes, datagrams, remote, source)
 
     # -- registrations ---------------------------------------------------------------------------
 
@@ -220,10 +247,21 @@ class UdpMux:
         handler(data, local, remote)
         return True
 
+    def _base(self, src: Address, local_ip: str | None) -> Address | None:
+        """The local base a datagram from ``src`` to our ``local_ip`` arrived on: that address
+        and the port of the socket (the route lookup when the address is unknown)."""
+        if local_ip is None:
+            return self.local_base_for(src)
+        port = self.port_for(src[0])
+        if port is None:
+            return None
+        return local_ip, port
+
     def on_stun(self, data: memoryview, src: Address, local_ip: str | None = None) -> None:
-        """The dispatcher's STUN handler (routing order: the module docstring)."""
+        """The dispatcher's STUN handler (routing order: the module docstring); ``local_ip``
+        is the address the datagram came to, if the endpoint knows it."""
         if bytes(data[8:20]) in self._transactions:
-            local = self.local_base_for(src)
+            local = self._base(src, local_ip)
             if local is None:
                 self.counters.rx_no_route += 1
                 return
@@ -238,7 +276,7 @@ class UdpMux:
         if on_ice is None:
             self.counters.rx_dropped += 1
             return
-        local = self.local_base_for(src)
+        local = self._base(src, local_ip)
         if local is None:
             self.counters.rx_no_route += 1
             return
@@ -246,7 +284,8 @@ class UdpMux:
         on_ice(data, local, src)
 
     def on_channel_data(self, data: memoryview, src: Address, local_ip: str | None = None) -> None:
-        """The dispatcher's ChannelData handler: only our TURN servers send us any."""
+        """The dispatcher's ChannelData handler: only our TURN servers send us any (the relay
+        knows the base it allocated from; ``local_ip`` is not needed)."""
         relay = self._relays.get(src)
         if relay is None:
             self.counters.rx_dropped += 1

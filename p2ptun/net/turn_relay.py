@@ -1,12 +1,15 @@
 """TURN allocations for the node: over the shared UDP socket, or over their own TCP/TLS stream.
 
 :class:`TurnRelay` runs one :class:`~p2ptun.turn.client.TurnClient` allocation (RFC 8656): over
-UDP it sends through the node's :class:`~p2ptun.net.mux.UdpMux` and receives what the mux routes
-to it; over TCP or TLS (``turn:...?transport=tcp``, ``turns:``) it owns a connection (made
-through the :class:`~p2ptun.net.ports.Host` by :func:`p2ptun.net.streams.open_stream`), a
-reader task that cuts the byte stream into frames and a writer task that sends everything
-queued since its last wake-up in one write. Either way the relay has a single timer task
-re-armed at the client's ``next_wakeup()`` after every step, and nothing blocks:
+UDP it sends through the node's :class:`~p2ptun.net.mux.UdpMux` — always from the local address
+it allocated from (:attr:`TurnRelay.local_ip`, the route's source towards the server when it
+started), since the server knows the allocation by that 5-tuple (RFC 8656 §2.2) — and receives
+what the mux routes to it; over TCP or TLS (``turn:...?transport=tcp``, ``turns:``) it owns a
+connection (made through the :class:`~p2ptun.net.ports.Host` by
+:func:`p2ptun.net.streams.open_stream`), a reader task that cuts the byte stream into frames
+and a writer task that sends everything queued since its last wake-up in one write. Either way
+the relay has a single timer task re-armed at the client's ``next_wakeup()`` after every step,
+and nothing blocks:
 :meth:`TurnRelay.send` wraps a payload (ChannelData on a bound channel, else a Send indication)
 and queues it synchronously.
 
@@ -156,7 +159,8 @@ class TurnRelay:
         self.counters = RelayCounters()
         #: Why the allocation ended (None while it lives or after a clean close).
         self.failure: AllocationFailed | AllocationLost | None = None
-        #: The local address the allocation is made from (the relay candidate's base IP).
+        #: The local address the allocation is made from (the relay candidate's base IP); over
+        #: UDP everything to the server leaves from it.
         self.local_ip: str | None = None
         self._mux = mux
         self._host = host
@@ -308,7 +312,7 @@ class TurnRelay:
             return False
         wire = client.send(peer, bytes(data), trio.current_time())
         if self._mux is not None:
-            sent = self._mux.send(wire, self.server)
+            sent = self._mux.send(wire, self.server, self.local_ip)
         else:
             sent = self._queue(wire, droppable=True)
         self._pump()
@@ -345,7 +349,7 @@ class TurnRelay:
                 head = headers[size] = channel_data_header(number, size)
             prefixes.append(head)
         if self._mux is not None:
-            return self._mux.send_prefixed(prefixes, datagrams, self.server)
+            return self._mux.send_prefixed(prefixes, datagrams, self.server, self.local_ip)
         if len(self._out) > MAX_STREAM_BACKLOG:
             self.counters.tx_dropped += len(datagrams)
             return 0
@@ -565,14 +569,14 @@ class TurnRelay:
 
     def _transmit(self, data: bytes) -> None:
         if self._mux is not None:
-            self._mux.send(data, self.server)
+            self._mux.send(data, self.server, self.local_ip)
         else:
             self._queue(data, droppable=False)
 
     def _flush_transmits_now(self) -> None:
         for data in self.client.pop_transmits():
             if self._mux is not None:
-                self._mux.send(data, self.server)
+                self._mux.send(data, self.server, self.local_ip)
             elif self._stream is not None:
                 self._out += data
 

@@ -17,8 +17,8 @@ gathering and the TURN relays, the agents' timer and their transmits):
    round, and what later rounds find while it runs) and end-of-candidates are trickled as
    ``Candidates`` messages once the peer may receive them.
 3. **The path**: when an attempt selects a pair it becomes the *active* one and the data path
-   sends the peer's WireGuard datagrams over it — straight to the remote candidate
-   (:meth:`WgTunnel.set_endpoint`), or through our TURN allocation
+   sends the peer's WireGuard datagrams over it — straight to the remote candidate from the
+   pair's local base (:meth:`WgTunnel.set_endpoint`), or through our TURN allocation
    (:meth:`WgTunnel.set_sender` with the relay's batch send; the session bound a channel, so
    it goes as ChannelData; whatever WireGuard the relay unwraps goes to the data path, which
    authenticates every datagram itself). A
@@ -611,7 +611,9 @@ class PeerSession:
             # The session bound a channel to the remote: the data goes as ChannelData.
             tunnel.set_sender(self.wg, partial(relay.send_batch, remote), remote)
         else:
-            tunnel.set_endpoint(self.wg, remote)
+            # From the pair's local base: the address the peer checked, on a multi-homed host
+            # the uplink the pair goes through (source policy routing).
+            tunnel.set_endpoint(self.wg, remote, pair.base[0])
         self.path = pair
         self.wg.path_silence = max(PATH_SILENCE_MIN, PATH_SILENCE_RTTS * (pair.rtt or 0.0))
         now = trio.current_time()

@@ -26,12 +26,16 @@ the sockets' receive tasks (run by the composition root, :mod:`p2ptun.node.daemo
 device directly, which is safe because trio runs one task at a time.
 
 A peer's path is set from outside: :meth:`WgTunnel.set_endpoint` for a direct UDP path (the
-node daemon takes it from ICE's selected pair; the standalone tunnel process of the development
-tree, ``python -m p2plab.wgtunnel_tool``, from its config), :meth:`WgTunnel.set_sender` for any
-other (a TURN relay); with ``learn_endpoints`` a peer without a path takes one from its first
-authenticated datagram. Datagrams that arrive by another way than the UDP socket (unwrapped
-from TURN) enter through :meth:`WgTunnel.receive_datagram`. With ``mss`` set, TCP SYNs crossing
-the tunnel in either direction get their MSS option clamped (:mod:`p2ptun.node.mss`).
+node daemon takes it from ICE's selected pair: the remote candidate, and the pair's local base
+as the source its datagrams leave from, so that a multi-homed host keeps talking from the
+address the peer knows; the standalone tunnel process of the development tree, ``python -m
+p2plab.wgtunnel_tool``, from its config), :meth:`WgTunnel.set_sender` for any other (a TURN
+relay); with ``learn_endpoints`` a peer without a path takes one from its first authenticated
+datagram, and with ``roam`` a direct path follows the peer's authenticated datagrams — to the
+address they come from and from the local address they came to (WireGuard's "sticky
+sockets"). Datagrams that arrive by another way than the UDP socket (unwrapped from TURN) enter
+through :meth:`WgTunnel.receive_datagram`. With ``mss`` set, TCP SYNs crossing the tunnel in
+either direction get their MSS option clamped (:mod:`p2ptun.node.mss`).
 """
 
 from __future__ import annotations
@@ -191,6 +195,8 @@ class WgTunnel:
         self.on_path_quiet = on_path_quiet
         self._by_family = {ep.family: ep for ep in self.endpoints}
         self._peer_endpoints: dict[Peer, Address | None] = {}
+        #: The local address each direct path sends from (None: the kernel's choice).
+        self._peer_sources: dict[Peer, str | None] = {}
         self._senders: dict[Peer, Sender] = {}
         self._vnet = tun.vnet_hdr
         self.tun_offload = tun.enable_offload() if tun.vnet_hdr else 0
@@ -216,11 +222,13 @@ class WgTunnel:
             stats = self.peer_stats[peer] = PeerStats()
         return stats
 
-    def set_endpoint(self, peer: Peer, endpoint: Address | None) -> None:
+    def set_endpoint(self, peer: Peer, endpoint: Address | None, source: str | None = None) -> None:
         """Send ``peer``'s datagrams to ``endpoint`` over UDP from now on (ICE path switch,
-        roaming); replaces a sender set with :meth:`set_sender`."""
+        roaming), from our address ``source`` if given; replaces a sender set with
+        :meth:`set_sender`. ``None`` clears the path (and its source)."""
         self._senders.pop(peer, None)
         self._peer_endpoints[peer] = endpoint
+        self._peer_sources[peer] = source if endpoint is not None else None
         if endpoint is not None:
             self._path_set(peer)
 
@@ -241,14 +249,20 @@ class WgTunnel:
             self._senders[peer] = sender
             self._path_set(peer)
         self._peer_endpoints[peer] = endpoint
+        self._peer_sources.pop(peer, None)
 
     def endpoint(self, peer: Peer) -> Address | None:
         return self._peer_endpoints.get(peer)
+
+    def source(self, peer: Peer) -> str | None:
+        """The local address ``peer``'s direct path sends from (None: the kernel's choice)."""
+        return self._peer_sources.get(peer)
 
     def remove_peer(self, peer: Peer) -> None:
         """Forget ``peer`` (its keys, routes in the device, path)."""
         self.device.remove_peer(peer)
         self._peer_endpoints.pop(peer, None)
+        self._peer_sources.pop(peer, None)
         self._senders.pop(peer, None)
         self.peer_stats.pop(peer, None)
         self._touched.pop(peer, None)
@@ -372,24 +386,26 @@ class WgTunnel:
             self.counters.mss_clamped += 1
 
     def on_datagram(self, data: memoryview, addr: Address, local: str | None = None) -> None:
-        """The dispatcher's handler for one WireGuard datagram (``data`` is valid until the
-        batch ends, :meth:`udp_drained`)."""
+        """The dispatcher's handler for one WireGuard datagram from ``addr`` to our ``local``
+        address (``data`` is valid until the batch ends, :meth:`udp_drained`)."""
         now = self._rx_now
         if now is None:
             now = self._rx_now = trio.current_time()
         peer = self.device.receive_datagram(data, now, addr)
         if peer is not None:
             self._touched[peer] = None
-            if self._peer_endpoints.get(peer) != addr:
-                self._authenticated_from(peer, addr)
+            if self._peer_endpoints.get(peer) != addr or (
+                local is not None and self._peer_sources.get(peer) != local
+            ):
+                self._authenticated_from(peer, addr, local)
 
-    def _authenticated_from(self, peer: Peer, addr: Address) -> None:
-        """An authenticated datagram of ``peer`` came from ``addr``, which is not its endpoint:
-        learn it (no path yet, ``learn_endpoints``) or roam to it (a direct path; WireGuard's
-        own rule, whitepaper §2.1: the reply goes where the last authenticated packet came
-        from). The peer's NAT gave it a new mapping, and when ours lets the new one in, the
-        tunnel works again in one round trip, before any probe or ICE restart. A relayed path
-        is left to ICE."""
+    def _authenticated_from(self, peer: Peer, addr: Address, local: str | None) -> None:
+        """An authenticated datagram of ``peer`` came from ``addr`` to our ``local`` address,
+        which are not its path's: learn them (no path yet, ``learn_endpoints``) or roam to them
+        (a direct path; WireGuard's own rule, whitepaper §2.1: the reply goes where the last
+        authenticated packet came from, and leaves from where it arrived). The peer's NAT gave
+        it a new mapping, and when ours lets the new one in, the tunnel works again in one
+        round trip, before any probe or ICE restart. A relayed path is left to ICE."""
         endpoints = self._peer_endpoints
         endpoint = endpoints.get(peer)
         if endpoint is None:
@@ -400,6 +416,8 @@ class WgTunnel:
             )
         elif not self.roam or peer in self._senders:
             return
+        elif endpoint == addr:
+            log.debug("peer reached us at another address", peer=_short(peer.public_key), at=local)
         else:
             self._stats(peer).roams += 1
             log.info(
@@ -409,6 +427,7 @@ class WgTunnel:
                 new=format_address(addr),
             )
         endpoints[peer] = addr
+        self._peer_sources[peer] = local
 
     def receive_datagram(self, data: bytes | bytearray | memoryview, source: bytes) -> None:
         """A WireGuard datagram that did not come straight from the UDP socket (a TURN relay
@@ -449,7 +468,7 @@ class WgTunnel:
                 self._tun_drain_batch()
         for source, reply in self.device.pop_replies():
             if isinstance(source, tuple):
-                self._send(reply, source)
+                self._send(reply, source)  # a cookie reply: rare, from the kernel's choice
             else:
                 self.counters.replies_dropped += 1
 
@@ -487,7 +506,7 @@ class WgTunnel:
                 if any(d[0] == _INITIATION for d in datagrams):
                     self._initiation_unsent.add(peer)
             else:
-                self._send_batch(datagrams, endpoint)
+                self._send_batch(datagrams, endpoint, self._peer_sources.get(peer))
         packets = peer.pop_packets()
         if packets:
             self._write_packets(packets)
@@ -526,13 +545,13 @@ class WgTunnel:
             writev(parts)
         self.counters.gro_segments = coalescer.merged
 
-    def _send_batch(self, datagrams: list[bytes], addr: Address) -> None:
+    def _send_batch(self, datagrams: list[bytes], addr: Address, source: str | None) -> None:
         family = family_of(addr[0])
         ep = self._by_family.get(family)
         if ep is None:
             self.counters.tx_no_socket += len(datagrams)
         else:
-            ep.send_batch(datagrams, addr)
+            ep.send_batch(datagrams, addr, source)
 
     def _send(self, datagram: bytes, addr: Address) -> None:
         family = family_of(addr[0])
@@ -574,6 +593,7 @@ class WgTunnel:
                 {
                     "public_key": encode_key(peer.public_key),
                     "endpoint": None if endpoint is None else format_address(endpoint),
+                    "source": self._peer_sources.get(peer),
                     "has_session": peer.has_session(now),
                     "last_handshake_age": None if last is None else round(now - last, 3),
                     "rx_bytes": peer.rx_bytes,

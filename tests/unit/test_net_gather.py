@@ -217,16 +217,17 @@ async def test_udp_relay_srflx_and_new_allocation_when_the_path_changes(
     nursery: trio.Nursery,
 ) -> None:
     # The endpoint is bound to the wildcard address; the route lookup says which local
-    # address the kernel would send from (a documentation address: the mapped address the
-    # server reports, 127.0.0.1, then differs from the base, as behind a NAT).
-    route = {"ip": "192.0.2.1"}
+    # address the kernel would send from (a documentation address this machine does not have:
+    # sent from it, the kernel refuses, the endpoint sends without it, and the mapped address
+    # the server reports, 127.0.0.1, differs from the base, as behind a NAT).
+    route = {"ip": "198.51.100.201"}
     port = free_port()
     scope = await serve(nursery, port)
     changes: list[int] = []
     g = await start(
         nursery,
         GatherOptions(turn=(turn(port),)),
-        hosts=["192.0.2.1"],
+        hosts=["198.51.100.201"],
         route_lookup=lambda ip: route["ip"],
         on_relays_changed=lambda: changes.append(1),
     )
@@ -236,20 +237,20 @@ async def test_udp_relay_srflx_and_new_allocation_when_the_path_changes(
     assert srflx.address == (HOST, host.port) and srflx.related == host.address
     assert relay.related == srflx.address
     old = g.relays[0]
-    assert old.local_ip == "192.0.2.1"
+    assert old.local_ip == "198.51.100.201"
     # The kernel now sends from another address: the server knows the allocation by the old
     # 5-tuple, so it is abandoned (no deallocation can reach it) and made again; the round
     # waits for the new one and nobody needs to hear about it. (On loopback the 5-tuple does
     # not really change: a fresh server stands in for the server seeing a new client.)
     scope = await restart_server(nursery, scope, port)
-    route["ip"] = "192.0.2.2"
+    route["ip"] = "198.51.100.202"
     again = await g.gather()
     assert not again.failures, again.failures
     assert not old.allocated and old.client.state is AllocationState.ALLOCATED  # not released
     new = g.relays[0]
-    assert new is not old and new.local_ip == "192.0.2.2"
+    assert new is not old and new.local_ip == "198.51.100.202"
     assert [c.related for c in again.candidates if c.type is CandidateType.SRFLX] == [
-        ("192.0.2.2", host.port)
+        ("198.51.100.202", host.port)
     ]
     assert not changes
     scope.cancel()

@@ -87,9 +87,10 @@ async def start_node(
     stun: Sequence[Address] = (),
     turn: Sequence[TurnServerConfig] = (),
     transport_options: dict[str, Any] | None = None,
+    bind: str | None = HOST,
     **options: Any,
 ) -> Node:
-    ep = UdpEndpoint.bind(socket.AF_INET, HOST)
+    ep = UdpEndpoint.bind(socket.AF_INET, bind)
     transport = IceTransport(
         [ep],
         GatherOptions(stun=tuple(stun), turn=tuple(turn), **options),
@@ -236,6 +237,31 @@ async def test_checks_only_from_the_base_the_kernel_sends_from(nursery: trio.Nur
     assert a.transport.counters.wrong_base > 0
     assert gathered == [1]
     await exchange(a, b)
+
+
+@pytest.mark.parametrize("pktinfo", ["auto", "off"])
+async def test_every_host_address_of_a_wildcard_socket_is_a_base(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, pktinfo: str
+) -> None:
+    # a's socket is bound to the wildcard address and a has two host addresses, 127.0.0.2
+    # preferred. Each datagram's local address is known and everything on a pair leaves from
+    # its base: the preferred pair works (checks, answers, data from 127.0.0.2, which b's
+    # transport routes by that source). Without that, the kernel sends from 127.0.0.1 towards
+    # b: checks from 127.0.0.2 are not sent and the routed base carries the data.
+    monkeypatch.setenv("P2PTUN_PKTINFO", pktinfo)
+    a = await start_node(nursery, hosts=("127.0.0.2", HOST), bind=None)
+    b = await start_node(nursery)
+    pa, pb = await connect(a, b)
+    port = a.endpoint.local_address[1]
+    if pktinfo == "auto":
+        assert pa.base == pa.local.address == ("127.0.0.2", port)
+        assert pb.remote.address == ("127.0.0.2", port)
+        assert a.transport.counters.wrong_base == 0
+    else:
+        assert pa.base == (HOST, port) and pb.remote.address == (HOST, port)
+        assert a.transport.counters.wrong_base > 0
+    await exchange(a, b)
+    assert a.endpoint.counters.tx_source_fallbacks == 0
 
 
 async def test_srflx_from_stun_and_unresponsive_server_is_bounded(

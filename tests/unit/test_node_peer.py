@@ -69,9 +69,11 @@ class FakeSignaling:
 class FakeTunnel:
     def __init__(self) -> None:
         self.endpoints: list[Address | None] = []
+        self.sources: list[str | None] = []
 
-    def set_endpoint(self, peer: Any, endpoint: Address | None) -> None:
+    def set_endpoint(self, peer: Any, endpoint: Address | None, source: str | None = None) -> None:
         self.endpoints.append(endpoint)
+        self.sources.append(source)
 
     def set_sender(self, peer: Any, sender: Any, endpoint: Address | None) -> None:
         self.endpoints.append(endpoint)
@@ -302,6 +304,8 @@ async def test_offer_answer_path_restart_ping_and_bye(
     assert alice.path is not None and bob.path is not None
     assert actx.tunnel.endpoints[-1] == bctx.address
     assert bctx.tunnel.endpoints[-1] == actx.address
+    # The data leaves from the selected pair's local base.
+    assert actx.tunnel.sources[-1] == alice.path.base[0] == actx.address[0]
     # The offerer (controlling) starts the WireGuard handshake, the answerer does not.
     assert (alice.wg.initiated, bob.wg.initiated) == (1, 0)  # type: ignore[attr-defined]
     assert alice.status(trio.current_time())["path"] == "direct"

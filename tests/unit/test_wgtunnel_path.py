@@ -1,6 +1,6 @@
 """WgTunnel's path handling: an initiation dropped for want of a path does not hold back the
 first handshake once ICE sets one (the 5 s wait between "path selected" and "handshake
-complete")."""
+complete"); a direct path's source address, and how it follows the peer."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import os
 import socket
 import time
 
+import trio
+
 from p2ptun.keys import generate_private_key, public_key
+from p2ptun.net.dispatch import Dispatcher
 from p2ptun.net.udp import UdpEndpoint
 from p2ptun.node.wgtunnel import WgTunnel
 from p2ptun.wireguard import Device
@@ -60,3 +63,59 @@ def test_first_initiation_after_path_is_set() -> None:
         except BlockingIOError:
             more = b""
         assert more == b""
+
+
+def recv_from(ep: UdpEndpoint, tunnel: WgTunnel) -> list[tuple[int, tuple[str, int]]]:
+    """Drain ``ep`` into ``tunnel`` (as its dispatcher would); what came, from where."""
+    seen: list[tuple[int, tuple[str, int]]] = []
+
+    def on_wg(data: memoryview, addr: tuple[str, int], local: str | None) -> None:
+        seen.append((data[0], addr))
+        tunnel.on_datagram(data, addr, local)
+
+    dispatcher = Dispatcher(wireguard=on_wg, drained=tunnel.udp_drained)
+    for _ in range(50):  # bounded: the datagram is on loopback already or very soon
+        if ep.drain(dispatcher):
+            return seen
+        time.sleep(0.01)
+    return seen
+
+
+async def test_a_direct_path_sends_from_its_source_and_follows_the_peer_to_another() -> None:
+    """A multi-homed node (a wildcard socket, 127.0.0.1 and .2 on loopback) sends a peer's
+    datagrams from the local base ICE chose; when the peer's authenticated datagrams come to
+    another of its addresses, it answers from there (WireGuard's sticky sockets)."""
+    dev_a = Device(generate_private_key(), rng=os.urandom, wall_clock=time.time)
+    dev_b = Device(generate_private_key(), rng=os.urandom, wall_clock=time.time)
+    peer_b = dev_a.add_peer(dev_b.public_key, allowed_ips=["10.9.0.2/32"])
+    peer_a = dev_b.add_peer(dev_a.public_key, allowed_ips=["10.9.0.1/32"])
+    ep_a = UdpEndpoint.bind(socket.AF_INET, None)
+    ep_b = UdpEndpoint.bind(socket.AF_INET, "127.0.0.1")
+    a = WgTunnel(dev_a, FakeTun(), [ep_a])  # type: ignore[arg-type]
+    b = WgTunnel(dev_b, FakeTun(), [ep_b])  # type: ignore[arg-type]
+    port_a = ep_a.local_address[1]
+    with a, b, ep_a, ep_b:
+        a.set_endpoint(peer_b, ep_b.local_address, "127.0.0.2")
+        assert a.source(peer_b) == "127.0.0.2"
+        peer_b.initiate_handshake(trio.current_time())
+        a.flush(peer_b)
+        # b learns a's address from the initiation, and answers it from where it came to.
+        assert recv_from(ep_b, b) == [(1, ("127.0.0.2", port_a))]
+        assert b.endpoint(peer_a) == ("127.0.0.2", port_a) and b.source(peer_a) == "127.0.0.1"
+        assert recv_from(ep_a, a) == [(2, ep_b.local_address)]
+        assert a.source(peer_b) == "127.0.0.2"  # the response came to 127.0.0.2: no change
+        peer_b.send_keepalive(trio.current_time())  # confirms the session for b
+        a.flush(peer_b)
+        assert set(recv_from(ep_b, b)) == {(4, ("127.0.0.2", port_a))}
+        # b now writes to a's other address: a answers from that one from now on.
+        b.set_endpoint(peer_a, ("127.0.0.1", port_a))
+        peer_a.send_keepalive(trio.current_time())
+        b.flush(peer_a)
+        assert set(recv_from(ep_a, a)) == {(4, ep_b.local_address)}
+        assert a.endpoint(peer_b) == ep_b.local_address and a.source(peer_b) == "127.0.0.1"
+        peer_b.send_keepalive(trio.current_time())
+        a.flush(peer_b)
+        assert set(recv_from(ep_b, b)) == {(4, ("127.0.0.1", port_a))}
+        # A cleared path forgets its source.
+        a.set_endpoint(peer_b, None)
+        assert a.source(peer_b) is None
