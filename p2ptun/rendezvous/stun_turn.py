@@ -10,7 +10,14 @@ address is bound (or the start fails with one clear line) before anything is ser
         nursery.start_soon(service.serve)
 
 - UDP on every ``[stun] listen`` address: STUN Binding, TURN requests, Send indications and
-  ChannelData (RFC 8656 §3.1: TURN runs on the STUN port).
+  ChannelData (RFC 8656 §3.1: TURN runs on the STUN port). A wildcard listener (the default,
+  ``0.0.0.0:3478``) learns each datagram's local address (``IP_PKTINFO``): a client's 5-tuple
+  has the address it sent to as the server's (RFC 8656 §2.2: two server addresses, two
+  5-tuples), and everything for that client — Binding and TURN responses, Data indications,
+  ChannelData — leaves from that address, as from a listener bound to it (coturn binds one
+  socket per address for this). A client that sees its answer come from another address drops
+  it. Without the local address (``P2PTUN_PKTINFO=off``) the 5-tuple has the wildcard and the
+  kernel picks the source.
 - TCP on the same addresses, and TLS on ``[turn] tls_listen``: STUN and ChannelData framed on
   the stream (RFC 8489 §6.2.2, RFC 8656 §12.5); each connection is its own 5-tuple and its
   allocation ends with it.
@@ -36,6 +43,7 @@ address is bound (or the start fails with one clear line) before anything is ser
 from __future__ import annotations
 
 import errno
+import ipaddress
 import math
 import ssl
 from collections.abc import Iterable
@@ -43,7 +51,7 @@ from dataclasses import dataclass, fields
 
 import trio
 
-from p2ptun.addr import Address, format_address
+from p2ptun.addr import Address, format_address, is_ipv6
 from p2ptun.config import StunServerSettings, TurnServerSettings
 from p2ptun.errors import ConfigError, RuntimeFailure
 from p2ptun.log import get_logger
@@ -81,8 +89,11 @@ MAX_CONNECTIONS = 1024
 IDLE_TIMEOUT = 120.0
 #: Frames queued for one stream client before further ones are dropped.
 STREAM_QUEUE = 256
-#: Clients whose 5-tuple objects a UDP listener keeps (rebuilt when the table is full).
+#: Clients whose 5-tuple objects a UDP listener keeps per local address (rebuilt when the
+#: table is full).
 MAX_FIVE_TUPLES = 4096
+#: Local addresses a wildcard listener keeps 5-tuple tables for.
+MAX_LOCAL_ADDRESSES = 64
 #: ChannelData headers (channel number and length) kept for reuse.
 MAX_CHANNEL_HEADS = 4096
 TLS_HANDSHAKE_TIMEOUT = 10.0
@@ -145,6 +156,9 @@ class StunTurnService:
         self._tls_context = tls_context
         self._streams: dict[FiveTuple, trio.MemorySendChannel[bytes]] = {}
         self._relays: dict[Address, DatagramPort] = {}
+        #: A 5-tuple's server address -> the listener that serves it and the source its
+        #: datagrams leave from (None: the listener's own address).
+        self._listeners: dict[Address, tuple[DatagramPort, str | None] | None] = {}
         self._channel_heads: dict[int, bytes] = {}
         self._nursery: trio.Nursery | None = None
         self._timer = CoreTimer(turn.next_wakeup, self._on_timeout) if turn is not None else None
@@ -399,9 +413,28 @@ class StunTurnService:
         self.counters.relay_recv_errors += endpoint.counters.rx_errors
         endpoint.close()
 
-    def listener(self, server: Address) -> DatagramPort | None:
-        """The UDP listener a client reached us on (answers and ChannelData leave from it)."""
-        return self._udp.get(server)
+    def listener(self, server: Address) -> tuple[DatagramPort, str | None] | None:
+        """The UDP listener that serves a 5-tuple's ``server`` address, and the source address
+        answers and ChannelData leave from: the listener bound to it (source None: its own),
+        else the wildcard listener of its port and family with ``server``'s address as the
+        source. None if no listener has it."""
+        try:
+            return self._listeners[server]
+        except KeyError:
+            pass
+        found: tuple[DatagramPort, str | None] | None = None
+        endpoint = self._udp.get(server)
+        if endpoint is not None:
+            found = (endpoint, None)
+        else:
+            wildcard = ("::" if is_ipv6(server[0]) else "0.0.0.0", server[1])
+            endpoint = self._udp.get(wildcard)
+            if endpoint is not None:
+                found = (endpoint, server[0])
+        if len(self._listeners) >= MAX_FIVE_TUPLES:
+            self._listeners.clear()
+        self._listeners[server] = found
+        return found
 
     # -- output dispatch ---------------------------------------------------------------------
 
@@ -444,9 +477,9 @@ class StunTurnService:
     ) -> None:
         self._send_to_peers(to_peers)
         for (server, client), datagrams in to_clients.items():
-            endpoint = self._udp.get(server)
-            if endpoint is not None:
-                endpoint.send_batch(datagrams, client)
+            found = self.listener(server)
+            if found is not None:
+                found[0].send_batch(datagrams, client, found[1])
         to_clients.clear()
 
     def _send_to_peers(self, to_peers: _Gathered) -> None:
@@ -488,15 +521,24 @@ class _ClientReceiver:
     before it is sent first (after the outputs of earlier messages) and the routes are looked
     up again after it. The endpoint's generic demultiplexer is not used: a TURN server also
     takes the RFC 5766 channels up to 0x7FFF as ChannelData.
+
+    On a wildcard listener each datagram's local address (the endpoint's pktinfo) is the
+    server address of its 5-tuple; the 5-tuples are kept per local address (the endpoint hands
+    the same string object for a run of datagrams to one address, so finding the table is
+    an identity test), and a batch's route cache is emptied when the local address changes.
     """
 
     def __init__(self, service: StunTurnService, local: Address, endpoint: DatagramPort) -> None:
         self.service = service
         self.local = local
         self.endpoint = endpoint
+        self.wildcard = is_unspecified(local[0])
         turn = service.turn
         self.channel_max = 0 if turn is None else turn.options.channel_max >> 8
-        self.five_tuples: dict[Address, FiveTuple] = {}
+        #: Local address (None: unknown, or a listener bound to one) -> client -> 5-tuple.
+        self.five_tuples: dict[str | None, dict[Address, FiveTuple]] = {}
+        self._at: str | None = None
+        self._at_tuples: dict[Address, FiveTuple] = self.five_tuples.setdefault(None, {})
         self.routes: dict[tuple[Address, int], tuple[Address, Address]] = {}
         self.outputs: list[Output] = []
         self.to_peers: _Gathered = {}
@@ -507,19 +549,25 @@ class _ClientReceiver:
     def datagram(self, data: memoryview, client: Address, local: str | None) -> None:
         service = self.service
         turn = service.turn
+        if not self.wildcard:
+            local = None  # bound to one address: that is the server's
         if turn is None:
             response = handle_binding(data, client)
             if response is not None:
-                self.endpoint.send(response, client)
+                self.endpoint.send(response, client, local)
             return
         now = self.now
         if now is None:
             now = self.now = trio.current_time()
-        ft = self.five_tuples.get(client)
+        if local is not self._at:
+            self._switch_local(local)
+        tuples = self._at_tuples
+        ft = tuples.get(client)
         if ft is None:
-            if len(self.five_tuples) >= MAX_FIVE_TUPLES:
-                self.five_tuples.clear()
-            ft = self.five_tuples[client] = FiveTuple(client, self.local, Transport.UDP)
+            if len(tuples) >= MAX_FIVE_TUPLES:
+                tuples.clear()
+            server = self.local if local is None else (local, self.local[1])
+            ft = tuples[client] = FiveTuple(client, server, Transport.UDP)
         if len(data) >= 4 and 0x40 <= data[0] <= self.channel_max:
             end = channel_data_end(data)
             if end >= 0:
@@ -544,6 +592,19 @@ class _ClientReceiver:
         self.routes.clear()
         service.wall_offset(now)
         self.outputs.extend(turn.handle_client(ft, data, now))
+
+    def _switch_local(self, local: str | None) -> None:
+        """The datagram came to another local address than the one before it: its 5-tuples,
+        and no route of the other address's."""
+        self._at = local
+        tables = self.five_tuples
+        tuples = tables.get(local)
+        if tuples is None:
+            if len(tables) >= MAX_LOCAL_ADDRESSES:
+                tables.clear()
+            tuples = tables[local] = {}
+        self._at_tuples = tuples
+        self.routes.clear()
 
     def drained(self) -> None:
         service = self.service
@@ -574,9 +635,9 @@ class _PeerReceiver:
     def __init__(self, service: StunTurnService, relay: Address) -> None:
         self.service = service
         self.relay = relay
-        self.routes: dict[Address, tuple[DatagramPort, Address, int] | None] = {}
+        self.routes: dict[Address, tuple[DatagramPort, Address, int, str | None] | None] = {}
         self.outputs: list[Output] = []
-        self.to_client: tuple[DatagramPort, Address] | None = None
+        self.to_client: tuple[DatagramPort, Address, str | None] | None = None
         self.prefixes: list[bytes] = []
         self.payloads: list[memoryview] = []
         self.relayed = 0
@@ -596,9 +657,9 @@ class _PeerReceiver:
             route = None
             found = turn.peer_route(self.relay, src, now)
             if found is not None:
-                endpoint = service.listener(found[0].server)
-                if endpoint is not None:
-                    route = (endpoint, found[0].client, found[1])
+                listener = service.listener(found[0].server)
+                if listener is not None:
+                    route = (listener[0], found[0].client, found[1], listener[1])
             self.routes[src] = route
         size = len(data)
         if route is None or not size or size > MAX_RELAY_PAYLOAD:
@@ -607,7 +668,7 @@ class _PeerReceiver:
                 self.outputs.append(out)
             return
         # One allocation per relay socket: every route leads to the same client.
-        self.to_client = (route[0], route[1])
+        self.to_client = (route[0], route[1], route[3])
         heads = service._channel_heads
         key = (route[2] << 16) | size
         head = heads.get(key)
@@ -631,13 +692,23 @@ class _PeerReceiver:
         if to_client is not None:
             turn.counters.relayed_to_client += self.relayed
             turn.counters.relayed_to_client_bytes += self.relayed_bytes
-            to_client[0].send_batch_prefixed(self.prefixes, self.payloads, to_client[1])
+            to_client[0].send_batch_prefixed(
+                self.prefixes, self.payloads, to_client[1], to_client[2]
+            )
             self.to_client = None
             self.prefixes = []
             self.payloads = []
         self.routes.clear()
         self.relayed = self.relayed_bytes = 0
         self.now = None
+
+
+def is_unspecified(ip: str) -> bool:
+    """Whether ``ip`` is the wildcard address (``0.0.0.0``, ``::``)."""
+    try:
+        return ipaddress.ip_address(ip).is_unspecified
+    except ValueError:
+        return False
 
 
 def _frame_size(buf: bytearray) -> int | None:

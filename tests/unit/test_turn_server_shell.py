@@ -308,3 +308,74 @@ async def test_channel_data_bursts_are_relayed_in_order_both_ways(
     client.close()
     peer.close()
     svc.close()
+
+
+async def udp_exchange_from(
+    sock: trio.socket.SocketType, data: bytes, dest: tuple[str, int]
+) -> tuple[Message, tuple[str, int]]:
+    """``udp_exchange``, and where the answer came from."""
+    await sock.sendto(data, dest)
+    with trio.fail_after(5):
+        reply, src = await sock.recvfrom(65536)
+    return Message.decode(reply), src
+
+
+@pytest.mark.parametrize("pktinfo", ["auto", "off"])
+async def test_a_wildcard_listener_answers_from_each_address_with_its_own_5_tuples(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, pktinfo: str
+) -> None:
+    """Listening on 0.0.0.0, a server with two addresses (127.0.0.1 and .2 on loopback) answers
+    each request from the address it came to, and a client's allocations through the two
+    addresses are two 5-tuples (RFC 8656 §2.2) whose relayed data comes back from each
+    one's address. Without the local address (P2PTUN_PKTINFO=off) the kernel answers from
+    the route's source and the second Allocate collides with the first."""
+    monkeypatch.setenv("P2PTUN_PKTINFO", pktinfo)
+    port = free_port()
+    svc = await StunTurnService.bind(
+        SystemHost(), StunServerSettings((("0.0.0.0", port),)), turn_settings()
+    )
+    nursery.start_soon(svc.serve)
+    first, second = (HOST, port), ("127.0.0.2", port)
+    client = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await client.bind((HOST, 0))
+    peer = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await peer.bind((HOST, 0))
+    peer_addr = peer.getsockname()
+    for server in (second, first):
+        reply, src = await udp_exchange_from(
+            client, Message.request(Method.BINDING, b"b" * 12).encode(), server
+        )
+        assert reply.xor_mapped_address == client.getsockname()
+        assert src == (server if pktinfo == "auto" else first)
+    if pktinfo == "off":
+        signed, _ = await _allocate(client, first)
+        again = signed(Method.ALLOCATE, b"9" * 12, [(AttrType.REQUESTED_TRANSPORT, 17)])
+        mismatch = await udp_exchange(client, again, second)
+        assert mismatch.error_code is not None and mismatch.error_code.code == 437  # same tuple
+        svc.close()
+        return
+    relay_one = await _allocate_with_channel(client, first, peer_addr)
+    signed, relay_two = await _allocate(client, second)
+    assert relay_one != relay_two
+    perm = await udp_exchange(
+        client,
+        signed(Method.CREATE_PERMISSION, b"3" * 12, [(AttrType.XOR_PEER_ADDRESS, peer_addr)]),
+        second,
+    )
+    assert perm.message_class == MessageClass.SUCCESS, perm
+    # The peer writes to both relays: ChannelData from the first address, a Data indication
+    # (no channel there) from the second.
+    await peer.sendto(b"via one", relay_one)
+    await peer.sendto(b"via two", relay_two)
+    got: dict[tuple[str, int], bytes | None] = {}
+    with trio.fail_after(5):
+        while len(got) < 2:
+            wire, src = await client.recvfrom(2048)
+            if wire[0] == 0x40:
+                got[src] = decode_channel_data(wire).data
+            else:
+                got[src] = Message.decode(wire).data
+    assert got == {first: b"via one", second: b"via two"}
+    client.close()
+    peer.close()
+    svc.close()
