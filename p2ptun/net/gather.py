@@ -9,15 +9,23 @@ allocation belongs to the node, not to one peer.
   not on a down interface, not on our own TUN interface (``exclude``), IPv6 link-local only
   when configured — of the families we have a socket for, each with the port of that
   family's shared socket. Local preferences come from
-  :func:`p2ptun.ice.candidate.assign_local_preferences` (RFC 8421 interleaving).
-- **Server-reflexive candidates** (§5.1.1.2): one STUN Binding request to each configured STUN
-  server, sent from the shared socket of the server's family as a client transaction
-  (RFC 8489 §6.2.1 retransmissions) whose responses the :class:`~p2ptun.net.mux.UdpMux`
-  routes back by transaction id. Each query is bounded by ``stun_timeout``: an unresponsive
-  server costs that much and nothing else. The base is the host address the kernel sends from
-  towards the server (the shared socket is bound to the wildcard address). A UDP TURN
-  allocation's XOR-MAPPED-ADDRESS is a server-reflexive candidate too (the same one when the
-  STUN and TURN server share an address: it is given once).
+  :func:`p2ptun.ice.candidate.assign_local_preferences` (RFC 8421 interleaving), the address
+  the host routes towards the STUN and TURN servers first in its family: the uplink the
+  host's default route uses is the one it prefers (after the default route moved — Wi-Fi to
+  Ethernet — the next round, and the ICE restart with it, prefer the new one).
+- **Server-reflexive candidates** (§5.1.1.2): a STUN Binding request to each configured STUN
+  server from each host address of the server's family, sent from the shared socket with that
+  address as the source (``IP_PKTINFO``) as a client transaction (RFC 8489 §6.2.1
+  retransmissions) whose responses the :class:`~p2ptun.net.mux.UdpMux` routes back by
+  transaction id; each answer is a candidate whose base is that address. On a multi-homed
+  host with source policy routing each uplink's NAT maps us: the peer learns an address
+  through every uplink. The query from the address the host routes towards the server
+  always runs; the others are waited for at most :data:`EXTRA_BASE_WAIT` after it ended (an
+  address with no way to the server does not hold the round up). Without ``IP_PKTINFO``
+  only that routed address asks. Each query is bounded by ``stun_timeout``: an unresponsive
+  server costs that much and nothing else. A UDP TURN allocation's XOR-MAPPED-ADDRESS is a
+  server-reflexive candidate too (the same one when the STUN and TURN server share an
+  address: it is given once).
 - **Relayed candidates** (§5.1.1.2): one TURN allocation per configured TURN server
   (:class:`~p2ptun.net.turn_relay.TurnRelay`; UDP through the shared socket, TCP and TLS on
   their own connections), with the configured credentials or ones the ``credentials`` source
@@ -36,13 +44,15 @@ being made, and reports the others' last failure. ``on_relays_changed`` is calle
 allocation appears or ends while no round waits for it: the caller starts a new round then.
 
 Keeping the mappings (``stun_keepalive``, 25 s for a node): between rounds, every STUN server
-that answered the latest round gets one Binding request per interval from the shared socket.
+that answered the latest round gets one Binding request per interval from the shared socket,
+from each base it answered.
 It keeps the NAT's mapping towards the server open (NATs forget idle UDP mappings after 30 s
 or more, RFC 4787 REQ-5 asks for two minutes), the way RFC 8445 §11 keeps a pair's, and it
 notices when our public address moved while the node was idle — a NAT that renumbered or
 rebound: then the UDP allocations made through the old mapping are replaced and
 ``on_mapping_moved()`` is called (the node regathers and restarts ICE before traffic needs the
-path). One request per server per interval: a NATed node's only idle cost besides consent.
+path). One request per server and base per interval: a NATed node's only idle cost besides
+consent.
 
 Trickle: :meth:`Gatherer.gather` calls ``on_candidate`` with each candidate the moment it is
 known (host candidates at once, then reflexive and relayed ones as their servers answer) and
@@ -58,6 +68,7 @@ transport 0 for UDP, 1 for TCP, 2 for TLS (relaying over a stream is the last re
 from __future__ import annotations
 
 import enum
+import ipaddress
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -85,6 +96,7 @@ from p2ptun.net.mux import UdpMux, normalize_address
 from p2ptun.net.ports import Host
 from p2ptun.net.streams import resolve
 from p2ptun.net.turn_relay import RelayDataHandler, TurnRelay, WireGuardReceiver
+from p2ptun.net.udp import family_of
 from p2ptun.stun import ClientTransaction, Message, Method, TransactionOutcome
 from p2ptun.turn.client import AllocationLost, TurnEvent
 
@@ -105,6 +117,14 @@ NODE_STUN_TIMEOUT = 2.5
 NODE_ROUND_TIMEOUT = 3.0
 #: The node's keepalive Binding to each STUN server (seconds apart, see the module).
 NODE_STUN_KEEPALIVE = 25.0
+#: Seconds a round waits for the Binding answers to the other host addresses once the one from
+#: the address the host routes towards the server ended.
+EXTRA_BASE_WAIT = 0.5
+#: Server addresses remembered to find the routed host address (module docstring).
+MAX_SERVER_ADDRESSES = 16
+
+#: ``(STUN server, base IP)``: one server-reflexive mapping's key.
+MappingKey = tuple[Address, str]
 
 
 @dataclass(frozen=True)
@@ -194,8 +214,8 @@ class _Round:
         self.result = GatherResult()
         self._on_candidate = on_candidate
         self._srflx: set[tuple[Address, Address | None]] = set()
-        #: What each STUN server (resolved) mapped us to this round.
-        self.mapped: dict[Address, Address] = {}
+        #: What each STUN server (resolved) mapped each base we asked from to this round.
+        self.mapped: dict[MappingKey, Address] = {}
         #: Queries still running (a STUN server as configured, a TURN slot), with the failure
         #: to report if the round ends before them.
         self.pending: dict[object, GatherFailure] = {}
@@ -316,10 +336,16 @@ class Gatherer:
         self._nursery: trio.Nursery | None = None
         self._slots = [_RelaySlot(i, config) for i, config in enumerate(options.turn)]
         self._closing = False
-        #: Local preference of each host address in the latest round.
+        #: The host addresses of the latest round (routed first) and their local preferences.
+        self._addresses: list[str] = []
         self._preferences: dict[str, int] = {}
-        #: What each STUN server mapped us to in the latest round that heard from it.
-        self._mapped: dict[Address, Address] = {}
+        #: What each STUN server mapped each base to in the latest round that heard from it.
+        self._mapped: dict[MappingKey, Address] = {}
+        #: Server addresses (config literals, then as resolved) in the order they were
+        #: configured: the host address routed towards them is preferred.
+        self._server_ips: list[str] = []
+        for server_host in [h for h, _ in options.stun] + [t.host for t in options.turn]:
+            self._remember_server(server_host)
         #: When the mappings were last seen (a round's end or a keepalive).
         self._mapped_at = -math.inf
         self.rounds = 0
@@ -385,7 +411,8 @@ class Gatherer:
         self.rounds += 1
         rnd = _Round(on_candidate)
         self.mux.invalidate_routes()
-        addresses = await self._host_addresses(rnd.result)
+        addresses = self._routed_first(await self._host_addresses(rnd.result))
+        self._addresses = addresses
         self._preferences = assign_local_preferences(addresses) if addresses else {}
         for host in addresses:
             port = self.mux.port_for(host)
@@ -442,6 +469,25 @@ class Gatherer:
             return []
         return [a.address for a in found if a.version in versions]
 
+    def _remember_server(self, host: str) -> None:
+        """Note a server address (an IP literal; a name is not an address yet)."""
+        try:
+            ip = str(ipaddress.ip_address(host))
+        except ValueError:
+            return
+        if ip not in self._server_ips and len(self._server_ips) < MAX_SERVER_ADDRESSES:
+            self._server_ips.append(ip)
+
+    def _routed_first(self, addresses: Sequence[str]) -> list[str]:
+        """``addresses`` with the ones the host routes towards our servers first (in server
+        order): the preferred uplink (module docstring)."""
+        front: list[str] = []
+        for server_ip in self._server_ips:
+            local = self.mux.local_ip_for(server_ip)
+            if local is not None and local in addresses and local not in front:
+                front.append(local)
+        return front + [a for a in addresses if a not in front]
+
     def _preference(self, base_ip: str | None) -> int:
         """The local preference of a base address (the lowest known if it is not a host
         candidate address)."""
@@ -452,31 +498,71 @@ class Gatherer:
     # -- server-reflexive --------------------------------------------------------------------------
 
     async def _srflx(self, server_ref: Address, rnd: _Round) -> None:
+        """One STUN server's part of a round: a Binding from each base (module docstring)."""
         shown = f"{server_ref[0]}:{server_ref[1]}"
+        answered: list[Address] = []
+        errors: list[str] = []
         with trio.move_on_after(self.options.stun_timeout) as scope:
             try:
                 server = normalize_address(await resolve(self.host, server_ref[0], server_ref[1]))
-                mapped, base = await self._binding(server)
             except RuntimeFailure as exc:
                 rnd.done(server_ref, GatherFailure("stun", shown, str(exc)))
                 return
-        if scope.cancelled_caught:
+            self._remember_server(server[0])
+            routed = self.mux.local_ip_for(server[0])
+            others: list[str] = []
+            if self.mux.chooses_source(server[0]):
+                family = family_of(server[0])
+                others = [a for a in self._addresses if a != routed and family_of(a) == family]
+            waits = [trio.CancelScope() for _ in others]
+
+            async def query(base_ip: str | None, wait: trio.CancelScope | None) -> None:
+                with wait if wait is not None else trio.CancelScope():
+                    try:
+                        mapped, base = await self._binding(server, base_ip)
+                    except RuntimeFailure as exc:
+                        errors.append(str(exc))
+                        return
+                    finally:
+                        if wait is None:  # the routed base: the others get a little longer
+                            until = trio.current_time() + EXTRA_BASE_WAIT
+                            for other in waits:
+                                other.deadline = min(other.deadline, until)
+                    if not answered:
+                        rnd.done(server_ref)
+                    answered.append(base)
+                    rnd.mapped[(server, base[0])] = mapped
+                    if mapped != base:  # else no NAT in between: the host candidate says it
+                        pref = self._preference(base[0])  # all (RFC 8445 §5.1.3)
+                        rnd.emit(make_srflx_candidate(mapped, base, server[0], pref))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(query, None, None)
+                for base_ip, wait in zip(others, waits, strict=True):
+                    nursery.start_soon(query, base_ip, wait)
+        if answered:
+            return
+        if errors:
+            rnd.done(server_ref, GatherFailure("stun", shown, errors[0]))
+        elif scope.cancelled_caught:
             reason = f"no response from STUN server {shown} within {self.options.stun_timeout:g} s"
             rnd.done(server_ref, GatherFailure("stun", shown, reason))
-            return
-        rnd.done(server_ref)
-        rnd.mapped[server] = mapped
-        if mapped == base:
-            return  # no NAT in between: the host candidate says it all (RFC 8445 §5.1.3)
-        pref = self._preference(base[0])
-        rnd.emit(make_srflx_candidate(mapped, base, server[0], pref))
 
-    async def _binding(self, server: Address) -> tuple[Address, Address]:
-        """One Binding transaction from the shared socket: ``(mapped, base)``."""
+    async def _binding(
+        self, server: Address, base_ip: str | None = None
+    ) -> tuple[Address, Address]:
+        """One Binding transaction from the shared socket, from our address ``base_ip`` (None:
+        the one the host routes towards the server): ``(mapped, base)``."""
         mux = self.mux
-        base = mux.local_base_for(server)
+        if base_ip is None:
+            base = mux.local_base_for(server)
+        else:
+            port = mux.port_for(server[0])
+            base = None if port is None else (base_ip, port)
         if base is None:
             raise RuntimeFailure(f"no socket or route towards STUN server {format_address(server)}")
+        source_known = mux.chooses_source(server[0])
+        source = base[0] if source_known else None
         tid = bytes(self._random(12))
         request = Message.request(Method.BINDING, tid).encode(fingerprint=True)
         tx: ClientTransaction[None] = ClientTransaction(request, trio.current_time())
@@ -485,6 +571,10 @@ class Gatherer:
 
         def on_response(data: memoryview, local: Address, source: Address) -> None:
             if source != server or outcome:
+                return
+            if base_ip is not None and source_known and local[0] != base_ip:
+                # The request left from another address (ours is gone, the endpoint sent
+                # it without): the mapping is not this base's.
                 return
             try:
                 msg = Message.decode(bytes(data))
@@ -501,7 +591,7 @@ class Gatherer:
             while not outcome:
                 step = tx.handle_timeout(trio.current_time())
                 if isinstance(step, bytes):
-                    mux.send(step, server)
+                    mux.send(step, server, source)
                 elif step is not None:
                     outcome.append(step)
                     break
@@ -541,7 +631,7 @@ class Gatherer:
                 if relay is not None and relay.transport == "udp" and not checked:
                     await rnd.stun_done.wait()
                     checked = True
-                    seen = rnd.mapped.get(relay.server)
+                    seen = rnd.mapped.get((relay.server, relay.local_ip or ""))
                     if slot.live is not relay:
                         continue  # lost or replaced meanwhile
                     if seen is not None and relay.mapped is not None and seen != relay.mapped:
@@ -597,11 +687,11 @@ class Gatherer:
                 )
                 self._replace(slot, quiet=True)
 
-    def _check_mappings(self, mapped: dict[Address, Address]) -> bool:
+    def _check_mappings(self, mapped: dict[MappingKey, Address]) -> bool:
         """After a round: if a STUN server now maps us elsewhere (the NAT rebound or changed
         its address), the UDP allocations made through that NAT are gone too — those whose
         mapped address is none of this round's. Returns whether a mapping moved."""
-        moved = any(s in self._mapped and self._mapped[s] != m for s, m in mapped.items())
+        moved = any(k in self._mapped and self._mapped[k] != m for k, m in mapped.items())
         self._mapped.update(mapped)
         if not moved:
             return False
@@ -622,12 +712,12 @@ class Gatherer:
                 await trio.sleep_until(due)
                 continue  # a round may have seen the mappings meanwhile
             self._mapped_at = trio.current_time()
-            seen: dict[Address, Address] = {}
-            for server in list(self._mapped):
+            seen: dict[MappingKey, Address] = {}
+            for server, base_ip in list(self._mapped):
                 self.keepalives += 1
                 with trio.move_on_after(self.options.stun_timeout):
                     try:
-                        seen[server], _ = await self._binding(server)
+                        seen[server, base_ip], _ = await self._binding(server, base_ip)
                     except RuntimeFailure as exc:
                         log.debug(
                             "keepalive binding failed",

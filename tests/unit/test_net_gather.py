@@ -307,7 +307,7 @@ async def test_nat_mapping_change_abandons_udp_relays(nursery: trio.Nursery, ser
     udp, tcp = sorted(g.relays, key=lambda r: r.transport != "udp")
     # What a later round would see if the NAT in front of us rebound: another mapping from
     # the same STUN server. The UDP allocation went with the old mapping; TCP is not touched.
-    g._check_mappings({(HOST, server): ("198.51.100.7", 4000)})
+    g._check_mappings({((HOST, server), HOST): ("198.51.100.7", 4000)})
     assert not udp.allocated and tcp.allocated
     await wait_for(lambda: bool(changes))
 
@@ -337,6 +337,64 @@ async def test_round_timeout_ends_the_round_early(nursery: trio.Nursery) -> None
     assert g.relay_status()[0].state is SlotState.ALLOCATING
     await wait_for(lambda: g.relay_status()[0].state is SlotState.WAITING)
     silent.close()
+
+
+async def wildcard_gatherer(
+    nursery: trio.Nursery, options: GatherOptions, hosts: Sequence[str]
+) -> Gatherer:
+    """A gatherer on a wildcard loopback endpoint whose host addresses are ``hosts`` (the
+    real route lookup: loopback holds all of 127.0.0.0/8)."""
+    ep = UdpEndpoint.bind(socket.AF_INET)
+    mux = UdpMux([ep])
+    nursery.start_soon(ep.receive_loop, Dispatcher(stun=mux.on_stun))
+
+    async def lister() -> Sequence[str]:
+        return list(hosts)
+
+    g = Gatherer(mux, options, host=SystemHost(), list_addresses=lister)
+    await nursery.start(g.run)
+    return g
+
+
+async def test_every_host_address_asks_the_stun_server_and_the_routed_one_comes_first(
+    nursery: trio.Nursery, server: int
+) -> None:
+    # 127.0.0.2 is listed first, but the host routes towards the server (127.0.0.1) from
+    # 127.0.0.1: that address is preferred. Each address asks the server from itself (the
+    # server sees each as the mapped address: no NAT on loopback, so no srflx candidate).
+    options = GatherOptions(stun=((HOST, server),), stun_keepalive=0.3)
+    g = await wildcard_gatherer(nursery, options, ["127.0.0.2", "127.0.0.1"])
+    result = await g.gather()
+    assert not result.failures, result.failures
+    port = g.mux.endpoints[0].local_address[1]
+    hosts = sorted(result.candidates, key=lambda c: -c.priority)
+    assert [c.host for c in hosts] == ["127.0.0.1", "127.0.0.2"]
+    assert g._mapped == {
+        ((HOST, server), "127.0.0.1"): ("127.0.0.1", port),
+        ((HOST, server), "127.0.0.2"): ("127.0.0.2", port),
+    }
+    # The keepalive asks from each base too.
+    with trio.fail_after(5):
+        while g.keepalives < 2:
+            await trio.sleep(0.01)
+    assert g.keepalive_moves == 0
+
+
+async def test_an_address_that_cannot_ask_does_not_hold_the_round_up(
+    nursery: trio.Nursery, server: int
+) -> None:
+    # 198.51.100.201 is not ours (an address that vanished after the listing): the endpoint
+    # sends its request without it, from 127.0.0.1, and the answer is not taken for that
+    # base. The round ends soon after the routed address's answer, without a failure.
+    options = GatherOptions(stun=((HOST, server),), stun_timeout=5)
+    g = await wildcard_gatherer(nursery, options, ["127.0.0.1", "198.51.100.201"])
+    start = trio.current_time()
+    result = await g.gather()
+    assert trio.current_time() - start < 2
+    assert not result.failures, result.failures
+    assert list(g._mapped) == [((HOST, server), "127.0.0.1")]
+    assert all(c.type is CandidateType.HOST for c in result.candidates)
+    assert g.mux.endpoints[0].counters.tx_source_fallbacks >= 1
 
 
 @pytest.mark.lab
