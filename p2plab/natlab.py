@@ -15,6 +15,15 @@ Topology (``P`` is the instance prefix, e.g. ``pl3f9a``; site numbers start at 1
   a NAT the LAN is 10.0.i.0/24 (router .1, host .2); at a ``none`` site the LAN is the public
   192.0.2.(16i)/28 (router .16i+1, host .16i+2), routed without NAT.
 
+A site host may get a **second uplink** (:meth:`NatLab.add_uplink`, a multi-homed host: Wi-Fi
+and Ethernet, two ISPs): a router ``P-nat<i>b`` (host name ``nat<i>b``) with a NAT of its own
+on WAN 203.0.113.(16i+2)/28 (gateway .16i+1 in ``P-inet``) and a LAN 10.0.(100+i).0/24 to a
+second veth of the host (.2). The host routes by source as a careful admin sets it up
+(``ip rule from <uplink 1 address> table 101``, ``from <uplink 2 address> table 102``, each
+table with its uplink's default route) and keeps both default routes in its main table, one
+preferred: :meth:`NatLab.set_uplink` moves it, :meth:`NatLab.set_uplink_link` takes an uplink's
+link down or up, :meth:`NatLab.uplink_bytes` tells which carried the traffic.
+
 NAT types (per site):
 
 - ``none``: no NAT, the host is public and reachable from anywhere.
@@ -172,6 +181,50 @@ class Site:
         )
 
 
+@dataclasses.dataclass
+class Uplink:
+    """A site host's second uplink (:meth:`NatLab.add_uplink`): a router of its own with a NAT
+    and public address, and a LAN of its own to the host."""
+
+    site: int
+    nat: str
+    ns: str
+    wan_net: str
+    wan_gw: str
+    wan_addr: str
+    lan_net: str
+    lan_gw: str
+    host_addr: str
+
+    @property
+    def lan_prefixlen(self) -> int:
+        return ipaddress.ip_network(self.lan_net).prefixlen
+
+    @classmethod
+    def plan(cls, index: int, nat: str, ns: str) -> Uplink:
+        """Site ``index``'s second uplink: WAN 203.0.113.(16i)/28 (the router at .16i+2, its
+        gateway in the internet at .16i+1), LAN 10.0.(100+i).0/24 (router .1, host .2)."""
+        wan = ipaddress.ip_network(f"203.0.113.{16 * index}/28")
+        lan = ipaddress.ip_network(f"10.0.{100 + index}.0/24")
+        return cls(
+            site=index,
+            nat=nat,
+            ns=ns,
+            wan_net=str(wan),
+            wan_gw=str(wan[1]),
+            wan_addr=str(wan[2]),
+            lan_net=str(lan),
+            lan_gw=str(lan[1]),
+            host_addr=str(lan[2]),
+        )
+
+
+UPLINK_TABLES = (101, 102)
+"""The site host's routing tables of uplink 1 and 2 (source policy routing)."""
+BACKUP_METRIC = 200
+"""The metric of the main table's default route through the uplink that is not the default."""
+
+
 class NatLab:
     """One lab instance. Build with :meth:`create`, reattach with :meth:`load`, end with
     :meth:`close` (also a context manager).
@@ -198,6 +251,10 @@ class NatLab:
         self._closed = False
         self.netem: dict[int, dict[str, Any]] = {}
         """Link impairments in force: link (0 = server, i = site i) -> settings and PIDs."""
+        self.uplinks: dict[int, Uplink] = {}
+        """Second uplinks of site hosts (:meth:`add_uplink`), by site."""
+        self.default_uplink: dict[int, int] = {}
+        """The uplink (1 or 2) a multi-homed site host's main default route goes through."""
 
     # ------------------------------------------------------------------ names
 
@@ -221,6 +278,7 @@ class NatLab:
         names = [self.ns_inet, self.ns_server]
         for s in self.sites:
             names += [f"{self.prefix}-nat{s.index}", f"{self.prefix}-site{s.index}"]
+        names += [up.ns for up in self.uplinks.values()]
         return names
 
     def _link_names(self, k: int) -> tuple[str, str]:
@@ -283,6 +341,10 @@ class NatLab:
             return self.ns_inet
         if host in self.namespaces:
             return host
+        if host.startswith("nat") and host.endswith("b") and host[3:-1].isdigit():
+            up = self.uplinks.get(int(host[3:-1]))
+            if up is not None:
+                return up.ns
         for stem in ("site", "nat"):
             if host.startswith(stem) and host[len(stem) :].isdigit():
                 k = int(host[len(stem) :])
@@ -295,6 +357,7 @@ class NatLab:
         names = ["inet", "server"]
         for s in self.sites:
             names += [f"nat{s.index}", f"site{s.index}"]
+        names += [f"nat{i}b" for i in self.uplinks]
         return names
 
     # ------------------------------------------------------------------ build / teardown
@@ -397,7 +460,7 @@ class NatLab:
                 f"addr add {s.lan_gw}/{s.lan_prefixlen} dev {lan}",
                 f"route add default via {s.wan_gw} dev {wan}",
             ]
-            scripts[f"{p}-nat{s.index}"] = (ip, self._nat_ruleset(s), True)
+            scripts[f"{p}-nat{s.index}"] = (ip, self._nat_ruleset(s.nat, wan, lan), True)
             ip = [
                 "link set lo up",
                 f"link set {hif} up",
@@ -465,11 +528,11 @@ class NatLab:
         lines += ["}", ""]
         return "\n".join(lines)
 
-    def _nat_ruleset(self, site: Site) -> str:
-        """The router's ruleset for its NAT type."""
-        wan = f'"{self._link_names(site.index)[1]}"'
-        lan = f'"{self._lan_names(site.index)[0]}"'
-        nat = site.nat
+    @staticmethod
+    def _nat_ruleset(nat: str, wan_if: str, lan_if: str) -> str:
+        """A router's ruleset for NAT type ``nat`` between its ``wan_if`` and ``lan_if``."""
+        wan = f'"{wan_if}"'
+        lan = f'"{lan_if}"'
         fwd = ["    type filter hook forward priority filter; policy drop;"]
         if nat == "udp-blocked":
             fwd.append("    meta l4proto udp drop")
@@ -573,6 +636,8 @@ class NatLab:
             "sites": [dataclasses.asdict(s) for s in self.sites],
             "namespaces": self.namespaces,
             "netem": {str(k): v for k, v in self.netem.items()},
+            "uplinks": [dataclasses.asdict(up) for up in self.uplinks.values()],
+            "default_uplink": {str(k): v for k, v in self.default_uplink.items()},
         }
 
     @classmethod
@@ -580,6 +645,8 @@ class NatLab:
         sites = [Site(**s) for s in data["sites"]]
         lab = cls(data["prefix"], sites, state_dir=state_dir, created=data.get("created"))
         lab.netem = {int(k): dict(v) for k, v in data.get("netem", {}).items()}
+        lab.uplinks = {up["site"]: Uplink(**up) for up in data.get("uplinks", [])}
+        lab.default_uplink = {int(k): v for k, v in data.get("default_uplink", {}).items()}
         return lab
 
     def save(self) -> None:
@@ -912,10 +979,15 @@ class NatLab:
             raise LabError(f"direction must be up, down or both, not {direction!r}")
         return [direction]
 
-    def flush_nat(self, site: SiteRef) -> None:
-        """Forget a NAT's mappings: flush conntrack in its router, and its full-cone map."""
+    def flush_nat(self, site: SiteRef, uplink: int = 1) -> None:
+        """Forget a NAT's mappings: flush conntrack in its router, and its full-cone map
+        (``uplink=2``: the router of the site's second uplink, :meth:`add_uplink`)."""
         s = self.site(site)
-        ns = self.ns_nat(s.index)
+        if uplink == 2:
+            up = self.uplink(s.index)
+            ns, nat = up.ns, up.nat
+        else:
+            ns, nat = self.ns_nat(s.index), s.nat
         proc = subprocess.run(
             ["ip", "netns", "exec", ns, "conntrack", "-F"],
             capture_output=True,
@@ -924,9 +996,9 @@ class NatLab:
         )
         if proc.returncode != 0:
             raise LabError(f"conntrack -F failed in {ns}: {proc.stderr.strip()}")
-        if s.nat == "cone":
+        if nat == "cone":
             self._nft(ns, "flush map ip lab cone")
-        log.info("nat flushed", prefix=self.prefix, site=s.index)
+        log.info("nat flushed", prefix=self.prefix, site=s.index, uplink=uplink)
 
     def renumber_nat(self, site: SiteRef, addr: str | None = None) -> str:
         """Give a site's router a new WAN address (default: the next free one in its /28),
@@ -973,6 +1045,145 @@ class NatLab:
         self.save()
         log.info("host renumbered", prefix=self.prefix, site=s.index, old=old, new=new)
         return new
+
+    # ------------------------------------------------------------------ a second uplink
+
+    def uplink(self, site: SiteRef) -> Uplink:
+        """The second uplink of ``site`` (:meth:`add_uplink`)."""
+        k = self.site(site).index
+        if k not in self.uplinks:
+            raise LabError(f"site {k} has no second uplink")
+        return self.uplinks[k]
+
+    def _uplink_names(self, i: int) -> tuple[str, str, str, str]:
+        """(internet side, router WAN, router LAN, host side) veth names of site ``i``'s second
+        uplink."""
+        p = self.prefix
+        return f"{p}-x{i}", f"{p}-y{i}", f"{p}-m{i}", f"{p}-g{i}"
+
+    def _uplink_route(self, site: Site, n: int) -> tuple[str, str, str, str]:
+        """(host address, gateway, host interface, LAN) of uplink ``n`` of ``site``'s host."""
+        if n == 1:
+            return site.host_addr, site.lan_gw, self.if_host(site.index), site.lan_net
+        if n != 2:
+            raise LabError(f"uplink {n}: a host has uplinks 1 and 2")
+        up = self.uplink(site.index)
+        return up.host_addr, up.lan_gw, self._uplink_names(site.index)[3], up.lan_net
+
+    def add_uplink(self, site: SiteRef, nat: str = "prc") -> Uplink:
+        """Give ``site``'s host a second uplink: a router namespace ``P-nat<i>b`` (host name
+        ``nat<i>b``) with a ``nat`` NAT (not ``none``) on a public address of its own
+        (:meth:`Uplink.plan`), and a second veth to the host. The host routes by source
+        (``ip rule from <address> table 101|102``: what leaves from an uplink's address goes
+        through that uplink) and keeps a default route through each in its main table, the
+        first uplink's preferred (:meth:`set_uplink` moves it)."""
+        s = self.site(site)
+        i = s.index
+        if nat not in NAT_TYPES or nat == "none":
+            raise LabError(f"a second uplink needs a NAT type other than none, not {nat!r}")
+        if i in self.uplinks:
+            raise LabError(f"site {i} has a second uplink already")
+        ns = f"{self.prefix}-nat{i}b"
+        if _netns_exists(ns):
+            raise LabError(f"namespace {ns} exists already")
+        up = Uplink.plan(i, nat, ns)
+        self.uplinks[i] = up  # from here on close() removes the namespace
+        self.save()
+        outer, wan, lan, hif = self._uplink_names(i)
+        links = [
+            f"netns add {ns}",
+            f"link add {outer} netns {self.ns_inet} type veth peer name {wan} netns {ns}",
+            f"link add {lan} netns {ns} type veth peer name {hif} netns {self.ns_host(i)}",
+        ]
+        _run(["ip", "-batch", "-"], input="\n".join(links) + "\n")
+        wan_len = ipaddress.ip_network(up.wan_net).prefixlen
+        inet = [f"link set {outer} up", f"addr add {up.wan_gw}/{wan_len} dev {outer}"]
+        _run(["ip", "-n", self.ns_inet, "-batch", "-"], input="\n".join(inet) + "\n")
+        router = [
+            "link set lo up",
+            f"link set {wan} up",
+            f"link set {lan} up",
+            f"addr add {up.wan_addr}/{wan_len} dev {wan}",
+            f"addr add {up.lan_gw}/{up.lan_prefixlen} dev {lan}",
+            f"route add default via {up.wan_gw} dev {wan}",
+        ]
+        with tempfile.TemporaryDirectory(prefix=f"{self.prefix}-uplink-") as tmp:
+            ip_file = Path(tmp, "router.ip")
+            ip_file.write_text("\n".join(router) + "\n")
+            nft_file = Path(tmp, "router.nft")
+            nft_file.write_text(self._nat_ruleset(nat, wan, lan))
+            script = _sysctl_script(True) + f"ip -batch {ip_file}\nnft -f {nft_file}\n"
+            _run(["ip", "netns", "exec", ns, "sh", "-ec", script])
+        a1, gw1, if1, net1 = self._uplink_route(s, 1)
+        t1, t2 = UPLINK_TABLES
+        host = [
+            f"link set {hif} up",
+            f"addr add {up.host_addr}/{up.lan_prefixlen} dev {hif}",
+            f"route replace {net1} dev {if1} table {t1}",
+            f"route replace default via {gw1} dev {if1} table {t1}",
+            f"route replace {up.lan_net} dev {hif} table {t2}",
+            f"route replace default via {up.lan_gw} dev {hif} table {t2}",
+            f"rule add from {a1} table {t1} pref {t1 * 10}",
+            f"rule add from {up.host_addr} table {t2} pref {t2 * 10}",
+            f"route replace default via {up.lan_gw} dev {hif} metric {BACKUP_METRIC}",
+        ]
+        rp = f"echo 0 > /proc/sys/net/ipv4/conf/{hif}/rp_filter\nip -batch -\n"
+        _run(
+            ["ip", "netns", "exec", self.ns_host(i), "sh", "-ec", rp],
+            input="\n".join(host) + "\n",
+        )
+        self.default_uplink[i] = 1
+        self.save()
+        log.info("uplink added", prefix=self.prefix, site=i, nat=nat, public=up.wan_addr)
+        return up
+
+    def set_uplink(self, site: SiteRef, n: int) -> None:
+        """Move ``site``'s host's default route (the main table's) to uplink ``n`` (1 or 2):
+        Wi-Fi to Ethernet. The other uplink keeps a default route of a higher metric (when its
+        link is up), and the source rules stay: what leaves from an address still goes through
+        its own uplink."""
+        s = self.site(site)
+        _addr, gw, dev, _net = self._uplink_route(s, n)
+        _addr, other_gw, other_dev, _net = self._uplink_route(s, 3 - n)
+        ns = self.ns_host(s.index)
+        _run(["ip", "-n", ns, "route", "replace", "default", "via", gw, "dev", dev, "metric", "0"])
+        with contextlib.suppress(LabError):  # the other link may be down
+            backup = ["default", "via", other_gw, "dev", other_dev, "metric", str(BACKUP_METRIC)]
+            _run(["ip", "-n", ns, "route", "replace", *backup])
+        self.default_uplink[s.index] = n
+        self.save()
+        log.info("default route moved", prefix=self.prefix, site=s.index, uplink=n)
+
+    def set_uplink_link(self, site: SiteRef, n: int, up: bool) -> None:
+        """Take uplink ``n``'s link of ``site``'s host down (the kernel drops its routes: the
+        other uplink's default route is what is left) or up again (its source table and a
+        default route of the backup metric come back; :meth:`set_uplink` makes it the
+        default)."""
+        s = self.site(site)
+        _addr, gw, dev, net = self._uplink_route(s, n)
+        ns = self.ns_host(s.index)
+        if not up:
+            _run(["ip", "-n", ns, "link", "set", "dev", dev, "down"])
+            log.info("uplink down", prefix=self.prefix, site=s.index, uplink=n)
+            return
+        table = UPLINK_TABLES[n - 1]
+        lines = [
+            f"link set dev {dev} up",
+            f"route replace {net} dev {dev} table {table}",
+            f"route replace default via {gw} dev {dev} table {table}",
+            f"route replace default via {gw} dev {dev} metric {BACKUP_METRIC}",
+        ]
+        _run(["ip", "-n", ns, "-batch", "-"], input="\n".join(lines) + "\n")
+        log.info("uplink up", prefix=self.prefix, site=s.index, uplink=n)
+
+    def uplink_bytes(self, site: SiteRef, n: int) -> int:
+        """Bytes through uplink ``n`` of ``site``'s host so far (its veth, both directions):
+        tells which uplink carried a stretch of traffic."""
+        s = self.site(site)
+        _addr, _gw, dev, _net = self._uplink_route(s, n)
+        out = _run(["ip", "-n", self.ns_host(s.index), "-j", "-s", "link", "show", "dev", dev])
+        stats = json.loads(out.stdout)[0]["stats64"]
+        return int(stats["rx"]["bytes"]) + int(stats["tx"]["bytes"])
 
     @staticmethod
     def _pick_addr(

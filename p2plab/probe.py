@@ -19,8 +19,9 @@ Commands (each prints one JSON object on stdout, every wait bounded):
 ``tcp --server A:P [--timeout S]``
     Connects over TCP and reports the address the reflector saw.
 
-``ask --server A:P [--local-port N] [--via B:Q]``
-    One request from a chosen local port; reports the reply (``{"reply": null}`` if none).
+``ask --server A:P [--local-port N] [--local-ip A] [--via B:Q]``
+    One request from a chosen local port (and address: a multi-homed host's uplink); reports
+    the reply (``{"reply": null}`` if none).
 
 ``listen --port N [--timeout S]``
     Prints ``{"ready": true}``, then collects datagrams for S seconds and reports their sources.
@@ -232,11 +233,13 @@ def tcp_probe(server: Endpoint, timeout: float) -> dict[str, Any]:
         return {"ok": False, "error": str(exc) or type(exc).__name__}
 
 
-def ask(server: Endpoint, local_port: int, via: Endpoint | None) -> dict[str, Any]:
-    """One request from ``local_port`` (0 = any)."""
+def ask(
+    server: Endpoint, local_port: int, via: Endpoint | None, local_ip: str = "0.0.0.0"
+) -> dict[str, Any]:
+    """One request from ``local_ip:local_port`` (0 = any port)."""
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", local_port))
+    s.bind((local_ip, local_port))
     reply = _ask(s, server, 1, via=via)
     port = s.getsockname()[1]
     s.close()
@@ -297,6 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("ask")
     p.add_argument("--server", type=parse_endpoint, required=True)
     p.add_argument("--local-port", type=int, default=0)
+    p.add_argument("--local-ip", default="0.0.0.0")
     p.add_argument("--via", type=parse_endpoint)
     p = sub.add_parser("listen")
     p.add_argument("--port", type=int, required=True)
@@ -316,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.cmd == "count":
         result = count(args.server, args.n, args.interval, args.timeout)
     elif args.cmd == "ask":
-        result = ask(args.server, args.local_port, args.via)
+        result = ask(args.server, args.local_port, args.via, args.local_ip)
     elif args.cmd == "listen":
         result = listen(args.port, args.timeout)
     elif args.cmd == "send":

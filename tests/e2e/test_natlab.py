@@ -247,6 +247,39 @@ def test_host_address_change(natlab: LabFactory) -> None:
     assert lab.probe("site2", "ask", "--server", server)["reply"] is not None
 
 
+def test_second_uplink_with_source_routing(natlab: LabFactory) -> None:
+    lab = natlab(["prc", "cone"])
+    a, _ = lab.server_addrs
+    lab.start_reflector("server", _reflector_eps(lab))
+    server = f"{a}:{REFLECT_PORT}"
+    up = lab.add_uplink("site1", "sym")
+    first, second = lab.site(1), lab.uplink(1)
+    assert lab.ns("nat1b") == up.ns and "nat1b" in lab.hosts() and up.ns in lab.namespaces
+
+    def seen(local_ip: str = "0.0.0.0") -> str:
+        reply = lab.probe("site1", "ask", "--server", server, "--local-ip", local_ip)["reply"]
+        assert reply is not None, local_ip
+        return str(reply["seen"]).rpartition(":")[0]
+
+    # Each address leaves through its own uplink; the default route picks for the wildcard.
+    assert (seen(first.host_addr), seen(second.host_addr)) == (first.wan_addr, second.wan_addr)
+    assert seen() == first.wan_addr
+    lab.set_uplink("site1", 2)
+    assert seen() == second.wan_addr and seen(first.host_addr) == first.wan_addr
+    before = lab.uplink_bytes("site1", 2)
+    lab.set_uplink("site1", 1)
+    lab.set_uplink_link("site1", 1, up=False)  # the default route's link goes away
+    assert seen() == second.wan_addr
+    assert lab.uplink_bytes("site1", 2) > before
+    lab.set_uplink_link("site1", 1, up=True)
+    lab.set_uplink("site1", 1)
+    assert seen() == first.wan_addr and seen(second.host_addr) == second.wan_addr
+    lab.flush_nat("site1", uplink=2)
+    # Another process sees the uplink in the state file.
+    again = NatLab.load(lab.prefix)
+    assert again.uplink(1) == up and again.default_uplink[1] == 1
+
+
 def test_counters_and_block(natlab: LabFactory) -> None:
     lab = natlab(["none", "none"])
     a, _ = lab.server_addrs
