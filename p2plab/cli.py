@@ -6,7 +6,8 @@
     natlab status [--name PREFIX] [--json]
     natlab exec [--name PREFIX] HOST CMD...
     natlab down [--name PREFIX]
-    natlab counters | flush SITE | renumber SITE [ADDR] | host-addr SITE [ADDR]
+    natlab counters | flush SITE [--uplink 2] | renumber SITE [ADDR] | host-addr SITE [ADDR]
+    natlab uplink SITE [--nat NAT] | default-route SITE 1|2 | uplink-link SITE 1|2 up|down
     natlab netem SITE [--loss PCT] [--delay MS] [--jitter MS] [--direction up|down|both]
     natlab netem-clear SITE | block A B | unblock A B
 
@@ -59,7 +60,7 @@ def _describe(lab: NatLab) -> str:
 
 def _orphan_namespaces(prefix: str) -> list[str]:
     """Namespaces named like a lab with ``prefix`` (for a lab whose state file is gone)."""
-    pattern = re.compile(rf"^{re.escape(prefix)}-(inet|server|nat\d+|site\d+)$")
+    pattern = re.compile(rf"^{re.escape(prefix)}-(inet|server|nat\d+b?|site\d+)$")
     netns = Path("/run/netns")
     return (
         sorted(p.name for p in netns.iterdir() if pattern.match(p.name)) if netns.is_dir() else []
@@ -88,6 +89,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("counters", parents=[named], help="internet forward byte counters")
     p = sub.add_parser("flush", parents=[named], help="flush a NAT's mappings")
     p.add_argument("site")
+    p.add_argument("--uplink", type=int, default=1, choices=[1, 2])
+    p = sub.add_parser("uplink", parents=[named], help="give a site host a second uplink")
+    p.add_argument("site")
+    p.add_argument("--nat", default="prc")
+    p = sub.add_parser("default-route", parents=[named], help="move a host's default route")
+    p.add_argument("site")
+    p.add_argument("uplink", type=int, choices=[1, 2])
+    p = sub.add_parser("uplink-link", parents=[named], help="take an uplink's link down or up")
+    p.add_argument("site")
+    p.add_argument("uplink", type=int, choices=[1, 2])
+    p.add_argument("state", choices=["up", "down"])
     p = sub.add_parser("renumber", parents=[named], help="change a NAT's public address")
     p.add_argument("site")
     p.add_argument("addr", nargs="?")
@@ -176,7 +188,14 @@ def _dispatch(args: argparse.Namespace, state_dir: Path) -> int:
                 print(f"{_ep(a)} -> {_ep(b)}: {n} bytes")
         return 0
     if cmd == "flush":
-        lab.flush_nat(args.site)
+        lab.flush_nat(args.site, args.uplink)
+    elif cmd == "uplink":
+        up = lab.add_uplink(args.site, args.nat)
+        print(f"{up.host_addr} via {up.lan_gw} ({up.nat}, public {up.wan_addr})")
+    elif cmd == "default-route":
+        lab.set_uplink(args.site, args.uplink)
+    elif cmd == "uplink-link":
+        lab.set_uplink_link(args.site, args.uplink, args.state == "up")
     elif cmd == "renumber":
         print(lab.renumber_nat(args.site, args.addr))
     elif cmd == "host-addr":
