@@ -13,7 +13,17 @@ Events (the NAT types of the two sites in brackets):
 - the direct path silently drops everything while the relay works [cone/cone], and heals
   (the tunnel goes back to the direct path);
 - a node frozen 40 s (SIGSTOP) while its symmetric NAT forgets every mapping, then woken
-  [cone/sym]: the gap is counted from the wake-up.
+  [cone/sym]: the gap is counted from the wake-up;
+- a multi-homed host (a second uplink with a NAT of its own, source policy routing:
+  ``NatLab.add_uplink``) moves its default route from uplink 1 to uplink 2, Wi-Fi to Ethernet
+  [prc+prc/prc]: the tunnel moves to uplink 2;
+- the same host's uplink 1 goes away (link down) while the default route uses it
+  [prc+prc/prc].
+
+Before those, a multi-homed host whose default route uses a symmetric uplink [prc+sym/prc]
+must be reached through its other, port-restricted uplink — which works only when it answers
+from the address it was asked at (``IP_PKTINFO``; with ``P2PTUN_PKTINFO=off`` the pair is
+relayed).
 
 The exact timings are asserted on the in-memory lab (``tests/unit/test_memlab.py``, virtual
 time); here the gaps are reported and bounded loosely (:data:`GAP_BOUND`), as a real machine
@@ -37,8 +47,9 @@ pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 LabFactory = Callable[..., NatLab]
 
-# n1 n2: prc prc · n3 n4: cone sym · n5 n6: sym sym · n7 n8: cone cone
-SITES = ("prc", "prc", "cone", "sym", "sym", "sym", "cone", "cone")
+# n1 n2: prc prc · n3 n4: cone sym · n5 n6: sym sym · n7 n8: cone cone · n9: prc + a second,
+# symmetric uplink · n10: prc (the multi-homed hosts' peer) · n11: prc + a second prc uplink
+SITES = ("prc", "prc", "cone", "sym", "sym", "sym", "cone", "cone", "prc", "prc", "prc")
 GAP_BOUND = 5.0
 """Seconds: a gap above this is a failure here (the target, 2 s, is asserted in memory)."""
 PING_INTERVAL = 0.05
@@ -208,3 +219,89 @@ def test_node_frozen_while_its_symmetric_nat_forgets(
 
     got = _across(rec, a, b, freeze, "the freeze")
     _report(request, "node frozen 40 s while its symmetric NAT forgot it (cone/sym)", got)
+
+
+# -- a multi-homed host (two uplinks, source policy routing) -------------------------------------
+
+
+def _multihomed(dep: Deployment, node: Node, uplink2: str, default: int) -> None:
+    """Give ``node``'s host its second uplink (once per module; ``uplink2`` its NAT type) and
+    put it back in order: both links up, the default route through uplink ``default``, both
+    NATs without mappings."""
+    lab = dep.lab
+    index = lab.site(node.site).index
+    if index not in lab.uplinks:
+        lab.add_uplink(node.site, uplink2)
+    assert lab.uplink(node.site).nat == uplink2
+    lab.set_uplink_link(node.site, 1, up=True)
+    lab.set_uplink(node.site, default)
+    lab.flush_nat(node.site, uplink=2)
+
+
+def _uplink_of(dep: Deployment, node: Node, peer: Node) -> int:
+    """Which uplink ``node``'s selected pair to ``peer`` goes through (by its local candidate's
+    public address); 0 if neither (a relayed pair)."""
+    local = dep.peer_status(node, peer).get("local_candidate") or {}
+    host = str(local.get("address", "")).rpartition(":")[0]
+    return {dep.lab.site(node.site).wan_addr: 1, dep.lab.uplink(node.site).wan_addr: 2}.get(host, 0)
+
+
+def test_multihomed_host_is_reached_through_the_uplink_it_was_asked_at(
+    rec: Deployment, request: pytest.FixtureRequest
+) -> None:
+    a, b = rec.node("n9"), rec.node("n10")  # prc + symmetric uplink 2, prc
+    # The default route uses the symmetric uplink: no direct path to a port-restricted peer
+    # there. The other uplink's NAT maps endpoint-independently: b can reach a through it if a
+    # answers from that uplink's address, and its own checks leave from it.
+    _multihomed(rec, a, "sym", default=2)
+    rec.fresh_sites(a, b)
+    rec.start_node(a, peers=[b])
+    rec.start_node(b, peers=[a])
+    rec.wait_connected([a, b])
+    entry = rec.wait_path(a, b, "direct", timeout=30)
+    assert _uplink_of(rec, a, b) == 1, entry
+    before = rec.lab.uplink_bytes(a.site, 1)
+    result = rec.tcp_transfer(a, b, MB)
+    through = rec.lab.uplink_bytes(a.site, 1) - before
+    assert through > MB, through
+    report(
+        request,
+        f"[recovery] multi-homed host, default route on its symmetric uplink: direct through "
+        f"the other ({entry['local_candidate']['address']}), {result['bytes']} bytes of TCP "
+        f"intact, {through} bytes through uplink 1",
+    )
+
+
+def test_default_route_moves_to_the_other_uplink(
+    rec: Deployment, request: pytest.FixtureRequest
+) -> None:
+    a, b = rec.node("n11"), rec.node("n10")  # prc + prc uplink 2, prc
+    _multihomed(rec, a, "prc", default=1)
+    _start_pair(rec, a, b, "direct")
+    assert _uplink_of(rec, a, b) == 1
+    moved: dict[str, int] = {}
+
+    def wifi_to_ethernet() -> None:
+        moved["before"] = rec.lab.uplink_bytes(a.site, 2)
+        rec.lab.set_uplink(a.site, 2)
+
+    got = _across(rec, a, b, wifi_to_ethernet, "the default route's move")
+    wait_until(lambda: _uplink_of(rec, a, b) == 2, 30, interval=0.2, what="the tunnel on uplink 2")
+    through = rec.lab.uplink_bytes(a.site, 2) - moved["before"]
+    assert through > TRANSFER_SIZE // 2, through
+    _report(request, "default route moved to the second uplink (prc+prc/prc)", got)
+
+
+def test_uplink_link_goes_down(rec: Deployment, request: pytest.FixtureRequest) -> None:
+    a, b = rec.node("n11"), rec.node("n10")  # prc + prc uplink 2, prc
+    _multihomed(rec, a, "prc", default=1)
+    _start_pair(rec, a, b, "direct")
+    assert _uplink_of(rec, a, b) == 1
+    try:
+        got = _across(
+            rec, a, b, lambda: rec.lab.set_uplink_link(a.site, 1, up=False), "the link loss"
+        )
+        assert _uplink_of(rec, a, b) == 2, rec.peer_status(a, b)
+    finally:
+        rec.lab.set_uplink_link(a.site, 1, up=True)
+    _report(request, "uplink 1 went down, default route on it (prc+prc/prc)", got)
