@@ -446,6 +446,9 @@ class Gatherer:
         result = rnd.result
         result.failures.extend(rnd.pending.values())  # cut by round_timeout
         result.mapping_moved = self._check_mappings(rnd.mapped)
+        # Bases that are gone (a lost address, a link down) are not kept alive any more.
+        kept = set(addresses)
+        self._mapped = {k: m for k, m in self._mapped.items() if k in rnd.mapped or k[1] in kept}
         self._mapped_at = trio.current_time()
         log.info(
             "gathered",

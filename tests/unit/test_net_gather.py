@@ -363,12 +363,13 @@ async def test_every_host_address_asks_the_stun_server_and_the_routed_one_comes_
     # 127.0.0.1: that address is preferred. Each address asks the server from itself (the
     # server sees each as the mapped address: no NAT on loopback, so no srflx candidate).
     options = GatherOptions(stun=((HOST, server),), stun_keepalive=0.3)
-    g = await wildcard_gatherer(nursery, options, ["127.0.0.2", "127.0.0.1"])
+    hosts = ["127.0.0.2", "127.0.0.1"]
+    g = await wildcard_gatherer(nursery, options, hosts)
     result = await g.gather()
     assert not result.failures, result.failures
     port = g.mux.endpoints[0].local_address[1]
-    hosts = sorted(result.candidates, key=lambda c: -c.priority)
-    assert [c.host for c in hosts] == ["127.0.0.1", "127.0.0.2"]
+    ranked = sorted(result.candidates, key=lambda c: -c.priority)
+    assert [c.host for c in ranked] == ["127.0.0.1", "127.0.0.2"]
     assert g._mapped == {
         ((HOST, server), "127.0.0.1"): ("127.0.0.1", port),
         ((HOST, server), "127.0.0.2"): ("127.0.0.2", port),
@@ -378,6 +379,10 @@ async def test_every_host_address_asks_the_stun_server_and_the_routed_one_comes_
         while g.keepalives < 2:
             await trio.sleep(0.01)
     assert g.keepalive_moves == 0
+    # An address that went away is neither asked from nor kept alive any more.
+    hosts.remove("127.0.0.2")
+    await g.gather()
+    assert list(g._mapped) == [((HOST, server), "127.0.0.1")]
 
 
 async def test_an_address_that_cannot_ask_does_not_hold_the_round_up(
