@@ -20,9 +20,10 @@ The pieces:
   its LAN and its public address; :meth:`Router.renumber` and :meth:`Router.flush` are the
   events the recovery tests need. TCP connections through it break when it forgets them.
 - :class:`MemoryHost` — one machine, implementing :class:`p2ptun.net.ports.Host`: datagram
-  ports, TCP connections and listeners, a :class:`MemoryTun`, interface addresses and routes
-  (recorded), network change events, and clocks and randomness derived from the virtual
-  clock and a seed.
+  ports (each datagram with the local address it came to; a send may name its source among
+  the host's addresses, :meth:`MemoryHost.add_address` gives it more than one), TCP connections
+  and listeners, a :class:`MemoryTun`, interface addresses and routes (recorded), network
+  change events, and clocks and randomness derived from the virtual clock and a seed.
 - :class:`MemoryTun` — the TUN device, with a tiny kernel behind it that answers ICMP echo
   requests to the interface's addresses; :class:`Pinger` sends a steady ping stream through
   it and measures the longest gap between replies.
