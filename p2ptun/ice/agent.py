@@ -251,6 +251,10 @@ class AgentConfig:
     #: pairs are still checked, and renomination moves to one that succeeds) instead of
     #: waiting ``nomination_delay`` for them. Needs ``renominate``.
     relay_first: bool = False
+    #: Controlling agent: nominate a direct best pair at once too (no hold for higher pairs
+    #: still in progress); one of higher priority that succeeds later is renominated. Needs
+    #: ``renominate``.
+    direct_first: bool = False
     #: While a direct pair is selected, keep the best relayed pair valid as a standby (its
     #: checks go on, then one light check every ``standby_interval`` ± jitter), so that the
     #: node can move the data there at once when the direct pair goes quiet.
@@ -431,6 +435,7 @@ class IceAgent:
             cfg.direct_hold_min,
             cfg.renominate,
             cfg.relay_first,
+            cfg.direct_first,
         )
         self._gen = _Generation(0, credentials, CheckList(controlling, self.config.max_pairs))
         self._checks: TransactionManager[_CheckContext] = TransactionManager(
