@@ -324,6 +324,9 @@ class IceStats:
     #: Checks in flight abandoned because a direct pair was selected (§8.1.2).
     checks_ceased: int = 0
     consent_checks_sent: int = 0
+    #: Consent probes run (the data path saw the pair go quiet), and optional ones held off.
+    consent_probes: int = 0
+    consent_probes_held_off: int = 0
     unknown_responses: int = 0
     invalid_responses: int = 0
     non_symmetric: int = 0
@@ -702,8 +705,11 @@ class IceAgent:
         sel = self._selection
         if sel is None or sel.expired or sel.consent is None:
             return False
+        held = sel.consent.probes_held_off
         if not sel.consent.probe(now, sel.pair.rtt, urgent=urgent):
+            self.stats.consent_probes_held_off += sel.consent.probes_held_off - held
             return False
+        self.stats.consent_probes += 1
         self._consent_timers(now)
         self._refresh_state(now)
         return True

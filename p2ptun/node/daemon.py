@@ -52,7 +52,7 @@ from typing import Any
 import trio
 
 from p2ptun import config as config_mod
-from p2ptun.addr import format_address
+from p2ptun.addr import Address, format_address
 from p2ptun.config import IPInterface, IPNetwork, NodeConfig, PeerConfig, TurnServerConfig
 from p2ptun.errors import EXIT_OK, P2ptunError, RuntimeFailure
 from p2ptun.ice import AgentConfig
@@ -348,6 +348,7 @@ class NodeDaemon:
                 mss=mss_for_mtu(self.mtu),
                 learn_endpoints=True,
                 on_path_quiet=self._path_quiet,
+                on_relayed_roam=self._relayed_roam,
             )
             self._tunnel = tunnel
             transport = IceTransport(
@@ -492,6 +493,12 @@ class NodeDaemon:
         for session in self.peers.values():
             if session.wg is wg:
                 session.path_quiet(event.unanswered)
+                return
+
+    def _relayed_roam(self, wg: Peer, address: Address) -> None:
+        for session in self.peers.values():
+            if session.wg is wg:
+                session.relayed_roam(address)
                 return
 
     def _round_done(self, rounds: int) -> None:

@@ -59,7 +59,7 @@ from typing import Any, Protocol
 
 import trio
 
-from p2ptun.addr import format_address
+from p2ptun.addr import Address, format_address
 from p2ptun.config import IPNetwork, PeerConfig
 from p2ptun.errors import DecodeError, ProtocolError
 from p2ptun.ice import (
@@ -649,18 +649,40 @@ class PeerSession:
         active = self.active
         if active is None or self.path is None:
             return
-        # Data that stopped arriving is a weaker sign than data left unanswered: its probe is
-        # optional, one per holdoff (ConsentConfig.probe_holdoff), and so is its keepalive.
-        rx = self.wg.rx_bytes
-        if not active.session.probe(urgent=unanswered):
-            return
-        self._probe_rx = rx
-        log.debug("path quiet, probing", peer=self.name, unanswered=unanswered)
         # Our NAT may have given us a new mapping that the peer does not know: a keepalive
-        # from it lets the peer roam to it (WireGuard's rule) in one trip, where the peer's NAT
-        # lets the new mapping in — before the probe has even ended.
+        # from it lets the peer roam to it (WireGuard's rule, through its relay too) in one
+        # trip, where the peer's NAT lets the new mapping in — before any probe has ended.
+        # One small packet per quiet spell, which only follows traffic.
+        rx = self.wg.rx_bytes
         self.wg.send_keepalive(trio.current_time())
         self.ctx.tunnel.flush(self.wg)
+        # Data that stopped arriving is a weaker sign than data left unanswered: its probe is
+        # optional, one per holdoff (ConsentConfig.probe_holdoff).
+        if active.session.probe(urgent=unanswered):
+            self._probe_rx = rx
+            log.debug("path quiet, probing", peer=self.name, unanswered=unanswered)
+
+    def relayed_roam(self, address: Address) -> None:
+        """The peer's authenticated packets reach our relay from ``address``, not from the
+        relayed path's remote: its NAT gave it a new mapping (a symmetric NAT forgot it).
+        WireGuard's roaming, through the relay: our relay sends to the new address from now
+        on — its NAT opened the new mapping towards our relay, so it lets that in — and ICE
+        restarts to follow, while the data already flows."""
+        pair = self.path
+        if pair is None or not pair.via_relay:
+            return
+        relay = self.ctx.transport.relay_for(pair.base)
+        if relay is None:
+            return
+        relay.bind_channel(address)  # Send indications until the channel is bound
+        self.ctx.tunnel.set_sender(self.wg, partial(relay.send_batch, address), address)
+        log.info(
+            "peer roamed (relayed)",
+            peer=self.name,
+            old=format_address(pair.remote.address),
+            new=format_address(address),
+        )
+        self._regather_then_restart("the peer moved")
 
     def _path_lost(self) -> None:
         """The selected path carries nothing (its probe went unanswered): move the data to the

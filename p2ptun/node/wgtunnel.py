@@ -166,7 +166,9 @@ class WgTunnel:
     daemon keeps it on: the two sides select their ICE pair within a round trip of each
     other, and the first handshake may arrive before ours is selected). ``roam``: on a direct
     path, follow the peer to the address its authenticated datagrams come from (WireGuard's
-    roaming; a relayed path is left to ICE).
+    roaming). On a relayed path the same event — the peer's authenticated datagrams reach our
+    relay from a new address — goes to ``on_relayed_roam(peer, address)``: only the owner of
+    the relay can re-point it (the node does, :meth:`PeerSession.relayed_roam`).
     """
 
     def __init__(
@@ -180,6 +182,7 @@ class WgTunnel:
         learn_endpoints: bool = True,
         roam: bool = True,
         on_path_quiet: Callable[[Peer, PathQuiet], None] | None = None,
+        on_relayed_roam: Callable[[Peer, Address], None] | None = None,
     ) -> None:
         if not endpoints:
             raise ValueError("a tunnel needs at least one UDP endpoint")
@@ -192,6 +195,7 @@ class WgTunnel:
         self.learn_endpoints = learn_endpoints
         self.roam = roam
         self.on_path_quiet = on_path_quiet
+        self.on_relayed_roam = on_relayed_roam
         self._by_family = {ep.family: ep for ep in self.endpoints}
         self._peer_endpoints: dict[Peer, Address | None] = {}
         self._senders: dict[Peer, Sender] = {}
@@ -433,24 +437,38 @@ class WgTunnel:
         unwrapped it); ``source`` names that path for the cookie logic. The caller flushes
         (:meth:`flush`) or returns into a UDP batch, which does; either ends the batch's
         shared ``now``."""
+        self._receive_via(data, source)
+
+    def _receive_via(self, data: bytes | bytearray | memoryview, source: bytes) -> Peer | None:
         now = self._rx_now
         if now is None:
             now = self._rx_now = trio.current_time()
         peer = self.device.receive_datagram(data, now, source)
         if peer is not None:
             self._touched[peer] = None
+        return peer
 
     def receive_relayed(self, data: memoryview, peer: Address) -> None:
         """A WireGuard datagram a TURN relay unwrapped, from ``peer`` (the relay's receiver,
         inside a socket's batch or followed by :meth:`flush` for a stream relay). The path's
-        name for the cookie logic (:func:`relay_source`) is made once per peer."""
+        name for the cookie logic (:func:`relay_source`) is made once per peer. An
+        authenticated one from another address than the relayed path's remote goes to
+        ``on_relayed_roam`` (class docstring)."""
         sources = self._relay_sources
         source = sources.get(peer)
         if source is None:
             if len(sources) >= MAX_RELAY_SOURCES:
                 sources.clear()
             source = sources[peer] = relay_source(peer)
-        self.receive_datagram(data, source)
+        wg = self._receive_via(data, source)
+        if (
+            wg is not None
+            and self.on_relayed_roam is not None
+            and wg in self._senders
+            and self._peer_endpoints.get(wg) != peer
+        ):
+            self._stats(wg).roams += 1
+            self.on_relayed_roam(wg, peer)
 
     def udp_drained(self) -> None:
         """The end of a socket's batch: write what it decrypted, send what it provoked."""
