@@ -253,7 +253,10 @@ def test_roster_verifies_pins_revokes_and_expires() -> None:
         ),
         ("-----BEGIN P2PTUN CERTIFICATE-----\nAQE=\n-----END P2PTUN CERTIFICATE-----", "truncated"),
         ("-----BEGIN P2PTUN CERTIFICATE-----\nAgE=\n-----END P2PTUN CERTIFICATE-----", "version 2"),
-        ("-----BEGIN P2PTUN CERTIFICATE-----\nAQI=\n-----END P2PTUN CERTIFICATE-----", "revocation"),
+        (
+            "-----BEGIN P2PTUN CERTIFICATE-----\nAQI=\n-----END P2PTUN CERTIFICATE-----",
+            "revocation",
+        ),
     ],
 )
 def test_malformed_certificate_text_is_one_clear_line(text: str, expected: str) -> None:
