@@ -69,7 +69,7 @@ ALLOWED: dict[str, set[str]] = {
     "wireguard": {"addr", "errors", "log", "keys", "noise"},
     "signal": {"addr", "errors", "log", "keys", "noise"},
     "membership": {"addr", "errors", "log", "keys"},
-    "config": {"addr", "errors", "keys"},
+    "config": {"addr", "errors", "keys", "membership"},
     "net": {"addr", "errors", "log", "keys", "noise", "config", *CORES},
     "node": {"addr", "errors", "log", "keys", "noise", "config", "net", *CORES},
     "rendezvous": {"addr", "errors", "log", "keys", "noise", "config", "net", *CORES},
