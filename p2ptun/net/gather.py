@@ -168,6 +168,9 @@ class GatherResult:
 
     candidates: list[Candidate] = field(default_factory=list)
     failures: list[GatherFailure] = field(default_factory=list)
+    #: A STUN server maps us elsewhere than in the round before: our NAT rebound or changed
+    #: its address, so whatever went through it (TCP connections too) is gone.
+    mapping_moved: bool = False
 
 
 class _Round:
@@ -391,7 +394,7 @@ class Gatherer:
                     nursery.start_soon(self._relay, slot, rnd)
         result = rnd.result
         result.failures.extend(rnd.pending.values())  # cut by round_timeout
-        self._check_mappings(rnd.mapped)
+        result.mapping_moved = self._check_mappings(rnd.mapped)
         log.info(
             "gathered",
             round=self.rounds,
@@ -569,20 +572,21 @@ class Gatherer:
                 )
                 self._replace(slot, quiet=True)
 
-    def _check_mappings(self, mapped: dict[Address, Address]) -> None:
+    def _check_mappings(self, mapped: dict[Address, Address]) -> bool:
         """After a round: if a STUN server now maps us elsewhere (the NAT rebound or changed
         its address), the UDP allocations made through that NAT are gone too — those whose
-        mapped address is none of this round's."""
+        mapped address is none of this round's. Returns whether a mapping moved."""
         moved = any(s in self._mapped and self._mapped[s] != m for s, m in mapped.items())
         self._mapped.update(mapped)
         if not moved:
-            return
+            return False
         fresh = set(mapped.values())
         for slot in self._slots:
             relay = slot.live
             if relay is not None and relay.transport == "udp" and relay.mapped not in fresh:
                 log.info("NAT mapping changed, allocating again", server=slot.config.url)
                 self._replace(slot, quiet=False)
+        return True
 
     def _replace(self, slot: _RelaySlot, *, quiet: bool) -> None:
         relay = slot.relay

@@ -92,7 +92,14 @@ from p2ptun.addr import Address, format_address
 from p2ptun.errors import DecodeError
 from p2ptun.ice.agent import AgentConfig, IceAgent, RandomSource
 from p2ptun.ice.candidate import Candidate, CandidateType, peer_reflexive_priority
-from p2ptun.ice.events import ConsentExpired, IceEvent, PairSelected, SelectedPair, StateChanged
+from p2ptun.ice.events import (
+    ConsentExpired,
+    IceEvent,
+    PairSelected,
+    SelectedPair,
+    StandbyReady,
+    StateChanged,
+)
 from p2ptun.ice.sdp import IceCredentials, IceDescription, generate_credentials
 from p2ptun.log import get_logger
 from p2ptun.net.gather import (
@@ -379,6 +386,16 @@ class IceSession:
         self._transport._pump(self)
         return self.agent.local_credentials
 
+    def probe(self) -> bool:
+        """Check the selected pair at once (:meth:`IceAgent.probe_consent`): the data path saw
+        it go quiet. Unanswered, the session reports :class:`ConsentLost`. False when there
+        is nothing to probe or a probe is under way."""
+        if self._closed:
+            return False
+        started = self.agent.probe_consent(trio.current_time())
+        self._transport._pump(self)
+        return started
+
     def send(self, data: bytes | bytearray | memoryview) -> bool:
         """Send ``data`` on the selected pair (direct: UDP from the shared socket; relayed:
         through the TURN allocation). False (nothing sent) if no pair is usable."""
@@ -524,9 +541,22 @@ class IceSession:
             self._connected.set()
         elif isinstance(event, ConsentExpired):
             self._send_remote = None
+        elif isinstance(event, StandbyReady):
+            self._prepare_standby(event.pair)
         elif isinstance(event, StateChanged):
             log.debug("ice state", peer=self.name, state=event.state.value)
         self._emit(event)
+
+    def _prepare_standby(self, pair: SelectedPair) -> None:
+        """A relayed pair is kept beside the selected direct one: what its relay receives from
+        the remote reaches this session, and a channel is bound so that data could go as
+        ChannelData at once (:meth:`standby_sender`)."""
+        remote = pair.remote.address
+        self._transport._route_remote(self, remote)
+        self._remotes.add(remote)
+        relay = self._transport.gatherer.relay_for(pair.base) if pair.via_relay else None
+        if relay is not None:
+            relay.bind_channel(remote)
 
     def _use_pair(self, pair: SelectedPair) -> None:
         remote = pair.remote.address

@@ -173,6 +173,14 @@ class SignalingClient:
             self.core.stop()
             self._after()
 
+    def reconnect_now(self, reason: str) -> None:
+        """Drop the connection and connect again at once: our address changed (a NAT
+        renumbered or forgot us), so the connection is dead although TCP has not noticed."""
+        if self.core.connected:
+            log.info("reconnecting to the rendezvous", reason=reason)
+            self.core.connection_lost(trio.current_time(), reason, retry_now=True)
+            self._after()
+
     def stop(self) -> None:
         """Stop: close the connection and make :meth:`run` return."""
         self.core.stop()

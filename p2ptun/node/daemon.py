@@ -63,6 +63,7 @@ from p2ptun import config as config_mod
 from p2ptun.addr import format_address
 from p2ptun.config import IPInterface, IPNetwork, NodeConfig, PeerConfig, TurnServerConfig
 from p2ptun.errors import EXIT_OK, P2ptunError, RuntimeFailure
+from p2ptun.ice import AgentConfig
 from p2ptun.keys import encode_key
 from p2ptun.log import get_logger
 from p2ptun.membership import CertificateRejected, MembershipDecodeError
@@ -87,7 +88,7 @@ from p2ptun.signal.client import (
     RegistrationRefused,
     RevocationsReceived,
 )
-from p2ptun.wireguard import Device
+from p2ptun.wireguard import Device, PathQuiet, Peer
 
 log = get_logger("node")
 
@@ -110,6 +111,10 @@ def default_mtu(underlay: int = UNDERLAY_MTU) -> int:
 
 
 DEFAULT_MTU = default_mtu()
+#: The node's ICE agents: a relayed pair carries data from its first valid check, and a
+#: direct pair that succeeds later takes over without a new handshake (renomination); while
+#: a direct pair is selected, the best relayed pair is kept valid as a standby.
+NODE_AGENT_CONFIG = AgentConfig(relay_first=True, standby=True)
 #: The suspend check runs on every wake-up of the ICE timer (consent checks: every 4–6 s per
 #: connected peer) and, without peers, at least this often.
 SUSPEND_CHECK_INTERVAL = 60.0
@@ -360,13 +365,19 @@ class NodeDaemon:
             # learn_endpoints: until ICE selects a pair, answer an authenticated handshake
             # where it came from (the two sides select within a round trip of each other).
             tunnel = WgTunnel(
-                device, tun, endpoints, mss=mss_for_mtu(self.mtu), learn_endpoints=True
+                device,
+                tun,
+                endpoints,
+                mss=mss_for_mtu(self.mtu),
+                learn_endpoints=True,
+                on_path_quiet=self._path_quiet,
             )
             self._tunnel = tunnel
             transport = IceTransport(
                 endpoints,
                 GatherOptions.from_config(cfg.ice, self.interface),
                 host=host,
+                agent_config=NODE_AGENT_CONFIG,
                 credentials=self._turn_credentials,
                 relayed_wireguard=tunnel.receive_relayed,
                 after_relay_batch=tunnel.flush,
@@ -603,7 +614,19 @@ class NodeDaemon:
 
     # -- the network ----------------------------------------------------------------------
 
+    def _path_quiet(self, wg: Peer, event: PathQuiet) -> None:
+        for session in self.peers.values():
+            if session.wg is wg:
+                session.path_quiet(event.unanswered)
+                return
+
     def _round_done(self, rounds: int) -> None:
+        gathered = self.transport.last_gather
+        if gathered is not None and gathered.mapping_moved and self.signaling is not None:
+            # Our NAT rebound or changed its address: the rendezvous connection went through
+            # it and is dead, though TCP has not noticed. Connect again now, so that the
+            # restart offers go out at once.
+            self.signaling.reconnect_now("our NAT mapping changed")
         if self._restart_after_round and rounds > 1:
             self._restart_after_round = False
             for session in self.peers.values():

@@ -67,6 +67,7 @@ from p2ptun.ice import (
     BetterPairAvailable,
     Candidate,
     ConsentExpired,
+    ConsentLost,
     ConsentRestored,
     ConsentSuspect,
     IceAgent,
@@ -110,6 +111,11 @@ FIRST_OFFER_WAIT = 2.0
 """How long the first offer waits for the node's first gathering round."""
 MAX_IDLE = 30.0
 """The peer's timer wakes at least this often."""
+PATH_SILENCE_MIN = 1.0
+PATH_SILENCE_RTTS = 4.0
+"""The selected path is probed once it went quiet for ``max(PATH_SILENCE_MIN,
+PATH_SILENCE_RTTS × RTT)`` seconds (data sent and nothing authenticated back, or data stopped
+arriving): see :meth:`PeerSession.path_quiet`."""
 
 
 class NodeContext(Protocol):
@@ -563,6 +569,9 @@ class PeerSession:
                 # candidates that are stale now.
                 self._last_suspect_restart = now
                 self._regather_then_restart("consent suspect")
+        elif isinstance(event, ConsentLost):
+            if attempt is self.active:
+                self._path_lost()
         elif isinstance(event, ConsentRestored):
             log.info("consent restored", peer=self.name)
         elif isinstance(event, StateChanged):
@@ -602,6 +611,7 @@ class PeerSession:
         else:
             tunnel.set_endpoint(self.wg, remote)
         self.path = pair
+        self.wg.path_silence = max(PATH_SILENCE_MIN, PATH_SILENCE_RTTS * (pair.rtt or 0.0))
         now = trio.current_time()
         active = self.active
         if self.wg.has_session(now):
@@ -621,9 +631,37 @@ class PeerSession:
         )
 
     def _clear_path(self) -> None:
+        self.wg.path_silence = None
         if self.path is not None:
             self.path = None
             self.ctx.tunnel.set_endpoint(self.wg, None)
+
+    # -- fast failure detection ---------------------------------------------------------------
+
+    def path_quiet(self, unanswered: bool) -> None:
+        """The data path saw the selected path go quiet (:class:`~p2ptun.wireguard.PathQuiet`):
+        probe it now with a burst of consent checks. If they go unanswered the session reports
+        :class:`~p2ptun.ice.ConsentLost` within a fraction of a second (:meth:`_path_lost`);
+        an answer just means the traffic paused."""
+        active = self.active
+        if active is None or self.path is None:
+            return
+        if active.session.probe():
+            log.debug("path quiet, probing", peer=self.name, unanswered=unanswered)
+
+    def _path_lost(self) -> None:
+        """The selected path carries nothing (its probe went unanswered): move the data to the
+        standby relayed pair if the agent keeps one (no gathering, no signaling: within the
+        detection interval), and find the best path again — gather (our NAT may have moved)
+        and restart ICE, make-before-break."""
+        active = self.active
+        standby = None if active is None else active.agent.standby_pair(trio.current_time())
+        if standby is not None:
+            log.warning("path lost: probe unanswered, data moved to the relay", peer=self.name)
+            self._use_pair(standby, self.path)
+        else:
+            log.warning("path lost: probe unanswered", peer=self.name)
+        self._regather_then_restart("path lost")
 
     # -- status and ping --------------------------------------------------------------------
 

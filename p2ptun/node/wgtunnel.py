@@ -66,6 +66,7 @@ from p2ptun.wireguard import (
     Event,
     HandshakeCompleted,
     HandshakeFailed,
+    PathQuiet,
     Peer,
     SessionExpired,
 )
@@ -90,6 +91,8 @@ class PeerStats:
     handshakes_failed: int = 0
     datagrams_without_endpoint: int = 0
     """Datagrams dropped because the peer had no endpoint yet."""
+    path_quiet: int = 0
+    """Times the path went quiet (:class:`~p2ptun.wireguard.PathQuiet`)."""
 
 
 @dataclass
@@ -149,6 +152,9 @@ class WgTunnel:
     endpoints belong to whoever opened them). Time is trio's clock, so a ``MockClock`` drives
     the protocol timers too.
 
+    ``on_path_quiet(peer, event)`` hears when a peer's path went quiet (its
+    :attr:`~p2ptun.wireguard.Peer.path_silence` passed without an authenticated packet while
+    data went out, or after data stopped arriving): the node probes the path then.
     ``mss``: clamp the MSS option of TCP SYNs to ``(ipv4, ipv6)`` values (see
     :func:`p2ptun.node.mss.mss_for_mtu`); None leaves packets alone. ``learn_endpoints``:
     until a peer has a path, answer its authenticated datagrams where they came from (the
@@ -165,6 +171,7 @@ class WgTunnel:
         batch: int = DEFAULT_BATCH,
         mss: tuple[int, int] | None = None,
         learn_endpoints: bool = True,
+        on_path_quiet: Callable[[Peer, PathQuiet], None] | None = None,
     ) -> None:
         if not endpoints:
             raise ValueError("a tunnel needs at least one UDP endpoint")
@@ -175,6 +182,7 @@ class WgTunnel:
         self.peer_stats: dict[Peer, PeerStats] = {}
         self.mss = mss
         self.learn_endpoints = learn_endpoints
+        self.on_path_quiet = on_path_quiet
         self._by_family = {ep.family: ep for ep in self.endpoints}
         self._peer_endpoints: dict[Peer, Address | None] = {}
         self._senders: dict[Peer, Sender] = {}
@@ -511,6 +519,10 @@ class WgTunnel:
             log.warning("handshake failed", peer=name)
         elif isinstance(event, SessionExpired):
             log.info("session expired, keys erased", peer=name)
+        elif isinstance(event, PathQuiet):
+            stats.path_quiet += 1
+            if self.on_path_quiet is not None:
+                self.on_path_quiet(peer, event)
 
     # -- status --------------------------------------------------------------------------------
 

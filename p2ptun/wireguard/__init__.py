@@ -19,6 +19,7 @@ from p2ptun.wireguard.events import (
     Event,
     HandshakeCompleted,
     HandshakeFailed,
+    PathQuiet,
     SessionExpired,
 )
 from p2ptun.wireguard.peer import Peer
@@ -33,6 +34,7 @@ __all__ = [
     "HandshakeCompleted",
     "HandshakeFailed",
     "NoiseError",
+    "PathQuiet",
     "Peer",
     "SessionExpired",
     "TimerConfig",

@@ -137,6 +137,41 @@ def test_relayed_pair_waits_the_full_delay(nat_a: str, nat_b: str) -> None:
     assert_hold_kept(noms, config)
 
 
+@pytest.mark.parametrize(("nat_a", "nat_b"), [("port", "symmetric"), ("symmetric", "symmetric")])
+def test_relay_first_nominates_a_relayed_pair_at_its_first_valid_check(
+    nat_a: str, nat_b: str
+) -> None:
+    """With ``relay_first`` (the node's agents) a relayed best pair carries data at once: it
+    is nominated the moment it becomes valid, direct pairs still in progress or not."""
+    config = AgentConfig(relay_first=True)
+    s = make_scenario(nat_a, nat_b, seed=6, config_a=config, config_b=config)
+    noms, _ = connect(s)
+    sel = s.a.agent.selected_pair
+    assert sel is not None and sel.relayed
+    first = next(n for n in noms if not n.renomination)
+    assert first.relayed and first.first_valid_at is not None
+    assert first.at == pytest.approx(first.first_valid_at, abs=EPS)
+
+
+def test_relay_first_then_a_direct_pair_takes_over() -> None:
+    """Relayed first while the direct path is closed; when it opens, renomination moves both
+    sides to it (the relay carried data meanwhile)."""
+    config = AgentConfig(relay_first=True, direct_retry_interval=3.0)
+    s = make_scenario("port", "port", seed=2, config_a=config, config_b=config)
+    sites = {"198.51.100.1", "203.0.113.1"}
+    s.net.blocked = lambda src, dst: src[0] in sites and dst[0] in sites
+    s.start()
+    assert s.net.run_while(s.connected, 20)
+    sel = s.a.agent.selected_pair
+    assert sel is not None and sel.relayed
+    s.net.blocked = None
+    assert s.net.run_while(
+        lambda: all((p := x.agent.selected_pair) is not None and not p.relayed for x in (s.a, s.b)),
+        60,
+    )
+    assert s.same_path()
+
+
 def test_many_unreachable_candidates_each_get_two_sends() -> None:
     """B also signals twelve host addresses nobody answers on: the paced checks reach all of
     them (Ta apart, RTO growing with the list), each is re-sent before A gives up on it, and
