@@ -320,6 +320,13 @@ def cmd_invite(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_join(args: argparse.Namespace) -> int:
+    """Join a network with an invite token: key, certificate, config."""
+    from p2ptun import join
+
+    return join.main(args.token, args.config, args.interface)
+
+
 def _add_control_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", metavar="FILE", help="the node's config (finds its socket)")
     p.add_argument("--interface", metavar="NAME", help="the node's interface name")
@@ -412,6 +419,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rendezvous", metavar="HOST:PORT", help="default: from DIR/network.toml")
     p.add_argument("--rendezvous-key", metavar="KEY", help="default: from DIR/network.toml")
     p.set_defaults(func=cmd_invite)
+
+    p = sub.add_parser("join", help="join a network with an invite: key, certificate, config")
+    p.add_argument("token", metavar="TOKEN", help="the invite ('p2ptun invite' printed it)")
+    p.add_argument(
+        "--config",
+        default="/etc/p2ptun/p2p0.toml",
+        metavar="FILE",
+        help="config to write (default /etc/p2ptun/p2p0.toml; key and certificate beside it)",
+    )
+    p.add_argument("--interface", metavar="NAME", help="interface name (default: FILE's name)")
+    p.set_defaults(func=cmd_join)
 
     p = sub.add_parser("stun", help="ask a STUN server for this host's mapped address")
     p.add_argument("server", metavar="HOST[:PORT]", help="STUN server (default port 3478)")

@@ -135,3 +135,74 @@ def test_a_damaged_certificate_is_refused_in_one_line(
     damaged.write_text("\n".join(lines[:2] + lines[3:]) + "\n")  # a line lost in copying
     code, _, err = run(capsys, "ca", "show", str(damaged))
     assert code == 2 and err.count("\n") == 1 and "not a valid certificate" in err
+
+
+def test_join_writes_key_certificate_and_a_config_that_loads(
+    ca_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from p2ptun import config, join
+
+    redeemed = []
+
+    async def fake_redeem(host: object, invite: object, key: bytes, cert: bytes) -> None:
+        redeemed.append(cert)
+
+    monkeypatch.setattr(join, "redeem", fake_redeem)
+    _, token, _ = run(
+        capsys, "invite", "--ca", str(ca_dir), "--name", "nas", "--ip", "10.77.0.3/24"
+    )
+    target = tmp_path / "etc" / "p2p0.toml"
+    code, out, err = run(capsys, "join", token.strip(), "--config", str(target))
+    assert code == 0, err
+    assert "systemctl enable --now p2ptun@p2p0" in out and redeemed
+    assert stat.S_IMODE(os.stat(tmp_path / "etc" / "p2p0.key").st_mode) == 0o600
+    cfg = config.load_node(str(target))
+    assert cfg.name == "nas" and cfg.peers == () and cfg.interface.name == "p2p0"
+    assert cfg.network is not None and cfg.network.domain == "home"
+    assert cfg.network.certificate.encode() == redeemed[0]
+    assert cfg.rendezvous.address == ("rv.example.net", 7070)
+    # A second join onto the same files is refused, nothing overwritten.
+    code, _, err = run(capsys, "join", token.strip(), "--config", str(target))
+    assert code == 2 and "exists" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("mangle", "word"),
+    [
+        (lambda t: t[:-30], "not a valid invite"),
+        (lambda t: "p2ptun-invite:" + "A" * 10, "not a valid invite"),
+        (lambda t: t.replace("p2ptun-invite:", "p2ptun-invlte:"), "does not start with"),
+    ],
+)
+def test_join_refuses_a_damaged_token_in_one_line(
+    ca_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    mangle: object,
+    word: str,
+) -> None:
+    _, token, _ = run(
+        capsys, "invite", "--ca", str(ca_dir), "--name", "nas", "--ip", "10.77.0.3/24"
+    )
+    bad = mangle(token.strip())  # type: ignore[operator]
+    code, _, err = run(capsys, "join", bad, "--config", str(tmp_path / "p2p0.toml"))
+    assert code == 2 and word in err and err.count("\n") == 1, err
+    assert not (tmp_path / "p2p0.toml").exists()
+
+
+def test_join_refuses_an_expired_invite(
+    ca_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from p2ptun import ca
+    from p2ptun.errors import UsageError
+    from p2ptun.join import parse_token
+
+    auth = ca.load(str(ca_dir))
+    invite = auth.invite(
+        "nas", ca.parse_addresses("10.77.0.3/24"), expires=60, now=1000, random_bytes=os.urandom
+    )
+    with pytest.raises(UsageError, match="has expired"):
+        parse_token(invite.to_text(), 1060)

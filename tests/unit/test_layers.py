@@ -74,6 +74,7 @@ ALLOWED: dict[str, set[str]] = {
     "node": {"addr", "errors", "log", "keys", "noise", "config", "net", *CORES},
     "rendezvous": {"addr", "errors", "log", "keys", "noise", "config", "net", *CORES},
     "ca": {"addr", "errors", "keys", "membership"},
+    "join": {"addr", "errors", "log", "keys", "config", "net", *CORES},
     "cli": {
         "addr",
         "errors",

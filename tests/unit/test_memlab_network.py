@@ -210,3 +210,50 @@ async def test_a_malicious_rendezvous_cannot_make_a_node_accept_a_fake_member(
             s.config.public_key for s in alice.daemon.peers.values()
         }
         nursery.cancel_scope.cancel()
+
+
+async def test_an_invite_is_redeemed_once_and_before_its_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``p2ptun join``'s redemption against the real rendezvous: the first key under an
+    invite is admitted (again after a reconnect), another key is refused with the reason, and
+    so is an unused invite past its deadline."""
+    from p2plab.memnet import EPOCH
+    from p2ptun.errors import UsageError
+    from p2ptun.join import redeem
+    from p2ptun.membership import Invite, sign_grant
+
+    lab = MemoryLab(network="home", seed=9)
+    lab.node("alice", "prc")
+    async with trio.open_nursery() as nursery:
+        await lab.start(nursery)
+        rv_key = public_key(lab.rendezvous_key)
+
+        def invite(name: str, serial: bytes, redeem_by: float) -> Invite:
+            details = Details(
+                network="home",
+                name=name,
+                serial=serial,
+                addresses=(ipaddress.ip_interface("10.77.0.40/24"),),
+                routes=(),
+                groups=(),
+                not_before=int(EPOCH),
+                not_after=int(EPOCH + 86400 * 30),
+                authority=ed25519_public(lab.authority),
+            )
+            seed = lab.rng.randbytes(32)
+            grant = sign_grant(details, int(redeem_by), ed25519_public(seed), lab.authority)
+            return Invite(grant, seed, "203.0.113.10:7070", rv_key, "home")
+
+        host = lab.site("prc").host("newbie")
+        token = invite("nas", b"n" * 16, EPOCH + 3600)
+        key = lab._key()
+        await redeem(host, token, key, token.enroll(public_key(key)).encode())
+        await redeem(host, token, key, token.enroll(public_key(key)).encode())  # same key: fine
+        thief = lab._key()
+        with pytest.raises(UsageError, match="already used by another machine"):
+            await redeem(host, token, thief, token.enroll(public_key(thief)).encode())
+        late = invite("tv", b"t" * 16, trio.current_time() + EPOCH - 1)
+        with pytest.raises(UsageError, match="invite for 'tv' has expired"):
+            await redeem(host, late, key, late.enroll(public_key(key)).encode())
+        nursery.cancel_scope.cancel()
