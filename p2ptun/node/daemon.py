@@ -77,6 +77,7 @@ from p2ptun.net.system import SystemHost
 from p2ptun.node import control
 from p2ptun.node.clockwatch import SuspendDetector
 from p2ptun.node.mss import mss_for_mtu
+from p2ptun.node.names import DnsResponder
 from p2ptun.node.network import NetworkPeers
 from p2ptun.node.peer import PeerSession
 from p2ptun.node.wgtunnel import WgTunnel
@@ -226,6 +227,7 @@ class NodeDaemon:
         )
         self._peers_lock = trio.Lock()
         self._members_changed = trio.Event()
+        self.names: DnsResponder | None = None
 
     # -- NodeContext ------------------------------------------------------------------------
 
@@ -316,6 +318,13 @@ class NodeDaemon:
                 nursery.start_soon(self._watch_suspend)
                 if self.network is not None:
                     nursery.start_soon(self._watch_expiry)
+                    network_cfg = self.network.config
+                    if network_cfg.dns and network_cfg.domain:
+                        self.names = DnsResponder(
+                            self.host, self.interface, cfg.interface.addresses, network_cfg.domain
+                        )
+                        self._update_names()
+                        await nursery.start(self.names.run)
                 log.info(
                     "node up",
                     name=cfg.name,
@@ -610,7 +619,21 @@ class NodeDaemon:
             if start and self._nursery is not None:
                 for session in added:
                     self._start_peer(session)
+            self._update_names()
             return added
+
+    def _update_names(self) -> None:
+        """The DNS names: this node's and every member's, from their certificates."""
+        if self.names is None or self.network is None:
+            return
+        records = {
+            name: [a.ip for a in member.addresses]
+            for name, member in self.network.roster.members.items()
+            if name in self.peers
+        }
+        own = self.network.config.certificate
+        records[own.name] = [a.ip for a in own.details.addresses]
+        self.names.update(records)
 
     # -- the network ----------------------------------------------------------------------
 
