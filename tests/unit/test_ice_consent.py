@@ -445,6 +445,27 @@ def test_an_answered_probe_ends_at_once_and_a_late_answer_restores_a_lost_pair()
     assert c.state is ConsentState.FRESH
 
 
+def test_an_optional_probe_is_held_off_after_a_probe_and_an_urgent_one_is_not() -> None:
+    c = ConsentFreshness(0.0, random.Random(4))  # probe_holdoff = 5 s
+    assert c.probe(1.0, rtt=None, urgent=False)  # the first optional probe runs
+    for t in (1.0, 1.1, 1.2, 1.3):
+        if c.poll(t).check_due:
+            c.start(_request(int(t * 10).to_bytes(12, "big")), KEY, t)
+    assert not c.probing
+    # Data stopped arriving again 2 s later (a bursty flow): held off, nothing is sent.
+    assert not c.probe(3.0, rtt=None, urgent=False)
+    assert c.probes_held_off == 1 and not c.probing and c.probes == 1
+    # Data left unanswered is never held off.
+    assert c.probe(3.5, rtt=None, urgent=True)
+    for t in (3.5, 3.6, 3.7, 3.8):
+        if c.poll(t).check_due:
+            c.start(_request(int(t * 10).to_bytes(12, "big")), KEY, t)
+    # The holdoff counts from the latest probe of either kind.
+    assert not c.probe(8.4, rtt=None, urgent=False)
+    assert c.probe(8.5, rtt=None, urgent=False)
+    assert (c.probes, c.probes_held_off) == (3, 2)
+
+
 def test_agent_probe_reports_consent_lost_within_the_window_and_not_on_a_live_pair() -> None:
     s = _connected("full", "full", seed=7)
     s.net.run_until(s.net.now + 2)
