@@ -206,3 +206,39 @@ def test_join_refuses_an_expired_invite(
     )
     with pytest.raises(UsageError, match="has expired"):
         parse_token(invite.to_text(), 1060)
+
+
+@pytest.mark.parametrize(
+    ("edit", "word"),
+    [
+        (lambda c: c.replace('name = "nas"', 'name = "tv"'), "issued for 'nas', but this node"),
+        (lambda c: c.replace('"10.77.0.3/24"', '"10.77.0.9/24"'), "which [interface] address"),
+        (lambda c: c.replace("ca = ", 'ca = "x" #'), "network.ca"),
+        (lambda c: c.replace('cert_file = "p2p0.cert"', 'cert_file = "none.cert"'), "no such"),
+        (lambda c: c + 'dns = true\ndomain = ""\n', "network.dns"),
+        (lambda c: c + "bogus = 1\n", "network.bogus: unknown key"),
+    ],
+)
+def test_a_node_config_with_a_bad_network_is_one_line_and_exit_2(
+    ca_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    edit: object,
+    word: str,
+) -> None:
+    from p2ptun import join
+
+    async def fake_redeem(*args: object) -> None:
+        pass
+
+    monkeypatch.setattr(join, "redeem", fake_redeem)
+    _, token, _ = run(
+        capsys, "invite", "--ca", str(ca_dir), "--name", "nas", "--ip", "10.77.0.3/24"
+    )
+    target = tmp_path / "p2p0.toml"
+    assert run(capsys, "join", token.strip(), "--config", str(target))[0] == 0
+    text = target.read_text().replace('domain = "home"\n', "")
+    target.write_text(edit(text))  # type: ignore[operator]
+    code, _, err = run(capsys, "check", "-c", str(target))
+    assert code == 2 and word in err and err.count("\n") == 1, err
