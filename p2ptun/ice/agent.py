@@ -255,6 +255,14 @@ class AgentConfig:
     #: still in progress); one of higher priority that succeeds later is renominated. Needs
     #: ``renominate``.
     direct_first: bool = False
+    #: Controlling agent: every check carries USE-CANDIDATE until a pair is nominated
+    #: (aggressive nomination, RFC 5245 §8.1.1.2; an RFC 8445 controlled agent honours it,
+    #: §7.3.1.5): the first pair to succeed is nominated by its own check, one Ta and one
+    #: round trip sooner than by a nominating check after it. Better pairs later move up by
+    #: renomination (``renominate``); every check sent while nothing was nominated still
+    #: nominates its pair if it succeeds, and the highest-priority nominated pair is selected
+    #: on both sides.
+    aggressive: bool = False
     #: While a direct pair is selected, keep the best relayed pair valid as a standby (its
     #: checks go on, then one light check every ``standby_interval`` ± jitter), so that the
     #: node can move the data there at once when the direct pair goes quiet.
@@ -1043,7 +1051,10 @@ class IceAgent:
     def _send_check(self, gen: _Generation, pair: CheckPair, now: float) -> None:
         creds = gen.remote_credentials
         assert creds is not None
-        use_candidate = pair.use_candidate and self._controlling
+        use_candidate = self._controlling and (
+            pair.use_candidate
+            or (self.config.aggressive and not any(p.nominated for p in gen.checklist.pairs))
+        )
         if pair.transaction_id is not None and (
             pair.state is PairState.IN_PROGRESS or use_candidate
         ):

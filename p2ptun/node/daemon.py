@@ -112,11 +112,12 @@ def default_mtu(underlay: int = UNDERLAY_MTU) -> int:
 
 
 DEFAULT_MTU = default_mtu()
-#: The node's ICE agents: the first valid pair carries data from its first valid check,
-#: relayed or direct, and a better pair that succeeds later takes over without a new
-#: handshake (renomination: relayed to direct, direct to a better direct); while a direct
-#: pair is selected, the best relayed pair is kept valid as a standby.
-NODE_AGENT_CONFIG = AgentConfig(relay_first=True, direct_first=True, standby=True)
+#: The node's ICE agents: the first pair to pass a check carries data at once, relayed or
+#: direct (each check nominates until one pair is nominated), and a better pair that
+#: succeeds later takes over without a new handshake (renomination: relayed to direct,
+#: direct to a better direct); while a direct pair is selected, the best relayed pair is kept
+#: valid as a standby.
+NODE_AGENT_CONFIG = AgentConfig(relay_first=True, direct_first=True, aggressive=True, standby=True)
 #: The suspend check runs on every wake-up of the ICE timer (consent checks: every 4–6 s per
 #: connected peer) and, without peers, at least this often.
 SUSPEND_CHECK_INTERVAL = 60.0

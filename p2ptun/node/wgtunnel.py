@@ -74,6 +74,7 @@ from p2ptun.wireguard import (
 log = get_logger("node.wgtunnel")
 
 _INITIATION = 1
+_RESPONSE = 2
 """WireGuard message type 1 (handshake initiation)."""
 
 
@@ -112,6 +113,8 @@ class TunnelCounters:
     """TCP SYNs whose MSS option was lowered (both directions)."""
     replies_dropped: int = 0
     """Cookie replies with no way back (their handshake came through a relay)."""
+    responses_held: int = 0
+    """Handshake responses made before the peer had a path, sent once it got one."""
     tso_packets: int = 0
     """TCP super-packets read from TUN and cut into segments before encryption."""
     tso_segments: int = 0
@@ -203,6 +206,8 @@ class WgTunnel:
         self._coalescer = TcpCoalescer()
         self._touched: dict[Peer, None] = {}  # insertion-ordered set
         self._initiation_unsent: set[Peer] = set()
+        #: The latest handshake response of a peer that had no path yet (see _path_set).
+        self._response_unsent: dict[Peer, bytes] = {}
         self._wrote_tun = False
         self._rx_now: float | None = None
         self._timer = CoreTimer(device.next_wakeup, self._on_timeout)
@@ -231,6 +236,18 @@ class WgTunnel:
         if peer in self._initiation_unsent:
             self._initiation_unsent.discard(peer)
             peer.handshake.last_sent = None
+        # A handshake response made before the path was known (the initiator selected the
+        # pair first and its initiation came in through our relay) goes out now: the
+        # initiator waits up to REKEY_TIMEOUT (5 s) for it before it tries again.
+        response = self._response_unsent.pop(peer, None)
+        if response is not None:
+            sender = self._senders.get(peer)
+            endpoint = self._peer_endpoints.get(peer)
+            if sender is not None:
+                sender([response])
+            elif endpoint is not None:
+                self._send(response, endpoint)
+            self.counters.responses_held += 1
 
     def set_sender(self, peer: Peer, sender: Sender | None, endpoint: Address | None) -> None:
         """Send ``peer``'s datagrams with ``sender`` from now on (a relayed path), or drop them
@@ -253,6 +270,7 @@ class WgTunnel:
         self.peer_stats.pop(peer, None)
         self._touched.pop(peer, None)
         self._initiation_unsent.discard(peer)
+        self._response_unsent.pop(peer, None)
 
     def flush(self, peer: Peer | None = None) -> None:
         """Send what ``peer`` (or every touched peer) queued, e.g. after calling into the
@@ -484,8 +502,11 @@ class WgTunnel:
                 sender(datagrams)
             elif endpoint is None:
                 self._stats(peer).datagrams_without_endpoint += len(datagrams)
-                if any(d[0] == _INITIATION for d in datagrams):
-                    self._initiation_unsent.add(peer)
+                for d in datagrams:
+                    if d[0] == _INITIATION:
+                        self._initiation_unsent.add(peer)
+                    elif d[0] == _RESPONSE:
+                        self._response_unsent[peer] = d
             else:
                 self._send_batch(datagrams, endpoint)
         packets = peer.pop_packets()
