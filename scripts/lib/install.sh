@@ -12,6 +12,7 @@ DEBIAN_PACKAGES=(
   wireguard-tools wireguard-go  # wg, wireguard-go (interop tests, bench)
   systemd                  # systemd-analyze verify (unit files)
   git                      # the demo test clones the checkout
+  bind9-dnsutils           # dig: the node's names (network e2e tests, the README's guide)
 )
 
 install_debian_packages() {
