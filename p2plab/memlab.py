@@ -129,6 +129,7 @@ class MemoryLab:
         """The network authority's Ed25519 seed (with ``network``)."""
         self._started = False
         self.signaling: SignalingServer | None = None
+        self._rendezvous_scope: trio.CancelScope | None = None
         """The rendezvous' signaling server, once started (its core's counters)."""
 
     def _key(self) -> bytes:
@@ -288,12 +289,30 @@ class MemoryLab:
         """Start the network, the rendezvous and every node (each up when this returns)."""
         self._finish_configs()
         await nursery.start(self.network.run)
-        self.signaling = await nursery.start(
-            partial(run_rendezvous, self.rendezvous_config(), self.rendezvous_host)
-        )
+        await self.start_rendezvous(nursery)
         for node in self.nodes:
             await nursery.start(node.daemon.serve)
         self._started = True
+
+    async def start_rendezvous(self, nursery: trio.Nursery) -> None:
+        """Start the rendezvous (again, after :meth:`stop_rendezvous`: a restarted server
+        with its database, which is in memory unless the lab has a ``state_dir``)."""
+        self.signaling = await nursery.start(self._run_rendezvous)
+
+    async def _run_rendezvous(
+        self, *, task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        with trio.CancelScope() as scope:
+            self._rendezvous_scope = scope
+            await run_rendezvous(
+                self.rendezvous_config(), self.rendezvous_host, task_status=task_status
+            )
+
+    def stop_rendezvous(self) -> None:
+        """Stop the rendezvous (its listeners close; TURN allocations on it end)."""
+        if self._rendezvous_scope is not None:
+            self._rendezvous_scope.cancel()
+            self._rendezvous_scope = None
 
     async def start_node(self, nursery: trio.Nursery, node: MemoryNode) -> None:
         """Start a node added after :meth:`start` (a machine that joins later)."""

@@ -255,14 +255,14 @@ class SignalingClient:
         """Seal ``message`` to ``peer`` and route it through the rendezvous (see
         :meth:`SignalClientCore.send`: offers wait for presence; others need registration and
         return False without it)."""
-        sent = self.core.send(peer, message)
+        sent = self.core.send(peer, message, trio.current_time())
         self._after()
         return sent
 
     def offer(self, peer: str, description: str, *, restart: bool = False) -> int:
         """Offer (or restart) a session to ``peer``: this node is ICE-controlling. Returns
         the session id."""
-        session = self.core.offer(peer, description, restart=restart)
+        session = self.core.offer(peer, description, restart=restart, now=trio.current_time())
         self._after()
         return session
 

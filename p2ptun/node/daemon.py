@@ -224,6 +224,8 @@ class NodeDaemon:
         self._suspend = SuspendDetector()
         self._restart_after_round = False
         self._last_consent_regather = -CONSENT_REGATHER_INTERVAL
+        #: When the current rendezvous connection registered (None: not registered yet).
+        self._registered_at: float | None = None
         self.network = (
             NetworkPeers(config.network, config.name) if config.network is not None else None
         )
@@ -485,8 +487,10 @@ class NodeDaemon:
             if client is not self.signaling:
                 continue
             if isinstance(event, RegisteredEvent):
+                self._registered_at = trio.current_time()
                 self._rendezvous_warned = False
                 log.info("rendezvous connected", rendezvous=rv, name=event.name)
+                self._regather_if_servers_failed()
             elif isinstance(event, Disconnected):
                 if not self._rendezvous_warned:
                     self._rendezvous_warned = True
@@ -653,12 +657,35 @@ class NodeDaemon:
                 session.relayed_roam(address)
                 return
 
+    def _signaling_went_through(self, old_mapping_seen_at: float) -> bool:
+        """Was the rendezvous connection made before the STUN server last saw our old
+        mapping? Then it went through that mapping and died with it (though TCP has not
+        noticed); one made later (the rendezvous was down meanwhile) may already use the new
+        mapping, and dropping it would lose what it carries."""
+        return self._registered_at is None or self._registered_at <= old_mapping_seen_at
+
+    def _regather_if_servers_failed(self) -> None:
+        """Registered again: the rendezvous is reachable, and with it, usually, the STUN and
+        TURN servers that failed in the latest round (the same host, often the same process).
+        Gather at once instead of waiting for the stuck round's retransmissions or the relay
+        backoff; the sessions take the new candidates as trickle."""
+        gathered = self.transport.last_gather
+        stuck = not self.transport.gathering_complete and self.transport.round > 1
+        failed = gathered is not None and any(f.kind != "host" for f in gathered.failures)
+        if failed or stuck:
+            log.info("rendezvous back: gathering again")
+            self.transport.regather(restart_sessions=False)
+
     def _round_done(self, rounds: int) -> None:
         gathered = self.transport.last_gather
-        if gathered is not None and gathered.mapping_moved and self.signaling is not None:
-            # Our NAT rebound or changed its address: the rendezvous connection went through
-            # it and is dead, though TCP has not noticed. Connect again now, so that the
-            # restart offers go out at once.
+        if (
+            gathered is not None
+            and gathered.mapping_moved
+            and self.signaling is not None
+            and self._signaling_went_through(gathered.old_mapping_seen_at)
+        ):
+            # Our NAT rebound or changed its address: connect again now, so that the restart
+            # offers go out at once.
             self.signaling.reconnect_now("our NAT mapping changed")
         if self._restart_after_round and rounds > 1:
             self._restart_after_round = False
@@ -672,8 +699,8 @@ class NodeDaemon:
         node whose NAT renumbered or rebound): the same as a network change, before traffic
         meets the dead paths."""
         log.info("our NAT mapping moved: regathering, restarting ICE")
-        if self.signaling is not None:
-            # The rendezvous connection went through the old mapping: it is dead.
+        seen = self.transport.gatherer.old_mapping_seen_at
+        if self.signaling is not None and self._signaling_went_through(seen):
             self.signaling.reconnect_now("our NAT mapping changed")
         self._restart_after_round = True
         self.transport.regather(restart_sessions=False)

@@ -444,6 +444,11 @@ class PeerSession:
     def on_presence(self, online: bool) -> None:
         if online and not self.online:
             self._online_since = trio.current_time()
+            # Candidates gathered while the rendezvous was out of reach could not be
+            # trickled: they go now (nothing if every one was signalled).
+            for attempt in (self.current, self.active):
+                if attempt is not None:
+                    self._trickle(attempt)
         self.online = online
         self.wake()
 

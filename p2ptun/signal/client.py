@@ -28,6 +28,13 @@ registration must finish within ``connect_timeout``. Reconnects follow
 count resets once registered. A session is replaced (reconnect, fresh Noise keys) after
 ``max_session_age``, the channel's substitute for rekeying.
 
+An offer or restart that waits because the rendezvous is unreachable makes the client hurry
+(:meth:`SignalClientCore.hurry`): for ``urgent_window`` (60 s) the attempts come at most
+``urgent_retry`` (1 s, jittered down to half) apart and each connect is cut at
+``urgent_connect_timeout`` (3 s), so that a tunnel whose recovery needs signaling is back
+within a second or two of the rendezvous, not after the backoff's 30 s. The window bounds the
+cost — at most one connection attempt a second, for a minute after the node last needed one.
+
 On registration the client watches every configured peer, so presence is always known;
 offers to an offline peer wait (:class:`~p2ptun.signal.negotiation.NegotiationState`) and go out
 when the peer comes online.
@@ -43,6 +50,7 @@ a member it drops goes with :meth:`SignalClientCore.remove_peer`.
 from __future__ import annotations
 
 import enum
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -106,6 +114,7 @@ class ClientState(enum.Enum):
 
 
 _CONNECTED = frozenset({ClientState.HANDSHAKING, ClientState.REGISTERING, ClientState.READY})
+_ATTEMPTING = frozenset({ClientState.CONNECTING, ClientState.HANDSHAKING, ClientState.REGISTERING})
 
 
 @dataclass(frozen=True)
@@ -116,6 +125,11 @@ class ClientTimers:
     dead_after: float = 35.0
     connect_timeout: float = 10.0
     max_session_age: float = 12 * 3600.0
+    #: While an offer waits for the rendezvous (module docstring): attempts at most this far
+    #: apart, each connect cut at ``urgent_connect_timeout``, for ``urgent_window`` seconds.
+    urgent_retry: float = 1.0
+    urgent_connect_timeout: float = 3.0
+    urgent_window: float = 60.0
 
 
 # -- events ------------------------------------------------------------------------------------
@@ -287,6 +301,10 @@ class SignalClientCore:
         self._routes: OrderedDict[int, tuple[str, PeerMessage]] = OrderedDict()
         self._members: set[str] = set()
         self._now = now
+        #: Until when reconnecting is urgent (see :meth:`hurry`), and when the current
+        #: attempt began.
+        self._urgent_until = -math.inf
+        self._attempt_at = now
 
     # -- properties for the I/O layer ----------------------------------------------------
 
@@ -326,9 +344,29 @@ class SignalClientCore:
         self._now = now
         if self.state is ClientState.IDLE and now >= self.connect_at:
             self.state = ClientState.CONNECTING
-            self._deadline = now + self.timers.connect_timeout
+            timeout = self.timers.connect_timeout
+            if now < self._urgent_until:
+                timeout = min(timeout, self.timers.urgent_connect_timeout)
+            self._attempt_at = now
+            self._deadline = now + timeout
             return True
         return False
+
+    def hurry(self, now: float) -> None:
+        """Something waits for the rendezvous (an offer or restart of a tunnel to recover):
+        reconnect attempts come at most ``urgent_retry`` apart for ``urgent_window`` seconds
+        (module docstring), starting within ``urgent_retry``."""
+        self._now = now
+        self._urgent_until = now + self.timers.urgent_window
+        if self.state is ClientState.IDLE:
+            self.connect_at = min(self.connect_at, now + self._urgent_delay())
+        elif self.state in _ATTEMPTING and self._deadline is not None:
+            # An attempt under way (perhaps into a black hole): cut it as an urgent one.
+            cut = self._attempt_at + self.timers.urgent_connect_timeout
+            self._deadline = max(now, min(self._deadline, cut))
+
+    def _urgent_delay(self) -> float:
+        return self.timers.urgent_retry * (0.5 + 0.5 * self.backoff.random())
 
     def connection_made(self, now: float) -> None:
         """TCP is up: start the Noise handshake (message 1 goes to :meth:`data_to_send`)."""
@@ -378,6 +416,8 @@ class SignalClientCore:
         self._decoder = FrameDecoder()
         if delay is None:
             delay = self.backoff.next_delay()
+            if now < self._urgent_until:
+                delay = min(delay, self._urgent_delay())
         self.connect_at = now + delay
         self.state = ClientState.IDLE
         self.counters.disconnects += 1
@@ -599,18 +639,21 @@ class SignalClientCore:
             if session:
                 return session
 
-    def send(self, peer: str, message: PeerMessage) -> bool:
+    def send(self, peer: str, message: PeerMessage, now: float | None = None) -> bool:
         """Seal ``message`` to ``peer`` and route it.
 
         Offers and restarts to a peer that is not known to be online (or while not
-        registered) wait and go out when the peer comes online; other messages need a live
-        registration and return False otherwise. Raises KeyError for a peer not in the
-        config and :class:`~p2ptun.signal.negotiation.NegotiationError` for a message the
-        negotiation state does not allow.
+        registered) wait and go out when the peer comes online; one that waits because we
+        are not registered makes the client :meth:`hurry` (given ``now``). Other messages
+        need a live registration and return False otherwise. Raises KeyError for a peer not
+        in the config and :class:`~p2ptun.signal.negotiation.NegotiationError` for a message
+        the negotiation state does not allow.
         """
         negotiation = self.negotiations[peer]
         if isinstance(message, Offer | Restart) and not (self.ready and self.presence.get(peer)):
             negotiation.wait_for_peer(message)
+            if not self.ready and now is not None:
+                self.hurry(now)
             return True
         if not self.ready:
             return False
@@ -618,12 +661,14 @@ class SignalClientCore:
         self._route(peer, message)
         return True
 
-    def offer(self, peer: str, description: str, *, restart: bool = False) -> int:
+    def offer(
+        self, peer: str, description: str, *, restart: bool = False, now: float | None = None
+    ) -> int:
         """Start (or restart) a session with ``peer`` as the controlling agent; returns the
-        session id. Waits for presence if needed."""
+        session id. Waits for presence if needed (see :meth:`send` for ``now``)."""
         session = self.new_session_id()
         cls = Restart if restart else Offer
-        self.send(peer, cls(session, description))
+        self.send(peer, cls(session, description), now)
         return session
 
     def _route(self, peer: str, message: PeerMessage) -> None:

@@ -263,3 +263,58 @@ async def test_a_quiet_path_always_sends_a_keepalive_and_probes_at_most_once_per
         session.path_quiet(unanswered=False)  # 5 s after the last probe: probed again
         assert stats.consent_probes == probes + 3
         nursery.cancel_scope.cancel()
+
+
+async def test_a_path_that_needs_no_signaling_recovers_while_the_rendezvous_is_down(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """bob's symmetric NAT forgets him while the rendezvous is down: the path comes back by
+    roaming (his keepalive from the new mapping), no signaling needed."""
+    lab = MemoryLab(seed=1)
+    alice = lab.node("alice", "cone")
+    bob = lab.node("bob", "sym")
+    async with trio.open_nursery() as nursery:
+        await lab.start(nursery)
+        pinger = lab.pinger(alice, bob)
+        await nursery.start(pinger.run)
+        await lab.wait_until(lambda: pinger.replies, 15)
+        await trio.sleep(5)
+        lab.stop_rendezvous()
+        await trio.sleep(2)
+        before = trio.current_time()
+        bob.router.flush()
+        await trio.sleep(20)
+        outage = pinger.longest_gap(before, trio.current_time())
+        assert outage <= 1.2, f"no traffic for {outage:.2f} s"
+        assert alice.daemon.status()["peers"][0]["path"] == "direct"
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_path_that_needs_signaling_recovers_as_soon_as_the_rendezvous_is_back(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """bob's port-restricted NAT changes its address while the rendezvous is down: only new
+    offers can repair that. The restart waits, and the signaling client, which would back off
+    towards 30 s, tries every second while it waits: once the rendezvous is back, traffic
+    flows within 2 s."""
+    lab = MemoryLab(seed=1)
+    alice = lab.node("alice", "prc")
+    bob = lab.node("bob", "prc")
+    async with trio.open_nursery() as nursery:
+        await lab.start(nursery)
+        pinger = lab.pinger(alice, bob)
+        await nursery.start(pinger.run)
+        await lab.wait_until(lambda: pinger.replies, 15)
+        await trio.sleep(5)
+        lab.stop_rendezvous()
+        await trio.sleep(40)  # both clients back off (their attempts are refused)
+        bob.router.renumber("198.51.100.112")
+        await trio.sleep(20)
+        back = trio.current_time()
+        await lab.start_rendezvous(nursery)
+        await trio.sleep(20)
+        first = pinger.first_reply_after(back)
+        assert first is not None, "no traffic after the rendezvous came back"
+        assert first - back <= 2.0, f"traffic back {first - back:.2f} s after the rendezvous"
+        assert pinger.longest_gap(first, trio.current_time()) < 0.2
+        nursery.cancel_scope.cancel()
