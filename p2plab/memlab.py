@@ -34,7 +34,6 @@ import ipaddress
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import trio

@@ -74,6 +74,7 @@ from p2ptun.net.ports import ChangeKind, DatagramPort, Host
 from p2ptun.net.sdnotify import Notifier
 from p2ptun.net.signaling import SignalingClient, TurnCredentialsUnavailable
 from p2ptun.net.system import SystemHost
+from p2ptun.net.turn_relay import TurnRelay
 from p2ptun.node import control
 from p2ptun.node.clockwatch import SuspendDetector
 from p2ptun.node.mss import mss_for_mtu
@@ -651,10 +652,10 @@ class NodeDaemon:
                 session.path_quiet(event.unanswered)
                 return
 
-    def _relayed_roam(self, wg: Peer, address: Address) -> None:
+    def _relayed_roam(self, wg: Peer, address: Address, relay: TurnRelay) -> None:
         for session in self.peers.values():
             if session.wg is wg:
-                session.relayed_roam(address)
+                session.relayed_roam(address, relay)
                 return
 
     def _signaling_went_through(self, old_mapping_seen_at: float) -> bool:

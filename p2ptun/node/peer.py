@@ -86,6 +86,7 @@ from p2ptun.net.ice_transport import (
     SessionEvent,
 )
 from p2ptun.net.signaling import SignalingClient
+from p2ptun.net.turn_relay import TurnRelay
 from p2ptun.node.wgtunnel import WgTunnel
 from p2ptun.signal.client import SignalReceived
 from p2ptun.signal.negotiation import NegotiationState
@@ -667,24 +668,21 @@ class PeerSession:
             self._probe_rx = rx
             log.debug("path quiet, probing", peer=self.name, unanswered=unanswered)
 
-    def relayed_roam(self, address: Address) -> None:
-        """The peer's authenticated packets reach our relay from ``address``, not from the
-        relayed path's remote: its NAT gave it a new mapping (a symmetric NAT forgot it).
-        WireGuard's roaming, through the relay: our relay sends to the new address from now
-        on — its NAT opened the new mapping towards our relay, so it lets that in — and ICE
-        restarts to follow, while the data already flows."""
-        pair = self.path
-        if pair is None or not pair.via_relay:
-            return
-        relay = self.ctx.transport.relay_for(pair.base)
-        if relay is None:
+    def relayed_roam(self, address: Address, relay: TurnRelay) -> None:
+        """The peer's authenticated packets reach ``relay`` (ours) from ``address``, which is
+        not where our path to it goes: its NAT gave it a new mapping (a symmetric NAT forgot
+        it), or it failed over to a pair through our relay (its own relay died with its
+        mapping). WireGuard's roaming, through the relay: the relay sends to that address
+        from now on — the peer's NAT opened that mapping towards our relay, so it lets the
+        answers in — and ICE restarts to follow, while the data already flows."""
+        if self.path is None or not relay.allocated:
             return
         relay.bind_channel(address)  # Send indications until the channel is bound
         self.ctx.tunnel.set_sender(self.wg, partial(relay.send_batch, address), address)
         log.info(
             "peer roamed (relayed)",
             peer=self.name,
-            old=format_address(pair.remote.address),
+            old=format_address(self.path.remote.address),
             new=format_address(address),
         )
         self._regather_then_restart("the peer moved")

@@ -166,9 +166,11 @@ class WgTunnel:
     daemon keeps it on: the two sides select their ICE pair within a round trip of each
     other, and the first handshake may arrive before ours is selected). ``roam``: on a direct
     path, follow the peer to the address its authenticated datagrams come from (WireGuard's
-    roaming). On a relayed path the same event — the peer's authenticated datagrams reach our
-    relay from a new address — goes to ``on_relayed_roam(peer, address)``: only the owner of
-    the relay can re-point it (the node does, :meth:`PeerSession.relayed_roam`).
+    roaming). The same event through a relay — the peer's authenticated datagrams reach one of
+    our relays from another address than the path's (its NAT moved, or it failed over to a
+    pair through our relay) — goes to ``on_relayed_roam(peer, address, relay)``: only the
+    owner of the relay can point a path through it (the node does,
+    :meth:`PeerSession.relayed_roam`).
     """
 
     def __init__(
@@ -182,7 +184,7 @@ class WgTunnel:
         learn_endpoints: bool = True,
         roam: bool = True,
         on_path_quiet: Callable[[Peer, PathQuiet], None] | None = None,
-        on_relayed_roam: Callable[[Peer, Address], None] | None = None,
+        on_relayed_roam: Callable[[Peer, Address, Any], None] | None = None,
     ) -> None:
         if not endpoints:
             raise ValueError("a tunnel needs at least one UDP endpoint")
@@ -448,12 +450,13 @@ class WgTunnel:
             self._touched[peer] = None
         return peer
 
-    def receive_relayed(self, data: memoryview, peer: Address) -> None:
-        """A WireGuard datagram a TURN relay unwrapped, from ``peer`` (the relay's receiver,
+    def receive_relayed(self, data: memoryview, peer: Address, relay: Any = None) -> None:
+        """A WireGuard datagram ``relay`` unwrapped, from ``peer`` (the relay's receiver,
         inside a socket's batch or followed by :meth:`flush` for a stream relay). The path's
         name for the cookie logic (:func:`relay_source`) is made once per peer. An
-        authenticated one from another address than the relayed path's remote goes to
-        ``on_relayed_roam`` (class docstring)."""
+        authenticated one that did not come the way the peer's path goes — a relayed path
+        with another remote, or a direct path — goes to ``on_relayed_roam`` (class
+        docstring)."""
         sources = self._relay_sources
         source = sources.get(peer)
         if source is None:
@@ -464,11 +467,12 @@ class WgTunnel:
         if (
             wg is not None
             and self.on_relayed_roam is not None
-            and wg in self._senders
-            and self._peer_endpoints.get(wg) != peer
+            and relay is not None
+            and self._peer_endpoints.get(wg) is not None
+            and (wg not in self._senders or self._peer_endpoints.get(wg) != peer)
         ):
             self._stats(wg).roams += 1
-            self.on_relayed_roam(wg, peer)
+            self.on_relayed_roam(wg, peer, relay)
 
     def udp_drained(self) -> None:
         """The end of a socket's batch: write what it decrypted, send what it provoked."""

@@ -118,6 +118,10 @@ EVENTS: dict[str, tuple[str, str, Event, float]] = {
     "symmetric-nat-flushed": ("cone", "sym", lambda lab, a, b: b.router.flush(), 1.2),
     # The same through alice's relay: she re-points it to bob's new mapping.
     "relayed-symmetric-nat-flushed": ("sym", "sym", lambda lab, a, b: b.router.flush(), 1.2),
+    # alice's own NAT forgets her: her allocation, which carried the data, is gone with it.
+    # Quiet (1 s), probe (0.3 s), and the standby through bob's relay carries the data; bob
+    # follows through his relay at once.
+    "relaying-symmetric-nat-flushed": ("sym", "sym", lambda lab, a, b: a.router.flush(), 1.4),
     "port-restricted-nat-flushed": ("prc", "prc", lambda lab, a, b: b.router.flush(), 1.2),
     # The netlink event restarts ICE at once; the path itself survives (same NAT mapping).
     "host-renumbered": ("prc", "prc", lambda lab, a, b: b.host.renumber("10.0.2.77"), 0.3),
