@@ -25,6 +25,19 @@ core:
   connection, bytes queued to each connection (routes to a full queue fail as busy; a queue past
   the hard limit closes the connection), names watched per connection.
 
+Networks (``RegisterMember``): a node may register with a certificate of a network the
+rendezvous serves instead of being listed by name. The :class:`Memberships` the core is given
+(:mod:`p2ptun.rendezvous.networks`) decides whether the certificate admits it — valid, of a
+served authority, not revoked, its key the one of the Noise handshake, an enrolled one's invite
+not used by another machine — and keeps the newest revocation list of each network. Then the
+core tells the member every other online member of its network with its certificate
+(``Member``), tells those of the newcomer, and of each one that leaves (``MemberGone``); it
+hands on newer revocation lists (``Revocations``) from the store or from a member, closing the
+members they revoke; it closes a member when its certificate expires, each at its own
+deadline; and it takes renewed certificates (``Certificate``). Members route to each other
+freely. None of this is trusted by the nodes, which verify every certificate themselves; the
+core only keeps strangers out of a network's member list.
+
 A new registration of a name that is online (same key, the store guarantees) replaces the old
 connection, whose socket is likely dead after a network change, without presence flapping.
 
@@ -37,6 +50,7 @@ The trio shell that serves it on TCP is :class:`p2ptun.rendezvous.signaling.Sign
 from __future__ import annotations
 
 import enum
+import heapq
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,10 +62,13 @@ from p2ptun.signal.channel import ChannelLimits, NoiseChannel
 from p2ptun.signal.errors import ChannelError, SignalDecodeError
 from p2ptun.signal.frames import FrameDecoder
 from p2ptun.signal.messages import (
+    Certificate,
     Deliver,
     Error,
     ErrorCode,
     GoingAway,
+    Member,
+    MemberGone,
     Message,
     Ping,
     Pong,
@@ -60,6 +77,8 @@ from p2ptun.signal.messages import (
     Refused,
     Register,
     Registered,
+    RegisterMember,
+    Revocations,
     Route,
     RouteFailed,
     RouteFailure,
@@ -83,6 +102,10 @@ class Admission:
     text: str = ""
     #: True when this admission created a new (trust-on-first-use) binding.
     new_binding: bool = False
+    #: For a member (``RegisterMember``): the network it is a member of (an id the
+    #: :class:`Memberships` chose) and when its certificate expires (wall-clock seconds).
+    network: str | None = None
+    expires_at: float | None = None
 
 
 class Registrations(Protocol):
@@ -91,6 +114,29 @@ class Registrations(Protocol):
 
     def admit(self, name: str, key: bytes) -> Admission:
         """Decide, and in open-registration mode record, a registration."""
+        ...
+
+
+class Memberships(Protocol):
+    """What the hub needs for networks (:mod:`p2ptun.rendezvous.networks` in production):
+    certificates opaque to it, decisions and revocation lists from here."""
+
+    def admit_member(self, name: str, key: bytes, certificate: bytes, wall: float) -> Admission:
+        """May the node with static ``key`` register as ``name`` with ``certificate`` at
+        wall-clock ``wall``? Records the first use of an invite."""
+        ...
+
+    def revocations(self, network: str) -> bytes | None:
+        """The newest revocation list of ``network`` held, if any."""
+        ...
+
+    def publish_revocations(self, network: str, blob: bytes, wall: float) -> bool:
+        """Take ``blob`` if it is a valid revocation list of ``network`` newer than the one
+        held (then True: hand it on)."""
+        ...
+
+    def still_admitted(self, network: str, certificate: bytes, wall: float) -> bool:
+        """Is ``certificate`` still valid and unrevoked?"""
         ...
 
 
@@ -148,17 +194,24 @@ class ServerCounters:
     protocol_errors: int = 0
     timeouts: int = 0
     turn_issued: int = 0
+    member_registrations: int = 0
+    members_closed: int = 0
+    revocations_published: int = 0
+    revocations_ignored: int = 0
 
 
 class _Conn:
     __slots__ = (
+        "certificate",
         "channel",
         "close_reason",
         "decoder",
+        "expires",
         "id",
         "key",
         "last_rx",
         "name",
+        "network",
         "opened",
         "outbox",
         "peer",
@@ -185,12 +238,16 @@ class _Conn:
         self.rate_drops = 0
         self.watching: set[str] = set()
         self.close_reason = ""
+        self.network: str | None = None
+        self.certificate = b""
+        self.expires: float | None = None
 
 
 class SignalingServerCore:
     """Sans-I/O signaling server: connection ids and bytes in, bytes per connection out.
 
     ``turn`` mints TURN credentials for registered nodes (None: the rendezvous issues none).
+    ``memberships`` admits members of networks (None: the rendezvous serves no network).
     """
 
     def __init__(
@@ -202,9 +259,14 @@ class SignalingServerCore:
         wall_clock: Callable[[], float],
         turn: TurnIssuer | None = None,
         limits: ServerLimits | None = None,
+        memberships: Memberships | None = None,
     ) -> None:
         self._private = private_key
         self.store = store
+        self.memberships = memberships
+        #: Online members by network id, then name.
+        self.networks: dict[str, dict[str, _Conn]] = {}
+        self._expiries: list[tuple[float, int]] = []
         self.rng = rng
         self.wall_clock = wall_clock
         self.turn = turn
@@ -261,7 +323,16 @@ class SignalingServerCore:
             if wake is None or idle < wake:
                 wake = idle
             break
+        expiries = self._expiries
+        while expiries and not self._expiry_live(*expiries[0]):
+            heapq.heappop(expiries)
+        if expiries and (wake is None or expiries[0][0] < wake):
+            wake = expiries[0][0]
         return wake
+
+    def _expiry_live(self, when: float, conn_id: int) -> bool:
+        conn = self._conns.get(conn_id)
+        return conn is not None and conn.state is ConnState.READY and conn.expires == when
 
     # -- connection lifecycle --------------------------------------------------------------
 
@@ -299,6 +370,7 @@ class SignalingServerCore:
             del self._online[conn.name]
             log.info("node offline", name=conn.name, conn=conn_id, reason=conn.close_reason)
             self._notify(conn.name, False)
+        self._leave_network(conn)
         self._dirty.discard(conn_id)
 
     def _close(self, conn: _Conn, reason: str, final: Message | None = None) -> None:
@@ -316,6 +388,7 @@ class SignalingServerCore:
             del self._online[conn.name]
             log.info("node offline", name=conn.name, conn=conn.id, reason=reason)
             self._notify(conn.name, False)
+        self._leave_network(conn)
 
     def shutdown(self, now: float) -> None:
         """Graceful shutdown: refuse new connections, tell every node, close all."""
@@ -340,6 +413,12 @@ class SignalingServerCore:
                     break
                 self.counters.timeouts += 1
                 self._close(conn, reason)
+        expiries = self._expiries
+        while expiries and expiries[0][0] <= now:
+            when, conn_id = heapq.heappop(expiries)
+            if self._expiry_live(when, conn_id):
+                conn = self._conns[conn_id]
+                self._withdraw(conn, "the certificate has expired")
 
     # -- incoming bytes --------------------------------------------------------------------
 
@@ -410,6 +489,8 @@ class SignalingServerCore:
         if conn.state is ConnState.REGISTERING:
             if isinstance(msg, Register):
                 self._register(conn, msg.name)
+            elif isinstance(msg, RegisterMember):
+                self._register_member(conn, msg, now)
             else:
                 self._protocol_error(conn, "expected Register")
             return
@@ -438,12 +519,20 @@ class SignalingServerCore:
                         del self._watchers[name]
         elif isinstance(msg, TurnRequest):
             self._issue_turn(conn)
+        elif isinstance(msg, Revocations) and conn.network is not None:
+            self._publish_revocations(conn.network, msg.blob, now)
+        elif isinstance(msg, Certificate) and conn.network is not None:
+            self._renew(conn, msg.certificate, now)
         else:
             self._protocol_error(conn, f"unexpected {type(msg).__name__}")
 
     def _register(self, conn: _Conn, name: str) -> None:
         assert conn.key is not None
         admission = self.store.admit(name, conn.key)
+        self._admitted(conn, name, admission)
+
+    def _admitted(self, conn: _Conn, name: str, admission: Admission) -> bool:
+        """Finish a registration the store or the memberships decided; True if admitted."""
         if not admission.allowed:
             assert admission.reason is not None
             self.counters.refused_registrations += 1
@@ -455,7 +544,18 @@ class SignalingServerCore:
                 reason=admission.reason.name,
             )
             self._close(conn, "registration refused", Refused(admission.reason, admission.text))
-            return
+            return False
+        old = self._online.get(name)
+        if old is not None and old.key != conn.key:
+            # Only members can get here (the store binds a name to one key): another network's
+            # node of the same name, or a re-enrolled machine whose old connection lingers.
+            self.counters.refused_registrations += 1
+            self._close(
+                conn,
+                "registration refused",
+                Refused(RefusalReason.NAME_TAKEN, f"{name!r} is online with another key"),
+            )
+            return False
         if admission.new_binding:
             self.counters.new_bindings += 1
             log.info("new name binding (trust on first use)", name=name)
@@ -468,13 +568,120 @@ class SignalingServerCore:
         self.counters.registrations += 1
         self._queue(conn, Registered(name))
         if old is not None:
-            # Same name, same key (the store binds them): the node reconnected.
+            # Same name, same key (the store binds them): the node reconnected. A member's
+            # peers hear nothing of the old connection: the new one is announced again.
+            self._leave_network(old, announce=False)
             old.name = None
             self._close(old, "replaced", GoingAway("replaced by a newer connection"))
             log.info("node reconnected", name=name, conn=conn.id, old_conn=old.id)
         else:
             log.info("node online", name=name, conn=conn.id, peer=conn.peer)
             self._notify(name, True)
+        return True
+
+    # -- networks ----------------------------------------------------------------------------
+
+    def _register_member(self, conn: _Conn, msg: RegisterMember, now: float) -> None:
+        assert conn.key is not None
+        memberships = self.memberships
+        if memberships is None:
+            admission = Admission(
+                False, RefusalReason.CERTIFICATE, "this rendezvous serves no network"
+            )
+        else:
+            admission = memberships.admit_member(
+                msg.name, conn.key, msg.certificate, self.wall_clock()
+            )
+        network = admission.network
+        if admission.allowed and network is None:  # pragma: no cover - a store bug
+            admission = Admission(False, RefusalReason.CERTIFICATE, "no network")
+        if not self._admitted(conn, msg.name, admission):
+            return
+        assert network is not None and memberships is not None
+        self.counters.member_registrations += 1
+        conn.network = network
+        conn.certificate = msg.certificate
+        self._set_expiry(conn, admission.expires_at, now)
+        members = self.networks.setdefault(network, {})
+        for other in members.values():
+            if other is not conn and other.name is not None:
+                self._queue(conn, Member(other.name, other.certificate))
+                self._queue(other, Member(msg.name, msg.certificate))
+        members[msg.name] = conn
+        crl = memberships.revocations(network)
+        if crl is not None:
+            self._queue(conn, Revocations(crl))
+        log.info("member online", name=msg.name, network=network[:16], members=len(members))
+
+    def _set_expiry(self, conn: _Conn, expires_at: float | None, now: float) -> None:
+        conn.expires = None
+        if expires_at is not None:
+            conn.expires = now + max(0.0, expires_at - self.wall_clock())
+            heapq.heappush(self._expiries, (conn.expires, conn.id))
+
+    def _leave_network(self, conn: _Conn, *, announce: bool = True) -> None:
+        network, name = conn.network, conn.name
+        if network is None:
+            return
+        conn.network = None
+        members = self.networks.get(network)
+        if members is None or name is None or members.get(name) is not conn:
+            return
+        del members[name]
+        if not members:
+            del self.networks[network]
+        if announce:
+            for other in members.values():
+                self._queue(other, MemberGone(name))
+
+    def _withdraw(self, conn: _Conn, text: str) -> None:
+        """Close a member whose certificate no longer admits it (revoked, expired)."""
+        self.counters.members_closed += 1
+        log.info("member closed", name=conn.name, reason=text)
+        self._close(conn, text, Refused(RefusalReason.CERTIFICATE, text))
+
+    def _publish_revocations(self, network: str, blob: bytes, now: float) -> None:
+        memberships = self.memberships
+        assert memberships is not None
+        if not memberships.publish_revocations(network, blob, self.wall_clock()):
+            self.counters.revocations_ignored += 1
+            return
+        self.revocations_changed(network, now)
+
+    def revocations_changed(self, network: str, now: float) -> None:
+        """A newer revocation list of ``network`` is held (a member published it, or the
+        operator's file changed): hand it to every member and close those it revokes."""
+        memberships = self.memberships
+        if memberships is None:
+            return
+        blob = memberships.revocations(network)
+        if blob is None:
+            return
+        self.counters.revocations_published += 1
+        wall = self.wall_clock()
+        members = list(self.networks.get(network, {}).values())
+        for conn in members:
+            if not memberships.still_admitted(network, conn.certificate, wall):
+                self._withdraw(conn, "the certificate has been revoked")
+        for conn in self.networks.get(network, {}).values():
+            self._queue(conn, Revocations(blob))
+        log.info("revocation list handed on", network=network[:16])
+
+    def _renew(self, conn: _Conn, certificate: bytes, now: float) -> None:
+        memberships = self.memberships
+        assert memberships is not None and conn.key is not None and conn.name is not None
+        admission = memberships.admit_member(conn.name, conn.key, certificate, self.wall_clock())
+        if not admission.allowed or admission.network != conn.network:
+            text = admission.text or "the renewed certificate is of another network"
+            self.counters.refused_registrations += 1
+            self._close(conn, "renewal refused", Refused(RefusalReason.CERTIFICATE, text))
+            return
+        conn.certificate = certificate
+        self._set_expiry(conn, admission.expires_at, now)
+        for other in self.networks.get(conn.network or "", {}).values():
+            if other is not conn:
+                self._queue(other, Member(conn.name, certificate))
+        log.info("member renewed its certificate", name=conn.name)
 
     def _notify(self, name: str, online: bool) -> None:
         for watcher_id in list(self._watchers.get(name, ())):

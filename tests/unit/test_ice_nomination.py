@@ -15,9 +15,17 @@ from hypothesis import strategies as st
 from icesim import Nomination, Scenario, make_scenario, watch_nominations
 
 from p2ptun.ice.agent import AgentConfig
-from p2ptun.ice.candidate import CandidateType, make_host_candidate
-from p2ptun.ice.checklist import PairState
+from p2ptun.ice.candidate import (
+    Candidate,
+    CandidateType,
+    make_host_candidate,
+    make_relay_candidate,
+    make_srflx_candidate,
+)
+from p2ptun.ice.checklist import CheckList, CheckPair, PairState
+from p2ptun.ice.events import PairSelected
 from p2ptun.ice.nomination import (
+    NominationPolicy,
     RoleConflict,
     resolve_role_conflict,
     role_after_conflict_response,
@@ -151,6 +159,46 @@ def test_relay_first_nominates_a_relayed_pair_at_its_first_valid_check(
     first = next(n for n in noms if not n.renomination)
     assert first.relayed and first.first_valid_at is not None
     assert first.at == pytest.approx(first.first_valid_at, abs=EPS)
+
+
+@pytest.mark.parametrize(("nat_a", "nat_b"), [("port", "port"), ("full", "symmetric")])
+def test_direct_first_nominates_a_direct_pair_at_its_first_valid_check(
+    nat_a: str, nat_b: str
+) -> None:
+    """With ``direct_first`` (the node's agents) the first valid direct pair carries data at
+    once: no hold for the pairs towards the other site's private address."""
+    config = AgentConfig(relay_first=True, direct_first=True)
+    s = make_scenario(nat_a, nat_b, seed=6, config_a=config, config_b=config)
+    noms, _ = connect(s)
+    sel = s.a.agent.selected_pair
+    assert sel is not None and not sel.relayed
+    first = next(n for n in noms if not n.renomination)
+    assert not first.relayed and first.first_valid_at is not None
+    assert first.at == pytest.approx(first.first_valid_at, abs=EPS)
+    assert any(state is PairState.IN_PROGRESS for _, state, _ in first.higher)
+
+
+@pytest.mark.parametrize(
+    ("nat_a", "nat_b", "relayed"),
+    [("port", "port", False), ("full", "symmetric", False), ("symmetric", "symmetric", True)],
+)
+def test_aggressive_nomination_selects_the_first_pair_to_succeed_without_a_nominating_check(
+    nat_a: str, nat_b: str, relayed: bool
+) -> None:
+    """With ``aggressive`` (the node's agents) every check carries USE-CANDIDATE until a pair
+    is nominated: the first to succeed is selected by its own check (no separate nominating
+    check, so one Ta and one round trip sooner), and both sides agree on it."""
+    config = AgentConfig(relay_first=True, direct_first=True, aggressive=True)
+    s = make_scenario(nat_a, nat_b, seed=6, config_a=config, config_b=config)
+    noms, _ = connect(s)
+    sel = s.a.agent.selected_pair
+    assert sel is not None and sel.relayed is relayed
+    assert [n for n in noms if not n.renomination] == []  # never needed a nominating check
+    first_valid = s.a.agent._gen.first_valid_at
+    assert first_valid is not None
+    selected_at = s.a.events_of(PairSelected)[0][0]
+    assert selected_at == pytest.approx(first_valid, abs=EPS)
+    assert s.same_path()
 
 
 def test_relay_first_then_a_direct_pair_takes_over() -> None:
@@ -320,3 +368,56 @@ def test_roles_facing_a_lite_peer_and_after_a_487() -> None:
         # switched already leaves the role as it is.
         assert role_after_conflict_response(controlling, controlling) is not controlling
         assert role_after_conflict_response(not controlling, controlling) is controlling
+
+
+def _succeeded(cl: CheckList, local: Candidate, remote: Candidate, at: float) -> CheckPair:
+    pair = cl.add(local, remote)
+    assert pair is not None
+    pair.state = PairState.SUCCEEDED
+    pair.valid_local = local
+    pair.last_success = at
+    return pair
+
+
+def test_direct_first_nominates_at_once_and_moves_only_up() -> None:
+    """With ``direct_first`` (the node's agents) the first valid direct pair is nominated the
+    moment it is valid, a higher pair still in progress or not; a better direct pair that
+    succeeds later is renominated, a worse one or a relayed one never is."""
+    policy = NominationPolicy(
+        nomination_delay=2.0,
+        direct_hold_rtts=4.0,
+        direct_hold_min=0.1,
+        renominate=True,
+        relay_first=True,
+        direct_first=True,
+    )
+    cl = CheckList(controlling=True)
+    host = make_host_candidate(("10.0.1.2", 4000), 65535)
+    peer_host = make_host_candidate(("10.0.1.3", 4000), 65535)
+    peer_srflx = make_srflx_candidate(("203.0.113.1", 4000), ("10.0.2.2", 4000), "192.0.2.1", 65535)
+    lan = cl.add(host, peer_host)  # the best pair: same LAN, not answered yet
+    assert lan is not None
+    lan.state, lan.sends, lan.last_sent = PairState.IN_PROGRESS, 1, 0.0
+    wan = _succeeded(cl, host, peer_srflx, 0.02)
+    assert policy.step(cl, 0.02, gathered=False, now=0.02).nominate is wan
+    wan.nominated = True
+    assert policy.step(cl, 0.02, gathered=False, now=0.03).nominate is None
+    # The LAN pair answers after all: it takes over.
+    _succeeded(cl, host, peer_host, 0.05)
+    assert policy.step(cl, 0.02, gathered=False, now=0.05).nominate is lan
+    lan.nominated = True
+    assert NominationPolicy.selected(cl) is lan
+    # Nothing moves it down again: a relayed pair that succeeds is no reason.
+    relayed = make_relay_candidate(
+        ("192.0.2.2", 50000), ("198.51.100.1", 4000), "10.0.1.2", "192.0.2.2", 0
+    )
+    _succeeded(cl, relayed, peer_srflx, 0.1)
+    assert policy.step(cl, 0.02, gathered=True, now=0.1).nominate is None
+    # Without direct_first the same first step holds for the LAN pair instead.
+    hold = NominationPolicy(2.0, 4.0, 0.1, renominate=True, relay_first=True)
+    cl2 = CheckList(controlling=True)
+    lan2 = cl2.add(host, peer_host)
+    assert lan2 is not None
+    lan2.state, lan2.sends, lan2.last_sent = PairState.IN_PROGRESS, 1, 0.0
+    _succeeded(cl2, host, peer_srflx, 0.02)
+    assert hold.step(cl2, 0.02, gathered=False, now=0.02).nominate is None
