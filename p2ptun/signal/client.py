@@ -37,7 +37,9 @@ cost — at most one connection attempt a second, for a minute after the node la
 
 On registration the client watches every configured peer, so presence is always known;
 offers to an offline peer wait (:class:`~p2ptun.signal.negotiation.NegotiationState`) and go out
-when the peer comes online.
+when the peer comes online. An offer of ours that wins glare against the peer's goes out again:
+the peer would not offer if it had ours, which may have been routed into a registration the
+peer has just replaced (its NAT moved) and lost; a peer that has it drops the copy.
 
 A member of a network registers with its certificate (``certificate``): the rendezvous then
 announces the network's online members (:class:`MemberAnnounced`, :class:`MemberLeft`) and
@@ -603,10 +605,22 @@ class SignalClientCore:
             self.counters.refused_signals += 1
             log.warning("refused signaling", peer=sender, reason=exc.reason)
             return
-        accepted = self.negotiations[sender].on_receive(message)
+        negotiation = self.negotiations[sender]
+        accepted = negotiation.on_receive(message)
         if accepted is None:
             self.counters.dropped_signals += 1
             log.debug("dropped signaling", peer=sender, kind=type(message).__name__)
+            pending = negotiation.pending
+            if (
+                isinstance(message, Offer | Restart)
+                and negotiation.state is NegotiationState.OFFERING
+                and pending is not None
+                and self.ready
+            ):
+                # Our offer won glare: the peer offers because it has not seen ours, which
+                # may be lost for good (routed into the peer's previous registration while
+                # its NAT moved). Send it again; a peer that has it drops the copy.
+                self._route(sender, pending)
             return
         self._events.append(
             SignalReceived(sender, accepted.message, accepted.role, accepted.superseded)

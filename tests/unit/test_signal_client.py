@@ -301,6 +301,34 @@ def test_glare_resolved_by_smaller_key() -> None:
     assert answer.role is Role.CONTROLLING and answer.message.session == win_session
 
 
+def test_offer_lost_in_a_dead_registration_goes_again_when_glare_is_won() -> None:
+    """alice's offer is routed into bob's registration while bob's path is dead (his NAT
+    moved; the rendezvous has not noticed); bob registers again and offers himself. alice
+    wins glare and drops bob's offer: she sends hers again, so that bob can answer it
+    instead of both waiting for an answer that cannot come."""
+    net = Net(make_server())
+    ka, kb = sorted((newkey(), newkey()), key=public_key)  # alice wins glare
+    a = net.add("alice", ka, {"bob": public_key(kb)})
+    b = net.add("bob", kb, {"alice": public_key(ka)})
+    net.blackholed.add("bob")
+    session = a.core.offer("bob", "from alice")
+    net.step()  # into the void
+    b.core.connection_lost(net.now, "network changed")
+    b.conn = None
+    net.blackholed.discard("bob")
+    net.run_until(net.now + 1.0)
+    assert b.core.ready and b.of(SignalReceived) == []
+    mine = b.core.offer("alice", "from bob", restart=True)
+    net.step()
+    assert a.core.negotiations["bob"].counters.glare_won == 1
+    [got] = b.of(SignalReceived)
+    assert got.message == Offer(session, "from alice") and got.superseded == mine
+    b.core.send("alice", Answer(session, "answer"))
+    net.step()
+    [answer] = a.of(SignalReceived)
+    assert answer.message == Answer(session, "answer") and answer.role is Role.CONTROLLING
+
+
 def test_heartbeat_detects_dead_connection_within_35s() -> None:
     net, a, _, _, _ = two_nodes()
     net.run_until(40.0)
