@@ -19,14 +19,16 @@ the receiver as ``local`` — the address the datagram came to, the one an answe
 (RFC 8445 §7.2.5.2.1: a response from another address fails the peer's symmetric check; a STUN
 or TURN client drops it). Every send may name its ``source``: the ``sendmsg`` then carries an
 ``IP_PKTINFO`` (``ipi_spec_dst``) or ``IPV6_PKTINFO`` message, and the kernel routes the datagram
-as coming from that address (source policy routing, ``ip rule from ...``, sees it). A source the
-kernel refuses (``ENETUNREACH``, ``EINVAL``: the address is gone) is dropped and the datagram
-sent once more without it, counted in ``tx_source_fallbacks`` — WireGuard's rule for its sticky
-sockets: never lose the datagram for its source. WireGuard (the kernel module, wireguard-go) and
-coturn (one socket per listening address) answer from the address a request came to the same
-way. ``P2PTUN_PKTINFO=off`` in the environment turns this off (:attr:`UdpEndpoint.pktinfo`
-False: ``local`` is None, ``source`` ignored), as on a kernel without it; tests use it to show
-what it is for.
+as coming from that address (source policy routing, ``ip rule from ...``, sees it), out of the
+interface that address last received a datagram on (``ipi_ifindex``, as wireguard-go's sticky
+sockets do): a source whose link went down is refused rather than sent out of another uplink,
+where its NAT would map it anew. A source the kernel refuses (``ENETUNREACH``, ``EINVAL``: the
+address or its link is gone) is dropped and the datagram sent once more without it, counted in
+``tx_source_fallbacks`` — WireGuard's rule: never lose the datagram for its source. WireGuard
+(the kernel module, wireguard-go) and coturn (one socket per listening address) answer from the
+address a request came to the same way. ``P2PTUN_PKTINFO=off`` in the environment turns this
+off (:attr:`UdpEndpoint.pktinfo` False: ``local`` is None, ``source`` ignored), as on a kernel
+without it; tests use it to show what it is for.
 
 The data a receiver gets is a :class:`memoryview` into a receive buffer that stays valid until
 its ``drained`` returns (the end of the current batch); a receiver that keeps data longer must
@@ -194,33 +196,36 @@ def enable_pktinfo(sock: socket.socket) -> bool:
     return True
 
 
-def source_cmsg(family: int, source: str) -> tuple[int, int, bytes] | None:
+def source_cmsg(family: int, source: str, ifindex: int = 0) -> tuple[int, int, bytes] | None:
     """The control message that makes a ``sendmsg`` leave from ``source`` (an IP literal of
-    ``family``; an IPv6 scope is dropped: the kernel finds the address's interface), or None
-    if ``source`` is no such literal."""
+    ``family``; an IPv6 scope is dropped) through interface ``ifindex`` (0: where the routes
+    say), or None if ``source`` is no such literal."""
     try:
         if family == socket.AF_INET6:
             packed = socket.inet_pton(socket.AF_INET6, source.split("%", 1)[0])
             if not any(packed):
                 return None
-            return socket.IPPROTO_IPV6, IPV6_PKTINFO, _IN6_PKTINFO.pack(packed, 0)
+            return socket.IPPROTO_IPV6, IPV6_PKTINFO, _IN6_PKTINFO.pack(packed, ifindex)
         packed = socket.inet_pton(socket.AF_INET, source)
     except (OSError, ValueError):
         return None
     if not any(packed):
         return None
-    return socket.IPPROTO_IP, IP_PKTINFO, _IN_PKTINFO.pack(0, packed, bytes(4))
+    return socket.IPPROTO_IP, IP_PKTINFO, _IN_PKTINFO.pack(ifindex, packed, bytes(4))
 
 
-def _pktinfo_address(data: bytes, ipv6: bool) -> str | None:
-    """The local address in a received pktinfo message (None if it is too short)."""
+def _pktinfo_address(data: bytes, ipv6: bool) -> tuple[str | None, int]:
+    """The local address in a received pktinfo message (None if it is too short) and the
+    index of the interface the datagram came in on."""
     if ipv6:
         if len(data) < _IN6_PKTINFO.size:
-            return None
-        return socket.inet_ntop(socket.AF_INET6, data[:16])
+            return None, 0
+        packed, ifindex = _IN6_PKTINFO.unpack_from(data)
+        return socket.inet_ntop(socket.AF_INET6, packed), ifindex
     if len(data) < _IN_PKTINFO.size:
-        return None
-    return socket.inet_ntop(socket.AF_INET, data[4:8])
+        return None, 0
+    ifindex, spec_dst, _addr = _IN_PKTINFO.unpack_from(data)
+    return socket.inet_ntop(socket.AF_INET, spec_dst), ifindex
 
 
 def _lazy_buffer(size: int) -> memoryview:
@@ -281,6 +286,9 @@ class UdpEndpoint:
         self._last_pktinfo = b""
         self._last_local: str | None = None
         self._sources: dict[str, tuple[int, int, bytes] | None] = {}
+        #: The interface each local address last received a datagram on: sends from the
+        #: address go out through it (module docstring).
+        self._interfaces: dict[str, int] = {}
         self.rcvbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         self.sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
 
@@ -432,7 +440,7 @@ class UdpEndpoint:
                 if cmsg_level == level and kind == kind_pktinfo:
                     if data != last_raw:
                         last_raw = data
-                        last_local = _pktinfo_address(data, ipv6)
+                        last_local = self._learn_interface(data, ipv6)
                     local = last_local
                 elif cmsg_level == SOL_UDP and kind == UDP_GRO and len(data) >= _GRO_SIZE.size:
                     segment = _GRO_SIZE.unpack_from(data)[0]
@@ -453,11 +461,23 @@ class UdpEndpoint:
             receiver.drained()
         return received
 
+    def _learn_interface(self, data: bytes, ipv6: bool) -> str | None:
+        """A pktinfo unlike the previous datagram's: its local address, and the interface
+        that address is reached on now (a source's control message follows it)."""
+        local, ifindex = _pktinfo_address(data, ipv6)
+        if local is not None and self._interfaces.get(local) != ifindex:
+            interfaces = self._interfaces
+            if len(interfaces) >= MAX_SOURCES:
+                interfaces.clear()
+            interfaces[local] = ifindex
+            self._sources.pop(local, None)
+        return local
+
     # -- sending ---------------------------------------------------------------------------
 
     def source_cmsg(self, source: str | None) -> tuple[int, int, bytes] | None:
-        """The control message that sends from ``source`` (built once per address), or None:
-        no source, pktinfo off, or not an address of this family."""
+        """The control message that sends from ``source`` (built once per address and
+        interface), or None: no source, pktinfo off, or not an address of this family."""
         if source is None or not self.pktinfo:
             return None
         sources = self._sources
@@ -465,7 +485,7 @@ class UdpEndpoint:
             return sources[source]
         except KeyError:
             pass
-        cmsg = source_cmsg(self.family, source)
+        cmsg = source_cmsg(self.family, source, self._interfaces.get(source, 0))
         if len(sources) >= MAX_SOURCES:
             sources.clear()
         sources[source] = cmsg

@@ -459,6 +459,12 @@ async def test_each_datagram_reports_the_address_it_came_to() -> None:
         assert [d[4:].decode() for _, d, _ in col.got] == col.locals
         # The text is made once per run of datagrams to one address: the same object.
         assert col.locals[1] is col.locals[2]
+        # Sends from an address go out of the interface it was reached on (here: lo).
+        cmsg = ep.source_cmsg("127.0.0.2")
+        assert cmsg is not None
+        ifindex, spec_dst, _ = struct.unpack("=i4s4s", cmsg[2])
+        assert (ifindex, spec_dst) == (socket.if_nametoindex("lo"), socket.inet_aton("127.0.0.2"))
+        assert struct.unpack("=i4s4s", ep.source_cmsg("127.0.0.9")[2])[0] == 0  # type: ignore[index]
 
 
 async def test_a_bound_socket_reports_its_address() -> None:
