@@ -506,6 +506,24 @@ def test_reconnect_replaces_old_connection_without_flapping() -> None:
     assert net.server.online == frozenset({"alice", "bob"})
 
 
+def test_an_offer_lost_in_a_replaced_connection_is_sent_again() -> None:
+    """bob's NAT moved: his connection is dead but the rendezvous has not noticed, and alice's
+    restart offer goes into it. bob reconnects (replacing the old connection): alice hears he
+    is online again and sends her unanswered offer to the new registration."""
+    net, a, b, _ka, _kb = two_nodes()
+    net.blackholed.add("bob")
+    session = a.core.offer("bob", "restart", restart=True)
+    net.step()
+    assert b.of(SignalReceived) == []  # lost in the dead connection
+    b.core.connection_lost(net.now, "our NAT mapping changed", retry_now=True)
+    b.conn = None
+    net.blackholed.discard("bob")
+    net.run_until(net.now + 1.0)
+    assert b.core.ready
+    [got] = b.of(SignalReceived)
+    assert got.message.session == session and got.role is Role.CONTROLLED
+
+
 def test_turn_credentials_rest_api_form() -> None:
     secret = "0123456789abcdef-secret"
     turn = TurnServerSettings(
