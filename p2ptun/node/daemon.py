@@ -671,9 +671,9 @@ class NodeDaemon:
         Gather at once instead of waiting for the stuck round's retransmissions or the relay
         backoff; the sessions take the new candidates as trickle."""
         gathered = self.transport.last_gather
-        stuck = not self.transport.gathering_complete and self.transport.round > 1
-        failed = gathered is not None and any(f.kind != "host" for f in gathered.failures)
-        if failed or stuck:
+        if not self.transport.gathering_complete:
+            return  # a round under way asks the servers already
+        if gathered is not None and any(f.kind != "host" for f in gathered.failures):
             log.info("rendezvous back: gathering again")
             self.transport.regather(restart_sessions=False)
 
