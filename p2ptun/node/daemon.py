@@ -55,7 +55,7 @@ import functools
 import os
 import signal
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -78,7 +78,6 @@ from p2ptun.net.turn_relay import TurnRelay
 from p2ptun.node import control
 from p2ptun.node.clockwatch import SuspendDetector
 from p2ptun.node.mss import mss_for_mtu
-from p2ptun.node.names import DnsResponder
 from p2ptun.node.network import NetworkPeers
 from p2ptun.node.peer import PeerSession
 from p2ptun.node.wgtunnel import WgTunnel
@@ -91,6 +90,9 @@ from p2ptun.signal.client import (
     RevocationsReceived,
 )
 from p2ptun.wireguard import Device, PathQuiet, Peer
+
+if TYPE_CHECKING:
+    from p2ptun.node.names import DnsResponder
 
 log = get_logger("node")
 
@@ -325,6 +327,10 @@ class NodeDaemon:
                     nursery.start_soon(self._watch_expiry)
                     network_cfg = self.network.config
                     if network_cfg.dns and network_cfg.domain:
+                        # Imported here: the DNS wire format library costs 50 ms of start-up,
+                        # which a node that answers no names should not pay.
+                        from p2ptun.node.names import DnsResponder
+
                         self.names = DnsResponder(
                             self.host, self.interface, cfg.interface.addresses, network_cfg.domain
                         )
@@ -671,9 +677,9 @@ class NodeDaemon:
         Gather at once instead of waiting for the stuck round's retransmissions or the relay
         backoff; the sessions take the new candidates as trickle."""
         gathered = self.transport.last_gather
-        stuck = not self.transport.gathering_complete and self.transport.round > 1
-        failed = gathered is not None and any(f.kind != "host" for f in gathered.failures)
-        if failed or stuck:
+        if not self.transport.gathering_complete:
+            return  # a round under way asks the servers already
+        if gathered is not None and any(f.kind != "host" for f in gathered.failures):
             log.info("rendezvous back: gathering again")
             self.transport.regather(restart_sessions=False)
 

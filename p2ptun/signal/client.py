@@ -38,8 +38,8 @@ cost — at most one connection attempt a second, for a minute after the node la
 On registration the client watches every configured peer, so presence is always known;
 offers to an offline peer wait (:class:`~p2ptun.signal.negotiation.NegotiationState`) and go out
 when the peer comes online. An offer of ours that wins glare against the peer's goes out again:
-the peer would not offer if it had ours, which may have been routed into a registration the
-peer has just replaced (its NAT moved) and lost; a peer that has it drops the copy.
+the peer would not offer if it had taken ours, which it may have refused (it did not know us
+yet: a member not announced to it) or never got; a peer that has it drops the copy.
 
 A member of a network registers with its certificate (``certificate``): the rendezvous then
 announces the network's online members (:class:`MemberAnnounced`, :class:`MemberLeft`) and
@@ -617,9 +617,9 @@ class SignalClientCore:
                 and pending is not None
                 and self.ready
             ):
-                # Our offer won glare: the peer offers because it has not seen ours, which
-                # may be lost for good (routed into the peer's previous registration while
-                # its NAT moved). Send it again; a peer that has it drops the copy.
+                # Our offer won glare: the peer offers because it has not taken ours, which
+                # it refused (it did not know us yet) or never got. Send it again; a peer
+                # that has it drops the copy.
                 self._route(sender, pending)
             return
         self._events.append(

@@ -574,6 +574,10 @@ class SignalingServerCore:
             old.name = None
             self._close(old, "replaced", GoingAway("replaced by a newer connection"))
             log.info("node reconnected", name=name, conn=conn.id, old_conn=old.id)
+            # Its watchers hear it is online again: what they routed to the old connection
+            # (an offer, typically, when the node reconnected because its NAT moved) may be
+            # lost, and a client sends its unanswered offer again on this news.
+            self._notify(name, True)
         else:
             log.info("node online", name=name, conn=conn.id, peer=conn.peer)
             self._notify(name, True)

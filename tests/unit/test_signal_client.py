@@ -301,24 +301,21 @@ def test_glare_resolved_by_smaller_key() -> None:
     assert answer.role is Role.CONTROLLING and answer.message.session == win_session
 
 
-def test_offer_lost_in_a_dead_registration_goes_again_when_glare_is_won() -> None:
-    """alice's offer is routed into bob's registration while bob's path is dead (his NAT
-    moved; the rendezvous has not noticed); bob registers again and offers himself. alice
-    wins glare and drops bob's offer: she sends hers again, so that bob can answer it
-    instead of both waiting for an answer that cannot come."""
+def test_an_offer_the_peer_refused_goes_again_when_glare_is_won() -> None:
+    """alice offers to bob before bob knows her (a member not yet announced to him): bob
+    refuses it, then learns alice and offers himself. alice wins glare and drops bob's offer:
+    she sends hers again, so that bob answers it instead of both waiting out the offer
+    timeout for answers that cannot come."""
     net = Net(make_server())
     ka, kb = sorted((newkey(), newkey()), key=public_key)  # alice wins glare
     a = net.add("alice", ka, {"bob": public_key(kb)})
-    b = net.add("bob", kb, {"alice": public_key(ka)})
-    net.blackholed.add("bob")
+    b = net.add("bob", kb, {"carol": public_key(newkey())})
     session = a.core.offer("bob", "from alice")
-    net.step()  # into the void
-    b.core.connection_lost(net.now, "network changed")
-    b.conn = None
-    net.blackholed.discard("bob")
-    net.run_until(net.now + 1.0)
-    assert b.core.ready and b.of(SignalReceived) == []
-    mine = b.core.offer("alice", "from bob", restart=True)
+    net.step()
+    assert b.core.counters.refused_signals == 1 and b.of(SignalReceived) == []
+    b.core.add_peer("alice", public_key(ka), member=False)
+    net.step()
+    mine = b.core.offer("alice", "from bob")
     net.step()
     assert a.core.negotiations["bob"].counters.glare_won == 1
     [got] = b.of(SignalReceived)
@@ -532,6 +529,24 @@ def test_reconnect_replaces_old_connection_without_flapping() -> None:
     # bob never saw alice go offline.
     assert PresenceChanged("alice", False) not in b.events
     assert net.server.online == frozenset({"alice", "bob"})
+
+
+def test_an_offer_lost_in_a_replaced_connection_is_sent_again() -> None:
+    """bob's NAT moved: his connection is dead but the rendezvous has not noticed, and alice's
+    restart offer goes into it. bob reconnects (replacing the old connection): alice hears he
+    is online again and sends her unanswered offer to the new registration."""
+    net, a, b, _ka, _kb = two_nodes()
+    net.blackholed.add("bob")
+    session = a.core.offer("bob", "restart", restart=True)
+    net.step()
+    assert b.of(SignalReceived) == []  # lost in the dead connection
+    b.core.connection_lost(net.now, "our NAT mapping changed", retry_now=True)
+    b.conn = None
+    net.blackholed.discard("bob")
+    net.run_until(net.now + 1.0)
+    assert b.core.ready
+    [got] = b.of(SignalReceived)
+    assert got.message.session == session and got.role is Role.CONTROLLED
 
 
 def test_turn_credentials_rest_api_form() -> None:
