@@ -372,7 +372,7 @@ def test_teardown_removes_everything(tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("natlab_required")
 def test_failed_build_is_torn_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(NatLab, "_nat_ruleset", lambda self, site: "table ip lab { bogus }\n")
+    monkeypatch.setattr(NatLab, "_nat_ruleset", lambda *_: "table ip lab { bogus }\n")
     with pytest.raises(LabError):
         NatLab.create(["cone"], prefix="plfail" + os.urandom(2).hex(), state_dir=tmp_path)
     assert not any(p.name.startswith("plfail") for p in Path("/run/netns").iterdir())
