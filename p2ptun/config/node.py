@@ -74,7 +74,7 @@ def _interface(t: Table) -> InterfaceConfig:
     ifname = t.string("name", required=True)
     if len(ifname) >= IFNAMSIZ:
         raise t.error("name", f"{ifname!r} is {len(ifname)} characters", "Linux allows at most 15")
-    if not IFNAME_RE.match(ifname) or ifname in (".", ".."):
+    if not IFNAME_RE.fullmatch(ifname) or ifname in (".", ".."):
         raise t.error(
             "name",
             f"{ifname!r} is not a valid interface name",

@@ -284,7 +284,8 @@ class SignalBox:
     randomness are passed in).
 
     ``peers`` maps each configured peer name to the public key the config names for it;
-    anything from a name not in it, or that does not open with that key, is refused.
+    anything from a name not in it, or that does not open with that key, is refused. A name
+    that is not a valid node name raises ValueError here, never later on network input.
     """
 
     def __init__(
@@ -296,6 +297,8 @@ class SignalBox:
         policy: SealPolicy | None = None,
     ) -> None:
         self.name = check_name(name)
+        for peer in peers:
+            check_name(peer)
         self._private = private_key
         self.public_key = dh_public(private_key)
         self.peers = dict(peers)

@@ -1005,7 +1005,7 @@ class TurnServer:
     def _quota_user(self, username: str) -> str:
         """Quota is per user; a REST-API ``expiry:name`` counts as ``name``."""
         head, sep, name = username.partition(":")
-        if sep and head.isdigit() and name:
+        if sep and head.isascii() and head.isdigit() and name:
             return name
         return username
 
