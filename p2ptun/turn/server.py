@@ -31,7 +31,8 @@ What it implements
 Bounded memory
 --------------
 Unauthenticated requests create nothing (the nonce is stateless). Allocations are capped in
-total, per client IP and per user; permissions and channels per allocation; allocations
+total, per client source (an IPv4 address or an IPv6 /64, :func:`p2ptun.addr.source_key`) and
+per user; permissions and channels per allocation; allocations
 waiting for their relay socket (pending) in total. Everything dropped is counted in
 :class:`TurnServerCounters`.
 
@@ -53,7 +54,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
-from p2ptun.addr import Address, format_address
+from p2ptun.addr import Address, format_address, source_key
 from p2ptun.log import get_logger
 from p2ptun.stun import (
     AddressErrorValue,
@@ -183,6 +184,7 @@ class ServerLimits:
     """Caps that bound the server's memory under floods (RFC 8656 §21.2)."""
 
     max_allocations: int = 4096
+    #: Per client source: an IPv4 address, or an IPv6 /64 (one subscriber holds a whole /64).
     max_allocations_per_ip: int = 256
     max_pending: int = 64
     max_permissions: int = 64
@@ -754,7 +756,7 @@ class TurnServer:
         if self._per_user.get(quota_user, 0) >= self.options.user_quota:
             self.counters.quota_rejections += 1
             raise _Reject(ErrorCode.ALLOCATION_QUOTA_REACHED)
-        client_ip = ft.client[0]
+        client_ip = source_key(ft.client[0])
         if self._per_ip.get(client_ip, 0) >= self.limits.max_allocations_per_ip:
             self.counters.quota_rejections += 1
             raise _Reject(ErrorCode.ALLOCATION_QUOTA_REACHED, "too many allocations from here")
@@ -1022,7 +1024,7 @@ class TurnServer:
             self._ports_in_use.discard(alloc.relay[1])
         for table, name in (
             (self._per_user, alloc.quota_user),
-            (self._per_ip, alloc.five_tuple.client[0]),
+            (self._per_ip, source_key(alloc.five_tuple.client[0])),
         ):
             left = table.get(name, 0) - 1
             if left > 0:

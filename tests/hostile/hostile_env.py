@@ -303,3 +303,97 @@ def register(
 def log_lines(text: str, level: str, needle: str = "") -> int:
     """Lines of ``text`` at ``level`` (``warning``, ``info``...) containing ``needle``."""
     return sum(1 for line in text.splitlines() if f" {level} " in line and needle in line)
+
+
+class TurnProbe:
+    """A blocking long-term-credential STUN/TURN client over one UDP or TCP socket (RFC 8656
+    §5): :meth:`request` answers a 401/438 with the realm and nonce and signs from then on."""
+
+    def __init__(
+        self,
+        server: tuple[str, int],
+        user: str,
+        password: str,
+        realm: str = "hostile",
+        *,
+        tcp: bool = False,
+        source: str = LEGIT,
+        timeout: float = 5.0,
+    ) -> None:
+        from p2ptun.stun import long_term_key
+
+        self.server = server
+        self.user = user
+        self.realm = realm
+        self.key = long_term_key(user, realm, password)
+        self.nonce: str | None = None
+        self.tcp = tcp
+        if tcp:
+            self.sock = socket.create_connection(
+                server, timeout=timeout, source_address=(source, 0)
+            )
+        else:
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.sock.bind((source, 0))
+            self.sock.settimeout(timeout)
+        self._buf = b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send_raw(self, data: bytes) -> None:
+        if self.tcp:
+            self.sock.sendall(data)
+        else:
+            self.sock.sendto(data, self.server)
+
+    def receive(self) -> bytes:
+        """One message or ChannelData frame."""
+        if not self.tcp:
+            data, _ = self.sock.recvfrom(65536)
+            return data
+        from p2ptun.stun import channel_data_frame_length, message_length
+
+        while True:
+            if len(self._buf) >= 4:
+                first = self._buf[0]
+                size = (
+                    channel_data_frame_length(self._buf)
+                    if 0x40 <= first <= 0x7F
+                    else message_length(self._buf)
+                )
+                if size is not None and len(self._buf) >= size:
+                    frame, self._buf = self._buf[:size], self._buf[size:]
+                    return frame
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("the server closed the connection")
+            self._buf += data
+
+    def request(self, method: int, attrs: list[tuple[int, object]] | None = None) -> object:
+        """Send a request (signed once a nonce is known) and return the decoded answer."""
+        from p2ptun.stun import AttrType, Message
+
+        for _ in range(3):
+            msg = Message.request(method, os.urandom(12), list(attrs or []))
+            if self.nonce is None:
+                wire = msg.encode()
+            else:
+                msg.add(AttrType.USERNAME, self.user).add(AttrType.REALM, self.realm)
+                msg.add(AttrType.NONCE, self.nonce)
+                wire = msg.encode(self.key)
+            self.send_raw(wire)
+            while True:
+                answer = Message.decode(self.receive())
+                if answer.transaction_id == msg.transaction_id:
+                    break
+            code = answer.error_code.code if answer.error_code is not None else None
+            if (
+                code in (401, 438)
+                and answer.nonce is not None
+                and (self.nonce is None or code == 438)
+            ):
+                self.nonce = answer.nonce
+                continue
+            return answer
+        return answer
