@@ -30,7 +30,9 @@ What it implements
 
 Bounded memory
 --------------
-Unauthenticated requests create nothing (the nonce is stateless). Allocations are capped in
+Unauthenticated requests create nothing (the nonce is stateless), and what they are answered
+over UDP is budgeted per client source (``unauthenticated_rate`` a second, ``unauthenticated_burst``
+at once), so a spoofed source gets little reflected at it. Allocations are capped in
 total, per client source (an IPv4 address or an IPv6 /64, :func:`p2ptun.addr.source_key`) and
 per user; permissions and channels per allocation; allocations
 waiting for their relay socket (pending) in total. Everything dropped is counted in
@@ -54,7 +56,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
-from p2ptun.addr import Address, format_address, source_key
+from p2ptun.addr import Address, SourceBudget, format_address, source_key
 from p2ptun.log import get_logger
 from p2ptun.stun import (
     AddressErrorValue,
@@ -181,15 +183,28 @@ Output = ToClient | ToPeer | OpenRelay | CloseRelay
 
 @dataclass(frozen=True)
 class ServerLimits:
-    """Caps that bound the server's memory under floods (RFC 8656 §21.2)."""
+    """Caps that bound the server's memory under floods, and what a spoofed request can make it
+    send (RFC 8656 §21.2, §21.3)."""
 
+    #: Allocations in total.
     max_allocations: int = 4096
     #: Per client source: an IPv4 address, or an IPv6 /64 (one subscriber holds a whole /64).
     max_allocations_per_ip: int = 256
+    #: Allocations waiting for their relay socket, in total.
     max_pending: int = 64
+    #: Permissions per allocation (RFC 8656 §9).
     max_permissions: int = 64
+    #: Channels per allocation (RFC 8656 §12).
     max_channels: int = 64
+    #: Relay ports tried for one allocation before 508 (Insufficient Capacity).
     max_bind_attempts: int = 8
+    #: Unauthenticated answers over UDP (Binding responses, 400, 401, 438) per client source
+    #: and second, sustained (:meth:`TurnServer._may_answer_unauthenticated`)...
+    unauthenticated_rate: float = 10.0
+    #: ...and at once.
+    unauthenticated_burst: float = 20.0
+    #: Client sources whose unauthenticated budget is remembered (least recent forgotten).
+    max_sources: int = 16384
 
 
 @dataclass(frozen=True)
@@ -266,6 +281,8 @@ class TurnServerCounters:
     """Send indications / ChannelData to, and datagrams from, peers without a permission."""
     dropped_unbound_channel: int = 0
     dropped_too_large: int = 0
+    unauthenticated_rate_limited: int = 0
+    """Unauthenticated requests over UDP dropped unanswered: their source spent its budget."""
     relayed_to_peer: int = 0
     relayed_to_peer_bytes: int = 0
     relayed_to_client: int = 0
@@ -390,6 +407,10 @@ class TurnServer:
         self._per_user: dict[str, int] = {}
         self._per_ip: dict[str, int] = {}
         self._pending = 0
+        limits = options.limits
+        self._unauthenticated = SourceBudget(
+            limits.unauthenticated_rate, limits.unauthenticated_burst, limits.max_sources
+        )
         # (time, tie-breaker, allocation) per allocation's earliest expiry; an entry whose
         # time is no longer the allocation's ``wake`` is stale and dropped when met.
         self._schedule: list[tuple[float, int, Allocation]] = []
@@ -451,7 +472,7 @@ class TurnServer:
             msg = Message.decode(data)
         except StunDecodeError:
             self.counters.dropped_malformed += 1
-            return self._bad_request_for_header(five_tuple, data)
+            return self._bad_request_for_header(five_tuple, data, now)
         if msg.fingerprint is not None and not msg.check_fingerprint():
             self.counters.dropped_bad_fingerprint += 1
             return []
@@ -619,9 +640,26 @@ class TurnServer:
 
     # -- requests ----------------------------------------------------------------------------
 
+    def _may_answer_unauthenticated(self, ft: FiveTuple, now: float) -> bool:
+        """Spend one of the client source's unauthenticated answers (UDP only: a stream's
+        source is proven by its handshake). False: over budget, drop the request (counted).
+
+        A response without integrity goes to whatever source address the request claimed, so
+        a spoofed request turns the server into a reflector, and an Allocate's 401 is several
+        times larger than the request; the budget bounds what one (victim) address receives
+        (:attr:`ServerLimits.unauthenticated_rate`, :attr:`ServerLimits.unauthenticated_burst`)."""
+        if ft.transport is not Transport.UDP:
+            return True
+        if self._unauthenticated.allow(source_key(ft.client[0]), now):
+            return True
+        self.counters.unauthenticated_rate_limited += 1
+        return False
+
     def _request(self, ft: FiveTuple, msg: Message, now: float) -> list[Output]:
         if msg.method == Method.BINDING:
             self.counters.binding_requests += 1
+            if not self._may_answer_unauthenticated(ft, now):
+                return []
             response = binding_response(msg, ft.client, software=self.options.software)
             if response is None:
                 return []
@@ -630,9 +668,13 @@ class TurnServer:
         self.counters.requests += 1
         if msg.method not in _TURN_METHODS:
             self.counters.bad_requests += 1
+            if not self._may_answer_unauthenticated(ft, now):
+                return []
             return [ToClient(ft, self._encode_error(msg, ErrorCode.BAD_REQUEST))]
         auth = self._authenticate(ft, msg, now)
         if isinstance(auth, bytes):
+            if not self._may_answer_unauthenticated(ft, now):
+                return []
             return [ToClient(ft, auth)]
         unknown = unknown_comprehension_required(msg)
         if unknown:
@@ -1109,15 +1151,17 @@ class TurnServer:
         alloc: Allocation | None = None,
         attributes: Iterable[tuple[int, Any]] = (),
     ) -> bytes:
-        """An unauthenticated error response (or, with ``alloc``, one signed with its key)."""
-        response = error_response(msg, code, attributes=[*attributes, *self._software()])
+        """An unauthenticated error response (or, with ``alloc``, one signed with its key).
+        Unauthenticated ones carry no SOFTWARE: what a spoofed request reflects stays small."""
+        extra = [*attributes, *self._software()] if alloc is not None else list(attributes)
+        response = error_response(msg, code, attributes=extra)
         self.counters.error_responses += 1
         if alloc is not None:
             return self._encode_for(response, alloc)
         return response.encode(fingerprint=msg.fingerprint is not None)
 
     def _bad_request_for_header(
-        self, ft: FiveTuple, data: bytes | bytearray | memoryview
+        self, ft: FiveTuple, data: bytes | bytearray | memoryview, now: float
     ) -> list[Output]:
         """400 for a request whose header is sound but whose attributes are not (RFC 8489
         §6.3.1); anything worse is dropped."""
@@ -1128,4 +1172,6 @@ class TurnServer:
             return []
         header = Message(method, klass, bytes(data[8:20]))
         self.counters.bad_requests += 1
+        if not self._may_answer_unauthenticated(ft, now):
+            return []
         return [ToClient(ft, self._encode_error(header, ErrorCode.BAD_REQUEST))]
