@@ -560,15 +560,17 @@ class IceTransport:
     configured without them; ``rng`` is the agents' random source (tie-breakers, transaction
     ids, consent jitter; default ``random.SystemRandom``), ``random_bytes`` the source of ICE
     credentials and STUN/TURN transaction ids. ``agent_config`` is the default agent
-    configuration. ``claim_wireguard`` installs a WireGuard handler on the endpoints that hands
-    datagrams from a selected pair's remote to that session's ``on_data`` (not in the node,
-    whose WireGuard tunnel owns the handler). ``on_relayed_data(data, peer)`` takes every
-    WireGuard datagram a relay unwrapped instead of the sessions' ``on_data`` (the node: its
-    tunnel). ``after_relay_batch`` is called after data a stream (TCP/TLS) relay delivered
-    (the node flushes its data path there; a UDP relay's data arrives inside the endpoint's
-    batch, whose ``on_drained`` does that). ``on_gathered(round)`` is called when a gathering
-    round finished, ``on_timer()`` whenever the agents' timer woke the node (the node piggybacks
-    its suspend check on these wake-ups, which happen anyway while a peer is connected).
+    configuration (by default the agents accept link-local remote candidates only when
+    ``options`` gather link-local addresses). ``claim_wireguard`` installs a WireGuard
+    handler on the endpoints that hands datagrams from a selected pair's remote to that
+    session's ``on_data`` (not in the node, whose WireGuard tunnel owns the handler).
+    ``on_relayed_data(data, peer)`` takes every WireGuard datagram a relay unwrapped instead
+    of the sessions' ``on_data`` (the node: its tunnel). ``after_relay_batch`` is called after
+    data a stream (TCP/TLS) relay delivered (the node flushes its data path there; a UDP
+    relay's data arrives inside the endpoint's batch, whose ``on_drained`` does that).
+    ``on_gathered(round)`` is called when a gathering round finished, ``on_timer()`` whenever
+    the agents' timer woke the node (the node piggybacks its suspend check on these wake-ups,
+    which happen anyway while a peer is connected).
     """
 
     def __init__(
@@ -589,7 +591,7 @@ class IceTransport:
     ) -> None:
         self.rng: RandomSource = rng if rng is not None else random_module.SystemRandom()
         self.random_bytes = random_bytes
-        self.agent_config = agent_config or AgentConfig()
+        self.agent_config = agent_config or AgentConfig(allow_link_local=options.include_link_local)
         self.counters = TransportCounters()
         self.on_relayed_data = on_relayed_data
         self.on_gathered = on_gathered

@@ -71,6 +71,10 @@ class Node:
         return self.session
 
 
+#: The agents of these tests share this host's loopback addresses.
+LOOPBACK = AgentConfig(allow_local=True)
+
+
 def _lister(addresses: Sequence[str]) -> Callable[[], Awaitable[Sequence[str]]]:
     async def list_addresses() -> Sequence[str]:
         return list(addresses)
@@ -93,7 +97,7 @@ async def start_node(
         GatherOptions(stun=tuple(stun), turn=tuple(turn), **options),
         claim_wireguard=True,
         list_addresses=_lister(hosts),
-        **(transport_options or {}),
+        **{"agent_config": LOOPBACK, **(transport_options or {})},
     )
     nursery.start_soon(ep.receive_loop)
     await nursery.start(transport.run)
