@@ -125,7 +125,7 @@ def _turn_server(t: Table) -> TurnServerConfig:
     url = t.string("url", required=True)
     host, port, transport = t.parse("url", url, parse_turn_url, "a TURN URL")
     username = t.string("username")
-    password = t.string("password")
+    password = t.secret("password")
     if (username is None) != (password is None):
         missing = "password" if password is None else "username"
         raise t.error(

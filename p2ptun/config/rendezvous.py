@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from p2ptun.config.examples import SECRET_HINT, placeholder_problem
 from p2ptun.config.reader import ConfigFile, Table
 from p2ptun.config.schema import (
     DEFAULT_RENDEZVOUS_PORT,
@@ -125,8 +126,11 @@ def _turn_settings(t: Table) -> TurnServerSettings:
                 raise users_t.error(user, "expected a non-empty password string")
             if ":" in user or not user:
                 raise users_t.error(user, "user names cannot contain ':'")
+            problem = placeholder_problem(password)
+            if problem is not None:
+                raise users_t.error(user, problem, SECRET_HINT)
             users[user] = password
-    secret = t.string("auth_secret")
+    secret = t.secret("auth_secret")
     if secret is not None and len(secret) < 16:
         raise t.error("auth_secret", "too short", "use at least 16 random characters")
     if not users and secret is None:
