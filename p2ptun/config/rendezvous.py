@@ -35,6 +35,7 @@ def rendezvous_config(source: ConfigFile, data: dict[str, Any]) -> RendezvousCon
         "private_key_file",
         "database",
         "open_registration",
+        "open_registration_turn",
         "stun",
         "turn",
         "node",
@@ -50,6 +51,19 @@ def rendezvous_config(source: ConfigFile, data: dict[str, Any]) -> RendezvousCon
     if not database:
         raise top.error("database", "empty", "a path such as /var/lib/p2ptun/rendezvous.sqlite")
     open_reg = top.boolean("open_registration")
+    open_turn = top.boolean("open_registration_turn")
+    if open_reg:
+        source.warnings.append(
+            f"{source.file}: open_registration = true: anyone who can reach "
+            "the signaling port may claim a name not yet taken (rate-limited and capped)"
+        )
+    if open_turn and not open_reg:
+        raise top.error("open_registration_turn", "only applies with open_registration = true")
+    if open_turn:
+        source.warnings.append(
+            f"{source.file}: open_registration_turn = true: self-registered nodes get TURN "
+            "credentials, so anyone may relay through this server"
+        )
 
     stun = None
     stun_t = top.table("stun")
@@ -101,6 +115,7 @@ def rendezvous_config(source: ConfigFile, data: dict[str, Any]) -> RendezvousCon
         private_key=private,
         database=database,
         open_registration=open_reg,
+        open_registration_turn=open_turn,
         stun=stun,
         turn=turn,
         nodes=tuple(nodes),

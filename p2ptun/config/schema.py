@@ -147,6 +147,8 @@ class RendezvousConfig:
     turn: TurnServerSettings | None
     nodes: tuple[NodeEntry, ...]
     warnings: tuple[str, ...] = ()
+    #: Self-registered nodes (open registration) get TURN credentials too.
+    open_registration_turn: bool = False
 
     @property
     def public_key(self) -> bytes:

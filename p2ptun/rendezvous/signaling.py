@@ -252,6 +252,7 @@ async def serve_signaling(
         wall_clock=wall_clock or time.time,
         turn=rest_turn_issuer(config.turn),
         limits=limits,
+        turn_for_self_registered=config.open_registration_turn,
     )
     server = SignalingServer(core, config.listen, store=store)
     await server.run(task_status=task_status)

@@ -40,7 +40,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from p2ptun.log import get_logger
+from p2ptun.log import LogLimiter, get_logger
 from p2ptun.noise import Rng
 from p2ptun.signal.backoff import Backoff, BackoffPolicy, Random
 from p2ptun.signal.channel import ChannelLimits, NoiseChannel
@@ -241,6 +241,8 @@ class SignalClientCore:
         self._route_ref = 0
         self._routes: OrderedDict[int, tuple[str, PeerMessage]] = OrderedDict()
         self._now = now
+        # A peer (or the rendezvous) can send junk at will: its refusals are logged sparingly.
+        self._refusal_log = LogLimiter()
 
     # -- properties for the I/O layer ----------------------------------------------------
 
@@ -487,7 +489,10 @@ class SignalClientCore:
             message = self.box.open(sender, blob, self.wall_clock())
         except SealError as exc:
             self.counters.refused_signals += 1
-            log.warning("refused signaling", peer=sender, reason=exc.reason)
+            suppressed = self._refusal_log.allow(self._now)
+            if suppressed is not None:
+                extra = {"suppressed": suppressed} if suppressed else {}
+                log.warning("refused signaling", peer=sender, reason=exc.reason, **extra)
             return
         accepted = self.negotiations[sender].on_receive(message)
         if accepted is None:

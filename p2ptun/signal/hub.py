@@ -15,15 +15,18 @@ core:
 - answers Ping with Pong; closes connections silent for ``idle_timeout`` and connections that
   have not registered within ``handshake_timeout``, each at its own deadline (the core is woken
   for the earliest one, never on a fixed tick);
-- keeps presence: a node watches names and gets Presence(name, online) now and on every change;
-- routes Route(ref, to, blob) as Deliver(from, blob) to the node registered as ``to``, or
-  answers RouteFailed (peer offline, busy, rate limited). It never looks inside ``blob``, which
-  is sealed end to end (:mod:`p2ptun.signal.seal`);
-- hands TURN credentials to registered nodes, minted by the :data:`TurnIssuer` it is given (the
+- keeps presence: a node watches names (its peers) and gets Presence(name, online) now and on
+  every change — mutual: a node is shown online only to the nodes it watches itself, so a
+  stranger learns nothing of a node that does not list it;
+- routes Route(ref, to, blob) as Deliver(from, blob) to the node registered as ``to`` if that
+  node lists the sender, or answers RouteFailed (peer offline, busy, rate limited). It never
+  looks inside ``blob``, which is sealed end to end (:mod:`p2ptun.signal.seal`);
+- hands TURN credentials to registered nodes the operator listed (and to self-registered ones
+  only with ``turn_for_self_registered``), minted by the :data:`TurnIssuer` it is given (the
   rendezvous' ``[turn] auth_secret``, in coturn's REST-API form);
 - bounds everything: connections, unauthenticated connections, a token bucket of messages per
   connection, bytes queued to each connection (routes to a full queue fail as busy; a queue past
-  the hard limit closes the connection), names watched per connection.
+  the hard limit closes the connection), names watched per connection and in total.
 
 A new registration of a name that is online (same key, the store guarantees) replaces the old
 connection, whose socket is likely dead after a network change, without presence flapping.
@@ -42,6 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from p2ptun.addr import source_key
 from p2ptun.log import get_logger
 from p2ptun.noise import Rng
 from p2ptun.signal.channel import ChannelLimits, NoiseChannel
@@ -74,6 +78,15 @@ from p2ptun.signal.messages import (
 log = get_logger("rendezvous.signaling")
 
 
+def _source_key_of(peer: str) -> str:
+    """The :func:`~p2ptun.addr.source_key` of a ``host:port`` / ``[v6]:port`` peer text (the
+    shell's :func:`~p2ptun.addr.format_address`); the text itself if it is not one."""
+    host, sep, port = peer.rpartition(":")
+    if not sep or not port.isdigit():
+        return peer
+    return source_key(host.removeprefix("[").removesuffix("]"))
+
+
 @dataclass(frozen=True, slots=True)
 class Admission:
     """The answer to "may ``key`` register as ``name``?"."""
@@ -83,14 +96,19 @@ class Admission:
     text: str = ""
     #: True when this admission created a new (trust-on-first-use) binding.
     new_binding: bool = False
+    #: True when the operator listed this name and key (``[[node]]``); False for a binding a
+    #: node made itself (open registration), which gets no TURN credentials by default.
+    pinned: bool = False
 
 
 class Registrations(Protocol):
     """What the hub needs to admit a registration: the rendezvous' name ↔ key bindings
     (:class:`p2ptun.rendezvous.store.SqliteStore` in production)."""
 
-    def admit(self, name: str, key: bytes) -> Admission:
-        """Decide, and in open-registration mode record, a registration."""
+    def admit(self, name: str, key: bytes, *, now: float = 0.0, source: str = "") -> Admission:
+        """Decide, and in open-registration mode record, a registration; ``source`` (the
+        client's :func:`~p2ptun.addr.source_key`) and ``now`` let the store limit how fast
+        one source, and everyone together, may claim new names."""
         ...
 
 
@@ -121,7 +139,10 @@ class ServerLimits:
     max_outbox: int = 256 * 1024
     #: ...and beyond which it is closed.
     hard_outbox: int = 1024 * 1024
+    #: Names one connection may watch...
     max_watches: int = 1024
+    #: ...and all connections together (each watch is a few hundred bytes).
+    max_total_watches: int = 100_000
     channel: ChannelLimits = field(default_factory=ChannelLimits)
 
 
@@ -141,6 +162,12 @@ class ServerCounters:
     new_bindings: int = 0
     routed: int = 0
     route_offline: int = 0
+    #: Routes to a node that does not list the sender as a peer (answered as offline).
+    route_not_listed: int = 0
+    #: Watches refused because the server holds ``max_total_watches``.
+    watches_refused: int = 0
+    #: TURN requests of self-registered nodes refused (``turn_for_self_registered`` off).
+    turn_refused: int = 0
     route_busy: int = 0
     rate_limited: int = 0
     decode_errors: int = 0
@@ -163,9 +190,11 @@ class _Conn:
         "outbox",
         "peer",
         "rate_drops",
+        "source",
         "state",
         "tokens",
         "tokens_at",
+        "turn_allowed",
         "watching",
     )
 
@@ -185,12 +214,16 @@ class _Conn:
         self.rate_drops = 0
         self.watching: set[str] = set()
         self.close_reason = ""
+        self.source = _source_key_of(peer)
+        self.turn_allowed = False
 
 
 class SignalingServerCore:
     """Sans-I/O signaling server: connection ids and bytes in, bytes per connection out.
 
-    ``turn`` mints TURN credentials for registered nodes (None: the rendezvous issues none).
+    ``turn`` mints TURN credentials for registered nodes (None: the rendezvous issues none):
+    for every node the operator listed, and for nodes that registered themselves (open
+    registration) only with ``turn_for_self_registered``.
     """
 
     def __init__(
@@ -202,17 +235,20 @@ class SignalingServerCore:
         wall_clock: Callable[[], float],
         turn: TurnIssuer | None = None,
         limits: ServerLimits | None = None,
+        turn_for_self_registered: bool = False,
     ) -> None:
         self._private = private_key
         self.store = store
         self.rng = rng
         self.wall_clock = wall_clock
         self.turn = turn
+        self.turn_for_self_registered = turn_for_self_registered
         self.limits = limits or ServerLimits()
         self.counters = ServerCounters()
         self._conns: dict[int, _Conn] = {}
         self._online: dict[str, _Conn] = {}
         self._watchers: dict[str, set[int]] = {}
+        self._watch_count = 0
         self._dirty: set[int] = set()
         # Deadline order, so that the earliest deadline is the first entry (``now`` never goes
         # back): connections not yet registered by opening time, registered ones by the time
@@ -289,16 +325,14 @@ class SignalingServerCore:
         self._unregistered.pop(conn_id, None)
         self._registered.pop(conn_id, None)
         conn.channel.close()
-        for name in conn.watching:
-            watchers = self._watchers.get(name)
-            if watchers is not None:
-                watchers.discard(conn_id)
-                if not watchers:
-                    del self._watchers[name]
         if conn.name is not None and self._online.get(conn.name) is conn:
             del self._online[conn.name]
             log.info("node offline", name=conn.name, conn=conn_id, reason=conn.close_reason)
-            self._notify(conn.name, False)
+            self._notify(conn, False)
+        for name in conn.watching:
+            self._drop_watcher(name, conn_id)
+        self._watch_count -= len(conn.watching)
+        conn.watching.clear()
         self._dirty.discard(conn_id)
 
     def _close(self, conn: _Conn, reason: str, final: Message | None = None) -> None:
@@ -315,7 +349,7 @@ class SignalingServerCore:
         if conn.name is not None and self._online.get(conn.name) is conn:
             del self._online[conn.name]
             log.info("node offline", name=conn.name, conn=conn.id, reason=reason)
-            self._notify(conn.name, False)
+            self._notify(conn, False)
 
     def shutdown(self, now: float) -> None:
         """Graceful shutdown: refuse new connections, tell every node, close all."""
@@ -409,7 +443,7 @@ class SignalingServerCore:
     def _on_message(self, conn: _Conn, msg: Message, now: float) -> None:
         if conn.state is ConnState.REGISTERING:
             if isinstance(msg, Register):
-                self._register(conn, msg.name)
+                self._register(conn, msg.name, now)
             else:
                 self._protocol_error(conn, "expected Register")
             return
@@ -429,21 +463,15 @@ class SignalingServerCore:
         elif isinstance(msg, Watch):
             self._watch(conn, msg.names)
         elif isinstance(msg, Unwatch):
-            for name in msg.names:
-                conn.watching.discard(name)
-                watchers = self._watchers.get(name)
-                if watchers is not None:
-                    watchers.discard(conn.id)
-                    if not watchers:
-                        del self._watchers[name]
+            self._unwatch(conn, msg.names)
         elif isinstance(msg, TurnRequest):
             self._issue_turn(conn)
         else:
             self._protocol_error(conn, f"unexpected {type(msg).__name__}")
 
-    def _register(self, conn: _Conn, name: str) -> None:
+    def _register(self, conn: _Conn, name: str, now: float) -> None:
         assert conn.key is not None
-        admission = self.store.admit(name, conn.key)
+        admission = self.store.admit(name, conn.key, now=now, source=conn.source)
         if not admission.allowed:
             assert admission.reason is not None
             self.counters.refused_registrations += 1
@@ -462,40 +490,117 @@ class SignalingServerCore:
         old = self._online.get(name)
         conn.name = name
         conn.state = ConnState.READY
+        conn.turn_allowed = admission.pinned or self.turn_for_self_registered
         del self._unregistered[conn.id]
         self._registered[conn.id] = conn
         self._online[name] = conn
         self.counters.registrations += 1
         self._queue(conn, Registered(name))
         if old is not None:
-            # Same name, same key (the store binds them): the node reconnected.
+            # Same name, same key (the store binds them): the node reconnected. Its watches
+            # carry over, so that what others see of it does not flap.
+            conn.watching, old.watching = old.watching, set()
+            for watched in conn.watching:
+                watchers = self._watchers.get(watched)
+                if watchers is not None:
+                    watchers.discard(old.id)
+                    watchers.add(conn.id)
             old.name = None
             self._close(old, "replaced", GoingAway("replaced by a newer connection"))
             log.info("node reconnected", name=name, conn=conn.id, old_conn=old.id)
         else:
             log.info("node online", name=name, conn=conn.id, peer=conn.peer)
-            self._notify(name, True)
+            self._notify(conn, True)
 
-    def _notify(self, name: str, online: bool) -> None:
+    # Presence is mutual: a node sees another online only while that one lists it as a peer
+    # (watches its name), and only such a node may route to it. A stranger learns nothing of
+    # a node that does not know it, and cannot send it anything.
+
+    def _lists(self, listing: _Conn, name: str | None) -> bool:
+        """Does the node on ``listing`` list ``name`` as a peer (watch it)?"""
+        return name is not None and name in listing.watching
+
+    def _visible(self, watcher: _Conn, name: str) -> bool:
+        """Is ``name`` online as far as ``watcher`` may know?"""
+        target = self._online.get(name)
+        return (
+            target is not None
+            and target.state is ConnState.READY
+            and self._lists(target, watcher.name)
+        )
+
+    def _notify(self, conn: _Conn, online: bool) -> None:
+        """Tell those who watch ``conn``'s node, and whom it lists, that it came or went."""
+        name = conn.name
+        assert name is not None
         for watcher_id in list(self._watchers.get(name, ())):
             watcher = self._conns.get(watcher_id)
-            if watcher is not None and watcher.state is ConnState.READY:
+            if (
+                watcher is not None
+                and watcher.state is ConnState.READY
+                and self._lists(conn, watcher.name)
+            ):
                 self._queue(watcher, Presence(name, online))
 
     def _watch(self, conn: _Conn, names: tuple[str, ...]) -> None:
+        limits = self.limits
         for name in names:
             if name not in conn.watching:
-                if len(conn.watching) >= self.limits.max_watches:
-                    break
+                if (
+                    len(conn.watching) >= limits.max_watches
+                    or self._watch_count >= limits.max_total_watches
+                ):
+                    self.counters.watches_refused += 1
+                    self._queue(conn, Presence(name, False))
+                    continue
                 conn.watching.add(name)
+                self._watch_count += 1
                 self._watchers.setdefault(name, set()).add(conn.id)
-            self._queue(conn, Presence(name, name in self._online))
+                # Now this node lists ``name``: if that one lists it too, it sees it online.
+                target = self._online.get(name)
+                if (
+                    target is not None
+                    and target is not conn
+                    and target.state is ConnState.READY
+                    and self._lists(target, conn.name)
+                ):
+                    assert conn.name is not None
+                    self._queue(target, Presence(conn.name, True))
+            self._queue(conn, Presence(name, self._visible(conn, name)))
+
+    def _unwatch(self, conn: _Conn, names: tuple[str, ...]) -> None:
+        for name in names:
+            if name not in conn.watching:
+                continue
+            conn.watching.discard(name)
+            self._watch_count -= 1
+            self._drop_watcher(name, conn.id)
+            target = self._online.get(name)
+            if (
+                target is not None
+                and target.state is ConnState.READY
+                and self._lists(target, conn.name)
+            ):
+                assert conn.name is not None
+                self._queue(target, Presence(conn.name, False))
+
+    def _drop_watcher(self, name: str, conn_id: int) -> None:
+        watchers = self._watchers.get(name)
+        if watchers is not None:
+            watchers.discard(conn_id)
+            if not watchers:
+                del self._watchers[name]
 
     def _route(self, conn: _Conn, msg: Route) -> None:
         assert conn.name is not None
         dest = self._online.get(msg.to)
         if dest is None or dest.state is not ConnState.READY:
             self.counters.route_offline += 1
+            self._queue(conn, RouteFailed(msg.ref, msg.to, RouteFailure.PEER_OFFLINE))
+            return
+        if not self._lists(dest, conn.name):
+            # The destination does not know the sender: as good as offline to it.
+            self.counters.route_not_listed += 1
             self._queue(conn, RouteFailed(msg.ref, msg.to, RouteFailure.PEER_OFFLINE))
             return
         if len(dest.outbox) > self.limits.max_outbox:
@@ -511,6 +616,16 @@ class SignalingServerCore:
         if issue is None:
             self._queue(
                 conn, Error(ErrorCode.NO_TURN, "this rendezvous issues no TURN credentials")
+            )
+            return
+        if not conn.turn_allowed:
+            self.counters.turn_refused += 1
+            self._queue(
+                conn,
+                Error(
+                    ErrorCode.NO_TURN,
+                    "this rendezvous issues TURN credentials only to the nodes it lists",
+                ),
             )
             return
         credentials = issue(conn.name, self.wall_clock())
