@@ -545,7 +545,10 @@ class P2ptunTunnel(Tunnel):
 
     def _env(self) -> dict[str, str]:
         """Environment for every p2ptun process: its own run directory."""
-        return {"P2PTUN_RUN_DIR": str(self.run_dir)}
+        return {
+            "P2PTUN_RUN_DIR": str(self.run_dir),
+            "P2PTUN_STATE_DIR": str(self.run_dir.parent / "state"),
+        }
 
     def _start_rendezvous(self) -> None:
         """``p2ptun rendezvous`` on the server: signaling, STUN and TURN."""

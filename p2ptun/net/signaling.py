@@ -47,7 +47,7 @@ from p2ptun.signal.client import (
     TurnUnavailable,
 )
 from p2ptun.signal.messages import TurnCredentials
-from p2ptun.signal.seal import PeerMessage, SealPolicy
+from p2ptun.signal.seal import PeerMessage, ReplayRecord, SealPolicy
 
 log = get_logger("signal.client")
 
@@ -75,6 +75,7 @@ class SignalingClient:
         random: Random = _random.random,
         wall_clock: Callable[[], float] = time.time,
         buffer: int = 1024,
+        replay: ReplayRecord | None = None,
     ) -> None:
         self.rendezvous = rendezvous
         self.core = SignalClientCore(
@@ -90,6 +91,7 @@ class SignalingClient:
             timers=timers,
             seal_policy=seal_policy,
             channel_limits=channel_limits,
+            replay=replay,
         )
         self._signals_send, self.signals = trio.open_memory_channel[SignalReceived](buffer)
         self._events_send, self.events = trio.open_memory_channel[ClientEvent](buffer)

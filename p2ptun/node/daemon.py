@@ -34,7 +34,9 @@ refused with one log line and the running config stays. Otherwise peers that dis
 removed (their routes with them), new peers are added (routes appear), peers whose allowed IPs
 changed get their routes and WireGuard routing updated, and interface addresses and MTU are
 applied; the other peers' sessions are not touched. A changed peer set or rendezvous replaces
-the signaling client (established paths do not depend on it). Changing ``name``, the private
+the signaling client (established paths do not depend on it); the record of the sealed-message
+counters accepted (:mod:`p2ptun.node.sealstate`, a state file) outlives it, so a reload, like a
+restart, gives a malicious rendezvous nothing to replay. Changing ``name``, the private
 key or ``[interface] name`` needs a restart: such a reload is refused; ``[ice]`` changes are
 logged and take effect at the next restart.
 """
@@ -71,6 +73,7 @@ from p2ptun.node import control
 from p2ptun.node.clockwatch import SuspendDetector
 from p2ptun.node.mss import mss_for_mtu
 from p2ptun.node.peer import PeerSession
+from p2ptun.node.sealstate import SealStateFile, seal_state_path
 from p2ptun.node.wgtunnel import WgTunnel, relay_source
 from p2ptun.signal.client import (
     Disconnected,
@@ -78,6 +81,7 @@ from p2ptun.signal.client import (
     RegisteredEvent,
     RegistrationRefused,
 )
+from p2ptun.signal.seal import ReplayRecord
 from p2ptun.wireguard import Device
 
 log = get_logger("node")
@@ -157,15 +161,18 @@ def routes_for(
     return needed
 
 
-def signaling_client(config: NodeConfig) -> SignalingClient:
+def signaling_client(config: NodeConfig, replay: ReplayRecord | None = None) -> SignalingClient:
     """The signaling client for a node config: this node's name and key, the rendezvous'
-    address and key, and the configured peers' keys (which sealed messages it accepts)."""
+    address and key, and the configured peers' keys (which sealed messages it accepts);
+    ``replay`` remembers the sealed-message counters accepted (the daemon's state file, kept
+    across the clients a reload replaces)."""
     return SignalingClient(
         name=config.name,
         private_key=config.private_key,
         rendezvous=config.rendezvous.address,
         rendezvous_key=config.rendezvous.public_key,
         peers={p.name: p.public_key for p in config.peers},
+        replay=replay,
     )
 
 
@@ -195,6 +202,8 @@ class NodeDaemon:
         self._suspend = SuspendDetector()
         self._restart_after_round = False
         self._last_consent_regather = -CONSENT_REGATHER_INTERVAL
+        #: The sealed-message counters accepted, on disk (replays refused across restarts).
+        self.seal_state = SealStateFile(seal_state_path(config.interface.name), config.public_key)
 
     # -- NodeContext ------------------------------------------------------------------------
 
@@ -350,7 +359,7 @@ class NodeDaemon:
     # -- signaling ------------------------------------------------------------------------
 
     async def _start_signaling(self, nursery: trio.Nursery) -> None:
-        client = signaling_client(self.config)
+        client = signaling_client(self.config, self.seal_state)
         scope = trio.CancelScope()
         self.signaling = client
         self._signaling_scope = scope

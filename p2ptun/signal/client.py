@@ -71,7 +71,14 @@ from p2ptun.signal.messages import (
     encode_message,
 )
 from p2ptun.signal.negotiation import Negotiation, NegotiationState, Role
-from p2ptun.signal.seal import Offer, PeerMessage, Restart, SealPolicy, SignalBox
+from p2ptun.signal.seal import (
+    Offer,
+    PeerMessage,
+    ReplayRecord,
+    Restart,
+    SealPolicy,
+    SignalBox,
+)
 
 log = get_logger("signal.client")
 
@@ -194,7 +201,11 @@ class ClientCounters:
 
 
 class SignalClientCore:
-    """Sans-I/O signaling client of one node."""
+    """Sans-I/O signaling client of one node.
+
+    ``replay`` is where the sealed-message counters accepted are remembered (see
+    :mod:`p2ptun.signal.seal`): the daemon passes its state file, shared by the clients that
+    replace each other on reload; the default forgets them with the client."""
 
     def __init__(
         self,
@@ -211,6 +222,7 @@ class SignalClientCore:
         timers: ClientTimers | None = None,
         seal_policy: SealPolicy | None = None,
         channel_limits: ChannelLimits | None = None,
+        replay: ReplayRecord | None = None,
     ) -> None:
         self.name = check_name(name)
         self._private = private_key
@@ -220,7 +232,9 @@ class SignalClientCore:
         self.timers = timers or ClientTimers()
         self.channel_limits = channel_limits or ChannelLimits()
         self.backoff = Backoff(backoff or BackoffPolicy(), random)
-        self.box = SignalBox(name, private_key, peers, rng, seal_policy)
+        self.box = SignalBox(
+            name, private_key, peers, rng, seal_policy, replay=replay, wall=wall_clock()
+        )
         self.negotiations = {
             peer: Negotiation(self.box.public_key, key) for peer, key in peers.items()
         }

@@ -342,7 +342,11 @@ class Deployment:
         return self.workdir / "rendezvous.log"
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "P2PTUN_RUN_DIR": str(self.run_dir)}
+        return {
+            **os.environ,
+            "P2PTUN_RUN_DIR": str(self.run_dir),
+            "P2PTUN_STATE_DIR": str(self.workdir / "state"),
+        }
 
     def node(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)

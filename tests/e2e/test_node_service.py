@@ -115,7 +115,12 @@ class Node:
         os.replace(tmp, self.config_path)
 
     def env(self, **extra: str) -> dict[str, str]:
-        return {**os.environ, "P2PTUN_RUN_DIR": str(self.run_dir), **extra}
+        return {
+            **os.environ,
+            "P2PTUN_RUN_DIR": str(self.run_dir),
+            "P2PTUN_STATE_DIR": str(self.run_dir.parent / "state"),
+            **extra,
+        }
 
     def start(self, *, prefix: tuple[str, ...] = (), **env: str) -> subprocess.Popen[bytes]:
         out = self.log_path.open("ab")
