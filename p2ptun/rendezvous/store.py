@@ -104,6 +104,12 @@ class _BindingRules:
         """Insert a binding; False if a concurrent one won."""
         raise NotImplementedError
 
+    def known(self, key: bytes) -> bool:
+        """Is ``key`` listed (``[[node]]``) or bound to a name?"""
+        return key in self.pinned_by_key or (
+            self.open_registration and self._key_name(key) is not None
+        )
+
     def admit(self, name: str, key: bytes, *, now: float = 0.0, source: str = "") -> Admission:
         pinned = self.pinned_by_name.get(name)
         if pinned is not None:

@@ -4,6 +4,7 @@ route sealed offers/answers/candidates, presence and TURN credentials.
 State machine (:class:`ClientState`)::
 
     IDLE --(connect_at reached: poll_connect)--> CONNECTING --(connection_made)--> HANDSHAKING
+    HANDSHAKING --(retry: a fresh message 1 with a proof, once)--> HANDSHAKING
     HANDSHAKING --(Noise IK message 2)--> REGISTERING --(Registered)--> READY
     any connected state --(error, silence, refusal, GoingAway, connection_lost)--> IDLE
     any --(stop)--> STOPPED
@@ -41,9 +42,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from p2ptun.log import LogLimiter, get_logger
-from p2ptun.noise import Rng
+from p2ptun.noise import NoiseError, Rng
 from p2ptun.signal.backoff import Backoff, BackoffPolicy, Random
-from p2ptun.signal.channel import ChannelLimits, NoiseChannel
+from p2ptun.signal.channel import RETRY_TOKEN_LEN, ChannelLimits, NoiseChannel, proof_key
 from p2ptun.signal.codec import check_name
 from p2ptun.signal.errors import ChannelError, SealError, SignalDecodeError
 from p2ptun.signal.frames import FrameDecoder, FrameType
@@ -198,6 +199,8 @@ class ClientCounters:
     channel_errors: int = 0
     refused_signals: int = 0
     dropped_signals: int = 0
+    #: Handshakes the rendezvous asked to retry with a proof (it was under load).
+    retries: int = 0
 
 
 class SignalClientCore:
@@ -244,6 +247,8 @@ class SignalClientCore:
         self.counters = ClientCounters()
         self.turn: TurnCredentialsReceived | None = None
         self._channel: NoiseChannel | None = None
+        self._retried = False
+        self._proof_key: bytes | None = None
         self._decoder = FrameDecoder()
         self._outbox = bytearray()
         self._events: list[ClientEvent] = []
@@ -312,6 +317,7 @@ class SignalClientCore:
             self._private, self.rendezvous_key, self.rng, self.channel_limits
         )
         self._outbox += self._channel.start()
+        self._retried = False
         self._last_rx = now
         self.state = ClientState.HANDSHAKING
 
@@ -396,6 +402,8 @@ class SignalClientCore:
                 if frame.type is FrameType.HANDSHAKE_RESPONSE:
                     channel.receive_handshake(frame)
                     self._on_channel_up(now)
+                elif frame.type is FrameType.HANDSHAKE_RETRY:
+                    self._retry(frame.payload)
                 else:
                     plaintext = channel.decrypt(frame)
                     self._last_rx = now
@@ -406,6 +414,25 @@ class SignalClientCore:
         except ChannelError as exc:
             self.counters.channel_errors += 1
             self._abandon(now, f"channel: {exc}")
+
+    def _retry(self, token: bytes) -> None:
+        """The rendezvous is under load and asks for a proof (:mod:`p2ptun.signal.channel`):
+        once per connection, answer with a fresh message 1 and the proof for ``token``."""
+        if self.state is not ClientState.HANDSHAKING or self._retried:
+            raise ChannelError("unexpected handshake retry")
+        if len(token) != RETRY_TOKEN_LEN:
+            raise SignalDecodeError("handshake retry token of the wrong length")
+        self._retried = True
+        if self._proof_key is None:
+            try:
+                self._proof_key = proof_key(self._private, self.rendezvous_key)
+            except NoiseError:
+                raise ChannelError("the rendezvous key gives no proof key") from None
+        self._channel = NoiseChannel.initiator(
+            self._private, self.rendezvous_key, self.rng, self.channel_limits
+        )
+        self._outbox += self._channel.start_with_proof(self.box.public_key, token, self._proof_key)
+        self.counters.retries += 1
 
     def _live_channel(self) -> NoiseChannel | None:
         return self._channel if self.connected else None

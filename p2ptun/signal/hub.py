@@ -7,10 +7,13 @@ Per connection (:class:`ConnState`)::
     any --(error, refusal, silence, limit, shutdown)--> CLOSING --(flushed)--> closed
 
 A node is authenticated once its first transport frame decrypts (see
-:mod:`p2ptun.signal.channel` on message-1 replays); its identity is the static key from the
-handshake, and the :class:`Registrations` the core is given (the rendezvous' store,
-:mod:`p2ptun.rendezvous.store`) decide whether that key may use the name it asks for. Then the
-core:
+:mod:`p2ptun.signal.channel` on message-1 replays). Under load — ``handshake_load`` handshakes
+within a second, or ``pending_load`` connections not yet registered — a bare message 1 gets a
+HANDSHAKE_RETRY instead of any Diffie-Hellman, and only a valid proof from a node key the store
+knows leads to the handshake; a connection still shaking hands may send no frame larger than a
+handshake message. Its identity is the static key from the handshake, and the
+:class:`Registrations` the core is given (the rendezvous' store, :mod:`p2ptun.rendezvous.store`)
+decide whether that key may use the name it asks for. Then the core:
 
 - answers Ping with Pong; closes connections silent for ``idle_timeout`` and connections that
   have not registered within ``handshake_timeout``, each at its own deadline (the core is woken
@@ -24,9 +27,11 @@ core:
 - hands TURN credentials to registered nodes the operator listed (and to self-registered ones
   only with ``turn_for_self_registered``), minted by the :data:`TurnIssuer` it is given (the
   rendezvous' ``[turn] auth_secret``, in coturn's REST-API form);
-- bounds everything: connections, unauthenticated connections, a token bucket of messages per
-  connection, bytes queued to each connection (routes to a full queue fail as busy; a queue past
-  the hard limit closes the connection), names watched per connection and in total.
+- bounds everything: connections, unregistered connections (in total, where the oldest makes
+  room for a new one, and per source), connections and new connections a second per source, a
+  token bucket of messages per connection, bytes queued to each connection (routes to a full
+  queue fail as busy; a queue past the hard limit closes the connection), names watched per
+  connection and in total.
 
 A new registration of a name that is online (same key, the store guarantees) replaces the old
 connection, whose socket is likely dead after a network change, without presence flapping.
@@ -40,17 +45,27 @@ The trio shell that serves it on TCP is :class:`p2ptun.rendezvous.signaling.Sign
 from __future__ import annotations
 
 import enum
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from p2ptun.addr import source_key
-from p2ptun.log import get_logger
-from p2ptun.noise import Rng
-from p2ptun.signal.channel import ChannelLimits, NoiseChannel
+from p2ptun.addr import SourceBudget, source_key
+from p2ptun.log import LogLimiter, get_logger
+from p2ptun.noise import DH_LEN, NoiseError, Rng
+from p2ptun.signal.channel import (
+    INIT_PROOF_LEN,
+    MAX_HANDSHAKE_PAYLOAD,
+    PROOF_LEN,
+    RETRY_TOKEN_LEN,
+    ChannelLimits,
+    NoiseChannel,
+    check_proof,
+    proof_key,
+)
 from p2ptun.signal.errors import ChannelError, SignalDecodeError
-from p2ptun.signal.frames import FrameDecoder
+from p2ptun.signal.frames import MAX_PAYLOAD, Frame, FrameDecoder, FrameType, encode_frame
 from p2ptun.signal.messages import (
     Deliver,
     Error,
@@ -111,6 +126,10 @@ class Registrations(Protocol):
         one source, and everyone together, may claim new names."""
         ...
 
+    def known(self, key: bytes) -> bool:
+        """Is ``key`` listed or bound to a name? (Under load only known keys may handshake.)"""
+        ...
+
 
 TurnIssuer = Callable[[str, float], TurnCredentials]
 """``issue(name, unix_time)``: TURN credentials for the node registered as ``name``, minted at
@@ -120,11 +139,23 @@ wall-clock ``unix_time`` (the rendezvous shell builds it from ``[turn]``:
 
 @dataclass(frozen=True)
 class ServerLimits:
-    """Bounds that keep one node (or a crowd) from exhausting the rendezvous."""
+    """Bounds that keep one node (or a crowd) from exhausting the rendezvous. A *source* is an
+    IPv4 address or an IPv6 /64 (:func:`p2ptun.addr.source_key`)."""
 
+    #: Connections in total.
     max_connections: int = 10_000
-    #: Connections not yet registered.
+    #: Connections not yet registered; past it the oldest of them is closed for a new one.
     max_pending: int = 512
+    #: Connections from one source (a NAT may hide many nodes)...
+    max_connections_per_source: int = 256
+    #: ...of which not yet registered.
+    max_pending_per_source: int = 16
+    #: New connections one source may open per second, sustained...
+    connect_rate: float = 10.0
+    #: ...and at once.
+    connect_burst: float = 40.0
+    #: Sources whose connection rate is remembered (the least recent is forgotten first).
+    max_sources: int = 65536
     #: Handshake and registration must finish within this.
     handshake_timeout: float = 10.0
     #: A registered node that sends nothing for this long is dropped: two missed Pings of a
@@ -143,6 +174,16 @@ class ServerLimits:
     max_watches: int = 1024
     #: ...and all connections together (each watch is a few hundred bytes).
     max_total_watches: int = 100_000
+    #: Handshakes (Diffie-Hellman work, ≈ 0.6 ms each) in one second past which the hub is
+    #: under load and asks new connections for a proof first (:mod:`p2ptun.signal.channel`;
+    #: 0: always)...
+    handshake_load: int = 50
+    #: ...as it does while this many connections are not yet registered...
+    pending_load: int = 128
+    #: ...and for this long after either was last seen (as WireGuard's UnderLoadAfterTime).
+    load_hold: float = 1.0
+    #: Node keys whose proof key (a static-static Diffie-Hellman) is kept.
+    max_proof_keys: int = 16384
     channel: ChannelLimits = field(default_factory=ChannelLimits)
 
 
@@ -157,6 +198,8 @@ class ConnState(enum.Enum):
 class ServerCounters:
     connections: int = 0
     refused_connections: int = 0
+    #: Unregistered connections closed to make room for new ones (``max_pending`` reached).
+    evicted: int = 0
     registrations: int = 0
     refused_registrations: int = 0
     new_bindings: int = 0
@@ -175,6 +218,15 @@ class ServerCounters:
     protocol_errors: int = 0
     timeouts: int = 0
     turn_issued: int = 0
+    #: Handshakes that cost Diffie-Hellman work (message 1 read, message 2 written).
+    handshakes: int = 0
+    #: HANDSHAKE_RETRY answers sent instead (under load: no Diffie-Hellman).
+    retries: int = 0
+    #: HANDSHAKE_INIT_PROOF frames refused before any Diffie-Hellman (unknown key, bad proof,
+    #: no token, a second message 1).
+    proofs_refused: int = 0
+    #: Proof keys computed (one Diffie-Hellman per node key while it stays in the cache).
+    proof_keys_computed: int = 0
 
 
 class _Conn:
@@ -192,6 +244,7 @@ class _Conn:
         "rate_drops",
         "source",
         "state",
+        "token",
         "tokens",
         "tokens_at",
         "turn_allowed",
@@ -201,7 +254,8 @@ class _Conn:
     def __init__(self, conn_id: int, channel: NoiseChannel, now: float, peer: str, burst: float):
         self.id = conn_id
         self.channel = channel
-        self.decoder = FrameDecoder()
+        self.decoder = FrameDecoder(MAX_HANDSHAKE_PAYLOAD)
+        self.token: bytes | None = None
         self.state = ConnState.HANDSHAKE
         self.outbox = bytearray()
         self.name: str | None = None
@@ -216,6 +270,18 @@ class _Conn:
         self.close_reason = ""
         self.source = _source_key_of(peer)
         self.turn_allowed = False
+
+
+def _decrement(counts: dict[str, int], key: str) -> None:
+    left = counts.get(key, 0) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
+
+
+def _closing(conn: _Conn) -> bool:
+    return conn.state is ConnState.CLOSING
 
 
 class SignalingServerCore:
@@ -250,6 +316,16 @@ class SignalingServerCore:
         self._watchers: dict[str, set[int]] = {}
         self._watch_count = 0
         self._dirty: set[int] = set()
+        self._proof_keys: OrderedDict[bytes, bytes] = OrderedDict()
+        self._by_source: dict[str, int] = {}
+        self._pending_by_source: dict[str, int] = {}
+        limits = self.limits
+        self._connects = SourceBudget(limits.connect_rate, limits.connect_burst, limits.max_sources)
+        self._refusal_log = LogLimiter()
+        self._load_window = 0.0
+        self._load_count = 0
+        self._load_until = -math.inf
+        self._error_log = LogLimiter()
         # Deadline order, so that the earliest deadline is the first entry (``now`` never goes
         # back): connections not yet registered by opening time, registered ones by the time
         # of their last frame (moved to the end on every frame). Closing ones are in neither.
@@ -302,27 +378,56 @@ class SignalingServerCore:
     # -- connection lifecycle --------------------------------------------------------------
 
     def connection_made(self, conn_id: int, now: float, peer: str = "") -> bool:
-        """A TCP connection arrived; False means refuse it (close at once)."""
-        pending = len(self._conns) - len(self._registered)
-        if (
-            self.shutting_down
-            or len(self._conns) >= self.limits.max_connections
-            or pending >= self.limits.max_pending
-        ):
+        """A TCP connection from ``peer`` (``host:port``) arrived; False means refuse it
+        (close at once). Refused: while shutting down; past ``max_connections``; past a
+        source's (an IPv4 address, an IPv6 /64) ``connect_rate``, ``max_pending_per_source``
+        unregistered or ``max_connections_per_source`` connections. When ``max_pending``
+        connections are unregistered, the oldest of them makes room (it has had the longest
+        to finish its handshake), so that a crowd of idle connections cannot lock nodes out.
+        Refusals are logged sparingly."""
+        limits = self.limits
+        source = _source_key_of(peer)
+        refusal = None
+        if self.shutting_down:
+            refusal = "shutting down"
+        elif len(self._conns) >= limits.max_connections:
+            refusal = "too many connections"
+        elif self._by_source.get(source, 0) >= limits.max_connections_per_source:
+            refusal = "too many connections from this address"
+        elif self._pending_by_source.get(source, 0) >= limits.max_pending_per_source:
+            refusal = "too many unregistered connections from this address"
+        elif not self._connects.allow(source, now):
+            refusal = "too many new connections from this address"
+        if refusal is not None:
             self.counters.refused_connections += 1
-            log.warning("connection refused: too many", peer=peer)
+            suppressed = self._refusal_log.allow(now)
+            if suppressed is not None:
+                extra = {"suppressed": suppressed} if suppressed else {}
+                log.warning("connection refused", peer=peer, reason=refusal, **extra)
             return False
-        channel = NoiseChannel.responder(self._private, self.rng, self.limits.channel)
-        conn = _Conn(conn_id, channel, now, peer, self.limits.burst)
+        while len(self._unregistered) >= limits.max_pending:
+            oldest = next(iter(self._unregistered.values()))
+            self.counters.evicted += 1
+            self._close(oldest, "evicted: too many unregistered connections")
+        channel = NoiseChannel.responder(self._private, self.rng, limits.channel)
+        conn = _Conn(conn_id, channel, now, peer, limits.burst)
         self._conns[conn_id] = self._unregistered[conn_id] = conn
+        self._by_source[conn.source] = self._by_source.get(conn.source, 0) + 1
+        self._pending_by_source[conn.source] = self._pending_by_source.get(conn.source, 0) + 1
         self.counters.connections += 1
         return True
+
+    def _leave_pending(self, conn: _Conn) -> None:
+        """``conn`` is no longer an unregistered connection (registered, closing or gone)."""
+        if self._unregistered.pop(conn.id, None) is not None:
+            _decrement(self._pending_by_source, conn.source)
 
     def connection_lost(self, conn_id: int, now: float) -> None:
         conn = self._conns.pop(conn_id, None)
         if conn is None:
             return
-        self._unregistered.pop(conn_id, None)
+        self._leave_pending(conn)
+        _decrement(self._by_source, conn.source)
         self._registered.pop(conn_id, None)
         conn.channel.close()
         if conn.name is not None and self._online.get(conn.name) is conn:
@@ -342,7 +447,7 @@ class SignalingServerCore:
             self._queue(conn, final)
         conn.state = ConnState.CLOSING
         conn.close_reason = reason
-        self._unregistered.pop(conn.id, None)
+        self._leave_pending(conn)
         self._registered.pop(conn.id, None)
         self._dirty.add(conn.id)
         # Presence changes now, not when the socket finally closes.
@@ -383,15 +488,10 @@ class SignalingServerCore:
             return
         try:
             for frame in conn.decoder.feed(data):
-                if conn.state is ConnState.CLOSING:
+                if _closing(conn):  # an earlier frame of this read ended it
                     return
                 if conn.state is ConnState.HANDSHAKE:
-                    response = conn.channel.receive_handshake(frame)
-                    assert response is not None
-                    conn.key = conn.channel.remote_static
-                    conn.outbox += response
-                    self._dirty.add(conn.id)
-                    conn.state = ConnState.REGISTERING
+                    self._handshake(conn, frame, now)
                     continue
                 plaintext = conn.channel.decrypt(frame)
                 conn.last_rx = now
@@ -400,12 +500,99 @@ class SignalingServerCore:
                 self._on_message(conn, decode_message(plaintext), now)
         except SignalDecodeError as exc:
             self.counters.decode_errors += 1
-            log.info("bad frame", conn=conn.id, peer=conn.peer, error=str(exc))
+            self._log_error("bad frame", conn, str(exc), now)
             self._close(conn, "bad frame")
         except ChannelError as exc:
             self.counters.channel_errors += 1
-            log.info("channel error", conn=conn.id, peer=conn.peer, error=str(exc))
+            self._log_error("channel error", conn, str(exc), now)
             self._close(conn, "channel error")
+
+    def _log_error(self, what: str, conn: _Conn, error: str, now: float) -> None:
+        """Anyone can provoke these: logged sparingly."""
+        suppressed = self._error_log.allow(now)
+        if suppressed is not None:
+            extra = {"suppressed": suppressed} if suppressed else {}
+            log.info(what, conn=conn.id, peer=conn.peer, error=error, **extra)
+
+    # -- the handshake, with a retry under load (p2ptun.signal.channel) ---------------------
+
+    def under_load(self, now: float) -> bool:
+        """Is the hub under load: many handshakes in the last second, or many connections not
+        yet registered, within ``load_hold``? Then a bare message 1 gets a retry."""
+        limits = self.limits
+        if len(self._unregistered) >= limits.pending_load or limits.handshake_load <= 0:
+            self._load_until = now + limits.load_hold
+        return now < self._load_until
+
+    def _count_handshake(self, now: float) -> None:
+        self.counters.handshakes += 1
+        if now - self._load_window >= 1.0:
+            self._load_window = now
+            self._load_count = 0
+        self._load_count += 1
+        if self._load_count >= self.limits.handshake_load:
+            self._load_until = now + self.limits.load_hold
+
+    def _handshake(self, conn: _Conn, frame: Frame, now: float) -> None:
+        if frame.type is FrameType.HANDSHAKE_INIT and conn.token is None and self.under_load(now):
+            conn.token = self.rng(RETRY_TOKEN_LEN)
+            conn.outbox += encode_frame(FrameType.HANDSHAKE_RETRY, conn.token)
+            self._dirty.add(conn.id)
+            self.counters.retries += 1
+            return
+        expected: bytes | None = None
+        if frame.type is FrameType.HANDSHAKE_INIT_PROOF:
+            frame, expected = self._check_proof(conn, frame)
+        elif conn.token is not None:
+            self.counters.proofs_refused += 1
+            raise ChannelError("a second message 1 after a retry")
+        response = conn.channel.receive_handshake(frame)
+        self._count_handshake(now)
+        assert response is not None
+        if expected is not None and conn.channel.remote_static != expected:
+            raise ChannelError("message 1 carries another key than its proof")
+        conn.key = conn.channel.remote_static
+        conn.outbox += response
+        conn.decoder.limit = MAX_PAYLOAD
+        self._dirty.add(conn.id)
+        conn.state = ConnState.REGISTERING
+
+    def _check_proof(self, conn: _Conn, frame: Frame) -> tuple[Frame, bytes]:
+        """Check a HANDSHAKE_INIT_PROOF without Diffie-Hellman (but the first proof key of a
+        known node key); its message 1 as a HANDSHAKE_INIT frame and the key it claims."""
+        payload = frame.payload
+        token = conn.token
+        if token is None or len(payload) != INIT_PROOF_LEN:
+            self.counters.proofs_refused += 1
+            raise ChannelError("a proof without a retry, or of the wrong length")
+        claimed = payload[:DH_LEN]
+        proof = payload[DH_LEN : DH_LEN + PROOF_LEN]
+        message = payload[DH_LEN + PROOF_LEN :]
+        key = self._proof_key(claimed)
+        if key is None or not check_proof(key, token, message, proof):
+            self.counters.proofs_refused += 1
+            raise ChannelError("handshake proof refused")
+        conn.token = b""  # spent: a second proof on this connection is refused
+        return Frame(FrameType.HANDSHAKE_INIT, message), claimed
+
+    def _proof_key(self, node_key: bytes) -> bytes | None:
+        """The proof key of a node key the store knows, from the cache or computed once."""
+        cache = self._proof_keys
+        key = cache.get(node_key)
+        if key is not None:
+            cache.move_to_end(node_key)
+            return key
+        if not self.store.known(node_key):
+            return None
+        try:
+            key = proof_key(self._private, node_key)
+        except NoiseError:
+            return None
+        self.counters.proof_keys_computed += 1
+        cache[node_key] = key
+        if len(cache) > self.limits.max_proof_keys:
+            cache.popitem(last=False)
+        return key
 
     def _queue(self, conn: _Conn, msg: Message) -> None:
         if conn.state is ConnState.CLOSING:
@@ -491,7 +678,7 @@ class SignalingServerCore:
         conn.name = name
         conn.state = ConnState.READY
         conn.turn_allowed = admission.pinned or self.turn_for_self_registered
-        del self._unregistered[conn.id]
+        self._leave_pending(conn)
         self._registered[conn.id] = conn
         self._online[name] = conn
         self.counters.registrations += 1

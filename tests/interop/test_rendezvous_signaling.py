@@ -322,7 +322,12 @@ async def test_200_clients_on_one_rendezvous(tmp_path: Path) -> None:
                 cfg = rv_config(tmp_path, open_registration=False, nodes=entries)
                 server = await nursery.start(
                     lambda task_status: serve_signaling(
-                        cfg, limits=ServerLimits(), task_status=task_status
+                        cfg,
+                        # 200 nodes behind one address, all connecting at once.
+                        limits=ServerLimits(
+                            connect_rate=1000.0, connect_burst=1000.0, max_pending_per_source=512
+                        ),
+                        task_status=task_status,
                     )
                 )
                 mem0, _ = tracemalloc.get_traced_memory()

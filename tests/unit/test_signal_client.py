@@ -574,3 +574,27 @@ def test_logs_never_contain_keys_or_payloads(caplog: pytest.LogCaptureFixture) -
     for k in (ka, kb, RV, public_key(ka), public_key(kb), public_key(RV)):
         assert encode_key(k) not in text and k.hex() not in text
     assert "registered" in caplog.text
+
+
+def test_unknown_keys_wait_while_the_rendezvous_is_under_load() -> None:
+    """Under load only keys the rendezvous knows get past the retry (their proof key is a
+    static-static Diffie-Hellman it can compute): a first registration waits, and costs the
+    rendezvous no handshake."""
+    net, a, b, _, _ = two_nodes(limits=ServerLimits(handshake_load=0), open_registration=True)
+    assert a.core.state is not ClientState.READY and b.core.state is not ClientState.READY
+    assert a.core.counters.retries >= 1
+    assert net.server.counters.handshakes == 0 and net.server.counters.proofs_refused >= 2
+
+
+def test_known_nodes_register_through_a_retry() -> None:
+    ka, kb = newkey(), newkey()
+    nodes = (NodeEntry("alice", public_key(ka)), NodeEntry("bob", public_key(kb)))
+    net = Net(
+        make_server(nodes=nodes, open_registration=False, limits=ServerLimits(handshake_load=0))
+    )
+    a = net.add("alice", ka, {"bob": public_key(kb)})
+    b = net.add("bob", kb, {"alice": public_key(ka)})
+    assert a.core.state is b.core.state is ClientState.READY
+    assert a.core.counters.retries == b.core.counters.retries == 1
+    assert net.server.counters.retries == 2 and net.server.counters.handshakes == 2
+    assert net.server.counters.proof_keys_computed == 2
