@@ -302,7 +302,11 @@ def register(
 
 def log_lines(text: str, level: str, needle: str = "") -> int:
     """Lines of ``text`` at ``level`` (``warning``, ``info``...) containing ``needle``."""
-    return sum(1 for line in text.splitlines() if f" {level} " in line and needle in line)
+    return sum(
+        1
+        for line in text.splitlines()
+        if (f" {level} " in line or line.startswith(f"{level} ")) and needle in line
+    )
 
 
 class TurnProbe:
