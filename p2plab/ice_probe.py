@@ -41,8 +41,10 @@ from p2ptun.config import TurnServerConfig, parse_turn_url
 from p2ptun.ice.agent import AgentConfig
 from p2ptun.ice.events import SelectedPair
 from p2ptun.ice.sdp import IceDescription, IceParseError
+from p2ptun.net.dispatch import Dispatcher
 from p2ptun.net.gather import GatherOptions
 from p2ptun.net.ice_transport import IceSession, IceTransport
+from p2ptun.net.system import SystemHost
 from p2ptun.net.udp import open_endpoints
 
 DATA_HEADER = b"\x04\x00\x00\x00"
@@ -139,12 +141,20 @@ class Probe:
         args = self.args
         endpoints = open_endpoints(0, families=(socket.AF_INET,))
         transport = IceTransport(
-            endpoints, self.options(), claim_wireguard=True, agent_config=AgentConfig()
+            endpoints, self.options(), host=SystemHost(), agent_config=AgentConfig()
         )
+        mux = transport.mux
         try:
             async with trio.open_nursery() as nursery:
                 for ep in endpoints:
-                    nursery.start_soon(ep.receive_loop)
+                    # This probe owns its sockets' dispatch: ICE, TURN, and WireGuard-typed
+                    # test data to the sessions.
+                    dispatcher = Dispatcher(
+                        stun=mux.on_stun,
+                        channel_data=mux.on_channel_data,
+                        wireguard=transport.on_wireguard,
+                    )
+                    nursery.start_soon(ep.receive_loop, dispatcher)
                 await nursery.start(transport.run)
                 with trio.move_on_after(args.timeout):
                     await self._session(transport)

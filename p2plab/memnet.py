@@ -35,7 +35,6 @@ import ipaddress
 import itertools
 import math
 import random
-import socket
 import struct
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -51,13 +50,16 @@ from p2ptun.net.ports import (
     Buffer,
     ChangeKind,
     Connection,
+    DatagramPort,
     DatagramReceiver,
     IPInterface,
     IPNetwork,
     LocalAddress,
     NetworkChange,
+    TunCounters,
+    UdpCounters,
 )
-from p2ptun.net.udp import UdpCounters
+from p2ptun.net.udp import family_of
 
 EPOCH = 1_780_000_000.0
 """The wall clock of every memory host at virtual time 0 (a date in 2026)."""
@@ -342,7 +344,10 @@ class MemoryListener:
         self._send, self._receive = trio.open_memory_channel[Connection](64)
 
     async def accept(self) -> Connection:
-        return await self._receive.receive()
+        try:
+            return await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise trio.ClosedResourceError("listener closed") from None
 
     def offer(self, conn: Connection) -> bool:
         try:
@@ -354,7 +359,7 @@ class MemoryListener:
     async def aclose(self) -> None:
         self.host.network._listeners.pop(self.local_address, None)
         await self._send.aclose()
-        await trio.lowlevel.checkpoint()
+        await self._receive.aclose()
 
 
 # -- datagrams ---------------------------------------------------------------------------------
@@ -370,7 +375,7 @@ class MemoryDatagramPort:
         self.host = host
         self._ip = ip
         self._port = port
-        self.family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        self.family = family_of(ip)
         self.counters = UdpCounters()
         self._queue: deque[tuple[bytes, Address]] = deque()
         self._event = trio.Event()
@@ -499,7 +504,7 @@ class MemoryTun:
         self.closed = False
         self._to_node: deque[bytes] = deque()
         self._event = trio.Event()
-        self.written: int = 0
+        self.counters = TunCounters()
         self.on_echo: list[Callable[[EchoSeen], None]] = []
         self.other_packets = 0
 
@@ -530,12 +535,15 @@ class MemoryTun:
             buffers[count][: len(packet)] = packet
             lengths[count] = len(packet)
             count += 1
+            self.counters.rx_packets += 1
+            self.counters.rx_bytes += len(packet)
         return count
 
     def write(self, packet: Buffer) -> bool:
         if self.closed:
             return False
-        self.written += 1
+        self.counters.tx_packets += 1
+        self.counters.tx_bytes += len(packet)
         self._kernel(bytes(packet))
         return True
 
@@ -665,10 +673,12 @@ class MemoryHost:
             return
         port.arrive(data, src)
 
-    def open_datagram_ports(self, port: int = 0) -> list[MemoryDatagramPort]:
+    def open_datagram_ports(self, port: int = 0) -> list[DatagramPort]:
         return [self.bind_datagram("0.0.0.0", port)]
 
-    def bind_datagram(self, ip: str, port: int) -> MemoryDatagramPort:
+    def bind_datagram(
+        self, ip: str, port: int, *, shared_buffers: bool = False
+    ) -> MemoryDatagramPort:
         if ip not in ("0.0.0.0", self.ip):
             raise RuntimeFailure(f"cannot bind UDP {ip}:{port}: no such local address")
         if port == 0:
@@ -688,9 +698,10 @@ class MemoryHost:
             return None
         return self.ip
 
-    def local_addresses(
+    async def local_addresses(
         self, *, exclude: Iterable[str] = (), include_link_local: bool = False
     ) -> list[LocalAddress]:
+        await trio.lowlevel.checkpoint()
         if not self.online:
             return []
         return [LocalAddress(self.ip, self.address.network.prefixlen, "eth0", 2)]
@@ -750,7 +761,8 @@ class MemoryHost:
         self.tuns[name] = tun
         return tun
 
-    def interface_exists(self, name: str) -> bool:
+    async def interface_exists(self, name: str) -> bool:
+        await trio.lowlevel.checkpoint()
         return name in self.tuns
 
     async def configure_interface(
@@ -829,6 +841,3 @@ class MemoryHost:
 
     def random_bytes(self, n: int) -> bytes:
         return self.rng.randbytes(n)
-
-    def random(self) -> float:
-        return self.rng.random()

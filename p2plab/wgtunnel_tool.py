@@ -45,11 +45,14 @@ import trio
 
 from p2ptun import log as logging_setup
 from p2ptun.addr import Address, is_ip, parse_host_port
+from p2ptun.config import IPNetwork
 from p2ptun.config.reader import ConfigFile, Table
 from p2ptun.errors import ConfigError, P2ptunError, UsageError
 from p2ptun.log import get_logger
+from p2ptun.net.dispatch import Dispatcher
+from p2ptun.net.ports import DatagramPort
 from p2ptun.net.tun import TunDevice
-from p2ptun.net.udp import DEFAULT_BATCH, UdpEndpoint, open_endpoints
+from p2ptun.net.udp import DEFAULT_BATCH, open_endpoints
 from p2ptun.node.daemon import routes_for
 from p2ptun.node.wgtunnel import WgTunnel
 from p2ptun.wireguard import Device, Peer, TimerConfig
@@ -210,7 +213,7 @@ def parse_spec(data: object, file: str = "<config>") -> TunnelSpec:
 # -- the tunnel --------------------------------------------------------------------------------
 
 
-def tunnel_routes(spec: TunnelSpec) -> list[str]:
+def tunnel_routes(spec: TunnelSpec) -> list[IPNetwork]:
     """The peers' allowed IPs that the interface's own prefixes do not already route."""
     return routes_for(
         [ipaddress.ip_interface(a) for a in spec.addresses],
@@ -248,12 +251,12 @@ def open_tunnel(spec: TunnelSpec, *, batch: int = DEFAULT_BATCH) -> WgTunnel:
     )
     device.under_load = spec.under_load
     tun = TunDevice.open(spec.interface)
-    endpoints: list[UdpEndpoint] = []
+    endpoints: list[DatagramPort] = []
     try:
         netlink.configure_interface(spec.interface, spec.addresses, spec.mtu)
         for prefix in tunnel_routes(spec):
             netlink.add_route(spec.interface, prefix)
-        endpoints = open_endpoints(spec.listen_port, batch=batch)
+        endpoints = list(open_endpoints(spec.listen_port, batch=batch))
         tunnel = WgTunnel(device, tun, endpoints, batch=batch)
     except BaseException:
         for ep in endpoints:
@@ -275,14 +278,27 @@ def write_status(tunnel: WgTunnel, path: Path) -> None:
     os.replace(tmp, path)
 
 
+async def run_tunnel(
+    tunnel: WgTunnel, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run ``tunnel`` with its sockets: each endpoint's one dispatcher hands WireGuard to the
+    tunnel (this tool has no ICE: STUN and ChannelData are dropped and counted)."""
+    async with trio.open_nursery() as nursery:
+        for endpoint in tunnel.endpoints:
+            dispatcher = Dispatcher(wireguard=tunnel.on_datagram, drained=tunnel.udp_drained)
+            nursery.start_soon(endpoint.receive_loop, dispatcher)
+        await nursery.start(tunnel.run)
+        task_status.started()
+
+
 async def serve(spec: TunnelSpec, *, status_file: Path | None = None) -> None:
     """Open the tunnel of ``spec`` and run it until SIGTERM or SIGINT."""
     tunnel = open_tunnel(spec)
-    with tunnel:
+    try:
         try:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as sigs:
                 async with trio.open_nursery() as nursery:
-                    await nursery.start(tunnel.run)
+                    await nursery.start(run_tunnel, tunnel)
                     log.info(
                         "tunnel up",
                         interface=tunnel.tun.name,
@@ -301,6 +317,10 @@ async def serve(spec: TunnelSpec, *, status_file: Path | None = None) -> None:
         finally:
             if status_file is not None:
                 write_status(tunnel, status_file)
+    finally:
+        tunnel.close()
+        for endpoint in tunnel.endpoints:
+            endpoint.close()
 
 
 def _read_key_file(path: str, what: str) -> str:

@@ -94,10 +94,17 @@ def parse_host_port(text: str, default_port: int | None = None) -> Address:
     return host, port
 
 
+def is_ipv6(host: str) -> bool:
+    """Whether the IP literal ``host`` is an IPv6 address: it has a colon, which no IPv4
+    literal has. The one address-family test of the project (cheap enough for the data path;
+    ``host`` must already be an IP literal)."""
+    return ":" in host
+
+
 def format_address(addr: Address) -> str:
     """``1.2.3.4:5`` or ``[2001:db8::1]:5``."""
     host, port = addr[0], addr[1]
-    if ":" in host:
+    if is_ipv6(host):
         return f"[{host}]:{port}"
     return f"{host}:{port}"
 

@@ -1,4 +1,4 @@
-"""The ``p2ptun`` command (ARCHITECTURE.md §3).
+"""The ``p2ptun`` command (docs/ARCHITECTURE.md §3).
 
 Exit codes: 0 success, 2 bad usage or bad config (one line on stderr), 1 runtime failure.
 Every expected failure is a :class:`~p2ptun.errors.P2ptunError` (one line, its exit code), or a
@@ -12,6 +12,9 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
+
+if sys.version_info < (3, 11):  # pragma: no cover - Python 3.10 only
+    from exceptiongroup import BaseExceptionGroup
 
 from p2ptun import __version__, keys, log
 from p2ptun.errors import (
@@ -262,16 +265,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         func: Command = args.func
         return func(args)
-    except P2ptunError as exc:
-        sys.stderr.write(f"{exc}\n")
-        return exc.exit_code
-    except ProtocolError as exc:
-        sys.stderr.write(f"{exc}\n")
-        return EXIT_FAILURE
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        return EXIT_FAILURE
+    except BaseException as exc:
+        # A daemon's failure reaches us through trio's nurseries, wrapped in exception groups.
+        error = only_error(exc)
+        if isinstance(error, P2ptunError):
+            sys.stderr.write(f"{error}\n")
+            return error.exit_code
+        if isinstance(error, ProtocolError):
+            sys.stderr.write(f"{error}\n")
+            return EXIT_FAILURE
+        if isinstance(error, KeyboardInterrupt):
+            return 130
+        if isinstance(error, BrokenPipeError):
+            return EXIT_FAILURE
+        raise
+
+
+def only_error(exc: BaseException) -> BaseException:
+    """The one exception inside (possibly nested) exception groups of one member each, or
+    ``exc`` itself."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 if __name__ == "__main__":  # pragma: no cover

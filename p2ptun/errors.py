@@ -3,7 +3,7 @@
 Two families, as h11 splits them:
 
 - **User-facing errors** (:class:`P2ptunError` and its subclasses) carry an exit code.
-  Exit codes (ARCHITECTURE.md §3): 0 success; 2 bad usage or bad configuration, reported as one
+  Exit codes (docs/ARCHITECTURE.md §3): 0 success; 2 bad usage or bad configuration, reported as one
   line on stderr; 1 a runtime failure, reported with a clear message. A user mistake never shows
   a Python traceback.
 - **Protocol errors** (:class:`ProtocolError`) are raised by the sans-I/O cores and carry no

@@ -1,6 +1,6 @@
 """Node and rendezvous configuration: TOML files loaded into frozen dataclasses.
 
-The file format is the user contract of ARCHITECTURE.md §3. The package is split by job:
+The file format is the user contract of docs/ARCHITECTURE.md §3. The package is split by job:
 
 - :mod:`~p2ptun.config.schema`: the dataclasses a config loads into (what the daemons see);
 - :mod:`~p2ptun.config.reader`: the strict generic reader (a file, its tables, key files);

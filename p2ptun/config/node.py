@@ -1,4 +1,5 @@
-"""The node config (``p2ptun up -c FILE``, ARCHITECTURE.md §3) read into :class:`NodeConfig`."""
+"""The node config (``p2ptun up -c FILE``, docs/ARCHITECTURE.md §3) read into
+:class:`NodeConfig`."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from p2ptun.keys import public_key
 
 
 def node_config(source: ConfigFile, data: dict[str, Any]) -> NodeConfig:
-    """Build a :class:`NodeConfig` from the decoded file (ARCHITECTURE.md §3)."""
+    """Build a :class:`NodeConfig` from the decoded file (docs/ARCHITECTURE.md §3)."""
     top = source.top(data)
     top.expect("name", "private_key", "private_key_file", "interface", "rendezvous", "ice", "peer")
     name = check_name(top, "name", top.string("name", required=True))

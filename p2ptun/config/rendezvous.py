@@ -1,4 +1,4 @@
-"""The rendezvous config (``p2ptun rendezvous -c FILE``, ARCHITECTURE.md §3) read into
+"""The rendezvous config (``p2ptun rendezvous -c FILE``, docs/ARCHITECTURE.md §3) read into
 :class:`RendezvousConfig`."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from p2ptun.config.values import (
 
 
 def rendezvous_config(source: ConfigFile, data: dict[str, Any]) -> RendezvousConfig:
-    """Build a :class:`RendezvousConfig` from the decoded file (ARCHITECTURE.md §3)."""
+    """Build a :class:`RendezvousConfig` from the decoded file (docs/ARCHITECTURE.md §3)."""
     top = source.top(data)
     top.expect(
         "listen",

@@ -1,7 +1,7 @@
 """The configuration's shape: the frozen dataclasses a node or rendezvous config loads into.
 
-The file format is the user contract of ARCHITECTURE.md §3 (``docs/ARCHITECTURE.md`` maps the
-code); :mod:`p2ptun.config.node` and :mod:`p2ptun.config.rendezvous` fill these from TOML.
+The file format is the user contract of docs/ARCHITECTURE.md §3;
+:mod:`p2ptun.config.node` and :mod:`p2ptun.config.rendezvous` fill these from TOML.
 """
 
 from __future__ import annotations
@@ -159,6 +159,6 @@ Config = NodeConfig | RendezvousConfig
 
 
 def control_socket_path(interface: str, run_dir: str | None = None) -> str:
-    """The node's control socket (ARCHITECTURE.md §3): ``/run/p2ptun/<interface>.sock``."""
+    """The node's control socket (docs/ARCHITECTURE.md §3): ``/run/p2ptun/<interface>.sock``."""
     base = run_dir or os.environ.get("P2PTUN_RUN_DIR", "/run/p2ptun")
     return os.path.join(base, f"{interface}.sock")

@@ -87,6 +87,7 @@ from p2ptun.ice.events import (
     AgentState,
     BetterPairAvailable,
     ConsentExpired,
+    ConsentLost,
     ConsentRestored,
     ConsentSuspect,
     GenerationFailed,
@@ -94,6 +95,7 @@ from p2ptun.ice.events import (
     PairSelected,
     RoleChanged,
     SelectedPair,
+    StandbyReady,
     StateChanged,
 )
 
@@ -106,6 +108,7 @@ __all__ += [
     "ConsentConfig",
     "ConsentExpired",
     "ConsentFreshness",
+    "ConsentLost",
     "ConsentRestored",
     "ConsentState",
     "ConsentSuspect",
@@ -119,5 +122,6 @@ __all__ += [
     "RandomSource",
     "RoleChanged",
     "SelectedPair",
+    "StandbyReady",
     "StateChanged",
 ]

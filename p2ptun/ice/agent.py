@@ -110,8 +110,10 @@ Behaviour, with the RFC sections implemented
 - Consent (RFC 7675, :mod:`p2ptun.ice.consent`): on the selected pair, checks every 4–6 s
   (sent together with the answer to the peer's check when that falls in the window),
   :class:`ConsentSuspect` after two unanswered ones, :class:`ConsentExpired` 30 s after the
-  last response and :meth:`can_send` false from then on. Peers' consent checks are answered as
-  any check.
+  last response and :meth:`can_send` false from then on. :meth:`probe_consent` checks the
+  pair at once with a short burst (the node's fast failure detection) and reports
+  :class:`ConsentLost` within a fraction of a second if nothing answers. Peers' consent
+  checks are answered as any check.
 - ICE restart (§9): :meth:`restart` starts a new generation (new credentials, empty candidate
   lists, new check list; the shell re-gathers). The old selected pair stays selected, keeps
   its consent checks (with the old credentials) and keeps answering the peer's old-credential
@@ -133,7 +135,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from p2ptun.addr import Address
@@ -159,6 +161,7 @@ from p2ptun.ice.events import (
     AgentState,
     BetterPairAvailable,
     ConsentExpired,
+    ConsentLost,
     ConsentRestored,
     ConsentSuspect,
     GenerationFailed,
@@ -166,6 +169,7 @@ from p2ptun.ice.events import (
     PairSelected,
     RoleChanged,
     SelectedPair,
+    StandbyReady,
     StateChanged,
 )
 from p2ptun.ice.nomination import (
@@ -252,6 +256,15 @@ class AgentConfig:
     direct_retry_rounds: int = 8
     #: Controlling agent: nominate a direct pair that succeeds while relayed.
     renominate: bool = True
+    #: Controlling agent: nominate a relayed best pair at once (it carries data while direct
+    #: pairs are still checked, and renomination moves to one that succeeds) instead of
+    #: waiting ``nomination_delay`` for them. Needs ``renominate``.
+    relay_first: bool = False
+    #: While a direct pair is selected, keep the best relayed pair valid as a standby (its
+    #: checks go on, then one light check every ``standby_interval`` ± jitter), so that the
+    #: node can move the data there at once when the direct pair goes quiet.
+    standby: bool = False
+    standby_interval: float = 10.0
     #: SOFTWARE attribute in our responses (None: none).
     software: str | None = None
     #: Accept remote candidates at link-local addresses (the ``[ice] ipv6_link_local`` setting).
@@ -271,6 +284,8 @@ class AgentConfig:
             raise ValueError("max_transactions must be at least 1, max_early_checks >= 0")
         if self.check_rc < 1 or self.check_rm < 1:
             raise ValueError("check_rc and check_rm must be at least 1")
+        if self.standby_interval <= 0:
+            raise ValueError("standby_interval must be positive")
 
 
 @dataclass(frozen=True)
@@ -392,11 +407,20 @@ class _Selection:
     expired: bool = False
 
 
+@dataclass
+class _Standby:
+    """A relayed pair kept valid while a direct one is selected (``AgentConfig.standby``)."""
+
+    pair: CheckPair
+    generation: _Generation
+    checks: ConsentFreshness
+
+
 class IceAgent:
     """An ICE agent for one component over UDP (RFC 8445); see the module docstring.
 
     ``credentials`` are the local ufrag/pwd, ``controlling`` the initial role (the offerer
-    controls, ARCHITECTURE.md §2), ``rng`` the injected random source (tie-breaker,
+    controls, docs/ARCHITECTURE.md §2), ``rng`` the injected random source (tie-breaker,
     transaction ids, consent jitter), ``lite`` makes this an ICE-lite agent (§2.5).
     """
 
@@ -418,13 +442,18 @@ class IceAgent:
         self.stats = IceStats()
         cfg = self.config
         self._nomination = NominationPolicy(
-            cfg.nomination_delay, cfg.direct_hold_rtts, cfg.direct_hold_min, cfg.renominate
+            cfg.nomination_delay,
+            cfg.direct_hold_rtts,
+            cfg.direct_hold_min,
+            cfg.renominate,
+            cfg.relay_first,
         )
         self._gen = _Generation(0, credentials, CheckList(controlling, self.config.max_pairs))
         self._checks: TransactionManager[_CheckContext] = TransactionManager(
             rc=self.config.check_rc, rm=self.config.check_rm
         )
         self._selection: _Selection | None = None
+        self._standby: _Standby | None = None
         #: The generation before the last restart: its checks are still answered, because the
         #: peer may keep its old pair (and its consent) a little longer than we do.
         self._previous: _Generation | None = None
@@ -546,6 +575,11 @@ class IceAgent:
             times.append(gen.started_at + self.config.connect_timeout)
         if gen.next_probe is not None:
             times.append(gen.next_probe)
+        standby = self._standby
+        if standby is not None:
+            t = standby.checks.next_wakeup()
+            if t is not None:
+                times.append(t)
         return min(times) if times else None
 
     # ------------------------------------------------------------------------------------------
@@ -662,6 +696,20 @@ class IceAgent:
     # ------------------------------------------------------------------------------------------
     # restart
 
+    def probe_consent(self, now: float) -> bool:
+        """Check at once whether the selected pair still works (the data path saw it go
+        quiet): a burst of consent checks (:meth:`ConsentFreshness.probe`); unanswered, it
+        ends in :class:`ConsentLost`. False when there is nothing to probe (no pair, consent
+        expired, a lite agent) or a probe is already under way."""
+        sel = self._selection
+        if sel is None or sel.expired or sel.consent is None:
+            return False
+        if not sel.consent.probe(now, sel.pair.rtt):
+            return False
+        self._consent_timers(now)
+        self._refresh_state(now)
+        return True
+
     def restart(self, credentials: IceCredentials, now: float) -> None:
         """ICE restart (RFC 8445 §9) with fresh local credentials.
 
@@ -746,6 +794,7 @@ class IceAgent:
             else:
                 self._on_check_outcome(event, None, None, now)
         self._consent_timers(now)
+        self._standby_timers(now)
         self._probe(now)
         self._maybe_nominate(now)
         self._schedule_check(now)
@@ -1091,9 +1140,16 @@ class IceAgent:
             if (local, remote) != sel.pair.key:
                 self.stats.non_symmetric += 1
                 return True
-            was_suspect = sel.consent.state is ConsentState.SUSPECT
-            if sel.consent.handle_response(msg, now) and was_suspect:
+            troubled = sel.consent.state in (ConsentState.SUSPECT, ConsentState.LOST)
+            if sel.consent.handle_response(msg, now) and troubled:
                 self._events.append(ConsentRestored(self._describe(sel)))
+            return True
+        standby = self._standby
+        if standby is not None and msg.transaction_id in standby.checks:
+            if (local, remote) == standby.pair.key:
+                standby.checks.handle_response(msg, now)
+            else:
+                self.stats.non_symmetric += 1
             return True
         tx = self._checks.get(msg.transaction_id)
         if tx is None or tx.context is None:
@@ -1286,9 +1342,13 @@ class IceAgent:
                 gen.next_probe = now + self.config.direct_retry_interval
         else:
             keep = {p for p in gen.checklist.pairs if p.use_candidate or p.nominate_on_success}
+            if self.config.standby:
+                # The relayed pairs go on being checked: one of them becomes the standby.
+                keep |= {p for p in gen.checklist.pairs if p.relayed}
             gen.checklist.remove_pending(keep=keep)
             self._cease_checks(gen, keep | {pair})
             gen.next_probe = None
+        self._update_standby(now)
         self._refresh_state(now)
 
     def _cease_checks(self, gen: _Generation, keep: set[CheckPair]) -> None:
@@ -1339,6 +1399,87 @@ class IceAgent:
         gen.next_probe = now + interval if gen.probe_rounds > 0 else None
 
     # ------------------------------------------------------------------------------------------
+    # the standby (p2ptun-specific)
+
+    def standby_pair(self, now: float) -> SelectedPair | None:
+        """The relayed pair kept valid beside the selected direct one (``AgentConfig.standby``),
+        if its last light check was answered: where the data can go the moment the direct
+        pair is lost (:class:`ConsentLost`). None without one."""
+        standby = self._standby
+        if standby is None or standby.checks.state is not ConsentState.FRESH:
+            return None
+        if standby.pair.valid_pair is None:
+            return None
+        return self._describe_pair(standby.pair, standby.generation)
+
+    def _update_standby(self, now: float) -> None:
+        """Keep the best valid relayed pair of the selected generation as the standby while a
+        direct pair is selected; drop it otherwise."""
+        standby = self._standby
+        sel = self._selection
+        wanted = None
+        if self.config.standby and sel is not None and not sel.expired and not sel.pair.relayed:
+            gen = sel.generation
+            wanted = next((p for p in gen.checklist.valid_pairs() if p.relayed), None)
+        if standby is not None and (wanted is None or standby.pair is not wanted):
+            same_generation = sel is not None and standby.generation is sel.generation
+            fresh = standby.checks.state is ConsentState.FRESH
+            if wanted is not None and same_generation and fresh:
+                return  # a working standby stays until it fails (no flapping)
+            standby.checks.stop()
+            self._standby = standby = None
+        if wanted is None or standby is not None:
+            return
+        assert sel is not None
+        config = replace(self.config.consent, interval=self.config.standby_interval)
+        checks = ConsentFreshness(now, self._rng, config, last_response=now)
+        self._standby = _Standby(wanted, sel.generation, checks)
+        log.debug("standby pair", pair=repr(wanted))
+        self._events.append(StandbyReady(self._describe_pair(wanted, sel.generation)))
+
+    def _standby_timers(self, now: float) -> None:
+        standby = self._standby
+        if standby is None:
+            return
+        poll = standby.checks.poll(now)
+        pair = standby.pair
+        for data in poll.retransmits:
+            self._transmit_to(data, pair.local, pair.remote.address)
+        if poll.became is ConsentState.EXPIRED:
+            standby.checks.stop()
+            self._standby = None
+            self._update_standby(now)  # another valid relayed pair, if any
+            return
+        if poll.check_due:
+            self._send_light_check(pair, standby.generation, standby.checks, now)
+
+    def _send_light_check(
+        self, pair: CheckPair, gen: _Generation, checks: ConsentFreshness, now: float
+    ) -> None:
+        """A Binding request on ``pair`` without USE-CANDIDATE, its transaction kept by
+        ``checks`` (RFC 7675 §5.1: consent checks are ordinary connectivity checks)."""
+        creds = gen.remote_credentials
+        if creds is None:
+            return
+        tid = self._transaction_id()
+        msg = Message.request(
+            Method.BINDING,
+            tid,
+            [
+                (AttrType.USERNAME, f"{creds.ufrag}:{gen.local_credentials.ufrag}"),
+                (AttrType.PRIORITY, peer_reflexive_priority(pair.local)),
+                (
+                    AttrType.ICE_CONTROLLING if self._controlling else AttrType.ICE_CONTROLLED,
+                    self.tie_breaker,
+                ),
+            ],
+        )
+        key = short_term_key(creds.pwd)
+        data = checks.start(msg.encode(key, fingerprint=True), key, now)
+        self.stats.consent_checks_sent += 1
+        self._transmit_to(data, pair.local, pair.remote.address)
+
+    # ------------------------------------------------------------------------------------------
     # consent (RFC 7675)
 
     def _lite_consent(self, sel: _Selection) -> bool:
@@ -1357,6 +1498,9 @@ class IceAgent:
             self._transmit_to(data, sel.pair.local, sel.pair.remote.address)
         if poll.became is ConsentState.SUSPECT:
             self._events.append(ConsentSuspect(self._describe(sel), sel.consent.missed))
+        elif poll.became is ConsentState.LOST:
+            log.info("consent probe unanswered", generation=sel.generation.number)
+            self._events.append(ConsentLost(self._describe(sel)))
         elif poll.became is ConsentState.EXPIRED:
             self._expire(sel, sel.consent.last_response)
             return
@@ -1364,27 +1508,8 @@ class IceAgent:
             self._send_consent(sel, now)
 
     def _send_consent(self, sel: _Selection, now: float) -> None:
-        gen = sel.generation
-        creds = gen.remote_credentials
-        if creds is None or sel.consent is None:
-            return
-        tid = self._transaction_id()
-        msg = Message.request(
-            Method.BINDING,
-            tid,
-            [
-                (AttrType.USERNAME, f"{creds.ufrag}:{gen.local_credentials.ufrag}"),
-                (AttrType.PRIORITY, peer_reflexive_priority(sel.pair.local)),
-                (
-                    AttrType.ICE_CONTROLLING if self._controlling else AttrType.ICE_CONTROLLED,
-                    self.tie_breaker,
-                ),
-            ],
-        )
-        key = short_term_key(creds.pwd)
-        data = sel.consent.start(msg.encode(key, fingerprint=True), key, now)
-        self.stats.consent_checks_sent += 1
-        self._transmit_to(data, sel.pair.local, sel.pair.remote.address)
+        if sel.consent is not None:
+            self._send_light_check(sel.pair, sel.generation, sel.consent, now)
 
     def _expire(self, sel: _Selection, last_response: float) -> None:
         sel.expired = True
@@ -1432,7 +1557,10 @@ class IceAgent:
         gen = self._gen
         sel = self._selection
         if sel is not None and not sel.expired:
-            if sel.consent is not None and sel.consent.state is ConsentState.SUSPECT:
+            if sel.consent is not None and sel.consent.state in (
+                ConsentState.SUSPECT,
+                ConsentState.LOST,
+            ):
                 state = AgentState.DISCONNECTED
             elif sel.generation is gen:
                 if not gen.regular_done and not gen.checklist.count(
@@ -1458,6 +1586,7 @@ class IceAgent:
     def _after_input(self, now: float) -> None:
         self._maybe_nominate(now)
         self._check_failure(now)
+        self._update_standby(now)
         self._refresh_state(now)
 
     def _set_role(self, controlling: bool) -> None:
@@ -1495,12 +1624,15 @@ class IceAgent:
         self._transmits.append(OutgoingDatagram(data, local, remote, self._is_relay_base(local)))
 
     def _describe(self, sel: _Selection) -> SelectedPair:
-        pair = sel.pair
+        return self._describe_pair(sel.pair, sel.generation)
+
+    @staticmethod
+    def _describe_pair(pair: CheckPair, gen: _Generation) -> SelectedPair:
         return SelectedPair(
             local=pair.valid_local or pair.local,
             remote=pair.remote,
             base=pair.local.address,
             via_relay=pair.local.type is CandidateType.RELAY,
-            generation=sel.generation.number,
+            generation=gen.number,
             rtt=pair.rtt,
         )

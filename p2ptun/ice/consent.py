@@ -22,8 +22,20 @@ ordinary ICE checks without USE-CANDIDATE, RFC 7675 §5.1) and routes the respon
   :attr:`ConsentState.SUSPECT`, so that the node can prepare a failover before the 30 s
   expiry; a response makes it FRESH again.
 
+- A **probe** (:meth:`ConsentFreshness.probe`) is the fast failure detection of p2ptun: the
+  data path saw the pair go quiet (data sent and nothing authenticated back, or data stopped
+  arriving, for about a second) and asks whether the pair still works. ``probe_checks`` (3)
+  consent checks go out spread over the probe window — ``max(probe_window_min,
+  probe_window_rtts × RTT)``, 0.3 s or three round trips — and if no response arrived by its
+  end the pair is :attr:`ConsentState.LOST`: it no longer carries data, so the node moves to
+  another path at once, while consent itself still runs to its RFC 7675 timeout (a late
+  response makes the pair FRESH again). RFC 7675 §5.1 lets the check interval be chosen; the
+  extra traffic is bounded: one probe at a time, at most ``probe_checks`` small requests each,
+  and a probe only follows traffic on the pair (the data path re-arms its trigger only after
+  new packets), never idleness.
+
 Also bounded: at most ``max_transactions`` checks in flight (more cannot happen with the
-defaults, 30 s / 4 s = 8).
+defaults, 30 s / 4 s = 8, plus one probe).
 """
 
 from __future__ import annotations
@@ -61,6 +73,8 @@ class ConsentState(enum.Enum):
     SUSPECT = "suspect"
     #: No response for ``timeout`` seconds: the agent must stop sending (RFC 7675 §5.2).
     EXPIRED = "expired"
+    #: A probe went unanswered: the pair does not carry data now (consent still holds).
+    LOST = "lost"
 
 
 @dataclass(frozen=True)
@@ -72,15 +86,22 @@ class ConsentConfig:
     timeout: float = 30.0
     rto: float = 0.5
     suspect_after: int = 2
-    max_transactions: int = 8
+    max_transactions: int = 11
+    #: A probe's window: this long at least, and this many round trips of the pair.
+    probe_window_min: float = 0.3
+    probe_window_rtts: float = 3.0
+    #: Consent checks a probe sends, spread over its window.
+    probe_checks: int = 3
 
     def __post_init__(self) -> None:
         if self.interval <= 0 or self.timeout <= 0 or self.rto <= 0:
             raise ValueError("consent interval, timeout and rto must be positive")
         if not 0 <= self.jitter < 1:
             raise ValueError("consent jitter must be in [0, 1)")
-        if self.suspect_after < 1 or self.max_transactions < 1:
-            raise ValueError("suspect_after and max_transactions must be at least 1")
+        if self.suspect_after < 1 or self.max_transactions < 1 or self.probe_checks < 1:
+            raise ValueError("suspect_after, max_transactions and probe_checks must be >= 1")
+        if self.probe_window_min <= 0 or self.probe_window_rtts < 0:
+            raise ValueError("the probe window must be positive")
 
 
 @dataclass
@@ -122,6 +143,11 @@ class ConsentFreshness:
         self._last_check = now
         self._next_check: float | None = now + self._interval()
         self._tm: TransactionManager[float] = TransactionManager(rto=self.config.rto)
+        #: The probe under way: when it started, when it ends, when its next checks go out.
+        self._probe_started: float | None = None
+        self._probe_until: float | None = None
+        self._probe_checks: list[float] = []
+        self.probes = 0
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -145,6 +171,10 @@ class ConsentFreshness:
         times = [self.expires_at]
         if self._next_check is not None:
             times.append(self._next_check)
+        if self._probe_checks:
+            times.append(self._probe_checks[0])
+        if self._probe_until is not None:
+            times.append(self._probe_until)
         tx = self._tm.next_wakeup()
         if tx is not None:
             times.append(tx)
@@ -164,6 +194,7 @@ class ConsentFreshness:
             self.state = ConsentState.EXPIRED
             self._next_check = None
             self._tm.cancel_all()
+            self._end_probe()
             result.became = ConsentState.EXPIRED
             return result
         for event in self._tm.handle_timeout(now):
@@ -173,6 +204,18 @@ class ConsentFreshness:
                     self._tm.cancel(event.transaction.transaction_id)
                 else:
                     result.retransmits.append(event.data)
+        if self._probe_until is not None and now >= self._probe_until:
+            started = self._probe_started
+            self._end_probe()
+            unanswered = started is not None and self.last_response < started
+            if unanswered and self.state is not ConsentState.LOST:
+                self.state = ConsentState.LOST
+                result.became = ConsentState.LOST
+        if self._probe_checks and now >= self._probe_checks[0]:
+            while self._probe_checks and now >= self._probe_checks[0]:
+                self._probe_checks.pop(0)
+            if len(self._tm) < self.config.max_transactions:
+                result.check_due = True
         if self._next_check is not None and now >= self._next_check:
             if not self._answered:
                 self.missed += 1
@@ -211,10 +254,34 @@ class ConsentFreshness:
         self.last_response = max(self.last_response, now)
         self._answered = True
         self.missed = 0
-        if self.state is ConsentState.SUSPECT:
+        self._end_probe()
+        if self.state in (ConsentState.SUSPECT, ConsentState.LOST):
             self.state = ConsentState.FRESH
             return ConsentState.FRESH
         return None
+
+    def probe(self, now: float, rtt: float | None) -> bool:
+        """Check now whether the pair still works (module docstring); ``rtt`` is the pair's
+        round-trip time if known. False if consent expired or a probe is under way already;
+        True: the caller polls at once (the first check is due)."""
+        if self.expired or self._probe_until is not None:
+            return False
+        cfg = self.config
+        window = max(cfg.probe_window_min, cfg.probe_window_rtts * (rtt or 0.0))
+        self.probes += 1
+        self._probe_started = now
+        self._probe_until = now + window
+        step = window / cfg.probe_checks
+        self._probe_checks = [now + k * step for k in range(cfg.probe_checks)]
+        return True
+
+    @property
+    def probing(self) -> bool:
+        return self._probe_until is not None
+
+    def _end_probe(self) -> None:
+        self._probe_started = self._probe_until = None
+        self._probe_checks = []
 
     def peer_checked(self, now: float) -> bool:
         """The peer checked the pair at ``now`` (its consent check, typically). If our next
@@ -231,6 +298,7 @@ class ConsentFreshness:
         """Stop checking (the pair is no longer selected)."""
         self._tm.cancel_all()
         self._next_check = None
+        self._end_probe()
 
     # -- internals ----------------------------------------------------------------------------
 

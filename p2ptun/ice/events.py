@@ -23,6 +23,7 @@ __all__ = [
     "AgentState",
     "BetterPairAvailable",
     "ConsentExpired",
+    "ConsentLost",
     "ConsentRestored",
     "ConsentSuspect",
     "GenerationFailed",
@@ -30,6 +31,7 @@ __all__ = [
     "PairSelected",
     "RoleChanged",
     "SelectedPair",
+    "StandbyReady",
     "StateChanged",
 ]
 
@@ -111,8 +113,25 @@ class ConsentSuspect:
 
 
 @dataclass(frozen=True)
+class StandbyReady:
+    """A relayed pair is kept valid beside the selected direct one (the agent's standby): the
+    shell prepares it (a TURN channel), so that data can move there at once."""
+
+    pair: SelectedPair
+
+
+@dataclass(frozen=True)
+class ConsentLost:
+    """A probe of the selected pair (:meth:`IceAgent.probe_consent`) went unanswered: the pair
+    does not carry data now. Consent itself holds until its timeout; move the data elsewhere
+    and find a new path."""
+
+    pair: SelectedPair
+
+
+@dataclass(frozen=True)
 class ConsentRestored:
-    """A consent response arrived after :class:`ConsentSuspect`."""
+    """A consent response arrived after :class:`ConsentSuspect` or :class:`ConsentLost`."""
 
     pair: SelectedPair
 
@@ -137,7 +156,9 @@ IceEvent = (
     | RoleChanged
     | PairSelected
     | BetterPairAvailable
+    | StandbyReady
     | ConsentSuspect
+    | ConsentLost
     | ConsentRestored
     | ConsentExpired
     | GenerationFailed

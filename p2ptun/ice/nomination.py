@@ -7,8 +7,10 @@ selecting a pair, answering 487 — and asks this module *when* and *which*:
 - **When the controlling agent nominates** (§8.1.1, regular nomination;
   :meth:`NominationPolicy.step`). It nominates the best valid pair when no higher-priority pair
   may still succeed, or ``nomination_delay`` after the first valid pair at the latest. For a
-  relayed best pair every Frozen, Waiting or In-Progress higher pair may still succeed, and
-  both sides must have finished gathering: a direct path is worth two seconds. For a direct
+  relayed best pair: with ``relay_first`` (the node's choice, with renomination) at once — the
+  relay carries data from its first valid check and a direct pair that succeeds later is
+  renominated; without it every Frozen, Waiting or In-Progress higher pair may still succeed,
+  and both sides must have finished gathering: a direct path is worth two seconds. For a direct
   best pair, an In-Progress higher pair is given up once its request went out twice and a
   hold passed since the last send (``direct_hold_rtts`` round trips of the valid pair, at
   least ``direct_hold_min``); the second send comes early, a hold after the first, ahead of
@@ -99,6 +101,7 @@ class NominationPolicy:
     direct_hold_rtts: float
     direct_hold_min: float
     renominate: bool
+    relay_first: bool = False
 
     # -- the controlling agent -------------------------------------------------------------
 
@@ -120,6 +123,10 @@ class NominationPolicy:
             and p.state in (PairState.FROZEN, PairState.WAITING, PairState.IN_PROGRESS)
         ]
         if best.relayed:
+            if self.relay_first and self.renominate:
+                # Carry data on the relay now; a direct pair that succeeds later is
+                # renominated (step), with no new WireGuard handshake.
+                return NominationPlan(best, first_valid_at, None, [], 0.0)
             at = first_valid_at if not higher and gathered else latest
             return NominationPlan(best, at, None, [], 0.0)
         hold = self.direct_hold(valid)
@@ -238,7 +245,7 @@ def lite_lite_pair(checklist: CheckList, remote_complete: bool) -> CheckPair | N
 def role_facing(controlling: bool, *, lite: bool, peer_lite: bool) -> bool:
     """Our role once we know whether the peer is lite (RFC 8445 §6.1.1): a full agent facing a
     lite one controls, a lite agent facing a full one is controlled; otherwise the role stays
-    (the offerer controls, ARCHITECTURE.md §2)."""
+    (the offerer controls, docs/ARCHITECTURE.md §2)."""
     if peer_lite and not lite:
         return True
     if lite and not peer_lite:

@@ -1,26 +1,27 @@
 """Candidate gathering over the node's shared sockets (RFC 8445 §5.1.1, trickled per RFC 8838).
 
 One :class:`Gatherer` per node gathers the local candidates every ICE agent of the node uses:
-the sockets are shared (ARCHITECTURE.md §2), so a server-reflexive address or a TURN allocation
-belongs to the node, not to one peer.
+the sockets are shared (docs/ARCHITECTURE.md §2), so a server-reflexive address or a TURN
+allocation belongs to the node, not to one peer.
 
-- **Host candidates** (§5.1.1.1): the addresses :func:`p2ptun.net.netlink.list_local_addresses`
-  reports — not loopback, not on a down interface, not on our own TUN interface (``exclude``),
-  IPv6 link-local only when configured — of the families we have a socket for, each with the
-  port of that family's shared socket. Local preferences come from
+- **Host candidates** (§5.1.1.1): the addresses the host reports
+  (:meth:`p2ptun.net.ports.Host.local_addresses`, netlink on a real machine) — not loopback,
+  not on a down interface, not on our own TUN interface (``exclude``), IPv6 link-local only
+  when configured — of the families we have a socket for, each with the port of that
+  family's shared socket. Local preferences come from
   :func:`p2ptun.ice.candidate.assign_local_preferences` (RFC 8421 interleaving).
 - **Server-reflexive candidates** (§5.1.1.2): one STUN Binding request to each configured STUN
   server, sent from the shared socket of the server's family as a client transaction
-  (RFC 8489 §6.2.1 retransmissions) whose responses the :class:`~p2ptun.net.turn_shared.UdpMux`
+  (RFC 8489 §6.2.1 retransmissions) whose responses the :class:`~p2ptun.net.mux.UdpMux`
   routes back by transaction id. Each query is bounded by ``stun_timeout``: an unresponsive
   server costs that much and nothing else. The base is the host address the kernel sends from
   towards the server (the shared socket is bound to the wildcard address). A UDP TURN
   allocation's XOR-MAPPED-ADDRESS is a server-reflexive candidate too (the same one when the
   STUN and TURN server share an address: it is given once).
 - **Relayed candidates** (§5.1.1.2): one TURN allocation per configured TURN server
-  (:class:`~p2ptun.net.turn_shared.TurnRelay`; UDP through the shared socket, TCP and TLS on
+  (:class:`~p2ptun.net.turn_relay.TurnRelay`; UDP through the shared socket, TCP and TLS on
   their own connections), with the configured credentials or ones the ``credentials`` source
-  issues (the rendezvous, ARCHITECTURE.md §2).
+  issues (the rendezvous, docs/ARCHITECTURE.md §2).
 
 TURN allocations belong to the gatherer, not to a round. Each configured server has a slot
 whose task (in the gatherer's nursery, :meth:`Gatherer.run`) allocates once a round first asks
@@ -49,10 +50,9 @@ from __future__ import annotations
 
 import enum
 import math
-import os
-import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
+from socket import AF_INET
 from typing import Literal
 
 import trio
@@ -72,13 +72,10 @@ from p2ptun.ice.candidate import (
     make_srflx_candidate,
 )
 from p2ptun.log import get_logger
+from p2ptun.net.mux import UdpMux, normalize_address
+from p2ptun.net.ports import Host
 from p2ptun.net.streams import resolve
-from p2ptun.net.turn_shared import (
-    RelayDataHandler,
-    TurnRelay,
-    UdpMux,
-    normalize_address,
-)
+from p2ptun.net.turn_relay import RelayDataHandler, TurnRelay, WireGuardReceiver
 from p2ptun.stun import ClientTransaction, Message, Method, TransactionOutcome
 from p2ptun.turn.client import AllocationLost, TurnEvent
 
@@ -110,11 +107,11 @@ class IssuedCredentials:
 
 
 #: ``credentials(server)``: the credentials for a TURN server configured without them
-#: (rendezvous-issued, ARCHITECTURE.md §2), or None if there are none; may raise
+#: (rendezvous-issued, docs/ARCHITECTURE.md §2), or None if there are none; may raise
 #: :class:`RuntimeFailure` with the reason.
 CredentialSource = Callable[[TurnServerConfig], Awaitable[IssuedCredentials | None]]
 #: ``list_addresses()``: the host addresses to use, most preferred first per family (tests
-#: and special setups; default: netlink).
+#: and special setups; default: the host's).
 AddressLister = Callable[[], Awaitable[Sequence[str]]]
 
 _TRANSPORT_RANK = {"udp": 0, "tcp": 1, "tls": 2}
@@ -140,8 +137,6 @@ class GatherOptions:
     relay_retry: tuple[float, ...] = RELAY_RETRY
     #: Lower bound on the lifetime of issued credentials (:data:`MIN_CREDENTIAL_LIFETIME`).
     min_credential_lifetime: float = MIN_CREDENTIAL_LIFETIME
-    #: Network namespace to list addresses in (tests; the daemon runs inside its own).
-    netns: str | None = None
 
     @classmethod
     def from_config(cls, ice: IceConfig, tun_name: str | None = None) -> GatherOptions:
@@ -173,6 +168,9 @@ class GatherResult:
 
     candidates: list[Candidate] = field(default_factory=list)
     failures: list[GatherFailure] = field(default_factory=list)
+    #: A STUN server maps us elsewhere than in the round before: our NAT rebound or changed
+    #: its address, so whatever went through it (TCP connections too) is gone.
+    mapping_moved: bool = False
 
 
 class _Round:
@@ -267,9 +265,10 @@ class Gatherer:
     """Gathers the node's candidates over the shared sockets of ``mux`` (module docstring).
 
     Run :meth:`run` in a nursery (``await nursery.start(gatherer.run)``) — it holds the TURN
-    allocations — and call :meth:`gather` for each round. ``on_relay_data`` and
-    ``after_relay_batch`` are given to every relay (see
-    :class:`~p2ptun.net.turn_shared.TurnRelay`); ``on_relays_changed()`` is called when an
+    allocations — and call :meth:`gather` for each round. Names are resolved, addresses
+    listed and TURN streams connected through ``host``. ``on_relay_data``,
+    ``relayed_wireguard`` and ``after_relay_batch`` are given to every relay (see
+    :class:`~p2ptun.net.turn_relay.TurnRelay`); ``on_relays_changed()`` is called when an
     allocation appears or ends outside a round. The TURN servers are those of ``options`` at
     construction.
     """
@@ -279,19 +278,22 @@ class Gatherer:
         mux: UdpMux,
         options: GatherOptions,
         *,
+        host: Host,
         credentials: CredentialSource | None = None,
-        random: Callable[[int], bytes] = os.urandom,
         list_addresses: AddressLister | None = None,
         on_relay_data: RelayDataHandler | None = None,
+        relayed_wireguard: WireGuardReceiver | None = None,
         after_relay_batch: Callable[[], None] | None = None,
         on_relays_changed: Callable[[], None] | None = None,
     ) -> None:
         self.mux = mux
         self.options = options
+        self.host = host
         self._credentials = credentials
-        self._random = random
+        self._random = host.random_bytes
         self._list_addresses = list_addresses
         self.on_relay_data = on_relay_data
+        self.relayed_wireguard = relayed_wireguard
         self.after_relay_batch = after_relay_batch
         self.on_relays_changed = on_relays_changed
         self._nursery: trio.Nursery | None = None
@@ -392,7 +394,7 @@ class Gatherer:
                     nursery.start_soon(self._relay, slot, rnd)
         result = rnd.result
         result.failures.extend(rnd.pending.values())  # cut by round_timeout
-        self._check_mappings(rnd.mapped)
+        result.mapping_moved = self._check_mappings(rnd.mapped)
         log.info(
             "gathered",
             round=self.rounds,
@@ -402,23 +404,18 @@ class Gatherer:
         return result
 
     async def _host_addresses(self, result: GatherResult) -> list[str]:
-        families = {int(ep.family) for ep in self.mux.endpoints}
         if self._list_addresses is not None:
             return list(await self._list_addresses())
-        from p2ptun.net import netlink
-
+        versions = {4 if ep.family == AF_INET else 6 for ep in self.mux.endpoints}
         try:
-            found = await netlink.run(
-                netlink.list_local_addresses,
+            found = await self.host.local_addresses(
                 exclude=self.options.exclude_interfaces,
                 include_link_local=self.options.include_link_local,
-                families=families,
-                netns=self.options.netns,
             )
         except RuntimeFailure as exc:
             result.failures.append(GatherFailure("host", "netlink", str(exc)))
             return []
-        return [a.address for a in found]
+        return [a.address for a in found if a.version in versions]
 
     def _preference(self, base_ip: str | None) -> int:
         """The local preference of a base address (the lowest known if it is not a host
@@ -433,9 +430,7 @@ class Gatherer:
         shown = f"{server_ref[0]}:{server_ref[1]}"
         with trio.move_on_after(self.options.stun_timeout) as scope:
             try:
-                server = normalize_address(
-                    await resolve(server_ref[0], server_ref[1], socket.SOCK_DGRAM)
-                )
+                server = normalize_address(await resolve(self.host, server_ref[0], server_ref[1]))
                 mapped, base = await self._binding(server)
             except RuntimeFailure as exc:
                 rnd.done(server_ref, GatherFailure("stun", shown, str(exc)))
@@ -577,20 +572,21 @@ class Gatherer:
                 )
                 self._replace(slot, quiet=True)
 
-    def _check_mappings(self, mapped: dict[Address, Address]) -> None:
+    def _check_mappings(self, mapped: dict[Address, Address]) -> bool:
         """After a round: if a STUN server now maps us elsewhere (the NAT rebound or changed
         its address), the UDP allocations made through that NAT are gone too — those whose
-        mapped address is none of this round's."""
+        mapped address is none of this round's. Returns whether a mapping moved."""
         moved = any(s in self._mapped and self._mapped[s] != m for s, m in mapped.items())
         self._mapped.update(mapped)
         if not moved:
-            return
+            return False
         fresh = set(mapped.values())
         for slot in self._slots:
             relay = slot.live
             if relay is not None and relay.transport == "udp" and relay.mapped not in fresh:
                 log.info("NAT mapping changed, allocating again", server=slot.config.url)
                 self._replace(slot, quiet=False)
+        return True
 
     def _replace(self, slot: _RelaySlot, *, quiet: bool) -> None:
         relay = slot.relay
@@ -627,12 +623,12 @@ class Gatherer:
             try:
                 with trio.fail_after(timeout):
                     creds = await self._credentials_for(config)
-                    kind = socket.SOCK_DGRAM if config.transport == "udp" else socket.SOCK_STREAM
-                    server = normalize_address(await resolve(config.host, config.port, kind))
+                    server = normalize_address(await resolve(self.host, config.host, config.port))
                     if config.transport == "udp" and self.mux.endpoint_for(server[0]) is None:
                         raise RuntimeFailure(f"{config.url}: no UDP socket of its address family")
                     relay = TurnRelay.from_config(
                         self.mux,
+                        self.host,
                         config,
                         server,
                         creds.username,
@@ -640,6 +636,7 @@ class Gatherer:
                         random=self._random,
                         on_data=self.on_relay_data,
                         on_event=self._relay_event,
+                        wireguard=self.relayed_wireguard,
                     )
                     relay.after_batch = self.after_relay_batch
                     await nursery.start(self._run_relay, relay, ended)

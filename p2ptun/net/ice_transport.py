@@ -3,8 +3,8 @@ sockets, one per :class:`IceSession`.
 
 One :class:`IceTransport` per node owns
 
-- the :class:`~p2ptun.net.turn_shared.UdpMux` on the node's UDP endpoints (one per address
-  family, ARCHITECTURE.md §2) and the :class:`~p2ptun.net.gather.Gatherer` with its TURN
+- the :class:`~p2ptun.net.mux.UdpMux` on the node's UDP endpoints (one per address
+  family, docs/ARCHITECTURE.md §2) and the :class:`~p2ptun.net.gather.Gatherer` with its TURN
   allocations: local candidates belong to the node and every agent uses them;
 - the :class:`IceSession` s (:meth:`IceTransport.open_session`), each wrapping an
   :class:`~p2ptun.ice.agent.IceAgent`: one per peer that restarts in place
@@ -25,15 +25,15 @@ drain and call the agents directly, then send what the agents queued at once):
 - responses (to checks and consent checks) by transaction id: every request an agent sends is
   remembered for the life of a STUN transaction;
 - the same for STUN that TURN relays unwrapped (base = the relayed address);
-- WireGuard a relay unwrapped goes to ``on_relayed_data`` when given (the node: its tunnel,
-  which authenticates every datagram itself), else to the ``on_data`` callback of the session
-  whose selected pair has that remote address; with ``claim_wireguard`` the transport also
-  takes WireGuard datagrams straight from the sockets the same way (probes and tests: in the
-  node the WireGuard tunnel owns that handler). Anything else a relay unwraps is dropped and
-  counted.
+- WireGuard a relay unwrapped goes to ``relayed_wireguard`` when given (the node: its data
+  path, which authenticates every datagram itself), else to the ``on_data`` callback of the
+  session whose selected pair has that remote address. :meth:`IceTransport.on_wireguard` does
+  the same for WireGuard straight from the sockets, for an owner that wires it into its
+  sockets' dispatchers (the probe and tests; in the node the data path owns that kind).
+  Anything else a relay unwraps is dropped and counted.
 
 Transmits leave through the right base: host bases from the shared socket of their family,
-relayed bases through their :class:`~p2ptun.net.turn_shared.TurnRelay` (ChannelData once the
+relayed bases through their :class:`~p2ptun.net.turn_relay.TurnRelay` (ChannelData once the
 selected relayed pair's channel is bound, Send indications before). A check from a host base
 that is not the address the kernel sends from towards its destination is dropped (counted in
 ``wrong_base``): it would test another pair than the one it names, so it fails instead.
@@ -65,7 +65,7 @@ it is running. ``on_gathered(round)`` hears about each finished round.
 Known limit: the sockets are bound to the wildcard address and
 :class:`~p2ptun.net.udp.UdpEndpoint` does not report a datagram's destination address, so the
 base of an incoming datagram is the address the kernel sends from towards its source (see
-:mod:`p2ptun.net.turn_shared`). On a multi-homed host, pairs on the other host addresses fail
+:mod:`p2ptun.net.mux`). On a multi-homed host, pairs on the other host addresses fail
 the symmetric check and the routed one is used.
 
 A sketch of a user (the probe's way; the node's is :mod:`p2ptun.node.peer`)::
@@ -82,9 +82,6 @@ A sketch of a user (the probe's way; the node's is :mod:`p2ptun.node.peer`)::
 
 from __future__ import annotations
 
-import math
-import os
-import random as random_module
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -95,7 +92,14 @@ from p2ptun.addr import Address, format_address
 from p2ptun.errors import DecodeError
 from p2ptun.ice.agent import AgentConfig, IceAgent, RandomSource
 from p2ptun.ice.candidate import Candidate, CandidateType, peer_reflexive_priority
-from p2ptun.ice.events import ConsentExpired, IceEvent, PairSelected, SelectedPair, StateChanged
+from p2ptun.ice.events import (
+    ConsentExpired,
+    IceEvent,
+    PairSelected,
+    SelectedPair,
+    StandbyReady,
+    StateChanged,
+)
 from p2ptun.ice.sdp import IceCredentials, IceDescription, generate_credentials
 from p2ptun.log import get_logger
 from p2ptun.net.gather import (
@@ -105,8 +109,10 @@ from p2ptun.net.gather import (
     GatherOptions,
     GatherResult,
 )
-from p2ptun.net.turn_shared import TurnRelay, UdpMux, normalize_address
-from p2ptun.net.udp import PacketKind, UdpEndpoint, classify
+from p2ptun.net.mux import UdpMux, normalize_address
+from p2ptun.net.ports import DatagramPort, Host
+from p2ptun.net.timer import CoreTimer
+from p2ptun.net.turn_relay import TurnRelay, WireGuardReceiver
 from p2ptun.stun import AttrType, Message, MessageClass, Method, is_stun
 from p2ptun.stun.credentials import short_term_key
 
@@ -380,6 +386,16 @@ class IceSession:
         self._transport._pump(self)
         return self.agent.local_credentials
 
+    def probe(self) -> bool:
+        """Check the selected pair at once (:meth:`IceAgent.probe_consent`): the data path saw
+        it go quiet. Unanswered, the session reports :class:`ConsentLost`. False when there
+        is nothing to probe or a probe is under way."""
+        if self._closed:
+            return False
+        started = self.agent.probe_consent(trio.current_time())
+        self._transport._pump(self)
+        return started
+
     def send(self, data: bytes | bytearray | memoryview) -> bool:
         """Send ``data`` on the selected pair (direct: UDP from the shared socket; relayed:
         through the TURN allocation). False (nothing sent) if no pair is usable."""
@@ -525,9 +541,22 @@ class IceSession:
             self._connected.set()
         elif isinstance(event, ConsentExpired):
             self._send_remote = None
+        elif isinstance(event, StandbyReady):
+            self._prepare_standby(event.pair)
         elif isinstance(event, StateChanged):
             log.debug("ice state", peer=self.name, state=event.state.value)
         self._emit(event)
+
+    def _prepare_standby(self, pair: SelectedPair) -> None:
+        """A relayed pair is kept beside the selected direct one: what its relay receives from
+        the remote reaches this session, and a channel is bound so that data could go as
+        ChannelData at once (:meth:`standby_sender`)."""
+        remote = pair.remote.address
+        self._transport._route_remote(self, remote)
+        self._remotes.add(remote)
+        relay = self._transport.gatherer.relay_for(pair.base) if pair.via_relay else None
+        if relay is not None:
+            relay.bind_channel(remote)
 
     def _use_pair(self, pair: SelectedPair) -> None:
         remote = pair.remote.address
@@ -556,65 +585,58 @@ class IceSession:
 class IceTransport:
     """The node's ICE shell over its shared UDP endpoints (module docstring).
 
-    ``options`` says what to gather; ``credentials`` supplies TURN credentials for servers
-    configured without them; ``rng`` is the agents' random source (tie-breakers, transaction
-    ids, consent jitter; default ``random.SystemRandom``), ``random_bytes`` the source of ICE
-    credentials and STUN/TURN transaction ids. ``agent_config`` is the default agent
-    configuration (by default the agents accept link-local remote candidates only when
-    ``options`` gather link-local addresses). ``claim_wireguard`` installs a WireGuard
-    handler on the endpoints that hands datagrams from a selected pair's remote to that
-    session's ``on_data`` (not in the node, whose WireGuard tunnel owns the handler).
-    ``on_relayed_data(data, peer)`` takes every WireGuard datagram a relay unwrapped instead
-    of the sessions' ``on_data`` (the node: its tunnel). ``after_relay_batch`` is called after
-    data a stream (TCP/TLS) relay delivered (the node flushes its data path there; a UDP
-    relay's data arrives inside the endpoint's batch, whose ``on_drained`` does that).
-    ``on_gathered(round)`` is called when a gathering round finished, ``on_timer()`` whenever
-    the agents' timer woke the node (the node piggybacks its suspend check on these wake-ups,
-    which happen anyway while a peer is connected).
+    ``options`` says what to gather; ``host`` is the machine (addresses, names, TURN
+    connections, and the random sources: ``host.rng`` for the agents' tie-breakers,
+    transaction ids and consent jitter, ``host.random_bytes`` for ICE credentials and STUN/TURN
+    transaction ids); ``credentials`` supplies TURN credentials for servers configured without
+    them. ``agent_config`` is the default agent configuration (by default the agents accept
+    link-local remote candidates only when ``options`` gather link-local addresses).
+    ``relayed_wireguard(data, peer)`` takes every WireGuard datagram a relay unwrapped instead
+    of the sessions' ``on_data`` (the node: its data path). ``after_relay_batch`` is called
+    after data a stream (TCP/TLS) relay delivered (the node flushes its data path there; a UDP
+    relay's data arrives inside the socket's batch, whose end does that). ``on_gathered(round)``
+    is called when a gathering round finished, ``on_timer()`` whenever the agents' timer woke
+    the node (the node piggybacks its suspend check on these wake-ups, which happen anyway
+    while a peer is connected).
     """
 
     def __init__(
         self,
-        endpoints: Sequence[UdpEndpoint],
+        endpoints: Sequence[DatagramPort],
         options: GatherOptions,
         *,
+        host: Host,
         credentials: CredentialSource | None = None,
-        rng: RandomSource | None = None,
-        random_bytes: Callable[[int], bytes] = os.urandom,
         agent_config: AgentConfig | None = None,
-        claim_wireguard: bool = False,
-        on_relayed_data: Callable[[bytes, Address], None] | None = None,
+        relayed_wireguard: WireGuardReceiver | None = None,
         after_relay_batch: Callable[[], None] | None = None,
         on_gathered: Callable[[int], None] | None = None,
         list_addresses: AddressLister | None = None,
         on_timer: Callable[[], None] | None = None,
     ) -> None:
-        self.rng: RandomSource = rng if rng is not None else random_module.SystemRandom()
-        self.random_bytes = random_bytes
+        self.rng: RandomSource = host.rng
+        self.random_bytes = host.random_bytes
         self.agent_config = agent_config or AgentConfig(allow_link_local=options.include_link_local)
         self.counters = TransportCounters()
-        self.on_relayed_data = on_relayed_data
         self.on_gathered = on_gathered
         self.on_timer = on_timer
-        self.mux = UdpMux(endpoints, on_ice=self._on_ice)
+        self.mux = UdpMux(endpoints, on_ice=self._on_ice, route_lookup=host.route_source)
         self.gatherer = Gatherer(
             self.mux,
             options,
+            host=host,
             credentials=credentials,
-            random=random_bytes,
             list_addresses=list_addresses,
             on_relay_data=self._on_relay_data,
+            relayed_wireguard=relayed_wireguard or self._relayed_to_session,
             after_relay_batch=after_relay_batch,
             on_relays_changed=self._relays_changed,
         )
-        if claim_wireguard:
-            for ep in self.mux.endpoints:
-                ep.set_handler(PacketKind.WIREGUARD, self._on_wireguard)
         self._sessions: list[IceSession] = []
         self._by_ufrag: dict[str, IceSession] = {}
         self._by_tid: OrderedDict[bytes, tuple[IceSession, float]] = OrderedDict()
         self._by_remote: dict[Address, IceSession] = {}
-        self._timer_scope: trio.CancelScope | None = None
+        self._timer = CoreTimer(self._earliest_wake, self._on_timeout)
         #: The latest gathering round: its number, candidates so far, whether it finished.
         #: Round 1 is due as soon as :meth:`run` starts.
         self.round = 1
@@ -636,7 +658,7 @@ class IceTransport:
         path runs them.)"""
         async with trio.open_nursery() as nursery:
             await nursery.start(self.gatherer.run)
-            nursery.start_soon(self._timer_loop)
+            nursery.start_soon(self._timer.run)
             nursery.start_soon(self._gather_loop)
             self._running = True
             try:
@@ -705,7 +727,7 @@ class IceTransport:
         credentials: IceCredentials | None = None,
         follow_rounds: bool = False,
     ) -> IceSession:
-        """A new agent for peer ``name`` (controlling: we sent the offer, ARCHITECTURE.md §2),
+        """A new agent for peer ``name`` (controlling: we sent the offer, docs/ARCHITECTURE.md §2),
         with the node's candidates gathered so far; signal its :meth:`~IceSession.
         local_description`. Events of the initial candidates are not emitted (they are in the
         description); later ones are, and with ``follow_rounds`` those of later rounds too."""
@@ -735,8 +757,7 @@ class IceTransport:
             if self._by_remote.get(remote) is session:
                 del self._by_remote[remote]
         session._wake = None
-        if self._timer_scope is not None:
-            self._timer_scope.deadline = self._earliest_wake()
+        self._timer.rearm()
 
     def _register_ufrag(self, session: IceSession, ufrag: str) -> None:
         other = self._by_ufrag.get(ufrag)
@@ -775,16 +796,17 @@ class IceTransport:
                     return
         wake = agent.next_wakeup()
         before, session._wake = session._wake, wake
-        scope = self._timer_scope
-        if scope is None:
+        timer = self._timer
+        deadline = timer.deadline
+        if deadline is None:
             return
-        if wake is not None and wake < scope.deadline:
-            scope.deadline = wake
-        elif before is not None and before <= scope.deadline and (wake is None or wake > before):
+        if wake is not None and wake < deadline:
+            timer.pull_earlier(wake)
+        elif before is not None and before <= deadline and (wake is None or wake > before):
             # This session armed the timer and now wants it later (a consent response ended
             # the retransmission schedule): sleep until the next deadline that is still due
             # instead of waking for nothing.
-            scope.deadline = self._earliest_wake()
+            timer.rearm()
 
     def _transmit(
         self,
@@ -856,19 +878,20 @@ class IceTransport:
             if not self.mux.deliver_transaction(view, relayed, source):
                 self._on_ice(view, relayed, source)
             return
-        if classify(data) is not PacketKind.WIREGUARD:
-            self.counters.relayed_other += 1
-            return
-        if self.on_relayed_data is not None:
-            self.on_relayed_data(data, peer)
-            return
+        self.counters.relayed_other += 1  # WireGuard went to the relay's WireGuard receiver
+
+    def _relayed_to_session(self, data: memoryview, peer: Address) -> None:
+        """Relayed WireGuard without a data path (probes, tests): to the session whose
+        selected pair has ``peer`` as its remote."""
         session = self._by_remote.get(peer)
         if session is None or session.on_data is None:
             self.counters.relayed_data_unrouted += 1
             return
-        session.on_data(session, data, peer)
+        session.on_data(session, bytes(data), peer)
 
-    def _on_wireguard(self, data: memoryview, src: Address) -> None:
+    def on_wireguard(self, data: memoryview, src: Address) -> None:
+        """A dispatcher's WireGuard handler for owners without a data path (probes, tests):
+        to the session whose selected pair has ``src`` as its remote."""
         session = self._by_remote.get(src)
         if session is None:
             try:
@@ -931,33 +954,22 @@ class IceTransport:
             if self.on_gathered is not None:
                 self.on_gathered(round_number)
 
-    def _earliest_wake(self) -> float:
-        return min((s._wake for s in self._sessions if s._wake is not None), default=math.inf)
+    def _earliest_wake(self) -> float | None:
+        return min((s._wake for s in self._sessions if s._wake is not None), default=None)
 
-    async def _timer_loop(self) -> None:
-        while True:
-            with trio.move_on_at(self._earliest_wake()) as scope:
-                self._timer_scope = scope
-                await trio.sleep_forever()
-            self._timer_scope = None
-            self.counters.timer_wakeups += 1
-            if self.on_timer is not None:
-                self.on_timer()
-            now = trio.current_time()
-            for session in list(self._sessions):
-                wake = session._wake
-                if wake is None or wake > now or session._closed:
-                    continue
-                session.agent.handle_timeout(now)
-                self._pump(session)
-                if session._wake is not None and session._wake <= now:
-                    self.counters.stale_wakeups += 1
-                    session._wake = now + MIN_TIMER_STEP
-
-
-def relay_types(pair: SelectedPair) -> tuple[str, str]:
-    """``(local type, remote type)`` of a selected pair, e.g. ``("srflx", "host")``."""
-    return pair.local.type.value, pair.remote.type.value
+    def _on_timeout(self, now: float) -> None:
+        self.counters.timer_wakeups += 1
+        if self.on_timer is not None:
+            self.on_timer()
+        for session in list(self._sessions):
+            wake = session._wake
+            if wake is None or wake > now or session._closed:
+                continue
+            session.agent.handle_timeout(now)
+            self._pump(session)
+            if session._wake is not None and session._wake <= now:
+                self.counters.stale_wakeups += 1
+                session._wake = now + MIN_TIMER_STEP
 
 
 def is_direct(pair: SelectedPair) -> bool:
@@ -976,6 +988,5 @@ __all__ = [
     "SessionEvent",
     "TransportCounters",
     "is_direct",
-    "relay_types",
     "stun_username",
 ]

@@ -20,12 +20,15 @@ import trio
 IDLE = 5
 INTERVAL = 5
 COUNT = 3
+#: ``(idle, interval, count)`` as :meth:`p2ptun.net.ports.Host.connect_tcp` takes them.
+SIGNALING = (IDLE, INTERVAL, COUNT)
 
 
-def enable(stream: trio.SocketStream) -> None:
-    """Turn on keepalive with the constants above (where the platform has the options)."""
+def enable(stream: trio.SocketStream, settings: tuple[int, int, int] = SIGNALING) -> None:
+    """Turn on keepalive with ``settings`` (where the platform has the options)."""
+    idle, interval, count = settings
     with contextlib.suppress(OSError, AttributeError):
         stream.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, IDLE)
-        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, INTERVAL)
-        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, COUNT)
+        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)

@@ -26,7 +26,6 @@ namespace and leaves it None.
 from __future__ import annotations
 
 import contextlib
-import enum
 import errno
 import ipaddress
 import os
@@ -45,6 +44,13 @@ from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from p2ptun.errors import RuntimeFailure
 from p2ptun.log import get_logger
+from p2ptun.net.ports import (
+    ChangeKind,
+    IPInterface,
+    IPNetwork,
+    LocalAddress,
+    NetworkChange,
+)
 
 log = get_logger("net.netlink")
 
@@ -131,11 +137,14 @@ def _ifindex(ipr: Any, name: str) -> int:
     return int(found[0])
 
 
-def _parse_network(text: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+def _interface_address(value: str | IPInterface) -> IPInterface:
+    """An interface address as :mod:`ipaddress` keeps it (a string is parsed, for the lab)."""
+    if not isinstance(value, str):
+        return value
     try:
-        return ipaddress.ip_interface(text)
+        return ipaddress.ip_interface(value)
     except ValueError:
-        raise RuntimeFailure(f"{text!r} is not an address with a prefix length") from None
+        raise RuntimeFailure(f"{value!r} is not an address with a prefix length") from None
 
 
 # -- configuration -----------------------------------------------------------------------------
@@ -143,19 +152,20 @@ def _parse_network(text: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interfa
 
 def configure_interface(
     name: str,
-    addresses: Iterable[str] = (),
+    addresses: Iterable[str | IPInterface] = (),
     mtu: int | None = None,
     *,
     up: bool = True,
     netns: str | None = None,
 ) -> None:
-    """Give interface ``name`` its ``addresses`` (``"10.77.0.1/24"``, ``"fd00::1/64"``), MTU,
+    """Give interface ``name`` its ``addresses`` (``IPv4Interface("10.77.0.1/24")``, or the
+    same as text), MTU,
     and bring it up. Idempotent: addresses already present are kept (``replace``).
 
     The MTU is set before the addresses, because the kernel drops IPv6 from an interface whose
     MTU is below 1280. Raises :class:`RuntimeFailure` with one line on failure.
     """
-    nets = [_parse_network(a) for a in addresses]
+    nets = [_interface_address(a) for a in addresses]
     with _iproute(netns) as ipr:
         index = _ifindex(ipr, name)
         if mtu is not None:
@@ -181,9 +191,11 @@ def configure_interface(
     log.info("interface configured", interface=name, addresses=",".join(map(str, nets)), mtu=mtu)
 
 
-def remove_addresses(name: str, addresses: Iterable[str], *, netns: str | None = None) -> None:
+def remove_addresses(
+    name: str, addresses: Iterable[str | IPInterface], *, netns: str | None = None
+) -> None:
     """Remove ``addresses`` from ``name``; ones already gone are ignored."""
-    nets = [_parse_network(a) for a in addresses]
+    nets = [_interface_address(a) for a in addresses]
     with _iproute(netns) as ipr:
         index = _ifindex(ipr, name)
         for net in nets:
@@ -195,7 +207,9 @@ def remove_addresses(name: str, addresses: Iterable[str], *, netns: str | None =
                 raise _netlink_failure(f"remove address {net} from {name}", exc) from None
 
 
-def _route_args(prefix: str, index: int, metric: int | None, table: int) -> dict[str, Any]:
+def _route_args(
+    prefix: str | IPNetwork, index: int, metric: int | None, table: int
+) -> dict[str, Any]:
     try:
         net = ipaddress.ip_network(prefix, strict=False)
     except ValueError:
@@ -216,7 +230,7 @@ def _route_args(prefix: str, index: int, metric: int | None, table: int) -> dict
 
 def add_route(
     name: str,
-    prefix: str,
+    prefix: str | IPNetwork,
     *,
     metric: int | None = None,
     table: int = RT_TABLE_MAIN,
@@ -239,7 +253,7 @@ def add_route(
 
 def remove_route(
     name: str,
-    prefix: str,
+    prefix: str | IPNetwork,
     *,
     metric: int | None = None,
     table: int = RT_TABLE_MAIN,
@@ -325,26 +339,6 @@ class LinkInfo:
             flags=int(msg["flags"]),
             mtu=int(msg.get_attr("IFLA_MTU") or 0),
         )
-
-
-@dataclass(frozen=True, order=True)
-class LocalAddress:
-    """A local IP address usable for an ICE host candidate."""
-
-    address: str
-    """Literal IP address, without scope."""
-    prefixlen: int
-    interface: str
-    index: int
-    """Interface index (the scope id for an IPv6 link-local address)."""
-
-    @property
-    def version(self) -> int:
-        return ipaddress.ip_address(self.address).version
-
-    @property
-    def is_link_local(self) -> bool:
-        return ipaddress.ip_address(self.address).is_link_local
 
 
 def _addr_fields(msg: Any) -> tuple[str, int, int, int, int] | None:
@@ -440,27 +434,6 @@ def list_local_addresses(
 
 
 # -- change monitor ----------------------------------------------------------------------------
-
-
-class ChangeKind(enum.Enum):
-    """What changed on the host's network."""
-
-    ADDRESS_ADDED = "address-added"
-    ADDRESS_REMOVED = "address-removed"
-    DEFAULT_ROUTE = "default-route"
-    LINK_UP = "link-up"
-    LINK_DOWN = "link-down"
-    RESYNC = "resync"
-    """Events were lost (the socket overflowed): assume anything changed."""
-
-
-@dataclass(frozen=True)
-class NetworkChange:
-    """One change; ``interface`` and ``address`` are set where they apply."""
-
-    kind: ChangeKind
-    interface: str | None = None
-    address: str | None = None
 
 
 @dataclass

@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from collections.abc import AsyncIterator, Iterable, Sequence
+import random
+from collections.abc import AsyncIterable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Protocol
 
 import trio
@@ -41,6 +42,27 @@ Buffer = bytes | bytearray | memoryview
 
 
 # -- datagrams -------------------------------------------------------------------------------
+
+
+@dataclass
+class UdpCounters:
+    """Datagram counters for one endpoint."""
+
+    rx_bytes: int = 0
+    rx_errors: int = 0
+    """Receive errors caused by earlier sends (ICMP unreachable and the like)."""
+    tx_packets: int = 0
+    tx_bytes: int = 0
+    tx_dropped: int = 0
+    """Datagrams not sent: full socket buffer, no route, refused by a firewall, ..."""
+    rx_reads: int = 0
+    """Receive system calls that returned data (fewer than datagrams with GRO)."""
+    tx_gso_sends: int = 0
+    """``sendmsg`` calls that carried more than one datagram (UDP GSO)."""
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters as a plain dict (for ``p2ptun status --json``)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 class DatagramReceiver(Protocol):
@@ -69,6 +91,9 @@ class DatagramPort(Protocol):
     def gso(self) -> bool:
         """Whether :meth:`send_batch` glues runs of datagrams into one send (UDP GSO)."""
 
+    @property
+    def counters(self) -> UdpCounters: ...
+
     def send(self, data: Buffer, addr: Address) -> bool:
         """Send one datagram without blocking; False (and counted) if it was dropped."""
 
@@ -90,6 +115,17 @@ class DatagramPort(Protocol):
 # -- the TUN device ----------------------------------------------------------------------------
 
 
+@dataclass
+class TunCounters:
+    """Packet counters for one TUN device."""
+
+    rx_packets: int = 0
+    rx_bytes: int = 0
+    tx_packets: int = 0
+    tx_bytes: int = 0
+    tx_dropped: int = 0
+
+
 class TunPort(Protocol):
     """A layer-3 TUN device: IP packets to and from the kernel."""
 
@@ -102,6 +138,9 @@ class TunPort(Protocol):
 
     @property
     def closed(self) -> bool: ...
+
+    @property
+    def counters(self) -> TunCounters: ...
 
     def enable_offload(self) -> int:
         """Ask for TSO/checksum offload; the flags in force (0: none)."""
@@ -200,8 +239,10 @@ class Host(Protocol):
         """One wildcard-bound UDP port per address family the host supports (the same port
         number on both when it can); RuntimeFailure (one line) when none can be bound."""
 
-    def bind_datagram(self, ip: str, port: int) -> DatagramPort:
-        """A UDP port bound to ``(ip, port)`` (a server's listener or a TURN relay)."""
+    def bind_datagram(self, ip: str, port: int, *, shared_buffers: bool = False) -> DatagramPort:
+        """A UDP port bound to ``(ip, port)`` (a server's listener or a TURN relay).
+        ``shared_buffers``: receive into buffers shared with the host's other such ports —
+        for receivers that finish each batch before they yield (the TURN server's relays)."""
 
     async def connect_tcp(
         self,
@@ -222,15 +263,16 @@ class Host(Protocol):
     def route_source(self, remote_ip: str) -> str | None:
         """The local address the host sends from towards ``remote_ip`` (None: no route)."""
 
-    def local_addresses(
+    async def local_addresses(
         self, *, exclude: Iterable[str] = (), include_link_local: bool = False
     ) -> list[LocalAddress]:
-        """Addresses fit for ICE host candidates (no loopback, no ``exclude`` interfaces)."""
+        """Addresses fit for ICE host candidates (no loopback, no ``exclude`` interfaces),
+        IPv4 first."""
 
     # the interface
     def open_tun(self, name: str) -> TunPort: ...
 
-    def interface_exists(self, name: str) -> bool: ...
+    async def interface_exists(self, name: str) -> bool: ...
 
     async def configure_interface(
         self, name: str, addresses: Sequence[IPInterface], mtu: int
@@ -245,7 +287,7 @@ class Host(Protocol):
 
     def network_changes(
         self, *, exclude: Iterable[str] = ()
-    ) -> AbstractAsyncContextManager[AsyncIterator[list[NetworkChange]]]:
+    ) -> AbstractAsyncContextManager[AsyncIterable[list[NetworkChange]]]:
         """Batches of changes of addresses, default routes and links (debounced)."""
 
     # clocks and randomness (injected into the sans-I/O cores)
@@ -255,7 +297,10 @@ class Host(Protocol):
     def suspend_clocks(self) -> tuple[float, float]:
         """``(monotonic, boottime)``: the second grows while the machine sleeps."""
 
-    def random_bytes(self, n: int) -> bytes: ...
+    def random_bytes(self, n: int) -> bytes:
+        """``n`` bytes from the host's cryptographic random source (keys, ids, nonces)."""
 
-    def random(self) -> float:
-        """A float in [0, 1) (jitter, backoff)."""
+    @property
+    def rng(self) -> random.Random:
+        """A random number generator for jitter, backoff, tie-breakers and ports (the
+        system's CSPRNG on a real host; seeded in a simulation)."""

@@ -4,7 +4,7 @@
 The shell reads no config: the daemon translates the node config into the constructor's
 arguments (:func:`p2ptun.node.daemon.signaling_client`). Usage::
 
-    client = SignalingClient(name=..., private_key=..., rendezvous=(host, port),
+    client = SignalingClient(host, name=..., private_key=..., rendezvous=(name, port),
                              rendezvous_key=..., peers={"bob": bob_public_key})
     async with trio.open_nursery() as nursery:
         await nursery.start(client.run)
@@ -23,18 +23,16 @@ buffered without bound.
 from __future__ import annotations
 
 import math
-import os
-import random as _random
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import trio
 
 from p2ptun.log import get_logger
 from p2ptun.net import keepalive
+from p2ptun.net.ports import Host
+from p2ptun.net.timer import CoreTimer
 from p2ptun.net.wakeup import Wakeup
-from p2ptun.noise import Rng
-from p2ptun.signal.backoff import BackoffPolicy, Random
+from p2ptun.signal.backoff import BackoffPolicy
 from p2ptun.signal.channel import ChannelLimits
 from p2ptun.signal.client import (
     ClientEvent,
@@ -61,6 +59,7 @@ class SignalingClient:
 
     def __init__(
         self,
+        host: Host,
         *,
         name: str,
         private_key: bytes,
@@ -71,21 +70,21 @@ class SignalingClient:
         timers: ClientTimers | None = None,
         seal_policy: SealPolicy | None = None,
         channel_limits: ChannelLimits | None = None,
-        rng: Rng = os.urandom,
-        random: Random = _random.random,
-        wall_clock: Callable[[], float] = time.time,
         buffer: int = 1024,
         replay: ReplayRecord | None = None,
     ) -> None:
+        """``host`` connects to the rendezvous and gives the core its clock and randomness
+        (keys, jitter, the signaling timestamps' wall clock)."""
+        self.host = host
         self.rendezvous = rendezvous
         self.core = SignalClientCore(
             name=name,
             private_key=private_key,
             rendezvous_key=rendezvous_key,
             peers=peers,
-            rng=rng,
-            random=random,
-            wall_clock=wall_clock,
+            rng=host.random_bytes,
+            random=host.rng.random,
+            wall_clock=host.wall_clock,
             now=0.0,
             backoff=backoff,
             timers=timers,
@@ -97,6 +96,9 @@ class SignalingClient:
         self._events_send, self.events = trio.open_memory_channel[ClientEvent](buffer)
         self.dropped_events = 0
         self._timer = Wakeup()
+        """Wakes :meth:`run` between connections (a deadline moved, or stop)."""
+        self._core_timer = CoreTimer(self.core.next_wakeup, self._on_timeout)
+        """The core's timers while connected."""
         self._writer = Wakeup()
         self._changed = trio.Event()
         self._conn_scope: trio.CancelScope | None = None
@@ -132,6 +134,7 @@ class SignalingClient:
                 self._turn_unavailable += 1
         self._writer.set()
         self._timer.set()
+        self._core_timer.rearm()
         self._changed.set()
         self._changed = trio.Event()
         if not self.core.connected and self._conn_scope is not None:
@@ -161,18 +164,27 @@ class SignalingClient:
             self.core.stop()
             self._after()
 
+    def reconnect_now(self, reason: str) -> None:
+        """Drop the connection and connect again at once: our address changed (a NAT
+        renumbered or forgot us), so the connection is dead although TCP has not noticed."""
+        if self.core.connected:
+            log.info("reconnecting to the rendezvous", reason=reason)
+            self.core.connection_lost(trio.current_time(), reason, retry_now=True)
+            self._after()
+
     def stop(self) -> None:
         """Stop: close the connection and make :meth:`run` return."""
         self.core.stop()
         self._after()
 
     async def _connection(self) -> None:
-        host, port = self.rendezvous
+        name, port = self.rendezvous
         deadline = self.core.next_wakeup() or math.inf
-        stream: trio.SocketStream | None = None
+        stream: trio.abc.Stream | None = None
         with trio.move_on_at(deadline):
             try:
-                stream = await trio.open_tcp_stream(host, port)
+                conn = await self.host.connect_tcp(name, port, keepalive=keepalive.SIGNALING)
+                stream = conn.stream
             except OSError as exc:
                 self.core.connection_failed(trio.current_time(), exc.strerror or str(exc))
                 self._after()
@@ -182,7 +194,6 @@ class SignalingClient:
             self._after()
             return
         async with stream:
-            keepalive.enable(stream)
             self.core.connection_made(trio.current_time())
             try:
                 async with trio.open_nursery() as nursery:
@@ -190,14 +201,14 @@ class SignalingClient:
                     self._after()
                     nursery.start_soon(self._read, stream)
                     nursery.start_soon(self._write, stream)
-                    nursery.start_soon(self._timers)
+                    nursery.start_soon(self._core_timer.run)
             finally:
                 self._conn_scope = None
                 if self.core.connected:
                     self.core.connection_lost(trio.current_time(), "connection closed")
                     self._after()
 
-    async def _read(self, stream: trio.SocketStream) -> None:
+    async def _read(self, stream: trio.abc.Stream) -> None:
         while True:
             try:
                 data = await stream.receive_some(65536)
@@ -209,10 +220,10 @@ class SignalingClient:
                 self.core.connection_lost(trio.current_time(), "rendezvous closed the connection")
                 self._after()
                 return
-            self.core.data_received(data, trio.current_time())
+            self.core.data_received(bytes(data), trio.current_time())
             self._after()
 
-    async def _write(self, stream: trio.SocketStream) -> None:
+    async def _write(self, stream: trio.abc.Stream) -> None:
         while True:
             data = self.core.data_to_send()
             if data:
@@ -225,14 +236,9 @@ class SignalingClient:
                 continue
             await self._writer.wait()
 
-    async def _timers(self) -> None:
-        while True:
-            deadline = self.core.next_wakeup()
-            with trio.move_on_at(deadline if deadline is not None else math.inf):
-                await self._timer.wait()
-                continue
-            self.core.handle_timeout(trio.current_time())
-            self._after()
+    def _on_timeout(self, now: float) -> None:
+        self.core.handle_timeout(now)
+        self._after()
 
     # -- the daemon's API ------------------------------------------------------------------
 

@@ -17,6 +17,8 @@ import trio
 from p2ptun.addr import Address, format_address
 from p2ptun.errors import DecodeError, RuntimeFailure
 from p2ptun.net.streams import resolve
+from p2ptun.net.system import SystemHost
+from p2ptun.net.udp import family_of
 from p2ptun.stun import (
     ClientTransaction,
     Message,
@@ -51,7 +53,7 @@ def _mapped(outcome: TransactionOutcome[None], server: Address) -> Address:
 
 
 async def _query_udp(server: Address, timeout: float) -> Address:
-    family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
+    family = family_of(server[0])
     sock = trio.socket.socket(family, socket.SOCK_DGRAM)
     with sock:
         await sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
@@ -136,9 +138,8 @@ async def query_mapped_address(
     Raises :class:`RuntimeFailure` with a one-line message on timeout, an error response,
     a connection failure or a name that does not resolve.
     """
-    kind = socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM
     with trio.move_on_after(timeout) as scope:
-        server = await resolve(host, port, kind)
+        server = await resolve(SystemHost(), host, port)
         if tcp:
             return await _query_tcp(server)
         return await _query_udp(server, timeout)

@@ -22,8 +22,7 @@ import errno
 import fcntl
 import os
 import struct
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from types import TracebackType
 
 import trio
@@ -31,6 +30,7 @@ import trio
 from p2ptun.errors import RuntimeFailure
 from p2ptun.log import get_logger
 from p2ptun.net.offload import offload_wanted
+from p2ptun.net.ports import TunCounters
 
 log = get_logger("net.tun")
 
@@ -83,17 +83,6 @@ def validate_ifname(name: str) -> None:
         raise RuntimeFailure(
             f"invalid interface name {name!r}: no '/', ':', whitespace, '.' or '..'"
         )
-
-
-@dataclass
-class TunCounters:
-    """Packet counters for one TUN device."""
-
-    rx_packets: int = 0
-    rx_bytes: int = 0
-    tx_packets: int = 0
-    tx_bytes: int = 0
-    tx_dropped: int = 0
 
 
 class TunDevice:
@@ -300,10 +289,6 @@ class TunDevice:
         self.counters.tx_packets += 1
         self.counters.tx_bytes += n
         return True
-
-    def write_batch(self, packets: Iterable[bytes | bytearray | memoryview]) -> int:
-        """Write each packet with :meth:`write`; returns how many the kernel accepted."""
-        return sum(1 for packet in packets if self.write(packet))
 
     # -- offloads --------------------------------------------------------------------------
 

@@ -1,39 +1,38 @@
-"""The UDP endpoint: one socket per address family, demultiplexed by first bytes.
+"""The UDP endpoint: one non-blocking socket, drained in batches (a
+:class:`~p2ptun.net.ports.DatagramPort`).
 
-ARCHITECTURE.md §2: a single UDP socket per family carries ICE connectivity checks (STUN),
-TURN client traffic (STUN-framed TURN messages and ChannelData) and WireGuard messages.
-:func:`classify` tells them apart from their first bytes; :class:`UdpEndpoint` receives in
-batches — wake once, drain until ``EAGAIN`` into preallocated buffers — and calls the handler
-registered for each kind directly, without a trio channel per packet. Datagrams of no known
-kind are dropped and counted.
+docs/ARCHITECTURE.md §2: a single UDP socket per address family carries ICE checks, TURN
+client traffic and WireGuard messages. :class:`UdpEndpoint` receives in batches — wake once,
+drain until ``EAGAIN`` into preallocated buffers — and hands every datagram to the one
+:class:`~p2ptun.net.ports.DatagramReceiver` its owner runs it with (the node's
+:class:`~p2ptun.net.dispatch.Dispatcher`, the TURN server's relay shell), then tells the
+receiver the batch is over. No trio channel sits between the socket and the protocols.
 
 With UDP GRO (probed in the constructor) one receive may hold several datagrams of a flow;
-they are split at the size the kernel reports and dispatched one by one.
+they are split at the size the kernel reports and handed over one by one.
 :meth:`UdpEndpoint.send_batch` sends runs of equal-size datagrams to one address with one
 ``UDP_SEGMENT`` ``sendmsg`` (GSO), falling back to one ``sendto`` each.
 
-Handlers are plain callables ``handler(data, addr)``. ``data`` is a :class:`memoryview` into a
-receive buffer that stays valid until the endpoint's ``on_drained`` callback returns (the end
-of the current batch); a handler that keeps data longer must copy it. A handler may raise
-:class:`p2ptun.errors.DecodeError` for a malformed datagram: it is counted and dropped.
+The data a receiver gets is a :class:`memoryview` into a receive buffer that stays valid until
+its ``drained`` returns (the end of the current batch); a receiver that keeps data longer must
+copy it. Endpoints whose receivers all finish their batch before yielding may share one set of
+buffers (:func:`receive_buffers`), as the TURN server's many relay sockets do.
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
 import errno
 import mmap
 import socket
 import struct
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Iterable, Sequence
 from types import TracebackType
 
 import trio
 
-from p2ptun.addr import Address
-from p2ptun.errors import DecodeError, RuntimeFailure
+from p2ptun.addr import Address, is_ipv6
+from p2ptun.errors import RuntimeFailure
 from p2ptun.log import get_logger
 from p2ptun.net.offload import (
     MAX_GSO_BYTES,
@@ -43,15 +42,9 @@ from p2ptun.net.offload import (
     UDP_SEGMENT,
     offload_wanted,
 )
+from p2ptun.net.ports import DatagramReceiver, UdpCounters
 
 log = get_logger("net.udp")
-
-STUN_MAGIC_COOKIE = b"\x21\x12\xa4\x42"
-"""RFC 8489 §5: bytes 4–8 of every STUN message."""
-
-STUN_HEADER_LEN = 20
-CHANNEL_DATA_HEADER_LEN = 4
-WIREGUARD_MIN_LEN = 4
 
 DEFAULT_BUFFER_SIZE = 4 * 1024 * 1024
 """Requested SO_RCVBUF / SO_SNDBUF (LAB-NOTES: 4 MiB is worth ~20 % throughput)."""
@@ -91,86 +84,6 @@ _SEND_DROP_ERRNOS = frozenset(
         errno.EMSGSIZE,
     }
 )
-
-
-class PacketKind(enum.IntEnum):
-    """What a datagram on the shared socket is (ARCHITECTURE.md §2)."""
-
-    STUN = 0
-    """STUN (RFC 8489): ICE checks, Binding requests to STUN servers, TURN control messages."""
-    CHANNEL_DATA = 1
-    """TURN ChannelData (RFC 8656 §12.4): relayed data on a bound channel."""
-    WIREGUARD = 2
-    """A WireGuard message, types 1–4."""
-    OTHER = 3
-    """Anything else: dropped and counted."""
-
-
-def classify(data: bytes | bytearray | memoryview) -> PacketKind:
-    """Classify one datagram by its first bytes.
-
-    - WireGuard transport data: first byte 4, bytes 1–3 zero. Tested first: it is the bulk of
-      the traffic, and no STUN message starts with 4.
-    - TURN ChannelData: first byte 0x40–0x4F and at least the 4-byte ChannelData header (the
-      bulk of a relayed path; no STUN message starts so either).
-    - STUN: first byte 0–3, bytes 4–8 the magic cookie 0x2112A442, and at least the 20-byte
-      STUN header. Tested before the other WireGuard types: a type byte 1–3 can look like a
-      STUN type, the cookie is the stronger signal.
-    - WireGuard handshake: first byte 1–3 and bytes 1–3 zero.
-    - OTHER: everything else, including the empty datagram.
-
-    Only the kind is decided here; each protocol's decoder validates the rest.
-    """
-    n = len(data)
-    if n < WIREGUARD_MIN_LEN:  # also the smallest length any kind needs
-        return PacketKind.OTHER
-    first = data[0]
-    if first == 4:
-        if data[1] or data[2] or data[3]:
-            return PacketKind.OTHER
-        return PacketKind.WIREGUARD
-    if 0x40 <= first <= 0x4F:
-        # n >= 4 == CHANNEL_DATA_HEADER_LEN holds here.
-        return PacketKind.CHANNEL_DATA
-    if first <= 3 and n >= STUN_HEADER_LEN and data[4:8] == STUN_MAGIC_COOKIE:
-        return PacketKind.STUN
-    if 1 <= first <= 3 and data[1] == 0 and data[2] == 0 and data[3] == 0:
-        return PacketKind.WIREGUARD
-    return PacketKind.OTHER
-
-
-Handler = Callable[[memoryview, Address], None]
-"""``handler(data, addr)``: one received datagram of one kind and its source address."""
-
-
-@dataclass
-class UdpCounters:
-    """Datagram counters for one endpoint."""
-
-    rx_stun: int = 0
-    rx_channel_data: int = 0
-    rx_wireguard: int = 0
-    rx_other: int = 0
-    """Datagrams of no known kind: dropped."""
-    rx_unhandled: int = 0
-    """Datagrams of a known kind (counted there too) with no handler installed: dropped."""
-    rx_malformed: int = 0
-    """Datagrams a handler rejected with DecodeError: dropped."""
-    rx_bytes: int = 0
-    rx_errors: int = 0
-    """Receive errors caused by earlier sends (ICMP unreachable and the like)."""
-    tx_packets: int = 0
-    tx_bytes: int = 0
-    tx_dropped: int = 0
-    """Datagrams not sent: full socket buffer, no route, refused by a firewall, ..."""
-    rx_reads: int = 0
-    """Receive system calls that returned data (fewer than datagrams with GRO)."""
-    tx_gso_sends: int = 0
-    """``sendmsg`` calls that carried more than one datagram (UDP GSO)."""
-
-    def as_dict(self) -> dict[str, int]:
-        """The counters as a plain dict (for ``p2ptun status --json``)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def _set_buffer(sock: socket.socket, force_opt: int, opt: int, size: int) -> int:
@@ -232,11 +145,17 @@ def _lazy_buffer(size: int) -> memoryview:
     return memoryview(mmap.mmap(-1, size))
 
 
-class UdpEndpoint:
-    """One non-blocking UDP socket, demultiplexed into per-kind handlers.
+def receive_buffers(count: int = DEFAULT_BATCH, size: int = MAX_DATAGRAM) -> list[memoryview]:
+    """``count`` receive buffers of ``size`` bytes, resident only once written to. Endpoints
+    may share one set when each batch is handled completely before its receiver yields."""
+    return [_lazy_buffer(size) for _ in range(count)]
 
-    Create with :meth:`bind`, register handlers (constructor arguments or
-    :meth:`set_handler`), and run :meth:`receive_loop` in a nursery. Send with :meth:`send`.
+
+class UdpEndpoint:
+    """One non-blocking UDP socket (a :class:`~p2ptun.net.ports.DatagramPort`).
+
+    Create with :meth:`bind`; run :meth:`receive_loop` with the one receiver that owns its
+    dispatch, in a nursery. Send with :meth:`send` and the batch sends.
     """
 
     def __init__(
@@ -245,29 +164,28 @@ class UdpEndpoint:
         *,
         batch: int = DEFAULT_BATCH,
         max_datagram: int = MAX_DATAGRAM,
-        on_stun: Handler | None = None,
-        on_channel_data: Handler | None = None,
-        on_wireguard: Handler | None = None,
-        on_drained: Callable[[], None] | None = None,
+        buffers: Sequence[memoryview] | None = None,
     ) -> None:
         """Wrap a bound UDP socket (made non-blocking); most callers want :meth:`bind`.
 
-        ``batch`` buffers of ``max_datagram`` bytes are allocated once. ``on_drained`` is
-        called after each batch — the place to flush work the handlers queued.
+        ``batch`` buffers of ``max_datagram`` bytes are allocated once, unless ``buffers``
+        (shared with other endpoints, :func:`receive_buffers`) are given.
         """
-        if batch < 1:
-            raise ValueError("batch must be at least 1")
+        if buffers is None:
+            if batch < 1:
+                raise ValueError("batch must be at least 1")
+            buffers = receive_buffers(batch, max_datagram)
+        elif not buffers:
+            raise ValueError("an endpoint needs at least one receive buffer")
         sock.setblocking(False)
         self._sock = sock
         self.family = socket.AddressFamily(sock.family)
         self.counters = UdpCounters()
-        self._views = [_lazy_buffer(max_datagram) for _ in range(batch)]
+        self._views = list(buffers)
         self.gso = probe_gso(sock)
         """Whether :meth:`send_batch` may glue datagrams into one ``UDP_SEGMENT`` send."""
         self.gro = enable_gro(sock)
         """Whether one receive may return several datagrams (``UDP_GRO``)."""
-        self._handlers: list[Handler | None] = [on_stun, on_channel_data, on_wireguard, None]
-        self.on_drained = on_drained
         self.rcvbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         self.sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
 
@@ -281,10 +199,7 @@ class UdpEndpoint:
         buffer_size: int = DEFAULT_BUFFER_SIZE,
         batch: int = DEFAULT_BATCH,
         max_datagram: int = MAX_DATAGRAM,
-        on_stun: Handler | None = None,
-        on_channel_data: Handler | None = None,
-        on_wireguard: Handler | None = None,
-        on_drained: Callable[[], None] | None = None,
+        buffers: Sequence[memoryview] | None = None,
     ) -> UdpEndpoint:
         """Open and bind a UDP socket of ``family`` on ``host`` (default: any) and ``port``.
 
@@ -321,15 +236,7 @@ class UdpEndpoint:
                     f"cannot bind UDP {shown}: permission denied (privileged port?)"
                 ) from None
             raise RuntimeFailure(f"cannot bind UDP {shown}: {exc.strerror}") from None
-        endpoint = cls(
-            sock,
-            batch=batch,
-            max_datagram=max_datagram,
-            on_stun=on_stun,
-            on_channel_data=on_channel_data,
-            on_wireguard=on_wireguard,
-            on_drained=on_drained,
-        )
+        endpoint = cls(sock, batch=batch, max_datagram=max_datagram, buffers=buffers)
         log.debug(
             "udp bound",
             address=shown,
@@ -356,12 +263,6 @@ class UdpEndpoint:
         """The socket's descriptor (``-1`` once closed)."""
         return self._sock.fileno()
 
-    def set_handler(self, kind: PacketKind, handler: Handler | None) -> None:
-        """Install (or, with None, remove) the handler for ``kind``; OTHER cannot have one."""
-        if kind == PacketKind.OTHER:
-            raise ValueError("datagrams of kind OTHER are always dropped")
-        self._handlers[kind] = handler
-
     def close(self) -> None:
         """Close the socket; a :meth:`receive_loop` waiting on it returns. Idempotent."""
         if self._sock.fileno() < 0:
@@ -383,8 +284,9 @@ class UdpEndpoint:
 
     # -- receiving -------------------------------------------------------------------------
 
-    async def receive_loop(self) -> None:
-        """Receive and dispatch until cancelled, or return when the endpoint is closed.
+    async def receive_loop(self, receiver: DatagramReceiver) -> None:
+        """Receive and hand datagrams to ``receiver`` until cancelled, or return when the
+        endpoint is closed.
 
         Each wake-up drains the socket until ``EAGAIN``, one batch at a time; between full
         batches it checkpoints so other tasks get their turn under load.
@@ -397,24 +299,33 @@ class UdpEndpoint:
                 return
             if self._sock.fileno() < 0:
                 return
-            while self.drain() == batch:
+            while self.drain(receiver) == batch:
                 await trio.lowlevel.checkpoint()
 
-    def drain(self) -> int:
-        """Receive up to one batch without blocking, dispatch it, call ``on_drained``.
+    def drain(self, receiver: DatagramReceiver) -> int:
+        """Receive up to one batch without blocking, hand it to ``receiver``, end the batch.
 
         Returns the number of receive calls that returned (errors and drops included); less
         than the batch size means the socket is empty for now. With GRO one receive may
         return several datagrams, which are split at the size the kernel reports.
         """
-        if self.gro:
-            return self._drain_gro()
-        recv = self._sock.recvfrom_into
         counters = self.counters
+        deliver = receiver.datagram
+        gro = self.gro
+        recv = self._sock.recvmsg_into if gro else None
+        recvfrom = self._sock.recvfrom_into
         received = 0
         for view in self._views:
             try:
-                n, src = recv(view)
+                if recv is None:
+                    n, src = recvfrom(view)
+                    segment = 0
+                else:
+                    n, ancdata, _flags, src = recv((view,), _GRO_CMSG_SPACE)
+                    segment = 0
+                    for level, kind, data in ancdata:
+                        if level == SOL_UDP and kind == UDP_GRO and len(data) >= _GRO_SIZE.size:
+                            segment = _GRO_SIZE.unpack_from(data)[0]
             except BlockingIOError:
                 break
             except OSError as exc:
@@ -425,67 +336,18 @@ class UdpEndpoint:
                 continue
             received += 1
             counters.rx_reads += 1
-            self._dispatch(view[:n], (src[0], src[1]))
-        if received and self.on_drained is not None:
-            self.on_drained()
-        return received
-
-    def _drain_gro(self) -> int:
-        recv = self._sock.recvmsg_into
-        counters = self.counters
-        dispatch = self._dispatch
-        received = 0
-        for view in self._views:
-            try:
-                n, ancdata, _flags, src = recv((view,), _GRO_CMSG_SPACE)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if exc.errno not in _TRANSIENT_RECV_ERRNOS:
-                    raise RuntimeFailure(f"UDP receive failed: {exc.strerror}") from None
-                counters.rx_errors += 1
-                received += 1
-                continue
-            received += 1
-            counters.rx_reads += 1
+            counters.rx_bytes += n
             addr = (src[0], src[1])
-            segment = 0
-            for level, kind, data in ancdata:
-                if level == SOL_UDP and kind == UDP_GRO and len(data) >= _GRO_SIZE.size:
-                    segment = _GRO_SIZE.unpack_from(data)[0]
             if segment <= 0 or segment >= n:
-                dispatch(view[:n], addr)
+                deliver(view[:n], addr)
                 continue
             for off in range(0, n - segment, segment):
-                dispatch(view[off : off + segment], addr)
+                deliver(view[off : off + segment], addr)
             last = n - (n - 1) % segment - 1  # the last datagram may be shorter
-            dispatch(view[last:n], addr)
-        if received and self.on_drained is not None:
-            self.on_drained()
+            deliver(view[last:n], addr)
+        if received:
+            receiver.drained()
         return received
-
-    def _dispatch(self, data: memoryview, addr: Address) -> None:
-        """Classify one datagram and hand it to its handler (or count the drop)."""
-        counters = self.counters
-        counters.rx_bytes += len(data)
-        kind = classify(data)
-        if kind is PacketKind.WIREGUARD:
-            counters.rx_wireguard += 1
-        elif kind is PacketKind.CHANNEL_DATA:
-            counters.rx_channel_data += 1
-        elif kind is PacketKind.STUN:
-            counters.rx_stun += 1
-        else:
-            counters.rx_other += 1
-            return
-        handler = self._handlers[kind]
-        if handler is None:
-            counters.rx_unhandled += 1
-            return
-        try:
-            handler(data, addr)
-        except DecodeError:
-            counters.rx_malformed += 1
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -526,31 +388,6 @@ class UdpEndpoint:
         return send_datagrams(
             self._sock, datagrams, addr, self.counters, gso=self.gso, prefixes=prefixes
         )
-
-    def send_many(self, datagrams: Iterable[tuple[bytes | bytearray | memoryview, Address]]) -> int:
-        """Send each ``(data, addr)``; returns how many were sent."""
-        sent = 0
-        for data, addr in datagrams:
-            sent += self.send(data, addr)
-        return sent
-
-    async def send_wait(self, data: bytes | bytearray | memoryview, addr: Address) -> bool:
-        """Like :meth:`send`, but when the socket buffer is full wait (once) until it is not.
-
-        For control traffic that should not be dropped lightly; the data path uses
-        :meth:`send`.
-        """
-        await trio.lowlevel.checkpoint_if_cancelled()
-        try:
-            n = self._sock.sendto(data, addr)
-        except BlockingIOError:
-            await trio.lowlevel.wait_writable(self._sock)
-            return self.send(data, addr)
-        except OSError:
-            return self.send(data, addr)  # counts the drop or raises
-        self.counters.tx_packets += 1
-        self.counters.tx_bytes += n
-        return True
 
 
 def send_datagrams(
@@ -646,22 +483,9 @@ def _send_run(
     return count
 
 
-def recv_segments(sock: socket.socket, view: memoryview, *, gro: bool) -> tuple[int, int, Address]:
-    """One non-blocking receive into ``view``: ``(length, segment size, source)``.
-
-    With ``gro`` the read may hold several datagrams of ``segment`` bytes each (the last may
-    be shorter); ``segment`` is 0 for a single
-    datagram. Raises ``BlockingIOError`` when nothing is waiting, ``OSError`` as recv does.
-    """
-    if not gro:
-        n, src = sock.recvfrom_into(view)
-        return n, 0, (str(src[0]), int(src[1]))
-    n, ancdata, _flags, src = sock.recvmsg_into((view,), _GRO_CMSG_SPACE)
-    segment = 0
-    for level, kind, data in ancdata:
-        if level == SOL_UDP and kind == UDP_GRO and len(data) >= _GRO_SIZE.size:
-            segment = _GRO_SIZE.unpack_from(data)[0]
-    return n, (segment if 0 < segment < n else 0), (str(src[0]), int(src[1]))
+def family_of(host: str) -> socket.AddressFamily:
+    """The socket family of the IP literal ``host``."""
+    return socket.AF_INET6 if is_ipv6(host) else socket.AF_INET
 
 
 def family_supported(family: socket.AddressFamily) -> bool:

@@ -1,4 +1,4 @@
-"""The node's control socket: ``/run/p2ptun/<interface>.sock`` (ARCHITECTURE.md §3).
+"""The node's control socket: ``/run/p2ptun/<interface>.sock`` (docs/ARCHITECTURE.md §3).
 
 One JSON request per connection, one JSON reply, each a single line::
 

@@ -1,4 +1,4 @@
-"""The node daemon, ``p2ptun up -c FILE`` (ARCHITECTURE.md §1, §3, §4).
+"""The node daemon, ``p2ptun up -c FILE`` (docs/ARCHITECTURE.md §1, §3, §4).
 
 One trio nursery owns everything the node runs:
 
@@ -46,35 +46,33 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import ipaddress
 import os
 import signal
-import time
 from collections.abc import Iterable
 from typing import Any
 
 import trio
 
 from p2ptun import config as config_mod
-from p2ptun.addr import Address, format_address
-from p2ptun.config import IPNetwork, NodeConfig, PeerConfig, TurnServerConfig
+from p2ptun.addr import format_address
+from p2ptun.config import IPInterface, IPNetwork, NodeConfig, PeerConfig, TurnServerConfig
 from p2ptun.errors import EXIT_OK, P2ptunError, RuntimeFailure
+from p2ptun.ice import AgentConfig
 from p2ptun.keys import encode_key
 from p2ptun.log import get_logger
-from p2ptun.net import netlink
+from p2ptun.net.dispatch import Dispatcher
 from p2ptun.net.gather import GatherOptions, IssuedCredentials
 from p2ptun.net.ice_transport import IceTransport
-from p2ptun.net.netlink import ChangeKind
+from p2ptun.net.ports import ChangeKind, DatagramPort, Host
 from p2ptun.net.sdnotify import Notifier
 from p2ptun.net.signaling import SignalingClient, TurnCredentialsUnavailable
-from p2ptun.net.tun import TunDevice
-from p2ptun.net.udp import UdpEndpoint, open_endpoints
+from p2ptun.net.system import SystemHost
 from p2ptun.node import control
 from p2ptun.node.clockwatch import SuspendDetector
 from p2ptun.node.mss import mss_for_mtu
 from p2ptun.node.peer import PeerSession
 from p2ptun.node.sealstate import SealStateFile, seal_state_path
-from p2ptun.node.wgtunnel import WgTunnel, relay_source
+from p2ptun.node.wgtunnel import WgTunnel
 from p2ptun.signal.client import (
     Disconnected,
     PresenceChanged,
@@ -82,7 +80,7 @@ from p2ptun.signal.client import (
     RegistrationRefused,
 )
 from p2ptun.signal.seal import ReplayRecord
-from p2ptun.wireguard import Device
+from p2ptun.wireguard import Device, PathQuiet, Peer
 
 log = get_logger("node")
 
@@ -105,6 +103,10 @@ def default_mtu(underlay: int = UNDERLAY_MTU) -> int:
 
 
 DEFAULT_MTU = default_mtu()
+#: The node's ICE agents: a relayed pair carries data from its first valid check, and a
+#: direct pair that succeeds later takes over without a new handshake (renomination); while
+#: a direct pair is selected, the best relayed pair is kept valid as a standby.
+NODE_AGENT_CONFIG = AgentConfig(relay_first=True, standby=True)
 #: The suspend check runs on every wake-up of the ICE timer (consent checks: every 4–6 s per
 #: connected peer) and, without peers, at least this often.
 SUSPEND_CHECK_INTERVAL = 60.0
@@ -134,39 +136,31 @@ def check_privileges(interface: str) -> None:
         )
 
 
-def check_interface_free(interface: str) -> None:
-    """Refuse to start on an interface name that exists already: it is another daemon's, or
-    another program's, and we would either fail later or hijack a persistent TUN."""
-    if netlink.link_info(interface) is not None:
-        raise RuntimeFailure(
-            f"interface {interface} already exists (another p2ptun daemon or another "
-            "program owns it); choose another [interface] name or remove it"
-        )
-
-
 def routes_for(
-    addresses: Iterable[ipaddress.IPv4Interface | ipaddress.IPv6Interface],
-    allowed_ips: Iterable[IPNetwork],
-) -> list[str]:
+    addresses: Iterable[IPInterface], allowed_ips: Iterable[IPNetwork]
+) -> list[IPNetwork]:
     """The ``allowed_ips`` prefixes that the interface's own prefixes do not already route."""
     connected = [a.network for a in addresses]
-    needed: list[str] = []
+    needed: list[IPNetwork] = []
     for net in allowed_ips:
         covered = any(
             net.version == c.version and net.subnet_of(c)  # type: ignore[arg-type]
             for c in connected
         )
         if not covered:
-            needed.append(str(net))
+            needed.append(net)
     return needed
 
 
-def signaling_client(config: NodeConfig, replay: ReplayRecord | None = None) -> SignalingClient:
+def signaling_client(
+    config: NodeConfig, host: Host, replay: ReplayRecord | None = None
+) -> SignalingClient:
     """The signaling client for a node config: this node's name and key, the rendezvous'
     address and key, and the configured peers' keys (which sealed messages it accepts);
     ``replay`` remembers the sealed-message counters accepted (the daemon's state file, kept
     across the clients a reload replaces)."""
     return SignalingClient(
+        host,
         name=config.name,
         private_key=config.private_key,
         rendezvous=config.rendezvous.address,
@@ -186,13 +180,33 @@ class NodeDaemon:
     ICE transport and the current signaling client.
     """
 
-    def __init__(self, config: NodeConfig, *, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        *,
+        host: Host | None = None,
+        notifier: Notifier | None = None,
+        control_socket: bool = True,
+        seal_state: ReplayRecord | None = None,
+    ) -> None:
+        """``host``: the machine (default: this one, :class:`SystemHost`; the tests' in-memory
+        network gives another). ``control_socket``: serve ``status``/``ping`` on the config's
+        control socket (off for daemons that share a process in tests). ``seal_state``: where
+        the sealed-message counters accepted are kept (default: the state file of
+        :func:`~p2ptun.node.sealstate.seal_state_path`; daemons that share a process in tests
+        pass an in-memory record)."""
         self.config = config
+        self.host: Host = host if host is not None else SystemHost()
         self.notifier = notifier if notifier is not None else Notifier()
+        self.control_socket = control_socket
         self.mtu = config.interface.mtu or DEFAULT_MTU
         self.peers: dict[str, PeerSession] = {}
         self._tunnel: WgTunnel | None = None
         self._transport: IceTransport | None = None
+        self._endpoints: list[DatagramPort] = []
+        self.dispatchers: list[Dispatcher] = []
+        """One per UDP endpoint: the only owner of its dispatch (built in _open_data_path)."""
+        self._stop_requested = trio.Event()
         self.signaling: SignalingClient | None = None
         self._signaling_scope: trio.CancelScope | None = None
         self._peer_scopes: dict[str, trio.CancelScope] = {}
@@ -203,7 +217,11 @@ class NodeDaemon:
         self._restart_after_round = False
         self._last_consent_regather = -CONSENT_REGATHER_INTERVAL
         #: The sealed-message counters accepted, on disk (replays refused across restarts).
-        self.seal_state = SealStateFile(seal_state_path(config.interface.name), config.public_key)
+        self.seal_state: ReplayRecord = (
+            seal_state
+            if seal_state is not None
+            else SealStateFile(seal_state_path(config.interface.name), config.public_key)
+        )
 
     # -- NodeContext ------------------------------------------------------------------------
 
@@ -226,7 +244,7 @@ class NodeDaemon:
 
     def regather(self, reason: str) -> bool:
         """A peer's path lost consent: our candidates may be stale (a NAT renumbered or lost
-        its mappings, which no netlink event tells). Gather again (ARCHITECTURE.md §4);
+        its mappings, which no netlink event tells). Gather again (docs/ARCHITECTURE.md §4);
         when the round is done the peers waiting for it restart (:meth:`_round_done`).
         Returns False when the candidates were gathered a moment ago (restart now)."""
         transport = self.transport
@@ -247,49 +265,70 @@ class NodeDaemon:
         return self.config.interface.name
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Start, serve until SIGTERM/SIGINT, tear down. Raises :class:`RuntimeFailure`
-        (one line) when the node cannot start."""
-        cfg = self.config
+        """The service life of ``p2ptun up``: :meth:`serve` until SIGTERM/SIGINT; SIGHUP
+        reloads the config. Raises :class:`RuntimeFailure` (one line) when the node cannot
+        start."""
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             check_privileges(self.interface)
-            await netlink.run(check_interface_free, self.interface)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.serve)
+                task_status.started()
+                async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        await self.reload()
+                        continue
+                    log.info("stopping", signal=signal.Signals(signum).name)
+                    self.stop()
+                    break
+
+    def stop(self) -> None:
+        """Ask :meth:`serve` to stop cleanly (byes, relays released, routes removed)."""
+        self._stop_requested.set()
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start the node on its host, run it until :meth:`stop`, tear it down."""
+        cfg = self.config
+        if await self.host.interface_exists(self.interface):
+            raise RuntimeFailure(
+                f"interface {self.interface} already exists (another p2ptun daemon or another "
+                "program owns it); choose another [interface] name or remove it"
+            )
+        if self.control_socket:
             control.prepare_socket_path(cfg.control_socket)
-            tunnel = await self._open_data_path()
-            try:
-                async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
-                    await nursery.start(tunnel.run)
+        tunnel = await self._open_data_path()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for endpoint, dispatcher in zip(self._endpoints, self.dispatchers, strict=True):
+                    nursery.start_soon(endpoint.receive_loop, dispatcher)
+                await nursery.start(tunnel.run)
+                if self.control_socket:
                     await nursery.start(control.serve, cfg.control_socket, self._handle_control)
-                    await self._start_signaling(nursery)
-                    await nursery.start(self.transport.run)
-                    for session in self.peers.values():
-                        self._start_peer(session)
-                    nursery.start_soon(self._watch_network)
-                    nursery.start_soon(self._watch_suspend)
-                    log.info(
-                        "node up",
-                        name=cfg.name,
-                        interface=self.interface,
-                        addresses=",".join(str(a) for a in cfg.interface.addresses),
-                        mtu=self.mtu,
-                        port=tunnel.listen_port,
-                        peers=len(self.peers),
-                        control=cfg.control_socket,
-                    )
-                    self.notifier.ready(self._status_line())
-                    task_status.started()
-                    async for signum in signals:
-                        if signum == signal.SIGHUP:
-                            await self.reload()
-                            continue
-                        log.info("stopping", signal=signal.Signals(signum).name)
-                        self.notifier.stopping()
-                        await self._stop()
-                        nursery.cancel_scope.cancel()
-                        break
-            finally:
-                self._nursery = None
-                await self._teardown(tunnel)
+                await self._start_signaling(nursery)
+                await nursery.start(self.transport.run)
+                for session in self.peers.values():
+                    self._start_peer(session)
+                nursery.start_soon(self._watch_network)
+                nursery.start_soon(self._watch_suspend)
+                log.info(
+                    "node up",
+                    name=cfg.name,
+                    interface=self.interface,
+                    addresses=",".join(str(a) for a in cfg.interface.addresses),
+                    mtu=self.mtu,
+                    port=tunnel.listen_port,
+                    peers=len(self.peers),
+                    control=cfg.control_socket if self.control_socket else "-",
+                )
+                self.notifier.ready(self._status_line())
+                task_status.started()
+                await self._stop_requested.wait()
+                self.notifier.stopping()
+                await self._stop()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._nursery = None
+            await self._teardown(tunnel)
         log.info("node stopped", interface=self.interface)
 
     async def _stop(self) -> None:
@@ -308,32 +347,51 @@ class NodeDaemon:
         """TUN, addresses, MTU, up, routes, UDP sockets, WireGuard device, ICE transport,
         peers."""
         cfg = self.config
-        tun = TunDevice.open(self.interface)
-        endpoints: list[UdpEndpoint] = []
+        host = self.host
+        tun = host.open_tun(self.interface)
+        endpoints: list[DatagramPort] = []
         try:
-            await netlink.run(
-                netlink.configure_interface,
-                self.interface,
-                [str(a) for a in cfg.interface.addresses],
-                self.mtu,
+            await host.configure_interface(self.interface, cfg.interface.addresses, self.mtu)
+            endpoints = host.open_datagram_ports(cfg.ice.port)
+            device = Device(
+                cfg.private_key, rng=host.random_bytes, wall_clock=host.wall_clock, mtu=self.mtu
             )
-            endpoints = open_endpoints(cfg.ice.port)
-            device = Device(cfg.private_key, rng=os.urandom, wall_clock=time.time, mtu=self.mtu)
             # learn_endpoints: until ICE selects a pair, answer an authenticated handshake
             # where it came from (the two sides select within a round trip of each other).
             tunnel = WgTunnel(
-                device, tun, endpoints, mss=mss_for_mtu(self.mtu), learn_endpoints=True
+                device,
+                tun,
+                endpoints,
+                mss=mss_for_mtu(self.mtu),
+                learn_endpoints=True,
+                on_path_quiet=self._path_quiet,
             )
             self._tunnel = tunnel
-            self._transport = IceTransport(
+            transport = IceTransport(
                 endpoints,
                 GatherOptions.from_config(cfg.ice, self.interface),
+                host=host,
+                agent_config=NODE_AGENT_CONFIG,
                 credentials=self._turn_credentials,
-                on_relayed_data=self._relayed_wireguard,
+                relayed_wireguard=tunnel.receive_relayed,
                 after_relay_batch=tunnel.flush,
                 on_gathered=self._round_done,
                 on_timer=self._check_suspend,
             )
+            self._transport = transport
+            # Each socket's dispatch has one owner, built here with every handler it needs:
+            # WireGuard to the data path, STUN and ChannelData to the mux (ICE, TURN).
+            mux = transport.mux
+            self._endpoints = endpoints
+            self.dispatchers = [
+                Dispatcher(
+                    stun=mux.on_stun,
+                    channel_data=mux.on_channel_data,
+                    wireguard=tunnel.on_datagram,
+                    drained=tunnel.udp_drained,
+                )
+                for _ in endpoints
+            ]
             for peer_cfg in cfg.peers:
                 await self._add_peer(peer_cfg)
         except BaseException:
@@ -351,15 +409,17 @@ class NodeDaemon:
             for session in list(self.peers.values()):
                 for prefix in session.routes:
                     with contextlib.suppress(P2ptunError):
-                        await netlink.run(netlink.remove_route, self.interface, prefix)
+                        await self.host.remove_route(self.interface, prefix)
             tunnel.close()
+            for endpoint in self._endpoints:
+                endpoint.close()
             self._tunnel = None
         self.notifier.close()
 
     # -- signaling ------------------------------------------------------------------------
 
     async def _start_signaling(self, nursery: trio.Nursery) -> None:
-        client = signaling_client(self.config, self.seal_state)
+        client = signaling_client(self.config, self.host, self.seal_state)
         scope = trio.CancelScope()
         self.signaling = client
         self._signaling_scope = scope
@@ -444,7 +504,19 @@ class NodeDaemon:
 
     # -- the network ----------------------------------------------------------------------
 
+    def _path_quiet(self, wg: Peer, event: PathQuiet) -> None:
+        for session in self.peers.values():
+            if session.wg is wg:
+                session.path_quiet(event.unanswered)
+                return
+
     def _round_done(self, rounds: int) -> None:
+        gathered = self.transport.last_gather
+        if gathered is not None and gathered.mapping_moved and self.signaling is not None:
+            # Our NAT rebound or changed its address: the rendezvous connection went through
+            # it and is dead, though TCP has not noticed. Connect again now, so that the
+            # restart offers go out at once.
+            self.signaling.reconnect_now("our NAT mapping changed")
         if self._restart_after_round and rounds > 1:
             self._restart_after_round = False
             for session in self.peers.values():
@@ -456,7 +528,7 @@ class NodeDaemon:
         """Network changes (debounced by the monitor) → regather, then ICE restart for every
         peer (:meth:`_round_done`)."""
         try:
-            async with netlink.NetworkMonitor(exclude=[self.interface]) as monitor:
+            async with self.host.network_changes(exclude=[self.interface]) as monitor:
                 async for changes in monitor:
                     kinds = {c.kind for c in changes}
                     log.info(
@@ -481,7 +553,7 @@ class NodeDaemon:
 
     async def _watch_suspend(self) -> None:
         """A resume from suspend leaves every binding stale without any netlink event
-        (ARCHITECTURE.md §4): treat it like a network change. The clocks are sampled on the
+        (docs/ARCHITECTURE.md §4): treat it like a network change. The clocks are sampled on the
         ICE timer's wake-ups (:meth:`_check_suspend`); this loop only bounds the gap when no
         peer is connected, so it adds one wake-up a minute."""
         while True:
@@ -489,15 +561,10 @@ class NodeDaemon:
             await trio.sleep(SUSPEND_CHECK_INTERVAL)
 
     def _check_suspend(self) -> None:
-        slept = self._suspend.sample(time.monotonic(), time.clock_gettime(time.CLOCK_BOOTTIME))
+        slept = self._suspend.sample(*self.host.suspend_clocks())
         if slept is not None and self._nursery is not None:
             log.info("resumed from suspend: regathering, restarting ICE", slept=f"{slept:.0f}s")
             self._nursery.start_soon(functools.partial(self._regather_and_restart, reconnect=True))
-
-    def _relayed_wireguard(self, data: bytes, peer: Address) -> None:
-        # A UDP relay's data arrives inside the endpoint's batch (flushed at its end), a
-        # stream relay's is flushed after each chunk (after_relay_batch).
-        self.tunnel.receive_datagram(data, relay_source(peer))
 
     # -- peers ----------------------------------------------------------------------------
 
@@ -506,14 +573,14 @@ class NodeDaemon:
         wg = tunnel.device.add_peer(
             peer_cfg.public_key,
             preshared_key=peer_cfg.preshared_key,
-            allowed_ips=[str(n) for n in peer_cfg.allowed_ips],
+            allowed_ips=peer_cfg.allowed_ips,
             persistent_keepalive=peer_cfg.persistent_keepalive,
         )
         tunnel.set_endpoint(wg, None)
         session = PeerSession(self, peer_cfg, wg)
         self.peers[peer_cfg.name] = session
         for prefix in routes_for(self.config.interface.addresses, peer_cfg.allowed_ips):
-            await netlink.run(netlink.add_route, self.interface, prefix)
+            await self.host.add_route(self.interface, prefix)
             session.routes.append(prefix)
         log.info(
             "peer added",
@@ -542,7 +609,7 @@ class NodeDaemon:
             scope.cancel()
         for prefix in session.routes:
             with contextlib.suppress(P2ptunError):
-                await netlink.run(netlink.remove_route, self.interface, prefix)
+                await self.host.remove_route(self.interface, prefix)
         if self._tunnel is not None:
             self._tunnel.remove_peer(session.wg)
         log.info("peer removed", peer=name)
@@ -552,14 +619,14 @@ class NodeDaemon:
         tunnel = self.tunnel
         tunnel.device.allowed_ips.remove_value(session.wg)
         for net in new.allowed_ips:
-            tunnel.device.allowed_ips.insert(str(net), session.wg)
+            tunnel.device.allowed_ips.insert(net, session.wg)
         wanted = routes_for(self.config.interface.addresses, new.allowed_ips)
         for prefix in [r for r in session.routes if r not in wanted]:
             with contextlib.suppress(P2ptunError):
-                await netlink.run(netlink.remove_route, self.interface, prefix)
+                await self.host.remove_route(self.interface, prefix)
             session.routes.remove(prefix)
         for prefix in [r for r in wanted if r not in session.routes]:
-            await netlink.run(netlink.add_route, self.interface, prefix)
+            await self.host.add_route(self.interface, prefix)
             session.routes.append(prefix)
         session.wg.persistent_keepalive = new.persistent_keepalive
         session.config = new
@@ -609,15 +676,10 @@ class NodeDaemon:
             )
         if new_if.addresses != old_if.addresses or new_if.mtu != old_if.mtu:
             self.mtu = new_if.mtu or DEFAULT_MTU
-            gone = [str(a) for a in old_if.addresses if a not in new_if.addresses]
+            gone = [a for a in old_if.addresses if a not in new_if.addresses]
             if gone:
-                await netlink.run(netlink.remove_addresses, self.interface, gone)
-            await netlink.run(
-                netlink.configure_interface,
-                self.interface,
-                [str(a) for a in new_if.addresses],
-                self.mtu,
-            )
+                await self.host.remove_addresses(self.interface, gone)
+            await self.host.configure_interface(self.interface, new_if.addresses, self.mtu)
             self.tunnel.mss = mss_for_mtu(self.mtu)
             self.tunnel.device.mtu = self.mtu
         new_peers = {p.name: p for p in new.peers}
@@ -669,7 +731,7 @@ class NodeDaemon:
         return "connected" if client is not None and client.ready else "disconnected"
 
     def status(self) -> dict[str, Any]:
-        """The status object of ARCHITECTURE.md §3: ``{"node": {...}, "peers": [...]}``."""
+        """The status object of docs/ARCHITECTURE.md §3: ``{"node": {...}, "peers": [...]}``."""
         now = trio.current_time()
         cfg = self.config
         return {

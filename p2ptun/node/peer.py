@@ -8,7 +8,7 @@ gathering and the TURN relays, the agents' timer and their transmits):
 1. **Offer/answer** through the rendezvous (:class:`~p2ptun.net.signaling.SignalingClient`):
    at start the node offers (ICE-controlling); an offer that arrives is answered
    (ICE-controlled). When both offer at once the signaling core applies the glare rule
-   (smaller public key wins, ARCHITECTURE.md §2) and tells the loser which of its sessions
+   (smaller public key wins, docs/ARCHITECTURE.md §2) and tells the loser which of its sessions
    was superseded. An offer to a peer that is offline waits for its presence.
 2. **ICE**: each offer or answer creates an :class:`Attempt` — a fresh
    :class:`~p2ptun.net.ice_transport.IceSession` (one sans-I/O agent with new credentials,
@@ -20,8 +20,8 @@ gathering and the TURN relays, the agents' timer and their transmits):
    sends the peer's WireGuard datagrams over it — straight to the remote candidate
    (:meth:`WgTunnel.set_endpoint`), or through our TURN allocation
    (:meth:`WgTunnel.set_sender` with the relay's batch send; the session bound a channel, so
-   it goes as ChannelData, and what comes back on that channel goes straight to the tunnel,
-   :meth:`~p2ptun.net.turn_shared.TurnRelay.set_fast_receiver`). A
+   it goes as ChannelData; whatever WireGuard the relay unwraps goes to the data path, which
+   authenticates every datagram itself). A
    later selection (the agent moving from a relayed to a direct pair, or a restarted attempt)
    swaps that send function; the WireGuard session is not touched, so no new handshake and no
    lost TCP connection. A WireGuard handshake is started when a path appears and there is no
@@ -32,7 +32,7 @@ gathering and the TURN relays, the agents' timer and their transmits):
    consent suspect on the active pair (restart early), consent expired (stop sending on that
    pair at once, restart), a network change (:meth:`PeerSession.restart` from the daemon once
    the transport regathered), an attempt that failed (retry with backoff), an offer nobody
-   answered. Consent loss first asks the node to regather (ARCHITECTURE.md §4): our NAT may
+   answered. Consent loss first asks the node to regather (docs/ARCHITECTURE.md §4): our NAT may
    have changed its address or dropped its mappings, which no local network event tells. The
    restart waits for that round (at most :data:`REGATHER_WAIT`): an offer or answer with a
    stale server-reflexive candidate gets stuck, because the fresh one the peer learns later
@@ -59,14 +59,15 @@ from typing import Any, Protocol
 
 import trio
 
-from p2ptun.addr import Address, format_address
-from p2ptun.config import PeerConfig
+from p2ptun.addr import format_address
+from p2ptun.config import IPNetwork, PeerConfig
 from p2ptun.errors import DecodeError, ProtocolError
 from p2ptun.ice import (
     AgentState,
     BetterPairAvailable,
     Candidate,
     ConsentExpired,
+    ConsentLost,
     ConsentRestored,
     ConsentSuspect,
     IceAgent,
@@ -85,8 +86,7 @@ from p2ptun.net.ice_transport import (
     SessionEvent,
 )
 from p2ptun.net.signaling import SignalingClient
-from p2ptun.net.turn_shared import TurnRelay
-from p2ptun.node.wgtunnel import WgTunnel, relay_source
+from p2ptun.node.wgtunnel import WgTunnel
 from p2ptun.signal.client import SignalReceived
 from p2ptun.signal.negotiation import NegotiationState
 from p2ptun.signal.seal import Answer, Bye, Candidates, Offer, Restart
@@ -111,6 +111,11 @@ FIRST_OFFER_WAIT = 2.0
 """How long the first offer waits for the node's first gathering round."""
 MAX_IDLE = 30.0
 """The peer's timer wakes at least this often."""
+PATH_SILENCE_MIN = 1.0
+PATH_SILENCE_RTTS = 4.0
+"""The selected path is probed once it went quiet for ``max(PATH_SILENCE_MIN,
+PATH_SILENCE_RTTS × RTT)`` seconds (data sent and nothing authenticated back, or data stopped
+arriving): see :meth:`PeerSession.path_quiet`."""
 
 
 class NodeContext(Protocol):
@@ -170,14 +175,12 @@ class PeerSession:
         self.ctx = ctx
         self.config = config
         self.wg = wg
-        self.routes: list[str] = []
+        self.routes: list[IPNetwork] = []
         self.online: bool | None = None
         self.current: Attempt | None = None
         self.active: Attempt | None = None
         self.retired: list[Attempt] = []
         self.path: SelectedPair | None = None
-        #: The relay and remote whose ChannelData goes straight to the tunnel (a relayed path).
-        self._fast_path: tuple[TurnRelay, Address] | None = None
         self.ping_rtt: float | None = None
         self._wake = trio.Event()
         self._failures = 0
@@ -566,6 +569,9 @@ class PeerSession:
                 # candidates that are stale now.
                 self._last_suspect_restart = now
                 self._regather_then_restart("consent suspect")
+        elif isinstance(event, ConsentLost):
+            if attempt is self.active:
+                self._path_lost()
         elif isinstance(event, ConsentRestored):
             log.info("consent restored", peer=self.name)
         elif isinstance(event, StateChanged):
@@ -600,14 +606,12 @@ class PeerSession:
                 log.warning("selected relay is gone", peer=self.name)
                 self._clear_path()
                 return
-            # The session bound a channel to the remote: the data goes as ChannelData, and
-            # what comes back on it goes straight to WireGuard.
+            # The session bound a channel to the remote: the data goes as ChannelData.
             tunnel.set_sender(self.wg, partial(relay.send_batch, remote), remote)
-            self._set_fast_path(relay, remote)
         else:
             tunnel.set_endpoint(self.wg, remote)
-            self._set_fast_path(None, remote)
         self.path = pair
+        self.wg.path_silence = max(PATH_SILENCE_MIN, PATH_SILENCE_RTTS * (pair.rtt or 0.0))
         now = trio.current_time()
         active = self.active
         if self.wg.has_session(now):
@@ -627,24 +631,37 @@ class PeerSession:
         )
 
     def _clear_path(self) -> None:
+        self.wg.path_silence = None
         if self.path is not None:
             self.path = None
             self.ctx.tunnel.set_endpoint(self.wg, None)
-        self._set_fast_path(None, None)
 
-    def _set_fast_path(self, relay: TurnRelay | None, remote: Address | None) -> None:
-        """Let ``relay`` hand WireGuard from ``remote`` straight to the tunnel (None: stop
-        the current one). The source named for the cookie logic is the one the slow way
-        through the ICE transport gives (the daemon's relayed-data handler)."""
-        old = self._fast_path
-        if old is not None:
-            old[0].set_fast_receiver(old[1], None)
-            self._fast_path = None
-        if relay is None or remote is None:
+    # -- fast failure detection ---------------------------------------------------------------
+
+    def path_quiet(self, unanswered: bool) -> None:
+        """The data path saw the selected path go quiet (:class:`~p2ptun.wireguard.PathQuiet`):
+        probe it now with a burst of consent checks. If they go unanswered the session reports
+        :class:`~p2ptun.ice.ConsentLost` within a fraction of a second (:meth:`_path_lost`);
+        an answer just means the traffic paused."""
+        active = self.active
+        if active is None or self.path is None:
             return
-        source = relay_source(remote)
-        relay.set_fast_receiver(remote, partial(self.ctx.tunnel.receive_datagram, source=source))
-        self._fast_path = (relay, remote)
+        if active.session.probe():
+            log.debug("path quiet, probing", peer=self.name, unanswered=unanswered)
+
+    def _path_lost(self) -> None:
+        """The selected path carries nothing (its probe went unanswered): move the data to the
+        standby relayed pair if the agent keeps one (no gathering, no signaling: within the
+        detection interval), and find the best path again — gather (our NAT may have moved)
+        and restart ICE, make-before-break."""
+        active = self.active
+        standby = None if active is None else active.agent.standby_pair(trio.current_time())
+        if standby is not None:
+            log.warning("path lost: probe unanswered, data moved to the relay", peer=self.name)
+            self._use_pair(standby, self.path)
+        else:
+            log.warning("path lost: probe unanswered", peer=self.name)
+        self._regather_then_restart("path lost")
 
     # -- status and ping --------------------------------------------------------------------
 
@@ -661,7 +678,7 @@ class PeerSession:
         return "connecting"
 
     def status(self, now: float) -> dict[str, Any]:
-        """This peer's entry in the status object (ARCHITECTURE.md §3)."""
+        """This peer's entry in the status object (docs/ARCHITECTURE.md §3)."""
         pair = self.path
         active = self.active
         last = self.wg.last_handshake

@@ -1,4 +1,4 @@
-"""The status report: the JSON shape of ARCHITECTURE.md §3 and its readable table."""
+"""The status report: the JSON shape of docs/ARCHITECTURE.md §3 and its readable table."""
 
 from __future__ import annotations
 

@@ -7,12 +7,13 @@
   preallocated buffers (:meth:`TunDevice.read_batch`), hand each to
   :meth:`Device.send_packet` (cryptokey routing picks the peer), then send every datagram the
   touched peers queued to their endpoint.
-* **UDP → TUN**: :class:`~p2ptun.net.udp.UdpEndpoint` drains its socket into preallocated
-  buffers and calls :meth:`_on_datagram` for each WireGuard datagram; at the end of the batch
-  (``on_drained``) the decrypted packets go to the TUN device and handshake replies to the
-  peer.
-* **Timers**: one task sleeps in :func:`trio.move_on_at` until :meth:`Device.next_wakeup`; the
-  data path pulls that deadline earlier when a packet arms a sooner timer.
+* **UDP → TUN**: the node's sockets are drained in batches by their one
+  :class:`~p2ptun.net.dispatch.Dispatcher`, which calls :meth:`WgTunnel.on_datagram` for each
+  WireGuard datagram; at the end of the batch (:meth:`WgTunnel.udp_drained`) the decrypted
+  packets go to the TUN device and handshake replies to the peer.
+* **Timers**: one :class:`~p2ptun.net.timer.CoreTimer` sleeps until
+  :meth:`Device.next_wakeup`; the data path pulls that deadline earlier when a packet arms a
+  sooner timer.
 * **Offloads** (:mod:`p2ptun.net.offload`, each probed, ``P2PTUN_OFFLOAD=off`` for none): with
   a virtio header on the TUN device, a TCP super-packet read from it is cut into segments
   before encryption (TSO), and the decrypted segments of a batch are merged back into
@@ -20,8 +21,9 @@
   (:meth:`UdpEndpoint.send_batch`) and arrive with UDP GRO. After writing received packets the
   TUN device is read once at once (an echo reply or ACKs are already queued).
 
-No trio channel sits between the descriptors and the protocol: three tasks call the device
-directly, which is safe because trio runs one task at a time.
+No trio channel sits between the descriptors and the protocol: the TUN task, the timer task and
+the sockets' receive tasks (run by the composition root, :mod:`p2ptun.node.daemon`) call the
+device directly, which is safe because trio runs one task at a time.
 
 A peer's path is set from outside: :meth:`WgTunnel.set_endpoint` for a direct UDP path (the
 node daemon takes it from ICE's selected pair; the standalone tunnel process of the development
@@ -34,9 +36,7 @@ the tunnel in either direction get their MSS option clamped (:mod:`p2ptun.node.m
 
 from __future__ import annotations
 
-import math
 import mmap
-import socket
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from types import TracebackType
@@ -56,14 +56,17 @@ from p2ptun.net.offload import (
     complete_checksum,
     segment_tcp,
 )
-from p2ptun.net.tun import MAX_PACKET, TunDevice
-from p2ptun.net.udp import DEFAULT_BATCH, PacketKind, UdpEndpoint
+from p2ptun.net.ports import DatagramPort, TunPort
+from p2ptun.net.timer import CoreTimer
+from p2ptun.net.tun import MAX_PACKET
+from p2ptun.net.udp import DEFAULT_BATCH, family_of
 from p2ptun.node.mss import clamp_mss
 from p2ptun.wireguard import (
     Device,
     Event,
     HandshakeCompleted,
     HandshakeFailed,
+    PathQuiet,
     Peer,
     SessionExpired,
 )
@@ -88,6 +91,8 @@ class PeerStats:
     handshakes_failed: int = 0
     datagrams_without_endpoint: int = 0
     """Datagrams dropped because the peer had no endpoint yet."""
+    path_quiet: int = 0
+    """Times the path went quiet (:class:`~p2ptun.wireguard.PathQuiet`)."""
 
 
 @dataclass
@@ -114,7 +119,7 @@ class TunnelCounters:
     gro_segments: int = 0
     """Decrypted segments written to TUN merged into super-packets."""
     tun_early_reads: int = 0
-    """TUN reads made right after writing received packets (see ``_on_udp_drained``)."""
+    """TUN reads made right after writing received packets (see :meth:`WgTunnel.udp_drained`)."""
 
 
 def _short(key: bytes) -> str:
@@ -127,6 +132,9 @@ def relay_source(peer: Address) -> bytes:
     return b"relay " + format_address(peer).encode()
 
 
+#: Relayed paths whose cookie-logic name is kept (see :meth:`WgTunnel.receive_relayed`).
+MAX_RELAY_SOURCES = 1024
+
 Sender = Callable[[list[bytes]], object]
 """Sends a batch of WireGuard datagrams (in order) to a peer over a path that is not plain UDP
 (a TURN relay): one call per flush, so the path can batch too."""
@@ -137,28 +145,33 @@ class WgTunnel:
 
     Build it from opened parts (``WgTunnel(device, tun, endpoints)``); peers are added to
     ``device`` and have no path until :meth:`set_endpoint` or :meth:`set_sender` gives them one
-    (or, with ``learn_endpoints``, their first authenticated datagram). The tunnel installs its
-    WireGuard handler and ``on_drained`` callback on the endpoints, and :meth:`run` runs their
-    receive loops. It closes the TUN device and the endpoints when closed (or leaving the
-    ``with`` block). Time is trio's clock, so a ``MockClock`` drives the protocol timers too.
+    (or, with ``learn_endpoints``, their first authenticated datagram). The endpoints are the
+    sockets it sends from; what they receive reaches it through their dispatcher
+    (:meth:`on_datagram`, :meth:`udp_drained`), which the composition root builds and runs.
+    :meth:`run` runs the TUN and timer tasks. Closing it closes the TUN device (the
+    endpoints belong to whoever opened them). Time is trio's clock, so a ``MockClock`` drives
+    the protocol timers too.
 
+    ``on_path_quiet(peer, event)`` hears when a peer's path went quiet (its
+    :attr:`~p2ptun.wireguard.Peer.path_silence` passed without an authenticated packet while
+    data went out, or after data stopped arriving): the node probes the path then.
     ``mss``: clamp the MSS option of TCP SYNs to ``(ipv4, ipv6)`` values (see
     :func:`p2ptun.node.mss.mss_for_mtu`); None leaves packets alone. ``learn_endpoints``:
-    take a peer's path from its first authenticated datagram when it has none (off in the
-    daemon, where ICE decides the path). ``after_drained`` is called at the end of every UDP
-    batch, after the tunnel's own flush: the daemon flushes its ICE and TURN work there.
+    until a peer has a path, answer its authenticated datagrams where they came from (the
+    daemon keeps it on: the two sides select their ICE pair within a round trip of each
+    other, and the first handshake may arrive before ours is selected).
     """
 
     def __init__(
         self,
         device: Device,
-        tun: TunDevice,
-        endpoints: Sequence[UdpEndpoint],
+        tun: TunPort,
+        endpoints: Sequence[DatagramPort],
         *,
         batch: int = DEFAULT_BATCH,
         mss: tuple[int, int] | None = None,
         learn_endpoints: bool = True,
-        after_drained: Callable[[], None] | None = None,
+        on_path_quiet: Callable[[Peer, PathQuiet], None] | None = None,
     ) -> None:
         if not endpoints:
             raise ValueError("a tunnel needs at least one UDP endpoint")
@@ -169,7 +182,7 @@ class WgTunnel:
         self.peer_stats: dict[Peer, PeerStats] = {}
         self.mss = mss
         self.learn_endpoints = learn_endpoints
-        self.after_drained = after_drained
+        self.on_path_quiet = on_path_quiet
         self._by_family = {ep.family: ep for ep in self.endpoints}
         self._peer_endpoints: dict[Peer, Address | None] = {}
         self._senders: dict[Peer, Sender] = {}
@@ -186,10 +199,8 @@ class WgTunnel:
         self._initiation_unsent: set[Peer] = set()
         self._wrote_tun = False
         self._rx_now: float | None = None
-        self._timer_scope: trio.CancelScope | None = None
-        for ep in self.endpoints:
-            ep.set_handler(PacketKind.WIREGUARD, self._on_datagram)
-            ep.on_drained = self._on_udp_drained
+        self._timer = CoreTimer(device.next_wakeup, self._on_timeout)
+        self._relay_sources: dict[Address, bytes] = {}
 
     # -- construction and lifetime -------------------------------------------------------------
 
@@ -246,10 +257,8 @@ class WgTunnel:
         self._flush_touched()
 
     def close(self) -> None:
-        """Close the TUN device (removing the interface) and the UDP endpoints. Idempotent."""
+        """Close the TUN device (removing the interface). Idempotent."""
         self.tun.close()
-        for ep in self.endpoints:
-            ep.close()
 
     def __enter__(self) -> WgTunnel:
         return self
@@ -271,10 +280,8 @@ class WgTunnel:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Move packets until cancelled (or until the TUN device or sockets are closed)."""
         async with trio.open_nursery() as nursery:
-            for ep in self.endpoints:
-                nursery.start_soon(ep.receive_loop)
             nursery.start_soon(self._tun_loop)
-            nursery.start_soon(self._timer_loop)
+            nursery.start_soon(self._timer.run)
             task_status.started()
 
     async def _tun_loop(self) -> None:
@@ -358,8 +365,9 @@ class WgTunnel:
         if clamp_mss(view, length, mss[0], mss[1]):
             self.counters.mss_clamped += 1
 
-    def _on_datagram(self, data: memoryview, addr: Address) -> None:
-        """UDP handler for one WireGuard datagram (``data`` is valid until the batch ends)."""
+    def on_datagram(self, data: memoryview, addr: Address) -> None:
+        """The dispatcher's handler for one WireGuard datagram (``data`` is valid until the
+        batch ends, :meth:`udp_drained`)."""
         now = self._rx_now
         if now is None:
             now = self._rx_now = trio.current_time()
@@ -384,7 +392,20 @@ class WgTunnel:
         if peer is not None:
             self._touched[peer] = None
 
-    def _on_udp_drained(self) -> None:
+    def receive_relayed(self, data: memoryview, peer: Address) -> None:
+        """A WireGuard datagram a TURN relay unwrapped, from ``peer`` (the relay's receiver,
+        inside a socket's batch or followed by :meth:`flush` for a stream relay). The path's
+        name for the cookie logic (:func:`relay_source`) is made once per peer."""
+        sources = self._relay_sources
+        source = sources.get(peer)
+        if source is None:
+            if len(sources) >= MAX_RELAY_SOURCES:
+                sources.clear()
+            source = sources[peer] = relay_source(peer)
+        self.receive_datagram(data, source)
+
+    def udp_drained(self) -> None:
+        """The end of a socket's batch: write what it decrypted, send what it provoked."""
         self._rx_now = None
         self.counters.udp_batches += 1
         self._flush_touched()
@@ -401,21 +422,12 @@ class WgTunnel:
                 self._send(reply, source)
             else:
                 self.counters.replies_dropped += 1
-        if self.after_drained is not None:
-            self.after_drained()
 
-    async def _timer_loop(self) -> None:
-        device = self.device
-        while True:
-            wake = device.next_wakeup()
-            with trio.move_on_at(math.inf if wake is None else wake) as scope:
-                self._timer_scope = scope
-                await trio.sleep_forever()
-            self._timer_scope = None
-            self.counters.timer_runs += 1
-            for peer in device.handle_timeout(trio.current_time()):
-                self._touched[peer] = None
-            self._flush_touched()
+    def _on_timeout(self, now: float) -> None:
+        self.counters.timer_runs += 1
+        for peer in self.device.handle_timeout(now):
+            self._touched[peer] = None
+        self._flush_touched()
 
     # -- output --------------------------------------------------------------------------------
 
@@ -424,7 +436,7 @@ class WgTunnel:
         touched = self._touched
         if not touched:
             return
-        scope = self._timer_scope
+        pull_earlier = self._timer.pull_earlier
         for peer in touched:
             datagrams = peer.pop_datagrams()
             if datagrams:
@@ -443,10 +455,9 @@ class WgTunnel:
                 self._write_packets(packets)
             for event in peer.pop_events():
                 self._on_event(peer, event)
-            if scope is not None:
-                wake = peer.next_wakeup()
-                if wake is not None and wake < scope.deadline:
-                    scope.deadline = wake
+            wake = peer.next_wakeup()
+            if wake is not None:
+                pull_earlier(wake)
         touched.clear()
 
     def _write_packets(self, packets: list[bytes]) -> None:
@@ -479,7 +490,7 @@ class WgTunnel:
         self.counters.gro_segments = coalescer.merged
 
     def _send_batch(self, datagrams: list[bytes], addr: Address) -> None:
-        family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
+        family = family_of(addr[0])
         ep = self._by_family.get(family)
         if ep is None:
             self.counters.tx_no_socket += len(datagrams)
@@ -487,7 +498,7 @@ class WgTunnel:
             ep.send_batch(datagrams, addr)
 
     def _send(self, datagram: bytes, addr: Address) -> None:
-        family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
+        family = family_of(addr[0])
         ep = self._by_family.get(family)
         if ep is None:
             self.counters.tx_no_socket += 1
@@ -508,6 +519,10 @@ class WgTunnel:
             log.warning("handshake failed", peer=name)
         elif isinstance(event, SessionExpired):
             log.info("session expired, keys erased", peer=name)
+        elif isinstance(event, PathQuiet):
+            stats.path_quiet += 1
+            if self.on_path_quiet is not None:
+                self.on_path_quiet(peer, event)
 
     # -- status --------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+from functools import partial
 
 import trio
 
@@ -19,19 +20,22 @@ from p2ptun.addr import format_address
 from p2ptun.config import RendezvousConfig
 from p2ptun.errors import EXIT_OK, RuntimeFailure
 from p2ptun.log import get_logger
+from p2ptun.net.ports import Host
 from p2ptun.net.sdnotify import Notifier
+from p2ptun.net.system import SystemHost
 from p2ptun.rendezvous.signaling import serve_signaling
 from p2ptun.rendezvous.stun_turn import StunTurnService
 
 log = get_logger("rendezvous")
 
 
-async def bind_services(cfg: RendezvousConfig) -> list[StunTurnService]:
-    """Bind the listeners of every service in ``cfg``. Raises :class:`RuntimeFailure` (one
-    line naming the address) if one cannot be bound; nothing stays open then."""
+async def bind_services(cfg: RendezvousConfig, host: Host) -> list[StunTurnService]:
+    """Bind the listeners of every service in ``cfg`` on ``host``. Raises
+    :class:`RuntimeFailure` (one line naming the address) if one cannot be bound; nothing
+    stays open then."""
     services: list[StunTurnService] = []
     if cfg.stun is not None:
-        services.append(await StunTurnService.bind(cfg.stun, cfg.turn, config_path=cfg.path))
+        services.append(await StunTurnService.bind(host, cfg.stun, cfg.turn, config_path=cfg.path))
     else:
         log.info("no [stun] section: STUN and TURN are off")
     return services
@@ -54,22 +58,37 @@ async def serve(
             service.close()
 
 
+async def run_rendezvous(
+    cfg: RendezvousConfig,
+    host: Host,
+    *,
+    notifier: Notifier | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Bind and serve every service of ``cfg`` on ``host`` until cancelled (the composition
+    root of the rendezvous; the process entry adds signals)."""
+    notifier = notifier if notifier is not None else Notifier()
+    services = await bind_services(cfg, host)
+    async with trio.open_nursery() as nursery:
+        try:
+            await nursery.start(partial(serve_signaling, cfg, host=host))
+        except (OSError, RuntimeFailure) as exc:
+            for service in services:
+                service.close()
+            reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+            raise RuntimeFailure(
+                f"cannot listen for signaling on {format_address(cfg.listen)}: {reason or exc}"
+            ) from None
+        await nursery.start(serve, services)
+        notifier.ready(f"signaling on {format_address(cfg.listen)}")
+        task_status.started()
+
+
 async def _main(cfg: RendezvousConfig) -> int:
     notifier = Notifier()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        services = await bind_services(cfg)
         async with trio.open_nursery() as nursery:
-            try:
-                await nursery.start(serve_signaling, cfg)
-            except OSError as exc:
-                for service in services:
-                    service.close()
-                raise RuntimeFailure(
-                    f"cannot listen for signaling on {format_address(cfg.listen)}: "
-                    f"{exc.strerror or exc}"
-                ) from None
-            await nursery.start(serve, services)
-            notifier.ready(f"signaling on {format_address(cfg.listen)}")
+            await nursery.start(partial(run_rendezvous, cfg, SystemHost(), notifier=notifier))
             async for signum in signals:
                 log.info("stopping", signal=signal.Signals(signum).name)
                 notifier.stopping()

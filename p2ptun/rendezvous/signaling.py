@@ -11,18 +11,14 @@ Entry point for the rendezvous main: :func:`serve_signaling`.
 
 from __future__ import annotations
 
-import math
-import os
-import time
-from collections.abc import Callable
-
 import trio
 
 from p2ptun.addr import format_address
 from p2ptun.config import RendezvousConfig, TurnServerSettings
 from p2ptun.log import get_logger
+from p2ptun.net.ports import Connection, Host, Listener
+from p2ptun.net.timer import CoreTimer
 from p2ptun.net.wakeup import Wakeup
-from p2ptun.noise import Rng
 from p2ptun.rendezvous.store import RegistrationStore, SqliteStore
 from p2ptun.signal.hub import ServerLimits, SignalingServerCore, TurnIssuer
 from p2ptun.signal.messages import TurnCredentials
@@ -59,6 +55,7 @@ class SignalingServer:
 
     def __init__(
         self,
+        host: Host,
         core: SignalingServerCore,
         listen: tuple[str, int],
         *,
@@ -66,6 +63,7 @@ class SignalingServer:
         send_timeout: float = 10.0,
         shutdown_grace: float = 2.0,
     ) -> None:
+        self.host = host
         self.core = core
         self.store = store
         self.listen = listen
@@ -73,13 +71,11 @@ class SignalingServer:
         self.shutdown_grace = shutdown_grace
         self.address: tuple[str, int] | None = None
         self._wakeups: dict[int, Wakeup] = {}
-        self._timer_scope: trio.CancelScope | None = None
-        #: Times the timer task woke and ran the core's timeouts (tests count them).
-        self.timer_runs = 0
+        self._timer = CoreTimer(core.next_wakeup, self._on_timeout)
         self._next_id = 0
         self._scope = trio.CancelScope()
         self._run_scope = trio.CancelScope()
-        self._listeners: list[trio.SocketListener] = []
+        self._listeners: list[Listener] = []
         self._all_closed = trio.Event()
         self._closed = trio.Event()
 
@@ -88,18 +84,13 @@ class SignalingServer:
             wakeup = self._wakeups.get(conn_id)
             if wakeup is not None:
                 wakeup.set()
-        scope = self._timer_scope
-        if scope is not None:
-            wake = self.core.next_wakeup()
-            deadline = math.inf if wake is None else wake
-            if deadline != scope.deadline:
-                scope.deadline = deadline
+        self._timer.rearm()
 
     async def run(self, *, task_status: trio.TaskStatus[SignalingServer]) -> None:
-        host, port = self.listen
-        self._listeners = await trio.open_tcp_listeners(port, host=host)
-        sockname = self._listeners[0].socket.getsockname()
-        self.address = (str(sockname[0]), int(sockname[1]))
+        ip, port = self.listen
+        listener = await self.host.listen_tcp(ip, port)
+        self._listeners = [listener]
+        self.address = listener.local_address
         log.info("signaling listening", address=format_address(self.address))
         try:
             async with trio.open_nursery() as outer:
@@ -122,7 +113,7 @@ class SignalingServer:
         with self._scope:
             self._scope.shield = True
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._timer_loop)
+                nursery.start_soon(self._timer.run)
                 for listener in self._listeners:
                     nursery.start_soon(self._accept_loop, listener, nursery)
 
@@ -142,32 +133,28 @@ class SignalingServer:
         self._run_scope.cancel()
         await self._closed.wait()
 
-    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+    async def _accept_loop(self, listener: Listener, nursery: trio.Nursery) -> None:
         try:
             while True:
-                stream = await listener.accept()
-                nursery.start_soon(self._handle, stream)
+                conn = await listener.accept()
+                nursery.start_soon(self._handle, conn)
         except (trio.ClosedResourceError, OSError):
             return
 
-    async def _timer_loop(self) -> None:
-        while True:
-            wake = self.core.next_wakeup()
-            with trio.move_on_at(math.inf if wake is None else wake) as scope:
-                self._timer_scope = scope
-                await trio.sleep_forever()
-            self._timer_scope = None
-            self.timer_runs += 1
-            self.core.handle_timeout(trio.current_time())
-            self._kick()
+    @property
+    def timer_runs(self) -> int:
+        """Times the timer woke and ran the core's timeouts (tests count them)."""
+        return self._timer.runs
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    def _on_timeout(self, now: float) -> None:
+        self.core.handle_timeout(now)
+        self._kick()
+
+    async def _handle(self, conn: Connection) -> None:
         self._next_id += 1
         conn_id = self._next_id
-        try:
-            peer = format_address(stream.socket.getpeername()[:2])
-        except OSError:
-            peer = "?"
+        peer = format_address(conn.remote)
+        stream = conn.stream
         async with stream:
             if not self.core.connection_made(conn_id, trio.current_time(), peer):
                 return
@@ -188,7 +175,7 @@ class SignalingServer:
                     self._all_closed.set()
                     self._all_closed = trio.Event()
 
-    async def _reader(self, stream: trio.SocketStream, conn_id: int) -> None:
+    async def _reader(self, stream: trio.abc.Stream, conn_id: int) -> None:
         while not self.core.should_close(conn_id):
             try:
                 data = await stream.receive_some(65536)
@@ -196,12 +183,12 @@ class SignalingServer:
                 return
             if not data:
                 return
-            self.core.data_received(conn_id, data, trio.current_time())
+            self.core.data_received(conn_id, bytes(data), trio.current_time())
             self._kick()
 
     async def _writer(
         self,
-        stream: trio.SocketStream,
+        stream: trio.abc.Stream,
         conn_id: int,
         wakeup: Wakeup,
         scope: trio.CancelScope,
@@ -223,36 +210,38 @@ class SignalingServer:
         scope.cancel()
 
 
-def open_store(config: RendezvousConfig) -> SqliteStore:
+def open_store(config: RendezvousConfig, host: Host) -> SqliteStore:
     """The SQLite registration store a rendezvous config describes."""
-    return SqliteStore(config.database, config.open_registration, config.nodes)
+    return SqliteStore(
+        config.database, config.open_registration, config.nodes, wall_clock=host.wall_clock
+    )
 
 
 async def serve_signaling(
     config: RendezvousConfig,
     *,
+    host: Host,
     store: RegistrationStore | None = None,
     limits: ServerLimits | None = None,
-    rng: Rng = os.urandom,
-    wall_clock: Callable[[], float] | None = None,
     task_status: trio.TaskStatus[SignalingServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve signaling on ``config.listen`` until cancelled, then shut down gracefully (every
-    node is told GoingAway and reconnects with backoff). ``task_status.started`` receives the
-    running :class:`SignalingServer` (its ``address`` is the bound address, useful with port 0).
+    """Serve signaling on ``config.listen`` of ``host`` until cancelled, then shut down
+    gracefully (every node is told GoingAway and reconnects with backoff).
+    ``task_status.started`` receives the running :class:`SignalingServer` (its ``address`` is
+    the bound address, useful with port 0). The core's clock and randomness are the host's.
 
     ``store`` defaults to the SQLite database ``config.database``.
     """
     if store is None:
-        store = open_store(config)
+        store = open_store(config, host)
     core = SignalingServerCore(
         config.private_key,
         store,
-        rng=rng,
-        wall_clock=wall_clock or time.time,
+        rng=host.random_bytes,
+        wall_clock=host.wall_clock,
         turn=rest_turn_issuer(config.turn),
         limits=limits,
         turn_for_self_registered=config.open_registration_turn,
     )
-    server = SignalingServer(core, config.listen, store=store)
+    server = SignalingServer(host, core, config.listen, store=store)
     await server.run(task_status=task_status)

@@ -1,6 +1,6 @@
 """Which node may register under which name: the rendezvous' name ↔ key bindings.
 
-Rules (ARCHITECTURE.md §3, ``open_registration`` and ``[[node]]``):
+Rules (docs/ARCHITECTURE.md §3, ``open_registration`` and ``[[node]]``):
 
 - ``[[node]]`` entries are pinned bindings. A name listed there can only be registered with its
   listed key, and a listed key only under its listed name.

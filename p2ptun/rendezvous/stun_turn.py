@@ -5,7 +5,7 @@
 (:class:`p2ptun.turn.server.TurnServer`, RFC 8656). Use it in two steps, so that every listen
 address is bound (or the start fails with one clear line) before anything is served::
 
-    service = await StunTurnService.bind(cfg.stun, cfg.turn)   # RuntimeFailure if it cannot
+    service = await StunTurnService.bind(host, cfg.stun, cfg.turn)  # RuntimeFailure if not
     async with trio.open_nursery() as nursery:
         nursery.start_soon(service.serve)
 
@@ -14,8 +14,13 @@ address is bound (or the start fails with one clear line) before anything is ser
 - TCP on the same addresses, and TLS on ``[turn] tls_listen``: STUN and ChannelData framed on
   the stream (RFC 8489 §6.2.2, RFC 8656 §12.5); each connection is its own 5-tuple and its
   allocation ends with it.
-- One UDP relay socket per allocation, bound where the core asks; each socket's task wakes
-  once per readiness and drains it (no per-packet channel hops).
+- One UDP relay socket per allocation, bound where the core asks (through the
+  :class:`~p2ptun.net.ports.Host`); each socket's task wakes once per readiness and drains it
+  into receive buffers shared by every UDP socket of the service (no per-packet channel hops,
+  no buffers per allocation).
+- Every UDP socket is a :class:`~p2ptun.net.ports.DatagramPort` drained by the endpoint's own
+  loop; what the batch holds goes to a receiver of this shell (:class:`_ClientReceiver` on a
+  listener, :class:`_PeerReceiver` on a relay socket), which relays the batch at its end.
 - The data path relays a whole drained batch: ChannelData both ways is forwarded from views
   into shared receive buffers, the core's checks (allocation, channel, permission) looked up
   once per client/peer and channel in a batch (:meth:`TurnServer.channel_route`,
@@ -30,15 +35,9 @@ address is bound (or the start fails with one clear line) before anything is ser
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import math
-import mmap
-import os
-import random
-import socket
 import ssl
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 
@@ -48,16 +47,8 @@ from p2ptun.addr import Address, format_address
 from p2ptun.config import StunServerSettings, TurnServerSettings
 from p2ptun.errors import ConfigError, RuntimeFailure
 from p2ptun.log import get_logger
-from p2ptun.net.udp import (
-    DEFAULT_BUFFER_SIZE,
-    UdpCounters,
-    UdpEndpoint,
-    enable_gro,
-    probe_gso,
-    recv_segments,
-    send_datagrams,
-    set_buffers,
-)
+from p2ptun.net.ports import Connection, DatagramPort, Host, Listener
+from p2ptun.net.timer import CoreTimer
 from p2ptun.stun import (
     channel_data_end,
     channel_data_frame_length,
@@ -90,8 +81,6 @@ MAX_CONNECTIONS = 1024
 IDLE_TIMEOUT = 120.0
 #: Frames queued for one stream client before further ones are dropped.
 STREAM_QUEUE = 256
-#: Datagrams read from one relay socket before yielding to other tasks.
-RELAY_BATCH = 64
 #: Clients whose 5-tuple objects a UDP listener keeps (rebuilt when the table is full).
 MAX_FIVE_TUPLES = 4096
 #: ChannelData headers (channel number and length) kept for reuse.
@@ -121,10 +110,6 @@ class ShellCounters:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def _family(host: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
-
-
 def _tls_context(turn: TurnServerSettings, config_path: str) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -143,79 +128,74 @@ class StunTurnService:
 
     def __init__(
         self,
-        udp: list[tuple[Address, UdpEndpoint]],
-        tcp: list[tuple[Address, trio.SocketListener]],
-        tls: list[tuple[Address, trio.SocketListener]],
+        host: Host,
+        udp: list[tuple[Address, DatagramPort]],
+        tcp: list[tuple[Address, Listener]],
+        tls: list[tuple[Address, Listener]],
         turn: TurnServer | None,
         tls_context: ssl.SSLContext | None,
     ) -> None:
+        self.host = host
         self.turn = turn
         self.counters = ShellCounters()
-        self._udp: dict[Address, UdpEndpoint] = {}
-        self._relay_gso: dict[Address, bool] = {}
-        self._relay_gro: dict[Address, bool] = {}
-        self._relay_counters = UdpCounters()
-        """What the relay sockets sent (drops are also in ``relay_send_failed``)."""
+        self._udp: dict[Address, DatagramPort] = dict(udp)
         self._udp_list = udp
         self._tcp = tcp
         self._tls = tls
         self._tls_context = tls_context
         self._streams: dict[FiveTuple, trio.MemorySendChannel[bytes]] = {}
-        self._relays: dict[Address, socket.socket] = {}
-        # Receive buffers shared by every UDP loop: a loop relays what it read before it
-        # yields, so no two batches are ever in flight. Pages become resident when written.
-        self._pool = [memoryview(mmap.mmap(-1, 0x10000)) for _ in range(RELAY_BATCH)]
+        self._relays: dict[Address, DatagramPort] = {}
         self._channel_heads: dict[int, bytes] = {}
         self._nursery: trio.Nursery | None = None
-        self._timer_scope: trio.CancelScope | None = None
-        #: Times the timer task woke and ran the core's expiries (tests count them).
-        self.timer_runs = 0
-        for addr, endpoint in udp:
-            self._udp[addr] = endpoint
+        self._timer = CoreTimer(turn.next_wakeup, self._on_timeout) if turn is not None else None
 
     # -- construction ------------------------------------------------------------------------
 
     @classmethod
     async def bind(
         cls,
+        host: Host,
         stun: StunServerSettings,
         turn: TurnServerSettings | None,
         *,
         config_path: str = "",
         secret: bytes | None = None,
     ) -> StunTurnService:
-        """Bind every listener; raise :class:`RuntimeFailure` naming the address that cannot
-        be bound (closing what was opened), :class:`ConfigError` for an unusable TLS key."""
+        """Bind every listener on ``host``; raise :class:`RuntimeFailure` naming the address
+        that cannot be bound (closing what was opened), :class:`ConfigError` for an unusable
+        TLS key."""
         tls_context = None
         if turn is not None and turn.tls_listen:
             tls_context = _tls_context(turn, config_path)
-        udp: list[tuple[Address, UdpEndpoint]] = []
-        tcp: list[tuple[Address, trio.SocketListener]] = []
-        tls: list[tuple[Address, trio.SocketListener]] = []
+        udp: list[tuple[Address, DatagramPort]] = []
+        tcp: list[tuple[Address, Listener]] = []
+        tls: list[tuple[Address, Listener]] = []
         try:
-            for host, port in stun.listen:
-                endpoint = UdpEndpoint.bind(_family(host), host, port)
-                udp.append(((host, port), endpoint))
-            for host, port in stun.listen:
-                tcp.append(((host, port), await _tcp_listener(host, port)))
-            for host, port in turn.tls_listen if turn is not None else ():
-                tls.append(((host, port), await _tcp_listener(host, port)))
+            for ip, port in stun.listen:
+                # Every receiver of this shell relays its batch before it yields: the
+                # listeners and the relay sockets can share one set of receive buffers.
+                udp.append(((ip, port), host.bind_datagram(ip, port, shared_buffers=True)))
+            for ip, port in stun.listen:
+                tcp.append(((ip, port), await host.listen_tcp(ip, port)))
+            for ip, port in turn.tls_listen if turn is not None else ():
+                tls.append(((ip, port), await host.listen_tcp(ip, port)))
         except BaseException:
             for _, endpoint in udp:
                 endpoint.close()
-            for _, listener in (*tcp, *tls):
-                listener.socket.close()
+            with trio.CancelScope(shield=True):
+                for _, listener in (*tcp, *tls):
+                    await listener.aclose()
             raise
         core = None
         if turn is not None:
             own = [h for h, _ in stun.listen] + [h for h, _ in turn.tls_listen]
             core = TurnServer(
                 TurnServerOptions.from_settings(turn, own),
-                secret if secret is not None else os.urandom(32),
-                rng=random.SystemRandom(),
-                wall_offset=time.time() - trio.current_time(),  # the clock `now` comes from
+                secret if secret is not None else host.random_bytes(32),
+                rng=host.rng,
+                wall_offset=host.wall_clock() - trio.current_time(),  # `now` is trio's clock
             )
-        service = cls(udp, tcp, tls, core, tls_context)
+        service = cls(host, udp, tcp, tls, core, tls_context)
         log.info(
             "stun/turn listening",
             udp=",".join(format_address(a) for a, _ in udp),
@@ -233,23 +213,24 @@ class StunTurnService:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 for addr, endpoint in self._udp_list:
-                    nursery.start_soon(self._udp_loop, addr, endpoint)
+                    nursery.start_soon(endpoint.receive_loop, _ClientReceiver(self, addr, endpoint))
                 for _addr, listener in self._tcp:
                     nursery.start_soon(self._accept_loop, listener, Transport.TCP)
                 for _addr, listener in self._tls:
                     nursery.start_soon(self._accept_loop, listener, Transport.TLS)
-                if self.turn is not None:
-                    nursery.start_soon(self._timer_loop)
+                if self._timer is not None:
+                    nursery.start_soon(self._timer.run)
         finally:
             self._nursery = None
             self.close()
+            with trio.CancelScope(shield=True):
+                for _, listener in (*self._tcp, *self._tls):
+                    await listener.aclose()
 
     def close(self) -> None:
-        """Close every socket (idempotent)."""
+        """Close every UDP socket (idempotent); the listeners close when :meth:`serve` ends."""
         for _, endpoint in self._udp_list:
             endpoint.close()
-        for _, listener in (*self._tcp, *self._tls):
-            listener.socket.close()
         for relay in list(self._relays):
             self._close_relay(relay)
 
@@ -264,114 +245,19 @@ class StunTurnService:
                 out[key] = out.get(key, 0) + v
         return out
 
-    # -- UDP listeners -----------------------------------------------------------------------
-
-    async def _udp_loop(self, local: Address, endpoint: UdpEndpoint) -> None:
-        """Wake once per readiness, drain the listener, and relay the batch.
-
-        Not :meth:`UdpEndpoint.receive_loop`: its demultiplexer knows ChannelData only as
-        0x40-0x4F, and a TURN server also takes the RFC 5766 channels up to 0x7FFF. With UDP
-        GRO one read may hold several datagrams of a client; they are split at the size the
-        kernel reports.
-
-        ChannelData on a channel the core routes (:meth:`TurnServer.channel_route`: active
-        allocation, bound channel, permission — looked up once per client and channel in a
-        batch) is gathered per relay socket and peer, its payload a view into the receive
-        buffer, and sent with UDP GSO at the end of the batch. Everything else goes to
-        :meth:`TurnServer.handle_client`; since that may change the state, the data gathered
-        before it is sent first (after the outputs of earlier messages) and the routes are
-        looked up again after it.
-        """
-        sock = endpoint.socket
-        counters = endpoint.counters
-        gro = endpoint.gro
-        pool = self._pool
-        turn = self.turn
-        channel_max = 0 if turn is None else turn.options.channel_max >> 8
-        five_tuples: dict[Address, FiveTuple] = {}
-        routes: dict[tuple[Address, int], tuple[Address, Address]] = {}
-        while True:
-            try:
-                await trio.lowlevel.wait_readable(sock)
-            except (trio.ClosedResourceError, OSError):
-                return
-            outputs: list[Output] = []
-            to_peers: _Gathered = {}
-            routes.clear()
-            relayed = relayed_bytes = 0
-            reads = 0
-            now = trio.current_time()
-            for view in pool:
-                try:
-                    n, segment, client = recv_segments(sock, view, gro=gro)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    reads += 1
-                    counters.rx_errors += 1
-                    if sock.fileno() < 0:
-                        return
-                    continue
-                reads += 1
-                counters.rx_bytes += n
-                counters.rx_reads += 1
-                step = segment or n
-                if turn is None:
-                    for off in range(0, n, step) if n else (0,):
-                        response = handle_binding(view[off : min(off + step, n)], client)
-                        if response is not None:
-                            endpoint.send(response, client)
-                    continue
-                ft = five_tuples.get(client)
-                if ft is None:
-                    if len(five_tuples) >= MAX_FIVE_TUPLES:
-                        five_tuples.clear()
-                    ft = five_tuples[client] = FiveTuple(client, local, Transport.UDP)
-                for off in range(0, n, step) if n else (0,):
-                    data = view[off : min(off + step, n)]
-                    size = len(data)
-                    if size >= 4 and 0x40 <= data[0] <= channel_max:
-                        end = channel_data_end(data)
-                        if end >= 0:
-                            key = (client, (data[0] << 8) | data[1])
-                            route = routes.get(key)
-                            if route is None:
-                                route = turn.channel_route(ft, key[1], now)
-                                if route is not None:
-                                    routes[key] = route
-                            if route is not None:
-                                batch = to_peers.get(route)
-                                if batch is None:
-                                    batch = to_peers[route] = []
-                                batch.append(data[4:end])
-                                relayed += 1
-                                relayed_bytes += end - 4
-                                continue
-                    if to_peers:
-                        self._dispatch(outputs)
-                        outputs = []
-                        self._send_to_peers(to_peers)
-                    routes.clear()
-                    turn.wall_offset = time.time() - now
-                    outputs.extend(turn.handle_client(ft, data, now))
-            if turn is not None and relayed:
-                turn.counters.relayed_to_peer += relayed
-                turn.counters.relayed_to_peer_bytes += relayed_bytes
-            if outputs:
-                self._dispatch(outputs)
-            if to_peers:
-                self._send_to_peers(to_peers)
-            if reads == len(pool):
-                await trio.lowlevel.checkpoint()
+    def wall_offset(self, now: float) -> None:
+        """Keep the core's Unix-time offset current (REST-API credential expiry)."""
+        assert self.turn is not None
+        self.turn.wall_offset = self.host.wall_clock() - now
 
     # -- streams -----------------------------------------------------------------------------
 
-    async def _accept_loop(self, listener: trio.SocketListener, transport: Transport) -> None:
+    async def _accept_loop(self, listener: Listener, transport: Transport) -> None:
         assert self._nursery is not None
         nursery = self._nursery
         while True:
             try:
-                stream = await listener.accept()
+                conn = await listener.accept()
             except trio.ClosedResourceError:
                 return
             except OSError as exc:
@@ -382,18 +268,13 @@ class StunTurnService:
                 raise
             if len(self._streams) >= MAX_CONNECTIONS:
                 self.counters.connections_rejected += 1
-                await stream.aclose()
+                await trio.aclose_forcefully(conn.stream)
                 continue
-            nursery.start_soon(self._serve_stream, stream, transport)
+            nursery.start_soon(self._serve_stream, conn, transport)
 
-    async def _serve_stream(self, raw: trio.SocketStream, transport: Transport) -> None:
-        try:
-            peer = raw.socket.getpeername()
-            local = raw.socket.getsockname()
-        except OSError:
-            await raw.aclose()
-            return
-        ft = FiveTuple((str(peer[0]), int(peer[1])), (str(local[0]), int(local[1])), transport)
+    async def _serve_stream(self, conn: Connection, transport: Transport) -> None:
+        raw = conn.stream
+        ft = FiveTuple(conn.remote, conn.local, transport)
         stream: trio.abc.Stream = raw
         if transport is Transport.TLS:
             assert self._tls_context is not None
@@ -478,7 +359,7 @@ class StunTurnService:
     def _stream_frame(self, ft: FiveTuple, frame: bytes) -> None:
         if self.turn is not None:
             now = trio.current_time()
-            self.turn.wall_offset = time.time() - now
+            self.wall_offset(now)
             self._dispatch(self.turn.handle_client(ft, frame, now))
             return
         response = handle_binding(frame, ft.client)
@@ -499,114 +380,28 @@ class StunTurnService:
     # -- relays ------------------------------------------------------------------------------
 
     def _open_relay(self, relay: Address) -> bool:
-        sock = socket.socket(_family(relay[0]), socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         try:
-            sock.setblocking(False)
-            set_buffers(sock, DEFAULT_BUFFER_SIZE)
-            sock.bind(relay)
-        except OSError as exc:
-            sock.close()
-            log.warning("relay bind failed", relay=format_address(relay), error=exc.strerror)
+            endpoint = self.host.bind_datagram(relay[0], relay[1], shared_buffers=True)
+        except RuntimeFailure as exc:
+            log.warning("relay bind failed", relay=format_address(relay), error=str(exc))
             return False
-        self._relays[relay] = sock
-        self._relay_gso[relay] = probe_gso(sock)
-        self._relay_gro[relay] = enable_gro(sock)
+        self._relays[relay] = endpoint
         self.counters.relays_opened += 1
         assert self._nursery is not None
-        self._nursery.start_soon(self._relay_loop, relay, sock)
+        self._nursery.start_soon(endpoint.receive_loop, _PeerReceiver(self, relay))
         return True
 
     def _close_relay(self, relay: Address) -> None:
-        sock = self._relays.pop(relay, None)
-        self._relay_gso.pop(relay, None)
-        self._relay_gro.pop(relay, None)
-        if sock is None:
+        endpoint = self._relays.pop(relay, None)
+        if endpoint is None:
             return
         self.counters.relays_closed += 1
-        with contextlib.suppress(RuntimeError):
-            trio.lowlevel.notify_closing(sock)
-        sock.close()
+        self.counters.relay_recv_errors += endpoint.counters.rx_errors
+        endpoint.close()
 
-    async def _relay_loop(self, relay: Address, sock: socket.socket) -> None:
-        """Wake once per readiness, drain the relay socket (peer -> client) and relay the
-        batch: a peer with a bound channel to a UDP client (:meth:`TurnServer.peer_route`,
-        looked up once per peer in a batch) gets its datagrams sent as ChannelData from the
-        listening socket — the header built here, the payload a view into the receive buffer,
-        UDP GSO for runs of equal size; the rest goes through
-        :meth:`TurnServer.handle_peer_data` (Data indications, stream clients, drops)."""
-        turn = self.turn
-        assert turn is not None
-        pool = self._pool
-        heads = self._channel_heads
-        gro = self._relay_gro.get(relay, False)
-        routes: dict[Address, tuple[UdpEndpoint, Address, int] | None] = {}
-        while True:
-            try:
-                await trio.lowlevel.wait_readable(sock)
-            except (trio.ClosedResourceError, OSError):
-                return
-            if sock.fileno() < 0:
-                return
-            outputs: list[Output] = []
-            to_client: tuple[UdpEndpoint, Address] | None = None
-            prefixes: list[bytes] = []
-            payloads: list[memoryview] = []
-            routes.clear()
-            relayed = relayed_bytes = 0
-            reads = 0
-            now = trio.current_time()
-            for view in pool:
-                try:
-                    n, segment, src = recv_segments(sock, view, gro=gro)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    reads += 1
-                    self.counters.relay_recv_errors += 1
-                    if sock.fileno() < 0:
-                        return
-                    continue
-                reads += 1
-                step = segment or n
-                if src in routes:
-                    route = routes[src]
-                else:
-                    route = None
-                    found = turn.peer_route(relay, src, now)
-                    if found is not None:
-                        endpoint = self._udp.get(found[0].server)
-                        if endpoint is not None:
-                            route = (endpoint, found[0].client, found[1])
-                    routes[src] = route
-                if route is None or not n or step > MAX_RELAY_PAYLOAD:
-                    for off in range(0, n, step) if n else (0,):
-                        out = turn.handle_peer_data(relay, src, view[off : min(off + step, n)], now)
-                        if out is not None:
-                            outputs.append(out)
-                    continue
-                # One allocation per relay socket: every route leads to the same client.
-                to_client = (route[0], route[1])
-                base = route[2] << 16
-                for off in range(0, n, step):
-                    end = min(off + step, n)
-                    size = end - off
-                    head = heads.get(base | size)
-                    if head is None:
-                        if len(heads) >= MAX_CHANNEL_HEADS:
-                            heads.clear()
-                        head = heads[base | size] = channel_data_header(route[2], size)
-                    prefixes.append(head)
-                    payloads.append(view[off:end])
-                    relayed += 1
-                    relayed_bytes += size
-            if outputs:
-                self._dispatch(outputs)
-            if to_client is not None:
-                turn.counters.relayed_to_client += relayed
-                turn.counters.relayed_to_client_bytes += relayed_bytes
-                to_client[0].send_batch_prefixed(prefixes, payloads, to_client[1])
-            if reads == len(pool):
-                await trio.lowlevel.checkpoint()
+    def listener(self, server: Address) -> DatagramPort | None:
+        """The UDP listener a client reached us on (answers and ChannelData leave from it)."""
+        return self._udp.get(server)
 
     # -- output dispatch ---------------------------------------------------------------------
 
@@ -639,17 +434,8 @@ class StunTurnService:
                 self._send_gathered(to_peers, to_clients)
                 self._close_relay(out.relay)
         self._send_gathered(to_peers, to_clients)
-        self._rearm()
-
-    def _rearm(self) -> None:
-        """Move the timer's deadline to the core's next wake-up if that changed."""
-        scope = self._timer_scope
-        if scope is None or self.turn is None:
-            return
-        wake = self.turn.next_wakeup()
-        deadline = math.inf if wake is None else wake
-        if deadline != scope.deadline:
-            scope.deadline = deadline
+        if self._timer is not None:
+            self._timer.rearm()
 
     def _send_gathered(
         self,
@@ -666,34 +452,192 @@ class StunTurnService:
     def _send_to_peers(self, to_peers: _Gathered) -> None:
         """Send each ``(relay, peer)``'s datagrams from that relay socket (UDP GSO for runs of
         equal size), then forget them."""
-        counters = self._relay_counters
         for (relay, peer), datagrams in to_peers.items():
-            sock = self._relays.get(relay)
-            if sock is None:
+            endpoint = self._relays.get(relay)
+            if endpoint is None:
                 continue
+            counters = endpoint.counters
             before = counters.tx_dropped
             try:
-                send_datagrams(
-                    sock, datagrams, peer, counters, gso=self._relay_gso.get(relay, False)
-                )
+                endpoint.send_batch(datagrams, peer)
             except RuntimeFailure:
                 counters.tx_dropped += len(datagrams)
             self.counters.relay_send_failed += counters.tx_dropped - before
         to_peers.clear()
 
-    async def _timer_loop(self) -> None:
-        turn = self.turn
+    @property
+    def timer_runs(self) -> int:
+        """Times the timer woke and ran the core's expiries (tests count them)."""
+        return 0 if self._timer is None else self._timer.runs
+
+    def _on_timeout(self, now: float) -> None:
+        assert self.turn is not None
+        outputs = self.turn.handle_timeout(now)
+        if outputs:
+            self._dispatch(outputs)
+
+
+class _ClientReceiver:
+    """What one UDP listener received in a batch, relayed at its end (clients -> peers).
+
+    ChannelData on a channel the core routes (:meth:`TurnServer.channel_route`: active
+    allocation, bound channel, permission — looked up once per client and channel in a batch)
+    is gathered per relay socket and peer, its payload a view into the receive buffer, and sent
+    with UDP GSO at the end of the batch. Everything else goes to
+    :meth:`TurnServer.handle_client`; since that may change the state, the data gathered
+    before it is sent first (after the outputs of earlier messages) and the routes are looked
+    up again after it. The endpoint's generic demultiplexer is not used: a TURN server also
+    takes the RFC 5766 channels up to 0x7FFF as ChannelData.
+    """
+
+    def __init__(self, service: StunTurnService, local: Address, endpoint: DatagramPort) -> None:
+        self.service = service
+        self.local = local
+        self.endpoint = endpoint
+        turn = service.turn
+        self.channel_max = 0 if turn is None else turn.options.channel_max >> 8
+        self.five_tuples: dict[Address, FiveTuple] = {}
+        self.routes: dict[tuple[Address, int], tuple[Address, Address]] = {}
+        self.outputs: list[Output] = []
+        self.to_peers: _Gathered = {}
+        self.relayed = 0
+        self.relayed_bytes = 0
+        self.now: float | None = None
+
+    def datagram(self, data: memoryview, client: Address) -> None:
+        service = self.service
+        turn = service.turn
+        if turn is None:
+            response = handle_binding(data, client)
+            if response is not None:
+                self.endpoint.send(response, client)
+            return
+        now = self.now
+        if now is None:
+            now = self.now = trio.current_time()
+        ft = self.five_tuples.get(client)
+        if ft is None:
+            if len(self.five_tuples) >= MAX_FIVE_TUPLES:
+                self.five_tuples.clear()
+            ft = self.five_tuples[client] = FiveTuple(client, self.local, Transport.UDP)
+        if len(data) >= 4 and 0x40 <= data[0] <= self.channel_max:
+            end = channel_data_end(data)
+            if end >= 0:
+                key = (client, (data[0] << 8) | data[1])
+                route = self.routes.get(key)
+                if route is None:
+                    route = turn.channel_route(ft, key[1], now)
+                    if route is not None:
+                        self.routes[key] = route
+                if route is not None:
+                    batch = self.to_peers.get(route)
+                    if batch is None:
+                        batch = self.to_peers[route] = []
+                    batch.append(data[4:end])
+                    self.relayed += 1
+                    self.relayed_bytes += end - 4
+                    return
+        if self.to_peers:
+            service._dispatch(self.outputs)
+            self.outputs = []
+            service._send_to_peers(self.to_peers)
+        self.routes.clear()
+        service.wall_offset(now)
+        self.outputs.extend(turn.handle_client(ft, data, now))
+
+    def drained(self) -> None:
+        service = self.service
+        turn = service.turn
+        if turn is not None and self.relayed:
+            turn.counters.relayed_to_peer += self.relayed
+            turn.counters.relayed_to_peer_bytes += self.relayed_bytes
+        if self.outputs:
+            service._dispatch(self.outputs)
+            self.outputs = []
+        if self.to_peers:
+            service._send_to_peers(self.to_peers)
+        self.routes.clear()
+        self.relayed = self.relayed_bytes = 0
+        self.now = None
+
+
+class _PeerReceiver:
+    """What one relay socket received in a batch (peers -> client), relayed at its end.
+
+    A peer with a bound channel to a UDP client (:meth:`TurnServer.peer_route`, looked up once
+    per peer in a batch) gets its datagrams sent as ChannelData from the listening socket — the
+    header built here, the payload a view into the receive buffer, UDP GSO for runs of equal
+    size; the rest goes through :meth:`TurnServer.handle_peer_data` (Data indications, stream
+    clients, drops).
+    """
+
+    def __init__(self, service: StunTurnService, relay: Address) -> None:
+        self.service = service
+        self.relay = relay
+        self.routes: dict[Address, tuple[DatagramPort, Address, int] | None] = {}
+        self.outputs: list[Output] = []
+        self.to_client: tuple[DatagramPort, Address] | None = None
+        self.prefixes: list[bytes] = []
+        self.payloads: list[memoryview] = []
+        self.relayed = 0
+        self.relayed_bytes = 0
+        self.now: float | None = None
+
+    def datagram(self, data: memoryview, src: Address) -> None:
+        service = self.service
+        turn = service.turn
         assert turn is not None
-        while True:
-            wake = turn.next_wakeup()
-            with trio.move_on_at(math.inf if wake is None else wake) as scope:
-                self._timer_scope = scope
-                await trio.sleep_forever()
-            self._timer_scope = None
-            self.timer_runs += 1
-            outputs = turn.handle_timeout(trio.current_time())
-            if outputs:
-                self._dispatch(outputs)
+        now = self.now
+        if now is None:
+            now = self.now = trio.current_time()
+        if src in self.routes:
+            route = self.routes[src]
+        else:
+            route = None
+            found = turn.peer_route(self.relay, src, now)
+            if found is not None:
+                endpoint = service.listener(found[0].server)
+                if endpoint is not None:
+                    route = (endpoint, found[0].client, found[1])
+            self.routes[src] = route
+        size = len(data)
+        if route is None or not size or size > MAX_RELAY_PAYLOAD:
+            out = turn.handle_peer_data(self.relay, src, data, now)
+            if out is not None:
+                self.outputs.append(out)
+            return
+        # One allocation per relay socket: every route leads to the same client.
+        self.to_client = (route[0], route[1])
+        heads = service._channel_heads
+        key = (route[2] << 16) | size
+        head = heads.get(key)
+        if head is None:
+            if len(heads) >= MAX_CHANNEL_HEADS:
+                heads.clear()
+            head = heads[key] = channel_data_header(route[2], size)
+        self.prefixes.append(head)
+        self.payloads.append(data)
+        self.relayed += 1
+        self.relayed_bytes += size
+
+    def drained(self) -> None:
+        service = self.service
+        turn = service.turn
+        assert turn is not None
+        if self.outputs:
+            service._dispatch(self.outputs)
+            self.outputs = []
+        to_client = self.to_client
+        if to_client is not None:
+            turn.counters.relayed_to_client += self.relayed
+            turn.counters.relayed_to_client_bytes += self.relayed_bytes
+            to_client[0].send_batch_prefixed(self.prefixes, self.payloads, to_client[1])
+            self.to_client = None
+            self.prefixes = []
+            self.payloads = []
+        self.routes.clear()
+        self.relayed = self.relayed_bytes = 0
+        self.now = None
 
 
 def _frame_size(buf: bytearray) -> int | None:
@@ -711,24 +655,3 @@ def _frame_size(buf: bytearray) -> int | None:
     else:
         return -1
     return size
-
-
-async def _tcp_listener(host: str, port: int) -> trio.SocketListener:
-    shown = format_address((host, port))
-    sock = trio.socket.socket(_family(host), socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if _family(host) == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        await sock.bind((host, port))
-        sock.listen(128)
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise RuntimeFailure(f"cannot bind TCP {shown}: address already in use") from None
-        if exc.errno == errno.EADDRNOTAVAIL:
-            raise RuntimeFailure(
-                f"cannot bind TCP {shown}: no such local address on this host"
-            ) from None
-        raise RuntimeFailure(f"cannot bind TCP {shown}: {exc.strerror}") from None
-    return trio.SocketListener(sock)

@@ -1,4 +1,4 @@
-"""Signaling: how nodes find each other through the rendezvous (ARCHITECTURE.md §2).
+"""Signaling: how nodes find each other through the rendezvous (docs/ARCHITECTURE.md §2).
 
 Layers, bottom up, all sans-I/O:
 

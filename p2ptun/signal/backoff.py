@@ -1,4 +1,4 @@
-"""Jittered exponential backoff for reconnecting to the rendezvous (ARCHITECTURE.md §4).
+"""Jittered exponential backoff for reconnecting to the rendezvous (docs/ARCHITECTURE.md §4).
 
 The n-th consecutive failure (n = 0, 1, ...) waits ``d * (1 - jitter + jitter * u)`` seconds,
 where ``d = min(cap, base * factor**n)`` and ``u`` in [0, 1) comes from the injected random

@@ -327,11 +327,15 @@ class SignalClientCore:
         if self.state is ClientState.CONNECTING:
             self._abandon(now, f"connect failed: {reason}")
 
-    def connection_lost(self, now: float, reason: str = "connection closed") -> None:
-        """The TCP connection ended (EOF or error)."""
+    def connection_lost(
+        self, now: float, reason: str = "connection closed", *, retry_now: bool = False
+    ) -> None:
+        """The TCP connection ended (EOF or error). ``retry_now``: connect again at once
+        instead of after the backoff delay — the node dropped the connection itself because
+        its own address changed (the path, not the rendezvous, was the trouble)."""
         self._now = now
         if self.connected:
-            self._abandon(now, reason)
+            self._abandon(now, reason, delay=0.0 if retry_now else None)
 
     def stop(self) -> None:
         """Stop for good (the I/O layer then closes any connection)."""

@@ -1,4 +1,4 @@
-"""Offer/answer per peer, ICE roles and the glare rule (ARCHITECTURE.md §2).
+"""Offer/answer per peer, ICE roles and the glare rule (docs/ARCHITECTURE.md §2).
 
 - The node that starts a connection sends the :class:`~p2ptun.signal.seal.Offer` and is
   ICE-controlling; the other answers and is ICE-controlled (RFC 8445 §6.1.1: the roles are

@@ -164,7 +164,7 @@ class SignalKind(enum.IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class Offer:
-    """Start an ICE session: the sender is ICE-controlling (ARCHITECTURE.md §2).
+    """Start an ICE session: the sender is ICE-controlling (docs/ARCHITECTURE.md §2).
 
     ``description`` is RFC 8839 attribute text (:class:`p2ptun.ice.sdp.IceDescription`).
     """

@@ -3,7 +3,7 @@
 Nothing in this package reads a clock, draws randomness or touches a socket: the caller passes
 the time (``now``) and the random source (transaction ids).
 
-Demultiplexing (ARCHITECTURE.md §2)
+Demultiplexing (docs/ARCHITECTURE.md §2)
 -----------------------------------
 ``is_stun(data)`` — first byte 0-3 and the magic cookie at bytes 4-8.
 ``is_channel_data(data)`` — first byte 0x40-0x4F (TURN ChannelData).

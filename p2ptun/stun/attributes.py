@@ -38,7 +38,7 @@ import struct
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from p2ptun.addr import Address
+from p2ptun.addr import Address, is_ipv6
 from p2ptun.stun.constants import MAGIC_COOKIE, MAGIC_COOKIE_BYTES, AttrType, StunDecodeError
 
 _U8_3X = struct.Struct("!B3x")
@@ -110,7 +110,7 @@ def _pack_host(host: str) -> tuple[int, bytes]:
         return entry
     text = host.split("%", 1)[0] if "%" in host else host
     try:
-        if ":" in text:
+        if is_ipv6(text):
             entry = 2, ipaddress.IPv6Address(text).packed
         else:
             entry = 1, ipaddress.IPv4Address(text).packed

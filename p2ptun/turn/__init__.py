@@ -1,6 +1,6 @@
 """turn package."""
 
-# TURN client (sans-I/O core; the node's trio shell is p2ptun.net.turn_shared.TurnRelay).
+# TURN client (sans-I/O core; the node's trio shell is p2ptun.net.turn_relay.TurnRelay).
 from p2ptun.turn.client import (
     AllocationFailed,
     AllocationLost,

@@ -470,6 +470,15 @@ class TurnClient:
         entry = self._channels.get(peer)
         return None if entry is None else (entry.number, entry.state)
 
+    def bound_channels(self) -> list[tuple[Address, int]]:
+        """``(peer, number)`` of every bound channel (RFC 8656 §12): what may arrive as
+        ChannelData now."""
+        return [
+            (peer, chan.number)
+            for peer, chan in self._channels.items()
+            if chan.state is ChannelState.BOUND
+        ]
+
     def channel_for_batch(self, peer: Address, count: int) -> int | None:
         """The number of the channel bound to ``peer`` when ``count`` payloads are about to go
         to it as ChannelData that the caller frames itself (:func:`encode_channel_data`'s

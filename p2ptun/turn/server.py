@@ -56,7 +56,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
-from p2ptun.addr import Address, SourceBudget, format_address, source_key
+from p2ptun.addr import Address, SourceBudget, format_address, is_ipv6, source_key
 from p2ptun.log import get_logger
 from p2ptun.stun import (
     AddressErrorValue,
@@ -354,7 +354,7 @@ class _Reject(Exception):
 
 
 def _family_of(host: str) -> int:
-    return AddressFamily.IPV6 if ":" in host else AddressFamily.IPV4
+    return AddressFamily.IPV6 if is_ipv6(host) else AddressFamily.IPV4
 
 
 # -- the server ------------------------------------------------------------------------------

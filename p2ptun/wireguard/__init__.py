@@ -1,4 +1,4 @@
-"""The WireGuard protocol, sans-I/O: data-plane encryption for p2ptun (ARCHITECTURE.md §2).
+"""The WireGuard protocol, sans-I/O: data-plane encryption for p2ptun (docs/ARCHITECTURE.md §2).
 
 Implements the WireGuard whitepaper (J. A. Donenfeld, "WireGuard: Next Generation Kernel
 Network Tunnel", revision e2da747): message types 1–4 (§5.4), the
@@ -19,6 +19,7 @@ from p2ptun.wireguard.events import (
     Event,
     HandshakeCompleted,
     HandshakeFailed,
+    PathQuiet,
     SessionExpired,
 )
 from p2ptun.wireguard.peer import Peer
@@ -33,6 +34,7 @@ __all__ = [
     "HandshakeCompleted",
     "HandshakeFailed",
     "NoiseError",
+    "PathQuiet",
     "Peer",
     "SessionExpired",
     "TimerConfig",

@@ -27,7 +27,18 @@ class SessionExpired:
     now: float
 
 
-Event = HandshakeCompleted | HandshakeFailed | SessionExpired
+@dataclass(frozen=True, slots=True)
+class PathQuiet:
+    """The path may have failed: nothing authenticated arrived from the peer for
+    :attr:`Peer.path_silence` seconds although data went to it since (``unanswered``), or
+    although data had been arriving until then (not ``unanswered``). Not a protocol event: the
+    owner of the path checks it (an ICE consent probe) and fails over if it is dead."""
+
+    now: float
+    unanswered: bool
+
+
+Event = HandshakeCompleted | HandshakeFailed | SessionExpired | PathQuiet
 
 
 @dataclass(slots=True)

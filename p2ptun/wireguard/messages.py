@@ -158,7 +158,7 @@ def _check_u32(name: str, value: int) -> None:
 def message_type(data: bytes | bytearray | memoryview) -> MessageType:
     """The type of a datagram that looks like WireGuard (first byte 1–4, then three zeros).
 
-    This is the demultiplexing rule of ARCHITECTURE.md §2; it does not check the length.
+    This is the demultiplexing rule of docs/ARCHITECTURE.md §2; it does not check the length.
     """
     if len(data) < 4:
         raise WireGuardDecodeError("datagram shorter than a WireGuard message header")

@@ -46,7 +46,13 @@ from p2ptun.log import get_logger
 from p2ptun.noise import KEY_LEN, TAG_LEN, HandshakeState, NoiseError
 from p2ptun.wireguard import tai64n
 from p2ptun.wireguard.cookie import CookieGenerator, Source
-from p2ptun.wireguard.events import Event, HandshakeCompleted, HandshakeFailed, SessionExpired
+from p2ptun.wireguard.events import (
+    Event,
+    HandshakeCompleted,
+    HandshakeFailed,
+    PathQuiet,
+    SessionExpired,
+)
 from p2ptun.wireguard.handshake import (
     HandshakeStage,
     consume_response,
@@ -143,6 +149,13 @@ class Peer:
         self._new_handshake_at: float | None = None
         self._zero_keys_at: float | None = None
         self._persistent_keepalive_at: float | None = None
+        self.path_silence: float | None = None
+        """Report :class:`PathQuiet` after this many seconds without an authenticated packet
+        from the peer while we sent data, or after data stopped arriving (None: never). The
+        node sets it from the path's round-trip time; WireGuard itself waits
+        ``KEEPALIVE_TIMEOUT + REKEY_TIMEOUT`` (15 s) before it reacts (§6.5)."""
+        self._quiet_tx_at: float | None = None
+        self._quiet_rx_at: float | None = None
         self._handshake_attempts = 0
         self._sent_last_minute_handshake = False
 
@@ -262,6 +275,8 @@ class Peer:
             self._persistent_keepalive_at = now + self.persistent_keepalive
         if self._new_handshake_at is None:
             self._new_handshake_at = now + timers.new_handshake_timeout + self._jitter()
+        if self._quiet_tx_at is None and self.path_silence is not None:
+            self._quiet_tx_at = now + self.path_silence
         self._keep_key_fresh_sending(kp, now)
 
     def send_keepalive(self, now: float) -> None:
@@ -283,6 +298,8 @@ class Peer:
             self._new_handshake_at,
             self._zero_keys_at,
             self._persistent_keepalive_at,
+            self._quiet_tx_at,
+            self._quiet_rx_at,
         ):
             if t is not None and (best is None or t < best):
                 best = t
@@ -316,6 +333,14 @@ class Peer:
             self._persistent_keepalive_at = None
             if self.persistent_keepalive:
                 self.send_keepalive(now)
+        t = self._quiet_tx_at
+        if t is not None and t <= now:
+            self._quiet_tx_at = self._quiet_rx_at = None
+            self._events.append(PathQuiet(now, unanswered=True))
+        t = self._quiet_rx_at
+        if t is not None and t <= now:
+            self._quiet_rx_at = None
+            self._events.append(PathQuiet(now, unanswered=False))
 
     # -- state queries --------------------------------------------------------------------------
 
@@ -544,6 +569,8 @@ class Peer:
             shared.counters.packets_sent += 1
             if self._new_handshake_at is None:
                 self._new_handshake_at = now + self.timers.new_handshake_timeout + self._jitter()
+            if self._quiet_tx_at is None and self.path_silence is not None:
+                self._quiet_tx_at = now + self.path_silence
         else:
             shared.counters.keepalives_sent += 1
 
@@ -597,9 +624,13 @@ class Peer:
         if self.persistent_keepalive:
             self._persistent_keepalive_at = now + self.persistent_keepalive
         self._new_handshake_at = None
+        self._quiet_tx_at = None
         if size == 0:
             counters.keepalives_received += 1
             return True
+        silence = self.path_silence
+        if silence is not None:
+            self._quiet_rx_at = now + silence
         # Data received: owe the peer a keepalive unless we send something first (§6.5).
         if self._send_keepalive_at is None:
             self._send_keepalive_at = now + timers.keepalive_timeout

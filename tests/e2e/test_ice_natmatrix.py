@@ -1,7 +1,7 @@
 """ICE across real NATs: two of our ICE transports (``python -m p2plab.ice_probe``), one in
 each site host of the lab, with our embedded STUN/TURN server (``p2ptun rendezvous``) on the
 public server host. For each NAT pair the selected pair must be direct where hole punching can
-work and relayed where it cannot (ARCHITECTURE.md §4), relayed over TCP when one site blocks
+work and relayed where it cannot (docs/ARCHITECTURE.md §4), relayed over TCP when one site blocks
 UDP; data must flow both ways, and the lab's forwarding counters must show it went the way the
 pair says (site to site, or through the server).
 

@@ -1,5 +1,5 @@
 """The NAT matrix with real daemons: which path two ``p2ptun up`` nodes choose behind each pair
-of NAT types, and that ping and TCP go through it (ARCHITECTURE.md §4).
+of NAT types, and that ping and TCP go through it (docs/ARCHITECTURE.md §4).
 
 One lab for the module (seven sites: cone, cone, prc, prc, sym, sym, udp-blocked), one
 rendezvous on its server (signaling, STUN, TURN with ephemeral credentials), one node identity

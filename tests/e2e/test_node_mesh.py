@@ -1,4 +1,4 @@
-"""Three real daemons (ARCHITECTURE.md §4): a peer added by SIGHUP, a full mesh, and SIGTERM
+"""Three real daemons (docs/ARCHITECTURE.md §4): a peer added by SIGHUP, a full mesh, and SIGTERM
 teardown that leaves nothing behind.
 
 One lab for the module (sites: cone, prc, sym, so the mesh has two direct pairs and a relayed
@@ -36,7 +36,7 @@ def mesh(
     natlab_module: LabFactory, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Deployment]:
     # n3 (carol) gets the smallest public key: her offers win glare against both others
-    # (ARCHITECTURE.md §2: raw 32 bytes compared), which the SIGHUP test relies on.
+    # (docs/ARCHITECTURE.md §2: raw 32 bytes compared), which the SIGHUP test relies on.
     small, mid, large = sorted((keypair() for _ in SITES), key=lambda k: base64.b64decode(k[1]))
     dep = Deployment.per_site(
         natlab_module(list(SITES)), tmp_path_factory.mktemp("mesh"), keys=[mid, large, small]

@@ -1,4 +1,4 @@
-"""Real daemons through network trouble (ARCHITECTURE.md §4): a NAT that forgets its mappings
+"""Real daemons through network trouble (docs/ARCHITECTURE.md §4): a NAT that forgets its mappings
 or gets a new public address in the middle of a TCP transfer, and loss and delay while two
 nodes set up.
 

@@ -6,7 +6,7 @@ The rendezvous address points at a closed port inside the namespace: the daemon 
 once and keep running.
 
 Covered: READY=1 only once the interface exists, is up and has its address (a NOTIFY_SOCKET
-bound by the test); the status JSON has exactly the fields of ARCHITECTURE.md §3; SIGTERM
+bound by the test); the status JSON has exactly the fields of docs/ARCHITECTURE.md §3; SIGTERM
 leaves no interface, route or socket behind and exits 0; SIGHUP adds and removes a peer (its
 route appears and goes) and refuses a broken file, keeping the running config; an interface
 name that is taken, no privileges (setpriv to nobody) and no /dev/net/tun each end with one

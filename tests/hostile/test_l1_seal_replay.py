@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ import trio
 from p2ptun.config import NodeEntry, RendezvousConfig
 from p2ptun.keys import generate_private_key, public_key
 from p2ptun.net.signaling import SignalingClient
+from p2ptun.net.system import SystemHost
 from p2ptun.rendezvous.signaling import serve_signaling
 from p2ptun.signal.backoff import BackoffPolicy
 from p2ptun.signal.errors import SealError
@@ -104,6 +106,7 @@ async def test_daemon_client_refuses_a_replay_after_restart(tmp_path: Path) -> N
     def bob_client() -> SignalingClient:
         assert server.address is not None
         return SignalingClient(
+            SystemHost(),
             name="bob",
             private_key=BOB,
             rendezvous=server.address,
@@ -125,7 +128,7 @@ async def test_daemon_client_refuses_a_replay_after_restart(tmp_path: Path) -> N
 
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
-            server = await nursery.start(serve_signaling, cfg)
+            server = await nursery.start(partial(serve_signaling, cfg, host=SystemHost()))
             first = bob_client()
             await nursery.start(first.run)
             await first.wait_ready()

@@ -68,7 +68,7 @@ def test_a_stranger_cannot_farm_names(tmp_path: Path) -> None:
                     timeout=5,
                 )
                 claimed += 1
-            except Refused:
+            except (Refused, ConnectionError):  # refused as busy, or past the connect rate
                 refused += 1
         elapsed = time.monotonic() - start
         print(

@@ -15,6 +15,7 @@ import statistics
 import tracemalloc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ import trio
 from p2ptun.config import NodeEntry, RendezvousConfig, StunServerSettings, TurnServerSettings
 from p2ptun.keys import generate_private_key, public_key
 from p2ptun.net.signaling import SignalingClient
+from p2ptun.net.system import SystemHost
 from p2ptun.rendezvous.signaling import SignalingServer, open_store, serve_signaling
 from p2ptun.signal.backoff import BackoffPolicy
 from p2ptun.signal.client import (
@@ -36,6 +38,8 @@ from p2ptun.signal.seal import Answer, Candidates, Offer, SignalBox
 
 RV_KEY = generate_private_key()
 FAST = BackoffPolicy(base=0.05, cap=0.5)
+
+HOST = SystemHost()
 
 
 def rv_config(
@@ -69,6 +73,7 @@ def client(
 ) -> SignalingClient:
     assert server.address is not None
     return SignalingClient(
+        SystemHost(),
         name=name,
         private_key=key,
         rendezvous=server.address,
@@ -105,7 +110,7 @@ async def test_offer_answer_and_turn_over_loopback(tmp_path: Path) -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             server = await nursery.start(
-                serve_signaling, rv_config(tmp_path, turn=turn, nodes=nodes)
+                partial(serve_signaling, rv_config(tmp_path, turn=turn, nodes=nodes), host=HOST)
             )
             alice = client(server, "alice", ka, {"bob": public_key(kb)})
             bob = client(server, "bob", kb, {"alice": public_key(ka)})
@@ -126,7 +131,7 @@ async def test_unknown_nodes_and_wrong_keys_are_refused(tmp_path: Path) -> None:
     cfg = rv_config(tmp_path, open_registration=False, nodes=(NodeEntry("alice", public_key(ka)),))
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            server = await nursery.start(serve_signaling, cfg)
+            server = await nursery.start(partial(serve_signaling, cfg, host=HOST))
             stranger = client(server, "mallory", kx, {})
             impostor = client(server, "alice", kx, {})
             confused = client(  # expects another rendezvous key
@@ -211,9 +216,9 @@ async def test_malicious_rendezvous_cannot_forge_or_misdirect(tmp_path: Path, at
     import time
 
     cfg = rv_config(tmp_path)
-    store = open_store(cfg)
+    store = open_store(cfg, HOST)
     core = EvilCore(attack, forger, RV_KEY, store, rng=os.urandom, wall_clock=time.time)
-    server = SignalingServer(core, cfg.listen, store=store)
+    server = SignalingServer(HOST, core, cfg.listen, store=store)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)
@@ -269,7 +274,7 @@ async def test_rendezvous_restart_and_tofu_persistence(tmp_path: Path) -> None:
     cap = 0.5
     with trio.fail_after(15):
         async with trio.open_nursery() as nursery:
-            server = await nursery.start(serve_signaling, rv_config(tmp_path))
+            server = await nursery.start(partial(serve_signaling, rv_config(tmp_path), host=HOST))
             assert server.address is not None
             port = server.address[1]
             alice = client(server, "alice", ka, {"bob": public_key(kb)}, backoff=FAST)
@@ -280,7 +285,9 @@ async def test_rendezvous_restart_and_tofu_persistence(tmp_path: Path) -> None:
                 while alice.ready or bob.ready:
                     await trio.sleep(0.01)
                 await trio.sleep(1.0)  # down long enough for the backoff to reach its cap
-                restarted = await nursery.start(serve_signaling, rv_config(tmp_path, port=port))
+                restarted = await nursery.start(
+                    partial(serve_signaling, rv_config(tmp_path, port=port), host=HOST)
+                )
                 t0 = trio.current_time()
                 with trio.fail_after(cap + 1.0):  # the backoff bound, plus handshake slack
                     await alice.wait_online("bob")
@@ -323,6 +330,7 @@ async def test_200_clients_on_one_rendezvous(tmp_path: Path) -> None:
                 server = await nursery.start(
                     lambda task_status: serve_signaling(
                         cfg,
+                        host=HOST,
                         # 200 nodes behind one address, all connecting at once.
                         limits=ServerLimits(
                             connect_rate=1000.0, connect_burst=1000.0, max_pending_per_source=512

@@ -73,7 +73,10 @@ async def _allocate(nursery: Any, cfg: dict[str, Any], events: list[str], inbox:
     RuntimeFailure if it cannot be made."""
     import socket
 
-    from p2ptun.net.turn_shared import TurnRelay, UdpMux
+    from p2ptun.net.dispatch import Dispatcher
+    from p2ptun.net.mux import UdpMux
+    from p2ptun.net.system import SystemHost
+    from p2ptun.net.turn_relay import TurnRelay
     from p2ptun.net.udp import UdpEndpoint
 
     def on_event(relay: Any, event: Any) -> None:
@@ -91,11 +94,18 @@ async def _allocate(nursery: Any, cfg: dict[str, Any], events: list[str], inbox:
     transport = cfg.get("transport", "udp")
     if transport == "udp":
         endpoint = UdpEndpoint.bind(socket.AF_INET)
-        nursery.start_soon(endpoint.receive_loop)
-        relay = TurnRelay.udp(UdpMux([endpoint]), server, *credentials, **options)
+        mux = UdpMux([endpoint])
+        dispatcher = Dispatcher(stun=mux.on_stun, channel_data=mux.on_channel_data)
+        nursery.start_soon(endpoint.receive_loop, dispatcher)
+        relay = TurnRelay.udp(mux, server, *credentials, **options)
     else:
         relay = TurnRelay.stream(
-            server, *credentials, transport=transport, ca_file=cfg.get("ca_file"), **options
+            SystemHost(),
+            server,
+            *credentials,
+            transport=transport,
+            ca_file=cfg.get("ca_file"),
+            **options,
         )
     await nursery.start(partial(relay.run, timeout=cfg.get("timeout", 15), close_timeout=5))
     return relay

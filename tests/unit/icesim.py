@@ -34,14 +34,15 @@ What is modelled
 
 from __future__ import annotations
 
-import enum
 import heapq
 import itertools
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from p2plab.natmodel import Filtering, Mapping, NatBehaviour, NatTable, PortAllocation
 from p2ptun.addr import Address
 from p2ptun.ice.agent import AgentConfig, IceAgent, OutgoingDatagram
 from p2ptun.ice.candidate import (
@@ -56,18 +57,6 @@ from p2ptun.ice.sdp import IceCredentials
 from p2ptun.stun import AttrType, Message, MessageClass, Method, handle_binding
 
 STUN_PORT = 3478
-
-
-class Mapping(enum.Enum):
-    EIM = "endpoint-independent"
-    ADM = "address-dependent"
-    APDM = "address-and-port-dependent"
-
-
-class Filtering(enum.Enum):
-    EIF = "endpoint-independent"
-    ADF = "address-dependent"
-    APDF = "address-and-port-dependent"
 
 
 #: NAT presets by name (None: the host has a public address).
@@ -203,7 +192,9 @@ class Endpoint:
 
 
 class Nat:
-    """A NAT with RFC 4787 mapping and filtering behaviour (see the module docstring)."""
+    """A NAT with RFC 4787 mapping and filtering behaviour: the translation table of
+    :class:`p2plab.natmodel.NatTable` (the one the in-memory network uses too), with
+    sequential ports from 20000 and mappings that never expire."""
 
     def __init__(self, net: Network, public_ip: str, mapping: Mapping, filtering: Filtering):
         self.net = net
@@ -211,36 +202,16 @@ class Nat:
         self.mapping = mapping
         self.filtering = filtering
         self.lan: dict[str, Endpoint] = {}
-        self._ports = itertools.count(20000)
-        self._map: dict[tuple[object, ...], int] = {}
-        self._reverse: dict[int, Address] = {}
-        self._allowed: dict[int, set[object]] = {}
+        behaviour = NatBehaviour(mapping, filtering, PortAllocation.SEQUENTIAL, math.inf, math.inf)
+        self.table = NatTable(public_ip, behaviour)
         net.owners[public_ip] = self
-
-    def _key(self, src: Address, dst: Address) -> tuple[object, ...]:
-        if self.mapping is Mapping.EIM:
-            return (src,)
-        if self.mapping is Mapping.ADM:
-            return (src, dst[0])
-        return (src, dst)
 
     def outbound(self, src: Address, dst: Address, payload: object) -> None:
         local = self.lan.get(dst[0])
         if local is not None:
             self.net.schedule(self.net.now + 0.001, lambda: self._deliver_lan(local, src, payload))
             return
-        key = self._key(src, dst)
-        port = self._map.get(key)
-        if port is None:
-            port = next(self._ports)
-            self._map[key] = port
-            self._reverse[port] = src
-            self._allowed[port] = set()
-        if self.filtering is Filtering.ADF:
-            self._allowed[port].add(dst[0])
-        elif self.filtering is Filtering.APDF:
-            self._allowed[port].add(dst)
-        self.net.send((self.public_ip, port), dst, payload)
+        self.net.send(self.table.outbound(src, dst, self.net.now), dst, payload)
 
     def _deliver_lan(self, host: Endpoint, src: Address, payload: object) -> None:
         blocked = self.net.blocked
@@ -250,13 +221,8 @@ class Nat:
         host.receive(src, payload)
 
     def receive_public(self, src: Address, dst: Address, payload: object) -> None:
-        inside = self._reverse.get(dst[1])
+        inside = self.table.inbound(src, dst[1], self.net.now)
         if inside is None:
-            return
-        allowed = self._allowed[dst[1]]
-        if self.filtering is Filtering.ADF and src[0] not in allowed:
-            return
-        if self.filtering is Filtering.APDF and src not in allowed:
             return
         host = self.lan.get(inside[0])
         if host is not None and host.address == inside:

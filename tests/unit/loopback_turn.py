@@ -9,6 +9,7 @@ import socket
 import trio
 
 from p2ptun.config import StunServerSettings, TurnServerSettings
+from p2ptun.net.system import SystemHost
 from p2ptun.rendezvous.stun_turn import StunTurnService
 
 HOST = "127.0.0.1"
@@ -53,7 +54,7 @@ async def serve_turn(
         tls_cert=None if tls is None else tls[1],
         tls_key=None if tls is None else tls[2],
     )
-    svc = await StunTurnService.bind(StunServerSettings(((HOST, port),)), settings)
+    svc = await StunTurnService.bind(SystemHost(), StunServerSettings(((HOST, port),)), settings)
     scope = trio.CancelScope()
 
     async def run() -> None:

@@ -1,5 +1,5 @@
 """Fuzzing the agent's datagram input: random and mutated STUN never raises, only drops and
-counts (ARCHITECTURE.md §4). Also an in-memory aioice compatibility smoke test."""
+counts (docs/ARCHITECTURE.md §4). Also an in-memory aioice compatibility smoke test."""
 
 from __future__ import annotations
 

@@ -16,8 +16,10 @@ from loopback_turn import HOST, free_port, serve_turn
 from p2ptun.config import IceConfig, TurnServerConfig
 from p2ptun.errors import RuntimeFailure
 from p2ptun.ice.candidate import Candidate, CandidateType
+from p2ptun.net.dispatch import Dispatcher
 from p2ptun.net.gather import Gatherer, GatherOptions, IssuedCredentials, SlotState
-from p2ptun.net.turn_shared import UdpMux
+from p2ptun.net.mux import UdpMux
+from p2ptun.net.system import SystemHost
 from p2ptun.net.udp import UdpEndpoint
 from p2ptun.turn.client import AllocationState
 
@@ -55,12 +57,19 @@ async def start(
     else:
         ep = UdpEndpoint.bind(socket.AF_INET)
         mux = UdpMux([ep], route_lookup=route_lookup)
-    nursery.start_soon(ep.receive_loop)
+    dispatcher = Dispatcher(stun=mux.on_stun, channel_data=mux.on_channel_data)
+    nursery.start_soon(ep.receive_loop, dispatcher)
 
     async def lister() -> Sequence[str]:
         return list(hosts)
 
-    gatherer = Gatherer(mux, options, list_addresses=lister, **kw)  # type: ignore[arg-type]
+    gatherer = Gatherer(
+        mux,
+        options,
+        host=SystemHost(),
+        list_addresses=lister,
+        **kw,  # type: ignore[arg-type]
+    )
     await nursery.start(gatherer.run)
     return gatherer
 
@@ -136,7 +145,7 @@ async def test_issued_credentials_and_failures(nursery: trio.Nursery, server: in
 async def test_gather_needs_run() -> None:
     ep = UdpEndpoint.bind(socket.AF_INET, HOST)
     with pytest.raises(RuntimeError):
-        await Gatherer(UdpMux([ep]), GatherOptions()).gather()
+        await Gatherer(UdpMux([ep]), GatherOptions(), host=SystemHost()).gather()
     ep.close()
 
 
@@ -334,10 +343,10 @@ async def test_host_addresses_from_netlink(nursery: trio.Nursery, natlab: object
     lab = natlab(["cone"])  # type: ignore[operator]
     ns, ifname = lab.ns_host(1), lab.if_host(1)
     ep = UdpEndpoint.bind(socket.AF_INET, HOST)
-    g = Gatherer(UdpMux([ep]), GatherOptions(netns=ns))
+    g = Gatherer(UdpMux([ep]), GatherOptions(), host=SystemHost(netns=ns))
     await nursery.start(g.run)
     found = await g.gather()
     assert [c.host for c in found.candidates] == [lab.site(1).host_addr]  # no loopback
-    g.options = GatherOptions(netns=ns, exclude_interfaces=(ifname,))
+    g.options = GatherOptions(exclude_interfaces=(ifname,))
     assert (await g.gather()).candidates == []  # our own (TUN) interface is skipped
     ep.close()

@@ -18,6 +18,7 @@ from p2ptun.ice.agent import AgentConfig
 from p2ptun.ice.candidate import CandidateType
 from p2ptun.ice.events import PairSelected, SelectedPair, StateChanged
 from p2ptun.ice.sdp import IceDescription
+from p2ptun.net.dispatch import Dispatcher
 from p2ptun.net.gather import GatherOptions
 from p2ptun.net.ice_transport import (
     IceSession,
@@ -29,6 +30,7 @@ from p2ptun.net.ice_transport import (
     is_direct,
     stun_username,
 )
+from p2ptun.net.system import SystemHost
 from p2ptun.net.udp import UdpEndpoint
 from p2ptun.stun import AttrType, Message, Method
 
@@ -95,11 +97,17 @@ async def start_node(
     transport = IceTransport(
         [ep],
         GatherOptions(stun=tuple(stun), turn=tuple(turn), **options),
-        claim_wireguard=True,
+        host=SystemHost(),
         list_addresses=_lister(hosts),
         **{"agent_config": LOOPBACK, **(transport_options or {})},
     )
-    nursery.start_soon(ep.receive_loop)
+    # The socket's one dispatcher: ICE and TURN to the mux, WireGuard-typed data to the
+    # sessions (a node would give that kind to its data path).
+    mux = transport.mux
+    dispatcher = Dispatcher(
+        stun=mux.on_stun, channel_data=mux.on_channel_data, wireguard=transport.on_wireguard
+    )
+    nursery.start_soon(ep.receive_loop, dispatcher)
     await nursery.start(transport.run)
     return Node(transport, ep)
 
@@ -191,7 +199,7 @@ async def test_relayed_wireguard_to_the_transport_handler(
         nursery,
         hosts=(),
         turn=[turn_config(turn_server)],
-        transport_options={"on_relayed_data": lambda d, p: got.append((bytes(d), p))},
+        transport_options={"relayed_wireguard": lambda d, p: got.append((bytes(d), p))},
     )
     b = await start_node(nursery, hosts=(), turn=[turn_config(turn_server, user="bob")])
     pa, pb = await connect(a, b)
@@ -514,6 +522,7 @@ async def test_timer_follows_a_deadline_that_moves_later(
     transport = IceTransport(
         [ep],
         GatherOptions(),
+        host=SystemHost(),
         list_addresses=_lister([HOST]),
         on_timer=lambda: woke.append(trio.current_time()),
     )

@@ -1,4 +1,5 @@
-"""Tests for p2ptun.net.udp: the first-bytes demux and the UDP endpoint over loopback."""
+"""Tests for p2ptun.net.udp and p2ptun.net.dispatch: the first-bytes demux, the dispatcher that
+owns a socket's dispatch, and the UDP endpoint over loopback."""
 
 from __future__ import annotations
 
@@ -13,14 +14,8 @@ from hypothesis import strategies as st
 
 from p2ptun.addr import Address
 from p2ptun.errors import DecodeError, RuntimeFailure
-from p2ptun.net.udp import (
-    STUN_MAGIC_COOKIE,
-    PacketKind,
-    UdpEndpoint,
-    classify,
-    family_supported,
-    open_endpoints,
-)
+from p2ptun.net.dispatch import STUN_MAGIC_COOKIE, Dispatcher, PacketKind, classify
+from p2ptun.net.udp import UdpEndpoint, family_supported, open_endpoints
 
 COOKIE = STUN_MAGIC_COOKIE
 IPV6 = family_supported(socket.AF_INET6)
@@ -32,7 +27,7 @@ def stun(msg_type: int = 0x0001, body: bytes = b"") -> bytes:
 
 
 def reference_classify(data: bytes) -> PacketKind:
-    """The rule of ARCHITECTURE.md §2, written independently of the implementation."""
+    """The rule of docs/ARCHITECTURE.md §2, written independently of the implementation."""
     if len(data) >= 20 and data[0] in (0, 1, 2, 3) and data[4:8] == b"\x21\x12\xa4\x42":
         return PacketKind.STUN
     if len(data) >= 4 and data[0] >> 4 == 4:
@@ -175,19 +170,17 @@ class Collector:
         self.drains += 1
 
 
-def make_endpoint(
-    collector: Collector, family: socket.AddressFamily = socket.AF_INET, **kwargs: object
-) -> UdpEndpoint:
+def make_endpoint(family: socket.AddressFamily = socket.AF_INET, **kwargs: object) -> UdpEndpoint:
     host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
-    return UdpEndpoint.bind(
-        family,
-        host,
-        0,
-        on_stun=collector.handler(PacketKind.STUN),  # type: ignore[arg-type]
-        on_channel_data=collector.handler(PacketKind.CHANNEL_DATA),  # type: ignore[arg-type]
-        on_wireguard=collector.handler(PacketKind.WIREGUARD),  # type: ignore[arg-type]
-        on_drained=collector.drained,
-        **kwargs,  # type: ignore[arg-type]
+    return UdpEndpoint.bind(family, host, 0, **kwargs)  # type: ignore[arg-type]
+
+
+def make_dispatcher(collector: Collector) -> Dispatcher:
+    return Dispatcher(
+        stun=collector.handler(PacketKind.STUN),  # type: ignore[arg-type]
+        channel_data=collector.handler(PacketKind.CHANNEL_DATA),  # type: ignore[arg-type]
+        wireguard=collector.handler(PacketKind.WIREGUARD),  # type: ignore[arg-type]
+        drained=collector.drained,
     )
 
 
@@ -236,7 +229,8 @@ async def test_ipv6_socket_is_v6only() -> None:
 async def test_dispatch_each_kind_and_drop_other() -> None:
     col = Collector()
     col.want = 3
-    with make_endpoint(col) as ep, client_socket() as client:
+    dispatcher = make_dispatcher(col)
+    with make_endpoint() as ep, client_socket() as client:
         dest = ep.local_address
         payloads = {
             PacketKind.STUN: stun(0x0001, b"\x80\x22\x00\x04test"),
@@ -248,13 +242,13 @@ async def test_dispatch_each_kind_and_drop_other() -> None:
         for data in payloads.values():
             client.sendto(data, dest)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(ep.receive_loop)
+            nursery.start_soon(ep.receive_loop, dispatcher)
             with trio.fail_after(5):
                 await col.event.wait()
             nursery.cancel_scope.cancel()
         src = client.getsockname()
         assert sorted(col.got) == sorted((k, v, (src[0], src[1])) for k, v in payloads.items())
-        c = ep.counters
+        c = dispatcher.counters
         assert (c.rx_stun, c.rx_channel_data, c.rx_wireguard, c.rx_other) == (1, 1, 1, 2)
         assert c.rx_malformed == 0
         assert c.as_dict()["rx_other"] == 2
@@ -274,10 +268,9 @@ async def test_drain_batches_and_views_valid_until_drained() -> None:
         snapshots.append([bytes(v) for v in views])
         views.clear()
 
+    dispatcher = Dispatcher(wireguard=on_wg, drained=drained)
     with (
-        UdpEndpoint.bind(
-            socket.AF_INET, "127.0.0.1", 0, batch=8, on_wireguard=on_wg, on_drained=drained
-        ) as ep,
+        UdpEndpoint.bind(socket.AF_INET, "127.0.0.1", 0, batch=8) as ep,
         client_socket() as client,
     ):
         sent = [b"\x04\x00\x00\x00" + struct.pack("!I", i) + bytes(24) for i in range(20)]
@@ -285,15 +278,15 @@ async def test_drain_batches_and_views_valid_until_drained() -> None:
             client.sendto(data, ep.local_address)
         counts = []
         for _ in range(10):  # bounded
-            n = ep.drain()
+            n = ep.drain(dispatcher)
             counts.append(n)
             if n < 8:
                 break
         assert counts == [8, 8, 4]
         assert [len(s) for s in snapshots] == [8, 8, 4]
         assert [d for s in snapshots for d in s] == sent
-        assert ep.drain() == 0
-        assert len(snapshots) == 3  # no on_drained call for an empty drain
+        assert ep.drain(dispatcher) == 0
+        assert len(snapshots) == 3  # no drained() call for an empty drain
 
 
 async def test_decode_error_is_counted_and_dropped() -> None:
@@ -304,51 +297,44 @@ async def test_decode_error_is_counted_and_dropped() -> None:
             raise DecodeError("bad STUN")
         seen.append(bytes(data))
 
+    dispatcher = Dispatcher(stun=on_stun)
     with (
-        UdpEndpoint.bind(socket.AF_INET, "127.0.0.1", 0, on_stun=on_stun) as ep,
+        UdpEndpoint.bind(socket.AF_INET, "127.0.0.1", 0) as ep,
         client_socket() as client,
     ):
         client.sendto(stun(0x00FF), ep.local_address)
         client.sendto(stun(0x0001), ep.local_address)
         with trio.fail_after(5):
-            while len(seen) + ep.counters.rx_malformed < 2:
+            while len(seen) + dispatcher.counters.rx_malformed < 2:
                 await trio.lowlevel.wait_readable(ep.socket)
-                ep.drain()
-        assert ep.counters.rx_malformed == 1
+                ep.drain(dispatcher)
+        assert dispatcher.counters.rx_malformed == 1
         assert seen == [stun(0x0001)]
 
 
 async def test_unhandled_kind_is_dropped() -> None:
+    got: list[bytes] = []
+    dispatcher = Dispatcher(channel_data=lambda d, a: got.append(bytes(d)))
     with UdpEndpoint.bind(socket.AF_INET, "127.0.0.1", 0) as ep, client_socket() as client:
         client.sendto(b"\x01\x00\x00\x00" + bytes(144), ep.local_address)
-        with trio.fail_after(5):
-            await trio.lowlevel.wait_readable(ep.socket)
-        assert ep.drain() == 1
-        assert ep.counters.rx_wireguard == 1
-        assert ep.counters.rx_unhandled == 1
-
-
-async def test_set_handler() -> None:
-    got: list[bytes] = []
-    with UdpEndpoint.bind(socket.AF_INET, "127.0.0.1", 0) as ep, client_socket() as client:
-        ep.set_handler(PacketKind.CHANNEL_DATA, lambda d, a: got.append(bytes(d)))
-        with pytest.raises(ValueError):
-            ep.set_handler(PacketKind.OTHER, lambda d, a: None)
         client.sendto(b"\x4f\xff\x00\x00", ep.local_address)
         with trio.fail_after(5):
-            await trio.lowlevel.wait_readable(ep.socket)
-        ep.drain()
+            while dispatcher.counters.rx_wireguard + len(got) < 2:
+                await trio.lowlevel.wait_readable(ep.socket)
+                ep.drain(dispatcher)
+        assert dispatcher.counters.rx_wireguard == 1
+        assert dispatcher.counters.rx_unhandled == 1
         assert got == [b"\x4f\xff\x00\x00"]
 
 
-async def test_send_and_send_wait() -> None:
+async def test_send() -> None:
     with UdpEndpoint.bind(socket.AF_INET, "127.0.0.1", 0) as ep, client_socket() as client:
         client.setblocking(False)
         dest = client.getsockname()
         assert ep.send(b"one", dest)
         assert ep.send(bytearray(b"two"), dest)
-        assert await ep.send_wait(memoryview(b"three"), dest)
-        assert ep.send_many([(b"four", dest), (b"five", dest)]) == 2
+        assert ep.send(memoryview(b"three"), dest)
+        assert ep.send_batch([b"four", b"five"], dest) == 2
         got: list[bytes] = []
         with trio.fail_after(5):
             while len(got) < 5:
@@ -373,7 +359,7 @@ async def test_close_wakes_receive_loop() -> None:
     ep = UdpEndpoint.bind(socket.AF_INET, "127.0.0.1", 0)
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(ep.receive_loop)
+            nursery.start_soon(ep.receive_loop, Dispatcher())
             await trio.testing.wait_all_tasks_blocked()
             ep.close()
     # The loop returned on its own; closing again is harmless.
@@ -385,10 +371,10 @@ async def test_close_wakes_receive_loop() -> None:
 async def test_ipv6_loopback_roundtrip() -> None:
     col = Collector()
     col.want = 1
-    with make_endpoint(col, socket.AF_INET6) as ep, client_socket(socket.AF_INET6) as client:
+    with make_endpoint(socket.AF_INET6) as ep, client_socket(socket.AF_INET6) as client:
         client.sendto(b"\x02\x00\x00\x00" + bytes(88), ep.local_address)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(ep.receive_loop)
+            nursery.start_soon(ep.receive_loop, make_dispatcher(col))
             with trio.fail_after(5):
                 await col.event.wait()
             nursery.cancel_scope.cancel()

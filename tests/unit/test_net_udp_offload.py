@@ -9,7 +9,9 @@ import socket
 import pytest
 
 from p2ptun.addr import Address
-from p2ptun.net.udp import PacketKind, UdpCounters, UdpEndpoint, send_datagrams
+from p2ptun.net.dispatch import Dispatcher, PacketKind
+from p2ptun.net.ports import UdpCounters
+from p2ptun.net.udp import UdpEndpoint, send_datagrams
 
 
 def wg_datagram(i: int, size: int) -> bytes:
@@ -25,8 +27,9 @@ def test_batch_boundaries_survive(monkeypatch: pytest.MonkeyPatch, mode: str) ->
     def handler(data: memoryview, addr: Address) -> None:
         got.append(bytes(data))
 
+    dispatcher = Dispatcher(wireguard=handler)
     with (
-        UdpEndpoint.bind(socket.AF_INET, "127.0.0.1", on_wireguard=handler) as rx,
+        UdpEndpoint.bind(socket.AF_INET, "127.0.0.1") as rx,
         UdpEndpoint.bind(socket.AF_INET, "127.0.0.1") as tx,
     ):
         assert rx.gro == tx.gso == (mode == "auto")
@@ -37,10 +40,10 @@ def test_batch_boundaries_survive(monkeypatch: pytest.MonkeyPatch, mode: str) ->
         for _ in range(100):
             if len(got) >= len(sent):
                 break
-            rx.drain()
+            rx.drain(dispatcher)
         assert got == sent
         assert tx.counters.tx_packets == len(sent)
-        assert rx.counters.rx_wireguard == len(sent)
+        assert dispatcher.counters.rx_wireguard == len(sent)
         if mode == "auto":
             assert tx.counters.tx_gso_sends >= 3
             assert rx.counters.rx_reads < len(sent)
@@ -56,8 +59,9 @@ def test_gso_refused_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     def handler(data: memoryview, addr: Address) -> None:
         got.append(len(data))
 
+    dispatcher = Dispatcher(wireguard=handler)
     with (
-        UdpEndpoint.bind(socket.AF_INET, "127.0.0.1", on_wireguard=handler) as rx,
+        UdpEndpoint.bind(socket.AF_INET, "127.0.0.1") as rx,
         UdpEndpoint.bind(socket.AF_INET, "127.0.0.1") as tx,
     ):
         if not tx.gso:
@@ -69,29 +73,27 @@ def test_gso_refused_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
         for _ in range(50):
             if len(got) >= 2:
                 break
-            rx.drain()
+            rx.drain(dispatcher)
         assert got == [40000, 40000]
 
 
 def test_classify_each_gro_segment() -> None:
     """Each datagram of a GRO read is classified on its own (WireGuard vs. other)."""
     kinds: list[PacketKind] = []
+    dispatcher = Dispatcher(wireguard=lambda d, a: kinds.append(PacketKind.WIREGUARD))
     with (
-        UdpEndpoint.bind(
-            socket.AF_INET,
-            "127.0.0.1",
-            on_wireguard=lambda d, a: kinds.append(PacketKind.WIREGUARD),
-        ) as rx,
+        UdpEndpoint.bind(socket.AF_INET, "127.0.0.1") as rx,
         UdpEndpoint.bind(socket.AF_INET, "127.0.0.1") as tx,
     ):
         junk = b"\xff" * 500
         tx.send_batch([wg_datagram(1, 500), junk, wg_datagram(2, 500)], rx.local_address)
+        counters = dispatcher.counters
         for _ in range(50):
-            if rx.counters.rx_wireguard + rx.counters.rx_other >= 3:
+            if counters.rx_wireguard + counters.rx_other >= 3:
                 break
-            rx.drain()
+            rx.drain(dispatcher)
         assert kinds == [PacketKind.WIREGUARD] * 2
-        assert rx.counters.rx_other == 1
+        assert counters.rx_other == 1
 
 
 class _RefusesGso:

@@ -21,9 +21,11 @@ from p2ptun.config import PeerConfig
 from p2ptun.ice import AgentConfig
 from p2ptun.ice.consent import ConsentConfig
 from p2ptun.keys import generate_private_key, public_key
+from p2ptun.net.dispatch import Dispatcher
 from p2ptun.net.gather import GatherOptions
 from p2ptun.net.ice_transport import IceTransport
-from p2ptun.net.udp import PacketKind, UdpEndpoint
+from p2ptun.net.system import SystemHost
+from p2ptun.net.udp import UdpEndpoint
 from p2ptun.node import peer as peer_mod
 from p2ptun.node.peer import PeerSession
 from p2ptun.signal.client import SignalReceived
@@ -106,6 +108,7 @@ def loopback_transport(agent_config: AgentConfig | None = None) -> IceTransport:
     return IceTransport(
         [endpoint],
         GatherOptions(),
+        host=SystemHost(),
         list_addresses=addresses,
         # The agents of these tests share this host's loopback address.
         agent_config=agent_config or AgentConfig(allow_local=True),
@@ -120,6 +123,8 @@ class Ctx:
     lite: bool = False
     changes: int = 0
     regathers: list[str] = field(default_factory=list)
+    deaf: bool = False
+    """Drop every STUN datagram that reaches the socket (a NAT that lost the mapping)."""
 
     def peer_changed(self) -> None:
         self.changes += 1
@@ -148,7 +153,14 @@ async def transports(nursery: trio.Nursery) -> AsyncIterator[Callable[[Ctx], Non
             with scope:
                 async with trio.open_nursery() as inner:
                     if receive:
-                        inner.start_soon(ctx.transport.mux.endpoints[0].receive_loop)
+                        mux = ctx.transport.mux
+
+                        def on_stun(data: memoryview, source: Address) -> None:
+                            if not ctx.deaf:
+                                mux.on_stun(data, source)
+
+                        dispatcher = Dispatcher(stun=on_stun, channel_data=mux.on_channel_data)
+                        inner.start_soon(mux.endpoints[0].receive_loop, dispatcher)
                     await ctx.transport.run()
         finally:
             done.set()
@@ -339,7 +351,7 @@ async def test_consent_loss_regathers_and_restarts(
     actx.signaling.offer = recording_offer  # type: ignore[method-assign]
     # bob stops hearing STUN (its NAT lost the mapping, say): alice's consent checks go
     # unanswered, though the old pair keeps carrying data meanwhile.
-    bctx.transport.mux.endpoints[0].set_handler(PacketKind.STUN, None)
+    bctx.deaf = True
     with trio.fail_after(10):
         while not actx.regathers:
             await trio.sleep(0.02)

@@ -20,6 +20,7 @@ from test_turn_server_shell import HOST, REALM, turn_settings
 from p2ptun.config import StunServerSettings
 from p2ptun.keys import generate_private_key, public_key
 from p2ptun.net.signaling import SignalingClient
+from p2ptun.net.system import SystemHost
 from p2ptun.rendezvous.signaling import SignalingServer
 from p2ptun.rendezvous.store import MemoryStore
 from p2ptun.rendezvous.stun_turn import StunTurnService
@@ -113,7 +114,7 @@ async def signaling(nursery: trio.Nursery) -> AsyncIterator[SignalingServer]:
     core = SignalingServerCore(
         rv_key, MemoryStore(True), rng=lambda n: bytes(n), wall_clock=lambda: 1.8e9
     )
-    server = SignalingServer(core, ("127.0.0.1", 0))
+    server = SignalingServer(SystemHost(), core, ("127.0.0.1", 0))
     server.rv_key = rv_key  # type: ignore[attr-defined]
     await nursery.start(server.run)
     yield server
@@ -151,6 +152,7 @@ async def test_signaling_shell_idle_registered_nodes_wake_nothing(
     ka, kb = generate_private_key(), generate_private_key()
     for name, key, peer, peer_key in (("alice", ka, "bob", kb), ("bob", kb, "alice", ka)):
         c = SignalingClient(
+            SystemHost(),
             name=name,
             private_key=key,
             rendezvous=server.address,
@@ -177,7 +179,9 @@ async def test_turn_shell_sleeps_until_the_allocation_expires(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
     port = free_port()
-    svc = await StunTurnService.bind(StunServerSettings(((HOST, port),)), turn_settings())
+    svc = await StunTurnService.bind(
+        SystemHost(), StunServerSettings(((HOST, port),)), turn_settings()
+    )
     nursery.start_soon(svc.serve)
     try:
         await trio.sleep(600)

@@ -1,4 +1,5 @@
-"""The systemd units in config/: the contract of ARCHITECTURE.md §4, and systemd's own verdict."""
+"""The systemd units in config/: the contract of docs/ARCHITECTURE.md §4, and systemd's own
+verdict."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Offer/answer roles and the glare rule (ARCHITECTURE.md §2), on the bare state machine."""
+"""Offer/answer roles and the glare rule (docs/ARCHITECTURE.md §2), on the bare state machine."""
 
 from __future__ import annotations
 

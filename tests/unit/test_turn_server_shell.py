@@ -13,6 +13,7 @@ from loopback_turn import free_port
 
 from p2ptun.config import StunServerSettings, TurnServerSettings
 from p2ptun.errors import RuntimeFailure
+from p2ptun.net.system import SystemHost
 from p2ptun.rendezvous.stun_turn import StunTurnService
 from p2ptun.stun import (
     AttrType,
@@ -45,7 +46,9 @@ def turn_settings() -> TurnServerSettings:
 @pytest.fixture
 async def service(nursery: trio.Nursery) -> AsyncIterator[tuple[StunTurnService, int]]:
     port = free_port()
-    svc = await StunTurnService.bind(StunServerSettings(((HOST, port),)), turn_settings())
+    svc = await StunTurnService.bind(
+        SystemHost(), StunServerSettings(((HOST, port),)), turn_settings()
+    )
     nursery.start_soon(svc.serve)
     yield svc, port
     svc.close()
@@ -186,7 +189,7 @@ async def test_bind_conflict_is_one_clear_runtime_failure() -> None:
         with pytest.raises(
             RuntimeFailure, match=rf"cannot bind UDP 127.0.0.1:{port}: address already in use"
         ):
-            await StunTurnService.bind(StunServerSettings(((HOST, port),)), None)
+            await StunTurnService.bind(SystemHost(), StunServerSettings(((HOST, port),)), None)
 
 
 Signer = Callable[[int, bytes, list[tuple[int, object]]], bytes]
@@ -249,7 +252,9 @@ async def test_channel_data_bursts_are_relayed_in_order_both_ways(
     without (P2PTUN_OFFLOAD=off)."""
     monkeypatch.setenv("P2PTUN_OFFLOAD", offload)
     port = free_port()
-    svc = await StunTurnService.bind(StunServerSettings(((HOST, port),)), turn_settings())
+    svc = await StunTurnService.bind(
+        SystemHost(), StunServerSettings(((HOST, port),)), turn_settings()
+    )
     nursery.start_soon(svc.serve)
     server = (HOST, port)
     raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

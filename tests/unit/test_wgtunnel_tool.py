@@ -115,7 +115,7 @@ def test_bad_config_names_the_key(changes: dict[str, Any], key: str) -> None:
 
 def test_routes_only_for_prefixes_outside_the_interface() -> None:
     spec = parse_spec(config())
-    assert tunnel_routes(spec) == ["10.50.0.0/16"]
+    assert [str(r) for r in tunnel_routes(spec)] == ["10.50.0.0/16"]
     assert tunnel_routes(TunnelSpec(private_key=KEY, interface="p2p0")) == []
 
 

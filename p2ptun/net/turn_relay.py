@@ -1,43 +1,30 @@
 """TURN allocations for the node: over the shared UDP socket, or over their own TCP/TLS stream.
 
-ARCHITECTURE.md §2: one UDP socket per address family carries ICE checks, TURN client traffic
-and WireGuard. This module owns the part of that demultiplexing that is not WireGuard:
+:class:`TurnRelay` runs one :class:`~p2ptun.turn.client.TurnClient` allocation (RFC 8656): over
+UDP it sends through the node's :class:`~p2ptun.net.mux.UdpMux` and receives what the mux routes
+to it; over TCP or TLS (``turn:...?transport=tcp``, ``turns:``) it owns a connection (made
+through the :class:`~p2ptun.net.ports.Host` by :func:`p2ptun.net.streams.open_stream`), a
+reader task that cuts the byte stream into frames and a writer task that sends everything
+queued since its last wake-up in one write. Either way the relay has a single timer task
+re-armed at the client's ``next_wakeup()`` after every step, and nothing blocks:
+:meth:`TurnRelay.send` wraps a payload (ChannelData on a bound channel, else a Send indication)
+and queues it synchronously.
 
-:class:`UdpMux` installs the STUN and ChannelData handlers of the node's
-:class:`~p2ptun.net.udp.UdpEndpoint` s and routes each datagram, in this order:
+What the server relays to us takes one of two ways, decided here once:
 
-1. a STUN message whose transaction id someone registered
-   (:meth:`UdpMux.register_transaction`; the gatherer's Binding requests to STUN servers) goes
-   to that handler — a TURN server is often the STUN server too, so this comes first;
-2. anything from the address of a TURN server we hold a UDP allocation on (STUN responses,
-   Data indications, ChannelData) goes to that :class:`TurnRelay`: the sans-I/O
-   :class:`~p2ptun.turn.client.TurnClient` matches responses by transaction id and unwraps
-   relayed data;
-3. every other STUN message goes to :attr:`UdpMux.on_ice` (the ICE transport), with the local
-   base address it arrived on.
+- **WireGuard** goes to :attr:`TurnRelay.wireguard` (the node's data path, which
+  authenticates every datagram itself), whichever way it came: from ChannelData on a bound
+  channel straight from the receive buffer (a view: no TurnClient event, no copy), or from a
+  Data indication (before the channel is bound) through the client;
+- **everything else** (STUN: ICE checks and consent) goes to ``on_data(relay, peer, data)``
+  (the ICE transport). Without a WireGuard receiver, WireGuard goes there too.
 
-The local base: the sockets are bound to the wildcard address, and :class:`UdpEndpoint` does not
-report a datagram's destination address (no ``IP_PKTINFO``). The mux takes the address the
-kernel would use as the *source* towards the sender (a route lookup, cached per remote IP):
-with a wildcard socket that is exactly the address our answers leave from, so it is the only
-base the peer can validate a pair with anyway (RFC 8445 §7.2.5.2.1 symmetric check).
+On a stream ``after_batch()`` follows each received chunk (the node flushes its data path
+there; over UDP the endpoint's own end of batch does that).
 
-:class:`TurnRelay` runs one :class:`TurnClient` allocation (RFC 8656): over UDP it sends through
-the mux's shared socket and receives what the mux routes to it; over TCP or TLS (``turn:...?
-transport=tcp``, ``turns:``) it owns a connection (opened by
-:func:`p2ptun.net.streams.open_stream`), a reader task that cuts the byte stream into frames and
-a writer task that sends everything queued since its last wake-up in one write. Either way the
-relay has a single timer task re-armed at the client's ``next_wakeup()`` after every step, and
-nothing blocks: :meth:`TurnRelay.send` wraps a payload (ChannelData on a bound channel, else a
-Send indication) and queues it synchronously. Relayed data is handed to ``on_data(relay, peer,
-data)``; on a stream ``after_batch()`` follows each received chunk (the node flushes its data
-path there; over UDP the endpoint's own end-of-batch hook does that).
-
-The data path: :meth:`TurnRelay.send_batch` frames a batch of payloads for a peer with a bound
-channel as ChannelData without copying them (over UDP one GSO ``sendmsg`` per run of equal size,
-over a stream padded frames queued for one write); :meth:`TurnRelay.set_fast_receiver` hands
-WireGuard datagrams arriving as ChannelData on a peer's bound channel straight to a callable (a
-view into the receive buffer: no TurnClient event, no ``on_data``, no copy).
+The data path out: :meth:`TurnRelay.send_batch` frames a batch of payloads for a peer with a
+bound channel as ChannelData without copying them (over UDP one GSO ``sendmsg`` per run of
+equal size, over a stream padded frames queued for one write).
 
 Peers the server refuses (403 to CreatePermission: our embedded server denies private ranges by
 default) are remembered for the allocation's life, so that data and ICE checks to them are
@@ -46,7 +33,8 @@ dropped here instead of asking for the same permission on every packet.
 ::
 
     mux = UdpMux(endpoints)
-    relay = TurnRelay.udp(mux, ("203.0.113.10", 3478), "user", "pass", on_data=deliver)
+    relay = TurnRelay.udp(mux, ("203.0.113.10", 3478), "user", "pass", random=os.urandom,
+                          on_data=deliver)
     await nursery.start(relay.run)     # allocated (RuntimeFailure if not)
     relay.relayed                      # ("203.0.113.10", 50123)
     relay.send(peer, payload)          # synchronous, never blocks
@@ -56,13 +44,8 @@ dropped here instead of asking for the same permission on every packet.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
-import math
-import os
-import socket
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
-from functools import partial
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import trio
@@ -71,8 +54,10 @@ from p2ptun.addr import Address, format_address
 from p2ptun.config import TurnServerConfig
 from p2ptun.errors import DecodeError, RuntimeFailure
 from p2ptun.log import get_logger
+from p2ptun.net.mux import UdpMux, normalize_address
+from p2ptun.net.ports import Host
 from p2ptun.net.streams import open_stream
-from p2ptun.net.udp import PacketKind, UdpEndpoint
+from p2ptun.net.timer import CoreTimer
 from p2ptun.stun import channel_data_end, channel_data_header
 from p2ptun.turn.client import (
     AllocationFailed,
@@ -92,22 +77,15 @@ log = get_logger("net.turn")
 
 RelayTransport = Literal["udp", "tcp", "tls"]
 
-#: ``handler(data, local, remote)``: a STUN datagram, the local base it arrived on, its source.
-#: ``data`` is only valid during the call (copy it to keep it).
-StunHandler = Callable[[memoryview, Address, Address], None]
 #: ``on_data(relay, peer, data)``: a payload the TURN server relayed from ``peer``.
 RelayDataHandler = Callable[["TurnRelay", Address, bytes], None]
-#: ``receiver(payload)``: a WireGuard datagram unwrapped from ChannelData of a bound channel;
-#: ``payload`` is only valid during the call (a view into the receive buffer).
-FastReceiver = Callable[[memoryview], None]
+#: ``receiver(datagram, peer)``: a WireGuard datagram the TURN server relayed from ``peer``;
+#: ``datagram`` is only valid during the call (a view into a receive buffer).
+WireGuardReceiver = Callable[[memoryview, Address], None]
 #: ``on_event(relay, event)``: every event of the relay's TurnClient, after the relay's own
 #: bookkeeping (AllocationSucceeded, AllocationLost, ChannelBound, PermissionFailed, ...).
 RelayEventHandler = Callable[["TurnRelay", TurnEvent], None]
 
-#: Route lookups remembered (remote IP -> local source IP).
-MAX_ROUTE_CACHE = 1024
-#: Registered transactions at most (a stuck registrant cannot grow the table unbounded).
-MAX_TRANSACTIONS = 4096
 #: Bytes a stream relay queues for its writer before it drops relayed data (never control).
 MAX_STREAM_BACKLOG = 1 << 20
 #: Peers refused by the server (403) remembered per allocation.
@@ -118,216 +96,9 @@ _RECV_SIZE = 65536 + 64
 _PADDING = (b"", b"\0", b"\0\0", b"\0\0\0")
 
 
-@dataclass
-class MuxCounters:
-    """What the mux routed and dropped (for ``p2ptun status`` and tests)."""
-
-    rx_transactions: int = 0
-    """STUN responses handed to a registered transaction."""
-    rx_turn: int = 0
-    """Datagrams from a TURN server handed to its relay."""
-    rx_ice: int = 0
-    """STUN datagrams handed to the ICE transport."""
-    rx_dropped: int = 0
-    """STUN nobody wanted, or ChannelData from an address that is not our TURN server."""
-    rx_no_route: int = 0
-    """Datagrams from a source we have no route back to (no local base)."""
-    transactions_dropped: int = 0
-    """Registrations refused because the table was full."""
-
-    def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-def _family_of(host: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-
-
-def normalize_address(addr: Address) -> Address:
-    """``(host, port)`` with the host in canonical IP text (as candidates and the TURN client
-    write it). Raises ValueError for a host that is not an IP literal."""
-    return str(ipaddress.ip_address(addr[0].split("%", 1)[0])), int(addr[1])
-
-
-def route_source(remote_ip: str) -> str | None:
-    """The local address the kernel sends from towards ``remote_ip`` (no packet is sent), or
-    None without a route."""
-    family = _family_of(remote_ip)
-    try:
-        with socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as probe:
-            probe.connect((remote_ip, 9))
-            return str(ipaddress.ip_address(probe.getsockname()[0].split("%", 1)[0]))
-    except OSError:
-        return None
-
-
-class UdpMux:
-    """Routes the STUN and ChannelData datagrams of the node's shared UDP endpoints.
-
-    See the module docstring for the order. Installs its handlers on ``endpoints`` at
-    construction (the WireGuard handler is left alone). :attr:`on_ice` receives the STUN
-    messages nobody else claimed. ``route_lookup`` (tests) replaces the kernel route lookup
-    that picks the local base of an incoming datagram.
-    """
-
-    def __init__(
-        self,
-        endpoints: Sequence[UdpEndpoint],
-        *,
-        on_ice: StunHandler | None = None,
-        route_lookup: Callable[[str], str | None] = route_source,
-    ) -> None:
-        if not endpoints:
-            raise ValueError("the mux needs at least one UDP endpoint")
-        self.endpoints = list(endpoints)
-        self.on_ice = on_ice
-        self.counters = MuxCounters()
-        self._route_lookup = route_lookup
-        self._by_family: dict[int, UdpEndpoint] = {}
-        for ep in self.endpoints:
-            self._by_family.setdefault(int(ep.family), ep)
-            ep.set_handler(PacketKind.STUN, partial(self._on_stun, ep))
-            ep.set_handler(PacketKind.CHANNEL_DATA, self._on_channel_data)
-        self._transactions: dict[bytes, StunHandler] = {}
-        self._relays: dict[Address, TurnRelay] = {}
-        self._routes: dict[str, str | None] = {}
-
-    # -- endpoints and addresses ---------------------------------------------------------------
-
-    def endpoint_for(self, host: str) -> UdpEndpoint | None:
-        """The endpoint of ``host``'s address family, or None if we have no such socket."""
-        return self._by_family.get(int(_family_of(host)))
-
-    def port_for(self, host: str) -> int | None:
-        """The local port of the endpoint of ``host``'s family."""
-        ep = self.endpoint_for(host)
-        return None if ep is None else ep.local_address[1]
-
-    def local_ip_for(self, remote_ip: str) -> str | None:
-        """The local address datagrams to ``remote_ip`` leave from (cached route lookup)."""
-        try:
-            return self._routes[remote_ip]
-        except KeyError:
-            pass
-        ep = self.endpoint_for(remote_ip)
-        bound = None if ep is None else ep.local_address[0]
-        if bound is not None and not ipaddress.ip_address(bound).is_unspecified:
-            local: str | None = str(ipaddress.ip_address(bound))
-        else:
-            local = self._route_lookup(remote_ip)
-        if len(self._routes) >= MAX_ROUTE_CACHE:
-            self._routes.clear()
-        self._routes[remote_ip] = local
-        return local
-
-    def local_base_for(self, remote: Address) -> Address | None:
-        """``(local ip, port)``: the host base that talks to ``remote`` (None without a route
-        or a socket of its family)."""
-        ip = self.local_ip_for(remote[0])
-        port = self.port_for(remote[0])
-        if ip is None or port is None:
-            return None
-        return ip, port
-
-    def invalidate_routes(self) -> None:
-        """Forget cached route lookups (call on a network change)."""
-        self._routes.clear()
-
-    def send(self, data: bytes | bytearray | memoryview, remote: Address) -> bool:
-        """Send one datagram to ``remote`` from the shared socket of its family; False if it
-        was dropped (no socket of that family, full buffer, no route...)."""
-        ep = self._by_family.get(int(_family_of(remote[0])))
-        if ep is None:
-            return False
-        return ep.send(data, remote)
-
-    def send_prefixed(
-        self, prefixes: Sequence[bytes], datagrams: Sequence[bytes], remote: Address
-    ) -> int:
-        """Send ``prefixes[i] + datagrams[i]`` for each ``i`` to ``remote`` without joining
-        them (UDP GSO where it applies, :meth:`UdpEndpoint.send_batch_prefixed`); returns how
-        many were sent."""
-        ep = self._by_family.get(int(_family_of(remote[0])))
-        if ep is None:
-            return 0
-        return ep.send_batch_prefixed(prefixes, datagrams, remote)
-
-    # -- registrations ---------------------------------------------------------------------------
-
-    def register_transaction(self, transaction_id: bytes, handler: StunHandler) -> bool:
-        """Route STUN messages with ``transaction_id`` to ``handler`` until unregistered.
-        False if the table is full (the caller's request will just time out)."""
-        if len(self._transactions) >= MAX_TRANSACTIONS:
-            self.counters.transactions_dropped += 1
-            return False
-        self._transactions[bytes(transaction_id)] = handler
-        return True
-
-    def unregister_transaction(self, transaction_id: bytes) -> None:
-        self._transactions.pop(bytes(transaction_id), None)
-
-    def attach_relay(self, relay: TurnRelay) -> None:
-        """Route what comes from ``relay.server`` to it (one UDP allocation per server: the
-        server keys allocations by our address and port, RFC 8656 §2.2)."""
-        other = self._relays.get(relay.server)
-        if other is not None and other is not relay:
-            raise RuntimeFailure(
-                f"TURN server {format_address(relay.server)}: an allocation from this socket "
-                "already exists"
-            )
-        self._relays[relay.server] = relay
-
-    def detach_relay(self, relay: TurnRelay) -> None:
-        if self._relays.get(relay.server) is relay:
-            del self._relays[relay.server]
-
-    def relay_for(self, server: Address) -> TurnRelay | None:
-        """The UDP relay attached for ``server``, if any."""
-        return self._relays.get(server)
-
-    # -- receiving -------------------------------------------------------------------------------
-
-    def deliver_transaction(self, data: memoryview, local: Address, remote: Address) -> bool:
-        """Hand a STUN message to the handler registered for its transaction id, if any (also
-        for STUN a TURN relay unwrapped, ``local`` then being the relayed address)."""
-        handler = self._transactions.get(bytes(data[8:20]))
-        if handler is None:
-            return False
-        self.counters.rx_transactions += 1
-        handler(data, local, remote)
-        return True
-
-    def _on_stun(self, ep: UdpEndpoint, data: memoryview, src: Address) -> None:
-        if bytes(data[8:20]) in self._transactions:
-            local = self.local_base_for(src)
-            if local is None:
-                self.counters.rx_no_route += 1
-                return
-            self.deliver_transaction(data, local, src)
-            return
-        relay = self._relays.get(src)
-        if relay is not None:
-            self.counters.rx_turn += 1
-            relay.handle_datagram(data)
-            return
-        on_ice = self.on_ice
-        if on_ice is None:
-            self.counters.rx_dropped += 1
-            return
-        local = self.local_base_for(src)
-        if local is None:
-            self.counters.rx_no_route += 1
-            return
-        self.counters.rx_ice += 1
-        on_ice(data, local, src)
-
-    def _on_channel_data(self, data: memoryview, src: Address) -> None:
-        relay = self._relays.get(src)
-        if relay is None:
-            self.counters.rx_dropped += 1
-            return
-        self.counters.rx_turn += 1
-        relay.receive_channel_data(data)
+def _is_wireguard(data: bytes | memoryview) -> bool:
+    """A WireGuard message: type 1-4, then three zero bytes (docs/ARCHITECTURE.md §2)."""
+    return len(data) >= 4 and 0 < data[0] <= 4 and not data[1] and not data[2] and not data[3]
 
 
 @dataclass
@@ -338,8 +109,9 @@ class RelayCounters:
     """Payloads not sent: allocation not usable, peer forbidden, stream backlog full."""
     rx_malformed: int = 0
     refreshes: int = 0
-    rx_fast: int = 0
-    """ChannelData payloads handed straight to a fast receiver (see ``set_fast_receiver``)."""
+    rx_wireguard: int = 0
+    """WireGuard datagrams handed to the relay's WireGuard receiver (ChannelData or Data
+    indications)."""
     tx_batches: int = 0
     """Batches sent as ChannelData in one go (:meth:`TurnRelay.send_batch`)."""
 
@@ -348,7 +120,8 @@ class TurnRelay:
     """One TURN allocation for the node (see the module docstring).
 
     Make it with :meth:`udp` (through the mux's shared socket), :meth:`stream` (own TCP or TLS
-    connection) or :meth:`from_config`; run :meth:`run` in a nursery with ``nursery.start``:
+    connection through ``host``) or :meth:`from_config`; run :meth:`run` in a nursery with
+    ``nursery.start``:
     it returns once allocated (or raises :class:`RuntimeFailure` with the reason), keeps the
     allocation refreshed, and ends when the allocation is lost or :meth:`close` deallocated
     it (:attr:`failure` says why it was lost).
@@ -360,19 +133,25 @@ class TurnRelay:
         transport: RelayTransport,
         *,
         mux: UdpMux | None = None,
-        host: str | None = None,
+        host: Host | None = None,
+        server_name: str | None = None,
         ca_file: str | None = None,
         on_data: RelayDataHandler | None = None,
         on_event: RelayEventHandler | None = None,
+        wireguard: WireGuardReceiver | None = None,
         after_batch: Callable[[], None] | None = None,
     ) -> None:
         if (transport == "udp") != (mux is not None):
             raise ValueError("a UDP relay needs the mux; a stream relay must not have one")
+        if transport != "udp" and host is None:
+            raise ValueError("a stream relay connects through a host")
         self.client = client
         self.transport: RelayTransport = transport
         self.server: Address = client.server
         self.on_data = on_data
         self.on_event = on_event
+        self.wireguard = wireguard
+        """Where relayed WireGuard goes (the node: its data path); None: to :attr:`on_data`."""
         self.after_batch = after_batch
         self.counters = RelayCounters()
         #: Why the allocation ended (None while it lives or after a clean close).
@@ -380,7 +159,8 @@ class TurnRelay:
         #: The local address the allocation is made from (the relay candidate's base IP).
         self.local_ip: str | None = None
         self._mux = mux
-        self._host = host or client.server[0]
+        self._host = host
+        self._server_name = server_name or client.server[0]
         self._ca_file = ca_file
         self._stream: trio.abc.Stream | None = None
         self._out = bytearray()
@@ -389,11 +169,10 @@ class TurnRelay:
         self._ended = trio.Event()
         self._close_requested = trio.Event()
         self._abandoned = False
-        self._timer_scope: trio.CancelScope | None = None
+        self._timer = CoreTimer(client.next_wakeup, self._on_timeout)
         self._forbidden: set[str] = set()
-        self._fast_peers: dict[Address, FastReceiver] = {}
-        self._fast: dict[int, FastReceiver] = {}
-        """Channel number -> receiver, for the bound channels of :attr:`_fast_peers`."""
+        self._channel_peers: dict[int, Address] = {}
+        """Bound channel number -> its peer (what arrives on it goes to :attr:`wireguard`)."""
         self._headers: dict[int, bytes] = {}
         """ChannelData header per payload size, for the channel :attr:`_headers_channel`."""
         self._headers_channel = -1
@@ -408,35 +187,40 @@ class TurnRelay:
         username: str,
         password: str,
         *,
-        random: Callable[[int], bytes] = os.urandom,
+        random: Callable[[int], bytes],
         on_data: RelayDataHandler | None = None,
         on_event: RelayEventHandler | None = None,
+        wireguard: WireGuardReceiver | None = None,
         **client_options: Any,
     ) -> TurnRelay:
-        """An allocation over the mux's UDP socket for ``server`` (an IP literal address)."""
+        """An allocation over the mux's UDP socket for ``server`` (an IP literal address);
+        ``random`` is the source of transaction ids."""
         server = normalize_address(server)
         client_options.setdefault("refresh_interval", UDP_REFRESH_INTERVAL)
         client = TurnClient(server, username, password, random=random, **client_options)
-        return cls(client, "udp", mux=mux, on_data=on_data, on_event=on_event)
+        return cls(client, "udp", mux=mux, on_data=on_data, on_event=on_event, wireguard=wireguard)
 
     @classmethod
     def stream(
         cls,
+        host: Host,
         server: Address,
         username: str,
         password: str,
         *,
+        random: Callable[[int], bytes],
         transport: Literal["tcp", "tls"] = "tcp",
-        host: str | None = None,
+        server_name: str | None = None,
         ca_file: str | None = None,
-        random: Callable[[int], bytes] = os.urandom,
         on_data: RelayDataHandler | None = None,
         on_event: RelayEventHandler | None = None,
+        wireguard: WireGuardReceiver | None = None,
         after_batch: Callable[[], None] | None = None,
         **client_options: Any,
     ) -> TurnRelay:
-        """An allocation over its own TCP or TLS connection to ``server`` (an IP literal
-        address); ``host`` is the TLS server name (default: the address)."""
+        """An allocation over its own TCP or TLS connection (made through ``host``) to
+        ``server`` (an IP literal address); ``server_name`` is the TLS server name
+        (default: the address)."""
         server = normalize_address(server)
         client = TurnClient(
             server, username, password, stream=True, random=random, **client_options
@@ -445,9 +229,11 @@ class TurnRelay:
             client,
             transport,
             host=host,
+            server_name=server_name,
             ca_file=ca_file,
             on_data=on_data,
             on_event=on_event,
+            wireguard=wireguard,
             after_batch=after_batch,
         )
 
@@ -455,6 +241,7 @@ class TurnRelay:
     def from_config(
         cls,
         mux: UdpMux,
+        host: Host,
         config: TurnServerConfig,
         server: Address,
         username: str,
@@ -465,11 +252,12 @@ class TurnRelay:
         if config.transport == "udp":
             return cls.udp(mux, server, username, password, **kwargs)
         return cls.stream(
+            host,
             server,
             username,
             password,
             transport=config.transport,
-            host=config.host,
+            server_name=config.host,
             ca_file=config.ca_file,
             **kwargs,
         )
@@ -571,31 +359,20 @@ class TurnRelay:
         self._out_ready.set()
         return len(datagrams)
 
-    def set_fast_receiver(self, peer: Address, receiver: FastReceiver | None) -> None:
-        """Hand WireGuard datagrams that arrive from ``peer`` as ChannelData on its bound
-        channel straight to ``receiver`` (None: no longer), bypassing the TurnClient and
-        :attr:`on_data`: no event, no copy. Anything else on that channel (STUN: ICE
-        consent checks) still takes the usual way. Takes effect once the channel is bound;
-        over UDP (from the mux) and over a stream (frames cut from it) alike."""
-        peer = normalize_address(peer)
-        if receiver is None:
-            self._fast_peers.pop(peer, None)
-        else:
-            self._fast_peers[peer] = receiver
-        self._update_fast()
-
     def receive_channel_data(self, data: memoryview) -> None:
-        """ChannelData from the server (the mux calls this): a WireGuard payload on a channel
-        with a fast receiver goes straight to it, a malformed message there is dropped and
-        counted (RFC 8656 §12.4 lengths), everything else goes to :meth:`handle_datagram`."""
-        if not self._fast or not self._take_fast(data):
+        """ChannelData from the server (the mux calls this): a WireGuard payload on a bound
+        channel goes straight to :attr:`wireguard` (a view, no event, no copy), a malformed
+        message there is dropped and counted (RFC 8656 §12.4 lengths), everything else goes
+        to :meth:`handle_datagram`."""
+        if self.wireguard is None or not self._take_wireguard(data):
             self.handle_datagram(data)
 
-    def _take_fast(self, data: bytes | memoryview) -> bool:
-        """Hand a ChannelData message to its channel's fast receiver; False if it has none or
-        the payload is not WireGuard. A malformed one there is taken: dropped and counted."""
-        receiver = self._fast.get((data[0] << 8) | data[1])
-        if receiver is None:
+    def _take_wireguard(self, data: bytes | memoryview) -> bool:
+        """Hand a ChannelData message's WireGuard payload to :attr:`wireguard`; False if the
+        channel is not bound or the payload is not WireGuard. A malformed one is taken:
+        dropped and counted."""
+        peer = self._channel_peers.get((data[0] << 8) | data[1])
+        if peer is None:
             return False
         end = channel_data_end(data)
         if end < 0:
@@ -604,8 +381,9 @@ class TurnRelay:
         # WireGuard: type 1-4 then three zero bytes (STUN starts 0x00/0x01 0x01-0x3F, not 0).
         if end < 8 or not 0 < data[4] <= 4 or data[5] or data[6] or data[7]:
             return False
-        self.counters.rx_fast += 1
-        receiver(memoryview(data)[4:end])
+        self.counters.rx_wireguard += 1
+        assert self.wireguard is not None
+        self.wireguard(memoryview(data)[4:end], peer)
         return True
 
     def bind_channel(self, peer: Address) -> None:
@@ -688,7 +466,7 @@ class TurnRelay:
                         f"{self.transport} within {timeout:g} s"
                     )
                 if error is None:
-                    nursery.start_soon(self._timer)
+                    nursery.start_soon(self._timer.run)
                     self.client.allocate(trio.current_time())
                     self._pump()
                     with trio.move_on_after(timeout):
@@ -742,17 +520,19 @@ class TurnRelay:
                 return RuntimeFailure(f"no route to TURN server {format_address(self.server)}")
             return None
         assert self.transport != "udp"
+        assert self._host is not None
         try:
-            _server, stream = await open_stream(
-                self._host if self.transport == "tls" else self.server[0],
+            conn = await open_stream(
+                self._host,
+                self._server_name if self.transport == "tls" else self.server[0],
                 self.server[1],
                 self.transport,
                 self._ca_file,
             )
         except RuntimeFailure as exc:
             return exc
-        self._stream = stream
-        self.local_ip = _stream_local_ip(stream)
+        self._stream = conn.stream
+        self.local_ip = conn.local[0]
         nursery.start_soon(self._read_stream)
         nursery.start_soon(self._write_stream)
         return None
@@ -816,27 +596,27 @@ class TurnRelay:
         # New requests always come with a transmit, so a step without output never needs an
         # earlier wake-up; a later one only costs one early wake (the timer re-computes).
         # Relayed data alone (the bulk path) changes no timer of the client: no re-arm.
-        scope = self._timer_scope
-        if busy and scope is not None:
-            wake = client.next_wakeup()
-            scope.deadline = math.inf if wake is None else wake
+        if busy:
+            self._timer.rearm()
 
-    def _update_fast(self) -> None:
-        """Rebuild the channel -> fast receiver table from the client's bound channels."""
-        fast: dict[int, FastReceiver] = {}
-        if self.allocated:
-            for peer, receiver in self._fast_peers.items():
-                state = self.client.channel(peer)
-                if state is not None and state[1] is ChannelState.BOUND:
-                    fast[state[0]] = receiver
-        self._fast = fast
+    def _update_channels(self) -> None:
+        """Rebuild the channel -> peer table from the client's bound channels."""
+        self._channel_peers = (
+            {number: peer for peer, number in self.client.bound_channels()}
+            if self.allocated
+            else {}
+        )
 
     def _dispatch(self, event: TurnEvent) -> None:
         if isinstance(event, PeerData):
-            if self.on_data is not None:
-                self.on_data(self, event.peer, event.data)
+            data = event.data
+            if self.wireguard is not None and _is_wireguard(data):
+                self.counters.rx_wireguard += 1
+                self.wireguard(memoryview(data), event.peer)
+            elif self.on_data is not None:
+                self.on_data(self, event.peer, data)
             return
-        self._update_fast()
+        self._update_channels()
         if isinstance(event, AllocationSucceeded):
             log.info(
                 "relay allocated",
@@ -860,15 +640,9 @@ class TurnRelay:
         if self.on_event is not None:
             self.on_event(self, event)
 
-    async def _timer(self) -> None:
-        while True:
-            wake = self.client.next_wakeup()
-            with trio.move_on_at(math.inf if wake is None else wake) as scope:
-                self._timer_scope = scope
-                await trio.sleep_forever()
-            self._timer_scope = None
-            self.client.handle_timeout(trio.current_time())
-            self._pump()
+    def _on_timeout(self, now: float) -> None:
+        self.client.handle_timeout(now)
+        self._pump()
 
     async def _read_stream(self) -> None:
         stream = self._stream
@@ -884,7 +658,9 @@ class TurnRelay:
                 return
             try:
                 self.client.handle_stream_data(
-                    chunk, trio.current_time(), self._take_fast if self._fast else None
+                    chunk,
+                    trio.current_time(),
+                    self._take_wireguard if self.wireguard is not None else None,
                 )
             except StreamFramingError as exc:
                 self._lost(f"unframeable stream: {exc}")
@@ -922,31 +698,12 @@ class TurnRelay:
         self._ended.set()
 
 
-def _stream_local_ip(stream: trio.abc.Stream) -> str | None:
-    """The local IP of a trio SocketStream (possibly wrapped in an SSLStream)."""
-    inner: Any = stream
-    if isinstance(inner, trio.SSLStream):
-        inner = inner.transport_stream
-    sock = getattr(inner, "socket", None)
-    if sock is None:
-        return None
-    try:
-        return str(ipaddress.ip_address(sock.getsockname()[0].split("%", 1)[0]))
-    except (OSError, ValueError):
-        return None
-
-
 __all__ = [
     "MAX_STREAM_BACKLOG",
-    "FastReceiver",
-    "MuxCounters",
     "RelayCounters",
     "RelayDataHandler",
     "RelayEventHandler",
     "RelayTransport",
-    "StunHandler",
     "TurnRelay",
-    "UdpMux",
-    "normalize_address",
-    "route_source",
+    "WireGuardReceiver",
 ]

@@ -1,10 +1,11 @@
 """TURN over the shared UDP socket and over TCP, on loopback against our embedded server; the
-mux's routing rules. Every wait is bounded."""
+mux's routing rules; relayed WireGuard's one way to the data path. Every wait is bounded."""
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 import socket
 from collections.abc import AsyncIterator
 from functools import partial
@@ -17,7 +18,10 @@ from loopback_turn import HOST, free_port, serve_turn
 
 from p2ptun.addr import Address
 from p2ptun.errors import RuntimeFailure
-from p2ptun.net.turn_shared import TurnRelay, UdpMux, route_source
+from p2ptun.net.dispatch import Dispatcher
+from p2ptun.net.mux import UdpMux
+from p2ptun.net.system import SystemHost, route_source
+from p2ptun.net.turn_relay import TurnRelay
 from p2ptun.net.udp import UdpEndpoint
 from p2ptun.stun import Message, Method, encode_channel_data
 from p2ptun.turn.client import (
@@ -36,12 +40,27 @@ async def server(nursery: trio.Nursery) -> AsyncIterator[int]:
     scope.cancel()
 
 
+def serve_mux(nursery: trio.Nursery, ep: UdpEndpoint) -> UdpMux:
+    """A mux on ``ep``, whose dispatcher hands it STUN and ChannelData (as the node's does)."""
+    mux = UdpMux([ep])
+    dispatcher = Dispatcher(stun=mux.on_stun, channel_data=mux.on_channel_data)
+    nursery.start_soon(ep.receive_loop, dispatcher)
+    return mux
+
+
 @pytest.fixture
 async def mux(nursery: trio.Nursery) -> AsyncIterator[UdpMux]:
     ep = UdpEndpoint.bind(socket.AF_INET, HOST)
-    nursery.start_soon(ep.receive_loop)
-    yield UdpMux([ep])
+    yield serve_mux(nursery, ep)
     ep.close()
+
+
+def udp_relay(mux: UdpMux, server: Address, user: str, password: str, **kw: Any) -> TurnRelay:
+    return TurnRelay.udp(mux, server, user, password, random=os.urandom, **kw)
+
+
+def stream_relay(server: Address, user: str, password: str, **kw: Any) -> TurnRelay:
+    return TurnRelay.stream(SystemHost(), server, user, password, random=os.urandom, **kw)
 
 
 async def peer_socket() -> trio.socket.SocketType:
@@ -54,7 +73,7 @@ async def test_udp_relay_round_trip_through_the_shared_socket(
     nursery: trio.Nursery, server: int, mux: UdpMux
 ) -> None:
     got: list[tuple[Address, bytes]] = []
-    relay = TurnRelay.udp(
+    relay = udp_relay(
         mux, (HOST, server), "alice", "pw", on_data=lambda r, p, d: got.append((p, d))
     )
     assert await nursery.start(relay.run) is relay
@@ -98,7 +117,7 @@ async def test_udp_relay_round_trip_through_the_shared_socket(
 async def test_abandoned_relay_detaches_at_once_without_deallocating(
     nursery: trio.Nursery, server: int, mux: UdpMux
 ) -> None:
-    relay = TurnRelay.udp(mux, (HOST, server), "alice", "pw")
+    relay = udp_relay(mux, (HOST, server), "alice", "pw")
     ended = trio.Event()
 
     async def run(task_status: trio.TaskStatus[TurnRelay] = trio.TASK_STATUS_IGNORED) -> None:
@@ -120,7 +139,7 @@ async def test_abandoned_relay_detaches_at_once_without_deallocating(
 async def test_forbidden_peer_is_remembered(nursery: trio.Nursery, mux: UdpMux) -> None:
     port, scope = await serve_turn(nursery, allow_loopback=False)  # loopback peers: 403
     events: list[TurnEvent] = []
-    relay = TurnRelay.udp(mux, (HOST, port), "alice", "pw", on_event=lambda r, e: events.append(e))
+    relay = udp_relay(mux, (HOST, port), "alice", "pw", on_event=lambda r, e: events.append(e))
     await nursery.start(relay.run)
     assert relay.send((HOST, 9), b"x")  # asks for the permission
     with trio.fail_after(5):
@@ -138,7 +157,7 @@ async def test_tcp_relay_and_connection_loss(nursery: trio.Nursery, mux: UdpMux)
     got: list[bytes] = []
     batches: list[int] = []
     events: list[TurnEvent] = []
-    relay = TurnRelay.stream(
+    relay = stream_relay(
         (HOST, port),
         "alice",
         "pw",
@@ -181,18 +200,18 @@ async def test_tcp_relay_and_connection_loss(nursery: trio.Nursery, mux: UdpMux)
 async def test_bad_password_and_silent_server_fail_in_bounded_time(
     nursery: trio.Nursery, server: int, mux: UdpMux
 ) -> None:
-    relay = TurnRelay.udp(mux, (HOST, server), "alice", "wrong")
+    relay = udp_relay(mux, (HOST, server), "alice", "wrong")
     with pytest.raises(RuntimeFailure, match="alice"):
         await nursery.start(partial(relay.run, timeout=5))
     assert mux.relay_for((HOST, server)) is None
     silent = await peer_socket()
     start = trio.current_time()
-    relay = TurnRelay.udp(mux, silent.getsockname(), "alice", "pw")
+    relay = udp_relay(mux, silent.getsockname(), "alice", "pw")
     with pytest.raises(RuntimeFailure, match="no Allocate answer"):
         await nursery.start(partial(relay.run, timeout=0.8))
     assert trio.current_time() - start < 3
     with pytest.raises(RuntimeFailure, match="cannot"):
-        await nursery.start(partial(TurnRelay.stream((HOST, free_port()), "a", "b").run, timeout=2))
+        await nursery.start(partial(stream_relay((HOST, free_port()), "a", "b").run, timeout=2))
     silent.close()
 
 
@@ -227,7 +246,7 @@ def wireguard(n: int, size: int) -> bytes:
 async def bound_udp_relay(
     nursery: trio.Nursery, mux: UdpMux, server: int, peer: trio.socket.SocketType, **kw: Any
 ) -> TurnRelay:
-    relay = TurnRelay.udp(mux, (HOST, server), "alice", "pw", **kw)
+    relay = udp_relay(mux, (HOST, server), "alice", "pw", **kw)
     await nursery.start(relay.run)
     relay.bind_channel(peer.getsockname())
     with trio.fail_after(5):
@@ -254,8 +273,7 @@ async def test_udp_send_batch_is_channel_data_with_gso_and_without(
     gets every payload, in order."""
     monkeypatch.setenv("P2PTUN_OFFLOAD", offload)
     ep = UdpEndpoint.bind(socket.AF_INET, HOST)
-    nursery.start_soon(ep.receive_loop)
-    mux = UdpMux([ep])
+    mux = serve_mux(nursery, ep)
     peer = await peer_socket()
     relay = await bound_udp_relay(nursery, mux, server, peer)
     batch = [wireguard(i, 1200) for i in range(10)] + [wireguard(10, 80)] + [wireguard(11, 1200)]
@@ -275,7 +293,7 @@ async def test_udp_send_batch_is_channel_data_with_gso_and_without(
 async def test_udp_send_batch_without_a_channel_uses_send_indications(
     nursery: trio.Nursery, server: int, mux: UdpMux
 ) -> None:
-    relay = TurnRelay.udp(mux, (HOST, server), "alice", "pw")
+    relay = udp_relay(mux, (HOST, server), "alice", "pw")
     await nursery.start(relay.run)
     peer = await peer_socket()
     target = peer.getsockname()
@@ -302,8 +320,8 @@ async def send_split_by_kind(
     slow: list[bytes],
 ) -> bytes:
     """Send ``packets`` from ``peer`` to the relay with a STUN Binding request (an ICE consent
-    check) in the middle; the WireGuard packets must reach the fast receiver (``fast``), in
-    order, and only the check (returned) the relay's on_data (``slow``)."""
+    check) in the middle; the WireGuard packets must reach the WireGuard receiver (``fast``),
+    in order, and only the check (returned) the relay's on_data (``slow``)."""
     check = Message.request(Method.BINDING, tag * 12).encode()
     half = len(packets) // 2
     for packet in [*packets[:half], check, *packets[half:]]:
@@ -312,23 +330,27 @@ async def send_split_by_kind(
         while len(fast) < len(packets) or not slow:
             await trio.sleep(0.01)
     assert fast == packets and slow == [check]
-    assert relay.counters.rx_fast == len(packets)
+    assert relay.counters.rx_wireguard == len(packets)
     return check
 
 
-async def test_fast_receiver_takes_wireguard_of_its_channel(
+async def test_wireguard_receiver_takes_wireguard_of_bound_channels(
     nursery: trio.Nursery, server: int, mux: UdpMux
 ) -> None:
-    """WireGuard on the channel of a peer with a fast receiver goes straight to it; STUN on
-    that channel (ICE consent) and everything once the receiver is removed go to on_data; a
-    malformed ChannelData of that channel is dropped and counted."""
+    """WireGuard on a bound channel goes straight to the WireGuard receiver; STUN on that
+    channel (ICE consent), and everything when the relay has no WireGuard receiver, goes to
+    on_data; a malformed ChannelData of that channel is dropped and counted."""
     slow: list[bytes] = []
     fast: list[bytes] = []
     peer = await peer_socket()
     relay = await bound_udp_relay(
-        nursery, mux, server, peer, on_data=lambda r, p, d: slow.append(bytes(d))
+        nursery,
+        mux,
+        server,
+        peer,
+        on_data=lambda r, p, d: slow.append(bytes(d)),
+        wireguard=lambda view, src: fast.append(bytes(view)),
     )
-    relay.set_fast_receiver(peer.getsockname(), lambda view: fast.append(bytes(view)))
     packets = [wireguard(i, 148 if i == 0 else 96) for i in range(20)]
     check = await send_split_by_kind(peer, relay, packets, b"c", fast, slow)
     number = relay.client.channel(peer.getsockname())
@@ -339,7 +361,7 @@ async def test_fast_receiver_takes_wireguard_of_its_channel(
     relay.receive_channel_data(memoryview(head + b"\x00\x02\x04\x00"))  # shorter than a type
     assert relay.counters.rx_malformed == 2 and len(fast) == len(packets)
     assert slow == [check, b"\x04\x00"]
-    relay.set_fast_receiver(peer.getsockname(), None)
+    relay.wireguard = None
     await peer.sendto(packets[0], relay.relayed)
     with trio.fail_after(5):
         while len(slow) < 3:
@@ -349,36 +371,59 @@ async def test_fast_receiver_takes_wireguard_of_its_channel(
     peer.close()
 
 
-async def test_fast_receiver_waits_for_the_channel(
+async def test_wireguard_takes_one_way_before_and_after_the_channel(
     nursery: trio.Nursery, server: int, mux: UdpMux
 ) -> None:
-    """Set before the channel is bound, the receiver takes over once ChannelBound arrives."""
-    fast: list[bytes] = []
-    relay = TurnRelay.udp(mux, (HOST, server), "alice", "pw")
+    """WireGuard from a peer reaches the WireGuard receiver, with its source, whether it came
+    in a Data indication (no channel yet) or as ChannelData (after ChannelBound)."""
+    fast: list[tuple[bytes, Address]] = []
+    slow: list[bytes] = []
+    relay = udp_relay(
+        mux,
+        (HOST, server),
+        "alice",
+        "pw",
+        wireguard=lambda view, src: fast.append((bytes(view), src)),
+        on_data=lambda r, p, d: slow.append(bytes(d)),
+    )
     await nursery.start(relay.run)
     peer = await peer_socket()
-    relay.set_fast_receiver(peer.getsockname(), lambda view: fast.append(bytes(view)))
-    relay.bind_channel(peer.getsockname())
+    target = peer.getsockname()
+    relay.create_permission(HOST)
     with trio.fail_after(5):
-        while not relay.channel_bound(peer.getsockname()):
+        while relay.client.permission_state(HOST) is not PermissionState.INSTALLED:
             await trio.sleep(0.01)
-    await peer.sendto(wireguard(1, 64), relay.relayed)
+    await peer.sendto(wireguard(1, 64), relay.relayed)  # a Data indication
     with trio.fail_after(5):
         while not fast:
             await trio.sleep(0.01)
-    assert fast == [wireguard(1, 64)]
+    assert relay.client.counters.rx_data_indications >= 1
+    relay.bind_channel(target)
+    with trio.fail_after(5):
+        while not relay.channel_bound(target):
+            await trio.sleep(0.01)
+    await peer.sendto(wireguard(2, 64), relay.relayed)  # ChannelData now
+    with trio.fail_after(5):
+        while len(fast) < 2:
+            await trio.sleep(0.01)
+    assert fast == [(wireguard(1, 64), target), (wireguard(2, 64), target)]
+    assert relay.counters.rx_wireguard == 2 and not slow
     relay.close()
     peer.close()
 
 
-async def test_stream_send_batch_pads_and_fast_receiver_takes_frames(
+async def test_stream_send_batch_pads_and_wireguard_receiver_takes_frames(
     nursery: trio.Nursery,
 ) -> None:
     port, scope = await serve_turn(nursery)
     slow: list[bytes] = []
     fast: list[bytes] = []
-    relay = TurnRelay.stream(
-        (HOST, port), "alice", "pw", on_data=lambda r, p, d: slow.append(bytes(d))
+    relay = stream_relay(
+        (HOST, port),
+        "alice",
+        "pw",
+        on_data=lambda r, p, d: slow.append(bytes(d)),
+        wireguard=lambda view, src: fast.append(bytes(view)),
     )
     await nursery.start(relay.run)
     peer = await peer_socket()
@@ -389,8 +434,7 @@ async def test_stream_send_batch_pads_and_fast_receiver_takes_frames(
     batch = [b"odd", b"four", b"x" * 1001, b"y" * 1002]  # every padding length
     assert relay.send_batch(peer.getsockname(), batch) == len(batch)
     assert await receive_all(peer, len(batch)) == batch
-    # Back over the stream: padded frames cut from it, WireGuard to the fast receiver.
-    relay.set_fast_receiver(peer.getsockname(), lambda view: fast.append(bytes(view)))
+    # Back over the stream: padded frames cut from it, WireGuard to the WireGuard receiver.
     packets = [wireguard(i, 93 + i) for i in range(8)]
     await send_split_by_kind(peer, relay, packets, b"s", fast, slow)
     relay.close()
@@ -474,7 +518,7 @@ async def test_tls_relay(nursery: trio.Nursery, tmp_path: Path) -> None:
     tls_port = free_port()
     _port, scope = await serve_turn(nursery, tls=(tls_port, str(cert), str(key)))
     got: list[bytes] = []
-    relay = TurnRelay.stream(
+    relay = stream_relay(
         (HOST, tls_port),
         "alice",
         "pw",
@@ -502,7 +546,7 @@ async def test_tls_relay(nursery: trio.Nursery, tmp_path: Path) -> None:
     # A CA that did not sign the server's certificate: the handshake fails, one line.
     (tmp_path / "other").mkdir()
     other_ca, _, _ = _certificates(tmp_path / "other")
-    bad = TurnRelay.stream((HOST, tls_port), "alice", "pw", transport="tls", ca_file=str(other_ca))
+    bad = stream_relay((HOST, tls_port), "alice", "pw", transport="tls", ca_file=str(other_ca))
     with pytest.raises(RuntimeFailure, match="TLS handshake"):
         await nursery.start(partial(bad.run, timeout=5))
     scope.cancel()

@@ -1,0 +1,227 @@
+"""A whole deployment in one process: a rendezvous and nodes behind simulated NATs.
+
+:class:`MemoryLab` builds on :mod:`p2plab.memnet` what the namespace lab builds on the kernel:
+a public rendezvous (signaling, STUN and TURN on ``203.0.113.10``) and sites behind NATs of
+the lab's types, one node each, every one of them the real composition root
+(:func:`p2ptun.rendezvous.server.run_rendezvous`, :class:`p2ptun.node.daemon.NodeDaemon`) on an
+in-memory host. Run it under ``trio.testing.MockClock(autojump_threshold=0)``: connecting,
+an outage and the recovery take virtual seconds and real milliseconds.
+
+::
+
+    lab = MemoryLab()
+    alice = lab.node("alice", "prc")
+    bob = lab.node("bob", "sym")
+    async with trio.open_nursery() as nursery:
+        await lab.start(nursery)
+        pinger = lab.pinger(alice, bob)          # 50 ms ICMP echo stream through the tunnel
+        await nursery.start(pinger.run)
+        await lab.wait_until(lambda: pinger.replies, 10)
+        bob.router.renumber("198.51.100.112")   # the NAT's public address changes
+        ...
+        pinger.longest_gap(t0, t1)               # the outage, in virtual seconds
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import trio
+
+from p2plab.memnet import MemoryHost, MemoryNetwork, MemoryTun, Pinger, Router
+from p2ptun.config import (
+    IceConfig,
+    InterfaceConfig,
+    NodeConfig,
+    NodeEntry,
+    PeerConfig,
+    RendezvousConfig,
+    RendezvousRef,
+    StunServerSettings,
+    TurnServerConfig,
+    TurnServerSettings,
+)
+from p2ptun.keys import clamp, public_key
+from p2ptun.node.daemon import NodeDaemon
+from p2ptun.rendezvous.server import run_rendezvous
+from p2ptun.signal.seal import MemoryReplayRecord
+
+RENDEZVOUS_IP = "203.0.113.10"
+SIGNALING_PORT = 7070
+STUN_PORT = 3478
+OVERLAY = ipaddress.ip_network("10.77.0.0/24")
+
+
+@dataclass
+class MemoryNode:
+    """One node of the lab: its machine, its config and (once the lab started) its daemon."""
+
+    name: str
+    host: MemoryHost
+    config: NodeConfig
+    _daemon: NodeDaemon | None = None
+    seal_state: MemoryReplayRecord = field(default_factory=MemoryReplayRecord)
+    """The node's record of sealed-message counters (kept across a restart of its daemon)."""
+
+    @property
+    def daemon(self) -> NodeDaemon:
+        assert self._daemon is not None, "the lab has not started"
+        return self._daemon
+
+    @property
+    def router(self) -> Router:
+        assert self.host.router is not None, f"{self.name} has a public address"
+        return self.host.router
+
+    @property
+    def overlay_ip(self) -> str:
+        return str(self.config.interface.addresses[0].ip)
+
+    @property
+    def tun(self) -> MemoryTun:
+        return self.host.tuns[self.config.interface.name]
+
+
+class MemoryLab:
+    """A rendezvous and nodes in one in-memory network (module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        latency: float = 0.005,
+        state_dir: Path | None = None,
+        turn: bool = True,
+    ) -> None:
+        self.network = MemoryNetwork(latency=latency, seed=seed)
+        self.rng = random.Random(seed)
+        self.rendezvous_host = self.network.public_host("rendezvous", RENDEZVOUS_IP)
+        self.rendezvous_key = self._key()
+        self.nodes: list[MemoryNode] = []
+        self._sites = 0
+        self._state_dir = state_dir
+        self.turn = turn
+        self._auth_secret = self.rng.randbytes(16).hex()
+
+    def _key(self) -> bytes:
+        return clamp(self.rng.randbytes(32))
+
+    # -- building ---------------------------------------------------------------------------
+
+    def site(self, nat: str) -> Router:
+        """A new site behind a NAT of type ``nat`` (``cone``, ``prc``, ``sym``, ...)."""
+        self._sites += 1
+        k = self._sites
+        return self.network.site(f"site{k}", nat, f"198.51.100.{10 + k}", f"10.0.{k}.0/24")
+
+    def node(self, name: str, nat: str | None = None) -> MemoryNode:
+        """A node on a new site behind ``nat`` (None: a public host). Every node lists every
+        other as a peer (configs are made when the lab starts)."""
+        index = len(self.nodes) + 1
+        if nat is None:
+            host = self.network.public_host(name, f"192.0.2.{10 + index}")
+        else:
+            host = self.site(nat).host(name)
+        key = self._key()
+        address = ipaddress.ip_interface(f"{OVERLAY.network_address + index}/{OVERLAY.prefixlen}")
+        turn: tuple[TurnServerConfig, ...] = ()
+        if self.turn:
+            url = f"turn:{RENDEZVOUS_IP}:{STUN_PORT}?transport=udp"
+            turn = (TurnServerConfig(url, RENDEZVOUS_IP, STUN_PORT, "udp"),)
+        config = NodeConfig(
+            path=f"<{name}>",
+            name=name,
+            private_key=key,
+            interface=InterfaceConfig("p2p0", (address,)),
+            rendezvous=RendezvousRef(
+                RENDEZVOUS_IP, SIGNALING_PORT, public_key(self.rendezvous_key)
+            ),
+            ice=IceConfig(stun=((RENDEZVOUS_IP, STUN_PORT),), turn=turn),
+            peers=(),
+        )
+        node = MemoryNode(name, host, config)
+        self.nodes.append(node)
+        return node
+
+    def _finish_configs(self) -> None:
+        for node in self.nodes:
+            peers = tuple(
+                PeerConfig(
+                    other.name,
+                    public_key(other.config.private_key),
+                    (ipaddress.ip_network(f"{other.overlay_ip}/32"),),
+                )
+                for other in self.nodes
+                if other is not node
+            )
+            node.config = NodeConfig(
+                path=node.config.path,
+                name=node.config.name,
+                private_key=node.config.private_key,
+                interface=node.config.interface,
+                rendezvous=node.config.rendezvous,
+                ice=node.config.ice,
+                peers=peers,
+            )
+            node._daemon = NodeDaemon(
+                node.config,
+                host=node.host,
+                control_socket=False,
+                seal_state=node.seal_state,
+            )
+
+    def rendezvous_config(self) -> RendezvousConfig:
+        database = ":memory:" if self._state_dir is None else str(self._state_dir / "rv.sqlite")
+        turn = None
+        if self.turn:
+            turn = TurnServerSettings(
+                realm="p2ptun",
+                relay_address=RENDEZVOUS_IP,
+                relay_ports=(49152, 49999),
+                auth_secret=self._auth_secret,
+                # The lab's public addresses are documentation blocks, denied by default.
+                allow_peers=(
+                    ipaddress.ip_network("192.0.2.0/24"),
+                    ipaddress.ip_network("198.51.100.0/24"),
+                ),
+            )
+        return RendezvousConfig(
+            path="<rendezvous>",
+            listen=(RENDEZVOUS_IP, SIGNALING_PORT),
+            private_key=self.rendezvous_key,
+            database=database,
+            open_registration=False,
+            stun=StunServerSettings(((RENDEZVOUS_IP, STUN_PORT),)),
+            turn=turn,
+            # Listed nodes: they get TURN credentials (self-registered ones would not).
+            nodes=tuple(NodeEntry(n.name, public_key(n.config.private_key)) for n in self.nodes),
+        )
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Start the network, the rendezvous and every node (each up when this returns)."""
+        self._finish_configs()
+        await nursery.start(self.network.run)
+        await nursery.start(partial(run_rendezvous, self.rendezvous_config(), self.rendezvous_host))
+        for node in self.nodes:
+            await nursery.start(node.daemon.serve)
+
+    def pinger(self, source: MemoryNode, target: MemoryNode, interval: float = 0.05) -> Pinger:
+        """A steady ping stream from ``source``'s kernel to ``target``'s overlay address."""
+        return Pinger(source.tun, source.overlay_ip, target.overlay_ip, interval=interval)
+
+    @staticmethod
+    async def wait_until(condition: Callable[[], object], timeout: float) -> float:
+        """Wait (virtual time) until ``condition()`` is true; the time it took. Raises
+        ``trio.TooSlowError`` after ``timeout``."""
+        start = trio.current_time()
+        with trio.fail_after(timeout):
+            while not condition():
+                await trio.sleep(0.01)
+        return trio.current_time() - start

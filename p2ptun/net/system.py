@@ -1,0 +1,220 @@
+"""The real machine behind :class:`p2ptun.net.ports.Host`: sockets, TUN, netlink, clocks.
+
+:class:`SystemHost` is what ``p2ptun up`` and ``p2ptun rendezvous`` run on: UDP endpoints
+(:mod:`p2ptun.net.udp`), the TUN device (:mod:`p2ptun.net.tun`), netlink through pyroute2
+(:mod:`p2ptun.net.netlink`; blocking calls run on a worker thread), trio's TCP, the system
+resolver, ``time.time``, ``CLOCK_BOOTTIME`` and ``os.urandom``. The in-memory network of the
+tests implements the same interface (``p2plab.memnet``).
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import random
+import socket
+import time
+from collections.abc import AsyncIterable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
+
+import trio
+
+from p2ptun.addr import Address, format_address
+from p2ptun.errors import RuntimeFailure
+from p2ptun.net import netlink
+from p2ptun.net.keepalive import enable as enable_keepalive
+from p2ptun.net.ports import (
+    Connection,
+    DatagramPort,
+    IPInterface,
+    IPNetwork,
+    Listener,
+    LocalAddress,
+    NetworkChange,
+    TunPort,
+)
+from p2ptun.net.tun import TunDevice
+from p2ptun.net.udp import UdpEndpoint, family_of, open_endpoints, receive_buffers
+
+#: Pending connections a TCP listener queues before the kernel refuses more.
+LISTEN_BACKLOG = 128
+
+
+def route_source(remote_ip: str) -> str | None:
+    """The local address the kernel sends from towards ``remote_ip`` (no packet is sent), or
+    None without a route."""
+    try:
+        family = family_of(remote_ip.split("%", 1)[0])
+        with socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as probe:
+            probe.connect((remote_ip, 9))
+            return str(ipaddress.ip_address(probe.getsockname()[0].split("%", 1)[0]))
+    except (OSError, ValueError):
+        return None
+
+
+def _socket_addresses(stream: trio.SocketStream) -> tuple[Address, Address]:
+    local = stream.socket.getsockname()
+    remote = stream.socket.getpeername()
+    return (
+        (str(local[0]).split("%", 1)[0], int(local[1])),
+        (str(remote[0]).split("%", 1)[0], int(remote[1])),
+    )
+
+
+class SystemListener:
+    """A listening TCP socket (a :class:`~p2ptun.net.ports.Listener`)."""
+
+    def __init__(self, listener: trio.SocketListener, local: Address) -> None:
+        self._listener = listener
+        self.local_address = local
+
+    async def accept(self) -> Connection:
+        """The next connection; OSError for a failed accept (e.g. out of descriptors)."""
+        while True:
+            stream = await self._listener.accept()
+            try:
+                local, remote = _socket_addresses(stream)
+            except OSError:  # reset before we looked at it
+                await trio.aclose_forcefully(stream)
+                continue
+            return Connection(stream, local, remote)
+
+    async def aclose(self) -> None:
+        await self._listener.aclose()
+
+
+class SystemHost:
+    """This machine (see the module docstring). ``netns``: make the netlink queries and
+    changes in that network namespace instead of the caller's (the lab's tests; sockets and
+    the TUN device are opened where the process is)."""
+
+    def __init__(self, *, netns: str | None = None) -> None:
+        self.netns = netns
+        self._shared: list[memoryview] | None = None
+        self._rng = random.SystemRandom()
+
+    # -- sockets ----------------------------------------------------------------------------
+
+    def open_datagram_ports(self, port: int = 0) -> list[DatagramPort]:
+        return list(open_endpoints(port))
+
+    def bind_datagram(self, ip: str, port: int, *, shared_buffers: bool = False) -> DatagramPort:
+        buffers = None
+        if shared_buffers:
+            if self._shared is None:
+                self._shared = receive_buffers()
+            buffers = self._shared
+        return UdpEndpoint.bind(family_of(ip), ip, port, buffers=buffers)
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        *,
+        local_ip: str | None = None,
+        keepalive: tuple[int, int, int] | None = None,
+    ) -> Connection:
+        stream = await trio.open_tcp_stream(host, port, local_address=local_ip)
+        try:
+            if keepalive is not None:
+                enable_keepalive(stream, keepalive)
+            local, remote = _socket_addresses(stream)
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+        return Connection(stream, local, remote)
+
+    async def listen_tcp(self, ip: str, port: int) -> Listener:
+        shown = format_address((ip, port))
+        family = family_of(ip)
+        sock = trio.socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            await sock.bind((ip, port))
+            sock.listen(LISTEN_BACKLOG)
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise RuntimeFailure(f"cannot bind TCP {shown}: address already in use") from None
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise RuntimeFailure(
+                    f"cannot bind TCP {shown}: no such local address on this host"
+                ) from None
+            raise RuntimeFailure(f"cannot bind TCP {shown}: {exc.strerror}") from None
+        name = sock.getsockname()
+        return SystemListener(trio.SocketListener(sock), (str(name[0]), int(name[1])))
+
+    async def resolve(self, host: str, port: int) -> list[Address]:
+        try:
+            infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        except socket.gaierror as exc:
+            raise RuntimeFailure(f"cannot resolve {host!r}: {exc.strerror}") from None
+        infos.sort(key=lambda info: 0 if info[0] == socket.AF_INET else 1)
+        found: list[Address] = []
+        for family, _type, _proto, _name, sockaddr in infos:
+            if family in (socket.AF_INET, socket.AF_INET6):
+                addr = (str(sockaddr[0]), int(sockaddr[1]))
+                if addr not in found:
+                    found.append(addr)
+        return found
+
+    def route_source(self, remote_ip: str) -> str | None:
+        return route_source(remote_ip)
+
+    async def local_addresses(
+        self, *, exclude: Iterable[str] = (), include_link_local: bool = False
+    ) -> list[LocalAddress]:
+        return await netlink.run(
+            netlink.list_local_addresses,
+            exclude=list(exclude),
+            include_link_local=include_link_local,
+            netns=self.netns,
+        )
+
+    # -- the interface ----------------------------------------------------------------------
+
+    def open_tun(self, name: str) -> TunPort:
+        return TunDevice.open(name)
+
+    async def interface_exists(self, name: str) -> bool:
+        return await netlink.run(netlink.link_info, name, netns=self.netns) is not None
+
+    async def configure_interface(
+        self, name: str, addresses: Sequence[IPInterface], mtu: int
+    ) -> None:
+        await netlink.run(netlink.configure_interface, name, list(addresses), mtu, netns=self.netns)
+
+    async def remove_addresses(self, name: str, addresses: Sequence[IPInterface]) -> None:
+        await netlink.run(netlink.remove_addresses, name, list(addresses), netns=self.netns)
+
+    async def add_route(self, name: str, prefix: IPNetwork) -> None:
+        await netlink.run(netlink.add_route, name, prefix, netns=self.netns)
+
+    async def remove_route(self, name: str, prefix: IPNetwork) -> None:
+        await netlink.run(netlink.remove_route, name, prefix, netns=self.netns)
+
+    def network_changes(
+        self, *, exclude: Iterable[str] = ()
+    ) -> AbstractAsyncContextManager[AsyncIterable[list[NetworkChange]]]:
+        return netlink.NetworkMonitor(exclude=exclude, netns=self.netns)
+
+    # -- clocks and randomness --------------------------------------------------------------
+
+    def wall_clock(self) -> float:
+        return time.time()
+
+    def suspend_clocks(self) -> tuple[float, float]:
+        return time.monotonic(), time.clock_gettime(time.CLOCK_BOOTTIME)
+
+    def random_bytes(self, n: int) -> bytes:
+        return os.urandom(n)
+
+    @property
+    def rng(self) -> random.Random:
+        return self._rng
+
+
+__all__ = ["SystemHost", "SystemListener", "route_source"]

@@ -1,0 +1,180 @@
+"""A rendezvous and two real node daemons behind simulated NATs, in one process, under virtual
+time (p2plab.memlab): they connect, a ping stream crosses the tunnel, a NAT changes its public
+address, and the outage is measured in virtual seconds.
+
+These are the daemons' own composition roots on in-memory ports (docs/ARCHITECTURE.md, "ports
+and fakes"): the signaling, ICE, TURN, WireGuard and data-path code that runs in the NAT lab
+runs here too, only the sockets, the TUN device, netlink and the clocks are simulated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import trio
+import trio.testing
+
+from p2plab.memlab import RENDEZVOUS_IP, MemoryLab, MemoryNode
+
+
+async def test_two_nodes_connect_ping_and_survive_a_renumbered_nat(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    lab = MemoryLab()
+    alice = lab.node("alice", "prc")
+    bob = lab.node("bob", "prc")
+    async with trio.open_nursery() as nursery:
+        await lab.start(nursery)
+        pinger = lab.pinger(alice, bob)
+        started = trio.current_time()
+        await nursery.start(pinger.run)
+        connect = await lab.wait_until(lambda: pinger.replies, 15)
+        # Direct: both NATs map endpoint-independently, so hole punching works.
+        status = alice.daemon.status()["peers"][0]
+        assert status["state"] == "connected" and status["path"] == "direct"
+        assert status["remote_candidate"]["address"].startswith("198.51.100.12:")
+        assert connect < 5, f"first reply {connect:.2f} s after start"
+        assert bob.daemon.status()["peers"][0]["state"] == "connected"
+        # The overlay packets went through the NATs, not the relay.
+        assert lab.network.delivered > 0
+        await trio.sleep(5)
+        before = trio.current_time()
+        assert pinger.longest_gap(started + connect, before) < 0.2
+
+        # bob's ISP renumbers his router: every mapping is gone, the tunnel must recover.
+        bob.router.renumber("198.51.100.112")
+        await trio.sleep(30)
+        after = trio.current_time()
+        outage = pinger.longest_gap(before, after)
+        assert outage <= 2.0, f"no traffic for {outage:.1f} s after the NAT renumbered"
+        status = alice.daemon.status()["peers"][0]
+        assert status["state"] == "connected"
+        assert status["remote_candidate"]["address"].startswith("198.51.100.112:")
+        # Replies flow again at the ping rate after the recovery.
+        recent = [t for t in pinger.replies if t > after - 5]
+        assert len(recent) >= 90
+        for node in (alice, bob):
+            node.daemon.stop()
+        await lab.wait_until(lambda: not alice.host.tuns and not bob.host.tuns, 10)
+        nursery.cancel_scope.cancel()
+    print(f"connect {connect:.2f} s, outage after renumbering {outage:.2f} s (virtual)")
+
+
+async def test_symmetric_nat_pair_is_relayed_through_the_rendezvous(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    lab = MemoryLab(seed=3)
+    alice = lab.node("alice", "sym")
+    bob = lab.node("bob", "sym")
+    async with trio.open_nursery() as nursery:
+        await lab.start(nursery)
+        pinger = lab.pinger(alice, bob)
+        await nursery.start(pinger.run)
+        await lab.wait_until(lambda: len(pinger.replies) >= 10, 20)
+        status = alice.daemon.status()["peers"][0]
+        assert status["path"] == "relay"
+        assert status["local_candidate"]["type"] == "relay"
+        assert status["local_candidate"]["address"].startswith(f"{RENDEZVOUS_IP}:")
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("nat", ["cone", "sym"])
+def test_the_lab_is_deterministic(nat: str) -> None:
+    """Same seed, same run: a failing scenario can be replayed exactly (each run in its own
+    trio run and virtual clock, so that both start at time 0)."""
+
+    async def first_reply() -> float:
+        lab = MemoryLab(seed=11)
+        alice = lab.node("alice", "cone")
+        bob = lab.node("bob", nat)
+        async with trio.open_nursery() as nursery:
+            await lab.start(nursery)
+            pinger = lab.pinger(alice, bob)
+            await nursery.start(pinger.run)
+            await lab.wait_until(lambda: pinger.replies, 15)
+            nursery.cancel_scope.cancel()
+        return pinger.replies[0]
+
+    runs = [trio.run(first_reply, clock=trio.testing.MockClock(autojump_threshold=0)) for _ in "ab"]
+    assert runs[0] == runs[1]
+
+
+def _block_direct(lab: MemoryLab, a: MemoryNode, b: MemoryNode) -> None:
+    """Drop everything between the two sites' NATs; the relay (on the rendezvous) still works."""
+    ends = {a.router.public_ip, b.router.public_ip}
+    lab.network.blocked = lambda src, dst: {src[0], dst[0]} == ends
+
+
+#: Network events, the NAT types of the two sites, and the path before → after.
+EVENTS: dict[str, tuple[str, str, Callable[[MemoryLab, MemoryNode, MemoryNode], None]]] = {
+    "nat-renumbered": ("prc", "prc", lambda lab, a, b: b.router.renumber("198.51.100.112")),
+    "symmetric-nat-flushed": ("cone", "sym", lambda lab, a, b: b.router.flush()),
+    "relayed-symmetric-nat-flushed": ("sym", "sym", lambda lab, a, b: b.router.flush()),
+    "port-restricted-nat-flushed": ("prc", "prc", lambda lab, a, b: b.router.flush()),
+    "host-renumbered": ("prc", "prc", lambda lab, a, b: b.host.renumber("10.0.2.77")),
+    "direct-path-black-holed": ("cone", "cone", _block_direct),
+}
+
+
+@pytest.mark.parametrize("event", sorted(EVENTS))
+async def test_traffic_is_back_within_two_seconds_after(
+    autojump_clock: trio.testing.MockClock, event: str
+) -> None:
+    """The longest gap in a 50 ms ping stream across the tunnel stays within 2 s after each
+    event (virtual time, exact): fast failure detection on the selected pair (the path went
+    quiet → a burst of consent checks → lost within a fraction of a second), then a regather
+    and an ICE restart (the relay carries data from its first valid check)."""
+    nat_a, nat_b, happen = EVENTS[event]
+    lab = MemoryLab(seed=1)
+    alice = lab.node("alice", nat_a)
+    bob = lab.node("bob", nat_b)
+    async with trio.open_nursery() as nursery:
+        await lab.start(nursery)
+        pinger = lab.pinger(alice, bob)
+        await nursery.start(pinger.run)
+        await lab.wait_until(lambda: pinger.replies, 15)
+        await trio.sleep(10)
+        before = trio.current_time()
+        happen(lab, alice, bob)
+        await trio.sleep(30)
+        outage = pinger.longest_gap(before, trio.current_time())
+        assert outage <= 2.0, f"{event}: no traffic for {outage:.2f} s"
+        assert alice.daemon.status()["peers"][0]["state"] == "connected"
+        nursery.cancel_scope.cancel()
+
+
+async def test_black_holed_direct_path_fails_over_to_the_standby_and_comes_back(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """While the direct pair is selected the relayed pair is kept valid (the standby): when the
+    direct path drops everything the data moves to the relay within the detection interval,
+    with no gathering or signaling; when the direct path heals the tunnel moves back to it,
+    not at once (a flapping path must not flap the tunnel) but at the next direct retry."""
+    lab = MemoryLab(seed=1)
+    alice = lab.node("alice", "cone")
+    bob = lab.node("bob", "cone")
+    async with trio.open_nursery() as nursery:
+        await lab.start(nursery)
+        pinger = lab.pinger(alice, bob)
+        await nursery.start(pinger.run)
+        await lab.wait_until(lambda: pinger.replies, 15)
+        await trio.sleep(10)
+        session = alice.daemon.peers["bob"]
+        assert session.active is not None
+        standby = session.active.agent.standby_pair(trio.current_time())
+        assert standby is not None and standby.relayed
+        before = trio.current_time()
+        _block_direct(lab, alice, bob)
+        await lab.wait_until(lambda: alice.daemon.status()["peers"][0]["path"] == "relay", 5)
+        moved = trio.current_time() - before
+        await trio.sleep(20)
+        assert pinger.longest_gap(before, trio.current_time()) <= 1.5
+        assert moved <= 1.5, f"on the relay {moved:.2f} s after the direct path failed"
+        healed = trio.current_time()
+        lab.network.blocked = None
+        await lab.wait_until(lambda: alice.daemon.status()["peers"][0]["path"] == "direct", 60)
+        back = trio.current_time() - healed
+        assert 1.0 <= back <= 45, f"back on the direct path {back:.1f} s after it healed"
+        assert pinger.longest_gap(healed, trio.current_time()) < 0.2
+        nursery.cancel_scope.cancel()
