@@ -407,6 +407,9 @@ class TurnServer:
         self._per_user: dict[str, int] = {}
         self._per_ip: dict[str, int] = {}
         self._pending = 0
+        # Stream 5-tuple -> time of its last authenticated request (the shell's idle timer);
+        # as many entries as open connections, dropped in connection_closed.
+        self._stream_progress: dict[FiveTuple, float] = {}
         limits = options.limits
         self._unauthenticated = SourceBudget(
             limits.unauthenticated_rate, limits.unauthenticated_burst, limits.max_sources
@@ -486,6 +489,7 @@ class TurnServer:
 
     def connection_closed(self, five_tuple: FiveTuple, now: float) -> list[Output]:
         """A TCP/TLS client connection ended: its allocation goes with it (RFC 8656 §5)."""
+        self._stream_progress.pop(five_tuple, None)
         alloc = self._by_tuple.get(five_tuple)
         if alloc is None:
             return []
@@ -738,12 +742,30 @@ class TurnServer:
         if key is None or not msg.check_integrity(key):
             self.counters.integrity_failures += 1
             return self._challenge(ft, msg, ErrorCode.UNAUTHENTICATED, now)
+        if ft.transport is not Transport.UDP:
+            self._stream_progress[ft] = now
         return _Auth(
             username,
             key,
             msg.message_integrity_sha256 is not None,
             msg.fingerprint is not None,
         )
+
+    def stream_authenticated(self, five_tuple: FiveTuple) -> bool:
+        """Has the TCP/TLS connection ``five_tuple`` made an authenticated request?"""
+        return five_tuple in self._stream_progress
+
+    def stream_deadline(self, five_tuple: FiveTuple, opened: float, idle: float) -> float:
+        """When a TCP/TLS connection that opened at ``opened`` may be closed as idle (RFC 8656
+        §5 leaves it to the server): ``idle`` seconds after its last authenticated request (or
+        its opening), and never while its allocation lives. Unauthenticated traffic — a
+        Binding, a 401 — does not keep a connection open; the shell asks again at the deadline,
+        which a Refresh may have moved."""
+        deadline = max(opened, self._stream_progress.get(five_tuple, opened)) + idle
+        alloc = self._by_tuple.get(five_tuple)
+        if alloc is not None and alloc.state is not AllocationState.DELETED:
+            deadline = max(deadline, alloc.expires)
+        return deadline
 
     def _challenge(self, ft: FiveTuple, msg: Message, code: int, now: float) -> bytes:
         """401 or 438 with REALM, a fresh NONCE and PASSWORD-ALGORITHMS (RFC 8489 §9.2.4)."""
