@@ -322,6 +322,7 @@ class SignalingServerCore:
         limits = self.limits
         self._connects = SourceBudget(limits.connect_rate, limits.connect_burst, limits.max_sources)
         self._refusal_log = LogLimiter()
+        self._registration_log = LogLimiter()
         self._load_window = 0.0
         self._load_count = 0
         self._load_until = -math.inf
@@ -624,7 +625,7 @@ class SignalingServerCore:
 
     def _protocol_error(self, conn: _Conn, what: str) -> None:
         self.counters.protocol_errors += 1
-        log.info("protocol error", conn=conn.id, name=conn.name, error=what)
+        self._log_error("protocol error", conn, what, conn.last_rx)
         self._close(conn, "protocol error", Error(ErrorCode.PROTOCOL, what))
 
     def _on_message(self, conn: _Conn, msg: Message, now: float) -> None:
@@ -662,13 +663,17 @@ class SignalingServerCore:
         if not admission.allowed:
             assert admission.reason is not None
             self.counters.refused_registrations += 1
-            log.warning(
-                "registration refused",
-                name=name,
-                conn=conn.id,
-                peer=conn.peer,
-                reason=admission.reason.name,
-            )
+            suppressed = self._registration_log.allow(now)
+            if suppressed is not None:  # anyone with a key can provoke it: sparingly
+                extra = {"suppressed": suppressed} if suppressed else {}
+                log.warning(
+                    "registration refused",
+                    name=name,
+                    conn=conn.id,
+                    peer=conn.peer,
+                    reason=admission.reason.name,
+                    **extra,
+                )
             self._close(conn, "registration refused", Refused(admission.reason, admission.text))
             return
         if admission.new_binding:

@@ -236,3 +236,28 @@ def test_a_client_that_never_reads_holds_bounded_memory(tmp_path: Path) -> None:
         peer.close()
         probe.close()
         assert growth < 4 * 1024
+
+
+async def test_one_source_holds_a_bounded_number_of_connections(tmp_path: Path) -> None:
+    async with service(tmp_path) as svc:
+        socks = []
+        for _ in range(100):  # plain sockets: the kernel completes the connects
+            sock = socket.socket()
+            sock.bind((LEGIT, 0))
+            sock.connect(stun_addr(svc))
+            socks.append(sock)
+            await trio.sleep(0)
+        await trio.sleep(0.5)
+        alive = 0
+        for sock in socks:
+            try:
+                data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                alive += data != b""
+            except BlockingIOError:
+                alive += 1
+            except OSError:
+                pass
+            finally:
+                sock.close()
+        print(f"FIGURE M2 100 idle TCP connections from one address: {alive} kept open")
+        assert alive <= 64
