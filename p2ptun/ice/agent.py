@@ -260,6 +260,10 @@ class AgentConfig:
     #: pairs are still checked, and renomination moves to one that succeeds) instead of
     #: waiting ``nomination_delay`` for them. Needs ``renominate``.
     relay_first: bool = False
+    #: Controlling agent: nominate a direct best pair at once too (no hold for higher pairs
+    #: still in progress); one of higher priority that succeeds later is renominated. Needs
+    #: ``renominate``.
+    direct_first: bool = False
     #: While a direct pair is selected, keep the best relayed pair valid as a standby (its
     #: checks go on, then one light check every ``standby_interval`` ± jitter), so that the
     #: node can move the data there at once when the direct pair goes quiet.
@@ -447,6 +451,7 @@ class IceAgent:
             cfg.direct_hold_min,
             cfg.renominate,
             cfg.relay_first,
+            cfg.direct_first,
         )
         self._gen = _Generation(0, credentials, CheckList(controlling, self.config.max_pairs))
         self._checks: TransactionManager[_CheckContext] = TransactionManager(
@@ -696,15 +701,16 @@ class IceAgent:
     # ------------------------------------------------------------------------------------------
     # restart
 
-    def probe_consent(self, now: float) -> bool:
+    def probe_consent(self, now: float, *, urgent: bool = True) -> bool:
         """Check at once whether the selected pair still works (the data path saw it go
         quiet): a burst of consent checks (:meth:`ConsentFreshness.probe`); unanswered, it
         ends in :class:`ConsentLost`. False when there is nothing to probe (no pair, consent
-        expired, a lite agent) or a probe is already under way."""
+        expired, a lite agent), a probe is already under way, or an optional probe
+        (``urgent=False``) came within the holdoff of the previous one."""
         sel = self._selection
         if sel is None or sel.expired or sel.consent is None:
             return False
-        if not sel.consent.probe(now, sel.pair.rtt):
+        if not sel.consent.probe(now, sel.pair.rtt, urgent=urgent):
             return False
         self._consent_timers(now)
         self._refresh_state(now)

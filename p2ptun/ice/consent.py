@@ -32,7 +32,11 @@ ordinary ICE checks without USE-CANDIDATE, RFC 7675 §5.1) and routes the respon
   response makes the pair FRESH again). RFC 7675 §5.1 lets the check interval be chosen; the
   extra traffic is bounded: one probe at a time, at most ``probe_checks`` small requests each,
   and a probe only follows traffic on the pair (the data path re-arms its trigger only after
-  new packets), never idleness.
+  new packets), never idleness. A probe because data *stopped arriving* is optional
+  (``urgent=False``): it is skipped within ``probe_holdoff`` (5 s) of the previous probe's
+  start, so that a bursty flow (an interactive shell: every answer ends with a quiet second)
+  costs at most one probe per holdoff. A probe because data *went unanswered* always runs —
+  that is the failure users feel — and at most one per quiet interval (≥ 1 s) of sending.
 
 Also bounded: at most ``max_transactions`` checks in flight (more cannot happen with the
 defaults, 30 s / 4 s = 8, plus one probe).
@@ -92,6 +96,8 @@ class ConsentConfig:
     probe_window_rtts: float = 3.0
     #: Consent checks a probe sends, spread over its window.
     probe_checks: int = 3
+    #: An optional probe (data stopped arriving) is skipped this soon after the previous one.
+    probe_holdoff: float = 5.0
 
     def __post_init__(self) -> None:
         if self.interval <= 0 or self.timeout <= 0 or self.rto <= 0:
@@ -102,6 +108,8 @@ class ConsentConfig:
             raise ValueError("suspect_after, max_transactions and probe_checks must be >= 1")
         if self.probe_window_min <= 0 or self.probe_window_rtts < 0:
             raise ValueError("the probe window must be positive")
+        if self.probe_holdoff < 0:
+            raise ValueError("the probe holdoff must not be negative")
 
 
 @dataclass
@@ -147,7 +155,11 @@ class ConsentFreshness:
         self._probe_started: float | None = None
         self._probe_until: float | None = None
         self._probe_checks: list[float] = []
+        #: When the latest probe started (None: no probe yet), for ``probe_holdoff``.
+        self._last_probe: float | None = None
         self.probes = 0
+        #: Optional probes skipped because one ran within ``probe_holdoff``.
+        self.probes_held_off = 0
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -260,13 +272,20 @@ class ConsentFreshness:
             return ConsentState.FRESH
         return None
 
-    def probe(self, now: float, rtt: float | None) -> bool:
+    def probe(self, now: float, rtt: float | None, *, urgent: bool = True) -> bool:
         """Check now whether the pair still works (module docstring); ``rtt`` is the pair's
-        round-trip time if known. False if consent expired or a probe is under way already;
-        True: the caller polls at once (the first check is due)."""
+        round-trip time if known. An optional probe (``urgent=False``: data stopped arriving)
+        is skipped within ``probe_holdoff`` of the previous probe. False if consent expired, a
+        probe is under way already or this one was held off; True: the caller polls at once
+        (the first check is due)."""
         if self.expired or self._probe_until is not None:
             return False
         cfg = self.config
+        last = self._last_probe
+        if not urgent and last is not None and now - last < cfg.probe_holdoff:
+            self.probes_held_off += 1
+            return False
+        self._last_probe = now
         window = max(cfg.probe_window_min, cfg.probe_window_rtts * (rtt or 0.0))
         self.probes += 1
         self._probe_started = now

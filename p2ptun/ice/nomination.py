@@ -21,12 +21,16 @@ selecting a pair, answering 487 — and asks this module *when* and *which*:
   deviation from the RFC 8489 schedule (§14.3 RTO) for these pairs only: one extra request
   per pair, while the transaction's own retransmissions go on unchanged. Frozen or Waiting
   higher pairs (not checked yet: pacing, many candidates) are waited for up to
-  ``nomination_delay``.
+  ``nomination_delay``. With ``direct_first`` (the node's choice, with renomination) a direct
+  best pair is nominated at once as well, and a better one that succeeds later is
+  renominated: no hold at all, the first working path carries data.
 - **Renomination** (p2ptun-specific): while the nominated pair is relayed, a controlling agent
   with ``renominate`` nominates the best direct valid pair as soon as there is one (the
-  agent's "better paths after relaying"). RFC 8445 §8.1.1 allows one nomination per session;
-  this one only ever moves from a relayed to a direct pair, and a peer that ignores it stays
-  on the relay.
+  agent's "better paths after relaying"); with ``direct_first`` also, while the nominated
+  pair is direct, a direct valid pair of higher priority (a host pair on a shared LAN that
+  answered after the srflx pair). RFC 8445 §8.1.1 allows one nomination per session; these
+  only ever move up — relayed to direct, direct to a better direct — so they cannot flap, and
+  a peer that ignores them stays where it is.
 - **What nominates a pair** (:meth:`NominationPolicy.peer_nominated`,
   :meth:`NominationPolicy.check_succeeded`): the success of our own nominating check while
   we control; on the controlled side the peer's USE-CANDIDATE (§7.3.1.5), at once on a valid
@@ -102,6 +106,7 @@ class NominationPolicy:
     direct_hold_min: float
     renominate: bool
     relay_first: bool = False
+    direct_first: bool = False
 
     # -- the controlling agent -------------------------------------------------------------
 
@@ -129,6 +134,9 @@ class NominationPolicy:
                 return NominationPlan(best, first_valid_at, None, [], 0.0)
             at = first_valid_at if not higher and gathered else latest
             return NominationPlan(best, at, None, [], 0.0)
+        if self.direct_first and self.renominate:
+            # Carry data on the first direct pair; a better one is renominated (step).
+            return NominationPlan(best, first_valid_at, None, [], 0.0)
         hold = self.direct_hold(valid)
         unknown = False
         give_up = first_valid_at
@@ -167,10 +175,19 @@ class NominationPolicy:
             return _WAIT
         nominated = [p for p in valid if p.nominated]
         if nominated:
-            if self.renominate and nominated[0].relayed:
+            current = nominated[0]
+            if self.renominate and current.relayed:
                 direct = [p for p in valid if not p.relayed and not p.nominated]
                 if direct:
                     return NominationStep(nominate=direct[0])
+            elif self.renominate and self.direct_first:
+                better = [
+                    p
+                    for p in valid
+                    if not p.relayed and not p.nominated and p.priority > current.priority
+                ]
+                if better:
+                    return NominationStep(nominate=better[0])
             return _WAIT
         plan = self.plan(checklist, first_valid_at, gathered)
         assert plan is not None

@@ -35,6 +35,15 @@ at the server) and made again. A round takes the allocations that are live, wait
 being made, and reports the others' last failure. ``on_relays_changed`` is called when an
 allocation appears or ends while no round waits for it: the caller starts a new round then.
 
+Keeping the mappings (``stun_keepalive``, 25 s for a node): between rounds, every STUN server
+that answered the latest round gets one Binding request per interval from the shared socket.
+It keeps the NAT's mapping towards the server open (NATs forget idle UDP mappings after 30 s
+or more, RFC 4787 REQ-5 asks for two minutes), the way RFC 8445 §11 keeps a pair's, and it
+notices when our public address moved while the node was idle — a NAT that renumbered or
+rebound: then the UDP allocations made through the old mapping are replaced and
+``on_mapping_moved()`` is called (the node regathers and restarts ICE before traffic needs the
+path). One request per server per interval: a NATed node's only idle cost besides consent.
+
 Trickle: :meth:`Gatherer.gather` calls ``on_candidate`` with each candidate the moment it is
 known (host candidates at once, then reflexive and relayed ones as their servers answer) and
 returns — end of gathering — when every query finished or timed out, or ``round_timeout``
@@ -94,6 +103,8 @@ MIN_CREDENTIAL_LIFETIME = 60.0
 NODE_STUN_TIMEOUT = 2.5
 #: The node's gathering rounds end (end-of-candidates) at most this long after they start.
 NODE_ROUND_TIMEOUT = 3.0
+#: The node's keepalive Binding to each STUN server (seconds apart, see the module).
+NODE_STUN_KEEPALIVE = 25.0
 
 
 @dataclass(frozen=True)
@@ -137,6 +148,8 @@ class GatherOptions:
     relay_retry: tuple[float, ...] = RELAY_RETRY
     #: Lower bound on the lifetime of issued credentials (:data:`MIN_CREDENTIAL_LIFETIME`).
     min_credential_lifetime: float = MIN_CREDENTIAL_LIFETIME
+    #: Seconds between keepalive Bindings to the STUN servers between rounds (None: none).
+    stun_keepalive: float | None = None
 
     @classmethod
     def from_config(cls, ice: IceConfig, tun_name: str | None = None) -> GatherOptions:
@@ -150,6 +163,7 @@ class GatherOptions:
             include_link_local=ice.ipv6_link_local,
             stun_timeout=NODE_STUN_TIMEOUT,
             round_timeout=NODE_ROUND_TIMEOUT,
+            stun_keepalive=NODE_STUN_KEEPALIVE,
         )
 
 
@@ -269,8 +283,9 @@ class Gatherer:
     listed and TURN streams connected through ``host``. ``on_relay_data``,
     ``relayed_wireguard`` and ``after_relay_batch`` are given to every relay (see
     :class:`~p2ptun.net.turn_relay.TurnRelay`); ``on_relays_changed()`` is called when an
-    allocation appears or ends outside a round. The TURN servers are those of ``options`` at
-    construction.
+    allocation appears or ends outside a round, ``on_mapping_moved()`` when a keepalive
+    Binding found us mapped elsewhere (module docstring). The TURN servers are those of
+    ``options`` at construction.
     """
 
     def __init__(
@@ -285,6 +300,7 @@ class Gatherer:
         relayed_wireguard: WireGuardReceiver | None = None,
         after_relay_batch: Callable[[], None] | None = None,
         on_relays_changed: Callable[[], None] | None = None,
+        on_mapping_moved: Callable[[], None] | None = None,
     ) -> None:
         self.mux = mux
         self.options = options
@@ -296,6 +312,7 @@ class Gatherer:
         self.relayed_wireguard = relayed_wireguard
         self.after_relay_batch = after_relay_batch
         self.on_relays_changed = on_relays_changed
+        self.on_mapping_moved = on_mapping_moved
         self._nursery: trio.Nursery | None = None
         self._slots = [_RelaySlot(i, config) for i, config in enumerate(options.turn)]
         self._closing = False
@@ -303,7 +320,12 @@ class Gatherer:
         self._preferences: dict[str, int] = {}
         #: What each STUN server mapped us to in the latest round that heard from it.
         self._mapped: dict[Address, Address] = {}
+        #: When the mappings were last seen (a round's end or a keepalive).
+        self._mapped_at = -math.inf
         self.rounds = 0
+        #: Keepalive Bindings sent, and how many found a moved mapping.
+        self.keepalives = 0
+        self.keepalive_moves = 0
 
     # -- queries ---------------------------------------------------------------------------------
 
@@ -333,6 +355,8 @@ class Gatherer:
                 self._nursery = nursery
                 for slot in self._slots:
                     nursery.start_soon(self._supervise, slot)
+                if self.options.stun_keepalive is not None and self.options.stun:
+                    nursery.start_soon(self._keep_mappings, self.options.stun_keepalive)
                 task_status.started()
                 await trio.sleep_forever()
         finally:
@@ -395,6 +419,7 @@ class Gatherer:
         result = rnd.result
         result.failures.extend(rnd.pending.values())  # cut by round_timeout
         result.mapping_moved = self._check_mappings(rnd.mapped)
+        self._mapped_at = trio.current_time()
         log.info(
             "gathered",
             round=self.rounds,
@@ -587,6 +612,33 @@ class Gatherer:
                 log.info("NAT mapping changed, allocating again", server=slot.config.url)
                 self._replace(slot, quiet=False)
         return True
+
+    async def _keep_mappings(self, interval: float) -> None:
+        """One keepalive Binding to each STUN server of the latest round per ``interval``
+        (module docstring); a round in between counts as one."""
+        while True:
+            due = self._mapped_at + interval
+            if trio.current_time() < due:
+                await trio.sleep_until(due)
+                continue  # a round may have seen the mappings meanwhile
+            self._mapped_at = trio.current_time()
+            seen: dict[Address, Address] = {}
+            for server in list(self._mapped):
+                self.keepalives += 1
+                with trio.move_on_after(self.options.stun_timeout):
+                    try:
+                        seen[server], _ = await self._binding(server)
+                    except RuntimeFailure as exc:
+                        log.debug(
+                            "keepalive binding failed",
+                            server=format_address(server),
+                            reason=str(exc),
+                        )
+            if seen and self._check_mappings(seen):
+                self.keepalive_moves += 1
+                log.info("NAT mapping moved (keepalive binding)")
+                if self.on_mapping_moved is not None:
+                    self.on_mapping_moved()
 
     def _replace(self, slot: _RelaySlot, *, quiet: bool) -> None:
         relay = slot.relay

@@ -103,10 +103,11 @@ def default_mtu(underlay: int = UNDERLAY_MTU) -> int:
 
 
 DEFAULT_MTU = default_mtu()
-#: The node's ICE agents: a relayed pair carries data from its first valid check, and a
-#: direct pair that succeeds later takes over without a new handshake (renomination); while
-#: a direct pair is selected, the best relayed pair is kept valid as a standby.
-NODE_AGENT_CONFIG = AgentConfig(relay_first=True, standby=True)
+#: The node's ICE agents: the first valid pair carries data from its first valid check,
+#: relayed or direct, and a better pair that succeeds later takes over without a new
+#: handshake (renomination: relayed to direct, direct to a better direct); while a direct
+#: pair is selected, the best relayed pair is kept valid as a standby.
+NODE_AGENT_CONFIG = AgentConfig(relay_first=True, direct_first=True, standby=True)
 #: The suspend check runs on every wake-up of the ICE timer (consent checks: every 4–6 s per
 #: connected peer) and, without peers, at least this often.
 SUSPEND_CHECK_INTERVAL = 60.0
@@ -377,6 +378,7 @@ class NodeDaemon:
                 after_relay_batch=tunnel.flush,
                 on_gathered=self._round_done,
                 on_timer=self._check_suspend,
+                on_mapping_moved=self._mapping_moved,
             )
             self._transport = transport
             # Each socket's dispatch has one owner, built here with every handler it needs:
@@ -523,6 +525,17 @@ class NodeDaemon:
                 session.restart("network change")
         for session in self.peers.values():
             session.round_done()
+
+    def _mapping_moved(self) -> None:
+        """A keepalive Binding found our NAT mapping moved while no path complained (an idle
+        node whose NAT renumbered or rebound): the same as a network change, before traffic
+        meets the dead paths."""
+        log.info("our NAT mapping moved: regathering, restarting ICE")
+        if self.signaling is not None:
+            # The rendezvous connection went through the old mapping: it is dead.
+            self.signaling.reconnect_now("our NAT mapping changed")
+        self._restart_after_round = True
+        self.transport.regather(restart_sessions=False)
 
     async def _watch_network(self) -> None:
         """Network changes (debounced by the monitor) → regather, then ICE restart for every

@@ -181,6 +181,8 @@ class PeerSession:
         self.active: Attempt | None = None
         self.retired: list[Attempt] = []
         self.path: SelectedPair | None = None
+        #: ``wg.rx_bytes`` when the current probe of the path began (see :meth:`_path_lost`).
+        self._probe_rx = 0
         self.ping_rtt: float | None = None
         self._wake = trio.Event()
         self._failures = 0
@@ -642,12 +644,23 @@ class PeerSession:
         """The data path saw the selected path go quiet (:class:`~p2ptun.wireguard.PathQuiet`):
         probe it now with a burst of consent checks. If they go unanswered the session reports
         :class:`~p2ptun.ice.ConsentLost` within a fraction of a second (:meth:`_path_lost`);
-        an answer just means the traffic paused."""
+        an answer just means the traffic paused. A keepalive goes with the probe, so that a
+        peer that can reach our new mapping follows us at once."""
         active = self.active
         if active is None or self.path is None:
             return
-        if active.session.probe():
-            log.debug("path quiet, probing", peer=self.name, unanswered=unanswered)
+        # Data that stopped arriving is a weaker sign than data left unanswered: its probe is
+        # optional, one per holdoff (ConsentConfig.probe_holdoff), and so is its keepalive.
+        rx = self.wg.rx_bytes
+        if not active.session.probe(urgent=unanswered):
+            return
+        self._probe_rx = rx
+        log.debug("path quiet, probing", peer=self.name, unanswered=unanswered)
+        # Our NAT may have given us a new mapping that the peer does not know: a keepalive
+        # from it lets the peer roam to it (WireGuard's rule) in one trip, where the peer's NAT
+        # lets the new mapping in — before the probe has even ended.
+        self.wg.send_keepalive(trio.current_time())
+        self.ctx.tunnel.flush(self.wg)
 
     def _path_lost(self) -> None:
         """The selected path carries nothing (its probe went unanswered): move the data to the
@@ -655,6 +668,13 @@ class PeerSession:
         detection interval), and find the best path again — gather (our NAT may have moved)
         and restart ICE, make-before-break."""
         active = self.active
+        if self.wg.rx_bytes > self._probe_rx:
+            # The peer's authenticated packets arrived during the probe: it is reachable, from
+            # another address than the ICE pair's (the data path roamed to it). Keep the data
+            # where it is; ICE restarts to follow.
+            log.info("probe unanswered but the peer reached us: following it", peer=self.name)
+            self._regather_then_restart("the peer moved")
+            return
         standby = None if active is None else active.agent.standby_pair(trio.current_time())
         if standby is not None:
             log.warning("path lost: probe unanswered, data moved to the relay", peer=self.name)

@@ -95,6 +95,8 @@ class PeerStats:
     """Datagrams dropped because the peer had no endpoint yet."""
     path_quiet: int = 0
     """Times the path went quiet (:class:`~p2ptun.wireguard.PathQuiet`)."""
+    roams: int = 0
+    """Times the direct path followed the peer to a new address."""
 
 
 @dataclass
@@ -161,7 +163,9 @@ class WgTunnel:
     :func:`p2ptun.node.mss.mss_for_mtu`); None leaves packets alone. ``learn_endpoints``:
     until a peer has a path, answer its authenticated datagrams where they came from (the
     daemon keeps it on: the two sides select their ICE pair within a round trip of each
-    other, and the first handshake may arrive before ours is selected).
+    other, and the first handshake may arrive before ours is selected). ``roam``: on a direct
+    path, follow the peer to the address its authenticated datagrams come from (WireGuard's
+    roaming; a relayed path is left to ICE).
     """
 
     def __init__(
@@ -173,6 +177,7 @@ class WgTunnel:
         batch: int = DEFAULT_BATCH,
         mss: tuple[int, int] | None = None,
         learn_endpoints: bool = True,
+        roam: bool = True,
         on_path_quiet: Callable[[Peer, PathQuiet], None] | None = None,
     ) -> None:
         if not endpoints:
@@ -184,6 +189,7 @@ class WgTunnel:
         self.peer_stats: dict[Peer, PeerStats] = {}
         self.mss = mss
         self.learn_endpoints = learn_endpoints
+        self.roam = roam
         self.on_path_quiet = on_path_quiet
         self._by_family = {ep.family: ep for ep in self.endpoints}
         self._peer_endpoints: dict[Peer, Address | None] = {}
@@ -389,11 +395,35 @@ class WgTunnel:
         peer = self.device.receive_datagram(data, now, addr)
         if peer is not None:
             self._touched[peer] = None
-            if self.learn_endpoints and self._peer_endpoints.get(peer) is None:
-                log.info(
-                    "endpoint learned", peer=_short(peer.public_key), endpoint=format_address(addr)
-                )
-                self._peer_endpoints[peer] = addr
+            if self._peer_endpoints.get(peer) != addr:
+                self._authenticated_from(peer, addr)
+
+    def _authenticated_from(self, peer: Peer, addr: Address) -> None:
+        """An authenticated datagram of ``peer`` came from ``addr``, which is not its endpoint:
+        learn it (no path yet, ``learn_endpoints``) or roam to it (a direct path; WireGuard's
+        own rule, whitepaper §2.1: the reply goes where the last authenticated packet came
+        from). The peer's NAT gave it a new mapping, and when ours lets the new one in, the
+        tunnel works again in one round trip, before any probe or ICE restart. A relayed path
+        is left to ICE."""
+        endpoints = self._peer_endpoints
+        endpoint = endpoints.get(peer)
+        if endpoint is None:
+            if not self.learn_endpoints:
+                return
+            log.info(
+                "endpoint learned", peer=_short(peer.public_key), endpoint=format_address(addr)
+            )
+        elif not self.roam or peer in self._senders:
+            return
+        else:
+            self._stats(peer).roams += 1
+            log.info(
+                "peer roamed",
+                peer=_short(peer.public_key),
+                old=format_address(endpoint),
+                new=format_address(addr),
+            )
+        endpoints[peer] = addr
 
     def receive_datagram(self, data: bytes | bytearray | memoryview, source: bytes) -> None:
         """A WireGuard datagram that did not come straight from the UDP socket (a TURN relay
@@ -448,33 +478,40 @@ class WgTunnel:
     # -- output --------------------------------------------------------------------------------
 
     def _flush_touched(self) -> None:
-        """Send what the touched peers queued, write their packets to TUN, log their events."""
+        """Send what the touched peers queued, write their packets to TUN, hand on their
+        events. An event's handler may touch a peer again (a keepalive after a quiet path):
+        that peer is flushed in the same call."""
         touched = self._touched
         if not touched:
             return
         pull_earlier = self._timer.pull_earlier
-        for peer in touched:
-            datagrams = peer.pop_datagrams()
-            if datagrams:
-                sender = self._senders.get(peer)
-                endpoint = self._peer_endpoints.get(peer)
-                if sender is not None:
-                    sender(datagrams)
-                elif endpoint is None:
-                    self._stats(peer).datagrams_without_endpoint += len(datagrams)
-                    if any(d[0] == _INITIATION for d in datagrams):
-                        self._initiation_unsent.add(peer)
-                else:
-                    self._send_batch(datagrams, endpoint)
-            packets = peer.pop_packets()
-            if packets:
-                self._write_packets(packets)
-            for event in peer.pop_events():
-                self._on_event(peer, event)
-            wake = peer.next_wakeup()
-            if wake is not None:
-                pull_earlier(wake)
-        touched.clear()
+        while touched:
+            peers = list(touched)
+            touched.clear()
+            for peer in peers:
+                self._flush_peer(peer, pull_earlier)
+
+    def _flush_peer(self, peer: Peer, pull_earlier: Callable[[float], None]) -> None:
+        datagrams = peer.pop_datagrams()
+        if datagrams:
+            sender = self._senders.get(peer)
+            endpoint = self._peer_endpoints.get(peer)
+            if sender is not None:
+                sender(datagrams)
+            elif endpoint is None:
+                self._stats(peer).datagrams_without_endpoint += len(datagrams)
+                if any(d[0] == _INITIATION for d in datagrams):
+                    self._initiation_unsent.add(peer)
+            else:
+                self._send_batch(datagrams, endpoint)
+        packets = peer.pop_packets()
+        if packets:
+            self._write_packets(packets)
+        for event in peer.pop_events():
+            self._on_event(peer, event)
+        wake = peer.next_wakeup()
+        if wake is not None:
+            pull_earlier(wake)
 
     def _write_packets(self, packets: list[bytes]) -> None:
         """Write decrypted packets to TUN: merged into TCP super-packets when the device has

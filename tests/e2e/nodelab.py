@@ -35,7 +35,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -275,30 +275,16 @@ class PingStream:
         return sum(1 for r in self.replies() if r > t)
 
 
-def dark_time(replies: Sequence[float], t_change: float, grace: float = 0.5) -> float:
-    """How long after ``t_change`` the tunnel stayed dark: the end of the longest silence
-    between replies that ends after the change, minus ``t_change``; 0 if no silence longer
-    than ``grace`` follows the change. Raises if no reply came after it at all."""
-    after = [r for r in replies if r > t_change]
-    if not after:
-        raise AssertionError("no ping reply after the change")
-    before = [r for r in replies if r <= t_change]
-    times = [before[-1] if before else t_change, *after]
-    worst = 0.0
-    for prev, cur in itertools.pairwise(times):
-        if cur - prev > grace:
-            worst = max(worst, cur - max(prev, t_change))
-    return worst
-
-
-def tcp_stall(gaps: Iterable[Sequence[float]], t_change: float) -> float:
-    """How long after ``t_change`` (monotonic) the receiving end of a transfer got nothing:
-    the latest end of a silence that covers or starts within 5 s of the change."""
-    worst = 0.0
-    for start, end in gaps:
-        if end > t_change and start < t_change + 5.0:
-            worst = max(worst, end - t_change)
-    return worst
+def longest_gap(
+    replies: Sequence[float], start: float, end: float, *, from_start: bool = False
+) -> float:
+    """The longest time without a ping reply from the last reply before ``start`` (or from
+    ``start`` itself with ``from_start``, e.g. a wake-up) to ``end``: what a user of the
+    tunnel saw of an event at ``start``."""
+    before = [r for r in replies if r <= start]
+    first = start if from_start or not before else before[-1]
+    times = [first, *(r for r in replies if start < r <= end), end]
+    return max(b - a for a, b in itertools.pairwise(times))
 
 
 @dataclass

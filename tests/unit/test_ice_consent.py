@@ -5,19 +5,23 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Callable
 
 import pytest
 from icesim import Scenario, make_scenario
 
+from p2ptun.addr import Address
 from p2ptun.ice.agent import AgentConfig
 from p2ptun.ice.consent import ConsentConfig, ConsentFreshness, ConsentState
 from p2ptun.ice.events import (
     AgentState,
     BetterPairAvailable,
     ConsentExpired,
+    ConsentLost,
     ConsentRestored,
     ConsentSuspect,
     PairSelected,
+    StandbyReady,
 )
 from p2ptun.stun import AttrType, Message, Method, short_term_key
 
@@ -387,3 +391,136 @@ def test_direct_retries_back_off_while_relayed() -> None:
     assert max(p.retries for p in s.a.agent.checklist.pairs if not p.relayed) >= 1
     assert s.a.agent._gen.next_probe is None
     assert s.a.agent.can_send() and s.b.agent.can_send()
+
+
+# --- fast failure detection: the probe ------------------------------------------------------------
+
+
+def test_probe_sends_a_bounded_burst_and_reports_lost_at_the_end_of_its_window() -> None:
+    c = ConsentFreshness(0.0, random.Random(2))
+    assert c.next_wakeup() is not None and c.next_wakeup() >= 4.0  # type: ignore[operator]
+    assert c.probe(1.0, rtt=0.2)  # window max(0.3, 3 x 0.2) = 0.6 s
+    assert not c.probe(1.1, rtt=0.2)  # one probe at a time
+    sent: list[float] = []
+    became: list[tuple[float, ConsentState | None]] = []
+    for _ in range(20):  # bounded
+        wake = c.next_wakeup()
+        assert wake is not None
+        if wake > 2.0:
+            break
+        poll = c.poll(wake)
+        if poll.check_due:
+            c.start(_request(len(sent).to_bytes(12, "big")), KEY, wake)
+            sent.append(wake)
+        if poll.became is not None:
+            became.append((wake, poll.became))
+    assert sent == pytest.approx([1.0, 1.2, 1.4])  # probe_checks = 3, spread over the window
+    assert became == [(pytest.approx(1.6), ConsentState.LOST)]
+    assert c.state is ConsentState.LOST and not c.probing and c.probes == 1
+    assert c.expires_at == 30.0  # consent itself still runs to its RFC 7675 timeout
+
+
+def test_an_answered_probe_ends_at_once_and_a_late_answer_restores_a_lost_pair() -> None:
+    c = ConsentFreshness(0.0, random.Random(3))
+    assert c.probe(1.0, rtt=None)  # window 0.3 s
+    poll = c.poll(1.0)
+    assert poll.check_due
+    c.start(_request(b"p" * 12), KEY, 1.0)
+    reply = Message.decode(_request(b"p" * 12)).success(
+        [(AttrType.XOR_MAPPED_ADDRESS, ("192.0.2.1", 1))]
+    )
+    assert c.handle_response(Message.decode(reply.encode(KEY)), 1.05)
+    assert not c.probing and c.state is ConsentState.FRESH
+    assert c.poll(1.4).became is None  # no LOST after an answer
+    # An unanswered probe: LOST; a response later makes the pair FRESH again.
+    assert c.probe(2.0, rtt=None)
+    for t in (2.0, 2.1, 2.2, 2.3):
+        if c.poll(t).check_due:
+            c.start(_request(int(t * 10).to_bytes(12, "big")), KEY, t)
+    assert c.state is ConsentState.LOST
+    late = Message.decode(_request(int(2.2 * 10).to_bytes(12, "big"))).success(
+        [(AttrType.XOR_MAPPED_ADDRESS, ("192.0.2.1", 1))]
+    )
+    assert c.handle_response(Message.decode(late.encode(KEY)), 2.5)
+    assert c.state is ConsentState.FRESH
+
+
+def test_an_optional_probe_is_held_off_after_a_probe_and_an_urgent_one_is_not() -> None:
+    c = ConsentFreshness(0.0, random.Random(4))  # probe_holdoff = 5 s
+    assert c.probe(1.0, rtt=None, urgent=False)  # the first optional probe runs
+    for t in (1.0, 1.1, 1.2, 1.3):
+        if c.poll(t).check_due:
+            c.start(_request(int(t * 10).to_bytes(12, "big")), KEY, t)
+    assert not c.probing
+    # Data stopped arriving again 2 s later (a bursty flow): held off, nothing is sent.
+    assert not c.probe(3.0, rtt=None, urgent=False)
+    assert c.probes_held_off == 1 and not c.probing and c.probes == 1
+    # Data left unanswered is never held off.
+    assert c.probe(3.5, rtt=None, urgent=True)
+    for t in (3.5, 3.6, 3.7, 3.8):
+        if c.poll(t).check_due:
+            c.start(_request(int(t * 10).to_bytes(12, "big")), KEY, t)
+    # The holdoff counts from the latest probe of either kind.
+    assert not c.probe(8.4, rtt=None, urgent=False)
+    assert c.probe(8.5, rtt=None, urgent=False)
+    assert (c.probes, c.probes_held_off) == (3, 2)
+
+
+def test_agent_probe_reports_consent_lost_within_the_window_and_not_on_a_live_pair() -> None:
+    s = _connected("full", "full", seed=7)
+    s.net.run_until(s.net.now + 2)
+    # A live pair: the probe is answered, nothing is lost.
+    assert s.a.agent.probe_consent(s.net.now)
+    s.a.pump()
+    s.net.run_until(s.net.now + 1)
+    assert s.a.events_of(ConsentLost) == []
+    # The path dies: the probe's checks go unanswered and ConsentLost follows at the end of
+    # the window (0.3 s: the simulated round trip is short), long before suspicion (~10 s).
+    s.net.blocked = lambda src, dst: True
+    t0 = s.net.now
+    assert s.a.agent.probe_consent(t0)
+    s.a.pump()
+    assert s.net.run_while(lambda: bool(s.a.events_of(ConsentLost)), 2)
+    (t_lost, _), *_ = s.a.events_of(ConsentLost)
+    assert t_lost - t0 == pytest.approx(0.3, abs=0.02)
+    assert s.a.agent.state is AgentState.DISCONNECTED and s.a.agent.can_send()
+    assert s.a.events_of(ConsentSuspect) == []
+
+
+def test_standby_relayed_pair_stays_valid_beside_the_direct_one() -> None:
+    config = AgentConfig(standby=True, standby_interval=10.0)
+    s = make_scenario("full", "full", seed=8, config_a=config, config_b=config)
+    s.start()
+    assert s.net.run_while(s.connected, 20)
+    sel = s.a.agent.selected_pair
+    assert sel is not None and not sel.relayed
+    assert s.net.run_while(lambda: s.a.agent.standby_pair(s.net.now) is not None, 10)
+    standby = s.a.agent.standby_pair(s.net.now)
+    assert standby is not None and standby.relayed
+    assert s.a.events_of(StandbyReady)
+    # Kept fresh by light checks: still there a minute later, at about one check per 10 s.
+    before = s.a.agent.stats.consent_checks_sent
+    s.net.run_until(s.net.now + 60)
+    assert s.a.agent.standby_pair(s.net.now) is not None
+    checks = s.a.agent.stats.consent_checks_sent - before
+    assert 16 <= checks <= 22  # 12 consent checks (5 s) + 6 standby checks (10 s), roughly
+    # The direct path dies: the standby is unaffected (it goes through the relay).
+    s.net.blocked = _firewall_between_direct_addresses(s)
+    assert s.a.agent.probe_consent(s.net.now)
+    s.a.pump()
+    assert s.net.run_while(lambda: bool(s.a.events_of(ConsentLost)), 2)
+    assert s.a.agent.standby_pair(s.net.now) is not None
+
+
+def test_without_standby_no_relayed_pair_is_kept() -> None:
+    s = make_scenario("full", "full", seed=8)
+    s.start()
+    assert s.net.run_while(s.connected, 20)
+    s.net.run_until(s.net.now + 15)
+    assert s.a.agent.standby_pair(s.net.now) is None
+    assert s.a.events_of(StandbyReady) == []
+
+
+def _firewall_between_direct_addresses(s: Scenario) -> Callable[[Address, Address], bool]:
+    sites = {"198.51.100.1", "203.0.113.1"}
+    return lambda src, dst: src[0] in sites and dst[0] in sites

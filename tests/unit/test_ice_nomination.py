@@ -15,9 +15,16 @@ from hypothesis import strategies as st
 from icesim import Nomination, Scenario, make_scenario, watch_nominations
 
 from p2ptun.ice.agent import AgentConfig
-from p2ptun.ice.candidate import CandidateType, make_host_candidate
-from p2ptun.ice.checklist import PairState
+from p2ptun.ice.candidate import (
+    Candidate,
+    CandidateType,
+    make_host_candidate,
+    make_relay_candidate,
+    make_srflx_candidate,
+)
+from p2ptun.ice.checklist import CheckList, CheckPair, PairState
 from p2ptun.ice.nomination import (
+    NominationPolicy,
     RoleConflict,
     resolve_role_conflict,
     role_after_conflict_response,
@@ -135,6 +142,58 @@ def test_relayed_pair_waits_the_full_delay(nat_a: str, nat_b: str) -> None:
     assert first.at >= first.first_valid_at + config.nomination_delay - EPS
     assert any(state is PairState.IN_PROGRESS for _, state, _ in first.higher)
     assert_hold_kept(noms, config)
+
+
+@pytest.mark.parametrize(("nat_a", "nat_b"), [("port", "symmetric"), ("symmetric", "symmetric")])
+def test_relay_first_nominates_a_relayed_pair_at_its_first_valid_check(
+    nat_a: str, nat_b: str
+) -> None:
+    """With ``relay_first`` (the node's agents) a relayed best pair carries data at once: it
+    is nominated the moment it becomes valid, direct pairs still in progress or not."""
+    config = AgentConfig(relay_first=True)
+    s = make_scenario(nat_a, nat_b, seed=6, config_a=config, config_b=config)
+    noms, _ = connect(s)
+    sel = s.a.agent.selected_pair
+    assert sel is not None and sel.relayed
+    first = next(n for n in noms if not n.renomination)
+    assert first.relayed and first.first_valid_at is not None
+    assert first.at == pytest.approx(first.first_valid_at, abs=EPS)
+
+
+@pytest.mark.parametrize(("nat_a", "nat_b"), [("port", "port"), ("full", "symmetric")])
+def test_direct_first_nominates_a_direct_pair_at_its_first_valid_check(
+    nat_a: str, nat_b: str
+) -> None:
+    """With ``direct_first`` (the node's agents) the first valid direct pair carries data at
+    once: no hold for the pairs towards the other site's private address."""
+    config = AgentConfig(relay_first=True, direct_first=True)
+    s = make_scenario(nat_a, nat_b, seed=6, config_a=config, config_b=config)
+    noms, _ = connect(s)
+    sel = s.a.agent.selected_pair
+    assert sel is not None and not sel.relayed
+    first = next(n for n in noms if not n.renomination)
+    assert not first.relayed and first.first_valid_at is not None
+    assert first.at == pytest.approx(first.first_valid_at, abs=EPS)
+    assert any(state is PairState.IN_PROGRESS for _, state, _ in first.higher)
+
+
+def test_relay_first_then_a_direct_pair_takes_over() -> None:
+    """Relayed first while the direct path is closed; when it opens, renomination moves both
+    sides to it (the relay carried data meanwhile)."""
+    config = AgentConfig(relay_first=True, direct_retry_interval=3.0)
+    s = make_scenario("port", "port", seed=2, config_a=config, config_b=config)
+    sites = {"198.51.100.1", "203.0.113.1"}
+    s.net.blocked = lambda src, dst: src[0] in sites and dst[0] in sites
+    s.start()
+    assert s.net.run_while(s.connected, 20)
+    sel = s.a.agent.selected_pair
+    assert sel is not None and sel.relayed
+    s.net.blocked = None
+    assert s.net.run_while(
+        lambda: all((p := x.agent.selected_pair) is not None and not p.relayed for x in (s.a, s.b)),
+        60,
+    )
+    assert s.same_path()
 
 
 def test_many_unreachable_candidates_each_get_two_sends() -> None:
@@ -285,3 +344,56 @@ def test_roles_facing_a_lite_peer_and_after_a_487() -> None:
         # switched already leaves the role as it is.
         assert role_after_conflict_response(controlling, controlling) is not controlling
         assert role_after_conflict_response(not controlling, controlling) is controlling
+
+
+def _succeeded(cl: CheckList, local: Candidate, remote: Candidate, at: float) -> CheckPair:
+    pair = cl.add(local, remote)
+    assert pair is not None
+    pair.state = PairState.SUCCEEDED
+    pair.valid_local = local
+    pair.last_success = at
+    return pair
+
+
+def test_direct_first_nominates_at_once_and_moves_only_up() -> None:
+    """With ``direct_first`` (the node's agents) the first valid direct pair is nominated the
+    moment it is valid, a higher pair still in progress or not; a better direct pair that
+    succeeds later is renominated, a worse one or a relayed one never is."""
+    policy = NominationPolicy(
+        nomination_delay=2.0,
+        direct_hold_rtts=4.0,
+        direct_hold_min=0.1,
+        renominate=True,
+        relay_first=True,
+        direct_first=True,
+    )
+    cl = CheckList(controlling=True)
+    host = make_host_candidate(("10.0.1.2", 4000), 65535)
+    peer_host = make_host_candidate(("10.0.1.3", 4000), 65535)
+    peer_srflx = make_srflx_candidate(("203.0.113.1", 4000), ("10.0.2.2", 4000), "192.0.2.1", 65535)
+    lan = cl.add(host, peer_host)  # the best pair: same LAN, not answered yet
+    assert lan is not None
+    lan.state, lan.sends, lan.last_sent = PairState.IN_PROGRESS, 1, 0.0
+    wan = _succeeded(cl, host, peer_srflx, 0.02)
+    assert policy.step(cl, 0.02, gathered=False, now=0.02).nominate is wan
+    wan.nominated = True
+    assert policy.step(cl, 0.02, gathered=False, now=0.03).nominate is None
+    # The LAN pair answers after all: it takes over.
+    _succeeded(cl, host, peer_host, 0.05)
+    assert policy.step(cl, 0.02, gathered=False, now=0.05).nominate is lan
+    lan.nominated = True
+    assert NominationPolicy.selected(cl) is lan
+    # Nothing moves it down again: a relayed pair that succeeds is no reason.
+    relayed = make_relay_candidate(
+        ("192.0.2.2", 50000), ("198.51.100.1", 4000), "10.0.1.2", "192.0.2.2", 0
+    )
+    _succeeded(cl, relayed, peer_srflx, 0.1)
+    assert policy.step(cl, 0.02, gathered=True, now=0.1).nominate is None
+    # Without direct_first the same first step holds for the LAN pair instead.
+    hold = NominationPolicy(2.0, 4.0, 0.1, renominate=True, relay_first=True)
+    cl2 = CheckList(controlling=True)
+    lan2 = cl2.add(host, peer_host)
+    assert lan2 is not None
+    lan2.state, lan2.sends, lan2.last_sent = PairState.IN_PROGRESS, 1, 0.0
+    _succeeded(cl2, host, peer_srflx, 0.02)
+    assert hold.step(cl2, 0.02, gathered=False, now=0.02).nominate is None

@@ -178,3 +178,37 @@ async def test_black_holed_direct_path_fails_over_to_the_standby_and_comes_back(
         assert 1.0 <= back <= 45, f"back on the direct path {back:.1f} s after it healed"
         assert pinger.longest_gap(healed, trio.current_time()) < 0.2
         nursery.cancel_scope.cancel()
+
+
+async def test_a_node_without_traffic_notices_its_nat_renumbered_by_its_keepalive_binding(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Its peer is offline, so no path or consent check can tell: the keepalive Binding to the
+    STUN server (every 25 s) sees the new public address and the node regathers at once, so
+    that its candidates are right when the peer comes back."""
+    lab = MemoryLab(seed=2)
+    alice = lab.node("alice", "prc")
+    bob = lab.node("bob", "prc")
+    async with trio.open_nursery() as nursery:
+        await lab.start(nursery)
+        transport = bob.daemon.transport
+
+        def srflx() -> list[str]:
+            return [c.address[0] for c in transport.candidates if c.type.value == "srflx"]
+
+        await lab.wait_until(lambda: srflx() == ["198.51.100.12"], 10)
+        alice.daemon.stop()
+        await lab.wait_until(lambda: bob.daemon.status()["peers"][0]["state"] != "connected", 60)
+        gatherer = transport.gatherer
+        moves, rounds = gatherer.keepalive_moves, gatherer.rounds
+        bob.router.renumber("198.51.100.112")
+        renumbered = trio.current_time()
+        await lab.wait_until(lambda: srflx() == ["198.51.100.112"], 30)
+        noticed = trio.current_time() - renumbered
+        assert noticed <= 25 + 3, f"new candidates {noticed:.1f} s after the renumbering"
+        assert gatherer.keepalive_moves == moves + 1 and gatherer.rounds > rounds
+        # The keepalive costs one request per interval: a minute brings two or three.
+        sent = gatherer.keepalives
+        await trio.sleep(60)
+        assert 2 <= gatherer.keepalives - sent <= 3
+        nursery.cancel_scope.cancel()

@@ -16,6 +16,7 @@ from p2ptun.wireguard import (
     Device,
     HandshakeCompleted,
     HandshakeFailed,
+    PathQuiet,
     Peer,
     SessionExpired,
     TimerConfig,
@@ -867,3 +868,54 @@ def test_jitter_draws_randomness_in_bulk() -> None:
     assert draws[0] == int.from_bytes(given[0][:4], "little") / 0xFFFFFFFF
     assert draws[63] == int.from_bytes(given[0][252:256], "little") / 0xFFFFFFFF
     assert draws[64] == int.from_bytes(given[1][:4], "little") / 0xFFFFFFFF
+
+
+# -- the path going quiet (p2ptun's fast failure detection) ---------------------------------
+
+
+def test_path_quiet_when_data_goes_unanswered() -> None:
+    net = Net()
+    net.connect()
+    net.run_until(12.0)  # the handshake's data was answered by B's keepalive
+    net.a_b.path_silence = 1.0
+    net.drop = lambda d, x: d == "ba"
+    net.now = 20.0
+    net.a.send_packet(a_to_b(), 20.0)
+    net.run_until(20.5)
+    net.a.send_packet(a_to_b(), 20.5)  # more data does not move the deadline
+    net.run_until(20.99)
+    assert not [e for e in net.events_a if isinstance(e, PathQuiet)]
+    net.run_until(21.01)
+    quiet = [e for e in net.events_a if isinstance(e, PathQuiet)]
+    assert quiet == [PathQuiet(21.0, unanswered=True)]
+    net.run_until(40.0)  # once per quiet spell, not again and again
+    assert len([e for e in net.events_a if isinstance(e, PathQuiet)]) == 1
+
+
+def test_path_quiet_when_arriving_data_stops_and_never_while_it_flows() -> None:
+    net = Net()
+    net.connect()
+    net.b_a.path_silence = 1.0
+    for i in range(1, 41):  # A sends every 50 ms for 2 s: B hears a steady stream
+        net.now = 12.0 + 0.05 * i
+        net.a.send_packet(a_to_b(), net.now)
+        net.run_until(net.now)
+    assert not [e for e in net.events_b if isinstance(e, PathQuiet)]
+    net.run_until(15.0)
+    quiet = [e for e in net.events_b if isinstance(e, PathQuiet)]
+    assert quiet == [PathQuiet(pytest.approx(15.0), unanswered=False)]
+
+
+def test_no_path_quiet_without_path_silence_or_when_answered() -> None:
+    net = Net()
+    net.connect()
+    net.now = 12.0
+    net.a.send_packet(a_to_b(), 12.0)  # path_silence is None: WireGuard alone, no report
+    net.run_until(20.0)
+    assert not [e for e in net.events_a + net.events_b if isinstance(e, PathQuiet)]
+    net.a_b.path_silence = 1.0
+    net.now = 30.0
+    net.a.send_packet(a_to_b(), 30.0)
+    net.b.send_packet(b_to_a(), 30.2)  # an authenticated answer clears it
+    net.run_until(30.9)
+    assert not [e for e in net.events_a if isinstance(e, PathQuiet) and e.unanswered]
