@@ -34,7 +34,9 @@ decide whether that key may use the name it asks for. Then the core:
   connection and in total.
 
 A new registration of a name that is online (same key, the store guarantees) replaces the old
-connection, whose socket is likely dead after a network change, without presence flapping.
+connection, whose socket is likely dead after a network change, without presence flapping: its
+watches carry over, and its peers hear Presence(online) again — no change for them, but an
+offer that went to the dead connection is sent again at once.
 
 Randomness (``rng``, for the Noise channel) and the wall clock (for credential expiry) are
 injected. Logs name connections, node names and reasons; never keys or sealed payloads.
@@ -700,6 +702,10 @@ class SignalingServerCore:
             old.name = None
             self._close(old, "replaced", GoingAway("replaced by a newer connection"))
             log.info("node reconnected", name=name, conn=conn.id, old_conn=old.id)
+            # Online again, not a flap (its peers see no change), but what they routed to the
+            # old connection may be lost with it: a peer waiting for an answer sends its offer
+            # again on this Presence.
+            self._notify(conn, True)
         else:
             log.info("node online", name=name, conn=conn.id, peer=conn.peer)
             self._notify(conn, True)

@@ -598,3 +598,24 @@ def test_known_nodes_register_through_a_retry() -> None:
     assert a.core.counters.retries == b.core.counters.retries == 1
     assert net.server.counters.retries == 2 and net.server.counters.handshakes == 2
     assert net.server.counters.proof_keys_computed == 2
+
+
+def test_offer_lost_with_an_old_connection_is_sent_again_on_reregistration() -> None:
+    """bob's offer goes to alice's registration while its connection is already dead (a NAT
+    flushed it); when alice registers over a new connection, which replaces the old one
+    without presence flapping, bob hears Presence(online) again and sends the offer again at
+    once instead of waiting for it to time out."""
+    net, a, b, _ka, _ = two_nodes()
+    old_conn = a.conn
+    net.blackholed.add("alice")
+    session = b.core.offer("alice", "from bob")
+    net.step()
+    assert a.of(SignalReceived) == []  # lost with the dead connection
+    a.core.connection_lost(net.now, "network changed")
+    a.conn = None
+    net.blackholed.discard("alice")
+    net.run_until(net.now + 1.0)
+    assert a.core.ready and a.conn != old_conn
+    assert PresenceChanged("alice", False) not in b.events
+    [got] = a.of(SignalReceived)
+    assert got.message == Offer(session, "from bob")
