@@ -517,7 +517,9 @@ class _Node:
 class P2ptunTunnel(Tunnel):
     """``p2ptun rendezvous`` on the server, ``p2ptun up`` on site1 (alice) and site2 (bob)."""
 
-    def __init__(self, bench: Bench, relayed: bool) -> None:
+    def __init__(self, bench: Bench, relayed: bool, *, block: bool | None = None) -> None:
+        """``relayed``: the path expected; ``block`` (default: ``relayed``) makes it so by
+        blocking the sites from each other (NAT types that leave no direct path need not)."""
         super().__init__(bench)
         self.relayed = relayed
         self.name = ROW_RELAY if relayed else ROW_DIRECT
@@ -539,7 +541,7 @@ class P2ptunTunnel(Tunnel):
                 )
             )
         self.rendezvous: subprocess.Popen[Any] | None = None
-        if relayed:
+        if relayed if block is None else block:
             self.lab.block("site1", "site2")
         self._start_rendezvous()
 
@@ -626,7 +628,7 @@ class P2ptunTunnel(Tunnel):
     def start_second(self) -> None:
         self._start_node(self.nodes[1])
 
-    def _paths(self) -> list[str | None]:
+    def paths(self) -> list[str | None]:
         """Each node's path to its peer once connected (None while not connected)."""
         paths = []
         for node in self.nodes:
@@ -639,7 +641,7 @@ class P2ptunTunnel(Tunnel):
         want = "relay" if self.relayed else "direct"
         self._wait(
             f"both nodes connected, path {want}",
-            lambda: self._paths() == [want, want],
+            lambda: self.paths() == [want, want],
             CONNECT_TIMEOUT,
         )
 
@@ -748,12 +750,13 @@ class WireguardGoTunnel(Tunnel):
 
 
 @contextlib.contextmanager
-def _fresh_lab(name: str, opts: Options) -> Iterator[Bench]:
-    """A new cone/cone lab and working directory, removed afterwards whatever happens."""
+def _fresh_lab(name: str, opts: Options, sites: Sequence[str] = LAB_SITES) -> Iterator[Bench]:
+    """A new lab (cone/cone unless ``sites`` says otherwise) and working directory, removed
+    afterwards whatever happens."""
     workdir = Path(tempfile.mkdtemp(prefix="p2ptun-bench-"))
     lab = None
     try:
-        lab = NatLab.create(LAB_SITES, prefix="bn" + secrets.token_hex(3))
+        lab = NatLab.create(list(sites), prefix="bn" + secrets.token_hex(3))
         yield Bench(lab, workdir, opts)
     finally:
         if lab is not None:

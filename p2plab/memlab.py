@@ -20,6 +20,12 @@ an outage and the recovery take virtual seconds and real milliseconds.
         bob.router.renumber("198.51.100.112")   # the NAT's public address changes
         ...
         pinger.longest_gap(t0, t1)               # the outage, in virtual seconds
+
+With ``network="home"`` the nodes are members of a network instead of listing each other:
+the lab is the network authority, every node gets a certificate (signed, or enrolled through an
+invite like ``p2ptun join`` makes one) and a ``[network]`` config without ``[[peer]]``, and the
+rendezvous serves the network (``[[network]]``) instead of open registration. A node added
+after :meth:`MemoryLab.start` is started with :meth:`MemoryLab.start_node`.
 """
 
 from __future__ import annotations
@@ -28,15 +34,16 @@ import ipaddress
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import trio
 
-from p2plab.memnet import MemoryHost, MemoryNetwork, MemoryTun, Pinger, Router
+from p2plab.memnet import EPOCH, MemoryHost, MemoryNetwork, MemoryTun, Pinger, Router
 from p2ptun.config import (
     IceConfig,
     InterfaceConfig,
+    NetworkConfig,
+    NetworkEntry,
     NodeConfig,
     NodeEntry,
     PeerConfig,
@@ -47,8 +54,17 @@ from p2ptun.config import (
     TurnServerSettings,
 )
 from p2ptun.keys import clamp, public_key
+from p2ptun.membership import (
+    Certificate,
+    Details,
+    Invite,
+    ed25519_public,
+    sign_certificate,
+    sign_grant,
+)
 from p2ptun.node.daemon import NodeDaemon
 from p2ptun.rendezvous.server import run_rendezvous
+from p2ptun.rendezvous.signaling import SignalingServer
 from p2ptun.signal.seal import MemoryReplayRecord
 
 RENDEZVOUS_IP = "203.0.113.10"
@@ -67,6 +83,7 @@ class MemoryNode:
     _daemon: NodeDaemon | None = None
     seal_state: MemoryReplayRecord = field(default_factory=MemoryReplayRecord)
     """The node's record of sealed-message counters (kept across a restart of its daemon)."""
+    certificate: Certificate | None = None
 
     @property
     def daemon(self) -> NodeDaemon:
@@ -97,6 +114,8 @@ class MemoryLab:
         latency: float = 0.005,
         state_dir: Path | None = None,
         turn: bool = True,
+        network: str | None = None,
+        domain: str = "",
     ) -> None:
         self.network = MemoryNetwork(latency=latency, seed=seed)
         self.rng = random.Random(seed)
@@ -107,6 +126,14 @@ class MemoryLab:
         self._state_dir = state_dir
         self.turn = turn
         self._auth_secret = self.rng.randbytes(16).hex()
+        self.network_name = network
+        self.domain = domain
+        self.authority = self.rng.randbytes(32)
+        """The network authority's Ed25519 seed (with ``network``)."""
+        self._started = False
+        self.signaling: SignalingServer | None = None
+        self._rendezvous_scope: trio.CancelScope | None = None
+        """The rendezvous' signaling server, once started (its core's counters)."""
 
     def _key(self) -> bytes:
         return clamp(self.rng.randbytes(32))
@@ -119,9 +146,21 @@ class MemoryLab:
         k = self._sites
         return self.network.site(f"site{k}", nat, f"198.51.100.{10 + k}", f"10.0.{k}.0/24")
 
-    def node(self, name: str, nat: str | None = None) -> MemoryNode:
+    def node(
+        self,
+        name: str,
+        nat: str | None = None,
+        *,
+        authority: bytes | None = None,
+        enrolled: bool = False,
+        valid: tuple[float, float] | None = None,
+        certificate: Certificate | None = None,
+    ) -> MemoryNode:
         """A node on a new site behind ``nat`` (None: a public host). Every node lists every
-        other as a peer (configs are made when the lab starts)."""
+        other as a peer (configs are made when the lab starts), or, with a network, has a
+        certificate: of the lab's authority unless ``authority`` (a seed) says otherwise,
+        ``enrolled`` through an invite, ``valid`` for (not_before, not_after) virtual seconds
+        from the lab's start (default: a year), or ``certificate`` as given (forged...)."""
         index = len(self.nodes) + 1
         if nat is None:
             host = self.network.public_host(name, f"192.0.2.{10 + index}")
@@ -145,11 +184,62 @@ class MemoryLab:
             peers=(),
         )
         node = MemoryNode(name, host, config)
+        if self.network_name is not None:
+            node.certificate = certificate or self.certify(
+                name, key, address, authority=authority, enrolled=enrolled, valid=valid
+            )
         self.nodes.append(node)
         return node
 
+    def certify(
+        self,
+        name: str,
+        key: bytes,
+        address: ipaddress.IPv4Interface | ipaddress.IPv6Interface,
+        *,
+        authority: bytes | None = None,
+        enrolled: bool = False,
+        valid: tuple[float, float] | None = None,
+    ) -> Certificate:
+        """A certificate for ``name`` with private key ``key`` (see :meth:`node`)."""
+        assert self.network_name is not None
+        seed = authority if authority is not None else self.authority
+        start, end = valid if valid is not None else (0.0, 365 * 86400.0)
+        details = Details(
+            network=self.network_name,
+            name=name,
+            serial=self.rng.randbytes(16),
+            addresses=(address,),
+            routes=(),
+            groups=(),
+            not_before=int(EPOCH + start),
+            not_after=int(EPOCH + end),
+            authority=ed25519_public(seed),
+        )
+        if not enrolled:
+            return sign_certificate(details, public_key(key), seed)
+        enrollment = self.rng.randbytes(32)
+        grant = sign_grant(details, int(EPOCH + 86400), ed25519_public(enrollment), seed)
+        invite = Invite(grant, enrollment, f"{RENDEZVOUS_IP}:{SIGNALING_PORT}", bytes(32))
+        return invite.enroll(public_key(key))
+
     def _finish_configs(self) -> None:
         for node in self.nodes:
+            if node._daemon is None:
+                self._finish_config(node)
+
+    def _finish_config(self, node: MemoryNode) -> None:
+        network = None
+        peers: tuple[PeerConfig, ...] = ()
+        if node.certificate is not None:
+            network = NetworkConfig(
+                ca=ed25519_public(self.authority),
+                cert_file=f"<{node.name}.cert>",
+                certificate=node.certificate,
+                domain=self.domain,
+                dns=False,
+            )
+        else:
             peers = tuple(
                 PeerConfig(
                     other.name,
@@ -159,21 +249,19 @@ class MemoryLab:
                 for other in self.nodes
                 if other is not node
             )
-            node.config = NodeConfig(
-                path=node.config.path,
-                name=node.config.name,
-                private_key=node.config.private_key,
-                interface=node.config.interface,
-                rendezvous=node.config.rendezvous,
-                ice=node.config.ice,
-                peers=peers,
-            )
-            node._daemon = NodeDaemon(
-                node.config,
-                host=node.host,
-                control_socket=False,
-                seal_state=node.seal_state,
-            )
+        node.config = NodeConfig(
+            path=node.config.path,
+            name=node.config.name,
+            private_key=node.config.private_key,
+            interface=node.config.interface,
+            rendezvous=node.config.rendezvous,
+            ice=node.config.ice,
+            peers=peers,
+            network=network,
+        )
+        node._daemon = NodeDaemon(
+            node.config, host=node.host, control_socket=False, seal_state=node.seal_state
+        )
 
     def rendezvous_config(self) -> RendezvousConfig:
         database = ":memory:" if self._state_dir is None else str(self._state_dir / "rv.sqlite")
@@ -190,6 +278,9 @@ class MemoryLab:
                     ipaddress.ip_network("198.51.100.0/24"),
                 ),
             )
+        networks: tuple[NetworkEntry, ...] = ()
+        if self.network_name is not None:
+            networks = (NetworkEntry(ed25519_public(self.authority)),)
         return RendezvousConfig(
             path="<rendezvous>",
             listen=(RENDEZVOUS_IP, SIGNALING_PORT),
@@ -198,8 +289,12 @@ class MemoryLab:
             open_registration=False,
             stun=StunServerSettings(((RENDEZVOUS_IP, STUN_PORT),)),
             turn=turn,
-            # Listed nodes: they get TURN credentials (self-registered ones would not).
-            nodes=tuple(NodeEntry(n.name, public_key(n.config.private_key)) for n in self.nodes),
+            # Without a network the nodes are listed: they get TURN credentials (self-registered
+            # ones would not); members of a network get them by their certificates.
+            nodes=()
+            if self.network_name is not None
+            else tuple(NodeEntry(n.name, public_key(n.config.private_key)) for n in self.nodes),
+            networks=networks,
         )
 
     # -- running ----------------------------------------------------------------------------
@@ -208,9 +303,35 @@ class MemoryLab:
         """Start the network, the rendezvous and every node (each up when this returns)."""
         self._finish_configs()
         await nursery.start(self.network.run)
-        await nursery.start(partial(run_rendezvous, self.rendezvous_config(), self.rendezvous_host))
+        await self.start_rendezvous(nursery)
         for node in self.nodes:
             await nursery.start(node.daemon.serve)
+        self._started = True
+
+    async def start_rendezvous(self, nursery: trio.Nursery) -> None:
+        """Start the rendezvous (again, after :meth:`stop_rendezvous`: a restarted server
+        with its database, which is in memory unless the lab has a ``state_dir``)."""
+        self.signaling = await nursery.start(self._run_rendezvous)
+
+    async def _run_rendezvous(
+        self, *, task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        with trio.CancelScope() as scope:
+            self._rendezvous_scope = scope
+            await run_rendezvous(
+                self.rendezvous_config(), self.rendezvous_host, task_status=task_status
+            )
+
+    def stop_rendezvous(self) -> None:
+        """Stop the rendezvous (its listeners close; TURN allocations on it end)."""
+        if self._rendezvous_scope is not None:
+            self._rendezvous_scope.cancel()
+            self._rendezvous_scope = None
+
+    async def start_node(self, nursery: trio.Nursery, node: MemoryNode) -> None:
+        """Start a node added after :meth:`start` (a machine that joins later)."""
+        self._finish_config(node)
+        await nursery.start(node.daemon.serve)
 
     def pinger(self, source: MemoryNode, target: MemoryNode, interval: float = 0.05) -> Pinger:
         """A steady ping stream from ``source``'s kernel to ``target``'s overlay address."""

@@ -637,6 +637,8 @@ class MemoryHost:
     """Seconds this machine spent suspended (the boot-time clock runs ahead by that much)."""
     online: bool = True
     """False: the uplink is down (nothing leaves or arrives)."""
+    dns_registrations: dict[str, tuple[tuple[str, ...], str]] = field(default_factory=dict)
+    """What :meth:`register_dns` was told, by interface (the system resolver's view)."""
 
     def __post_init__(self) -> None:
         self.rng = random.Random(f"{self.name}:{self.network.rng.random()}")
@@ -829,6 +831,17 @@ class MemoryHost:
                 NetworkChange(ChangeKind.ADDRESS_ADDED, "eth0", ip),
             ]
         )
+
+    # -- the resolver -----------------------------------------------------------------------
+
+    async def register_dns(self, interface: str, servers: Sequence[str], domain: str) -> bool:
+        await trio.lowlevel.checkpoint()
+        self.dns_registrations[interface] = (tuple(servers), domain)
+        return True
+
+    async def unregister_dns(self, interface: str) -> None:
+        await trio.lowlevel.checkpoint()
+        self.dns_registrations.pop(interface, None)
 
     # -- clocks and randomness --------------------------------------------------------------
 

@@ -197,9 +197,143 @@ def cmd_ping(args: argparse.Namespace) -> int:
     return EXIT_OK if failures < args.count else EXIT_FAILURE
 
 
+def cmd_ca_init(args: argparse.Namespace) -> int:
+    """A new network authority: DIR/ca.key (0600), DIR/ca.pub, DIR/network.toml."""
+    from p2ptun import ca
+
+    auth = ca.init(
+        args.out,
+        args.network,
+        args.domain or "",
+        rendezvous=args.rendezvous,
+        rendezvous_key=args.rendezvous_key,
+    )
+    sys.stdout.write(
+        f"network {auth.network!r}: authority in {auth.path} (keep ca.key offline and private)\n"
+        f"public key (ca.pub, for [network] ca and the rendezvous' [[network]] ca): "
+        f"{keys.encode_key(auth.public_key)}\n"
+    )
+    return EXIT_OK
+
+
+def cmd_ca_sign(args: argparse.Namespace) -> int:
+    """Sign a certificate for a node's public key; the certificate goes to stdout."""
+    import os
+
+    from p2ptun import ca
+
+    auth = ca.load(args.ca)
+    cert = auth.sign(
+        args.name,
+        ca.parse_addresses(args.ip),
+        ca.parse_public_key(args.pubkey),
+        groups=ca.parse_groups(args.groups),
+        routes=ca.parse_routes(args.routes),
+        valid=ca.parse_duration(args.valid, "--valid"),
+        now=ca.now(),
+        random_bytes=os.urandom,
+    )
+    sys.stdout.write(cert.to_text())
+    return EXIT_OK
+
+
+def cmd_ca_revoke(args: argparse.Namespace) -> int:
+    """Revoke a certificate or every certificate of a name: DIR/revoked.crl, signed."""
+    from p2ptun import ca
+
+    auth = ca.load(args.ca)
+    crl, revoked = auth.revoke(args.target, now=ca.now())
+    for serial, name in revoked:
+        sys.stdout.write(f"revoked {name} (serial {serial.hex()})\n")
+    path = auth.file("revoked.crl")
+    sys.stdout.write(f"{path}: revocation list {crl.number}, {len(crl.entries)} serial(s)\n")
+    published = _publish_revocations(args, crl.encode())
+    if published:
+        sys.stdout.write(f"published through the node on {published}\n")
+    else:
+        sys.stdout.write(
+            "no node of this network runs here to publish it: give the file to one "
+            "('[network] revocations' in its config, then reload it)\n"
+        )
+    return EXIT_OK
+
+
+def _publish_revocations(args: argparse.Namespace, blob: bytes) -> str | None:
+    """Hand a revocation list to the running node daemons on this machine (their control
+    sockets); the interface of the first that took it, or None."""
+    import base64
+    import os
+
+    from p2ptun import config
+    from p2ptun.node import control
+
+    run_dir = os.path.dirname(config.control_socket_path("x"))
+    try:
+        sockets = sorted(n for n in os.listdir(run_dir) if n.endswith(".sock"))
+    except OSError:
+        return None
+    for name in sockets:
+        payload = {"cmd": "revocations", "list": base64.b64encode(blob).decode()}
+        try:
+            reply = control.request(os.path.join(run_dir, name), payload, timeout=5.0)
+        except P2ptunError:
+            continue
+        if reply.get("ok") is True:
+            return name.removesuffix(".sock")
+    return None
+
+
+def cmd_ca_show(args: argparse.Namespace) -> int:
+    """Print a certificate (or a revocation list, or an invite token's public part)."""
+    from p2ptun import ca
+
+    sys.stdout.write(ca.show(args.file) + "\n")
+    return EXIT_OK
+
+
+def cmd_invite(args: argparse.Namespace) -> int:
+    """Print a one-line invite token for a new machine."""
+    import os
+
+    from p2ptun import ca, keys
+
+    auth = ca.load(args.ca)
+    rv_key = None
+    if args.rendezvous_key is not None:
+        try:
+            rv_key = keys.decode_key(args.rendezvous_key)
+        except ValueError as exc:
+            raise UsageError(f"--rendezvous-key: {exc}") from None
+    invite = auth.invite(
+        args.name,
+        ca.parse_addresses(args.ip),
+        groups=ca.parse_groups(args.groups),
+        routes=ca.parse_routes(args.routes),
+        expires=ca.parse_duration(args.expires, "--expires"),
+        valid=ca.parse_duration(args.valid, "--valid"),
+        rendezvous=args.rendezvous,
+        rendezvous_key=rv_key,
+        now=ca.now(),
+        random_bytes=os.urandom,
+    )
+    sys.stdout.write(invite.to_text() + "\n")
+    return EXIT_OK
+
+
+def cmd_join(args: argparse.Namespace) -> int:
+    """Join a network with an invite token: key, certificate, config."""
+    from p2ptun import join
+
+    return join.main(args.token, args.config, args.interface)
+
+
 def _add_control_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", metavar="FILE", help="the node's config (finds its socket)")
     p.add_argument("--interface", metavar="NAME", help="the node's interface name")
+
+
+def _missing_subcommand(parser: argparse.ArgumentParser) -> int:
+    raise UsageError(f"{parser.prog}: a command is required (see '{parser.prog} --help')")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -245,6 +379,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=1, metavar="N", help="probes (default 1)")
     p.add_argument("--timeout", type=float, default=3.0, metavar="S", help="seconds (default 3)")
     p.set_defaults(func=cmd_ping)
+
+    p = sub.add_parser("ca", help="the network authority: init, sign, revoke, show")
+    ca_sub = p.add_subparsers(dest="ca_command", metavar="COMMAND", parser_class=_Parser)
+    ca_parser = p
+    p.set_defaults(func=lambda args: _missing_subcommand(ca_parser))
+    q = ca_sub.add_parser("init", help="create a network authority in DIR (ca.key, ca.pub)")
+    q.add_argument("--network", required=True, metavar="NAME", help="the network's name")
+    q.add_argument("--domain", metavar="D", help="DNS domain of the members' names (e.g. home)")
+    q.add_argument("--out", required=True, metavar="DIR", help="directory for the authority")
+    q.add_argument("--rendezvous", metavar="HOST:PORT", help="the rendezvous invites name")
+    q.add_argument("--rendezvous-key", metavar="KEY", help="the rendezvous' public key")
+    q.set_defaults(func=cmd_ca_init)
+    q = ca_sub.add_parser("sign", help="certificate for a node's public key, to stdout")
+    q.add_argument("--ca", required=True, metavar="DIR", help="the authority's directory")
+    q.add_argument("--name", required=True, metavar="N", help="the node's name")
+    q.add_argument("--ip", required=True, metavar="CIDR", help="overlay address(es), comma-sep.")
+    q.add_argument("--pubkey", required=True, metavar="KEY", help="the node's public key")
+    q.add_argument("--groups", metavar="a,b", help="groups the node belongs to")
+    q.add_argument("--routes", metavar="CIDR,..", help="networks routed through the node")
+    q.add_argument("--valid", default="365d", metavar="D", help="validity (default 365d)")
+    q.set_defaults(func=cmd_ca_sign)
+    q = ca_sub.add_parser("revoke", help="revoke a certificate or a name (DIR/revoked.crl)")
+    q.add_argument("--ca", required=True, metavar="DIR", help="the authority's directory")
+    q.add_argument("target", metavar="CERT-or-NAME", help="a certificate file or a node name")
+    q.set_defaults(func=cmd_ca_revoke)
+    q = ca_sub.add_parser("show", help="print a certificate readable")
+    q.add_argument("file", metavar="FILE", help="certificate, revocation list or invite file")
+    q.set_defaults(func=cmd_ca_show)
+
+    p = sub.add_parser("invite", help="one-line token that lets a new machine join (run on CA)")
+    p.add_argument("--ca", required=True, metavar="DIR", help="the authority's directory")
+    p.add_argument("--name", required=True, metavar="N", help="the new node's name")
+    p.add_argument("--ip", required=True, metavar="CIDR", help="its overlay address(es)")
+    p.add_argument("--groups", metavar="a,b", help="groups it belongs to")
+    p.add_argument("--routes", metavar="CIDR,..", help="networks routed through it")
+    p.add_argument("--expires", default="24h", metavar="D", help="use it within (default 24h)")
+    p.add_argument("--valid", default="365d", metavar="D", help="certificate validity (365d)")
+    p.add_argument("--rendezvous", metavar="HOST:PORT", help="default: from DIR/network.toml")
+    p.add_argument("--rendezvous-key", metavar="KEY", help="default: from DIR/network.toml")
+    p.set_defaults(func=cmd_invite)
+
+    p = sub.add_parser("join", help="join a network with an invite: key, certificate, config")
+    p.add_argument("token", metavar="TOKEN", help="the invite ('p2ptun invite' printed it)")
+    p.add_argument(
+        "--config",
+        default="/etc/p2ptun/p2p0.toml",
+        metavar="FILE",
+        help="config to write (default /etc/p2ptun/p2p0.toml; key and certificate beside it)",
+    )
+    p.add_argument("--interface", metavar="NAME", help="interface name (default: FILE's name)")
+    p.set_defaults(func=cmd_join)
 
     p = sub.add_parser("stun", help="ask a STUN server for this host's mapped address")
     p.add_argument("server", metavar="HOST[:PORT]", help="STUN server (default port 3478)")

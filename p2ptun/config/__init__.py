@@ -30,6 +30,8 @@ from p2ptun.config.schema import (
     InterfaceConfig,
     IPInterface,
     IPNetwork,
+    NetworkConfig,
+    NetworkEntry,
     NodeConfig,
     NodeEntry,
     PeerConfig,
@@ -51,6 +53,7 @@ from p2ptun.config.values import (
 
 _NODE_KEYS = {"name", "interface", "peer", "ice", "rendezvous"}
 _RENDEZVOUS_KEYS = {"listen", "database", "open_registration", "stun", "turn", "node"}
+# [network] (a node's) and [[network]] (the rendezvous') share a name: they tell nothing.
 
 
 def detect_kind(data: dict[str, Any]) -> Literal["node", "rendezvous"] | None:
@@ -101,9 +104,14 @@ def describe(cfg: Config) -> str:
     """A one-line summary for ``p2ptun check``."""
     if isinstance(cfg, NodeConfig):
         peers = ", ".join(p.name for p in cfg.peers) or "none"
+        network = ""
+        if cfg.network is not None:
+            network = f", network {cfg.network.name}"
+            if cfg.network.domain:
+                network += f" (names under .{cfg.network.domain})"
         return (
             f"{cfg.path}: valid node config: name {cfg.name}, interface {cfg.interface.name}, "
-            f"rendezvous {format_address(cfg.rendezvous.address)}, peers: {peers}"
+            f"rendezvous {format_address(cfg.rendezvous.address)}, peers: {peers}{network}"
         )
     parts = [f"signaling {format_address(cfg.listen)}"]
     if cfg.stun:
@@ -111,6 +119,8 @@ def describe(cfg: Config) -> str:
     if cfg.turn:
         parts.append(f"TURN relay {cfg.turn.relay_address}")
     nodes = "open registration" if cfg.open_registration else f"{len(cfg.nodes)} nodes"
+    if cfg.networks:
+        nodes += f", {len(cfg.networks)} network(s)"
     return f"{cfg.path}: valid rendezvous config: {', '.join(parts)}, {nodes}"
 
 
@@ -124,6 +134,8 @@ __all__ = [
     "IPNetwork",
     "IceConfig",
     "InterfaceConfig",
+    "NetworkConfig",
+    "NetworkEntry",
     "NodeConfig",
     "NodeEntry",
     "PeerConfig",

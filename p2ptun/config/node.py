@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Any
 
 from p2ptun.addr import parse_host_port
@@ -14,6 +16,7 @@ from p2ptun.config.schema import (
     IceConfig,
     InterfaceConfig,
     IPNetwork,
+    NetworkConfig,
     NodeConfig,
     PeerConfig,
     RendezvousRef,
@@ -26,13 +29,30 @@ from p2ptun.config.values import (
     parse_stun_server,
     parse_turn_url,
 )
-from p2ptun.keys import public_key
+from p2ptun.keys import decode_key, public_key
+from p2ptun.membership import (
+    CertificateRejected,
+    MembershipDecodeError,
+    check_domain,
+    read_certificate_text,
+    read_revocations_text,
+    verify_certificate,
+)
 
 
 def node_config(source: ConfigFile, data: dict[str, Any]) -> NodeConfig:
     """Build a :class:`NodeConfig` from the decoded file (docs/ARCHITECTURE.md §3)."""
     top = source.top(data)
-    top.expect("name", "private_key", "private_key_file", "interface", "rendezvous", "ice", "peer")
+    top.expect(
+        "name",
+        "private_key",
+        "private_key_file",
+        "interface",
+        "rendezvous",
+        "ice",
+        "peer",
+        "network",
+    )
     name = check_name(top, "name", top.string("name", required=True))
     private = top.private_key()
     own_public = public_key(private)
@@ -58,6 +78,10 @@ def node_config(source: ConfigFile, data: dict[str, Any]) -> NodeConfig:
     ice = _ice(ice_t) if ice_t is not None else IceConfig()
 
     peers = _peers(top, own_public, name)
+    network_t = top.table("network")
+    network = None
+    if network_t is not None:
+        network = _network(network_t, name, own_public, interface)
     top.check_unknown()
     return NodeConfig(
         path=source.file,
@@ -68,7 +92,92 @@ def node_config(source: ConfigFile, data: dict[str, Any]) -> NodeConfig:
         ice=ice,
         peers=peers,
         warnings=tuple(source.warnings),
+        network=network,
     )
+
+
+def _relative(t: Table, path: str) -> str:
+    """A file name in the config: relative ones are relative to the config's directory."""
+    if os.path.isabs(path):
+        return path
+    return os.path.join(os.path.dirname(os.path.abspath(t.source.file)), path)
+
+
+def _read_text(t: Table, key: str, path: str, what: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read(1 << 21)
+    except FileNotFoundError:
+        raise t.error(key, f"{path}: no such file", what) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise t.error(key, f"{path}: cannot read: {exc}") from None
+
+
+def authority_key(t: Table, key: str = "ca") -> bytes:
+    """The network authority's Ed25519 public key (base64, the content of ``ca.pub``)."""
+    raw = t.string(key, required=True)
+    try:
+        return decode_key(raw)
+    except ValueError as exc:
+        raise t.error(
+            key, f"{exc}", "the content of the authority's ca.pub ('p2ptun ca init')"
+        ) from None
+
+
+def read_revocations(t: Table, key: str, authority: bytes) -> tuple[str, bytes]:
+    """A revocation list file at ``key``: its path and bytes, verified against ``authority``."""
+    path = _relative(t, t.string(key, required=True))
+    try:
+        crl = read_revocations_text(_read_text(t, key, path, "written by 'p2ptun ca revoke'"))
+        crl.verify(authority)
+    except (MembershipDecodeError, CertificateRejected) as exc:
+        raise t.error(key, f"{path}: {exc}") from None
+    return path, crl.encode()
+
+
+def _network(t: Table, name: str, own_public: bytes, interface: InterfaceConfig) -> NetworkConfig:
+    ca = authority_key(t)
+    cert_path = _relative(t, t.string("cert_file", required=True))
+    text = _read_text(t, "cert_file", cert_path, "written by 'p2ptun join' or 'p2ptun ca sign'")
+    try:
+        cert = read_certificate_text(text)
+        verify_certificate(cert, ca, time.time())
+    except (MembershipDecodeError, CertificateRejected) as exc:
+        raise t.error("cert_file", f"{cert_path}: {exc}") from None
+    if cert.name != name:
+        raise t.error(
+            "cert_file", f"{cert_path}: issued for {cert.name!r}, but this node is {name!r}"
+        )
+    if cert.public_key != own_public:
+        raise t.error(
+            "cert_file",
+            f"{cert_path}: certifies another key than this node's private key",
+            "sign this node's public key: 'p2ptun pubkey < KEY'",
+        )
+    missing = [a for a in cert.details.addresses if a not in interface.addresses]
+    if missing:
+        raise t.error(
+            "cert_file",
+            f"{cert_path}: certifies {', '.join(map(str, missing))}, which [interface] "
+            "address lacks",
+            "add it to [interface] address",
+        )
+    domain = t.string("domain", "")
+    try:
+        check_domain(domain)
+    except ValueError as exc:
+        raise t.error("domain", str(exc)) from None
+    dns = t.boolean("dns", bool(domain))
+    if dns and not domain:
+        raise t.error("dns", "needs a domain", 'set domain = "home" or dns = false')
+    revocations_file = None
+    revocations = None
+    if t.has("revocations"):
+        revocations_file, revocations = read_revocations(t, "revocations", ca)
+    else:
+        t.known.append("revocations")
+    t.check_unknown()
+    return NetworkConfig(ca, cert_path, cert, domain, revocations_file, revocations, dns)
 
 
 def _interface(t: Table) -> InterfaceConfig:

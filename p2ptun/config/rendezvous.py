@@ -7,11 +7,13 @@ import os
 from typing import Any
 
 from p2ptun.config.examples import SECRET_HINT, placeholder_problem
+from p2ptun.config.node import authority_key, read_revocations
 from p2ptun.config.reader import ConfigFile, Table
 from p2ptun.config.schema import (
     DEFAULT_RENDEZVOUS_PORT,
     DEFAULT_STUN_PORT,
     DEFAULT_TURNS_PORT,
+    NetworkEntry,
     NodeEntry,
     RendezvousConfig,
     StunServerSettings,
@@ -39,6 +41,7 @@ def rendezvous_config(source: ConfigFile, data: dict[str, Any]) -> RendezvousCon
         "stun",
         "turn",
         "node",
+        "network",
     )
     listen = top.parse(
         "listen",
@@ -103,10 +106,28 @@ def rendezvous_config(source: ConfigFile, data: dict[str, Any]) -> RendezvousCon
         seen_keys[key] = t.path
         t.check_unknown()
         nodes.append(NodeEntry(name, key))
-    if not nodes and not open_reg:
+    networks: list[NetworkEntry] = []
+    seen_cas: dict[bytes, str] = {}
+    for t in top.tables("network"):
+        ca = authority_key(t)
+        if ca in seen_cas:
+            raise t.error("ca", "the same authority twice", f"already at {seen_cas[ca]}")
+        seen_cas[ca] = t.path
+        net_name = t.string("name")
+        if net_name is not None:
+            check_name(t, "name", net_name)
+        revocations_file = None
+        revocations = None
+        if t.has("revocations"):
+            revocations_file, revocations = read_revocations(t, "revocations", ca)
+        else:
+            t.known.append("revocations")
+        t.check_unknown()
+        networks.append(NetworkEntry(ca, net_name, revocations_file, revocations))
+    if not nodes and not open_reg and not networks:
         source.warnings.append(
-            f"{source.file}: no [[node]] entries and open_registration = false: "
-            "no node can register"
+            f"{source.file}: no [[node]] or [[network]] entries and open_registration = "
+            "false: no node can register"
         )
     top.check_unknown()
     return RendezvousConfig(
@@ -120,6 +141,7 @@ def rendezvous_config(source: ConfigFile, data: dict[str, Any]) -> RendezvousCon
         turn=turn,
         nodes=tuple(nodes),
         warnings=tuple(source.warnings),
+        networks=tuple(networks),
     )
 
 

@@ -14,6 +14,7 @@ from typing import Literal
 
 from p2ptun.addr import Address
 from p2ptun.keys import public_key
+from p2ptun.membership import Certificate
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -90,6 +91,29 @@ class PeerConfig:
 
 
 @dataclass(frozen=True)
+class NetworkConfig:
+    """``[network]``: this node is a member of a network (docs/ARCHITECTURE.md §3a)."""
+
+    #: The network authority's Ed25519 public key (``ca``).
+    ca: bytes
+    cert_file: str
+    #: This node's certificate, read from ``cert_file`` and verified against ``ca``.
+    certificate: Certificate = field(repr=False)
+    #: DNS domain the node answers ``NAME.DOMAIN`` for ("" for none).
+    domain: str = ""
+    #: A revocation list file this node publishes (``revocations``), or None.
+    revocations_file: str | None = None
+    revocations: bytes | None = field(default=None, repr=False)
+    #: Answer DNS on the overlay address (``dns``, default: when there is a domain).
+    dns: bool = True
+
+    @property
+    def name(self) -> str:
+        """The network's name (from the certificate)."""
+        return self.certificate.network
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     path: str
     name: str
@@ -99,6 +123,7 @@ class NodeConfig:
     ice: IceConfig
     peers: tuple[PeerConfig, ...]
     warnings: tuple[str, ...] = ()
+    network: NetworkConfig | None = None
 
     @property
     def public_key(self) -> bytes:
@@ -137,6 +162,18 @@ class NodeEntry:
 
 
 @dataclass(frozen=True)
+class NetworkEntry:
+    """``[[network]]`` of the rendezvous: a network whose members it admits."""
+
+    ca: bytes
+    #: The network's name, if the operator gave it (else any name the authority signs).
+    name: str | None = None
+    #: A revocation list file to serve (re-read on SIGHUP), or None.
+    revocations_file: str | None = None
+    revocations: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
 class RendezvousConfig:
     path: str
     listen: Address
@@ -147,6 +184,7 @@ class RendezvousConfig:
     turn: TurnServerSettings | None
     nodes: tuple[NodeEntry, ...]
     warnings: tuple[str, ...] = ()
+    networks: tuple[NetworkEntry, ...] = ()
     #: Self-registered nodes (open registration) get TURN credentials too.
     open_registration_turn: bool = False
 

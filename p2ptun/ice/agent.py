@@ -264,9 +264,19 @@ class AgentConfig:
     #: still in progress); one of higher priority that succeeds later is renominated. Needs
     #: ``renominate``.
     direct_first: bool = False
+    #: Controlling agent: every check carries USE-CANDIDATE until a pair is nominated
+    #: (aggressive nomination, RFC 5245 §8.1.1.2; an RFC 8445 controlled agent honours it,
+    #: §7.3.1.5): the first pair to succeed is nominated by its own check, one Ta and one
+    #: round trip sooner than by a nominating check after it. Better pairs later move up by
+    #: renomination (``renominate``); every check sent while nothing was nominated still
+    #: nominates its pair if it succeeds, and the highest-priority nominated pair is selected
+    #: on both sides.
+    aggressive: bool = False
     #: While a direct pair is selected, keep the best relayed pair valid as a standby (its
     #: checks go on, then one light check every ``standby_interval`` ± jitter), so that the
-    #: node can move the data there at once when the direct pair goes quiet.
+    #: node can move the data there at once when the direct pair goes quiet; while a pair
+    #: through our own relay is selected, the best pair through the peer's relay (our NAT
+    #: forgetting us ends our allocation, not theirs).
     standby: bool = False
     standby_interval: float = 10.0
     #: SOFTWARE attribute in our responses (None: none).
@@ -330,6 +340,9 @@ class IceStats:
     #: Checks in flight abandoned because a direct pair was selected (§8.1.2).
     checks_ceased: int = 0
     consent_checks_sent: int = 0
+    #: Consent probes run (the data path saw the pair go quiet), and optional ones held off.
+    consent_probes: int = 0
+    consent_probes_held_off: int = 0
     unknown_responses: int = 0
     invalid_responses: int = 0
     non_symmetric: int = 0
@@ -413,7 +426,7 @@ class _Selection:
 
 @dataclass
 class _Standby:
-    """A relayed pair kept valid while a direct one is selected (``AgentConfig.standby``)."""
+    """A pair kept valid beside the selected one (``AgentConfig.standby``)."""
 
     pair: CheckPair
     generation: _Generation
@@ -710,8 +723,11 @@ class IceAgent:
         sel = self._selection
         if sel is None or sel.expired or sel.consent is None:
             return False
+        held = sel.consent.probes_held_off
         if not sel.consent.probe(now, sel.pair.rtt, urgent=urgent):
+            self.stats.consent_probes_held_off += sel.consent.probes_held_off - held
             return False
+        self.stats.consent_probes += 1
         self._consent_timers(now)
         self._refresh_state(now)
         return True
@@ -1085,7 +1101,10 @@ class IceAgent:
     def _send_check(self, gen: _Generation, pair: CheckPair, now: float) -> None:
         creds = gen.remote_credentials
         assert creds is not None
-        use_candidate = pair.use_candidate and self._controlling
+        use_candidate = self._controlling and (
+            pair.use_candidate
+            or (self.config.aggressive and not any(p.nominated for p in gen.checklist.pairs))
+        )
         if pair.transaction_id is not None and (
             pair.state is PairState.IN_PROGRESS or use_candidate
         ):
@@ -1331,16 +1350,16 @@ class IceAgent:
         )
         self._events.append(PairSelected(new, old))
         if pair.relayed:
-            # Keep the direct pairs: they may still work (module docstring).
+            # Keep the direct pairs: they may still work (module docstring). With a standby,
+            # keep the pairs through the peer's relay too when ours carries the data: one of
+            # them becomes the standby (our relay dies with our NAT mapping, theirs does not).
+            other_relay = self.config.standby and pair.local.type is CandidateType.RELAY
             for p in list(gen.checklist.pairs):
                 if (
                     p.relayed
                     and p is not pair
-                    and p.state
-                    in (
-                        PairState.WAITING,
-                        PairState.FROZEN,
-                    )
+                    and p.state in (PairState.WAITING, PairState.FROZEN)
+                    and not (other_relay and p.local.type is not CandidateType.RELAY)
                 ):
                     gen.checklist.remove(p)
             if gen.next_probe is None and gen.probe_rounds == 0:
@@ -1408,9 +1427,9 @@ class IceAgent:
     # the standby (p2ptun-specific)
 
     def standby_pair(self, now: float) -> SelectedPair | None:
-        """The relayed pair kept valid beside the selected direct one (``AgentConfig.standby``),
-        if its last light check was answered: where the data can go the moment the direct
-        pair is lost (:class:`ConsentLost`). None without one."""
+        """The pair kept valid beside the selected one (``AgentConfig.standby``), if its last
+        light check was answered: where the data can go the moment the selected pair is lost
+        (:class:`ConsentLost`). None without one."""
         standby = self._standby
         if standby is None or standby.checks.state is not ConsentState.FRESH:
             return None
@@ -1419,14 +1438,19 @@ class IceAgent:
         return self._describe_pair(standby.pair, standby.generation)
 
     def _update_standby(self, now: float) -> None:
-        """Keep the best valid relayed pair of the selected generation as the standby while a
-        direct pair is selected; drop it otherwise."""
+        """Keep a standby of the selected generation: the best valid relayed pair while a
+        direct pair is selected; the best valid pair not through our relay while a pair
+        through our relay is selected (a NAT that forgets us takes our allocation with it,
+        the peer's relay still reaches us); none otherwise."""
         standby = self._standby
         sel = self._selection
         wanted = None
-        if self.config.standby and sel is not None and not sel.expired and not sel.pair.relayed:
-            gen = sel.generation
-            wanted = next((p for p in gen.checklist.valid_pairs() if p.relayed), None)
+        if self.config.standby and sel is not None and not sel.expired:
+            valid = sel.generation.checklist.valid_pairs()
+            if not sel.pair.relayed:
+                wanted = next((p for p in valid if p.relayed), None)
+            elif sel.pair.local.type is CandidateType.RELAY:
+                wanted = next((p for p in valid if p.local.type is not CandidateType.RELAY), None)
         if standby is not None and (wanted is None or standby.pair is not wanted):
             same_generation = sel is not None and standby.generation is sel.generation
             fresh = standby.checks.state is ConsentState.FRESH

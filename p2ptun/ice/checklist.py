@@ -157,10 +157,13 @@ class CheckList:
         """Add the pair ``local`` (a base) → ``remote`` and set its initial state.
 
         Initial state (RFC 8445 §6.1.2.6 applied incrementally, as RFC 8838 §10 does for
-        trickled candidates): Waiting when no other pair has its foundation or when a pair of
-        its foundation has already succeeded (§7.2.5.3.3 would unfreeze it at once), else
-        Frozen. Returns the existing pair if there is one, None if the list is full and the new
-        pair ranks below every pair that could be evicted (Frozen or Waiting ones; in-progress,
+        trickled candidates): Waiting when no other pair has its foundation, when one of them
+        succeeded (§7.2.5.3.3 would unfreeze it at once) or when none of them is busy (see
+        :meth:`next_ordinary`: one whose check went unanswered past its first RTO does not
+        hold the others back), else Frozen.
+
+        Returns the existing pair if there is one, None if the list is full and the new pair
+        ranks below every pair that could be evicted (Frozen or Waiting ones; in-progress,
         succeeded and failed pairs are kept).
         """
         existing = self._by_key.get((local.address, remote.address))
@@ -176,7 +179,7 @@ class CheckList:
             self.remove(victim)
             self.dropped += 1
         same = [p for p in self.pairs if p.foundation == pair.foundation]
-        if not same or any(p.state is PairState.SUCCEEDED for p in same):
+        if not any(_busy(p) for p in same) or any(p.state is PairState.SUCCEEDED for p in same):
             pair.state = PairState.WAITING
         self._insert(pair)
         return pair
@@ -227,18 +230,18 @@ class CheckList:
         """The pair for the next ordinary check (RFC 8445 §6.1.4.2), or None.
 
         The highest-priority Waiting pair; if there is none, the highest-priority Frozen pair
-        whose foundation has no Waiting or In-Progress pair is unfrozen (set to Waiting) and
-        returned. With ``eligible`` False nothing is changed: the result only says whether
-        there is work.
+        whose foundation is not busy is unfrozen (set to Waiting) and returned. A foundation
+        is busy while one of its pairs is Waiting, or In Progress with its request sent only
+        once. RFC 8445 §6.1.4.2 counts every In-Progress pair; but one whose request went
+        unanswered past its first RTO probably never will be answered (a stale candidate:
+        the peer's NAT moved), and its retransmissions run for ~40 s — a frozen sibling, often
+        the replacement candidate, goes ahead instead. With ``eligible`` False nothing is
+        changed: the result only says whether there is work.
         """
         for pair in self.pairs:
             if pair.state is PairState.WAITING:
                 return pair
-        busy = {
-            p.foundation
-            for p in self.pairs
-            if p.state in (PairState.WAITING, PairState.IN_PROGRESS)
-        }
+        busy = {p.foundation for p in self.pairs if _busy(p)}
         for pair in self.pairs:
             if pair.state is PairState.FROZEN and pair.foundation not in busy:
                 if eligible:
@@ -314,3 +317,12 @@ class CheckList:
             if pair.state in (PairState.FROZEN, PairState.WAITING) and not pair.nominated:
                 return pair
         return None
+
+
+def _busy(pair: CheckPair) -> bool:
+    """Does ``pair`` hold back the Frozen pairs of its foundation (:meth:`CheckList.
+    next_ordinary`)? While it waits to be checked, or its check is in flight and was sent
+    only once."""
+    return pair.state is PairState.WAITING or (
+        pair.state is PairState.IN_PROGRESS and pair.sends < 2
+    )

@@ -185,6 +185,9 @@ class GatherResult:
     #: A STUN server maps us elsewhere than in the round before: our NAT rebound or changed
     #: its address, so whatever went through it (TCP connections too) is gone.
     mapping_moved: bool = False
+    #: When a STUN server last confirmed the mapping that moved (see
+    #: :attr:`Gatherer.old_mapping_seen_at`); -inf when none moved.
+    old_mapping_seen_at: float = -math.inf
 
 
 class _Round:
@@ -322,6 +325,12 @@ class Gatherer:
         self._mapped: dict[Address, Address] = {}
         #: When the mappings were last seen (a round's end or a keepalive).
         self._mapped_at = -math.inf
+        #: When a STUN server last answered with the mapping we know (a round or a keepalive
+        #: that confirmed it). When the mapping moves, :attr:`old_mapping_seen_at` keeps the
+        #: previous value: whatever connection was made before it went through the old
+        #: mapping and is dead, one made after may have gone through the new one.
+        self.mapping_confirmed_at = -math.inf
+        self.old_mapping_seen_at = -math.inf
         self.rounds = 0
         #: Keepalive Bindings sent, and how many found a moved mapping.
         self.keepalives = 0
@@ -419,6 +428,8 @@ class Gatherer:
         result = rnd.result
         result.failures.extend(rnd.pending.values())  # cut by round_timeout
         result.mapping_moved = self._check_mappings(rnd.mapped)
+        if result.mapping_moved:
+            result.old_mapping_seen_at = self.old_mapping_seen_at
         self._mapped_at = trio.current_time()
         log.info(
             "gathered",
@@ -603,6 +614,10 @@ class Gatherer:
         mapped address is none of this round's. Returns whether a mapping moved."""
         moved = any(s in self._mapped and self._mapped[s] != m for s, m in mapped.items())
         self._mapped.update(mapped)
+        if mapped:
+            if moved:
+                self.old_mapping_seen_at = self.mapping_confirmed_at
+            self.mapping_confirmed_at = trio.current_time()
         if not moved:
             return False
         fresh = set(mapped.values())

@@ -583,9 +583,9 @@ class IceSession:
         self._emit(event)
 
     def _prepare_standby(self, pair: SelectedPair) -> None:
-        """A relayed pair is kept beside the selected direct one: what its relay receives from
-        the remote reaches this session, and a channel is bound so that data could go as
-        ChannelData at once (:meth:`standby_sender`)."""
+        """A pair is kept beside the selected one (the agent's standby): what arrives from its
+        remote reaches this session, and through our relay a channel is bound so that data
+        could go as ChannelData at once."""
         remote = pair.remote.address
         self._transport._route_remote(self, remote)
         self._remotes.add(remote)
@@ -626,14 +626,15 @@ class IceTransport:
     transaction ids); ``credentials`` supplies TURN credentials for servers configured without
     them. ``agent_config`` is the default agent configuration (by default the agents accept
     link-local remote candidates only when ``options`` gather link-local addresses).
-    ``relayed_wireguard(data, peer)`` takes every WireGuard datagram a relay unwrapped instead
-    of the sessions' ``on_data`` (the node: its data path). ``after_relay_batch`` is called
-    after data a stream (TCP/TLS) relay delivered (the node flushes its data path there; a UDP
-    relay's data arrives inside the socket's batch, whose end does that). ``on_gathered(round)``
-    is called when a gathering round finished, ``on_mapping_moved()`` when a keepalive Binding
-    found the node mapped elsewhere between rounds (:class:`~p2ptun.net.gather.Gatherer`),
-    ``on_timer()`` whenever the agents' timer woke the node (the node piggybacks its suspend
-    check on these wake-ups, which happen anyway while a peer is connected).
+    ``relayed_wireguard(data, peer, relay)`` takes every WireGuard datagram a relay unwrapped
+    instead of the sessions' ``on_data`` (the node: its data path). ``after_relay_batch`` is
+    called after data a stream (TCP/TLS) relay delivered (the node flushes its data path there;
+    a UDP relay's data arrives inside the socket's batch, whose end does that).
+    ``on_gathered(round)`` is called when a gathering round finished, ``on_mapping_moved()``
+    when a keepalive Binding found the node mapped elsewhere between rounds
+    (:class:`~p2ptun.net.gather.Gatherer`), ``on_timer()`` whenever the agents' timer woke the
+    node (the node piggybacks its suspend check on these wake-ups, which happen anyway while a
+    peer is connected).
     """
 
     def __init__(
@@ -918,7 +919,7 @@ class IceTransport:
             return
         self.counters.relayed_other += 1  # WireGuard went to the relay's WireGuard receiver
 
-    def _relayed_to_session(self, data: memoryview, peer: Address) -> None:
+    def _relayed_to_session(self, data: memoryview, peer: Address, relay: TurnRelay) -> None:
         """Relayed WireGuard without a data path (probes, tests): to the session whose
         selected pair has ``peer`` as its remote."""
         session = self._by_remote.get(peer)

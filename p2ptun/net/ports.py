@@ -290,6 +290,17 @@ class Host(Protocol):
     ) -> AbstractAsyncContextManager[AsyncIterable[list[NetworkChange]]]:
         """Batches of changes of addresses, default routes and links (debounced)."""
 
+    # the system's resolver
+    async def register_dns(self, interface: str, servers: Sequence[str], domain: str) -> bool:
+        """Tell the system's resolver (systemd-resolved, when it runs) to send queries for
+        ``domain`` to ``servers`` on ``interface`` (per-link DNS and routing domain); False
+        when there is no such resolver. Never rewrites /etc/resolv.conf."""
+        ...
+
+    async def unregister_dns(self, interface: str) -> None:
+        """Undo :meth:`register_dns`."""
+        ...
+
     # clocks and randomness (injected into the sans-I/O cores)
     def wall_clock(self) -> float:
         """Seconds since the Unix epoch (WireGuard's TAI64N, signaling timestamps)."""

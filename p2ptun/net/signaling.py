@@ -72,9 +72,12 @@ class SignalingClient:
         channel_limits: ChannelLimits | None = None,
         buffer: int = 1024,
         replay: ReplayRecord | None = None,
+        certificate: bytes | None = None,
+        revocations: bytes | None = None,
     ) -> None:
         """``host`` connects to the rendezvous and gives the core its clock and randomness
-        (keys, jitter, the signaling timestamps' wall clock)."""
+        (keys, jitter, the signaling timestamps' wall clock). ``certificate``: register as
+        a member of a network with it; ``revocations``: the revocation list to hand on."""
         self.host = host
         self.rendezvous = rendezvous
         self.core = SignalClientCore(
@@ -91,6 +94,8 @@ class SignalingClient:
             seal_policy=seal_policy,
             channel_limits=channel_limits,
             replay=replay,
+            certificate=certificate,
+            revocations=revocations,
         )
         self._signals_send, self.signals = trio.open_memory_channel[SignalReceived](buffer)
         self._events_send, self.events = trio.open_memory_channel[ClientEvent](buffer)
@@ -139,6 +144,12 @@ class SignalingClient:
         self._changed = trio.Event()
         if not self.core.connected and self._conn_scope is not None:
             self._conn_scope.cancel()
+
+    def flush(self) -> None:
+        """After calling the core directly (:meth:`SignalClientCore.add_peer`,
+        :meth:`~SignalClientCore.publish_revocations`, ...): deliver its events, send what
+        it queued."""
+        self._after()
 
     async def _wait_changed(self) -> None:
         await self._changed.wait()
@@ -246,14 +257,14 @@ class SignalingClient:
         """Seal ``message`` to ``peer`` and route it through the rendezvous (see
         :meth:`SignalClientCore.send`: offers wait for presence; others need registration and
         return False without it)."""
-        sent = self.core.send(peer, message)
+        sent = self.core.send(peer, message, trio.current_time())
         self._after()
         return sent
 
     def offer(self, peer: str, description: str, *, restart: bool = False) -> int:
         """Offer (or restart) a session to ``peer``: this node is ICE-controlling. Returns
         the session id."""
-        session = self.core.offer(peer, description, restart=restart)
+        session = self.core.offer(peer, description, restart=restart, now=trio.current_time())
         self._after()
         return session
 

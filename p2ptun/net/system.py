@@ -13,6 +13,7 @@ import errno
 import ipaddress
 import os
 import random
+import shutil
 import socket
 import time
 from collections.abc import AsyncIterable, Iterable, Sequence
@@ -22,6 +23,7 @@ import trio
 
 from p2ptun.addr import Address, format_address
 from p2ptun.errors import RuntimeFailure
+from p2ptun.log import get_logger
 from p2ptun.net import netlink
 from p2ptun.net.keepalive import enable as enable_keepalive
 from p2ptun.net.ports import (
@@ -201,6 +203,29 @@ class SystemHost:
     ) -> AbstractAsyncContextManager[AsyncIterable[list[NetworkChange]]]:
         return netlink.NetworkMonitor(exclude=exclude, netns=self.netns)
 
+    # -- the system's resolver --------------------------------------------------------------
+
+    async def register_dns(self, interface: str, servers: Sequence[str], domain: str) -> bool:
+        """systemd-resolved's per-link settings through ``resolvectl`` (what ``resolvectl
+        dns``/``domain`` set: DNS servers of the link and ``~domain`` as its routing-only
+        domain, so that only names under it go there), when resolved runs."""
+        if not resolved_running():
+            return False
+        commands = [
+            ["dns", interface, *servers],
+            ["domain", interface, f"~{domain}"],
+            ["default-route", interface, "false"],
+        ]
+        for args in commands:
+            ok = await _resolvectl(args)
+            if not ok and args[0] != "default-route":
+                return False
+        return True
+
+    async def unregister_dns(self, interface: str) -> None:
+        if resolved_running():
+            await _resolvectl(["revert", interface])
+
     # -- clocks and randomness --------------------------------------------------------------
 
     def wall_clock(self) -> float:
@@ -217,4 +242,27 @@ class SystemHost:
         return self._rng
 
 
-__all__ = ["SystemHost", "SystemListener", "route_source"]
+log = get_logger("net.resolver")
+RESOLVED_SOCKET = "/run/systemd/resolve/io.systemd.Resolve"
+
+
+def resolved_running() -> bool:
+    """Does systemd-resolved run here (its socket exists and resolvectl is installed)?"""
+    return os.path.exists(RESOLVED_SOCKET) and shutil.which("resolvectl") is not None
+
+
+async def _resolvectl(args: list[str]) -> bool:
+    try:
+        result = await trio.run_process(
+            ["resolvectl", *args], capture_stdout=True, capture_stderr=True, check=False
+        )
+    except OSError:
+        return False
+    if result.returncode != 0:
+        error = result.stderr.decode(errors="replace").strip()
+        log.warning("resolvectl failed", args=" ".join(args), error=error)
+        return False
+    return True
+
+
+__all__ = ["SystemHost", "SystemListener", "resolved_running", "route_source"]

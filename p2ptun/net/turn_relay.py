@@ -79,9 +79,10 @@ RelayTransport = Literal["udp", "tcp", "tls"]
 
 #: ``on_data(relay, peer, data)``: a payload the TURN server relayed from ``peer``.
 RelayDataHandler = Callable[["TurnRelay", Address, bytes], None]
-#: ``receiver(datagram, peer)``: a WireGuard datagram the TURN server relayed from ``peer``;
-#: ``datagram`` is only valid during the call (a view into a receive buffer).
-WireGuardReceiver = Callable[[memoryview, Address], None]
+#: ``receiver(datagram, peer, relay)``: a WireGuard datagram the TURN server of ``relay``
+#: relayed from ``peer``; ``datagram`` is only valid during the call (a view into a receive
+#: buffer).
+WireGuardReceiver = Callable[[memoryview, Address, "TurnRelay"], None]
 #: ``on_event(relay, event)``: every event of the relay's TurnClient, after the relay's own
 #: bookkeeping (AllocationSucceeded, AllocationLost, ChannelBound, PermissionFailed, ...).
 RelayEventHandler = Callable[["TurnRelay", TurnEvent], None]
@@ -383,7 +384,7 @@ class TurnRelay:
             return False
         self.counters.rx_wireguard += 1
         assert self.wireguard is not None
-        self.wireguard(memoryview(data)[4:end], peer)
+        self.wireguard(memoryview(data)[4:end], peer, self)
         return True
 
     def bind_channel(self, peer: Address) -> None:
@@ -612,7 +613,7 @@ class TurnRelay:
             data = event.data
             if self.wireguard is not None and _is_wireguard(data):
                 self.counters.rx_wireguard += 1
-                self.wireguard(memoryview(data), event.peer)
+                self.wireguard(memoryview(data), event.peer, self)
             elif self.on_data is not None:
                 self.on_data(self, event.peer, data)
             return

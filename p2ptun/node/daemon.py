@@ -14,7 +14,13 @@ One trio nursery owns everything the node runs:
   when); WireGuard that a relay unwraps goes to the data path;
 * the **control socket** (:mod:`p2ptun.node.control`) serving ``status`` and ``ping``;
 * **signals**: SIGTERM/SIGINT stop the daemon cleanly (routes, interface, control socket and
-  relay allocations removed, exit 0); SIGHUP reloads the config.
+  relay allocations removed, exit 0); SIGHUP reloads the config;
+* with ``[network]``, the **members** of the node's network (:mod:`p2ptun.node.network`): the
+  rendezvous announces them with their certificates, the node verifies each itself and runs
+  every valid one as a peer, next to the ``[[peer]]`` entries, through the same add/remove
+  path as a reload (:meth:`NodeDaemon.sync_peers`); a member whose certificate is revoked (a
+  newer revocation list, from the rendezvous or ``p2ptun ca revoke`` on this machine) or
+  expires is removed at once, its routes and WireGuard session with it.
 
 Start-up is ordered so that a failure leaves nothing behind and says one line: privileges
 (CAP_NET_ADMIN), the interface name (must not exist yet), the control socket (no other daemon
@@ -36,9 +42,11 @@ changed get their routes and WireGuard routing updated, and interface addresses 
 applied; the other peers' sessions are not touched. A changed peer set or rendezvous replaces
 the signaling client (established paths do not depend on it); the record of the sealed-message
 counters accepted (:mod:`p2ptun.node.sealstate`, a state file) outlives it, so a reload, like a
-restart, gives a malicious rendezvous nothing to replay. Changing ``name``, the private
-key or ``[interface] name`` needs a restart: such a reload is refused; ``[ice]`` changes are
-logged and take effect at the next restart.
+restart, gives a malicious rendezvous nothing to replay. A renewed certificate
+(``[network] cert_file``) is handed to the rendezvous on the running connection, and a newer
+revocation list file is applied and published; tunnels are not touched. Changing ``name``, the
+private key, ``[interface] name`` or the network's authority needs a restart: such a reload is
+refused; ``[ice]`` changes are logged and take effect at the next restart.
 """
 
 from __future__ import annotations
@@ -49,17 +57,18 @@ import functools
 import os
 import signal
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from p2ptun import config as config_mod
-from p2ptun.addr import format_address
+from p2ptun.addr import Address, format_address
 from p2ptun.config import IPInterface, IPNetwork, NodeConfig, PeerConfig, TurnServerConfig
 from p2ptun.errors import EXIT_OK, P2ptunError, RuntimeFailure
 from p2ptun.ice import AgentConfig
 from p2ptun.keys import encode_key
 from p2ptun.log import get_logger
+from p2ptun.membership import CertificateRejected, MembershipDecodeError
 from p2ptun.net.dispatch import Dispatcher
 from p2ptun.net.gather import GatherOptions, IssuedCredentials
 from p2ptun.net.ice_transport import IceTransport
@@ -67,20 +76,27 @@ from p2ptun.net.ports import ChangeKind, DatagramPort, Host
 from p2ptun.net.sdnotify import Notifier
 from p2ptun.net.signaling import SignalingClient, TurnCredentialsUnavailable
 from p2ptun.net.system import SystemHost
+from p2ptun.net.turn_relay import TurnRelay
 from p2ptun.node import control
 from p2ptun.node.clockwatch import SuspendDetector
 from p2ptun.node.mss import mss_for_mtu
+from p2ptun.node.network import NetworkPeers
 from p2ptun.node.peer import PeerSession
 from p2ptun.node.sealstate import SealStateFile, seal_state_path
 from p2ptun.node.wgtunnel import WgTunnel
 from p2ptun.signal.client import (
     Disconnected,
+    MemberAnnounced,
     PresenceChanged,
     RegisteredEvent,
     RegistrationRefused,
+    RevocationsReceived,
 )
 from p2ptun.signal.seal import ReplayRecord
 from p2ptun.wireguard import Device, PathQuiet, Peer
+
+if TYPE_CHECKING:
+    from p2ptun.node.names import DnsResponder
 
 log = get_logger("node")
 
@@ -103,11 +119,12 @@ def default_mtu(underlay: int = UNDERLAY_MTU) -> int:
 
 
 DEFAULT_MTU = default_mtu()
-#: The node's ICE agents: the first valid pair carries data from its first valid check,
-#: relayed or direct, and a better pair that succeeds later takes over without a new
-#: handshake (renomination: relayed to direct, direct to a better direct); while a direct
-#: pair is selected, the best relayed pair is kept valid as a standby.
-NODE_AGENT_CONFIG = AgentConfig(relay_first=True, direct_first=True, standby=True)
+#: The node's ICE agents: the first pair to pass a check carries data at once, relayed or
+#: direct (each check nominates until one pair is nominated), and a better pair that
+#: succeeds later takes over without a new handshake (renomination: relayed to direct,
+#: direct to a better direct); while a direct pair is selected, the best relayed pair is kept
+#: valid as a standby.
+NODE_AGENT_CONFIG = AgentConfig(relay_first=True, direct_first=True, aggressive=True, standby=True)
 #: The suspend check runs on every wake-up of the ICE timer (consent checks: every 4–6 s per
 #: connected peer) and, without peers, at least this often.
 SUSPEND_CHECK_INTERVAL = 60.0
@@ -154,12 +171,17 @@ def routes_for(
 
 
 def signaling_client(
-    config: NodeConfig, host: Host, replay: ReplayRecord | None = None
+    config: NodeConfig,
+    host: Host,
+    revocations: bytes | None = None,
+    replay: ReplayRecord | None = None,
 ) -> SignalingClient:
     """The signaling client for a node config: this node's name and key, the rendezvous'
-    address and key, and the configured peers' keys (which sealed messages it accepts);
-    ``replay`` remembers the sealed-message counters accepted (the daemon's state file, kept
-    across the clients a reload replaces)."""
+    address and key, the configured peers' keys (which sealed messages it accepts) and, for a
+    member of a network, its certificate and the newest revocation list it knows; ``replay``
+    remembers the sealed-message counters accepted (the daemon's state file, kept across the
+    clients a reload replaces)."""
+    network = config.network
     return SignalingClient(
         host,
         name=config.name,
@@ -167,6 +189,8 @@ def signaling_client(
         rendezvous=config.rendezvous.address,
         rendezvous_key=config.rendezvous.public_key,
         peers={p.name: p.public_key for p in config.peers},
+        certificate=None if network is None else network.certificate.encode(),
+        revocations=revocations,
         replay=replay,
     )
 
@@ -223,6 +247,14 @@ class NodeDaemon:
             if seal_state is not None
             else SealStateFile(seal_state_path(config.interface.name), config.public_key)
         )
+        #: When the current rendezvous connection registered (None: not registered yet).
+        self._registered_at: float | None = None
+        self.network = (
+            NetworkPeers(config.network, config.name) if config.network is not None else None
+        )
+        self._peers_lock = trio.Lock()
+        self._members_changed = trio.Event()
+        self.names: DnsResponder | None = None
 
     # -- NodeContext ------------------------------------------------------------------------
 
@@ -311,6 +343,19 @@ class NodeDaemon:
                     self._start_peer(session)
                 nursery.start_soon(self._watch_network)
                 nursery.start_soon(self._watch_suspend)
+                if self.network is not None:
+                    nursery.start_soon(self._watch_expiry)
+                    network_cfg = self.network.config
+                    if network_cfg.dns and network_cfg.domain:
+                        # Imported here: the DNS wire format library costs 50 ms of start-up,
+                        # which a node that answers no names should not pay.
+                        from p2ptun.node.names import DnsResponder
+
+                        self.names = DnsResponder(
+                            self.host, self.interface, cfg.interface.addresses, network_cfg.domain
+                        )
+                        self._update_names()
+                        await nursery.start(self.names.run)
                 log.info(
                     "node up",
                     name=cfg.name,
@@ -366,6 +411,7 @@ class NodeDaemon:
                 mss=mss_for_mtu(self.mtu),
                 learn_endpoints=True,
                 on_path_quiet=self._path_quiet,
+                on_relayed_roam=self._relayed_roam,
             )
             self._tunnel = tunnel
             transport = IceTransport(
@@ -421,7 +467,17 @@ class NodeDaemon:
     # -- signaling ------------------------------------------------------------------------
 
     async def _start_signaling(self, nursery: trio.Nursery) -> None:
-        client = signaling_client(self.config, self.host, self.seal_state)
+        network = self.network
+        client = signaling_client(
+            self.config,
+            self.host,
+            None if network is None else network.revocations,
+            self.seal_state,
+        )
+        explicit = {p.name for p in self.config.peers}
+        for name, session in self.peers.items():
+            if name not in explicit:  # a member: its presence is announced, not watched
+                client.core.add_peer(name, session.config.public_key)
         scope = trio.CancelScope()
         self.signaling = client
         self._signaling_scope = scope
@@ -461,8 +517,10 @@ class NodeDaemon:
             if client is not self.signaling:
                 continue
             if isinstance(event, RegisteredEvent):
+                self._registered_at = trio.current_time()
                 self._rendezvous_warned = False
                 log.info("rendezvous connected", rendezvous=rv, name=event.name)
+                self._regather_if_servers_failed()
             elif isinstance(event, Disconnected):
                 if not self._rendezvous_warned:
                     self._rendezvous_warned = True
@@ -484,6 +542,14 @@ class NodeDaemon:
                 if target is not None:
                     log.info("peer presence", peer=event.peer, online=event.online)
                     target.on_presence(event.online)
+            elif isinstance(event, MemberAnnounced):
+                await self._member_announced(client, event.name, event.certificate)
+            elif isinstance(event, RevocationsReceived) and self.network is not None:
+                try:
+                    await self.apply_revocations(event.blob, publish=False)
+                except (MembershipDecodeError, CertificateRejected) as exc:
+                    # Not newer, or not our authority's: a rendezvous cannot roll one back.
+                    log.debug("revocation list ignored", reason=str(exc))
             self._notify_status()
 
     async def _signaling_signals(self, client: SignalingClient) -> None:
@@ -504,6 +570,109 @@ class NodeDaemon:
             raise RuntimeFailure(f"{server.url}: {exc}") from None
         return IssuedCredentials(creds.username, creds.password, float(creds.ttl))
 
+    # -- the network's members -------------------------------------------------------------
+
+    async def _member_announced(
+        self, client: SignalingClient, name: str, certificate: bytes
+    ) -> None:
+        network = self.network
+        if network is None or any(p.name == name for p in self.config.peers):
+            return
+        member = network.announce(name, certificate, self.host.wall_clock())
+        if member is None:
+            return
+        await self.sync_peers()
+        self._members_changed.set()
+
+    async def apply_revocations(self, blob: bytes, *, publish: bool = True) -> list[str]:
+        """A revocation list (from the rendezvous, the config, or ``p2ptun ca revoke`` here):
+        verify it against our authority, drop the members it revokes, and (``publish``) hand
+        it to the rendezvous. Raises MembershipDecodeError or CertificateRejected for a list
+        that is not a newer one of our authority. Returns the names removed."""
+        network = self.network
+        assert network is not None, "not a member of a network"
+        gone = network.revoke(blob, self.host.wall_clock())
+        if publish and self.signaling is not None:
+            self.signaling.core.publish_revocations(blob)
+            self.signaling.flush()
+        if gone:
+            await self.sync_peers()
+        return gone
+
+    async def _watch_expiry(self) -> None:
+        """Drop members when their certificates expire (wall clock), within a second."""
+        network = self.network
+        assert network is not None
+        while True:
+            self._members_changed = trio.Event()
+            due = network.roster.next_expiry()
+            wait = 3600.0 if due is None else min(3600.0, max(0.0, due - self.host.wall_clock()))
+            with trio.move_on_after(wait + (0.0 if due is None else 0.05)):
+                await self._members_changed.wait()
+                continue
+            if network.expire(self.host.wall_clock()):
+                await self.sync_peers()
+
+    def wanted_peers(self) -> list[PeerConfig]:
+        """The peers this node runs: the config's ``[[peer]]`` entries and the verified
+        members of its network."""
+        explicit = list(self.config.peers)
+        if self.network is None:
+            return explicit
+        return explicit + self.network.peers(explicit)
+
+    async def sync_peers(
+        self, *, addresses_changed: bool = False, start: bool = True
+    ) -> list[PeerSession]:
+        """Bring the running peers to :meth:`wanted_peers`: remove those gone or with a new
+        key (a new key is a new WireGuard peer), add the new ones, update the routes of those
+        whose allowed IPs changed; the signaling client learns the members added and
+        forgets the ones removed. The one path for reloads and membership changes. Returns
+        the sessions added (started if ``start`` and the node runs)."""
+        async with self._peers_lock:
+            wanted = {p.name: p for p in self.wanted_peers()}
+            explicit = {p.name for p in self.config.peers}
+            client = self.signaling
+            for name, session in list(self.peers.items()):
+                target = wanted.get(name)
+                if (
+                    target is None
+                    or target.public_key != session.config.public_key
+                    or target.preshared_key != session.config.preshared_key
+                ):
+                    await self._remove_peer(name)
+                    if client is not None and name not in explicit:
+                        client.core.remove_peer(name)
+            added = []
+            for name, target in wanted.items():
+                current = self.peers.get(name)
+                if current is None:
+                    added.append(await self._add_peer(target))
+                    if client is not None and name not in explicit:
+                        client.core.add_peer(name, target.public_key)
+                elif target != current.config or addresses_changed:
+                    await self._update_peer_routes(current, target)
+            if client is not None:
+                client.flush()
+            if start and self._nursery is not None:
+                for session in added:
+                    self._start_peer(session)
+            self._update_names()
+            return added
+
+    def _update_names(self) -> None:
+        """The DNS names: this node's and every member's, from their certificates."""
+        if self.names is None or self.network is None:
+            return
+        records = {
+            name: [a.ip for a in member.addresses]
+            for name, member in self.network.roster.members.items()
+            if name in self.peers
+        }
+        own = self.network.config.certificate
+        records[own.name] = [a.ip for a in own.details.addresses]
+        self.names.update(records)
+
     # -- the network ----------------------------------------------------------------------
 
     def _path_quiet(self, wg: Peer, event: PathQuiet) -> None:
@@ -512,12 +681,41 @@ class NodeDaemon:
                 session.path_quiet(event.unanswered)
                 return
 
+    def _relayed_roam(self, wg: Peer, address: Address, relay: TurnRelay) -> None:
+        for session in self.peers.values():
+            if session.wg is wg:
+                session.relayed_roam(address, relay)
+                return
+
+    def _signaling_went_through(self, old_mapping_seen_at: float) -> bool:
+        """Was the rendezvous connection made before the STUN server last saw our old
+        mapping? Then it went through that mapping and died with it (though TCP has not
+        noticed); one made later (the rendezvous was down meanwhile) may already use the new
+        mapping, and dropping it would lose what it carries."""
+        return self._registered_at is None or self._registered_at <= old_mapping_seen_at
+
+    def _regather_if_servers_failed(self) -> None:
+        """Registered again: the rendezvous is reachable, and with it, usually, the STUN and
+        TURN servers that failed in the latest round (the same host, often the same process).
+        Gather at once instead of waiting for the stuck round's retransmissions or the relay
+        backoff; the sessions take the new candidates as trickle."""
+        gathered = self.transport.last_gather
+        if not self.transport.gathering_complete:
+            return  # a round under way asks the servers already
+        if gathered is not None and any(f.kind != "host" for f in gathered.failures):
+            log.info("rendezvous back: gathering again")
+            self.transport.regather(restart_sessions=False)
+
     def _round_done(self, rounds: int) -> None:
         gathered = self.transport.last_gather
-        if gathered is not None and gathered.mapping_moved and self.signaling is not None:
-            # Our NAT rebound or changed its address: the rendezvous connection went through
-            # it and is dead, though TCP has not noticed. Connect again now, so that the
-            # restart offers go out at once.
+        if (
+            gathered is not None
+            and gathered.mapping_moved
+            and self.signaling is not None
+            and self._signaling_went_through(gathered.old_mapping_seen_at)
+        ):
+            # Our NAT rebound or changed its address: connect again now, so that the restart
+            # offers go out at once.
             self.signaling.reconnect_now("our NAT mapping changed")
         if self._restart_after_round and rounds > 1:
             self._restart_after_round = False
@@ -531,8 +729,8 @@ class NodeDaemon:
         node whose NAT renumbered or rebound): the same as a network change, before traffic
         meets the dead paths."""
         log.info("our NAT mapping moved: regathering, restarting ICE")
-        if self.signaling is not None:
-            # The rendezvous connection went through the old mapping: it is dead.
+        seen = self.transport.gatherer.old_mapping_seen_at
+        if self.signaling is not None and self._signaling_went_through(seen):
             self.signaling.reconnect_now("our NAT mapping changed")
         self._restart_after_round = True
         self.transport.regather(restart_sessions=False)
@@ -614,9 +812,9 @@ class NodeDaemon:
         with scope:
             await session.run()
 
-    async def _remove_peer(self, name: str) -> None:
+    async def _remove_peer(self, name: str, reason: str = "removed") -> None:
         session = self.peers.pop(name)
-        session.close("removed from the config")
+        session.close(reason)
         scope = self._peer_scopes.pop(name, None)
         if scope is not None:
             scope.cancel()
@@ -695,33 +893,36 @@ class NodeDaemon:
             await self.host.configure_interface(self.interface, new_if.addresses, self.mtu)
             self.tunnel.mss = mss_for_mtu(self.mtu)
             self.tunnel.device.mtu = self.mtu
-        new_peers = {p.name: p for p in new.peers}
-        for name, session in list(self.peers.items()):
-            target = new_peers.get(name)
-            if (
-                target is None
-                or target.public_key != session.config.public_key
-                or target.preshared_key != session.config.preshared_key
-            ):
-                await self._remove_peer(name)  # a new key means a new WireGuard peer
-        added = []
-        for name, target in new_peers.items():
-            current = self.peers.get(name)
-            if current is None:
-                added.append(await self._add_peer(target))
-            elif target != current.config or new_if.addresses != old_if.addresses:
-                await self._update_peer_routes(current, target)
+        network = new.network
+        if network is not None and self.network is not None:
+            self.network.config = network
+            if network.revocations is not None:
+                with contextlib.suppress(MembershipDecodeError, CertificateRejected):
+                    await self.apply_revocations(network.revocations)
         signaling_changed = (
             {(p.name, p.public_key) for p in old.peers}
             != {(p.name, p.public_key) for p in new.peers}
             or old.rendezvous != new.rendezvous
             or old.name != new.name
         )
+        addresses_changed = new_if.addresses != old_if.addresses
         if signaling_changed and self._nursery is not None:
+            # New peers start once the new client runs (it is told the members as it starts).
+            added = await self.sync_peers(addresses_changed=addresses_changed, start=False)
             await self._replace_signaling()
-        for session in added:
-            if self._nursery is not None:
+            for session in added:
                 self._start_peer(session)
+        else:
+            await self.sync_peers(addresses_changed=addresses_changed)
+            if (
+                network is not None
+                and old.network is not None
+                and network.certificate != old.network.certificate
+                and self.signaling is not None
+            ):
+                log.info("certificate renewed", not_after=network.certificate.details.not_after)
+                self.signaling.core.update_certificate(network.certificate.encode())
+                self.signaling.flush()
 
     # -- status ---------------------------------------------------------------------------
 
@@ -774,7 +975,27 @@ class NodeDaemon:
             return {"ok": True, "ping": await session.ping(timeout)}
         if cmd == "debug":
             return {"ok": True, "debug": self.debug()}
+        if cmd == "revocations":
+            return await self._control_revocations(request)
         raise ValueError(f"unknown command {cmd!r}")
+
+    async def _control_revocations(self, request: dict[str, Any]) -> dict[str, Any]:
+        """``p2ptun ca revoke`` on this machine hands the new list to the node to publish."""
+        import base64
+        import binascii
+
+        text = request.get("list")
+        if self.network is None:
+            raise ValueError("this node is not a member of a network")
+        try:
+            blob = base64.b64decode(text if isinstance(text, str) else "", validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("list must be base64") from None
+        try:
+            gone = await self.apply_revocations(blob)
+        except (MembershipDecodeError, CertificateRejected) as exc:
+            raise ValueError(str(exc)) from None
+        return {"ok": True, "removed": gone}
 
     def debug(self) -> dict[str, Any]:
         """Internals for troubleshooting (not part of the status contract): the data path's
@@ -837,6 +1058,10 @@ def _reload_blocker(old: NodeConfig, new: NodeConfig) -> str | None:
         return f"{new.path}: name changed from {old.name!r}; restart the daemon to change it"
     if new.private_key != old.private_key:
         return f"{new.path}: the private key changed; restart the daemon to change it"
+    if (old.network is None) != (new.network is None) or (
+        old.network is not None and new.network is not None and old.network.ca != new.network.ca
+    ):
+        return f"{new.path}: [network] changed its authority; restart the daemon to change it"
     return None
 
 

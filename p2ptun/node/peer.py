@@ -59,7 +59,7 @@ from typing import Any, Protocol
 
 import trio
 
-from p2ptun.addr import format_address
+from p2ptun.addr import Address, format_address
 from p2ptun.config import IPNetwork, PeerConfig
 from p2ptun.errors import DecodeError, ProtocolError
 from p2ptun.ice import (
@@ -86,6 +86,7 @@ from p2ptun.net.ice_transport import (
     SessionEvent,
 )
 from p2ptun.net.signaling import SignalingClient
+from p2ptun.net.turn_relay import TurnRelay
 from p2ptun.node.wgtunnel import WgTunnel
 from p2ptun.signal.client import SignalReceived
 from p2ptun.signal.negotiation import NegotiationState
@@ -444,6 +445,11 @@ class PeerSession:
     def on_presence(self, online: bool) -> None:
         if online and not self.online:
             self._online_since = trio.current_time()
+            # Candidates gathered while the rendezvous was out of reach could not be
+            # trickled: they go now (nothing if every one was signalled).
+            for attempt in (self.current, self.active):
+                if attempt is not None:
+                    self._trickle(attempt)
         self.online = online
         self.wake()
 
@@ -649,18 +655,37 @@ class PeerSession:
         active = self.active
         if active is None or self.path is None:
             return
-        # Data that stopped arriving is a weaker sign than data left unanswered: its probe is
-        # optional, one per holdoff (ConsentConfig.probe_holdoff), and so is its keepalive.
-        rx = self.wg.rx_bytes
-        if not active.session.probe(urgent=unanswered):
-            return
-        self._probe_rx = rx
-        log.debug("path quiet, probing", peer=self.name, unanswered=unanswered)
         # Our NAT may have given us a new mapping that the peer does not know: a keepalive
-        # from it lets the peer roam to it (WireGuard's rule) in one trip, where the peer's NAT
-        # lets the new mapping in — before the probe has even ended.
+        # from it lets the peer roam to it (WireGuard's rule, through its relay too) in one
+        # trip, where the peer's NAT lets the new mapping in — before any probe has ended.
+        # One small packet per quiet spell, which only follows traffic.
+        rx = self.wg.rx_bytes
         self.wg.send_keepalive(trio.current_time())
         self.ctx.tunnel.flush(self.wg)
+        # Data that stopped arriving is a weaker sign than data left unanswered: its probe is
+        # optional, one per holdoff (ConsentConfig.probe_holdoff).
+        if active.session.probe(urgent=unanswered):
+            self._probe_rx = rx
+            log.debug("path quiet, probing", peer=self.name, unanswered=unanswered)
+
+    def relayed_roam(self, address: Address, relay: TurnRelay) -> None:
+        """The peer's authenticated packets reach ``relay`` (ours) from ``address``, which is
+        not where our path to it goes: its NAT gave it a new mapping (a symmetric NAT forgot
+        it), or it failed over to a pair through our relay (its own relay died with its
+        mapping). WireGuard's roaming, through the relay: the relay sends to that address
+        from now on — the peer's NAT opened that mapping towards our relay, so it lets the
+        answers in — and ICE restarts to follow, while the data already flows."""
+        if self.path is None or not relay.allocated:
+            return
+        relay.bind_channel(address)  # Send indications until the channel is bound
+        self.ctx.tunnel.set_sender(self.wg, partial(relay.send_batch, address), address)
+        log.info(
+            "peer roamed (relayed)",
+            peer=self.name,
+            old=format_address(self.path.remote.address),
+            new=format_address(address),
+        )
+        self._regather_then_restart("the peer moved")
 
     def _path_lost(self) -> None:
         """The selected path carries nothing (its probe went unanswered): move the data to the

@@ -76,6 +76,7 @@ from p2ptun.wireguard import (
 log = get_logger("node.wgtunnel")
 
 _INITIATION = 1
+_RESPONSE = 2
 """WireGuard message type 1 (handshake initiation)."""
 
 
@@ -114,6 +115,8 @@ class TunnelCounters:
     """TCP SYNs whose MSS option was lowered (both directions)."""
     replies_dropped: int = 0
     """Cookie replies with no way back (their handshake came through a relay)."""
+    responses_held: int = 0
+    """Handshake responses made before the peer had a path, sent once it got one."""
     tso_packets: int = 0
     """TCP super-packets read from TUN and cut into segments before encryption."""
     tso_segments: int = 0
@@ -165,7 +168,11 @@ class WgTunnel:
     daemon keeps it on: the two sides select their ICE pair within a round trip of each
     other, and the first handshake may arrive before ours is selected). ``roam``: on a direct
     path, follow the peer to the address its authenticated datagrams come from (WireGuard's
-    roaming; a relayed path is left to ICE).
+    roaming). The same event through a relay — the peer's authenticated datagrams reach one of
+    our relays from another address than the path's (its NAT moved, or it failed over to a
+    pair through our relay) — goes to ``on_relayed_roam(peer, address, relay)``: only the
+    owner of the relay can point a path through it (the node does,
+    :meth:`PeerSession.relayed_roam`).
     """
 
     def __init__(
@@ -179,6 +186,7 @@ class WgTunnel:
         learn_endpoints: bool = True,
         roam: bool = True,
         on_path_quiet: Callable[[Peer, PathQuiet], None] | None = None,
+        on_relayed_roam: Callable[[Peer, Address, Any], None] | None = None,
     ) -> None:
         if not endpoints:
             raise ValueError("a tunnel needs at least one UDP endpoint")
@@ -191,6 +199,7 @@ class WgTunnel:
         self.learn_endpoints = learn_endpoints
         self.roam = roam
         self.on_path_quiet = on_path_quiet
+        self.on_relayed_roam = on_relayed_roam
         self._by_family = {ep.family: ep for ep in self.endpoints}
         self._peer_endpoints: dict[Peer, Address | None] = {}
         self._senders: dict[Peer, Sender] = {}
@@ -205,6 +214,8 @@ class WgTunnel:
         self._coalescer = TcpCoalescer()
         self._touched: dict[Peer, None] = {}  # insertion-ordered set
         self._initiation_unsent: set[Peer] = set()
+        #: The latest handshake response of a peer that had no path yet (see _path_set).
+        self._response_unsent: dict[Peer, bytes] = {}
         self._wrote_tun = False
         self._rx_now: float | None = None
         self._handshakes_reported = 0
@@ -234,6 +245,18 @@ class WgTunnel:
         if peer in self._initiation_unsent:
             self._initiation_unsent.discard(peer)
             peer.handshake.last_sent = None
+        # A handshake response made before the path was known (the initiator selected the
+        # pair first and its initiation came in through our relay) goes out now: the
+        # initiator waits up to REKEY_TIMEOUT (5 s) for it before it tries again.
+        response = self._response_unsent.pop(peer, None)
+        if response is not None:
+            sender = self._senders.get(peer)
+            endpoint = self._peer_endpoints.get(peer)
+            if sender is not None:
+                sender([response])
+            elif endpoint is not None:
+                self._send(response, endpoint)
+            self.counters.responses_held += 1
 
     def set_sender(self, peer: Peer, sender: Sender | None, endpoint: Address | None) -> None:
         """Send ``peer``'s datagrams with ``sender`` from now on (a relayed path), or drop them
@@ -256,6 +279,7 @@ class WgTunnel:
         self.peer_stats.pop(peer, None)
         self._touched.pop(peer, None)
         self._initiation_unsent.discard(peer)
+        self._response_unsent.pop(peer, None)
 
     def flush(self, peer: Peer | None = None) -> None:
         """Send what ``peer`` (or every touched peer) queued, e.g. after calling into the
@@ -430,24 +454,40 @@ class WgTunnel:
         unwrapped it); ``source`` names that path for the cookie logic. The caller flushes
         (:meth:`flush`) or returns into a UDP batch, which does; either ends the batch's
         shared ``now``."""
+        self._receive_via(data, source)
+
+    def _receive_via(self, data: bytes | bytearray | memoryview, source: bytes) -> Peer | None:
         now = self._rx_now
         if now is None:
             now = self._rx_now = trio.current_time()
         peer = self.device.receive_datagram(data, now, source)
         if peer is not None:
             self._touched[peer] = None
+        return peer
 
-    def receive_relayed(self, data: memoryview, peer: Address) -> None:
-        """A WireGuard datagram a TURN relay unwrapped, from ``peer`` (the relay's receiver,
+    def receive_relayed(self, data: memoryview, peer: Address, relay: Any = None) -> None:
+        """A WireGuard datagram ``relay`` unwrapped, from ``peer`` (the relay's receiver,
         inside a socket's batch or followed by :meth:`flush` for a stream relay). The path's
-        name for the cookie logic (:func:`relay_source`) is made once per peer."""
+        name for the cookie logic (:func:`relay_source`) is made once per peer. An
+        authenticated one that did not come the way the peer's path goes — a relayed path
+        with another remote, or a direct path — goes to ``on_relayed_roam`` (class
+        docstring)."""
         sources = self._relay_sources
         source = sources.get(peer)
         if source is None:
             if len(sources) >= MAX_RELAY_SOURCES:
                 sources.clear()
             source = sources[peer] = relay_source(peer)
-        self.receive_datagram(data, source)
+        wg = self._receive_via(data, source)
+        if (
+            wg is not None
+            and self.on_relayed_roam is not None
+            and relay is not None
+            and self._peer_endpoints.get(wg) is not None
+            and (wg not in self._senders or self._peer_endpoints.get(wg) != peer)
+        ):
+            self._stats(wg).roams += 1
+            self.on_relayed_roam(wg, peer, relay)
 
     def udp_drained(self) -> None:
         """The end of a socket's batch: write what it decrypted, send what it provoked."""
@@ -500,8 +540,11 @@ class WgTunnel:
                 sender(datagrams)
             elif endpoint is None:
                 self._stats(peer).datagrams_without_endpoint += len(datagrams)
-                if any(d[0] == _INITIATION for d in datagrams):
-                    self._initiation_unsent.add(peer)
+                for d in datagrams:
+                    if d[0] == _INITIATION:
+                        self._initiation_unsent.add(peer)
+                    elif d[0] == _RESPONSE:
+                        self._response_unsent[peer] = d
             else:
                 self._send_batch(datagrams, endpoint)
         packets = peer.pop_packets()

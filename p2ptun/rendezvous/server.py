@@ -5,7 +5,9 @@ One trio nursery holds the rendezvous' services, side by side: the embedded STUN
 (:mod:`p2ptun.rendezvous.signaling`). Every service binds its listeners before the rendezvous
 reports itself ready, so that a listen address in use ends the start with one line and exit 1.
 Under systemd (``Type=notify``) READY=1 is sent once everything listens. SIGTERM and SIGINT
-cancel the nursery: nodes are told the rendezvous is going away, sockets close, exit 0.
+cancel the nursery: nodes are told the rendezvous is going away, sockets close, exit 0. SIGHUP
+reads the config again for the ``[[network]] revocations`` files: a newer list is handed to
+every member of that network at once (the rest of the config applies at the next start).
 """
 
 from __future__ import annotations
@@ -16,14 +18,15 @@ from functools import partial
 
 import trio
 
+from p2ptun import config as config_mod
 from p2ptun.addr import format_address
 from p2ptun.config import RendezvousConfig
-from p2ptun.errors import EXIT_OK, RuntimeFailure
+from p2ptun.errors import EXIT_OK, P2ptunError, RuntimeFailure
 from p2ptun.log import get_logger
 from p2ptun.net.ports import Host
 from p2ptun.net.sdnotify import Notifier
 from p2ptun.net.system import SystemHost
-from p2ptun.rendezvous.signaling import serve_signaling
+from p2ptun.rendezvous.signaling import SignalingServer, serve_signaling
 from p2ptun.rendezvous.stun_turn import StunTurnService
 
 log = get_logger("rendezvous")
@@ -63,15 +66,16 @@ async def run_rendezvous(
     host: Host,
     *,
     notifier: Notifier | None = None,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[SignalingServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Bind and serve every service of ``cfg`` on ``host`` until cancelled (the composition
-    root of the rendezvous; the process entry adds signals)."""
+    root of the rendezvous; the process entry adds signals). ``task_status.started`` gets the
+    signaling server (for :meth:`~SignalingServer.reload_networks`)."""
     notifier = notifier if notifier is not None else Notifier()
     services = await bind_services(cfg, host)
     async with trio.open_nursery() as nursery:
         try:
-            await nursery.start(partial(serve_signaling, cfg, host=host))
+            signaling = await nursery.start(partial(serve_signaling, cfg, host=host))
         except (OSError, RuntimeFailure) as exc:
             for service in services:
                 service.close()
@@ -81,15 +85,32 @@ async def run_rendezvous(
             ) from None
         await nursery.start(serve, services)
         notifier.ready(f"signaling on {format_address(cfg.listen)}")
-        task_status.started()
+        task_status.started(signaling)
+
+
+async def reload(cfg: RendezvousConfig, server: SignalingServer) -> None:
+    """SIGHUP: the revocation list files of ``[[network]]`` again (module docstring)."""
+    try:
+        new = await trio.to_thread.run_sync(config_mod.load_rendezvous, cfg.path)
+    except P2ptunError as exc:
+        log.error("reload refused", error=str(exc))
+        return
+    server.reload_networks(new.networks)
+    log.info("revocation lists reloaded", networks=len(new.networks))
 
 
 async def _main(cfg: RendezvousConfig) -> int:
     notifier = Notifier()
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    signums = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    with trio.open_signal_receiver(*signums) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(partial(run_rendezvous, cfg, SystemHost(), notifier=notifier))
+            server = await nursery.start(
+                partial(run_rendezvous, cfg, SystemHost(), notifier=notifier)
+            )
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    await reload(cfg, server)
+                    continue
                 log.info("stopping", signal=signal.Signals(signum).name)
                 notifier.stopping()
                 nursery.cancel_scope.cancel()

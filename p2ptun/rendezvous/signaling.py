@@ -3,7 +3,8 @@
 
 One TCP listener, one reader and one writer task per connection, one timer task that sleeps
 until the core's next deadline. The shell builds the core's inputs from the rendezvous config:
-the registration store (:mod:`p2ptun.rendezvous.store`) and the TURN credential issuer
+the registration store (:mod:`p2ptun.rendezvous.store`), the served networks
+(:mod:`p2ptun.rendezvous.networks`, from ``[[network]]``) and the TURN credential issuer
 (:func:`rest_turn_issuer`, coturn's REST-API form from ``[turn] auth_secret``).
 
 Entry point for the rendezvous main: :func:`serve_signaling`.
@@ -14,11 +15,12 @@ from __future__ import annotations
 import trio
 
 from p2ptun.addr import format_address
-from p2ptun.config import RendezvousConfig, TurnServerSettings
+from p2ptun.config import NetworkEntry, RendezvousConfig, TurnServerSettings
 from p2ptun.log import get_logger
 from p2ptun.net.ports import Connection, Host, Listener
 from p2ptun.net.timer import CoreTimer
 from p2ptun.net.wakeup import Wakeup
+from p2ptun.rendezvous.networks import NetworkStore
 from p2ptun.rendezvous.store import RegistrationStore, SqliteStore
 from p2ptun.signal.hub import ServerLimits, SignalingServerCore, TurnIssuer
 from p2ptun.signal.messages import TurnCredentials
@@ -60,12 +62,14 @@ class SignalingServer:
         listen: tuple[str, int],
         *,
         store: RegistrationStore | None = None,
+        networks: NetworkStore | None = None,
         send_timeout: float = 10.0,
         shutdown_grace: float = 2.0,
     ) -> None:
         self.host = host
         self.core = core
         self.store = store
+        self.networks = networks
         self.listen = listen
         self.send_timeout = send_timeout
         self.shutdown_grace = shutdown_grace
@@ -105,6 +109,8 @@ class SignalingServer:
         finally:
             if self.store is not None:
                 self.store.close()
+            if self.networks is not None:
+                self.networks.close()
             self._closed.set()
 
     async def _serve(self) -> None:
@@ -140,6 +146,16 @@ class SignalingServer:
                 nursery.start_soon(self._handle, conn)
         except (trio.ClosedResourceError, OSError):
             return
+
+    def reload_networks(self, entries: tuple[NetworkEntry, ...]) -> None:
+        """The operator's revocation list files were read again (SIGHUP): hand on the newer
+        ones and close the members they revoke."""
+        if self.networks is None:
+            return
+        now = trio.current_time()
+        for network in self.networks.reload(entries):
+            self.core.revocations_changed(network, now)
+        self._kick()
 
     @property
     def timer_runs(self) -> int:
@@ -234,6 +250,13 @@ async def serve_signaling(
     """
     if store is None:
         store = open_store(config, host)
+    networks = None
+    if config.networks:
+        networks = NetworkStore(
+            config.networks,
+            config.database,
+            pinned={n.name: n.public_key for n in config.nodes},
+        )
     core = SignalingServerCore(
         config.private_key,
         store,
@@ -242,6 +265,7 @@ async def serve_signaling(
         turn=rest_turn_issuer(config.turn),
         limits=limits,
         turn_for_self_registered=config.open_registration_turn,
+        memberships=networks,
     )
-    server = SignalingServer(host, core, config.listen, store=store)
+    server = SignalingServer(host, core, config.listen, store=store, networks=networks)
     await server.run(task_status=task_status)

@@ -55,6 +55,10 @@ class Backoff:
         self.attempt += 1
         return delay
 
+    def random(self) -> float:
+        """A draw from the injected random source (for other jittered delays)."""
+        return self._random()
+
     def longest_delay(self) -> float:
         """A jittered delay at the cap (after a refusal, which a retry will not fix soon)."""
         return self.policy.delay(64, self._random)

@@ -29,14 +29,29 @@ registration must finish within ``connect_timeout``. Reconnects follow
 count resets once registered. A session is replaced (reconnect, fresh Noise keys) after
 ``max_session_age``, the channel's substitute for rekeying.
 
+An offer or restart that waits because the rendezvous is unreachable makes the client hurry
+(:meth:`SignalClientCore.hurry`): for ``urgent_window`` (60 s) the attempts come at most
+``urgent_retry`` (1 s, jittered down to half) apart and each connect is cut at
+``urgent_connect_timeout`` (3 s), so that a tunnel whose recovery needs signaling is back
+within a second or two of the rendezvous, not after the backoff's 30 s. The window bounds the
+cost — at most one connection attempt a second, for a minute after the node last needed one.
+
 On registration the client watches every configured peer, so presence is always known;
 offers to an offline peer wait (:class:`~p2ptun.signal.negotiation.NegotiationState`) and go out
 when the peer comes online.
+
+A member of a network registers with its certificate (``certificate``): the rendezvous then
+announces the network's online members (:class:`MemberAnnounced`, :class:`MemberLeft`) and
+hands on revocation lists (:class:`RevocationsReceived`). The core takes none of it on trust
+and knows no certificate format: the daemon verifies each announcement and only then makes the
+member a peer (:meth:`SignalClientCore.add_peer`), whose presence is then the announcements';
+a member it drops goes with :meth:`SignalClientCore.remove_peer`.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -50,10 +65,13 @@ from p2ptun.signal.errors import ChannelError, SealError, SignalDecodeError
 from p2ptun.signal.frames import FrameDecoder, FrameType
 from p2ptun.signal.messages import (
     MAX_WATCH_NAMES,
+    Certificate,
     Deliver,
     Error,
     ErrorCode,
     GoingAway,
+    Member,
+    MemberGone,
     Message,
     Ping,
     Pong,
@@ -62,6 +80,8 @@ from p2ptun.signal.messages import (
     Refused,
     Register,
     Registered,
+    RegisterMember,
+    Revocations,
     Route,
     RouteFailed,
     RouteFailure,
@@ -102,6 +122,7 @@ class ClientState(enum.Enum):
 
 
 _CONNECTED = frozenset({ClientState.HANDSHAKING, ClientState.REGISTERING, ClientState.READY})
+_ATTEMPTING = frozenset({ClientState.CONNECTING, ClientState.HANDSHAKING, ClientState.REGISTERING})
 
 
 @dataclass(frozen=True)
@@ -112,6 +133,11 @@ class ClientTimers:
     dead_after: float = 35.0
     connect_timeout: float = 10.0
     max_session_age: float = 12 * 3600.0
+    #: While an offer waits for the rendezvous (module docstring): attempts at most this far
+    #: apart, each connect cut at ``urgent_connect_timeout``, for ``urgent_window`` seconds.
+    urgent_retry: float = 1.0
+    urgent_connect_timeout: float = 3.0
+    urgent_window: float = 60.0
 
 
 # -- events ------------------------------------------------------------------------------------
@@ -179,6 +205,27 @@ class TurnUnavailable:
     text: str
 
 
+@dataclass(frozen=True, slots=True)
+class MemberAnnounced:
+    """The rendezvous says ``name`` is an online member of our network, with ``certificate``
+    (unverified: the daemon checks it before :meth:`SignalClientCore.add_peer`)."""
+
+    name: str
+    certificate: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MemberLeft:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationsReceived:
+    """A revocation list the rendezvous handed on (unverified)."""
+
+    blob: bytes
+
+
 ClientEvent = (
     RegisteredEvent
     | Disconnected
@@ -188,6 +235,9 @@ ClientEvent = (
     | PeerUnreachable
     | TurnCredentialsReceived
     | TurnUnavailable
+    | MemberAnnounced
+    | MemberLeft
+    | RevocationsReceived
 )
 
 
@@ -226,7 +276,12 @@ class SignalClientCore:
         seal_policy: SealPolicy | None = None,
         channel_limits: ChannelLimits | None = None,
         replay: ReplayRecord | None = None,
+        certificate: bytes | None = None,
+        revocations: bytes | None = None,
     ) -> None:
+        """``certificate``: register as a member of a network with it (None: by name and
+        key alone); ``revocations``: a revocation list to hand the rendezvous at each
+        registration (the newest this node knows)."""
         self.name = check_name(name)
         self._private = private_key
         self.rendezvous_key = rendezvous_key
@@ -242,6 +297,10 @@ class SignalClientCore:
             peer: Negotiation(self.box.public_key, key) for peer, key in peers.items()
         }
         self.presence: dict[str, bool] = {}
+        self.certificate = certificate
+        self.revocations = revocations
+        #: Members the rendezvous says are online (accepted as peers or not).
+        self.members_online: set[str] = set()
         self.state = ClientState.IDLE
         self.connect_at: float = now
         self.counters = ClientCounters()
@@ -259,9 +318,14 @@ class SignalClientCore:
         self._ping_seq = 0
         self._route_ref = 0
         self._routes: OrderedDict[int, tuple[str, PeerMessage]] = OrderedDict()
+        self._members: set[str] = set()
         self._now = now
         # A peer (or the rendezvous) can send junk at will: its refusals are logged sparingly.
         self._refusal_log = LogLimiter()
+        #: Until when reconnecting is urgent (see :meth:`hurry`), and when the current
+        #: attempt began.
+        self._urgent_until = -math.inf
+        self._attempt_at = now
 
     # -- properties for the I/O layer ----------------------------------------------------
 
@@ -301,9 +365,29 @@ class SignalClientCore:
         self._now = now
         if self.state is ClientState.IDLE and now >= self.connect_at:
             self.state = ClientState.CONNECTING
-            self._deadline = now + self.timers.connect_timeout
+            timeout = self.timers.connect_timeout
+            if now < self._urgent_until:
+                timeout = min(timeout, self.timers.urgent_connect_timeout)
+            self._attempt_at = now
+            self._deadline = now + timeout
             return True
         return False
+
+    def hurry(self, now: float) -> None:
+        """Something waits for the rendezvous (an offer or restart of a tunnel to recover):
+        reconnect attempts come at most ``urgent_retry`` apart for ``urgent_window`` seconds
+        (module docstring), starting within ``urgent_retry``."""
+        self._now = now
+        self._urgent_until = now + self.timers.urgent_window
+        if self.state is ClientState.IDLE:
+            self.connect_at = min(self.connect_at, now + self._urgent_delay())
+        elif self.state in _ATTEMPTING and self._deadline is not None:
+            # An attempt under way (perhaps into a black hole): cut it as an urgent one.
+            cut = self._attempt_at + self.timers.urgent_connect_timeout
+            self._deadline = max(now, min(self._deadline, cut))
+
+    def _urgent_delay(self) -> float:
+        return self.timers.urgent_retry * (0.5 + 0.5 * self.backoff.random())
 
     def connection_made(self, now: float) -> None:
         """TCP is up: start the Noise handshake (message 1 goes to :meth:`data_to_send`)."""
@@ -354,6 +438,8 @@ class SignalClientCore:
         self._decoder = FrameDecoder()
         if delay is None:
             delay = self.backoff.next_delay()
+            if now < self._urgent_until:
+                delay = min(delay, self._urgent_delay())
         self.connect_at = now + delay
         self.state = ClientState.IDLE
         self.counters.disconnects += 1
@@ -363,6 +449,7 @@ class SignalClientCore:
                 if online:
                     self._events.append(PresenceChanged(peer, False))
             self.presence.clear()
+            self.members_online.clear()
             for negotiation in self.negotiations.values():
                 if negotiation.state is NegotiationState.OFFERING and negotiation.pending:
                     negotiation.wait_for_peer(negotiation.pending)
@@ -444,7 +531,10 @@ class SignalClientCore:
     def _on_channel_up(self, now: float) -> None:
         self._last_rx = now
         self.state = ClientState.REGISTERING
-        self._send(Register(self.name))
+        if self.certificate is None:
+            self._send(Register(self.name))
+        else:
+            self._send(RegisterMember(self.name, self.certificate))
 
     def _send(self, msg: Message) -> None:
         if self._channel is None:
@@ -474,7 +564,24 @@ class SignalClientCore:
             return
         if isinstance(msg, Pong | Registered):
             return
-        if isinstance(msg, Ping):
+        if isinstance(msg, Member):
+            self.members_online.add(msg.name)
+            self._events.append(MemberAnnounced(msg.name, msg.certificate))
+            if msg.name in self.negotiations:
+                self._on_presence(msg.name, True)
+        elif isinstance(msg, MemberGone):
+            self.members_online.discard(msg.name)
+            self._events.append(MemberLeft(msg.name))
+            if msg.name in self.negotiations:
+                self._on_presence(msg.name, False)
+        elif isinstance(msg, Revocations):
+            self._events.append(RevocationsReceived(msg.blob))
+        elif isinstance(msg, Refused):
+            # A member whose certificate was revoked or expired while registered.
+            log.warning("registration withdrawn", reason=msg.reason.name, text=msg.text)
+            self._events.append(RegistrationRefused(msg.reason, msg.text))
+            self._abandon(now, f"registration withdrawn: {msg.text}", self.backoff.longest_delay())
+        elif isinstance(msg, Ping):
             self._send(Pong(msg.seq))
         elif isinstance(msg, Presence):
             self._on_presence(msg.name, msg.online)
@@ -503,9 +610,12 @@ class SignalClientCore:
         self._session_end = now + self.timers.max_session_age
         log.info("registered with rendezvous", name=self.name)
         self._events.append(RegisteredEvent(self.name))
-        peers = sorted(self.negotiations)
+        # Members of our network are announced without watching; the others are watched.
+        peers = sorted(p for p in self.negotiations if p not in self._members)
         for i in range(0, len(peers), MAX_WATCH_NAMES):
             self._send(Watch(tuple(peers[i : i + MAX_WATCH_NAMES])))
+        if self.certificate is not None and self.revocations is not None:
+            self._send(Revocations(self.revocations))
 
     def _on_presence(self, peer: str, online: bool) -> None:
         if peer not in self.negotiations:
@@ -575,18 +685,21 @@ class SignalClientCore:
             if session:
                 return session
 
-    def send(self, peer: str, message: PeerMessage) -> bool:
+    def send(self, peer: str, message: PeerMessage, now: float | None = None) -> bool:
         """Seal ``message`` to ``peer`` and route it.
 
         Offers and restarts to a peer that is not known to be online (or while not
-        registered) wait and go out when the peer comes online; other messages need a live
-        registration and return False otherwise. Raises KeyError for a peer not in the
-        config and :class:`~p2ptun.signal.negotiation.NegotiationError` for a message the
-        negotiation state does not allow.
+        registered) wait and go out when the peer comes online; one that waits because we
+        are not registered makes the client :meth:`hurry` (given ``now``). Other messages
+        need a live registration and return False otherwise. Raises KeyError for a peer not
+        in the config and :class:`~p2ptun.signal.negotiation.NegotiationError` for a message
+        the negotiation state does not allow.
         """
         negotiation = self.negotiations[peer]
         if isinstance(message, Offer | Restart) and not (self.ready and self.presence.get(peer)):
             negotiation.wait_for_peer(message)
+            if not self.ready and now is not None:
+                self.hurry(now)
             return True
         if not self.ready:
             return False
@@ -594,12 +707,14 @@ class SignalClientCore:
         self._route(peer, message)
         return True
 
-    def offer(self, peer: str, description: str, *, restart: bool = False) -> int:
+    def offer(
+        self, peer: str, description: str, *, restart: bool = False, now: float | None = None
+    ) -> int:
         """Start (or restart) a session with ``peer`` as the controlling agent; returns the
-        session id. Waits for presence if needed."""
+        session id. Waits for presence if needed (see :meth:`send` for ``now``)."""
         session = self.new_session_id()
         cls = Restart if restart else Offer
-        self.send(peer, cls(session, description))
+        self.send(peer, cls(session, description), now)
         return session
 
     def _route(self, peer: str, message: PeerMessage) -> None:
@@ -613,6 +728,47 @@ class SignalClientCore:
         while len(self._routes) > _MAX_ROUTE_REFS:
             self._routes.popitem(last=False)
         self._send(Route(self._route_ref, peer, blob))
+
+    # -- members ---------------------------------------------------------------------------
+
+    def add_peer(self, name: str, key: bytes, *, member: bool = True) -> None:
+        """Make ``name`` (with public ``key``) a peer at run time: sealed messages to and from
+        it work from now on. A ``member``'s presence is what the rendezvous announces (no
+        Watch). A peer already known with the same key is left as it is."""
+        check_name(name)
+        if self.box.peers.get(name) == key and name in self.negotiations:
+            return
+        self.box.peers[name] = key
+        self.negotiations[name] = Negotiation(self.box.public_key, key)
+        if member:
+            self._members.add(name)
+            if self.ready:
+                self._on_presence(name, name in self.members_online)
+        elif self.ready:
+            self._send(Watch((name,)))
+
+    def remove_peer(self, name: str) -> None:
+        """Forget a peer added with :meth:`add_peer` (revoked, expired, gone)."""
+        self.box.peers.pop(name, None)
+        self.negotiations.pop(name, None)
+        self.presence.pop(name, None)
+        self._members.discard(name)
+        for ref, (peer, _message) in list(self._routes.items()):
+            if peer == name:
+                del self._routes[ref]
+
+    def update_certificate(self, certificate: bytes) -> None:
+        """A renewed certificate: sent now if registered, and used for the next
+        registrations."""
+        self.certificate = certificate
+        if self.ready:
+            self._send(Certificate(certificate))
+
+    def publish_revocations(self, blob: bytes) -> None:
+        """Hand a revocation list to the rendezvous (now, and at each registration)."""
+        self.revocations = blob
+        if self.ready and self.certificate is not None:
+            self._send(Revocations(blob))
 
     def request_turn(self) -> bool:
         """Ask for TURN credentials (answered by a TurnCredentialsReceived or TurnUnavailable

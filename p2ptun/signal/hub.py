@@ -33,6 +33,20 @@ decide whether that key may use the name it asks for. Then the core:
   queue fail as busy; a queue past the hard limit closes the connection), names watched per
   connection and in total.
 
+Networks (``RegisterMember``): a node may register with a certificate of a network the
+rendezvous serves instead of being listed by name. The :class:`Memberships` the core is given
+(:mod:`p2ptun.rendezvous.networks`) decides whether the certificate admits it — valid, of a
+served authority, not revoked, its key the one of the Noise handshake, an enrolled one's invite
+not used by another machine — and keeps the newest revocation list of each network. Then the
+core tells the member every other online member of its network with its certificate
+(``Member``), tells those of the newcomer, and of each one that leaves (``MemberGone``); it
+hands on newer revocation lists (``Revocations``) from the store or from a member, closing the
+members they revoke; it closes a member when its certificate expires, each at its own
+deadline; and it takes renewed certificates (``Certificate``). Members route to each other
+freely, and get TURN credentials (the operator's authority admitted them). None of this is
+trusted by the nodes, which verify every certificate themselves; the core only keeps
+strangers out of a network's member list.
+
 A new registration of a name that is online (same key, the store guarantees) replaces the old
 connection, whose socket is likely dead after a network change, without presence flapping: its
 watches carry over, and its peers hear Presence(online) again — no change for them, but an
@@ -47,6 +61,7 @@ The trio shell that serves it on TCP is :class:`p2ptun.rendezvous.signaling.Sign
 from __future__ import annotations
 
 import enum
+import heapq
 import math
 from collections import OrderedDict
 from collections.abc import Callable
@@ -69,10 +84,13 @@ from p2ptun.signal.channel import (
 from p2ptun.signal.errors import ChannelError, SignalDecodeError
 from p2ptun.signal.frames import MAX_PAYLOAD, Frame, FrameDecoder, FrameType, encode_frame
 from p2ptun.signal.messages import (
+    Certificate,
     Deliver,
     Error,
     ErrorCode,
     GoingAway,
+    Member,
+    MemberGone,
     Message,
     Ping,
     Pong,
@@ -81,6 +99,8 @@ from p2ptun.signal.messages import (
     Refused,
     Register,
     Registered,
+    RegisterMember,
+    Revocations,
     Route,
     RouteFailed,
     RouteFailure,
@@ -116,6 +136,10 @@ class Admission:
     #: True when the operator listed this name and key (``[[node]]``); False for a binding a
     #: node made itself (open registration), which gets no TURN credentials by default.
     pinned: bool = False
+    #: For a member (``RegisterMember``): the network it is a member of (an id the
+    #: :class:`Memberships` chose) and when its certificate expires (wall-clock seconds).
+    network: str | None = None
+    expires_at: float | None = None
 
 
 class Registrations(Protocol):
@@ -130,6 +154,29 @@ class Registrations(Protocol):
 
     def known(self, key: bytes) -> bool:
         """Is ``key`` listed or bound to a name? (Under load only known keys may handshake.)"""
+        ...
+
+
+class Memberships(Protocol):
+    """What the hub needs for networks (:mod:`p2ptun.rendezvous.networks` in production):
+    certificates opaque to it, decisions and revocation lists from here."""
+
+    def admit_member(self, name: str, key: bytes, certificate: bytes, wall: float) -> Admission:
+        """May the node with static ``key`` register as ``name`` with ``certificate`` at
+        wall-clock ``wall``? Records the first use of an invite."""
+        ...
+
+    def revocations(self, network: str) -> bytes | None:
+        """The newest revocation list of ``network`` held, if any."""
+        ...
+
+    def publish_revocations(self, network: str, blob: bytes, wall: float) -> bool:
+        """Take ``blob`` if it is a valid revocation list of ``network`` newer than the one
+        held (then True: hand it on)."""
+        ...
+
+    def still_admitted(self, network: str, certificate: bytes, wall: float) -> bool:
+        """Is ``certificate`` still valid and unrevoked?"""
         ...
 
 
@@ -229,17 +276,24 @@ class ServerCounters:
     proofs_refused: int = 0
     #: Proof keys computed (one Diffie-Hellman per node key while it stays in the cache).
     proof_keys_computed: int = 0
+    member_registrations: int = 0
+    members_closed: int = 0
+    revocations_published: int = 0
+    revocations_ignored: int = 0
 
 
 class _Conn:
     __slots__ = (
+        "certificate",
         "channel",
         "close_reason",
         "decoder",
+        "expires",
         "id",
         "key",
         "last_rx",
         "name",
+        "network",
         "opened",
         "outbox",
         "peer",
@@ -272,6 +326,9 @@ class _Conn:
         self.close_reason = ""
         self.source = _source_key_of(peer)
         self.turn_allowed = False
+        self.network: str | None = None
+        self.certificate = b""
+        self.expires: float | None = None
 
 
 def _decrement(counts: dict[str, int], key: str) -> None:
@@ -290,8 +347,9 @@ class SignalingServerCore:
     """Sans-I/O signaling server: connection ids and bytes in, bytes per connection out.
 
     ``turn`` mints TURN credentials for registered nodes (None: the rendezvous issues none):
-    for every node the operator listed, and for nodes that registered themselves (open
-    registration) only with ``turn_for_self_registered``.
+    for every node the operator listed and every member of a network, and for nodes that
+    registered themselves (open registration) only with ``turn_for_self_registered``.
+    ``memberships`` admits members of networks (None: the rendezvous serves no network).
     """
 
     def __init__(
@@ -304,6 +362,7 @@ class SignalingServerCore:
         turn: TurnIssuer | None = None,
         limits: ServerLimits | None = None,
         turn_for_self_registered: bool = False,
+        memberships: Memberships | None = None,
     ) -> None:
         self._private = private_key
         self.store = store
@@ -311,6 +370,10 @@ class SignalingServerCore:
         self.wall_clock = wall_clock
         self.turn = turn
         self.turn_for_self_registered = turn_for_self_registered
+        self.memberships = memberships
+        #: Online members by network id, then name.
+        self.networks: dict[str, dict[str, _Conn]] = {}
+        self._expiries: list[tuple[float, int]] = []
         self.limits = limits or ServerLimits()
         self.counters = ServerCounters()
         self._conns: dict[int, _Conn] = {}
@@ -319,6 +382,7 @@ class SignalingServerCore:
         self._watch_count = 0
         self._dirty: set[int] = set()
         self._proof_keys: OrderedDict[bytes, bytes] = OrderedDict()
+        self._registered_keys: OrderedDict[bytes, None] = OrderedDict()
         self._by_source: dict[str, int] = {}
         self._pending_by_source: dict[str, int] = {}
         limits = self.limits
@@ -376,7 +440,16 @@ class SignalingServerCore:
             if wake is None or idle < wake:
                 wake = idle
             break
+        expiries = self._expiries
+        while expiries and not self._expiry_live(*expiries[0]):
+            heapq.heappop(expiries)
+        if expiries and (wake is None or expiries[0][0] < wake):
+            wake = expiries[0][0]
         return wake
+
+    def _expiry_live(self, when: float, conn_id: int) -> bool:
+        conn = self._conns.get(conn_id)
+        return conn is not None and conn.state is ConnState.READY and conn.expires == when
 
     # -- connection lifecycle --------------------------------------------------------------
 
@@ -437,6 +510,7 @@ class SignalingServerCore:
             del self._online[conn.name]
             log.info("node offline", name=conn.name, conn=conn_id, reason=conn.close_reason)
             self._notify(conn, False)
+        self._leave_network(conn)
         for name in conn.watching:
             self._drop_watcher(name, conn_id)
         self._watch_count -= len(conn.watching)
@@ -458,6 +532,7 @@ class SignalingServerCore:
             del self._online[conn.name]
             log.info("node offline", name=conn.name, conn=conn.id, reason=reason)
             self._notify(conn, False)
+        self._leave_network(conn)
 
     def shutdown(self, now: float) -> None:
         """Graceful shutdown: refuse new connections, tell every node, close all."""
@@ -482,6 +557,12 @@ class SignalingServerCore:
                     break
                 self.counters.timeouts += 1
                 self._close(conn, reason)
+        expiries = self._expiries
+        while expiries and expiries[0][0] <= now:
+            when, conn_id = heapq.heappop(expiries)
+            if self._expiry_live(when, conn_id):
+                conn = self._conns[conn_id]
+                self._withdraw(conn, "the certificate has expired")
 
     # -- incoming bytes --------------------------------------------------------------------
 
@@ -585,7 +666,7 @@ class SignalingServerCore:
         if key is not None:
             cache.move_to_end(node_key)
             return key
-        if not self.store.known(node_key):
+        if node_key not in self._registered_keys and not self.store.known(node_key):
             return None
         try:
             key = proof_key(self._private, node_key)
@@ -634,6 +715,8 @@ class SignalingServerCore:
         if conn.state is ConnState.REGISTERING:
             if isinstance(msg, Register):
                 self._register(conn, msg.name, now)
+            elif isinstance(msg, RegisterMember):
+                self._register_member(conn, msg, now)
             else:
                 self._protocol_error(conn, "expected Register")
             return
@@ -656,12 +739,20 @@ class SignalingServerCore:
             self._unwatch(conn, msg.names)
         elif isinstance(msg, TurnRequest):
             self._issue_turn(conn)
+        elif isinstance(msg, Revocations) and conn.network is not None:
+            self._publish_revocations(conn.network, msg.blob, now)
+        elif isinstance(msg, Certificate) and conn.network is not None:
+            self._renew(conn, msg.certificate, now)
         else:
             self._protocol_error(conn, f"unexpected {type(msg).__name__}")
 
     def _register(self, conn: _Conn, name: str, now: float) -> None:
         assert conn.key is not None
         admission = self.store.admit(name, conn.key, now=now, source=conn.source)
+        self._admitted(conn, name, admission, now)
+
+    def _admitted(self, conn: _Conn, name: str, admission: Admission, now: float) -> bool:
+        """Finish a registration the store or the memberships decided; True if admitted."""
         if not admission.allowed:
             assert admission.reason is not None
             self.counters.refused_registrations += 1
@@ -677,14 +768,28 @@ class SignalingServerCore:
                     **extra,
                 )
             self._close(conn, "registration refused", Refused(admission.reason, admission.text))
-            return
+            return False
+        old = self._online.get(name)
+        if old is not None and old.key != conn.key:
+            # Only members can get here (the store binds a name to one key): another network's
+            # node of the same name, or a re-enrolled machine whose old connection lingers.
+            self.counters.refused_registrations += 1
+            self._close(
+                conn,
+                "registration refused",
+                Refused(RefusalReason.NAME_TAKEN, f"{name!r} is online with another key"),
+            )
+            return False
         if admission.new_binding:
             self.counters.new_bindings += 1
             log.info("new name binding (trust on first use)", name=name)
-        old = self._online.get(name)
+        assert conn.key is not None
+        self._remember_key(conn.key)
         conn.name = name
         conn.state = ConnState.READY
-        conn.turn_allowed = admission.pinned or self.turn_for_self_registered
+        conn.turn_allowed = (
+            admission.pinned or admission.network is not None or self.turn_for_self_registered
+        )
         self._leave_pending(conn)
         self._registered[conn.id] = conn
         self._online[name] = conn
@@ -692,13 +797,15 @@ class SignalingServerCore:
         self._queue(conn, Registered(name))
         if old is not None:
             # Same name, same key (the store binds them): the node reconnected. Its watches
-            # carry over, so that what others see of it does not flap.
+            # carry over, so that what others see of it does not flap; a member's peers hear
+            # nothing of the old connection (the new one is announced again).
             conn.watching, old.watching = old.watching, set()
             for watched in conn.watching:
                 watchers = self._watchers.get(watched)
                 if watchers is not None:
                     watchers.discard(old.id)
                     watchers.add(conn.id)
+            self._leave_network(old, announce=False)
             old.name = None
             self._close(old, "replaced", GoingAway("replaced by a newer connection"))
             log.info("node reconnected", name=name, conn=conn.id, old_conn=old.id)
@@ -709,6 +816,120 @@ class SignalingServerCore:
         else:
             log.info("node online", name=name, conn=conn.id, peer=conn.peer)
             self._notify(conn, True)
+        return True
+
+    def _remember_key(self, key: bytes) -> None:
+        """A key that registered: under load it may prove itself (:meth:`_proof_key`) even if
+        the store does not list it (a network member, a binding made meanwhile)."""
+        known = self._registered_keys
+        known[key] = None
+        known.move_to_end(key)
+        if len(known) > self.limits.max_proof_keys:
+            known.popitem(last=False)
+
+    # -- networks ----------------------------------------------------------------------------
+
+    def _register_member(self, conn: _Conn, msg: RegisterMember, now: float) -> None:
+        assert conn.key is not None
+        memberships = self.memberships
+        if memberships is None:
+            admission = Admission(
+                False, RefusalReason.CERTIFICATE, "this rendezvous serves no network"
+            )
+        else:
+            admission = memberships.admit_member(
+                msg.name, conn.key, msg.certificate, self.wall_clock()
+            )
+        network = admission.network
+        if admission.allowed and network is None:  # pragma: no cover - a store bug
+            admission = Admission(False, RefusalReason.CERTIFICATE, "no network")
+        if not self._admitted(conn, msg.name, admission, now):
+            return
+        assert network is not None and memberships is not None
+        self.counters.member_registrations += 1
+        conn.network = network
+        conn.certificate = msg.certificate
+        self._set_expiry(conn, admission.expires_at, now)
+        members = self.networks.setdefault(network, {})
+        for other in members.values():
+            if other is not conn and other.name is not None:
+                self._queue(conn, Member(other.name, other.certificate))
+                self._queue(other, Member(msg.name, msg.certificate))
+        members[msg.name] = conn
+        crl = memberships.revocations(network)
+        if crl is not None:
+            self._queue(conn, Revocations(crl))
+        log.info("member online", name=msg.name, network=network[:16], members=len(members))
+
+    def _set_expiry(self, conn: _Conn, expires_at: float | None, now: float) -> None:
+        conn.expires = None
+        if expires_at is not None:
+            conn.expires = now + max(0.0, expires_at - self.wall_clock())
+            heapq.heappush(self._expiries, (conn.expires, conn.id))
+
+    def _leave_network(self, conn: _Conn, *, announce: bool = True) -> None:
+        network, name = conn.network, conn.name
+        if network is None:
+            return
+        conn.network = None
+        members = self.networks.get(network)
+        if members is None or name is None or members.get(name) is not conn:
+            return
+        del members[name]
+        if not members:
+            del self.networks[network]
+        if announce:
+            for other in members.values():
+                self._queue(other, MemberGone(name))
+
+    def _withdraw(self, conn: _Conn, text: str) -> None:
+        """Close a member whose certificate no longer admits it (revoked, expired)."""
+        self.counters.members_closed += 1
+        log.info("member closed", name=conn.name, reason=text)
+        self._close(conn, text, Refused(RefusalReason.CERTIFICATE, text))
+
+    def _publish_revocations(self, network: str, blob: bytes, now: float) -> None:
+        memberships = self.memberships
+        assert memberships is not None
+        if not memberships.publish_revocations(network, blob, self.wall_clock()):
+            self.counters.revocations_ignored += 1
+            return
+        self.revocations_changed(network, now)
+
+    def revocations_changed(self, network: str, now: float) -> None:
+        """A newer revocation list of ``network`` is held (a member published it, or the
+        operator's file changed): hand it to every member and close those it revokes."""
+        memberships = self.memberships
+        if memberships is None:
+            return
+        blob = memberships.revocations(network)
+        if blob is None:
+            return
+        self.counters.revocations_published += 1
+        wall = self.wall_clock()
+        members = list(self.networks.get(network, {}).values())
+        for conn in members:
+            if not memberships.still_admitted(network, conn.certificate, wall):
+                self._withdraw(conn, "the certificate has been revoked")
+        for conn in self.networks.get(network, {}).values():
+            self._queue(conn, Revocations(blob))
+        log.info("revocation list handed on", network=network[:16])
+
+    def _renew(self, conn: _Conn, certificate: bytes, now: float) -> None:
+        memberships = self.memberships
+        assert memberships is not None and conn.key is not None and conn.name is not None
+        admission = memberships.admit_member(conn.name, conn.key, certificate, self.wall_clock())
+        if not admission.allowed or admission.network != conn.network:
+            text = admission.text or "the renewed certificate is of another network"
+            self.counters.refused_registrations += 1
+            self._close(conn, "renewal refused", Refused(RefusalReason.CERTIFICATE, text))
+            return
+        conn.certificate = certificate
+        self._set_expiry(conn, admission.expires_at, now)
+        for other in self.networks.get(conn.network or "", {}).values():
+            if other is not conn:
+                self._queue(other, Member(conn.name, certificate))
+        log.info("member renewed its certificate", name=conn.name)
 
     # Presence is mutual: a node sees another online only while that one lists it as a peer
     # (watches its name), and only such a node may route to it. A stranger learns nothing of
@@ -796,8 +1017,11 @@ class SignalingServerCore:
             self.counters.route_offline += 1
             self._queue(conn, RouteFailed(msg.ref, msg.to, RouteFailure.PEER_OFFLINE))
             return
-        if not self._lists(dest, conn.name):
-            # The destination does not know the sender: as good as offline to it.
+        if not self._lists(dest, conn.name) and (
+            dest.network is None or dest.network != conn.network
+        ):
+            # The destination does not know the sender (it does not watch it, and they are
+            # not members of one network): as good as offline to it.
             self.counters.route_not_listed += 1
             self._queue(conn, RouteFailed(msg.ref, msg.to, RouteFailure.PEER_OFFLINE))
             return

@@ -9,6 +9,7 @@ Message flow::
 
     node                                   rendezvous
     Register(name)                  ->
+    | RegisterMember(name, cert)    ->
                                     <-     Registered(name) | Refused(reason, text)
     Ping(seq)                       ->
                                     <-     Pong(seq)
@@ -19,6 +20,19 @@ Message flow::
     TurnRequest()                   ->
                                     <-     TurnCredentials(...) | Error(code, text)
                                     <-     GoingAway(text)   (rendezvous shutting down)
+
+A node that registered with a certificate (:class:`RegisterMember`, a member of a network the
+rendezvous serves) learns the network's online members without watching them::
+
+                                    <-     Member(name, cert)   (online now, or renewed)
+                                    <-     MemberGone(name)     (offline, revoked, expired)
+    Revocations(list)               <->    Revocations(list)    (the authority's signed list)
+    Certificate(cert)               ->     (a renewed certificate: same name and key)
+                                    <-     Refused(reason, text)   (revoked or expired: closed)
+
+The rendezvous checks certificates to decide whom it serves, but it is not trusted with them:
+every node verifies every certificate and list itself against its configured authority
+(:mod:`p2ptun.membership`); to the signaling layer they are opaque bytes.
 
 :func:`decode_message` raises only :class:`~p2ptun.signal.errors.SignalDecodeError`.
 """
@@ -42,6 +56,8 @@ MAX_WATCH_NAMES = 256
 """Most names in one Watch/Unwatch message."""
 MAX_TEXT = 1024
 """Longest human-readable reason text."""
+MAX_CERTIFICATE = 4096
+"""Longest certificate carried (opaque here; :mod:`p2ptun.membership` bounds it tighter)."""
 
 
 class MessageType(enum.IntEnum):
@@ -60,6 +76,11 @@ class MessageType(enum.IntEnum):
     TURN_CREDENTIALS = 13
     ERROR = 14
     GOING_AWAY = 15
+    REGISTER_MEMBER = 16
+    MEMBER = 17
+    MEMBER_GONE = 18
+    REVOCATIONS = 19
+    CERTIFICATE = 20
 
 
 class RefusalReason(enum.IntEnum):
@@ -75,6 +96,9 @@ class RefusalReason(enum.IntEnum):
     BUSY = 4
     #: The request was malformed or out of order.
     PROTOCOL = 5
+    #: The certificate is not accepted (another network, forged, expired, revoked, an invite
+    #: used by another machine already); the text says which.
+    CERTIFICATE = 6
 
 
 class RouteFailure(enum.IntEnum):
@@ -94,6 +118,44 @@ class ErrorCode(enum.IntEnum):
 @dataclass(frozen=True, slots=True)
 class Register:
     name: str
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterMember:
+    """Register as a member of a network: ``certificate`` is the node's certificate."""
+
+    name: str
+    certificate: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A member of the node's network is online (or renewed its certificate)."""
+
+    name: str
+    certificate: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MemberGone:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Revocations:
+    """The network authority's signed revocation list (opaque here)."""
+
+    blob: bytes
+
+    def __repr__(self) -> str:
+        return f"Revocations(<{len(self.blob)} bytes>)"
+
+
+@dataclass(frozen=True, slots=True)
+class Certificate:
+    """A registered member's renewed certificate (same name and key)."""
+
+    certificate: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +270,11 @@ Message = (
     | TurnCredentials
     | Error
     | GoingAway
+    | RegisterMember
+    | Member
+    | MemberGone
+    | Revocations
+    | Certificate
 )
 
 
@@ -232,6 +299,11 @@ def _read_names(r: Reader) -> tuple[str, ...]:
     if n > MAX_WATCH_NAMES:
         raise SignalDecodeError(f"{n} names exceed {MAX_WATCH_NAMES}")
     return tuple(r.name() for _ in range(n))
+
+
+def _limit(data: bytes, limit: int) -> None:
+    if len(data) > limit:
+        raise ValueError(f"{len(data)} bytes exceed {limit}")
 
 
 def encode_message(msg: Message) -> bytes:
@@ -272,6 +344,20 @@ def encode_message(msg: Message) -> bytes:
         w.u8(MessageType.ERROR).u8(msg.code).str16(_clip(msg.text))
     elif isinstance(msg, GoingAway):
         w.u8(MessageType.GOING_AWAY).str16(_clip(msg.text))
+    elif isinstance(msg, RegisterMember):
+        _limit(msg.certificate, MAX_CERTIFICATE)
+        w.u8(MessageType.REGISTER_MEMBER).name(msg.name).bytes16(msg.certificate)
+    elif isinstance(msg, Member):
+        _limit(msg.certificate, MAX_CERTIFICATE)
+        w.u8(MessageType.MEMBER).name(msg.name).bytes16(msg.certificate)
+    elif isinstance(msg, MemberGone):
+        w.u8(MessageType.MEMBER_GONE).name(msg.name)
+    elif isinstance(msg, Revocations):
+        _limit(msg.blob, MAX_BLOB)
+        w.u8(MessageType.REVOCATIONS).bytes16(msg.blob)
+    elif isinstance(msg, Certificate):
+        _limit(msg.certificate, MAX_CERTIFICATE)
+        w.u8(MessageType.CERTIFICATE).bytes16(msg.certificate)
     else:  # pragma: no cover - exhaustive
         raise TypeError(f"not a signaling message: {msg!r}")
     return w.getvalue()
@@ -324,6 +410,16 @@ def decode_message(data: bytes) -> Message:
         msg = Error(code, r.str16(MAX_TEXT))
     elif kind == MessageType.GOING_AWAY:
         msg = GoingAway(r.str16(MAX_TEXT))
+    elif kind == MessageType.REGISTER_MEMBER:
+        msg = RegisterMember(r.name(), r.bytes16(MAX_CERTIFICATE))
+    elif kind == MessageType.MEMBER:
+        msg = Member(r.name(), r.bytes16(MAX_CERTIFICATE))
+    elif kind == MessageType.MEMBER_GONE:
+        msg = MemberGone(r.name())
+    elif kind == MessageType.REVOCATIONS:
+        msg = Revocations(r.bytes16(MAX_BLOB))
+    elif kind == MessageType.CERTIFICATE:
+        msg = Certificate(r.bytes16(MAX_CERTIFICATE))
     else:
         raise SignalDecodeError(f"unknown message type {kind}")
     r.finish()

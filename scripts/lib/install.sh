@@ -12,6 +12,7 @@ DEBIAN_PACKAGES=(
   wireguard-tools wireguard-go  # wg, wireguard-go (interop tests, bench)
   systemd                  # systemd-analyze verify (unit files)
   git                      # the demo test clones the checkout
+  bind9-dnsutils           # dig: the node's names (network e2e tests, the README's guide)
 )
 
 install_debian_packages() {
@@ -64,4 +65,8 @@ ensure_venv() {
     .venv/bin/python -m pip install -q -e '.[dev]'
     touch "$stamp"
   fi
+  # An editable install leaves compiling to the first import, and with
+  # PYTHONDONTWRITEBYTECODE set (as on some CI runners) every daemon start would compile the
+  # whole package again (0.15 s of a 0.5 s connect). Only what changed is compiled again.
+  .venv/bin/python -m compileall -q p2ptun p2plab >/dev/null
 }

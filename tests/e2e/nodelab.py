@@ -27,7 +27,6 @@ replies, to tell how long the tunnel was dark).
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import os
 import secrets
@@ -273,18 +272,6 @@ class PingStream:
 
     def replies_after(self, t: float) -> int:
         return sum(1 for r in self.replies() if r > t)
-
-
-def longest_gap(
-    replies: Sequence[float], start: float, end: float, *, from_start: bool = False
-) -> float:
-    """The longest time without a ping reply from the last reply before ``start`` (or from
-    ``start`` itself with ``from_start``, e.g. a wake-up) to ``end``: what a user of the
-    tunnel saw of an event at ``start``."""
-    before = [r for r in replies if r <= start]
-    first = start if from_start or not before else before[-1]
-    times = [first, *(r for r in replies if start < r <= end), end]
-    return max(b - a for a, b in itertools.pairwise(times))
 
 
 @dataclass

@@ -87,3 +87,31 @@ def test_quick_bench_prints_every_row(natlab_required: None, tmp_path: Path) -> 
     # Nothing left behind: the labs' namespaces, daemons and working directories are gone.
     assert not {ns for ns in _namespaces() - before if ns.startswith("bn")}
     assert not _procs_mentioning("p2ptun-bench-")
+
+
+def test_recovery_section_measures_each_event_it_is_given(
+    natlab_required: None, tmp_path: Path
+) -> None:
+    """``scripts/bench recovery`` (``python -m p2plab.recovery``) for two events: a row each
+    with a gap and the path after, the JSON beside it, nothing left behind."""
+    before = _namespaces()
+    results_file = tmp_path / "recovery.json"
+    events = ["sym-flush", "host-renumbered"]
+    argv = ["-m", "p2plab.recovery", "--events", ",".join(events), "--json", str(results_file)]
+    proc = subprocess.run(
+        [sys.executable, *argv],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = _table(proc.stdout)
+    assert rows.pop("event") == ["NATs", "longest gap s", "path after"]
+    assert len(rows) == 2, rows
+    for cells in rows.values():
+        assert NUMBER.match(cells[1]) and cells[2] == "direct", cells
+    results = json.loads(results_file.read_text())
+    assert [r["key"] for r in results] == events
+    assert all(r["error"] is None and r["gap_s"] < 15 for r in results), results
+    assert not {ns for ns in _namespaces() - before if ns.startswith("bn")}
+    assert not _procs_mentioning("p2ptun-bench-")

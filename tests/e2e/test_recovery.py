@@ -29,9 +29,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from nodelab import MB, Deployment, Node, PingStream, longest_gap, report
+from nodelab import MB, Deployment, Node, PingStream, report
 
 from p2plab.natlab import NatLab, wait_until
+from p2plab.recovery import longest_gap
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 

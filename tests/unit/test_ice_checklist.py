@@ -151,3 +151,27 @@ def test_the_list_keeps_the_highest_priority_pairs_up_to_its_limit() -> None:
         assert cl.dropped == len(combos) - limit
         kept = {p.key for p in cl.pairs}
         assert kept == {(loc.address, rem.address) for loc, rem in ranked[:limit]}
+
+
+def test_a_trickled_replacement_is_not_frozen_behind_a_stale_pair_of_its_foundation() -> None:
+    """The peer's NAT moved: its new srflx candidate (same base, same STUN server: same
+    foundation) arrives while the check towards the stale one is in flight. It goes as soon as
+    the stale check went unanswered past its first RTO (sent twice), not after the stale
+    pair's whole retransmission schedule; one arriving after that is Waiting at once."""
+    cl = CheckList(controlling=True)
+    local = make_host_candidate(("10.0.0.1", 1000), 65535)
+    stale = remote("198.51.100.1", 2000, 100, CandidateType.SRFLX, fnd="s")
+    fresh = remote("198.51.100.9", 2000, 100, CandidateType.SRFLX, fnd="s")
+    later = remote("198.51.100.10", 2000, 100, CandidateType.SRFLX, fnd="s")
+    old = cl.add(local, stale)
+    assert old is not None and old.state is PairState.WAITING
+    assert cl.next_ordinary() is old
+    old.state, old.sends = PairState.IN_PROGRESS, 1
+    new = cl.add(local, fresh)
+    assert new is not None and new.state is PairState.FROZEN  # the first answer may come
+    assert cl.next_ordinary() is None
+    old.sends = 2  # retransmitted: unanswered past its first RTO
+    assert cl.next_ordinary() is new and new.state is PairState.WAITING
+    new.state, new.sends = PairState.IN_PROGRESS, 2
+    third = cl.add(local, later)
+    assert third is not None and third.state is PairState.WAITING

@@ -23,6 +23,7 @@ from p2ptun.ice.candidate import (
     make_srflx_candidate,
 )
 from p2ptun.ice.checklist import CheckList, CheckPair, PairState
+from p2ptun.ice.events import PairSelected
 from p2ptun.ice.nomination import (
     NominationPolicy,
     RoleConflict,
@@ -175,6 +176,29 @@ def test_direct_first_nominates_a_direct_pair_at_its_first_valid_check(
     assert not first.relayed and first.first_valid_at is not None
     assert first.at == pytest.approx(first.first_valid_at, abs=EPS)
     assert any(state is PairState.IN_PROGRESS for _, state, _ in first.higher)
+
+
+@pytest.mark.parametrize(
+    ("nat_a", "nat_b", "relayed"),
+    [("port", "port", False), ("full", "symmetric", False), ("symmetric", "symmetric", True)],
+)
+def test_aggressive_nomination_selects_the_first_pair_to_succeed_without_a_nominating_check(
+    nat_a: str, nat_b: str, relayed: bool
+) -> None:
+    """With ``aggressive`` (the node's agents) every check carries USE-CANDIDATE until a pair
+    is nominated: the first to succeed is selected by its own check (no separate nominating
+    check, so one Ta and one round trip sooner), and both sides agree on it."""
+    config = AgentConfig(relay_first=True, direct_first=True, aggressive=True)
+    s = make_scenario(nat_a, nat_b, seed=6, config_a=config, config_b=config)
+    noms, _ = connect(s)
+    sel = s.a.agent.selected_pair
+    assert sel is not None and sel.relayed is relayed
+    assert [n for n in noms if not n.renomination] == []  # never needed a nominating check
+    first_valid = s.a.agent._gen.first_valid_at
+    assert first_valid is not None
+    selected_at = s.a.events_of(PairSelected)[0][0]
+    assert selected_at == pytest.approx(first_valid, abs=EPS)
+    assert s.same_path()
 
 
 def test_relay_first_then_a_direct_pair_takes_over() -> None:

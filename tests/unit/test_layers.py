@@ -3,8 +3,9 @@
 Read from the source with :mod:`ast` (nothing is imported), so a forbidden import anywhere in a
 module — at the top, inside a function, under ``TYPE_CHECKING`` — fails here:
 
-- the sans-I/O cores (``stun``, ``turn``, ``ice``, ``wireguard``, ``signal`` and ``noise``)
-  import no I/O, no clock and no ambient randomness, and nothing above them;
+- the sans-I/O cores (``stun``, ``turn``, ``ice``, ``wireguard``, ``signal``, ``noise``,
+  ``membership`` and ``names``) import no I/O, no clock and no ambient randomness, and nothing
+  above them;
 - the ground modules (``addr``, ``errors``, ``log``, ``keys``) import no other part;
 - ``config`` reads files but imports no I/O layer and no daemon;
 - the I/O layer ``net`` imports no daemon; the rendezvous imports nothing of the node and
@@ -24,7 +25,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "p2ptun"
 
-CORES = ("stun", "turn", "ice", "wireguard", "signal", "noise")
+CORES = ("stun", "turn", "ice", "wireguard", "signal", "noise", "membership", "names")
 #: Standard-library modules a core may not import: I/O, clocks, ambient randomness, processes.
 FORBIDDEN_IN_CORES = frozenset(
     {
@@ -68,11 +69,27 @@ ALLOWED: dict[str, set[str]] = {
     "ice": {"addr", "errors", "log", "stun"},
     "wireguard": {"addr", "errors", "log", "keys", "noise"},
     "signal": {"addr", "errors", "log", "keys", "noise"},
-    "config": {"addr", "errors", "keys"},
+    "membership": {"addr", "errors", "log", "keys"},
+    "names": {"addr", "errors", "log"},
+    "config": {"addr", "errors", "keys", "membership"},
     "net": {"addr", "errors", "log", "keys", "noise", "config", *CORES},
     "node": {"addr", "errors", "log", "keys", "noise", "config", "net", *CORES},
     "rendezvous": {"addr", "errors", "log", "keys", "noise", "config", "net", *CORES},
-    "cli": {"addr", "errors", "log", "keys", "config", "net", "node", "rendezvous"},
+    "ca": {"addr", "errors", "keys", "membership"},
+    "join": {"addr", "errors", "log", "keys", "config", "net", *CORES},
+    "cli": {
+        "addr",
+        "errors",
+        "log",
+        "keys",
+        "config",
+        "net",
+        "node",
+        "rendezvous",
+        "membership",
+        "ca",
+        "join",
+    },
     "__main__": {"cli"},
     "__init__": set(),
 }

@@ -199,7 +199,7 @@ async def test_relayed_wireguard_to_the_transport_handler(
         nursery,
         hosts=(),
         turn=[turn_config(turn_server)],
-        transport_options={"relayed_wireguard": lambda d, p: got.append((bytes(d), p))},
+        transport_options={"relayed_wireguard": lambda d, p, r: got.append((bytes(d), p))},
     )
     b = await start_node(nursery, hosts=(), turn=[turn_config(turn_server, user="bob")])
     pa, pb = await connect(a, b)

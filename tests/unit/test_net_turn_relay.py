@@ -349,7 +349,7 @@ async def test_wireguard_receiver_takes_wireguard_of_bound_channels(
         server,
         peer,
         on_data=lambda r, p, d: slow.append(bytes(d)),
-        wireguard=lambda view, src: fast.append(bytes(view)),
+        wireguard=lambda view, src, relay: fast.append(bytes(view)),
     )
     packets = [wireguard(i, 148 if i == 0 else 96) for i in range(20)]
     check = await send_split_by_kind(peer, relay, packets, b"c", fast, slow)
@@ -383,7 +383,7 @@ async def test_wireguard_takes_one_way_before_and_after_the_channel(
         (HOST, server),
         "alice",
         "pw",
-        wireguard=lambda view, src: fast.append((bytes(view), src)),
+        wireguard=lambda view, src, relay: fast.append((bytes(view), src)),
         on_data=lambda r, p, d: slow.append(bytes(d)),
     )
     await nursery.start(relay.run)
@@ -423,7 +423,7 @@ async def test_stream_send_batch_pads_and_wireguard_receiver_takes_frames(
         "alice",
         "pw",
         on_data=lambda r, p, d: slow.append(bytes(d)),
-        wireguard=lambda view, src: fast.append(bytes(view)),
+        wireguard=lambda view, src, relay: fast.append(bytes(view)),
     )
     await nursery.start(relay.run)
     peer = await peer_socket()

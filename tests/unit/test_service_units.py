@@ -28,7 +28,9 @@ def test_node_unit_contract() -> None:
     assert service["ExecStart"] == "p2ptun up -c /etc/p2ptun/%i.toml"
     assert service["Restart"] == "on-failure"
     assert "network-online.target" in unit["Unit"]["After"]
-    assert service["CapabilityBoundingSet"] == "CAP_NET_ADMIN"
+    # The TUN interface, and port 53 on the overlay address (a network's names): no more.
+    assert service["CapabilityBoundingSet"] == "CAP_NET_ADMIN CAP_NET_BIND_SERVICE"
+    assert service["AmbientCapabilities"] == service["CapabilityBoundingSet"]
     assert service["ExecReload"].endswith("-HUP $MAINPID")
     assert service["DeviceAllow"] == "/dev/net/tun rw"
 
@@ -40,6 +42,7 @@ def test_rendezvous_unit_contract() -> None:
     assert service["ExecStart"] == "p2ptun rendezvous -c /etc/p2ptun/rendezvous.toml"
     assert service["Restart"] == "on-failure"
     assert service["CapabilityBoundingSet"] == ""
+    assert service["ExecReload"].endswith("-HUP $MAINPID")
     assert "network-online.target" in unit["Unit"]["After"]
 
 

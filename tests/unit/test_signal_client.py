@@ -379,6 +379,47 @@ def test_backoff_bounds_and_reset() -> None:
     assert a.core.backoff.attempt == 0
 
 
+def test_an_offer_waiting_for_the_rendezvous_makes_the_client_hurry_for_a_while() -> None:
+    """The rendezvous has been down long enough for the backoff to reach its cap; then a
+    tunnel needs signaling (a restart offer waits): attempts come at most 1 s apart (each
+    connect cut at 3 s) for 60 s after the offer, then the backoff takes over again."""
+    net = Net(make_server())
+    net.up = False
+    ka, kb = newkey(), newkey()
+    a = net.add("alice", ka, {"bob": public_key(kb)})
+    net.run_until(300.0)
+    calm = [t2 - t1 for t1, t2 in itertools.pairwise(net.attempts["alice"]) if t1 > 200]
+    assert min(calm) > 10.0  # capped backoff: 15-30 s apart
+    offered = net.now
+    a.core.offer("bob", "v=0", restart=True, now=offered)
+    assert a.core.connect_at <= offered + 1.0
+    net.run_until(offered + 120.0)
+    hurried = [t for t in net.attempts["alice"] if offered < t <= offered + 60.0]
+    gaps = [t2 - t1 for t1, t2 in itertools.pairwise([offered, *hurried])]
+    assert len(hurried) >= 60 and max(gaps) <= 1.0 + 1e-9
+    later = [t for t in net.attempts["alice"] if t > offered + 62.0]
+    assert len(later) <= 5  # back to the backoff
+    # The rendezvous is back: registered within a second, and the offer goes out.
+    net.up = True
+    back = net.now
+    a.core.offer("bob", "v=0", restart=True, now=back)
+    net.run_until(back + 1.0 + 1e-6)
+    assert a.core.ready
+
+
+def test_an_urgent_connect_is_cut_at_its_own_timeout() -> None:
+    net = Net(make_server())
+    net.blackholed.add("alice")
+    ka, kb = newkey(), newkey()
+    a = net.add("alice", ka, {"bob": public_key(kb)})
+    net.run_until(1.0)
+    a.core.hurry(net.now)
+    net.run_until(net.now + 1.0)
+    assert a.core.state is ClientState.CONNECTING or a.core.state is ClientState.HANDSHAKING
+    deadline = a.core.next_wakeup()
+    assert deadline is not None and deadline - net.now <= a.core.timers.urgent_connect_timeout
+
+
 def test_backoff_policy_properties() -> None:
     policy = BackoffPolicy(base=0.5, cap=30.0, jitter=0.5)
     for attempt in (0, 1, 5, 10, 1000, 10**9):
@@ -464,6 +505,24 @@ def test_reconnect_replaces_old_connection_without_flapping() -> None:
     # bob never saw alice go offline.
     assert PresenceChanged("alice", False) not in b.events
     assert net.server.online == frozenset({"alice", "bob"})
+
+
+def test_an_offer_lost_in_a_replaced_connection_is_sent_again() -> None:
+    """bob's NAT moved: his connection is dead but the rendezvous has not noticed, and alice's
+    restart offer goes into it. bob reconnects (replacing the old connection): alice hears he
+    is online again and sends her unanswered offer to the new registration."""
+    net, a, b, _ka, _kb = two_nodes()
+    net.blackholed.add("bob")
+    session = a.core.offer("bob", "restart", restart=True)
+    net.step()
+    assert b.of(SignalReceived) == []  # lost in the dead connection
+    b.core.connection_lost(net.now, "our NAT mapping changed", retry_now=True)
+    b.conn = None
+    net.blackholed.discard("bob")
+    net.run_until(net.now + 1.0)
+    assert b.core.ready
+    [got] = b.of(SignalReceived)
+    assert got.message.session == session and got.role is Role.CONTROLLED
 
 
 def test_turn_credentials_rest_api_form() -> None:

@@ -52,6 +52,11 @@ messages = st.one_of(
     st.builds(m.TurnCredentials, text, text, u32, st.text(max_size=20)),
     st.builds(m.Error, st.sampled_from(m.ErrorCode), text),
     st.builds(m.GoingAway, text),
+    st.builds(m.RegisterMember, names, st.binary(max_size=300)),
+    st.builds(m.Member, names, st.binary(max_size=300)),
+    st.builds(m.MemberGone, names),
+    st.builds(m.Revocations, st.binary(max_size=300)),
+    st.builds(m.Certificate, st.binary(max_size=300)),
 )
 
 peer_messages = st.one_of(
