@@ -500,10 +500,21 @@ def test_standby_relayed_pair_stays_valid_beside_the_direct_one() -> None:
     assert s.a.events_of(StandbyReady)
     # Kept fresh by light checks: still there a minute later, at about one check per 10 s.
     before = s.a.agent.stats.consent_checks_sent
-    s.net.run_until(s.net.now + 60)
+    start = s.net.now
+    s.net.run_until(start + 60)
     assert s.a.agent.standby_pair(s.net.now) is not None
     checks = s.a.agent.stats.consent_checks_sent - before
     assert 16 <= checks <= 22  # 12 consent checks (5 s) + 6 standby checks (10 s), roughly
+    # The standby's checks ride on the consent checks' wake-ups: they go at the same moments.
+    requests = [
+        (t, tx.remote)
+        for t, tx in s.a.sent
+        if t >= start and Message.decode(tx.data).message_class.name == "REQUEST"
+    ]
+    consent_at = {t for t, remote in requests if remote == sel.remote.address}
+    standby_at = [t for t, remote in requests if remote == standby.remote.address]
+    assert len(standby_at) >= 5
+    assert sum(t in consent_at for t in standby_at) >= len(standby_at) - 1, requests
     # The direct path dies: the standby is unaffected (it goes through the relay).
     s.net.blocked = _firewall_between_direct_addresses(s)
     assert s.a.agent.probe_consent(s.net.now)
