@@ -547,7 +547,10 @@ class P2ptunTunnel(Tunnel):
 
     def _env(self) -> dict[str, str]:
         """Environment for every p2ptun process: its own run directory."""
-        return {"P2PTUN_RUN_DIR": str(self.run_dir)}
+        return {
+            "P2PTUN_RUN_DIR": str(self.run_dir),
+            "P2PTUN_STATE_DIR": str(self.run_dir.parent / "state"),
+        }
 
     def _start_rendezvous(self) -> None:
         """``p2ptun rendezvous`` on the server: signaling, STUN and TURN."""
@@ -561,7 +564,9 @@ class P2ptunTunnel(Tunnel):
             f'database = "{work}/rendezvous.sqlite"\n'
             f'[stun]\nlisten = ["{RV}:3478"]\n'
             f'[turn]\nrealm = "bench"\nrelay_address = "{RV}"\nrelay_ports = "49152-49999"\n'
-            f'auth_secret = "{secrets.token_hex(16)}"\n' + nodes
+            f'auth_secret = "{secrets.token_hex(16)}"\n'
+            # The lab's public addresses are documentation blocks, denied by default.
+            'allow_peers = ["192.0.2.0/24", "198.51.100.0/24"]\n' + nodes
         )
         path.chmod(0o600)
         argv = [sys.executable, "-m", "p2ptun", "rendezvous", "-c", str(path)]

@@ -4,6 +4,7 @@ route sealed offers/answers/candidates, presence and TURN credentials.
 State machine (:class:`ClientState`)::
 
     IDLE --(connect_at reached: poll_connect)--> CONNECTING --(connection_made)--> HANDSHAKING
+    HANDSHAKING --(retry: a fresh message 1 with a proof, once)--> HANDSHAKING
     HANDSHAKING --(Noise IK message 2)--> REGISTERING --(Registered)--> READY
     any connected state --(error, silence, refusal, GoingAway, connection_lost)--> IDLE
     any --(stop)--> STOPPED
@@ -55,10 +56,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from p2ptun.log import get_logger
-from p2ptun.noise import Rng
+from p2ptun.log import LogLimiter, get_logger
+from p2ptun.noise import NoiseError, Rng
 from p2ptun.signal.backoff import Backoff, BackoffPolicy, Random
-from p2ptun.signal.channel import ChannelLimits, NoiseChannel
+from p2ptun.signal.channel import RETRY_TOKEN_LEN, ChannelLimits, NoiseChannel, proof_key
 from p2ptun.signal.codec import check_name
 from p2ptun.signal.errors import ChannelError, SealError, SignalDecodeError
 from p2ptun.signal.frames import FrameDecoder, FrameType
@@ -91,7 +92,14 @@ from p2ptun.signal.messages import (
     encode_message,
 )
 from p2ptun.signal.negotiation import Negotiation, NegotiationState, Role
-from p2ptun.signal.seal import Offer, PeerMessage, Restart, SealPolicy, SignalBox
+from p2ptun.signal.seal import (
+    Offer,
+    PeerMessage,
+    ReplayRecord,
+    Restart,
+    SealPolicy,
+    SignalBox,
+)
 
 log = get_logger("signal.client")
 
@@ -241,10 +249,16 @@ class ClientCounters:
     channel_errors: int = 0
     refused_signals: int = 0
     dropped_signals: int = 0
+    #: Handshakes the rendezvous asked to retry with a proof (it was under load).
+    retries: int = 0
 
 
 class SignalClientCore:
-    """Sans-I/O signaling client of one node."""
+    """Sans-I/O signaling client of one node.
+
+    ``replay`` is where the sealed-message counters accepted are remembered (see
+    :mod:`p2ptun.signal.seal`): the daemon passes its state file, shared by the clients that
+    replace each other on reload; the default forgets them with the client."""
 
     def __init__(
         self,
@@ -261,6 +275,7 @@ class SignalClientCore:
         timers: ClientTimers | None = None,
         seal_policy: SealPolicy | None = None,
         channel_limits: ChannelLimits | None = None,
+        replay: ReplayRecord | None = None,
         certificate: bytes | None = None,
         revocations: bytes | None = None,
     ) -> None:
@@ -275,7 +290,9 @@ class SignalClientCore:
         self.timers = timers or ClientTimers()
         self.channel_limits = channel_limits or ChannelLimits()
         self.backoff = Backoff(backoff or BackoffPolicy(), random)
-        self.box = SignalBox(name, private_key, peers, rng, seal_policy)
+        self.box = SignalBox(
+            name, private_key, peers, rng, seal_policy, replay=replay, wall=wall_clock()
+        )
         self.negotiations = {
             peer: Negotiation(self.box.public_key, key) for peer, key in peers.items()
         }
@@ -289,6 +306,8 @@ class SignalClientCore:
         self.counters = ClientCounters()
         self.turn: TurnCredentialsReceived | None = None
         self._channel: NoiseChannel | None = None
+        self._retried = False
+        self._proof_key: bytes | None = None
         self._decoder = FrameDecoder()
         self._outbox = bytearray()
         self._events: list[ClientEvent] = []
@@ -301,6 +320,8 @@ class SignalClientCore:
         self._routes: OrderedDict[int, tuple[str, PeerMessage]] = OrderedDict()
         self._members: set[str] = set()
         self._now = now
+        # A peer (or the rendezvous) can send junk at will: its refusals are logged sparingly.
+        self._refusal_log = LogLimiter()
         #: Until when reconnecting is urgent (see :meth:`hurry`), and when the current
         #: attempt began.
         self._urgent_until = -math.inf
@@ -380,6 +401,7 @@ class SignalClientCore:
             self._private, self.rendezvous_key, self.rng, self.channel_limits
         )
         self._outbox += self._channel.start()
+        self._retried = False
         self._last_rx = now
         self.state = ClientState.HANDSHAKING
 
@@ -471,6 +493,8 @@ class SignalClientCore:
                 if frame.type is FrameType.HANDSHAKE_RESPONSE:
                     channel.receive_handshake(frame)
                     self._on_channel_up(now)
+                elif frame.type is FrameType.HANDSHAKE_RETRY:
+                    self._retry(frame.payload)
                 else:
                     plaintext = channel.decrypt(frame)
                     self._last_rx = now
@@ -481,6 +505,25 @@ class SignalClientCore:
         except ChannelError as exc:
             self.counters.channel_errors += 1
             self._abandon(now, f"channel: {exc}")
+
+    def _retry(self, token: bytes) -> None:
+        """The rendezvous is under load and asks for a proof (:mod:`p2ptun.signal.channel`):
+        once per connection, answer with a fresh message 1 and the proof for ``token``."""
+        if self.state is not ClientState.HANDSHAKING or self._retried:
+            raise ChannelError("unexpected handshake retry")
+        if len(token) != RETRY_TOKEN_LEN:
+            raise SignalDecodeError("handshake retry token of the wrong length")
+        self._retried = True
+        if self._proof_key is None:
+            try:
+                self._proof_key = proof_key(self._private, self.rendezvous_key)
+            except NoiseError:
+                raise ChannelError("the rendezvous key gives no proof key") from None
+        self._channel = NoiseChannel.initiator(
+            self._private, self.rendezvous_key, self.rng, self.channel_limits
+        )
+        self._outbox += self._channel.start_with_proof(self.box.public_key, token, self._proof_key)
+        self.counters.retries += 1
 
     def _live_channel(self) -> NoiseChannel | None:
         return self._channel if self.connected else None
@@ -601,7 +644,10 @@ class SignalClientCore:
             message = self.box.open(sender, blob, self.wall_clock())
         except SealError as exc:
             self.counters.refused_signals += 1
-            log.warning("refused signaling", peer=sender, reason=exc.reason)
+            suppressed = self._refusal_log.allow(self._now)
+            if suppressed is not None:
+                extra = {"suppressed": suppressed} if suppressed else {}
+                log.warning("refused signaling", peer=sender, reason=exc.reason, **extra)
             return
         accepted = self.negotiations[sender].on_receive(message)
         if accepted is None:
