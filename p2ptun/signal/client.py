@@ -121,6 +121,11 @@ class ClientState(enum.Enum):
     STOPPED = "stopped"
 
 
+#: Messages kept from an announced member until the daemon adds it (see ``_on_deliver``).
+MAX_EARLY_PER_SENDER = 4
+MAX_EARLY_SENDERS = 64
+EARLY_TTL = 10.0
+
 _CONNECTED = frozenset({ClientState.HANDSHAKING, ClientState.REGISTERING, ClientState.READY})
 _ATTEMPTING = frozenset({ClientState.CONNECTING, ClientState.HANDSHAKING, ClientState.REGISTERING})
 
@@ -301,6 +306,8 @@ class SignalClientCore:
         self.revocations = revocations
         #: Members the rendezvous says are online (accepted as peers or not).
         self.members_online: set[str] = set()
+        #: Messages from announced members not yet added as peers: ``(arrived, blob)``.
+        self._early: dict[str, list[tuple[float, bytes]]] = {}
         self.state = ClientState.IDLE
         self.connect_at: float = now
         self.counters = ClientCounters()
@@ -450,6 +457,7 @@ class SignalClientCore:
                     self._events.append(PresenceChanged(peer, False))
             self.presence.clear()
             self.members_online.clear()
+            self._early.clear()
             for negotiation in self.negotiations.values():
                 if negotiation.state is NegotiationState.OFFERING and negotiation.pending:
                     negotiation.wait_for_peer(negotiation.pending)
@@ -571,6 +579,7 @@ class SignalClientCore:
                 self._on_presence(msg.name, True)
         elif isinstance(msg, MemberGone):
             self.members_online.discard(msg.name)
+            self._early.pop(msg.name, None)
             self._events.append(MemberLeft(msg.name))
             if msg.name in self.negotiations:
                 self._on_presence(msg.name, False)
@@ -640,6 +649,14 @@ class SignalClientCore:
             self._route(peer, pending)
 
     def _on_deliver(self, sender: str, blob: bytes) -> None:
+        if sender not in self.box.peers and sender in self.members_online:
+            # An announced member the daemon is still verifying (add_peer comes once its
+            # certificate checked out): keep its first messages — typically its offer, sent
+            # the moment it saw us announced — for add_peer, instead of refusing them and
+            # leaving the member to wait out its offer timeout. Bounded per member and in all;
+            # dropped after EARLY_TTL or when the member leaves.
+            self._keep_early(sender, blob)
+            return
         try:
             message = self.box.open(sender, blob, self.wall_clock())
         except SealError as exc:
@@ -657,6 +674,18 @@ class SignalClientCore:
         self._events.append(
             SignalReceived(sender, accepted.message, accepted.role, accepted.superseded)
         )
+
+    def _keep_early(self, sender: str, blob: bytes) -> None:
+        kept = self._early.get(sender)
+        if kept is None:
+            if len(self._early) >= MAX_EARLY_SENDERS:
+                self.counters.refused_signals += 1
+                return
+            kept = self._early[sender] = []
+        if len(kept) >= MAX_EARLY_PER_SENDER:
+            self.counters.refused_signals += 1
+            return
+        kept.append((self._now, blob))
 
     def _on_route_failed(self, msg: RouteFailed) -> None:
         entry = self._routes.pop(msg.ref, None)
@@ -746,6 +775,9 @@ class SignalClientCore:
                 self._on_presence(name, name in self.members_online)
         elif self.ready:
             self._send(Watch((name,)))
+        for at, blob in self._early.pop(name, []):
+            if self._now - at <= EARLY_TTL:
+                self._on_deliver(name, blob)
 
     def remove_peer(self, name: str) -> None:
         """Forget a peer added with :meth:`add_peer` (revoked, expired, gone)."""

@@ -21,6 +21,7 @@ from p2ptun.rendezvous.store import MemoryStore
 from p2ptun.signal.backoff import Backoff, BackoffPolicy
 from p2ptun.signal.channel import ChannelLimits
 from p2ptun.signal.client import (
+    EARLY_TTL,
     ClientEvent,
     ClientState,
     ClientTimers,
@@ -523,6 +524,32 @@ def test_an_offer_lost_in_a_replaced_connection_is_sent_again() -> None:
     assert b.core.ready
     [got] = b.of(SignalReceived)
     assert got.message.session == session and got.role is Role.CONTROLLED
+
+
+def test_an_announced_members_offer_waits_for_the_daemon_to_accept_the_member() -> None:
+    """alice was announced as a member of bob's network and offers at once; bob's daemon is
+    still verifying her certificate (add_peer not yet called). Her offer is kept, not
+    refused, and delivered when bob adds her; what is kept is bounded and expires."""
+    net, a, b, ka, _kb = two_nodes()
+    b.core.remove_peer("alice")  # bob's daemon has not accepted alice yet
+    b.core.members_online.add("alice")  # ... but the rendezvous announced her
+    session = a.core.offer("bob", "from alice")
+    net.step()
+    assert b.of(SignalReceived) == [] and b.core.counters.refused_signals == 0
+    b.core.add_peer("alice", public_key(ka))
+    b.events.extend(b.core.events())
+    [got] = b.of(SignalReceived)
+    assert got.message == Offer(session, "from alice") and got.role is Role.CONTROLLED
+    # Kept only for a while: once EARLY_TTL passed, add_peer finds nothing to deliver.
+    b.core.remove_peer("alice")
+    b.events.clear()
+    a.core.negotiations["bob"].reset()
+    a.core.offer("bob", "again")
+    net.step()
+    net.run_until(net.now + EARLY_TTL + 1)
+    b.core.add_peer("alice", public_key(ka))
+    b.events.extend(b.core.events())
+    assert b.of(SignalReceived) == []
 
 
 def test_turn_credentials_rest_api_form() -> None:
