@@ -13,6 +13,10 @@ nftables NATs) for end-to-end tests, the demo and the bench, and the programs ru
   process (``python -m p2plab.ice_probe``), for the NAT-lab and aioice interop tests.
 - :mod:`p2plab.cli`: ``scripts/natlab`` (``python -m p2plab``).
 - :mod:`p2plab.bench`: ``scripts/bench``'s tunnel table (``python -m p2plab.bench``).
+- :mod:`p2plab.hostile`: hostile clients run in lab hosts, each bounded in rate and time
+  (``python -m p2plab.hostile``), for the hostile-client tests and the soak.
+- :mod:`p2plab.soak`: ``scripts/soak``, a rendezvous and two nodes under mixed hostile load.
+- :mod:`p2plab.wireguard_go`: waiting for wireguard-go without racing its UAPI socket.
 - :mod:`p2plab.wgtunnel_tool`: the node's data path as a process with fixed peers
   (``python -m p2plab.wgtunnel_tool``), for the wireguard-go interop tests.
 - :mod:`p2plab.natmodel` and :mod:`p2plab.memnet`: NAT behaviour as data, and an in-memory

@@ -80,6 +80,7 @@ from types import FrameType
 from typing import IO, Any
 
 from p2plab.natlab import NatLab, iter_lines, lab_unavailable_reason
+from p2plab.wireguard_go import uapi_accepts, uapi_socket
 from p2ptun.errors import RuntimeFailure
 from p2ptun.keys import encode_key, generate_private_key, public_key
 from p2ptun.node import control
@@ -547,7 +548,10 @@ class P2ptunTunnel(Tunnel):
 
     def _env(self) -> dict[str, str]:
         """Environment for every p2ptun process: its own run directory."""
-        return {"P2PTUN_RUN_DIR": str(self.run_dir)}
+        return {
+            "P2PTUN_RUN_DIR": str(self.run_dir),
+            "P2PTUN_STATE_DIR": str(self.run_dir.parent / "state"),
+        }
 
     def _start_rendezvous(self) -> None:
         """``p2ptun rendezvous`` on the server: signaling, STUN and TURN."""
@@ -561,7 +565,9 @@ class P2ptunTunnel(Tunnel):
             f'database = "{work}/rendezvous.sqlite"\n'
             f'[stun]\nlisten = ["{RV}:3478"]\n'
             f'[turn]\nrealm = "bench"\nrelay_address = "{RV}"\nrelay_ports = "49152-49999"\n'
-            f'auth_secret = "{secrets.token_hex(16)}"\n' + nodes
+            f'auth_secret = "{secrets.token_hex(16)}"\n'
+            # The lab's public addresses are documentation blocks, denied by default.
+            'allow_peers = ["192.0.2.0/24", "198.51.100.0/24"]\n' + nodes
         )
         path.chmod(0o600)
         argv = [sys.executable, "-m", "p2ptun", "rendezvous", "-c", str(path)]
@@ -689,7 +695,7 @@ class WireguardGoTunnel(Tunnel):
         self.keys = [generate_private_key(), generate_private_key()]
         self.procs: list[subprocess.Popen[Any]] = []
         for ifname in self.ifnames:
-            sock = Path(f"/var/run/wireguard/{ifname}.sock")
+            sock = uapi_socket(ifname)
             # wireguard-go removes its UAPI socket on SIGTERM, not when it had to be killed
             bench.lab.add_cleanup(functools.partial(sock.unlink, missing_ok=True))
 
@@ -700,7 +706,8 @@ class WireguardGoTunnel(Tunnel):
         proc = self.bench.daemon(site, ifname, ["wireguard-go", ifname], WG_PROCESS_FOREGROUND="1")
         self.procs.append(proc)
         deadline = time.monotonic() + 10
-        while self.lab.exec(site, "wg", "show", ifname, timeout=10).returncode != 0:
+        # Not by polling ``wg show``: see p2plab.wireguard_go for the race that would start.
+        while not uapi_accepts(ifname):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise BenchError(f"wireguard-go did not come up:\n{self.bench.tail_logs()}")
             time.sleep(0.02)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import ipaddress
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
@@ -45,6 +45,7 @@ from p2ptun.config import (
     NetworkConfig,
     NetworkEntry,
     NodeConfig,
+    NodeEntry,
     PeerConfig,
     RendezvousConfig,
     RendezvousRef,
@@ -64,6 +65,7 @@ from p2ptun.membership import (
 from p2ptun.node.daemon import NodeDaemon
 from p2ptun.rendezvous.server import run_rendezvous
 from p2ptun.rendezvous.signaling import SignalingServer
+from p2ptun.signal.seal import MemoryReplayRecord
 
 RENDEZVOUS_IP = "203.0.113.10"
 SIGNALING_PORT = 7070
@@ -79,6 +81,8 @@ class MemoryNode:
     host: MemoryHost
     config: NodeConfig
     _daemon: NodeDaemon | None = None
+    seal_state: MemoryReplayRecord = field(default_factory=MemoryReplayRecord)
+    """The node's record of sealed-message counters (kept across a restart of its daemon)."""
     certificate: Certificate | None = None
 
     @property
@@ -255,7 +259,9 @@ class MemoryLab:
             peers=peers,
             network=network,
         )
-        node._daemon = NodeDaemon(node.config, host=node.host, control_socket=False)
+        node._daemon = NodeDaemon(
+            node.config, host=node.host, control_socket=False, seal_state=node.seal_state
+        )
 
     def rendezvous_config(self) -> RendezvousConfig:
         database = ":memory:" if self._state_dir is None else str(self._state_dir / "rv.sqlite")
@@ -266,6 +272,11 @@ class MemoryLab:
                 relay_address=RENDEZVOUS_IP,
                 relay_ports=(49152, 49999),
                 auth_secret=self._auth_secret,
+                # The lab's public addresses are documentation blocks, denied by default.
+                allow_peers=(
+                    ipaddress.ip_network("192.0.2.0/24"),
+                    ipaddress.ip_network("198.51.100.0/24"),
+                ),
             )
         networks: tuple[NetworkEntry, ...] = ()
         if self.network_name is not None:
@@ -275,10 +286,14 @@ class MemoryLab:
             listen=(RENDEZVOUS_IP, SIGNALING_PORT),
             private_key=self.rendezvous_key,
             database=database,
-            open_registration=self.network_name is None,
+            open_registration=False,
             stun=StunServerSettings(((RENDEZVOUS_IP, STUN_PORT),)),
             turn=turn,
-            nodes=(),
+            # Without a network the nodes are listed: they get TURN credentials (self-registered
+            # ones would not); members of a network get them by their certificates.
+            nodes=()
+            if self.network_name is not None
+            else tuple(NodeEntry(n.name, public_key(n.config.private_key)) for n in self.nodes),
             networks=networks,
         )
 

@@ -81,6 +81,37 @@ class Logger:
         self._log(logging.ERROR, message, fields)
 
 
+class LogLimiter:
+    """Rate limit for one kind of log line that strangers can provoke at will (a refused
+    connection, a refused message): at most ``burst`` lines at once, then one per
+    ``interval`` seconds. :meth:`allow` says whether to write the line and how many were
+    suppressed since the last one written (log that number with it). ``now`` is passed in,
+    so the sans-I/O cores use it with their own clock."""
+
+    __slots__ = ("_at", "_suppressed", "_tokens", "burst", "interval")
+
+    def __init__(self, interval: float = 10.0, burst: int = 5) -> None:
+        self.interval = interval
+        self.burst = burst
+        self._tokens = float(burst)
+        self._at: float | None = None
+        self._suppressed = 0
+
+    def allow(self, now: float) -> int | None:
+        """None: drop this line (it is counted). Else the number of lines suppressed since
+        the last one let through (0 mostly): write the line, with that number if not 0."""
+        if self._at is not None and now > self._at:
+            self._tokens = min(float(self.burst), self._tokens + (now - self._at) / self.interval)
+        if self._at is None or now > self._at:
+            self._at = now
+        if self._tokens < 1.0:
+            self._suppressed += 1
+            return None
+        self._tokens -= 1.0
+        suppressed, self._suppressed = self._suppressed, 0
+        return suppressed
+
+
 def get_logger(component: str) -> Logger:
     """Logger for one component, e.g. ``get_logger("turn.server")``."""
     return Logger(logging.getLogger(f"{_ROOT}.{component}"))

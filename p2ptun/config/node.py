@@ -184,7 +184,7 @@ def _interface(t: Table) -> InterfaceConfig:
     ifname = t.string("name", required=True)
     if len(ifname) >= IFNAMSIZ:
         raise t.error("name", f"{ifname!r} is {len(ifname)} characters", "Linux allows at most 15")
-    if not IFNAME_RE.match(ifname) or ifname in (".", ".."):
+    if not IFNAME_RE.fullmatch(ifname) or ifname in (".", ".."):
         raise t.error(
             "name",
             f"{ifname!r} is not a valid interface name",
@@ -235,7 +235,7 @@ def _turn_server(t: Table) -> TurnServerConfig:
     url = t.string("url", required=True)
     host, port, transport = t.parse("url", url, parse_turn_url, "a TURN URL")
     username = t.string("username")
-    password = t.string("password")
+    password = t.secret("password")
     if (username is None) != (password is None):
         missing = "password" if password is None else "username"
         raise t.error(

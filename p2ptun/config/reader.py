@@ -19,6 +19,12 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+from p2ptun.config.examples import (
+    KEY_HINT,
+    SECRET_HINT,
+    example_key_problem,
+    placeholder_problem,
+)
 from p2ptun.errors import ConfigError
 from p2ptun.keys import decode_key
 
@@ -203,21 +209,41 @@ class Table:
 
     # -- keys ------------------------------------------------------------------------------
 
-    def key_value(self, name: str, *, required: bool = True) -> bytes | None:
-        """A base64 WireGuard key (``wg genkey`` format) at ``name``."""
+    def key_value(self, name: str, *, required: bool = True, private: bool = False) -> bytes | None:
+        """A base64 WireGuard key (``wg genkey`` format) at ``name``; a key published in the
+        example configs is refused (:mod:`p2ptun.config.examples`)."""
         raw = self.string(name, required=required)
         if raw is None:
             return None
         try:
-            return decode_key(raw)
+            key = decode_key(raw)
         except ValueError as exc:
             raise self.error(
                 name, str(exc), "generate one with 'p2ptun genkey' or 'wg genkey'"
             ) from None
+        self._refuse_example_key(name, key, private=private)
+        return key
+
+    def _refuse_example_key(self, name: str, key: bytes, *, private: bool) -> None:
+        problem = example_key_problem(key, private=private)
+        if problem is not None:
+            raise self.error(name, problem, KEY_HINT)
+
+    def secret(self, name: str) -> str | None:
+        """A password or shared secret at ``name``; a placeholder of the example configs
+        (``change-me``...) is refused."""
+        value = self.string(name)
+        if value is not None:
+            problem = placeholder_problem(value)
+            if problem is not None:
+                raise self.error(name, problem, SECRET_HINT)
+        return value  # type: ignore[no-any-return]
 
     def private_key(self, prefix: str = "private_key") -> bytes:
         """``private_key`` inline, or ``private_key_file`` — exactly one of them. A relative
-        file name is relative to the config file's directory."""
+        file name is relative to the config file's directory. A key published in the example
+        configs is refused; an inline key in a config file other users can read, like such a
+        key file, is a warning."""
         file_key = f"{prefix}_file"
         inline = self.has(prefix)
         in_file = self.has(file_key)
@@ -229,13 +255,30 @@ class Table:
                 file_key, "missing", f'set {file_key} = "/etc/p2ptun/NAME.key" or {prefix}'
             )
         if inline:
-            key = self.key_value(prefix)
+            key = self.key_value(prefix, private=True)
             assert key is not None
+            self._warn_if_readable(prefix, self.source.file, "the config file holding it")
             return key
         path = self.string(file_key, required=True)
         if not os.path.isabs(path):
             path = os.path.join(os.path.dirname(os.path.abspath(self.source.file)), path)
-        return self.read_key_file(file_key, path)
+        key = self.read_key_file(file_key, path)
+        self._refuse_example_key(file_key, key, private=True)
+        return key
+
+    def _warn_if_readable(self, key: str, path: str, what: str) -> None:
+        """Warn when ``path`` (a key file, or the config holding an inline key) can be read
+        by other users."""
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            return
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            self.source.warnings.append(
+                f"{self.source.file}: {self.key(key)}: {path} ({what}) is accessible by "
+                f"other users (mode {stat.S_IMODE(mode):04o}); run 'chmod 600 {path}'"
+                + ("" if what.startswith("the key") else f" or move the key to {key}_file")
+            )
 
     def read_key_file(self, key: str, path: str) -> bytes:
         """Read a key file named by ``key``; a file other users can read is a warning."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from p2ptun.config.examples import SECRET_HINT, placeholder_problem
 from p2ptun.config.node import authority_key, read_revocations
 from p2ptun.config.reader import ConfigFile, Table
 from p2ptun.config.schema import (
@@ -36,6 +37,7 @@ def rendezvous_config(source: ConfigFile, data: dict[str, Any]) -> RendezvousCon
         "private_key_file",
         "database",
         "open_registration",
+        "open_registration_turn",
         "stun",
         "turn",
         "node",
@@ -52,6 +54,19 @@ def rendezvous_config(source: ConfigFile, data: dict[str, Any]) -> RendezvousCon
     if not database:
         raise top.error("database", "empty", "a path such as /var/lib/p2ptun/rendezvous.sqlite")
     open_reg = top.boolean("open_registration")
+    open_turn = top.boolean("open_registration_turn")
+    if open_reg:
+        source.warnings.append(
+            f"{source.file}: open_registration = true: anyone who can reach "
+            "the signaling port may claim a name not yet taken (rate-limited and capped)"
+        )
+    if open_turn and not open_reg:
+        raise top.error("open_registration_turn", "only applies with open_registration = true")
+    if open_turn:
+        source.warnings.append(
+            f"{source.file}: open_registration_turn = true: self-registered nodes get TURN "
+            "credentials, so anyone may relay through this server"
+        )
 
     stun = None
     stun_t = top.table("stun")
@@ -121,6 +136,7 @@ def rendezvous_config(source: ConfigFile, data: dict[str, Any]) -> RendezvousCon
         private_key=private,
         database=database,
         open_registration=open_reg,
+        open_registration_turn=open_turn,
         stun=stun,
         turn=turn,
         nodes=tuple(nodes),
@@ -147,8 +163,11 @@ def _turn_settings(t: Table) -> TurnServerSettings:
                 raise users_t.error(user, "expected a non-empty password string")
             if ":" in user or not user:
                 raise users_t.error(user, "user names cannot contain ':'")
+            problem = placeholder_problem(password)
+            if problem is not None:
+                raise users_t.error(user, problem, SECRET_HINT)
             users[user] = password
-    secret = t.string("auth_secret")
+    secret = t.secret("auth_secret")
     if secret is not None and len(secret) < 16:
         raise t.error("auth_secret", "too short", "use at least 16 random characters")
     if not users and secret is None:

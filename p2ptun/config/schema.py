@@ -23,11 +23,13 @@ DEFAULT_STUN_PORT = 3478
 DEFAULT_TURNS_PORT = 5349
 DEFAULT_RENDEZVOUS_PORT = 7070
 IFNAMSIZ = 16  # Linux: 15 characters and the terminating NUL
-NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62})$")
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+"""Node and peer names; match with ``fullmatch`` (so that no trailing newline slips through)."""
 NAME_RULE = (
     "1-63 characters: lower-case letters, digits, '.', '_', '-', starting with a letter or digit"
 )
-IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+IFNAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+"""Interface names; match with ``fullmatch``."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -183,6 +185,8 @@ class RendezvousConfig:
     nodes: tuple[NodeEntry, ...]
     warnings: tuple[str, ...] = ()
     networks: tuple[NetworkEntry, ...] = ()
+    #: Self-registered nodes (open registration) get TURN credentials too.
+    open_registration_turn: bool = False
 
     @property
     def public_key(self) -> bytes:

@@ -21,6 +21,11 @@ from p2ptun.config.schema import (
 )
 
 
+def _digits(text: str) -> bool:
+    """ASCII digits only (``str.isdigit`` also takes other scripts' digits and superscripts)."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_interface_address(text: str) -> IPInterface:
     if "/" not in text:
         raise ValueError("a prefix length is required, e.g. 10.77.0.1/24")
@@ -79,7 +84,7 @@ def parse_stun_server(text: str) -> Address:
 
 def parse_port_range(text: str) -> tuple[int, int]:
     lo_text, sep, hi_text = text.partition("-")
-    if not sep or not lo_text.isdigit() or not hi_text.isdigit():
+    if not sep or not _digits(lo_text) or not _digits(hi_text):
         raise ValueError("expected LOW-HIGH, e.g. 49152-65535")
     lo, hi = int(lo_text), int(hi_text)
     if not 1024 <= lo <= hi <= 65535:
@@ -102,6 +107,6 @@ def parse_listen(text: str, default_port: int) -> Address:
 
 def check_name(table: Table, key: str, value: str) -> str:
     """A node or peer name at ``key``: :data:`~p2ptun.config.schema.NAME_RE`, else a ConfigError."""
-    if not NAME_RE.match(value):
+    if not NAME_RE.fullmatch(value):
         raise table.error(key, f"{value!r} is not a valid name", NAME_RULE)
     return value

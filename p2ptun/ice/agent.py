@@ -44,6 +44,12 @@ Behaviour, with the RFC sections implemented
   eliminated (§5.1.3); pairs are formed from *bases* only (host and relay candidates), which is
   the pruning of §6.1.2.4 done up front; remote candidates of any type, peer-reflexive ones
   learnt from checks (§7.3.1.3) and upgraded when signalled later (RFC 8838 §11.4).
+  Remote candidates are the peer's word, and checks go where they point: one that points at
+  an unspecified, multicast or broadcast address, at loopback, at a link-local address (unless
+  ``allow_link_local``) or at one of this agent's own host addresses (unless ``allow_local``)
+  is refused and counted (``remote_candidates_forbidden``), signalled or learnt alike, so a
+  peer cannot turn our checks on our own host or LAN services (RFC 8445 §19.1, §19.2.1 ask
+  agents to limit what checks can reach).
 - Check list (§6.1.2, :mod:`p2ptun.ice.checklist`): priorities (§6.1.2.3), states, initial
   Waiting/Frozen per foundation (§6.1.2.6, incrementally as in RFC 8838 §10), unfreezing on
   success (§7.2.5.3.3), a limit on pairs (§6.1.2.4).
@@ -205,6 +211,9 @@ __all__ = [
 
 log = get_logger("ice")
 
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+_THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
+
 
 @dataclass(frozen=True)
 class AgentConfig:
@@ -272,6 +281,11 @@ class AgentConfig:
     standby_interval: float = 10.0
     #: SOFTWARE attribute in our responses (None: none).
     software: str | None = None
+    #: Accept remote candidates at link-local addresses (the ``[ice] ipv6_link_local`` setting).
+    allow_link_local: bool = False
+    #: Accept remote candidates at loopback and at this agent's own host addresses: agents
+    #: that share one host in tests and labs. Off, a peer cannot point our checks at us.
+    allow_local: bool = False
 
     def __post_init__(self) -> None:
         if self.ta <= 0 or self.check_rto_min <= 0:
@@ -336,6 +350,8 @@ class IceStats:
     early_checks_dropped: int = 0
     remote_candidates_ignored: int = 0
     remote_candidates_dropped: int = 0
+    #: Remote candidates (signalled or peer-reflexive) at addresses checks may not go to.
+    remote_candidates_forbidden: int = 0
     local_candidates_dropped: int = 0
     credentials_rejected: int = 0
     transaction_limit_hits: int = 0
@@ -614,7 +630,7 @@ class IceAgent:
         gen.local_candidates.append(candidate)
         if candidate.type in (CandidateType.HOST, CandidateType.RELAY):
             for remote in gen.remote_candidates:
-                if can_pair(candidate, remote):
+                if can_pair(candidate, remote) and not self._own_host(gen, remote.host):
                     gen.checklist.add(candidate, remote)
         self._drain_early(now)
         self._after_input(now)
@@ -656,17 +672,17 @@ class IceAgent:
     def add_remote_candidate(self, candidate: Candidate, now: float) -> bool:
         """A remote candidate was signalled (before or during checks: trickle ICE).
 
-        Ignored (False): other components or transports, unspecified/multicast addresses,
-        duplicates, and anything beyond ``max_remote_candidates``. A candidate with the
-        address of a peer-reflexive one replaces it, keeping pair states (RFC 8838 §11.4).
+        Ignored (False): other components or transports, duplicates, and anything beyond
+        ``max_remote_candidates``; addresses checks may not go to (:meth:`_forbidden`) are
+        refused and counted as ``remote_candidates_forbidden``. A candidate with the address
+        of a peer-reflexive one replaces it, keeping pair states (RFC 8838 §11.4).
         """
         gen = self._gen
         if candidate.component != 1 or candidate.transport is not Transport.UDP:
             self.stats.remote_candidates_ignored += 1
             return False
-        ip = ipaddress.ip_address(candidate.host)
-        if ip.is_unspecified or ip.is_multicast:
-            self.stats.remote_candidates_ignored += 1
+        if self._forbidden(gen, candidate.host):
+            self.stats.remote_candidates_forbidden += 1
             return False
         existing = gen.remote(candidate.address)
         if existing is not None:
@@ -966,6 +982,9 @@ class IceAgent:
         cand = gen.remote(address)
         if cand is not None:
             return cand
+        if self._forbidden(gen, address[0]):
+            self.stats.remote_candidates_forbidden += 1
+            return None
         if len(gen.remote_candidates) >= self.config.max_remote_candidates:
             self.stats.remote_candidates_dropped += 1
             return None
@@ -973,6 +992,29 @@ class IceAgent:
         cand = make_prflx_candidate(address, priority, foundation=f"prflx{gen.prflx_serial}")
         gen.remote_candidates.append(cand)
         return cand
+
+    def _forbidden(self, gen: _Generation, host: str) -> bool:
+        """May our checks not go to ``host``? Unspecified, multicast and broadcast addresses
+        never; loopback and our own host addresses unless ``allow_local``; link-local ones
+        unless ``allow_link_local``."""
+        ip = ipaddress.ip_address(host)
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if ip.is_unspecified or ip.is_multicast or ip.is_reserved:
+            return True
+        if isinstance(ip, ipaddress.IPv4Address) and (ip == _BROADCAST or ip in _THIS_NETWORK):
+            return True
+        if ip.is_link_local and not self.config.allow_link_local:
+            return True
+        if self.config.allow_local:
+            return False
+        return ip.is_loopback or self._own_host(gen, str(ip))
+
+    def _own_host(self, gen: _Generation, host: str) -> bool:
+        """Is ``host`` one of this agent's host candidate addresses (unless ``allow_local``)?"""
+        if self.config.allow_local:
+            return False
+        return any(c.type is CandidateType.HOST and c.host == host for c in gen.local_candidates)
 
     def _on_check(
         self,

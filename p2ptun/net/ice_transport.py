@@ -631,15 +631,17 @@ class IceTransport:
     connections, and the random sources: ``host.rng`` for the agents' tie-breakers,
     transaction ids and consent jitter, ``host.random_bytes`` for ICE credentials and STUN/TURN
     transaction ids); ``credentials`` supplies TURN credentials for servers configured without
-    them. ``agent_config`` is the default agent configuration. ``relayed_wireguard(data,
-    peer, relay)`` takes every WireGuard datagram a relay unwrapped instead of the sessions'
-    ``on_data`` (the node: its data path). ``after_relay_batch`` is called after data a stream
-    (TCP/TLS) relay delivered (the node flushes its data path there; a UDP relay's data
-    arrives inside the socket's batch, whose end does that). ``on_gathered(round)`` is called
-    when a gathering round finished, ``on_mapping_moved()`` when a keepalive Binding found the
-    node mapped elsewhere between rounds (:class:`~p2ptun.net.gather.Gatherer`), ``on_timer()``
-    whenever the agents' timer woke the node (the node piggybacks its suspend check on these
-    wake-ups, which happen anyway while a peer is connected).
+    them. ``agent_config`` is the default agent configuration (by default the agents accept
+    link-local remote candidates only when ``options`` gather link-local addresses).
+    ``relayed_wireguard(data, peer, relay)`` takes every WireGuard datagram a relay unwrapped
+    instead of the sessions' ``on_data`` (the node: its data path). ``after_relay_batch`` is
+    called after data a stream (TCP/TLS) relay delivered (the node flushes its data path there;
+    a UDP relay's data arrives inside the socket's batch, whose end does that).
+    ``on_gathered(round)`` is called when a gathering round finished, ``on_mapping_moved()``
+    when a keepalive Binding found the node mapped elsewhere between rounds
+    (:class:`~p2ptun.net.gather.Gatherer`), ``on_timer()`` whenever the agents' timer woke the
+    node (the node piggybacks its suspend check on these wake-ups, which happen anyway while a
+    peer is connected).
     """
 
     def __init__(
@@ -659,7 +661,7 @@ class IceTransport:
     ) -> None:
         self.rng: RandomSource = host.rng
         self.random_bytes = host.random_bytes
-        self.agent_config = agent_config or AgentConfig()
+        self.agent_config = agent_config or AgentConfig(allow_link_local=options.include_link_local)
         self.counters = TransportCounters()
         self.on_gathered = on_gathered
         self.on_timer = on_timer

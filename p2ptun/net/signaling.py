@@ -45,7 +45,7 @@ from p2ptun.signal.client import (
     TurnUnavailable,
 )
 from p2ptun.signal.messages import TurnCredentials
-from p2ptun.signal.seal import PeerMessage, SealPolicy
+from p2ptun.signal.seal import PeerMessage, ReplayRecord, SealPolicy
 
 log = get_logger("signal.client")
 
@@ -71,6 +71,7 @@ class SignalingClient:
         seal_policy: SealPolicy | None = None,
         channel_limits: ChannelLimits | None = None,
         buffer: int = 1024,
+        replay: ReplayRecord | None = None,
         certificate: bytes | None = None,
         revocations: bytes | None = None,
     ) -> None:
@@ -92,6 +93,7 @@ class SignalingClient:
             timers=timers,
             seal_policy=seal_policy,
             channel_limits=channel_limits,
+            replay=replay,
             certificate=certificate,
             revocations=revocations,
         )

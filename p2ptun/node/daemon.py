@@ -40,7 +40,9 @@ refused with one log line and the running config stays. Otherwise peers that dis
 removed (their routes with them), new peers are added (routes appear), peers whose allowed IPs
 changed get their routes and WireGuard routing updated, and interface addresses and MTU are
 applied; the other peers' sessions are not touched. A changed peer set or rendezvous replaces
-the signaling client (established paths do not depend on it). A renewed certificate
+the signaling client (established paths do not depend on it); the record of the sealed-message
+counters accepted (:mod:`p2ptun.node.sealstate`, a state file) outlives it, so a reload, like a
+restart, gives a malicious rendezvous nothing to replay. A renewed certificate
 (``[network] cert_file``) is handed to the rendezvous on the running connection, and a newer
 revocation list file is applied and published; tunnels are not touched. Changing ``name``, the
 private key, ``[interface] name`` or the network's authority needs a restart: such a reload is
@@ -80,6 +82,7 @@ from p2ptun.node.clockwatch import SuspendDetector
 from p2ptun.node.mss import mss_for_mtu
 from p2ptun.node.network import NetworkPeers
 from p2ptun.node.peer import PeerSession
+from p2ptun.node.sealstate import SealStateFile, seal_state_path
 from p2ptun.node.wgtunnel import WgTunnel
 from p2ptun.signal.client import (
     Disconnected,
@@ -89,6 +92,7 @@ from p2ptun.signal.client import (
     RegistrationRefused,
     RevocationsReceived,
 )
+from p2ptun.signal.seal import ReplayRecord
 from p2ptun.wireguard import Device, PathQuiet, Peer
 
 if TYPE_CHECKING:
@@ -167,11 +171,16 @@ def routes_for(
 
 
 def signaling_client(
-    config: NodeConfig, host: Host, revocations: bytes | None = None
+    config: NodeConfig,
+    host: Host,
+    revocations: bytes | None = None,
+    replay: ReplayRecord | None = None,
 ) -> SignalingClient:
     """The signaling client for a node config: this node's name and key, the rendezvous'
     address and key, the configured peers' keys (which sealed messages it accepts) and, for a
-    member of a network, its certificate and the newest revocation list it knows."""
+    member of a network, its certificate and the newest revocation list it knows; ``replay``
+    remembers the sealed-message counters accepted (the daemon's state file, kept across the
+    clients a reload replaces)."""
     network = config.network
     return SignalingClient(
         host,
@@ -182,6 +191,7 @@ def signaling_client(
         peers={p.name: p.public_key for p in config.peers},
         certificate=None if network is None else network.certificate.encode(),
         revocations=revocations,
+        replay=replay,
     )
 
 
@@ -202,10 +212,14 @@ class NodeDaemon:
         host: Host | None = None,
         notifier: Notifier | None = None,
         control_socket: bool = True,
+        seal_state: ReplayRecord | None = None,
     ) -> None:
         """``host``: the machine (default: this one, :class:`SystemHost`; the tests' in-memory
         network gives another). ``control_socket``: serve ``status``/``ping`` on the config's
-        control socket (off for daemons that share a process in tests)."""
+        control socket (off for daemons that share a process in tests). ``seal_state``: where
+        the sealed-message counters accepted are kept (default: the state file of
+        :func:`~p2ptun.node.sealstate.seal_state_path`; daemons that share a process in tests
+        pass an in-memory record)."""
         self.config = config
         self.host: Host = host if host is not None else SystemHost()
         self.notifier = notifier if notifier is not None else Notifier()
@@ -227,6 +241,12 @@ class NodeDaemon:
         self._suspend = SuspendDetector()
         self._restart_after_round = False
         self._last_consent_regather = -CONSENT_REGATHER_INTERVAL
+        #: The sealed-message counters accepted, on disk (replays refused across restarts).
+        self.seal_state: ReplayRecord = (
+            seal_state
+            if seal_state is not None
+            else SealStateFile(seal_state_path(config.interface.name), config.public_key)
+        )
         #: When the current rendezvous connection registered (None: not registered yet).
         self._registered_at: float | None = None
         self.network = (
@@ -449,7 +469,10 @@ class NodeDaemon:
     async def _start_signaling(self, nursery: trio.Nursery) -> None:
         network = self.network
         client = signaling_client(
-            self.config, self.host, None if network is None else network.revocations
+            self.config,
+            self.host,
+            None if network is None else network.revocations,
+            self.seal_state,
         )
         explicit = {p.name for p in self.config.peers}
         for name, session in self.peers.items():

@@ -10,7 +10,9 @@
 * **UDP → TUN**: the node's sockets are drained in batches by their one
   :class:`~p2ptun.net.dispatch.Dispatcher`, which calls :meth:`WgTunnel.on_datagram` for each
   WireGuard datagram; at the end of the batch (:meth:`WgTunnel.udp_drained`) the decrypted
-  packets go to the TUN device and handshake replies to the peer.
+  packets go to the TUN device and handshake replies to the peer, and the device hears how
+  many handshake messages the batch held (:meth:`Device.report_backlog`): a flood puts it
+  under load, and cookies are demanded (whitepaper §5.3, :mod:`p2ptun.wireguard.load`).
 * **Timers**: one :class:`~p2ptun.net.timer.CoreTimer` sleeps until
   :meth:`Device.next_wakeup`; the data path pulls that deadline earlier when a packet arms a
   sooner timer.
@@ -222,6 +224,7 @@ class WgTunnel:
         self._response_unsent: dict[Peer, bytes] = {}
         self._wrote_tun = False
         self._rx_now: float | None = None
+        self._handshakes_reported = 0
         self._timer = CoreTimer(device.next_wakeup, self._on_timeout)
         self._relay_sources: dict[Address, bytes] = {}
 
@@ -297,8 +300,20 @@ class WgTunnel:
         device from outside the data path (:meth:`Peer.send_keepalive`)."""
         if peer is not None:
             self._touched[peer] = None
+        self._report_handshakes()
         self._rx_now = None
         self._flush_touched()
+
+    def _report_handshakes(self) -> None:
+        """At the end of a receive batch: tell the device how many handshake messages the
+        batch held (the growth of its counter, one subtraction per batch — nothing per
+        packet), so that a deep backlog puts it under load and cookies are demanded
+        (:mod:`p2ptun.wireguard.load`)."""
+        seen = self.device.counters.handshake_messages
+        if seen != self._handshakes_reported:
+            now = self._rx_now if self._rx_now is not None else trio.current_time()
+            self.device.report_backlog(seen - self._handshakes_reported, now)
+            self._handshakes_reported = seen
 
     def close(self) -> None:
         """Close the TUN device (removing the interface). Idempotent."""
@@ -495,6 +510,7 @@ class WgTunnel:
 
     def udp_drained(self) -> None:
         """The end of a socket's batch: write what it decrypted, send what it provoked."""
+        self._report_handshakes()
         self._rx_now = None
         self.counters.udp_batches += 1
         self._flush_touched()

@@ -264,6 +264,7 @@ async def serve_signaling(
         wall_clock=host.wall_clock,
         turn=rest_turn_issuer(config.turn),
         limits=limits,
+        turn_for_self_registered=config.open_registration_turn,
         memberships=networks,
     )
     server = SignalingServer(host, core, config.listen, store=store, networks=networks)

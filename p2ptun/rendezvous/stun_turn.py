@@ -20,7 +20,14 @@ address is bound (or the start fails with one clear line) before anything is ser
   kernel picks the source.
 - TCP on the same addresses, and TLS on ``[turn] tls_listen``: STUN and ChannelData framed on
   the stream (RFC 8489 §6.2.2, RFC 8656 §12.5); each connection is its own 5-tuple and its
-  allocation ends with it.
+  allocation ends with it. Connections are bounded from the moment they are accepted (a TLS
+  handshake in progress counts): :data:`MAX_CONNECTIONS` in all, of which the oldest that
+  never authenticated makes room for a new one, and :data:`MAX_CONNECTIONS_PER_SOURCE` per
+  source; a connection is closed :data:`IDLE_TIMEOUT` after its last authenticated request
+  unless its allocation lives (unauthenticated Bindings keep nothing open; the deadline is
+  checked again when it passes, so an allocation that expired or a Refresh that extended it
+  is seen); what waits to be written to one is bounded in frames and bytes
+  (:data:`STREAM_QUEUE`, :data:`STREAM_QUEUE_BYTES`), the rest dropped and counted.
 - One UDP relay socket per allocation, bound where the core asks (through the
   :class:`~p2ptun.net.ports.Host`); each socket's task wakes once per readiness and drains it
   into receive buffers shared by every UDP socket of the service (no per-packet channel hops,
@@ -44,19 +51,20 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import math
 import ssl
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 
 import trio
 
-from p2ptun.addr import Address, format_address, is_ipv6
+from p2ptun.addr import Address, format_address, is_ipv6, source_key
 from p2ptun.config import StunServerSettings, TurnServerSettings
 from p2ptun.errors import ConfigError, RuntimeFailure
 from p2ptun.log import get_logger
 from p2ptun.net.ports import Connection, DatagramPort, Host, Listener
 from p2ptun.net.timer import CoreTimer
+from p2ptun.net.wakeup import Wakeup
 from p2ptun.stun import (
     channel_data_end,
     channel_data_frame_length,
@@ -83,12 +91,21 @@ log = get_logger("rendezvous.stun_turn")
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError)
 #: Largest frame accepted on a stream (a STUN message or padded ChannelData).
 MAX_STREAM_FRAME = 0xFFFF + 20
-#: Connections served at once (TCP and TLS together); more are closed at once.
 MAX_CONNECTIONS = 1024
-#: A connection without an allocation that sends nothing for this long is closed.
+"""Connections served at once, TCP and TLS together, counted from accept (TLS handshakes in
+progress included); past it the oldest connection that never authenticated is closed for a new
+one, or the new one is refused."""
+MAX_CONNECTIONS_PER_SOURCE = 64
+"""Connections from one source (an IPv4 address, an IPv6 /64); more are refused at once."""
 IDLE_TIMEOUT = 120.0
-#: Frames queued for one stream client before further ones are dropped.
+"""A connection is closed this long after its last authenticated request (or its opening),
+unless its allocation lives: only authenticated progress keeps it open."""
 STREAM_QUEUE = 256
+"""Frames queued for one stream client before further ones are dropped..."""
+STREAM_QUEUE_BYTES = 256 * 1024
+"""...and bytes (a client that does not read holds at most this much, plus one write)."""
+_WRITE_CHUNK = 64 * 1024
+"""Bytes the writer takes off the queue for one write."""
 #: Clients whose 5-tuple objects a UDP listener keeps per local address (rebuilt when the
 #: table is full).
 MAX_FIVE_TUPLES = 4096
@@ -97,6 +114,7 @@ MAX_LOCAL_ADDRESSES = 64
 #: ChannelData headers (channel number and length) kept for reuse.
 MAX_CHANNEL_HEADS = 4096
 TLS_HANDSHAKE_TIMEOUT = 10.0
+"""A TLS handshake not done within this is abandoned."""
 
 #: Datagrams gathered per (relay socket, peer) in one batch.
 _Gathered = dict[tuple[Address, Address], list[bytes | memoryview]]
@@ -108,6 +126,10 @@ class ShellCounters:
 
     connections: int = 0
     connections_rejected: int = 0
+    #: Connections closed to make room: the oldest that never authenticated.
+    connections_evicted: int = 0
+    #: Connections closed because no authenticated request came within IDLE_TIMEOUT.
+    idle_closed: int = 0
     tls_handshake_failures: int = 0
     connection_errors: int = 0
     stream_garbage: int = 0
@@ -154,7 +176,12 @@ class StunTurnService:
         self._tcp = tcp
         self._tls = tls
         self._tls_context = tls_context
-        self._streams: dict[FiveTuple, trio.MemorySendChannel[bytes]] = {}
+        self._streams: dict[FiveTuple, _StreamQueue] = {}
+        # Every accepted connection until it ends, oldest first: its cancel scope and (once
+        # any TLS handshake is done) its 5-tuple.
+        self._accepted: OrderedDict[int, tuple[trio.CancelScope, FiveTuple | None]] = OrderedDict()
+        self._per_source: dict[str, int] = {}
+        self._accepted_seq = 0
         self._relays: dict[Address, DatagramPort] = {}
         #: A 5-tuple's server address -> the listener that serves it and the source its
         #: datagrams leave from (None: the listener's own address).
@@ -280,61 +307,97 @@ class StunTurnService:
                     await trio.sleep(0.1)
                     continue
                 raise
-            if len(self._streams) >= MAX_CONNECTIONS:
+            source = source_key(conn.remote[0])
+            if self._per_source.get(source, 0) >= MAX_CONNECTIONS_PER_SOURCE or (
+                len(self._accepted) >= MAX_CONNECTIONS and not self._evict()
+            ):
                 self.counters.connections_rejected += 1
                 await trio.aclose_forcefully(conn.stream)
                 continue
-            nursery.start_soon(self._serve_stream, conn, transport)
+            self._accepted_seq += 1
+            scope = trio.CancelScope()
+            self._accepted[self._accepted_seq] = (scope, None)
+            self._per_source[source] = self._per_source.get(source, 0) + 1
+            nursery.start_soon(
+                self._serve_stream, conn, transport, self._accepted_seq, scope, source
+            )
 
-    async def _serve_stream(self, conn: Connection, transport: Transport) -> None:
+    def _evict(self) -> bool:
+        """Close the oldest connection that never authenticated (still in its TLS handshake,
+        or without an authenticated request) to make room; False if every one did."""
+        turn = self.turn
+        for seq, (scope, ft) in self._accepted.items():
+            if ft is not None and turn is not None and turn.stream_authenticated(ft):
+                continue
+            self.counters.connections_evicted += 1
+            scope.cancel()
+            del self._accepted[seq]  # its slot is free now; its task ends at once
+            return True
+        return False
+
+    async def _serve_stream(
+        self,
+        conn: Connection,
+        transport: Transport,
+        seq: int,
+        scope: trio.CancelScope,
+        source: str,
+    ) -> None:
         raw = conn.stream
         ft = FiveTuple(conn.remote, conn.local, transport)
         stream: trio.abc.Stream = raw
-        if transport is Transport.TLS:
-            assert self._tls_context is not None
-            tls_stream = trio.SSLStream(raw, self._tls_context, server_side=True)
-            shaken = False
-            with trio.move_on_after(TLS_HANDSHAKE_TIMEOUT):
-                try:
-                    await tls_stream.do_handshake()
-                    shaken = True
-                except _STREAM_ERRORS:
-                    pass
-            if not shaken:
-                self.counters.tls_handshake_failures += 1
-                await trio.aclose_forcefully(raw)
-                return
-            stream = tls_stream
-        self.counters.connections += 1
-        send, receive = trio.open_memory_channel[bytes](STREAM_QUEUE)
-        self._streams[ft] = send
+        served = False
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._stream_writer, stream, receive)
-                await self._stream_reader(stream, ft)
-                nursery.cancel_scope.cancel()
+            with scope:
+                if transport is Transport.TLS:
+                    assert self._tls_context is not None
+                    tls_stream = trio.SSLStream(raw, self._tls_context, server_side=True)
+                    shaken = False
+                    with trio.move_on_after(TLS_HANDSHAKE_TIMEOUT):
+                        try:
+                            await tls_stream.do_handshake()
+                            shaken = True
+                        except _STREAM_ERRORS:
+                            pass
+                    if not shaken:
+                        self.counters.tls_handshake_failures += 1
+                        return
+                    stream = tls_stream
+                if seq in self._accepted:
+                    self._accepted[seq] = (scope, ft)
+                self.counters.connections += 1
+                queue = _StreamQueue()
+                self._streams[ft] = queue
+                served = True
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._stream_writer, stream, queue)
+                    await self._stream_reader(stream, ft)
+                    nursery.cancel_scope.cancel()
         except Exception as exc:  # one client's trouble never ends the server
             self.counters.connection_errors += 1
             log.error("connection failed", client=str(ft), error=repr(exc))
         finally:
-            del self._streams[ft]
-            if self.turn is not None:
-                self._dispatch(self.turn.connection_closed(ft, trio.current_time()))
+            self._accepted.pop(seq, None)
+            left = self._per_source.get(source, 0) - 1
+            if left > 0:
+                self._per_source[source] = left
+            else:
+                self._per_source.pop(source, None)
+            if served:
+                del self._streams[ft]
+                if self.turn is not None:
+                    self._dispatch(self.turn.connection_closed(ft, trio.current_time()))
             await trio.aclose_forcefully(stream)
 
-    async def _stream_writer(
-        self, stream: trio.abc.Stream, receive: trio.MemoryReceiveChannel[bytes]
-    ) -> None:
+    async def _stream_writer(self, stream: trio.abc.Stream, queue: _StreamQueue) -> None:
         """Send queued frames, coalescing what is queued; returns when the peer is gone."""
         try:
-            async for frame in receive:
-                chunks = [frame]
-                while len(chunks) < 64:
-                    try:
-                        chunks.append(receive.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                await stream.send_all(b"".join(chunks))
+            while True:
+                data = queue.take(_WRITE_CHUNK)
+                if not data:
+                    await queue.wakeup.wait()
+                    continue
+                await stream.send_all(data)
         except _STREAM_ERRORS:
             return
 
@@ -345,12 +408,17 @@ class StunTurnService:
         except _STREAM_ERRORS:
             return
 
+    def _deadline(self, ft: FiveTuple, opened: float) -> float:
+        """When the connection may be closed as idle (see :data:`IDLE_TIMEOUT`)."""
+        if self.turn is None:
+            return opened + IDLE_TIMEOUT
+        return self.turn.stream_deadline(ft, opened, IDLE_TIMEOUT)
+
     async def _read_frames(self, stream: trio.abc.Stream, ft: FiveTuple) -> None:
         buf = bytearray()
-        turn = self.turn
+        opened = trio.current_time()
         while True:
-            idle = turn is None or ft not in turn.allocations
-            with trio.move_on_after(IDLE_TIMEOUT if idle else math.inf):
+            with trio.move_on_at(self._deadline(ft, opened)):
                 data = await stream.receive_some(65536)
                 if not data:
                     return
@@ -368,7 +436,10 @@ class StunTurnService:
                     del buf[:size]
                     self._stream_frame(ft, frame)
                 continue
-            return  # idle timeout
+            if self._deadline(ft, opened) > trio.current_time():
+                continue  # a Refresh or an authenticated request moved it meanwhile
+            self.counters.idle_closed += 1
+            return
 
     def _stream_frame(self, ft: FiveTuple, frame: bytes) -> None:
         if self.turn is not None:
@@ -381,15 +452,9 @@ class StunTurnService:
             self._to_stream(ft, response)
 
     def _to_stream(self, ft: FiveTuple, data: bytes) -> None:
-        send = self._streams.get(ft)
-        if send is None:
-            return
-        try:
-            send.send_nowait(data)
-        except trio.WouldBlock:
+        queue = self._streams.get(ft)
+        if queue is not None and not queue.put(data):
             self.counters.stream_queue_full += 1
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
 
     # -- relays ------------------------------------------------------------------------------
 
@@ -709,6 +774,40 @@ def is_unspecified(ip: str) -> bool:
         return ipaddress.ip_address(ip).is_unspecified
     except ValueError:
         return False
+
+
+class _StreamQueue:
+    """What waits to be written to one stream client: at most :data:`STREAM_QUEUE` frames and
+    :data:`STREAM_QUEUE_BYTES` bytes (per-connection memory stays bounded when the client
+    does not read while its relay receives)."""
+
+    __slots__ = ("frames", "queued", "wakeup")
+
+    def __init__(self) -> None:
+        self.frames: deque[bytes] = deque()
+        self.queued = 0
+        self.wakeup = Wakeup()
+
+    def put(self, data: bytes) -> bool:
+        """Queue ``data``; False (dropped) when it does not fit."""
+        if len(self.frames) >= STREAM_QUEUE or self.queued + len(data) > STREAM_QUEUE_BYTES:
+            return False
+        self.frames.append(data)
+        self.queued += len(data)
+        self.wakeup.set()
+        return True
+
+    def take(self, limit: int) -> bytes:
+        """Whole frames off the queue, about ``limit`` bytes (at least one frame), joined."""
+        frames = self.frames
+        chunks: list[bytes] = []
+        size = 0
+        while frames and (not chunks or size + len(frames[0]) <= limit):
+            frame = frames.popleft()
+            chunks.append(frame)
+            size += len(frame)
+        self.queued -= size
+        return b"".join(chunks)
 
 
 def _frame_size(buf: bytearray) -> int | None:

@@ -4,6 +4,7 @@ route sealed offers/answers/candidates, presence and TURN credentials.
 State machine (:class:`ClientState`)::
 
     IDLE --(connect_at reached: poll_connect)--> CONNECTING --(connection_made)--> HANDSHAKING
+    HANDSHAKING --(retry: a fresh message 1 with a proof, once)--> HANDSHAKING
     HANDSHAKING --(Noise IK message 2)--> REGISTERING --(Registered)--> READY
     any connected state --(error, silence, refusal, GoingAway, connection_lost)--> IDLE
     any --(stop)--> STOPPED
@@ -57,10 +58,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from p2ptun.log import get_logger
-from p2ptun.noise import Rng
+from p2ptun.log import LogLimiter, get_logger
+from p2ptun.noise import NoiseError, Rng
 from p2ptun.signal.backoff import Backoff, BackoffPolicy, Random
-from p2ptun.signal.channel import ChannelLimits, NoiseChannel
+from p2ptun.signal.channel import RETRY_TOKEN_LEN, ChannelLimits, NoiseChannel, proof_key
 from p2ptun.signal.codec import check_name
 from p2ptun.signal.errors import ChannelError, SealError, SignalDecodeError
 from p2ptun.signal.frames import FrameDecoder, FrameType
@@ -93,7 +94,14 @@ from p2ptun.signal.messages import (
     encode_message,
 )
 from p2ptun.signal.negotiation import Negotiation, NegotiationState, Role
-from p2ptun.signal.seal import Offer, PeerMessage, Restart, SealPolicy, SignalBox
+from p2ptun.signal.seal import (
+    Offer,
+    PeerMessage,
+    ReplayRecord,
+    Restart,
+    SealPolicy,
+    SignalBox,
+)
 
 log = get_logger("signal.client")
 
@@ -114,6 +122,11 @@ class ClientState(enum.Enum):
     #: Stopped for good.
     STOPPED = "stopped"
 
+
+#: Messages kept from an announced member until the daemon adds it (see ``_on_deliver``).
+MAX_EARLY_PER_SENDER = 4
+MAX_EARLY_SENDERS = 64
+EARLY_TTL = 10.0
 
 _CONNECTED = frozenset({ClientState.HANDSHAKING, ClientState.REGISTERING, ClientState.READY})
 _ATTEMPTING = frozenset({ClientState.CONNECTING, ClientState.HANDSHAKING, ClientState.REGISTERING})
@@ -243,10 +256,16 @@ class ClientCounters:
     channel_errors: int = 0
     refused_signals: int = 0
     dropped_signals: int = 0
+    #: Handshakes the rendezvous asked to retry with a proof (it was under load).
+    retries: int = 0
 
 
 class SignalClientCore:
-    """Sans-I/O signaling client of one node."""
+    """Sans-I/O signaling client of one node.
+
+    ``replay`` is where the sealed-message counters accepted are remembered (see
+    :mod:`p2ptun.signal.seal`): the daemon passes its state file, shared by the clients that
+    replace each other on reload; the default forgets them with the client."""
 
     def __init__(
         self,
@@ -263,6 +282,7 @@ class SignalClientCore:
         timers: ClientTimers | None = None,
         seal_policy: SealPolicy | None = None,
         channel_limits: ChannelLimits | None = None,
+        replay: ReplayRecord | None = None,
         certificate: bytes | None = None,
         revocations: bytes | None = None,
     ) -> None:
@@ -277,7 +297,9 @@ class SignalClientCore:
         self.timers = timers or ClientTimers()
         self.channel_limits = channel_limits or ChannelLimits()
         self.backoff = Backoff(backoff or BackoffPolicy(), random)
-        self.box = SignalBox(name, private_key, peers, rng, seal_policy)
+        self.box = SignalBox(
+            name, private_key, peers, rng, seal_policy, replay=replay, wall=wall_clock()
+        )
         self.negotiations = {
             peer: Negotiation(self.box.public_key, key) for peer, key in peers.items()
         }
@@ -286,11 +308,15 @@ class SignalClientCore:
         self.revocations = revocations
         #: Members the rendezvous says are online (accepted as peers or not).
         self.members_online: set[str] = set()
+        #: Messages from announced members not yet added as peers: ``(arrived, blob)``.
+        self._early: dict[str, list[tuple[float, bytes]]] = {}
         self.state = ClientState.IDLE
         self.connect_at: float = now
         self.counters = ClientCounters()
         self.turn: TurnCredentialsReceived | None = None
         self._channel: NoiseChannel | None = None
+        self._retried = False
+        self._proof_key: bytes | None = None
         self._decoder = FrameDecoder()
         self._outbox = bytearray()
         self._events: list[ClientEvent] = []
@@ -303,6 +329,8 @@ class SignalClientCore:
         self._routes: OrderedDict[int, tuple[str, PeerMessage]] = OrderedDict()
         self._members: set[str] = set()
         self._now = now
+        # A peer (or the rendezvous) can send junk at will: its refusals are logged sparingly.
+        self._refusal_log = LogLimiter()
         #: Until when reconnecting is urgent (see :meth:`hurry`), and when the current
         #: attempt began.
         self._urgent_until = -math.inf
@@ -382,6 +410,7 @@ class SignalClientCore:
             self._private, self.rendezvous_key, self.rng, self.channel_limits
         )
         self._outbox += self._channel.start()
+        self._retried = False
         self._last_rx = now
         self.state = ClientState.HANDSHAKING
 
@@ -430,6 +459,7 @@ class SignalClientCore:
                     self._events.append(PresenceChanged(peer, False))
             self.presence.clear()
             self.members_online.clear()
+            self._early.clear()
             for negotiation in self.negotiations.values():
                 if negotiation.state is NegotiationState.OFFERING and negotiation.pending:
                     negotiation.wait_for_peer(negotiation.pending)
@@ -473,6 +503,8 @@ class SignalClientCore:
                 if frame.type is FrameType.HANDSHAKE_RESPONSE:
                     channel.receive_handshake(frame)
                     self._on_channel_up(now)
+                elif frame.type is FrameType.HANDSHAKE_RETRY:
+                    self._retry(frame.payload)
                 else:
                     plaintext = channel.decrypt(frame)
                     self._last_rx = now
@@ -483,6 +515,25 @@ class SignalClientCore:
         except ChannelError as exc:
             self.counters.channel_errors += 1
             self._abandon(now, f"channel: {exc}")
+
+    def _retry(self, token: bytes) -> None:
+        """The rendezvous is under load and asks for a proof (:mod:`p2ptun.signal.channel`):
+        once per connection, answer with a fresh message 1 and the proof for ``token``."""
+        if self.state is not ClientState.HANDSHAKING or self._retried:
+            raise ChannelError("unexpected handshake retry")
+        if len(token) != RETRY_TOKEN_LEN:
+            raise SignalDecodeError("handshake retry token of the wrong length")
+        self._retried = True
+        if self._proof_key is None:
+            try:
+                self._proof_key = proof_key(self._private, self.rendezvous_key)
+            except NoiseError:
+                raise ChannelError("the rendezvous key gives no proof key") from None
+        self._channel = NoiseChannel.initiator(
+            self._private, self.rendezvous_key, self.rng, self.channel_limits
+        )
+        self._outbox += self._channel.start_with_proof(self.box.public_key, token, self._proof_key)
+        self.counters.retries += 1
 
     def _live_channel(self) -> NoiseChannel | None:
         return self._channel if self.connected else None
@@ -530,6 +581,7 @@ class SignalClientCore:
                 self._on_presence(msg.name, True)
         elif isinstance(msg, MemberGone):
             self.members_online.discard(msg.name)
+            self._early.pop(msg.name, None)
             self._events.append(MemberLeft(msg.name))
             if msg.name in self.negotiations:
                 self._on_presence(msg.name, False)
@@ -599,11 +651,22 @@ class SignalClientCore:
             self._route(peer, pending)
 
     def _on_deliver(self, sender: str, blob: bytes) -> None:
+        if sender not in self.box.peers and sender in self.members_online:
+            # An announced member the daemon is still verifying (add_peer comes once its
+            # certificate checked out): keep its first messages — typically its offer, sent
+            # the moment it saw us announced — for add_peer, instead of refusing them and
+            # leaving the member to wait out its offer timeout. Bounded per member and in all;
+            # dropped after EARLY_TTL or when the member leaves.
+            self._keep_early(sender, blob)
+            return
         try:
             message = self.box.open(sender, blob, self.wall_clock())
         except SealError as exc:
             self.counters.refused_signals += 1
-            log.warning("refused signaling", peer=sender, reason=exc.reason)
+            suppressed = self._refusal_log.allow(self._now)
+            if suppressed is not None:
+                extra = {"suppressed": suppressed} if suppressed else {}
+                log.warning("refused signaling", peer=sender, reason=exc.reason, **extra)
             return
         negotiation = self.negotiations[sender]
         accepted = negotiation.on_receive(message)
@@ -625,6 +688,18 @@ class SignalClientCore:
         self._events.append(
             SignalReceived(sender, accepted.message, accepted.role, accepted.superseded)
         )
+
+    def _keep_early(self, sender: str, blob: bytes) -> None:
+        kept = self._early.get(sender)
+        if kept is None:
+            if len(self._early) >= MAX_EARLY_SENDERS:
+                self.counters.refused_signals += 1
+                return
+            kept = self._early[sender] = []
+        if len(kept) >= MAX_EARLY_PER_SENDER:
+            self.counters.refused_signals += 1
+            return
+        kept.append((self._now, blob))
 
     def _on_route_failed(self, msg: RouteFailed) -> None:
         entry = self._routes.pop(msg.ref, None)
@@ -714,6 +789,9 @@ class SignalClientCore:
                 self._on_presence(name, name in self.members_online)
         elif self.ready:
             self._send(Watch((name,)))
+        for at, blob in self._early.pop(name, []):
+            if self._now - at <= EARLY_TTL:
+                self._on_deliver(name, blob)
 
     def remove_peer(self, name: str) -> None:
         """Forget a peer added with :meth:`add_peer` (revoked, expired, gone)."""

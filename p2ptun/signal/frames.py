@@ -42,6 +42,11 @@ class FrameType(enum.IntEnum):
     HANDSHAKE_RESPONSE = 2
     #: Counter + AEAD ciphertext of one protocol message (either direction).
     TRANSPORT = 3
+    #: A rendezvous under load asks for a proof before any Diffie-Hellman: a token,
+    #: rendezvous → node (see :mod:`p2ptun.signal.channel`).
+    HANDSHAKE_RETRY = 4
+    #: The node's answer to a retry: its static key, the proof and a fresh message 1.
+    HANDSHAKE_INIT_PROOF = 5
 
 
 _FRAME_TYPES = frozenset(int(t) for t in FrameType)
@@ -97,11 +102,14 @@ class FrameDecoder:
     the decoder is poisoned: the stream has lost its framing and the connection must close.
     """
 
-    __slots__ = ("_buf", "_failed")
+    __slots__ = ("_buf", "_failed", "limit")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = MAX_PAYLOAD) -> None:
         self._buf = bytearray()
         self._failed = False
+        #: Largest payload accepted: a header announcing more fails the stream at once, so a
+        #: peer that is still shaking hands cannot make the other side buffer 64 KiB.
+        self.limit = limit
 
     @property
     def buffered(self) -> int:
@@ -116,6 +124,8 @@ class FrameDecoder:
         try:
             while len(self._buf) >= HEADER_LEN:
                 frame_type, length = decode_header(bytes(self._buf[:HEADER_LEN]))
+                if length > self.limit:
+                    raise SignalDecodeError(f"frame of {length} bytes exceeds {self.limit} here")
                 end = HEADER_LEN + length
                 if len(self._buf) < end:
                     break

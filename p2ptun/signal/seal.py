@@ -30,8 +30,25 @@ Replays and reorders are refused inside the plaintext: it starts with a per-(sen
 ``counter`` that must strictly increase, and a ``timestamp`` (sender's wall clock, ms) that must
 lie within :attr:`SealPolicy.max_age` / :attr:`SealPolicy.max_future` of the receiver's clock.
 The counter is ``max(last + 1, wall-clock µs)``, so it keeps increasing across sender restarts
-(like WireGuard's TAI64N); the freshness window covers receiver restarts, which forget the last
-counter. Nodes need clocks within a few minutes of each other (NTP).
+(like WireGuard's TAI64N). Nodes need clocks within a few minutes of each other (NTP).
+
+What the receiver remembers is a :class:`ReplayRecord`: the highest counter accepted per
+(peer name, peer key). The node daemon keeps it in a state file that it writes before it acts
+on a message (:mod:`p2ptun.node.sealstate`), and shares it between the signaling clients a
+reload replaces. A peer the record does not know yet — the first start, a lost state file, a
+peer just added to the config — starts at a floor of the receiver's wall clock (in µs) when
+the box was built. So, exactly:
+
+- a sealed message is accepted at most once by a receiver, across restarts and reloads, as
+  long as its state file survives (it is written, atomically and synced, before the message
+  is acted on; if it cannot be written the box logs it and goes on with what it holds);
+- without a record of the peer, nothing the peer sealed before the box was built is
+  accepted, unless the sender's clock runs ahead of the receiver's by more than the message's
+  age (a replay is then possible only within that skew, and never beyond ``max_future``);
+  and a peer whose clock lags the receiver's by δ has its fresh messages refused for the
+  first δ seconds after the box is built;
+- whatever the record, a message older than ``max_age`` or from further than ``max_future``
+  in the receiver's future is refused.
 
 A node accepts signaling only from peers in its own config, opened with the key the config
 names for that peer name (:class:`SignalBox`).
@@ -42,6 +59,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from p2ptun.noise import (
     DH_LEN,
@@ -279,12 +297,47 @@ class SealCounters:
             self.malformed += 1
 
 
+class ReplayRecord(Protocol):
+    """The highest sealed-message counter accepted from each (peer name, peer key): what
+    refuses replays (module docstring). :class:`MemoryReplayRecord` keeps it in memory; the
+    node daemon's :class:`p2ptun.node.sealstate.SealStateFile` in a file."""
+
+    def last_counter(self, peer: str, key: bytes) -> int | None:
+        """The highest counter accepted (or the floor set) for ``peer`` with ``key``, None if
+        there is no record of it."""
+        ...
+
+    def record(self, peer: str, key: bytes, counter: int) -> None:
+        """Remember ``counter`` for ``peer`` with ``key``; durably, before it returns, for a
+        record that must survive restarts."""
+        ...
+
+
+class MemoryReplayRecord:
+    """A :class:`ReplayRecord` in a dict: forgets everything when the process ends."""
+
+    def __init__(self) -> None:
+        self.counters: dict[tuple[str, bytes], int] = {}
+
+    def last_counter(self, peer: str, key: bytes) -> int | None:
+        return self.counters.get((peer, key))
+
+    def record(self, peer: str, key: bytes, counter: int) -> None:
+        self.counters[(peer, key)] = counter
+
+
 class SignalBox:
     """Seals to and opens from this node's configured peers (sans-I/O; the wall clock and
     randomness are passed in).
 
     ``peers`` maps each configured peer name to the public key the config names for it;
-    anything from a name not in it, or that does not open with that key, is refused.
+    anything from a name not in it, or that does not open with that key, is refused. A name
+    that is not a valid node name raises ValueError here, never later on network input.
+
+    ``replay`` remembers the counters accepted (a fresh :class:`MemoryReplayRecord` by
+    default); ``wall`` (the wall clock when the box is built) sets the floor for the peers it
+    has no record of: nothing they sealed before then is accepted (module docstring). Without
+    ``wall`` there is no floor.
     """
 
     def __init__(
@@ -294,16 +347,26 @@ class SignalBox:
         peers: Mapping[str, bytes],
         rng: Rng,
         policy: SealPolicy | None = None,
+        *,
+        replay: ReplayRecord | None = None,
+        wall: float | None = None,
     ) -> None:
         self.name = check_name(name)
+        for peer in peers:
+            check_name(peer)
         self._private = private_key
         self.public_key = dh_public(private_key)
         self.peers = dict(peers)
         self.rng = rng
         self.policy = policy or SealPolicy()
         self._send_counter: dict[str, int] = {}
-        self._recv_counter: dict[str, int] = {}
+        self.replay: ReplayRecord = replay if replay is not None else MemoryReplayRecord()
         self.counters = SealCounters()
+        if wall is not None:
+            floor = max(0, int(wall * 1_000_000) - 1)
+            for peer, key in self.peers.items():
+                if self.replay.last_counter(peer, key) is None:
+                    self.replay.record(peer, key, floor)
 
     def seal(self, peer: str, message: PeerMessage, wall: float) -> bytes:
         """The sealed blob carrying ``message`` to ``peer`` (KeyError if not configured)."""
@@ -343,13 +406,13 @@ class SignalBox:
             body = decode_body(plaintext)
         except SignalDecodeError as exc:
             raise SealError("malformed", f"sealed body does not parse: {exc}") from None
-        if body.counter <= self._recv_counter.get(sender, 0):
+        if body.counter <= (self.replay.last_counter(sender, key) or 0):
             raise SealError("replay", "sealed message replayed or reordered")
         now_ms = wall * 1000
         if body.timestamp_ms < now_ms - self.policy.max_age * 1000:
             raise SealError("stale", "sealed message is too old")
         if body.timestamp_ms > now_ms + self.policy.max_future * 1000:
             raise SealError("stale", "sealed message is from the future")
-        self._recv_counter[sender] = body.counter
+        self.replay.record(sender, key, body.counter)
         self.counters.opened += 1
         return body.message

@@ -100,6 +100,7 @@ from p2ptun.stun.channeldata import (
 )
 from p2ptun.stun.constants import (
     MAGIC_COOKIE,
+    MAX_ATTRIBUTES,
     TRANSPORT_UDP,
     AddressFamily,
     AttrType,
@@ -143,6 +144,7 @@ __all__ = [
     "CHANNEL_MAX",
     "CHANNEL_MIN",
     "MAGIC_COOKIE",
+    "MAX_ATTRIBUTES",
     "TRANSPORT_UDP",
     "AddressErrorValue",
     "AddressFamily",

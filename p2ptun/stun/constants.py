@@ -19,6 +19,13 @@ MAGIC_COOKIE_BYTES = MAGIC_COOKIE.to_bytes(4, "big")
 HEADER_LENGTH = 20
 #: RFC 8489 §14.7: the FINGERPRINT CRC-32 is XOR-ed with this ("STUN").
 FINGERPRINT_XOR = 0x5354554E
+MAX_ATTRIBUTES = 64
+"""Most attributes one STUN message may carry, counting every attribute on the wire (the
+trailers and those after MESSAGE-INTEGRITY included). RFC 8489 sets no limit, but no usage
+needs more than about 15 (a TURN Allocate or an ICE check carries fewer than 12); a message
+with more is malformed here (:class:`StunDecodeError`), so the work one message can ask of a
+decoder, a server's unknown-attribute check (RFC 8489 §6.3.1) and the UNKNOWN-ATTRIBUTES of
+its 420 answer is bounded, whatever the message's size."""
 
 
 class StunDecodeError(DecodeError):

@@ -31,6 +31,7 @@ from p2ptun.stun.constants import (
     HEADER_LENGTH,
     MAGIC_COOKIE,
     MAGIC_COOKIE_BYTES,
+    MAX_ATTRIBUTES,
     REASON_PHRASES,
     AttrType,
     MessageClass,
@@ -469,7 +470,8 @@ class Message:
         :func:`message_length` on a stream). Raises :class:`StunDecodeError` and nothing else
         on malformed input: short header, top bits not zero, wrong cookie, length not a multiple
         of 4 or not matching ``len(data)``, truncated attributes, malformed values of known
-        attributes, or anything after FINGERPRINT. Attributes after MESSAGE-INTEGRITY (other
+        attributes, anything after FINGERPRINT, or more than :data:`MAX_ATTRIBUTES`
+        attributes (so one message's cost is bounded). Attributes after MESSAGE-INTEGRITY (other
         than MESSAGE-INTEGRITY-SHA256 and FINGERPRINT) and after MESSAGE-INTEGRITY-SHA256
         (other than FINGERPRINT) are ignored, as §14.5 and §14.6 require.
         """
@@ -494,7 +496,11 @@ class Message:
         offset = HEADER_LENGTH
         # 0: plain attributes; 1: after MESSAGE-INTEGRITY; 2: after MESSAGE-INTEGRITY-SHA256
         state = 0
+        count = 0
         while offset < size:
+            count += 1
+            if count > MAX_ATTRIBUTES:
+                raise StunDecodeError(f"more than {MAX_ATTRIBUTES} attributes")
             attr_type, attr_len = _ATTR_HEAD.unpack_from(data, offset)
             start = offset + 4
             end = start + attr_len

@@ -31,10 +31,17 @@ def unknown_comprehension_required(
 ) -> list[int]:
     """Comprehension-required attribute types (< 0x8000) in ``message`` that are not in
     ``known``, each once, in wire order (RFC 8489 §6.3.1: answer a request with 420 listing
-    them in UNKNOWN-ATTRIBUTES; ignore them in indications and responses, §6.3.2, §6.3.3)."""
+    them in UNKNOWN-ATTRIBUTES; ignore them in indications and responses, §6.3.2, §6.3.3).
+
+    Linear in the number of attributes (a set remembers those already listed), which a decoded
+    message bounds by :data:`~p2ptun.stun.constants.MAX_ATTRIBUTES`; so is the answer's
+    UNKNOWN-ATTRIBUTES. Every server usage (the Binding server, TURN's requests and Send
+    indications over UDP, TCP and TLS, ICE's checks) goes through here."""
     unknown: list[int] = []
+    seen: set[int] = set()
     for attr_type, _ in message.attributes:
-        if attr_type < 0x8000 and attr_type not in known and attr_type not in unknown:
+        if attr_type < 0x8000 and attr_type not in seen and attr_type not in known:
+            seen.add(attr_type)
             unknown.append(attr_type)
     return unknown
 

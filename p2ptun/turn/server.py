@@ -30,8 +30,11 @@ What it implements
 
 Bounded memory
 --------------
-Unauthenticated requests create nothing (the nonce is stateless). Allocations are capped in
-total, per client IP and per user; permissions and channels per allocation; allocations
+Unauthenticated requests create nothing (the nonce is stateless), and what they are answered
+over UDP is budgeted per client source (``unauthenticated_rate`` a second, ``unauthenticated_burst``
+at once), so a spoofed source gets little reflected at it. Allocations are capped in
+total, per client source (an IPv4 address or an IPv6 /64, :func:`p2ptun.addr.source_key`) and
+per user; permissions and channels per allocation; allocations
 waiting for their relay socket (pending) in total. Everything dropped is counted in
 :class:`TurnServerCounters`.
 
@@ -53,7 +56,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
-from p2ptun.addr import Address, format_address, is_ipv6
+from p2ptun.addr import Address, SourceBudget, format_address, is_ipv6, source_key
 from p2ptun.log import get_logger
 from p2ptun.stun import (
     AddressErrorValue,
@@ -180,14 +183,28 @@ Output = ToClient | ToPeer | OpenRelay | CloseRelay
 
 @dataclass(frozen=True)
 class ServerLimits:
-    """Caps that bound the server's memory under floods (RFC 8656 §21.2)."""
+    """Caps that bound the server's memory under floods, and what a spoofed request can make it
+    send (RFC 8656 §21.2, §21.3)."""
 
+    #: Allocations in total.
     max_allocations: int = 4096
+    #: Per client source: an IPv4 address, or an IPv6 /64 (one subscriber holds a whole /64).
     max_allocations_per_ip: int = 256
+    #: Allocations waiting for their relay socket, in total.
     max_pending: int = 64
+    #: Permissions per allocation (RFC 8656 §9).
     max_permissions: int = 64
+    #: Channels per allocation (RFC 8656 §12).
     max_channels: int = 64
+    #: Relay ports tried for one allocation before 508 (Insufficient Capacity).
     max_bind_attempts: int = 8
+    #: Unauthenticated answers over UDP (Binding responses, 400, 401, 438) per client source
+    #: and second, sustained (:meth:`TurnServer._may_answer_unauthenticated`)...
+    unauthenticated_rate: float = 10.0
+    #: ...and at once.
+    unauthenticated_burst: float = 20.0
+    #: Client sources whose unauthenticated budget is remembered (least recent forgotten).
+    max_sources: int = 16384
 
 
 @dataclass(frozen=True)
@@ -264,6 +281,8 @@ class TurnServerCounters:
     """Send indications / ChannelData to, and datagrams from, peers without a permission."""
     dropped_unbound_channel: int = 0
     dropped_too_large: int = 0
+    unauthenticated_rate_limited: int = 0
+    """Unauthenticated requests over UDP dropped unanswered: their source spent its budget."""
     relayed_to_peer: int = 0
     relayed_to_peer_bytes: int = 0
     relayed_to_client: int = 0
@@ -388,6 +407,13 @@ class TurnServer:
         self._per_user: dict[str, int] = {}
         self._per_ip: dict[str, int] = {}
         self._pending = 0
+        # Stream 5-tuple -> time of its last authenticated request (the shell's idle timer);
+        # as many entries as open connections, dropped in connection_closed.
+        self._stream_progress: dict[FiveTuple, float] = {}
+        limits = options.limits
+        self._unauthenticated = SourceBudget(
+            limits.unauthenticated_rate, limits.unauthenticated_burst, limits.max_sources
+        )
         # (time, tie-breaker, allocation) per allocation's earliest expiry; an entry whose
         # time is no longer the allocation's ``wake`` is stale and dropped when met.
         self._schedule: list[tuple[float, int, Allocation]] = []
@@ -449,7 +475,7 @@ class TurnServer:
             msg = Message.decode(data)
         except StunDecodeError:
             self.counters.dropped_malformed += 1
-            return self._bad_request_for_header(five_tuple, data)
+            return self._bad_request_for_header(five_tuple, data, now)
         if msg.fingerprint is not None and not msg.check_fingerprint():
             self.counters.dropped_bad_fingerprint += 1
             return []
@@ -463,6 +489,7 @@ class TurnServer:
 
     def connection_closed(self, five_tuple: FiveTuple, now: float) -> list[Output]:
         """A TCP/TLS client connection ended: its allocation goes with it (RFC 8656 §5)."""
+        self._stream_progress.pop(five_tuple, None)
         alloc = self._by_tuple.get(five_tuple)
         if alloc is None:
             return []
@@ -617,9 +644,26 @@ class TurnServer:
 
     # -- requests ----------------------------------------------------------------------------
 
+    def _may_answer_unauthenticated(self, ft: FiveTuple, now: float) -> bool:
+        """Spend one of the client source's unauthenticated answers (UDP only: a stream's
+        source is proven by its handshake). False: over budget, drop the request (counted).
+
+        A response without integrity goes to whatever source address the request claimed, so
+        a spoofed request turns the server into a reflector, and an Allocate's 401 is several
+        times larger than the request; the budget bounds what one (victim) address receives
+        (:attr:`ServerLimits.unauthenticated_rate`, :attr:`ServerLimits.unauthenticated_burst`)."""
+        if ft.transport is not Transport.UDP:
+            return True
+        if self._unauthenticated.allow(source_key(ft.client[0]), now):
+            return True
+        self.counters.unauthenticated_rate_limited += 1
+        return False
+
     def _request(self, ft: FiveTuple, msg: Message, now: float) -> list[Output]:
         if msg.method == Method.BINDING:
             self.counters.binding_requests += 1
+            if not self._may_answer_unauthenticated(ft, now):
+                return []
             response = binding_response(msg, ft.client, software=self.options.software)
             if response is None:
                 return []
@@ -628,9 +672,13 @@ class TurnServer:
         self.counters.requests += 1
         if msg.method not in _TURN_METHODS:
             self.counters.bad_requests += 1
+            if not self._may_answer_unauthenticated(ft, now):
+                return []
             return [ToClient(ft, self._encode_error(msg, ErrorCode.BAD_REQUEST))]
         auth = self._authenticate(ft, msg, now)
         if isinstance(auth, bytes):
+            if not self._may_answer_unauthenticated(ft, now):
+                return []
             return [ToClient(ft, auth)]
         unknown = unknown_comprehension_required(msg)
         if unknown:
@@ -694,12 +742,30 @@ class TurnServer:
         if key is None or not msg.check_integrity(key):
             self.counters.integrity_failures += 1
             return self._challenge(ft, msg, ErrorCode.UNAUTHENTICATED, now)
+        if ft.transport is not Transport.UDP:
+            self._stream_progress[ft] = now
         return _Auth(
             username,
             key,
             msg.message_integrity_sha256 is not None,
             msg.fingerprint is not None,
         )
+
+    def stream_authenticated(self, five_tuple: FiveTuple) -> bool:
+        """Has the TCP/TLS connection ``five_tuple`` made an authenticated request?"""
+        return five_tuple in self._stream_progress
+
+    def stream_deadline(self, five_tuple: FiveTuple, opened: float, idle: float) -> float:
+        """When a TCP/TLS connection that opened at ``opened`` may be closed as idle (RFC 8656
+        §5 leaves it to the server): ``idle`` seconds after its last authenticated request (or
+        its opening), and never while its allocation lives. Unauthenticated traffic — a
+        Binding, a 401 — does not keep a connection open; the shell asks again at the deadline,
+        which a Refresh may have moved."""
+        deadline = max(opened, self._stream_progress.get(five_tuple, opened)) + idle
+        alloc = self._by_tuple.get(five_tuple)
+        if alloc is not None and alloc.state is not AllocationState.DELETED:
+            deadline = max(deadline, alloc.expires)
+        return deadline
 
     def _challenge(self, ft: FiveTuple, msg: Message, code: int, now: float) -> bytes:
         """401 or 438 with REALM, a fresh NONCE and PASSWORD-ALGORITHMS (RFC 8489 §9.2.4)."""
@@ -754,7 +820,7 @@ class TurnServer:
         if self._per_user.get(quota_user, 0) >= self.options.user_quota:
             self.counters.quota_rejections += 1
             raise _Reject(ErrorCode.ALLOCATION_QUOTA_REACHED)
-        client_ip = ft.client[0]
+        client_ip = source_key(ft.client[0])
         if self._per_ip.get(client_ip, 0) >= self.limits.max_allocations_per_ip:
             self.counters.quota_rejections += 1
             raise _Reject(ErrorCode.ALLOCATION_QUOTA_REACHED, "too many allocations from here")
@@ -1005,7 +1071,7 @@ class TurnServer:
     def _quota_user(self, username: str) -> str:
         """Quota is per user; a REST-API ``expiry:name`` counts as ``name``."""
         head, sep, name = username.partition(":")
-        if sep and head.isdigit() and name:
+        if sep and head.isascii() and head.isdigit() and name:
             return name
         return username
 
@@ -1022,7 +1088,7 @@ class TurnServer:
             self._ports_in_use.discard(alloc.relay[1])
         for table, name in (
             (self._per_user, alloc.quota_user),
-            (self._per_ip, alloc.five_tuple.client[0]),
+            (self._per_ip, source_key(alloc.five_tuple.client[0])),
         ):
             left = table.get(name, 0) - 1
             if left > 0:
@@ -1107,15 +1173,17 @@ class TurnServer:
         alloc: Allocation | None = None,
         attributes: Iterable[tuple[int, Any]] = (),
     ) -> bytes:
-        """An unauthenticated error response (or, with ``alloc``, one signed with its key)."""
-        response = error_response(msg, code, attributes=[*attributes, *self._software()])
+        """An unauthenticated error response (or, with ``alloc``, one signed with its key).
+        Unauthenticated ones carry no SOFTWARE: what a spoofed request reflects stays small."""
+        extra = [*attributes, *self._software()] if alloc is not None else list(attributes)
+        response = error_response(msg, code, attributes=extra)
         self.counters.error_responses += 1
         if alloc is not None:
             return self._encode_for(response, alloc)
         return response.encode(fingerprint=msg.fingerprint is not None)
 
     def _bad_request_for_header(
-        self, ft: FiveTuple, data: bytes | bytearray | memoryview
+        self, ft: FiveTuple, data: bytes | bytearray | memoryview, now: float
     ) -> list[Output]:
         """400 for a request whose header is sound but whose attributes are not (RFC 8489
         §6.3.1); anything worse is dropped."""
@@ -1126,4 +1194,6 @@ class TurnServer:
             return []
         header = Message(method, klass, bytes(data[8:20]))
         self.counters.bad_requests += 1
+        if not self._may_answer_unauthenticated(ft, now):
+            return []
         return [ToClient(ft, self._encode_error(header, ErrorCode.BAD_REQUEST))]

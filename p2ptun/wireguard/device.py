@@ -3,9 +3,9 @@
 :class:`Device` is sans-I/O like :class:`~p2ptun.wireguard.peer.Peer`. It receives every
 WireGuard datagram (:meth:`Device.receive_datagram`) and hands it to the peer it belongs to:
 
-* type 1 (initiation): MAC1 is checked, then MAC2 if the device is :attr:`~Device.under_load`
-  (a cookie reply goes back to the source otherwise); the Noise message is decrypted with our
-  static key, which names the peer;
+* type 1 (initiation): MAC1 is checked, then, under load (:mod:`p2ptun.wireguard.load`),
+  MAC2 (a cookie reply goes back to the source otherwise) and the source's rate limit; the
+  Noise message is decrypted with our static key, which names the peer;
 * types 2, 3, 4: the receiver index names one of our handshakes or keypairs, hence the peer.
 
 Outgoing plaintext is routed to a peer by cryptokey routing (:meth:`Device.send_packet`).
@@ -27,6 +27,7 @@ from p2ptun.wireguard.errors import WireGuardDecodeError
 from p2ptun.wireguard.events import Counters
 from p2ptun.wireguard.handshake import consume_initiation
 from p2ptun.wireguard.index import IndexTable
+from p2ptun.wireguard.load import HandshakeLoad, HandshakeRateLimiter
 from p2ptun.wireguard.messages import (
     TRANSPORT_HEADER,
     TRANSPORT_MIN_LEN,
@@ -44,9 +45,16 @@ from p2ptun.wireguard.timers import TimerConfig
 class Device:
     """A WireGuard interface: our static key pair and the peers we talk to.
 
-    ``mtu`` caps the padding of plaintext (0 = pad to 16 without a cap). Set
-    :attr:`under_load` from the I/O layer (for example when the receive queue is deep) to make
-    handshake messages prove their source address with a cookie (§5.3).
+    ``mtu`` caps the padding of plaintext (0 = pad to 16 without a cap).
+
+    Under load (§5.3) handshake messages must prove their source address with a cookie, and
+    each source may then have only so many processed a second (:mod:`p2ptun.wireguard.load`).
+    The device is under load when the caller reports a backlog (:meth:`report_backlog`, the
+    handshake messages in a drained receive batch), when handshake messages arrive faster
+    than :data:`~p2ptun.wireguard.load.UNDER_LOAD_RATE` a second (counted here, on the
+    handshake path only), or always while :attr:`under_load` is set (tests). A handshake
+    message whose source is not an address (``bytes``: a relayed path, which a cookie reply
+    cannot reach) needs no MAC2, but its path is rate-limited like a source.
     """
 
     def __init__(
@@ -68,6 +76,9 @@ class Device:
         self.timers = timers if timers is not None else TimerConfig()
         self.counters = counters if counters is not None else Counters()
         self.under_load = False
+        """Demand cookies whatever the measured load (tests, the standalone tunnel tool)."""
+        self.load = HandshakeLoad()
+        self.rate_limiter = HandshakeRateLimiter()
         self.cookie_checker = CookieChecker(self.public_key, rng)
         self.peers: dict[bytes, Peer] = {}
         self.allowed_ips: AllowedIPs[Peer] = AllowedIPs()
@@ -182,6 +193,8 @@ class Device:
                 return None
             return peer if peer.receive_transport(kp, data, counter, now) else None
         data = bytes(data)  # handshake messages are rare; the MAC and cookie code wants bytes
+        self.counters.handshake_messages += 1
+        self.load.note_handshake(now)
         try:
             msg = decode(data)
         except WireGuardDecodeError:
@@ -198,15 +211,30 @@ class Device:
         self.counters.malformed += 1  # pragma: no cover - decode() rejects it first
         return None  # pragma: no cover
 
+    def report_backlog(self, handshakes: int, now: float) -> None:
+        """The I/O layer drained a receive batch holding ``handshakes`` handshake messages
+        (the growth of ``counters.handshake_messages`` over the batch): a deep one puts the
+        device under load (:class:`~p2ptun.wireguard.load.HandshakeLoad`)."""
+        self.load.report_backlog(handshakes, now)
+
+    def is_under_load(self, now: float) -> bool:
+        """Does a handshake message need a cookie now?"""
+        return self.under_load or self.load.under_load(now)
+
     def _check_macs(self, data: bytes, sender: int, now: float, source: Source) -> bool:
         checker = self.cookie_checker
         if not checker.check_mac1(data):
             self.counters.bad_mac1 += 1
             return False
-        if self.under_load and not checker.check_mac2(data, source, now):
+        if not self.is_under_load(now):
+            return True
+        if isinstance(source, tuple) and not checker.check_mac2(data, source, now):
             reply = checker.create_reply(data, sender, source, now)
             self._replies.append((source, reply.encode()))
             self.counters.cookie_replies_sent += 1
+            return False
+        if not self.rate_limiter.allow(source, now):
+            self.counters.handshake_rate_limited += 1
             return False
         return True
 

@@ -49,6 +49,10 @@ class Counters:
     """
 
     malformed: int = 0
+    #: Handshake messages (types 1-3) received, well-formed or not.
+    handshake_messages: int = 0
+    #: Handshake messages dropped under load by the per-source rate limit (after MAC2).
+    handshake_rate_limited: int = 0
     bad_mac1: int = 0
     cookie_replies_sent: int = 0
     cookie_replies_received: int = 0

@@ -315,7 +315,11 @@ class Deployment:
         return self.workdir / "rendezvous.log"
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "P2PTUN_RUN_DIR": str(self.run_dir)}
+        return {
+            **os.environ,
+            "P2PTUN_RUN_DIR": str(self.run_dir),
+            "P2PTUN_STATE_DIR": str(self.workdir / "state"),
+        }
 
     def node(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)
@@ -352,7 +356,9 @@ class Deployment:
             f'database = "{self.workdir}/rv.sqlite"\n'
             f'[stun]\nlisten = ["{RV}:3478"]\n'
             f'[turn]\nrealm = "lab"\nrelay_address = "{RV}"\nrelay_ports = "49152-49999"\n'
-            f'auth_secret = "{self.turn_secret}"\n' + nodes
+            f'auth_secret = "{self.turn_secret}"\n'
+            # The lab's public addresses are documentation blocks, denied by default.
+            'allow_peers = ["192.0.2.0/24", "198.51.100.0/24"]\n' + nodes
         )
         path.chmod(0o600)
         with self.rendezvous_log_path.open("ab") as log:

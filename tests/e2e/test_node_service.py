@@ -91,9 +91,16 @@ class Node:
         return self.run_dir / f"{self.ifname}.sock"
 
     def write_config(self, peers: list[dict[str, Any]], address: str = "10.77.0.1/24") -> None:
+        # The config is world-readable (the unprivileged test runs as nobody), so the key is
+        # in a file of its own, mode 0600, owned by nobody (root reads it anyway): an inline
+        # key in a readable config would be warned about, a line more on stderr.
+        key_path = self.workdir / "alice.key"
+        key_path.write_text(self.private + "\n")
+        key_path.chmod(0o600)
+        os.chown(key_path, 65534, 65534)
         lines = [
             'name = "alice"',
-            f'private_key = "{self.private}"',
+            f'private_key_file = "{key_path}"',
             "[interface]",
             f'name = "{self.ifname}"',
             f'address = ["{address}"]',
@@ -115,7 +122,12 @@ class Node:
         os.replace(tmp, self.config_path)
 
     def env(self, **extra: str) -> dict[str, str]:
-        return {**os.environ, "P2PTUN_RUN_DIR": str(self.run_dir), **extra}
+        return {
+            **os.environ,
+            "P2PTUN_RUN_DIR": str(self.run_dir),
+            "P2PTUN_STATE_DIR": str(self.run_dir.parent / "state"),
+            **extra,
+        }
 
     def start(self, *, prefix: tuple[str, ...] = (), **env: str) -> subprocess.Popen[bytes]:
         out = self.log_path.open("ab")

@@ -51,6 +51,8 @@ class Rendezvous:
             f'relay_address = "{SERVER_IP}"',
             'relay_ports = "49152-49999"',
             f'users = {{ {USER} = "{PASSWORD}" }}',
+            # The lab's public addresses are documentation blocks, denied by default.
+            'allow_peers = ["192.0.2.0/24", "198.51.100.0/24"]',
         ]
         config = self.dir / "rendezvous.toml"
         config.write_text("\n".join(lines) + "\n")

@@ -105,10 +105,12 @@ async def test_offer_answer_and_turn_over_loopback(tmp_path: Path) -> None:
         credential_lifetime=600,
     )
     ka, kb = generate_private_key(), generate_private_key()
+    # TURN credentials go to the nodes the rendezvous lists.
+    nodes = (NodeEntry("alice", public_key(ka)), NodeEntry("bob", public_key(kb)))
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             server = await nursery.start(
-                partial(serve_signaling, rv_config(tmp_path, turn=turn), host=HOST)
+                partial(serve_signaling, rv_config(tmp_path, turn=turn, nodes=nodes), host=HOST)
             )
             alice = client(server, "alice", ka, {"bob": public_key(kb)})
             bob = client(server, "bob", kb, {"alice": public_key(ka)})
@@ -320,10 +322,20 @@ async def test_200_clients_on_one_rendezvous(tmp_path: Path) -> None:
     try:
         with trio.fail_after(20):
             async with trio.open_nursery() as nursery:
-                cfg = rv_config(tmp_path)
+                # Listed nodes: open registration would limit how many names one address claims.
+                entries = tuple(
+                    NodeEntry(n, public_key(k)) for n, k in zip(names, keys, strict=True)
+                )
+                cfg = rv_config(tmp_path, open_registration=False, nodes=entries)
                 server = await nursery.start(
                     lambda task_status: serve_signaling(
-                        cfg, host=HOST, limits=ServerLimits(), task_status=task_status
+                        cfg,
+                        host=HOST,
+                        # 200 nodes behind one address, all connecting at once.
+                        limits=ServerLimits(
+                            connect_rate=1000.0, connect_burst=1000.0, max_pending_per_source=512
+                        ),
+                        task_status=task_status,
                     )
                 )
                 mem0, _ = tracemalloc.get_traced_memory()

@@ -32,6 +32,7 @@ from typing import Any
 
 import pytest
 
+from p2plab.wireguard_go import uapi_accepts, uapi_socket
 from p2ptun.keys import encode_key, generate_private_key, public_key
 
 pytestmark = [
@@ -122,14 +123,10 @@ class Lab:
             WG_PROCESS_FOREGROUND="1",
             LOG_LEVEL="debug",
         )
-        ok = wait_until(
-            lambda: (
-                proc.poll() is not None
-                or self.run(self.ns_b, "wg", "show", self.wg_b, check=False).returncode == 0
-            ),
-            10,
-        )
-        assert ok and proc.poll() is None, "wireguard-go did not come up"
+        # Not by polling ``wg show``: see p2plab.wireguard_go for the race that would start.
+        ok = wait_until(lambda: proc.poll() is not None or uapi_accepts(self.wg_b), 10)
+        log = (self.workdir / "wireguard-go.log").read_text(errors="replace")[-2000:]
+        assert ok and proc.poll() is None, f"wireguard-go did not come up:\n{log}"
         key_file = self.workdir / "b.key"
         key_file.write_text(encode_key(self.key_b) + "\n")
         peer = public_key(our_key if our_key is not None else self.key_a)
@@ -315,7 +312,7 @@ def lab(
         for ns in made:
             subprocess.run(["ip", "netns", "del", ns], check=False, timeout=TIMEOUT)
         # wireguard-go removes its UAPI socket on SIGTERM, not when it had to be killed.
-        Path(f"/var/run/wireguard/{lab.wg_b}.sock").unlink(missing_ok=True)
+        uapi_socket(lab.wg_b).unlink(missing_ok=True)
 
 
 # -- the cases ----------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 
 from p2ptun import cli, config, keys
 from p2ptun.errors import ConfigError
+from p2ptun.keys import encode_key, generate_private_key
 
 ALICE_PRIV = keys.generate_private_key()
 BOB_PUB = keys.encode_key(keys.public_key(keys.generate_private_key()))
@@ -141,12 +143,35 @@ def test_valid_rendezvous(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert cfg.nodes[0].name == "alice"
 
 
+EXAMPLE_VALUES = re.compile(r'"([A-Za-z0-9+/]{43}=|change-me|replace-with-32-random-characters)"')
+
+
 @pytest.mark.parametrize("name", ["node.example.toml", "rendezvous.example.toml"])
-def test_examples_pass(name: str, capsys: pytest.CaptureFixture[str]) -> None:
-    path = str(Path(__file__).parents[2] / "config" / name)
-    code, out, err = check(path, capsys)
+def test_examples_pass_once_their_keys_and_secrets_are_replaced(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (Path(__file__).parents[2] / "config" / name).read_text()
+
+    def fresh(match: re.Match[str]) -> str:
+        value = match.group(1)
+        if value.endswith("="):
+            return f'"{encode_key(generate_private_key())}"'
+        return f'"{encode_key(generate_private_key())[:32]}"'
+
+    code, out, err = check(write(tmp_path, EXAMPLE_VALUES.sub(fresh, text), name), capsys)
     assert code == 0, err
     assert "valid" in out
+
+
+@pytest.mark.parametrize("name", ["node.example.toml", "rendezvous.example.toml"])
+def test_examples_as_published_are_refused(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(Path(__file__).parents[2] / "config" / name)
+    code, _, err = check(path, capsys)
+    assert code == 2
+    assert err.strip() == (
+        f"{path}: private_key: is the example private key published with p2ptun "
+        "(generate your own with 'p2ptun genkey'; 'p2ptun pubkey' prints its public key)"
+    )
 
 
 def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

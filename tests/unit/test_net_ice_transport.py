@@ -73,6 +73,10 @@ class Node:
         return self.session
 
 
+#: The agents of these tests share this host's loopback addresses.
+LOOPBACK = AgentConfig(allow_local=True)
+
+
 def _lister(addresses: Sequence[str]) -> Callable[[], Awaitable[Sequence[str]]]:
     async def list_addresses() -> Sequence[str]:
         return list(addresses)
@@ -96,7 +100,7 @@ async def start_node(
         GatherOptions(stun=tuple(stun), turn=tuple(turn), **options),
         host=SystemHost(),
         list_addresses=_lister(hosts),
-        **(transport_options or {}),
+        **{"agent_config": LOOPBACK, **(transport_options or {})},
     )
     # The socket's one dispatcher: ICE and TURN to the mux, WireGuard-typed data to the
     # sessions (a node would give that kind to its data path).

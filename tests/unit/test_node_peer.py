@@ -112,7 +112,8 @@ def loopback_transport(agent_config: AgentConfig | None = None) -> IceTransport:
         GatherOptions(),
         host=SystemHost(),
         list_addresses=addresses,
-        agent_config=agent_config,
+        # The agents of these tests share this host's loopback address.
+        agent_config=agent_config or AgentConfig(allow_local=True),
     )
 
 
@@ -339,7 +340,9 @@ async def test_consent_loss_regathers_and_restarts(
     nursery: trio.Nursery, transports: Callable[[Ctx], None]
 ) -> None:
     # Consent checks every 0.2 s: two unanswered ones make the pair suspect within a second.
-    ice = AgentConfig(consent=ConsentConfig(interval=0.2, jitter=0.0, timeout=30.0))
+    ice = AgentConfig(
+        consent=ConsentConfig(interval=0.2, jitter=0.0, timeout=30.0), allow_local=True
+    )
     alice, actx, _bob, bctx = await connected_pair(nursery, transports, ice)
     offers = len(actx.signaling.offers)
     offer = actx.signaling.offer

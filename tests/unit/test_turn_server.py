@@ -50,6 +50,8 @@ WALL = 1_800_000_000.0
 SERVER_ADDR: Address = (RELAY, 3478)
 PEER: Address = ("192.0.2.50", 9000)
 PEER2: Address = ("192.0.2.51", 9001)
+#: The peers and clients here have documentation addresses, which a relay refuses unless told.
+PEER_NETWORKS = (ipaddress.ip_network("192.0.2.0/24"), ipaddress.ip_network("198.51.100.0/24"))
 
 
 def ft(
@@ -66,7 +68,7 @@ def make_server(**overrides: Any) -> TurnServer:
         relay_ports=overrides.pop("relay_ports", (50000, 50999)),
         users=overrides.pop("users", {"alice": "pw-alice", "bob": "pw-bob"}),
         auth_secret=AUTH_SECRET,
-        allow_peers=overrides.pop("allow_peers", ()),
+        allow_peers=overrides.pop("allow_peers", PEER_NETWORKS),
         own_addresses=(RELAY, "203.0.113.11"),
         limits=limits,
         **overrides,
@@ -529,8 +531,30 @@ def test_allow_peers_opens_a_denied_range() -> None:
 
 def test_peer_policy_matrix() -> None:
     policy = PeerPolicy.build([ipaddress.ip_network("10.9.0.0/16")], ["203.0.113.10", "0.0.0.0"])
-    allowed = ["192.0.2.1", "198.51.100.7", "8.8.8.8", "2001:db8::1", "10.9.1.1", "::ffff:8.8.8.8"]
+    allowed = [
+        "8.8.8.8",
+        "1.1.1.1",
+        "2606:4700::1111",
+        "10.9.1.1",
+        "::ffff:8.8.8.8",
+        "64:ff9b::808:808",
+        "2002:808:808::1",
+    ]
     denied = [
+        "192.0.2.1",
+        "198.51.100.7",
+        "2001:db8::1",
+        "192.0.0.9",
+        "198.18.0.1",
+        "192.88.99.1",
+        "64:ff9b:1::808:808",
+        "2002:7f00:1::1",
+        "2002:a00:1::1",
+        "::ffff:0:7f00:1",
+        "fec0::1",
+        "2001::1",
+        "100::1",
+        "3fff::1",
         "::1",
         "::",
         "fc00::1",
