@@ -42,6 +42,7 @@ from p2plab.memnet import EPOCH, MemoryHost, MemoryNetwork, MemoryTun, Pinger, R
 from p2ptun.config import (
     IceConfig,
     InterfaceConfig,
+    MetricsSettings,
     NetworkConfig,
     NetworkEntry,
     NodeConfig,
@@ -134,6 +135,8 @@ class MemoryLab:
         self.signaling: SignalingServer | None = None
         self._rendezvous_scope: trio.CancelScope | None = None
         """The rendezvous' signaling server, once started (its core's counters)."""
+        self.rendezvous_metrics: MetricsSettings | None = None
+        """The rendezvous' ``[metrics]`` section (None: no metrics endpoint)."""
 
     def _key(self) -> bytes:
         return clamp(self.rng.randbytes(32))
@@ -258,6 +261,7 @@ class MemoryLab:
             ice=node.config.ice,
             peers=peers,
             network=network,
+            metrics=node.config.metrics,
         )
         node._daemon = NodeDaemon(
             node.config, host=node.host, control_socket=False, seal_state=node.seal_state
@@ -295,6 +299,7 @@ class MemoryLab:
             if self.network_name is not None
             else tuple(NodeEntry(n.name, public_key(n.config.private_key)) for n in self.nodes),
             networks=networks,
+            metrics=self.rendezvous_metrics,
         )
 
     # -- running ----------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from p2ptun.config.schema import (
 )
 from p2ptun.config.values import (
     check_name,
+    metrics_settings,
     parse_ip_literal,
     parse_listen,
     parse_network,
@@ -42,6 +43,7 @@ def rendezvous_config(source: ConfigFile, data: dict[str, Any]) -> RendezvousCon
         "turn",
         "node",
         "network",
+        "metrics",
     )
     listen = top.parse(
         "listen",
@@ -129,6 +131,7 @@ def rendezvous_config(source: ConfigFile, data: dict[str, Any]) -> RendezvousCon
             f"{source.file}: no [[node]] or [[network]] entries and open_registration = "
             "false: no node can register"
         )
+    metrics = metrics_settings(top)
     top.check_unknown()
     return RendezvousConfig(
         path=source.file,
@@ -142,6 +145,7 @@ def rendezvous_config(source: ConfigFile, data: dict[str, Any]) -> RendezvousCon
         nodes=tuple(nodes),
         warnings=tuple(source.warnings),
         networks=tuple(networks),
+        metrics=metrics,
     )
 
 

@@ -114,6 +114,17 @@ class NetworkConfig:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    """``[metrics]``: where the Prometheus text endpoint listens (off when the section is
+    absent)."""
+
+    listen: Address
+
+
+DEFAULT_METRICS_PORT = 9560
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     path: str
     name: str
@@ -124,6 +135,7 @@ class NodeConfig:
     peers: tuple[PeerConfig, ...]
     warnings: tuple[str, ...] = ()
     network: NetworkConfig | None = None
+    metrics: MetricsSettings | None = None
 
     @property
     def public_key(self) -> bytes:
@@ -187,6 +199,7 @@ class RendezvousConfig:
     networks: tuple[NetworkEntry, ...] = ()
     #: Self-registered nodes (open registration) get TURN credentials too.
     open_registration_turn: bool = False
+    metrics: MetricsSettings | None = None
 
     @property
     def public_key(self) -> bytes:

@@ -143,6 +143,24 @@ class NodeContext(Protocol):
         ...
 
 
+@dataclass
+class SessionCounters:
+    """What happened to one peer's paths (the metrics endpoint shows them)."""
+
+    ice_restarts: int = 0
+    """Restarts we offered beside a working path (network change, consent trouble)."""
+    restarts_answered: int = 0
+    """Restarts of the peer's that we answered."""
+    consent_expired: int = 0
+    """Selected paths closed because consent expired (RFC 7675 §5.1)."""
+    consent_lost: int = 0
+    """Selected paths lost after an unanswered consent probe burst (quiet path)."""
+    ice_failures: int = 0
+    """Attempts whose checks all failed (RFC 8445 §6.1.2.6 Failed)."""
+    path_changes: int = 0
+    """Pairs selected for the data (the first one and every change after it)."""
+
+
 @dataclass(eq=False)
 class Attempt:
     """One ICE session (one offer/answer) with the peer."""
@@ -198,6 +216,8 @@ class PeerSession:
         self._running = False
         self._closed = False  # close() is final: a closed session never offers again
         self.stale_wakeups = 0
+        #: What happened to this peer's paths, for the metrics endpoint.
+        self.counters = SessionCounters()
         """Times a timer was due again right after running (a bug elsewhere; never a spin)."""
 
     @property
@@ -365,6 +385,8 @@ class PeerSession:
         except (KeyError, ProtocolError) as exc:
             log.warning("cannot offer", peer=self.name, error=str(exc))
             return
+        if self.active is not None:
+            self.counters.ice_restarts += 1
         log.info(
             "offer",
             peer=self.name,
@@ -497,6 +519,8 @@ class PeerSession:
         self.current = attempt
         attempt.signalled.update(desc.candidates)
         attempt.eoc_sent = desc.end_of_candidates
+        if isinstance(msg, Restart):
+            self.counters.restarts_answered += 1
         log.info(
             "answered",
             peer=self.name,
@@ -564,6 +588,7 @@ class PeerSession:
             self._use_pair(event.pair, event.previous)
         elif isinstance(event, ConsentExpired):
             if attempt is self.active:
+                self.counters.consent_expired += 1
                 log.warning("consent expired, path closed", peer=self.name)
                 self.active = None
                 attempt.session.close()
@@ -579,12 +604,14 @@ class PeerSession:
                 self._regather_then_restart("consent suspect")
         elif isinstance(event, ConsentLost):
             if attempt is self.active:
+                self.counters.consent_lost += 1
                 self._path_lost()
         elif isinstance(event, ConsentRestored):
             log.info("consent restored", peer=self.name)
         elif isinstance(event, StateChanged):
             log.debug("ice state", peer=self.name, state=event.state.value)
             if event.state is AgentState.FAILED and attempt is self.current:
+                self.counters.ice_failures += 1
                 self._failures += 1
                 delay = RETRY_DELAYS[min(self._failures - 1, len(RETRY_DELAYS) - 1)]
                 log.info("ICE failed", peer=self.name, retry_in=f"{delay:g}")
@@ -632,6 +659,7 @@ class PeerSession:
             # controlled side selected first (on the nominating check), so it can answer.
             self.wg.initiate_handshake(now)
         tunnel.flush(self.wg)
+        self.counters.path_changes += 1
         log.info(
             "path selected" if previous is None else "path changed",
             peer=self.name,

@@ -285,6 +285,8 @@ class Deployment:
     turn_secret: str = field(default_factory=lambda: secrets.token_hex(16))
     nodes: list[Node] = field(default_factory=list)
     rendezvous: subprocess.Popen[bytes] | None = None
+    rendezvous_extra: str = ""
+    """TOML appended to the rendezvous' config (sections such as ``[metrics]``)."""
 
     @classmethod
     def per_site(
@@ -358,7 +360,7 @@ class Deployment:
             f'[turn]\nrealm = "lab"\nrelay_address = "{RV}"\nrelay_ports = "49152-49999"\n'
             f'auth_secret = "{self.turn_secret}"\n'
             # The lab's public addresses are documentation blocks, denied by default.
-            'allow_peers = ["192.0.2.0/24", "198.51.100.0/24"]\n' + nodes
+            'allow_peers = ["192.0.2.0/24", "198.51.100.0/24"]\n' + nodes + self.rendezvous_extra
         )
         path.chmod(0o600)
         with self.rendezvous_log_path.open("ab") as log:
@@ -392,13 +394,14 @@ class Deployment:
         turn: str = "udp",
         turn_servers: Sequence[str] | None = None,
         stun: Sequence[str] | None = None,
+        extra: str = "",
     ) -> Path:
         """Write ``node``'s config (atomically, so that a SIGHUP never reads half a file).
 
         ``peers``: the nodes it knows (default: every other node). ICE: STUN at the
         rendezvous and its TURN with rendezvous-issued credentials over ``turn`` (``udp`` or
         ``tcp``), unless ``stun`` (``host:port`` strings) or ``turn_servers`` (TOML inline
-        tables) say otherwise."""
+        tables) say otherwise. ``extra``: TOML appended (sections such as ``[metrics]``)."""
         if peers is None:
             peers = [p for p in self.nodes if p is not node]
         if stun is None:
@@ -417,7 +420,7 @@ class Deployment:
             f'name = "{node.name}"\nprivate_key = "{node.key}"\n'
             f'[interface]\nname = "{node.ifname}"\naddress = ["{node.address}"]\n'
             f'[rendezvous]\naddress = "{RV}:7070"\npublic_key = "{self.rv_key[1]}"\n'
-            f"[ice]\nstun = [{stun_text}]\nturn = [{', '.join(turn_servers)}]\n" + peer_text
+            f"[ice]\nstun = [{stun_text}]\nturn = [{', '.join(turn_servers)}]\n" + peer_text + extra
         )
         tmp.chmod(0o600)
         os.replace(tmp, path)
