@@ -89,6 +89,42 @@ def cmd_stun(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_netcheck(args: argparse.Namespace) -> int:
+    """Measure what this host's network does (RFC 5780 NAT behaviour, TURN reachability,
+    IPv6) against the STUN and TURN servers of a node config, or one ``--server``."""
+    import json
+
+    import trio
+
+    from p2ptun import config
+    from p2ptun.addr import parse_host_port
+    from p2ptun.net.netcheck import netcheck, render
+    from p2ptun.net.stun_query import DEFAULT_STUN_PORT
+    from p2ptun.net.system import SystemHost
+
+    stun: list[tuple[str, int]] = []
+    turn: tuple[config.TurnServerConfig, ...] = ()
+    if args.server is not None:
+        try:
+            stun.append(parse_host_port(args.server, DEFAULT_STUN_PORT))
+        except ValueError as exc:
+            raise UsageError(f"p2ptun netcheck: bad server {args.server!r}: {exc}") from None
+    if args.config is not None:
+        cfg = config.load_node(args.config)
+        stun += list(cfg.ice.stun) or [(cfg.rendezvous.host, DEFAULT_STUN_PORT)]
+        turn = cfg.ice.turn
+    if not stun:
+        raise UsageError(
+            "p2ptun netcheck: give a node config (-c FILE) or a STUN server (--server HOST)"
+        )
+    report = trio.run(netcheck, SystemHost(), stun, turn)
+    if args.json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    else:
+        sys.stdout.write(render(report) + "\n")
+    return EXIT_OK
+
+
 def cmd_rendezvous(args: argparse.Namespace) -> int:
     """Run the rendezvous server (for now its embedded STUN/TURN servers) in the foreground."""
     from p2ptun import config
@@ -430,6 +466,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--interface", metavar="NAME", help="interface name (default: FILE's name)")
     p.set_defaults(func=cmd_join)
+
+    p = sub.add_parser(
+        "netcheck", help="what this host's NAT does (RFC 5780), TURN reachability, IPv6"
+    )
+    p.add_argument("-c", "--config", metavar="FILE", help="a node config: its STUN/TURN servers")
+    p.add_argument("--server", metavar="HOST[:PORT]", help="a STUN server to ask (RFC 5780)")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.set_defaults(func=cmd_netcheck)
 
     p = sub.add_parser("stun", help="ask a STUN server for this host's mapped address")
     p.add_argument("server", metavar="HOST[:PORT]", help="STUN server (default port 3478)")

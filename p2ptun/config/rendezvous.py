@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from typing import Any
 
+from p2ptun.addr import Address, format_address
 from p2ptun.config.examples import SECRET_HINT, placeholder_problem
 from p2ptun.config.node import authority_key, read_revocations
 from p2ptun.config.reader import ConfigFile, Table
@@ -77,8 +79,9 @@ def rendezvous_config(source: ConfigFile, data: dict[str, Any]) -> RendezvousCon
             stun_t.parse(k, raw, lambda s: parse_listen(s, DEFAULT_STUN_PORT), "an ip:port")
             for k, raw in stun_t.strings("listen", required=True)
         )
+        alternate = _alternate(stun_t, listens)
         stun_t.check_unknown()
-        stun = StunServerSettings(listens)
+        stun = StunServerSettings(listens, alternate)
 
     turn = None
     turn_t = top.table("turn")
@@ -147,6 +150,48 @@ def rendezvous_config(source: ConfigFile, data: dict[str, Any]) -> RendezvousCon
         networks=tuple(networks),
         metrics=metrics,
     )
+
+
+def _alternate(t: Table, listens: tuple[Address, ...]) -> Address | None:
+    """``[stun] alternate``: RFC 5780's second address and port, paired with the first listen
+    address of its family that has a specific IP; both must differ from that one's."""
+    raw = t.string("alternate")
+    if raw is None:
+        return None
+    ip, port = t.parse(
+        "alternate", raw, lambda s: parse_listen(s, DEFAULT_STUN_PORT + 1), "an ip:port"
+    )
+    family = ipaddress.ip_address(ip).version
+    if ipaddress.ip_address(ip).is_unspecified:
+        raise t.error("alternate", f"{raw}: a wildcard", "the server's second IP address:port")
+    primary = next(
+        (
+            a
+            for a in listens
+            if not ipaddress.ip_address(a[0]).is_unspecified
+            and ipaddress.ip_address(a[0]).version == family
+        ),
+        None,
+    )
+    if primary is None:
+        raise t.error(
+            "alternate",
+            f"no listen address of IPv{family} with a specific IP to pair it with",
+            'list the primary address itself, e.g. listen = ["203.0.113.10:3478"]',
+        )
+    if ip == primary[0] or port == primary[1]:
+        raise t.error(
+            "alternate",
+            f"{raw} shares its IP or port with {format_address(primary)}",
+            "another IP address and another port of this server (RFC 5780)",
+        )
+    if (ip, port) in listens or (ip, primary[1]) in listens or (primary[0], port) in listens:
+        raise t.error(
+            "alternate",
+            f"{raw} overlaps a listen address",
+            "addresses the [stun] listeners do not use: the alternate's sockets are its own",
+        )
+    return ip, port
 
 
 def _turn_settings(t: Table) -> TurnServerSettings:

@@ -149,6 +149,19 @@ class NodeConfig:
 @dataclass(frozen=True)
 class StunServerSettings:
     listen: tuple[Address, ...]
+    #: RFC 5780's alternate address and port (``[stun] alternate``), or None.
+    alternate: Address | None = None
+
+    def behavior_primary(self) -> Address:
+        """The listen address the alternate pairs with: the first of its family with a
+        specific IP (the loader checks there is one)."""
+        assert self.alternate is not None
+        return next(a for a in self.listen if _pairs_with(a, self.alternate))
+
+
+def _pairs_with(listen: Address, alternate: Address) -> bool:
+    ip = ipaddress.ip_address(listen[0])
+    return not ip.is_unspecified and ip.version == ipaddress.ip_address(alternate[0]).version
 
 
 @dataclass(frozen=True)

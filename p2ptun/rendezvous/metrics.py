@@ -138,6 +138,8 @@ class RendezvousCollector:
             for field, reason in SHELL_REFUSALS.items():
                 refused[reason] += getattr(shell, field)
             dropped["stream_garbage"] += shell.stream_garbage
+            if service.behavior is not None:  # RFC 5780: the Bindings to its four addresses
+                bindings += service.behavior.counters.requests
             turn = service.turn
             if turn is None:
                 continue

@@ -287,6 +287,8 @@ class Deployment:
     rendezvous: subprocess.Popen[bytes] | None = None
     rendezvous_extra: str = ""
     """TOML appended to the rendezvous' config (sections such as ``[metrics]``)."""
+    stun_extra: str = ""
+    """TOML keys added to the rendezvous' ``[stun]`` section (``alternate = ...``)."""
 
     @classmethod
     def per_site(
@@ -356,7 +358,7 @@ class Deployment:
         path.write_text(
             f'listen = "{RV}:7070"\nprivate_key = "{self.rv_key[0]}"\n'
             f'database = "{self.workdir}/rv.sqlite"\n'
-            f'[stun]\nlisten = ["{RV}:3478"]\n'
+            f'[stun]\nlisten = ["{RV}:3478"]\n{self.stun_extra}'
             f'[turn]\nrealm = "lab"\nrelay_address = "{RV}"\nrelay_ports = "49152-49999"\n'
             f'auth_secret = "{self.turn_secret}"\n'
             # The lab's public addresses are documentation blocks, denied by default.

@@ -1,40 +1,60 @@
-"""Seeing what the network does, with real daemons in the NAT lab: the Prometheus endpoints of
-a node and of the rendezvous scraped with curl while traffic crosses the tunnel.
+"""Seeing what the network does, with real daemons in the NAT lab.
 
-One lab for the module (two cone sites, a rendezvous on the server); every process is
-started with ``lab.popen`` and stopped by PID, pass or fail.
+- The Prometheus endpoints of a node and of the rendezvous, scraped with curl while traffic
+  crosses the tunnel.
+- ``p2ptun netcheck`` from a site of every NAT type against the rendezvous' RFC 5780 server
+  (``[stun] alternate``), checked against coturn's ``turnutils_natdiscovery`` run from the same
+  site against coturn — and coturn's client run against our server, which must agree too.
+
+One lab for the module (a site of each NAT type, the rendezvous on the server, coturn beside
+it on other ports); every process is started with ``lab.popen`` and stopped by PID.
 """
 
 from __future__ import annotations
 
+import json
+import sys
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
-from nodelab import RV, Deployment
+from nodelab import RV, RV_ALT, Deployment
 from prometheus_client.parser import text_string_to_metric_families
 
-from p2plab.natlab import NatLab, wait_until
+from p2plab import coturn
+from p2plab.natlab import NAT_TYPES, NatLab, wait_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 LabFactory = Callable[..., NatLab]
 NODE_METRICS = "127.0.0.1:9560"
 RV_METRICS = f"{RV}:9560"
+COTURN_PORT = 3490
+"""coturn listens on both server addresses at 3490 and 3491 (RFC 5780), beside ours."""
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 @pytest.fixture(scope="module")
 def dep(
     natlab_module: LabFactory, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Deployment]:
-    lab = natlab_module(["cone", "cone"])
-    d = Deployment.per_site(lab, tmp_path_factory.mktemp("observe"))
+    """A site of every NAT type (site i has NAT_TYPES[i-1]), one node identity per site, the
+    rendezvous with metrics and RFC 5780's alternate address and port."""
+    lab = natlab_module(list(NAT_TYPES))
+    d = Deployment(lab, tmp_path_factory.mktemp("observe"))
+    for site in lab.sites:
+        i = site.index
+        d.add_node(f"n{i}", f"site{i}", f"10.77.0.{i}/24", ifname=f"p2p{d.tag}n{i}")
+    d.rendezvous_extra = f'[metrics]\nlisten = "{RV_METRICS}"\n'
+    d.stun_extra = f'alternate = "{RV_ALT}:3479"\n'
+    d.start_rendezvous()
     yield d
     d.stop_all()
 
 
-def scrape(
-    dep: Deployment, host: str, address: str
-) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def scrape(dep: Deployment, host: str, address: str) -> Samples:
     """GET /metrics with curl in ``host``'s namespace; every sample by name and labels."""
     result = dep.lab.exec(host, "curl", "-sS", "--max-time", "5", f"http://{address}/metrics")
     assert result.returncode == 0, result.stderr
@@ -46,32 +66,22 @@ def scrape(
 
 
 def test_metrics_of_node_and_rendezvous_move_with_traffic(dep: Deployment) -> None:
-    if dep.rendezvous is not None:
-        dep.stop_all()
-    dep.rendezvous_extra = f'[metrics]\nlisten = "{RV_METRICS}"\n'
-    dep.start_rendezvous()
-    n1, n2 = dep.nodes
+    n1, n2 = dep.nodes[:2]  # public and full cone: direct
     metrics = f'[metrics]\nlisten = "{NODE_METRICS}"\n'
     for node in (n1, n2):
-        dep.start_node(node, extra=metrics)
+        dep.start_node(node, peers=[n2 if node is n1 else n1], extra=metrics)
     dep.wait_connected([n1, n2])
     peer = (("peer", n2.name),)
     before = scrape(dep, n1.site, NODE_METRICS)
-    rv_before = scrape(dep, "server", RV_METRICS)
     dep.assert_ping(n1, n2, count=10)
     after = scrape(dep, n1.site, NODE_METRICS)
-    tx = (
-        after[("p2ptun_peer_tx_packets_total", peer)]
-        - before[("p2ptun_peer_tx_packets_total", peer)]
-    )
-    rx = (
-        after[("p2ptun_peer_rx_packets_total", peer)]
-        - before[("p2ptun_peer_rx_packets_total", peer)]
-    )
-    assert tx >= 10 and rx >= 10, (tx, rx)
-    assert (
-        after[("p2ptun_peer_tx_bytes_total", peer)] > before[("p2ptun_peer_tx_bytes_total", peer)]
-    )
+
+    def moved(name: str) -> float:
+        return after[(name, peer)] - before[(name, peer)]
+
+    assert moved("p2ptun_peer_tx_packets_total") >= 10
+    assert moved("p2ptun_peer_rx_packets_total") >= 10
+    assert moved("p2ptun_peer_tx_bytes_total") >= 10 * 96  # ping + WireGuard's 32 bytes
     assert after[("p2ptun_peer_path", (("path", "direct"), *peer))] == 1
     assert after[("p2ptun_peer_connected", peer)] == 1
     assert after[("p2ptun_rendezvous_connected", ())] == 1
@@ -79,13 +89,121 @@ def test_metrics_of_node_and_rendezvous_move_with_traffic(dep: Deployment) -> No
     assert rv[("p2ptun_rendezvous_nodes_online", ())] == 2
     assert rv[("p2ptun_rendezvous_nodes_registered", ())] == len(dep.nodes)
     assert rv[("p2ptun_rendezvous_signaling_messages_total", ())] >= 2
-    assert (
-        rv[("p2ptun_rendezvous_stun_binding_requests_total", ())]
-        >= rv_before[("p2ptun_rendezvous_stun_binding_requests_total", ())]
-    )
+    assert rv[("p2ptun_rendezvous_stun_binding_requests_total", ())] >= 2
     # A node that stops leaves the online gauge.
-    dep.stop_node(n2)
+    dep.stop_nodes()
     wait_until(
-        lambda: scrape(dep, "server", RV_METRICS)[("p2ptun_rendezvous_nodes_online", ())] == 1,
+        lambda: scrape(dep, "server", RV_METRICS)[("p2ptun_rendezvous_nodes_online", ())] == 0,
         timeout=15,
+        interval=0.5,
     )
+
+
+def netcheck(dep: Deployment, i: int) -> dict[str, Any]:
+    node = dep.nodes[i - 1]
+    path = dep.node_config(
+        node,
+        turn_servers=[
+            f'{{ url = "turn:{RV}:3478?transport=udp" }}',
+            f'{{ url = "turn:{RV}:3478?transport=tcp" }}',
+        ],
+    )
+    argv = [sys.executable, "-m", "p2ptun", "netcheck", "-c", str(path)]
+    start = time.monotonic()
+    text = dep.lab.exec(node.site, *argv, timeout=60, env=dep.env())
+    took = time.monotonic() - start
+    assert text.returncode == 0, text.stderr
+    as_json = dep.lab.exec(node.site, *argv, "--json", timeout=60, env=dep.env())
+    assert as_json.returncode == 0, as_json.stderr
+    report: dict[str, Any] = json.loads(as_json.stdout)
+    report["text"] = text.stdout
+    report["took"] = took
+    return report
+
+
+@pytest.fixture(scope="module")
+def netchecks(dep: Deployment) -> dict[str, dict[str, Any]]:
+    """``p2ptun netcheck`` (text and JSON) from every site, concurrently."""
+    with ThreadPoolExecutor(len(dep.lab.sites)) as pool:
+        futures = {s.nat: pool.submit(netcheck, dep, s.index) for s in dep.lab.sites}
+        return {nat: f.result() for nat, f in futures.items()}
+
+
+@pytest.fixture(scope="module")
+def discoveries(dep: Deployment) -> dict[str, dict[str, coturn.NatDiscovery]]:
+    """turnutils_natdiscovery from every site, against coturn and against our rendezvous."""
+    lab = dep.lab
+    server = coturn.start_coturn(lab, port=COTURN_PORT)
+    try:
+        with ThreadPoolExecutor(2 * len(lab.sites)) as pool:
+            futures = {
+                (s.nat, target): pool.submit(coturn.natdiscovery, lab, f"site{s.index}", RV, port)
+                for s in lab.sites
+                for target, port in (("coturn", COTURN_PORT), ("p2ptun", 3478))
+            }
+            out: dict[str, dict[str, coturn.NatDiscovery]] = {}
+            for (nat, target), future in futures.items():
+                out.setdefault(nat, {})[target] = future.result()
+            return out
+    finally:
+        server.stop()
+
+
+#: Our names for coturn's verdicts ("no-nat" is coturn's "Endpoint Independent" twice).
+COTURN_WORDS = {
+    "Endpoint Independent": "endpoint-independent",
+    "Address Dependent": "address-dependent",
+    "Address and Port Dependent": "address-and-port-dependent",
+    None: "unknown",
+}
+
+
+@pytest.mark.parametrize("nat", NAT_TYPES)
+def test_netcheck_agrees_with_coturn_natdiscovery(
+    nat: str,
+    netchecks: dict[str, dict[str, Any]],
+    discoveries: dict[str, dict[str, coturn.NatDiscovery]],
+    request: pytest.FixtureRequest,
+) -> None:
+    ours = netchecks[nat]
+    theirs = discoveries[nat]["coturn"]
+    mapping = "endpoint-independent" if ours["mapping"] == "no-nat" else ours["mapping"]
+    filtering = "endpoint-independent" if ours["filtering"] == "no-nat" else ours["filtering"]
+    assert (mapping, filtering) == (
+        COTURN_WORDS[theirs.mapping],
+        COTURN_WORDS[theirs.filtering],
+    ), ours["text"] + theirs.output
+    # coturn's client against our rendezvous finds the same: our RFC 5780 server interoperates.
+    against_us = discoveries[nat]["p2ptun"]
+    assert (against_us.mapping, against_us.filtering) == (theirs.mapping, theirs.filtering), (
+        against_us.output
+    )
+    turn = {t["transport"]: t["reachable"] for t in ours["turn"]}
+    assert turn == {"udp": nat != "udp-blocked", "tcp": True}, ours["turn"]
+    assert ours["port_mapping"]["checked"] is False
+    print(
+        f"\n--- {nat}: coturn says mapping {theirs.mapping}, filtering {theirs.filtering}\n"
+        f"$ p2ptun netcheck -c n.toml\n{ours['text']}FIGURE netcheck took {ours['took']:.2f} s"
+    )
+
+
+def test_netcheck_verdicts(netchecks: dict[str, dict[str, Any]]) -> None:
+    verdicts = {nat: r["verdict"] for nat, r in netchecks.items()}
+    assert verdicts["none"].startswith("no NAT")
+    assert verdicts["cone"].startswith("easy NAT (full cone)")
+    assert verdicts["prc"].startswith("easy NAT: direct with most peers")
+    assert verdicts["sym"].startswith("hard NAT")
+    assert verdicts["udp-blocked"].startswith("UDP blocked")
+
+
+def test_netcheck_with_a_server_and_json(dep: Deployment) -> None:
+    """The README's second form: one STUN server named on the command line, JSON out."""
+    argv = [sys.executable, "-m", "p2ptun", "netcheck", "--server", RV, "--json"]
+    result = dep.lab.exec("site3", *argv, timeout=60)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["mapping"], report["filtering"]) == (
+        "endpoint-independent",
+        "address-and-port-dependent",
+    )
+    assert report["turn"] == []

@@ -38,3 +38,43 @@ def test_bad_metrics_section_is_one_line(
     words: tuple[str, ...],
 ) -> None:
     assert_config_error(tmp_path, capsys, text + f"\n[metrics]\n{section}\n", key, *words)
+
+
+STUN_LISTEN = 'listen = ["203.0.113.10:3478"]'
+
+
+def _rv_with_stun(section: str) -> str:
+    head, _, rest = RENDEZVOUS.partition("[stun]")
+    assert rest, "the test rendezvous config has a [stun] section"
+    body = rest.split("\n[", 1)
+    tail = "\n[" + body[1] if len(body) > 1 else ""
+    return f"{head}[stun]\n{section}\n{tail}"
+
+
+def test_stun_alternate_pairs_with_the_primary(tmp_path: Path) -> None:
+    cfg = config.load_rendezvous(
+        write(tmp_path, _rv_with_stun(f'{STUN_LISTEN}\nalternate = "203.0.113.11:3479"'))
+    )
+    assert cfg.stun is not None and cfg.stun.alternate == ("203.0.113.11", 3479)
+    assert cfg.stun.behavior_primary() == ("203.0.113.10", 3478)
+
+
+@pytest.mark.parametrize(
+    ("section", "words"),
+    [
+        ('listen = ["0.0.0.0:3478"]\nalternate = "203.0.113.11:3479"', ("specific IP",)),
+        (f'{STUN_LISTEN}\nalternate = "203.0.113.10:3479"', ("shares its IP or port",)),
+        (f'{STUN_LISTEN}\nalternate = "203.0.113.11:3478"', ("shares its IP or port",)),
+        (f'{STUN_LISTEN}\nalternate = "0.0.0.0:3479"', ("wildcard",)),
+        (f'{STUN_LISTEN}\nalternate = "[2001:db8::1]:3479"', ("IPv6",)),
+        (f'{STUN_LISTEN}\nalternate = "rv.example.net:3479"', ("IP literal",)),
+        (
+            'listen = ["203.0.113.10:3478", "203.0.113.11:3479"]\nalternate = "203.0.113.11:3479"',
+            ("overlaps",),
+        ),
+    ],
+)
+def test_bad_stun_alternate_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], section: str, words: tuple[str, ...]
+) -> None:
+    assert_config_error(tmp_path, capsys, _rv_with_stun(section), "stun.alternate", *words)
