@@ -53,6 +53,7 @@ WireGuard session or the peer's kernel.
 from __future__ import annotations
 
 import contextlib
+from collections import deque
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
@@ -143,6 +144,22 @@ class NodeContext(Protocol):
         ...
 
 
+PATH_HISTORY = 16
+"""Path changes a peer remembers for ``p2ptun status`` (the oldest is forgotten first)."""
+
+
+@dataclass(frozen=True)
+class PathChange:
+    """One change of a peer's data path: when (trio's clock), to what, and why."""
+
+    at: float
+    path: str | None
+    """``direct``, ``relay``, or None: no path."""
+    reason: str
+    local: str | None = None
+    remote: str | None = None
+
+
 @dataclass
 class SessionCounters:
     """What happened to one peer's paths (the metrics endpoint shows them)."""
@@ -218,6 +235,10 @@ class PeerSession:
         self.stale_wakeups = 0
         #: What happened to this peer's paths, for the metrics endpoint.
         self.counters = SessionCounters()
+        #: The last path changes, newest last (``p2ptun status``).
+        self.history: deque[PathChange] = deque(maxlen=PATH_HISTORY)
+        #: Why the next path change happens, when something we did is its cause.
+        self._path_reason: str | None = None
         """Times a timer was due again right after running (a bug elsewhere; never a spin)."""
 
     @property
@@ -262,7 +283,7 @@ class PeerSession:
             attempt.session.close()
         self.current = self.active = None
         self.retired = []
-        self._clear_path()
+        self._clear_path(reason)
 
     def _attempts(self) -> list[Attempt]:
         found = [a for a in (self.current, self.active) if a is not None]
@@ -387,6 +408,7 @@ class PeerSession:
             return
         if self.active is not None:
             self.counters.ice_restarts += 1
+            self._path_reason = f"restart: {reason}"
         log.info(
             "offer",
             peer=self.name,
@@ -521,6 +543,7 @@ class PeerSession:
         attempt.eoc_sent = desc.end_of_candidates
         if isinstance(msg, Restart):
             self.counters.restarts_answered += 1
+            self._path_reason = "restart by the peer"
         log.info(
             "answered",
             peer=self.name,
@@ -535,7 +558,7 @@ class PeerSession:
         if active is not None and msg.session in (0, active.session_id):
             self.active = None
             active.session.close()
-            self._clear_path()
+            self._clear_path("the peer said bye")
         current = self.current
         if current is not None and msg.session in (0, current.session_id):
             self._drop(current)
@@ -592,7 +615,7 @@ class PeerSession:
                 log.warning("consent expired, path closed", peer=self.name)
                 self.active = None
                 attempt.session.close()
-                self._clear_path()
+                self._clear_path("consent expired")
                 self._regather_then_restart("consent expired")
         elif isinstance(event, ConsentSuspect):
             now = trio.current_time()
@@ -639,7 +662,7 @@ class PeerSession:
             relay = self.ctx.transport.relay_for(pair.base)
             if relay is None:
                 log.warning("selected relay is gone", peer=self.name)
-                self._clear_path()
+                self._clear_path("the relay is gone")
                 return
             # The session bound a channel to the remote: the data goes as ChannelData.
             tunnel.set_sender(self.wg, partial(relay.send_batch, remote), remote)
@@ -647,6 +670,7 @@ class PeerSession:
             # From the pair's local base: the address the peer checked, on a multi-homed host
             # the uplink the pair goes through (source policy routing).
             tunnel.set_endpoint(self.wg, remote, pair.base[0])
+        self._record_path(pair)
         self.path = pair
         self.wg.path_silence = max(PATH_SILENCE_MIN, PATH_SILENCE_RTTS * (pair.rtt or 0.0))
         now = trio.current_time()
@@ -668,9 +692,38 @@ class PeerSession:
             remote=_cand(pair.remote),
         )
 
-    def _clear_path(self) -> None:
+    def _record_path(self, pair: SelectedPair | None, reason: str | None = None) -> None:
+        """Remember a change of the data path to ``pair`` (None: no path) and its reason:
+        the one given, the cause we noted (a restart, lost consent), or what the change
+        itself says (the first path, an upgrade to direct)."""
+        old = self.path
+        kind = None if pair is None else ("relay" if pair.relayed else "direct")
+        if reason is None:
+            reason = self._path_reason
+        self._path_reason = None
+        if reason is None:
+            if old is None:
+                reason = "selected"
+            elif old.relayed and kind == "direct":
+                reason = "upgrade to direct"
+            elif not old.relayed and kind == "relay":
+                reason = "moved to the relay"
+            else:
+                reason = "better pair"
+        self.history.append(
+            PathChange(
+                trio.current_time(),
+                kind,
+                reason,
+                None if pair is None else format_address(pair.local.address),
+                None if pair is None else format_address(pair.remote.address),
+            )
+        )
+
+    def _clear_path(self, reason: str = "closed") -> None:
         self.wg.path_silence = None
         if self.path is not None:
+            self._record_path(None, reason)
             self.path = None
             self.ctx.tunnel.set_endpoint(self.wg, None)
 
@@ -733,6 +786,7 @@ class PeerSession:
         standby = None if active is None else active.agent.standby_pair(trio.current_time())
         if standby is not None:
             log.warning("path lost: probe unanswered, data moved to the relay", peer=self.name)
+            self._path_reason = "consent lost: moved to the standby"
             self._use_pair(standby, self.path)
         else:
             log.warning("path lost: probe unanswered", peer=self.name)
@@ -770,6 +824,17 @@ class PeerSession:
             "tx_bytes": self.wg.tx_bytes,
             "last_handshake": None if last is None else round(now - last, 3),
             "consent_age": None if consent is None else round(consent, 3),
+            "path_reason": self.history[-1].reason if self.history else None,
+            "path_history": [
+                {
+                    "ago": round(now - c.at, 3),
+                    "path": c.path,
+                    "reason": c.reason,
+                    "local": c.local,
+                    "remote": c.remote,
+                }
+                for c in self.history
+            ],
         }
 
     async def ping(self, timeout: float = 3.0) -> dict[str, Any]:
