@@ -207,3 +207,48 @@ def test_netcheck_with_a_server_and_json(dep: Deployment) -> None:
         "address-and-port-dependent",
     )
     assert report["turn"] == []
+
+
+def test_bugreport_of_a_live_node_has_its_status_and_no_secret(
+    dep: Deployment, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A running node behind the port-restricted NAT (its peer public): the archive has the
+    live status and a netcheck; the node's key, its pre-shared key and a password planted in
+    its log are nowhere in it."""
+    import gzip
+    import tarfile
+
+    from p2ptun.keys import encode_key, generate_private_key
+
+    n1, n3 = dep.nodes[0], dep.nodes[2]
+    dep.start_node(n1, peers=[n3])
+    dep.start_node(n3, peers=[n1])
+    dep.wait_connected([n1, n3])
+    dep.assert_ping(n3, n1)
+    psk = encode_key(generate_private_key())
+    path = n3.config_path
+    assert path is not None
+    with path.open("a") as f:
+        f.write(f'# a pre-shared key someone kept as a comment\n# preshared_key = "{psk}"\n')
+    assert n3.log_path is not None
+    with n3.log_path.open("a") as f:
+        f.write(f"debug: planted {n3.key} and password=Hunter2-Hunter2\n")
+    out = tmp_path_factory.mktemp("bugreport") / "n3.tar.gz"
+    argv = [sys.executable, "-m", "p2ptun", "bugreport", "-c", str(path), "-o", str(out)]
+    result = dep.lab.exec(n3.site, *argv, "--log", str(n3.log_path), timeout=90, env=dep.env())
+    assert result.returncode == 0, result.stderr
+    with tarfile.open(out, "r:gz") as tar:
+        files = {
+            m.name.split("/", 1)[1]: tar.extractfile(m).read().decode()  # type: ignore[union-attr]
+            for m in tar.getmembers()
+        }
+    status = json.loads(files["status.json"])
+    assert status["peers"][0]["name"] == n1.name and status["peers"][0]["state"] == "connected"
+    assert status["peers"][0]["path_history"][0]["reason"] == "selected"
+    assert json.loads(files["netcheck.json"])["filtering"] == "address-and-port-dependent"
+    assert n3.ifname in files["network.txt"]
+    everything = "\n".join(files.values()) + gzip.decompress(out.read_bytes()).decode("latin-1")
+    for secret in (n3.key, psk, "Hunter2-Hunter2"):
+        assert secret not in everything
+    assert "planted <redacted>" in files["logs.txt"]
+    dep.stop_nodes()
