@@ -53,6 +53,7 @@ from p2ptun.config import (
     StunServerSettings,
     TurnServerConfig,
     TurnServerSettings,
+    WebSettings,
 )
 from p2ptun.keys import clamp, public_key
 from p2ptun.membership import (
@@ -137,6 +138,8 @@ class MemoryLab:
         """The rendezvous' signaling server, once started (its core's counters)."""
         self.rendezvous_metrics: MetricsSettings | None = None
         """The rendezvous' ``[metrics]`` section (None: no metrics endpoint)."""
+        self.rendezvous_web: WebSettings | None = None
+        """The rendezvous' ``[web]`` section (None: no map page)."""
 
     def _key(self) -> bytes:
         return clamp(self.rng.randbytes(32))
@@ -300,6 +303,7 @@ class MemoryLab:
             else tuple(NodeEntry(n.name, public_key(n.config.private_key)) for n in self.nodes),
             networks=networks,
             metrics=self.rendezvous_metrics,
+            web=self.rendezvous_web,
         )
 
     # -- running ----------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from p2ptun.config.schema import (
     TurnServerConfig,
     TurnServerSettings,
     TurnTransport,
+    WebSettings,
     control_socket_path,
 )
 from p2ptun.config.values import (
@@ -148,6 +149,7 @@ __all__ = [
     "TurnServerConfig",
     "TurnServerSettings",
     "TurnTransport",
+    "WebSettings",
     "control_socket_path",
     "describe",
     "detect_kind",

@@ -15,11 +15,13 @@ from p2ptun.config.schema import (
     DEFAULT_RENDEZVOUS_PORT,
     DEFAULT_STUN_PORT,
     DEFAULT_TURNS_PORT,
+    DEFAULT_WEB_PORT,
     NetworkEntry,
     NodeEntry,
     RendezvousConfig,
     StunServerSettings,
     TurnServerSettings,
+    WebSettings,
 )
 from p2ptun.config.values import (
     check_name,
@@ -46,6 +48,7 @@ def rendezvous_config(source: ConfigFile, data: dict[str, Any]) -> RendezvousCon
         "node",
         "network",
         "metrics",
+        "web",
     )
     listen = top.parse(
         "listen",
@@ -135,6 +138,8 @@ def rendezvous_config(source: ConfigFile, data: dict[str, Any]) -> RendezvousCon
             "false: no node can register"
         )
     metrics = metrics_settings(top)
+    web_t = top.table("web")
+    web = _web(web_t) if web_t is not None else None
     top.check_unknown()
     return RendezvousConfig(
         path=source.file,
@@ -149,7 +154,45 @@ def rendezvous_config(source: ConfigFile, data: dict[str, Any]) -> RendezvousCon
         warnings=tuple(source.warnings),
         networks=tuple(networks),
         metrics=metrics,
+        web=web,
     )
+
+
+def _web(t: Table) -> WebSettings:
+    """``[web]``: ``listen`` and the admin token (``admin_token`` or ``admin_token_file``)."""
+    listen = t.parse(
+        "listen",
+        t.string("listen", required=True),
+        lambda s: parse_listen(s, DEFAULT_WEB_PORT),
+        "an ip:port such as 127.0.0.1:8080",
+    )
+    token = t.secret("admin_token")
+    token_file = t.string("admin_token_file")
+    if (token is None) == (token_file is None):
+        raise t.error(
+            None,
+            "needs exactly one of admin_token and admin_token_file",
+            "the map page is shown only to whoever presents the token",
+        )
+    if token_file is not None:
+        path = token_file
+        if not os.path.isabs(path):
+            path = os.path.join(os.path.dirname(os.path.abspath(t.source.file)), path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                token = f.read(4096).strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise t.error("admin_token_file", f"{token_file}: {reason}") from None
+    assert token is not None
+    if len(token) < 16 or any(c.isspace() for c in token):
+        raise t.error(
+            "admin_token_file" if token_file is not None else "admin_token",
+            "too short or has spaces",
+            "at least 16 random characters, e.g. from: openssl rand -hex 16",
+        )
+    t.check_unknown()
+    return WebSettings(listen, token)
 
 
 def _alternate(t: Table, listens: tuple[Address, ...]) -> Address | None:

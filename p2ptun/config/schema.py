@@ -125,6 +125,17 @@ DEFAULT_METRICS_PORT = 9560
 
 
 @dataclass(frozen=True)
+class WebSettings:
+    """``[web]`` of the rendezvous: the network map page (off when the section is absent)."""
+
+    listen: Address
+    admin_token: str = field(repr=False)
+
+
+DEFAULT_WEB_PORT = 8080
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     path: str
     name: str
@@ -213,6 +224,7 @@ class RendezvousConfig:
     #: Self-registered nodes (open registration) get TURN credentials too.
     open_registration_turn: bool = False
     metrics: MetricsSettings | None = None
+    web: WebSettings | None = None
 
     @property
     def public_key(self) -> bytes:

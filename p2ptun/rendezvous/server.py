@@ -63,6 +63,27 @@ async def bind_metrics(
     return await bind(host, cfg.metrics.listen, collector)
 
 
+async def bind_web(
+    cfg: RendezvousConfig,
+    host: Host,
+    services: list[StunTurnService],
+    signaling: list[SignalingServer],
+) -> HttpServer | None:
+    """The ``[web]`` map page's listener (None without the section)."""
+    if cfg.web is None:
+        return None
+    from p2ptun.rendezvous.web import MapPage
+    from p2ptun.rendezvous.web import bind_web as bind
+
+    page = MapPage(
+        cfg.web.admin_token,
+        lambda: signaling[0] if signaling else None,
+        services,
+        host.wall_clock,
+    )
+    return await bind(host, cfg.web.listen, page)
+
+
 async def serve(
     services: list[StunTurnService],
     *,
@@ -93,15 +114,24 @@ async def run_rendezvous(
     notifier = notifier if notifier is not None else Notifier()
     services = await bind_services(cfg, host)
     signaling_server: list[SignalingServer] = []
+    http: list[HttpServer] = []
     try:
         metrics = await bind_metrics(cfg, host, services, signaling_server)
+        if metrics is not None:
+            http.append(metrics)
+        web = await bind_web(cfg, host, services, signaling_server)
+        if web is not None:
+            http.append(web)
     except BaseException:
         for service in services:
             service.close()
+        with trio.CancelScope(shield=True):
+            for server in http:
+                await server.listener.aclose()
         raise
     async with trio.open_nursery() as nursery:
-        if metrics is not None:
-            await nursery.start(metrics.serve)
+        for server in http:
+            await nursery.start(server.serve)
         try:
             signaling = await nursery.start(partial(serve_signaling, cfg, host=host))
         except (OSError, RuntimeFailure) as exc:

@@ -674,7 +674,7 @@ class _ClientReceiver:
         if self.to_peers:
             service._dispatch(self.outputs)
             self.outputs = []
-            service._send_to_peers(self.to_peers)
+            self._flush_to_peers()
         self.routes.clear()
         service.wall_offset(now)
         self.outputs.extend(turn.handle_client(ft, data, now))
@@ -702,10 +702,21 @@ class _ClientReceiver:
             service._dispatch(self.outputs)
             self.outputs = []
         if self.to_peers:
-            service._send_to_peers(self.to_peers)
+            self._flush_to_peers()
         self.routes.clear()
         self.relayed = self.relayed_bytes = 0
         self.now = None
+
+    def _flush_to_peers(self) -> None:
+        """Send the gathered ChannelData payloads, counted per allocation first (once per
+        relay socket and peer in the batch: the rendezvous' map page shows them per node)."""
+        turn = self.service.turn
+        if turn is not None:
+            for (relay, _peer), batch in self.to_peers.items():
+                alloc = turn.allocation_for_relay(relay)
+                if alloc is not None:
+                    alloc.bytes_to_peer += sum(map(len, batch))
+        self.service._send_to_peers(self.to_peers)
 
 
 class _PeerReceiver:
@@ -778,6 +789,9 @@ class _PeerReceiver:
         if to_client is not None:
             turn.counters.relayed_to_client += self.relayed
             turn.counters.relayed_to_client_bytes += self.relayed_bytes
+            alloc = turn.allocation_for_relay(self.relay)
+            if alloc is not None:
+                alloc.bytes_to_client += self.relayed_bytes
             to_client[0].send_batch_prefixed(
                 self.prefixes, self.payloads, to_client[1], to_client[2]
             )

@@ -328,6 +328,10 @@ class Allocation:
     channel_by_peer: dict[Address, Channel] = field(default_factory=dict)
     wake: float | None = None
     """The earliest of the expiry times above, as the server's schedule has it."""
+    bytes_to_peer: int = 0
+    """Payload bytes relayed from the client to its peers (the shell adds its fast path's)."""
+    bytes_to_client: int = 0
+    """Payload bytes relayed from peers to the client (likewise)."""
 
     def has_permission(self, host: str, now: float) -> bool:
         expiry = self.permissions.get(host)
@@ -527,6 +531,7 @@ class TurnServer:
             ).encode()
         self.counters.relayed_to_client += 1
         self.counters.relayed_to_client_bytes += size
+        alloc.bytes_to_client += size
         return ToClient(ft, wire)
 
     # -- routes for a shell's batches ---------------------------------------------------------
@@ -982,6 +987,7 @@ class TurnServer:
             return None
         self.counters.relayed_to_peer += 1
         self.counters.relayed_to_peer_bytes += len(data)
+        alloc.bytes_to_peer += len(data)
         return ToPeer(alloc.relay, peer, data)
 
     def _client_channel_data(
@@ -1008,6 +1014,7 @@ class TurnServer:
             return None
         self.counters.relayed_to_peer += 1
         self.counters.relayed_to_peer_bytes += length
+        alloc.bytes_to_peer += length
         return ToPeer(alloc.relay, channel.peer, bytes(data[4:end]))
 
     # -- helpers ------------------------------------------------------------------------------

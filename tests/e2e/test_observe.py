@@ -31,6 +31,8 @@ pytestmark = [pytest.mark.lab, pytest.mark.slow]
 LabFactory = Callable[..., NatLab]
 NODE_METRICS = "127.0.0.1:9560"
 RV_METRICS = f"{RV}:9560"
+RV_WEB = f"{RV}:8080"
+WEB_TOKEN = "lab-admin-token-0123456789"
 COTURN_PORT = 3490
 """coturn listens on both server addresses at 3490 and 3491 (RFC 5780), beside ours."""
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -47,7 +49,10 @@ def dep(
     for site in lab.sites:
         i = site.index
         d.add_node(f"n{i}", f"site{i}", f"10.77.0.{i}/24", ifname=f"p2p{d.tag}n{i}")
-    d.rendezvous_extra = f'[metrics]\nlisten = "{RV_METRICS}"\n'
+    d.rendezvous_extra = (
+        f'[metrics]\nlisten = "{RV_METRICS}"\n'
+        f'[web]\nlisten = "{RV_WEB}"\nadmin_token = "{WEB_TOKEN}"\n'
+    )
     d.stun_extra = f'alternate = "{RV_ALT}:3479"\n'
     d.start_rendezvous()
     yield d
@@ -251,4 +256,60 @@ def test_bugreport_of_a_live_node_has_its_status_and_no_secret(
     for secret in (n3.key, psk, "Hunter2-Hunter2"):
         assert secret not in everything
     assert "planted <redacted>" in files["logs.txt"]
+    dep.stop_nodes()
+
+
+def browser(dep: Deployment, host: str, url: str, *extra: str) -> str:
+    """Load ``url`` in headless Chromium in ``host``'s namespace; the DOM it rendered."""
+    profile = dep.workdir / f"chromium-{host}"
+    argv = [
+        "chromium-headless-shell",
+        "--no-sandbox",  # root in a namespace
+        "--disable-gpu",
+        f"--user-data-dir={profile}",
+        *extra,
+        url,
+    ]
+    result = dep.lab.exec(host, *argv, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def test_map_page_in_a_headless_browser(
+    dep: Deployment, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Two nodes relayed through the rendezvous (port-restricted and symmetric NATs): the
+    map page, loaded by Chromium with the token, lists both with their public addresses and
+    relayed bytes; without the token it is 401 (the browser shows the refusal)."""
+    n3, n4 = dep.nodes[2], dep.nodes[3]
+    dep.start_node(n3, peers=[n4])
+    dep.start_node(n4, peers=[n3])
+    dep.wait_connected([n3, n4])
+    dep.assert_ping(n3, n4, count=20)
+    url = f"http://{RV_WEB}/"
+    dom = browser(dep, "site1", "--dump-dom", f"{url}?token={WEB_TOKEN}")
+    for node in (n3, n4):
+        assert f'<td class="name">{node.name}</td>' in dom, dom
+    assert '<span id="online">2 online</span>' in dom
+    for i in (2, 3):  # the public address of each node's NAT
+        assert f">{dep.lab.sites[i].wan_addr.split('/')[0]}:" in dom, dom
+    api = dep.lab.exec(
+        "site1",
+        *("curl", "-sS", "--max-time", "5", "-H", f"Authorization: Bearer {WEB_TOKEN}"),
+        f"http://{RV_WEB}/api/nodes",
+    )
+    nodes = {n["name"]: n for n in json.loads(api.stdout)["nodes"]}
+    assert sum(n["relayed_bytes_to_peers"] + n["relayed_bytes_to_node"] for n in nodes.values()) > 0
+    refused = browser(dep, "site1", "--dump-dom", url)
+    assert "401 Unauthorized" in refused and n3.name not in refused
+    code = dep.lab.exec(
+        "site1", "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", url
+    )
+    assert code.stdout == "401"
+    shot = tmp_path_factory.mktemp("map") / "map.png"
+    browser(
+        dep, "site1", f"--screenshot={shot}", "--window-size=1100,420", f"{url}?token={WEB_TOKEN}"
+    )
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    print(f"FIGURE map page screenshot {shot}")
     dep.stop_nodes()

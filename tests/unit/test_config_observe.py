@@ -78,3 +78,47 @@ def test_bad_stun_alternate_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], section: str, words: tuple[str, ...]
 ) -> None:
     assert_config_error(tmp_path, capsys, _rv_with_stun(section), "stun.alternate", *words)
+
+
+WEB_TOKEN = "0123456789abcdef-web"
+
+
+def test_web_is_off_by_default_and_reads_a_token_or_its_file(tmp_path: Path) -> None:
+    assert config.load_rendezvous(write(tmp_path, RENDEZVOUS)).web is None
+    text = RENDEZVOUS + f'\n[web]\nlisten = "127.0.0.1:8080"\nadmin_token = "{WEB_TOKEN}"\n'
+    web = config.load_rendezvous(write(tmp_path, text)).web
+    assert web is not None and web.listen == ("127.0.0.1", 8080)
+    assert web.admin_token == WEB_TOKEN and WEB_TOKEN not in repr(web)
+    (tmp_path / "token").write_text(WEB_TOKEN + "\n")
+    text = RENDEZVOUS + '\n[web]\nlisten = "127.0.0.1"\nadmin_token_file = "token"\n'
+    web = config.load_rendezvous(write(tmp_path, text)).web
+    assert web is not None and web.admin_token == WEB_TOKEN and web.listen[1] == 8080
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "words"),
+    [
+        ('listen = "127.0.0.1:8080"', None, ("exactly one of admin_token",)),
+        (
+            f'listen = "127.0.0.1:8080"\nadmin_token = "{WEB_TOKEN}"\nadmin_token_file = "t"',
+            None,
+            ("exactly one",),
+        ),
+        ('listen = "127.0.0.1:8080"\nadmin_token = "short"', "web.admin_token", ("too short",)),
+        (
+            'listen = "127.0.0.1:8080"\nadmin_token_file = "/nonexistent/t"',
+            "web.admin_token_file",
+            ("/nonexistent/t",),
+        ),
+        (f'admin_token = "{WEB_TOKEN}"', "web.listen", ("missing",)),
+        (f'listen = "127.0.0.1:8080"\nadmin_token = "{WEB_TOKEN}"\nport = 1', "web.port", ()),
+    ],
+)
+def test_bad_web_section_is_one_line(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    section: str,
+    key: str | None,
+    words: tuple[str, ...],
+) -> None:
+    assert_config_error(tmp_path, capsys, RENDEZVOUS + f"\n[web]\n{section}\n", key, *words)
