@@ -9,6 +9,8 @@ with coturn's turnutils_natdiscovery, are ``tests/e2e/test_observe.py``.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import trio
 import trio.testing
@@ -177,12 +179,16 @@ async def test_netcheck_names_the_behaviour_of_each_simulated_nat(
     assert report["other_address"] == f"{A2}:3479"
     if behaviour is None:
         assert (report["mapping"], report["filtering"]) == ("no-nat", "no-nat")
+        assert report["hairpinning"] is None  # nothing to hairpin through
         assert report["verdict"].startswith("no NAT")
     else:
         assert report["mapping"] == behaviour.mapping.value
         assert report["filtering"] == behaviour.filtering.value
         easy = behaviour.mapping is Mapping.EIM
         assert report["verdict"].startswith("easy NAT" if easy else "hard NAT")
+        # The simulated routers hairpin, and filter the hairpinned datagram like any other
+        # (it comes from the NAT's own address, which the mapping never sent to).
+        assert report["hairpinning"] is (behaviour.filtering is Filtering.EIF)
     assert [t["reachable"] for t in report["turn"]] == [True, True, False]
     assert report["turn"][0]["rtt_ms"] > 0  # (memnet connects TCP without delay)
     assert report["turn"][1]["rtt_ms"] is not None
@@ -212,3 +218,26 @@ async def test_udp_blocked_is_a_verdict_not_an_error(
     assert report["verdict"] == (
         "UDP blocked: relayed with every peer (TURN over TCP/TLS reachable)"
     )
+
+
+async def test_turn_over_tls_is_reached_with_its_certificate_checked(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Our TURN server's TLS listener on loopback: reachable with the right CA, and refused
+    (with the reason) when the certificate does not verify."""
+    from loopback_turn import HOST, free_port, serve_turn
+    from test_net_turn_relay import _certificates
+
+    from p2ptun.net.netcheck import turn_reachability
+    from p2ptun.net.system import SystemHost
+
+    ca, cert, key = _certificates(tmp_path)
+    port = free_port()
+    await serve_turn(nursery, tls=(port, str(cert), str(key)))
+    url = f"turns:{HOST}:{port}"
+    good = await turn_reachability(
+        SystemHost(), TurnServerConfig(url, HOST, port, "tls", ca_file=str(ca))
+    )
+    assert good["reachable"] is True and good["rtt_ms"] > 0, good
+    bad = await turn_reachability(SystemHost(), TurnServerConfig(url, HOST, port, "tls"))
+    assert bad["reachable"] is False and "TLS handshake" in bad["error"], bad
