@@ -122,3 +122,17 @@ def test_bad_web_section_is_one_line(
     words: tuple[str, ...],
 ) -> None:
     assert_config_error(tmp_path, capsys, RENDEZVOUS + f"\n[web]\n{section}\n", key, *words)
+
+
+def test_check_names_the_new_listeners(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from p2ptun import cli
+
+    text = _rv_with_stun(f'{STUN_LISTEN}\nalternate = "203.0.113.11:3479"') + (
+        f'\n[metrics]\nlisten = "127.0.0.1:9560"\n[web]\nlisten = "127.0.0.1:8080"\n'
+        f'admin_token = "{WEB_TOKEN}"\n'
+    )
+    assert cli.main(["check", "-c", write(tmp_path, text)]) == 0
+    out = capsys.readouterr().out
+    assert "RFC 5780 alternate 203.0.113.11:3479" in out
+    assert "metrics 127.0.0.1:9560" in out and "map page 127.0.0.1:8080" in out
+    assert WEB_TOKEN not in out
