@@ -897,6 +897,8 @@ class NodeDaemon:
                 return False
             for warning in new.warnings:
                 log.warning("config warning", warning=warning)
+            if new.metrics != old.metrics:
+                log.warning("[metrics] changed: it applies at the next start", path=new.path)
             log.info("config reloaded", path=new.path, peers=len(new.peers))
             return True
         finally:
