@@ -147,11 +147,17 @@ async def behaviour(host: Host, server: Address) -> dict[str, Any]:
     }
     ports: list[DatagramPort] = []
     try:
+        for _ in range(3):
+            ports.append(host.bind_datagram("::" if is_ipv6(server[0]) else "0.0.0.0", 0))
+    except RuntimeFailure as exc:
+        for port in ports:
+            port.close()
+        result["error"] = str(exc)
+        return result
+    try:
         async with trio.open_nursery() as nursery:
             probes = []
-            for _ in range(3):
-                port = host.bind_datagram("::" if is_ipv6(server[0]) else "0.0.0.0", 0)
-                ports.append(port)
+            for port in ports:
                 probe = _Probe(port, host.random_bytes)
                 nursery.start_soon(port.receive_loop, probe)
                 probes.append(probe)
@@ -241,7 +247,11 @@ async def turn_reachability(host: Host, server: TurnServerConfig) -> dict[str, A
             entry["error"] = f"{server.host!r} has no address"
             return entry
         target = addresses[0]
-        port = host.bind_datagram("::" if is_ipv6(target[0]) else "0.0.0.0", 0)
+        try:
+            port = host.bind_datagram("::" if is_ipv6(target[0]) else "0.0.0.0", 0)
+        except RuntimeFailure as exc:
+            entry["error"] = str(exc)
+            return entry
         try:
             async with trio.open_nursery() as nursery:
                 probe = _Probe(port, host.random_bytes)
@@ -293,19 +303,24 @@ async def ipv6(host: Host, stun_servers: Sequence[Address]) -> dict[str, Any]:
     ]
     out: dict[str, Any] = {"addresses": addresses, "udp": None, "mapped": None}
     servers = [s for s in stun_servers if is_ipv6(s[0])]
+    if not addresses:
+        out["note"] = "no global IPv6 address"
+        return out
     if not servers:
         out["note"] = "no IPv6 STUN server to ask"
         return out
     for server in servers:
-        port = host.bind_datagram("::", 0)
+        try:
+            port = host.bind_datagram(addresses[0], 0)
+        except RuntimeFailure as exc:
+            out.update(udp=False, note=str(exc))
+            return out
         try:
             async with trio.open_nursery() as nursery:
                 probe = _Probe(port, host.random_bytes)
                 nursery.start_soon(port.receive_loop, probe)
                 waiter = await probe.binding(server)
                 nursery.cancel_scope.cancel()
-        except RuntimeFailure:
-            continue
         finally:
             port.close()
         mapped = _mapped(waiter)
@@ -324,18 +339,21 @@ async def netcheck(
     """The whole report (module docstring). ``stun``: the STUN servers (host, port) to ask,
     in order; the first that answers test I is used for the behaviour tests."""
     resolved: list[Address] = []
+    unresolved: list[str] = []
     for name, port in stun:
         try:
-            resolved.extend(await host.resolve(name, port))
-        except RuntimeFailure:
+            found = await host.resolve(name, port)
+        except RuntimeFailure as exc:
+            unresolved.append(str(exc))
             continue
+        resolved.extend(found)
     v4 = [a for a in resolved if not is_ipv6(a[0])]
     report: dict[str, Any] = {}
     behaviours = []
     for server in v4 or resolved[:1]:
-        found = await behaviour(host, server)
-        behaviours.append(found)
-        if found["udp"] and found["other_address"] is not None:
+        tested = await behaviour(host, server)
+        behaviours.append(tested)
+        if tested["udp"] and tested["other_address"] is not None:
             break
     best = next((b for b in behaviours if b["udp"]), behaviours[0] if behaviours else None)
     if best is None:
@@ -360,6 +378,9 @@ async def netcheck(
         Behaviour(report["filtering"]),
         stream_ok,
     )
+    if not resolved:
+        report["error"] = "; ".join(unresolved) or "the STUN servers' names have no address"
+        report["verdict"] = "unknown: no STUN server could be reached by name"
     return report
 
 
@@ -374,6 +395,8 @@ def render(report: dict[str, Any]) -> str:
         return str(value)
 
     lines = [f"verdict:      {report['verdict']}"]
+    if report.get("error"):
+        lines.append(f"error:        {report['error']}")
     other = show(report.get("other_address"))
     lines.append(f"STUN server:  {show(report.get('server'))} (other address {other})")
     lines.append(

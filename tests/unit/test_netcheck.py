@@ -241,3 +241,44 @@ async def test_turn_over_tls_is_reached_with_its_certificate_checked(
     assert good["reachable"] is True and good["rtt_ms"] > 0, good
     bad = await turn_reachability(SystemHost(), TurnServerConfig(url, HOST, port, "tls"))
     assert bad["reachable"] is False and "TLS handshake" in bad["error"], bad
+
+
+async def test_ipv6_is_reported_with_its_mapped_address(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A dual-stack host and a STUN server whose name has an IPv6 address too: the behaviour
+    tests run over IPv4, and a Binding over IPv6 is answered."""
+    net = MemoryNetwork(seed=1)
+    server = net.public_host("rendezvous", A1)
+    server.add_address(A2)
+    server.add_address("2001:db8::10")
+    net.names["rv.example.net"] = [A1, "2001:db8::10"]
+    client = net.public_host("client", "192.0.2.20")
+    client.add_address("2001:db8::20")
+    cfg = rendezvous_config()
+    assert cfg.stun is not None
+    stun = StunServerSettings(((A1, 3478), ("2001:db8::10", 3478)), alternate=(A2, 3479))
+    cfg = RendezvousConfig(**{**cfg.__dict__, "stun": stun})
+    async with trio.open_nursery() as nursery:
+        await nursery.start(net.run)
+        await nursery.start(run_rendezvous, cfg, server)
+        report = await netcheck(client, [("rv.example.net", 3478)])
+        nursery.cancel_scope.cancel()
+    assert report["server"] == f"{A1}:3478" and report["mapping"] == "no-nat"
+    assert report["ipv6"]["addresses"] == ["2001:db8::20"]
+    assert report["ipv6"]["udp"] is True
+    assert report["ipv6"]["mapped"].startswith("[2001:db8::20]:")
+    assert "IPv6:         2001:db8::20; UDP yes (mapped [2001:db8::20]:" in render(report)
+
+
+async def test_a_stun_server_that_does_not_resolve_is_said_so(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    net = MemoryNetwork(seed=1)
+    client = net.public_host("client", "192.0.2.20")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(net.run)
+        report = await netcheck(client, [("nowhere.example.net", 3478)])
+        nursery.cancel_scope.cancel()
+    assert report["verdict"].startswith("unknown: no STUN server")
+    assert "error:" in render(report)
