@@ -230,8 +230,8 @@ def build(
         except OSError as exc:
             files["config.toml"] = f"# {config_path}: {exc.strerror or exc}\n"
     now = time.time()
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
             top = os.path.basename(out).removesuffix(".tar.gz")
             for name, text in files.items():

@@ -133,3 +133,13 @@ def test_the_redactor_removes_values_of_secret_names(text: str, kept: str) -> No
 def test_usage_mistakes_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["bugreport", "--bogus"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_an_archive_that_cannot_be_written_is_one_line_and_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("P2PTUN_RUN_DIR", str(tmp_path / "run"))
+    out = tmp_path / "no-such-dir" / "r.tar.gz"
+    assert cli.main(["bugreport", "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"cannot write {out}") and len(err.strip().splitlines()) == 1
