@@ -27,7 +27,9 @@ What it implements:
   family (REQUESTED-ADDRESS-FAMILY; IPv4 is the servers' default), ``dual=True`` for an IPv4
   and an IPv6 one (ADDITIONAL-ADDRESS-FAMILY IPv6). A dual allocation that the server could
   make in one family only succeeds with that one and reports the other's ADDRESS-ERROR-CODE
-  (:attr:`TurnClient.address_error`).
+  (:attr:`TurnClient.address_error`). The dual request carries the attribute under its
+  pre-RFC code point too (0x8032, and 0x8033 is read for the error), the only one coturn 4.6
+  knows.
 - Refresh (§8) before the allocation lifetime runs out (:func:`refresh_delay`); deallocation
   with LIFETIME 0 (:meth:`TurnClient.close`).
 - CreatePermission (§9) and its refresh; ChannelBind (§11) on channels 0x4000-0x4FFF and its
@@ -716,6 +718,9 @@ class TurnClient:
                 attrs.append((AttrType.REQUESTED_ADDRESS_FAMILY, self.family))
             if self.dual:
                 attrs.append((AttrType.ADDITIONAL_ADDRESS_FAMILY, AddressFamily.IPV6))
+                # Also under the pre-RFC code point, which coturn 4.6 knows instead (other
+                # servers ignore an unknown comprehension-optional attribute).
+                attrs.append((AttrType.ADDITIONAL_ADDRESS_FAMILY_DRAFT, AddressFamily.IPV6))
             if self.requested_lifetime is not None:
                 attrs.append((AttrType.LIFETIME, self.requested_lifetime))
             if self.software:
@@ -867,7 +872,13 @@ class TurnClient:
         if kind is RequestKind.ALLOCATE:
             if self.state is not AllocationState.ALLOCATING:
                 return
-            relayed = tuple(response.xor_relayed_addresses)
+            # An unspecified address is no relayed address: coturn 4.6 adds 0.0.0.0 for the
+            # family it could not allocate in a dual request.
+            relayed = tuple(
+                a
+                for a in response.xor_relayed_addresses
+                if not ipaddress.ip_address(a[0]).is_unspecified
+            )
             if not relayed:
                 self._fail(
                     AllocationFailed(

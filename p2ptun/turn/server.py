@@ -21,6 +21,8 @@ What it implements
   ADDITIONAL-ADDRESS-FAMILY IPv6; a family it cannot serve in a dual request is named in
   ADDRESS-ERROR-CODE (440) while the other is allocated. A peer, or a Refresh's
   REQUESTED-ADDRESS-FAMILY, of a family the allocation has no relayed address of gets 443.
+  ADDITIONAL-ADDRESS-FAMILY under its pre-RFC code point (0x8032, coturn 4.6's clients) is
+  honoured too, and answered with ADDRESS-ERROR-CODE under that era's code point (0x8033).
 - Long-term credentials (RFC 8489 §9.2, RFC 8656 §5): REALM, stateless expiring NONCEs
   (438 when stale), MESSAGE-INTEGRITY, and MESSAGE-INTEGRITY-SHA256 / PASSWORD-ALGORITHM
   SHA-256 when the client asks for them; static users and coturn REST-API users.
@@ -343,6 +345,8 @@ class Allocation:
     """A dual allocation's second relayed address (IPv6 beside :attr:`relay`'s IPv4)."""
     opening: int = 1
     """Relay sockets the shell has yet to report bound (the allocation is pending till 0)."""
+    address_error_attr: int = 0x8001
+    """The attribute :attr:`address_error` goes in (ADDRESS-ERROR-CODE, or its draft code)."""
 
     @property
     def relays(self) -> tuple[Address, ...]:
@@ -856,6 +860,8 @@ class TurnServer:
         hosts = [self._relay_hosts[f] for f in families if f in self._relay_hosts]
         if not hosts:
             raise _Reject(ErrorCode.ADDRESS_FAMILY_NOT_SUPPORTED)
+        # A client that asked with the pre-RFC code point understands only its answer's.
+        draft = AttrType.ADDITIONAL_ADDRESS_FAMILY not in msg and additional_family is not None
         address_error = None
         missing = [f for f in families if f not in self._relay_hosts]
         if missing:  # a dual request the server serves in one family (RFC 8656 §7.2)
@@ -897,6 +903,9 @@ class TurnServer:
             relay=relays[0],
             relay_other=relays[1] if len(relays) > 1 else None,
             opening=len(relays),
+            address_error_attr=(
+                AttrType.ADDRESS_ERROR_CODE_DRAFT if draft else AttrType.ADDRESS_ERROR_CODE
+            ),
             lifetime=lifetime,
             expires=now + PENDING_TIMEOUT,
             allocate_tid=msg.transaction_id,
@@ -921,7 +930,7 @@ class TurnServer:
             (AttrType.XOR_MAPPED_ADDRESS, alloc.five_tuple.client),
         ]
         if alloc.address_error is not None:
-            attrs.append((AttrType.ADDRESS_ERROR_CODE, alloc.address_error))
+            attrs.append((alloc.address_error_attr, alloc.address_error))
         attrs.extend(self._software())
         response = request.success(attrs)
         self.counters.success_responses += 1

@@ -207,3 +207,44 @@ SERVER: Address = ("203.0.113.10", 3478)
 
 def _random(n: int) -> bytes:
     return _rng.randbytes(n)
+
+
+def test_pre_rfc_code_points_of_coturn_clients() -> None:
+    """coturn 4.6's turnutils_uclient -Z asks with 0x8032 and reads 0x8033."""
+    server = dual_server()
+    dual = Client(server, ft(9)).allocate(
+        extra=[(AttrType.ADDITIONAL_ADDRESS_FAMILY_DRAFT, AddressFamily.IPV6)]
+    )
+    assert ok(dual) and [r[0] for r in dual.xor_relayed_addresses] == [RELAY, RELAY6]
+    v4_only = make_server()
+    dual = Client(v4_only, ft(10)).allocate(
+        extra=[(AttrType.ADDITIONAL_ADDRESS_FAMILY_DRAFT, AddressFamily.IPV6)]
+    )
+    assert ok(dual) and AttrType.ADDRESS_ERROR_CODE not in dual
+    error = dual.get(AttrType.ADDRESS_ERROR_CODE_DRAFT)
+    assert error is not None and (error.family, error.code) == (AddressFamily.IPV6, 440)
+    assert dual.address_error_code == error
+
+
+def test_our_client_ignores_an_unspecified_relayed_address() -> None:
+    """coturn 4.6 answers a dual request it serves in IPv4 only with a second, all-zero
+    XOR-RELAYED-ADDRESS beside the ADDRESS-ERROR-CODE: that is no relayed address."""
+    from p2ptun.stun import AddressErrorValue, Message
+
+    client = TurnClient(SERVER, "alice", "pw-alice", random=_random, dual=True)
+    client.allocate(0.0)
+    (wire,) = client.pop_transmits()
+    request = Message.decode(wire)
+    assert request.get(AttrType.ADDITIONAL_ADDRESS_FAMILY_DRAFT) == AddressFamily.IPV6
+    response = request.success(
+        [
+            (AttrType.XOR_RELAYED_ADDRESS, (RELAY, 50000)),
+            (AttrType.XOR_RELAYED_ADDRESS, ("0.0.0.0", 0)),
+            (AttrType.LIFETIME, 600),
+            (AttrType.ADDRESS_ERROR_CODE_DRAFT, AddressErrorValue(2, 440, "")),
+        ]
+    )
+    client.handle_datagram(response.encode(), 0.0)
+    (event,) = [e for e in client.pop_events() if isinstance(e, AllocationSucceeded)]
+    assert event.relayed_addresses == ((RELAY, 50000),)
+    assert event.address_error is not None and event.address_error.code == 440
