@@ -1,6 +1,7 @@
 """The IPv6 underlay with real daemons: two sites behind symmetric IPv4 NATs that both have IPv6
 (no NAT, a home router's stateful firewall) connect directly over IPv6; with IPv6 at one site
-only, the same pair relays over IPv4 as before (docs/ARCHITECTURE.md §4).
+only, the same pair relays over IPv4 as before; a node that knows the rendezvous' STUN/TURN by
+its IPv6 address only allocates its relay over IPv6 (docs/ARCHITECTURE.md §4).
 
 One lab for the module: three sites behind symmetric NATs (``masquerade fully-random``), sites 1
 and 2 dual-stack (:meth:`p2plab.natlab.NatLab.enable_ipv6`), site 3 IPv4-only; one rendezvous
@@ -17,7 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from nodelab import MB, Deployment, report
+from nodelab import MB, RV, Deployment, report
 
 from p2plab.natlab import NatLab
 
@@ -118,6 +119,44 @@ def test_sym_sym_one_ipv6_relays(dualstack: Deployment) -> None:
         dep.tcp_transfer(a, c, 1 * MB)
         assert lab.direct_bytes(1, 3) < 64 * 1024, lab.counters()
         assert lab.server_bytes(1) > MB and lab.server_bytes(3) > MB, lab.counters()
+    finally:
+        codes = dep.stop_nodes()
+    assert codes == {a.name: 0, c.name: 0}, codes
+
+
+def test_stun_and_turn_over_ipv6(dualstack: Deployment) -> None:
+    """A node that knows the rendezvous' STUN/TURN only by its IPv6 address allocates its
+    relay over IPv6 (an IPv4 relayed address, the default family) and reaches an IPv4-only
+    peer behind a symmetric NAT through it or the peer's relay."""
+    dep, lab = dualstack, dualstack.lab
+    a, c = dep.nodes[0], dep.nodes[2]
+    mark = dep.rendezvous_log_size()
+    try:
+        dep.fresh_sites(a, c)
+        dep.start_node(
+            a,
+            peers=[c],
+            stun=[f"[{RV6}]:3478"],
+            turn_servers=[f'{{ url = "turn:[{RV6}]:3478?transport=udp" }}'],
+        )
+        dep.wait_ready(a)
+        t_up = time.monotonic()
+        dep.start_node(c, peers=[a])
+        first = dep.first_ping(a, c) - t_up
+        dep.wait_connected([a, c])
+        entry = dep.wait_path(a, c, "relay")
+        _record("TURN over IPv6", entry, dep.peer_status(c, a), first)
+        # The allocation came over IPv6, from the site's own address (no NAT), with an
+        # IPv4 relayed address.
+        client = f"udp:[{lab.site6(1).host_addr}]:"
+        created = [
+            line
+            for line in dep.rendezvous_log(mark).splitlines()
+            if "allocation created" in line and client in line
+        ]
+        assert created and f"relay={RV}:" in created[0], dep.rendezvous_log(mark)
+        dep.assert_ping(a, c)
+        assert lab.direct_bytes6(1, "server") > 0, lab.counters6()
     finally:
         codes = dep.stop_nodes()
     assert codes == {a.name: 0, c.name: 0}, codes
