@@ -637,7 +637,7 @@ class TurnServer:
             log.info(
                 "allocation created",
                 client=str(alloc.five_tuple),
-                relay=format_address(relay),
+                relay=" ".join(format_address(r) for r in alloc.relays),
                 user=alloc.username,
                 lifetime=alloc.lifetime,
             )
@@ -655,8 +655,13 @@ class TurnServer:
             self.counters.capacity_rejections += 1
             request = Message(Method.ALLOCATE, MessageClass.REQUEST, alloc.allocate_tid)
             response = self._encode_error(request, ErrorCode.INSUFFICIENT_CAPACITY, alloc)
-            self._delete(alloc, "no relay port")
-            return [ToClient(alloc.five_tuple, response)]
+            # The other family's socket of a dual allocation may be bound already: close it.
+            closes = [
+                out
+                for out in self._delete(alloc, "no relay port")
+                if isinstance(out, CloseRelay) and out.relay != relay
+            ]
+            return [ToClient(alloc.five_tuple, response), *closes]
         alloc.bind_attempts += 1
         new = (relay[0], port)
         if relay == alloc.relay:

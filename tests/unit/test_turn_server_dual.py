@@ -26,7 +26,7 @@ from test_turn_server import (
 )
 
 from p2ptun.addr import Address
-from p2ptun.stun import AddressFamily, AttrType, Method, decode_channel_data
+from p2ptun.stun import AddressFamily, AttrType, Message, Method, decode_channel_data
 from p2ptun.turn.client import AllocationSucceeded, TurnClient
 from p2ptun.turn.server import (
     AllocationState,
@@ -229,7 +229,7 @@ def test_pre_rfc_code_points_of_coturn_clients() -> None:
 def test_our_client_ignores_an_unspecified_relayed_address() -> None:
     """coturn 4.6 answers a dual request it serves in IPv4 only with a second, all-zero
     XOR-RELAYED-ADDRESS beside the ADDRESS-ERROR-CODE: that is no relayed address."""
-    from p2ptun.stun import AddressErrorValue, Message
+    from p2ptun.stun import AddressErrorValue
 
     client = TurnClient(SERVER, "alice", "pw-alice", random=_random, dual=True)
     client.allocate(0.0)
@@ -248,3 +248,40 @@ def test_our_client_ignores_an_unspecified_relayed_address() -> None:
     (event,) = [e for e in client.pop_events() if isinstance(e, AllocationSucceeded)]
     assert event.relayed_addresses == ((RELAY, 50000),)
     assert event.address_error is not None and event.address_error.code == 440
+
+
+def test_per_source_cap_holds_for_dual_allocations_from_one_64() -> None:
+    """Two addresses of one IPv6 /64 are one source: its cap counts dual allocations once
+    each, so one source holds at most twice the cap in relay sockets."""
+    server = dual_server(limits=ServerLimits(max_allocations_per_ip=2))
+    results = [
+        Client(server, ft(20 + i, host=f"2001:db8:1::{i + 2:x}")).allocate(extra=DUAL)
+        for i in range(3)
+    ]
+    assert [ok(r) for r in results[:2]] == [True, True]
+    assert code(results[2]) == 486
+    assert server.state_size()["relays"] == 4
+    other = Client(server, ft(30, host="2001:db8:1:1::2")).allocate(extra=DUAL)
+    assert ok(other)  # the next /64 is another source
+
+
+def test_a_bound_socket_is_closed_when_the_other_family_cannot_bind() -> None:
+    server = dual_server(limits=ServerLimits(max_bind_attempts=2))
+    client = Client(server)
+    attrs = [(AttrType.REQUESTED_TRANSPORT, 17), *DUAL]
+    client.feed(client.build(Method.ALLOCATE, attrs), 0.0)  # 401 with a nonce
+    client.nonce = client.responses()[-1].nonce
+    wire = client.build(Method.ALLOCATE, attrs)
+    pending = list(server.handle_client(client.ft, wire, 0.0))
+    outputs = []
+    while pending:
+        out = pending.pop(0)
+        outputs.append(out)
+        if isinstance(out, OpenRelay):  # IPv4 binds, IPv6 never does
+            pending.extend(server.relay_opened(out.relay, out.relay[0] == RELAY, 0.0))
+    opened_v4 = [o.relay for o in outputs if isinstance(o, OpenRelay) and o.relay[0] == RELAY]
+    closed = [o.relay for o in outputs if isinstance(o, CloseRelay)]
+    assert len(opened_v4) == 1 and opened_v4[0] in closed, outputs
+    assert server.state_size()["relays"] == 0 and server.state_size()["ports"] == 0
+    (answer,) = [o for o in outputs if isinstance(o, ToClient)]
+    assert code(Message.decode(answer.data)) == 508
