@@ -6,10 +6,12 @@ IPv6 has none."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +20,7 @@ from p2plab.natlab import LabError, NatLab, wait_for_line
 pytestmark = pytest.mark.lab
 
 LabFactory = Callable[..., NatLab]
+REPO = Path(__file__).resolve().parents[2]
 PORT, ALT = 4000, 4001
 
 
@@ -91,3 +94,26 @@ def test_ipv4_only_lab_has_no_ipv6(natlab: LabFactory) -> None:
         lab.counters6()
     assert "2001:db8" not in lab.exec("site1", "ip", "-6", "addr").stdout
     assert "lab6" not in lab.exec("inet", "nft", "list", "tables").stdout
+
+
+def test_cli_up_with_ipv6(tmp_path: Path) -> None:
+    """``scripts/natlab up --ipv6`` builds a dual-stack lab and says so."""
+    name = "p2p6c" + os.urandom(2).hex()
+    cli = [str(REPO / "scripts" / "natlab"), "--state-dir", str(tmp_path)]
+    env = {**os.environ, "PYTHON": sys.executable}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*cli, *args], capture_output=True, text=True, env=env, timeout=60, check=False
+        )
+
+    try:
+        up = run("up", "--sites", "sym,sym", "--ipv6", "--name", name)
+        assert up.returncode == 0, up.stderr
+        assert "2001:db8::10" in up.stdout and "2001:db8:2::2 (IPv6, firewalled)" in up.stdout
+        ping = run("exec", "--name", name, "site1", "ping", "-c1", "-W2", "2001:db8:2::2")
+        assert ping.returncode == 0, ping.stdout + ping.stderr
+    finally:
+        down = run("down", "--name", name)
+    assert down.returncode == 0, down.stderr
+    assert not [p for p in Path("/run/netns").iterdir() if p.name.startswith(f"{name}-")]
