@@ -424,7 +424,13 @@ class TurnServer:
         self._rng = rng
         self._nonces = NonceIssuer(secret, options.nonce_lifetime)
         self._credentials = CredentialStore(options.realm, options.users, options.auth_secret)
-        self._policy = PeerPolicy.build(options.allow_peers, options.own_addresses)
+        relay_addresses = [options.relay_address]
+        if options.extra_relay_address is not None:
+            relay_addresses.append(options.extra_relay_address)
+        # The relay addresses are never peers, whatever own_addresses says (RFC 8656 §21.3).
+        self._policy = PeerPolicy.build(
+            options.allow_peers, (*options.own_addresses, *relay_addresses)
+        )
         self._relay_hosts: dict[int, str] = {}
         """The relay address of each family the server relays in."""
         for raw in (options.relay_address, options.extra_relay_address):

@@ -43,8 +43,9 @@ UCLIENT_PEER_PORT = 3480
 MESSAGES = 20
 LOSS = re.compile(r"Total lost packets (\d+) \(([\d.]+)%\)")
 SENT = re.compile(r"start_mclient: tot_send_msgs=(\d+), tot_recv_msgs=(\d+)")
-#: Peers are at documentation addresses, which the relay refuses unless allowed.
-ALLOW = '["192.0.2.0/24", "198.51.100.0/24", "2001:db8::/32"]'
+#: Peers are at documentation addresses, which the relay refuses unless allowed: site 2's LANs
+#: only (the server's own 2001:db8::/64 stays denied).
+ALLOW = '["192.0.2.0/24", "198.51.100.0/24", "2001:db8:2::/64"]'
 
 
 # ---------------------------------------------------------------- the in-namespace client
@@ -145,7 +146,7 @@ def _coturn(lab: Any, relay: list[str]) -> Any:
     if V4 not in relay:
         # Coturn's fixture relays on its IPv4 address; an IPv6-only relay is not its shape.
         raise ValueError("coturn here always relays on IPv4 too")
-    args += ["--allowed-peer-ip=2001:db8::-2001:db8:ffff:ffff:ffff:ffff:ffff:ffff"]
+    args += ["--allowed-peer-ip=2001:db8:2::-2001:db8:2::ffff:ffff:ffff:ffff"]
     return Coturn(lab, args)
 
 

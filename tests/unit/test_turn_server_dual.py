@@ -40,7 +40,8 @@ from p2ptun.turn.server import (
 
 RELAY6 = "2001:db8::10"
 PEER6: Address = ("2001:db8:2::2", 9000)
-NETWORKS = (*PEER_NETWORKS, ipaddress.ip_network("2001:db8::/32"))
+#: The peers' IPv6 network only: the server's own 2001:db8::10 stays denied.
+NETWORKS = (*PEER_NETWORKS, ipaddress.ip_network("2001:db8:2::/48"))
 V6 = [(AttrType.REQUESTED_ADDRESS_FAMILY, AddressFamily.IPV6)]
 DUAL = [(AttrType.ADDITIONAL_ADDRESS_FAMILY, AddressFamily.IPV6)]
 
@@ -285,3 +286,17 @@ def test_a_bound_socket_is_closed_when_the_other_family_cannot_bind() -> None:
     assert server.state_size()["relays"] == 0 and server.state_size()["ports"] == 0
     (answer,) = [o for o in outputs if isinstance(o, ToClient)]
     assert code(Message.decode(answer.data)) == 508
+
+
+@pytest.mark.parametrize(
+    "host", [RELAY6, "::1", "fe80::1", "fc00::1", "::ffff:127.0.0.1", "64:ff9b::a00:1"]
+)
+def test_deny_list_holds_for_the_ipv6_relayed_address(host: str) -> None:
+    """RFC 6890 deny list on the IPv6 side of a dual allocation: the server's own IPv6 relay
+    address, loopback, link-local, unique-local and IPv4 forms that hide a denied address are
+    refused (403)."""
+    server = dual_server()  # its own addresses as given name only the IPv4 ones
+    client = Client(server)
+    assert ok(client.allocate(extra=DUAL))
+    response = client.request(Method.CREATE_PERMISSION, [(AttrType.XOR_PEER_ADDRESS, (host, 1))])
+    assert code(response) == 403, host
