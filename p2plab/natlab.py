@@ -37,6 +37,9 @@ NAT types (per site):
 
 Every router silently drops unsolicited inbound traffic to itself (no ICMP port-unreachable).
 
+IPv6 is opt-in (``NatLab.create(..., ipv6=True)``, :meth:`NatLab.enable_ipv6`): dual-stack sites
+with 2001:db8::/32 addresses, no NAT, a home router's stateful firewall (:mod:`p2plab.natlab6`).
+
 Impairments: this kernel has no ``sch_netem``, so :meth:`NatLab.set_netem` drops packets with an
 nftables ``numgen random`` rule in the internet and delays them with a userspace delay line
 (:mod:`p2plab.delay`) that the link's egress is redirected through (tc ``mirred``).

@@ -20,7 +20,9 @@ Addresses are added with ``nodad`` (no duplicate address detection: usable at on
 forward (``net.ipv6.conf.all.forwarding=1``). The internet's ``ip6 lab6`` table counts the bytes
 it forwards per (ingress link, egress link), like its IPv4 ``ip lab`` table:
 :meth:`~p2plab.natlab.NatLab.counters6` tells a test whether IPv6 traffic went straight between
-two sites.
+two sites. :meth:`~p2plab.natlab.NatLab.block` and the loss of
+:meth:`~p2plab.natlab.NatLab.set_netem` act on IPv4 only (their rules live in the ``ip lab``
+table); the delay line delays both families.
 """
 
 from __future__ import annotations
