@@ -123,7 +123,8 @@ def describe(cfg: Config) -> str:
     if cfg.stun and cfg.stun.alternate:
         parts.append(f"RFC 5780 alternate {format_address(cfg.stun.alternate)}")
     if cfg.turn:
-        parts.append(f"TURN relay {cfg.turn.relay_address}")
+        extra = f" and {cfg.turn.extra_relay_address}" if cfg.turn.extra_relay_address else ""
+        parts.append(f"TURN relay {cfg.turn.relay_address}{extra}")
     if cfg.metrics is not None:
         parts.append(f"metrics {format_address(cfg.metrics.listen)}")
     if cfg.web is not None:
