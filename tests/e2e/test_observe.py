@@ -33,6 +33,8 @@ NODE_METRICS = "127.0.0.1:9560"
 RV_METRICS = f"{RV}:9560"
 RV_WEB = f"{RV}:8080"
 WEB_TOKEN = "lab-admin-token-0123456789"
+RV6 = "2001:db8::10"
+"""The server's IPv6 address (STUN/TURN there too)."""
 COTURN_PORT = 3490
 """coturn listens on both server addresses at 3490 and 3491 (RFC 5780), beside ours."""
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -42,9 +44,10 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 def dep(
     natlab_module: LabFactory, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Deployment]:
-    """A site of every NAT type (site i has NAT_TYPES[i-1]), one node identity per site, the
-    rendezvous with metrics and RFC 5780's alternate address and port."""
-    lab = natlab_module(list(NAT_TYPES))
+    """A site of every NAT type (site i has NAT_TYPES[i-1]; site 3 has IPv6 too), one node
+    identity per site, the rendezvous with metrics, the map page and RFC 5780's alternate
+    address and port, STUN/TURN on IPv6 as well."""
+    lab = natlab_module(list(NAT_TYPES), ipv6=[3])  # the port-restricted site is dual-stack
     d = Deployment(lab, tmp_path_factory.mktemp("observe"))
     for site in lab.sites:
         i = site.index
@@ -54,7 +57,7 @@ def dep(
         f'[web]\nlisten = "{RV_WEB}"\nadmin_token = "{WEB_TOKEN}"\n'
     )
     d.stun_extra = f'alternate = "{RV_ALT}:3479"\n'
-    d.start_rendezvous()
+    d.start_rendezvous(stun_listen=[f"[{RV6}]:3478"])
     yield d
     d.stop_all()
 
@@ -108,6 +111,7 @@ def netcheck(dep: Deployment, i: int) -> dict[str, Any]:
     node = dep.nodes[i - 1]
     path = dep.node_config(
         node,
+        stun=[f"{RV}:3478", f"[{RV6}]:3478"],
         turn_servers=[
             f'{{ url = "turn:{RV}:3478?transport=udp" }}',
             f'{{ url = "turn:{RV}:3478?transport=tcp" }}',
@@ -313,3 +317,19 @@ def test_map_page_in_a_headless_browser(
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     print(f"FIGURE map page screenshot {shot}")
     dep.stop_nodes()
+
+
+def test_netcheck_sees_ipv6_where_the_site_has_it(netchecks: dict[str, dict[str, Any]]) -> None:
+    """Site 3 is dual-stack behind a home router's IPv6 firewall (no NAT on IPv6): its IPv6
+    Binding is answered with its own address; the IPv4-only sites say they have none."""
+    v6 = netchecks["prc"]["ipv6"]
+    assert v6["udp"] is True and v6["addresses"], v6
+    assert v6["mapped"].startswith(f"[{v6['addresses'][0]}]:"), v6
+    assert "IPv6:         2001:db8:" in netchecks["prc"]["text"]
+    for nat in ("none", "cone", "sym"):
+        assert netchecks[nat]["ipv6"] == {
+            "addresses": [],
+            "udp": None,
+            "mapped": None,
+            "note": "no global IPv6 address",
+        }
