@@ -8,21 +8,33 @@ The primary listener keeps serving TURN; it hands only its Binding requests here
 ``p2ptun netcheck`` (and coturn's ``turnutils_natdiscovery``) needs to tell mapping and
 filtering behaviour apart.
 
-The answers are stateless and no larger than the requests' own responses elsewhere, and like
-any STUN server's Binding answers they are sent to the request's source only.
+The answers are stateless and sent to the request's source only — from another of the four
+addresses when asked —, which a spoofed source could use to reflect traffic at a victim; so,
+like the TURN server's unauthenticated answers (SECURITY.md, L2), they come from a budget per
+source (:data:`ANSWER_RATE` a second, :data:`ANSWER_BURST` at once, :data:`MAX_SOURCES`
+remembered) and carry no SOFTWARE.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from p2ptun.addr import Address, format_address
+import trio
+
+from p2ptun.addr import Address, SourceBudget, format_address, source_key
 from p2ptun.errors import RuntimeFailure
 from p2ptun.log import get_logger
 from p2ptun.net.ports import DatagramPort, Host
 from p2ptun.stun.behavior import ServerAddresses, behavior_response
 
 log = get_logger("rendezvous.behavior")
+
+ANSWER_RATE = 10.0
+"""Answers a second one source may get, sustained (the TURN server's unauthenticated rate)..."""
+ANSWER_BURST = 20.0
+"""...and at once."""
+MAX_SOURCES = 16384
+"""Sources whose budget is remembered (the least recent is forgotten first)."""
 
 
 @dataclass
@@ -31,16 +43,26 @@ class BehaviorCounters:
     changed: int = 0
     """Answers sent from another address than the one asked (CHANGE-REQUEST)."""
     dropped: int = 0
+    rate_limited: int = 0
+    """Requests left unanswered: their source spent its budget."""
     send_failed: int = 0
 
 
 class BehaviorServer:
     """The four sockets' Binding answers (module docstring)."""
 
-    def __init__(self, addresses: ServerAddresses, ports: dict[Address, DatagramPort]) -> None:
+    def __init__(
+        self,
+        addresses: ServerAddresses,
+        ports: dict[Address, DatagramPort],
+        budget: SourceBudget | None = None,
+    ) -> None:
         self.addresses = addresses
         self.ports = ports
         self.counters = BehaviorCounters()
+        self.budget = (
+            budget if budget is not None else SourceBudget(ANSWER_RATE, ANSWER_BURST, MAX_SOURCES)
+        )
 
     @classmethod
     def bind(cls, host: Host, addresses: ServerAddresses, primary: DatagramPort) -> BehaviorServer:
@@ -67,10 +89,17 @@ class BehaviorServer:
         """The sockets this server bound itself (not the primary listener)."""
         return [(a, p) for a, p in self.ports.items() if a != self.addresses.primary]
 
-    def answer(self, data: memoryview | bytes, source: Address, local: Address) -> None:
+    def answer(
+        self, data: memoryview | bytes, source: Address, local: Address, now: float | None = None
+    ) -> None:
         """One datagram that came to our ``local`` address from ``source``."""
         self.counters.requests += 1
-        out = behavior_response(data, source, local, self.addresses)
+        if not self.budget.allow(
+            source_key(source[0]), trio.current_time() if now is None else now
+        ):
+            self.counters.rate_limited += 1
+            return
+        out = behavior_response(data, source, local, self.addresses, software=None)
         if out is None:
             self.counters.dropped += 1
             return

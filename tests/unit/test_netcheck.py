@@ -282,3 +282,35 @@ async def test_a_stun_server_that_does_not_resolve_is_said_so(
         nursery.cancel_scope.cancel()
     assert report["verdict"].startswith("unknown: no STUN server")
     assert "error:" in render(report)
+
+
+def test_the_rfc_5780_sockets_answer_a_flood_from_one_source_only_within_its_budget() -> None:
+    """A spoofed source may make the server answer from its other addresses: a budget per
+    source bounds what a flood reflects at one victim (like the TURN server's unauthenticated
+    answers), and the table of sources is bounded too."""
+    from p2ptun.addr import SourceBudget
+    from p2ptun.rendezvous.behavior import ANSWER_BURST, ANSWER_RATE, BehaviorServer
+
+    sent: list[tuple[bytes, tuple[str, int]]] = []
+
+    class Port:
+        def send(self, data: bytes, addr: tuple[str, int], source: str | None = None) -> bool:
+            sent.append((data, addr))
+            return True
+
+    ports = {a: Port() for a in SERVER.all()}
+    server = BehaviorServer(SERVER, ports, SourceBudget(ANSWER_RATE, ANSWER_BURST, 64))  # type: ignore[arg-type]
+    victim = ("192.0.2.99", 5000)
+    request = binding_request(bytes, change_ip=True, change_port=True).encode()
+    for i in range(1000):  # in one second
+        server.answer(request, victim, SERVER.primary, now=i / 1000)
+    assert len(sent) <= ANSWER_BURST + ANSWER_RATE
+    assert server.counters.rate_limited == 1000 - len(sent)
+    reflected = sum(len(d) for d, _ in sent)
+    print(f"FIGURE behaviour flood: {reflected} bytes reflected for {1000 * len(request)} sent")
+    assert reflected < 0.1 * 1000 * len(request)
+    assert all(b"p2ptun" not in d for d, _ in sent)  # no SOFTWARE in these answers
+    # Many sources: each gets its answers, the budget table stays bounded.
+    for i in range(500):
+        server.answer(request, (f"198.51.100.{i % 250}", 1000 + i), SERVER.primary, now=2.0)
+    assert len(server.budget) <= 64
