@@ -5,7 +5,8 @@ It serves GET (and HEAD) only, one request per connection (``Connection: close``
 h11 (sans-I/O HTTP/1.1, RFC 9112). There is no thread per request: every connection is a task
 of the caller's nursery. What one client can hold is bounded (:class:`HttpLimits`):
 
-- at most ``max_connections`` at once; a connection beyond that is closed at once, unread;
+- at most ``max_connections`` at once, ``max_per_source`` of them from one source (an IPv4
+  address, an IPv6 /64); a connection beyond that is closed at once, unread;
 - a request head of at most ``max_request_bytes`` (431 beyond: h11 stops buffering there);
 - ``request_timeout`` seconds from accept to the last byte of the answer (a slow client is
   cut off and counted).
@@ -24,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 import h11
 import trio
 
-from p2ptun.addr import Address
+from p2ptun.addr import Address, source_key
 from p2ptun.log import get_logger
 from p2ptun.net.ports import Connection, Listener
 
@@ -34,6 +35,7 @@ log = get_logger("net.http")
 @dataclass(frozen=True)
 class HttpLimits:
     max_connections: int = 16
+    max_per_source: int = 4
     max_request_bytes: int = 8192
     request_timeout: float = 5.0
 
@@ -64,7 +66,8 @@ class HttpCounters:
     connections: int = 0
     requests: int = 0
     refused_busy: int = 0
-    """Connections closed unread: ``max_connections`` were open."""
+    """Connections closed unread: ``max_connections`` were open, or ``max_per_source`` from
+    the same source."""
     too_large: int = 0
     """Request heads over ``max_request_bytes`` (431) or with a body (413)."""
     malformed: int = 0
@@ -93,6 +96,7 @@ class HttpServer:
         self.limits = limits if limits is not None else HttpLimits()
         self.counters = HttpCounters()
         self.open_connections = 0
+        self._per_source: dict[str, int] = {}
 
     @property
     def address(self) -> Address:
@@ -105,18 +109,24 @@ class HttpServer:
                 while True:
                     conn = await self.listener.accept()
                     self.counters.connections += 1
-                    if self.open_connections >= self.limits.max_connections:
+                    source = source_key(conn.remote[0])
+                    held = self._per_source.get(source, 0)
+                    if (
+                        self.open_connections >= self.limits.max_connections
+                        or held >= self.limits.max_per_source
+                    ):
                         self.counters.refused_busy += 1
                         with contextlib.suppress(OSError, trio.BrokenResourceError):
                             await trio.aclose_forcefully(conn.stream)
                         continue
                     self.open_connections += 1
-                    nursery.start_soon(self._connection, conn)
+                    self._per_source[source] = held + 1
+                    nursery.start_soon(self._connection, conn, source)
         finally:
             with trio.CancelScope(shield=True):
                 await self.listener.aclose()
 
-    async def _connection(self, conn: Connection) -> None:
+    async def _connection(self, conn: Connection, source: str) -> None:
         try:
             with trio.move_on_after(self.limits.request_timeout) as scope:
                 await self._exchange(conn)
@@ -126,6 +136,9 @@ class HttpServer:
             pass
         finally:
             self.open_connections -= 1
+            left = self._per_source.pop(source) - 1
+            if left:
+                self._per_source[source] = left
             await trio.aclose_forcefully(conn.stream)
 
     async def _exchange(self, conn: Connection) -> None:

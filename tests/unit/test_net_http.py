@@ -57,7 +57,9 @@ async def bench(
     await nursery.start(net.run)
     listener = await server_host.listen_tcp(SERVER_IP, PORT)
     server = HttpServer(
-        listener, hello, HttpLimits(max_connections=4, max_request_bytes=1024, request_timeout=2)
+        listener,
+        hello,
+        HttpLimits(max_connections=4, max_per_source=3, max_request_bytes=1024, request_timeout=2),
     )
     await nursery.start(server.serve)
     yield Bench(net, server, client)
@@ -107,19 +109,30 @@ async def test_a_slow_client_is_cut_off_at_the_request_timeout(bench: Bench) -> 
     assert bench.server.open_connections == 0
 
 
-async def test_connections_beyond_the_limit_are_closed_unread(bench: Bench) -> None:
-    idle = [await bench.client.connect_tcp(SERVER_IP, PORT) for _ in range(4)]
+async def test_connections_beyond_the_limits_are_closed_unread(bench: Bench) -> None:
+    # One source holds at most 3 (max_per_source) ...
+    idle = [await bench.client.connect_tcp(SERVER_IP, PORT) for _ in range(3)]
     await trio.sleep(0.1)
-    assert bench.server.open_connections == 4
+    assert bench.server.open_connections == 3
     extra = await bench.client.connect_tcp(SERVER_IP, PORT)
     await extra.stream.send_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
     assert await extra.stream.receive_some(100) == b""
     assert bench.server.counters.refused_busy == 1
+    # ... another source is still served, and fills the last place of 4 (max_connections) ...
+    other = bench.net.public_host("other", "192.0.2.3")
+    fourth = await other.connect_tcp(SERVER_IP, PORT)
+    await trio.sleep(0.1)
+    assert bench.server.open_connections == 4
+    third_source = bench.net.public_host("third", "192.0.2.4")
+    late = await third_source.connect_tcp(SERVER_IP, PORT)
+    await late.stream.send_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert await late.stream.receive_some(100) == b""
+    assert bench.server.counters.refused_busy == 2
     # The idle ones time out; then a client is served again.
     await trio.sleep(3)
     assert bench.server.open_connections == 0
     assert status_of(await bench.raw(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")) == 200
-    for conn in idle:
+    for conn in (*idle, fourth):
         await conn.stream.aclose()
 
 
