@@ -13,6 +13,7 @@ DEBIAN_PACKAGES=(
   systemd                  # systemd-analyze verify (unit files)
   git                      # the demo test clones the checkout
   bind9-dnsutils           # dig: the node's names (network e2e tests, the README's guide)
+  miniupnpd-nftables miniupnpc natpmpc  # port mapping: the lab routers' PCP/NAT-PMP/UPnP, cross-checks
 )
 
 install_debian_packages() {
