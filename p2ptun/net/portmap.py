@@ -1,6 +1,7 @@
 """The trio shell of the port mapper: one mapping of the node's UDP port on the default gateway.
 
-:class:`PortMapper` drives a :class:`~p2ptun.portmap.PortMapClient` (PCP, then NAT-PMP) over a
+:class:`PortMapper` drives a :class:`~p2ptun.portmap.PortMapClient` (PCP, then NAT-PMP; when
+both fail, UPnP IGD through :mod:`p2ptun.net.upnp`) over a
 socket of its own from the host (:meth:`~p2ptun.net.ports.Host.bind_datagram`, bound to our
 address towards the gateway), with one task that sleeps until the core's next wake-up. It talks
 only to the default gateway (:meth:`~p2ptun.net.ports.Host.default_gateway`): never to a
@@ -27,8 +28,9 @@ from dataclasses import dataclass
 import trio
 
 from p2ptun.addr import Address
-from p2ptun.errors import P2ptunError
+from p2ptun.errors import P2ptunError, RuntimeFailure
 from p2ptun.log import get_logger
+from p2ptun.net import upnp
 from p2ptun.net.ports import DatagramPort, Host
 from p2ptun.portmap import (
     MappingAcquired,
@@ -86,8 +88,10 @@ class PortMapper:
         *,
         on_change: Callable[[], None] | None = None,
         lifetime: int = DEFAULT_LIFETIME,
+        use_upnp: bool = True,
     ) -> None:
         self.host = host
+        self.use_upnp = use_upnp
         self.port = port
         self.on_change = on_change
         self.lifetime = lifetime
@@ -104,6 +108,8 @@ class PortMapper:
         self._waiting = 0
         self._nursery: trio.Nursery | None = None
         self._client_scope: trio.CancelScope | None = None
+        self._upnp: upnp.UpnpMapping | None = None
+        self._upnp_scope: trio.CancelScope | None = None
 
     # -- the owner's side ------------------------------------------------------------------------
 
@@ -139,6 +145,14 @@ class PortMapper:
 
     async def aclose(self) -> None:
         """Delete the mapping (bounded by :data:`RELEASE_WAIT`): the node is stopping."""
+        held = self._upnp
+        if held is not None:
+            self._upnp = None
+            self.mapping = None
+            with trio.move_on_after(RELEASE_WAIT):
+                await upnp.delete(held)
+            log.info("port mapping deleted", gateway=held.gateway, protocol="upnp")
+            return
         client = self._client
         if client is None or client.state not in (
             MapState.MAPPED,
@@ -165,13 +179,18 @@ class PortMapper:
         source = self.host.route_source(gateway) if gateway else None
         client = self._client
         if client is not None and (client.gateway, client.client_ip) == (gateway, source):
-            if client.state is not MapState.FAILED:
+            if client.state is not MapState.FAILED or self._upnp is not None:
                 return
+            if not self._settled.is_set():
+                return  # UPnP is being tried
             if trio.current_time() - self._failed_at < RETRY_FAILED:
                 return
         if client is not None and client.state is MapState.MAPPED:
             client.release(trio.current_time())  # best effort: the old path may be gone
             self._flush(client)
+        held, self._upnp = self._upnp, None
+        if held is not None and self._nursery is not None:
+            self._nursery.start_soon(self._forget_upnp, held)
         self._stop_client()
         lost = self.mapping is not None
         self.mapping = None
@@ -244,8 +263,16 @@ class PortMapper:
             elif isinstance(event, MappingFailed):
                 self.failure = event.reason
                 self._failed_at = trio.current_time()
-                log.info("no port mapping", reason=event.reason)
-                self._settle()
+                unavailable = upnp.available() if self.use_upnp else "UPnP not used"
+                if (
+                    unavailable is None
+                    and self._nursery is not None
+                    and client.state is MapState.FAILED
+                ):
+                    self._nursery.start_soon(self._upnp_task, client)
+                else:
+                    log.info("no port mapping", reason=event.reason, upnp=unavailable)
+                    self._settle()
             elif isinstance(event, MappingLost):
                 log.info("port mapping lost", reason=event.reason)
                 self.mapping = None
@@ -254,6 +281,54 @@ class PortMapper:
             elif isinstance(event, MappingReleased):
                 self.mapping = None
                 self._released.set()
+
+    async def _upnp_task(self, client: PortMapClient) -> None:
+        """PCP and NAT-PMP failed: map with UPnP (:mod:`p2ptun.net.upnp`) and renew at half
+        the lease, until the client is replaced."""
+        with trio.CancelScope() as scope:
+            self._upnp_scope = scope
+            internal = (client.client_ip, self.port)
+            try:
+                held = await upnp.map_port(client.gateway, internal)
+            except RuntimeFailure as exc:
+                if client is self._client:
+                    self.failure = f"{self.failure}; {exc}"
+                    self._failed_at = trio.current_time()
+                    log.info("no port mapping", reason=self.failure)
+                    self._settle()
+                return
+            if client is not self._client:
+                await upnp.delete(held)
+                return
+            self._upnp = held
+            self.mapping = PortMapping("upnp", client.gateway, held.external, internal)
+            self.failure = None
+            log.info(
+                "port mapped",
+                protocol="upnp",
+                gateway=client.gateway,
+                external=f"{held.external[0]}:{held.external[1]}",
+                lifetime=held.lease,
+            )
+            self._settle(changed=True)
+            while True:
+                # A permanent lease is re-added now and then too: it may have been removed.
+                await trio.sleep(held.lease / 2 if held.lease else upnp.LEASE / 2)
+                try:
+                    await upnp.renew(held)
+                except RuntimeFailure as exc:
+                    log.info("port mapping lost", reason=str(exc))
+                    self._upnp = None
+                    self.mapping = None
+                    self.failure = str(exc)
+                    self._failed_at = trio.current_time()
+                    self._changed()
+                    return
+
+    @staticmethod
+    async def _forget_upnp(held: upnp.UpnpMapping) -> None:
+        with trio.move_on_after(RELEASE_WAIT):
+            await upnp.delete(held)
 
     def _settle(self, *, changed: bool = False) -> None:
         waited = self._waiting > 0
@@ -266,6 +341,9 @@ class PortMapper:
             self.on_change()
 
     def _stop_client(self) -> None:
+        if self._upnp_scope is not None:
+            self._upnp_scope.cancel()
+            self._upnp_scope = None
         if self._client_scope is not None:
             self._client_scope.cancel()
             self._client_scope = None

@@ -4,7 +4,8 @@ that relay today into direct ones (docs/ARCHITECTURE.md §4).
 One lab for the module: site1 a port-restricted cone, site2 and site3 symmetric NATs. Each
 case starts miniupnpd (:mod:`p2plab.miniupnpd`; coturn on the server answers its STUN test)
 on the routers it names, starts the two nodes (port mapping is on by default), and records
-the path and the time from the second ``p2ptun up`` to the first ping reply. Without a mapping
+the path, the time from the second ``p2ptun up`` to the first ping reply (over whichever path
+came first) and to the direct path. Without a mapping
 prc/sym and sym/sym relay (tests/e2e/test_node_matrix.py); with one they go direct, straight
 between the NATs (the lab's forward counters), and ``p2ptun status`` says through which
 mapping. When the nodes stop (SIGTERM) their mappings are gone from miniupnpd.
@@ -72,10 +73,12 @@ def _run_case(
         first_ping = dep.first_ping(a, b) - t_up
         dep.wait_connected([a, b])
         entry = dep.wait_path(a, b, "direct", timeout=20)
+        direct_after = time.monotonic() - t_up
         back = dep.peer_status(b, a)
         via = entry.get("via") or back.get("via")
         RESULTS[case] = (
-            f"{case:<28} path={entry['path']:<6} first ping {first_ping:5.2f} s   via {via}"
+            f"{case:<26} path={entry['path']:<6} first ping {first_ping:5.2f} s, "
+            f"direct by {direct_after:5.2f} s   via {via}"
         )
         print(f"[portmap] {RESULTS[case]}")
         # Each side with miniupnpd holds a mapping, and status names it.
@@ -115,3 +118,7 @@ def _run_case(
 
 def test_prc_sym_pcp_on_the_sym_router(dep: Deployment) -> None:
     _run_case(dep, "prc-sym, PCP at sym", 1, 2, {2: {}})
+
+
+def test_sym_sym_natpmp_on_one_router_upnp_on_the_other(dep: Deployment) -> None:
+    _run_case(dep, "sym-sym, NAT-PMP / UPnP", 2, 3, {2: {"pcp": False}, 3: {"natpmp": False}})

@@ -1,4 +1,4 @@
-"""Our port mapper (PCP, NAT-PMP) against miniupnpd on a NAT lab router, cross-checked with
+"""Our port mapper (PCP, NAT-PMP, UPnP) against miniupnpd on a NAT lab router, cross-checked with
 miniupnpc's ``upnpc`` and libnatpmp's ``natpmpc``.
 
 Topology: site1 behind a symmetric NAT whose router runs miniupnpd (:mod:`p2plab.miniupnpd`;
@@ -46,7 +46,7 @@ def _map(port: int) -> None:
             await nursery.start(mapper.run)
             t0 = trio.current_time()
             await mapper.refresh()
-            with trio.move_on_after(5):
+            with trio.move_on_after(10):
                 await mapper.wait_settled()
             m = mapper.mapping
             out: dict[str, Any] = {
@@ -185,6 +185,31 @@ def test_natpmp_when_the_gateway_drops_pcp(lab: Any) -> None:
         daemon.stop()
 
 
+def test_upnp_when_the_gateway_has_neither_pcp_nor_natpmp(lab: Any) -> None:
+    daemon = _miniupnpd(lab, natpmp=False)
+    try:
+        proc, got = _start_mapper(lab)
+        mapping = got["mapping"]
+        print("FIGURE upnp mapping", got)
+        assert mapping is not None and mapping["protocol"] == "upnp", got
+        assert mapping["gateway"] == "10.0.1.1"
+        assert mapping["external"][0] == lab.site(1).wan_addr
+        ext_port = mapping["external"][1]
+        # upnpc (miniupnpc's own client) lists it with our description.
+        listed = _upnpc_list(lab, daemon)
+        assert f"UDP {ext_port}->10.0.1.2:{INTERNAL_PORT}" in listed and "'p2ptun'" in listed, (
+            listed
+        )
+        _send_from_site2(lab, mapping["external"], "upnp")
+        time.sleep(0.2)
+        done = _finish_mapper(lab, proc)
+        assert any(d == "upnp" for d, _ in done["received"]), done
+        assert done["released"] and daemon.mappings() == []
+        assert f"->10.0.1.2:{INTERNAL_PORT}" not in _upnpc_list(lab, daemon)
+    finally:
+        daemon.stop()
+
+
 def test_a_mapping_natpmpc_made_is_seen_by_our_codec_as_taken(lab: Any) -> None:
     """natpmpc maps our port first; our PCP request for the same port then gets a mapping of
     its own (another external port, or the same internal forwarding), never a broken one."""
@@ -212,11 +237,14 @@ def test_a_mapping_natpmpc_made_is_seen_by_our_codec_as_taken(lab: Any) -> None:
 
 
 def test_no_mapping_without_a_server(lab: Any) -> None:
-    """No miniupnpd: the probe ends within its bound (2 s) with a reason, no mapping."""
+    """No miniupnpd: PCP and NAT-PMP end within their 2 s probe, then UPnP's search (miniupnpc
+    asks for several device types in turn), each with a reason; no mapping."""
     proc, got = _start_mapper(lab)
     _finish_mapper(lab, proc)
+    print("FIGURE no server", got)
     assert got["mapping"] is None and "no PCP or NAT-PMP answer" in got["failure"], got
-    assert got["ms"] < 3000
+    assert "no UPnP IGD answered" in got["failure"], got
+    assert got["ms"] < 8000
 
 
 if __name__ == "__main__":
