@@ -455,18 +455,29 @@ class Gatherer:
             rnd.stun_done.set()
 
         with trio.move_on_at(deadline):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(stun_queries)
+            async with trio.open_nursery() as mapping:
                 if self.port_mapper is not None:
-                    nursery.start_soon(self._port_mapped, self.port_mapper, rnd)
-                for slot in self._slots:
-                    rnd.pending[slot] = GatherFailure(
-                        "turn",
-                        slot.config.url,
-                        f"{slot.config.url}: still allocating when the round ended "
-                        f"({timeout or 0:g} s); it comes in a later round",
-                    )
-                    nursery.start_soon(self._relay, slot, rnd)
+                    # Taken if it comes while the servers answer; never waited for beyond
+                    # them (most gateways say nothing): a later mapping starts a new round.
+                    await self.port_mapper.refresh()
+                    if self.port_mapper.settled:
+                        self._emit_mapped(self.port_mapper, rnd)
+                    else:
+                        mapping.start_soon(self._port_mapped, self.port_mapper, rnd)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(stun_queries)
+                    for slot in self._slots:
+                        rnd.pending[slot] = GatherFailure(
+                            "turn",
+                            slot.config.url,
+                            f"{slot.config.url}: still allocating when the round ended "
+                            f"({timeout or 0:g} s); it comes in a later round",
+                        )
+                        nursery.start_soon(self._relay, slot, rnd)
+                mapping.cancel_scope.cancel()
+        if self.port_mapper is not None and self.port_mapper.settled:
+            # Settled while the waiting task was being cancelled: it told nobody else.
+            self._emit_mapped(self.port_mapper, rnd)
         result = rnd.result
         result.failures.extend(rnd.pending.values())  # cut by round_timeout
         result.mapping_moved = self._check_mappings(rnd.mapped)
@@ -648,9 +659,13 @@ class Gatherer:
         """The round's port-mapping candidate: a server-reflexive candidate whose address the
         gateway mapped to our base (RFC 8445 §5.1.1.2 allows any such mapping), flagged
         ``mapped <protocol>@<gateway>`` so that the peer and status can tell it from a STUN
-        server's. Waited for within the round; no mapping is not a failure of the round."""
-        await mapper.refresh()
-        mapping = await mapper.wait_settled()
+        server's. Waited for only while the round's servers answer; no mapping is not a
+        failure of the round."""
+        await mapper.wait_settled()
+        self._emit_mapped(mapper, rnd)
+
+    def _emit_mapped(self, mapper: PortMapper, rnd: _Round) -> None:
+        mapping = mapper.mapping
         if mapping is None:
             return
         base = mapping.internal

@@ -81,10 +81,15 @@ def _run_case(
             f"direct by {direct_after:5.2f} s   via {via}"
         )
         print(f"[portmap] {RESULTS[case]}")
-        # Each side with miniupnpd holds a mapping, and status names it.
+        # Each side with miniupnpd holds a mapping (UPnP's comes last: ~3 s, after PCP and
+        # NAT-PMP went unanswered), and status names it.
         for site in routers:
             node = dep.nodes[site - 1]
-            mapping = dep.status(node)["node"]["port_mapping"]
+            deadline = time.monotonic() + 10
+            while (mapping := dep.status(node)["node"]["port_mapping"]) is None:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
             assert mapping is not None and mapping["gateway"] == f"10.0.{site}.1", mapping
             assert any(
                 r.external_port == int(mapping["external"].rsplit(":", 1)[1])
@@ -122,3 +127,48 @@ def test_prc_sym_pcp_on_the_sym_router(dep: Deployment) -> None:
 
 def test_sym_sym_natpmp_on_one_router_upnp_on_the_other(dep: Deployment) -> None:
     _run_case(dep, "sym-sym, NAT-PMP / UPnP", 2, 3, {2: {"pcp": False}, 3: {"natpmp": False}})
+
+
+def test_mapping_is_requested_again_after_a_network_change(dep: Deployment) -> None:
+    """The sym side's host gets a new LAN address while connected through its PCP mapping:
+    the node regathers (docs/ARCHITECTURE.md §4), maps again from its new address, and the
+    path is direct again; on SIGTERM the new mapping is deleted. (The old one cannot be: its
+    address is gone, and miniupnpd lets only the owner delete it; its lease ends it.)"""
+    lab = dep.lab
+    a, b = dep.nodes[0], dep.nodes[1]
+    dep.fresh_sites(a, b)
+    daemon = _miniupnpd(dep, 2)
+    new_ip = None
+    try:
+        dep.start_node(a, peers=[b])
+        dep.wait_ready(a)
+        dep.start_node(b, peers=[a])
+        dep.first_ping(a, b)
+        dep.wait_path(a, b, "direct", timeout=20)
+        new_ip = lab.set_host_address(2)
+        t_change = time.monotonic()
+        deadline = t_change + 20
+        while time.monotonic() < deadline:
+            if any(m.internal_ip == new_ip for m in daemon.mappings()):
+                break
+            time.sleep(0.1)
+        remapped = time.monotonic() - t_change
+        assert any(m.internal_ip == new_ip for m in daemon.mappings()), daemon.mappings()
+        dep.wait_path(a, b, "direct", timeout=20)
+        dep.assert_ping(a, b)
+        via = dep.peer_status(a, b).get("via")
+        direct_again = time.monotonic() - t_change
+        RESULTS["network change"] = (
+            f"{'prc-sym, host renumbered':<26} path=direct mapped again {remapped:5.2f} s, "
+            f"direct again {direct_again:5.2f} s   via {via}"
+        )
+        print(f"[portmap] {RESULTS['network change']}")
+        codes = dep.stop_nodes()
+        assert codes == {a.name: 0, b.name: 0}, codes
+        left = [m for m in daemon.mappings() if m.internal_ip == new_ip]
+        assert left == [], f"mappings left after SIGTERM: {left}"
+    finally:
+        dep.stop_nodes()
+        daemon.stop()
+        if new_ip is not None:
+            lab.set_host_address(2, "10.0.2.2")
