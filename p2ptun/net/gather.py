@@ -459,11 +459,7 @@ class Gatherer:
                 if self.port_mapper is not None:
                     # Taken if it comes while the servers answer; never waited for beyond
                     # them (most gateways say nothing): a later mapping starts a new round.
-                    await self.port_mapper.refresh()
-                    if self.port_mapper.settled:
-                        self._emit_mapped(self.port_mapper, rnd)
-                    else:
-                        mapping.start_soon(self._port_mapped, self.port_mapper, rnd)
+                    mapping.start_soon(self._port_mapped, self.port_mapper, rnd)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(stun_queries)
                     for slot in self._slots:
@@ -476,7 +472,8 @@ class Gatherer:
                         nursery.start_soon(self._relay, slot, rnd)
                 mapping.cancel_scope.cancel()
         if self.port_mapper is not None and self.port_mapper.settled:
-            # Settled while the waiting task was being cancelled: it told nobody else.
+            # Settled just as the waiting task was cancelled: it told nobody else. (Emitted
+            # once: the round drops a repeated server-reflexive candidate.)
             self._emit_mapped(self.port_mapper, rnd)
         result = rnd.result
         result.failures.extend(rnd.pending.values())  # cut by round_timeout
@@ -661,6 +658,7 @@ class Gatherer:
         ``mapped <protocol>@<gateway>`` so that the peer and status can tell it from a STUN
         server's. Waited for only while the round's servers answer; no mapping is not a
         failure of the round."""
+        await mapper.refresh()
         await mapper.wait_settled()
         self._emit_mapped(mapper, rnd)
 

@@ -5,7 +5,8 @@ UPnP is SSDP discovery (multicast HTTP over UDP), an XML device description and 
 lot of text protocol for one mapping, which miniupnpc — the client library of miniupnpd's
 author, packaged by Debian (``python3-miniupnpc``) and on PyPI with wheels — already does well.
 Its calls block and open their own sockets, so they run on trio's worker threads, each bounded
-by the caller, and this is the one part of the node whose I/O does not go through the Host (the
+by the caller and abandoned when cancelled (a node stopping during the search does not wait
+for it), and this is the one part of the node whose I/O does not go through the Host (the
 memory network has no UPnP gateway to offer). Without the binding UPnP is skipped, with the
 reason in status.
 
@@ -116,15 +117,17 @@ async def map_port(
 ) -> UpnpMapping:
     """Map UDP ``internal`` on the gateway's IGD (bound it from outside: a cancelled call's
     thread finishes on its own); raises :class:`RuntimeFailure` with the reason."""
-    return await trio.to_thread.run_sync(_map, gateway, internal, external_port)
+    return await trio.to_thread.run_sync(
+        _map, gateway, internal, external_port, abandon_on_cancel=True
+    )
 
 
 async def renew(mapping: UpnpMapping) -> None:
-    await trio.to_thread.run_sync(_renew, mapping)
+    await trio.to_thread.run_sync(_renew, mapping, abandon_on_cancel=True)
 
 
 async def delete(mapping: UpnpMapping) -> None:
-    await trio.to_thread.run_sync(_delete, mapping)
+    await trio.to_thread.run_sync(_delete, mapping, abandon_on_cancel=True)
 
 
 __all__ = ["LEASE", "UpnpMapping", "available", "delete", "map_port", "renew"]
