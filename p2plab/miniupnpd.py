@@ -174,7 +174,8 @@ def start_miniupnpd(
     if not pcp:
         # A NAT-PMP-only gateway: PCP (version 2 in the first byte, RFC 6887 §7) is dropped.
         rules.append(
-            f'insert rule ip lab input iifname "{lan_if}" udp dport {SERVER_PORT} @th,64,8 2 drop'
+            f'add rule inet {TABLE} input iifname "{lan_if}" udp dport {SERVER_PORT}'
+            " @th,64,8 2 drop"
         )
     lab.exec(router, "nft", "-f", "-", input="\n".join(rules) + "\n", check=True, timeout=10)
     conf = workdir / "miniupnpd.conf"

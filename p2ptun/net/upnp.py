@@ -63,10 +63,15 @@ def _map(gateway: str, internal: Address, external_port: int | None) -> UpnpMapp
 
     igd = miniupnpc.UPnP(discoverdelay=DISCOVER_MS, multicastif=internal[0])
     try:
-        igd.discover()
+        found = igd.discover()
+    except Exception:  # the binding raises bare Exceptions; "Success" when nobody answered
+        found = 0
+    if not found:
+        raise RuntimeFailure("no UPnP IGD answered the search")
+    try:
         control = igd.selectigd()
-    except Exception as exc:  # the binding raises bare Exceptions
-        raise RuntimeFailure(f"no UPnP IGD answered ({exc})") from None
+    except Exception as exc:
+        raise RuntimeFailure(f"no UPnP IGD among the devices that answered ({exc})") from None
     host = urlsplit(str(control)).hostname or ""
     if host != gateway:
         raise RuntimeFailure(f"UPnP IGD at {host or '?'} is not the default gateway {gateway}")
