@@ -42,8 +42,8 @@ PROBE_TIMEOUT = 2.0
 PCP_GRACE = 0.5
 #: Lifetime we ask for (RFC 6886 §3.3 recommends two hours).
 DEFAULT_LIFETIME = 7200
-#: Shortest lease we renew on (a server granting less is renewed every half of this).
-MIN_LEASE = 10
+#: A lease shorter than this is taken as this long: renewals at most every 2 s.
+MIN_LEASE = 4
 #: Deletion requests sent at most (the first and retransmissions).
 RELEASE_TRIES = 3
 #: Largest interval between renewal retransmissions.

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.lab
 # ---------------------------------------------------------------- the in-namespace program
 
 
-def _map(port: int) -> None:
+def _map(port: int, lifetime: int) -> None:
     import trio
 
     from p2ptun.net.portmap import PortMapper
@@ -41,7 +41,7 @@ def _map(port: int) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.bind(("0.0.0.0", port))
         sock.setblocking(False)
-        mapper = PortMapper(host, port)
+        mapper = PortMapper(host, port, lifetime=lifetime)
         async with trio.open_nursery() as nursery:
             await nursery.start(mapper.run)
             t0 = trio.current_time()
@@ -92,10 +92,10 @@ def _miniupnpd(lab: Any, **kwargs: Any) -> Any:
     )
 
 
-def _start_mapper(lab: Any) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+def _start_mapper(lab: Any, lifetime: int = 7200) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     proc: subprocess.Popen[str] = lab.popen(
         "site1",
-        [sys.executable, __file__, "map", str(INTERNAL_PORT)],
+        [sys.executable, __file__, "map", str(INTERNAL_PORT), str(lifetime)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -161,6 +161,28 @@ def test_pcp_map_forward_and_delete(lab: Any) -> None:
         assert done["released"]
         assert daemon.mappings() == []
         assert f"->10.0.1.2:{INTERNAL_PORT}" not in _upnpc_list(lab, daemon)
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.slow
+def test_pcp_lease_is_renewed_before_it_ends(lab: Any) -> None:
+    """A 6 s lease (miniupnpd's min_lifetime lowered to allow it) is renewed at half its
+    lifetime: after 14 s miniupnpd has seen the MAP request four times or more and still
+    forwards."""
+    daemon = _miniupnpd(lab, min_lifetime=6)
+    try:
+        proc, got = _start_mapper(lab, lifetime=6)
+        assert got["mapping"] is not None and got["mapping"]["protocol"] == "pcp", got
+        time.sleep(14)
+        requests = daemon.log_text().count("PCP request received from 10.0.1.2")
+        print("FIGURE pcp requests in 14 s with a 6 s lease:", requests)
+        assert requests >= 4, daemon.log_text()[-2000:]
+        assert any(r.internal_port == INTERNAL_PORT for r in daemon.mappings())
+        _send_from_site2(lab, got["mapping"]["external"], "renewed")
+        time.sleep(0.2)
+        done = _finish_mapper(lab, proc)
+        assert any(d == "renewed" for d, _ in done["received"]), done
     finally:
         daemon.stop()
 
@@ -249,4 +271,4 @@ def test_no_mapping_without_a_server(lab: Any) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1] == "map":
-        _map(int(sys.argv[2]))
+        _map(int(sys.argv[2]), int(sys.argv[3]))
