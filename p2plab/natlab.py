@@ -304,6 +304,10 @@ class NatLab:
         """The LAN interface name inside a site's host namespace."""
         return self._lan_names(self.site(site).index)[1]
 
+    def if_lan(self, site: SiteRef) -> str:
+        """The LAN interface name inside a site's router namespace."""
+        return self._lan_names(self.site(site).index)[0]
+
     def if_wan(self, site: SiteRef) -> str:
         """The WAN interface name inside a site's router namespace."""
         return self._link_names(self.site(site).index)[1]

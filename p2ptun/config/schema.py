@@ -79,6 +79,8 @@ class IceConfig:
     lite: bool = False
     port: int = 0
     ipv6_link_local: bool = False
+    #: Map our UDP port on the default gateway (PCP, NAT-PMP, UPnP) for a candidate.
+    port_mapping: bool = True
 
 
 @dataclass(frozen=True)

@@ -985,8 +985,23 @@ class NodeDaemon:
                 "interface": self.interface,
                 "addresses": [str(a) for a in cfg.interface.addresses],
                 "rendezvous": self._rendezvous_state(),
+                "port_mapping": self._port_mapping_status(),
             },
             "peers": [session.status(now) for session in self.peers.values()],
+        }
+
+    def _port_mapping_status(self) -> dict[str, str] | None:
+        """The mapping the gateway holds for us (``[ice] port_mapping``), or None."""
+        transport = self._transport
+        mapper = transport.gatherer.port_mapper if transport is not None else None
+        mapping = mapper.mapping if mapper is not None else None
+        if mapping is None:
+            return None
+        return {
+            "via": mapping.describe(),
+            "protocol": mapping.protocol,
+            "gateway": mapping.gateway,
+            "external": format_address(mapping.external),
         }
 
     async def _handle_control(self, request: dict[str, Any]) -> dict[str, Any]:

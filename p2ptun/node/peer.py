@@ -850,6 +850,7 @@ class PeerSession:
             "path": None if pair is None else ("relay" if pair.relayed else "direct"),
             "local_candidate": None if pair is None else _cand_json(pair.local),
             "remote_candidate": None if pair is None else _cand_json(pair.remote),
+            "via": None if pair is None or pair.relayed else port_mapping_of(pair),
             "rtt_ms": None if rtt is None else round(rtt * 1000, 3),
             "rx_bytes": self.wg.rx_bytes,
             "tx_bytes": self.wg.tx_bytes,
@@ -900,6 +901,22 @@ class PeerSession:
 
 def _cand(c: Candidate) -> str:
     return f"{c.type.value} {format_address(c.address)}"
+
+
+_MAPPING_NAMES = {"pcp": "PCP", "natpmp": "NAT-PMP", "upnp": "UPnP"}
+
+
+def port_mapping_of(pair: SelectedPair) -> str | None:
+    """ "port mapping (PCP on 10.0.1.1)" when a direct pair runs through a gateway's port
+    mapping — ours (the local candidate the peer saw is our mapped one) or the peer's (its
+    mapped candidate, flagged ``mapped <protocol>@<gateway>`` by the gatherer) — else None."""
+    for cand, whose in ((pair.local, ""), (pair.remote, ", the peer's")):
+        for name, value in cand.extensions:
+            if name == "mapped":
+                protocol, _, gateway = value.partition("@")
+                shown = _MAPPING_NAMES.get(protocol, protocol)
+                return f"port mapping ({shown} on {gateway or '?'}{whose})"
+    return None
 
 
 def _cand_json(c: Candidate) -> dict[str, str]:

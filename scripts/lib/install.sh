@@ -15,6 +15,7 @@ DEBIAN_PACKAGES=(
   bind9-dnsutils           # dig: the node's names (network e2e tests, the README's guide)
   curl                     # scrapes the metrics endpoints (e2e tests)
   chromium-headless-shell  # a real browser loads the rendezvous' map page (e2e tests)
+  miniupnpd-nftables miniupnpc natpmpc  # port mapping: the lab routers' PCP/NAT-PMP/UPnP, cross-checks
 )
 
 install_debian_packages() {
