@@ -1,0 +1,282 @@
+"""Why a path is what it is: a pure explanation from the facts an ICE agent holds.
+
+``p2ptun status`` shows, per peer, a line such as ``relay: peer behind symmetric NAT, no port
+mapping on either side, no IPv6`` or ``direct (host↔srflx)``. :func:`explain` builds it from
+what the node already knows, and nothing else:
+
+- the selected pair (its local candidate is the valid one: what the peer sees, RFC 8445
+  §7.2.5.3.2), or none;
+- our and the peer's candidates, including the peer-reflexive ones learnt from checks
+  (§7.2.5.3.1 for ours, §7.3.1.3 for the peer's);
+- the outcome of the direct (non-relayed) pairs of the check list (§6.1.2.6 states).
+
+**Endpoint-dependent mapping** ("symmetric NAT", RFC 4787 §4.1) shows as one public address
+with several ports for one base: server-reflexive candidates from different servers that
+differ (RFC 5780 §4.3 makes the same test with two server addresses), a relayed candidate
+whose mapped address (its ``raddr``, RFC 8839 §5.1) differs from a server-reflexive one, or a
+peer-reflexive candidate — the peer's NAT mapped its check to us to a port it had not seen
+towards any server. An endpoint-independent NAT keeps one port per base for every
+destination, so it never shows two. Two bases behind one NAT do have two ports: mappings whose
+bases are known and differ are never compared. A host candidate that is also a mapped address
+(a TURN server saw it unchanged) means no NAT at all.
+
+**Port mapping** (PCP, NAT-PMP, UPnP) is a candidate property: :func:`port_mapped` reads a
+``mapped`` flag on the candidate, which reads false until the gatherer sets one; the
+explanation already says "no port mapping on either side" and how a mapped candidate made a
+path direct.
+
+Nothing here does I/O or keeps state: the node calls :func:`explain` when it reports status.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from p2ptun.addr import Address
+from p2ptun.ice.candidate import Candidate, CandidateType
+
+__all__ = [
+    "NatKind",
+    "PairOutcome",
+    "PathFacts",
+    "PathReason",
+    "classify_nat",
+    "explain",
+    "has_ipv6",
+    "port_mapped",
+]
+
+#: What the candidates tell about a side's NAT: ``none`` (a host address is what servers see),
+#: ``symmetric`` (endpoint-dependent mapping), ``nat`` (mapped, endpoint-independent as far as
+#: seen), ``unknown`` (no mapped address known).
+NatKind = str
+
+_ARROW = "↔"
+
+
+@dataclass(frozen=True)
+class PairOutcome:
+    """One check-list pair as far as the explanation cares: its candidates and its state
+    (``frozen``, ``waiting``, ``in-progress``, ``succeeded``, ``failed``)."""
+
+    local: Candidate
+    remote: Candidate
+    state: str
+
+    @property
+    def relayed(self) -> bool:
+        return CandidateType.RELAY in (self.local.type, self.remote.type)
+
+
+@dataclass(frozen=True)
+class PathFacts:
+    """Everything :func:`explain` looks at. ``selected`` is ``(local, remote)`` of the
+    selected pair (the local one as the peer sees it), or None."""
+
+    local_candidates: Sequence[Candidate]
+    remote_candidates: Sequence[Candidate]
+    pairs: Sequence[PairOutcome] = ()
+    selected: tuple[Candidate, Candidate] | None = None
+
+
+@dataclass(frozen=True)
+class PathReason:
+    """The explanation: one line for people (:attr:`text`) and the facts behind it."""
+
+    text: str
+    path: str | None
+    local_nat: NatKind
+    remote_nat: NatKind
+    port_mapping_local: bool
+    port_mapping_remote: bool
+    ipv6_local: bool
+    ipv6_remote: bool
+    turn_local: bool
+    turn_remote: bool
+    direct_pairs: dict[str, int] = field(default_factory=dict)
+    relay_server: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The ``reason_facts`` object of ``p2ptun status --json``."""
+        return {
+            "local_nat": self.local_nat,
+            "remote_nat": self.remote_nat,
+            "port_mapping": {"local": self.port_mapping_local, "remote": self.port_mapping_remote},
+            "ipv6": {"local": self.ipv6_local, "remote": self.ipv6_remote},
+            "turn": {"local": self.turn_local, "remote": self.turn_remote},
+            "direct_pairs": dict(self.direct_pairs),
+            "relay_server": self.relay_server,
+        }
+
+
+def port_mapped(candidate: Candidate) -> bool:
+    """Was this candidate's address obtained by port mapping (PCP, NAT-PMP, UPnP)?
+
+    The one place that reads the flag: a ``mapped`` attribute that is true. Candidates carry
+    none yet, so this is false until the gatherer marks mapped candidates.
+    """
+    return getattr(candidate, "mapped", False) is True
+
+
+def _global_ipv6(host: str) -> bool:
+    ip = ipaddress.ip_address(host)
+    return ip.version == 6 and not ip.is_link_local and not ip.is_loopback
+
+
+def has_ipv6(candidates: Iterable[Candidate]) -> bool:
+    """A host or reflexive IPv6 candidate that can reach beyond the link."""
+    return any(_global_ipv6(c.host) for c in candidates if c.type is not CandidateType.RELAY)
+
+
+@dataclass(frozen=True)
+class _Mapping:
+    address: Address
+    base: Address | None
+
+
+def _mappings(candidates: Iterable[Candidate]) -> list[_Mapping]:
+    """The public addresses a NAT gave this side: reflexive candidates (with their base when
+    known) and the mapped address a TURN server saw (a relayed candidate's related address)."""
+    found: list[_Mapping] = []
+    for c in candidates:
+        if c.type in (CandidateType.SRFLX, CandidateType.PRFLX):
+            found.append(_Mapping(c.address, c.related))
+        elif c.type is CandidateType.RELAY and c.related is not None and c.related[1]:
+            found.append(_Mapping(c.related, None))
+    return found
+
+
+def classify_nat(candidates: Sequence[Candidate]) -> NatKind:
+    """What one side's candidates say about its NAT (module docstring)."""
+    hosts = {c.address for c in candidates if c.type is CandidateType.HOST}
+    mappings = _mappings(candidates)
+    for i, a in enumerate(mappings):
+        for b in mappings[i + 1 :]:
+            if a.address[0] != b.address[0] or a.address == b.address:
+                continue
+            if a.base is not None and b.base is not None and a.base != b.base:
+                continue  # two bases behind one NAT: two mappings is normal
+            return "symmetric"
+    if not mappings:
+        return "unknown"
+    if all(m.address in hosts for m in mappings):
+        return "none"
+    return "nat"
+
+
+def _pairs(n: int) -> str:
+    return f"{n} pair" if n == 1 else f"{n} pairs"
+
+
+def _count_direct(pairs: Iterable[PairOutcome]) -> dict[str, int]:
+    counts = {"succeeded": 0, "failed": 0, "pending": 0}
+    for p in pairs:
+        if p.relayed:
+            continue
+        if p.state in ("succeeded", "failed"):
+            counts[p.state] += 1
+        else:
+            counts["pending"] += 1
+    return counts
+
+
+def _nat_clause(local: NatKind, remote: NatKind) -> str | None:
+    if local == "symmetric" and remote == "symmetric":
+        return "both sides behind symmetric NATs"
+    if remote == "symmetric":
+        return "peer behind symmetric NAT"
+    if local == "symmetric":
+        return "this node behind symmetric NAT"
+    return None
+
+
+def _mapping_clause(local: bool, remote: bool) -> str:
+    if local and remote:
+        return "port mapping on both sides"
+    if local:
+        return "port mapping here only"
+    if remote:
+        return "port mapping on the peer only"
+    return "no port mapping on either side"
+
+
+def _ipv6_clause(local: bool, remote: bool) -> str:
+    if local and remote:
+        return "IPv6 on both sides"
+    if local:
+        return "no IPv6 on the peer"
+    if remote:
+        return "no IPv6 here"
+    return "no IPv6"
+
+
+def explain(facts: PathFacts) -> PathReason:
+    """Why the path is what it is (module docstring), as a :class:`PathReason`."""
+    local, remote = facts.local_candidates, facts.remote_candidates
+    local_nat, remote_nat = classify_nat(local), classify_nat(remote)
+    map_local = any(port_mapped(c) for c in local)
+    map_remote = any(port_mapped(c) for c in remote)
+    v6_local, v6_remote = has_ipv6(local), has_ipv6(remote)
+    turn_local = any(c.type is CandidateType.RELAY for c in local)
+    turn_remote = any(c.type is CandidateType.RELAY for c in remote)
+    counts = _count_direct(facts.pairs)
+    relay_server: str | None = None
+
+    selected = facts.selected
+    if selected is not None and CandidateType.RELAY not in (selected[0].type, selected[1].type):
+        ours, theirs = selected
+        path: str | None = "direct"
+        text = f"direct ({ours.type.value}{_ARROW}{theirs.type.value})"
+        extras = []
+        if _global_ipv6(theirs.host):
+            extras.append("over IPv6")
+        if port_mapped(ours) or port_mapped(theirs):
+            side = "here" if port_mapped(ours) else "on the peer"
+            extras.append(f"via port mapping {side}")
+        if extras:
+            text += " " + ", ".join(extras)
+    else:
+        clauses: list[str] = []
+        if counts["pending"]:
+            clauses.append(f"direct checks still running ({_pairs(counts['pending'])})")
+        nat = _nat_clause(local_nat, remote_nat)
+        if nat is not None:
+            clauses.append(nat)
+        elif counts["failed"]:
+            clauses.append(f"direct checks failed ({_pairs(counts['failed'])})")
+        elif not counts["pending"] and not counts["succeeded"]:
+            clauses.append("no direct pair to check")
+        clauses.append(_mapping_clause(map_local, map_remote))
+        clauses.append(_ipv6_clause(v6_local, v6_remote))
+        if selected is not None:
+            path = "relay"
+            ours, theirs = selected
+            if ours.type is CandidateType.RELAY:
+                relay_server = ours.host
+                clauses.append(f"through our TURN relay {ours.host}")
+            else:
+                relay_server = theirs.host
+                clauses.append(f"through the peer's TURN relay {theirs.host}")
+            text = "relay: " + ", ".join(clauses)
+        else:
+            path = None
+            if not counts["pending"] and not (turn_local or turn_remote):
+                clauses.append("no TURN relay on either side")
+            text = "no path: " + ", ".join(clauses)
+    return PathReason(
+        text=text,
+        path=path,
+        local_nat=local_nat,
+        remote_nat=remote_nat,
+        port_mapping_local=map_local,
+        port_mapping_remote=map_remote,
+        ipv6_local=v6_local,
+        ipv6_remote=v6_remote,
+        turn_local=turn_local,
+        turn_remote=turn_remote,
+        direct_pairs=counts,
+        relay_server=relay_server,
+    )
