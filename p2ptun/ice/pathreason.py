@@ -240,14 +240,14 @@ def explain(facts: PathFacts) -> PathReason:
             text += " " + ", ".join(extras)
     else:
         clauses: list[str] = []
-        if counts["pending"]:
-            clauses.append(f"direct checks still running ({_pairs(counts['pending'])})")
         nat = _nat_clause(local_nat, remote_nat)
         if nat is not None:
             clauses.append(nat)
-        elif counts["failed"]:
+        if counts["pending"]:
+            clauses.append(f"direct checks still running ({_pairs(counts['pending'])})")
+        if nat is None and counts["failed"]:
             clauses.append(f"direct checks failed ({_pairs(counts['failed'])})")
-        elif not counts["pending"] and not counts["succeeded"]:
+        elif nat is None and not counts["pending"] and not counts["succeeded"]:
             clauses.append("no direct pair to check")
         clauses.append(_mapping_clause(map_local, map_remote))
         clauses.append(_ipv6_clause(v6_local, v6_remote))

@@ -225,3 +225,13 @@ def test_json_facts_are_plain_values() -> None:
 def test_pending_states_count_as_pending(state: str) -> None:
     pair = PairOutcome(A_HOST, B_HOST, state)
     assert explain(PathFacts([A_HOST], [B_HOST], [pair])).direct_pairs["pending"] == 1
+
+
+def test_the_nat_comes_first_and_running_checks_after_it() -> None:
+    alice = side("10.0.1.2", "198.51.100.11")
+    bob = [*side("10.0.2.2", "198.51.100.12"), remote_prflx(("198.51.100.12", 40777))]
+    pairs = [PairOutcome(alice[0], bob[1], "in-progress")]
+    reason = explain(PathFacts(alice, bob, pairs, selected=(alice[2], bob[1])))
+    assert reason.text.startswith(
+        "relay: peer behind symmetric NAT, direct checks still running (1 pair), no port"
+    )
