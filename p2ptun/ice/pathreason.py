@@ -59,12 +59,15 @@ _ARROW = "↔"
 
 @dataclass(frozen=True)
 class PairOutcome:
-    """One check-list pair as far as the explanation cares: its candidates and its state
-    (``frozen``, ``waiting``, ``in-progress``, ``succeeded``, ``failed``)."""
+    """One check-list pair as far as the explanation cares: its candidates, its state
+    (``frozen``, ``waiting``, ``in-progress``, ``succeeded``, ``failed``) and how its last
+    check failed (:attr:`p2ptun.ice.checklist.CheckPair.failure`: ``timeout``, ``error 403``,
+    ``non-symmetric``, ``invalid response``, ``ceased``), if it did."""
 
     local: Candidate
     remote: Candidate
     state: str
+    failure: str | None = None
 
     @property
     def relayed(self) -> bool:
@@ -97,6 +100,8 @@ class PathReason:
     turn_local: bool
     turn_remote: bool
     direct_pairs: dict[str, int] = field(default_factory=dict)
+    #: Failed direct pairs by how they failed (``timeout``, ``error 403``, ...).
+    direct_failures: dict[str, int] = field(default_factory=dict)
     relay_server: str | None = None
 
     def as_json(self) -> dict[str, Any]:
@@ -108,6 +113,7 @@ class PathReason:
             "ipv6": {"local": self.ipv6_local, "remote": self.ipv6_remote},
             "turn": {"local": self.turn_local, "remote": self.turn_remote},
             "direct_pairs": dict(self.direct_pairs),
+            "direct_failures": dict(self.direct_failures),
             "relay_server": self.relay_server,
         }
 
@@ -183,6 +189,27 @@ def _count_direct(pairs: Iterable[PairOutcome]) -> dict[str, int]:
     return counts
 
 
+def _count_failures(pairs: Iterable[PairOutcome]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for p in pairs:
+        if not p.relayed and p.state == "failed":
+            why = p.failure or "failed"
+            counts[why] = counts.get(why, 0) + 1
+    return counts
+
+
+_FAILURE_WORDS = {"timeout": "no answer", "ceased": "given up"}
+
+
+def _failed_clause(failures: dict[str, int]) -> str:
+    """``direct checks failed (2 pairs: no answer)``, or with several causes
+    ``(3 pairs: 2 no answer, 1 error 403)``."""
+    total = sum(failures.values())
+    words = [(_FAILURE_WORDS.get(k, k), n) for k, n in sorted(failures.items())]
+    how = words[0][0] if len(words) == 1 else ", ".join(f"{n} {w}" for w, n in words)
+    return f"direct checks failed ({_pairs(total)}: {how})"
+
+
 def _nat_clause(local: NatKind, remote: NatKind) -> str | None:
     if local == "symmetric" and remote == "symmetric":
         return "both sides behind symmetric NATs"
@@ -223,6 +250,7 @@ def explain(facts: PathFacts) -> PathReason:
     turn_local = any(c.type is CandidateType.RELAY for c in local)
     turn_remote = any(c.type is CandidateType.RELAY for c in remote)
     counts = _count_direct(facts.pairs)
+    failures = _count_failures(facts.pairs)
     relay_server: str | None = None
 
     selected = facts.selected
@@ -246,7 +274,7 @@ def explain(facts: PathFacts) -> PathReason:
         if counts["pending"]:
             clauses.append(f"direct checks still running ({_pairs(counts['pending'])})")
         if nat is None and counts["failed"]:
-            clauses.append(f"direct checks failed ({_pairs(counts['failed'])})")
+            clauses.append(_failed_clause(failures))
         elif nat is None and not counts["pending"] and not counts["succeeded"]:
             clauses.append("no direct pair to check")
         clauses.append(_mapping_clause(map_local, map_remote))
@@ -278,5 +306,6 @@ def explain(facts: PathFacts) -> PathReason:
         turn_local=turn_local,
         turn_remote=turn_remote,
         direct_pairs=counts,
+        direct_failures=failures,
         relay_server=relay_server,
     )

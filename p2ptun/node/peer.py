@@ -739,7 +739,7 @@ class PeerSession:
         if attempt is None:
             return explain(PathFacts([], [], selected=selected))
         agent = attempt.agent
-        pairs = [PairOutcome(p.local, p.remote, p.state.value) for p in agent.checklist]
+        pairs = [PairOutcome(p.local, p.remote, p.state.value, p.failure) for p in agent.checklist]
         facts = PathFacts(agent.local_candidates, agent.remote_candidates, pairs, selected)
         return explain(facts)
 

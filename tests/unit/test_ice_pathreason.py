@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from icesim import make_scenario
 
 from p2ptun.ice import (
     Candidate,
@@ -13,6 +14,7 @@ from p2ptun.ice import (
     make_relay_candidate,
     make_srflx_candidate,
 )
+from p2ptun.ice.agent import AgentConfig, AgentState
 from p2ptun.ice.pathreason import (
     PairOutcome,
     PathFacts,
@@ -132,11 +134,25 @@ def test_a_public_host_reads_as_no_nat_and_unknown_without_any_mapping() -> None
 def test_relay_through_the_peers_relay_and_direct_checks_failed_without_a_symmetric_sign() -> None:
     alice = side("10.0.1.2", "198.51.100.11")
     bob = side("10.0.2.2", "198.51.100.12")
-    pairs = [PairOutcome(alice[0], bob[1], "failed"), PairOutcome(alice[2], bob[2], "succeeded")]
+    pairs = [
+        PairOutcome(alice[0], bob[1], "failed", "timeout"),
+        PairOutcome(alice[2], bob[2], "succeeded"),
+    ]
     reason = explain(PathFacts(alice, bob, pairs, selected=(alice[1], bob[2])))
     assert reason.text == (
-        "relay: direct checks failed (1 pair), no port mapping on either side, no IPv6, "
-        f"through the peer's TURN relay {RV}"
+        "relay: direct checks failed (1 pair: no answer), no port mapping on either side, "
+        f"no IPv6, through the peer's TURN relay {RV}"
+    )
+    assert reason.direct_failures == {"timeout": 1}
+    # Several causes are counted each.
+    pairs = [
+        PairOutcome(alice[0], bob[1], "failed", "timeout"),
+        PairOutcome(alice[0], bob[0], "failed", "timeout"),
+        PairOutcome(alice[1], bob[0], "failed", "error 403"),
+    ]
+    reason = explain(PathFacts(alice, bob, pairs, selected=(alice[2], bob[2])))
+    assert reason.text.startswith(
+        "relay: direct checks failed (3 pairs: 1 error 403, 2 no answer), no port mapping"
     )
 
 
@@ -175,8 +191,8 @@ def test_no_path_without_any_relay_says_so() -> None:
     reason = explain(PathFacts(alice, bob, pairs))
     assert reason.path is None
     assert reason.text == (
-        "no path: direct checks failed (1 pair), no port mapping on either side, no IPv6, "
-        "no TURN relay on either side"
+        "no path: direct checks failed (1 pair: failed), no port mapping on either side, "
+        "no IPv6, no TURN relay on either side"
     )
     assert not reason.turn_local and not reason.turn_remote
     # Before anything was checked (the peer's candidates have not come yet).
@@ -217,6 +233,7 @@ def test_json_facts_are_plain_values() -> None:
         "ipv6": {"local": False, "remote": False},
         "turn": {"local": True, "remote": True},
         "direct_pairs": {"succeeded": 0, "failed": 0, "pending": 0},
+        "direct_failures": {},
         "relay_server": RV,
     }
 
@@ -235,3 +252,21 @@ def test_the_nat_comes_first_and_running_checks_after_it() -> None:
     assert reason.text.startswith(
         "relay: peer behind symmetric NAT, direct checks still running (1 pair), no port"
     )
+
+
+def test_the_agent_records_how_each_pair_failed_and_the_reason_reads_it() -> None:
+    """A port-restricted NAT against a symmetric one, no relay, in the ICE simulator: every
+    pair fails, each with its cause, and the explanation of the agent's own facts says so."""
+    config = AgentConfig(connect_timeout=None, check_rc=3, check_rm=4)
+    s = make_scenario("port", "symmetric", seed=5, relay=False, config_a=config, config_b=config)
+    s.start()
+    assert s.net.run_while(lambda: s.a.agent.state is AgentState.FAILED, 30)
+    agent = s.a.agent
+    causes = {p.failure for p in agent.checklist.pairs}
+    assert causes and None not in causes and causes <= {"timeout", "non-symmetric"}, causes
+    pairs = [PairOutcome(p.local, p.remote, p.state.value, p.failure) for p in agent.checklist]
+    reason = explain(PathFacts(agent.local_candidates, agent.remote_candidates, pairs))
+    assert reason.path is None
+    assert reason.text.startswith("no path: "), reason.text
+    assert reason.text.endswith("no TURN relay on either side"), reason.text
+    assert sum(reason.direct_failures.values()) == len(pairs)
