@@ -11,14 +11,17 @@ what the node already knows, and nothing else:
 - the outcome of the direct (non-relayed) pairs of the check list (§6.1.2.6 states).
 
 **Endpoint-dependent mapping** ("symmetric NAT", RFC 4787 §4.1) shows as one public address
-with several ports for one base: server-reflexive candidates from different servers that
-differ (RFC 5780 §4.3 makes the same test with two server addresses), a relayed candidate
-whose mapped address (its ``raddr``, RFC 8839 §5.1) differs from a server-reflexive one, or a
-peer-reflexive candidate — the peer's NAT mapped its check to us to a port it had not seen
-towards any server. An endpoint-independent NAT keeps one port per base for every
-destination, so it never shows two. Two bases behind one NAT do have two ports: mappings whose
-bases are known and differ are never compared. A host candidate that is also a mapped address
-(a TURN server saw it unchanged) means no NAT at all.
+with several UDP ports for one base: server-reflexive candidates from different servers that
+differ (RFC 5780 §4.3 makes the same test with two server addresses), or a peer-reflexive
+candidate — the peer's NAT mapped its check to us to a port it had not seen towards any
+server. An endpoint-independent NAT keeps one port per base for every destination, so it
+never shows two. Two bases behind one NAT do have two ports: mappings whose bases are known
+and differ are never compared. A relayed candidate's mapped address (its ``raddr``, RFC 8839
+§5.1) is not compared either: an allocation over TCP or TLS has a TCP mapping, with a port of
+its own on any NAT, and a candidate does not say which transport reached its server. It does
+tell "no NAT": a host candidate that is also a mapped address (a TURN server saw it
+unchanged). A side with a NAT and no reflexive candidate could not reach a STUN server over
+UDP (UDP blocked, or none configured): the explanation says so.
 
 **Port mapping** (PCP, NAT-PMP, UPnP) is a candidate property: :func:`port_mapped` reads a
 ``mapped`` flag on the candidate, which reads false until the gatherer sets one; the
@@ -144,21 +147,29 @@ class _Mapping:
 
 
 def _mappings(candidates: Iterable[Candidate]) -> list[_Mapping]:
-    """The public addresses a NAT gave this side: reflexive candidates (with their base when
-    known) and the mapped address a TURN server saw (a relayed candidate's related address)."""
-    found: list[_Mapping] = []
-    for c in candidates:
-        if c.type in (CandidateType.SRFLX, CandidateType.PRFLX):
-            found.append(_Mapping(c.address, c.related))
-        elif c.type is CandidateType.RELAY and c.related is not None and c.related[1]:
-            found.append(_Mapping(c.related, None))
-    return found
+    """The UDP mappings a NAT gave this side: its reflexive candidates, with their base when
+    known."""
+    return [
+        _Mapping(c.address, c.related)
+        for c in candidates
+        if c.type in (CandidateType.SRFLX, CandidateType.PRFLX)
+    ]
+
+
+def _relay_mappings(candidates: Iterable[Candidate]) -> set[Address]:
+    """The mapped addresses TURN servers saw (relayed candidates' related addresses)."""
+    return {
+        c.related
+        for c in candidates
+        if c.type is CandidateType.RELAY and c.related is not None and c.related[1]
+    }
 
 
 def classify_nat(candidates: Sequence[Candidate]) -> NatKind:
     """What one side's candidates say about its NAT (module docstring)."""
     hosts = {c.address for c in candidates if c.type is CandidateType.HOST}
     mappings = _mappings(candidates)
+    seen = {m.address for m in mappings} | _relay_mappings(candidates)
     for i, a in enumerate(mappings):
         for b in mappings[i + 1 :]:
             if a.address[0] != b.address[0] or a.address == b.address:
@@ -166,11 +177,30 @@ def classify_nat(candidates: Sequence[Candidate]) -> NatKind:
             if a.base is not None and b.base is not None and a.base != b.base:
                 continue  # two bases behind one NAT: two mappings is normal
             return "symmetric"
-    if not mappings:
+    if not seen:
         return "unknown"
-    if all(m.address in hosts for m in mappings):
+    if seen <= hosts:
         return "none"
     return "nat"
+
+
+def _reflexive(candidates: Iterable[Candidate]) -> bool:
+    return any(c.type in (CandidateType.SRFLX, CandidateType.PRFLX) for c in candidates)
+
+
+def _no_reflexive_clause(facts: PathFacts, local: NatKind, remote: NatKind) -> str | None:
+    """A side behind a NAT (or unknown) without any reflexive candidate: its UDP never got
+    past the NAT to a STUN server (or it has none configured)."""
+    here = local != "none" and not _reflexive(facts.local_candidates)
+    there = remote != "none" and bool(facts.remote_candidates)
+    there = there and not _reflexive(facts.remote_candidates)
+    if here and there:
+        return "no server-reflexive candidate on either side (UDP blocked?)"
+    if here:
+        return "no server-reflexive candidate here (UDP blocked?)"
+    if there:
+        return "no server-reflexive candidate on the peer (UDP blocked there?)"
+    return None
 
 
 def _pairs(n: int) -> str:
@@ -271,6 +301,9 @@ def explain(facts: PathFacts) -> PathReason:
         nat = _nat_clause(local_nat, remote_nat)
         if nat is not None:
             clauses.append(nat)
+        blocked = _no_reflexive_clause(facts, local_nat, remote_nat)
+        if blocked is not None:
+            clauses.append(blocked)
         if counts["pending"]:
             clauses.append(f"direct checks still running ({_pairs(counts['pending'])})")
         if nat is None and counts["failed"]:

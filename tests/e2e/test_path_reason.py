@@ -1,8 +1,8 @@
 """Why a path is what it is, with real daemons in the NAT lab: ``p2ptun status`` (``reason``,
 ``reason_facts``) and ``p2ptun ping PEER --until-direct``.
 
-One lab for the module (sites cone, cone, sym, sym) and one rendezvous; each case starts the
-two nodes it needs and stops them:
+One lab for the module (sites cone, cone, sym, sym, prc, udp-blocked) and one rendezvous;
+each case starts the two nodes it needs and stops them:
 
 - cone / cone: direct, the reason names the pair's candidate types on both sides, and the
   readable status lists it;
@@ -11,7 +11,11 @@ two nodes it needs and stops them:
   ``--until-direct`` gives up after its timeout with exit 1 and that reason;
 - cone / cone with the direct route blocked in the lab's internet: relayed at first;
   ``--until-direct`` runs meanwhile, the block is lifted, and it exits 0 once the nodes moved
-  to the direct pair (their direct retry), saying how long that took.
+  to the direct pair (their direct retry), saying how long that took;
+- cone / sym: direct, and the cone side sees the peer's symmetric NAT (its check came from a
+  port no server saw); prc / sym: relayed, the prc side names the peer's symmetric NAT and
+  the sym side its own; udp-blocked / cone: relayed over TURN/TCP, the blocked side has no
+  server-reflexive candidate and says so.
 
 Each case prints the path, the reason and the time from the second ``p2ptun up`` to the first
 ping reply through the tunnel; nothing asserts on time.
@@ -34,7 +38,7 @@ pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 LabFactory = Callable[..., NatLab]
 
-SITES = ("cone", "cone", "sym", "sym")
+SITES = ("cone", "cone", "sym", "sym", "prc", "udp-blocked")
 RESULTS: list[str] = []
 
 
@@ -71,14 +75,14 @@ def _cli(dep: Deployment, *args: str, timeout: float = 30.0) -> subprocess.Compl
     )
 
 
-def _start_pair(dep: Deployment, a: Node, b: Node) -> float:
+def _start_pair(dep: Deployment, a: Node, b: Node, **config: Any) -> float:
     """Start ``a`` then ``b`` (each knowing the other); seconds from ``b``'s start to the
     first ping reply from ``a`` through the tunnel."""
     dep.fresh_sites(a, b)
-    dep.start_node(a, peers=[b])
+    dep.start_node(a, peers=[b], **config)
     dep.wait_ready(a)
     t_up = time.monotonic()
-    dep.start_node(b, peers=[a])
+    dep.start_node(b, peers=[a], **config)
     return dep.first_ping(a, b) - t_up
 
 
@@ -179,3 +183,54 @@ def test_until_direct_waits_for_the_direct_path_after_a_relayed_start(dep: Deplo
             waiter.kill()
             waiter.wait(5)
         lab.unblock(a.site, b.site)
+
+
+# (case, site index of a, of b, path, what a's reason must say, what b's must, TURN transport)
+MORE = [
+    ("cone/sym", 1, 3, "direct", "direct (", "direct (", "udp"),
+    (
+        "prc/sym",
+        5,
+        3,
+        "relay",
+        "peer behind symmetric NAT",
+        "this node behind symmetric NAT",
+        "udp",
+    ),
+    (
+        "udp-blocked/cone",
+        6,
+        1,
+        "relay",
+        "no server-reflexive candidate here (UDP blocked?)",
+        "no server-reflexive candidate on the peer (UDP blocked there?)",
+        "tcp",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", MORE, ids=[c[0] for c in MORE])
+def test_more_nat_pairs_and_their_reasons(
+    dep: Deployment, case: tuple[str, int, int, str, str, str, str]
+) -> None:
+    name, i, j, path, says_a, says_b, turn = case
+    a, b = dep.nodes[i - 1], dep.nodes[j - 1]
+    first_ping = _start_pair(dep, a, b, turn=turn)
+    dep.wait_path(a, b, path)
+    found: dict[str, dict[str, Any]] = {}
+
+    def said() -> bool:
+        found["a"], found["b"] = dep.peer_status(a, b), dep.peer_status(b, a)
+        return says_a in str(found["a"].get("reason")) and says_b in str(found["b"].get("reason"))
+
+    try:
+        wait_until(said, 20, interval=0.5, what=f"{name}: reasons")
+    except TimeoutError:
+        raise AssertionError(f"{name}: reasons {found}\n" + dep.logs()) from None
+    for entry in found.values():
+        assert entry["path"] == path and entry["reason"].startswith(f"{path}"), entry
+    if name == "cone/sym":
+        assert found["a"]["reason_facts"]["remote_nat"] == "symmetric", found["a"]
+    _record(name, found["a"], first_ping)
+    RESULTS.append(f"{'':<16} other side: {found['b']['reason']}")
+    dep.assert_ping(a, b)

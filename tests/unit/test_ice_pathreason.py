@@ -98,10 +98,11 @@ def test_srflx_candidates_that_differ_per_server_mark_a_symmetric_nat() -> None:
         srflx(("198.51.100.11", 40002), base, RV2),
     ]
     assert classify_nat(ours) == "symmetric"
-    # ... and the relay's mapped address against the STUN server's mapping, the same.
+    # A relay's mapped address is not compared: over TCP it is a TCP mapping, whose port
+    # differs from the UDP one on any NAT.
     ours = [host("10.0.1.2"), srflx(("198.51.100.11", 40001), base, RV)]
     ours.append(relay(50000, ("198.51.100.11", 40009), "10.0.1.2", RV2))
-    assert classify_nat(ours) == "symmetric"
+    assert classify_nat(ours) == "nat"
 
 
 def test_our_own_peer_reflexive_mapping_marks_us_symmetric_and_both_sides_read_so() -> None:
@@ -270,3 +271,24 @@ def test_the_agent_records_how_each_pair_failed_and_the_reason_reads_it() -> Non
     assert reason.text.startswith("no path: "), reason.text
     assert reason.text.endswith("no TURN relay on either side"), reason.text
     assert sum(reason.direct_failures.values()) == len(pairs)
+
+
+def test_udp_blocked_shows_as_no_reflexive_candidate() -> None:
+    """Behind a NAT that drops UDP: host and a TURN/TCP relay only, no srflx."""
+    alice = [host("10.0.1.2"), relay(50000, ("198.51.100.11", 33000), "10.0.1.2")]
+    bob = side("10.0.2.2", "198.51.100.12")
+    pairs = [PairOutcome(alice[0], bob[1], "failed", "timeout")]
+    reason = explain(PathFacts(alice, bob, pairs, selected=(alice[1], bob[1])))
+    assert reason.local_nat == "nat"
+    assert reason.text == (
+        "relay: no server-reflexive candidate here (UDP blocked?), direct checks failed "
+        "(1 pair: no answer), no port mapping on either side, no IPv6, "
+        f"through our TURN relay {RV}"
+    )
+    # Seen from the peer.
+    reason = explain(PathFacts(bob, alice, [], selected=(bob[1], alice[1])))
+    assert "no server-reflexive candidate on the peer (UDP blocked there?)" in reason.text
+    # A public host has no reflexive candidate either, and no NAT: nothing to say.
+    public = [host("192.0.2.5"), relay(50000, ("192.0.2.5", 5000), "192.0.2.5")]
+    reason = explain(PathFacts(public, bob, [], selected=(public[1], bob[1])))
+    assert "server-reflexive" not in reason.text
