@@ -184,16 +184,21 @@ def classify_nat(candidates: Sequence[Candidate]) -> NatKind:
     return "nat"
 
 
-def _reflexive(candidates: Iterable[Candidate]) -> bool:
-    return any(c.type in (CandidateType.SRFLX, CandidateType.PRFLX) for c in candidates)
+def _lacks_reflexive(candidates: Sequence[Candidate], nat: NatKind) -> bool:
+    """An IPv4 host (IPv6 needs no NAT) not known to be public, without any reflexive
+    candidate."""
+    if nat == "none":
+        return False
+    v4_host = any(c.type is CandidateType.HOST and c.ip_version == 4 for c in candidates)
+    reflexive = any(c.type in (CandidateType.SRFLX, CandidateType.PRFLX) for c in candidates)
+    return v4_host and not reflexive
 
 
 def _no_reflexive_clause(facts: PathFacts, local: NatKind, remote: NatKind) -> str | None:
     """A side behind a NAT (or unknown) without any reflexive candidate: its UDP never got
     past the NAT to a STUN server (or it has none configured)."""
-    here = local != "none" and not _reflexive(facts.local_candidates)
-    there = remote != "none" and bool(facts.remote_candidates)
-    there = there and not _reflexive(facts.remote_candidates)
+    here = _lacks_reflexive(facts.local_candidates, local)
+    there = _lacks_reflexive(facts.remote_candidates, remote)
     if here and there:
         return "no server-reflexive candidate on either side (UDP blocked?)"
     if here:
@@ -324,9 +329,14 @@ def explain(facts: PathFacts) -> PathReason:
             text = "relay: " + ", ".join(clauses)
         else:
             path = None
-            if not counts["pending"] and not (turn_local or turn_remote):
-                clauses.append("no TURN relay on either side")
-            text = "no path: " + ", ".join(clauses)
+            if not remote:
+                text = "no path yet: no candidates from the peer yet"
+            elif counts["pending"]:
+                text = "no path yet: " + ", ".join(clauses)
+            else:
+                if not (turn_local or turn_remote):
+                    clauses.append("no TURN relay on either side")
+                text = "no path: " + ", ".join(clauses)
     return PathReason(
         text=text,
         path=path,

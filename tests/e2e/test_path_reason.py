@@ -108,6 +108,10 @@ def test_cone_cone_direct_with_its_candidate_types(dep: Deployment) -> None:
     table = _cli(dep, "status", "--interface", a.ifname)
     assert table.returncode == 0, table.stderr
     assert f"  {b.name}: {entry['reason']}" in table.stdout.splitlines(), table.stdout
+    # Plain ping is unchanged: one probe of the selected pair.
+    plain = _cli(dep, "ping", b.name, "--interface", a.ifname)
+    assert plain.returncode == 0 and plain.stdout.startswith(f"{b.name}: direct ("), plain
+    assert " rtt " in plain.stdout, plain.stdout
     # Direct already: --until-direct answers at once, exit 0.
     ping = _cli(dep, "ping", b.name, "--until-direct", "--interface", a.ifname)
     assert ping.returncode == 0, ping.stdout + ping.stderr

@@ -198,6 +198,15 @@ def test_no_path_without_any_relay_says_so() -> None:
     assert not reason.turn_local and not reason.turn_remote
     # Before anything was checked (the peer's candidates have not come yet).
     reason = explain(PathFacts(alice, []))
+    assert reason.text == "no path yet: no candidates from the peer yet"
+    # While the checks run.
+    pending = [PairOutcome(alice[0], bob[1], "in-progress")]
+    reason = explain(PathFacts(alice, bob, pending))
+    assert reason.text == (
+        "no path yet: direct checks still running (1 pair), no port mapping on either side, no IPv6"
+    )
+    # Candidates but no pair at all (say, only families that do not pair).
+    reason = explain(PathFacts(alice, [host("2001:db8:2::2")]))
     assert reason.text.startswith("no path: no direct pair to check, ")
 
 
