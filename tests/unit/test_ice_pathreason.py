@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from icesim import make_scenario
 
 from p2ptun.ice import (
@@ -301,3 +304,63 @@ def test_udp_blocked_shows_as_no_reflexive_candidate() -> None:
     public = [host("192.0.2.5"), relay(50000, ("192.0.2.5", 5000), "192.0.2.5")]
     reason = explain(PathFacts(public, bob, [], selected=(public[1], bob[1])))
     assert "server-reflexive" not in reason.text
+
+
+# -- any candidate set a peer can send ---------------------------------------------------------
+
+_IPS = st.sampled_from(
+    ["10.0.1.2", "10.0.2.2", "198.51.100.11", "198.51.100.12", RV, "2001:db8::1", "fe80::1"]
+)
+_ADDRESSES = st.tuples(_IPS, st.integers(1, 65535))
+
+
+@st.composite
+def _candidates(draw: st.DrawFn) -> Candidate:
+    kind = draw(st.sampled_from(["host", "srflx", "relay", "prflx", "prflx-local"]))
+    address = draw(_ADDRESSES)
+    other = draw(_ADDRESSES)
+    if kind == "host":
+        return host(*address)
+    if kind == "srflx":
+        return srflx(address, other, draw(st.sampled_from([RV, RV2])))
+    if kind == "relay":
+        return relay(address[1], other, other[0])
+    if kind == "prflx":
+        return remote_prflx(address)
+    return make_prflx_candidate(address, 1000, base=other)
+
+
+_STATES = st.sampled_from(["frozen", "waiting", "in-progress", "succeeded", "failed"])
+_FAILURES = st.sampled_from([None, "timeout", "error 403", "non-symmetric", "ceased"])
+
+
+@given(
+    local=st.lists(_candidates(), max_size=12),
+    remote=st.lists(_candidates(), max_size=12),
+    data=st.data(),
+)
+def test_any_candidate_sets_give_one_line(
+    local: list[Candidate], remote: list[Candidate], data: st.DataObject
+) -> None:
+    pairs = []
+    if local and remote:
+        for _ in range(data.draw(st.integers(0, 6))):
+            pairs.append(
+                PairOutcome(
+                    data.draw(st.sampled_from(local)),
+                    data.draw(st.sampled_from(remote)),
+                    data.draw(_STATES),
+                    data.draw(_FAILURES),
+                )
+            )
+    selected = None
+    if local and remote and data.draw(st.booleans()):
+        selected = (data.draw(st.sampled_from(local)), data.draw(st.sampled_from(remote)))
+    reason = explain(PathFacts(local, remote, pairs, selected))
+    assert reason.text and "\n" not in reason.text
+    assert reason.path in ("direct", "relay", None)
+    assert reason.text.startswith(("direct (", "relay: ", "no path"))
+    assert (reason.path == "relay") == reason.text.startswith("relay: ")
+    assert {reason.local_nat, reason.remote_nat} <= {"none", "nat", "symmetric", "unknown"}
+    assert sum(reason.direct_failures.values()) == reason.direct_pairs["failed"]
+    json.dumps(reason.as_json())
