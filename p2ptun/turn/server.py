@@ -27,6 +27,10 @@ What it implements
   strict.
 - Unknown comprehension-required attributes: 420 after authentication (RFC 8489 §6.3.1);
   indications with them are dropped (§6.3.2).
+- A peer relay (``TurnServerOptions.peer_relay``: a node relaying for its own peers, never an
+  open relay): only REST-API users whose name is one of :meth:`TurnServer.set_users` may
+  authenticate, and peers are only the addresses those users allocate from — a client can
+  reach another of the node's peers that holds an allocation here, nothing else (403).
 
 Bounded memory
 --------------
@@ -78,6 +82,7 @@ from p2ptun.stun.channeldata import CHANNEL_MAX, CHANNEL_MIN
 from p2ptun.stun.constants import TRANSPORT_UDP
 from p2ptun.stun.message import message_length, split_message_type
 from p2ptun.stun.server import SOFTWARE
+from p2ptun.turn.credentials import parse_rest_username
 from p2ptun.turn.server_auth import DEFAULT_NONCE_LIFETIME, CredentialStore, NonceIssuer
 from p2ptun.turn.server_policy import IPNetwork, PeerPolicy
 
@@ -226,6 +231,8 @@ class TurnServerOptions:
     """Highest channel number accepted: 0x7FFF (RFC 5766 clients) or 0x4FFF (RFC 8656)."""
     software: str | None = SOFTWARE
     limits: ServerLimits = field(default_factory=ServerLimits)
+    #: A node's peer relay (module docstring): users and peers limited to the node's peers.
+    peer_relay: bool = False
 
     @classmethod
     def from_settings(cls, settings: Any, own_addresses: Iterable[str] = ()) -> TurnServerOptions:
@@ -395,6 +402,8 @@ class TurnServer:
         self._nonces = NonceIssuer(secret, options.nonce_lifetime)
         self._credentials = CredentialStore(options.realm, options.users, options.auth_secret)
         self._policy = PeerPolicy.build(options.allow_peers, options.own_addresses)
+        #: Peer relay: the REST-API user names that may authenticate (set_users).
+        self._relay_users: frozenset[str] = frozenset()
         self._relay_host = str(ipaddress.ip_address(options.relay_address))
         self._relay_family = _family_of(self._relay_host)
         low, high = options.relay_ports
@@ -737,7 +746,7 @@ class TurnServer:
             self.counters.stale_nonces += 1
             return self._challenge(ft, msg, ErrorCode.STALE_NONCE, now)
         key = None
-        if msg.realm == self.options.realm:
+        if msg.realm == self.options.realm and self._user_admitted(username):
             key = self._credentials.key(username, now + self.wall_offset, chosen)
         if key is None or not msg.check_integrity(key):
             self.counters.integrity_failures += 1
@@ -1026,13 +1035,39 @@ class TurnServer:
     def _check_peer(self, host: str) -> None:
         if _family_of(host) != self._relay_family:
             raise _Reject(ErrorCode.PEER_ADDRESS_FAMILY_MISMATCH)
-        if not self._policy.allowed(host):
+        if not self.peer_allowed(host):
             self.counters.forbidden_peers += 1
             raise _Reject(ErrorCode.FORBIDDEN, "peer address not allowed")
 
     def peer_allowed(self, host: str) -> bool:
-        """True if the relay policy lets clients reach ``host``."""
-        return self._policy.allowed(host)
+        """True if the relay policy lets clients reach ``host``; for a peer relay, if one of
+        the node's peers allocates from ``host`` (and it is not the server's own)."""
+        if not self.options.peer_relay:
+            return self._policy.allowed(host)
+        try:
+            ip = str(ipaddress.ip_address(host))
+        except ValueError:
+            return False
+        if ip in self._policy.own_addresses:
+            return False
+        return any(ft.client[0] == ip for ft in self._by_tuple)
+
+    def set_users(self, names: Iterable[str]) -> list[Output]:
+        """Peer relay: the node's peers are now ``names``. Only REST-API users of these names
+        authenticate from now on; the allocations of anyone else are deleted at once (its
+        permissions go with them, so nobody can reach it through the relay either)."""
+        self._relay_users = frozenset(names)
+        out: list[Output] = []
+        for alloc in list(self._by_tuple.values()):
+            if not self._user_admitted(alloc.username):
+                out.extend(self._delete(alloc, "no longer a peer"))
+        return out
+
+    def _user_admitted(self, username: str) -> bool:
+        if not self.options.peer_relay:
+            return True
+        parsed = parse_rest_username(username)
+        return parsed is not None and parsed[1] in self._relay_users
 
     def _lifetime(self, requested: int | None, *, floor: bool = True) -> int:
         """RFC 8656 §7.2 / §8: the default when absent; else the request capped at the
