@@ -108,7 +108,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     cfg = config.load_node(args.config)
     for warning in cfg.warnings:
         sys.stderr.write(f"warning: {warning}\n")
-    return run(cfg)
+    if cfg.relay is None:
+        return run(cfg)
+    # A peer relay is the rendezvous' STUN/TURN service, which the node may not import.
+    from p2ptun.rendezvous.stun_turn import bind_peer_relay
+
+    return run(cfg, peer_relay=bind_peer_relay)
 
 
 def _control_socket(args: argparse.Namespace) -> str:

@@ -82,6 +82,21 @@ class IceConfig:
 
 
 @dataclass(frozen=True)
+class RelayConfig:
+    """``[relay]``: this node relays for its own peers (a peer relay) with the embedded TURN
+    server: on ``listen`` (UDP and TCP), relayed ports in ``relay_ports`` on
+    ``relay_address`` — a public address of this node (or one a port mapping forwards)."""
+
+    enable: bool
+    listen: Address
+    relay_address: str
+    relay_ports: tuple[int, int]
+
+
+DEFAULT_PEER_RELAY_PORT = 3479
+
+
+@dataclass(frozen=True)
 class PeerConfig:
     name: str
     public_key: bytes
@@ -124,6 +139,7 @@ class NodeConfig:
     peers: tuple[PeerConfig, ...]
     warnings: tuple[str, ...] = ()
     network: NetworkConfig | None = None
+    relay: RelayConfig | None = None
 
     @property
     def public_key(self) -> bytes:
@@ -153,6 +169,8 @@ class TurnServerSettings:
     user_quota: int = 10
     max_lifetime: int = 3600
     credential_lifetime: int = 86400
+    #: A node's peer relay (not from a rendezvous config): see TurnServerOptions.peer_relay.
+    peer_relay: bool = False
 
 
 @dataclass(frozen=True)

@@ -286,6 +286,12 @@ class StunTurnService:
                 out[key] = out.get(key, 0) + v
         return out
 
+    def set_users(self, names: Iterable[str]) -> None:
+        """A node's peer relay: its peers are now ``names`` (:meth:`TurnServer.set_users`;
+        the allocations of a peer that left are closed at once)."""
+        if self.turn is not None:
+            self._dispatch(self.turn.set_users(names))
+
     def wall_offset(self, now: float) -> None:
         """Keep the core's Unix-time offset current (REST-API credential expiry)."""
         assert self.turn is not None
@@ -825,3 +831,24 @@ def _frame_size(buf: bytearray) -> int | None:
     else:
         return -1
     return size
+
+
+PEER_RELAY_REALM = "p2ptun-peer-relay"
+
+
+async def bind_peer_relay(
+    host: Host, listen: Address, relay_address: str, relay_ports: tuple[int, int], secret: str
+) -> StunTurnService:
+    """A node's peer relay (``[relay]`` in the node config): this same STUN/TURN service on
+    ``listen``, its TURN core in peer-relay mode (only the node's peers, named with
+    :meth:`StunTurnService.set_users`, allocate, with REST-API credentials under ``secret``,
+    and only towards each other). The node gives the function to itself through its
+    composition root, so that ``p2ptun.node`` needs nothing of the rendezvous."""
+    turn = TurnServerSettings(
+        realm=PEER_RELAY_REALM,
+        relay_address=relay_address,
+        relay_ports=relay_ports,
+        auth_secret=secret,
+        peer_relay=True,
+    )
+    return await StunTurnService.bind(host, StunServerSettings((listen,)), turn)

@@ -249,6 +249,7 @@ class TurnServerOptions:
             own_addresses=own,
             user_quota=settings.user_quota,
             max_lifetime=settings.max_lifetime,
+            peer_relay=bool(getattr(settings, "peer_relay", False)),
         )
 
 

@@ -392,13 +392,14 @@ class Deployment:
         turn: str = "udp",
         turn_servers: Sequence[str] | None = None,
         stun: Sequence[str] | None = None,
+        extra: str = "",
     ) -> Path:
         """Write ``node``'s config (atomically, so that a SIGHUP never reads half a file).
 
         ``peers``: the nodes it knows (default: every other node). ICE: STUN at the
         rendezvous and its TURN with rendezvous-issued credentials over ``turn`` (``udp`` or
         ``tcp``), unless ``stun`` (``host:port`` strings) or ``turn_servers`` (TOML inline
-        tables) say otherwise."""
+        tables) say otherwise. ``extra``: more TOML tables, appended (``[relay]``...)."""
         if peers is None:
             peers = [p for p in self.nodes if p is not node]
         if stun is None:
@@ -417,7 +418,7 @@ class Deployment:
             f'name = "{node.name}"\nprivate_key = "{node.key}"\n'
             f'[interface]\nname = "{node.ifname}"\naddress = ["{node.address}"]\n'
             f'[rendezvous]\naddress = "{RV}:7070"\npublic_key = "{self.rv_key[1]}"\n'
-            f"[ice]\nstun = [{stun_text}]\nturn = [{', '.join(turn_servers)}]\n" + peer_text
+            f"[ice]\nstun = [{stun_text}]\nturn = [{', '.join(turn_servers)}]\n" + peer_text + extra
         )
         tmp.chmod(0o600)
         os.replace(tmp, path)
