@@ -135,10 +135,13 @@ def _relay(t: Table) -> RelayConfig | None:
     ports = t.parse(
         "relay_ports", t.string("relay_ports", "50000-50999"), parse_port_range, "a port range"
     )
+    allow = tuple(
+        t.parse(k, raw, parse_network, "a network/prefix") for k, raw in t.strings("allow_peers")
+    )
     t.check_unknown()
     if not enable or address is None:
         return None
-    return RelayConfig(enable, listen, address, ports)
+    return RelayConfig(enable, listen, address, ports, allow)
 
 
 def _relative(t: Table, path: str) -> str:

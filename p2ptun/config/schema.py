@@ -85,12 +85,14 @@ class IceConfig:
 class RelayConfig:
     """``[relay]``: this node relays for its own peers (a peer relay) with the embedded TURN
     server: on ``listen`` (UDP and TCP), relayed ports in ``relay_ports`` on
-    ``relay_address`` — a public address of this node (or one a port mapping forwards)."""
+    ``relay_address`` — a public address of this node (or one a port mapping forwards);
+    ``allow_peers`` opens networks the TURN deny list closes (as in the rendezvous)."""
 
     enable: bool
     listen: Address
     relay_address: str
     relay_ports: tuple[int, int]
+    allow_peers: tuple[IPNetwork, ...] = ()
 
 
 DEFAULT_PEER_RELAY_PORT = 3479

@@ -400,7 +400,12 @@ class NodeDaemon:
             raise RuntimeFailure("[relay] enable = true: this build of the node has no relay")
         secret = self.host.random_bytes(32).hex()
         server = await self._peer_relay_factory(
-            self.host, relay.listen, relay.relay_address, relay.relay_ports, secret
+            self.host,
+            relay.listen,
+            relay.relay_address,
+            relay.relay_ports,
+            relay.allow_peers,
+            secret,
         )
         self.relay_server = server
         self.relay_offer = RelayOffer(relay, secret)

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
 from p2ptun.addr import Address, format_address
-from p2ptun.config import RelayConfig, TurnServerConfig
+from p2ptun.config import IPNetwork, RelayConfig, TurnServerConfig
 from p2ptun.config.values import parse_turn_url
 from p2ptun.net.ports import Host
 from p2ptun.signal.seal import RelayGrant
@@ -48,8 +48,12 @@ class PeerRelayServer(Protocol):
     def close(self) -> None: ...
 
 
-#: ``factory(host, listen, relay_address, relay_ports, secret)``: bind the peer relay.
-PeerRelayFactory = Callable[[Host, Address, str, tuple[int, int], str], Awaitable[PeerRelayServer]]
+#: ``factory(host, listen, relay_address, relay_ports, allow_peers, secret)``: bind the
+#: peer relay.
+PeerRelayFactory = Callable[
+    [Host, Address, str, tuple[int, int], tuple[IPNetwork, ...], str],
+    Awaitable[PeerRelayServer],
+]
 
 
 class RelayOffer:

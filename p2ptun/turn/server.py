@@ -30,7 +30,8 @@ What it implements
 - A peer relay (``TurnServerOptions.peer_relay``: a node relaying for its own peers, never an
   open relay): only REST-API users whose name is one of :meth:`TurnServer.set_users` may
   authenticate, and peers are only the addresses those users allocate from — a client can
-  reach another of the node's peers that holds an allocation here, nothing else (403).
+  reach another of the node's peers that holds an allocation here, nothing else (403); the
+  deny list applies as well.
 
 Bounded memory
 --------------
@@ -1041,16 +1042,13 @@ class TurnServer:
             raise _Reject(ErrorCode.FORBIDDEN, "peer address not allowed")
 
     def peer_allowed(self, host: str) -> bool:
-        """True if the relay policy lets clients reach ``host``; for a peer relay, if one of
-        the node's peers allocates from ``host`` (and it is not the server's own)."""
+        """True if the relay policy lets clients reach ``host``; for a peer relay, only if
+        one of the node's peers allocates from ``host`` too."""
+        if not self._policy.allowed(host):
+            return False
         if not self.options.peer_relay:
-            return self._policy.allowed(host)
-        try:
-            ip = str(ipaddress.ip_address(host))
-        except ValueError:
-            return False
-        if ip in self._policy.own_addresses:
-            return False
+            return True
+        ip = str(ipaddress.ip_address(host))
         return any(ft.client[0] == ip for ft in self._by_tuple)
 
     def set_users(self, names: Iterable[str]) -> list[Output]:

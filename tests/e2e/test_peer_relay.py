@@ -40,7 +40,11 @@ def test_sym_sym_relay_through_a_public_peer_relay(dep: Deployment, request: Any
     relay_node, a, b = dep.nodes
     relay_ip = lab.site(relay_node.site).host_addr
     lab.set_netem("server", delay_ms=25)
-    extra = f'\n[relay]\nenable = true\nrelay_address = "{relay_ip}"\nrelay_ports = "50000-50099"\n'
+    extra = (
+        f'\n[relay]\nenable = true\nrelay_address = "{relay_ip}"\nrelay_ports = "50000-50099"\n'
+        # The lab's public addresses are documentation blocks, which TURN denies by default.
+        'allow_peers = ["198.51.100.0/24"]\n'
+    )
     dep.start_node(relay_node, extra=extra)
     dep.wait_ready(relay_node)
     dep.start_node(a)

@@ -14,7 +14,8 @@ RELAY = '\n[relay]\nenable = true\nrelay_address = "192.0.2.10"\n'
 
 
 def test_a_peer_relay(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = write(tmp_path, NODE + RELAY + 'listen = "0.0.0.0:3480"\nrelay_ports = "51000-51099"\n')
+    extra = 'listen = "0.0.0.0:3480"\nrelay_ports = "51000-51099"\nallow_peers = ["10.0.0.0/8"]\n'
+    path = write(tmp_path, NODE + RELAY + extra)
     code, _, err = check(path, capsys)
     assert code == 0, err
     relay = config.load_node(path).relay
@@ -24,6 +25,7 @@ def test_a_peer_relay(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
         "192.0.2.10",
         (51000, 51099),
     )
+    assert [str(n) for n in relay.allow_peers] == ["10.0.0.0/8"]
     # Defaults: port 3479 on every address, ports 50000-50999.
     relay = config.load_node(write(tmp_path, NODE + RELAY, "d.toml")).relay
     assert relay is not None
@@ -47,6 +49,7 @@ def test_off_by_default_and_when_disabled(tmp_path: Path) -> None:
         (RELAY + 'relay_ports = "60000-50000"\n', "relay.relay_ports", ("LOW <= HIGH",)),
         (RELAY + 'relay_ports = "80-90"\n', "relay.relay_ports", ("1024",)),
         (RELAY + "enabel = true\n", "relay.enabel", ("did you mean 'enable'",)),
+        (RELAY + 'allow_peers = ["10.0.0.0/33"]\n', "relay.allow_peers[0]", ("network",)),
         (RELAY.replace("enable = true", 'enable = "yes"'), "relay.enable", ("true or false",)),
     ],
 )

@@ -3,7 +3,7 @@ only towards each other — never an open relay."""
 
 from __future__ import annotations
 
-from test_turn_server import AUTH_SECRET, WALL, Client, code, ft, make_server, ok
+from test_turn_server import AUTH_SECRET, PEER_NETWORKS, WALL, Client, code, ft, make_server, ok
 
 from p2ptun.stun import AttrType, Method
 from p2ptun.turn.credentials import make_rest_credential
@@ -23,7 +23,7 @@ def permit(client: Client, host: str) -> int | None:
 
 
 def test_only_named_peers_allocate_and_only_towards_each_other() -> None:
-    server = make_server(peer_relay=True, users={}, allow_peers=())
+    server = make_server(peer_relay=True, users={}, allow_peers=PEER_NETWORKS)
     assert server.set_users(["alice", "bob"]) == []
     alice, bob = peer(server, "alice", ALICE_NAT), peer(server, "bob", BOB_NAT)
     carol = peer(server, "carol", "198.51.100.50")  # valid secret, but not a peer of ours
@@ -40,7 +40,7 @@ def test_only_named_peers_allocate_and_only_towards_each_other() -> None:
 
 
 def test_a_peer_that_is_removed_loses_its_allocation_and_cannot_return() -> None:
-    server = make_server(peer_relay=True, users={}, allow_peers=())
+    server = make_server(peer_relay=True, users={}, allow_peers=PEER_NETWORKS)
     server.set_users(["alice", "bob"])
     alice, bob = peer(server, "alice", ALICE_NAT), peer(server, "bob", BOB_NAT)
     assert ok(alice.allocate()) and ok(bob.allocate())
@@ -50,6 +50,16 @@ def test_a_peer_that_is_removed_loses_its_allocation_and_cannot_return() -> None
     assert permit(alice, BOB_NAT) == 403
     bob_again = peer(server, "bob", BOB_NAT, port=40001)
     assert code(bob_again.allocate()) == 401
+
+
+def test_the_deny_list_still_applies_to_peers() -> None:
+    """Peers at addresses the deny list closes (here documentation ranges, without
+    allow_peers) cannot be reached even when they allocate."""
+    server = make_server(peer_relay=True, users={}, allow_peers=())
+    server.set_users(["alice", "bob"])
+    alice, bob = peer(server, "alice", ALICE_NAT), peer(server, "bob", BOB_NAT)
+    assert ok(alice.allocate()) and ok(bob.allocate())
+    assert permit(alice, BOB_NAT) == 403
 
 
 def test_static_users_are_not_admitted_to_a_peer_relay() -> None:
