@@ -34,7 +34,7 @@ Nothing here does I/O or keeps state: the node calls :func:`explain` when it rep
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,12 +80,14 @@ class PairOutcome:
 @dataclass(frozen=True)
 class PathFacts:
     """Everything :func:`explain` looks at. ``selected`` is ``(local, remote)`` of the
-    selected pair (the local one as the peer sees it), or None."""
+    selected pair (the local one as the peer sees it), or None. ``relay_owners``: the peer
+    relays this node knows, by server IP, with the name of the peer that runs each."""
 
     local_candidates: Sequence[Candidate]
     remote_candidates: Sequence[Candidate]
     pairs: Sequence[PairOutcome] = ()
     selected: tuple[Candidate, Candidate] | None = None
+    relay_owners: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,8 @@ class PathReason:
     #: Failed direct pairs by how they failed (``timeout``, ``error 403``, ...).
     direct_failures: dict[str, int] = field(default_factory=dict)
     relay_server: str | None = None
+    #: The peer whose peer relay carries the path, if it is one.
+    relay_owner: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The ``reason_facts`` object of ``p2ptun status --json``."""
@@ -118,6 +122,7 @@ class PathReason:
             "direct_pairs": dict(self.direct_pairs),
             "direct_failures": dict(self.direct_failures),
             "relay_server": self.relay_server,
+            "relay_owner": self.relay_owner,
         }
 
 
@@ -287,6 +292,7 @@ def explain(facts: PathFacts) -> PathReason:
     counts = _count_direct(facts.pairs)
     failures = _count_failures(facts.pairs)
     relay_server: str | None = None
+    relay_owner: str | None = None
 
     selected = facts.selected
     if selected is not None and CandidateType.RELAY not in (selected[0].type, selected[1].type):
@@ -322,10 +328,14 @@ def explain(facts: PathFacts) -> PathReason:
             ours, theirs = selected
             if ours.type is CandidateType.RELAY:
                 relay_server = ours.host
-                clauses.append(f"through our TURN relay {ours.host}")
+                whose = "our TURN relay"
             else:
                 relay_server = theirs.host
-                clauses.append(f"through the peer's TURN relay {theirs.host}")
+                whose = "the peer's TURN relay"
+            relay_owner = facts.relay_owners.get(relay_server)
+            if relay_owner is not None:
+                whose = f"the peer relay of {relay_owner}"
+            clauses.append(f"through {whose} {relay_server}")
             text = "relay: " + ", ".join(clauses)
         else:
             path = None
@@ -351,4 +361,5 @@ def explain(facts: PathFacts) -> PathReason:
         direct_pairs=counts,
         direct_failures=failures,
         relay_server=relay_server,
+        relay_owner=relay_owner,
     )

@@ -233,6 +233,8 @@ class NodeDaemon:
         self._peer_relay_factory = peer_relay
         self.relay_offer: RelayOffer | None = None
         self.relay_server: PeerRelayServer | None = None
+        #: The peer relays we use, by server IP: the peer that runs each (for the status).
+        self._relay_owners: dict[str, str] = {}
         self.host: Host = host if host is not None else SystemHost()
         self.notifier = notifier if notifier is not None else Notifier()
         self.control_socket = control_socket
@@ -441,6 +443,7 @@ class NodeDaemon:
         if isinstance(server, str):
             log.warning("peer relay grant refused", peer=peer, reason=server)
             return
+        self._relay_owners[server.host] = peer
         if self.transport.gatherer.add_turn_server(server):
             log.info("using the relay of a peer", peer=peer, server=server.url)
             self._restart_after_round = True
@@ -865,6 +868,7 @@ class NodeDaemon:
         )
         tunnel.set_endpoint(wg, None)
         session = PeerSession(self, peer_cfg, wg)
+        session.relay_owners = self._relay_owners
         self.peers[peer_cfg.name] = session
         for prefix in routes_for(self.config.interface.addresses, peer_cfg.allowed_ips):
             await self.host.add_route(self.interface, prefix)

@@ -53,6 +53,7 @@ WireGuard session or the peer's kernel.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
@@ -186,6 +187,8 @@ class PeerSession:
         #: When the path became what it is (direct or relayed): a move between two direct
         #: pairs keeps the time, so ``p2ptun ping --until-direct`` says when direct came.
         self.path_since: float | None = None
+        #: Peer relays this node uses, by server IP: the peer that runs each (the daemon's).
+        self.relay_owners: Mapping[str, str] = {}
         #: ``wg.rx_bytes`` when the current probe of the path began (see :meth:`_path_lost`).
         self._probe_rx = 0
         self.ping_rtt: float | None = None
@@ -737,10 +740,12 @@ class PeerSession:
         attempt = self.active or self.current
         selected = None if self.path is None else (self.path.local, self.path.remote)
         if attempt is None:
-            return explain(PathFacts([], [], selected=selected))
+            return explain(PathFacts([], [], selected=selected, relay_owners=self.relay_owners))
         agent = attempt.agent
         pairs = [PairOutcome(p.local, p.remote, p.state.value, p.failure) for p in agent.checklist]
-        facts = PathFacts(agent.local_candidates, agent.remote_candidates, pairs, selected)
+        facts = PathFacts(
+            agent.local_candidates, agent.remote_candidates, pairs, selected, self.relay_owners
+        )
         return explain(facts)
 
     def _reason_text(self, reason: PathReason) -> str:

@@ -70,6 +70,11 @@ def test_sym_sym_relay_through_the_nearer_relay(dep: Deployment, request: Any, f
         wait_until(through_peer_relay, 45, interval=0.5, what=f"path through {expected}")
     except TimeoutError:
         raise AssertionError(f"not through {expected}: {found}\n" + dep.logs(60)) from None
+    owner = relay_node.name if far == "server" else None
+    for entry in found.values():
+        assert entry["reason_facts"]["relay_owner"] == owner, entry
+        if owner is not None:
+            assert entry["reason"].endswith(f"through the peer relay of {owner} {relay_ip}")
     assert "peer relay on" in relay_node.log()
     assert relay_node.log().count("peer relay granted") >= 2
     for node in (a, b):

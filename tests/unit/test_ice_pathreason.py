@@ -248,6 +248,7 @@ def test_json_facts_are_plain_values() -> None:
         "direct_pairs": {"succeeded": 0, "failed": 0, "pending": 0},
         "direct_failures": {},
         "relay_server": RV,
+        "relay_owner": None,
     }
 
 
@@ -364,3 +365,19 @@ def test_any_candidate_sets_give_one_line(
     assert {reason.local_nat, reason.remote_nat} <= {"none", "nat", "symmetric", "unknown"}
     assert sum(reason.direct_failures.values()) == reason.direct_pairs["failed"]
     json.dumps(reason.as_json())
+
+
+def test_a_peer_relay_is_named_after_the_peer_that_runs_it() -> None:
+    alice = side("10.0.1.2", "198.51.100.11")
+    bob = side("10.0.2.2", "198.51.100.12")
+    on_carol = relay(50010, ("198.51.100.11", 5000), "10.0.1.2", "192.0.2.18")
+    facts = PathFacts(
+        [*alice, on_carol], bob, selected=(on_carol, bob[1]), relay_owners={"192.0.2.18": "carol"}
+    )
+    reason = explain(facts)
+    assert reason.text.endswith("through the peer relay of carol 192.0.2.18")
+    assert (reason.relay_server, reason.relay_owner) == ("192.0.2.18", "carol")
+    assert reason.as_json()["relay_owner"] == "carol"
+    # The rendezvous' relay keeps its words.
+    reason = explain(dataclasses.replace(facts, selected=(alice[2], bob[1])))
+    assert reason.text.endswith(f"through our TURN relay {RV}") and reason.relay_owner is None
