@@ -49,6 +49,10 @@ PEER_FIELDS = {
     "tx_bytes",
     "last_handshake",
     "consent_age",
+    # The reason for the path (docs/ARCHITECTURE.md §3).
+    "reason",
+    "reason_facts",
+    "path_since",
 }
 
 
@@ -277,6 +281,7 @@ def test_ready_status_and_clean_stop(node: Node) -> None:
             assert set(peer) == PEER_FIELDS
             assert peer["state"] in ("connecting", "connected", "disconnected")
             assert peer["path"] is None and peer["rtt_ms"] is None
+            assert peer["reason"].startswith("no path") and peer["path_since"] is None
 
         # The rendezvous is unreachable: said once, clearly, and the daemon keeps running.
         assert wait_until(lambda: "unreachable" in node.log())
