@@ -293,6 +293,8 @@ class _RelaySlot:
         self.quiet_end = False
         #: Round-trip time to the server, measured by the last allocation.
         self.rtt: float | None = None
+        #: Learnt at run time (:meth:`Gatherer.add_turn_server`), not configured.
+        self.learnt = False
 
     def set_state(self, state: SlotState) -> None:
         self.state = state
@@ -391,17 +393,21 @@ class Gatherer:
 
     def add_turn_server(self, config: TurnServerConfig) -> bool:
         """A TURN server learnt at run time (a peer relay's grant): allocate on it from the
-        next round on, like a configured one. A server already known by its URL takes the new
-        config (fresh credentials) for its next allocation. True if it is new; at most
-        :data:`MAX_TURN_SERVERS` in all."""
+        next round on, like a configured one. A learnt server already known by its URL takes
+        the new config (fresh credentials) for its next allocation; a configured one is never
+        changed. True if it is new; at most :data:`MAX_TURN_SERVERS` in all."""
         for slot in self._slots:
             if slot.config.url == config.url:
-                slot.config = config
+                if slot.learnt:
+                    slot.config = config
+                else:
+                    log.warning("a learnt TURN server is a configured one", server=config.url)
                 return False
         if len(self._slots) >= MAX_TURN_SERVERS:
             log.warning("too many TURN servers, ignoring one", server=config.url)
             return False
         slot = _RelaySlot(len(self._slots), config)
+        slot.learnt = True
         self._slots.append(slot)
         if self._nursery is not None:
             self._nursery.start_soon(self._supervise, slot)

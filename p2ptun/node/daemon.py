@@ -443,6 +443,12 @@ class NodeDaemon:
         if isinstance(server, str):
             log.warning("peer relay grant refused", peer=peer, reason=server)
             return
+        configured = {t.host for t in self.config.ice.turn} | {self.config.rendezvous.address[0]}
+        owner = self._relay_owners.get(server.host, peer)
+        if owner != peer or server.host in configured:
+            why = f"{owner}'s relay" if owner != peer else "one of our configured servers"
+            log.warning("peer relay grant refused", peer=peer, reason=why)
+            return
         self._relay_owners[server.host] = peer
         if self.transport.gatherer.add_turn_server(server):
             log.info("using the relay of a peer", peer=peer, server=server.url)

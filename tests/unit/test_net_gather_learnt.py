@@ -35,6 +35,9 @@ async def test_a_learnt_turn_server_joins_the_next_round(nursery: trio.Nursery) 
         assert not g.add_turn_server(fresh)
         assert g._slots[1].config.password == "new"
         assert len(g.relays) == 2
+        # A configured server is never changed by a learnt one of the same URL.
+        assert not g.add_turn_server(dataclasses.replace(turn(first), password="evil"))
+        assert g._slots[0].config.password == "pw" and not g._slots[0].learnt
     finally:
         scope1.cancel()
         scope2.cancel()
