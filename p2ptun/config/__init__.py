@@ -118,7 +118,8 @@ def describe(cfg: Config) -> str:
     if cfg.stun:
         parts.append("STUN " + " ".join(format_address(a) for a in cfg.stun.listen))
     if cfg.turn:
-        parts.append(f"TURN relay {cfg.turn.relay_address}")
+        extra = f" and {cfg.turn.extra_relay_address}" if cfg.turn.extra_relay_address else ""
+        parts.append(f"TURN relay {cfg.turn.relay_address}{extra}")
     nodes = "open registration" if cfg.open_registration else f"{len(cfg.nodes)} nodes"
     if cfg.networks:
         nodes += f", {len(cfg.networks)} network(s)"

@@ -145,12 +145,27 @@ def rendezvous_config(source: ConfigFile, data: dict[str, Any]) -> RendezvousCon
     )
 
 
+def _relay_addresses(t: Table) -> tuple[str, str | None]:
+    """``relay_address``: one address, or an IPv4 and an IPv6 one (a dual-stack relay,
+    RFC 8656 §7.2)."""
+    if not isinstance(t.data.get("relay_address"), list):
+        raw = t.string("relay_address", required=True)
+        return t.parse("relay_address", raw, parse_ip_literal, "an IP address"), None
+    items = t.strings("relay_address", required=True)
+    hint = 'one address, or one of each family: ["203.0.113.10", "2001:db8::10"]'
+    if not 1 <= len(items) <= 2:
+        raise t.error("relay_address", f"{len(items)} addresses", hint)
+    hosts = [t.parse(key, raw, parse_ip_literal, "an IP address") for key, raw in items]
+    if len(hosts) == 2 and (":" in hosts[0]) == (":" in hosts[1]):
+        raise t.error("relay_address", "two addresses of one family", hint)
+    return hosts[0], (hosts[1] if len(hosts) == 2 else None)
+
+
 def _turn_settings(t: Table) -> TurnServerSettings:
     realm = t.string("realm", "p2ptun")
     if not realm or len(realm) > 127:
         raise t.error("realm", "must be 1-127 characters")
-    relay_raw = t.string("relay_address", required=True)
-    relay = t.parse("relay_address", relay_raw, parse_ip_literal, "an IP address")
+    relay, extra_relay = _relay_addresses(t)
     ports = t.parse(
         "relay_ports", t.string("relay_ports", "49152-65535"), parse_port_range, "a port range"
     )
@@ -205,6 +220,7 @@ def _turn_settings(t: Table) -> TurnServerSettings:
     return TurnServerSettings(
         realm=realm,
         relay_address=relay,
+        extra_relay_address=extra_relay,
         relay_ports=ports,
         users=users,
         auth_secret=secret,

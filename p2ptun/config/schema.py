@@ -171,6 +171,8 @@ class TurnServerSettings:
     user_quota: int = 10
     max_lifetime: int = 3600
     credential_lifetime: int = 86400
+    extra_relay_address: str | None = None
+    """The relay address of the other family (``relay_address = ["v4", "v6"]``)."""
     #: A node's peer relay (not from a rendezvous config): see TurnServerOptions.peer_relay.
     peer_relay: bool = False
 

@@ -114,6 +114,11 @@ FIRST_OFFER_WAIT = 2.0
 """How long the first offer waits for the node's first gathering round."""
 MAX_IDLE = 30.0
 """The peer's timer wakes at least this often."""
+HANDSHAKE_WAIT_MIN = 1.0
+HANDSHAKE_WAIT_RTTS = 4.0
+"""The controlled side, with a path and no session, waits ``max(HANDSHAKE_WAIT_MIN,
+HANDSHAKE_WAIT_RTTS × RTT)`` for the controlling side's handshake and then starts one itself:
+see :meth:`PeerSession._use_pair`."""
 PATH_SILENCE_MIN = 1.0
 PATH_SILENCE_RTTS = 4.0
 """The selected path is probed once it went quiet for ``max(PATH_SILENCE_MIN,
@@ -202,6 +207,8 @@ class PeerSession:
         #: A restart waiting for the node's regathering: why, and when it goes ahead anyway.
         self._pending_restart: str | None = None
         self._restart_at: float | None = None
+        #: When the controlled side starts the handshake the controlling side did not.
+        self._handshake_due: float | None = None
         self._running = False
         self._closed = False  # close() is final: a closed session never offers again
         self.stale_wakeups = 0
@@ -258,6 +265,16 @@ class PeerSession:
     # -- timers (the agents' own run in the transport) -------------------------------------------
 
     def _run_timers(self, now: float) -> None:
+        due = self._handshake_due
+        if due is not None and now >= due:
+            self._handshake_due = None
+            wg = self.wg
+            # Not while a handshake the peer started waits for its first data (``next``):
+            # our initiation would cross it.
+            if self.path is not None and not wg.has_session(now) and wg.next is None:
+                log.info("no handshake from the peer, starting one", peer=self.name)
+                wg.initiate_handshake(now)
+                self.ctx.tunnel.flush(wg)
         for attempt in list(self.retired):
             if attempt.retire_at is not None and now >= attempt.retire_at:
                 self.retired.remove(attempt)
@@ -294,6 +311,8 @@ class PeerSession:
         due = self._offer_due(now)
         if due is not None:
             times.append(due)
+        if self._handshake_due is not None:
+            times.append(self._handshake_due)
         deadline = min(times)
         if deadline <= now:
             # Something asked to be woken in the past and was not moved by running it: do
@@ -514,6 +533,10 @@ class PeerSession:
 
     def _on_bye(self, msg: Bye) -> None:
         log.info("peer said bye", peer=self.name, reason=msg.reason or "-")
+        # Its keys for us went with it (the goodbye is sealed, so it is the peer's word): a
+        # session kept here would carry our next packets to keys it no longer has until
+        # WireGuard's 15 s timer started a handshake.
+        self.ctx.tunnel.forget_sessions(self.wg)
         active = self.active
         if active is not None and msg.session in (0, active.session_id):
             self.active = None
@@ -640,6 +663,13 @@ class PeerSession:
             # other's handshake state and both would wait for the 5 s retransmission. The
             # controlled side selected first (on the nominating check), so it can answer.
             self.wg.initiate_handshake(now)
+        else:
+            # ... unless the controlling side still has a session with a previous process of
+            # ours (we restarted without a goodbye: a crash, a power cut). It then only sends
+            # a keepalive on keys we no longer have and would start a handshake after 15 s of
+            # our silence (WireGuard §6.4); we start one ourselves if none came in time.
+            wait = max(HANDSHAKE_WAIT_MIN, HANDSHAKE_WAIT_RTTS * (pair.rtt or 0.0))
+            self._handshake_due = now + wait
         tunnel.flush(self.wg)
         log.info(
             "path selected" if previous is None else "path changed",
@@ -651,6 +681,7 @@ class PeerSession:
 
     def _clear_path(self) -> None:
         self.wg.path_silence = None
+        self._handshake_due = None
         if self.path is not None:
             self.path = None
             self.path_since = None

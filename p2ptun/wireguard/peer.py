@@ -363,6 +363,19 @@ class Peer:
         self._clear_handshake()
         self.staged.clear()
 
+    def forget_sessions(self) -> None:
+        """The peer lost its session state (its daemon said goodbye, so its keys went with
+        it): erase ours too, stop the timers that belong to them, and let the next initiation
+        go at once. Otherwise we would keep sending on a keypair the peer no longer has and
+        start a handshake only after KEEPALIVE_TIMEOUT + REKEY_TIMEOUT (15 s) of silence
+        (§6.4)."""
+        self.zero_key_material()
+        self.handshake.last_sent = None
+        self._handshake_attempts = 0
+        self._retransmit_at = self._send_keepalive_at = self._new_handshake_at = None
+        self._zero_keys_at = self._quiet_tx_at = self._quiet_rx_at = None
+        self._need_another_keepalive = False
+
     # -- handshake ------------------------------------------------------------------------------
 
     def _clear_handshake(self) -> None:
