@@ -27,6 +27,7 @@ from p2ptun.config.schema import (
 )
 from p2ptun.config.values import (
     check_name,
+    metrics_settings,
     parse_interface_address,
     parse_ip_literal,
     parse_listen,
@@ -59,6 +60,7 @@ def node_config(source: ConfigFile, data: dict[str, Any]) -> NodeConfig:
         "peer",
         "network",
         "relay",
+        "metrics",
     )
     name = check_name(top, "name", top.string("name", required=True))
     private = top.private_key()
@@ -91,6 +93,7 @@ def node_config(source: ConfigFile, data: dict[str, Any]) -> NodeConfig:
         network = _network(network_t, name, own_public, interface)
     relay_t = top.table("relay")
     relay = _relay(relay_t) if relay_t is not None else None
+    metrics = metrics_settings(top)
     top.check_unknown()
     return NodeConfig(
         path=source.file,
@@ -103,6 +106,7 @@ def node_config(source: ConfigFile, data: dict[str, Any]) -> NodeConfig:
         warnings=tuple(source.warnings),
         network=network,
         relay=relay,
+        metrics=metrics,
     )
 
 

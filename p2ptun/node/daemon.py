@@ -71,6 +71,7 @@ from p2ptun.log import get_logger
 from p2ptun.membership import CertificateRejected, MembershipDecodeError
 from p2ptun.net.dispatch import Dispatcher
 from p2ptun.net.gather import GatherOptions, IssuedCredentials
+from p2ptun.net.http import HttpServer
 from p2ptun.net.ice_transport import IceTransport
 from p2ptun.net.ports import ChangeKind, DatagramPort, Host
 from p2ptun.net.sdnotify import Notifier
@@ -269,6 +270,8 @@ class NodeDaemon:
         self._peers_lock = trio.Lock()
         self._members_changed = trio.Event()
         self.names: DnsResponder | None = None
+        #: The ``[metrics]`` endpoint while it runs (None without the section).
+        self.metrics: HttpServer | None = None
 
     # -- NodeContext ------------------------------------------------------------------------
 
@@ -342,7 +345,13 @@ class NodeDaemon:
             )
         if self.control_socket:
             control.prepare_socket_path(cfg.control_socket)
-        tunnel = await self._open_data_path()
+        metrics = await self._bind_metrics()
+        try:
+            tunnel = await self._open_data_path()
+        except BaseException:
+            if metrics is not None:
+                await metrics.listener.aclose()
+            raise
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -352,6 +361,8 @@ class NodeDaemon:
                 if self.control_socket:
                     await nursery.start(control.serve, cfg.control_socket, self._handle_control)
                 await self._start_peer_relay(nursery)
+                if metrics is not None:
+                    await nursery.start(metrics.serve)
                 await self._start_signaling(nursery)
                 await nursery.start(self.transport.run)
                 for session in self.peers.values():
@@ -454,6 +465,21 @@ class NodeDaemon:
             log.info("using the relay of a peer", peer=peer, server=server.url)
             self._restart_after_round = True
             self.transport.regather(restart_sessions=False)
+
+    async def _bind_metrics(self) -> HttpServer | None:
+        """The ``[metrics]`` endpoint's listener, bound before anything else opens (a busy
+        port ends the start with one line); None without the section."""
+        settings = self.config.metrics
+        if settings is None:
+            return None
+        # Imported here: prometheus_client costs start-up time a node without metrics saves.
+        from p2ptun.net.metrics import bind_metrics
+        from p2ptun.node.metrics import NodeCollector
+
+        self.metrics = await bind_metrics(
+            self.host, settings.listen, NodeCollector(self, trio.current_time)
+        )
+        return self.metrics
 
     async def _stop(self) -> None:
         """Say goodbye to the peers and release the relays while the sockets still run."""
@@ -957,6 +983,8 @@ class NodeDaemon:
                 return False
             for warning in new.warnings:
                 log.warning("config warning", warning=warning)
+            if new.metrics != old.metrics:
+                log.warning("[metrics] changed: it applies at the next start", path=new.path)
             log.info("config reloaded", path=new.path, peers=len(new.peers))
             return True
         finally:
@@ -1027,8 +1055,11 @@ class NodeDaemon:
             self.notifier.status(line)
 
     def _rendezvous_state(self) -> str:
+        return "connected" if self.rendezvous_connected() else "disconnected"
+
+    def rendezvous_connected(self) -> bool:
         client = self.signaling
-        return "connected" if client is not None and client.ready else "disconnected"
+        return client is not None and client.ready
 
     def status(self) -> dict[str, Any]:
         """The status object of docs/ARCHITECTURE.md §3: ``{"node": {...}, "peers": [...]}``."""

@@ -53,6 +53,7 @@ WireGuard session or the peer's kernel.
 from __future__ import annotations
 
 import contextlib
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -150,6 +151,40 @@ class NodeContext(Protocol):
         ...
 
 
+PATH_HISTORY = 16
+"""Path changes a peer remembers for ``p2ptun status`` (the oldest is forgotten first)."""
+
+
+@dataclass(frozen=True)
+class PathChange:
+    """One change of a peer's data path: when (trio's clock), to what, and why."""
+
+    at: float
+    path: str | None
+    """``direct``, ``relay``, or None: no path."""
+    reason: str
+    local: str | None = None
+    remote: str | None = None
+
+
+@dataclass
+class SessionCounters:
+    """What happened to one peer's paths (the metrics endpoint shows them)."""
+
+    ice_restarts: int = 0
+    """Restarts we offered beside a working path (network change, consent trouble)."""
+    restarts_answered: int = 0
+    """Restarts of the peer's that we answered."""
+    consent_expired: int = 0
+    """Selected paths closed because consent expired (RFC 7675 §5.1)."""
+    consent_lost: int = 0
+    """Selected paths lost after an unanswered consent probe burst (quiet path)."""
+    ice_failures: int = 0
+    """Attempts whose checks all failed (RFC 8445 §6.1.2.6 Failed)."""
+    path_changes: int = 0
+    """Pairs selected for the data (the first one and every change after it)."""
+
+
 @dataclass(eq=False)
 class Attempt:
     """One ICE session (one offer/answer) with the peer."""
@@ -212,6 +247,12 @@ class PeerSession:
         self._running = False
         self._closed = False  # close() is final: a closed session never offers again
         self.stale_wakeups = 0
+        #: What happened to this peer's paths, for the metrics endpoint.
+        self.counters = SessionCounters()
+        #: The last path changes, newest last (``p2ptun status``).
+        self.history: deque[PathChange] = deque(maxlen=PATH_HISTORY)
+        #: Why the next path change happens, when something we did is its cause.
+        self._path_reason: str | None = None
         """Times a timer was due again right after running (a bug elsewhere; never a spin)."""
 
     @property
@@ -256,7 +297,7 @@ class PeerSession:
             attempt.session.close()
         self.current = self.active = None
         self.retired = []
-        self._clear_path()
+        self._clear_path(reason)
 
     def _attempts(self) -> list[Attempt]:
         found = [a for a in (self.current, self.active) if a is not None]
@@ -391,6 +432,9 @@ class PeerSession:
         except (KeyError, ProtocolError) as exc:
             log.warning("cannot offer", peer=self.name, error=str(exc))
             return
+        if self.active is not None:
+            self.counters.ice_restarts += 1
+            self._path_reason = f"restart: {reason}"
         log.info(
             "offer",
             peer=self.name,
@@ -523,6 +567,9 @@ class PeerSession:
         self.current = attempt
         attempt.signalled.update(desc.candidates)
         attempt.eoc_sent = desc.end_of_candidates
+        if isinstance(msg, Restart):
+            self.counters.restarts_answered += 1
+            self._path_reason = "restart by the peer"
         log.info(
             "answered",
             peer=self.name,
@@ -541,7 +588,7 @@ class PeerSession:
         if active is not None and msg.session in (0, active.session_id):
             self.active = None
             active.session.close()
-            self._clear_path()
+            self._clear_path("the peer said bye")
         current = self.current
         if current is not None and msg.session in (0, current.session_id):
             self._drop(current)
@@ -594,10 +641,11 @@ class PeerSession:
             self._use_pair(event.pair, event.previous)
         elif isinstance(event, ConsentExpired):
             if attempt is self.active:
+                self.counters.consent_expired += 1
                 log.warning("consent expired, path closed", peer=self.name)
                 self.active = None
                 attempt.session.close()
-                self._clear_path()
+                self._clear_path("consent expired")
                 self._regather_then_restart("consent expired")
         elif isinstance(event, ConsentSuspect):
             now = trio.current_time()
@@ -609,12 +657,14 @@ class PeerSession:
                 self._regather_then_restart("consent suspect")
         elif isinstance(event, ConsentLost):
             if attempt is self.active:
+                self.counters.consent_lost += 1
                 self._path_lost()
         elif isinstance(event, ConsentRestored):
             log.info("consent restored", peer=self.name)
         elif isinstance(event, StateChanged):
             log.debug("ice state", peer=self.name, state=event.state.value)
             if event.state is AgentState.FAILED and attempt is self.current:
+                self.counters.ice_failures += 1
                 self._failures += 1
                 delay = RETRY_DELAYS[min(self._failures - 1, len(RETRY_DELAYS) - 1)]
                 log.info("ICE failed", peer=self.name, retry_in=f"{delay:g}")
@@ -642,7 +692,7 @@ class PeerSession:
             relay = self.ctx.transport.relay_for(pair.base)
             if relay is None:
                 log.warning("selected relay is gone", peer=self.name)
-                self._clear_path()
+                self._clear_path("the relay is gone")
                 return
             # The session bound a channel to the remote: the data goes as ChannelData.
             tunnel.set_sender(self.wg, partial(relay.send_batch, remote), remote)
@@ -652,6 +702,7 @@ class PeerSession:
             tunnel.set_endpoint(self.wg, remote, pair.base[0])
         if self.path is None or self.path.relayed != pair.relayed:
             self.path_since = trio.current_time()
+        self._record_path(pair)
         self.path = pair
         self.wg.path_silence = max(PATH_SILENCE_MIN, PATH_SILENCE_RTTS * (pair.rtt or 0.0))
         now = trio.current_time()
@@ -671,6 +722,7 @@ class PeerSession:
             wait = max(HANDSHAKE_WAIT_MIN, HANDSHAKE_WAIT_RTTS * (pair.rtt or 0.0))
             self._handshake_due = now + wait
         tunnel.flush(self.wg)
+        self.counters.path_changes += 1
         log.info(
             "path selected" if previous is None else "path changed",
             peer=self.name,
@@ -679,10 +731,39 @@ class PeerSession:
             remote=_cand(pair.remote),
         )
 
-    def _clear_path(self) -> None:
+    def _record_path(self, pair: SelectedPair | None, reason: str | None = None) -> None:
+        """Remember a change of the data path to ``pair`` (None: no path) and its reason:
+        the one given, the cause we noted (a restart, lost consent), or what the change
+        itself says (the first path, an upgrade to direct)."""
+        old = self.path
+        kind = None if pair is None else ("relay" if pair.relayed else "direct")
+        if reason is None:
+            reason = self._path_reason
+        self._path_reason = None
+        if reason is None:
+            if old is None:
+                reason = "selected"
+            elif old.relayed and kind == "direct":
+                reason = "upgrade to direct"
+            elif not old.relayed and kind == "relay":
+                reason = "moved to the relay"
+            else:
+                reason = "better pair"
+        self.history.append(
+            PathChange(
+                trio.current_time(),
+                kind,
+                reason,
+                None if pair is None else format_address(pair.local.address),
+                None if pair is None else format_address(pair.remote.address),
+            )
+        )
+
+    def _clear_path(self, reason: str = "closed") -> None:
         self.wg.path_silence = None
         self._handshake_due = None
         if self.path is not None:
+            self._record_path(None, reason)
             self.path = None
             self.path_since = None
             self.ctx.tunnel.set_endpoint(self.wg, None)
@@ -746,6 +827,7 @@ class PeerSession:
         standby = None if active is None else active.agent.standby_pair(trio.current_time())
         if standby is not None:
             log.warning("path lost: probe unanswered, data moved to the relay", peer=self.name)
+            self._path_reason = "consent lost: moved to the standby"
             self._use_pair(standby, self.path)
         else:
             log.warning("path lost: probe unanswered", peer=self.name)
@@ -809,6 +891,17 @@ class PeerSession:
             "reason": self._reason_text(reason),
             "reason_facts": reason.as_json(),
             "path_since": None if since is None or pair is None else round(now - since, 3),
+            "path_reason": self.history[-1].reason if self.history else None,
+            "path_history": [
+                {
+                    "ago": round(now - c.at, 3),
+                    "path": c.path,
+                    "reason": c.reason,
+                    "local": c.local,
+                    "remote": c.remote,
+                }
+                for c in self.history
+            ],
         }
 
     async def ping(self, timeout: float = 3.0) -> dict[str, Any]:

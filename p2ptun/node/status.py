@@ -68,6 +68,7 @@ def render(status: dict[str, Any]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    lines += _history_lines(status)
     reasons = [
         f"  {peer.get('name', '?')}: {peer['reason']}"
         for peer in status.get("peers", [])
@@ -77,6 +78,26 @@ def render(status: dict[str, Any]) -> str:
         lines.append("why:")
         lines.extend(reasons)
     return "\n".join(lines)
+
+
+HISTORY_SHOWN = 5
+"""Path changes per peer the readable status shows (``--json`` has all that are kept)."""
+
+
+def _history_lines(status: dict[str, Any]) -> list[str]:
+    """The last path changes of each peer, newest first: when, to what, why."""
+    lines: list[str] = []
+    for peer in status.get("peers", []):
+        history = peer.get("path_history") or []
+        if not history:
+            continue
+        lines.append(f"path changes of {peer.get('name', '?')} (newest first):")
+        for change in reversed(history[-HISTORY_SHOWN:]):
+            where = change.get("path") or "no path"
+            if change.get("remote"):
+                where += f" to {change['remote']}"
+            lines.append(f"  {_ago(change.get('ago')):>9}  {where}: {change.get('reason', '?')}")
+    return lines
 
 
 def render_ping(result: dict[str, Any]) -> str:

@@ -350,6 +350,10 @@ class Allocation:
     channel_by_peer: dict[Address, Channel] = field(default_factory=dict)
     wake: float | None = None
     """The earliest of the expiry times above, as the server's schedule has it."""
+    bytes_to_peer: int = 0
+    """Payload bytes relayed from the client to its peers (the shell adds its fast path's)."""
+    bytes_to_client: int = 0
+    """Payload bytes relayed from peers to the client (likewise)."""
     relay_other: Address | None = None
     """A dual allocation's second relayed address (IPv6 beside :attr:`relay`'s IPv4)."""
     opening: int = 1
@@ -581,6 +585,7 @@ class TurnServer:
             ).encode()
         self.counters.relayed_to_client += 1
         self.counters.relayed_to_client_bytes += size
+        alloc.bytes_to_client += size
         return ToClient(ft, wire)
 
     # -- routes for a shell's batches ---------------------------------------------------------
@@ -1069,6 +1074,7 @@ class TurnServer:
             return None
         self.counters.relayed_to_peer += 1
         self.counters.relayed_to_peer_bytes += len(data)
+        alloc.bytes_to_peer += len(data)
         return ToPeer(relay, peer, data)
 
     def _client_channel_data(
@@ -1099,6 +1105,7 @@ class TurnServer:
             return None
         self.counters.relayed_to_peer += 1
         self.counters.relayed_to_peer_bytes += length
+        alloc.bytes_to_peer += length
         return ToPeer(relay, channel.peer, bytes(data[4:end]))
 
     # -- helpers ------------------------------------------------------------------------------

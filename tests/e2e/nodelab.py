@@ -307,6 +307,10 @@ class Deployment:
     turn_secret: str = field(default_factory=lambda: secrets.token_hex(16))
     nodes: list[Node] = field(default_factory=list)
     rendezvous: subprocess.Popen[bytes] | None = None
+    rendezvous_extra: str = ""
+    """TOML appended to the rendezvous' config (sections such as ``[metrics]``)."""
+    stun_extra: str = ""
+    """TOML keys added to the rendezvous' ``[stun]`` section (``alternate = ...``)."""
 
     @classmethod
     def per_site(
@@ -377,11 +381,11 @@ class Deployment:
         path.write_text(
             f'listen = "{RV}:7070"\nprivate_key = "{self.rv_key[0]}"\n'
             f'database = "{self.workdir}/rv.sqlite"\n'
-            f"[stun]\nlisten = {listens}\n"
+            f"[stun]\nlisten = {listens}\n{self.stun_extra}"
             f'[turn]\nrealm = "lab"\nrelay_address = "{RV}"\nrelay_ports = "49152-49999"\n'
             f'auth_secret = "{self.turn_secret}"\n'
             # The lab's public addresses are documentation blocks, denied by default.
-            'allow_peers = ["192.0.2.0/24", "198.51.100.0/24"]\n' + nodes
+            'allow_peers = ["192.0.2.0/24", "198.51.100.0/24"]\n' + nodes + self.rendezvous_extra
         )
         path.chmod(0o600)
         with self.rendezvous_log_path.open("ab") as log:
@@ -422,7 +426,8 @@ class Deployment:
         ``peers``: the nodes it knows (default: every other node). ICE: STUN at the
         rendezvous and its TURN with rendezvous-issued credentials over ``turn`` (``udp`` or
         ``tcp``), unless ``stun`` (``host:port`` strings) or ``turn_servers`` (TOML inline
-        tables) say otherwise. ``extra``: more TOML tables, appended (``[relay]``...)."""
+        tables) say otherwise. ``extra``: TOML appended (sections such as ``[metrics]`` or
+        ``[relay]``)."""
         if peers is None:
             peers = [p for p in self.nodes if p is not node]
         if stun is None:

@@ -49,7 +49,10 @@ PEER_FIELDS = {
     "tx_bytes",
     "last_handshake",
     "consent_age",
-    # The reason for the path (docs/ARCHITECTURE.md §3).
+    # What last changed the path, and the last changes (docs/ARCHITECTURE.md §3).
+    "path_reason",
+    "path_history",
+    # Why the path is what it is.
     "reason",
     "reason_facts",
     "path_since",

@@ -77,6 +77,7 @@ ALLOWED: dict[str, set[str]] = {
     "rendezvous": {"addr", "errors", "log", "keys", "noise", "config", "net", *CORES},
     "ca": {"addr", "errors", "keys", "membership"},
     "join": {"addr", "errors", "log", "keys", "config", "net", *CORES},
+    "bugreport": {"addr", "errors", "keys", "config"},
     "cli": {
         "addr",
         "errors",
@@ -89,6 +90,7 @@ ALLOWED: dict[str, set[str]] = {
         "membership",
         "ca",
         "join",
+        "bugreport",
     },
     "__main__": {"cli"},
     "__init__": set(),
