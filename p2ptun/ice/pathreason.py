@@ -23,10 +23,11 @@ tell "no NAT": a host candidate that is also a mapped address (a TURN server saw
 unchanged). A side with a NAT and no reflexive candidate could not reach a STUN server over
 UDP (UDP blocked, or none configured): the explanation says so.
 
-**Port mapping** (PCP, NAT-PMP, UPnP) is a candidate property: :func:`port_mapped` reads a
-``mapped`` flag on the candidate, which reads false until the gatherer sets one; the
-explanation already says "no port mapping on either side" and how a mapped candidate made a
-path direct.
+**Port mapping** (PCP, NAT-PMP, UPnP) is a candidate property: :func:`port_mapped` reads the
+``mapped`` extension attribute a port-mapping gatherer puts on the server-reflexive candidate
+it makes (``mapped pcp@10.0.1.1``: the protocol and the gateway; RFC 8839 §5.1 extension
+attributes travel with the candidate to the peer), or a ``mapped`` flag that is true. Without
+either it reads false: "no port mapping on either side".
 
 Nothing here does I/O or keeps state: the node calls :func:`explain` when it reports status.
 """
@@ -127,12 +128,21 @@ class PathReason:
 
 
 def port_mapped(candidate: Candidate) -> bool:
-    """Was this candidate's address obtained by port mapping (PCP, NAT-PMP, UPnP)?
+    """Was this candidate's address obtained by port mapping (PCP, NAT-PMP, UPnP)? The one
+    place that reads the mark (module docstring)."""
+    if getattr(candidate, "mapped", False) is True:
+        return True
+    return any(name == "mapped" for name, _ in candidate.extensions)
 
-    The one place that reads the flag: a ``mapped`` attribute that is true. Candidates carry
-    none yet, so this is false until the gatherer marks mapped candidates.
-    """
-    return getattr(candidate, "mapped", False) is True
+
+def _mapping_via(candidate: Candidate) -> str | None:
+    """``PCP on 10.0.1.1`` from a ``mapped pcp@10.0.1.1`` extension, if it says that."""
+    for name, value in candidate.extensions:
+        if name == "mapped":
+            protocol, at, gateway = value.partition("@")
+            if at and protocol and gateway:
+                return f"{protocol.upper()} on {gateway}"
+    return None
 
 
 def _global_ipv6(host: str) -> bool:
@@ -303,8 +313,10 @@ def explain(facts: PathFacts) -> PathReason:
         if _global_ipv6(theirs.host):
             extras.append("over IPv6")
         if port_mapped(ours) or port_mapped(theirs):
-            side = "here" if port_mapped(ours) else "on the peer"
-            extras.append(f"via port mapping {side}")
+            mapped = ours if port_mapped(ours) else theirs
+            side = "here" if mapped is ours else "on the peer"
+            via = _mapping_via(mapped)
+            extras.append(f"via port mapping {side}" + (f" ({via})" if via else ""))
         if extras:
             text += " " + ", ".join(extras)
     else:

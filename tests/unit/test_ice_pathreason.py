@@ -381,3 +381,22 @@ def test_a_peer_relay_is_named_after_the_peer_that_runs_it() -> None:
     # The rendezvous' relay keeps its words.
     reason = explain(dataclasses.replace(facts, selected=(alice[2], bob[1])))
     assert reason.text.endswith(f"through our TURN relay {RV}") and reason.relay_owner is None
+
+
+def test_the_port_mapping_extension_marks_a_candidate_and_names_the_gateway() -> None:
+    """The port-mapping gatherer's srflx carries ``mapped <protocol>@<gateway>``."""
+    base = ("10.0.1.2", 5000)
+    mapped = make_srflx_candidate(
+        ("198.51.100.11", 41000), base, "10.0.1.1", 65535, extensions=(("mapped", "pcp@10.0.1.1"),)
+    )
+    assert port_mapped(mapped)
+    bob = side("10.0.2.2", "198.51.100.12")
+    reason = explain(PathFacts([host("10.0.1.2"), mapped], bob, selected=(mapped, bob[1])))
+    assert reason.text == "direct (srflx↔srflx) via port mapping here (PCP on 10.0.1.1)"
+    # Seen from the peer (the extension travels with the candidate), and without a gateway.
+    reason = explain(PathFacts(bob, [host("10.0.1.2"), mapped], selected=(bob[1], mapped)))
+    assert reason.text.endswith("via port mapping on the peer (PCP on 10.0.1.1)")
+    assert reason.port_mapping_remote and not reason.port_mapping_local
+    odd = dataclasses.replace(mapped, extensions=(("mapped", "1"),))
+    reason = explain(PathFacts([odd], bob, selected=(odd, bob[1])))
+    assert reason.text == "direct (srflx↔srflx) via port mapping here"
