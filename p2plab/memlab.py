@@ -67,6 +67,7 @@ from p2ptun.membership import (
 from p2ptun.node.daemon import NodeDaemon
 from p2ptun.rendezvous.server import run_rendezvous
 from p2ptun.rendezvous.signaling import SignalingServer
+from p2ptun.rendezvous.stun_turn import bind_peer_relay
 from p2ptun.signal.seal import MemoryReplayRecord
 
 RENDEZVOUS_IP = "203.0.113.10"
@@ -264,10 +265,15 @@ class MemoryLab:
             ice=node.config.ice,
             peers=peers,
             network=network,
+            relay=node.config.relay,
             metrics=node.config.metrics,
         )
         node._daemon = NodeDaemon(
-            node.config, host=node.host, control_socket=False, seal_state=node.seal_state
+            node.config,
+            host=node.host,
+            control_socket=False,
+            seal_state=node.seal_state,
+            peer_relay=bind_peer_relay,
         )
 
     def rendezvous_config(self) -> RendezvousConfig:

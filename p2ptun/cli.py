@@ -210,7 +210,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     cfg = config.load_node(args.config)
     for warning in cfg.warnings:
         sys.stderr.write(f"warning: {warning}\n")
-    return run(cfg)
+    if cfg.relay is None:
+        return run(cfg)
+    # A peer relay is the rendezvous' STUN/TURN service, which the node may not import.
+    from p2ptun.rendezvous.stun_turn import bind_peer_relay
+
+    return run(cfg, peer_relay=bind_peer_relay)
 
 
 def _control_socket(args: argparse.Namespace) -> str:
@@ -274,6 +279,10 @@ def cmd_ping(args: argparse.Namespace) -> int:
     """Measure the path to a peer: the daemon sends a probe over the selected pair."""
     from p2ptun.node.status import render_ping
 
+    if args.until_direct:
+        return _ping_until_direct(args)
+    if args.timeout is None:
+        args.timeout = PING_TIMEOUT
     if not 0 < args.timeout <= 60:
         raise UsageError("p2ptun ping: --timeout must be between 0 and 60 seconds")
     if not 1 <= args.count <= 100:
@@ -297,6 +306,72 @@ def cmd_ping(args: argparse.Namespace) -> int:
 
             time.sleep(1.0)
     return EXIT_OK if failures < args.count else EXIT_FAILURE
+
+
+PING_TIMEOUT = 3.0
+"""Seconds one probe of ``p2ptun ping`` waits for its answer."""
+UNTIL_DIRECT_TIMEOUT = 60.0
+"""Seconds ``p2ptun ping --until-direct`` waits for a direct path unless told."""
+UNTIL_DIRECT_POLL = 0.2
+"""How often ``--until-direct`` asks the daemon (the daemon says when the path changed, so
+this only bounds how late the answer comes, not how precise it is)."""
+
+
+def _ping_until_direct(args: argparse.Namespace) -> int:
+    """``p2ptun ping PEER --until-direct``: wait until the peer's path is direct, then probe it
+    once and say when direct came. Exit 0 on a direct path, 1 when ``--timeout`` (seconds,
+    default 60) passed without one."""
+    import time
+
+    from p2ptun.node.status import render_until_direct
+
+    wait = UNTIL_DIRECT_TIMEOUT if args.timeout is None else args.timeout
+    if not 0 < wait <= 3600:
+        raise UsageError("p2ptun ping: --timeout with --until-direct must be 0-3600 seconds")
+    if args.count != 1:
+        raise UsageError("p2ptun ping: --until-direct probes once; leave out --count")
+    started = time.monotonic()
+    told = False
+    reason = "no status yet"
+    while True:
+        elapsed = time.monotonic() - started
+        peer = _peer_status(args, args.peer)
+        reason = str(peer.get("reason") or peer.get("path") or "no path")
+        since = peer.get("path_since")
+        if peer.get("path") == "direct" and isinstance(since, (int, float)):
+            reply = _control(
+                args,
+                {"cmd": "ping", "peer": args.peer, "timeout": PING_TIMEOUT},
+                timeout=PING_TIMEOUT + 5.0,
+            )
+            result = reply.get("ping")
+            if not isinstance(result, dict):
+                raise RuntimeFailure("p2ptun ping: the daemon sent no result")
+            already = float(since) if not told and since > elapsed else None
+            waited = max(0.0, elapsed - float(since))
+            sys.stdout.write(render_until_direct(result, waited, already) + "\n")
+            return EXIT_OK
+        if not told:
+            sys.stdout.write(f"{args.peer}: {reason}; waiting up to {wait:g} s for a direct path\n")
+            sys.stdout.flush()
+            told = True
+        if elapsed >= wait:
+            break
+        time.sleep(min(UNTIL_DIRECT_POLL, max(0.0, wait - elapsed)))
+    raise RuntimeFailure(f"p2ptun ping: no direct path to {args.peer} within {wait:g} s ({reason})")
+
+
+def _peer_status(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    """The status entry of peer ``name`` (a runtime failure if the daemon has none)."""
+    status = _control(args, {"cmd": "status"}, timeout=10.0).get("status")
+    peers = status.get("peers") if isinstance(status, dict) else None
+    if not isinstance(peers, list):
+        raise RuntimeFailure("p2ptun ping: the daemon sent no status")
+    for peer in peers:
+        if isinstance(peer, dict) and peer.get("name") == name:
+            return peer
+    known = ", ".join(sorted(str(p.get("name")) for p in peers if isinstance(p, dict)))
+    raise RuntimeFailure(f"p2ptun ping: no peer named {name!r} (configured: {known or 'none'})")
 
 
 def cmd_ca_init(args: argparse.Namespace) -> int:
@@ -479,7 +554,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("peer", metavar="PEER", help="the peer's name")
     _add_control_args(p)
     p.add_argument("--count", type=int, default=1, metavar="N", help="probes (default 1)")
-    p.add_argument("--timeout", type=float, default=3.0, metavar="S", help="seconds (default 3)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds a probe waits (default 3); with --until-direct, "
+        "seconds to wait for a direct path (default 60)",
+    )
+    p.add_argument(
+        "--until-direct",
+        action="store_true",
+        help="wait until the path is direct and say when it came (exit 1 if it did not)",
+    )
     p.set_defaults(func=cmd_ping)
 
     p = sub.add_parser("ca", help="the network authority: init, sign, revoke, show")

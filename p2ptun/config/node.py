@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import time
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from p2ptun.addr import parse_host_port
 from p2ptun.config.reader import ConfigFile, Table, type_name
 from p2ptun.config.schema import (
+    DEFAULT_PEER_RELAY_PORT,
     DEFAULT_RENDEZVOUS_PORT,
     IFNAME_RE,
     IFNAMSIZ,
@@ -19,6 +21,7 @@ from p2ptun.config.schema import (
     NetworkConfig,
     NodeConfig,
     PeerConfig,
+    RelayConfig,
     RendezvousRef,
     TurnServerConfig,
 )
@@ -26,7 +29,10 @@ from p2ptun.config.values import (
     check_name,
     metrics_settings,
     parse_interface_address,
+    parse_ip_literal,
+    parse_listen,
     parse_network,
+    parse_port_range,
     parse_stun_server,
     parse_turn_url,
 )
@@ -53,6 +59,7 @@ def node_config(source: ConfigFile, data: dict[str, Any]) -> NodeConfig:
         "ice",
         "peer",
         "network",
+        "relay",
         "metrics",
     )
     name = check_name(top, "name", top.string("name", required=True))
@@ -84,6 +91,8 @@ def node_config(source: ConfigFile, data: dict[str, Any]) -> NodeConfig:
     network = None
     if network_t is not None:
         network = _network(network_t, name, own_public, interface)
+    relay_t = top.table("relay")
+    relay = _relay(relay_t) if relay_t is not None else None
     metrics = metrics_settings(top)
     top.check_unknown()
     return NodeConfig(
@@ -96,8 +105,47 @@ def node_config(source: ConfigFile, data: dict[str, Any]) -> NodeConfig:
         peers=peers,
         warnings=tuple(source.warnings),
         network=network,
+        relay=relay,
         metrics=metrics,
     )
+
+
+def _not_advertisable(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    return ip.is_unspecified or ip.is_loopback or ip.is_multicast
+
+
+def _relay(t: Table) -> RelayConfig | None:
+    """``[relay]``: a peer relay (docs/ARCHITECTURE.md §3a). None unless ``enable``."""
+    enable = t.boolean("enable")
+    listen = t.parse(
+        "listen",
+        t.string("listen", f"0.0.0.0:{DEFAULT_PEER_RELAY_PORT}"),
+        lambda s: parse_listen(s, DEFAULT_PEER_RELAY_PORT),
+        "an IP address and port, e.g. 0.0.0.0:3479",
+    )
+    address_raw = t.string("relay_address", required=enable)
+    address = None
+    if address_raw is not None:
+        address = t.parse(
+            "relay_address", address_raw, parse_ip_literal, "this node's public IP address"
+        )
+    if address is not None and _not_advertisable(address):
+        raise t.error(
+            "relay_address",
+            f"{address} cannot be given to peers",
+            "this node's public IP address (not unspecified, loopback or multicast)",
+        )
+    ports = t.parse(
+        "relay_ports", t.string("relay_ports", "50000-50999"), parse_port_range, "a port range"
+    )
+    allow = tuple(
+        t.parse(k, raw, parse_network, "a network/prefix") for k, raw in t.strings("allow_peers")
+    )
+    t.check_unknown()
+    if not enable or address is None:
+        return None
+    return RelayConfig(enable, listen, address, ports, allow)
 
 
 def _relative(t: Table, path: str) -> str:

@@ -84,6 +84,23 @@ class IceConfig:
 
 
 @dataclass(frozen=True)
+class RelayConfig:
+    """``[relay]``: this node relays for its own peers (a peer relay) with the embedded TURN
+    server: on ``listen`` (UDP and TCP), relayed ports in ``relay_ports`` on
+    ``relay_address`` — a public address of this node (or one a port mapping forwards);
+    ``allow_peers`` opens networks the TURN deny list closes (as in the rendezvous)."""
+
+    enable: bool
+    listen: Address
+    relay_address: str
+    relay_ports: tuple[int, int]
+    allow_peers: tuple[IPNetwork, ...] = ()
+
+
+DEFAULT_PEER_RELAY_PORT = 3479
+
+
+@dataclass(frozen=True)
 class PeerConfig:
     name: str
     public_key: bytes
@@ -148,6 +165,7 @@ class NodeConfig:
     peers: tuple[PeerConfig, ...]
     warnings: tuple[str, ...] = ()
     network: NetworkConfig | None = None
+    relay: RelayConfig | None = None
     metrics: MetricsSettings | None = None
 
     @property
@@ -193,6 +211,8 @@ class TurnServerSettings:
     credential_lifetime: int = 86400
     extra_relay_address: str | None = None
     """The relay address of the other family (``relay_address = ["v4", "v6"]``)."""
+    #: A node's peer relay (not from a rendezvous config): see TurnServerOptions.peer_relay.
+    peer_relay: bool = False
 
 
 @dataclass(frozen=True)

@@ -1208,7 +1208,7 @@ class IceAgent:
             if gen.nominating is pair:
                 gen.nominating = None
         if outcome.state is TransactionState.TIMED_OUT:
-            self._fail_pair(pair)
+            self._fail_pair(pair, "timeout")
             return
         if not outcome.ok:
             error = outcome.error
@@ -1219,21 +1219,22 @@ class IceAgent:
                     pair.state = PairState.WAITING
                 gen.checklist.enqueue_triggered(pair)
                 return
-            self._fail_pair(pair)
+            self._fail_pair(pair, "error" if error is None else f"error {error[0]}")
             return
         # §7.2.5.2.1: the response must come from where the request went, to where it came from.
         if (local, remote) != (ctx.local, ctx.remote):
             self.stats.non_symmetric += 1
-            self._fail_pair(pair)
+            self._fail_pair(pair, "non-symmetric")
             return
         assert outcome.response is not None
         mapped = outcome.response.xor_mapped_address
         if mapped is None:
             self.stats.invalid_responses += 1
-            self._fail_pair(pair)
+            self._fail_pair(pair, "invalid response")
             return
         pair.valid_local = self._local_for_mapped(gen, mapped, pair.local, ctx.priority)
         pair.state = PairState.SUCCEEDED
+        pair.failure = None
         pair.last_success = now
         if outcome.rtt is not None:
             pair.rtt = outcome.rtt
@@ -1254,8 +1255,9 @@ class IceAgent:
         self._update_selection(now)
         self._maybe_nominate(now)
 
-    def _fail_pair(self, pair: CheckPair) -> None:
+    def _fail_pair(self, pair: CheckPair, why: str) -> None:
         pair.state = PairState.FAILED
+        pair.failure = why
         pair.use_candidate = False
         if self._gen.nominating is pair:
             self._gen.nominating = None
@@ -1391,6 +1393,7 @@ class IceAgent:
                 pair.transaction_id = None
                 if pair.state is PairState.IN_PROGRESS:
                     pair.state = PairState.FAILED
+                    pair.failure = "ceased"
             self.stats.checks_ceased += 1
 
     def _report_better(self, gen: _Generation, pair: CheckPair) -> None:

@@ -78,6 +78,11 @@ class CheckPair:
     rtt: float | None = None
     #: Times this pair was put back to Waiting by the direct-path retry (agent docs).
     retries: int = 0
+    #: How its last check failed, kept when the pair is retried, cleared by a success:
+    #: ``timeout`` (no answer, RFC 8489 §6.2.1), ``error <code>`` (an error response),
+    #: ``non-symmetric`` (answered from elsewhere, RFC 8445 §7.2.5.2.1), ``invalid response``
+    #: (no XOR-MAPPED-ADDRESS) or ``ceased`` (abandoned once a direct pair was selected).
+    failure: str | None = None
 
     @property
     def key(self) -> tuple[Address, Address]:

@@ -62,7 +62,12 @@ after the start, with the candidates and the failures (one line each) of the rou
 Priorities: srflx candidates take their base's local preference (§5.1.2.1). Relayed ones are
 ranked below that by transport and server so that every relayed candidate gets a distinct
 priority: local preference ``65535 - (8192·transport + 256·server + address rank)`` with
-transport 0 for UDP, 1 for TCP, 2 for TLS (relaying over a stream is the last resort).
+transport 0 for UDP, 1 for TCP, 2 for TLS (relaying over a stream is the last resort), and
+``server = 8·min(RTT / 20 ms, 3) + index`` (index < 8, :data:`MAX_TURN_SERVERS`): the nearest
+relay first — the RTT
+measured by the allocation itself (its two round trips: the 401 challenge and the
+Allocate) — then the configured order. TURN servers learnt at run time
+(:meth:`Gatherer.add_turn_server`: a peer's relay) join the configured ones.
 """
 
 from __future__ import annotations
@@ -123,6 +128,8 @@ NODE_STUN_KEEPALIVE = 25.0
 EXTRA_BASE_WAIT = 0.5
 #: Server addresses remembered to find the routed host address (module docstring).
 MAX_SERVER_ADDRESSES = 16
+MAX_TURN_SERVERS = 8
+"""TURN servers at most, configured and learnt (:meth:`Gatherer.add_turn_server`)."""
 
 #: ``(STUN server, base IP)``: one server-reflexive mapping's key.
 MappingKey = tuple[Address, str]
@@ -288,6 +295,10 @@ class _RelaySlot:
         #: The allocation was abandoned by a round that waits for the next one: its end is
         #: not news.
         self.quiet_end = False
+        #: Round-trip time to the server, measured by the last allocation.
+        self.rtt: float | None = None
+        #: Learnt at run time (:meth:`Gatherer.add_turn_server`), not configured.
+        self.learnt = False
 
     def set_state(self, state: SlotState) -> None:
         self.state = state
@@ -388,6 +399,28 @@ class Gatherer:
     def relay_status(self) -> list[RelayStatus]:
         """Where each configured TURN server's allocation stands, in configuration order."""
         return [RelayStatus(s.config.url, s.state, s.live, s.failure) for s in self._slots]
+
+    def add_turn_server(self, config: TurnServerConfig) -> bool:
+        """A TURN server learnt at run time (a peer relay's grant): allocate on it from the
+        next round on, like a configured one. A learnt server already known by its URL takes
+        the new config (fresh credentials) for its next allocation; a configured one is never
+        changed. True if it is new; at most :data:`MAX_TURN_SERVERS` in all."""
+        for slot in self._slots:
+            if slot.config.url == config.url:
+                if slot.learnt:
+                    slot.config = config
+                else:
+                    log.warning("a learnt TURN server is a configured one", server=config.url)
+                return False
+        if len(self._slots) >= MAX_TURN_SERVERS:
+            log.warning("too many TURN servers, ignoring one", server=config.url)
+            return False
+        slot = _RelaySlot(len(self._slots), config)
+        slot.learnt = True
+        self._slots.append(slot)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._supervise, slot)
+        return True
 
     # -- lifetime --------------------------------------------------------------------------------
 
@@ -711,7 +744,7 @@ class Gatherer:
                     srflx = self._relay_srflx(relay)
                     if srflx is not None:
                         rnd.emit(srflx)
-                    rnd.emit(self.relay_candidate(relay, slot.index))
+                    rnd.emit(self.relay_candidate(relay, slot.index, slot.rtt))
                     rnd.done(slot)
                     return
                 if slot.state in (SlotState.WAITING, SlotState.CLOSED):
@@ -849,7 +882,9 @@ class Gatherer:
                         wireguard=self.relayed_wireguard,
                     )
                     relay.after_batch = self.after_relay_batch
+                    started = trio.current_time()
                     await nursery.start(self._run_relay, relay, ended)
+                    slot.rtt = (trio.current_time() - started) / 2
             except (RuntimeFailure, trio.TooSlowError) as exc:
                 reason = (
                     f"{config.url}: no allocation within {timeout:g} s"
@@ -924,12 +959,17 @@ class Gatherer:
         if self.on_relays_changed is not None:
             self.on_relays_changed()
 
-    def relay_candidate(self, relay: TurnRelay, index: int = 0) -> Candidate:
-        """The relayed candidate of a live allocation (RFC 8445 §5.1.1.2)."""
+    def relay_candidate(
+        self, relay: TurnRelay, index: int = 0, rtt: float | None = None
+    ) -> Candidate:
+        """The relayed candidate of a live allocation (RFC 8445 §5.1.1.2), ranked by
+        transport, RTT and configured order (module docstring)."""
         base_ip = relay.local_ip or self.mux.local_ip_for(relay.server[0]) or relay.server[0]
         rank = MAX_LOCAL_PREFERENCE - self._preference(base_ip)
+        near = 0 if rtt is None else min(int(rtt / 0.020), 3)
+        server = 8 * near + min(index, 7)
         pref = MAX_LOCAL_PREFERENCE - (
-            8192 * _TRANSPORT_RANK[relay.transport] + 256 * min(index, 31) + min(rank, 255)
+            8192 * _TRANSPORT_RANK[relay.transport] + 256 * server + min(rank, 255)
         )
         mapped = relay.mapped or (base_ip, 0)
         cand = make_relay_candidate(relay.relayed, mapped, base_ip, relay.server[0], max(pref, 0))

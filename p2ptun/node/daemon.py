@@ -83,6 +83,13 @@ from p2ptun.node.clockwatch import SuspendDetector
 from p2ptun.node.mss import mss_for_mtu
 from p2ptun.node.network import NetworkPeers
 from p2ptun.node.peer import PeerSession
+from p2ptun.node.peer_relay import (
+    GRANT_RENEW,
+    PeerRelayFactory,
+    PeerRelayServer,
+    RelayOffer,
+    turn_server_from_grant,
+)
 from p2ptun.node.sealstate import SealStateFile, seal_state_path
 from p2ptun.node.wgtunnel import WgTunnel
 from p2ptun.signal.client import (
@@ -93,7 +100,7 @@ from p2ptun.signal.client import (
     RegistrationRefused,
     RevocationsReceived,
 )
-from p2ptun.signal.seal import ReplayRecord
+from p2ptun.signal.seal import RelayGrant, ReplayRecord
 from p2ptun.wireguard import Device, PathQuiet, Peer
 
 if TYPE_CHECKING:
@@ -214,14 +221,21 @@ class NodeDaemon:
         notifier: Notifier | None = None,
         control_socket: bool = True,
         seal_state: ReplayRecord | None = None,
+        peer_relay: PeerRelayFactory | None = None,
     ) -> None:
         """``host``: the machine (default: this one, :class:`SystemHost`; the tests' in-memory
         network gives another). ``control_socket``: serve ``status``/``ping`` on the config's
         control socket (off for daemons that share a process in tests). ``seal_state``: where
         the sealed-message counters accepted are kept (default: the state file of
         :func:`~p2ptun.node.sealstate.seal_state_path`; daemons that share a process in tests
-        pass an in-memory record)."""
+        pass an in-memory record). ``peer_relay``: binds the peer relay a ``[relay]`` section
+        asks for (:mod:`p2ptun.node.peer_relay`; the composition root's caller gives it)."""
         self.config = config
+        self._peer_relay_factory = peer_relay
+        self.relay_offer: RelayOffer | None = None
+        self.relay_server: PeerRelayServer | None = None
+        #: The peer relays we use, by server IP: the peer that runs each (for the status).
+        self._relay_owners: dict[str, str] = {}
         self.host: Host = host if host is not None else SystemHost()
         self.notifier = notifier if notifier is not None else Notifier()
         self.control_socket = control_socket
@@ -346,6 +360,7 @@ class NodeDaemon:
                 await nursery.start(tunnel.run)
                 if self.control_socket:
                     await nursery.start(control.serve, cfg.control_socket, self._handle_control)
+                await self._start_peer_relay(nursery)
                 if metrics is not None:
                     await nursery.start(metrics.serve)
                 await self._start_signaling(nursery)
@@ -387,6 +402,69 @@ class NodeDaemon:
             self._nursery = None
             await self._teardown(tunnel)
         log.info("node stopped", interface=self.interface)
+
+    # -- the peer relay (p2ptun.node.peer_relay) -----------------------------------------
+
+    async def _start_peer_relay(self, nursery: trio.Nursery) -> None:
+        relay = self.config.relay
+        if relay is None:
+            return
+        if self._peer_relay_factory is None:
+            raise RuntimeFailure("[relay] enable = true: this build of the node has no relay")
+        secret = self.host.random_bytes(32).hex()
+        server = await self._peer_relay_factory(
+            self.host,
+            relay.listen,
+            relay.relay_address,
+            relay.relay_ports,
+            relay.allow_peers,
+            secret,
+        )
+        self.relay_server = server
+        self.relay_offer = RelayOffer(relay, secret)
+        server.set_users(self.peers)
+        nursery.start_soon(server.serve)
+        nursery.start_soon(self._renew_grants)
+        log.info(
+            "peer relay on",
+            url=self.relay_offer.url,
+            listen=format_address(relay.listen),
+            ports=f"{relay.relay_ports[0]}-{relay.relay_ports[1]}",
+        )
+
+    def _grant_relay(self, peer: str) -> None:
+        """Send ``peer`` (online) credentials for our peer relay, if we run one."""
+        offer, client = self.relay_offer, self.signaling
+        if offer is None or client is None or peer not in self.peers:
+            return
+        if client.send_to(peer, offer.grant(peer, self.host.wall_clock())):
+            log.info("peer relay granted", peer=peer)
+
+    async def _renew_grants(self) -> None:
+        while True:
+            await trio.sleep(GRANT_RENEW)
+            for name, session in self.peers.items():
+                if session.online:
+                    self._grant_relay(name)
+
+    def _relay_granted(self, peer: str, grant: RelayGrant) -> None:
+        """A peer offers its relay: a TURN server of ours from now on; gather and restart
+        ICE so that its relayed candidate takes part (p2ptun.node.peer_relay)."""
+        server = turn_server_from_grant(grant, self.config.name)
+        if isinstance(server, str):
+            log.warning("peer relay grant refused", peer=peer, reason=server)
+            return
+        configured = {t.host for t in self.config.ice.turn} | {self.config.rendezvous.address[0]}
+        owner = self._relay_owners.get(server.host, peer)
+        if owner != peer or server.host in configured:
+            why = f"{owner}'s relay" if owner != peer else "one of our configured servers"
+            log.warning("peer relay grant refused", peer=peer, reason=why)
+            return
+        self._relay_owners[server.host] = peer
+        if self.transport.gatherer.add_turn_server(server):
+            log.info("using the relay of a peer", peer=peer, server=server.url)
+            self._restart_after_round = True
+            self.transport.regather(restart_sessions=False)
 
     async def _bind_metrics(self) -> HttpServer | None:
         """The ``[metrics]`` endpoint's listener, bound before anything else opens (a busy
@@ -568,6 +646,8 @@ class NodeDaemon:
                 if target is not None:
                     log.info("peer presence", peer=event.peer, online=event.online)
                     target.on_presence(event.online)
+                    if event.online:
+                        self._grant_relay(event.peer)
             elif isinstance(event, MemberAnnounced):
                 await self._member_announced(client, event.name, event.certificate)
             elif isinstance(event, RevocationsReceived) and self.network is not None:
@@ -582,6 +662,9 @@ class NodeDaemon:
         async for received in client.signals:
             session = self.peers.get(received.peer)
             if session is None or client is not self.signaling:
+                continue
+            if isinstance(received.message, RelayGrant):
+                self._relay_granted(received.peer, received.message)
                 continue
             session.on_signal(received)
 
@@ -683,6 +766,8 @@ class NodeDaemon:
             if start and self._nursery is not None:
                 for session in added:
                     self._start_peer(session)
+            if self.relay_server is not None:
+                self.relay_server.set_users(self.peers)
             self._update_names()
             return added
 
@@ -815,6 +900,7 @@ class NodeDaemon:
         )
         tunnel.set_endpoint(wg, None)
         session = PeerSession(self, peer_cfg, wg)
+        session.relay_owners = self._relay_owners
         self.peers[peer_cfg.name] = session
         for prefix in routes_for(self.config.interface.addresses, peer_cfg.allowed_ips):
             await self.host.add_route(self.interface, prefix)
@@ -1114,9 +1200,10 @@ def _reload_blocker(old: NodeConfig, new: NodeConfig) -> str | None:
 # -- entry point -------------------------------------------------------------------------------
 
 
-def run(cfg: NodeConfig) -> int:
-    """``p2ptun up``: run the node in the foreground until SIGTERM/SIGINT; the exit code."""
-    daemon = NodeDaemon(cfg)
+def run(cfg: NodeConfig, *, peer_relay: PeerRelayFactory | None = None) -> int:
+    """``p2ptun up``: run the node in the foreground until SIGTERM/SIGINT; the exit code.
+    ``peer_relay``: see :class:`NodeDaemon`."""
+    daemon = NodeDaemon(cfg, peer_relay=peer_relay)
     trio.run(daemon.run)
     return EXIT_OK
 

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
@@ -78,6 +79,7 @@ from p2ptun.ice import (
     SelectedPair,
     StateChanged,
 )
+from p2ptun.ice.pathreason import PairOutcome, PathFacts, PathReason, explain
 from p2ptun.log import get_logger
 from p2ptun.net.ice_transport import (
     IceSession,
@@ -222,6 +224,11 @@ class PeerSession:
         self.active: Attempt | None = None
         self.retired: list[Attempt] = []
         self.path: SelectedPair | None = None
+        #: When the path became what it is (direct or relayed): a move between two direct
+        #: pairs keeps the time, so ``p2ptun ping --until-direct`` says when direct came.
+        self.path_since: float | None = None
+        #: Peer relays this node uses, by server IP: the peer that runs each (the daemon's).
+        self.relay_owners: Mapping[str, str] = {}
         #: ``wg.rx_bytes`` when the current probe of the path began (see :meth:`_path_lost`).
         self._probe_rx = 0
         self.ping_rtt: float | None = None
@@ -693,6 +700,8 @@ class PeerSession:
             # From the pair's local base: the address the peer checked, on a multi-homed host
             # the uplink the pair goes through (source policy routing).
             tunnel.set_endpoint(self.wg, remote, pair.base[0])
+        if self.path is None or self.path.relayed != pair.relayed:
+            self.path_since = trio.current_time()
         self._record_path(pair)
         self.path = pair
         self.wg.path_silence = max(PATH_SILENCE_MIN, PATH_SILENCE_RTTS * (pair.rtt or 0.0))
@@ -756,6 +765,7 @@ class PeerSession:
         if self.path is not None:
             self._record_path(None, reason)
             self.path = None
+            self.path_since = None
             self.ctx.tunnel.set_endpoint(self.wg, None)
 
     # -- fast failure detection ---------------------------------------------------------------
@@ -837,13 +847,36 @@ class PeerSession:
             return "disconnected"
         return "connecting"
 
+    def reason(self) -> PathReason:
+        """Why the path is what it is (:mod:`p2ptun.ice.pathreason`), from the candidates and
+        check list of the attempt that carries the data (or the one trying to)."""
+        attempt = self.active or self.current
+        selected = None if self.path is None else (self.path.local, self.path.remote)
+        if attempt is None:
+            return explain(PathFacts([], [], selected=selected, relay_owners=self.relay_owners))
+        agent = attempt.agent
+        pairs = [PairOutcome(p.local, p.remote, p.state.value, p.failure) for p in agent.checklist]
+        facts = PathFacts(
+            agent.local_candidates, agent.remote_candidates, pairs, selected, self.relay_owners
+        )
+        return explain(facts)
+
+    def _reason_text(self, reason: PathReason) -> str:
+        if self.path is None and self.online is False:
+            return "no path: peer offline"
+        return reason.text
+
     def status(self, now: float) -> dict[str, Any]:
-        """This peer's entry in the status object (docs/ARCHITECTURE.md §3)."""
+        """This peer's entry in the status object (docs/ARCHITECTURE.md §3), with the reason
+        for its path (``reason``, ``reason_facts``) and how long it has been that
+        (``path_since``, seconds)."""
         pair = self.path
         active = self.active
         last = self.wg.last_handshake
         rtt = self.ping_rtt if self.ping_rtt is not None else (pair.rtt if pair else None)
         consent = active.agent.consent_age(now) if active is not None and pair else None
+        reason = self.reason()
+        since = self.path_since
         return {
             "name": self.name,
             "state": self.state(now),
@@ -856,6 +889,9 @@ class PeerSession:
             "tx_bytes": self.wg.tx_bytes,
             "last_handshake": None if last is None else round(now - last, 3),
             "consent_age": None if consent is None else round(consent, 3),
+            "reason": self._reason_text(reason),
+            "reason_facts": reason.as_json(),
+            "path_since": None if since is None or pair is None else round(now - since, 3),
             "path_reason": self.history[-1].reason if self.history else None,
             "path_history": [
                 {

@@ -85,6 +85,14 @@ def render(status: dict[str, Any]) -> str:
     for row in rows:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     lines += _history_lines(status)
+    reasons = [
+        f"  {peer.get('name', '?')}: {peer['reason']}"
+        for peer in status.get("peers", [])
+        if isinstance(peer.get("reason"), str)
+    ]
+    if reasons:
+        lines.append("why:")
+        lines.extend(reasons)
     return "\n".join(lines)
 
 
@@ -118,3 +126,18 @@ def render_ping(result: dict[str, Any]) -> str:
     if isinstance(rtt, (int, float)):
         return f"{peer}: {path} ({pair}): rtt {rtt:.2f} ms"
     return f"{peer}: {path} ({pair}): no answer ({result.get('error', 'timeout')})"
+
+
+def render_until_direct(result: dict[str, Any], waited: float, already: float | None) -> str:
+    """The line of ``p2ptun ping --until-direct`` once the path is direct: how long it took
+    (``waited`` seconds after the command started), or that it was direct ``already`` (for
+    that many seconds), and the ping's pair and round-trip time."""
+    line = render_ping(result)
+    peer = result.get("peer", "?")
+    prefix = f"{peer}: "
+    rest = line[len(prefix) :] if line.startswith(prefix) else line
+    if already is not None:
+        when = f"direct for {already:.1f} s already"
+    else:
+        when = f"direct after {waited:.2f} s"
+    return f"{peer}: {when}, {rest}"

@@ -59,7 +59,7 @@ from dataclasses import dataclass, fields
 import trio
 
 from p2ptun.addr import Address, format_address, is_ipv6, source_key
-from p2ptun.config import StunServerSettings, TurnServerSettings
+from p2ptun.config import IPNetwork, StunServerSettings, TurnServerSettings
 from p2ptun.errors import ConfigError, RuntimeFailure
 from p2ptun.log import get_logger
 from p2ptun.net.ports import Connection, DatagramPort, Host, Listener
@@ -300,6 +300,12 @@ class StunTurnService:
                 key = f"udp_{k}"
                 out[key] = out.get(key, 0) + v
         return out
+
+    def set_users(self, names: Iterable[str]) -> None:
+        """A node's peer relay: its peers are now ``names`` (:meth:`TurnServer.set_users`;
+        the allocations of a peer that left are closed at once)."""
+        if self.turn is not None:
+            self._dispatch(self.turn.set_users(names))
 
     def wall_offset(self, now: float) -> None:
         """Keep the core's Unix-time offset current (REST-API credential expiry)."""
@@ -860,3 +866,31 @@ def _frame_size(buf: bytearray) -> int | None:
     else:
         return -1
     return size
+
+
+PEER_RELAY_REALM = "p2ptun-peer-relay"
+
+
+async def bind_peer_relay(
+    host: Host,
+    listen: Address,
+    relay_address: str,
+    relay_ports: tuple[int, int],
+    allow_peers: tuple[IPNetwork, ...],
+    secret: str,
+) -> StunTurnService:
+    """A node's peer relay (``[relay]`` in the node config): this same STUN/TURN service on
+    ``listen``, its TURN core in peer-relay mode (only the node's peers, named with
+    :meth:`StunTurnService.set_users`, allocate, with REST-API credentials under ``secret``,
+    and only towards each other; ``allow_peers`` opens networks of the deny list). The node
+    gives the function to itself through its
+    composition root, so that ``p2ptun.node`` needs nothing of the rendezvous."""
+    turn = TurnServerSettings(
+        realm=PEER_RELAY_REALM,
+        relay_address=relay_address,
+        relay_ports=relay_ports,
+        auth_secret=secret,
+        allow_peers=allow_peers,
+        peer_relay=True,
+    )
+    return await StunTurnService.bind(host, StunServerSettings((listen,)), turn)

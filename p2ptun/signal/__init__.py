@@ -34,7 +34,16 @@ from p2ptun.signal.client import (
 )
 from p2ptun.signal.errors import ChannelError, SealError, SignalDecodeError
 from p2ptun.signal.negotiation import NegotiationError, NegotiationState, Role
-from p2ptun.signal.seal import Answer, Bye, Candidates, Offer, PeerMessage, Restart, SealPolicy
+from p2ptun.signal.seal import (
+    Answer,
+    Bye,
+    Candidates,
+    Offer,
+    PeerMessage,
+    RelayGrant,
+    Restart,
+    SealPolicy,
+)
 
 __all__ = [
     "Answer",
@@ -54,6 +63,7 @@ __all__ = [
     "PresenceChanged",
     "RegisteredEvent",
     "RegistrationRefused",
+    "RelayGrant",
     "Restart",
     "Role",
     "SealError",

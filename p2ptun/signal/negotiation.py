@@ -23,7 +23,7 @@ import enum
 from dataclasses import dataclass
 
 from p2ptun.errors import LocalProtocolError
-from p2ptun.signal.seal import Answer, Bye, Candidates, Offer, PeerMessage, Restart
+from p2ptun.signal.seal import Answer, Bye, Candidates, Offer, PeerMessage, RelayGrant, Restart
 
 
 class NegotiationError(LocalProtocolError):
@@ -121,6 +121,7 @@ class Negotiation:
                 raise NegotiationError("candidates for a session that is not running")
         elif isinstance(message, Bye):
             self.reset()
+        # A RelayGrant is outside the negotiation: any state may send it.
 
     def reset(self) -> None:
         self.state = NegotiationState.IDLE
@@ -132,6 +133,8 @@ class Negotiation:
 
     def on_receive(self, message: PeerMessage) -> Accepted | None:
         """Return what ``message`` means, or None if it is dropped (lost glare, stale)."""
+        if isinstance(message, RelayGrant):
+            return Accepted(message, self.role)  # outside the negotiation: any state
         if isinstance(message, Offer | Restart):
             return self._offer(message)
         if isinstance(message, Answer):

@@ -160,6 +160,7 @@ class SignalKind(enum.IntEnum):
     CANDIDATES = 3
     RESTART = 4
     BYE = 5
+    RELAY_GRANT = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +207,21 @@ class Bye:
     reason: str = ""
 
 
-PeerMessage = Offer | Answer | Candidates | Restart | Bye
+@dataclass(frozen=True, slots=True)
+class RelayGrant:
+    """The sender relays for its peers (a peer relay) and lets the receiver allocate on it:
+    the TURN server's ``url`` (RFC 7065) and long-term credentials for the receiver alone,
+    in the REST-API form (``username`` is ``expiry:receiver``). Outside any ICE session
+    (``session`` is 0); a later grant replaces an earlier one. Only ever sealed: the
+    rendezvous cannot read the credentials."""
+
+    url: str
+    username: str
+    password: str = field(repr=False)
+    session: int = 0
+
+
+PeerMessage = Offer | Answer | Candidates | Restart | Bye | RelayGrant
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +239,13 @@ def encode_body(body: SealedBody) -> bytes:
     if isinstance(msg, Bye):
         text = msg.reason.encode("utf-8")[:MAX_TEXT].decode("utf-8", errors="ignore")
         w.u8(SignalKind.BYE).u64(msg.session).str16(text)
+        return w.getvalue()
+    if isinstance(msg, RelayGrant):
+        for part in (msg.url, msg.username, msg.password):
+            if len(part.encode("utf-8")) > MAX_TEXT:
+                raise ValueError(f"relay grant field of more than {MAX_TEXT} bytes")
+        w.u8(SignalKind.RELAY_GRANT).u64(msg.session)
+        w.str16(msg.url).str16(msg.username).str16(msg.password)
         return w.getvalue()
     if isinstance(msg, Offer):
         kind, text = SignalKind.OFFER, msg.description
@@ -252,6 +274,9 @@ def decode_body(data: bytes) -> SealedBody:
     message: PeerMessage
     if kind == SignalKind.BYE:
         message = Bye(session, r.str16(MAX_TEXT))
+    elif kind == SignalKind.RELAY_GRANT:
+        url, username, password = r.str16(MAX_TEXT), r.str16(MAX_TEXT), r.str16(MAX_TEXT)
+        message = RelayGrant(url, username, password, session)
     elif kind in (SignalKind.OFFER, SignalKind.ANSWER, SignalKind.RESTART, SignalKind.CANDIDATES):
         text = r.str16(MAX_DESCRIPTION)
         if kind == SignalKind.OFFER:

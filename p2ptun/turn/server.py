@@ -36,6 +36,11 @@ What it implements
   strict.
 - Unknown comprehension-required attributes: 420 after authentication (RFC 8489 §6.3.1);
   indications with them are dropped (§6.3.2).
+- A peer relay (``TurnServerOptions.peer_relay``: a node relaying for its own peers, never an
+  open relay): only REST-API users whose name is one of :meth:`TurnServer.set_users` may
+  authenticate, and peers are only the addresses those users allocate from — a client can
+  reach another of the node's peers that holds an allocation here, nothing else (403); the
+  deny list applies as well.
 
 Bounded memory
 --------------
@@ -87,6 +92,7 @@ from p2ptun.stun.channeldata import CHANNEL_MAX, CHANNEL_MIN
 from p2ptun.stun.constants import TRANSPORT_UDP
 from p2ptun.stun.message import message_length, split_message_type
 from p2ptun.stun.server import SOFTWARE
+from p2ptun.turn.credentials import parse_rest_username
 from p2ptun.turn.server_auth import DEFAULT_NONCE_LIFETIME, CredentialStore, NonceIssuer
 from p2ptun.turn.server_policy import IPNetwork, PeerPolicy
 
@@ -237,6 +243,8 @@ class TurnServerOptions:
     limits: ServerLimits = field(default_factory=ServerLimits)
     extra_relay_address: str | None = None
     """A relay address of the other family: the server relays over IPv4 and IPv6."""
+    #: A node's peer relay (module docstring): users and peers limited to the node's peers.
+    peer_relay: bool = False
 
     @classmethod
     def from_settings(cls, settings: Any, own_addresses: Iterable[str] = ()) -> TurnServerOptions:
@@ -255,6 +263,7 @@ class TurnServerOptions:
             own_addresses=own,
             user_quota=settings.user_quota,
             max_lifetime=settings.max_lifetime,
+            peer_relay=bool(getattr(settings, "peer_relay", False)),
         )
 
 
@@ -444,6 +453,8 @@ class TurnServer:
             if _family_of(host) in self._relay_hosts:
                 raise ValueError("the relay addresses must be of different families")
             self._relay_hosts[_family_of(host)] = host
+        #: Peer relay: the REST-API user names that may authenticate (set_users).
+        self._relay_users: frozenset[str] = frozenset()
         low, high = options.relay_ports
         if not 0 < low <= high <= 65535:
             raise ValueError(f"bad relay port range {low}-{high}")
@@ -800,7 +811,7 @@ class TurnServer:
             self.counters.stale_nonces += 1
             return self._challenge(ft, msg, ErrorCode.STALE_NONCE, now)
         key = None
-        if msg.realm == self.options.realm:
+        if msg.realm == self.options.realm and self._user_admitted(username):
             key = self._credentials.key(username, now + self.wall_offset, chosen)
         if key is None or not msg.check_integrity(key):
             self.counters.integrity_failures += 1
@@ -1113,13 +1124,36 @@ class TurnServer:
     def _check_peer(self, alloc: Allocation, host: str) -> None:
         if alloc.relay_for(host) is None:
             raise _Reject(ErrorCode.PEER_ADDRESS_FAMILY_MISMATCH)
-        if not self._policy.allowed(host):
+        if not self.peer_allowed(host):
             self.counters.forbidden_peers += 1
             raise _Reject(ErrorCode.FORBIDDEN, "peer address not allowed")
 
     def peer_allowed(self, host: str) -> bool:
-        """True if the relay policy lets clients reach ``host``."""
-        return self._policy.allowed(host)
+        """True if the relay policy lets clients reach ``host``; for a peer relay, only if
+        one of the node's peers allocates from ``host`` too."""
+        if not self._policy.allowed(host):
+            return False
+        if not self.options.peer_relay:
+            return True
+        ip = str(ipaddress.ip_address(host))
+        return any(ft.client[0] == ip for ft in self._by_tuple)
+
+    def set_users(self, names: Iterable[str]) -> list[Output]:
+        """Peer relay: the node's peers are now ``names``. Only REST-API users of these names
+        authenticate from now on; the allocations of anyone else are deleted at once (its
+        permissions go with them, so nobody can reach it through the relay either)."""
+        self._relay_users = frozenset(names)
+        out: list[Output] = []
+        for alloc in list(self._by_tuple.values()):
+            if not self._user_admitted(alloc.username):
+                out.extend(self._delete(alloc, "no longer a peer"))
+        return out
+
+    def _user_admitted(self, username: str) -> bool:
+        if not self.options.peer_relay:
+            return True
+        parsed = parse_rest_username(username)
+        return parsed is not None and parsed[1] in self._relay_users
 
     def _lifetime(self, requested: int | None, *, floor: bool = True) -> int:
         """RFC 8656 §7.2 / §8: the default when absent; else the request capped at the

@@ -426,7 +426,8 @@ class Deployment:
         ``peers``: the nodes it knows (default: every other node). ICE: STUN at the
         rendezvous and its TURN with rendezvous-issued credentials over ``turn`` (``udp`` or
         ``tcp``), unless ``stun`` (``host:port`` strings) or ``turn_servers`` (TOML inline
-        tables) say otherwise. ``extra``: TOML appended (sections such as ``[metrics]``)."""
+        tables) say otherwise. ``extra``: TOML appended (sections such as ``[metrics]`` or
+        ``[relay]``)."""
         if peers is None:
             peers = [p for p in self.nodes if p is not node]
         if stun is None:

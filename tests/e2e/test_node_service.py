@@ -49,6 +49,13 @@ PEER_FIELDS = {
     "tx_bytes",
     "last_handshake",
     "consent_age",
+    # What last changed the path, and the last changes (docs/ARCHITECTURE.md §3).
+    "path_reason",
+    "path_history",
+    # Why the path is what it is.
+    "reason",
+    "reason_facts",
+    "path_since",
 }
 
 
@@ -277,6 +284,7 @@ def test_ready_status_and_clean_stop(node: Node) -> None:
             assert set(peer) == PEER_FIELDS
             assert peer["state"] in ("connecting", "connected", "disconnected")
             assert peer["path"] is None and peer["rtt_ms"] is None
+            assert peer["reason"].startswith("no path") and peer["path_since"] is None
 
         # The rendezvous is unreachable: said once, clearly, and the daemon keeps running.
         assert wait_until(lambda: "unreachable" in node.log())
