@@ -37,7 +37,8 @@ from p2ptun.keys import encode_key, generate_private_key, public_key
 pytestmark = [pytest.mark.lab]
 
 TIMEOUT = 20.0
-NODE_FIELDS = {"name", "interface", "addresses", "rendezvous"}
+# The port mapping the default gateway holds for the node (docs/ARCHITECTURE.md §3).
+NODE_FIELDS = {"name", "interface", "addresses", "rendezvous", "port_mapping"}
 PEER_FIELDS = {
     "name",
     "state",
@@ -49,6 +50,8 @@ PEER_FIELDS = {
     "tx_bytes",
     "last_handshake",
     "consent_age",
+    # A direct path through a port mapping, ours or the peer's.
+    "via",
     # What last changed the path, and the last changes (docs/ARCHITECTURE.md §3).
     "path_reason",
     "path_history",
