@@ -96,6 +96,9 @@ def _run_case(
                 for r in daemons[site].mappings()
             )
         assert via is not None and "port mapping" in via, (entry, back)
+        # ... and so does the reason of each side's path, from the candidates' mark.
+        reasons = (dep.peer_status(a, b)["reason"], dep.peer_status(b, a)["reason"])
+        assert any("via port mapping" in r for r in reasons), reasons
         dep.assert_ping(a, b)
         dep.assert_ping(b, a)
         lab.reset_counters()
