@@ -227,8 +227,9 @@ def _ice(t: Table) -> IceConfig:
     if not 0 <= port <= 65535:
         raise t.error("port", f"{port} is out of range", "expected 0 (any) or 1-65535")
     link_local = t.boolean("ipv6_link_local")
+    hard_nat = t.boolean("hard_nat", True)
     t.check_unknown()
-    return IceConfig(stun, tuple(turn), lite, port, link_local)
+    return IceConfig(stun, tuple(turn), lite, port, link_local, hard_nat)
 
 
 def _turn_server(t: Table) -> TurnServerConfig:

@@ -79,6 +79,8 @@ class IceConfig:
     lite: bool = False
     port: int = 0
     ipv6_link_local: bool = False
+    #: Probe a symmetric NAT's predicted ports while relayed (``hard_nat``, p2ptun.ice.hardnat).
+    hard_nat: bool = True
 
 
 @dataclass(frozen=True)
