@@ -285,6 +285,8 @@ class Deployment:
     turn_secret: str = field(default_factory=lambda: secrets.token_hex(16))
     nodes: list[Node] = field(default_factory=list)
     rendezvous: subprocess.Popen[bytes] | None = None
+    stun_ports: tuple[int, ...] = (3478,)
+    """The rendezvous' STUN listeners on :data:`RV` (the first also serves TURN)."""
 
     @classmethod
     def per_site(
@@ -354,7 +356,7 @@ class Deployment:
         path.write_text(
             f'listen = "{RV}:7070"\nprivate_key = "{self.rv_key[0]}"\n'
             f'database = "{self.workdir}/rv.sqlite"\n'
-            f'[stun]\nlisten = ["{RV}:3478"]\n'
+            "[stun]\nlisten = [" + ", ".join(f'"{RV}:{p}"' for p in self.stun_ports) + "]\n"
             f'[turn]\nrealm = "lab"\nrelay_address = "{RV}"\nrelay_ports = "49152-49999"\n'
             f'auth_secret = "{self.turn_secret}"\n'
             # The lab's public addresses are documentation blocks, denied by default.

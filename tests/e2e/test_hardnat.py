@@ -1,0 +1,105 @@
+"""Hard-NAT probing with real daemons (p2ptun.ice.hardnat): a port-restricted cone facing a
+symmetric NAT that allocates ports sequentially goes direct by port prediction; facing a
+random one (birthday probing, bounded) it stays on the relay, which carries the pings from the
+start. Each attempt starts both nodes fresh (the NATs' mappings flushed first) and records the
+time from the second ``p2ptun up`` to the first ping reply and to a direct path on both sides.
+
+The rendezvous serves STUN on two ports, and the nodes ask both: a symmetric NAT gives the two
+queries two ports, which is what tells the peer that it is symmetric, and how it steps.
+
+``P2PTUN_HARDNAT_ATTEMPTS`` (default 3) sets the attempts per pair: the README's success rates
+come from a run with 20. The prediction pair must go direct in at least 90 % of them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from nodelab import RV, Deployment, Node, report
+
+from p2plab.natlab import NatLab, wait_until
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+
+LabFactory = Callable[..., NatLab]
+
+SITES = ("prc", "sym-seq", "sym", "cone")
+ATTEMPTS = int(os.environ.get("P2PTUN_HARDNAT_ATTEMPTS", "3"))
+DIRECT_WAIT = 12.0
+"""How long an attempt waits for a direct path after the first ping reply."""
+STUN = [f"{RV}:3478", f"{RV}:3479"]
+
+RESULTS: dict[str, str] = {}
+
+
+@pytest.fixture(scope="module")
+def hardnat(
+    natlab_module: LabFactory, tmp_path_factory: pytest.TempPathFactory, request: Any
+) -> Iterator[Deployment]:
+    lab = natlab_module(list(SITES))
+    dep = Deployment(lab, tmp_path_factory.mktemp("hardnat"), stun_ports=(3478, 3479))
+    for site in lab.sites:
+        i = site.index
+        dep.add_node(f"n{i}", f"site{i}", f"10.77.0.{i}/24", ifname=f"p2p{dep.tag}n{i}")
+    dep.start_rendezvous()
+    try:
+        yield dep
+    finally:
+        dep.stop_all()
+        if RESULTS:
+            report(request, "\n[hard-nat] pair, attempts, direct, median time to direct")
+            for line in RESULTS.values():
+                report(request, f"[hard-nat]   {line}")
+
+
+def _path(dep: Deployment, a: Node, b: Node) -> tuple[str | None, str | None]:
+    return dep.peer_status(a, b).get("path"), dep.peer_status(b, a).get("path")
+
+
+def _attempt(dep: Deployment, a: Node, b: Node) -> tuple[float, float | None]:
+    """Seconds from the second start to the first ping reply, and to direct on both sides
+    (None: still relayed after :data:`DIRECT_WAIT`)."""
+    dep.fresh_sites(a, b)
+    try:
+        dep.start_node(a, peers=[b], stun=STUN)
+        dep.wait_ready(a)
+        t_up = time.monotonic()
+        dep.start_node(b, peers=[a], stun=STUN)
+        first = dep.first_ping(a, b) - t_up
+        try:
+            wait_until(lambda: _path(dep, a, b) == ("direct", "direct"), DIRECT_WAIT, interval=0.1)
+        except TimeoutError:
+            assert _path(dep, a, b) == ("relay", "relay"), _path(dep, a, b)
+            dep.assert_ping(a, b)  # the relay carries the traffic meanwhile
+            return first, None
+        direct = time.monotonic() - t_up
+        dep.assert_ping(a, b)
+        return first, direct
+    finally:
+        dep.stop_nodes()
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "floor"),
+    [(1, 2, 0.9), (2, 1, 0.9), (1, 3, 0.0), (4, 3, 0.9)],
+    ids=["prc-symseq", "symseq-prc", "prc-sym", "cone-sym"],
+)
+def test_hard_nat_pair(hardnat: Deployment, a: int, b: int, floor: float) -> None:
+    dep = hardnat
+    na, nb = dep.nodes[a - 1], dep.nodes[b - 1]
+    runs = [_attempt(dep, na, nb) for _ in range(ATTEMPTS)]
+    direct = [d for _f, d in runs if d is not None]
+    firsts = [f for f, _d in runs]
+    name = f"{SITES[a - 1]}/{SITES[b - 1]}"
+    median = f"{statistics.median(direct):.2f} s" if direct else "-"
+    RESULTS[name] = (
+        f"{name}: {ATTEMPTS} attempts, direct {len(direct)} ({100 * len(direct) / ATTEMPTS:.0f} %),"
+        f" median time to direct {median}, median first ping {statistics.median(firsts):.2f} s"
+    )
+    assert len(direct) >= math.ceil(floor * ATTEMPTS), RESULTS[name]
