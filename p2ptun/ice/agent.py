@@ -1468,7 +1468,11 @@ class IceAgent:
             ipv6 = is_ipv6(self._selection.pair.remote.host) if self._selection else False
             if probing.start(gen.local_candidates, gen.remote_candidates, ipv6, now):
                 self._hard_nat_tid = self._transaction_id()
-                log.info("hard-nat", technique=probing.technique, probes=probing.pending)
+                log.info(
+                    "hard-nat",
+                    technique=probing.technique.value if probing.technique else "",
+                    probes=probing.pending,
+                )
             else:
                 log.info("hard-nat", declined=probing.declined)
         if probing is None or not probing.pending:

@@ -394,13 +394,14 @@ class Deployment:
         turn: str = "udp",
         turn_servers: Sequence[str] | None = None,
         stun: Sequence[str] | None = None,
+        hard_nat: bool | None = None,
     ) -> Path:
         """Write ``node``'s config (atomically, so that a SIGHUP never reads half a file).
 
         ``peers``: the nodes it knows (default: every other node). ICE: STUN at the
         rendezvous and its TURN with rendezvous-issued credentials over ``turn`` (``udp`` or
         ``tcp``), unless ``stun`` (``host:port`` strings) or ``turn_servers`` (TOML inline
-        tables) say otherwise."""
+        tables) say otherwise; ``hard_nat`` sets ``[ice] hard_nat`` (default: not written)."""
         if peers is None:
             peers = [p for p in self.nodes if p is not node]
         if stun is None:
@@ -419,7 +420,9 @@ class Deployment:
             f'name = "{node.name}"\nprivate_key = "{node.key}"\n'
             f'[interface]\nname = "{node.ifname}"\naddress = ["{node.address}"]\n'
             f'[rendezvous]\naddress = "{RV}:7070"\npublic_key = "{self.rv_key[1]}"\n'
-            f"[ice]\nstun = [{stun_text}]\nturn = [{', '.join(turn_servers)}]\n" + peer_text
+            f"[ice]\nstun = [{stun_text}]\nturn = [{', '.join(turn_servers)}]\n"
+            + ("" if hard_nat is None else f"hard_nat = {str(hard_nat).lower()}\n")
+            + peer_text
         )
         tmp.chmod(0o600)
         os.replace(tmp, path)

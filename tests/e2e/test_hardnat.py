@@ -62,15 +62,17 @@ def _path(dep: Deployment, a: Node, b: Node) -> tuple[str | None, str | None]:
     return dep.peer_status(a, b).get("path"), dep.peer_status(b, a).get("path")
 
 
-def _attempt(dep: Deployment, a: Node, b: Node) -> tuple[float, float | None]:
+def _attempt(
+    dep: Deployment, a: Node, b: Node, hard_nat: bool, logs: list[str]
+) -> tuple[float, float | None]:
     """Seconds from the second start to the first ping reply, and to direct on both sides
-    (None: still relayed after :data:`DIRECT_WAIT`)."""
+    (None: still relayed after :data:`DIRECT_WAIT`); both nodes' logs go to ``logs``."""
     dep.fresh_sites(a, b)
     try:
-        dep.start_node(a, peers=[b], stun=STUN)
+        dep.start_node(a, peers=[b], stun=STUN, hard_nat=hard_nat)
         dep.wait_ready(a)
         t_up = time.monotonic()
-        dep.start_node(b, peers=[a], stun=STUN)
+        dep.start_node(b, peers=[a], stun=STUN, hard_nat=hard_nat)
         first = dep.first_ping(a, b) - t_up
         try:
             wait_until(lambda: _path(dep, a, b) == ("direct", "direct"), DIRECT_WAIT, interval=0.1)
@@ -83,23 +85,40 @@ def _attempt(dep: Deployment, a: Node, b: Node) -> tuple[float, float | None]:
         return first, direct
     finally:
         dep.stop_nodes()
+        logs += [a.log(), b.log()]
 
 
 @pytest.mark.parametrize(
-    ("a", "b", "floor"),
-    [(1, 2, 0.9), (2, 1, 0.9), (1, 3, 0.0), (4, 3, 0.9)],
-    ids=["prc-symseq", "symseq-prc", "prc-sym", "cone-sym"],
+    ("a", "b", "hard_nat", "floor", "technique"),
+    [
+        (1, 2, True, 0.9, "prediction"),
+        (2, 1, True, 0.9, "prediction"),
+        (1, 2, False, 0.0, None),
+        (1, 3, True, 0.0, "birthday"),
+        (4, 3, True, 0.9, None),
+    ],
+    ids=["prc-symseq", "symseq-prc", "prc-symseq-off", "prc-sym", "cone-sym"],
 )
-def test_hard_nat_pair(hardnat: Deployment, a: int, b: int, floor: float) -> None:
+def test_hard_nat_pair(
+    hardnat: Deployment, a: int, b: int, hard_nat: bool, floor: float, technique: str | None
+) -> None:
     dep = hardnat
     na, nb = dep.nodes[a - 1], dep.nodes[b - 1]
-    runs = [_attempt(dep, na, nb) for _ in range(ATTEMPTS)]
+    logs: list[str] = []
+    runs = [_attempt(dep, na, nb, hard_nat, logs) for _ in range(ATTEMPTS)]
     direct = [d for _f, d in runs if d is not None]
     firsts = [f for f, _d in runs]
-    name = f"{SITES[a - 1]}/{SITES[b - 1]}"
+    name = f"{SITES[a - 1]}/{SITES[b - 1]}" + ("" if hard_nat else " (hard_nat off)")
     median = f"{statistics.median(direct):.2f} s" if direct else "-"
     RESULTS[name] = (
         f"{name}: {ATTEMPTS} attempts, direct {len(direct)} ({100 * len(direct) / ATTEMPTS:.0f} %),"
         f" median time to direct {median}, median first ping {statistics.median(firsts):.2f} s"
     )
     assert len(direct) >= math.ceil(floor * ATTEMPTS), RESULTS[name]
+    # every attempt where ordinary checks failed probed, with the technique the peer's NAT
+    # calls for; with hard_nat off nothing probed and nothing went direct
+    probed = sum("technique=" in log for log in logs)
+    if technique is not None:
+        assert sum(f"technique={technique}" in log for log in logs) == ATTEMPTS, RESULTS[name]
+    if not hard_nat:
+        assert probed == 0 and not direct, RESULTS[name]
