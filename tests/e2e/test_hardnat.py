@@ -14,6 +14,7 @@ must go direct in at least 90 % of them.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import statistics
@@ -127,3 +128,19 @@ def test_hard_nat_pair(
         assert sum(f"technique={technique}" in log for log in logs) == attempts, RESULTS[name]
     if not hard_nat:
         assert probed == 0 and not direct, RESULTS[name]
+
+
+def test_birthday_with_many_mappings_gets_through_a_random_symmetric_nat(
+    capsys: pytest.CaptureFixture[str], request: Any
+) -> None:
+    """The technique itself, with raw sockets (``python -m p2plab.birthday``): the hard side
+    holding 512 mappings towards the easy side and the easy side probing 512 random ports
+    succeed with probability ≈ 98 % per attempt; one attempt of two must."""
+    from p2plab import birthday
+
+    assert birthday.main(["--attempts", "2", "--sockets", "512", "--probes", "512"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    summary = lines[-1]
+    assert summary["attempts"] == 2 and summary["expected"] > 0.98, summary
+    assert summary["success"] >= 1, lines
+    report(request, f"[hard-nat]   birthday, raw sockets, 512 x 512: {summary}")
