@@ -2,7 +2,7 @@
 
 ::
 
-    natlab up [--sites cone,sym] [--name PREFIX] [--json]
+    natlab up [--sites cone,sym] [--ipv6] [--name PREFIX] [--json]
     natlab status [--name PREFIX] [--json]
     natlab exec [--name PREFIX] HOST CMD...
     natlab down [--name PREFIX]
@@ -45,8 +45,9 @@ def _pick(name: str | None, state_dir: Path) -> NatLab:
 
 def _describe(lab: NatLab) -> str:
     lines = [f"lab {lab.prefix}: {len(lab.sites)} site(s)"]
+    server = list(lab.server_addrs) + (list(lab.server6_addrs) if lab.ipv6_sites else [])
     lines.append(
-        f"  server   ns {lab.ns_server:<16} {', '.join(lab.server_addrs)}"
+        f"  server   ns {lab.ns_server:<16} {', '.join(server)}"
         f"  (internet: {lab.ns_inet}, no default route)"
     )
     for s in lab.sites:
@@ -55,6 +56,8 @@ def _describe(lab: NatLab) -> str:
             f" via nat{s.index} ({lab.ns_nat(s.index)}) {s.nat:<11}"
             f" public {s.mapped_addr}"
         )
+        if s.index in lab.ipv6_sites:
+            lines.append(f"{'':<29} {lab.site6(s.index).host_addr} (IPv6, firewalled)")
     return "\n".join(lines)
 
 
@@ -78,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     p = sub.add_parser("up", help="build a lab")
     p.add_argument("--sites", default="cone,cone", help="NAT types, comma separated")
+    p.add_argument("--ipv6", action="store_true", help="dual-stack server and sites")
     p.add_argument("--name", help="prefix for namespaces and links (default: random)")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("down", parents=[named], help="remove a lab")
@@ -135,7 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace, state_dir: Path) -> int:
     cmd: str = args.cmd
     if cmd == "up":
-        lab = NatLab.create(parse_sites(args.sites), prefix=args.name, state_dir=state_dir)
+        lab = NatLab.create(
+            parse_sites(args.sites), prefix=args.name, state_dir=state_dir, ipv6=args.ipv6
+        )
         print(json.dumps(lab.status(), indent=2) if args.json else _describe(lab))
         return 0
     if cmd == "status":

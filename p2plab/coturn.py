@@ -89,7 +89,8 @@ def start_coturn(
     )
     lab.add_cleanup(lambda: shutil.rmtree(workdir, ignore_errors=True))
     server = Coturn(lab, proc, workdir, addrs, port)
-    wanted = {f"{a}:{p}" for a in addrs for p in ((port, port + 1) if len(addrs) > 1 else (port,))}
+    ports = (port, port + 1) if len(addrs) > 1 else (port,)
+    wanted = {f"[{a}]:{p}" if ":" in a else f"{a}:{p}" for a in addrs for p in ports}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

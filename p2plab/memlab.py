@@ -42,6 +42,7 @@ from p2plab.memnet import EPOCH, MemoryHost, MemoryNetwork, MemoryTun, Pinger, R
 from p2ptun.config import (
     IceConfig,
     InterfaceConfig,
+    MetricsSettings,
     NetworkConfig,
     NetworkEntry,
     NodeConfig,
@@ -52,6 +53,7 @@ from p2ptun.config import (
     StunServerSettings,
     TurnServerConfig,
     TurnServerSettings,
+    WebSettings,
 )
 from p2ptun.keys import clamp, public_key
 from p2ptun.membership import (
@@ -138,6 +140,10 @@ class MemoryLab:
         self.signaling: SignalingServer | None = None
         self._rendezvous_scope: trio.CancelScope | None = None
         """The rendezvous' signaling server, once started (its core's counters)."""
+        self.rendezvous_metrics: MetricsSettings | None = None
+        """The rendezvous' ``[metrics]`` section (None: no metrics endpoint)."""
+        self.rendezvous_web: WebSettings | None = None
+        """The rendezvous' ``[web]`` section (None: no map page)."""
 
     def _key(self) -> bytes:
         return clamp(self.rng.randbytes(32))
@@ -262,6 +268,7 @@ class MemoryLab:
             ice=node.config.ice,
             peers=peers,
             network=network,
+            metrics=node.config.metrics,
         )
         node._daemon = NodeDaemon(
             node.config, host=node.host, control_socket=False, seal_state=node.seal_state
@@ -299,6 +306,8 @@ class MemoryLab:
             if self.network_name is not None
             else tuple(NodeEntry(n.name, public_key(n.config.private_key)) for n in self.nodes),
             networks=networks,
+            metrics=self.rendezvous_metrics,
+            web=self.rendezvous_web,
         )
 
     # -- running ----------------------------------------------------------------------------

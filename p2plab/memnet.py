@@ -742,6 +742,11 @@ class MemoryHost:
         self.ports[(ip, port)] = endpoint
         return endpoint
 
+    async def default_gateway(self) -> str | None:
+        """No gateway in the memory network answers PCP, NAT-PMP or UPnP."""
+        await trio.lowlevel.checkpoint()
+        return None
+
     def route_source(self, remote_ip: str) -> str | None:
         if not self.online:
             return None

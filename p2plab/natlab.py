@@ -41,6 +41,9 @@ NAT types (per site):
 
 Every router silently drops unsolicited inbound traffic to itself (no ICMP port-unreachable).
 
+IPv6 is opt-in (``NatLab.create(..., ipv6=True)``, :meth:`NatLab.enable_ipv6`): dual-stack sites
+with 2001:db8::/32 addresses, no NAT, a home router's stateful firewall (:mod:`p2plab.natlab6`).
+
 Impairments: this kernel has no ``sch_netem``, so :meth:`NatLab.set_netem` drops packets with an
 nftables ``numgen random`` rule in the internet and delays them with a userspace delay line
 (:mod:`p2plab.delay`) that the link's egress is redirected through (tc ``mirred``).
@@ -69,6 +72,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from p2plab import natlab6
 from p2ptun.log import get_logger
 
 log = get_logger("lab")
@@ -264,6 +268,8 @@ class NatLab:
         """Second uplinks of site hosts (:meth:`add_uplink`), by site."""
         self.default_uplink: dict[int, int] = {}
         """The uplink (1 or 2) a multi-homed site host's main default route goes through."""
+        self.ipv6_sites: list[int] = []
+        """Sites that are dual-stack (:meth:`enable_ipv6`); empty: the lab is IPv4-only."""
 
     # ------------------------------------------------------------------ names
 
@@ -306,6 +312,10 @@ class NatLab:
     def if_host(self, site: SiteRef) -> str:
         """The LAN interface name inside a site's host namespace."""
         return self._lan_names(self.site(site).index)[1]
+
+    def if_lan(self, site: SiteRef) -> str:
+        """The LAN interface name inside a site's router namespace."""
+        return self._lan_names(self.site(site).index)[0]
 
     def if_wan(self, site: SiteRef) -> str:
         """The WAN interface name inside a site's router namespace."""
@@ -378,8 +388,12 @@ class NatLab:
         *,
         prefix: str | None = None,
         state_dir: Path | None = DEFAULT_STATE_DIR,
+        ipv6: bool | Sequence[int] = False,
     ) -> NatLab:
         """Build a lab with one site per entry of ``sites`` (NAT types, see :data:`NAT_TYPES`).
+
+        ``ipv6``: make the server and every site (``True``) or the listed site numbers
+        dual-stack (:meth:`enable_ipv6`); by default the lab is IPv4-only.
 
         ``prefix`` defaults to ``pl`` + 4 random hex digits; it must be unused. If the build
         fails halfway, everything made so far is removed before the error propagates.
@@ -408,6 +422,8 @@ class NatLab:
         try:
             lab.save()  # first: a later `down` can clean up even a half-built lab
             lab._build()
+            if ipv6 is not False:
+                lab.enable_ipv6(None if ipv6 is True else ipv6)
         except BaseException:
             log.error("lab build failed, tearing down", prefix=lab.prefix)
             lab.close()
@@ -658,6 +674,7 @@ class NatLab:
             "netem": {str(k): v for k, v in self.netem.items()},
             "uplinks": [dataclasses.asdict(up) for up in self.uplinks.values()],
             "default_uplink": {str(k): v for k, v in self.default_uplink.items()},
+            "ipv6_sites": list(self.ipv6_sites),
         }
 
     @classmethod
@@ -667,6 +684,7 @@ class NatLab:
         lab.netem = {int(k): dict(v) for k, v in data.get("netem", {}).items()}
         lab.uplinks = {up["site"]: Uplink(**up) for up in data.get("uplinks", [])}
         lab.default_uplink = {int(k): v for k, v in data.get("default_uplink", {}).items()}
+        lab.ipv6_sites = [int(i) for i in data.get("ipv6_sites", [])]
         return lab
 
     def save(self) -> None:
@@ -821,6 +839,8 @@ class NatLab:
     def reset_counters(self) -> None:
         """Zero all internet forward counters."""
         self._nft(self.ns_inet, "reset counters table ip lab")
+        if self.ipv6_sites:
+            self._nft(self.ns_inet, "reset counters table ip6 lab6")
 
     def block(self, a: SiteRef, b: SiteRef) -> None:
         """Drop all traffic between ``a`` and ``b`` (sites or ``"server"``) in the internet."""
@@ -1065,6 +1085,97 @@ class NatLab:
         self.save()
         log.info("host renumbered", prefix=self.prefix, site=s.index, old=old, new=new)
         return new
+
+    # ------------------------------------------------------------------ IPv6
+
+    @property
+    def server6_addrs(self) -> tuple[str, str]:
+        """The server's two public IPv6 addresses (once :meth:`enable_ipv6` ran)."""
+        if not self.ipv6_sites:
+            raise LabError("this lab is IPv4-only (see enable_ipv6)")
+        return natlab6.SERVER6_ADDRS
+
+    def site6(self, site: SiteRef) -> natlab6.Site6:
+        """``site``'s IPv6 address plan; :class:`LabError` if the site is IPv4-only."""
+        k = self.site(site).index
+        if k not in self.ipv6_sites:
+            raise LabError(f"site {k} has no IPv6")
+        return natlab6.Site6.plan(k)
+
+    def enable_ipv6(self, sites: Iterable[SiteRef] | None = None) -> None:
+        """Make the internet, the server and ``sites`` (default: all) dual-stack: addresses
+        from 2001:db8::/32, no NAT, a home router's stateful firewall on each site router
+        (:mod:`p2plab.natlab6`). Once per lab."""
+        if self.ipv6_sites:
+            raise LabError("IPv6 is enabled already")
+        refs = [s.index for s in self.sites] if sites is None else list(sites)
+        chosen = sorted({self.site(s).index for s in refs})
+        if not chosen:
+            raise LabError("enable_ipv6 needs at least one site")
+        self.ipv6_sites = chosen
+        self.save()
+        srv_outer, srv = self._link_names(0)
+        net_len = ipaddress.IPv6Network(natlab6.SERVER6_NET).prefixlen
+        inet = [f"addr add {natlab6.SERVER6_GW}/{net_len} dev {srv_outer} nodad"]
+        server = [f"addr add {a}/{net_len} dev {srv} nodad" for a in natlab6.SERVER6_ADDRS]
+        server.append(f"route add ::/0 via {natlab6.SERVER6_GW} dev {srv}")
+        scripts: dict[str, tuple[list[str], str | None, bool]] = {
+            self.ns_server: (server, None, False)
+        }
+        for i in chosen:
+            plan = natlab6.Site6.plan(i)
+            outer, wan = self._link_names(i)
+            lan, hif = self._lan_names(i)
+            inet += [
+                f"addr add {plan.wan_gw}/64 dev {outer} nodad",
+                f"route add {plan.lan_net} via {plan.wan_addr} dev {outer}",
+            ]
+            router = [
+                f"addr add {plan.wan_addr}/64 dev {wan} nodad",
+                f"addr add {plan.lan_gw}/64 dev {lan} nodad",
+                f"route add ::/0 via {plan.wan_gw} dev {wan}",
+            ]
+            rules = natlab6.router_ruleset(self.sites[i - 1].nat, wan, lan)
+            scripts[self.ns_nat(i)] = (router, rules, True)
+            host = [
+                f"addr add {plan.host_addr}/64 dev {hif} nodad",
+                f"route add ::/0 via {plan.lan_gw} dev {hif}",
+            ]
+            scripts[self.ns_host(i)] = (host, None, False)
+        outers = [self._link_names(k)[0] for k in range(len(self.sites) + 1)]
+        scripts[self.ns_inet] = (inet, natlab6.inet_ruleset(outers), True)
+        with tempfile.TemporaryDirectory(prefix=f"{self.prefix}-ipv6-") as tmp:
+            for n, (ns, (ip_lines, ruleset, forward)) in enumerate(scripts.items()):
+                sh = natlab6.sysctl_script(forward)
+                ip_file = Path(tmp, f"{n}.ip")
+                ip_file.write_text("\n".join(ip_lines) + "\n")
+                sh += f"ip -batch {ip_file}\n"
+                if ruleset is not None:
+                    nft_file = Path(tmp, f"{n}.nft")
+                    nft_file.write_text(ruleset)
+                    sh += f"nft -f {nft_file}\n"
+                _run(["ip", "netns", "exec", ns, "sh", "-ec", sh])
+        log.info("ipv6 up", prefix=self.prefix, sites=",".join(map(str, chosen)))
+
+    def counters6(self) -> dict[tuple[int, int], int]:
+        """IPv6 bytes forwarded by the internet per (from, to) link: 0 = server, i = site i
+        (like :meth:`counters` for IPv4)."""
+        if not self.ipv6_sites:
+            raise LabError("this lab is IPv4-only (see enable_ipv6)")
+        out = _run(["ip", "netns", "exec", self.ns_inet, "nft", "-j", "list", "counters"])
+        result: dict[tuple[int, int], int] = {}
+        for item in json.loads(out.stdout)["nftables"]:
+            c = item.get("counter")
+            if c and c.get("table") == "lab6" and c["name"].startswith("c_"):
+                _, a, b = c["name"].split("_")
+                result[int(a), int(b)] = int(c["bytes"])
+        return result
+
+    def direct_bytes6(self, a: SiteRef, b: SiteRef) -> int:
+        """IPv6 bytes between two sites (or a site and the server), both directions."""
+        c = self.counters6()
+        ka, kb = self._endpoint(a), self._endpoint(b)
+        return c[ka, kb] + c[kb, ka]
 
     # ------------------------------------------------------------------ a second uplink
 

@@ -1,6 +1,7 @@
 """Raw-socket probes run inside lab namespaces: ``python -m p2plab.probe COMMAND ...``.
 
-Commands (each prints one JSON object on stdout, every wait bounded):
+Commands (each prints one JSON object on stdout, every wait bounded; addresses are IPv4 or
+IPv6 literals, ``2001:db8::10:4000`` without brackets):
 
 ``reflect --listen A:P [--listen ...] [--tcp A:P ...] [--lifetime S]``
     UDP reflector. A datagram ``{"id": n, "via": "A:P" | null}`` is answered with
@@ -9,9 +10,9 @@ Commands (each prints one JSON object on stdout, every wait bounded):
     on. TCP listeners send ``{"seen": ...}`` and close. Prints ``{"ready": true}`` once bound.
 
 ``nat --primary A:P --alt-addr B:P --alt-port A:Q --alt-both B:Q``
-    Classifies the NAT in front of this host the RFC 5780 way, with two fresh sockets: mapping
-    (the same socket to A:P, B:P, B:Q: same external address?) and filtering (after sending to A:P
-    only, does a reply from B:Q, or from A:Q, get through?).
+    Classifies the NAT (over IPv6: the firewall) in front of this host the RFC 5780 way, with
+    two fresh sockets: mapping (the same socket to A:P, B:P, B:Q: same external address?) and
+    filtering (after sending to A:P only, does a reply from B:Q, or from A:Q, get through?).
 
 ``count --server A:P [-n N] [--interval S] [--timeout S]``
     Sends N numbered probes, reports how many came back and the round-trip times.
@@ -27,7 +28,7 @@ Commands (each prints one JSON object on stdout, every wait bounded):
     One socket asks every server in turn; reports the mapped address each saw, in order (the
     port allocation of a symmetric NAT: sequential or random).
 
-``listen --port N [--timeout S]``
+``listen --port N [--ip A] [--timeout S]``
     Prints ``{"ready": true}``, then collects datagrams for S seconds and reports their sources.
 
 ``send --to A:P [--bind B:Q] [--count N]``
@@ -62,17 +63,26 @@ def fmt(ep: Endpoint) -> str:
     return f"{ep[0]}:{ep[1]}"
 
 
+def _family(host: str) -> socket.AddressFamily:
+    """The socket family of a literal address: IPv6 if it has a colon."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _wildcard(host: str) -> str:
+    return "::" if ":" in host else "0.0.0.0"
+
+
 def reflect(listen: Sequence[Endpoint], tcp: Sequence[Endpoint], lifetime: float) -> None:
     """Serve until killed or ``lifetime`` seconds have passed."""
     udp: dict[Endpoint, socket.socket] = {}
     for ep in listen:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s = socket.socket(_family(ep[0]), socket.SOCK_DGRAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(ep)
         udp[ep] = s
     listeners: list[socket.socket] = []
     for ep in tcp:
-        t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        t = socket.socket(_family(ep[0]), socket.SOCK_STREAM)
         t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         t.bind(ep)
         t.listen(16)
@@ -139,8 +149,9 @@ def classify_nat(
     ``mapping``: ``endpoint-independent``, ``address-dependent``, ``address-and-port-dependent``;
     ``filtering``: same vocabulary; either is ``blocked`` if the reflector never answered.
     """
-    m = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    m.bind(("0.0.0.0", 0))
+    family, wildcard = _family(primary[0]), _wildcard(primary[0])
+    m = socket.socket(family, socket.SOCK_DGRAM)
+    m.bind((wildcard, 0))
     r1 = _ask(m, primary, 1)
     r2 = _ask(m, alt_addr, 2) if r1 else None
     r3 = _ask(m, alt_both, 3) if r1 else None
@@ -156,8 +167,8 @@ def classify_nat(
     else:
         mapping = "address-and-port-dependent"
 
-    f = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    f.bind(("0.0.0.0", 0))
+    f = socket.socket(family, socket.SOCK_DGRAM)
+    f.bind((wildcard, 0))
     f_base = _ask(f, primary, 10)
     from_other_addr = from_other_port = False
     if f_base is not None:
@@ -263,11 +274,11 @@ def sequence(servers: Sequence[Endpoint]) -> dict[str, Any]:
     return {"local_port": port, "mapped": seen}
 
 
-def listen(port: int, timeout: float) -> dict[str, Any]:
-    """Collect datagrams arriving at ``port`` for ``timeout`` seconds."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+def listen(port: int, timeout: float, ip: str = "0.0.0.0") -> dict[str, Any]:
+    """Collect datagrams arriving at ``ip``:``port`` for ``timeout`` seconds."""
+    s = socket.socket(_family(ip), socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port))
+    s.bind((ip, port))
     print(json.dumps({"ready": True}), flush=True)
     sources: list[str] = []
     deadline = time.monotonic() + timeout
@@ -282,9 +293,9 @@ def listen(port: int, timeout: float) -> dict[str, Any]:
 
 def send(to: Endpoint, bind: Endpoint | None, n: int) -> dict[str, Any]:
     """Send ``n`` datagrams to ``to`` (from ``bind`` if given)."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(_family(to[0]), socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(bind or ("0.0.0.0", 0))
+    s.bind(bind or (_wildcard(to[0]), 0))
     sent = 0
     for i in range(n):
         with contextlib.suppress(OSError):
@@ -324,6 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("listen")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--timeout", type=float, default=1.0)
+    p.add_argument("--ip", default="0.0.0.0")
     p = sub.add_parser("send")
     p.add_argument("--to", type=parse_endpoint, required=True)
     p.add_argument("--bind", type=parse_endpoint)
@@ -343,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.cmd == "sequence":
         result = sequence(args.server)
     elif args.cmd == "listen":
-        result = listen(args.port, args.timeout)
+        result = listen(args.port, args.timeout, args.ip)
     elif args.cmd == "send":
         result = send(args.to, args.bind, args.count)
     else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 if sys.version_info < (3, 11):  # pragma: no cover - Python 3.10 only
     from exceptiongroup import BaseExceptionGroup
@@ -26,6 +26,9 @@ from p2ptun.errors import (
     RuntimeFailure,
     UsageError,
 )
+
+if TYPE_CHECKING:
+    from p2ptun import config
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -86,6 +89,105 @@ def cmd_stun(args: argparse.Namespace) -> int:
     query = functools.partial(query_mapped_address, tcp=args.tcp, timeout=args.timeout)
     mapped = trio.run(query, host, port)
     sys.stdout.write(format_address(mapped) + "\n")
+    return EXIT_OK
+
+
+def _netcheck_report(node: config.NodeConfig | None, server: str | None = None) -> dict[str, Any]:
+    """``p2ptun netcheck``'s report against ``node``'s STUN/TURN servers and ``server``."""
+    import trio
+
+    from p2ptun.addr import parse_host_port
+    from p2ptun.net.netcheck import netcheck
+    from p2ptun.net.stun_query import DEFAULT_STUN_PORT
+    from p2ptun.net.system import SystemHost
+
+    stun: list[tuple[str, int]] = []
+    turn: tuple[config.TurnServerConfig, ...] = ()
+    if server is not None:
+        try:
+            stun.append(parse_host_port(server, DEFAULT_STUN_PORT))
+        except ValueError as exc:
+            raise UsageError(f"p2ptun netcheck: bad server {server!r}: {exc}") from None
+    if node is not None:
+        stun += list(node.ice.stun) or [(node.rendezvous.host, DEFAULT_STUN_PORT)]
+        turn = node.ice.turn
+    if not stun:
+        raise UsageError(
+            "p2ptun netcheck: give a node config (-c FILE) or a STUN server (--server HOST)"
+        )
+    report: dict[str, Any] = trio.run(netcheck, SystemHost(), stun, turn)
+    return report
+
+
+def cmd_netcheck(args: argparse.Namespace) -> int:
+    """Measure what this host's network does (RFC 5780 NAT behaviour, TURN reachability,
+    IPv6) against the STUN and TURN servers of a node config, or one ``--server``."""
+    import json
+
+    from p2ptun import config
+    from p2ptun.net.netcheck import render
+
+    node = config.load_node(args.config) if args.config is not None else None
+    report = _netcheck_report(node, args.server)
+    if args.json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    else:
+        sys.stdout.write(render(report) + "\n")
+    return EXIT_OK
+
+
+def cmd_bugreport(args: argparse.Namespace) -> int:
+    """Write one archive with status, logs, netcheck, config, network state and versions,
+    secrets removed (p2ptun/bugreport.py)."""
+    from p2ptun import bugreport, config
+    from p2ptun.node import control
+
+    cfg: config.Config | None = None
+    problem = None
+    if args.config is not None:
+        try:
+            cfg = config.load(args.config)
+        except P2ptunError as exc:
+            problem = str(exc)  # a broken config is worth a report too
+    node = cfg if isinstance(cfg, config.NodeConfig) else None
+
+    def ask(cmd: str) -> Callable[[], dict[str, Any]]:
+        def get() -> dict[str, Any]:
+            if node is not None:
+                path = node.control_socket
+            elif isinstance(cfg, config.RendezvousConfig):
+                raise RuntimeFailure("a rendezvous has no control socket")
+            else:
+                path = _control_socket(args)
+            reply = control.request(path, {"cmd": cmd}, timeout=10.0)
+            if reply.get("ok") is not True or not isinstance(reply.get(cmd), dict):
+                raise RuntimeFailure(f"{cmd}: {reply.get('error', 'no answer')}")
+            answer: dict[str, Any] = reply[cmd]
+            return answer
+
+        return get
+
+    unit = None
+    if node is not None:
+        unit = f"p2ptun@{node.interface.name}.service"
+    elif isinstance(cfg, config.RendezvousConfig):
+        unit = "p2ptun-rendezvous.service"
+    parts = bugreport.Parts(
+        status=ask("status"),
+        debug=ask("debug"),
+        netcheck=None if node is None else (lambda: _netcheck_report(node)),
+    )
+    out = args.output or bugreport.default_output()
+    names = bugreport.build(
+        out,
+        cfg=cfg,
+        config_path=args.config,
+        parts=parts,
+        log_files=args.log or (),
+        unit=unit,
+        notes=[] if problem is None else [f"the config does not load: {problem}"],
+    )
+    sys.stdout.write(f"{out}: {', '.join(names)} (secrets removed)\n")
     return EXIT_OK
 
 
@@ -430,6 +532,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--interface", metavar="NAME", help="interface name (default: FILE's name)")
     p.set_defaults(func=cmd_join)
+
+    p = sub.add_parser(
+        "netcheck", help="what this host's NAT does (RFC 5780), TURN reachability, IPv6"
+    )
+    p.add_argument("-c", "--config", metavar="FILE", help="a node config: its STUN/TURN servers")
+    p.add_argument("--server", metavar="HOST[:PORT]", help="a STUN server to ask (RFC 5780)")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.set_defaults(func=cmd_netcheck)
+
+    p = sub.add_parser("bugreport", help="one archive for a bug report: status, logs, netcheck…")
+    p.add_argument("-c", "--config", metavar="FILE", help="the node's (or rendezvous') config")
+    p.add_argument("-o", "--output", metavar="FILE", help="archive (default: ./p2ptun-bugreport-…)")
+    p.add_argument("--log", action="append", metavar="FILE", help="a log file to include")
+    p.add_argument("--interface", metavar="NAME", help="the node's interface name")
+    p.set_defaults(func=cmd_bugreport)
 
     p = sub.add_parser("stun", help="ask a STUN server for this host's mapped address")
     p.add_argument("server", metavar="HOST[:PORT]", help="STUN server (default port 3478)")

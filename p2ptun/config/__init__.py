@@ -30,6 +30,7 @@ from p2ptun.config.schema import (
     InterfaceConfig,
     IPInterface,
     IPNetwork,
+    MetricsSettings,
     NetworkConfig,
     NetworkEntry,
     NodeConfig,
@@ -41,6 +42,7 @@ from p2ptun.config.schema import (
     TurnServerConfig,
     TurnServerSettings,
     TurnTransport,
+    WebSettings,
     control_socket_path,
 )
 from p2ptun.config.values import (
@@ -109,6 +111,8 @@ def describe(cfg: Config) -> str:
             network = f", network {cfg.network.name}"
             if cfg.network.domain:
                 network += f" (names under .{cfg.network.domain})"
+        if cfg.metrics is not None:
+            network += f", metrics on {format_address(cfg.metrics.listen)}"
         return (
             f"{cfg.path}: valid node config: name {cfg.name}, interface {cfg.interface.name}, "
             f"rendezvous {format_address(cfg.rendezvous.address)}, peers: {peers}{network}"
@@ -116,8 +120,15 @@ def describe(cfg: Config) -> str:
     parts = [f"signaling {format_address(cfg.listen)}"]
     if cfg.stun:
         parts.append("STUN " + " ".join(format_address(a) for a in cfg.stun.listen))
+    if cfg.stun and cfg.stun.alternate:
+        parts.append(f"RFC 5780 alternate {format_address(cfg.stun.alternate)}")
     if cfg.turn:
-        parts.append(f"TURN relay {cfg.turn.relay_address}")
+        extra = f" and {cfg.turn.extra_relay_address}" if cfg.turn.extra_relay_address else ""
+        parts.append(f"TURN relay {cfg.turn.relay_address}{extra}")
+    if cfg.metrics is not None:
+        parts.append(f"metrics {format_address(cfg.metrics.listen)}")
+    if cfg.web is not None:
+        parts.append(f"map page {format_address(cfg.web.listen)}")
     nodes = "open registration" if cfg.open_registration else f"{len(cfg.nodes)} nodes"
     if cfg.networks:
         nodes += f", {len(cfg.networks)} network(s)"
@@ -134,6 +145,7 @@ __all__ = [
     "IPNetwork",
     "IceConfig",
     "InterfaceConfig",
+    "MetricsSettings",
     "NetworkConfig",
     "NetworkEntry",
     "NodeConfig",
@@ -146,6 +158,7 @@ __all__ = [
     "TurnServerConfig",
     "TurnServerSettings",
     "TurnTransport",
+    "WebSettings",
     "control_socket_path",
     "describe",
     "detect_kind",

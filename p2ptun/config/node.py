@@ -24,6 +24,7 @@ from p2ptun.config.schema import (
 )
 from p2ptun.config.values import (
     check_name,
+    metrics_settings,
     parse_interface_address,
     parse_network,
     parse_stun_server,
@@ -52,6 +53,7 @@ def node_config(source: ConfigFile, data: dict[str, Any]) -> NodeConfig:
         "ice",
         "peer",
         "network",
+        "metrics",
     )
     name = check_name(top, "name", top.string("name", required=True))
     private = top.private_key()
@@ -82,6 +84,7 @@ def node_config(source: ConfigFile, data: dict[str, Any]) -> NodeConfig:
     network = None
     if network_t is not None:
         network = _network(network_t, name, own_public, interface)
+    metrics = metrics_settings(top)
     top.check_unknown()
     return NodeConfig(
         path=source.file,
@@ -93,6 +96,7 @@ def node_config(source: ConfigFile, data: dict[str, Any]) -> NodeConfig:
         peers=peers,
         warnings=tuple(source.warnings),
         network=network,
+        metrics=metrics,
     )
 
 
@@ -227,9 +231,10 @@ def _ice(t: Table) -> IceConfig:
     if not 0 <= port <= 65535:
         raise t.error("port", f"{port} is out of range", "expected 0 (any) or 1-65535")
     link_local = t.boolean("ipv6_link_local")
+    port_mapping = t.boolean("port_mapping", True)
     hard_nat = t.boolean("hard_nat", True)
     t.check_unknown()
-    return IceConfig(stun, tuple(turn), lite, port, link_local, hard_nat)
+    return IceConfig(stun, tuple(turn), lite, port, link_local, port_mapping, hard_nat)
 
 
 def _turn_server(t: Table) -> TurnServerConfig:

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from typing import Any
 
+from p2ptun.addr import Address, format_address
 from p2ptun.config.examples import SECRET_HINT, placeholder_problem
 from p2ptun.config.node import authority_key, read_revocations
 from p2ptun.config.reader import ConfigFile, Table
@@ -13,14 +15,17 @@ from p2ptun.config.schema import (
     DEFAULT_RENDEZVOUS_PORT,
     DEFAULT_STUN_PORT,
     DEFAULT_TURNS_PORT,
+    DEFAULT_WEB_PORT,
     NetworkEntry,
     NodeEntry,
     RendezvousConfig,
     StunServerSettings,
     TurnServerSettings,
+    WebSettings,
 )
 from p2ptun.config.values import (
     check_name,
+    metrics_settings,
     parse_ip_literal,
     parse_listen,
     parse_network,
@@ -42,6 +47,8 @@ def rendezvous_config(source: ConfigFile, data: dict[str, Any]) -> RendezvousCon
         "turn",
         "node",
         "network",
+        "metrics",
+        "web",
     )
     listen = top.parse(
         "listen",
@@ -75,8 +82,9 @@ def rendezvous_config(source: ConfigFile, data: dict[str, Any]) -> RendezvousCon
             stun_t.parse(k, raw, lambda s: parse_listen(s, DEFAULT_STUN_PORT), "an ip:port")
             for k, raw in stun_t.strings("listen", required=True)
         )
+        alternate = _alternate(stun_t, listens)
         stun_t.check_unknown()
-        stun = StunServerSettings(listens)
+        stun = StunServerSettings(listens, alternate)
 
     turn = None
     turn_t = top.table("turn")
@@ -129,6 +137,9 @@ def rendezvous_config(source: ConfigFile, data: dict[str, Any]) -> RendezvousCon
             f"{source.file}: no [[node]] or [[network]] entries and open_registration = "
             "false: no node can register"
         )
+    metrics = metrics_settings(top)
+    web_t = top.table("web")
+    web = _web(web_t) if web_t is not None else None
     top.check_unknown()
     return RendezvousConfig(
         path=source.file,
@@ -142,15 +153,111 @@ def rendezvous_config(source: ConfigFile, data: dict[str, Any]) -> RendezvousCon
         nodes=tuple(nodes),
         warnings=tuple(source.warnings),
         networks=tuple(networks),
+        metrics=metrics,
+        web=web,
     )
+
+
+def _web(t: Table) -> WebSettings:
+    """``[web]``: ``listen`` and the admin token (``admin_token`` or ``admin_token_file``)."""
+    listen = t.parse(
+        "listen",
+        t.string("listen", required=True),
+        lambda s: parse_listen(s, DEFAULT_WEB_PORT),
+        "an ip:port such as 127.0.0.1:8080",
+    )
+    token = t.secret("admin_token")
+    token_file = t.string("admin_token_file")
+    if (token is None) == (token_file is None):
+        raise t.error(
+            None,
+            "needs exactly one of admin_token and admin_token_file",
+            "the map page is shown only to whoever presents the token",
+        )
+    if token_file is not None:
+        path = token_file
+        if not os.path.isabs(path):
+            path = os.path.join(os.path.dirname(os.path.abspath(t.source.file)), path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                token = f.read(4096).strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise t.error("admin_token_file", f"{token_file}: {reason}") from None
+    assert token is not None
+    if len(token) < 16 or any(c.isspace() for c in token):
+        raise t.error(
+            "admin_token_file" if token_file is not None else "admin_token",
+            "too short or has spaces",
+            "at least 16 random characters, e.g. from: openssl rand -hex 16",
+        )
+    t.check_unknown()
+    return WebSettings(listen, token)
+
+
+def _alternate(t: Table, listens: tuple[Address, ...]) -> Address | None:
+    """``[stun] alternate``: RFC 5780's second address and port, paired with the first listen
+    address of its family that has a specific IP; both must differ from that one's."""
+    raw = t.string("alternate")
+    if raw is None:
+        return None
+    ip, port = t.parse(
+        "alternate", raw, lambda s: parse_listen(s, DEFAULT_STUN_PORT + 1), "an ip:port"
+    )
+    family = ipaddress.ip_address(ip).version
+    if ipaddress.ip_address(ip).is_unspecified:
+        raise t.error("alternate", f"{raw}: a wildcard", "the server's second IP address:port")
+    primary = next(
+        (
+            a
+            for a in listens
+            if not ipaddress.ip_address(a[0]).is_unspecified
+            and ipaddress.ip_address(a[0]).version == family
+        ),
+        None,
+    )
+    if primary is None:
+        raise t.error(
+            "alternate",
+            f"no listen address of IPv{family} with a specific IP to pair it with",
+            'list the primary address itself, e.g. listen = ["203.0.113.10:3478"]',
+        )
+    if ip == primary[0] or port == primary[1]:
+        raise t.error(
+            "alternate",
+            f"{raw} shares its IP or port with {format_address(primary)}",
+            "another IP address and another port of this server (RFC 5780)",
+        )
+    if (ip, port) in listens or (ip, primary[1]) in listens or (primary[0], port) in listens:
+        raise t.error(
+            "alternate",
+            f"{raw} overlaps a listen address",
+            "addresses the [stun] listeners do not use: the alternate's sockets are its own",
+        )
+    return ip, port
+
+
+def _relay_addresses(t: Table) -> tuple[str, str | None]:
+    """``relay_address``: one address, or an IPv4 and an IPv6 one (a dual-stack relay,
+    RFC 8656 §7.2)."""
+    if not isinstance(t.data.get("relay_address"), list):
+        raw = t.string("relay_address", required=True)
+        return t.parse("relay_address", raw, parse_ip_literal, "an IP address"), None
+    items = t.strings("relay_address", required=True)
+    hint = 'one address, or one of each family: ["203.0.113.10", "2001:db8::10"]'
+    if not 1 <= len(items) <= 2:
+        raise t.error("relay_address", f"{len(items)} addresses", hint)
+    hosts = [t.parse(key, raw, parse_ip_literal, "an IP address") for key, raw in items]
+    if len(hosts) == 2 and (":" in hosts[0]) == (":" in hosts[1]):
+        raise t.error("relay_address", "two addresses of one family", hint)
+    return hosts[0], (hosts[1] if len(hosts) == 2 else None)
 
 
 def _turn_settings(t: Table) -> TurnServerSettings:
     realm = t.string("realm", "p2ptun")
     if not realm or len(realm) > 127:
         raise t.error("realm", "must be 1-127 characters")
-    relay_raw = t.string("relay_address", required=True)
-    relay = t.parse("relay_address", relay_raw, parse_ip_literal, "an IP address")
+    relay, extra_relay = _relay_addresses(t)
     ports = t.parse(
         "relay_ports", t.string("relay_ports", "49152-65535"), parse_port_range, "a port range"
     )
@@ -205,6 +312,7 @@ def _turn_settings(t: Table) -> TurnServerSettings:
     return TurnServerSettings(
         realm=realm,
         relay_address=relay,
+        extra_relay_address=extra_relay,
         relay_ports=ports,
         users=users,
         auth_secret=secret,

@@ -79,6 +79,8 @@ class IceConfig:
     lite: bool = False
     port: int = 0
     ipv6_link_local: bool = False
+    #: Map our UDP port on the default gateway (PCP, NAT-PMP, UPnP) for a candidate.
+    port_mapping: bool = True
     #: Probe a symmetric NAT's predicted ports while relayed (``hard_nat``, p2ptun.ice.hardnat).
     hard_nat: bool = True
 
@@ -116,6 +118,28 @@ class NetworkConfig:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    """``[metrics]``: where the Prometheus text endpoint listens (off when the section is
+    absent)."""
+
+    listen: Address
+
+
+DEFAULT_METRICS_PORT = 9560
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    """``[web]`` of the rendezvous: the network map page (off when the section is absent)."""
+
+    listen: Address
+    admin_token: str = field(repr=False)
+
+
+DEFAULT_WEB_PORT = 8080
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     path: str
     name: str
@@ -126,6 +150,7 @@ class NodeConfig:
     peers: tuple[PeerConfig, ...]
     warnings: tuple[str, ...] = ()
     network: NetworkConfig | None = None
+    metrics: MetricsSettings | None = None
 
     @property
     def public_key(self) -> bytes:
@@ -139,6 +164,19 @@ class NodeConfig:
 @dataclass(frozen=True)
 class StunServerSettings:
     listen: tuple[Address, ...]
+    #: RFC 5780's alternate address and port (``[stun] alternate``), or None.
+    alternate: Address | None = None
+
+    def behavior_primary(self) -> Address:
+        """The listen address the alternate pairs with: the first of its family with a
+        specific IP (the loader checks there is one)."""
+        assert self.alternate is not None
+        return next(a for a in self.listen if _pairs_with(a, self.alternate))
+
+
+def _pairs_with(listen: Address, alternate: Address) -> bool:
+    ip = ipaddress.ip_address(listen[0])
+    return not ip.is_unspecified and ip.version == ipaddress.ip_address(alternate[0]).version
 
 
 @dataclass(frozen=True)
@@ -155,6 +193,8 @@ class TurnServerSettings:
     user_quota: int = 10
     max_lifetime: int = 3600
     credential_lifetime: int = 86400
+    extra_relay_address: str | None = None
+    """The relay address of the other family (``relay_address = ["v4", "v6"]``)."""
 
 
 @dataclass(frozen=True)
@@ -189,6 +229,8 @@ class RendezvousConfig:
     networks: tuple[NetworkEntry, ...] = ()
     #: Self-registered nodes (open registration) get TURN credentials too.
     open_registration_turn: bool = False
+    metrics: MetricsSettings | None = None
+    web: WebSettings | None = None
 
     @property
     def public_key(self) -> bytes:

@@ -11,12 +11,14 @@ import ipaddress
 from p2ptun.addr import Address, parse_host_port
 from p2ptun.config.reader import Table
 from p2ptun.config.schema import (
+    DEFAULT_METRICS_PORT,
     DEFAULT_STUN_PORT,
     DEFAULT_TURNS_PORT,
     NAME_RE,
     NAME_RULE,
     IPInterface,
     IPNetwork,
+    MetricsSettings,
     TurnTransport,
 )
 
@@ -110,3 +112,19 @@ def check_name(table: Table, key: str, value: str) -> str:
     if not NAME_RE.fullmatch(value):
         raise table.error(key, f"{value!r} is not a valid name", NAME_RULE)
     return value
+
+
+def metrics_settings(top: Table) -> MetricsSettings | None:
+    """``[metrics] listen = "127.0.0.1:9560"`` of either daemon, or None without the section."""
+    t = top.table("metrics")
+    if t is None:
+        return None
+    raw = t.string("listen", required=True)
+    listen = t.parse(
+        "listen",
+        raw,
+        lambda s: parse_listen(s, DEFAULT_METRICS_PORT),
+        "an ip:port such as 127.0.0.1:9560",
+    )
+    t.check_unknown()
+    return MetricsSettings(listen)

@@ -109,10 +109,16 @@ class PeerNat:
         return Technique.PREDICTION if self.step is not None else Technique.BIRTHDAY
 
 
+#: The candidate extension a port mapping (PCP, NAT-PMP, UPnP) marks its server-reflexive
+#: candidate with: its port is the one the gateway granted, not one a STUN server saw.
+MAPPED_EXTENSION = "mapped"
+
+
 def _srflx_groups(candidates: Iterable[Candidate]) -> dict[tuple[object, ...], set[int]]:
     groups: dict[tuple[object, ...], set[int]] = {}
     for cand in candidates:
-        if cand.type is CandidateType.SRFLX:
+        mapped = any(name == MAPPED_EXTENSION for name, _value in cand.extensions)
+        if cand.type is CandidateType.SRFLX and not mapped:
             key = (cand.host, cand.related_address, cand.related_port)
             groups.setdefault(key, set()).add(cand.port)
     return groups

@@ -93,6 +93,7 @@ from p2ptun.ice.candidate import (
 )
 from p2ptun.log import get_logger
 from p2ptun.net.mux import UdpMux, normalize_address
+from p2ptun.net.portmap import PortMapper
 from p2ptun.net.ports import Host
 from p2ptun.net.streams import resolve
 from p2ptun.net.turn_relay import RelayDataHandler, TurnRelay, WireGuardReceiver
@@ -170,6 +171,8 @@ class GatherOptions:
     min_credential_lifetime: float = MIN_CREDENTIAL_LIFETIME
     #: Seconds between keepalive Bindings to the STUN servers between rounds (None: none).
     stun_keepalive: float | None = None
+    #: Map the IPv4 socket's port on the default gateway (:mod:`p2ptun.net.portmap`).
+    port_mapping: bool = False
 
     @classmethod
     def from_config(cls, ice: IceConfig, tun_name: str | None = None) -> GatherOptions:
@@ -184,6 +187,7 @@ class GatherOptions:
             stun_timeout=NODE_STUN_TIMEOUT,
             round_timeout=NODE_ROUND_TIMEOUT,
             stun_keepalive=NODE_STUN_KEEPALIVE,
+            port_mapping=ice.port_mapping and not ice.lite,
         )
 
 
@@ -358,6 +362,11 @@ class Gatherer:
         self.mapping_confirmed_at = -math.inf
         self.old_mapping_seen_at = -math.inf
         self.rounds = 0
+        #: The port mapping on the default gateway (``options.port_mapping``), if any.
+        self.port_mapper: PortMapper | None = None
+        ipv4_port = mux.port_for("0.0.0.0")
+        if options.port_mapping and ipv4_port is not None:
+            self.port_mapper = PortMapper(host, ipv4_port, on_change=self._relays_changed)
         #: Keepalive Bindings sent, and how many found a moved mapping.
         self.keepalives = 0
         self.keepalive_moves = 0
@@ -388,6 +397,8 @@ class Gatherer:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                if self.port_mapper is not None:
+                    await nursery.start(self.port_mapper.run)
                 for slot in self._slots:
                     nursery.start_soon(self._supervise, slot)
                 if self.options.stun_keepalive is not None and self.options.stun:
@@ -408,6 +419,8 @@ class Gatherer:
         async with trio.open_nursery() as nursery:
             for relay in relays:
                 nursery.start_soon(relay.aclose)
+            if self.port_mapper is not None:
+                nursery.start_soon(self.port_mapper.aclose)
 
     # -- one round -------------------------------------------------------------------------------
 
@@ -442,16 +455,26 @@ class Gatherer:
             rnd.stun_done.set()
 
         with trio.move_on_at(deadline):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(stun_queries)
-                for slot in self._slots:
-                    rnd.pending[slot] = GatherFailure(
-                        "turn",
-                        slot.config.url,
-                        f"{slot.config.url}: still allocating when the round ended "
-                        f"({timeout or 0:g} s); it comes in a later round",
-                    )
-                    nursery.start_soon(self._relay, slot, rnd)
+            async with trio.open_nursery() as mapping:
+                if self.port_mapper is not None:
+                    # Taken if it comes while the servers answer; never waited for beyond
+                    # them (most gateways say nothing): a later mapping starts a new round.
+                    mapping.start_soon(self._port_mapped, self.port_mapper, rnd)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(stun_queries)
+                    for slot in self._slots:
+                        rnd.pending[slot] = GatherFailure(
+                            "turn",
+                            slot.config.url,
+                            f"{slot.config.url}: still allocating when the round ended "
+                            f"({timeout or 0:g} s); it comes in a later round",
+                        )
+                        nursery.start_soon(self._relay, slot, rnd)
+                mapping.cancel_scope.cancel()
+        if self.port_mapper is not None and self.port_mapper.settled:
+            # Settled just as the waiting task was cancelled: it told nobody else. (Emitted
+            # once: the round drops a repeated server-reflexive candidate.)
+            self._emit_mapped(self.port_mapper, rnd)
         result = rnd.result
         result.failures.extend(rnd.pending.values())  # cut by round_timeout
         result.mapping_moved = self._check_mappings(rnd.mapped)
@@ -626,6 +649,33 @@ class Gatherer:
         if mapped is None:
             raise RuntimeFailure(f"no response from STUN server {shown}")
         return normalize_address(mapped), base
+
+    # -- port mapping ----------------------------------------------------------------------------
+
+    async def _port_mapped(self, mapper: PortMapper, rnd: _Round) -> None:
+        """The round's port-mapping candidate: a server-reflexive candidate whose address the
+        gateway mapped to our base (RFC 8445 §5.1.1.2 allows any such mapping), flagged
+        ``mapped <protocol>@<gateway>`` so that the peer and status can tell it from a STUN
+        server's. Waited for only while the round's servers answer; no mapping is not a
+        failure of the round."""
+        await mapper.refresh()
+        await mapper.wait_settled()
+        self._emit_mapped(mapper, rnd)
+
+    def _emit_mapped(self, mapper: PortMapper, rnd: _Round) -> None:
+        mapping = mapper.mapping
+        if mapping is None:
+            return
+        base = mapping.internal
+        rnd.emit(
+            make_srflx_candidate(
+                mapping.external,
+                base,
+                mapping.gateway,
+                self._preference(base[0]),
+                extensions=(("mapped", f"{mapping.protocol}@{mapping.gateway}"),),
+            )
+        )
 
     # -- relayed: one round's view ---------------------------------------------------------------
 

@@ -283,6 +283,11 @@ class Host(Protocol):
     def route_source(self, remote_ip: str) -> str | None:
         """The local address the host sends from towards ``remote_ip`` (None: no route)."""
 
+    async def default_gateway(self) -> str | None:
+        """The IPv4 next hop of the default route (the lowest metric), or None: where the
+        port mapper asks for a mapping (docs/ARCHITECTURE.md §4)."""
+        ...
+
     async def local_addresses(
         self, *, exclude: Iterable[str] = (), include_link_local: bool = False
     ) -> list[LocalAddress]:

@@ -43,6 +43,29 @@ from p2ptun.net.udp import UdpEndpoint, family_of, open_endpoints, receive_buffe
 LISTEN_BACKLOG = 128
 
 
+def default_gateway(table: str = "/proc/net/route") -> str | None:
+    """The IPv4 default route's gateway with the lowest metric, from the kernel's route
+    table of this network namespace (hex, host byte order as the kernel writes it)."""
+    best: tuple[int, str] | None = None
+    try:
+        with open(table, encoding="ascii") as f:
+            lines = f.read(1 << 20).splitlines()[1:]
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 8 or fields[1] != "00000000" or fields[7] != "00000000":
+            continue
+        try:
+            flags, metric = int(fields[3], 16), int(fields[6])
+            gateway = socket.inet_ntoa(int(fields[2], 16).to_bytes(4, "little"))
+        except ValueError:
+            continue
+        if flags & 0x3 == 0x3 and (best is None or metric < best[0]):  # RTF_UP | RTF_GATEWAY
+            best = (metric, gateway)
+    return best[1] if best else None
+
+
 def route_source(remote_ip: str) -> str | None:
     """The local address the kernel sends from towards ``remote_ip`` (no packet is sent), or
     None without a route."""
@@ -162,6 +185,9 @@ class SystemHost:
                 if addr not in found:
                     found.append(addr)
         return found
+
+    async def default_gateway(self) -> str | None:
+        return await trio.to_thread.run_sync(default_gateway)
 
     def route_source(self, remote_ip: str) -> str | None:
         return route_source(remote_ip)

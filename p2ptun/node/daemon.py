@@ -72,6 +72,7 @@ from p2ptun.log import get_logger
 from p2ptun.membership import CertificateRejected, MembershipDecodeError
 from p2ptun.net.dispatch import Dispatcher
 from p2ptun.net.gather import GatherOptions, IssuedCredentials
+from p2ptun.net.http import HttpServer
 from p2ptun.net.ice_transport import IceTransport
 from p2ptun.net.ports import ChangeKind, DatagramPort, Host
 from p2ptun.net.sdnotify import Notifier
@@ -256,6 +257,8 @@ class NodeDaemon:
         self._peers_lock = trio.Lock()
         self._members_changed = trio.Event()
         self.names: DnsResponder | None = None
+        #: The ``[metrics]`` endpoint while it runs (None without the section).
+        self.metrics: HttpServer | None = None
 
     # -- NodeContext ------------------------------------------------------------------------
 
@@ -329,7 +332,13 @@ class NodeDaemon:
             )
         if self.control_socket:
             control.prepare_socket_path(cfg.control_socket)
-        tunnel = await self._open_data_path()
+        metrics = await self._bind_metrics()
+        try:
+            tunnel = await self._open_data_path()
+        except BaseException:
+            if metrics is not None:
+                await metrics.listener.aclose()
+            raise
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -338,6 +347,8 @@ class NodeDaemon:
                 await nursery.start(tunnel.run)
                 if self.control_socket:
                     await nursery.start(control.serve, cfg.control_socket, self._handle_control)
+                if metrics is not None:
+                    await nursery.start(metrics.serve)
                 await self._start_signaling(nursery)
                 await nursery.start(self.transport.run)
                 for session in self.peers.values():
@@ -377,6 +388,21 @@ class NodeDaemon:
             self._nursery = None
             await self._teardown(tunnel)
         log.info("node stopped", interface=self.interface)
+
+    async def _bind_metrics(self) -> HttpServer | None:
+        """The ``[metrics]`` endpoint's listener, bound before anything else opens (a busy
+        port ends the start with one line); None without the section."""
+        settings = self.config.metrics
+        if settings is None:
+            return None
+        # Imported here: prometheus_client costs start-up time a node without metrics saves.
+        from p2ptun.net.metrics import bind_metrics
+        from p2ptun.node.metrics import NodeCollector
+
+        self.metrics = await bind_metrics(
+            self.host, settings.listen, NodeCollector(self, trio.current_time)
+        )
+        return self.metrics
 
     async def _stop(self) -> None:
         """Say goodbye to the peers and release the relays while the sockets still run."""
@@ -874,6 +900,8 @@ class NodeDaemon:
                 return False
             for warning in new.warnings:
                 log.warning("config warning", warning=warning)
+            if new.metrics != old.metrics:
+                log.warning("[metrics] changed: it applies at the next start", path=new.path)
             log.info("config reloaded", path=new.path, peers=len(new.peers))
             return True
         finally:
@@ -944,8 +972,11 @@ class NodeDaemon:
             self.notifier.status(line)
 
     def _rendezvous_state(self) -> str:
+        return "connected" if self.rendezvous_connected() else "disconnected"
+
+    def rendezvous_connected(self) -> bool:
         client = self.signaling
-        return "connected" if client is not None and client.ready else "disconnected"
+        return client is not None and client.ready
 
     def status(self) -> dict[str, Any]:
         """The status object of docs/ARCHITECTURE.md §3: ``{"node": {...}, "peers": [...]}``."""
@@ -957,8 +988,23 @@ class NodeDaemon:
                 "interface": self.interface,
                 "addresses": [str(a) for a in cfg.interface.addresses],
                 "rendezvous": self._rendezvous_state(),
+                "port_mapping": self._port_mapping_status(),
             },
             "peers": [session.status(now) for session in self.peers.values()],
+        }
+
+    def _port_mapping_status(self) -> dict[str, str] | None:
+        """The mapping the gateway holds for us (``[ice] port_mapping``), or None."""
+        transport = self._transport
+        mapper = transport.gatherer.port_mapper if transport is not None else None
+        mapping = mapper.mapping if mapper is not None else None
+        if mapping is None:
+            return None
+        return {
+            "via": mapping.describe(),
+            "protocol": mapping.protocol,
+            "gateway": mapping.gateway,
+            "external": format_address(mapping.external),
         }
 
     async def _handle_control(self, request: dict[str, Any]) -> dict[str, Any]:

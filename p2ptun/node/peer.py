@@ -53,6 +53,7 @@ WireGuard session or the peer's kernel.
 from __future__ import annotations
 
 import contextlib
+from collections import deque
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
@@ -112,6 +113,11 @@ FIRST_OFFER_WAIT = 2.0
 """How long the first offer waits for the node's first gathering round."""
 MAX_IDLE = 30.0
 """The peer's timer wakes at least this often."""
+HANDSHAKE_WAIT_MIN = 1.0
+HANDSHAKE_WAIT_RTTS = 4.0
+"""The controlled side, with a path and no session, waits ``max(HANDSHAKE_WAIT_MIN,
+HANDSHAKE_WAIT_RTTS × RTT)`` for the controlling side's handshake and then starts one itself:
+see :meth:`PeerSession._use_pair`."""
 PATH_SILENCE_MIN = 1.0
 PATH_SILENCE_RTTS = 4.0
 """The selected path is probed once it went quiet for ``max(PATH_SILENCE_MIN,
@@ -141,6 +147,40 @@ class NodeContext(Protocol):
         node then calls :meth:`PeerSession.round_done`), False if the candidates were
         gathered a moment ago."""
         ...
+
+
+PATH_HISTORY = 16
+"""Path changes a peer remembers for ``p2ptun status`` (the oldest is forgotten first)."""
+
+
+@dataclass(frozen=True)
+class PathChange:
+    """One change of a peer's data path: when (trio's clock), to what, and why."""
+
+    at: float
+    path: str | None
+    """``direct``, ``relay``, or None: no path."""
+    reason: str
+    local: str | None = None
+    remote: str | None = None
+
+
+@dataclass
+class SessionCounters:
+    """What happened to one peer's paths (the metrics endpoint shows them)."""
+
+    ice_restarts: int = 0
+    """Restarts we offered beside a working path (network change, consent trouble)."""
+    restarts_answered: int = 0
+    """Restarts of the peer's that we answered."""
+    consent_expired: int = 0
+    """Selected paths closed because consent expired (RFC 7675 §5.1)."""
+    consent_lost: int = 0
+    """Selected paths lost after an unanswered consent probe burst (quiet path)."""
+    ice_failures: int = 0
+    """Attempts whose checks all failed (RFC 8445 §6.1.2.6 Failed)."""
+    path_changes: int = 0
+    """Pairs selected for the data (the first one and every change after it)."""
 
 
 @dataclass(eq=False)
@@ -195,9 +235,17 @@ class PeerSession:
         #: A restart waiting for the node's regathering: why, and when it goes ahead anyway.
         self._pending_restart: str | None = None
         self._restart_at: float | None = None
+        #: When the controlled side starts the handshake the controlling side did not.
+        self._handshake_due: float | None = None
         self._running = False
         self._closed = False  # close() is final: a closed session never offers again
         self.stale_wakeups = 0
+        #: What happened to this peer's paths, for the metrics endpoint.
+        self.counters = SessionCounters()
+        #: The last path changes, newest last (``p2ptun status``).
+        self.history: deque[PathChange] = deque(maxlen=PATH_HISTORY)
+        #: Why the next path change happens, when something we did is its cause.
+        self._path_reason: str | None = None
         """Times a timer was due again right after running (a bug elsewhere; never a spin)."""
 
     @property
@@ -242,7 +290,7 @@ class PeerSession:
             attempt.session.close()
         self.current = self.active = None
         self.retired = []
-        self._clear_path()
+        self._clear_path(reason)
 
     def _attempts(self) -> list[Attempt]:
         found = [a for a in (self.current, self.active) if a is not None]
@@ -251,6 +299,16 @@ class PeerSession:
     # -- timers (the agents' own run in the transport) -------------------------------------------
 
     def _run_timers(self, now: float) -> None:
+        due = self._handshake_due
+        if due is not None and now >= due:
+            self._handshake_due = None
+            wg = self.wg
+            # Not while a handshake the peer started waits for its first data (``next``):
+            # our initiation would cross it.
+            if self.path is not None and not wg.has_session(now) and wg.next is None:
+                log.info("no handshake from the peer, starting one", peer=self.name)
+                wg.initiate_handshake(now)
+                self.ctx.tunnel.flush(wg)
         for attempt in list(self.retired):
             if attempt.retire_at is not None and now >= attempt.retire_at:
                 self.retired.remove(attempt)
@@ -287,6 +345,8 @@ class PeerSession:
         due = self._offer_due(now)
         if due is not None:
             times.append(due)
+        if self._handshake_due is not None:
+            times.append(self._handshake_due)
         deadline = min(times)
         if deadline <= now:
             # Something asked to be woken in the past and was not moved by running it: do
@@ -365,6 +425,9 @@ class PeerSession:
         except (KeyError, ProtocolError) as exc:
             log.warning("cannot offer", peer=self.name, error=str(exc))
             return
+        if self.active is not None:
+            self.counters.ice_restarts += 1
+            self._path_reason = f"restart: {reason}"
         log.info(
             "offer",
             peer=self.name,
@@ -497,6 +560,9 @@ class PeerSession:
         self.current = attempt
         attempt.signalled.update(desc.candidates)
         attempt.eoc_sent = desc.end_of_candidates
+        if isinstance(msg, Restart):
+            self.counters.restarts_answered += 1
+            self._path_reason = "restart by the peer"
         log.info(
             "answered",
             peer=self.name,
@@ -507,11 +573,15 @@ class PeerSession:
 
     def _on_bye(self, msg: Bye) -> None:
         log.info("peer said bye", peer=self.name, reason=msg.reason or "-")
+        # Its keys for us went with it (the goodbye is sealed, so it is the peer's word): a
+        # session kept here would carry our next packets to keys it no longer has until
+        # WireGuard's 15 s timer started a handshake.
+        self.ctx.tunnel.forget_sessions(self.wg)
         active = self.active
         if active is not None and msg.session in (0, active.session_id):
             self.active = None
             active.session.close()
-            self._clear_path()
+            self._clear_path("the peer said bye")
         current = self.current
         if current is not None and msg.session in (0, current.session_id):
             self._drop(current)
@@ -564,10 +634,11 @@ class PeerSession:
             self._use_pair(event.pair, event.previous)
         elif isinstance(event, ConsentExpired):
             if attempt is self.active:
+                self.counters.consent_expired += 1
                 log.warning("consent expired, path closed", peer=self.name)
                 self.active = None
                 attempt.session.close()
-                self._clear_path()
+                self._clear_path("consent expired")
                 self._regather_then_restart("consent expired")
         elif isinstance(event, ConsentSuspect):
             now = trio.current_time()
@@ -579,12 +650,14 @@ class PeerSession:
                 self._regather_then_restart("consent suspect")
         elif isinstance(event, ConsentLost):
             if attempt is self.active:
+                self.counters.consent_lost += 1
                 self._path_lost()
         elif isinstance(event, ConsentRestored):
             log.info("consent restored", peer=self.name)
         elif isinstance(event, StateChanged):
             log.debug("ice state", peer=self.name, state=event.state.value)
             if event.state is AgentState.FAILED and attempt is self.current:
+                self.counters.ice_failures += 1
                 self._failures += 1
                 delay = RETRY_DELAYS[min(self._failures - 1, len(RETRY_DELAYS) - 1)]
                 log.info("ICE failed", peer=self.name, retry_in=f"{delay:g}")
@@ -612,7 +685,7 @@ class PeerSession:
             relay = self.ctx.transport.relay_for(pair.base)
             if relay is None:
                 log.warning("selected relay is gone", peer=self.name)
-                self._clear_path()
+                self._clear_path("the relay is gone")
                 return
             # The session bound a channel to the remote: the data goes as ChannelData.
             tunnel.set_sender(self.wg, partial(relay.send_batch, remote), remote)
@@ -620,6 +693,7 @@ class PeerSession:
             # From the pair's local base: the address the peer checked, on a multi-homed host
             # the uplink the pair goes through (source policy routing).
             tunnel.set_endpoint(self.wg, remote, pair.base[0])
+        self._record_path(pair)
         self.path = pair
         self.wg.path_silence = max(PATH_SILENCE_MIN, PATH_SILENCE_RTTS * (pair.rtt or 0.0))
         now = trio.current_time()
@@ -631,7 +705,15 @@ class PeerSession:
             # other's handshake state and both would wait for the 5 s retransmission. The
             # controlled side selected first (on the nominating check), so it can answer.
             self.wg.initiate_handshake(now)
+        else:
+            # ... unless the controlling side still has a session with a previous process of
+            # ours (we restarted without a goodbye: a crash, a power cut). It then only sends
+            # a keepalive on keys we no longer have and would start a handshake after 15 s of
+            # our silence (WireGuard §6.4); we start one ourselves if none came in time.
+            wait = max(HANDSHAKE_WAIT_MIN, HANDSHAKE_WAIT_RTTS * (pair.rtt or 0.0))
+            self._handshake_due = now + wait
         tunnel.flush(self.wg)
+        self.counters.path_changes += 1
         log.info(
             "path selected" if previous is None else "path changed",
             peer=self.name,
@@ -640,9 +722,39 @@ class PeerSession:
             remote=_cand(pair.remote),
         )
 
-    def _clear_path(self) -> None:
+    def _record_path(self, pair: SelectedPair | None, reason: str | None = None) -> None:
+        """Remember a change of the data path to ``pair`` (None: no path) and its reason:
+        the one given, the cause we noted (a restart, lost consent), or what the change
+        itself says (the first path, an upgrade to direct)."""
+        old = self.path
+        kind = None if pair is None else ("relay" if pair.relayed else "direct")
+        if reason is None:
+            reason = self._path_reason
+        self._path_reason = None
+        if reason is None:
+            if old is None:
+                reason = "selected"
+            elif old.relayed and kind == "direct":
+                reason = "upgrade to direct"
+            elif not old.relayed and kind == "relay":
+                reason = "moved to the relay"
+            else:
+                reason = "better pair"
+        self.history.append(
+            PathChange(
+                trio.current_time(),
+                kind,
+                reason,
+                None if pair is None else format_address(pair.local.address),
+                None if pair is None else format_address(pair.remote.address),
+            )
+        )
+
+    def _clear_path(self, reason: str = "closed") -> None:
         self.wg.path_silence = None
+        self._handshake_due = None
         if self.path is not None:
+            self._record_path(None, reason)
             self.path = None
             self.ctx.tunnel.set_endpoint(self.wg, None)
 
@@ -705,6 +817,7 @@ class PeerSession:
         standby = None if active is None else active.agent.standby_pair(trio.current_time())
         if standby is not None:
             log.warning("path lost: probe unanswered, data moved to the relay", peer=self.name)
+            self._path_reason = "consent lost: moved to the standby"
             self._use_pair(standby, self.path)
         else:
             log.warning("path lost: probe unanswered", peer=self.name)
@@ -737,11 +850,23 @@ class PeerSession:
             "path": None if pair is None else ("relay" if pair.relayed else "direct"),
             "local_candidate": None if pair is None else _cand_json(pair.local),
             "remote_candidate": None if pair is None else _cand_json(pair.remote),
+            "via": None if pair is None or pair.relayed else port_mapping_of(pair),
             "rtt_ms": None if rtt is None else round(rtt * 1000, 3),
             "rx_bytes": self.wg.rx_bytes,
             "tx_bytes": self.wg.tx_bytes,
             "last_handshake": None if last is None else round(now - last, 3),
             "consent_age": None if consent is None else round(consent, 3),
+            "path_reason": self.history[-1].reason if self.history else None,
+            "path_history": [
+                {
+                    "ago": round(now - c.at, 3),
+                    "path": c.path,
+                    "reason": c.reason,
+                    "local": c.local,
+                    "remote": c.remote,
+                }
+                for c in self.history
+            ],
         }
 
     async def ping(self, timeout: float = 3.0) -> dict[str, Any]:
@@ -776,6 +901,22 @@ class PeerSession:
 
 def _cand(c: Candidate) -> str:
     return f"{c.type.value} {format_address(c.address)}"
+
+
+_MAPPING_NAMES = {"pcp": "PCP", "natpmp": "NAT-PMP", "upnp": "UPnP"}
+
+
+def port_mapping_of(pair: SelectedPair) -> str | None:
+    """ "port mapping (PCP on 10.0.1.1)" when a direct pair runs through a gateway's port
+    mapping — ours (the local candidate the peer saw is our mapped one) or the peer's (its
+    mapped candidate, flagged ``mapped <protocol>@<gateway>`` by the gatherer) — else None."""
+    for cand, whose in ((pair.local, ""), (pair.remote, ", the peer's")):
+        for name, value in cand.extensions:
+            if name == "mapped":
+                protocol, _, gateway = value.partition("@")
+                shown = _MAPPING_NAMES.get(protocol, protocol)
+                return f"port mapping ({shown} on {gateway or '?'}{whose})"
+    return None
 
 
 def _cand_json(c: Candidate) -> dict[str, str]:

@@ -37,6 +37,19 @@ def _rtt(value: object) -> str:
     return f"{value:.1f} ms" if isinstance(value, (int, float)) else "-"
 
 
+def _path(peer: dict[str, Any]) -> str:
+    path = str(peer.get("path") or "-")
+    via = peer.get("via")
+    return f"{path} via {via}" if isinstance(via, str) and via else path
+
+
+def _port_mapping(node: dict[str, Any]) -> str | None:
+    mapping = node.get("port_mapping")
+    if isinstance(mapping, dict):
+        return f"port mapping: {mapping.get('via', '?')} -> {mapping.get('external', '?')}"
+    return None
+
+
 def render(status: dict[str, Any]) -> str:
     """``p2ptun status`` without ``--json``."""
     node = status.get("node", {})
@@ -45,6 +58,9 @@ def render(status: dict[str, Any]) -> str:
         f"({', '.join(node.get('addresses', [])) or 'no addresses'}), "
         f"rendezvous {node.get('rendezvous', '?')}"
     ]
+    mapping = _port_mapping(node)
+    if mapping is not None:
+        lines.append(mapping)
     header = ("PEER", "STATE", "PATH", "LOCAL", "REMOTE", "RTT", "RX", "TX", "HANDSHAKE", "CONSENT")
     rows = [header]
     for peer in status.get("peers", []):
@@ -52,7 +68,7 @@ def render(status: dict[str, Any]) -> str:
             (
                 str(peer.get("name", "?")),
                 str(peer.get("state", "?")),
-                str(peer.get("path") or "-"),
+                _path(peer),
                 _candidate(peer.get("local_candidate")),
                 _candidate(peer.get("remote_candidate")),
                 _rtt(peer.get("rtt_ms")),
@@ -68,7 +84,28 @@ def render(status: dict[str, Any]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    lines += _history_lines(status)
     return "\n".join(lines)
+
+
+HISTORY_SHOWN = 5
+"""Path changes per peer the readable status shows (``--json`` has all that are kept)."""
+
+
+def _history_lines(status: dict[str, Any]) -> list[str]:
+    """The last path changes of each peer, newest first: when, to what, why."""
+    lines: list[str] = []
+    for peer in status.get("peers", []):
+        history = peer.get("path_history") or []
+        if not history:
+            continue
+        lines.append(f"path changes of {peer.get('name', '?')} (newest first):")
+        for change in reversed(history[-HISTORY_SHOWN:]):
+            where = change.get("path") or "no path"
+            if change.get("remote"):
+                where += f" to {change['remote']}"
+            lines.append(f"  {_ago(change.get('ago')):>9}  {where}: {change.get('reason', '?')}")
+    return lines
 
 
 def render_ping(result: dict[str, Any]) -> str:

@@ -284,6 +284,13 @@ class WgTunnel:
         """The local address ``peer``'s direct path sends from (None: the kernel's choice)."""
         return self._peer_sources.get(peer)
 
+    def forget_sessions(self, peer: Peer) -> None:
+        """``peer``'s daemon lost its session state (:meth:`Peer.forget_sessions`): forget
+        ours, with any handshake message held back for a path."""
+        peer.forget_sessions()
+        self._initiation_unsent.discard(peer)
+        self._response_unsent.pop(peer, None)
+
     def remove_peer(self, peer: Peer) -> None:
         """Forget ``peer`` (its keys, routes in the device, path)."""
         self.device.remove_peer(peer)

@@ -23,6 +23,7 @@ from p2ptun.addr import format_address
 from p2ptun.config import RendezvousConfig
 from p2ptun.errors import EXIT_OK, P2ptunError, RuntimeFailure
 from p2ptun.log import get_logger
+from p2ptun.net.http import HttpServer
 from p2ptun.net.ports import Host
 from p2ptun.net.sdnotify import Notifier
 from p2ptun.net.system import SystemHost
@@ -42,6 +43,45 @@ async def bind_services(cfg: RendezvousConfig, host: Host) -> list[StunTurnServi
     else:
         log.info("no [stun] section: STUN and TURN are off")
     return services
+
+
+async def bind_metrics(
+    cfg: RendezvousConfig,
+    host: Host,
+    services: list[StunTurnService],
+    signaling: list[SignalingServer],
+) -> HttpServer | None:
+    """The ``[metrics]`` endpoint's listener (None without the section): the collector reads
+    ``services`` and the signaling server once it is in ``signaling``."""
+    if cfg.metrics is None:
+        return None
+    # Imported here: prometheus_client costs start-up time a rendezvous without metrics saves.
+    from p2ptun.net.metrics import bind_metrics as bind
+    from p2ptun.rendezvous.metrics import RendezvousCollector
+
+    collector = RendezvousCollector(lambda: signaling[0] if signaling else None, services)
+    return await bind(host, cfg.metrics.listen, collector)
+
+
+async def bind_web(
+    cfg: RendezvousConfig,
+    host: Host,
+    services: list[StunTurnService],
+    signaling: list[SignalingServer],
+) -> HttpServer | None:
+    """The ``[web]`` map page's listener (None without the section)."""
+    if cfg.web is None:
+        return None
+    from p2ptun.rendezvous.web import MapPage
+    from p2ptun.rendezvous.web import bind_web as bind
+
+    page = MapPage(
+        cfg.web.admin_token,
+        lambda: signaling[0] if signaling else None,
+        services,
+        host.wall_clock,
+    )
+    return await bind(host, cfg.web.listen, page)
 
 
 async def serve(
@@ -73,7 +113,25 @@ async def run_rendezvous(
     signaling server (for :meth:`~SignalingServer.reload_networks`)."""
     notifier = notifier if notifier is not None else Notifier()
     services = await bind_services(cfg, host)
+    signaling_server: list[SignalingServer] = []
+    http: list[HttpServer] = []
+    try:
+        metrics = await bind_metrics(cfg, host, services, signaling_server)
+        if metrics is not None:
+            http.append(metrics)
+        web = await bind_web(cfg, host, services, signaling_server)
+        if web is not None:
+            http.append(web)
+    except BaseException:
+        for service in services:
+            service.close()
+        with trio.CancelScope(shield=True):
+            for server in http:
+                await server.listener.aclose()
+        raise
     async with trio.open_nursery() as nursery:
+        for server in http:
+            await nursery.start(server.serve)
         try:
             signaling = await nursery.start(partial(serve_signaling, cfg, host=host))
         except (OSError, RuntimeFailure) as exc:
@@ -83,6 +141,7 @@ async def run_rendezvous(
             raise RuntimeFailure(
                 f"cannot listen for signaling on {format_address(cfg.listen)}: {reason or exc}"
             ) from None
+        signaling_server.append(signaling)
         await nursery.start(serve, services)
         notifier.ready(f"signaling on {format_address(cfg.listen)}")
         task_status.started(signaling)

@@ -69,6 +69,10 @@ class RegistrationStore(Registrations, Protocol):
 
     def close(self) -> None: ...
 
+    def registered(self) -> int:
+        """How many names the rendezvous knows: listed ones and those bound since."""
+        ...
+
 
 class _BindingRules:
     """The admission rules over two lookups and an insert, shared by every backend."""
@@ -93,6 +97,10 @@ class _BindingRules:
     def _count(self) -> int:
         """How many bindings are stored."""
         raise NotImplementedError
+
+    def registered(self) -> int:
+        # Listed names are never stored (admit answers them before the store).
+        return len(self.pinned_by_name) + self._count()
 
     def _name_key(self, name: str) -> bytes | None:
         raise NotImplementedError

@@ -65,6 +65,7 @@ from p2ptun.log import get_logger
 from p2ptun.net.ports import Connection, DatagramPort, Host, Listener
 from p2ptun.net.timer import CoreTimer
 from p2ptun.net.wakeup import Wakeup
+from p2ptun.rendezvous.behavior import BehaviorServer
 from p2ptun.stun import (
     channel_data_end,
     channel_data_frame_length,
@@ -72,6 +73,7 @@ from p2ptun.stun import (
     handle_binding,
     message_length,
 )
+from p2ptun.stun.behavior import ServerAddresses, is_binding_request
 from p2ptun.turn.server import (
     MAX_RELAY_PAYLOAD,
     CloseRelay,
@@ -167,9 +169,12 @@ class StunTurnService:
         tls: list[tuple[Address, Listener]],
         turn: TurnServer | None,
         tls_context: ssl.SSLContext | None,
+        behavior: BehaviorServer | None = None,
     ) -> None:
         self.host = host
         self.turn = turn
+        #: The RFC 5780 sockets (``[stun] alternate``), or None.
+        self.behavior = behavior
         self.counters = ShellCounters()
         self._udp: dict[Address, DatagramPort] = dict(udp)
         self._udp_list = udp
@@ -220,6 +225,11 @@ class StunTurnService:
                 tcp.append(((ip, port), await host.listen_tcp(ip, port)))
             for ip, port in turn.tls_listen if turn is not None else ():
                 tls.append(((ip, port), await host.listen_tcp(ip, port)))
+            behavior = None
+            if stun.alternate is not None:
+                addresses = ServerAddresses(stun.behavior_primary(), stun.alternate)
+                primary = dict(udp)[addresses.primary]
+                behavior = BehaviorServer.bind(host, addresses, primary)
         except BaseException:
             for _, endpoint in udp:
                 endpoint.close()
@@ -236,7 +246,7 @@ class StunTurnService:
                 rng=host.rng,
                 wall_offset=host.wall_clock() - trio.current_time(),  # `now` is trio's clock
             )
-        service = cls(host, udp, tcp, tls, core, tls_context)
+        service = cls(host, udp, tcp, tls, core, tls_context, behavior)
         log.info(
             "stun/turn listening",
             udp=",".join(format_address(a) for a, _ in udp),
@@ -255,6 +265,9 @@ class StunTurnService:
                 self._nursery = nursery
                 for addr, endpoint in self._udp_list:
                     nursery.start_soon(endpoint.receive_loop, _ClientReceiver(self, addr, endpoint))
+                if self.behavior is not None:
+                    for addr, endpoint in self.behavior.extra_ports:
+                        nursery.start_soon(endpoint.receive_loop, self.behavior.receiver(addr))
                 for _addr, listener in self._tcp:
                     nursery.start_soon(self._accept_loop, listener, Transport.TCP)
                 for _addr, listener in self._tls:
@@ -272,6 +285,8 @@ class StunTurnService:
         """Close every UDP socket (idempotent); the listeners close when :meth:`serve` ends."""
         for _, endpoint in self._udp_list:
             endpoint.close()
+        if self.behavior is not None:
+            self.behavior.close()
         for relay in list(self._relays):
             self._close_relay(relay)
 
@@ -610,9 +625,15 @@ class _ClientReceiver:
         self.relayed = 0
         self.relayed_bytes = 0
         self.now: float | None = None
+        behavior = service.behavior
+        #: The RFC 5780 server, when this is its primary listener (its Binding requests).
+        self.behavior = behavior if behavior and behavior.addresses.primary == local else None
 
     def datagram(self, data: memoryview, client: Address, local: str | None) -> None:
         service = self.service
+        if self.behavior is not None and is_binding_request(data):
+            self.behavior.answer(data, client, self.local)
+            return
         turn = service.turn
         if not self.wildcard:
             local = None  # bound to one address: that is the server's
@@ -653,7 +674,7 @@ class _ClientReceiver:
         if self.to_peers:
             service._dispatch(self.outputs)
             self.outputs = []
-            service._send_to_peers(self.to_peers)
+            self._flush_to_peers()
         self.routes.clear()
         service.wall_offset(now)
         self.outputs.extend(turn.handle_client(ft, data, now))
@@ -681,10 +702,21 @@ class _ClientReceiver:
             service._dispatch(self.outputs)
             self.outputs = []
         if self.to_peers:
-            service._send_to_peers(self.to_peers)
+            self._flush_to_peers()
         self.routes.clear()
         self.relayed = self.relayed_bytes = 0
         self.now = None
+
+    def _flush_to_peers(self) -> None:
+        """Send the gathered ChannelData payloads, counted per allocation first (once per
+        relay socket and peer in the batch: the rendezvous' map page shows them per node)."""
+        turn = self.service.turn
+        if turn is not None:
+            for (relay, _peer), batch in self.to_peers.items():
+                alloc = turn.allocation_for_relay(relay)
+                if alloc is not None:
+                    alloc.bytes_to_peer += sum(map(len, batch))
+        self.service._send_to_peers(self.to_peers)
 
 
 class _PeerReceiver:
@@ -757,6 +789,9 @@ class _PeerReceiver:
         if to_client is not None:
             turn.counters.relayed_to_client += self.relayed
             turn.counters.relayed_to_client_bytes += self.relayed_bytes
+            alloc = turn.allocation_for_relay(self.relay)
+            if alloc is not None:
+                alloc.bytes_to_client += self.relayed_bytes
             to_client[0].send_batch_prefixed(
                 self.prefixes, self.payloads, to_client[1], to_client[2]
             )

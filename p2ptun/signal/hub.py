@@ -282,6 +282,20 @@ class ServerCounters:
     revocations_ignored: int = 0
 
 
+@dataclass(frozen=True)
+class OnlineNode:
+    """One registered node as the hub sees it."""
+
+    name: str
+    address: str
+    """The address its signaling connection comes from (its public address, behind a NAT)."""
+    since: float
+    """When that connection opened (the core's clock)."""
+    network: str | None
+    watching: int
+    """How many names it lists as peers."""
+
+
 class _Conn:
     __slots__ = (
         "certificate",
@@ -409,6 +423,14 @@ class SignalingServerCore:
     @property
     def online(self) -> frozenset[str]:
         return frozenset(self._online)
+
+    def online_nodes(self) -> list[OnlineNode]:
+        """What the rendezvous knows of each online node, by name (for its map page): never
+        anything sealed between nodes."""
+        return [
+            OnlineNode(name, conn.peer, conn.opened, conn.network, len(conn.watching))
+            for name, conn in sorted(self._online.items())
+        ]
 
     def data_to_send(self, conn_id: int) -> bytes:
         conn = self._conns.get(conn_id)

@@ -463,6 +463,8 @@ DECODERS: dict[int, Decoder] = {
     A.DONT_FRAGMENT: _decode_flag,
     A.RESERVATION_TOKEN: _fixed_bytes(8),
     A.ADDITIONAL_ADDRESS_FAMILY: _decode_u8_3x,
+    A.ADDITIONAL_ADDRESS_FAMILY_DRAFT: _decode_u8_3x,
+    A.ADDRESS_ERROR_CODE_DRAFT: _decode_address_error,
     A.ADDRESS_ERROR_CODE: _decode_address_error,
     A.ICMP: _decode_icmp,
 }
@@ -495,7 +497,9 @@ ENCODERS: dict[int, Encoder] = {
     A.REQUESTED_TRANSPORT: _encode_u8_3x,
     A.DONT_FRAGMENT: _encode_flag,
     A.ADDITIONAL_ADDRESS_FAMILY: _encode_u8_3x,
+    A.ADDITIONAL_ADDRESS_FAMILY_DRAFT: _encode_u8_3x,
     A.ADDRESS_ERROR_CODE: _encode_address_error,
+    A.ADDRESS_ERROR_CODE_DRAFT: _encode_address_error,
     A.ICMP: _encode_icmp,
 }
 

@@ -99,6 +99,10 @@ class AttrType(enum.IntEnum):
     ADDITIONAL_ADDRESS_FAMILY = 0x8000
     ADDRESS_ERROR_CODE = 0x8001
     ICMP = 0x8004
+    # The same two before RFC 8656 gave them their numbers: coturn 4.6 (its "SSODA"
+    # attributes) still sends and understands only these.
+    ADDITIONAL_ADDRESS_FAMILY_DRAFT = 0x8032
+    ADDRESS_ERROR_CODE_DRAFT = 0x8033
     # RFC 8445 comprehension-optional
     ICE_CONTROLLED = 0x8029
     ICE_CONTROLLING = 0x802A

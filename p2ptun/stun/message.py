@@ -386,14 +386,18 @@ class Message:
 
     @property
     def additional_address_family(self) -> int | None:
-        """ADDITIONAL-ADDRESS-FAMILY (RFC 8656 §18.11)."""
+        """ADDITIONAL-ADDRESS-FAMILY (RFC 8656 §18.11), or else its pre-RFC code point."""
         result: int | None = self.get(AttrType.ADDITIONAL_ADDRESS_FAMILY)
+        if result is None:
+            result = self.get(AttrType.ADDITIONAL_ADDRESS_FAMILY_DRAFT)
         return result
 
     @property
     def address_error_code(self) -> AddressErrorValue | None:
-        """ADDRESS-ERROR-CODE (RFC 8656 §18.12)."""
+        """ADDRESS-ERROR-CODE (RFC 8656 §18.12), or else its pre-RFC code point."""
         result: AddressErrorValue | None = self.get(AttrType.ADDRESS_ERROR_CODE)
+        if result is None:
+            result = self.get(AttrType.ADDRESS_ERROR_CODE_DRAFT)
         return result
 
     @property

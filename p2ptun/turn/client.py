@@ -23,6 +23,13 @@ What it implements:
   otherwise the key is MD5-derived and requests carry MESSAGE-INTEGRITY. 438 Stale Nonce is
   retried with the new nonce (§9.2.5). Errors end the attempt with :class:`AllocationFailed`
   and a one-line reason (see :data:`ERROR_HINTS`).
+- Address families (§7.1, §18.11, §18.12): ``family`` asks for a relayed address of that
+  family (REQUESTED-ADDRESS-FAMILY; IPv4 is the servers' default), ``dual=True`` for an IPv4
+  and an IPv6 one (ADDITIONAL-ADDRESS-FAMILY IPv6). A dual allocation that the server could
+  make in one family only succeeds with that one and reports the other's ADDRESS-ERROR-CODE
+  (:attr:`TurnClient.address_error`). The dual request carries the attribute under its
+  pre-RFC code point too (0x8032, and 0x8033 is read for the error), the only one coturn 4.6
+  knows.
 - Refresh (§8) before the allocation lifetime runs out (:func:`refresh_delay`); deallocation
   with LIFETIME 0 (:meth:`TurnClient.close`).
 - CreatePermission (§9) and its refresh; ChannelBind (§11) on channels 0x4000-0x4FFF and its
@@ -55,6 +62,8 @@ from p2ptun.stun import (
     CHANNEL_MAX,
     CHANNEL_MIN,
     TRANSPORT_UDP,
+    AddressErrorValue,
+    AddressFamily,
     AttrType,
     ErrorCode,
     Message,
@@ -197,6 +206,8 @@ class AllocationSucceeded:
     mapped: Address | None
     lifetime: int
     relayed_addresses: tuple[Address, ...] = ()
+    address_error: AddressErrorValue | None = None
+    """In a dual allocation, why the server gave no address of one family (§7.3)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,7 +420,13 @@ class TurnClient:
         channel_lifetime: float = CHANNEL_LIFETIME,
         channel_refresh: float = CHANNEL_REFRESH,
         refresh_interval: float | None = None,
+        family: int | None = None,
+        dual: bool = False,
     ) -> None:
+        if family not in (None, AddressFamily.IPV4, AddressFamily.IPV6):
+            raise ValueError(f"address family must be IPv4 (1) or IPv6 (2), not {family}")
+        if dual and family is not None:
+            raise ValueError("a dual allocation is IPv4 plus IPv6: give no family with it")
         if not 0 < permission_refresh <= permission_lifetime:
             raise ValueError("permission_refresh must be in (0, permission_lifetime]")
         if not 0 < channel_refresh <= channel_lifetime:
@@ -427,6 +444,9 @@ class TurnClient:
         self.channel_lifetime = channel_lifetime
         self.channel_refresh = channel_refresh
         self.refresh_interval = refresh_interval
+        self.family = family
+        self.dual = dual
+        self.address_error: AddressErrorValue | None = None
         self.state = AllocationState.IDLE
         self.relayed: Address | None = None
         self.relayed_addresses: tuple[Address, ...] = ()
@@ -694,6 +714,13 @@ class TurnClient:
         attrs: list[tuple[int, Any]] = []
         if kind is RequestKind.ALLOCATE:
             attrs.append((AttrType.REQUESTED_TRANSPORT, TRANSPORT_UDP))
+            if self.family is not None:
+                attrs.append((AttrType.REQUESTED_ADDRESS_FAMILY, self.family))
+            if self.dual:
+                attrs.append((AttrType.ADDITIONAL_ADDRESS_FAMILY, AddressFamily.IPV6))
+                # Also under the pre-RFC code point, which coturn 4.6 knows instead (other
+                # servers ignore an unknown comprehension-optional attribute).
+                attrs.append((AttrType.ADDITIONAL_ADDRESS_FAMILY_DRAFT, AddressFamily.IPV6))
             if self.requested_lifetime is not None:
                 attrs.append((AttrType.LIFETIME, self.requested_lifetime))
             if self.software:
@@ -845,7 +872,13 @@ class TurnClient:
         if kind is RequestKind.ALLOCATE:
             if self.state is not AllocationState.ALLOCATING:
                 return
-            relayed = tuple(response.xor_relayed_addresses)
+            # An unspecified address is no relayed address: coturn 4.6 adds 0.0.0.0 for the
+            # family it could not allocate in a dual request.
+            relayed = tuple(
+                a
+                for a in response.xor_relayed_addresses
+                if not ipaddress.ip_address(a[0]).is_unspecified
+            )
             if not relayed:
                 self._fail(
                     AllocationFailed(
@@ -860,6 +893,7 @@ class TurnClient:
             self.state = AllocationState.ALLOCATED
             self.relayed = relayed[0]
             self.relayed_addresses = relayed
+            self.address_error = response.address_error_code
             self.mapped = response.xor_mapped_address
             self._set_lifetime(lifetime, now)
             log.info(
@@ -868,7 +902,11 @@ class TurnClient:
                 relayed=format_address(self.relayed),
                 lifetime=lifetime,
             )
-            self._events.append(AllocationSucceeded(self.relayed, self.mapped, lifetime, relayed))
+            self._events.append(
+                AllocationSucceeded(
+                    self.relayed, self.mapped, lifetime, relayed, self.address_error
+                )
+            )
         elif kind is RequestKind.REFRESH:
             self._refresh_pending = False
             if self.state is not AllocationState.ALLOCATED:

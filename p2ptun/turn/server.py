@@ -10,10 +10,19 @@ What it implements
 - Allocations keyed by 5-tuple (RFC 8656 §2, §6): Allocate (§7.2), Refresh incl. lifetime 0
   (§8), default lifetime 600 s and a configured maximum; 437 for a second Allocate on a
   5-tuple or a request without an allocation, 441 when another user touches it (§5), 442 for
-  a transport other than UDP, 440 for an address family the relay address does not have, 486
-  past the per-user quota, 508 when the port range, the allocation caps or the relay socket
-  binding give out. EVEN-PORT without the R bit gets an even port; reservations (R bit,
-  RESERVATION-TOKEN) are not kept, so such requests get 508 (§7.2 allows it).
+  a transport other than UDP, 440 for an address family the server has no relay address of,
+  486 past the per-user quota, 508 when the port range, the allocation caps or the relay
+  socket binding give out. EVEN-PORT without the R bit gets an even port; reservations (R
+  bit, RESERVATION-TOKEN) are not kept, so such requests get 508 (§7.2 allows it).
+- Both address families (RFC 8656 §7.2, §18.11, §18.12): a server with a relay address of
+  each family (``TurnServerOptions.extra_relay_address``) allocates IPv4 by default, IPv6
+  for REQUESTED-ADDRESS-FAMILY IPv6, and both (a dual allocation: two relayed addresses, one
+  lifetime, permissions and channels per peer in the peer's family) for
+  ADDITIONAL-ADDRESS-FAMILY IPv6; a family it cannot serve in a dual request is named in
+  ADDRESS-ERROR-CODE (440) while the other is allocated. A peer, or a Refresh's
+  REQUESTED-ADDRESS-FAMILY, of a family the allocation has no relayed address of gets 443.
+  ADDITIONAL-ADDRESS-FAMILY under its pre-RFC code point (0x8032, coturn 4.6's clients) is
+  honoured too, and answered with ADDRESS-ERROR-CODE under that era's code point (0x8033).
 - Long-term credentials (RFC 8489 §9.2, RFC 8656 §5): REALM, stateless expiring NONCEs
   (438 when stale), MESSAGE-INTEGRITY, and MESSAGE-INTEGRITY-SHA256 / PASSWORD-ALGORITHM
   SHA-256 when the client asks for them; static users and coturn REST-API users.
@@ -226,15 +235,19 @@ class TurnServerOptions:
     """Highest channel number accepted: 0x7FFF (RFC 5766 clients) or 0x4FFF (RFC 8656)."""
     software: str | None = SOFTWARE
     limits: ServerLimits = field(default_factory=ServerLimits)
+    extra_relay_address: str | None = None
+    """A relay address of the other family: the server relays over IPv4 and IPv6."""
 
     @classmethod
     def from_settings(cls, settings: Any, own_addresses: Iterable[str] = ()) -> TurnServerOptions:
         """Options from a :class:`p2ptun.config.TurnServerSettings`; ``own_addresses`` are the
         server's listen addresses (denied as peers, like the relay address)."""
-        own = (settings.relay_address, *own_addresses)
+        extra = getattr(settings, "extra_relay_address", None)
+        own = (settings.relay_address, *([extra] if extra else []), *own_addresses)
         return cls(
             realm=settings.realm,
             relay_address=settings.relay_address,
+            extra_relay_address=extra,
             relay_ports=settings.relay_ports,
             users=dict(settings.users),
             auth_secret=settings.auth_secret,
@@ -328,6 +341,27 @@ class Allocation:
     channel_by_peer: dict[Address, Channel] = field(default_factory=dict)
     wake: float | None = None
     """The earliest of the expiry times above, as the server's schedule has it."""
+    bytes_to_peer: int = 0
+    """Payload bytes relayed from the client to its peers (the shell adds its fast path's)."""
+    bytes_to_client: int = 0
+    """Payload bytes relayed from peers to the client (likewise)."""
+    relay_other: Address | None = None
+    """A dual allocation's second relayed address (IPv6 beside :attr:`relay`'s IPv4)."""
+    opening: int = 1
+    """Relay sockets the shell has yet to report bound (the allocation is pending till 0)."""
+    address_error_attr: int = 0x8001
+    """The attribute :attr:`address_error` goes in (ADDRESS-ERROR-CODE, or its draft code)."""
+
+    @property
+    def relays(self) -> tuple[Address, ...]:
+        """The relayed transport addresses: one, or two for a dual allocation."""
+        return (self.relay,) if self.relay_other is None else (self.relay, self.relay_other)
+
+    def relay_for(self, host: str) -> Address | None:
+        """The relayed address that talks to a peer at ``host`` (its family's), or None."""
+        if self.relay_other is None:
+            return self.relay if is_ipv6(host) == is_ipv6(self.relay[0]) else None
+        return self.relay_other if is_ipv6(host) else self.relay
 
     def has_permission(self, host: str, now: float) -> bool:
         expiry = self.permissions.get(host)
@@ -394,9 +428,22 @@ class TurnServer:
         self._rng = rng
         self._nonces = NonceIssuer(secret, options.nonce_lifetime)
         self._credentials = CredentialStore(options.realm, options.users, options.auth_secret)
-        self._policy = PeerPolicy.build(options.allow_peers, options.own_addresses)
-        self._relay_host = str(ipaddress.ip_address(options.relay_address))
-        self._relay_family = _family_of(self._relay_host)
+        relay_addresses = [options.relay_address]
+        if options.extra_relay_address is not None:
+            relay_addresses.append(options.extra_relay_address)
+        # The relay addresses are never peers, whatever own_addresses says (RFC 8656 §21.3).
+        self._policy = PeerPolicy.build(
+            options.allow_peers, (*options.own_addresses, *relay_addresses)
+        )
+        self._relay_hosts: dict[int, str] = {}
+        """The relay address of each family the server relays in."""
+        for raw in (options.relay_address, options.extra_relay_address):
+            if raw is None:
+                continue
+            host = str(ipaddress.ip_address(raw))
+            if _family_of(host) in self._relay_hosts:
+                raise ValueError("the relay addresses must be of different families")
+            self._relay_hosts[_family_of(host)] = host
         low, high = options.relay_ports
         if not 0 < low <= high <= 65535:
             raise ValueError(f"bad relay port range {low}-{high}")
@@ -527,6 +574,7 @@ class TurnServer:
             ).encode()
         self.counters.relayed_to_client += 1
         self.counters.relayed_to_client_bytes += size
+        alloc.bytes_to_client += size
         return ToClient(ft, wire)
 
     # -- routes for a shell's batches ---------------------------------------------------------
@@ -553,7 +601,10 @@ class TurnServer:
             return None
         if not alloc.has_permission(channel.peer[0], now):
             return None
-        return alloc.relay, channel.peer
+        if alloc.relay_other is None:
+            return alloc.relay, channel.peer
+        relay = alloc.relay_for(channel.peer[0])
+        return None if relay is None else (relay, channel.peer)
 
     def peer_route(self, relay: Address, peer: Address, now: float) -> tuple[FiveTuple, int] | None:
         """Where a datagram from ``peer`` on the relay socket at ``relay`` goes at ``now`` when
@@ -586,6 +637,9 @@ class TurnServer:
         if alloc is None or alloc.state is not AllocationState.PENDING:
             return [CloseRelay(relay)] if ok else []
         if ok:
+            alloc.opening -= 1
+            if alloc.opening > 0:
+                return []  # the other family's socket is still being bound
             alloc.state = AllocationState.ACTIVE
             self._pending -= 1
             alloc.expires = now + alloc.lifetime
@@ -594,7 +648,7 @@ class TurnServer:
             log.info(
                 "allocation created",
                 client=str(alloc.five_tuple),
-                relay=format_address(relay),
+                relay=" ".join(format_address(r) for r in alloc.relays),
                 user=alloc.username,
                 lifetime=alloc.lifetime,
             )
@@ -612,13 +666,22 @@ class TurnServer:
             self.counters.capacity_rejections += 1
             request = Message(Method.ALLOCATE, MessageClass.REQUEST, alloc.allocate_tid)
             response = self._encode_error(request, ErrorCode.INSUFFICIENT_CAPACITY, alloc)
-            self._delete(alloc, "no relay port")
-            return [ToClient(alloc.five_tuple, response)]
+            # The other family's socket of a dual allocation may be bound already: close it.
+            closes = [
+                out
+                for out in self._delete(alloc, "no relay port")
+                if isinstance(out, CloseRelay) and out.relay != relay
+            ]
+            return [ToClient(alloc.five_tuple, response), *closes]
         alloc.bind_attempts += 1
-        alloc.relay = (self._relay_host, port)
-        self._by_relay[alloc.relay] = alloc
+        new = (relay[0], port)
+        if relay == alloc.relay:
+            alloc.relay = new
+        else:
+            alloc.relay_other = new
+        self._by_relay[new] = alloc
         self._ports_in_use.add(port)
-        return [OpenRelay(alloc.relay)]
+        return [OpenRelay(new)]
 
     # -- timers ----------------------------------------------------------------------------
 
@@ -809,12 +872,18 @@ class TurnServer:
         if additional_family is not None and additional_family != AddressFamily.IPV6:
             raise _Reject(ErrorCode.BAD_REQUEST)
         want = requested_family if requested_family is not None else AddressFamily.IPV4
-        if want not in (AddressFamily.IPV4, AddressFamily.IPV6) or want != self._relay_family:
+        families = [want] if additional_family is None else [want, additional_family]
+        hosts = [self._relay_hosts[f] for f in families if f in self._relay_hosts]
+        if not hosts:
             raise _Reject(ErrorCode.ADDRESS_FAMILY_NOT_SUPPORTED)
+        # A client that asked with the pre-RFC code point understands only its answer's.
+        draft = AttrType.ADDITIONAL_ADDRESS_FAMILY not in msg and additional_family is not None
         address_error = None
-        if additional_family is not None and self._relay_family != AddressFamily.IPV6:
+        missing = [f for f in families if f not in self._relay_hosts]
+        if missing:  # a dual request the server serves in one family (RFC 8656 §7.2)
+            shown = "IPv6" if missing[0] == AddressFamily.IPV6 else "IPv4"
             address_error = AddressErrorValue(
-                AddressFamily.IPV6, ErrorCode.ADDRESS_FAMILY_NOT_SUPPORTED, "IPv6 not supported"
+                missing[0], ErrorCode.ADDRESS_FAMILY_NOT_SUPPORTED, f"{shown} not supported"
             )
         quota_user = self._quota_user(auth.username)
         if self._per_user.get(quota_user, 0) >= self.options.user_quota:
@@ -830,10 +899,16 @@ class TurnServer:
         ):
             self.counters.capacity_rejections += 1
             raise _Reject(ErrorCode.INSUFFICIENT_CAPACITY)
-        port = self._choose_port(even_port is not None)
-        if port is None:
-            self.counters.capacity_rejections += 1
-            raise _Reject(ErrorCode.INSUFFICIENT_CAPACITY, "no relay port free")
+        ports: list[int] = []
+        for _host in hosts:
+            port = self._choose_port(even_port is not None)
+            if port is None:
+                self._ports_in_use.difference_update(ports)
+                self.counters.capacity_rejections += 1
+                raise _Reject(ErrorCode.INSUFFICIENT_CAPACITY, "no relay port free")
+            ports.append(port)
+            self._ports_in_use.add(port)
+        relays = [(host, port) for host, port in zip(hosts, ports, strict=True)]
         lifetime = self._lifetime(msg.lifetime)
         alloc = Allocation(
             five_tuple=ft,
@@ -841,7 +916,12 @@ class TurnServer:
             quota_user=quota_user,
             key=auth.key,
             sha256=auth.sha256,
-            relay=(self._relay_host, port),
+            relay=relays[0],
+            relay_other=relays[1] if len(relays) > 1 else None,
+            opening=len(relays),
+            address_error_attr=(
+                AttrType.ADDRESS_ERROR_CODE_DRAFT if draft else AttrType.ADDRESS_ERROR_CODE
+            ),
             lifetime=lifetime,
             expires=now + PENDING_TIMEOUT,
             allocate_tid=msg.transaction_id,
@@ -850,23 +930,23 @@ class TurnServer:
             even_port=even_port is not None,
         )
         self._by_tuple[ft] = alloc
-        self._by_relay[alloc.relay] = alloc
-        self._ports_in_use.add(port)
+        for relay in relays:
+            self._by_relay[relay] = alloc
         self._per_user[quota_user] = self._per_user.get(quota_user, 0) + 1
         self._per_ip[client_ip] = self._per_ip.get(client_ip, 0) + 1
         self._pending += 1
         self._reschedule(alloc)
-        return [OpenRelay(alloc.relay)]
+        return [OpenRelay(relay) for relay in relays]
 
     def _allocate_success(self, alloc: Allocation) -> ToClient:
         request = Message(Method.ALLOCATE, MessageClass.REQUEST, alloc.allocate_tid)
         attrs: list[tuple[int, Any]] = [
-            (AttrType.XOR_RELAYED_ADDRESS, alloc.relay),
+            *((AttrType.XOR_RELAYED_ADDRESS, relay) for relay in alloc.relays),
             (AttrType.LIFETIME, alloc.lifetime),
             (AttrType.XOR_MAPPED_ADDRESS, alloc.five_tuple.client),
         ]
         if alloc.address_error is not None:
-            attrs.append((AttrType.ADDRESS_ERROR_CODE, alloc.address_error))
+            attrs.append((alloc.address_error_attr, alloc.address_error))
         attrs.extend(self._software())
         response = request.success(attrs)
         self.counters.success_responses += 1
@@ -877,7 +957,7 @@ class TurnServer:
     def _refresh(self, ft: FiveTuple, msg: Message, auth: _Auth, now: float) -> list[Output]:
         alloc = self._owned_allocation(ft, auth, now)
         family = msg.requested_address_family
-        if family is not None and family != self._relay_family:
+        if family is not None and all(_family_of(r[0]) != family for r in alloc.relays):
             raise _Reject(ErrorCode.PEER_ADDRESS_FAMILY_MISMATCH)
         requested = msg.lifetime
         closed: list[Output] = []
@@ -902,7 +982,7 @@ class TurnServer:
             raise _Reject(ErrorCode.BAD_REQUEST, "XOR-PEER-ADDRESS missing")
         hosts: list[str] = []
         for host, _port in peers:
-            self._check_peer(host)
+            self._check_peer(alloc, host)
             if host not in hosts:
                 hosts.append(host)
         self._purge(alloc, now)
@@ -928,7 +1008,7 @@ class TurnServer:
             raise _Reject(ErrorCode.BAD_REQUEST, "CHANNEL-NUMBER or XOR-PEER-ADDRESS missing")
         if not CHANNEL_MIN <= number <= self.options.channel_max:
             raise _Reject(ErrorCode.BAD_REQUEST, "channel number out of range")
-        self._check_peer(peer[0])
+        self._check_peer(alloc, peer[0])
         self._purge(alloc, now)
         bound = alloc.channels.get(number)
         if bound is not None and bound.peer != peer:
@@ -974,7 +1054,8 @@ class TurnServer:
             return None
         peer = msg.xor_peer_address
         data = msg.data
-        if peer is None or data is None or _family_of(peer[0]) != self._relay_family:
+        relay = None if peer is None else alloc.relay_for(peer[0])
+        if peer is None or data is None or relay is None:
             self.counters.dropped_indications += 1
             return None
         if not alloc.has_permission(peer[0], now):
@@ -982,7 +1063,8 @@ class TurnServer:
             return None
         self.counters.relayed_to_peer += 1
         self.counters.relayed_to_peer_bytes += len(data)
-        return ToPeer(alloc.relay, peer, data)
+        alloc.bytes_to_peer += len(data)
+        return ToPeer(relay, peer, data)
 
     def _client_channel_data(
         self, ft: FiveTuple, data: bytes | bytearray | memoryview, now: float
@@ -1006,9 +1088,14 @@ class TurnServer:
         if not alloc.has_permission(channel.peer[0], now):
             self.counters.dropped_no_permission += 1
             return None
+        relay = alloc.relay if alloc.relay_other is None else alloc.relay_for(channel.peer[0])
+        if relay is None:  # not reached: ChannelBind checked the peer's family
+            self.counters.dropped_unbound_channel += 1
+            return None
         self.counters.relayed_to_peer += 1
         self.counters.relayed_to_peer_bytes += length
-        return ToPeer(alloc.relay, channel.peer, bytes(data[4:end]))
+        alloc.bytes_to_peer += length
+        return ToPeer(relay, channel.peer, bytes(data[4:end]))
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -1023,8 +1110,8 @@ class TurnServer:
             raise _Reject(ErrorCode.WRONG_CREDENTIALS)
         return alloc
 
-    def _check_peer(self, host: str) -> None:
-        if _family_of(host) != self._relay_family:
+    def _check_peer(self, alloc: Allocation, host: str) -> None:
+        if alloc.relay_for(host) is None:
             raise _Reject(ErrorCode.PEER_ADDRESS_FAMILY_MISMATCH)
         if not self._policy.allowed(host):
             self.counters.forbidden_peers += 1
@@ -1083,9 +1170,10 @@ class TurnServer:
         alloc.state = AllocationState.DELETED
         alloc.wake = None
         self._by_tuple.pop(alloc.five_tuple, None)
-        if self._by_relay.get(alloc.relay) is alloc:
-            del self._by_relay[alloc.relay]
-            self._ports_in_use.discard(alloc.relay[1])
+        for relay in alloc.relays:
+            if self._by_relay.get(relay) is alloc:
+                del self._by_relay[relay]
+                self._ports_in_use.discard(relay[1])
         for table, name in (
             (self._per_user, alloc.quota_user),
             (self._per_ip, source_key(alloc.five_tuple.client[0])),
@@ -1100,7 +1188,7 @@ class TurnServer:
         alloc.channel_by_peer.clear()
         self.counters.allocations_deleted += 1
         log.info("allocation deleted", client=str(alloc.five_tuple), reason=reason)
-        return [CloseRelay(alloc.relay)]
+        return [CloseRelay(relay) for relay in alloc.relays]
 
     def _purge(self, alloc: Allocation, now: float) -> None:
         """Drop expired permissions and channels of one allocation."""

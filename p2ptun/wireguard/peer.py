@@ -140,6 +140,9 @@ class Peer:
         self._events: list[Event] = []
         self.rx_bytes = 0
         self.tx_bytes = 0
+        #: WireGuard messages received and sent for this peer (handshakes, data, keepalives).
+        self.rx_packets = 0
+        self.tx_packets = 0
         self.last_handshake: float | None = None
         """Monotonic time of the last completed handshake (None before the first)."""
         # Timer deadlines (None = not pending) and their flags.
@@ -268,6 +271,7 @@ class Peer:
             pos += size
         kp.send_counter = counter
         self.tx_bytes += sent
+        self.tx_packets += count
         shared.counters.packets_sent += count
         # §6.5 timer hooks, as _send_transport() runs them for a data packet.
         self._send_keepalive_at = None
@@ -363,6 +367,19 @@ class Peer:
         self._clear_handshake()
         self.staged.clear()
 
+    def forget_sessions(self) -> None:
+        """The peer lost its session state (its daemon said goodbye, so its keys went with
+        it): erase ours too, stop the timers that belong to them, and let the next initiation
+        go at once. Otherwise we would keep sending on a keypair the peer no longer has and
+        start a handshake only after KEEPALIVE_TIMEOUT + REKEY_TIMEOUT (15 s) of silence
+        (§6.4)."""
+        self.zero_key_material()
+        self.handshake.last_sent = None
+        self._handshake_attempts = 0
+        self._retransmit_at = self._send_keepalive_at = self._new_handshake_at = None
+        self._zero_keys_at = self._quiet_tx_at = self._quiet_rx_at = None
+        self._need_another_keepalive = False
+
     # -- handshake ------------------------------------------------------------------------------
 
     def _clear_handshake(self) -> None:
@@ -392,6 +409,7 @@ class Peer:
         hs.local_index = index
         self._datagrams.append(bytes(raw))
         self.tx_bytes += len(raw)
+        self.tx_packets += 1
         shared.counters.initiations_sent += 1
         self._timers_any_authenticated_packet_traversal(now)
         self._timers_any_authenticated_packet_sent()
@@ -428,6 +446,7 @@ class Peer:
         hs.greatest_timestamp = timestamp
         hs.last_initiation_consumed = now
         self.rx_bytes += INITIATION_LEN
+        self.rx_packets += 1
         self._timers_any_authenticated_packet_traversal(now)
         self._timers_any_authenticated_packet_received()
         # Our own initiation in flight, if any, is abandoned: the peer's wins.
@@ -456,6 +475,7 @@ class Peer:
         hs.last_sent = now
         self._datagrams.append(bytes(raw))
         self.tx_bytes += len(raw)
+        self.tx_packets += 1
         counters.responses_sent += 1
         self._timers_session_derived(now)
         self._timers_any_authenticated_packet_traversal(now)
@@ -482,6 +502,7 @@ class Peer:
             shared.counters.handshake_auth_failed += 1
             return False
         self.rx_bytes += RESPONSE_LEN
+        self.rx_packets += 1
         self._timers_any_authenticated_packet_traversal(now)
         self._timers_any_authenticated_packet_received()
         send_key, recv_key = session_keys(state)
@@ -561,6 +582,7 @@ class Peer:
         )
         self._datagrams.append(bytes(memoryview(out)[:size]))
         self.tx_bytes += size
+        self.tx_packets += 1
         # §6.5 timer hooks, as for any authenticated packet; data also arms "new handshake".
         self._send_keepalive_at = None
         if self.persistent_keepalive:
@@ -609,6 +631,7 @@ class Peer:
             counters.replayed_transport += 1
             return False
         self.rx_bytes += len(message)
+        self.rx_packets += 1
         if kp is self.next:
             # The initiator used the new session: confirm it (§5.4.5, responder side).
             if self.previous is not None:

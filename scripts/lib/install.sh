@@ -13,6 +13,9 @@ DEBIAN_PACKAGES=(
   systemd                  # systemd-analyze verify (unit files)
   git                      # the demo test clones the checkout
   bind9-dnsutils           # dig: the node's names (network e2e tests, the README's guide)
+  curl                     # scrapes the metrics endpoints (e2e tests)
+  chromium-headless-shell  # a real browser loads the rendezvous' map page (e2e tests)
+  miniupnpd-nftables miniupnpc natpmpc  # port mapping: the lab routers' PCP/NAT-PMP/UPnP, cross-checks
 )
 
 install_debian_packages() {

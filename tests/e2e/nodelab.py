@@ -136,6 +136,11 @@ for line in sys.stdin.buffer:
 """A line-echo connection over TCP: each line written to the client comes back."""
 
 
+def _toml_list(items: Sequence[str]) -> str:
+    """A TOML array of plain strings."""
+    return "[" + ", ".join(f'"{item}"' for item in items) + "]"
+
+
 def keypair() -> tuple[str, str]:
     """(private, public) WireGuard keys, base64."""
     private = generate_private_key()
@@ -165,10 +170,27 @@ class Node:
     log_path: Path | None = None
     config_path: Path | None = None
     starts: int = 0
+    address6: str | None = None
+    """An IPv6 overlay address (``fd..::i/64``) beside :attr:`address`, if any."""
 
     @property
     def tunnel_ip(self) -> str:
         return self.address.split("/")[0]
+
+    @property
+    def tunnel_ip6(self) -> str | None:
+        return None if self.address6 is None else self.address6.split("/")[0]
+
+    @property
+    def addresses(self) -> list[str]:
+        """The overlay addresses the node's interface gets."""
+        return [self.address] + ([self.address6] if self.address6 else [])
+
+    @property
+    def allowed_ips(self) -> list[str]:
+        """What a peer routes to this node: its overlay addresses as host routes."""
+        ips = [f"{self.tunnel_ip}/32"]
+        return ips + ([f"{self.tunnel_ip6}/128"] if self.tunnel_ip6 else [])
 
     def log(self) -> str:
         """This run's log ('' before the first start)."""
@@ -285,8 +307,10 @@ class Deployment:
     turn_secret: str = field(default_factory=lambda: secrets.token_hex(16))
     nodes: list[Node] = field(default_factory=list)
     rendezvous: subprocess.Popen[bytes] | None = None
-    stun_ports: tuple[int, ...] = (3478,)
-    """The rendezvous' STUN listeners on :data:`RV` (the first also serves TURN)."""
+    rendezvous_extra: str = ""
+    """TOML appended to the rendezvous' config (sections such as ``[metrics]``)."""
+    stun_extra: str = ""
+    """TOML keys added to the rendezvous' ``[stun]`` section (``alternate = ...``)."""
 
     @classmethod
     def per_site(
@@ -345,10 +369,11 @@ class Deployment:
 
     # -- rendezvous --------------------------------------------------------------------------
 
-    def start_rendezvous(self) -> None:
+    def start_rendezvous(self, stun_listen: Sequence[str] = ()) -> None:
         """``p2ptun rendezvous`` on the server: signaling on :data:`RV`:7070, STUN and TURN
-        on :data:`RV`:3478 (UDP and TCP), ephemeral TURN credentials from
-        :attr:`turn_secret`; every node added so far is registered."""
+        on :data:`RV`:3478 (UDP and TCP) and on ``stun_listen`` (more ``ip:port``), ephemeral
+        TURN credentials from :attr:`turn_secret`; every node added so far is registered."""
+        listens = _toml_list([f"{RV}:3478", *stun_listen])
         nodes = "".join(
             f'[[node]]\nname = "{n.name}"\npublic_key = "{n.pub}"\n' for n in self.nodes
         )
@@ -356,11 +381,11 @@ class Deployment:
         path.write_text(
             f'listen = "{RV}:7070"\nprivate_key = "{self.rv_key[0]}"\n'
             f'database = "{self.workdir}/rv.sqlite"\n'
-            "[stun]\nlisten = [" + ", ".join(f'"{RV}:{p}"' for p in self.stun_ports) + "]\n"
+            f"[stun]\nlisten = {listens}\n{self.stun_extra}"
             f'[turn]\nrealm = "lab"\nrelay_address = "{RV}"\nrelay_ports = "49152-49999"\n'
             f'auth_secret = "{self.turn_secret}"\n'
             # The lab's public addresses are documentation blocks, denied by default.
-            'allow_peers = ["192.0.2.0/24", "198.51.100.0/24"]\n' + nodes
+            'allow_peers = ["192.0.2.0/24", "198.51.100.0/24"]\n' + nodes + self.rendezvous_extra
         )
         path.chmod(0o600)
         with self.rendezvous_log_path.open("ab") as log:
@@ -395,13 +420,15 @@ class Deployment:
         turn_servers: Sequence[str] | None = None,
         stun: Sequence[str] | None = None,
         hard_nat: bool | None = None,
+        extra: str = "",
     ) -> Path:
         """Write ``node``'s config (atomically, so that a SIGHUP never reads half a file).
 
         ``peers``: the nodes it knows (default: every other node). ICE: STUN at the
         rendezvous and its TURN with rendezvous-issued credentials over ``turn`` (``udp`` or
         ``tcp``), unless ``stun`` (``host:port`` strings) or ``turn_servers`` (TOML inline
-        tables) say otherwise; ``hard_nat`` sets ``[ice] hard_nat`` (default: not written)."""
+        tables) say otherwise; ``hard_nat`` sets ``[ice] hard_nat`` (default: not written).
+        ``extra``: TOML appended (sections such as ``[metrics]``)."""
         if peers is None:
             peers = [p for p in self.nodes if p is not node]
         if stun is None:
@@ -410,7 +437,7 @@ class Deployment:
             turn_servers = [f'{{ url = "turn:{RV}:3478?transport={turn}" }}']
         peer_text = "".join(
             f'[[peer]]\nname = "{p.name}"\npublic_key = "{p.pub}"\n'
-            f'allowed_ips = ["{p.tunnel_ip}/32"]\n'
+            f"allowed_ips = {_toml_list(p.allowed_ips)}\n"
             for p in peers
         )
         stun_text = ", ".join(f'"{s}"' for s in stun)
@@ -418,11 +445,13 @@ class Deployment:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(
             f'name = "{node.name}"\nprivate_key = "{node.key}"\n'
-            f'[interface]\nname = "{node.ifname}"\naddress = ["{node.address}"]\n'
+            f'[interface]\nname = "{node.ifname}"\n'
+            f"address = {_toml_list(node.addresses)}\n"
             f'[rendezvous]\naddress = "{RV}:7070"\npublic_key = "{self.rv_key[1]}"\n'
             f"[ice]\nstun = [{stun_text}]\nturn = [{', '.join(turn_servers)}]\n"
             + ("" if hard_nat is None else f"hard_nat = {str(hard_nat).lower()}\n")
             + peer_text
+            + extra
         )
         tmp.chmod(0o600)
         os.replace(tmp, path)

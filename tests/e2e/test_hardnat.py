@@ -48,11 +48,11 @@ def hardnat(
     natlab_module: LabFactory, tmp_path_factory: pytest.TempPathFactory, request: Any
 ) -> Iterator[Deployment]:
     lab = natlab_module(list(SITES))
-    dep = Deployment(lab, tmp_path_factory.mktemp("hardnat"), stun_ports=(3478, 3479))
+    dep = Deployment(lab, tmp_path_factory.mktemp("hardnat"))
     for site in lab.sites:
         i = site.index
         dep.add_node(f"n{i}", f"site{i}", f"10.77.0.{i}/24", ifname=f"p2p{dep.tag}n{i}")
-    dep.start_rendezvous()
+    dep.start_rendezvous(stun_listen=STUN[1:])
     try:
         yield dep
     finally:

@@ -18,7 +18,9 @@ Events (the NAT types of the two sites in brackets):
   ``NatLab.add_uplink``) moves its default route from uplink 1 to uplink 2, Wi-Fi to Ethernet
   [prc+prc/prc]: the tunnel moves to uplink 2;
 - the same host's uplink 1 goes away (link down) while the default route uses it
-  [prc+prc/prc].
+  [prc+prc/prc];
+- the peer's daemon stopped (SIGTERM) or killed (SIGKILL) and started again [cone/cone]: the
+  time from its start to the first ping reply.
 
 Before those, a multi-homed host whose default route uses a symmetric uplink [prc+sym/prc]
 must be reached through its other, port-restricted uplink — which works only when it answers
@@ -306,3 +308,42 @@ def test_uplink_link_goes_down(rec: Deployment, request: pytest.FixtureRequest) 
     finally:
         rec.lab.set_uplink_link(a.site, 1, up=True)
     _report(request, "uplink 1 went down, default route on it (prc+prc/prc)", got)
+
+
+# -- the peer's daemon restarted ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["stopped", "killed"])
+def test_peer_daemon_restarted(rec: Deployment, request: pytest.FixtureRequest, how: str) -> None:
+    """The peer's daemon is stopped (SIGTERM: it says goodbye) or killed (SIGKILL: it says
+    nothing, and we keep a WireGuard session whose keys died with it), then started again:
+    the time from its start to the first ping reply through it."""
+    a, b = rec.node("n7"), rec.node("n8")  # cone, cone
+    _start_pair(rec, a, b, "direct")
+    assert b.proc is not None
+    pings = PingStream(rec, a, b, interval=PING_INTERVAL, duration=60)
+    try:
+        wait_until(lambda: pings.replies_after(0) > 0, 15, interval=0.1, what="pings answered")
+        if how == "killed":
+            b.proc.kill()
+            b.proc.wait(timeout=10)
+        else:
+            assert rec.stop_node(b) == 0
+        time.sleep(1.0)
+        started = time.time()
+        rec.start_node(b, peers=[a])
+        wait_until(
+            lambda: pings.replies_after(started) > 0,
+            30,
+            interval=0.05,
+            what="a reply from the restarted daemon",
+        )
+        first = min(t for t in pings.replies() if t > started)
+    finally:
+        pings.stop()
+    report(
+        request,
+        f"[recovery] peer daemon {how} and started again (cone/cone): first ping "
+        f"{first - started:.2f} s after its start",
+    )
+    assert first - started <= GAP_BOUND, f"first ping {first - started:.2f} s after the start"

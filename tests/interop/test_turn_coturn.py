@@ -93,7 +93,7 @@ async def _allocate(nursery: Any, cfg: dict[str, Any], events: list[str], inbox:
     options.update(cfg.get("options", {}))
     transport = cfg.get("transport", "udp")
     if transport == "udp":
-        endpoint = UdpEndpoint.bind(socket.AF_INET)
+        endpoint = UdpEndpoint.bind(socket.AF_INET6 if ":" in cfg["host"] else socket.AF_INET)
         mux = UdpMux([endpoint])
         dispatcher = Dispatcher(stun=mux.on_stun, channel_data=mux.on_channel_data)
         nursery.start_soon(endpoint.receive_loop, dispatcher)
@@ -174,7 +174,9 @@ async def _client(cfg: dict[str, Any]) -> dict[str, Any]:
 def _echo(cfg: dict[str, Any]) -> None:
     import socket
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock = socket.socket(
+        socket.AF_INET6 if ":" in cfg["host"] else socket.AF_INET, socket.SOCK_DGRAM
+    )
     sock.bind((cfg["host"], cfg["port"]))
     print('"ready"', flush=True)
     deadline = time.monotonic() + cfg.get("lifetime", 120)

@@ -251,6 +251,18 @@ def test_wrong_type_bool_for_int(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert_config_error(tmp_path, capsys, text, "ice.port", "expected an integer", "got a boolean")
 
 
+def test_port_mapping_on_by_default_off_by_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert config.load_node(write(tmp_path, NODE)).ice.port_mapping is True
+    off = NODE.replace("[ice]\n", "[ice]\nport_mapping = false\n")
+    assert config.load_node(write(tmp_path, off)).ice.port_mapping is False
+    bad = NODE.replace("[ice]\n", '[ice]\nport_mapping = "yes"\n')
+    assert_config_error(
+        tmp_path, capsys, bad, "ice.port_mapping", "expected true or false", "got a string"
+    )
+
+
 def test_wrong_type_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     head, _, rest = NODE.partition("[ice]")
     text = (

@@ -42,6 +42,11 @@ def test_classify_by_the_ports_of_one_base() -> None:
     assert classify([_srflx(20001), _srflx(31000)], 16)[0].technique is Technique.BIRTHDAY
     assert classify([_srflx(20001), _srflx(20002), _srflx(20009)], 16)[0].step is None
     assert classify([_srflx(20001)], 16)[0].technique is None  # one server: unknown
+    # a port mapping's candidate (another port of the same base) says nothing of the NAT
+    pcp = make_srflx_candidate(
+        ("198.51.100.12", 40000), BASE, "10.0.2.1", 65535, extensions=(("mapped", "pcp@gw"),)
+    )
+    assert not classify([_srflx(20001), pcp], 16)[0].symmetric
     top = classify([_srflx(65530), _srflx(65531)], 16)[0]
     assert predicted_ports(top, 8) == [65532, 65533, 65534, 65535]
     # two bases, one port each: not symmetric

@@ -4,8 +4,8 @@ Read from the source with :mod:`ast` (nothing is imported), so a forbidden impor
 module — at the top, inside a function, under ``TYPE_CHECKING`` — fails here:
 
 - the sans-I/O cores (``stun``, ``turn``, ``ice``, ``wireguard``, ``signal``, ``noise``,
-  ``membership`` and ``names``) import no I/O, no clock and no ambient randomness, and nothing
-  above them;
+  ``membership``, ``names`` and ``portmap``) import no I/O, no clock and no ambient
+  randomness, and nothing above them;
 - the ground modules (``addr``, ``errors``, ``log``, ``keys``) import no other part;
 - ``config`` reads files but imports no I/O layer and no daemon;
 - the I/O layer ``net`` imports no daemon; the rendezvous imports nothing of the node and
@@ -25,7 +25,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "p2ptun"
 
-CORES = ("stun", "turn", "ice", "wireguard", "signal", "noise", "membership", "names")
+CORES = ("stun", "turn", "ice", "wireguard", "signal", "noise", "membership", "names", "portmap")
 #: Standard-library modules a core may not import: I/O, clocks, ambient randomness, processes.
 FORBIDDEN_IN_CORES = frozenset(
     {
@@ -71,12 +71,14 @@ ALLOWED: dict[str, set[str]] = {
     "signal": {"addr", "errors", "log", "keys", "noise"},
     "membership": {"addr", "errors", "log", "keys"},
     "names": {"addr", "errors", "log"},
+    "portmap": {"addr", "errors", "log"},
     "config": {"addr", "errors", "keys", "membership"},
     "net": {"addr", "errors", "log", "keys", "noise", "config", *CORES},
     "node": {"addr", "errors", "log", "keys", "noise", "config", "net", *CORES},
     "rendezvous": {"addr", "errors", "log", "keys", "noise", "config", "net", *CORES},
     "ca": {"addr", "errors", "keys", "membership"},
     "join": {"addr", "errors", "log", "keys", "config", "net", *CORES},
+    "bugreport": {"addr", "errors", "keys", "config"},
     "cli": {
         "addr",
         "errors",
@@ -89,6 +91,7 @@ ALLOWED: dict[str, set[str]] = {
         "membership",
         "ca",
         "join",
+        "bugreport",
     },
     "__main__": {"cli"},
     "__init__": set(),

@@ -161,6 +161,10 @@ def test_options_from_config() -> None:
     # ICE-lite (RFC 8445 §2.5): host candidates only, so nothing to ask STUN/TURN servers.
     lite = GatherOptions.from_config(dataclasses.replace(ice, lite=True))
     assert lite.stun == () and lite.turn == ()
+    # Port mapping: on by default, off by config, and off for ICE-lite (a public node).
+    assert opts.port_mapping and not lite.port_mapping
+    off = GatherOptions.from_config(dataclasses.replace(ice, port_mapping=False))
+    assert not off.port_mapping
 
 
 async def test_failed_relay_is_retried_and_announced(nursery: trio.Nursery) -> None:

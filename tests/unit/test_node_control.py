@@ -124,3 +124,42 @@ def test_render_table() -> None:
     assert "12s ago" in lines[2]
     assert lines[3].split()[:3] == ["carol", "connecting", "-"] and "never" in lines[3]
     assert "no peers configured" in status.render({"node": STATUS["node"], "peers": []})
+
+
+def test_render_port_mapping() -> None:
+    """The node's mapping on its own line; a peer's direct path through one says so."""
+    node = {
+        **STATUS["node"],
+        "port_mapping": {
+            "via": "PCP on 10.0.1.1",
+            "protocol": "pcp",
+            "gateway": "10.0.1.1",
+            "external": "198.51.100.2:40000",
+        },
+    }
+    peer = {**STATUS["peers"][0], "via": "port mapping (PCP on 10.0.1.1)"}
+    lines = status.render({"node": node, "peers": [peer]}).splitlines()
+    assert lines[1] == "port mapping: PCP on 10.0.1.1 -> 198.51.100.2:40000"
+    assert "direct via port mapping (PCP on 10.0.1.1)" in lines[3]
+
+
+def test_port_mapping_of_a_pair() -> None:
+    from p2ptun.ice.candidate import make_host_candidate, make_srflx_candidate
+    from p2ptun.ice.events import SelectedPair
+    from p2ptun.node.peer import port_mapping_of
+
+    host = make_host_candidate(("10.0.1.2", 40000), 65535)
+    mapped = make_srflx_candidate(
+        ("198.51.100.2", 40000),
+        ("10.0.1.2", 40000),
+        "10.0.1.1",
+        65535,
+        extensions=(("mapped", "natpmp@10.0.1.1"),),
+    )
+    plain = make_srflx_candidate(("198.51.100.3", 5000), ("10.0.2.2", 5000), "203.0.113.10", 1)
+    ours = SelectedPair(mapped, plain, ("10.0.1.2", 40000), False, 0)
+    theirs = SelectedPair(host, mapped, ("10.0.1.2", 40000), False, 0)
+    neither = SelectedPair(host, plain, ("10.0.1.2", 40000), False, 0)
+    assert port_mapping_of(ours) == "port mapping (NAT-PMP on 10.0.1.1)"
+    assert port_mapping_of(theirs) == "port mapping (NAT-PMP on 10.0.1.1, the peer's)"
+    assert port_mapping_of(neither) is None

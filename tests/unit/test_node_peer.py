@@ -70,6 +70,7 @@ class FakeTunnel:
     def __init__(self) -> None:
         self.endpoints: list[Address | None] = []
         self.sources: list[str | None] = []
+        self.forgotten = 0
 
     def set_endpoint(self, peer: Any, endpoint: Address | None, source: str | None = None) -> None:
         self.endpoints.append(endpoint)
@@ -81,10 +82,14 @@ class FakeTunnel:
     def flush(self, peer: Any = None) -> None:
         pass
 
+    def forget_sessions(self, peer: Any) -> None:
+        self.forgotten += 1
+
 
 class FakeWg:
     rx_bytes = tx_bytes = 0
     last_handshake = None
+    next = None
 
     def __init__(self) -> None:
         self.initiated = 0
@@ -326,13 +331,16 @@ async def test_offer_answer_path_restart_ping_and_bye(
     assert len(actx.tunnel.endpoints) == 2  # the path was set again, never cleared
     assert actx.signaling.offers[-1][1] is True  # sent as a Restart
 
-    # Bye: the peer's path is cleared at once.
+    # Bye: the peer's path is cleared at once, and the WireGuard session (its keys for us
+    # went with it) forgotten.
+    assert bctx.tunnel.forgotten == 0
     alice.close("test over")
     with trio.fail_after(5):
         while bob.path is not None:
             await trio.sleep(0.02)
     assert isinstance(actx.signaling.sent[-1], Bye)
     assert bctx.tunnel.endpoints[-1] is None
+    assert bctx.tunnel.forgotten == 1
     assert actx.transport.sessions == []
 
 

@@ -87,6 +87,8 @@ VALUES: dict[int, st.SearchStrategy[Any]] = {
     A.RESERVATION_TOKEN: st.binary(min_size=8, max_size=8),
     A.ADDITIONAL_ADDRESS_FAMILY: u8,
     A.ADDRESS_ERROR_CODE: st.builds(AddressErrorValue, u8, codes, texts),
+    A.ADDITIONAL_ADDRESS_FAMILY_DRAFT: u8,
+    A.ADDRESS_ERROR_CODE_DRAFT: st.builds(AddressErrorValue, u8, codes, texts),
     A.ICMP: st.builds(IcmpValue, u8, u8, u32),
 }
 TRAILERS = {A.MESSAGE_INTEGRITY, A.MESSAGE_INTEGRITY_SHA256, A.FINGERPRINT}

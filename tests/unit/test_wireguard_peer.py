@@ -490,6 +490,26 @@ def test_new_handshake_when_data_gets_no_reply() -> None:
     assert len(times) == 2 and 35.0 <= times[1] <= 35.0 + 0.333 + 1e-9
 
 
+def test_forget_sessions_when_the_peer_restarted() -> None:
+    """B's daemon restarts 1 s after the handshake (it said goodbye; its keys are gone). A
+    forgets its sessions: its next packet starts a handshake at once, inside the 5 s that
+    would otherwise rate-limit it, and arrives. Without forgetting, the packet goes on the
+    old keypair, which B no longer has."""
+    for forget in (False, True):
+        net = Net()
+        net.connect()
+        net.run_until(1.0)
+        net.b_a.zero_key_material()  # what a new process of B's starts with
+        if forget:
+            net.a_b.forget_sessions()
+            assert net.a_b.next_wakeup() is None and not net.a_b.has_session(net.now)
+        net.a.send_packet(a_to_b(), 1.5)
+        net.now = 1.5
+        net.pump()
+        assert net.packets_b == ([a_to_b()] if forget else [])
+        assert len(net.sent("ab", MessageType.INITIATION)) == (2 if forget else 1)
+
+
 def test_retransmit_with_jitter_then_give_up_then_zero() -> None:
     net = Net()
     net.drop = lambda d, x: True
