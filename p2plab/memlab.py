@@ -119,8 +119,12 @@ class MemoryLab:
         turn: bool = True,
         network: str | None = None,
         domain: str = "",
+        stun_ports: tuple[int, ...] = (STUN_PORT,),
     ) -> None:
         self.network = MemoryNetwork(latency=latency, seed=seed)
+        self.stun_ports = stun_ports
+        """The rendezvous' STUN listeners (the first also serves TURN); every node asks each:
+        two show a NAT's port allocation (what hard-NAT probing predicts from)."""
         self.rng = random.Random(seed)
         self.rendezvous_host = self.network.public_host("rendezvous", RENDEZVOUS_IP)
         self.rendezvous_key = self._key()
@@ -187,7 +191,7 @@ class MemoryLab:
             rendezvous=RendezvousRef(
                 RENDEZVOUS_IP, SIGNALING_PORT, public_key(self.rendezvous_key)
             ),
-            ice=IceConfig(stun=((RENDEZVOUS_IP, STUN_PORT),), turn=turn),
+            ice=IceConfig(stun=tuple((RENDEZVOUS_IP, p) for p in self.stun_ports), turn=turn),
             peers=(),
         )
         node = MemoryNode(name, host, config)
@@ -300,7 +304,7 @@ class MemoryLab:
             private_key=self.rendezvous_key,
             database=database,
             open_registration=False,
-            stun=StunServerSettings(((RENDEZVOUS_IP, STUN_PORT),)),
+            stun=StunServerSettings(tuple((RENDEZVOUS_IP, p) for p in self.stun_ports)),
             turn=turn,
             # Without a network the nodes are listed: they get TURN credentials (self-registered
             # ones would not); members of a network get them by their certificates.

@@ -33,6 +33,10 @@ NAT types (per site):
 - ``prc``: port-restricted cone: plain masquerade (endpoint-independent mapping,
   address-and-port-dependent filtering).
 - ``sym``: symmetric: masquerade fully-random (a new port per destination).
+- ``sym-seq``: symmetric with sequential port allocation: every new UDP flow (a new
+  destination address or port) is masqueraded to the next port of a counter (nft ``numgen
+  inc``, from :data:`SEQ_FIRST_PORT`), shared by all the site's hosts — a predictable
+  symmetric NAT, as many home and carrier routers are. TCP keeps plain masquerade.
 - ``udp-blocked``: like ``prc`` but UDP is dropped in both directions; only TCP (and ICMP) pass.
 
 Every router silently drops unsolicited inbound traffic to itself (no ICMP port-unreachable).
@@ -73,10 +77,15 @@ from p2ptun.log import get_logger
 
 log = get_logger("lab")
 
-NAT_TYPES = ("none", "cone", "prc", "sym", "udp-blocked")
+NAT_TYPES = ("none", "cone", "prc", "sym", "sym-seq", "udp-blocked")
 """NAT behaviours a site can have (see the module docstring)."""
 
 DEFAULT_STATE_DIR = Path("/run/p2ptun-lab")
+
+SEQ_FIRST_PORT = 20000
+"""The first public port a ``sym-seq`` NAT hands out; the counter wraps after
+:data:`SEQ_PORTS` new flows."""
+SEQ_PORTS = 4096
 """Where each lab instance keeps ``<prefix>.json``."""
 
 SERVER_ADDRS = ("203.0.113.10", "203.0.113.11")
@@ -573,9 +582,20 @@ class NatLab:
         ]
         if nat != "none":
             masq = "masquerade fully-random" if nat == "sym" else "masquerade"
+            seq = []
+            if nat == "sym-seq":
+                # a nat chain sees only a flow's first packet: one counter step per new flow.
+                # The counter goes through a map to the port: numgen's value is in host byte
+                # order, a port in network order (``:numgen ...`` directly steps by 256).
+                ports = ", ".join(f"{i} : {SEQ_FIRST_PORT + i}" for i in range(SEQ_PORTS))
+                seq = [
+                    f"    oifname {wan} meta l4proto udp masquerade to"
+                    f" :numgen inc mod {SEQ_PORTS} map {{ {ports} }}"
+                ]
             lines += [
                 "  chain postrouting {",
                 "    type nat hook postrouting priority srcnat; policy accept;",
+                *seq,
                 f"    oifname {wan} {masq}",
                 "  }",
             ]

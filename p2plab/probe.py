@@ -24,6 +24,10 @@ IPv6 literals, ``2001:db8::10:4000`` without brackets):
     One request from a chosen local port (and address: a multi-homed host's uplink); reports
     the reply (``{"reply": null}`` if none).
 
+``sequence --server A:P [--server ...]``
+    One socket asks every server in turn; reports the mapped address each saw, in order (the
+    port allocation of a symmetric NAT: sequential or random).
+
 ``listen --port N [--ip A] [--timeout S]``
     Prints ``{"ready": true}``, then collects datagrams for S seconds and reports their sources.
 
@@ -257,6 +261,19 @@ def ask(
     return {"local_port": port, "reply": reply}
 
 
+def sequence(servers: Sequence[Endpoint]) -> dict[str, Any]:
+    """Ask each server in turn from one socket: the mapped address of each new flow."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", 0))
+    seen = []
+    for i, server in enumerate(servers):
+        reply = _ask(s, server, 20 + i)
+        seen.append(reply["seen"] if reply else None)
+    port = s.getsockname()[1]
+    s.close()
+    return {"local_port": port, "mapped": seen}
+
+
 def listen(port: int, timeout: float, ip: str = "0.0.0.0") -> dict[str, Any]:
     """Collect datagrams arriving at ``ip``:``port`` for ``timeout`` seconds."""
     s = socket.socket(_family(ip), socket.SOCK_DGRAM)
@@ -313,6 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--local-port", type=int, default=0)
     p.add_argument("--local-ip", default="0.0.0.0")
     p.add_argument("--via", type=parse_endpoint)
+    p = sub.add_parser("sequence")
+    p.add_argument("--server", action="append", type=parse_endpoint, required=True)
     p = sub.add_parser("listen")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--timeout", type=float, default=1.0)
@@ -333,6 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = count(args.server, args.n, args.interval, args.timeout)
     elif args.cmd == "ask":
         result = ask(args.server, args.local_port, args.via, args.local_ip)
+    elif args.cmd == "sequence":
+        result = sequence(args.server)
     elif args.cmd == "listen":
         result = listen(args.port, args.timeout, args.ip)
     elif args.cmd == "send":

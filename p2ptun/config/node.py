@@ -280,8 +280,9 @@ def _ice(t: Table) -> IceConfig:
         raise t.error("port", f"{port} is out of range", "expected 0 (any) or 1-65535")
     link_local = t.boolean("ipv6_link_local")
     port_mapping = t.boolean("port_mapping", True)
+    hard_nat = t.boolean("hard_nat", True)
     t.check_unknown()
-    return IceConfig(stun, tuple(turn), lite, port, link_local, port_mapping)
+    return IceConfig(stun, tuple(turn), lite, port, link_local, port_mapping, hard_nat)
 
 
 def _turn_server(t: Table) -> TurnServerConfig:

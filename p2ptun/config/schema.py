@@ -81,6 +81,8 @@ class IceConfig:
     ipv6_link_local: bool = False
     #: Map our UDP port on the default gateway (PCP, NAT-PMP, UPnP) for a candidate.
     port_mapping: bool = True
+    #: Probe a symmetric NAT's predicted ports while relayed (``hard_nat``, p2ptun.ice.hardnat).
+    hard_nat: bool = True
 
 
 @dataclass(frozen=True)

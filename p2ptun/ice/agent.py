@@ -138,7 +138,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from p2ptun.addr import Address
+from p2ptun.addr import Address, is_ipv6
 from p2ptun.ice.candidate import (
     DEFAULT_MAX_PAIRS,
     MAX_PRIORITY,
@@ -171,6 +171,12 @@ from p2ptun.ice.events import (
     SelectedPair,
     StandbyReady,
     StateChanged,
+)
+from p2ptun.ice.hardnat import (
+    HardNatConfig,
+    HardNatProbing,
+    ordinary_checks_failed,
+    probing_bases,
 )
 from p2ptun.ice.nomination import (
     NominationPolicy,
@@ -286,6 +292,9 @@ class AgentConfig:
     #: Accept remote candidates at loopback and at this agent's own host addresses: agents
     #: that share one host in tests and labs. Off, a peer cannot point our checks at us.
     allow_local: bool = False
+    #: While relayed after ordinary checks failed, probe the ports a symmetric NAT of the
+    #: peer is predicted to use (:mod:`p2ptun.ice.hardnat`; None: never).
+    hard_nat: HardNatConfig | None = None
 
     def __post_init__(self) -> None:
         if self.ta <= 0 or self.check_rto_min <= 0:
@@ -355,6 +364,8 @@ class IceStats:
     local_candidates_dropped: int = 0
     credentials_rejected: int = 0
     transaction_limit_hits: int = 0
+    #: Hard-NAT probes sent (:mod:`p2ptun.ice.hardnat`).
+    hard_nat_probes: int = 0
 
 
 @dataclass(frozen=True)
@@ -479,6 +490,9 @@ class IceAgent:
         self._state = AgentState.NEW
         self._transmits: list[OutgoingDatagram] = []
         self._events: list[IceEvent] = []
+        #: Hard-NAT probing of the current generation (``config.hard_nat``).
+        self.hard_nat: HardNatProbing | None = None
+        self._hard_nat_tid = b""
 
     # ------------------------------------------------------------------------------------------
     # queries
@@ -593,6 +607,10 @@ class IceAgent:
             times.append(gen.started_at + self.config.connect_timeout)
         if gen.next_probe is not None:
             times.append(gen.next_probe)
+        if self.hard_nat is not None and (t := self.hard_nat.next_wakeup()) is not None:
+            times.append(t)
+        if self._hard_nat_may_start(gen):
+            times.append(self._next_check_at)
         standby = self._standby
         if standby is not None:
             t = standby.checks.next_wakeup()
@@ -818,6 +836,7 @@ class IceAgent:
         self._consent_timers(now)
         self._standby_timers(now)
         self._probe(now)
+        self._hard_nat_probe(now)
         self._maybe_nominate(now)
         self._schedule_check(now)
         self._check_failure(now)
@@ -1425,6 +1444,68 @@ class IceAgent:
             self.config.direct_retry_interval * 2.0**done, self.config.direct_retry_max_interval
         )
         gen.next_probe = now + interval if gen.probe_rounds > 0 else None
+
+    # ------------------------------------------------------------------------------------------
+    # hard-NAT probing (p2ptun-specific, the policy is p2ptun.ice.hardnat)
+
+    def _hard_nat_may_start(self, gen: _Generation) -> bool:
+        """Is probing undecided for this generation while a relayed pair of it carries the
+        data and ordinary checks failed to find a direct one?"""
+        cfg = self.config.hard_nat
+        sel = self._selection
+        if cfg is None or sel is None or sel.generation is not gen or not sel.pair.relayed:
+            return False
+        probing = self.hard_nat
+        if probing is not None and probing.generation == gen.number and probing.decided:
+            return False
+        return ordinary_checks_failed(gen.checklist.pairs, cfg.min_sends)
+
+    def _hard_nat_probe(self, now: float) -> None:
+        gen = self._gen
+        cfg = self.config.hard_nat
+        if cfg is None:
+            return
+        probing = self.hard_nat
+        if self._hard_nat_may_start(gen):
+            probing = self.hard_nat = HardNatProbing(cfg, self._rng, gen.number)
+            ipv6 = is_ipv6(self._selection.pair.remote.host) if self._selection else False
+            if probing.start(gen.local_candidates, gen.remote_candidates, ipv6, now):
+                self._hard_nat_tid = self._transaction_id()
+                log.info(
+                    "hard-nat",
+                    technique=probing.technique.value if probing.technique else "",
+                    probes=probing.pending,
+                )
+            else:
+                log.info("hard-nat", declined=probing.declined)
+        if probing is None or not probing.pending:
+            return
+        sel = self._selection
+        creds = gen.remote_credentials
+        if probing.generation != gen.number or creds is None or sel is None or not sel.pair.relayed:
+            probing.stop()  # restarted, or a direct pair took over
+            return
+        targets = probing.due(now)
+        if not targets:
+            return
+        bases = probing_bases(gen.local_candidates, is_ipv6(targets[0][0]))
+        msg = Message.request(
+            Method.BINDING,
+            self._hard_nat_tid,
+            [
+                (AttrType.USERNAME, f"{creds.ufrag}:{gen.local_credentials.ufrag}"),
+                (AttrType.PRIORITY, peer_reflexive_priority(bases[0]) if bases else 0),
+                (
+                    AttrType.ICE_CONTROLLING if self._controlling else AttrType.ICE_CONTROLLED,
+                    self.tie_breaker,
+                ),
+            ],
+        )
+        wire = msg.encode(short_term_key(creds.pwd), fingerprint=True)
+        for target in targets:
+            for base in bases:
+                self._transmit_to(wire, base, target)
+                self.stats.hard_nat_probes += 1
 
     # ------------------------------------------------------------------------------------------
     # the standby (p2ptun-specific)

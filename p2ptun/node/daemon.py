@@ -66,6 +66,7 @@ from p2ptun.addr import Address, format_address
 from p2ptun.config import IPInterface, IPNetwork, NodeConfig, PeerConfig, TurnServerConfig
 from p2ptun.errors import EXIT_OK, P2ptunError, RuntimeFailure
 from p2ptun.ice import AgentConfig
+from p2ptun.ice.hardnat import HardNatConfig
 from p2ptun.keys import encode_key
 from p2ptun.log import get_logger
 from p2ptun.membership import CertificateRejected, MembershipDecodeError
@@ -522,7 +523,9 @@ class NodeDaemon:
                 endpoints,
                 GatherOptions.from_config(cfg.ice, self.interface),
                 host=host,
-                agent_config=NODE_AGENT_CONFIG,
+                agent_config=dataclasses.replace(
+                    NODE_AGENT_CONFIG, hard_nat=HardNatConfig() if cfg.ice.hard_nat else None
+                ),
                 credentials=self._turn_credentials,
                 relayed_wireguard=tunnel.receive_relayed,
                 after_relay_batch=tunnel.flush,

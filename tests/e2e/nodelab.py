@@ -419,6 +419,7 @@ class Deployment:
         turn: str = "udp",
         turn_servers: Sequence[str] | None = None,
         stun: Sequence[str] | None = None,
+        hard_nat: bool | None = None,
         extra: str = "",
     ) -> Path:
         """Write ``node``'s config (atomically, so that a SIGHUP never reads half a file).
@@ -426,8 +427,8 @@ class Deployment:
         ``peers``: the nodes it knows (default: every other node). ICE: STUN at the
         rendezvous and its TURN with rendezvous-issued credentials over ``turn`` (``udp`` or
         ``tcp``), unless ``stun`` (``host:port`` strings) or ``turn_servers`` (TOML inline
-        tables) say otherwise. ``extra``: TOML appended (sections such as ``[metrics]`` or
-        ``[relay]``)."""
+        tables) say otherwise; ``hard_nat`` sets ``[ice] hard_nat`` (default: not written).
+        ``extra``: TOML appended (sections such as ``[metrics]`` or ``[relay]``)."""
         if peers is None:
             peers = [p for p in self.nodes if p is not node]
         if stun is None:
@@ -447,7 +448,10 @@ class Deployment:
             f'[interface]\nname = "{node.ifname}"\n'
             f"address = {_toml_list(node.addresses)}\n"
             f'[rendezvous]\naddress = "{RV}:7070"\npublic_key = "{self.rv_key[1]}"\n'
-            f"[ice]\nstun = [{stun_text}]\nturn = [{', '.join(turn_servers)}]\n" + peer_text + extra
+            f"[ice]\nstun = [{stun_text}]\nturn = [{', '.join(turn_servers)}]\n"
+            + ("" if hard_nat is None else f"hard_nat = {str(hard_nat).lower()}\n")
+            + peer_text
+            + extra
         )
         tmp.chmod(0o600)
         os.replace(tmp, path)

@@ -4,6 +4,7 @@ and teardown leaves nothing behind."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -82,6 +83,7 @@ EXPECTED = {
     "cone": ("endpoint-independent", "endpoint-independent"),
     "prc": ("endpoint-independent", "address-and-port-dependent"),
     "sym": ("address-and-port-dependent", "address-and-port-dependent"),
+    "sym-seq": ("address-and-port-dependent", "address-and-port-dependent"),
     "udp-blocked": ("blocked", "blocked"),
 }
 
@@ -99,8 +101,27 @@ def test_raw_socket_mapping_and_filtering(
     mapped_addrs = {m.rpartition(":")[0] for m in result["mapped"]}
     assert mapped_addrs == {site.mapped_addr}
     first_port = int(result["mapped"][0].rpartition(":")[2])
-    if nat != "sym":  # no NAT, or masquerade keeping the port
+    if not nat.startswith("sym"):  # no NAT, or masquerade keeping the port
         assert first_port == result["local_port"]
+
+
+@pytest.mark.parametrize("nat", ["sym", "sym-seq"])
+def test_symmetric_port_allocation(nat: str, all_types: NatLab) -> None:
+    """One socket, four destinations: ``sym-seq`` hands out consecutive ports (what port
+    prediction relies on), ``sym`` random ones."""
+    lab = all_types
+    site = next(s for s in lab.sites if s.nat == nat)
+    servers = [arg for ep in _reflector_eps(lab) for arg in ("--server", f"{ep[0]}:{ep[1]}")]
+    result = lab.probe(f"site{site.index}", "sequence", *servers)
+    mapped = result["mapped"]
+    assert None not in mapped, result
+    assert {m.rpartition(":")[0] for m in mapped} == {site.wan_addr}
+    ports = [int(m.rpartition(":")[2]) for m in mapped]
+    steps = [b - a for a, b in itertools.pairwise(ports)]
+    if nat == "sym-seq":
+        assert steps == [1, 1, 1], ports
+    else:
+        assert len(set(ports)) == 4 and steps != [1, 1, 1], ports
 
 
 def test_udp_blocked_site_still_has_tcp(all_types: NatLab) -> None:
@@ -147,6 +168,7 @@ NATDISCOVERY_EXPECTED = {
     "cone": ("Endpoint Independent", "Endpoint Independent"),
     "prc": ("Endpoint Independent", "Address and Port Dependent"),
     "sym": ("Address and Port Dependent", "Address and Port Dependent"),
+    "sym-seq": ("Address and Port Dependent", "Address and Port Dependent"),
     "udp-blocked": (None, None),
 }
 

@@ -588,3 +588,13 @@ def test_check_subprocess_one_line_no_traceback(tmp_path: Path) -> None:
     assert proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith(f"{path}: interface.address[0]: ")
+
+
+def test_hard_nat_is_on_by_default_and_can_be_turned_off(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert config.load_node(write(tmp_path, NODE)).ice.hard_nat is True
+    off = NODE.replace("[ice]\n", "[ice]\nhard_nat = false\n", 1)
+    assert config.load_node(write(tmp_path, off, "off.toml")).ice.hard_nat is False
+    bad = NODE.replace("[ice]\n", '[ice]\nhard_nat = "yes"\n', 1)
+    assert_config_error(tmp_path, capsys, bad, "ice.hard_nat", "expected true or false")
