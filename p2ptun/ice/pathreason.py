@@ -89,6 +89,9 @@ class PathFacts:
     pairs: Sequence[PairOutcome] = ()
     selected: tuple[Candidate, Candidate] | None = None
     relay_owners: Mapping[str, str] = field(default_factory=dict)
+    #: What hard-NAT probing did this generation (:mod:`p2ptun.ice.hardnat`), e.g.
+    #: ``port prediction tried (72 probes)``; None if it did not start.
+    hard_nat: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,8 @@ class PathReason:
     relay_server: str | None = None
     #: The peer whose peer relay carries the path, if it is one.
     relay_owner: str | None = None
+    #: What hard-NAT probing did (:attr:`PathFacts.hard_nat`).
+    hard_nat: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The ``reason_facts`` object of ``p2ptun status --json``."""
@@ -124,6 +129,7 @@ class PathReason:
             "direct_failures": dict(self.direct_failures),
             "relay_server": self.relay_server,
             "relay_owner": self.relay_owner,
+            "hard_nat": self.hard_nat,
         }
 
 
@@ -333,6 +339,8 @@ def explain(facts: PathFacts) -> PathReason:
             clauses.append(_failed_clause(failures))
         elif nat is None and not counts["pending"] and not counts["succeeded"]:
             clauses.append("no direct pair to check")
+        if facts.hard_nat is not None:
+            clauses.append(facts.hard_nat)
         clauses.append(_mapping_clause(map_local, map_remote))
         clauses.append(_ipv6_clause(v6_local, v6_remote))
         if selected is not None:
@@ -374,4 +382,5 @@ def explain(facts: PathFacts) -> PathReason:
         direct_failures=failures,
         relay_server=relay_server,
         relay_owner=relay_owner,
+        hard_nat=facts.hard_nat,
     )

@@ -857,7 +857,12 @@ class PeerSession:
         agent = attempt.agent
         pairs = [PairOutcome(p.local, p.remote, p.state.value, p.failure) for p in agent.checklist]
         facts = PathFacts(
-            agent.local_candidates, agent.remote_candidates, pairs, selected, self.relay_owners
+            agent.local_candidates,
+            agent.remote_candidates,
+            pairs,
+            selected,
+            self.relay_owners,
+            hard_nat=_hard_nat_text(agent),
         )
         return explain(facts)
 
@@ -933,6 +938,16 @@ class PeerSession:
         self.ping_rtt = rtt
         result["rtt_ms"] = round(rtt * 1000, 3)
         return result
+
+
+def _hard_nat_text(agent: IceAgent) -> str | None:
+    """What the agent's hard-NAT probing did, for the path's reason (None: nothing)."""
+    probing = agent.hard_nat
+    if probing is None or probing.started_at is None or probing.technique is None:
+        return None
+    technique = "port prediction" if probing.technique.value == "prediction" else "birthday probes"
+    still = ", still probing" if probing.pending else ""
+    return f"{technique} tried ({probing.sent} probes{still})"
 
 
 def _cand(c: Candidate) -> str:

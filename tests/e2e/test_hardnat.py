@@ -68,10 +68,11 @@ def _path(dep: Deployment, a: Node, b: Node) -> tuple[str | None, str | None]:
 
 
 def _attempt(
-    dep: Deployment, a: Node, b: Node, hard_nat: bool, logs: list[str]
+    dep: Deployment, a: Node, b: Node, hard_nat: bool, logs: list[str], reasons: list[str]
 ) -> tuple[float, float | None]:
     """Seconds from the second start to the first ping reply, and to direct on both sides
-    (None: still relayed after :data:`DIRECT_WAIT`); both nodes' logs go to ``logs``."""
+    (None: still relayed after :data:`DIRECT_WAIT`); both nodes' logs go to ``logs``, the
+    reasons a relayed path gives on both sides to ``reasons``."""
     dep.fresh_sites(a, b)
     try:
         dep.start_node(a, peers=[b], stun=STUN, hard_nat=hard_nat)
@@ -83,6 +84,7 @@ def _attempt(
             wait_until(lambda: _path(dep, a, b) == ("direct", "direct"), DIRECT_WAIT, interval=0.1)
         except TimeoutError:
             assert _path(dep, a, b) == ("relay", "relay"), _path(dep, a, b)
+            reasons += [dep.peer_status(a, b)["reason"], dep.peer_status(b, a)["reason"]]
             dep.assert_ping(a, b)  # the relay carries the traffic meanwhile
             return first, None
         direct = time.monotonic() - t_up
@@ -110,8 +112,9 @@ def test_hard_nat_pair(
     dep = hardnat
     na, nb = dep.nodes[a - 1], dep.nodes[b - 1]
     logs: list[str] = []
+    reasons: list[str] = []
     attempts = ATTEMPTS if technique == "prediction" else CONTROL_ATTEMPTS
-    runs = [_attempt(dep, na, nb, hard_nat, logs) for _ in range(attempts)]
+    runs = [_attempt(dep, na, nb, hard_nat, logs, reasons) for _ in range(attempts)]
     direct = [d for _f, d in runs if d is not None]
     firsts = [f for f, _d in runs]
     name = f"{SITES[a - 1]}/{SITES[b - 1]}" + ("" if hard_nat else " (hard_nat off)")
@@ -128,6 +131,9 @@ def test_hard_nat_pair(
         assert sum(f"technique={technique}" in log for log in logs) == attempts, RESULTS[name]
     if not hard_nat:
         assert probed == 0 and not direct, RESULTS[name]
+    if technique == "birthday":
+        # a relayed path says that probing was tried (on the side that probed)
+        assert any("birthday probes tried" in r for r in reasons), reasons
 
 
 def test_birthday_with_many_mappings_gets_through_a_random_symmetric_nat(

@@ -160,6 +160,21 @@ def test_relay_through_the_peers_relay_and_direct_checks_failed_without_a_symmet
     )
 
 
+def test_hard_nat_probing_that_was_tried_is_named() -> None:
+    alice = side("10.0.1.2", "198.51.100.11")
+    bob = side("10.0.2.2", "198.51.100.12")
+    pairs = [PairOutcome(alice[0], bob[1], "failed", "timeout")]
+    tried = "port prediction tried (72 probes)"
+    facts = PathFacts(alice, bob, pairs, selected=(alice[1], bob[2]), hard_nat=tried)
+    reason = explain(facts)
+    assert reason.text == (
+        f"relay: direct checks failed (1 pair: no answer), {tried}, no port mapping on either "
+        f"side, no IPv6, through the peer's TURN relay {RV}"
+    )
+    assert reason.as_json()["hard_nat"] == tried
+    assert explain(PathFacts(alice, bob, pairs, selected=(alice[1], bob[2]))).hard_nat is None
+
+
 def test_relay_first_while_direct_checks_run_says_so() -> None:
     alice = side("10.0.1.2", "198.51.100.11")
     bob = side("10.0.2.2", "198.51.100.12")
@@ -249,6 +264,7 @@ def test_json_facts_are_plain_values() -> None:
         "direct_failures": {},
         "relay_server": RV,
         "relay_owner": None,
+        "hard_nat": None,
     }
 
 
