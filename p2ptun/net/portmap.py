@@ -160,10 +160,17 @@ class PortMapper:
             MapState.REQUESTING,
         ):
             return
+        # A gateway that has answered nothing yet holds nothing we asked for, or its grant is
+        # in flight: the delete goes out once, and the node does not wait for an answer that
+        # a silent gateway will not send (it would hold the shutdown RELEASE_WAIT seconds).
+        silent = client.state is MapState.PROBING
         self._released = trio.Event()
         client.release(trio.current_time())
         self._flush(client)
         self._kick.set()
+        if silent:
+            log.debug("port mapping request withdrawn", gateway=client.gateway)
+            return
         with trio.move_on_after(RELEASE_WAIT):
             await self._released.wait()
         log.info("port mapping deleted", gateway=client.gateway, state=client.state.value)

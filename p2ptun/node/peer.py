@@ -524,6 +524,13 @@ class PeerSession:
         self.wake()
 
     def on_signal(self, received: SignalReceived) -> None:
+        if self._closed:
+            # We said goodbye (the node is stopping, or the peer was removed): an offer that
+            # comes now — the peer's retry after our goodbye — must not open a session that
+            # dies with us unannounced, leaving the peer a WireGuard session without keys on
+            # our side and a path that only consent can tell is dead.
+            log.debug("signal after goodbye ignored", peer=self.name)
+            return
         msg = received.message
         if isinstance(msg, Offer | Restart):
             self._on_offer(msg, received.superseded)

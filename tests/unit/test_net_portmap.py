@@ -118,3 +118,19 @@ async def test_a_late_mapping_starts_a_round_that_takes_it(nursery: trio.Nursery
     assert any(c.address == EXTERNAL for c in third.candidates)
     await g.aclose()  # deletes it (the responder confirms)
     assert g.port_mapper is not None and g.port_mapper.mapping is None
+
+
+async def test_stopping_before_a_silent_gateway_answered_does_not_wait(
+    nursery: trio.Nursery,
+) -> None:
+    """A node stopped while its gateway has not answered (most gateways never do) withdraws
+    the request with one datagram and goes: it does not wait RELEASE_WAIT for an answer that
+    will not come."""
+    port, _ = await serve_turn(nursery, relay_ports=(45000, 45999))
+    g = await gatherer(nursery, port, [])
+    await g.gather()
+    mapper = g.port_mapper
+    assert mapper is not None and not mapper.settled  # still probing the silent gateway
+    start = trio.current_time()
+    await g.aclose()
+    assert trio.current_time() - start < 0.2

@@ -342,6 +342,13 @@ async def test_offer_answer_path_restart_ping_and_bye(
     assert bctx.tunnel.endpoints[-1] is None
     assert bctx.tunnel.forgotten == 1
     assert actx.transport.sessions == []
+    # bob offers again (his retry a second after the goodbye); alice, gone, does not answer
+    # it: a session opened now would die unannounced with her process.
+    bctx.signaling.core.negotiations["alice"].state = NegotiationState.IDLE
+    bob._offer("retry after the goodbye")
+    await trio.sleep(0.3)
+    assert isinstance(actx.signaling.sent[-1], Bye)
+    assert alice.current is None and alice.active is None and actx.transport.sessions == []
 
 
 async def test_consent_loss_regathers_and_restarts(
