@@ -98,13 +98,18 @@ def serve(run_dir: Path, answer: Answer) -> FakeDaemon:
 def test_waits_for_the_direct_path_and_says_when_it_came(
     run_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    started = time.monotonic()
+    asked: list[float] = []
 
     def answer(req: dict[str, Any]) -> dict[str, Any]:
         if req["cmd"] == "ping":
             return {"ok": True, "ping": PING}
-        # Relayed for 0.3 s, then direct since 0.3 s after the start.
-        age = time.monotonic() - started
+        # Relayed for 0.3 s from the command's first question, then direct since then (from
+        # the first question, not from this test's start: the command may start late on a
+        # busy machine, and it counts from its own start).
+        now = time.monotonic()
+        if not asked:
+            asked.append(now)
+        age = now - asked[0]
         if age < 0.3:
             entry = peer("relay", age, RELAY_REASON)
         else:
@@ -121,7 +126,9 @@ def test_waits_for_the_direct_path_and_says_when_it_came(
     assert out[0] == f"bob: {RELAY_REASON}; waiting up to 10 s for a direct path"
     assert out[1].startswith("bob: direct after 0.")
     waited = float(out[1].split("after ")[1].split(" s")[0])
-    assert 0.25 <= waited <= 0.5
+    # About 0.3 s: the command's own start was just before its first question; late by at
+    # most a poll (0.02 s here) and what a busy machine adds.
+    assert 0.25 <= waited <= 1.0
     assert out[1].endswith("direct (host 10.0.1.2:5000 -> srflx 198.51.100.12:5000): rtt 0.42 ms")
     assert [r["cmd"] for r in daemon.requests][-1] == "ping"
 
