@@ -35,11 +35,15 @@ install_debian_packages() {
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
-  # coturn's package starts a system-wide turnserver on install on some setups: the lab
-  # starts its own, so make sure the packaged service does not hold port 3478.
-  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet coturn 2>/dev/null; then
-    systemctl stop coturn || true
-  fi
+  # coturn's and miniupnpd's packages start system-wide services on install on some setups:
+  # the lab starts its own in its namespaces, so make sure the packaged ones hold no port
+  # (3478, 5351) and no nftables chain.
+  local service
+  for service in coturn miniupnpd; do
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$service" 2>/dev/null; then
+      systemctl stop "$service" || true
+    fi
+  done
 }
 
 pick_python() {
