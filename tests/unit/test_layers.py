@@ -6,7 +6,7 @@ module — at the top, inside a function, under ``TYPE_CHECKING`` — fails here
 - the sans-I/O cores (``stun``, ``turn``, ``ice``, ``wireguard``, ``signal``, ``noise``,
   ``membership``, ``names`` and ``portmap``) import no I/O, no clock and no ambient
   randomness, and nothing above them;
-- the ground modules (``addr``, ``errors``, ``log``, ``keys``) import no other part;
+- the ground modules (``addr``, ``errors``, ``log``, ``keys``, ``wire``) import no other part;
 - ``config`` reads files but imports no I/O layer and no daemon;
 - the I/O layer ``net`` imports no daemon; the rendezvous imports nothing of the node and
   the node nothing of the rendezvous;
@@ -63,13 +63,14 @@ ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "log": set(),
     "keys": set(),
+    "wire": set(),
     "noise": {"errors"},
     "stun": {"addr", "errors", "log"},
     "turn": {"addr", "errors", "log", "stun"},
     "ice": {"addr", "errors", "log", "stun"},
     "wireguard": {"addr", "errors", "log", "keys", "noise"},
-    "signal": {"addr", "errors", "log", "keys", "noise"},
-    "membership": {"addr", "errors", "log", "keys"},
+    "signal": {"addr", "errors", "log", "keys", "noise", "wire"},
+    "membership": {"addr", "errors", "log", "keys", "wire"},
     "names": {"addr", "errors", "log"},
     "portmap": {"addr", "errors", "log"},
     "config": {"addr", "errors", "keys", "membership"},
