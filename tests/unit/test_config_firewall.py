@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from p2ptun import config
+from p2ptun import config, keys
 from p2ptun.firewall import ALLOW_ANY, ALLOW_ICMP, Policy, Rule
 from tests.unit.test_config import NODE, assert_config_error, check, write
 
@@ -102,3 +102,22 @@ def test_bad_rules_one_line_exit_2(
 
 def test_bad_peer_group(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert_config_error(tmp_path, capsys, _with_bob_groups('["has space"]'), "peer[0].groups[0]")
+
+
+def test_readme_example_passes_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's Firewall example, with a real key and an address free in this config,
+    passes ``p2ptun check`` and means what the README says."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = readme.split("<!-- firewall-example")[1].split("```toml\n")[1].split("```")[0]
+    laptop = keys.encode_key(keys.public_key(keys.generate_private_key()))
+    block = block.replace('public_key = "..."', f'public_key = "{laptop}"')
+    block = block.replace('"10.77.0.2/32"', '"10.77.0.9/32"')
+    path = write(tmp_path, NODE + block)
+    code, out, err = check(path, capsys)
+    assert code == 0, err
+    assert "firewall: 3 inbound, 1 outbound rules" in out
+    cfg = config.load_node(path)
+    laptop_cfg = next(p for p in cfg.peers if p.name == "laptop")
+    assert laptop_cfg.groups == ("admin",)
+    assert cfg.firewall.inbound[0] == Rule("tcp", (22, 22), groups=frozenset({"admin"}))
+    assert cfg.firewall.inbound[2].peers == frozenset({"laptop"})
