@@ -1,0 +1,54 @@
+"""The firewall in whole daemons on the in-memory network (virtual time): a UDP packet a peer
+opens towards a node is dropped and counted there; the node's own UDP flow gets its reply."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+
+import trio
+import trio.testing
+
+from p2plab.memlab import MemoryLab
+
+
+def udp_packet(src: str, dst: str, sport: int, dport: int) -> bytes:
+    payload = struct.pack("!HHHH", sport, dport, 12, 0) + b"data"
+    header = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45, 0, 20 + len(payload), 0, 0, 64, 17, 0,
+        ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed,
+    )  # fmt: skip
+    return header + payload
+
+
+async def test_inbound_udp_dropped_and_replies_pass(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    lab = MemoryLab()
+    alice = lab.node("alice", "cone")
+    bob = lab.node("bob", "cone")
+    async with trio.open_nursery() as nursery:
+        await lab.start(nursery)
+        pinger = lab.pinger(alice, bob)
+        await nursery.start(pinger.run)
+        await lab.wait_until(lambda: pinger.replies, 15)
+        a, b = alice.overlay_ip, bob.overlay_ip
+        before = (alice.tun.other_packets, bob.tun.other_packets)
+
+        alice.tun.inject(udp_packet(a, b, 5000, 9999))  # alice opens a UDP flow to bob
+        fw_b = bob.daemon.status()["firewall"]
+        await lab.wait_until(
+            lambda: bob.daemon.status()["firewall"]["dropped"]["inbound"]["default_deny"] == 1,
+            5,
+        )
+        assert bob.tun.other_packets == before[1]  # never reached bob's kernel
+        bob_peer = bob.daemon.status()["peers"][0]
+        assert bob_peer["firewall_dropped"] == 1
+
+        bob.tun.inject(udp_packet(b, a, 9999, 5000))  # bob's own flow: out, and alice's reply
+        await lab.wait_until(lambda: alice.tun.other_packets == before[0] + 1, 5)
+        fw_a = alice.daemon.status()["firewall"]
+        assert fw_a["dropped"]["inbound"]["default_deny"] == 0
+        assert fw_a["outbound"][0]["flows"] >= 1 and fw_b["max_flows"] == 16384
+        nursery.cancel_scope.cancel()
