@@ -32,6 +32,7 @@ from p2ptun.firewall.packet import (
     PROTO_ICMP,
     PROTO_ICMPV6,
     PROTO_TCP,
+    PROTO_UDP,
     TCP_FIN,
     TCP_RST,
     PacketInfo,
@@ -270,6 +271,18 @@ class Firewall:
     ) -> Flow | object | None:
         """The slow path: parse, look the flow up, else the rules. Returns the flow, or
         ``_UNTRACKED`` for an allowed fragment, or None (dropped, counted)."""
+        # Most packets belong to a tracked flow: for plain IPv4/IPv6 TCP and UDP, look the
+        # flow up from the header fields without a full parse first.
+        quick = _quick_key(packet, inbound)
+        if quick is not None:
+            flow = self.table.get(quick)
+            if flow is not None and flow.owner is peer and not flow.expired(now):
+                flow.seen = now
+                if quick[0] == PROTO_TCP:
+                    off = 33 if packet[0] == 0x45 else 53
+                    if packet[off] & (TCP_FIN | TCP_RST):
+                        flow.timeout = min(flow.timeout, TCP_CLOSING_TIMEOUT)
+                return flow
         counters = self.counters.inbound if inbound else self.counters.outbound
         info = parse(packet)
         if info is None:
@@ -350,3 +363,32 @@ class Firewall:
             "table": asdict(table.counters),
             "cut_on_reload": self.counters.cut_on_reload,
         }
+
+
+def _quick_key(packet: bytes | bytearray | memoryview, inbound: bool) -> FlowKey | None:
+    """The flow key of an IPv4 packet without options or fragmentation, or an IPv6 packet
+    without extension headers, carrying TCP (with its flags byte) or UDP; None for anything
+    else (:func:`~p2ptun.firewall.packet.parse` then decides)."""
+    size = len(packet)
+    if size < 28:
+        return None
+    b0 = packet[0]
+    if b0 == 0x45:
+        proto = packet[9]
+        if (proto != PROTO_UDP and (proto != PROTO_TCP or size < 34)) or (
+            packet[6] & 0x3F or packet[7]
+        ):
+            return None
+        src, dst, l4 = bytes(packet[12:16]), bytes(packet[16:20]), 20
+    elif b0 >> 4 == 6 and size >= 48:
+        proto = packet[6]
+        if proto != PROTO_UDP and (proto != PROTO_TCP or size < 54):
+            return None
+        src, dst, l4 = bytes(packet[8:24]), bytes(packet[24:40]), 40
+    else:
+        return None
+    sport = (packet[l4] << 8) | packet[l4 + 1]
+    dport = (packet[l4 + 2] << 8) | packet[l4 + 3]
+    if inbound:
+        return (proto, dst, src, dport, sport)
+    return (proto, src, dst, sport, dport)

@@ -18,6 +18,7 @@ Every eviction is counted. Memory is bounded by ``capacity`` entries.
 from __future__ import annotations
 
 import itertools
+from collections import OrderedDict
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 
@@ -74,8 +75,10 @@ class FlowTable:
         self.capacity = capacity
         self.per_peer = per_peer
         self.counters = FlowCounters()
-        self._flows: dict[FlowKey, Flow] = {}  # sweep order: oldest looked at first
-        self._by_owner: dict[Hashable, dict[FlowKey, Flow]] = {}  # creation order
+        # OrderedDicts, not dicts: entries leave at the front and join at the back, and a
+        # plain dict's iteration would step over every hole left at the front first.
+        self._flows: OrderedDict[FlowKey, Flow] = OrderedDict()  # sweep order
+        self._by_owner: dict[Hashable, OrderedDict[FlowKey, Flow]] = {}  # creation order
 
     def __len__(self) -> int:
         return len(self._flows)
@@ -100,7 +103,7 @@ class FlowTable:
         self._sweep(now, SWEEP_PER_ADD)
         own = self._by_owner.get(owner)
         if own is None:
-            own = self._by_owner[owner] = {}
+            own = self._by_owner[owner] = OrderedDict()
         if len(own) >= self.per_peer:
             self._evict_from(own, now, share=True)
         elif len(self._flows) >= self.capacity:
@@ -132,7 +135,7 @@ class FlowTable:
             del self._flows[key]
         return len(own)
 
-    def _evict_from(self, flows: dict[FlowKey, Flow], now: float, *, share: bool) -> None:
+    def _evict_from(self, flows: OrderedDict[FlowKey, Flow], now: float, *, share: bool) -> None:
         candidates = list(itertools.islice(flows.values(), EVICTION_SCAN))
         victim = next((f for f in candidates if f.expired(now)), None)
         if victim is not None:
@@ -152,8 +155,7 @@ class FlowTable:
                 self.remove(flow)
                 self.counters.expired += 1
             else:  # look at it again after the others
-                del flows[flow.key]
-                flows[flow.key] = flow
+                flows.move_to_end(flow.key)
 
     def sweep(self, now: float, budget: int = 256) -> None:
         """Remove expired flows among the ``budget`` looked at longest ago."""
