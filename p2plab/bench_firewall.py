@@ -11,6 +11,11 @@ measured one after the other in the same run:
     :data:`RULES`: sixteen inbound rules, the one that lets iperf3 in the last of them (the
     worst case for a new flow's first packet), ICMP, default outbound.
 
+Before the lab rows, :func:`micro` times the sans-I/O :class:`~p2ptun.firewall.Firewall` on
+its own (best of several rounds, nanoseconds per packet): a run of one flow's segments (the
+fast path), packets of 64 interleaved tracked flows (one table lookup each), outbound packets
+of one flow, and new flows into a full table (parse, 16 rules, eviction).
+
 Columns: iperf3 TCP throughput from site1 to site2 (median of ``--runs`` with min–max) and the
 CPU seconds per GB of both daemons over those runs (see p2plab/bench.py), and the receiving
 node's firewall counters afterwards (flows tracked, packets dropped).
@@ -19,10 +24,13 @@ node's firewall counters afterwards (flows tracked, packets dropped).
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import statistics
+import struct
 import subprocess
 import sys
+import timeit
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +46,7 @@ from p2plab.bench import (
     _received_bytes,
     machine_note,
 )
+from p2ptun.firewall import ALLOW_ICMP, Firewall, Policy, Rule
 
 RULES = (
     "".join(
@@ -125,6 +134,65 @@ def render(rows: Sequence[FirewallResult]) -> str:
     return "\n".join(out) + "\n\n" + machine_note()
 
 
+def _ip4(src: str, dst: str, proto: int, l4: bytes) -> bytes:
+    addresses = ipaddress.IPv4Address(src).packed + ipaddress.IPv4Address(dst).packed
+    return struct.pack("!BBHHHBBH", 0x45, 0, 20 + len(l4), 0, 0, 64, proto, 0) + addresses + l4
+
+
+def _tcp(sport: int, dport: int, flags: int, size: int) -> bytes:
+    return struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, flags, 65535, 0, 0) + bytes(size)
+
+
+def _udp(i: int) -> bytes:
+    return struct.pack("!HHHH", 1000 + i % 60000, 2000 + i // 60000, 12, 0) + b"data"
+
+
+def micro(rounds: int = 7) -> list[tuple[str, float]]:
+    """Nanoseconds per packet of the firewall core alone (module docstring)."""
+    us, them, peer = "10.9.0.1", "10.9.0.3", object()
+    fw = Firewall()
+    fw.add_peer(peer, "bob", ())
+
+    def best(fn: Any, packets: int, repeat: int = rounds) -> float:
+        return min(timeit.repeat(fn, number=1, repeat=repeat)) / packets * 1e9
+
+    for i in range(64):
+        fw.allow_outbound(peer, _ip4(us, them, 6, _tcp(50000 + i, 9000, 0x02, 0)), 0.0)
+    run = [_ip4(them, us, 6, _tcp(9000, 50000, 0x10, 1300))] * 64
+    mixed = [_ip4(them, us, 6, _tcp(9000, 50000 + i, 0x10, 100)) for i in range(64)]
+    out = memoryview(bytearray(_ip4(us, them, 6, _tcp(50000, 9000, 0x10, 1300))))
+    rules = (
+        *(Rule("tcp", (7000 + i, 7000 + i), groups=frozenset({f"g{i}"})) for i in range(14)),
+        ALLOW_ICMP,
+        Rule("udp"),
+    )
+    full = Firewall(Policy(inbound=rules, max_flows=4096, max_flows_per_peer=4096))
+    full.add_peer(peer, "bob", ())
+    count = 20000
+    news = iter([[_ip4(them, us, 17, _udp(i))] for i in range(count * 4)])
+
+    def outbound() -> None:
+        for _ in range(64):
+            fw.allow_outbound(peer, out, 1.0)
+
+    def new_flows() -> None:
+        for _ in range(count):
+            full.filter_inbound(peer, next(news), 1.0)
+
+    return [
+        (
+            "inbound, segments of one flow (fast path)",
+            best(lambda: fw.filter_inbound(peer, run, 1.0), 64),
+        ),
+        (
+            "inbound, 64 interleaved tracked flows",
+            best(lambda: fw.filter_inbound(peer, mixed, 1.0), 64),
+        ),
+        ("outbound, packets of one flow", best(outbound, 64)),
+        ("inbound, a new flow each packet, table full", best(new_flows, count, 3)),
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m p2plab.bench_firewall", description=__doc__)
     parser.add_argument("--iperf-seconds", type=float, default=10.0)
@@ -132,6 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args(argv)
     opts = Options(iperf_seconds=args.iperf_seconds, runs=args.runs)
+    print("firewall core alone, ns per packet (best of several rounds):")
+    for what, ns in micro():
+        print(f"  {what:<45} {ns:6.0f}")
+    print()
     rows = [measure(False, opts), measure(True, opts)]
     print(render(rows))
     if args.json:
