@@ -42,6 +42,9 @@ from p2ptun.firewall.rules import CompiledRule, Policy, compile_for, first_match
 
 TCP_CLOSING_TIMEOUT = 30.0
 """Idle seconds left to a TCP flow once a FIN or RST crossed (the rest of the close)."""
+UNANSWERED_TIMEOUT = 60.0
+"""Idle seconds of a flow until a packet came back the other way (then its protocol's
+timeout applies): unanswered SYNs or probes do not hold their entries for an hour."""
 
 _UNTRACKED = object()  # allowed, but not a tracked flow (a non-first fragment)
 
@@ -133,9 +136,10 @@ class Firewall:
             table.counters = self.table.counters
             for flow in self.table:
                 if table.held_by(flow.owner) < table.per_peer and len(table) < table.capacity:
-                    table.add(
+                    copy = table.add(
                         flow.key, flow.owner, flow.seen, flow.timeout, flow.rule, flow.inbound
                     )
+                    copy.answered = flow.answered
             self.table = table
         for peer, old_state in list(self._peers.items()):
             state = self._peers[peer] = self._compile(old_state.name, old_state.groups)
@@ -278,6 +282,8 @@ class Firewall:
             flow = self.table.get(quick)
             if flow is not None and flow.owner is peer and not flow.expired(now):
                 flow.seen = now
+                if not flow.answered and flow.inbound is not inbound:
+                    self._answered(flow)
                 if quick[0] == PROTO_TCP:
                     off = 33 if packet[0] == 0x45 else 53
                     if packet[off] & (TCP_FIN | TCP_RST):
@@ -305,6 +311,8 @@ class Firewall:
         flow = table.get(key)
         if flow is not None and flow.owner is peer and not flow.expired(now):
             flow.seen = now
+            if not flow.answered and flow.inbound is not inbound:
+                self._answered(flow)
             self._note_flags(flow, info)
             return flow
         rule = first_match(rules, info.proto, info.dport, remote, local)
@@ -316,9 +324,17 @@ class Firewall:
             state.dropped += 1
             return None
         (self.inbound_hits if inbound else self.outbound_hits)[rule] += 1
-        flow = table.add(key, peer, now, self._timeout(info.proto), rule, inbound)
+        timeout = min(self._timeout(info.proto), UNANSWERED_TIMEOUT)
+        flow = table.add(key, peer, now, timeout, rule, inbound)
         self._note_flags(flow, info)
         return flow
+
+    def _answered(self, flow: Flow) -> None:
+        """The first packet of ``flow`` the other way: its protocol's timeout from now on
+        (unless a FIN or RST already shortened it)."""
+        flow.answered = True
+        if flow.timeout != TCP_CLOSING_TIMEOUT:
+            flow.timeout = self._timeout(flow.key[0])
 
     def _timeout(self, proto: int) -> float:
         p = self.policy

@@ -35,7 +35,7 @@ class Flow:
     """One tracked flow. ``seen`` is the time of its latest packet (the caller's ``now``
     object is stored as is: refreshing a flow allocates nothing)."""
 
-    __slots__ = ("inbound", "key", "live", "owner", "rule", "seen", "timeout")
+    __slots__ = ("answered", "inbound", "key", "live", "owner", "rule", "seen", "timeout")
 
     def __init__(
         self, key: FlowKey, owner: Hashable, now: float, timeout: float, rule: int, inbound: bool
@@ -50,6 +50,8 @@ class Flow:
         """Opened by a packet from the peer (else by one of ours)."""
         self.live = True
         """False once removed from the table (a cached reference sees it)."""
+        self.answered = False
+        """A packet came the other way (the firewall sets it)."""
 
     def expired(self, now: float) -> bool:
         return now - self.seen > self.timeout

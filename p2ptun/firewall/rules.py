@@ -165,7 +165,8 @@ class Policy:
     max_flows_per_peer: int = 4096
     """Flows one peer may hold: beyond it, its own least recently seen flow makes room."""
     tcp_timeout: float = 3600.0
-    """Idle seconds before a TCP flow is forgotten (30 s once a FIN or RST was seen)."""
+    """Idle seconds before a TCP flow is forgotten (30 s once a FIN or RST was seen; every
+    protocol's flows get at most 60 s until a packet came back the other way)."""
     udp_timeout: float = 120.0
     """Idle seconds for UDP and any protocol other than TCP and ICMP."""
     icmp_timeout: float = 30.0

@@ -333,3 +333,16 @@ def test_filter_never_raises_on_garbage(packets: list[bytes]) -> None:
     assert all(p in packets for p in out)
     for p in packets:
         fw.allow_outbound(GUEST, p, 1.0)
+
+
+def test_unanswered_flows_expire_sooner() -> None:
+    """A SYN that got no answer holds its entry 60 s, an answered TCP flow an hour."""
+    fw = firewall()
+    syn = ip4(US, GUEST_IP, PROTO_TCP, tcp(50000, 9000, 0x02))
+    other = ip4(US, GUEST_IP, PROTO_TCP, tcp(50001, 9000, 0x02))
+    assert fw.allow_outbound(GUEST, syn, 0.0) and fw.allow_outbound(GUEST, other, 0.0)
+    synack = ip4(GUEST_IP, US, PROTO_TCP, tcp(9000, 50000, 0x12))
+    assert fw.filter_inbound(GUEST, [synack], 1.0) == [synack]
+    late = ip4(GUEST_IP, US, PROTO_TCP, tcp(9000, 50001, 0x12))
+    assert fw.filter_inbound(GUEST, [late], 62.0) == []  # unanswered: gone after 60 s
+    assert fw.filter_inbound(GUEST, [synack], 1000.0) == [synack]  # answered: an hour
