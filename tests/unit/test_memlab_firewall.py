@@ -3,6 +3,7 @@ opens towards a node is dropped and counted there; the node's own UDP flow gets 
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import struct
 
@@ -10,6 +11,7 @@ import trio
 import trio.testing
 
 from p2plab.memlab import MemoryLab
+from p2ptun.firewall import ALLOW_ICMP, Policy, Rule
 
 
 def udp_packet(src: str, dst: str, sport: int, dport: int) -> bytes:
@@ -51,4 +53,43 @@ async def test_inbound_udp_dropped_and_replies_pass(
         fw_a = alice.daemon.status()["firewall"]
         assert fw_a["dropped"]["inbound"]["default_deny"] == 0
         assert fw_a["outbound"][0]["flows"] >= 1 and fw_b["max_flows"] == 16384
+        nursery.cancel_scope.cancel()
+
+
+def tcp_syn(src: str, dst: str, sport: int, dport: int) -> bytes:
+    segment = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, 0x02, 65535, 0, 0)
+    header = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45, 0, 20 + len(segment), 0, 0, 64, 6, 0,
+        ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed,
+    )  # fmt: skip
+    return header + segment
+
+
+async def test_certificate_groups_open_a_port(autojump_clock: trio.testing.MockClock) -> None:
+    """Network members: the group in alice's certificate lets her reach bob's port 22;
+    carol, without it, is dropped."""
+    lab = MemoryLab(network="home", seed=3)
+    alice = lab.node("alice", "cone", groups=("admin",))
+    bob = lab.node("bob", "cone")
+    carol = lab.node("carol", "cone")
+    ssh = Rule("tcp", (22, 22), groups=frozenset({"admin"}))
+    bob.config = dataclasses.replace(bob.config, firewall=Policy(inbound=(ssh, ALLOW_ICMP)))
+    async with trio.open_nursery() as nursery:
+        await lab.start(nursery)
+        for src in (alice, carol):
+            pinger = lab.pinger(src, bob)
+            await nursery.start(pinger.run)
+            await lab.wait_until(lambda p=pinger: p.replies, 30)  # type: ignore[misc]
+        before = bob.tun.other_packets
+        alice.tun.inject(tcp_syn(alice.overlay_ip, bob.overlay_ip, 40000, 22))
+        await lab.wait_until(lambda: bob.tun.other_packets == before + 1, 5)
+        carol.tun.inject(tcp_syn(carol.overlay_ip, bob.overlay_ip, 40000, 22))
+        await lab.wait_until(
+            lambda: bob.daemon.status()["firewall"]["dropped"]["inbound"]["default_deny"] == 1,
+            5,
+        )
+        assert bob.tun.other_packets == before + 1
+        fw = bob.daemon.status()["firewall"]
+        assert fw["inbound"][0] == {"rule": "tcp/22 groups=admin", "flows": 1}
         nursery.cancel_scope.cancel()
