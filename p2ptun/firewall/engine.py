@@ -13,8 +13,10 @@ Non-first fragments carry no ports: they are matched against the rules that name
 Malformed packets are dropped and counted.
 
 The fast path: consecutive packets of one flow in a batch (the segments of a TCP super-packet,
-a bulk transfer) are recognised by comparing the header bytes that hold the addresses and
-ports with the previous packet's (``bytes.startswith`` at an offset: no slice is made), and
+a bulk transfer; outbound: with the same ``now`` object, which the data path reads once per
+batch) are recognised by comparing the header bytes that hold the addresses and
+ports with the previous packet's (inbound with ``bytes.startswith`` at an offset, so no slice
+is made; outbound, where packets are views of the TUN buffers, as a slice of the view), and
 pass after one attribute store; the flow table is consulted once per run.
 
 :meth:`Firewall.set_policy` replaces the rules at once (a reload): flows the new rules would
@@ -92,7 +94,9 @@ class Firewall:
         self.inbound_hits = [0] * len(self.policy.inbound)
         """New flows each inbound rule allowed."""
         self.outbound_hits = [0] * len(self.policy.outbound)
-        # The outbound path's one-entry cache (packets come one at a time from TUN).
+        # The outbound path's one-entry cache (packets come one at a time from TUN), valid
+        # for one batch: the data path passes the same ``now`` object for all of a batch.
+        self._out_now: float | None = None
         self._out_peer: Hashable = None
         self._out_sig = b""
         self._out_proto = -1
@@ -223,7 +227,13 @@ class Firewall:
     ) -> bool:
         """Whether ``packet``, read from TUN and routed to ``peer``, may be sent."""
         flow = self._out_flow
-        if flow is not None and flow.live and peer is self._out_peer and len(packet) >= 44:
+        if (
+            flow is not None
+            and now is self._out_now
+            and flow.live
+            and peer is self._out_peer
+            and len(packet) >= 44
+        ):
             b0 = packet[0]
             if b0 == 0x45:
                 if (
@@ -263,6 +273,7 @@ class Firewall:
             else:
                 return True
             self._out_flow, self._out_peer, self._out_proto = verdict, peer, proto
+            self._out_now = now
         return True
 
     def _check(

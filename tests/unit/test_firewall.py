@@ -346,3 +346,16 @@ def test_unanswered_flows_expire_sooner() -> None:
     late = ip4(GUEST_IP, US, PROTO_TCP, tcp(9000, 50001, 0x12))
     assert fw.filter_inbound(GUEST, [late], 62.0) == []  # unanswered: gone after 60 s
     assert fw.filter_inbound(GUEST, [synack], 1000.0) == [synack]  # answered: an hour
+
+
+def test_outbound_shortcut_lasts_one_batch() -> None:
+    """Our replies on a flow the peer opened pass; once the flow has expired, the next batch
+    looks again and the (empty) outbound rules drop them."""
+    fw = firewall(Policy(inbound=(Rule(proto="tcp", ports=(22, 22)),), outbound=()))
+    syn = ip4(ADMIN_IP, US, PROTO_TCP, tcp(40000, 22, 0x02, b"x" * 8))
+    reply = memoryview(bytearray(ip4(US, ADMIN_IP, PROTO_TCP, tcp(22, 40000, 0x12, b"y" * 8))))
+    assert fw.filter_inbound(ADMIN, [syn], 0.0) == [syn]
+    batch = float(1)
+    assert fw.allow_outbound(ADMIN, reply, batch) and fw.allow_outbound(ADMIN, reply, batch)
+    later = float(10_000)
+    assert not fw.allow_outbound(ADMIN, reply, later)
