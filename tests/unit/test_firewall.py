@@ -359,3 +359,38 @@ def test_outbound_shortcut_lasts_one_batch() -> None:
     assert fw.allow_outbound(ADMIN, reply, batch) and fw.allow_outbound(ADMIN, reply, batch)
     later = float(10_000)
     assert not fw.allow_outbound(ADMIN, reply, later)
+
+
+_ALPHABET = [
+    ip4(GUEST_IP, US, PROTO_TCP, tcp(9000, 50000, 0x10, b"d" * 40)),
+    ip4(GUEST_IP, US, PROTO_TCP, tcp(9000, 50000, 0x11, b"d" * 40)),  # FIN
+    ip4(GUEST_IP, US, PROTO_TCP, tcp(9000, 50001, 0x10, b"d" * 40)),
+    ip4(GUEST_IP, US, PROTO_TCP, tcp(40000, 22, 0x02, b"d" * 40)),
+    ip4(GUEST_IP, US, PROTO_UDP, udp(53, 5353, b"d" * 40)),
+    ip4(GUEST_IP, US, PROTO_UDP, udp(53, 5354, b"d" * 40)),
+    ip4(GUEST_IP, US, 1, icmp_echo() + b"d" * 40),
+    ip4(GUEST_IP, US, PROTO_UDP, b"d" * 48, frag=100),
+    ip6(PEER6, US6, PROTO_UDP, udp(7001, 7000, b"d" * 8)),
+    ip6(PEER6, US6, PROTO_TCP, tcp(7001, 7000, 0x10)),
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, len(_ALPHABET) - 1), max_size=40), st.booleans())
+def test_batch_verdicts_equal_one_at_a_time(picks: list[int], admin: bool) -> None:
+    """The fast path changes nothing: a batch gets the verdicts its packets get one by one."""
+
+    def opened() -> Firewall:
+        fw = firewall()
+        if admin:
+            fw.add_peer(GUEST, "bob", ["admin"])
+        fw.allow_outbound(GUEST, ip4(US, GUEST_IP, PROTO_TCP, tcp(50000, 9000, 0x02)), 1.0)
+        fw.allow_outbound(GUEST, ip4(US, GUEST_IP, PROTO_UDP, udp(5353, 53)), 1.0)
+        fw.allow_outbound(GUEST, ip6(US6, PEER6, PROTO_UDP, udp(7000, 7001)), 1.0)
+        return fw
+
+    packets = [_ALPHABET[i] for i in picks]
+    batched = opened().filter_inbound(GUEST, packets, 2.0)
+    single = opened()
+    one_by_one = [p for p in packets if single.filter_inbound(GUEST, [p], 2.0)]
+    assert batched == one_by_one
