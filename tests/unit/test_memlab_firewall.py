@@ -11,7 +11,9 @@ import trio
 import trio.testing
 
 from p2plab.memlab import MemoryLab
+from p2ptun.config.schema import MetricsSettings
 from p2ptun.firewall import ALLOW_ICMP, Policy, Rule
+from tests.unit.test_metrics import http_get, samples
 
 
 def udp_packet(src: str, dst: str, sport: int, dport: int) -> bytes:
@@ -30,6 +32,7 @@ async def test_inbound_udp_dropped_and_replies_pass(
     lab = MemoryLab()
     alice = lab.node("alice", "cone")
     bob = lab.node("bob", "cone")
+    bob.config = dataclasses.replace(bob.config, metrics=MetricsSettings((bob.host.ip, 9560)))
     async with trio.open_nursery() as nursery:
         await lab.start(nursery)
         pinger = lab.pinger(alice, bob)
@@ -53,6 +56,16 @@ async def test_inbound_udp_dropped_and_replies_pass(
         fw_a = alice.daemon.status()["firewall"]
         assert fw_a["dropped"]["inbound"]["default_deny"] == 0
         assert fw_a["outbound"][0]["flows"] >= 1 and fw_b["max_flows"] == 16384
+        # ... and in bob's metrics
+        code, body = await http_get(bob.host, bob.host.ip, 9560, "/metrics")
+        assert code == 200
+        metrics = samples(body)
+        assert (
+            metrics[("p2ptun_dropped_total", (("reason", "firewall_inbound_default_deny"),))] == 1
+        )
+        assert metrics[("p2ptun_firewall_flows", ())] >= 1
+        icmp = (("direction", "inbound"), ("rule", "0: icmp any peer"))
+        assert metrics[("p2ptun_firewall_rule_flows_total", icmp)] >= 1
         nursery.cancel_scope.cancel()
 
 
