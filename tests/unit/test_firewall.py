@@ -394,3 +394,13 @@ def test_batch_verdicts_equal_one_at_a_time(picks: list[int], admin: bool) -> No
     single = opened()
     one_by_one = [p for p in packets if single.filter_inbound(GUEST, [p], 2.0)]
     assert batched == one_by_one
+
+
+def test_reload_with_a_smaller_table_keeps_what_fits() -> None:
+    fw = firewall(Policy(inbound=(Rule(proto="udp"),), max_flows=100, max_flows_per_peer=100))
+    for i in range(30):
+        fw.filter_inbound(GUEST, [ip4(GUEST_IP, US, PROTO_UDP, udp(1000 + i, 53))], 1.0)
+    assert len(fw.table) == 30
+    fw.set_policy(Policy(inbound=(Rule(proto="udp"),), max_flows=20, max_flows_per_peer=10))
+    assert len(fw.table) == 10 and fw.table.held_by(GUEST) == 10
+    assert fw.status()["max_flows"] == 20 and fw.status()["cut_on_reload"] == 0

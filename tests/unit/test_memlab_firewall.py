@@ -7,6 +7,7 @@ import dataclasses
 import ipaddress
 import struct
 
+import pytest
 import trio
 import trio.testing
 
@@ -105,4 +106,24 @@ async def test_certificate_groups_open_a_port(autojump_clock: trio.testing.MockC
         assert bob.tun.other_packets == before + 1
         fw = bob.daemon.status()["firewall"]
         assert fw["inbound"][0] == {"rule": "tcp/22 groups=admin", "flows": 1}
+        nursery.cancel_scope.cancel()
+
+
+async def test_firewall_off_lets_everything_in(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``P2PTUN_FIREWALL=off``: no filtering, no firewall in the status."""
+    monkeypatch.setenv("P2PTUN_FIREWALL", "off")
+    lab = MemoryLab()
+    alice = lab.node("alice", "cone")
+    bob = lab.node("bob", "cone")
+    async with trio.open_nursery() as nursery:
+        await lab.start(nursery)
+        pinger = lab.pinger(alice, bob)
+        await nursery.start(pinger.run)
+        await lab.wait_until(lambda: pinger.replies, 15)
+        before = bob.tun.other_packets
+        alice.tun.inject(udp_packet(alice.overlay_ip, bob.overlay_ip, 5000, 9999))
+        await lab.wait_until(lambda: bob.tun.other_packets == before + 1, 5)
+        assert "firewall" not in bob.daemon.status()
         nursery.cancel_scope.cancel()
