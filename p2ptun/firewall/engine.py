@@ -186,7 +186,7 @@ class Firewall:
         proto = -1
         for i, p in enumerate(packets):
             # Fast path: the same flow as the previous packet (module docstring).
-            if last is not None and last.live and len(p) >= 44:
+            if last is not None and last.live and len(p) >= 24:
                 b0 = p[0]
                 if b0 == 0x45:
                     if p[9] == proto and not (p[6] & 0x3F or p[7]) and p.startswith(sig, 12):
@@ -214,11 +214,11 @@ class Firewall:
             if isinstance(verdict, Flow):
                 b0 = p[0]
                 proto = verdict.key[0]
-                if len(p) < 44:
-                    pass  # too short for the fast path's compare: every packet is looked up
-                elif b0 == 0x45 and not (p[6] & 0x3F or p[7]):
+                # The signature must be whole: a shorter one would match other flows too.
+                size = len(p)
+                if b0 == 0x45 and size >= 24 and not (p[6] & 0x3F or p[7]):
                     last, sig = verdict, p[12:24]
-                elif b0 >> 4 == 6 and p[6] == proto:
+                elif b0 >> 4 == 6 and size >= 44 and p[6] == proto:
                     last, sig = verdict, p[8:44]
         return packets if out is None else out
 
@@ -232,7 +232,7 @@ class Firewall:
             and now is self._out_now
             and flow.live
             and peer is self._out_peer
-            and len(packet) >= 44
+            and len(packet) >= 24
         ):
             b0 = packet[0]
             if b0 == 0x45:
@@ -263,12 +263,13 @@ class Firewall:
         if verdict is None:
             return False
         self._out_flow = None
-        if isinstance(verdict, Flow) and len(packet) >= 44:
+        if isinstance(verdict, Flow):
             b0 = packet[0]
             proto = verdict.key[0]
-            if b0 == 0x45 and not (packet[6] & 0x3F or packet[7]):
+            size = len(packet)
+            if b0 == 0x45 and size >= 24 and not (packet[6] & 0x3F or packet[7]):
                 self._out_sig = bytes(packet[12:24])
-            elif b0 >> 4 == 6 and packet[6] == proto:
+            elif b0 >> 4 == 6 and size >= 44 and packet[6] == proto:
                 self._out_sig = bytes(packet[8:44])
             else:
                 return True

@@ -364,6 +364,9 @@ def test_outbound_shortcut_lasts_one_batch() -> None:
 _ALPHABET = [
     ip4(GUEST_IP, US, PROTO_TCP, tcp(9000, 50000, 0x10, b"d" * 40)),
     ip4(GUEST_IP, US, PROTO_TCP, tcp(9000, 50000, 0x11, b"d" * 40)),  # FIN
+    ip4(GUEST_IP, US, PROTO_TCP, tcp(9000, 50000, 0x10)),  # a bare ACK, 40 bytes
+    ip4(GUEST_IP, US, PROTO_TCP, tcp(9000, 50001, 0x10)),
+    ip4(GUEST_IP, US, 1, icmp_echo()),  # 32 bytes
     ip4(GUEST_IP, US, PROTO_TCP, tcp(9000, 50001, 0x10, b"d" * 40)),
     ip4(GUEST_IP, US, PROTO_TCP, tcp(40000, 22, 0x02, b"d" * 40)),
     ip4(GUEST_IP, US, PROTO_UDP, udp(53, 5353, b"d" * 40)),
