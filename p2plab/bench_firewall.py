@@ -1,9 +1,11 @@
 """The ``firewall`` section of ``scripts/bench``: what the firewall between peers costs.
 
-``python -m p2plab.bench_firewall [--iperf-seconds S] [--runs N] [--json F]`` prints one
-table. The tunnel section's topology and direct path (:class:`p2plab.bench.P2ptunTunnel`:
-two full-cone sites, ``p2ptun up`` on each, ICE's direct pair), one fresh lab per row, rows
-measured one after the other in the same run:
+``python -m p2plab.bench_firewall [--iperf-seconds S] [--runs N] [--rounds R] [--json F]``
+prints one table. The tunnel section's topology and direct path
+(:class:`p2plab.bench.P2ptunTunnel`: two full-cone sites, ``p2ptun up`` on each, ICE's
+direct pair), a fresh lab for each measurement. The two rows are measured in turns, ``--rounds``
+times (off, on, off, on, ...; ``--runs`` iperf3 runs each), so that a machine whose load
+drifts during the run (other work on it) weighs on both alike:
 
 ``firewall off``
     ``P2PTUN_FIREWALL=off``: no filtering in the data path at all.
@@ -16,9 +18,10 @@ its own (best of several rounds, nanoseconds per packet): a run of one flow's se
 fast path), packets of 64 interleaved tracked flows (one table lookup each), outbound packets
 of one flow, and new flows into a full table (parse, 16 rules, eviction).
 
-Columns: iperf3 TCP throughput from site1 to site2 (median of ``--runs`` with min–max) and the
-CPU seconds per GB of both daemons over those runs (see p2plab/bench.py), and the receiving
-node's firewall counters afterwards (flows tracked, packets dropped).
+Columns: iperf3 TCP throughput from site1 to site2 (median of all the row's runs with
+min–max), the CPU seconds per GB of both daemons (see p2plab/bench.py; median of the rounds),
+and the receiving node's firewall counters after the last round (flows tracked, packets
+dropped).
 """
 
 from __future__ import annotations
@@ -100,6 +103,21 @@ def measure(on: bool, opts: Options) -> FirewallResult:
         message = str(exc)
         print(f"   {name} FAILED: {message}", file=sys.stderr, flush=True)
         return FirewallResult(name, Result(name, error=message.splitlines()[0]))
+
+
+def combine(rounds: Sequence[FirewallResult]) -> FirewallResult:
+    """One row from its rounds: every iperf3 run, the median CPU per GB, the last counters."""
+    first = rounds[0]
+    result = Result(first.name)
+    failed = [r.result.error for r in rounds if r.result.error is not None]
+    if failed:
+        result.error = failed[0]
+        return FirewallResult(first.name, result)
+    for r in rounds:
+        result.throughput_mbps += r.result.throughput_mbps
+    cpu = [r.result.cpu_s_per_gb for r in rounds if r.result.cpu_s_per_gb is not None]
+    result.cpu_s_per_gb = statistics.median(cpu) if cpu else None
+    return FirewallResult(first.name, result, rounds[-1].firewall)
 
 
 def render(rows: Sequence[FirewallResult]) -> str:
@@ -196,7 +214,8 @@ def micro(rounds: int = 7) -> list[tuple[str, float]]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m p2plab.bench_firewall", description=__doc__)
     parser.add_argument("--iperf-seconds", type=float, default=10.0)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=2, help="iperf3 runs per round (2)")
+    parser.add_argument("--rounds", type=int, default=3, help="turns of off and on (3)")
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args(argv)
     opts = Options(iperf_seconds=args.iperf_seconds, runs=args.runs)
@@ -204,7 +223,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for what, ns in micro():
         print(f"  {what:<45} {ns:6.0f}")
     print()
-    rows = [measure(False, opts), measure(True, opts)]
+    turns: dict[bool, list[FirewallResult]] = {False: [], True: []}
+    for _ in range(args.rounds):
+        for on in (False, True):
+            turns[on].append(measure(on, opts))
+    rows = [combine(turns[False]), combine(turns[True])]
     print(render(rows))
     if args.json:
         with open(args.json, "w") as f:
