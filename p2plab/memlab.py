@@ -167,12 +167,15 @@ class MemoryLab:
         enrolled: bool = False,
         valid: tuple[float, float] | None = None,
         certificate: Certificate | None = None,
+        groups: tuple[str, ...] = (),
     ) -> MemoryNode:
         """A node on a new site behind ``nat`` (None: a public host). Every node lists every
         other as a peer (configs are made when the lab starts), or, with a network, has a
         certificate: of the lab's authority unless ``authority`` (a seed) says otherwise,
         ``enrolled`` through an invite, ``valid`` for (not_before, not_after) virtual seconds
-        from the lab's start (default: a year), or ``certificate`` as given (forged...)."""
+        from the lab's start (default: a year), or ``certificate`` as given (forged...);
+        ``groups``: the certificate's groups. A node's ``[firewall]`` is its config's
+        ``firewall`` (replace it before the lab starts)."""
         index = len(self.nodes) + 1
         if nat is None:
             host = self.network.public_host(name, f"192.0.2.{10 + index}")
@@ -198,7 +201,13 @@ class MemoryLab:
         node = MemoryNode(name, host, config)
         if self.network_name is not None:
             node.certificate = certificate or self.certify(
-                name, key, address, authority=authority, enrolled=enrolled, valid=valid
+                name,
+                key,
+                address,
+                authority=authority,
+                enrolled=enrolled,
+                valid=valid,
+                groups=groups,
             )
         self.nodes.append(node)
         return node
@@ -212,6 +221,7 @@ class MemoryLab:
         authority: bytes | None = None,
         enrolled: bool = False,
         valid: tuple[float, float] | None = None,
+        groups: tuple[str, ...] = (),
     ) -> Certificate:
         """A certificate for ``name`` with private key ``key`` (see :meth:`node`)."""
         assert self.network_name is not None
@@ -223,7 +233,7 @@ class MemoryLab:
             serial=self.rng.randbytes(16),
             addresses=(address,),
             routes=(),
-            groups=(),
+            groups=tuple(sorted(groups)),
             not_before=int(EPOCH + start),
             not_after=int(EPOCH + end),
             authority=ed25519_public(seed),
@@ -280,6 +290,7 @@ class MemoryLab:
             network=network,
             relay=node.config.relay,
             metrics=node.config.metrics,
+            firewall=node.config.firewall,
         )
         node._daemon = NodeDaemon(
             node.config,

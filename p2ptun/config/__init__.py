@@ -114,6 +114,8 @@ def describe(cfg: Config) -> str:
                 network += f" (names under .{cfg.network.domain})"
         if cfg.metrics is not None:
             network += f", metrics on {format_address(cfg.metrics.listen)}"
+        fw = cfg.firewall
+        network += f", firewall: {len(fw.inbound)} inbound, {len(fw.outbound)} outbound rules"
         return (
             f"{cfg.path}: valid node config: name {cfg.name}, interface {cfg.interface.name}, "
             f"rendezvous {format_address(cfg.rendezvous.address)}, peers: {peers}{network}"

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from p2ptun.addr import parse_host_port
+from p2ptun.config.firewall import firewall_policy, groups_of
 from p2ptun.config.reader import ConfigFile, Table, type_name
 from p2ptun.config.schema import (
     DEFAULT_PEER_RELAY_PORT,
@@ -61,6 +62,7 @@ def node_config(source: ConfigFile, data: dict[str, Any]) -> NodeConfig:
         "network",
         "relay",
         "metrics",
+        "firewall",
     )
     name = check_name(top, "name", top.string("name", required=True))
     private = top.private_key()
@@ -94,6 +96,7 @@ def node_config(source: ConfigFile, data: dict[str, Any]) -> NodeConfig:
     relay_t = top.table("relay")
     relay = _relay(relay_t) if relay_t is not None else None
     metrics = metrics_settings(top)
+    firewall = firewall_policy(top)
     top.check_unknown()
     return NodeConfig(
         path=source.file,
@@ -107,6 +110,7 @@ def node_config(source: ConfigFile, data: dict[str, Any]) -> NodeConfig:
         network=network,
         relay=relay,
         metrics=metrics,
+        firewall=firewall,
     )
 
 
@@ -353,6 +357,7 @@ def _peers(top: Table, own_public: bytes, own_name: str) -> tuple[PeerConfig, ..
                 f"{keepalive} is out of range",
                 "seconds, 0 (off) to 65535",
             )
+        groups = groups_of(t)
         t.check_unknown()
-        peers.append(PeerConfig(name, key, tuple(nets), psk, keepalive or None))
+        peers.append(PeerConfig(name, key, tuple(nets), psk, keepalive or None, groups))
     return tuple(peers)

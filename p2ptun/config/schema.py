@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from p2ptun.addr import Address
+from p2ptun.firewall import Policy
 from p2ptun.keys import public_key
 from p2ptun.membership import Certificate
 
@@ -109,6 +110,8 @@ class PeerConfig:
     allowed_ips: tuple[IPNetwork, ...]
     preshared_key: bytes | None = field(default=None, repr=False)
     persistent_keepalive: int | None = None
+    #: Groups the firewall rules see the peer in (``groups``; a member's: its certificate's).
+    groups: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,8 @@ class NodeConfig:
     network: NetworkConfig | None = None
     relay: RelayConfig | None = None
     metrics: MetricsSettings | None = None
+    #: ``[firewall]``: rules between this node and its peers (the default without one).
+    firewall: Policy = field(default_factory=Policy)
 
     @property
     def public_key(self) -> bytes:

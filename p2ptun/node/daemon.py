@@ -46,7 +46,9 @@ restart, gives a malicious rendezvous nothing to replay. A renewed certificate
 (``[network] cert_file``) is handed to the rendezvous on the running connection, and a newer
 revocation list file is applied and published; tunnels are not touched. Changing ``name``, the
 private key, ``[interface] name`` or the network's authority needs a restart: such a reload is
-refused; ``[ice]`` changes are logged and take effect at the next restart.
+refused; ``[ice]`` changes are logged and take effect at the next restart. A changed
+``[firewall]`` replaces the rule set at once; tracked flows the new rules would not allow are
+cut (:meth:`p2ptun.firewall.Firewall.set_policy`).
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ from p2ptun import config as config_mod
 from p2ptun.addr import Address, format_address
 from p2ptun.config import IPInterface, IPNetwork, NodeConfig, PeerConfig, TurnServerConfig
 from p2ptun.errors import EXIT_OK, P2ptunError, RuntimeFailure
+from p2ptun.firewall import Firewall
 from p2ptun.ice import AgentConfig
 from p2ptun.ice.hardnat import HardNatConfig
 from p2ptun.keys import encode_key
@@ -119,6 +122,12 @@ PATH_OVERHEAD = IPV6_HEADER + UDP_HEADER + CHANNEL_DATA_HEADER + WIREGUARD_OVERH
 CAP_NET_ADMIN = 12
 CONSENT_REGATHER_INTERVAL = 5.0
 """Consent loss (one peer's or many at once) regathers at most this often."""
+
+
+def firewall_off() -> bool:
+    """``P2PTUN_FIREWALL=off``: no filtering at all, every packet passes (for measuring the
+    firewall's cost, and for finding out whether it is what drops a packet)."""
+    return os.environ.get("P2PTUN_FIREWALL", "").lower() == "off"
 
 
 def default_mtu(underlay: int = UNDERLAY_MTU) -> int:
@@ -517,6 +526,7 @@ class NodeDaemon:
                 learn_endpoints=True,
                 on_path_quiet=self._path_quiet,
                 on_relayed_roam=self._relayed_roam,
+                firewall=None if firewall_off() else Firewall(cfg.firewall),
             )
             self._tunnel = tunnel
             transport = IceTransport(
@@ -902,6 +912,8 @@ class NodeDaemon:
             persistent_keepalive=peer_cfg.persistent_keepalive,
         )
         tunnel.set_endpoint(wg, None)
+        if tunnel.firewall is not None:
+            tunnel.firewall.add_peer(wg, peer_cfg.name, peer_cfg.groups)
         session = PeerSession(self, peer_cfg, wg)
         session.relay_owners = self._relay_owners
         self.peers[peer_cfg.name] = session
@@ -955,6 +967,8 @@ class NodeDaemon:
             await self.host.add_route(self.interface, prefix)
             session.routes.append(prefix)
         session.wg.persistent_keepalive = new.persistent_keepalive
+        if tunnel.firewall is not None:
+            tunnel.firewall.add_peer(session.wg, new.name, new.groups)
         session.config = new
         log.info(
             "peer updated",
@@ -1023,6 +1037,15 @@ class NodeDaemon:
             or old.name != new.name
         )
         addresses_changed = new_if.addresses != old_if.addresses
+        firewall = self.tunnel.firewall
+        if new.firewall != old.firewall and firewall is not None:
+            cut = firewall.set_policy(new.firewall)
+            log.info(
+                "firewall rules replaced",
+                inbound=len(new.firewall.inbound),
+                outbound=len(new.firewall.outbound),
+                flows_cut=cut,
+            )
         if signaling_changed and self._nursery is not None:
             # New peers start once the new client runs (it is told the members as it starts).
             added = await self.sync_peers(addresses_changed=addresses_changed, start=False)
@@ -1076,8 +1099,22 @@ class NodeDaemon:
                 "rendezvous": self._rendezvous_state(),
                 "port_mapping": self._port_mapping_status(),
             },
-            "peers": [session.status(now) for session in self.peers.values()],
+            "peers": [self._peer_status(session, now) for session in self.peers.values()],
+            **self._firewall_status(),
         }
+
+    def _peer_status(self, session: PeerSession, now: float) -> dict[str, Any]:
+        status = session.status(now)
+        firewall = self._tunnel.firewall if self._tunnel is not None else None
+        if firewall is not None:
+            status["firewall_dropped"] = firewall.dropped(session.wg)
+        return status
+
+    def _firewall_status(self) -> dict[str, Any]:
+        """``{"firewall": {...}}`` (:meth:`p2ptun.firewall.Firewall.status`) once the data path
+        runs, else nothing."""
+        firewall = self._tunnel.firewall if self._tunnel is not None else None
+        return {} if firewall is None else {"firewall": firewall.status()}
 
     def _port_mapping_status(self) -> dict[str, str] | None:
         """The mapping the gateway holds for us (``[ice] port_mapping``), or None."""

@@ -136,6 +136,11 @@ for line in sys.stdin.buffer:
 """A line-echo connection over TCP: each line written to the client comes back."""
 
 
+LAB_FIREWALL = '[[firewall.inbound]]\nproto = "tcp"\n[[firewall.inbound]]\nproto = "icmp"\n'
+"""The lab's nodes take TCP from every peer (the tests move data over TCP between them) and
+ICMP; a config whose ``extra`` has a ``[firewall]`` of its own gets that instead."""
+
+
 def _toml_list(items: Sequence[str]) -> str:
     """A TOML array of plain strings."""
     return "[" + ", ".join(f'"{item}"' for item in items) + "]"
@@ -172,6 +177,8 @@ class Node:
     starts: int = 0
     address6: str | None = None
     """An IPv6 overlay address (``fd..::i/64``) beside :attr:`address`, if any."""
+    groups: tuple[str, ...] = ()
+    """The groups the other nodes' ``[[peer]]`` entries give it (for their firewall rules)."""
 
     @property
     def tunnel_ip(self) -> str:
@@ -438,6 +445,7 @@ class Deployment:
         peer_text = "".join(
             f'[[peer]]\nname = "{p.name}"\npublic_key = "{p.pub}"\n'
             f"allowed_ips = {_toml_list(p.allowed_ips)}\n"
+            + (f"groups = {_toml_list(p.groups)}\n" if p.groups else "")
             for p in peers
         )
         stun_text = ", ".join(f'"{s}"' for s in stun)
@@ -452,6 +460,7 @@ class Deployment:
             + ("" if hard_nat is None else f"hard_nat = {str(hard_nat).lower()}\n")
             + peer_text
             + extra
+            + ("" if "firewall" in extra else LAB_FIREWALL)
         )
         tmp.chmod(0o600)
         os.replace(tmp, path)
