@@ -22,8 +22,9 @@ buffered without bound.
 
 from __future__ import annotations
 
+import ipaddress
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import trio
 
@@ -54,6 +55,14 @@ class TurnCredentialsUnavailable(Exception):
     """The rendezvous issues no TURN credentials, or did not answer in time."""
 
 
+def is_ip_literal(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 class SignalingClient:
     """Connects a node to its rendezvous and keeps it connected."""
 
@@ -63,7 +72,7 @@ class SignalingClient:
         *,
         name: str,
         private_key: bytes,
-        rendezvous: tuple[str, int],
+        rendezvous: tuple[str, int] | Sequence[tuple[str, int]],
         rendezvous_key: bytes,
         peers: Mapping[str, bytes],
         backoff: BackoffPolicy | None = None,
@@ -77,9 +86,18 @@ class SignalingClient:
     ) -> None:
         """``host`` connects to the rendezvous and gives the core its clock and randomness
         (keys, jitter, the signaling timestamps' wall clock). ``certificate``: register as
-        a member of a network with it; ``revocations``: the revocation list to hand on."""
+        a member of a network with it; ``revocations``: the revocation list to hand on.
+        ``rendezvous``: one ``(host, port)`` or several (the instances of a cluster): each
+        attempt goes to the next one, a name resolved anew each time and each of its
+        addresses taken in turn, so that a lost or unreachable instance is left for another
+        after the core's jittered backoff."""
         self.host = host
-        self.rendezvous = rendezvous
+        if len(rendezvous) == 2 and isinstance(rendezvous[1], int):
+            self.addresses: list[tuple[str, int]] = [rendezvous]  # type: ignore[list-item]
+        else:
+            self.addresses = [(str(a[0]), int(a[1])) for a in rendezvous]  # type: ignore[index]
+        self.rendezvous = self.addresses[0]
+        self._attempt = 0
         self.core = SignalClientCore(
             name=name,
             private_key=private_key,
@@ -188,8 +206,27 @@ class SignalingClient:
         self.core.stop()
         self._after()
 
+    async def _next_address(self) -> tuple[str, int]:
+        """The address of this attempt (see ``__init__``)."""
+        if len(self.addresses) == 1 and is_ip_literal(self.addresses[0][0]):
+            return self.addresses[0]
+        candidates: list[tuple[str, int]] = []
+        for name, port in self.addresses:
+            if is_ip_literal(name):
+                candidates.append((name, port))
+                continue
+            try:
+                with trio.move_on_after(5):
+                    candidates.extend((a[0], a[1]) for a in await self.host.resolve(name, port))
+            except OSError:
+                pass
+            if not candidates or candidates[-1][1] != port:
+                candidates.append((name, port))  # let connect_tcp say why it fails
+        return candidates[self._attempt % len(candidates)]
+
     async def _connection(self) -> None:
-        name, port = self.rendezvous
+        name, port = self.rendezvous = await self._next_address()
+        self._attempt += 1
         deadline = self.core.next_wakeup() or math.inf
         stream: trio.abc.Stream | None = None
         with trio.move_on_at(deadline):

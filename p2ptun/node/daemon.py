@@ -195,7 +195,7 @@ def signaling_client(
         host,
         name=config.name,
         private_key=config.private_key,
-        rendezvous=config.rendezvous.address,
+        rendezvous=config.rendezvous.addresses,
         rendezvous_key=config.rendezvous.public_key,
         peers={p.name: p.public_key for p in config.peers},
         certificate=None if network is None else network.certificate.encode(),

@@ -1,0 +1,314 @@
+"""Rendezvous instances sharing one real redis-server (``[cluster] redis``), over loopback.
+
+Covers: presence and sealed messages between nodes on different instances, bindings shared;
+a killed instance (a separate process, SIGKILL) whose node re-registers on another instance
+within 5 s while its peer never sees it offline; a Redis restarted without its data and
+repopulated by the instances; Redis unreachable at start (the instance serves its nodes and
+links up once Redis is there); the client's bound on a Redis reply.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import pytest
+import trio
+
+from p2plab.redislab import RedisServer, free_port, redis_available
+from p2ptun.config import NodeEntry, RendezvousConfig
+from p2ptun.config.rendezvous import parse_redis_url
+from p2ptun.config.schema import ClusterSettings
+from p2ptun.keys import encode_key, generate_private_key, public_key
+from p2ptun.net.redis import RedisClient, RedisError
+from p2ptun.net.signaling import SignalingClient
+from p2ptun.net.system import SystemHost
+from p2ptun.rendezvous.cluster import ALIVE, node_key
+from p2ptun.rendezvous.redis_store import BINDINGS
+from p2ptun.rendezvous.signaling import SignalingServer, serve_signaling
+from p2ptun.signal.backoff import BackoffPolicy
+from p2ptun.signal.seal import Answer, Offer
+
+pytestmark = pytest.mark.skipif(not redis_available(), reason="needs redis-server")
+
+RV_KEY = generate_private_key()
+FAST = BackoffPolicy(base=0.1, cap=0.5)
+HOST = SystemHost()
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def cluster_config(
+    tmp_path: Path, url: str, instance: str, *, nodes: tuple[NodeEntry, ...] = (), ttl: float = 3.0
+) -> RendezvousConfig:
+    return RendezvousConfig(
+        path=str(tmp_path / f"{instance}.toml"),
+        listen=("127.0.0.1", 0),
+        private_key=RV_KEY,
+        database=str(tmp_path / f"{instance}.sqlite"),
+        open_registration=True,
+        stun=None,
+        turn=None,
+        nodes=nodes,
+        cluster=ClusterSettings(parse_redis_url(url), instance, ttl),
+    )
+
+
+async def start_instance(nursery: trio.Nursery, cfg: RendezvousConfig) -> SignalingServer:
+    server: SignalingServer = await nursery.start(partial(serve_signaling, cfg, host=HOST))
+    return server
+
+
+def node(
+    addresses: list[tuple[str, int]], name: str, key: bytes, peers: dict[str, bytes]
+) -> SignalingClient:
+    return SignalingClient(
+        SystemHost(),
+        name=name,
+        private_key=key,
+        rendezvous=addresses,
+        rendezvous_key=public_key(RV_KEY),
+        peers=peers,
+        backoff=FAST,
+    )
+
+
+async def linked(server: SignalingServer) -> None:
+    assert server.cluster is not None
+    while not server.cluster.connected:
+        await trio.sleep(0.02)
+
+
+async def test_presence_and_sealed_messages_cross_instances(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    ka, kb = generate_private_key(), generate_private_key()
+    with trio.fail_after(15):
+        async with trio.open_nursery() as nursery:
+            a = await start_instance(nursery, cluster_config(tmp_path, redis.url, "rv-a"))
+            b = await start_instance(nursery, cluster_config(tmp_path, redis.url, "rv-b"))
+            await linked(a)
+            await linked(b)
+            assert a.address is not None and b.address is not None
+            alice = node([a.address], "alice", ka, {"bob": public_key(kb)})
+            bob = node([b.address], "bob", kb, {"alice": public_key(ka)})
+            await nursery.start(alice.run)
+            await nursery.start(bob.run)
+            await alice.wait_online("bob")
+            await bob.wait_online("alice")
+            assert "alice" in a.core.online and "bob" in b.core.online
+            session = alice.offer("bob", "a=ice-ufrag:alic\n")
+            got = await bob.signals.receive()
+            assert got.peer == "alice" and got.message == Offer(session, "a=ice-ufrag:alic\n")
+            assert bob.send_to("alice", Answer(session, "a=ice-ufrag:bobb\n"))
+            answer = await alice.signals.receive()
+            assert answer.message == Answer(session, "a=ice-ufrag:bobb\n")
+            assert a.core.counters.cluster_forwarded >= 1
+            assert b.core.counters.cluster_delivered >= 1
+            # The trust-on-first-use bindings are in Redis, and each instance knows both.
+            client = await RedisClient.connect(HOST, parse_redis_url(redis.url))
+            bound = await client.command("HGET", BINDINGS, "alice")
+            assert bound == public_key(ka)
+            await client.aclose()
+            for server in (a, b):
+                assert server.store is not None
+                assert server.store.known(public_key(ka)) and server.store.known(public_key(kb))
+            # Bob goes: alice hears it from the other instance.
+            bob.stop()
+            while alice.is_online("bob"):
+                await alice._wait_changed()
+            alice.stop()
+            nursery.cancel_scope.cancel()
+
+
+def instance_process(
+    tmp_path: Path, url: str, instance: str
+) -> tuple[subprocess.Popen[bytes], int]:
+    """A rendezvous instance as its own process (to be killed); its port."""
+    port_file = tmp_path / f"{instance}.port"
+    config = tmp_path / f"{instance}.toml"
+    config.write_text(
+        f'listen = "127.0.0.1:{free_port()}"\nprivate_key = "{encode_key(RV_KEY)}"\n'
+        f'database = "{tmp_path / instance}.sqlite"\nopen_registration = true\n'
+        f'[cluster]\nredis = "{url}"\ninstance = "{instance}"\npresence_ttl = 3\n'
+    )
+    script = (
+        "import sys, trio\n"
+        "from functools import partial\n"
+        "from p2ptun import config\n"
+        "from p2ptun.net.system import SystemHost\n"
+        "from p2ptun.rendezvous.signaling import serve_signaling\n"
+        "async def main():\n"
+        "    cfg = config.load_rendezvous(sys.argv[1])\n"
+        "    async with trio.open_nursery() as n:\n"
+        "        s = await n.start(partial(serve_signaling, cfg, host=SystemHost()))\n"
+        "        open(sys.argv[2], 'w').write(str(s.address[1]))\n"
+        "trio.run(main)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(config), str(port_file)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return proc, 0
+
+
+async def wait_port(proc: subprocess.Popen[bytes], port_file: Path) -> int:
+    while not port_file.exists() or not port_file.read_text():
+        assert proc.poll() is None, "the instance process died"
+        await trio.sleep(0.05)
+    return int(port_file.read_text())
+
+
+async def test_killed_instance_loses_its_nodes_to_another(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    ka, kb = generate_private_key(), generate_private_key()
+    proc, _ = instance_process(tmp_path, redis.url, "rv-doomed")
+    try:
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                port = await wait_port(proc, tmp_path / "rv-doomed.port")
+                a = await start_instance(nursery, cluster_config(tmp_path, redis.url, "rv-a"))
+                await linked(a)
+                assert a.address is not None
+                # alice tries the doomed instance first, bob is on rv-a.
+                alice = node([("127.0.0.1", port), a.address], "alice", ka, {"bob": public_key(kb)})
+                bob = node([a.address], "bob", kb, {"alice": public_key(ka)})
+                await nursery.start(alice.run)
+                await nursery.start(bob.run)
+                await bob.wait_online("alice")
+                await alice.wait_online("bob")
+                assert alice.rendezvous == ("127.0.0.1", port)
+                assert "alice" in a.core.remote_nodes
+                flaps: list[bool] = []
+
+                async def watch_presence() -> None:
+                    while True:
+                        flaps.append(bool(bob.is_online("alice")))
+                        await bob._wait_changed()
+
+                nursery.start_soon(watch_presence)
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+                killed = trio.current_time()
+                while "alice" not in a.core.online:
+                    await trio.sleep(0.02)
+                moved = trio.current_time() - killed
+                assert moved < 5.0, moved
+                await alice.wait_online("bob")
+                session = bob.offer("alice", "a=ice-ufrag:bobb\n")
+                got = await alice.signals.receive()
+                assert got.message == Offer(session, "a=ice-ufrag:bobb\n")
+                assert all(flaps), "bob saw alice offline while she moved"
+                print(f"re-registered on another instance {moved:.2f} s after the kill")
+                nursery.cancel_scope.cancel()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+
+async def test_restarted_redis_is_repopulated(tmp_path: Path, redis: RedisServer) -> None:
+    ka, kb = generate_private_key(), generate_private_key()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            a = await start_instance(nursery, cluster_config(tmp_path, redis.url, "rv-a"))
+            b = await start_instance(nursery, cluster_config(tmp_path, redis.url, "rv-b"))
+            await linked(a)
+            await linked(b)
+            assert a.address is not None and b.address is not None
+            alice = node([a.address], "alice", ka, {"bob": public_key(kb)})
+            bob = node([b.address], "bob", kb, {"alice": public_key(ka)})
+            await nursery.start(alice.run)
+            await nursery.start(bob.run)
+            await alice.wait_online("bob")
+            await trio.to_thread.run_sync(redis.restart)
+            url = parse_redis_url(redis.url)
+            while True:
+                await trio.sleep(0.2)
+                try:
+                    client = await RedisClient.connect(HOST, url)
+                except RedisError:
+                    continue
+                try:
+                    replies = await client.pipeline(
+                        [
+                            ("EXISTS", ALIVE),
+                            ("HGET", BINDINGS, "alice"),
+                            ("HGET", BINDINGS, "bob"),
+                            ("EXISTS", node_key("alice")),
+                            ("EXISTS", node_key("bob")),
+                        ]
+                    )
+                finally:
+                    await client.aclose()
+                if replies == [1, public_key(ka), public_key(kb), 1, 1]:
+                    break
+            # And the cluster works on: a message crosses instances.
+            session = alice.offer("bob", "a=x\n")
+            got = await bob.signals.receive()
+            assert got.message == Offer(session, "a=x\n")
+            nursery.cancel_scope.cancel()
+
+
+async def test_redis_unreachable_at_start(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    redis = RedisServer()  # its port, not started yet
+    ka, kb = generate_private_key(), generate_private_key()
+    nodes = (NodeEntry("alice", public_key(ka)), NodeEntry("bob", public_key(kb)))
+    try:
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                a = await start_instance(
+                    nursery, cluster_config(tmp_path, redis.url, "rv-a", nodes=nodes)
+                )
+                b = await start_instance(
+                    nursery, cluster_config(tmp_path, redis.url, "rv-b", nodes=nodes)
+                )
+                assert a.address is not None and b.address is not None and a.cluster is not None
+                # Nodes on one instance are served without Redis.
+                alice = node([a.address], "alice", ka, {"bob": public_key(kb)})
+                bob = node([a.address], "bob", kb, {"alice": public_key(ka)})
+                await nursery.start(alice.run)
+                await nursery.start(bob.run)
+                await alice.wait_online("bob")
+                while a.cluster.counters.outages == 0:
+                    await trio.sleep(0.05)
+                await trio.sleep(1.5)  # a few retries: still one line
+                assert a.cluster.counters.outages == 1 and not a.cluster.connected
+                await trio.to_thread.run_sync(redis.start)
+                await linked(a)
+                await linked(b)
+                # Now bob moves to the other instance: the cluster carries on.
+                bob.stop()
+                bob2 = node([b.address], "bob", kb, {"alice": public_key(ka)})
+                await nursery.start(bob2.run)
+                await bob2.wait_online("alice")
+                nursery.cancel_scope.cancel()
+    finally:
+        redis.close()
+    lines = [r.getMessage() for r in caplog.records if "is unreachable" in r.getMessage()]
+    assert len(lines) == 2, lines  # one per instance
+
+
+async def test_a_reply_past_the_bound_ends_the_connection(redis: RedisServer) -> None:
+    url = parse_redis_url(redis.url)
+    client = await RedisClient.connect(HOST, url, max_reply=4096)
+    await client.command("SET", "big", b"x" * 10_000)
+    assert await client.command("STRLEN", "big") == 10_000
+    with pytest.raises(RedisError, match="larger than 4096"):
+        await client.command("GET", "big")
+    assert client.closed
