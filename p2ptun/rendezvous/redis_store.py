@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from p2ptun.config import NodeEntry
-from p2ptun.rendezvous.store import OpenRegistrationLimits, BindingRules
+from p2ptun.rendezvous.store import BindingRules, OpenRegistrationLimits
 
 BINDINGS = b"p2ptun:bindings"
 BINDING_KEYS = b"p2ptun:binding-keys"

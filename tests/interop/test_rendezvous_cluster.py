@@ -137,51 +137,44 @@ async def test_presence_and_sealed_messages_cross_instances(
 def instance_process(
     tmp_path: Path, url: str, instance: str
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """A rendezvous instance as its own process (to be killed); its port."""
-    port_file = tmp_path / f"{instance}.port"
+    """``p2ptun rendezvous -c FILE`` of one instance (README, "Running a cluster"), as its own
+    process to be killed; its signaling port."""
+    port = free_port()
     config = tmp_path / f"{instance}.toml"
     config.write_text(
-        f'listen = "127.0.0.1:{free_port()}"\nprivate_key = "{encode_key(RV_KEY)}"\n'
+        f'listen = "127.0.0.1:{port}"\nprivate_key = "{encode_key(RV_KEY)}"\n'
         f'database = "{tmp_path / instance}.sqlite"\nopen_registration = true\n'
         f'[cluster]\nredis = "{url}"\ninstance = "{instance}"\npresence_ttl = 3\n'
     )
-    script = (
-        "import sys, trio\n"
-        "from functools import partial\n"
-        "from p2ptun import config\n"
-        "from p2ptun.net.system import SystemHost\n"
-        "from p2ptun.rendezvous.signaling import serve_signaling\n"
-        "async def main():\n"
-        "    cfg = config.load_rendezvous(sys.argv[1])\n"
-        "    async with trio.open_nursery() as n:\n"
-        "        s = await n.start(partial(serve_signaling, cfg, host=SystemHost()))\n"
-        "        open(sys.argv[2], 'w').write(str(s.address[1]))\n"
-        "trio.run(main)\n"
-    )
     proc = subprocess.Popen(
-        [sys.executable, "-c", script, str(config), str(port_file)],
+        [sys.executable, "-m", "p2ptun", "rendezvous", "-c", str(config)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    return proc, 0
+    return proc, port
 
 
-async def wait_port(proc: subprocess.Popen[bytes], port_file: Path) -> int:
-    while not port_file.exists() or not port_file.read_text():
+async def wait_port(proc: subprocess.Popen[bytes], port: int) -> int:
+    while True:
         assert proc.poll() is None, "the instance process died"
-        await trio.sleep(0.05)
-    return int(port_file.read_text())
+        try:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+        except OSError:
+            await trio.sleep(0.05)
+            continue
+        await stream.aclose()
+        return port
 
 
 async def test_killed_instance_loses_its_nodes_to_another(
     tmp_path: Path, redis: RedisServer
 ) -> None:
     ka, kb = generate_private_key(), generate_private_key()
-    proc, _ = instance_process(tmp_path, redis.url, "rv-doomed")
+    proc, port = instance_process(tmp_path, redis.url, "rv-doomed")
     try:
         with trio.fail_after(30):
             async with trio.open_nursery() as nursery:
-                port = await wait_port(proc, tmp_path / "rv-doomed.port")
+                await wait_port(proc, port)
                 a = await start_instance(nursery, cluster_config(tmp_path, redis.url, "rv-a"))
                 await linked(a)
                 assert a.address is not None
