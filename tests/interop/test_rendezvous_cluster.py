@@ -9,11 +9,14 @@ links up once Redis is there); the client's bound on a Redis reply.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -21,17 +24,21 @@ import pytest
 import trio
 
 from p2plab.redislab import RedisServer, free_port, redis_available
-from p2ptun.config import NodeEntry, RendezvousConfig
+from p2ptun.config import NetworkEntry, NodeEntry, RendezvousConfig
 from p2ptun.config.rendezvous import parse_redis_url
 from p2ptun.config.schema import ClusterSettings
 from p2ptun.keys import encode_key, generate_private_key, public_key
+from p2ptun.membership import Certificate, Details, ed25519_public, sign_revocations
+from p2ptun.membership.cert import sign_certificate
 from p2ptun.net.redis import RedisClient, RedisError
 from p2ptun.net.signaling import SignalingClient
 from p2ptun.net.system import SystemHost
-from p2ptun.rendezvous.cluster import ALIVE, node_key
+from p2ptun.rendezvous.cluster import ALIVE, CRL_PREFIX, node_key
 from p2ptun.rendezvous.redis_store import BINDINGS
 from p2ptun.rendezvous.signaling import SignalingServer, serve_signaling
 from p2ptun.signal.backoff import BackoffPolicy
+from p2ptun.signal.client import RegistrationRefused, RevocationsReceived
+from p2ptun.signal.messages import RefusalReason
 from p2ptun.signal.seal import Answer, Offer
 
 pytestmark = pytest.mark.skipif(not redis_available(), reason="needs redis-server")
@@ -305,3 +312,126 @@ async def test_a_reply_past_the_bound_ends_the_connection(redis: RedisServer) ->
     with pytest.raises(RedisError, match="larger than 4096"):
         await client.command("GET", "big")
     assert client.closed
+
+
+def member_certificate(seed: bytes, name: str, key: bytes, octet: int) -> Certificate:
+    now = int(time.time())
+    details = Details(
+        network="home",
+        name=name,
+        serial=os.urandom(16),
+        addresses=(ipaddress.ip_interface(f"10.9.0.{octet}/24"),),
+        routes=(),
+        groups=(),
+        not_before=now - 60,
+        not_after=now + 3600,
+        authority=ed25519_public(seed),
+    )
+    return sign_certificate(details, public_key(key), seed)
+
+
+def member(
+    address: tuple[str, int], name: str, key: bytes, certificate: Certificate
+) -> SignalingClient:
+    return SignalingClient(
+        SystemHost(),
+        name=name,
+        private_key=key,
+        rendezvous=address,
+        rendezvous_key=public_key(RV_KEY),
+        peers={},
+        backoff=BackoffPolicy(base=5, cap=5),  # a refused member stays away for the test
+        certificate=certificate.encode(),
+    )
+
+
+async def test_members_and_a_revocation_cross_instances(tmp_path: Path, redis: RedisServer) -> None:
+    seed = os.urandom(32)
+    keys = {n: generate_private_key() for n in ("alice", "bob", "carol")}
+    certs = {n: member_certificate(seed, n, k, i + 1) for i, (n, k) in enumerate(keys.items())}
+    networks = (NetworkEntry(ed25519_public(seed), "home"),)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            cfg_a = replace(cluster_config(tmp_path, redis.url, "rv-a"), networks=networks)
+            cfg_b = replace(cluster_config(tmp_path, redis.url, "rv-b"), networks=networks)
+            a = await start_instance(nursery, cfg_a)
+            b = await start_instance(nursery, cfg_b)
+            await linked(a)
+            await linked(b)
+            assert a.address is not None and b.address is not None
+            alice = member(a.address, "alice", keys["alice"], certs["alice"])
+            bob = member(b.address, "bob", keys["bob"], certs["bob"])
+            carol = member(b.address, "carol", keys["carol"], certs["carol"])
+            for client in (alice, bob, carol):
+                await nursery.start(client.run)
+            # Members on one instance are announced to members on the other.
+            while alice.core.members_online != {"bob", "carol"}:
+                await alice._wait_changed()
+            while "alice" not in bob.core.members_online:
+                await bob._wait_changed()
+            # alice publishes a list revoking carol through rv-a; rv-b closes carol, and bob
+            # (on rv-b) receives the list to enforce it himself.
+            crl = sign_revocations(
+                "home", 1, int(time.time()), {certs["carol"].serial: 2**40}, seed
+            )
+            alice.core.publish_revocations(crl.encode())
+            alice.flush()
+            refused = None
+            while refused is None:
+                event = await carol.events.receive()
+                if isinstance(event, RegistrationRefused):
+                    refused = event
+            assert refused.reason is RefusalReason.CERTIFICATE
+            while True:
+                event = await bob.events.receive()
+                if isinstance(event, RevocationsReceived) and event.blob == crl.encode():
+                    break
+            while "carol" in alice.core.members_online:
+                await alice._wait_changed()
+            # The list is in Redis for instances that start later.
+            client = await RedisClient.connect(HOST, parse_redis_url(redis.url))
+            stored = await client.command(
+                "HGET", CRL_PREFIX + ed25519_public(seed).hex().encode(), "list"
+            )
+            await client.aclose()
+            assert stored == crl.encode()
+            nursery.cancel_scope.cancel()
+
+
+async def test_redis_lost_later(
+    tmp_path: Path, redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    ka, kb, kc = generate_private_key(), generate_private_key(), generate_private_key()
+    peers = {"alice": public_key(ka), "bob": public_key(kb), "carol": public_key(kc)}
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            a = await start_instance(nursery, cluster_config(tmp_path, redis.url, "rv-a"))
+            b = await start_instance(nursery, cluster_config(tmp_path, redis.url, "rv-b"))
+            await linked(a)
+            await linked(b)
+            assert a.address is not None and b.address is not None and a.cluster is not None
+            alice = node([a.address], "alice", ka, peers)
+            bob = node([b.address], "bob", kb, peers)
+            await nursery.start(alice.run)
+            await nursery.start(bob.run)
+            await alice.wait_online("bob")
+            redis.stop()
+            while a.cluster.connected:
+                await trio.sleep(0.05)
+            # rv-a serves on: a node it knows registers, and messages between its own flow.
+            carol = node([a.address], "carol", kc, peers)
+            await nursery.start(carol.run)
+            await carol.wait_online("alice")
+            session = carol.offer("alice", "a=c\n")
+            got = await alice.signals.receive()
+            assert got.message == Offer(session, "a=c\n")
+            await trio.sleep(2)  # several retries, one line
+            lines = [r.getMessage() for r in caplog.records if "is unreachable" in r.getMessage()]
+            assert len(lines) == 2, lines  # one per instance
+            assert "cluster: Redis at 127.0.0.1:" in lines[0]
+            await trio.to_thread.run_sync(redis.start)
+            await linked(a)
+            await linked(b)
+            # Back together: bob sees carol, who registered while Redis was away.
+            await bob.wait_online("carol")
+            nursery.cancel_scope.cancel()
