@@ -619,10 +619,11 @@ class NodeDaemon:
             session.signaling_replaced()
 
     async def _signaling_events(self, client: SignalingClient) -> None:
-        rv = format_address(self.config.rendezvous.address)
         async for event in client.events:
             if client is not self.signaling:
                 continue
+            # The address of this attempt (one of several for a rendezvous cluster).
+            rv = format_address(client.rendezvous)
             if isinstance(event, RegisteredEvent):
                 self._registered_at = trio.current_time()
                 self._rendezvous_warned = False
