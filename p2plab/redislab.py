@@ -28,14 +28,16 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server process on ``127.0.0.1:port``."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, password: str | None = None) -> None:
         self.port = port or free_port()
+        self.password = password
         self.dir = Path(tempfile.mkdtemp(prefix="cl-redis-"))
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> None:
         self.proc = subprocess.Popen(
@@ -53,6 +55,7 @@ class RedisServer:
                 str(self.dir),
                 "--protected-mode",
                 "no",
+                *(["--requirepass", self.password] if self.password else []),
                 "--loglevel",
                 "warning",
             ],
@@ -64,7 +67,8 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
+                    answer = s.recv(64)
+                    if answer.startswith(b"+PONG") or answer.startswith(b"-NOAUTH"):
                         return
             except OSError:
                 pass

@@ -68,7 +68,7 @@ NODE_PREFIX = b"p2ptun:node:"
 CRL_PREFIX = b"p2ptun:crl:"
 #: A new binding on the events channel: this prefix, the 32-byte key, the name.
 BINDING_EVENT = b"P2B1"
-#: Messages waiting for Redis at most; past it the oldest is dropped (a sync follows anyway).
+#: Commands waiting for Redis at most; past it the oldest is dropped (a sync follows anyway).
 MAX_OUTBOX = 20_000
 
 #: KEYS: node key; ARGV: value, ttl ms, instance prefix. Refresh a key only if still ours.
@@ -144,6 +144,7 @@ class ClusterLink:
         kick: Callable[[], None],
         *,
         retry_max: float = 5.0,
+        max_outbox: int = MAX_OUTBOX,
     ) -> None:
         assert core.instance is not None
         self.host = host
@@ -154,6 +155,7 @@ class ClusterLink:
         self.networks = networks
         self.kick = kick
         self.retry_max = retry_max
+        self.max_outbox = max_outbox
         self.counters = ClusterCounters()
         self.connected = False
         self._outbox: deque[tuple[Arg, ...]] = deque()
@@ -190,7 +192,7 @@ class ClusterLink:
         self.send([RevocationsChanged(self.instance, network, blob)])
 
     def _queue(self, command: tuple[Arg, ...]) -> None:
-        if len(self._outbox) >= MAX_OUTBOX:
+        if len(self._outbox) >= self.max_outbox:
             self._outbox.popleft()
             self.counters.outbox_dropped += 1
         self._outbox.append(command)
@@ -279,11 +281,18 @@ class ClusterLink:
     async def _fix_binding(self, client: RedisClient, name: str, key: bytes) -> None:
         """Another instance bound ``name`` or ``key`` first: take Redis' word."""
         bound = await client.command("HGET", BINDINGS, name)
+        now = trio.current_time()
         if isinstance(bound, bytes):
             self.store.learn(name, bound)
+            self.core.binding_lost(name, bound, now)
         other = await client.command("HGET", BINDING_KEYS, key)
         if isinstance(other, bytes):
-            self.store.learn(other.decode(), key)
+            other_name = other.decode(errors="replace")
+            self.store.learn(other_name, key)
+            if other_name != name:
+                # This key is another name's: the node here under ``name`` is refused.
+                self.core.binding_lost(name, b"", now)
+        self.kick()
         log.warning("cluster: a binding made here lost to another instance's", name=name)
 
     async def _refresh(self, client: RedisClient) -> None:
@@ -339,7 +348,9 @@ class ClusterLink:
         if isinstance(bindings, list):
             for name, key in zip(bindings[::2], bindings[1::2], strict=False):
                 if isinstance(name, bytes) and isinstance(key, bytes):
-                    self.store.learn(name.decode(errors="replace"), key)
+                    text = name.decode(errors="replace")
+                    self.store.learn(text, key)
+                    self.core.binding_lost(text, key, trio.current_time())
         await self._sync_revocations(client)
         await self._sync_presence(client)
         self.counters.syncs += 1
@@ -397,7 +408,10 @@ class ClusterLink:
             if payload.startswith(BINDING_EVENT):
                 key, name = payload[4:36], payload[36:]
                 if len(key) == 32 and 0 < len(name) <= 63:
-                    self.store.learn(name.decode(errors="replace"), key)
+                    text = name.decode(errors="replace")
+                    self.store.learn(text, key)
+                    self.core.binding_lost(text, key, trio.current_time())
+                    self.kick()
                 else:
                     self.counters.malformed += 1
                 continue

@@ -1197,6 +1197,21 @@ class SignalingServerCore:
             for member in self.networks.get(old.network, {}).values():
                 self._queue(member, MemberGone(down.name))
 
+    def binding_lost(self, name: str, key: bytes, now: float) -> None:
+        """Another instance bound ``name`` to ``key`` first (two new names claimed at once):
+        a node registered here under it with another key is refused after all."""
+        conn = self._online.get(name)
+        if conn is not None and conn.key != key:
+            self.counters.refused_registrations += 1
+            self._close(
+                conn,
+                "registration refused",
+                Refused(
+                    RefusalReason.NAME_TAKEN,
+                    f"the name {name!r} is already registered with a different public key",
+                ),
+            )
+
     def remote_deliver(self, forward: Forward, now: float) -> bool:
         """A route from a node on another instance to a node here; False if dropped."""
         dest = self._online.get(forward.to)

@@ -435,3 +435,85 @@ async def test_redis_lost_later(
             # Back together: bob sees carol, who registered while Redis was away.
             await bob.wait_online("carol")
             nursery.cancel_scope.cancel()
+
+
+async def test_a_password_is_needed_and_given() -> None:
+    redis = RedisServer(password="s3cret-pass")
+    redis.start()
+    try:
+        good = parse_redis_url(redis.url)
+        client = await RedisClient.connect(HOST, good)
+        assert await client.command("PING") == b"PONG"
+        await client.aclose()
+        with pytest.raises(RedisError, match=r"WRONGPASS|invalid"):
+            await RedisClient.connect(HOST, replace(good, password="wrong"))
+        with pytest.raises(RedisError, match="NOAUTH"):
+            await RedisClient.connect(HOST, replace(good, password=None))
+    finally:
+        redis.close()
+
+
+async def test_malformed_cluster_messages_are_dropped_and_counted(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            a = await start_instance(nursery, cluster_config(tmp_path, redis.url, "rv-a"))
+            await linked(a)
+            assert a.cluster is not None
+            client = await RedisClient.connect(HOST, parse_redis_url(redis.url))
+            for junk in (b"", b"P2C1", b"P2C1\x01\x00", b"P2B1short", os.urandom(300)):
+                await client.command("PUBLISH", b"p2ptun:events", junk)
+            await client.command("SET", node_key("ghost"), b"P2C1\x09")  # a bad presence key
+            await client.aclose()
+            while a.cluster.counters.malformed < 5:
+                await trio.sleep(0.02)
+            assert a.core.remote_nodes == {}
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_name_claimed_on_two_instances_at_once_goes_to_one(tmp_path: Path) -> None:
+    """While Redis is away both instances bind the new name 'zed' to different keys; once
+    Redis is back exactly one binding stands and the other node is refused."""
+    redis = RedisServer()
+    k1, k2 = generate_private_key(), generate_private_key()
+    try:
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                a = await start_instance(nursery, cluster_config(tmp_path, redis.url, "rv-a"))
+                b = await start_instance(nursery, cluster_config(tmp_path, redis.url, "rv-b"))
+                assert a.address is not None and b.address is not None
+                one = node([a.address], "zed", k1, {})
+                two = node([b.address], "zed", k2, {})
+                await nursery.start(one.run)
+                await nursery.start(two.run)
+                await one.wait_ready()
+                await two.wait_ready()
+                await trio.to_thread.run_sync(redis.start)
+                await linked(a)
+                await linked(b)
+                refused: list[SignalingClient] = []
+
+                async def watch(client: SignalingClient) -> None:
+                    while True:
+                        event = await client.events.receive()
+                        if isinstance(event, RegistrationRefused):
+                            assert event.reason is RefusalReason.NAME_TAKEN
+                            refused.append(client)
+                            return
+
+                nursery.start_soon(watch, one)
+                nursery.start_soon(watch, two)
+                while not refused:
+                    await trio.sleep(0.05)
+                await trio.sleep(0.5)
+                assert len(refused) == 1
+                winner = two if refused[0] is one else one
+                assert winner.ready
+                client = await RedisClient.connect(HOST, parse_redis_url(redis.url))
+                bound = await client.command("HGET", BINDINGS, "zed")
+                await client.aclose()
+                assert bound == public_key(k1 if winner is one else k2)
+                nursery.cancel_scope.cancel()
+    finally:
+        redis.close()
