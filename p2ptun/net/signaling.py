@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 
 import trio
 
+from p2ptun.errors import P2ptunError
 from p2ptun.log import get_logger
 from p2ptun.net import keepalive
 from p2ptun.net.ports import Host
@@ -218,8 +219,8 @@ class SignalingClient:
             try:
                 with trio.move_on_after(5):
                     candidates.extend((a[0], a[1]) for a in await self.host.resolve(name, port))
-            except OSError:
-                pass
+            except (OSError, P2ptunError):
+                pass  # connect_tcp below says why
             if not candidates or candidates[-1][1] != port:
                 candidates.append((name, port))  # let connect_tcp say why it fails
         return candidates[self._attempt % len(candidates)]
