@@ -24,7 +24,13 @@ import pytest
 import trio
 
 from p2plab.redislab import RedisServer, free_port, redis_available
-from p2ptun.config import NetworkEntry, NodeEntry, RendezvousConfig
+from p2ptun.config import (
+    NetworkEntry,
+    NodeEntry,
+    RendezvousConfig,
+    StunServerSettings,
+    TurnServerSettings,
+)
 from p2ptun.config.rendezvous import parse_redis_url
 from p2ptun.config.schema import ClusterSettings
 from p2ptun.keys import encode_key, generate_private_key, public_key
@@ -33,8 +39,10 @@ from p2ptun.membership.cert import sign_certificate
 from p2ptun.net.redis import RedisClient, RedisError
 from p2ptun.net.signaling import SignalingClient
 from p2ptun.net.system import SystemHost
+from p2ptun.net.turn_relay import TurnRelay
 from p2ptun.rendezvous.cluster import ALIVE, CRL_PREFIX, node_key
 from p2ptun.rendezvous.redis_store import BINDINGS
+from p2ptun.rendezvous.server import run_rendezvous
 from p2ptun.rendezvous.signaling import SignalingServer, serve_signaling
 from p2ptun.signal.backoff import BackoffPolicy
 from p2ptun.signal.client import RegistrationRefused, RevocationsReceived
@@ -517,3 +525,42 @@ async def test_a_name_claimed_on_two_instances_at_once_goes_to_one(tmp_path: Pat
                 nursery.cancel_scope.cancel()
     finally:
         redis.close()
+
+
+async def test_turn_credentials_of_one_instance_allocate_on_another(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    """Every instance runs its embedded TURN server with the shared REST secret: a node on
+    rv-b gets credentials from rv-b and allocates a relay on rv-a's TURN server."""
+    kb = generate_private_key()
+    nodes = (NodeEntry("bob", public_key(kb)),)
+    secret = "a-long-shared-rest-secret"
+    configs = []
+    for name, relay_ports in (("rv-a", (45000, 45099)), ("rv-b", (45100, 45199))):
+        base = cluster_config(tmp_path, redis.url, name, nodes=nodes)
+        turn = TurnServerSettings(
+            realm="lab", relay_address="127.0.0.1", relay_ports=relay_ports, auth_secret=secret
+        )
+        stun = StunServerSettings((("127.0.0.1", free_port()),))
+        configs.append(replace(base, stun=stun, turn=turn))
+    with trio.fail_after(15):
+        async with trio.open_nursery() as nursery:
+            a = await nursery.start(partial(run_rendezvous, configs[0], HOST))
+            b = await nursery.start(partial(run_rendezvous, configs[1], HOST))
+            await linked(a)
+            await linked(b)
+            assert b.address is not None
+            bob = node([b.address], "bob", kb, {})
+            await nursery.start(bob.run)
+            creds = await bob.turn_credentials()
+            assert creds.username.endswith(":bob")
+            stun_a = configs[0].stun
+            assert stun_a is not None
+            relay = TurnRelay.stream(
+                SystemHost(), stun_a.listen[0], creds.username, creds.password, random=os.urandom
+            )
+            assert await nursery.start(relay.run) is relay
+            assert relay.allocated and relay.relayed[0] == "127.0.0.1"
+            assert 45000 <= relay.relayed[1] <= 45099  # rv-a's relay ports
+            relay.close()
+            nursery.cancel_scope.cancel()
