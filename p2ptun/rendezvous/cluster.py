@@ -3,7 +3,11 @@
 What lives in Redis (the instances hold nothing another instance needs but this):
 
 - bindings (:mod:`p2ptun.rendezvous.redis_store`), revocation lists (``p2ptun:crl:<network>``,
-  a hash of ``number`` and ``list``; only a newer number replaces one);
+  a hash of ``number`` and ``list``; only a newer number replaces one), the first use of each
+  invite (``p2ptun:invites``, serial → key and name; the first record wins, and a machine
+  admitted meanwhile with another key is closed). Like the bindings, the hub decides from a
+  copy in memory (:class:`~p2ptun.rendezvous.networks.NetworkStore` on ``:memory:``) that this
+  shell keeps in step;
 - presence: ``p2ptun:node:<name>`` holds the :class:`~p2ptun.signal.cluster.NodeUp` of the
   node, set by the instance its connection is on, expiring after ``presence_ttl`` unless that
   instance refreshes it (every third of it; a script refreshes only a key that is still its
@@ -68,6 +72,15 @@ NODE_PREFIX = b"p2ptun:node:"
 CRL_PREFIX = b"p2ptun:crl:"
 #: A new binding on the events channel: this prefix, the 32-byte key, the name.
 BINDING_EVENT = b"P2B1"
+#: An invite's first use on the events channel: this prefix, the 16-byte serial, the 32-byte
+#: key, the name. Kept in the hash ``p2ptun:invites`` (serial → key and name).
+INVITE_EVENT = b"P2I1"
+INVITES = b"p2ptun:invites"
+#: KEYS: invites; ARGV: serial, key + name. The record held afterwards.
+INVITE_SCRIPT = b"""
+redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+return redis.call('HGET', KEYS[1], ARGV[1])
+"""
 #: Commands waiting for Redis at most; past it the oldest is dropped (a sync follows anyway).
 MAX_OUTBOX = 20_000
 
@@ -191,6 +204,23 @@ class ClusterLink:
         self._queue(("EVAL", CRL_SCRIPT, 1, CRL_PREFIX + network.encode(), number, blob))
         self.send([RevocationsChanged(self.instance, network, blob)])
 
+    def invite_used(self, serial: bytes, key: bytes, name: str) -> None:
+        """An invite's first use here: record it in Redis (the first record wins) and tell."""
+        self._queue(("EVAL", INVITE_SCRIPT, 1, INVITES, serial, key + name.encode()))
+        self._queue(("PUBLISH", EVENTS, INVITE_EVENT + serial + key + name.encode()))
+        self._wakeup.set()
+
+    def _learn_invite(self, serial: bytes, record: bytes) -> None:
+        """Redis (or another instance) holds ``serial → record`` (key + name)."""
+        key, name = record[:32], record[32:]
+        if self.networks is None or len(serial) != 16 or len(key) != 32 or not 0 < len(name) <= 63:
+            self.counters.malformed += 1
+            return
+        text = name.decode(errors="replace")
+        self.networks.learn_invite(serial, key, text)
+        # A machine admitted here with this invite and another key used it second.
+        self.core.binding_lost(text, key, trio.current_time())
+
     def _queue(self, command: tuple[Arg, ...]) -> None:
         if len(self._outbox) >= self.max_outbox:
             self._outbox.popleft()
@@ -275,6 +305,12 @@ class ClusterLink:
             replies = await client.pipeline(batch)
             self.counters.published += sum(1 for c in batch if c[0] == "PUBLISH")
             for command, reply in zip(batch, replies, strict=True):
+                if command[1] == INVITE_SCRIPT and isinstance(reply, bytes):
+                    serial = command[4]
+                    assert isinstance(serial, bytes)
+                    if reply != command[5]:
+                        self._learn_invite(serial, reply)
+                        self.kick()
                 if command[1] == BIND_SCRIPT and reply == 0:
                     await self._fix_binding(client, str(command[5]), bytes(command[6]))  # type: ignore[arg-type]
 
@@ -351,12 +387,29 @@ class ClusterLink:
                     text = name.decode(errors="replace")
                     self.store.learn(text, key)
                     self.core.binding_lost(text, key, trio.current_time())
+        await self._sync_invites(client)
         await self._sync_revocations(client)
         await self._sync_presence(client)
         self.counters.syncs += 1
         self.synced.set()
         self.synced = trio.Event()
         self.kick()
+
+    async def _sync_invites(self, client: RedisClient) -> None:
+        networks = self.networks
+        if networks is None:
+            return
+        await client.pipeline(
+            [
+                ("HSETNX", INVITES, serial, key + name.encode())
+                for serial, key, name in networks.invites_used()
+            ]
+        )
+        records = await client.command("HGETALL", INVITES)
+        if isinstance(records, list):
+            for serial, record in zip(records[::2], records[1::2], strict=False):
+                if isinstance(serial, bytes) and isinstance(record, bytes):
+                    self._learn_invite(serial, record)
 
     async def _sync_revocations(self, client: RedisClient) -> None:
         networks = self.networks
@@ -405,6 +458,10 @@ class ClusterLink:
         while True:
             _channel, payload = await sub.next_message()
             self.counters.received += 1
+            if payload.startswith(INVITE_EVENT):
+                self._learn_invite(payload[4:20], payload[20:])
+                self.kick()
+                continue
             if payload.startswith(BINDING_EVENT):
                 key, name = payload[4:36], payload[36:]
                 if len(key) == 32 and 0 < len(name) <= 63:

@@ -77,6 +77,8 @@ class NetworkStore:
         #: Called with (network id, list, number) when a newer list is taken (a cluster
         #: shares it: :mod:`p2ptun.rendezvous.cluster`).
         self.on_taken: Callable[[str, bytes, int], None] | None = None
+        #: Called with (serial, key, name) when an invite is used here (a cluster shares it).
+        self.on_invite: Callable[[bytes, bytes, str], None] | None = None
         directory = os.path.dirname(database)
         if database != ":memory:" and directory and not os.path.isdir(directory):
             raise RuntimeFailure(f"{database}: the database directory does not exist")
@@ -199,6 +201,8 @@ class NetworkStore:
         except sqlite3.IntegrityError:
             return self._use_invite(cert, key, wall)
         log.info("invite used", name=cert.name, serial=cert.serial.hex())
+        if self.on_invite is not None:
+            self.on_invite(cert.serial, key, cert.name)
         return None
 
     def revocations(self, network: str) -> bytes | None:
@@ -222,6 +226,20 @@ class NetworkStore:
         except (MembershipDecodeError, CertificateRejected):
             return False
         return True
+
+    def learn_invite(self, serial: bytes, key: bytes, name: str) -> None:
+        """Another instance of a cluster recorded the first use of invite ``serial`` (its
+        record wins over one made here at the same moment)."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO invites_used (serial, public_key, name, used)"
+            " VALUES (?, ?, ?, 0)",
+            (serial, key, name),
+        )
+
+    def invites_used(self) -> list[tuple[bytes, bytes, str]]:
+        """Every recorded first use: (serial, key, name)."""
+        rows = self._db.execute("SELECT serial, public_key, name FROM invites_used").fetchall()
+        return [(bytes(serial), bytes(key), str(name)) for serial, key, name in rows]
 
     def held_revocations(self) -> list[tuple[str, int, bytes | None]]:
         """Every served network's id, with the number and list of the newest list held

@@ -294,4 +294,5 @@ async def serve_signaling(
             networks.on_taken = lambda network, blob, number: link.revocations_taken(
                 network, blob, number
             )
+            networks.on_invite = link.invite_used
     await server.run(task_status=task_status)

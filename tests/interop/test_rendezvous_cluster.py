@@ -36,6 +36,8 @@ from p2ptun.config.schema import ClusterSettings
 from p2ptun.keys import encode_key, generate_private_key, public_key
 from p2ptun.membership import Certificate, Details, ed25519_public, sign_revocations
 from p2ptun.membership.cert import sign_certificate
+from p2ptun.membership.grant import sign_grant
+from p2ptun.membership.invite import Invite
 from p2ptun.net.redis import RedisClient, RedisError
 from p2ptun.net.signaling import SignalingClient
 from p2ptun.net.system import SystemHost
@@ -563,4 +565,57 @@ async def test_turn_credentials_of_one_instance_allocate_on_another(
             assert relay.allocated and relay.relayed[0] == "127.0.0.1"
             assert 45000 <= relay.relayed[1] <= 45099  # rv-a's relay ports
             relay.close()
+            nursery.cancel_scope.cancel()
+
+
+async def test_an_invite_used_on_one_instance_is_used_on_every_instance(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    """Two machines enroll with one invite; the first registers on rv-a, the second is refused
+    on rv-b, and an instance started later knows the invite is used."""
+    seed = os.urandom(32)
+    now = int(time.time())
+    details = Details(
+        network="home",
+        name="dave",
+        serial=os.urandom(16),
+        addresses=(ipaddress.ip_interface("10.9.0.4/24"),),
+        routes=(),
+        groups=(),
+        not_before=now - 60,
+        not_after=now + 3600,
+        authority=ed25519_public(seed),
+    )
+    enrollment = os.urandom(32)
+    grant = sign_grant(details, now + 3600, ed25519_public(enrollment), seed)
+    invite = Invite(grant, enrollment, "127.0.0.1:7070", bytes(32))
+    k1, k2 = generate_private_key(), generate_private_key()
+    networks = (NetworkEntry(ed25519_public(seed), "home"),)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            cfgs = [
+                replace(cluster_config(tmp_path, redis.url, name), networks=networks)
+                for name in ("rv-a", "rv-b", "rv-c")
+            ]
+            a = await start_instance(nursery, cfgs[0])
+            b = await start_instance(nursery, cfgs[1])
+            await linked(a)
+            await linked(b)
+            assert a.address is not None and b.address is not None and b.networks is not None
+            first = member(a.address, "dave", k1, invite.enroll(public_key(k1)))
+            await nursery.start(first.run)
+            await first.wait_ready()
+            while not b.networks.invites_used():
+                await trio.sleep(0.02)
+            second = member(b.address, "dave", k2, invite.enroll(public_key(k2)))
+            await nursery.start(second.run)
+            while True:
+                event = await second.events.receive()
+                if isinstance(event, RegistrationRefused):
+                    break
+            assert event.reason is RefusalReason.CERTIFICATE and "already used" in event.text
+            c = await start_instance(nursery, cfgs[2])
+            await linked(c)
+            assert c.networks is not None
+            assert c.networks.invites_used() == [(grant.details.serial, public_key(k1), "dave")]
             nursery.cancel_scope.cancel()
