@@ -14,6 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from p2plab.tlscert import ca_and_server
+
 
 def redis_available() -> bool:
     return shutil.which("redis-server") is not None
@@ -28,23 +30,40 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server process on ``127.0.0.1:port``."""
 
-    def __init__(self, port: int | None = None, *, password: str | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, *, password: str | None = None, tls: bool = False
+    ) -> None:
         self.port = port or free_port()
         self.password = password
+        self.tls = tls
         self.dir = Path(tempfile.mkdtemp(prefix="cl-redis-"))
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://{auth}127.0.0.1:{self.port}/0"
+
+    @property
+    def ca_file(self) -> str:
+        """The CA of the server's certificate (with ``tls``)."""
+        return str(self.dir / "ca.pem")
 
     def start(self, timeout: float = 10.0) -> None:
+        listen = ["--port", str(self.port)]
+        if self.tls:
+            # A CA and a certificate for 127.0.0.1 signed by it; clients need not present one.
+            ca, cert, key = ca_and_server(self.dir, "127.0.0.1")
+            listen = [
+                "--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert),
+                "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
+                "--tls-auth-clients", "no",
+            ]  # fmt: skip
         self.proc = subprocess.Popen(
             [
                 "redis-server",
-                "--port",
-                str(self.port),
+                *listen,
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -66,6 +85,8 @@ class RedisServer:
         while time.monotonic() < deadline:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    if self.tls:
+                        return  # listening (PING would need the handshake)
                     s.sendall(b"PING\r\n")
                     answer = s.recv(64)
                     if answer.startswith(b"+PONG") or answer.startswith(b"-NOAUTH"):

@@ -360,7 +360,8 @@ def parse_redis_url(text: str) -> RedisUrl:
 
 
 def _cluster(t: Table) -> ClusterSettings:
-    """``[cluster]``: ``redis`` (a URL), ``instance``, ``presence_ttl`` (seconds)."""
+    """``[cluster]``: ``redis`` (a URL), ``instance``, ``presence_ttl`` (seconds), ``tls_ca``
+    (a PEM file, for ``rediss://``)."""
     url = t.parse(
         "redis",
         t.string("redis", required=True),
@@ -375,5 +376,13 @@ def _cluster(t: Table) -> ClusterSettings:
     ttl = t.number("presence_ttl", 15.0)
     if not 3.0 <= ttl <= 600.0:
         raise t.error("presence_ttl", "must be between 3 and 600 seconds")
+    tls_ca = t.string("tls_ca")
+    if tls_ca is not None:
+        if not url.tls:
+            raise t.error("tls_ca", "only applies to a rediss:// (TLS) URL")
+        if not os.path.isabs(tls_ca):
+            tls_ca = os.path.join(os.path.dirname(os.path.abspath(t.source.file)), tls_ca)
+        if not os.path.isfile(tls_ca):
+            raise t.error("tls_ca", f"{tls_ca}: no such file")
     t.check_unknown()
-    return ClusterSettings(url, instance, float(ttl))
+    return ClusterSettings(url, instance, float(ttl), tls_ca)

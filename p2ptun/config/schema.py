@@ -190,6 +190,9 @@ class ClusterSettings:
     instance: str | None = None
     #: A node's presence key lives this long unless its instance refreshes it (a third of it).
     presence_ttl: float = 15.0
+    #: CA certificates (PEM file) to verify a ``rediss://`` server with, instead of the
+    #: system's.
+    tls_ca: str | None = None
 
 
 @dataclass(frozen=True)

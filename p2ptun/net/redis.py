@@ -78,31 +78,44 @@ class _Wire:
 _NOT_YET = object()
 
 
-async def _open_wire(host: Host, url: RedisUrl, timeout: float, max_reply: int, name: str) -> _Wire:
-    with trio.move_on_after(timeout) as scope:
+async def _open_wire(
+    host: Host, url: RedisUrl, timeout: float, max_reply: int, name: str, ca_file: str | None
+) -> _Wire:
+    """Connect (TLS for rediss://), authenticate, select the database, name the client;
+    RedisError with the reason when any of it fails or takes longer than ``timeout``."""
+    with trio.move_on_after(timeout):
         try:
             conn = await host.connect_tcp(url.host, url.port, keepalive=(30, 10, 3))
         except OSError as exc:
             raise RedisError(exc.strerror or str(exc)) from None
         stream: trio.abc.Stream = conn.stream
-        if url.tls:
-            stream = trio.SSLStream(stream, ssl.create_default_context(), server_hostname=url.host)
-        wire = _Wire(stream, max_reply)
-        hello: list[list[Arg]] = []
-        if url.password is not None:
-            user: list[Arg] = [url.username] if url.username else []
-            hello.append(["AUTH", *user, url.password])
-        if url.db:
-            hello.append(["SELECT", url.db])
-        hello.append(["CLIENT", "SETNAME", name])
-        await wire.send(hello)
-        for _ in hello:
-            reply = await wire.receive()
-            if isinstance(reply, hiredis.ReplyError):
-                await stream.aclose()
-                raise RedisError(str(reply))
-        return wire
-    assert scope.cancelled_caught
+        try:
+            if url.tls:
+                context = ssl.create_default_context(cafile=ca_file)
+                tls = trio.SSLStream(stream, context, server_hostname=url.host)
+                stream = tls
+                try:
+                    await tls.do_handshake()
+                except (trio.BrokenResourceError, ssl.SSLError) as exc:
+                    cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) else exc
+                    raise RedisError(f"TLS: {cause or exc}") from None
+            wire = _Wire(stream, max_reply)
+            hello: list[list[Arg]] = []
+            if url.password is not None:
+                user: list[Arg] = [url.username] if url.username else []
+                hello.append(["AUTH", *user, url.password])
+            if url.db:
+                hello.append(["SELECT", url.db])
+            hello.append(["CLIENT", "SETNAME", name])
+            await wire.send(hello)
+            for _ in hello:
+                reply = await wire.receive()
+                if isinstance(reply, hiredis.ReplyError):
+                    raise RedisError(str(reply))
+            return wire
+        except BaseException:
+            await trio.aclose_forcefully(conn.stream)
+            raise
     raise RedisError(f"no answer within {timeout:g} s")
 
 
@@ -123,8 +136,11 @@ class RedisClient:
         timeout: float = 5.0,
         max_reply: int = MAX_REPLY,
         name: str = "p2ptun",
+        ca_file: str | None = None,
     ) -> RedisClient:
-        return cls(await _open_wire(host, url, timeout, max_reply, name))
+        """Connect, authenticate and select the database of ``url``; ``ca_file``: the CA
+        certificates for a TLS server (default: the system's)."""
+        return cls(await _open_wire(host, url, timeout, max_reply, name, ca_file))
 
     async def command(self, *args: Arg) -> Reply:
         """One command's reply; RedisError for an error reply or a lost connection."""
@@ -170,8 +186,9 @@ class RedisSubscriber:
         timeout: float = 5.0,
         max_reply: int = 1024 * 1024,
         name: str = "p2ptun-sub",
+        ca_file: str | None = None,
     ) -> RedisSubscriber:
-        return cls(await _open_wire(host, url, timeout, max_reply, name))
+        return cls(await _open_wire(host, url, timeout, max_reply, name, ca_file))
 
     async def subscribe(self, *channels: bytes) -> None:
         await self._wire.send([("SUBSCRIBE", *channels)])

@@ -255,10 +255,18 @@ class ClusterLink:
 
     async def _session(self) -> None:
         url = self.settings.redis
+        ca = self.settings.tls_ca
         client = self._client = await RedisClient.connect(
-            self.host, url, name=f"p2ptun-{self.instance}"
+            self.host, url, name=f"p2ptun-{self.instance}", ca_file=ca
         )
-        sub = await RedisSubscriber.connect(self.host, url, name=f"p2ptun-sub-{self.instance}")
+        try:
+            sub = await RedisSubscriber.connect(
+                self.host, url, name=f"p2ptun-sub-{self.instance}", ca_file=ca
+            )
+        except BaseException:
+            await client.aclose()
+            self._client = None
+            raise
         try:
             await sub.subscribe(EVENTS, to_channel(self.instance))
             self._outbox.clear()  # the sync below writes everything again

@@ -619,3 +619,47 @@ async def test_an_invite_used_on_one_instance_is_used_on_every_instance(
             assert c.networks is not None
             assert c.networks.invites_used() == [(grant.details.serial, public_key(k1), "dave")]
             nursery.cancel_scope.cancel()
+
+
+async def test_redis_over_tls(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """rediss:// with the operator's CA (``tls_ca``): linked, presence crosses; without it
+    the server's certificate is not trusted and the instance says so in its one line."""
+    redis = RedisServer(tls=True)
+    redis.start()
+    ka, kb = generate_private_key(), generate_private_key()
+    try:
+        url = parse_redis_url(redis.url)
+        with pytest.raises(RedisError, match=r"TLS: .*certificate verify failed"):
+            await RedisClient.connect(HOST, url)
+        client = await RedisClient.connect(HOST, url, ca_file=redis.ca_file)
+        assert await client.command("PING") == b"PONG"
+        await client.aclose()
+        with trio.fail_after(15):
+            async with trio.open_nursery() as nursery:
+                cfgs = []
+                for name in ("rv-a", "rv-b"):
+                    base = cluster_config(tmp_path, redis.url, name)
+                    assert base.cluster is not None
+                    cluster = replace(base.cluster, tls_ca=redis.ca_file)
+                    cfgs.append(replace(base, cluster=cluster))
+                a = await start_instance(nursery, cfgs[0])
+                b = await start_instance(nursery, cfgs[1])
+                untrusted = await start_instance(
+                    nursery, cluster_config(tmp_path, redis.url, "rv-untrusted")
+                )
+                await linked(a)
+                await linked(b)
+                assert a.address is not None and b.address is not None
+                alice = node([a.address], "alice", ka, {"bob": public_key(kb)})
+                bob = node([b.address], "bob", kb, {"alice": public_key(ka)})
+                await nursery.start(alice.run)
+                await nursery.start(bob.run)
+                await alice.wait_online("bob")
+                assert untrusted.cluster is not None
+                while untrusted.cluster.counters.outages == 0:
+                    await trio.sleep(0.05)
+                nursery.cancel_scope.cancel()
+    finally:
+        redis.close()
+    lines = [r.getMessage() for r in caplog.records if "is unreachable" in r.getMessage()]
+    assert len(lines) == 1 and "certificate verify failed" in lines[0], lines

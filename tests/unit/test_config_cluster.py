@@ -39,6 +39,8 @@ def test_cluster_section(tmp_path: Path) -> None:
         ('redis = "redis://x:6379"\npresence_ttl = 1', "cluster.presence_ttl", "between"),
         ('redis = "redis://x"\ninstance = "a b"', "cluster.instance", "printable"),
         ('redis = "redis://x"\nsentinel = 1', None, "sentinel"),
+        ('redis = "redis://x"\ntls_ca = "ca.pem"', "cluster.tls_ca", "rediss://"),
+        ('redis = "rediss://x"\ntls_ca = "nowhere.pem"', "cluster.tls_ca", "no such file"),
     ],
 )
 def test_bad_cluster_values_are_one_line(
@@ -64,3 +66,12 @@ def test_an_empty_address_list_is_one_line(
 ) -> None:
     text = NODE.replace('address = "rv.example.net:7070"', "address = []")
     assert_config_error(tmp_path, capsys, text, "rendezvous.address", "empty")
+
+
+def test_tls_ca_relative_to_the_config(tmp_path: Path) -> None:
+    (tmp_path / "redis-ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    text = RENDEZVOUS.replace(
+        "[stun]", '[cluster]\nredis = "rediss://10.0.0.5"\ntls_ca = "redis-ca.pem"\n\n[stun]'
+    )
+    cfg = config.load_rendezvous(write(tmp_path, text))
+    assert cfg.cluster is not None and cfg.cluster.tls_ca == str(tmp_path / "redis-ca.pem")
