@@ -38,7 +38,7 @@ class RedisError(Exception):
     """The connection failed, the server answered an error, or a reply broke a bound."""
 
 
-class _Wire:
+class RedisWire:
     """One stream with a hiredis Reader: commands out, bounded replies in."""
 
     def __init__(self, stream: trio.abc.Stream, max_reply: int) -> None:
@@ -80,7 +80,7 @@ _NOT_YET = object()
 
 async def _open_wire(
     host: Host, url: RedisUrl, timeout: float, max_reply: int, name: str, ca_file: str | None
-) -> _Wire:
+) -> RedisWire:
     """Connect (TLS for rediss://), authenticate, select the database, name the client;
     RedisError with the reason when any of it fails or takes longer than ``timeout``."""
     with trio.move_on_after(timeout):
@@ -99,7 +99,7 @@ async def _open_wire(
                 except (trio.BrokenResourceError, ssl.SSLError) as exc:
                     cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) else exc
                     raise RedisError(f"TLS: {cause or exc}") from None
-            wire = _Wire(stream, max_reply)
+            wire = RedisWire(stream, max_reply)
             hello: list[list[Arg]] = []
             if url.password is not None:
                 user: list[Arg] = [url.username] if url.username else []
@@ -122,7 +122,7 @@ async def _open_wire(
 class RedisClient:
     """A request/response connection. Commands are serialised (one batch in flight)."""
 
-    def __init__(self, wire: _Wire) -> None:
+    def __init__(self, wire: RedisWire) -> None:
         self._wire = wire
         self._lock = trio.Lock()
         self.closed = False
@@ -174,7 +174,7 @@ class RedisClient:
 class RedisSubscriber:
     """A connection in pub/sub mode: :meth:`subscribe` once, then :meth:`next_message`."""
 
-    def __init__(self, wire: _Wire) -> None:
+    def __init__(self, wire: RedisWire) -> None:
         self._wire = wire
 
     @classmethod
