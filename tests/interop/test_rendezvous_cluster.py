@@ -43,6 +43,7 @@ from p2ptun.net.signaling import SignalingClient
 from p2ptun.net.system import SystemHost
 from p2ptun.net.turn_relay import TurnRelay
 from p2ptun.rendezvous.cluster import ALIVE, CRL_PREFIX, node_key
+from p2ptun.rendezvous.metrics import RendezvousCollector
 from p2ptun.rendezvous.redis_store import BINDINGS
 from p2ptun.rendezvous.server import run_rendezvous
 from p2ptun.rendezvous.signaling import SignalingServer, serve_signaling
@@ -135,6 +136,15 @@ async def test_presence_and_sealed_messages_cross_instances(
             assert answer.message == Answer(session, "a=ice-ufrag:bobb\n")
             assert a.core.counters.cluster_forwarded >= 1
             assert b.core.counters.cluster_delivered >= 1
+            # The metrics say so.
+            text = "".join(
+                s.name + str(s.labels) + str(s.value) + "\n"
+                for m in RendezvousCollector(lambda: a, []).collect()
+                for s in m.samples
+            )
+            assert "p2ptun_rendezvous_cluster_linked{}1" in text
+            assert "p2ptun_rendezvous_cluster_remote_nodes{}1" in text
+            assert "p2ptun_rendezvous_cluster_messages_total{'direction': 'out'}1" in text
             # The trust-on-first-use bindings are in Redis, and each instance knows both.
             client = await RedisClient.connect(HOST, parse_redis_url(redis.url))
             bound = await client.command("HGET", BINDINGS, "alice")
