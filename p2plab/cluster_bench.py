@@ -2,7 +2,7 @@
 
 ``python -m p2plab.cluster_bench [--instances N] [--nodes M] [--pairs P]`` prints one table.
 Not a test (``tests/interop/test_rendezvous_cluster.py`` and
-``tests/e2e/test_rendezvous_cluster.py`` are): the numbers depend on the machine.
+``tests/e2e/test_cluster_failover.py`` are): the numbers depend on the machine.
 
 Setup, on loopback (no lab, no root): one redis-server (:mod:`p2plab.redislab`), N
 ``p2ptun rendezvous`` processes sharing it (every node listed in ``[[node]]``, so a node's key

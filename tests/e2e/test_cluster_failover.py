@@ -100,6 +100,17 @@ def test_stopped_instance_keeps_tunnels(
                 stderr=subprocess.STDOUT,
                 env=dep.env(),
             )
+        # Both instances serve (and are linked to Redis) before the nodes start, so that each
+        # node registers with its own first.
+        for log_path in (dep.rendezvous_log_path, tmp_path / "rendezvous-b.log"):
+            wait_until(
+                lambda path=log_path: (
+                    "rendezvous ready" in path.read_text(errors="replace")
+                    and "cluster: linked to Redis" in path.read_text(errors="replace")
+                ),
+                15,
+                what=f"{log_path.name}: ready and linked",
+            )
         dep.node_rendezvous = {
             "alice": f'["{RV}:7070", "{RV_ALT}:7070"]',
             "bob": f'["{RV_ALT}:7070", "{RV}:7070"]',
