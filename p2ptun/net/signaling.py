@@ -88,7 +88,8 @@ class SignalingClient:
         """``host`` connects to the rendezvous and gives the core its clock and randomness
         (keys, jitter, the signaling timestamps' wall clock). ``certificate``: register as
         a member of a network with it; ``revocations``: the revocation list to hand on.
-        ``rendezvous``: one ``(host, port)`` or several (the instances of a cluster): each
+        ``rendezvous``: one ``(host, port)`` (a name is resolved by the host on each attempt,
+        which tries its records in turn) or several (the instances of a cluster): then each
         attempt goes to the next one, a name resolved anew each time and each of its
         addresses taken in turn, so that a lost or unreachable instance is left for another
         after the core's jittered backoff."""
@@ -209,20 +210,23 @@ class SignalingClient:
 
     async def _next_address(self) -> tuple[str, int]:
         """The address of this attempt (see ``__init__``)."""
-        if len(self.addresses) == 1 and is_ip_literal(self.addresses[0][0]):
+        if len(self.addresses) == 1:
+            # One address, as before clusters: the host resolves a name on each attempt and
+            # tries its records in turn (happy eyeballs, SystemHost).
             return self.addresses[0]
         candidates: list[tuple[str, int]] = []
         for name, port in self.addresses:
             if is_ip_literal(name):
                 candidates.append((name, port))
                 continue
+            found: list[tuple[str, int]] = []
             try:
                 with trio.move_on_after(5):
-                    candidates.extend((a[0], a[1]) for a in await self.host.resolve(name, port))
+                    found = [(a[0], a[1]) for a in await self.host.resolve(name, port)]
             except (OSError, P2ptunError):
-                pass  # connect_tcp below says why
-            if not candidates or candidates[-1][1] != port:
-                candidates.append((name, port))  # let connect_tcp say why it fails
+                pass
+            # Nothing found: the name itself, so that connect_tcp says why it fails.
+            candidates.extend(found or [(name, port)])
         return candidates[self._attempt % len(candidates)]
 
     async def _connection(self) -> None:
