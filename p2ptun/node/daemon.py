@@ -455,7 +455,9 @@ class NodeDaemon:
         if isinstance(server, str):
             log.warning("peer relay grant refused", peer=peer, reason=server)
             return
-        configured = {t.host for t in self.config.ice.turn} | {self.config.rendezvous.address[0]}
+        configured = {t.host for t in self.config.ice.turn} | {
+            host for host, _ in self.config.rendezvous.addresses
+        }
         owner = self._relay_owners.get(server.host, peer)
         if owner != peer or server.host in configured:
             why = f"{owner}'s relay" if owner != peer else "one of our configured servers"
