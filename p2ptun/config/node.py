@@ -74,13 +74,18 @@ def node_config(source: ConfigFile, data: dict[str, Any]) -> NodeConfig:
 
     rv_t = top.table("rendezvous", required=True)
     assert rv_t is not None
-    rv_addr_raw = rv_t.string("address", required=True)
-    rv_host, rv_port = rv_t.parse(
-        "address",
-        rv_addr_raw,
-        lambda s: parse_host_port(s, DEFAULT_RENDEZVOUS_PORT),
-        "a host:port",
-    )
+    # One host:port, or several (the instances of a rendezvous cluster, tried in turn).
+    if isinstance(rv_t.data.get("address"), list):
+        rv_raw = rv_t.strings("address", required=True)
+        if not rv_raw:
+            raise rv_t.error("address", "empty", "at least one host:port")
+    else:
+        rv_raw = [("address", rv_t.string("address", required=True))]
+    rv_all = [
+        rv_t.parse(key, raw, lambda s: parse_host_port(s, DEFAULT_RENDEZVOUS_PORT), "a host:port")
+        for key, raw in rv_raw
+    ]
+    (rv_host, rv_port), rv_more = rv_all[0], tuple(rv_all[1:])
     rv_key = rv_t.key_value("public_key")
     assert rv_key is not None
     rv_t.check_unknown()
@@ -103,7 +108,7 @@ def node_config(source: ConfigFile, data: dict[str, Any]) -> NodeConfig:
         name=name,
         private_key=private,
         interface=interface,
-        rendezvous=RendezvousRef(rv_host, rv_port, rv_key),
+        rendezvous=RendezvousRef(rv_host, rv_port, rv_key, rv_more),
         ice=ice,
         peers=peers,
         warnings=tuple(source.warnings),

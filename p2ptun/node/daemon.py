@@ -204,7 +204,7 @@ def signaling_client(
         host,
         name=config.name,
         private_key=config.private_key,
-        rendezvous=config.rendezvous.address,
+        rendezvous=config.rendezvous.addresses,
         rendezvous_key=config.rendezvous.public_key,
         peers={p.name: p.public_key for p in config.peers},
         certificate=None if network is None else network.certificate.encode(),
@@ -464,7 +464,9 @@ class NodeDaemon:
         if isinstance(server, str):
             log.warning("peer relay grant refused", peer=peer, reason=server)
             return
-        configured = {t.host for t in self.config.ice.turn} | {self.config.rendezvous.address[0]}
+        configured = {t.host for t in self.config.ice.turn} | {
+            host for host, _ in self.config.rendezvous.addresses
+        }
         owner = self._relay_owners.get(server.host, peer)
         if owner != peer or server.host in configured:
             why = f"{owner}'s relay" if owner != peer else "one of our configured servers"
@@ -629,10 +631,11 @@ class NodeDaemon:
             session.signaling_replaced()
 
     async def _signaling_events(self, client: SignalingClient) -> None:
-        rv = format_address(self.config.rendezvous.address)
         async for event in client.events:
             if client is not self.signaling:
                 continue
+            # The address of this attempt (one of several for a rendezvous cluster).
+            rv = format_address(client.rendezvous)
             if isinstance(event, RegisteredEvent):
                 self._registered_at = trio.current_time()
                 self._rendezvous_warned = False

@@ -318,6 +318,9 @@ class Deployment:
     """TOML appended to the rendezvous' config (sections such as ``[metrics]``)."""
     stun_extra: str = ""
     """TOML keys added to the rendezvous' ``[stun]`` section (``alternate = ...``)."""
+    node_rendezvous: dict[str, str] = field(default_factory=dict)
+    """A node's ``[rendezvous] address`` as TOML, by node name (default ``"RV:7070"``;
+    a list for a rendezvous cluster)."""
 
     @classmethod
     def per_site(
@@ -449,13 +452,15 @@ class Deployment:
             for p in peers
         )
         stun_text = ", ".join(f'"{s}"' for s in stun)
+        rv_address = self.node_rendezvous.get(node.name, f'"{RV}:7070"')
         path = self.workdir / f"{node.name}.toml"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(
             f'name = "{node.name}"\nprivate_key = "{node.key}"\n'
             f'[interface]\nname = "{node.ifname}"\n'
             f"address = {_toml_list(node.addresses)}\n"
-            f'[rendezvous]\naddress = "{RV}:7070"\npublic_key = "{self.rv_key[1]}"\n'
+            f"[rendezvous]\naddress = {rv_address}\n"
+            f'public_key = "{self.rv_key[1]}"\n'
             f"[ice]\nstun = [{stun_text}]\nturn = [{', '.join(turn_servers)}]\n"
             + ("" if hard_nat is None else f"hard_nat = {str(hard_nat).lower()}\n")
             + peer_text
