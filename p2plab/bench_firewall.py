@@ -96,7 +96,7 @@ def measure(on: bool, opts: Options) -> FirewallResult:
                 bench.throughput("site2", tunnel.peer_ip, tunnel.peer_ip, tunnel.cpu_pids(), result)
                 bench.check_path(_received_bytes(result, opts), relayed=False)
                 status = tunnel.status(tunnel.nodes[1])
-                return FirewallResult(name, result, status.get("firewall", {}))
+                return FirewallResult(name, result, status.get("node", {}).get("firewall", {}))
             finally:
                 tunnel.stop()
     except (BenchError, subprocess.SubprocessError, OSError, RuntimeError) as exc:

@@ -18,7 +18,14 @@ from __future__ import annotations
 from p2ptun.firewall.engine import Firewall, FirewallCounters
 from p2ptun.firewall.flows import FlowTable
 from p2ptun.firewall.packet import PacketInfo, parse
-from p2ptun.firewall.rules import ALLOW_ANY, ALLOW_ICMP, PROTOCOLS, Policy, Rule
+from p2ptun.firewall.rules import (
+    ALLOW_ANY,
+    ALLOW_ICMP,
+    PROTOCOLS,
+    Policy,
+    Rule,
+    with_own_services,
+)
 
 __all__ = [
     "ALLOW_ANY",
@@ -31,4 +38,5 @@ __all__ = [
     "Policy",
     "Rule",
     "parse",
+    "with_own_services",
 ]

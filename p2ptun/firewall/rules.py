@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from p2ptun.firewall.packet import NO_PORT, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP
 
@@ -174,3 +174,19 @@ class Policy:
     def __post_init__(self) -> None:
         if not 1 <= self.max_flows_per_peer <= self.max_flows:
             raise ValueError("max_flows_per_peer must be between 1 and max_flows")
+
+
+def with_own_services(
+    policy: Policy, services: Iterable[tuple[str, int]], addresses: Iterable[IPNetwork]
+) -> Policy:
+    """``policy`` with inbound rules for the node's own services on its overlay
+    ``addresses`` (e.g. its name server, ``("udp", 53)``), after the configured ones: what the
+    node itself offers every member, the default-deny inbound must not refuse (the rules an
+    operator writes are about the machine's other services)."""
+    local = tuple(addresses)
+    extra = tuple(
+        Rule(proto=proto, ports=(port, port), local_cidrs=local) for proto, port in services
+    )
+    if not extra or not local:
+        return policy
+    return replace(policy, inbound=policy.inbound + extra)

@@ -56,6 +56,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import ipaddress
 import os
 import signal
 from collections.abc import Iterable
@@ -67,7 +68,7 @@ from p2ptun import config as config_mod
 from p2ptun.addr import Address, format_address
 from p2ptun.config import IPInterface, IPNetwork, NodeConfig, PeerConfig, TurnServerConfig
 from p2ptun.errors import EXIT_OK, P2ptunError, RuntimeFailure
-from p2ptun.firewall import Firewall
+from p2ptun.firewall import Firewall, Policy, with_own_services
 from p2ptun.ice import AgentConfig
 from p2ptun.ice.hardnat import HardNatConfig
 from p2ptun.keys import encode_key
@@ -528,7 +529,7 @@ class NodeDaemon:
                 learn_endpoints=True,
                 on_path_quiet=self._path_quiet,
                 on_relayed_roam=self._relayed_roam,
-                firewall=None if firewall_off() else Firewall(cfg.firewall),
+                firewall=None if firewall_off() else Firewall(self._firewall_policy(cfg)),
             )
             self._tunnel = tunnel
             transport = IceTransport(
@@ -1041,8 +1042,9 @@ class NodeDaemon:
         )
         addresses_changed = new_if.addresses != old_if.addresses
         firewall = self.tunnel.firewall
-        if new.firewall != old.firewall and firewall is not None:
-            cut = firewall.set_policy(new.firewall)
+        new_policy = self._firewall_policy(new)
+        if new_policy != self._firewall_policy(old) and firewall is not None:
+            cut = firewall.set_policy(new_policy)
             log.info(
                 "firewall rules replaced",
                 inbound=len(new.firewall.inbound),
@@ -1101,9 +1103,9 @@ class NodeDaemon:
                 "addresses": [str(a) for a in cfg.interface.addresses],
                 "rendezvous": self._rendezvous_state(),
                 "port_mapping": self._port_mapping_status(),
+                **self._firewall_status(),
             },
             "peers": [self._peer_status(session, now) for session in self.peers.values()],
-            **self._firewall_status(),
         }
 
     def _peer_status(self, session: PeerSession, now: float) -> dict[str, Any]:
@@ -1113,9 +1115,21 @@ class NodeDaemon:
             status["firewall_dropped"] = firewall.dropped(session.wg)
         return status
 
+    @staticmethod
+    def _firewall_policy(cfg: NodeConfig) -> Policy:
+        """The configured rules, and the node's own name server (UDP 53 on its overlay
+        addresses) open to every member when it serves names."""
+        network = cfg.network
+        if network is None or not (network.dns and network.domain):
+            return cfg.firewall
+        from p2ptun.node.names import DNS_PORT  # imported where names are served (start-up)
+
+        hosts = [ipaddress.ip_network(a.ip) for a in cfg.interface.addresses]
+        return with_own_services(cfg.firewall, [("udp", DNS_PORT)], hosts)
+
     def _firewall_status(self) -> dict[str, Any]:
-        """``{"firewall": {...}}`` (:meth:`p2ptun.firewall.Firewall.status`) once the data path
-        runs, else nothing."""
+        """``{"firewall": {...}}`` (:meth:`p2ptun.firewall.Firewall.status`) for the node part
+        once the data path runs, else nothing (the top level keeps the contract's two keys)."""
         firewall = self._tunnel.firewall if self._tunnel is not None else None
         return {} if firewall is None else {"firewall": firewall.status()}
 

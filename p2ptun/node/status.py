@@ -100,7 +100,8 @@ def render(status: dict[str, Any]) -> str:
 def firewall_lines(status: dict[str, Any]) -> list[str]:
     """The firewall: table fill, drops by direction and reason, then each rule and the flows
     it allowed (README "Firewall")."""
-    fw = status.get("firewall")
+    node = status.get("node")
+    fw = node.get("firewall") if isinstance(node, dict) else None
     if not isinstance(fw, dict):
         return []
     dropped = fw.get("dropped", {})

@@ -151,7 +151,7 @@ def test_drops_counted_in_status(fw: Deployment) -> None:
 
     def counted() -> dict[str, object] | None:
         status = fw.status(n1)
-        firewall = status.get("firewall", {})
+        firewall = status["node"].get("firewall", {})
         by_peer = {p["name"]: p.get("firewall_dropped", 0) for p in status.get("peers", [])}
         if firewall and firewall["dropped"]["inbound"]["default_deny"] >= 5 and by_peer["n3"] >= 5:
             return status
@@ -159,7 +159,7 @@ def test_drops_counted_in_status(fw: Deployment) -> None:
 
     status = wait_until(counted, 10.0, interval=0.2, what="drops counted")
     assert isinstance(status, dict)
-    firewall = status["firewall"]
+    firewall = status["node"]["firewall"]
     rules = {r["rule"]: r["flows"] for r in firewall["inbound"]}
     assert rules["tcp/22 groups=admin"] >= 1
     assert rules["icmp any peer"] >= 1

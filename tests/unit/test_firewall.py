@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2ptun.firewall import ALLOW_ICMP, Firewall, Policy, Rule, parse
+from p2ptun.firewall import ALLOW_ICMP, Firewall, Policy, Rule, parse, with_own_services
 from p2ptun.firewall.flows import FlowTable
 from p2ptun.firewall.packet import PROTO_TCP, PROTO_UDP
 
@@ -407,3 +407,22 @@ def test_reload_with_a_smaller_table_keeps_what_fits() -> None:
     fw.set_policy(Policy(inbound=(Rule(proto="udp"),), max_flows=20, max_flows_per_peer=10))
     assert len(fw.table) == 10 and fw.table.held_by(GUEST) == 10
     assert fw.status()["max_flows"] == 20 and fw.status()["cut_on_reload"] == 0
+
+
+def test_own_services_open_on_our_addresses_only() -> None:
+    """The node's name server (UDP 53) is open to every member on the node's own overlay
+    address, after the configured rules; port 53 of anything routed behind it stays closed."""
+    policy = with_own_services(SSH_FOR_ADMIN, [("udp", 53)], [ipaddress.ip_network(f"{US}/32")])
+    assert policy.inbound[:2] == SSH_FOR_ADMIN.inbound
+    assert with_own_services(SSH_FOR_ADMIN, [], [ipaddress.ip_network(f"{US}/32")]) is (
+        SSH_FOR_ADMIN
+    )
+    fw = firewall(policy)
+    query = ip4(GUEST_IP, US, PROTO_UDP, udp(40000, 53))
+    behind = ip4(GUEST_IP, "10.9.0.99", PROTO_UDP, udp(40000, 53))
+    other = ip4(GUEST_IP, US, PROTO_UDP, udp(40000, 54))
+    assert fw.filter_inbound(GUEST, [query, behind, other], 1.0) == [query]
+    assert fw.status()["inbound"][2] == {
+        "rule": "udp/53 local_cidr=10.9.0.1/32 any peer",
+        "flows": 1,
+    }

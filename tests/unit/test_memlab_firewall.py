@@ -31,21 +31,20 @@ async def test_inbound_udp_dropped_and_replies_pass(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     lab = MemoryLab()
-    alice = lab.node("alice", "cone")
-    bob = lab.node("bob", "cone")
+    alice, bob = lab.pair("cone", "cone")
     bob.config = dataclasses.replace(bob.config, metrics=MetricsSettings((bob.host.ip, 9560)))
     async with trio.open_nursery() as nursery:
         await lab.start(nursery)
-        pinger = lab.pinger(alice, bob)
-        await nursery.start(pinger.run)
-        await lab.wait_until(lambda: pinger.replies, 15)
+        await lab.ping_stream(nursery, alice, bob)
         a, b = alice.overlay_ip, bob.overlay_ip
         before = (alice.tun.other_packets, bob.tun.other_packets)
 
         alice.tun.inject(udp_packet(a, b, 5000, 9999))  # alice opens a UDP flow to bob
-        fw_b = bob.daemon.status()["firewall"]
+        fw_b = bob.daemon.status()["node"]["firewall"]
         await lab.wait_until(
-            lambda: bob.daemon.status()["firewall"]["dropped"]["inbound"]["default_deny"] == 1,
+            lambda: (
+                bob.daemon.status()["node"]["firewall"]["dropped"]["inbound"]["default_deny"] == 1
+            ),
             5,
         )
         assert bob.tun.other_packets == before[1]  # never reached bob's kernel
@@ -54,7 +53,7 @@ async def test_inbound_udp_dropped_and_replies_pass(
 
         bob.tun.inject(udp_packet(b, a, 9999, 5000))  # bob's own flow: out, and alice's reply
         await lab.wait_until(lambda: alice.tun.other_packets == before[0] + 1, 5)
-        fw_a = alice.daemon.status()["firewall"]
+        fw_a = alice.daemon.status()["node"]["firewall"]
         assert fw_a["dropped"]["inbound"]["default_deny"] == 0
         assert fw_a["outbound"][0]["flows"] >= 1 and fw_b["max_flows"] == 16384
         # ... and in bob's metrics
@@ -100,11 +99,13 @@ async def test_certificate_groups_open_a_port(autojump_clock: trio.testing.MockC
         await lab.wait_until(lambda: bob.tun.other_packets == before + 1, 5)
         carol.tun.inject(tcp_syn(carol.overlay_ip, bob.overlay_ip, 40000, 22))
         await lab.wait_until(
-            lambda: bob.daemon.status()["firewall"]["dropped"]["inbound"]["default_deny"] == 1,
+            lambda: (
+                bob.daemon.status()["node"]["firewall"]["dropped"]["inbound"]["default_deny"] == 1
+            ),
             5,
         )
         assert bob.tun.other_packets == before + 1
-        fw = bob.daemon.status()["firewall"]
+        fw = bob.daemon.status()["node"]["firewall"]
         assert fw["inbound"][0] == {"rule": "tcp/22 groups=admin", "flows": 1}
         nursery.cancel_scope.cancel()
 
@@ -115,15 +116,12 @@ async def test_firewall_off_lets_everything_in(
     """``P2PTUN_FIREWALL=off``: no filtering, no firewall in the status."""
     monkeypatch.setenv("P2PTUN_FIREWALL", "off")
     lab = MemoryLab()
-    alice = lab.node("alice", "cone")
-    bob = lab.node("bob", "cone")
+    alice, bob = lab.pair("cone", "cone")
     async with trio.open_nursery() as nursery:
         await lab.start(nursery)
-        pinger = lab.pinger(alice, bob)
-        await nursery.start(pinger.run)
-        await lab.wait_until(lambda: pinger.replies, 15)
+        await lab.ping_stream(nursery, alice, bob)
         before = bob.tun.other_packets
         alice.tun.inject(udp_packet(alice.overlay_ip, bob.overlay_ip, 5000, 9999))
         await lab.wait_until(lambda: bob.tun.other_packets == before + 1, 5)
-        assert "firewall" not in bob.daemon.status()
+        assert "firewall" not in bob.daemon.status()["node"]
         nursery.cancel_scope.cancel()
