@@ -793,3 +793,20 @@ class NetworkMonitor:
         changes, self._pending = self._pending, []
         log.info("network changed", changes=",".join(c.kind.value for c in changes))
         return changes
+
+
+def rule_priorities(netns: str | None = None) -> set[int]:
+    """The priorities of the policy routing rules of both families (blocking): how the node
+    tells, without running a program, whether a run that crashed left its rules behind."""
+    found: set[int] = set()
+    with _iproute(netns) as ipr:
+        for family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                rules = ipr.get_rules(family=family)
+            except Exception as exc:  # pyroute2 raises NetlinkError and OSError alike
+                raise _netlink_failure("list the routing rules", exc) from None
+            for rule in rules:
+                priority = rule.get_attr("FRA_PRIORITY")
+                if isinstance(priority, int):
+                    found.add(priority)
+    return found

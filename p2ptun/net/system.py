@@ -24,7 +24,7 @@ import trio
 from p2ptun.addr import Address, format_address
 from p2ptun.errors import RuntimeFailure
 from p2ptun.log import get_logger
-from p2ptun.net import netlink
+from p2ptun.net import forwarding, netlink
 from p2ptun.net.keepalive import enable as enable_keepalive
 from p2ptun.net.ports import (
     Connection,
@@ -118,11 +118,24 @@ class SystemHost:
         self.netns = netns
         self._shared: list[memoryview] | None = None
         self._rng = random.SystemRandom()
+        self.fwmark: int | None = None
 
     # -- sockets ----------------------------------------------------------------------------
 
+    def _mark(self, sock: socket.socket) -> None:
+        if self.fwmark is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.fwmark)
+
     def open_datagram_ports(self, port: int = 0) -> list[DatagramPort]:
-        return list(open_endpoints(port))
+        endpoints = open_endpoints(port)
+        try:
+            for endpoint in endpoints:
+                self._mark(endpoint.socket)
+        except OSError as exc:
+            for endpoint in endpoints:
+                endpoint.close()
+            raise RuntimeFailure(f"cannot mark the UDP sockets (SO_MARK): {exc.strerror}") from None
+        return list(endpoints)
 
     def bind_datagram(self, ip: str, port: int, *, shared_buffers: bool = False) -> DatagramPort:
         buffers = None
@@ -130,7 +143,13 @@ class SystemHost:
             if self._shared is None:
                 self._shared = receive_buffers()
             buffers = self._shared
-        return UdpEndpoint.bind(family_of(ip), ip, port, buffers=buffers)
+        endpoint = UdpEndpoint.bind(family_of(ip), ip, port, buffers=buffers)
+        try:
+            self._mark(endpoint.socket)
+        except OSError as exc:
+            endpoint.close()
+            raise RuntimeFailure(f"cannot mark a UDP socket (SO_MARK): {exc.strerror}") from None
+        return endpoint
 
     async def connect_tcp(
         self,
@@ -140,7 +159,10 @@ class SystemHost:
         local_ip: str | None = None,
         keepalive: tuple[int, int, int] | None = None,
     ) -> Connection:
-        stream = await trio.open_tcp_stream(host, port, local_address=local_ip)
+        if self.fwmark is None:
+            stream = await trio.open_tcp_stream(host, port, local_address=local_ip)
+        else:
+            stream = await self._connect_marked(host, port, local_ip)
         try:
             if keepalive is not None:
                 enable_keepalive(stream, keepalive)
@@ -149,6 +171,29 @@ class SystemHost:
             await trio.aclose_forcefully(stream)
             raise
         return Connection(stream, local, remote)
+
+    async def _connect_marked(
+        self, host: str, port: int, local_ip: str | None
+    ) -> trio.SocketStream:
+        """A TCP connection whose SYN already carries our mark (trio's helper offers no hook
+        between socket and connect): each resolved address in turn."""
+        last: OSError | None = None
+        for ip, _ in await self.resolve(host, port):
+            sock = trio.socket.socket(family_of(ip), socket.SOCK_STREAM)
+            try:
+                self._mark(sock)  # type: ignore[arg-type]
+                if local_ip is not None:
+                    await sock.bind((local_ip, 0))
+                await sock.connect((ip, port))
+            except OSError as exc:
+                sock.close()
+                last = exc
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            return trio.SocketStream(sock)
+        raise last if last is not None else OSError(f"no address for {host}")
 
     async def listen_tcp(self, ip: str, port: int) -> Listener:
         shown = format_address((ip, port))
@@ -228,6 +273,42 @@ class SystemHost:
         self, *, exclude: Iterable[str] = ()
     ) -> AbstractAsyncContextManager[AsyncIterable[list[NetworkChange]]]:
         return netlink.NetworkMonitor(exclude=exclude, netns=self.netns)
+
+    # -- forwarding and policy routing (p2ptun.net.forwarding) -------------------------------
+
+    def set_fwmark(self, mark: int | None) -> None:
+        self.fwmark = mark
+
+    async def enable_forwarding(self, version: int) -> str | None:
+        return await forwarding.write_sysctl(
+            forwarding.FORWARDING_SYSCTL[version], "1", netns=self.netns
+        )
+
+    async def set_nftables(self, interface: str, ruleset: str | None) -> None:
+        text = forwarding.nft_delete(interface) if ruleset is None else ruleset
+        await forwarding.apply_nft(text, netns=self.netns)
+
+    async def set_exit_routing(
+        self,
+        interface: str,
+        mark: int,
+        defaults: Sequence[IPNetwork],
+        lan: Sequence[IPNetwork] = (),
+    ) -> None:
+        if any(net.version == 4 for net in defaults):
+            # Reverse-path filtering looks the replies up with the mark the conntrack entry
+            # gives them back (our nftables table), as wg-quick does.
+            await forwarding.write_sysctl(forwarding.SRC_VALID_MARK, "1", netns=self.netns)
+        commands = forwarding.exit_rule_commands(interface, mark, defaults, lan)
+        await forwarding.run_commands(commands, netns=self.netns)
+
+    async def clear_exit_routing(self, mark: int) -> None:
+        priorities = await netlink.run(netlink.rule_priorities, netns=self.netns)
+        if not priorities & set(forwarding.RULE_PREFS):
+            return  # nothing of ours (the common start): no program to run
+        await forwarding.run_until_fails(forwarding.exit_clear_commands(mark), netns=self.netns)
+        for argv in forwarding.exit_flush_commands(mark):
+            await forwarding.run_command(argv, netns=self.netns)
 
     # -- the system's resolver --------------------------------------------------------------
 

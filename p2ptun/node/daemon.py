@@ -71,6 +71,7 @@ from p2ptun.keys import encode_key
 from p2ptun.log import get_logger
 from p2ptun.membership import CertificateRejected, MembershipDecodeError
 from p2ptun.net.dispatch import Dispatcher
+from p2ptun.net.forwarding import lan_prefixes, nft_ruleset
 from p2ptun.net.gather import GatherOptions, IssuedCredentials
 from p2ptun.net.http import HttpServer
 from p2ptun.net.ice_transport import IceTransport
@@ -90,6 +91,15 @@ from p2ptun.node.peer_relay import (
     PeerRelayServer,
     RelayOffer,
     turn_server_from_grant,
+)
+from p2ptun.node.routes import (
+    OFF,
+    ExitDecision,
+    decide_exit,
+    effective_peer,
+    is_exit_route,
+    peer_routes_status,
+    split_advertised,
 )
 from p2ptun.node.sealstate import SealStateFile, seal_state_path
 from p2ptun.node.wgtunnel import WgTunnel
@@ -170,6 +180,8 @@ def routes_for(
     connected = [a.network for a in addresses]
     needed: list[IPNetwork] = []
     for net in allowed_ips:
+        if is_exit_route(net):
+            continue  # an exit node's default route: policy routing, never the main table
         covered = any(
             net.version == c.version and net.subnet_of(c)  # type: ignore[arg-type]
             for c in connected
@@ -273,6 +285,19 @@ class NodeDaemon:
         self.names: DnsResponder | None = None
         #: The ``[metrics]`` endpoint while it runs (None without the section).
         self.metrics: HttpServer | None = None
+        #: The exit node asked for (config or ``p2ptun set exit-node``) and what came of it.
+        self.exit_choice: str | None = config.exit_node
+        self.exit: ExitDecision = OFF
+        #: Every wanted peer with its full allowed IPs (exit routes included).
+        self._full_peers: dict[str, PeerConfig] = {}
+        #: The exit routing in force: (default routes, LAN prefixes through the tunnel).
+        self._exit_applied: tuple[tuple[IPNetwork, ...], tuple[IPNetwork, ...]] | None = None
+        self._nft_applied: str | None = None
+        #: Advertised routes forwarded, and refused (not in our certificate).
+        self.forwarded: tuple[IPNetwork, ...] = ()
+        self.refused_routes: tuple[IPNetwork, ...] = ()
+        #: IP forwarding per family: None when on, else why it could not be turned on.
+        self.forwarding: dict[int, str | None] = {}
 
     # -- NodeContext ------------------------------------------------------------------------
 
@@ -346,12 +371,18 @@ class NodeDaemon:
             )
         if self.control_socket:
             control.prepare_socket_path(cfg.control_socket)
+        # Every underlay socket carries the mark, so that an exit node (now or selected later)
+        # never routes the tunnel's own traffic into the tunnel (p2ptun.net.forwarding).
+        self.host.set_fwmark(cfg.interface.fwmark)
         metrics = await self._bind_metrics()
         try:
             tunnel = await self._open_data_path()
+            await self._start_routing()
         except BaseException:
             if metrics is not None:
                 await metrics.listener.aclose()
+            if self._tunnel is not None:
+                await self._teardown(self._tunnel)
             raise
         try:
             async with trio.open_nursery() as nursery:
@@ -547,7 +578,7 @@ class NodeDaemon:
                 )
                 for _ in endpoints
             ]
-            for peer_cfg in cfg.peers:
+            for peer_cfg in self.wanted_peers():
                 await self._add_peer(peer_cfg)
         except BaseException:
             for ep in endpoints:
@@ -561,6 +592,7 @@ class NodeDaemon:
         """Remove routes, close the TUN device (the interface goes with it) and the sockets.
         Runs shielded: a second signal must not leave half the state behind."""
         with trio.CancelScope(shield=True):
+            await self._stop_routing()
             for session in list(self.peers.values()):
                 for prefix in session.routes:
                     with contextlib.suppress(P2ptunError):
@@ -727,11 +759,18 @@ class NodeDaemon:
 
     def wanted_peers(self) -> list[PeerConfig]:
         """The peers this node runs: the config's ``[[peer]]`` entries and the verified
-        members of its network."""
+        members of its network, each with the exit routes only if it is the active exit node
+        (which this decides again: :attr:`exit`)."""
         explicit = list(self.config.peers)
-        if self.network is None:
-            return explicit
-        return explicit + self.network.peers(explicit)
+        full = explicit if self.network is None else explicit + self.network.peers(explicit)
+        self._full_peers = {p.name: p for p in full}
+        versions = {a.version for a in self.config.interface.addresses}
+        decision = decide_exit(self.exit_choice, self._full_peers, versions)
+        if decision != self.exit:
+            if decision.state in ("refused", "waiting"):
+                log.warning("exit node not used", exit_node=decision.name, reason=decision.reason)
+            self.exit = decision
+        return [effective_peer(p, decision) for p in full]
 
     async def sync_peers(
         self, *, addresses_changed: bool = False, start: bool = True
@@ -772,7 +811,122 @@ class NodeDaemon:
             if self.relay_server is not None:
                 self.relay_server.set_users(self.peers)
             self._update_names()
+            if self._tunnel is not None:
+                await self._apply_exit()
             return added
+
+    # -- subnet routes and the exit node (p2ptun.node.routes, p2ptun.net.forwarding) ------
+
+    async def _start_routing(self) -> None:
+        """Remove what a crashed run left (our nftables table, exit rules), then forward the
+        advertised routes our certificate carries and select the exit node, if any."""
+        iface = self.config.interface
+        await self.host.clear_exit_routing(iface.fwmark)
+        self._nft_applied = ""  # unknown: delete any table of ours
+        await self._apply_forwarding()
+        await self._apply_exit()
+
+    async def _apply_forwarding(self) -> None:
+        iface = self.config.interface
+        network = self.config.network
+        signed = None if network is None else network.certificate.details.routes
+        self.forwarded, self.refused_routes = split_advertised(iface.advertise_routes, signed)
+        for route in self.refused_routes:
+            log.warning(
+                "advertised route refused: not in our certificate, peers ignore it",
+                route=str(route),
+            )
+        for version in sorted({r.version for r in self.forwarded}):
+            if version not in self.forwarding or self.forwarding[version] is not None:
+                error = await self.host.enable_forwarding(version)
+                self.forwarding[version] = error
+                if error is not None:
+                    log.error(
+                        f"cannot turn IPv{version} forwarding on: advertised routes of that "
+                        "family will not be forwarded",
+                        error=error,
+                    )
+        if self.forwarded:
+            log.info(
+                "forwarding for peers",
+                routes=",".join(map(str, self.forwarded)),
+                masquerade=iface.masquerade,
+            )
+        await self._apply_nftables()
+
+    async def _apply_nftables(self) -> None:
+        iface = self.config.interface
+        text = nft_ruleset(
+            self.interface,
+            forward=bool(self.forwarded),
+            masquerade=iface.masquerade,
+            mark=iface.fwmark if self._exit_applied is not None else None,
+        )
+        if text != self._nft_applied:
+            await self.host.set_nftables(self.interface, text)
+            self._nft_applied = text
+
+    async def _apply_exit(self) -> None:
+        """Bring the policy routing to :attr:`exit`: all traffic through the active exit
+        node, the LAN outside the tunnel unless ``exit_node_allow_lan = false``."""
+        iface = self.config.interface
+        decision = self.exit
+        want = None
+        if decision.state == "active":
+            lan: list[IPNetwork] = []
+            if not iface.exit_node_allow_lan:
+                local = await self.host.local_addresses(exclude=[self.interface])
+                lan = lan_prefixes([(a.address, a.prefixlen) for a in local])
+            want = (decision.defaults, tuple(lan))
+        if want == self._exit_applied:
+            return
+        if self._exit_applied is not None:
+            await self.host.clear_exit_routing(iface.fwmark)
+            self._exit_applied = None
+            log.info("exit node left: direct routing restored")
+        if want is not None:
+            try:
+                await self.host.set_exit_routing(self.interface, iface.fwmark, *want)
+            except P2ptunError as exc:
+                await self.host.clear_exit_routing(iface.fwmark)
+                log.error("exit node not used", exit_node=decision.name, error=str(exc))
+                self.exit = dataclasses.replace(decision, state="refused", reason=str(exc))
+                await self._apply_nftables()
+                return
+            self._exit_applied = want
+            log.info(
+                "exit node in use",
+                exit_node=decision.name,
+                routes=",".join(map(str, want[0])),
+                lan_through_tunnel=",".join(map(str, want[1])) or "-",
+            )
+        await self._apply_nftables()
+
+    async def _stop_routing(self) -> None:
+        """Remove our policy rules, exit table and nftables table (shielded by the caller)."""
+        with contextlib.suppress(P2ptunError):
+            if self._exit_applied is not None:
+                await self.host.clear_exit_routing(self.config.interface.fwmark)
+                self._exit_applied = None
+        with contextlib.suppress(P2ptunError):
+            if self._nft_applied is not None:
+                await self.host.set_nftables(self.interface, None)
+                self._nft_applied = None
+
+    async def select_exit_node(self, name: str | None) -> ExitDecision:
+        """``p2ptun set exit-node NAME|off``: refused (ValueError, one line) for a name that is
+        not a peer or may not route 0.0.0.0/0 or ::/0; else in force at once."""
+        if name is not None:
+            if name not in self._full_peers:
+                known = ", ".join(sorted(self._full_peers)) or "none"
+                raise ValueError(f"no peer named {name!r} (peers: {known})")
+            versions = {a.version for a in self.config.interface.addresses}
+            decision = decide_exit(name, self._full_peers, versions)
+            if decision.state != "active":
+                raise ValueError(decision.reason)
+        self.exit_choice = name
+        await self.sync_peers()
+        return self.exit
 
     def _update_names(self) -> None:
         """The DNS names: this node's and every member's, from their certificates."""
@@ -1023,6 +1177,18 @@ class NodeDaemon:
             or old.name != new.name
         )
         addresses_changed = new_if.addresses != old_if.addresses
+        if new.exit_node != old.exit_node:
+            self.exit_choice = new.exit_node
+        if (
+            new_if.advertise_routes != old_if.advertise_routes
+            or new_if.masquerade != old_if.masquerade
+            or new.network != old.network
+        ):
+            await self._apply_forwarding()
+        if new_if.exit_node_allow_lan != old_if.exit_node_allow_lan:
+            addresses_changed = True  # the LAN rules follow (applied by sync_peers)
+        if new_if.fwmark != old_if.fwmark:
+            log.warning("[interface] fwmark changed: it applies at the next start")
         if signaling_changed and self._nursery is not None:
             # New peers start once the new client runs (it is told the members as it starts).
             added = await self.sync_peers(addresses_changed=addresses_changed, start=False)
@@ -1075,8 +1241,30 @@ class NodeDaemon:
                 "addresses": [str(a) for a in cfg.interface.addresses],
                 "rendezvous": self._rendezvous_state(),
                 "port_mapping": self._port_mapping_status(),
+                "routes": self._routes_status(),
+                "exit_node": self.exit.as_dict(cfg.interface.exit_node_allow_lan),
             },
-            "peers": [session.status(now) for session in self.peers.values()],
+            "peers": [self._peer_status(session, now) for session in self.peers.values()],
+        }
+
+    def _peer_status(self, session: PeerSession, now: float) -> dict[str, Any]:
+        status = session.status(now)
+        full = self._full_peers.get(session.name, session.config)
+        status["routes"] = peer_routes_status(full, session.config)
+        return status
+
+    def _routes_status(self) -> dict[str, Any]:
+        """What this node advertises: forwarded, refused (not signed), forwarding per family."""
+        return {
+            "advertised": [str(r) for r in self.forwarded],
+            "refused": [
+                {"route": str(r), "reason": "not in this node's certificate"}
+                for r in self.refused_routes
+            ],
+            "masquerade": self.config.interface.masquerade,
+            "forwarding": {
+                f"ipv{v}": "on" if error is None else error for v, error in self.forwarding.items()
+            },
         }
 
     def _port_mapping_status(self) -> dict[str, str] | None:
@@ -1112,6 +1300,17 @@ class NodeDaemon:
             return {"ok": True, "debug": self.debug()}
         if cmd == "revocations":
             return await self._control_revocations(request)
+        if cmd == "set":
+            if "exit_node" not in request:
+                raise ValueError("nothing to set (expected exit_node)")
+            name = request["exit_node"]
+            if name is not None and not isinstance(name, str):
+                raise ValueError("exit_node must be a peer name or null")
+            decision = await self.select_exit_node(name)
+            return {
+                "ok": True,
+                "exit_node": decision.as_dict(self.config.interface.exit_node_allow_lan),
+            }
         raise ValueError(f"unknown command {cmd!r}")
 
     async def _control_revocations(self, request: dict[str, Any]) -> dict[str, Any]:
