@@ -285,6 +285,8 @@ class SystemHost:
         )
 
     async def set_nftables(self, interface: str, ruleset: str | None) -> None:
+        if ruleset is None and shutil.which("nft") is None:
+            return  # without nftables there is no table of ours to delete
         text = forwarding.nft_delete(interface) if ruleset is None else ruleset
         await forwarding.apply_nft(text, netns=self.netns)
 

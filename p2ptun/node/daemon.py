@@ -821,10 +821,32 @@ class NodeDaemon:
         """Remove what a crashed run left (our nftables table, exit rules), then forward the
         advertised routes our certificate carries and select the exit node, if any."""
         iface = self.config.interface
-        await self.host.clear_exit_routing(iface.fwmark)
-        self._nft_applied = ""  # unknown: delete any table of ours
+        try:
+            await self.host.clear_exit_routing(iface.fwmark)  # netlink: no program run
+            # Our nftables table needs a program to look for: only when a run wrote one and
+            # did not say it removed it (the marker in the run directory, gone at boot).
+            if not self.control_socket or os.path.exists(self._routing_marker):
+                await self.host.set_nftables(self.interface, None)
+        except P2ptunError as exc:
+            log.warning("could not check for rules a crashed run left", error=str(exc))
+        self._nft_applied = None
         await self._apply_forwarding()
         await self._apply_exit()
+
+    @property
+    def _routing_marker(self) -> str:
+        """A file that exists while our nftables table may exist (beside the control socket)."""
+        return self.config.control_socket.removesuffix(".sock") + ".nftables"
+
+    def _mark_routing(self, present: bool) -> None:
+        if not self.control_socket:
+            return
+        with contextlib.suppress(OSError):
+            if present:
+                with open(self._routing_marker, "w"):
+                    pass
+            else:
+                os.unlink(self._routing_marker)
 
     async def _apply_forwarding(self) -> None:
         iface = self.config.interface
@@ -863,8 +885,12 @@ class NodeDaemon:
             mark=iface.fwmark if self._exit_applied is not None else None,
         )
         if text != self._nft_applied:
+            if text is not None:
+                self._mark_routing(True)
             await self.host.set_nftables(self.interface, text)
             self._nft_applied = text
+            if text is None:
+                self._mark_routing(False)
 
     async def _apply_exit(self) -> None:
         """Bring the policy routing to :attr:`exit`: all traffic through the active exit
@@ -912,6 +938,7 @@ class NodeDaemon:
             if self._nft_applied is not None:
                 await self.host.set_nftables(self.interface, None)
                 self._nft_applied = None
+                self._mark_routing(False)
 
     async def select_exit_node(self, name: str | None) -> ExitDecision:
         """``p2ptun set exit-node NAME|off``: refused (ValueError, one line) for a name that is

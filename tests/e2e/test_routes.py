@@ -300,8 +300,14 @@ def test_exit_node(routes: Routes, request: pytest.FixtureRequest) -> None:
     laptop.proc.kill()
     laptop.proc.wait(timeout=10)
     assert f"lookup {0x7074}" in lab.exec("site2", "ip", "rule").stdout
+    assert f"p2ptun-{laptop.ifname}" in lab.exec("site2", "nft", "list", "tables").stdout
     routes.start_laptop()
     dep.wait_connected([home, laptop], timeout=CONNECT_TIMEOUT)
+    # The new run removed what the killed one left (its own interface has its own routes).
+    after = _snapshot(lab, "site2")
+    for what in ("ip -4 rule", "ip -6 rule", "nft list ruleset"):
+        assert after[what] == before[what], what
+    assert f"table {0x7074}" not in after["ip -4 route show table all"]
     assert routes.whoami(laptop) == site2
     t0 = time.monotonic()
     out = routes.p2ptun(laptop, "set", "exit-node", "home")
