@@ -86,7 +86,9 @@ class Routes:
         self.dep.start_node(self.laptop, peers=[], extra=self.network(self.laptop, exit_node))
 
     def p2ptun(self, node: Node, *args: str) -> subprocess.CompletedProcess[str]:
-        """``p2ptun ARGS --interface IF`` in the node's namespace (the README's commands)."""
+        """``p2ptun ARGS --interface IF`` in the node's namespace (the README's commands;
+        ``--interface``: the lab's nodes share one run directory)."""
+        RAN.add(" ".join(("p2ptun", *args)))
         return self.dep.lab.exec(
             node.site,
             sys.executable,
@@ -108,19 +110,41 @@ class Routes:
         return out.stdout.strip()
 
 
+RAN: set[str] = set()
+"""The p2ptun commands the tests ran (keys shown as ``KEY``), for the README's check."""
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_commands() -> set[str]:
+    """The commands in the README's "Subnet routes and exit node" section (sh blocks)."""
+    section = README.read_text().split("## Subnet routes and exit node", 1)[1].split("\n## ")[0]
+    commands = set()
+    for block in section.split("```sh\n")[1:]:
+        for line in block.split("```", 1)[0].splitlines():
+            command = line.split("#", 1)[0].strip()
+            if command:
+                commands.add(" ".join(command.split()))
+    return commands
+
+
 def _ca(tmp: Path, dep: Deployment) -> tuple[str, dict[str, Path]]:
     """``p2ptun ca init`` and ``ca sign`` (the README's commands): ``home`` signed for the
     LAN and as an exit node, ``laptop`` plain."""
 
     def cli(*args: str) -> str:
         out = subprocess.run(
-            [sys.executable, "-m", "p2ptun", *args], capture_output=True, text=True, timeout=30
+            [sys.executable, "-m", "p2ptun", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=tmp,
         )
         assert out.returncode == 0, out.stderr
+        RAN.add(" ".join(("p2ptun", *args)).replace(dep.node("home").pub, "KEY"))
         return out.stdout
 
     ca_dir = tmp / "ca"
-    cli("ca", "init", "--network", "home", "--out", str(ca_dir))
+    cli("ca", "init", "--network", "home", "--out", "ca")
     ca_pub = (ca_dir / "ca.pub").read_text().strip()
     certs = {}
     for node, routes in (
@@ -128,7 +152,7 @@ def _ca(tmp: Path, dep: Deployment) -> tuple[str, dict[str, Path]]:
         (dep.node("laptop"), []),
     ):
         text = cli(
-            "ca", "sign", "--ca", str(ca_dir), "--name", node.name, "--ip", node.address,
+            "ca", "sign", "--ca", "ca", "--name", node.name, "--ip", node.address,
             "--pubkey", node.pub, *routes,
         )  # fmt: skip
         path = tmp / f"{node.name}.crt"
@@ -185,6 +209,13 @@ def _snapshot(lab: NatLab, site: str) -> dict[str, str]:
     }
 
 
+def _avg_rtt(lab: NatLab, site: str, address: str) -> float:
+    """Average RTT (ms) of 10 pings from ``site`` to ``address``."""
+    out = lab.exec(site, "ping", "-c", "10", "-i", "0.1", "-W", "2", "-q", address)
+    assert out.returncode == 0, out.stdout
+    return float(out.stdout.rsplit("=", 1)[1].split("/")[1])
+
+
 def _wait_log(node: Node, text: str, timeout: float = 15.0) -> None:
     try:
         wait_until(lambda: text in node.log(), timeout, what=text)
@@ -234,7 +265,13 @@ def test_subnet_route_reaches_a_plain_lan_host(
     out = lab.exec("site2", sys.executable, "-c", WHOAMI_CLIENT, routes.lan.address, "5081")
     assert out.returncode == 0, out.stderr + dep.logs()
     assert out.stdout.strip() == routes.lan.router  # masqueraded by home
-    report(request, f"[routes] LAN host behind home: 3 pings in {first:.2f} s, TCP through")
+    lan_rtt = _avg_rtt(lab, "site2", routes.lan.address)
+    home_rtt = _avg_rtt(lab, "site2", home.tunnel_ip)
+    report(
+        request,
+        f"[routes] LAN host behind home: 3 pings in {first:.2f} s, TCP through; avg RTT "
+        f"{lan_rtt:.3f} ms to the LAN host, {home_rtt:.3f} ms to home's overlay address",
+    )
 
     # Stopping home removes its nftables table and everything else it added.
     assert dep.stop_node(home) == 0, home.log()[-2000:]
@@ -311,10 +348,12 @@ def test_exit_node(routes: Routes, request: pytest.FixtureRequest) -> None:
     assert routes.whoami(laptop) == site2
     t0 = time.monotonic()
     out = routes.p2ptun(laptop, "set", "exit-node", "home")
+    switched = time.monotonic() - t0
     assert out.returncode == 0, out.stderr
     assert routes.whoami(laptop) == site1
-    switched = time.monotonic() - t0
     assert dep.stop_node(laptop) == 0, laptop.log()[-2000:]
     assert _snapshot(lab, "site2") == before
     dep.stop_node(home)
-    report(request, f"[routes] exit node: set exit-node + first connection out {switched:.2f} s")
+    missing = readme_commands() - RAN
+    assert not missing, f"README commands no test ran: {missing}"
+    report(request, f"[routes] exit node: 'p2ptun set exit-node home' returned in {switched:.2f} s")
