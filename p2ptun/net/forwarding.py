@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import trio
 
@@ -195,46 +195,26 @@ def exit_rule_commands(
     return commands
 
 
-def exit_clear_commands(mark: int) -> list[list[str]]:
-    """``ip`` argument lists that remove what :func:`exit_rule_commands` added, whatever part
-    of it exists (each rule deletion is repeated by the runner until it fails)."""
+def exit_clear_commands(mark: int, present: Sequence[tuple[int, int]]) -> list[list[str]]:
+    """``ip`` argument lists that remove our rules among the ``present`` ``(IP version,
+    priority)`` pairs (one deletion per rule found: the kernel deletes the first match)."""
     table = str(mark)
-    commands: list[list[str]] = []
-    for fam in ("-4", "-6"):
-        commands += [
-            ["ip", fam, "rule", "del", "priority", str(PREF_EXIT), "lookup", table],
-            ["ip", fam, "rule", "del", "priority", str(PREF_LAN), "lookup", table],
-            [
-                "ip",
-                fam,
-                "rule",
-                "del",
-                "priority",
-                str(PREF_LAN_MARKED),
-                "fwmark",
-                hex(mark),
-                "lookup",
-                "main",
-            ],
-            [
-                "ip",
-                fam,
-                "rule",
-                "del",
-                "priority",
-                str(PREF_SUPPRESS),
-                "lookup",
-                "main",
-                "suppress_prefixlength",
-                "0",
-            ],
-        ]
-    return commands
+    match = {
+        PREF_EXIT: ["lookup", table],
+        PREF_LAN: ["lookup", table],
+        PREF_LAN_MARKED: ["fwmark", hex(mark), "lookup", "main"],
+        PREF_SUPPRESS: ["lookup", "main", "suppress_prefixlength", "0"],
+    }
+    return [
+        ["ip", f"-{version}", "rule", "del", "priority", str(priority), *match[priority]]
+        for version, priority in present
+        if priority in match
+    ]
 
 
-def exit_flush_commands(mark: int) -> list[list[str]]:
-    """Empty our routing table, both families."""
-    return [["ip", fam, "route", "flush", "table", str(mark)] for fam in ("-4", "-6")]
+def exit_flush_commands(mark: int, versions: Iterable[int] = (4, 6)) -> list[list[str]]:
+    """Empty our routing table in the IP ``versions`` given."""
+    return [["ip", f"-{v}", "route", "flush", "table", str(mark)] for v in sorted(set(versions))]
 
 
 def lan_prefixes(addresses: Sequence[tuple[str, int]]) -> list[IPNetwork]:
@@ -292,14 +272,6 @@ async def run_commands(commands: list[list[str]], *, netns: str | None = None) -
             raise RuntimeFailure(f"{' '.join(argv)}: {error}")
 
 
-async def run_until_fails(commands: list[list[str]], *, netns: str | None = None) -> None:
-    """Run each deletion until it fails (nothing left that it matches); at most 64 times."""
-    for argv in commands:
-        for _ in range(64):
-            if await run_command(argv, netns=netns) is not None:
-                break
-
-
 async def write_sysctl(key: str, value: str, *, netns: str | None = None) -> str | None:
     """Set ``/proc/sys/<key>``; None when it holds ``value`` afterwards, else why not."""
     path = os.path.join("/proc/sys", key)
@@ -328,6 +300,5 @@ __all__ = [
     "nft_ruleset",
     "nft_table",
     "run_commands",
-    "run_until_fails",
     "write_sysctl",
 ]

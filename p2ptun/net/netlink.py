@@ -795,12 +795,12 @@ class NetworkMonitor:
         return changes
 
 
-def rule_priorities(netns: str | None = None) -> set[int]:
-    """The priorities of the policy routing rules of both families (blocking): how the node
-    tells, without running a program, whether a run that crashed left its rules behind."""
-    found: set[int] = set()
+def rule_priorities(netns: str | None = None) -> list[tuple[int, int]]:
+    """``(IP version, priority)`` of every policy routing rule (blocking): how the node tells,
+    without running a program, which of its rules exist (also those a crashed run left)."""
+    found: list[tuple[int, int]] = []
     with _iproute(netns) as ipr:
-        for family in (socket.AF_INET, socket.AF_INET6):
+        for version, family in ((4, socket.AF_INET), (6, socket.AF_INET6)):
             try:
                 rules = ipr.get_rules(family=family)
             except Exception as exc:  # pyroute2 raises NetlinkError and OSError alike
@@ -808,5 +808,5 @@ def rule_priorities(netns: str | None = None) -> set[int]:
             for rule in rules:
                 priority = rule.get_attr("FRA_PRIORITY")
                 if isinstance(priority, int):
-                    found.add(priority)
+                    found.append((version, priority))
     return found

@@ -305,11 +305,15 @@ class SystemHost:
         await forwarding.run_commands(commands, netns=self.netns)
 
     async def clear_exit_routing(self, mark: int) -> None:
-        priorities = await netlink.run(netlink.rule_priorities, netns=self.netns)
-        if not priorities & set(forwarding.RULE_PREFS):
+        rules = await netlink.run(netlink.rule_priorities, netns=self.netns)
+        ours = [(v, p) for v, p in rules if p in forwarding.RULE_PREFS]
+        if not ours:
             return  # nothing of ours (the common start): no program to run
-        await forwarding.run_until_fails(forwarding.exit_clear_commands(mark), netns=self.netns)
-        for argv in forwarding.exit_flush_commands(mark):
+        # A rule of another program at one of our priorities does not match the deletion's
+        # selectors (table, mark): that command fails, and the rule stays.
+        for argv in forwarding.exit_clear_commands(mark, ours):
+            await forwarding.run_command(argv, netns=self.netns)
+        for argv in forwarding.exit_flush_commands(mark, (v for v, _ in ours)):
             await forwarding.run_command(argv, netns=self.netns)
 
     # -- the system's resolver --------------------------------------------------------------

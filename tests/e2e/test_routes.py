@@ -20,6 +20,8 @@ source address it saw.
 
 from __future__ import annotations
 
+import json
+import signal
 import subprocess
 import sys
 import time
@@ -357,3 +359,48 @@ def test_exit_node(routes: Routes, request: pytest.FixtureRequest) -> None:
     missing = readme_commands() - RAN
     assert not missing, f"README commands no test ran: {missing}"
     report(request, f"[routes] exit node: 'p2ptun set exit-node home' returned in {switched:.2f} s")
+
+
+def test_peer_entries_do_the_same_by_hand(routes: Routes) -> None:
+    """Without a network: ``home``'s ``[[peer]]`` entry at ``laptop`` lists the LAN and
+    ``0.0.0.0/0`` with ``exit_node = true``; a SIGHUP with it gone restores direct routing."""
+    dep, lab, home, laptop = routes.dep, routes.dep.lab, routes.home, routes.laptop
+    site1 = lab.site("site1").mapped_addr
+    site2 = lab.site("site2").mapped_addr
+    dep.fresh_sites(home, laptop)
+    before = _snapshot(lab, "site2")
+
+    def peer(node: Node, allowed: list[str], exit_node: bool) -> str:
+        return (
+            f'[[peer]]\nname = "{node.name}"\npublic_key = "{node.pub}"\n'
+            f"allowed_ips = {json.dumps(allowed)}\n" + ("exit_node = true\n" if exit_node else "")
+        )
+
+    dep.start_node(
+        home,
+        peers=[],
+        interface_extra=f'advertise_routes = ["{SIGNED}", "0.0.0.0/0"]\n',
+        extra=peer(laptop, ["10.77.0.2/32"], False),
+    )
+    dep.start_node(laptop, peers=[], extra=peer(home, ["10.77.0.1/32", SIGNED, "0.0.0.0/0"], True))
+    dep.wait_connected([home, laptop], timeout=CONNECT_TIMEOUT)
+    _wait_log(laptop, "exit node in use")
+    assert dep.status(home)["node"]["routes"]["refused"] == []
+    assert routes.whoami(laptop) == site1
+    ping = lab.exec("site2", "ping", "-c", "2", "-i", "0.2", "-W", "2", routes.lan.address)
+    assert ping.returncode == 0, ping.stdout + dep.logs()
+
+    # The same peer without exit_node = true, and SIGHUP: direct again, the LAN still routed.
+    dep.node_config(
+        laptop, peers=[], extra=peer(home, ["10.77.0.1/32", SIGNED, "0.0.0.0/0"], False)
+    )
+    assert laptop.proc is not None
+    laptop.proc.send_signal(signal.SIGHUP)
+    _wait_log(laptop, "exit node left")
+    assert routes.whoami(laptop) == site2
+    assert dep.status(laptop)["node"]["exit_node"] is None
+    ping = lab.exec("site2", "ping", "-c", "2", "-i", "0.2", "-W", "2", routes.lan.address)
+    assert ping.returncode == 0, ping.stdout + dep.logs()
+    assert dep.stop_node(laptop) == 0, laptop.log()[-2000:]
+    assert _snapshot(lab, "site2") == before
+    dep.stop_node(home)

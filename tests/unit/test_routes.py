@@ -232,8 +232,13 @@ def test_exit_rule_commands() -> None:
         "ip -4 rule add lookup main suppress_prefixlength 0 priority 32762",
         "ip -4 rule add not fwmark 0x7074 lookup 28788 priority 32763",
     ]
-    clear = [" ".join(c) for c in forwarding.exit_clear_commands(0x7074)]
-    assert "ip -6 rule del priority 32763 lookup 28788" in clear and len(clear) == 8
+    present = [(4, 0), (4, 32762), (4, 32763), (6, 32763), (4, 32766)]
+    clear = [" ".join(c) for c in forwarding.exit_clear_commands(0x7074, present)]
+    assert clear == [
+        "ip -4 rule del priority 32762 lookup main suppress_prefixlength 0",
+        "ip -4 rule del priority 32763 lookup 28788",
+        "ip -6 rule del priority 32763 lookup 28788",
+    ]
 
 
 def test_lan_prefixes() -> None:
