@@ -29,7 +29,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from nodelab import CONNECT_TIMEOUT, RV_ALT, Deployment, Node, report
+from nodelab import (
+    CONNECT_TIMEOUT,
+    MB,
+    RV_ALT,
+    TCP_CLIENT,
+    TCP_SERVER,
+    Deployment,
+    Node,
+    report,
+)
 
 from p2plab.lanhost import LanHost, add_lan_host
 from p2plab.natlab import NatLab, wait_for_line, wait_until
@@ -267,12 +276,40 @@ def test_subnet_route_reaches_a_plain_lan_host(
     out = lab.exec("site2", sys.executable, "-c", WHOAMI_CLIENT, routes.lan.address, "5081")
     assert out.returncode == 0, out.stderr + dep.logs()
     assert out.stdout.strip() == routes.lan.router  # masqueraded by home
+    # The other way: the LAN host sends 4 MiB to laptop's overlay address (not masqueraded:
+    # laptop accepts the LAN's source from home by cryptokey routing); big segments from the
+    # 1500-byte LAN into the tunnel, their MSS clamped.
+    assert "maxseg size set rt mtu" in lab.exec("site1", "nft", "list", "ruleset").stdout
+    sink = lab.popen(
+        "site2",
+        [sys.executable, "-c", TCP_SERVER, laptop.tunnel_ip, "5082"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert sink.stdout is not None
+    assert wait_for_line(sink.stdout, "ready", 10.0) is not None
+    size = 4 * MB
+    t0 = time.monotonic()
+    sender = routes.lan.popen(
+        lab,
+        [sys.executable, "-c", TCP_CLIENT, laptop.tunnel_ip, "5082", "7", str(size), "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    sent_out, _ = sender.communicate(timeout=60)
+    got_out, _ = sink.communicate(timeout=30)
+    took = time.monotonic() - t0
+    sent, got = json.loads(sent_out.strip()), json.loads(got_out.strip().splitlines()[-1])
+    assert (
+        (got["bytes"], got["sha256"]) == (sent["bytes"], sent["sha256"]) == (size, sent["sha256"])
+    )
     lan_rtt = _avg_rtt(lab, "site2", routes.lan.address)
     home_rtt = _avg_rtt(lab, "site2", home.tunnel_ip)
     report(
         request,
         f"[routes] LAN host behind home: 3 pings in {first:.2f} s, TCP through; avg RTT "
-        f"{lan_rtt:.3f} ms to the LAN host, {home_rtt:.3f} ms to home's overlay address",
+        f"{lan_rtt:.3f} ms to the LAN host, {home_rtt:.3f} ms to home's overlay address; "
+        f"4 MiB from the LAN host to laptop in {took:.2f} s",
     )
 
     # Stopping home removes its nftables table and everything else it added.
