@@ -336,6 +336,9 @@ def test_exit_node(routes: Routes, request: pytest.FixtureRequest) -> None:
     assert routes.whoami(laptop) == site1
     ping = lab.exec("site2", "ping", "-c", "2", "-i", "0.2", "-W", "2", RV_ALT)
     assert ping.returncode == 0, ping.stdout + dep.logs()
+    # The LAN stays outside the tunnel: site 2's router answers (home could not reach it).
+    ping = lab.exec("site2", "ping", "-c", "1", "-W", "2", lab.site("site2").lan_gw)
+    assert ping.returncode == 0, ping.stdout
 
     # No loop: a network change at site 2 makes a new rendezvous connection, gathers again
     # (STUN, TURN) and restarts ICE, all of it outside the tunnel.
@@ -400,7 +403,8 @@ def test_exit_node(routes: Routes, request: pytest.FixtureRequest) -> None:
 
 def test_peer_entries_do_the_same_by_hand(routes: Routes) -> None:
     """Without a network: ``home``'s ``[[peer]]`` entry at ``laptop`` lists the LAN and
-    ``0.0.0.0/0`` with ``exit_node = true``; a SIGHUP with it gone restores direct routing."""
+    ``0.0.0.0/0`` with ``exit_node = true`` (and ``exit_node_allow_lan = false``: laptop's
+    own LAN through home too); a SIGHUP with it gone restores direct routing."""
     dep, lab, home, laptop = routes.dep, routes.dep.lab, routes.home, routes.laptop
     site1 = lab.site("site1").mapped_addr
     site2 = lab.site("site2").mapped_addr
@@ -419,13 +423,25 @@ def test_peer_entries_do_the_same_by_hand(routes: Routes) -> None:
         interface_extra=f'advertise_routes = ["{SIGNED}", "0.0.0.0/0"]\n',
         extra=peer(laptop, ["10.77.0.2/32"], False),
     )
-    dep.start_node(laptop, peers=[], extra=peer(home, ["10.77.0.1/32", SIGNED, "0.0.0.0/0"], True))
+    dep.start_node(
+        laptop,
+        peers=[],
+        interface_extra="exit_node_allow_lan = false\n",
+        extra=peer(home, ["10.77.0.1/32", SIGNED, "0.0.0.0/0"], True),
+    )
     dep.wait_connected([home, laptop], timeout=CONNECT_TIMEOUT)
     _wait_log(laptop, "exit node in use")
     assert dep.status(home)["node"]["routes"]["refused"] == []
     assert routes.whoami(laptop) == site1
     ping = lab.exec("site2", "ping", "-c", "2", "-i", "0.2", "-W", "2", routes.lan.address)
     assert ping.returncode == 0, ping.stdout + dep.logs()
+    # exit_node_allow_lan = false: site 2's own LAN goes through home too, which cannot
+    # reach it; the node's own underlay to its gateway (marked) still goes out directly.
+    router = lab.site("site2").lan_gw
+    assert "to 10.0.2.0/24 lookup" in lab.exec("site2", "ip", "rule").stdout
+    ping = lab.exec("site2", "ping", "-c", "1", "-W", "1", router)
+    assert ping.returncode != 0, ping.stdout
+    assert dep.peer_status(laptop, home)["state"] == "connected"
 
     # The same peer without exit_node = true, and SIGHUP: direct again, the LAN still routed.
     dep.node_config(
@@ -438,6 +454,7 @@ def test_peer_entries_do_the_same_by_hand(routes: Routes) -> None:
     assert dep.status(laptop)["node"]["exit_node"] is None
     ping = lab.exec("site2", "ping", "-c", "2", "-i", "0.2", "-W", "2", routes.lan.address)
     assert ping.returncode == 0, ping.stdout + dep.logs()
+    assert lab.exec("site2", "ping", "-c", "1", "-W", "2", router).returncode == 0
     assert dep.stop_node(laptop) == 0, laptop.log()[-2000:]
     assert _snapshot(lab, "site2") == before
     dep.stop_node(home)
