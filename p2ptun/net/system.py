@@ -66,12 +66,14 @@ def default_gateway(table: str = "/proc/net/route") -> str | None:
     return best[1] if best else None
 
 
-def route_source(remote_ip: str) -> str | None:
+def route_source(remote_ip: str, mark: int | None = None) -> str | None:
     """The local address the kernel sends from towards ``remote_ip`` (no packet is sent), or
-    None without a route."""
+    None without a route; ``mark``: as a socket with that mark (``SO_MARK``) would."""
     try:
         family = family_of(remote_ip.split("%", 1)[0])
         with socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as probe:
+            if mark is not None:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
             probe.connect((remote_ip, 9))
             return str(ipaddress.ip_address(probe.getsockname()[0].split("%", 1)[0]))
     except (OSError, ValueError):
@@ -235,7 +237,9 @@ class SystemHost:
         return await trio.to_thread.run_sync(default_gateway)
 
     def route_source(self, remote_ip: str) -> str | None:
-        return route_source(remote_ip)
+        # Asked for the underlay's sockets: with our mark, as they would be routed (an exit
+        # node's policy routing must not answer with the tunnel's address).
+        return route_source(remote_ip, self.fwmark)
 
     async def local_addresses(
         self, *, exclude: Iterable[str] = (), include_link_local: bool = False
