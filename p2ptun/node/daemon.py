@@ -99,6 +99,7 @@ from p2ptun.node.routes import (
     effective_peer,
     is_exit_route,
     peer_routes_status,
+    refused_routes,
     split_advertised,
 )
 from p2ptun.node.sealstate import SealStateFile, seal_state_path
@@ -298,6 +299,9 @@ class NodeDaemon:
         self.refused_routes: tuple[IPNetwork, ...] = ()
         #: IP forwarding per family: None when on, else why it could not be turned on.
         self.forwarding: dict[int, str | None] = {}
+        #: Our directly connected LAN prefixes (a peer's route inside one is refused).
+        self._lans: tuple[IPNetwork, ...] = ()
+        self._refused_logged: set[tuple[str, IPNetwork]] = set()
 
     # -- NodeContext ------------------------------------------------------------------------
 
@@ -578,6 +582,7 @@ class NodeDaemon:
                 )
                 for _ in endpoints
             ]
+            await self._refresh_lans()
             for peer_cfg in self.wanted_peers():
                 await self._add_peer(peer_cfg)
         except BaseException:
@@ -770,7 +775,22 @@ class NodeDaemon:
             if decision.state in ("refused", "waiting"):
                 log.warning("exit node not used", exit_node=decision.name, reason=decision.reason)
             self.exit = decision
-        return [effective_peer(p, decision) for p in full]
+        for peer in full:
+            for route, why in refused_routes(peer, self._lans):
+                if (peer.name, route) not in self._refused_logged:
+                    self._refused_logged.add((peer.name, route))
+                    log.warning("peer route refused", peer=peer.name, route=str(route), reason=why)
+        return [effective_peer(p, decision, self._lans) for p in full]
+
+    async def _refresh_lans(self) -> None:
+        """Our directly connected prefixes (not the tunnel's): a peer's route inside one of
+        them is refused (p2ptun.node.routes)."""
+        try:
+            local = await self.host.local_addresses(exclude=[self.interface])
+        except P2ptunError as exc:
+            log.warning("cannot list local addresses", error=str(exc))
+            return
+        self._lans = tuple(lan_prefixes([(a.address, a.prefixlen) for a in local]))
 
     async def sync_peers(
         self, *, addresses_changed: bool = False, start: bool = True
@@ -781,6 +801,7 @@ class NodeDaemon:
         forgets the ones removed. The one path for reloads and membership changes. Returns
         the sessions added (started if ``start`` and the node runs)."""
         async with self._peers_lock:
+            await self._refresh_lans()
             wanted = {p.name: p for p in self.wanted_peers()}
             explicit = {p.name for p in self.config.peers}
             client = self.signaling
@@ -1041,6 +1062,9 @@ class NodeDaemon:
                         "network change: regathering, restarting ICE",
                         changes=",".join(sorted(k.value for k in kinds)),
                     )
+                    # Our LAN may have changed: the peer routes refused inside it, and the
+                    # LAN prefixes an exit node leaves outside (or takes), follow.
+                    await self.sync_peers()
                     # The rendezvous connection may hang on an address or route that is
                     # gone (TCP only notices after its keepalive timeout): reconnect now,
                     # so that the restart offers go out at once.
@@ -1277,7 +1301,7 @@ class NodeDaemon:
     def _peer_status(self, session: PeerSession, now: float) -> dict[str, Any]:
         status = session.status(now)
         full = self._full_peers.get(session.name, session.config)
-        status["routes"] = peer_routes_status(full, session.config)
+        status["routes"] = peer_routes_status(full, session.config, self._lans)
         return status
 
     def _routes_status(self) -> dict[str, Any]:

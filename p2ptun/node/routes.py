@@ -13,6 +13,10 @@ in its certificate, or listed in its ``[[peer]]`` entry) mean "may be an exit no
 used only for the one peer selected as the exit node (:func:`decide_exit`) and never as routes
 of the main table: :func:`effective_peer` strips them from every other peer, so that a peer
 allowed to be an exit node does not capture the traffic of nodes that did not choose it.
+
+**Our own LAN stays ours.** A peer's subnet route equal to or inside a network this node is
+directly connected to (two homes on 192.168.1.0/24) is refused here (:func:`refused_routes`):
+routing it would hand our own LAN to the tunnel.
 """
 
 from __future__ import annotations
@@ -102,22 +106,55 @@ def decide_exit(
     return ExitDecision(name, "active", f"all traffic through {name}", usable)
 
 
-def effective_peer(peer: PeerConfig, decision: ExitDecision) -> PeerConfig:
+def refused_routes(peer: PeerConfig, lans: Iterable[IPNetwork]) -> list[tuple[IPNetwork, str]]:
+    """The routes of ``peer`` we refuse, and why: a subnet route equal to or inside one of our
+    own directly connected LANs (``lans``) would take our LAN's addresses into the tunnel
+    (and replace the kernel's route to it). Host prefixes (overlay addresses) and exit routes
+    are never refused here."""
+    local = list(lans)
+    refused = []
+    for net in peer.allowed_ips:
+        if is_exit_route(net) or net.prefixlen == net.max_prefixlen:
+            continue
+        lan = next(
+            (n for n in local if n.version == net.version and net.subnet_of(n)),  # type: ignore[arg-type]
+            None,
+        )
+        if lan is not None:
+            refused.append((net, f"inside our own LAN {lan}"))
+    return refused
+
+
+def effective_peer(
+    peer: PeerConfig, decision: ExitDecision, lans: Iterable[IPNetwork] = ()
+) -> PeerConfig:
     """``peer`` as the data path and the kernel routes see it: its exit routes only when it
-    is the active exit node (and only those of our families)."""
-    if not any(is_exit_route(n) for n in peer.allowed_ips):
+    is the active exit node (and only those of our families), none of the routes
+    :func:`refused_routes` refuses."""
+    refused = {net for net, _ in refused_routes(peer, lans)}
+    if not refused and not any(is_exit_route(n) for n in peer.allowed_ips):
         return peer
     keep = decision.defaults if decision.state == "active" and decision.name == peer.name else ()
-    nets = tuple(n for n in peer.allowed_ips if not is_exit_route(n) or n in keep)
+    nets = tuple(
+        n for n in peer.allowed_ips if n not in refused and (not is_exit_route(n) or n in keep)
+    )
     return replace(peer, allowed_ips=nets)
 
 
-def peer_routes_status(full: PeerConfig, used: PeerConfig) -> dict[str, Any]:
+def peer_routes_status(
+    full: PeerConfig, used: PeerConfig, lans: Iterable[IPNetwork] = ()
+) -> dict[str, Any]:
     """A peer's routes for the status: those accepted (beyond host prefixes: its overlay
-    addresses) and the exit routes it may carry but that are not in use (``unused``)."""
+    addresses), those refused (``{"route", "reason"}``) and the exit routes it may carry
+    but that are not in use (``unused``)."""
+    refused = refused_routes(full, lans)
     accepted = [str(n) for n in used.allowed_ips if n.prefixlen < n.max_prefixlen]
-    unused = [str(n) for n in full.allowed_ips if n not in used.allowed_ips]
-    return {"accepted": accepted, "unused": unused}
+    unused = [str(n) for n in full.allowed_ips if is_exit_route(n) and n not in used.allowed_ips]
+    return {
+        "accepted": accepted,
+        "refused": [{"route": str(n), "reason": why} for n, why in refused],
+        "unused": unused,
+    }
 
 
 __all__ = [
@@ -127,5 +164,6 @@ __all__ = [
     "effective_peer",
     "is_exit_route",
     "peer_routes_status",
+    "refused_routes",
     "split_advertised",
 ]

@@ -49,6 +49,8 @@ LabFactory = Callable[..., NatLab]
 
 SIGNED = "192.168.1.0/24"
 UNSIGNED = "192.168.2.0/24"
+OWN_LAN = "10.0.2.0/24"
+"""Site 2's LAN: a route to it from a peer would take laptop's own LAN; laptop refuses it."""
 INTERNET_PORT = 5080
 
 WHOAMI_SERVER = """
@@ -200,6 +202,14 @@ def routes(natlab_module: LabFactory, tmp_path_factory: pytest.TempPathFactory) 
         dep.stop_all()
 
 
+@pytest.fixture(autouse=True)
+def _stop_nodes(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The nodes a test started are stopped after it, pass or fail."""
+    yield
+    if "routes" in request.fixturenames:
+        request.getfixturevalue("routes").dep.stop_nodes()
+
+
 def _snapshot(lab: NatLab, site: str) -> dict[str, str]:
     """What the node may change and must put back: rules, every routing table, nftables.
     (IPv6 link-local and multicast routes of the lab's links come and go with duplicate
@@ -253,7 +263,7 @@ def test_subnet_route_reaches_a_plain_lan_host(
     assert node_status["forwarding"] == {"ipv4": "on"}
     assert lab.exec("site1", "cat", "/proc/sys/net/ipv4/ip_forward").stdout.strip() == "1"
     peer_routes = dep.peer_status(laptop, home)["routes"]
-    assert peer_routes == {"accepted": [SIGNED], "unused": ["0.0.0.0/0"]}, peer_routes
+    assert peer_routes == {"accepted": [SIGNED], "refused": [], "unused": ["0.0.0.0/0"]}
     table = lab.exec("site2", "ip", "route").stdout
     assert f"{SIGNED} dev {laptop.ifname}" in table, table
     assert UNSIGNED not in table and f"default dev {laptop.ifname}" not in table, table
@@ -427,11 +437,18 @@ def test_peer_entries_do_the_same_by_hand(routes: Routes) -> None:
         laptop,
         peers=[],
         interface_extra="exit_node_allow_lan = false\n",
-        extra=peer(home, ["10.77.0.1/32", SIGNED, "0.0.0.0/0"], True),
+        extra=peer(home, ["10.77.0.1/32", SIGNED, OWN_LAN, "0.0.0.0/0"], True),
     )
     dep.wait_connected([home, laptop], timeout=CONNECT_TIMEOUT)
     _wait_log(laptop, "exit node in use")
     assert dep.status(home)["node"]["routes"]["refused"] == []
+    # laptop's entry for home also lists laptop's own LAN: refused, the kernel's route kept.
+    refused = dep.peer_status(laptop, home)["routes"]["refused"]
+    assert refused == [{"route": OWN_LAN, "reason": f"inside our own LAN {OWN_LAN}"}]
+    assert "peer route refused" in laptop.log()
+    table = lab.exec("site2", "ip", "route").stdout
+    assert f"{OWN_LAN} dev {lab.if_host('site2')} proto kernel" in table, table
+    assert f"{OWN_LAN} dev {laptop.ifname}" not in table, table
     assert routes.whoami(laptop) == site1
     ping = lab.exec("site2", "ping", "-c", "2", "-i", "0.2", "-W", "2", routes.lan.address)
     assert ping.returncode == 0, ping.stdout + dep.logs()
@@ -445,7 +462,7 @@ def test_peer_entries_do_the_same_by_hand(routes: Routes) -> None:
 
     # The same peer without exit_node = true, and SIGHUP: direct again, the LAN still routed.
     dep.node_config(
-        laptop, peers=[], extra=peer(home, ["10.77.0.1/32", SIGNED, "0.0.0.0/0"], False)
+        laptop, peers=[], extra=peer(home, ["10.77.0.1/32", SIGNED, OWN_LAN, "0.0.0.0/0"], False)
     )
     assert laptop.proc is not None
     laptop.proc.send_signal(signal.SIGHUP)

@@ -15,7 +15,13 @@ from test_config import NODE, assert_config_error, check, write
 from p2ptun import ca, config, keys
 from p2ptun.config import PeerConfig
 from p2ptun.net import forwarding
-from p2ptun.node.routes import decide_exit, effective_peer, peer_routes_status, split_advertised
+from p2ptun.node.routes import (
+    decide_exit,
+    effective_peer,
+    peer_routes_status,
+    refused_routes,
+    split_advertised,
+)
 from p2ptun.node.status import render
 
 net = ipaddress.ip_network
@@ -201,7 +207,25 @@ def test_effective_peer_keeps_exit_routes_for_the_active_exit_node_only() -> Non
     plain = _peer("plain", "10.77.0.5/32")
     assert effective_peer(plain, decision) is plain
     status = peer_routes_status(home, effective_peer(home, decision))
-    assert status == {"accepted": ["192.168.1.0/24", "0.0.0.0/0"], "unused": ["::/0"]}
+    assert status == {
+        "accepted": ["192.168.1.0/24", "0.0.0.0/0"],
+        "refused": [],
+        "unused": ["::/0"],
+    }
+
+
+def test_a_peer_route_inside_our_own_lan_is_refused() -> None:
+    home = _peer("home", "10.77.0.1/32", "192.168.1.0/24", "192.168.1.128/25", "10.0.0.0/8")
+    lans = [net("192.168.1.0/24"), net("fd00::/64")]
+    assert refused_routes(home, lans) == [
+        (net("192.168.1.0/24"), "inside our own LAN 192.168.1.0/24"),
+        (net("192.168.1.128/25"), "inside our own LAN 192.168.1.0/24"),
+    ]
+    used = effective_peer(home, decide_exit(None, {}, {4}), lans)
+    # A wider route stays: the kernel's route to our LAN is more specific.
+    assert used.allowed_ips == (net("10.77.0.1/32"), net("10.0.0.0/8"))
+    status = peer_routes_status(home, used, lans)
+    assert status["accepted"] == ["10.0.0.0/8"] and len(status["refused"]) == 2
 
 
 # -- kernel texts ------------------------------------------------------------------------
