@@ -79,7 +79,14 @@ async def test_routes_and_exit_node_as_the_daemon_applies_them(
             await home.daemon.select_exit_node("laptop")
         assert home.host.exit_routing == {}
 
-        decision = await laptop.daemon.select_exit_node("home")
+        # Through the control socket's handler: malformed requests are refused in one line.
+        with pytest.raises(ValueError, match="nothing to set"):
+            await laptop.daemon._handle_control({"cmd": "set"})
+        with pytest.raises(ValueError, match="a peer name or null"):
+            await laptop.daemon._handle_control({"cmd": "set", "exit_node": 5})
+        reply = await laptop.daemon._handle_control({"cmd": "set", "exit_node": "home"})
+        assert reply["ok"] and reply["exit_node"]["state"] == "active"
+        decision = laptop.daemon.exit
         assert decision.state == "active"
         assert laptop.host.exit_routing == {0x7074: (laptop_if, (DEFAULT,), ())}
         assert DEFAULT in laptop.daemon.peers["home"].config.allowed_ips

@@ -300,3 +300,21 @@ def test_status_lines() -> None:
     assert "ipv6 forwarding: /proc/sys/...: Read-only file system" in text
     assert "exit node: home active: all traffic through home, LAN through it too" in text
     assert "routes via home: 192.168.1.0/24, 0.0.0.0/0" in text
+
+
+# -- the command line -------------------------------------------------------------------------
+
+
+def test_set_exit_node_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from p2ptun import cli
+
+    assert cli.main(["set"]) == 2
+    assert "a command is required" in capsys.readouterr().err
+    assert cli.main(["set", "exit-node"]) == 2
+    capsys.readouterr()
+    monkeypatch.setenv("P2PTUN_RUN_DIR", str(tmp_path))
+    assert cli.main(["set", "exit-node", "home", "--interface", "p2p9"]) == 1
+    err = capsys.readouterr().err
+    assert "p2p9.sock does not exist" in err and "Traceback" not in err
