@@ -26,6 +26,8 @@ class LanHost:
     address: str
     router: str
     network: str
+    address6: str | None = None
+    router6: str | None = None
 
     def argv(self, *argv: str) -> list[str]:
         """``argv`` run in the plain host's namespace."""
@@ -51,8 +53,11 @@ def _ip_batch(lines: Sequence[str], ns: str | None = None) -> None:
         raise LabError(f"lan host setup failed: {proc.stderr.strip()}")
 
 
-def add_lan_host(lab: NatLab, site: int, network: str = "192.168.1.0/24") -> LanHost:
-    """A plain host on a new LAN behind site ``site``'s host (module docstring)."""
+def add_lan_host(
+    lab: NatLab, site: int, network: str = "192.168.1.0/24", network6: str | None = None
+) -> LanHost:
+    """A plain host on a new LAN behind site ``site``'s host (module docstring); with
+    ``network6`` the LAN is dual-stack (router ``::1``, host ``::a``, no DAD wait)."""
     net = ipaddress.ip_network(network)
     ns = f"{lab.prefix}-lan{site}"
     site_ns = lab.ns(f"site{site}")
@@ -76,6 +81,18 @@ def add_lan_host(lab: NatLab, site: int, network: str = "192.168.1.0/24") -> Lan
         ],
         ns,
     )
+    if network6 is not None:
+        net6 = ipaddress.ip_network(network6)
+        router6, address6 = str(net6[1]), str(net6[10])
+        _ip_batch([f"addr add {router6}/{net6.prefixlen} dev {near} nodad"], site_ns)
+        _ip_batch(
+            [
+                f"addr add {address6}/{net6.prefixlen} dev {far} nodad",
+                f"route add default via {router6} dev {far}",
+            ],
+            ns,
+        )
+        return LanHost(ns, address, router, str(net), address6, router6)
     return LanHost(ns, address, router, str(net))
 
 

@@ -3,7 +3,8 @@ routes and exit node").
 
 Two cone sites with IPv6 behind a home router's firewall (``p2plab/natlab6.py``); ``home``
 (site 1) is signed for ``0.0.0.0/0`` and ``::/0`` and advertises both, ``laptop`` (site 2,
-overlay addresses of both families) selects it. The lab's server answers each TCP connection
+overlay addresses of both families) selects it; ``home`` also routes an IPv6 LAN
+(``fd00:1::/64``) with a plain host on it. The lab's server answers each TCP connection
 with the source it saw, on an IPv4 and an IPv6 address: both see ``home``'s site, the tunnel
 between the two nodes (direct, over IPv6 or IPv4: each family's underlay marked) keeps
 working, and SIGTERM leaves the rules, tables and nftables of both families as they were.
@@ -20,12 +21,15 @@ import pytest
 from nodelab import CONNECT_TIMEOUT, RV_ALT, Deployment, report
 from test_routes import WHOAMI_CLIENT, WHOAMI_SERVER, _snapshot, _wait_log
 
+from p2plab.lanhost import add_lan_host
 from p2plab.natlab import NatLab, wait_for_line
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 LabFactory = Callable[..., NatLab]
 PORT = 5082
+LAN6 = "fd00:1::/64"
+"""An IPv6 LAN behind home (a plain host on it, p2plab.lanhost), signed and advertised."""
 
 
 def test_exit_node_for_both_families(
@@ -50,13 +54,14 @@ def test_exit_node_for_both_families(
 
     cli("ca", "init", "--network", "home", "--out", "ca")
     ca_pub = (tmp_path / "ca" / "ca.pub").read_text().strip()
-    for node, routes in ((home, ["--routes", "0.0.0.0/0,::/0"]), (laptop, [])):
+    for node, routes in ((home, ["--routes", f"0.0.0.0/0,::/0,{LAN6}"]), (laptop, [])):
         cert = cli(
             "ca", "sign", "--ca", "ca", "--name", node.name, "--ip", ",".join(node.addresses),
             "--pubkey", node.pub, *routes,
         )  # fmt: skip
         (tmp_path / f"{node.name}.crt").write_text(cert)
     dep.rendezvous_extra = f'[[network]]\nca = "{ca_pub}"\n'
+    lan = add_lan_host(lab, 1, "192.168.1.0/24", LAN6)
     server6 = lab.server6_addrs[1]
     for address in (RV_ALT, server6):
         proc = lab.popen(
@@ -84,7 +89,7 @@ def test_exit_node_for_both_families(
         dep.start_node(
             home,
             peers=[],
-            interface_extra='advertise_routes = ["0.0.0.0/0", "::/0"]\n',
+            interface_extra=f'advertise_routes = ["0.0.0.0/0", "::/0", "{LAN6}"]\n',
             extra=network("home"),
         )
         dep.start_node(laptop, peers=[], extra=network("laptop", "home"))
@@ -96,6 +101,11 @@ def test_exit_node_for_both_families(
         assert whoami(RV_ALT) == lab.site("site1").mapped_addr
         peer = dep.peer_status(laptop, home)
         assert peer["path"] == "direct", peer
+        # An IPv6 subnet route: the plain host behind home answers over IPv6.
+        assert LAN6 in peer["routes"]["accepted"], peer["routes"]
+        assert lan.address6 is not None
+        ping = lab.exec("site2", "ping", "-6", "-c", "2", "-i", "0.2", "-W", "2", lan.address6)
+        assert ping.returncode == 0, ping.stdout + dep.logs()
         dep.assert_ping(laptop, home)
         report_path = peer["remote_candidate"]["address"]
         assert dep.stop_node(laptop) == 0, laptop.log()[-2000:]
