@@ -89,6 +89,28 @@ def _socket_addresses(stream: trio.SocketStream) -> tuple[Address, Address]:
     )
 
 
+class MarkingSockets(trio.abc.SocketFactory):
+    """trio's sockets of this run, IPv4 and IPv6 ones with our mark (``SO_MARK``) from birth."""
+
+    def __init__(self, mark: int) -> None:
+        self.mark = mark
+
+    def socket(
+        self,
+        family: socket.AddressFamily | int = socket.AF_INET,
+        type: socket.SocketKind | int = socket.SOCK_STREAM,
+        proto: int = 0,
+    ) -> trio.socket.SocketType:
+        sock = socket.socket(family, type, proto)
+        if family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.mark)
+            except OSError:
+                sock.close()
+                raise
+        return trio.socket.from_stdlib_socket(sock)
+
+
 class SystemListener:
     """A listening TCP socket (a :class:`~p2ptun.net.ports.Listener`)."""
 
@@ -161,10 +183,7 @@ class SystemHost:
         local_ip: str | None = None,
         keepalive: tuple[int, int, int] | None = None,
     ) -> Connection:
-        if self.fwmark is None:
-            stream = await trio.open_tcp_stream(host, port, local_address=local_ip)
-        else:
-            stream = await self._connect_marked(host, port, local_ip)
+        stream = await trio.open_tcp_stream(host, port, local_address=local_ip)
         try:
             if keepalive is not None:
                 enable_keepalive(stream, keepalive)
@@ -173,29 +192,6 @@ class SystemHost:
             await trio.aclose_forcefully(stream)
             raise
         return Connection(stream, local, remote)
-
-    async def _connect_marked(
-        self, host: str, port: int, local_ip: str | None
-    ) -> trio.SocketStream:
-        """A TCP connection whose SYN already carries our mark (trio's helper offers no hook
-        between socket and connect): each resolved address in turn."""
-        last: OSError | None = None
-        for ip, _ in await self.resolve(host, port):
-            sock = trio.socket.socket(family_of(ip), socket.SOCK_STREAM)
-            try:
-                self._mark(sock)  # type: ignore[arg-type]
-                if local_ip is not None:
-                    await sock.bind((local_ip, 0))
-                await sock.connect((ip, port))
-            except OSError as exc:
-                sock.close()
-                last = exc
-                continue
-            except BaseException:
-                sock.close()
-                raise
-            return trio.SocketStream(sock)
-        raise last if last is not None else OSError(f"no address for {host}")
 
     async def listen_tcp(self, ip: str, port: int) -> Listener:
         shown = format_address((ip, port))
@@ -281,7 +277,10 @@ class SystemHost:
     # -- forwarding and policy routing (p2ptun.net.forwarding) -------------------------------
 
     def set_fwmark(self, mark: int | None) -> None:
+        """Also for the TCP sockets trio makes in this run (``open_tcp_stream``, happy
+        eyeballs included): through trio's socket factory, so that the SYN carries it."""
         self.fwmark = mark
+        trio.socket.set_custom_socket_factory(None if mark is None else MarkingSockets(mark))
 
     async def enable_forwarding(self, version: int) -> str | None:
         return await forwarding.write_sysctl(
