@@ -237,20 +237,27 @@ def _in_netns(netns: str | None, argv: list[str]) -> list[str]:
     return argv if netns is None else ["ip", "netns", "exec", netns, *argv]
 
 
+COMMAND_TIMEOUT = 10.0
+"""Seconds one ``ip`` or ``nft`` may take before the node gives up on it (it is killed)."""
+
+
 async def run_command(
     argv: list[str], *, netns: str | None = None, stdin: bytes | None = None
 ) -> str | None:
     """Run one command; None on success, else its error text (one line)."""
     try:
-        result = await trio.run_process(
-            _in_netns(netns, argv),
-            stdin=stdin,
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-        )
+        with trio.fail_after(COMMAND_TIMEOUT):
+            result = await trio.run_process(
+                _in_netns(netns, argv),
+                stdin=stdin,
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
     except OSError as exc:
         return f"{argv[0]}: {exc.strerror}"
+    except trio.TooSlowError:
+        return f"{argv[0]}: no answer within {COMMAND_TIMEOUT:g} s"
     if result.returncode == 0:
         return None
     text = (result.stderr or result.stdout).decode(errors="replace").strip()

@@ -319,3 +319,11 @@ def test_set_exit_node_command_line(
     assert cli.main(["set", "exit-node", "home", "--interface", "p2p9"]) == 1
     err = capsys.readouterr().err
     assert "p2p9.sock does not exist" in err and "Traceback" not in err
+
+
+async def test_a_command_that_fails_or_is_missing_says_so_in_one_line() -> None:
+    assert await forwarding.run_command(["true"]) is None
+    error = await forwarding.run_command(["sh", "-c", "echo 'bad  thing\nhere' >&2; exit 3"])
+    assert error == "bad thing here"
+    missing = await forwarding.run_command(["p2ptun-no-such-program"])
+    assert missing is not None and missing.startswith("p2ptun-no-such-program:")
