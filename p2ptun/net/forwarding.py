@@ -127,72 +127,20 @@ def exit_rule_commands(
     """``ip`` argument lists that send everything but our marked underlay through
     ``interface`` (module docstring): per family of ``defaults`` (0.0.0.0/0, ::/0), and the
     ``lan`` prefixes of that family through the tunnel as well."""
-    table = str(mark)
-    commands: list[list[str]] = []
+    table, fwmark = mark, hex(mark)
+    lines: list[str] = []
     for net in defaults:
-        fam = f"-{net.version}"
-        commands.append(["ip", fam, "route", "replace", str(net), "dev", interface, "table", table])
+        ip = f"ip -{net.version}"
+        lines.append(f"{ip} route replace {net} dev {interface} table {table}")
         for prefix in (p for p in lan if p.version == net.version):
-            commands.append(
-                [
-                    "ip",
-                    fam,
-                    "rule",
-                    "add",
-                    "to",
-                    str(prefix),
-                    "fwmark",
-                    hex(mark),
-                    "lookup",
-                    "main",
-                    "priority",
-                    str(PREF_LAN_MARKED),
-                ]
+            lines.append(
+                f"{ip} rule add to {prefix} fwmark {fwmark} lookup main priority {PREF_LAN_MARKED}"
             )
-            commands.append(
-                [
-                    "ip",
-                    fam,
-                    "rule",
-                    "add",
-                    "to",
-                    str(prefix),
-                    "lookup",
-                    table,
-                    "priority",
-                    str(PREF_LAN),
-                ]
-            )
-        commands.append(
-            [
-                "ip",
-                fam,
-                "rule",
-                "add",
-                "lookup",
-                "main",
-                "suppress_prefixlength",
-                "0",
-                "priority",
-                str(PREF_SUPPRESS),
-            ]
-        )
-        commands.append(
-            [
-                "ip",
-                fam,
-                "rule",
-                "add",
-                "not",
-                "fwmark",
-                hex(mark),
-                "lookup",
-                table,
-                "priority",
-                str(PREF_EXIT),
-            ]
-        )
-    return commands
+            lines.append(f"{ip} rule add to {prefix} lookup {table} priority {PREF_LAN}")
+        lines.append(f"{ip} rule add lookup main suppress_prefixlength 0 priority {PREF_SUPPRESS}")
+        lines.append(f"{ip} rule add not fwmark {fwmark} lookup {table} priority {PREF_EXIT}")
+    # Interface names and prefixes hold no spaces (the config checks the names).
+    return [line.split() for line in lines]
 
 
 def exit_clear_commands(mark: int, present: Sequence[tuple[int, int]]) -> list[list[str]]:
