@@ -540,6 +540,14 @@ class _Node:
 class P2ptunTunnel(Tunnel):
     """``p2ptun rendezvous`` on the server, ``p2ptun up`` on site1 (alice) and site2 (bob)."""
 
+    firewall = (
+        f'[[firewall.inbound]]\nproto = "tcp"\nport = {IPERF_PORT}\n'
+        '[[firewall.inbound]]\nproto = "icmp"\n'
+    )
+    """The nodes' ``[firewall]``: iperf3's port and ping come in."""
+    extra_env: tuple[tuple[str, str], ...] = ()
+    """More environment for the daemons."""
+
     def __init__(self, bench: Bench, relayed: bool, *, block: bool | None = None) -> None:
         """``relayed``: the path expected; ``block`` (default: ``relayed``) makes it so by
         blocking the sites from each other (NAT types that leave no direct path need not)."""
@@ -573,6 +581,7 @@ class P2ptunTunnel(Tunnel):
         return {
             "P2PTUN_RUN_DIR": str(self.run_dir),
             "P2PTUN_STATE_DIR": str(self.run_dir.parent / "state"),
+            **dict(self.extra_env),
         }
 
     def _start_rendezvous(self) -> None:
@@ -608,7 +617,7 @@ class P2ptunTunnel(Tunnel):
             f'[interface]\nname = "{node.ifname}"\naddress = ["{node.ip}/24"]\n'
             f'[rendezvous]\naddress = "{RV}:7070"\npublic_key = "{self.rv_pub}"\n'
             f'[ice]\nstun = ["{RV}:3478"]\n'
-            f'turn = [{{ url = "turn:{RV}:3478?transport=udp" }}]\n' + peers
+            f'turn = [{{ url = "turn:{RV}:3478?transport=udp" }}]\n' + peers + self.firewall
         )
         path.chmod(0o600)
         argv = [sys.executable, "-m", "p2ptun", "up", "-c", str(path)]

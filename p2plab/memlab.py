@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,7 +127,7 @@ class MemoryLab:
         two show a NAT's port allocation (what hard-NAT probing predicts from)."""
         self.rng = random.Random(seed)
         self.rendezvous_host = self.network.public_host("rendezvous", RENDEZVOUS_IP)
-        self.rendezvous_key = self._key()
+        self.rendezvous_key = self.new_key()
         self.nodes: list[MemoryNode] = []
         self._sites = 0
         self._state_dir = state_dir
@@ -146,7 +146,8 @@ class MemoryLab:
         self.rendezvous_web: WebSettings | None = None
         """The rendezvous' ``[web]`` section (None: no map page)."""
 
-    def _key(self) -> bytes:
+    def new_key(self) -> bytes:
+        """A fresh X25519 private key from the lab's seeded generator."""
         return clamp(self.rng.randbytes(32))
 
     # -- building ---------------------------------------------------------------------------
@@ -166,18 +167,21 @@ class MemoryLab:
         enrolled: bool = False,
         valid: tuple[float, float] | None = None,
         certificate: Certificate | None = None,
+        groups: tuple[str, ...] = (),
     ) -> MemoryNode:
         """A node on a new site behind ``nat`` (None: a public host). Every node lists every
         other as a peer (configs are made when the lab starts), or, with a network, has a
         certificate: of the lab's authority unless ``authority`` (a seed) says otherwise,
         ``enrolled`` through an invite, ``valid`` for (not_before, not_after) virtual seconds
-        from the lab's start (default: a year), or ``certificate`` as given (forged...)."""
+        from the lab's start (default: a year), or ``certificate`` as given (forged...);
+        ``groups``: the certificate's groups. A node's ``[firewall]`` is its config's
+        ``firewall`` (replace it before the lab starts)."""
         index = len(self.nodes) + 1
         if nat is None:
             host = self.network.public_host(name, f"192.0.2.{10 + index}")
         else:
             host = self.site(nat).host(name)
-        key = self._key()
+        key = self.new_key()
         address = ipaddress.ip_interface(f"{OVERLAY.network_address + index}/{OVERLAY.prefixlen}")
         turn: tuple[TurnServerConfig, ...] = ()
         if self.turn:
@@ -197,7 +201,13 @@ class MemoryLab:
         node = MemoryNode(name, host, config)
         if self.network_name is not None:
             node.certificate = certificate or self.certify(
-                name, key, address, authority=authority, enrolled=enrolled, valid=valid
+                name,
+                key,
+                address,
+                authority=authority,
+                enrolled=enrolled,
+                valid=valid,
+                groups=groups,
             )
         self.nodes.append(node)
         return node
@@ -211,6 +221,7 @@ class MemoryLab:
         authority: bytes | None = None,
         enrolled: bool = False,
         valid: tuple[float, float] | None = None,
+        groups: tuple[str, ...] = (),
     ) -> Certificate:
         """A certificate for ``name`` with private key ``key`` (see :meth:`node`)."""
         assert self.network_name is not None
@@ -222,7 +233,7 @@ class MemoryLab:
             serial=self.rng.randbytes(16),
             addresses=(address,),
             routes=(),
-            groups=(),
+            groups=tuple(sorted(groups)),
             not_before=int(EPOCH + start),
             not_after=int(EPOCH + end),
             authority=ed25519_public(seed),
@@ -234,12 +245,20 @@ class MemoryLab:
         invite = Invite(grant, enrollment, f"{RENDEZVOUS_IP}:{SIGNALING_PORT}", bytes(32))
         return invite.enroll(public_key(key))
 
+    def pair(self, nat_a: str, nat_b: str) -> tuple[MemoryNode, MemoryNode]:
+        """``alice`` behind a NAT of type ``nat_a`` and ``bob`` behind one of ``nat_b``, each
+        on a site of its own: the two-node setup most tests start from."""
+        return self.node("alice", nat_a), self.node("bob", nat_b)
+
     def _finish_configs(self) -> None:
         for node in self.nodes:
             if node._daemon is None:
-                self._finish_config(node)
+                self.new_daemon(node)
 
-    def _finish_config(self, node: MemoryNode) -> None:
+    def new_daemon(self, node: MemoryNode) -> None:
+        """Give ``node`` a new daemon (not started) with nothing of the old one but what a
+        restarted process finds on disk (its keys, config and sealed-message record): the
+        lab's own use when it starts, and a test's for a restart."""
         network = None
         peers: tuple[PeerConfig, ...] = ()
         if node.certificate is not None:
@@ -271,6 +290,7 @@ class MemoryLab:
             network=network,
             relay=node.config.relay,
             metrics=node.config.metrics,
+            firewall=node.config.firewall,
         )
         node._daemon = NodeDaemon(
             node.config,
@@ -318,12 +338,15 @@ class MemoryLab:
 
     # -- running ----------------------------------------------------------------------------
 
-    async def start(self, nursery: trio.Nursery) -> None:
-        """Start the network, the rendezvous and every node (each up when this returns)."""
+    async def start(
+        self, nursery: trio.Nursery, *, nodes: Iterable[MemoryNode] | None = None
+    ) -> None:
+        """Start the network, the rendezvous and every node, or only ``nodes`` (each up when
+        this returns; the others have their daemons, for a test to serve its own way)."""
         self._finish_configs()
         await nursery.start(self.network.run)
         await self.start_rendezvous(nursery)
-        for node in self.nodes:
+        for node in self.nodes if nodes is None else nodes:
             await nursery.start(node.daemon.serve)
         self._started = True
 
@@ -349,12 +372,34 @@ class MemoryLab:
 
     async def start_node(self, nursery: trio.Nursery, node: MemoryNode) -> None:
         """Start a node added after :meth:`start` (a machine that joins later)."""
-        self._finish_config(node)
+        self.new_daemon(node)
         await nursery.start(node.daemon.serve)
 
     def pinger(self, source: MemoryNode, target: MemoryNode, interval: float = 0.05) -> Pinger:
         """A steady ping stream from ``source``'s kernel to ``target``'s overlay address."""
         return Pinger(source.tun, source.overlay_ip, target.overlay_ip, interval=interval)
+
+    async def ping_stream(
+        self,
+        nursery: trio.Nursery,
+        source: MemoryNode,
+        target: MemoryNode,
+        *,
+        replies: int = 1,
+        timeout: float = 15,
+    ) -> Pinger:
+        """A :meth:`pinger` started in ``nursery``, once ``replies`` replies came back
+        (``trio.TooSlowError`` after ``timeout``)."""
+        pinger = self.pinger(source, target)
+        await nursery.start(pinger.run)
+        await self.wait_until(lambda: len(pinger.replies) >= replies, timeout)
+        return pinger
+
+    def block_direct(self, a: MemoryNode, b: MemoryNode) -> None:
+        """Drop everything between the two nodes' NATs (the relay on the rendezvous still
+        works); ``network.blocked = None`` heals it."""
+        ends = {a.router.public_ip, b.router.public_ip}
+        self.network.blocked = lambda src, dst: {src[0], dst[0]} == ends
 
     @staticmethod
     async def wait_until(condition: Callable[[], object], timeout: float) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -302,8 +303,6 @@ def cmd_ping(args: argparse.Namespace) -> int:
         if result.get("rtt_ms") is None:
             failures += 1
         if i + 1 < args.count:
-            import time
-
             time.sleep(1.0)
     return EXIT_OK if failures < args.count else EXIT_FAILURE
 
@@ -315,14 +314,16 @@ UNTIL_DIRECT_TIMEOUT = 60.0
 UNTIL_DIRECT_POLL = 0.2
 """How often ``--until-direct`` asks the daemon (the daemon says when the path changed, so
 this only bounds how late the answer comes, not how precise it is)."""
+UNTIL_DIRECT_CLOCK: Callable[[], float] = time.monotonic
+UNTIL_DIRECT_SLEEP: Callable[[float], None] = time.sleep
+"""The clock ``--until-direct`` reads and the way it waits between questions (a test gives
+both from one fake clock, so that its figures are exact)."""
 
 
 def _ping_until_direct(args: argparse.Namespace) -> int:
     """``p2ptun ping PEER --until-direct``: wait until the peer's path is direct, then probe it
     once and say when direct came. Exit 0 on a direct path, 1 when ``--timeout`` (seconds,
     default 60) passed without one."""
-    import time
-
     from p2ptun.node.status import render_until_direct
 
     wait = UNTIL_DIRECT_TIMEOUT if args.timeout is None else args.timeout
@@ -330,11 +331,13 @@ def _ping_until_direct(args: argparse.Namespace) -> int:
         raise UsageError("p2ptun ping: --timeout with --until-direct must be 0-3600 seconds")
     if args.count != 1:
         raise UsageError("p2ptun ping: --until-direct probes once; leave out --count")
-    started = time.monotonic()
+    clock, sleep = UNTIL_DIRECT_CLOCK, UNTIL_DIRECT_SLEEP
+    started = clock()
+    deadline = started + wait
     told = False
     reason = "no status yet"
     while True:
-        elapsed = time.monotonic() - started
+        elapsed = clock() - started
         peer = _peer_status(args, args.peer)
         reason = str(peer.get("reason") or peer.get("path") or "no path")
         since = peer.get("path_since")
@@ -355,9 +358,10 @@ def _ping_until_direct(args: argparse.Namespace) -> int:
             sys.stdout.write(f"{args.peer}: {reason}; waiting up to {wait:g} s for a direct path\n")
             sys.stdout.flush()
             told = True
-        if elapsed >= wait:
+        now = clock()
+        if now >= deadline:
             break
-        time.sleep(min(UNTIL_DIRECT_POLL, max(0.0, wait - elapsed)))
+        sleep(min(UNTIL_DIRECT_POLL, deadline - now))
     raise RuntimeFailure(f"p2ptun ping: no direct path to {args.peer} within {wait:g} s ({reason})")
 
 

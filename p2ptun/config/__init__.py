@@ -119,6 +119,8 @@ def describe(cfg: Config) -> str:
             network += f", advertises {routes}"
         if cfg.exit_node is not None:
             network += f", exit node {cfg.exit_node}"
+        fw = cfg.firewall
+        network += f", firewall: {len(fw.inbound)} inbound, {len(fw.outbound)} outbound rules"
         return (
             f"{cfg.path}: valid node config: name {cfg.name}, interface {cfg.interface.name}, "
             f"rendezvous {format_address(cfg.rendezvous.address)}, peers: {peers}{network}"

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from p2ptun.addr import parse_host_port
+from p2ptun.config.firewall import firewall_policy, groups_of
 from p2ptun.config.reader import ConfigFile, Table, type_name
 from p2ptun.config.schema import (
     DEFAULT_FWMARK,
@@ -62,6 +63,7 @@ def node_config(source: ConfigFile, data: dict[str, Any]) -> NodeConfig:
         "network",
         "relay",
         "metrics",
+        "firewall",
     )
     name = check_name(top, "name", top.string("name", required=True))
     private = top.private_key()
@@ -73,13 +75,18 @@ def node_config(source: ConfigFile, data: dict[str, Any]) -> NodeConfig:
 
     rv_t = top.table("rendezvous", required=True)
     assert rv_t is not None
-    rv_addr_raw = rv_t.string("address", required=True)
-    rv_host, rv_port = rv_t.parse(
-        "address",
-        rv_addr_raw,
-        lambda s: parse_host_port(s, DEFAULT_RENDEZVOUS_PORT),
-        "a host:port",
-    )
+    # One host:port, or several (the instances of a rendezvous cluster, tried in turn).
+    if isinstance(rv_t.data.get("address"), list):
+        rv_raw = rv_t.strings("address", required=True)
+        if not rv_raw:
+            raise rv_t.error("address", "empty", "at least one host:port")
+    else:
+        rv_raw = [("address", rv_t.string("address", required=True))]
+    rv_all = [
+        rv_t.parse(key, raw, lambda s: parse_host_port(s, DEFAULT_RENDEZVOUS_PORT), "a host:port")
+        for key, raw in rv_raw
+    ]
+    (rv_host, rv_port), rv_more = rv_all[0], tuple(rv_all[1:])
     rv_key = rv_t.key_value("public_key")
     assert rv_key is not None
     rv_t.check_unknown()
@@ -95,6 +102,7 @@ def node_config(source: ConfigFile, data: dict[str, Any]) -> NodeConfig:
     relay_t = top.table("relay")
     relay = _relay(relay_t) if relay_t is not None else None
     metrics = metrics_settings(top)
+    firewall = firewall_policy(top)
     top.check_unknown()
     exit_node = _exit_node(top, name, peers, network_t)
     warnings = list(source.warnings)
@@ -111,7 +119,7 @@ def node_config(source: ConfigFile, data: dict[str, Any]) -> NodeConfig:
         name=name,
         private_key=private,
         interface=interface,
-        rendezvous=RendezvousRef(rv_host, rv_port, rv_key),
+        rendezvous=RendezvousRef(rv_host, rv_port, rv_key, rv_more),
         ice=ice,
         peers=peers,
         warnings=tuple(warnings),
@@ -119,6 +127,7 @@ def node_config(source: ConfigFile, data: dict[str, Any]) -> NodeConfig:
         relay=relay,
         metrics=metrics,
         exit_node=exit_node,
+        firewall=firewall,
     )
 
 
@@ -438,6 +447,11 @@ def _peers(top: Table, own_public: bytes, own_name: str) -> tuple[PeerConfig, ..
                 "this peer has no 0.0.0.0/0 or ::/0 in its allowed_ips",
                 'add "0.0.0.0/0" (and "::/0") to its allowed_ips',
             )
+        groups = groups_of(t)
         t.check_unknown()
-        peers.append(PeerConfig(name, key, tuple(nets), psk, keepalive or None, exit_node))
+        peers.append(
+            PeerConfig(
+                name, key, tuple(nets), psk, keepalive or None, groups=groups, exit_node=exit_node
+            )
+        )
     return tuple(peers)

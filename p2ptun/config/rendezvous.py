@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from p2ptun.addr import Address, format_address
 from p2ptun.config.examples import SECRET_HINT, placeholder_problem
@@ -16,8 +17,10 @@ from p2ptun.config.schema import (
     DEFAULT_STUN_PORT,
     DEFAULT_TURNS_PORT,
     DEFAULT_WEB_PORT,
+    ClusterSettings,
     NetworkEntry,
     NodeEntry,
+    RedisUrl,
     RendezvousConfig,
     StunServerSettings,
     TurnServerSettings,
@@ -49,6 +52,7 @@ def rendezvous_config(source: ConfigFile, data: dict[str, Any]) -> RendezvousCon
         "network",
         "metrics",
         "web",
+        "cluster",
     )
     listen = top.parse(
         "listen",
@@ -140,6 +144,8 @@ def rendezvous_config(source: ConfigFile, data: dict[str, Any]) -> RendezvousCon
     metrics = metrics_settings(top)
     web_t = top.table("web")
     web = _web(web_t) if web_t is not None else None
+    cluster_t = top.table("cluster")
+    cluster = _cluster(cluster_t) if cluster_t is not None else None
     top.check_unknown()
     return RendezvousConfig(
         path=source.file,
@@ -155,6 +161,7 @@ def rendezvous_config(source: ConfigFile, data: dict[str, Any]) -> RendezvousCon
         networks=tuple(networks),
         metrics=metrics,
         web=web,
+        cluster=cluster,
     )
 
 
@@ -324,3 +331,58 @@ def _turn_settings(t: Table) -> TurnServerSettings:
         max_lifetime=max_lifetime,
         credential_lifetime=cred_lifetime,
     )
+
+
+def parse_redis_url(text: str) -> RedisUrl:
+    """Parse a Redis URL; ValueError with a reason when it is not one."""
+    parts = urlsplit(text)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError("must start with redis:// or rediss://")
+    if not parts.hostname:
+        raise ValueError("has no host")
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        raise ValueError("has a bad port") from None
+    path = parts.path.strip("/")
+    if path and not path.isdigit():
+        raise ValueError("the database (after the /) must be a number")
+    if parts.query or parts.fragment:
+        raise ValueError("takes no ?query or #fragment")
+    return RedisUrl(
+        parts.hostname,
+        port,
+        int(path) if path else 0,
+        unquote(parts.username) if parts.username else None,
+        unquote(parts.password) if parts.password is not None else None,
+        parts.scheme == "rediss",
+    )
+
+
+def _cluster(t: Table) -> ClusterSettings:
+    """``[cluster]``: ``redis`` (a URL), ``instance``, ``presence_ttl`` (seconds), ``tls_ca``
+    (a PEM file, for ``rediss://``)."""
+    url = t.parse(
+        "redis",
+        t.string("redis", required=True),
+        parse_redis_url,
+        "a URL such as redis://10.0.0.5:6379/0 (rediss:// for TLS)",
+    )
+    instance = t.string("instance")
+    if instance is not None and (
+        not instance or len(instance) > 64 or not instance.isprintable() or " " in instance
+    ):
+        raise t.error("instance", "1-64 printable characters without spaces")
+    ttl = t.number("presence_ttl", 15.0)
+    if not 3.0 <= ttl <= 600.0:
+        raise t.error("presence_ttl", "must be between 3 and 600 seconds")
+    tls_ca = t.string("tls_ca")
+    if tls_ca is not None:
+        if not url.tls:
+            raise t.error("tls_ca", "only applies to a rediss:// (TLS) URL")
+        if not os.path.isabs(tls_ca):
+            tls_ca = os.path.join(os.path.dirname(os.path.abspath(t.source.file)), tls_ca)
+        if not os.path.isfile(tls_ca):
+            raise t.error("tls_ca", f"{tls_ca}: no such file")
+    t.check_unknown()
+    return ClusterSettings(url, instance, float(ttl), tls_ca)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from p2ptun.addr import Address
+from p2ptun.firewall import Policy
 from p2ptun.keys import public_key
 from p2ptun.membership import Certificate
 
@@ -63,10 +64,17 @@ class RendezvousRef:
     host: str
     port: int
     public_key: bytes
+    #: More instances of the same rendezvous (a cluster): ``address = ["a:7070", "b:7070"]``.
+    more: tuple[Address, ...] = ()
 
     @property
     def address(self) -> Address:
         return (self.host, self.port)
+
+    @property
+    def addresses(self) -> tuple[Address, ...]:
+        """Every configured address, the first first (the node fails over in this order)."""
+        return (self.address, *self.more)
 
 
 TurnTransport = Literal["udp", "tcp", "tls"]
@@ -125,6 +133,8 @@ class PeerConfig:
     #: ``[[peer]] exit_node = true``: send all traffic through this peer (its allowed_ips
     #: hold 0.0.0.0/0 and/or ::/0).
     exit_node: bool = False
+    #: Groups the firewall rules see the peer in (``groups``; a member's: its certificate's).
+    groups: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -173,6 +183,38 @@ DEFAULT_WEB_PORT = 8080
 
 
 @dataclass(frozen=True)
+class RedisUrl:
+    """``redis://[[user]:password@]host[:port][/db]`` (``rediss://`` for TLS)."""
+
+    host: str
+    port: int = 6379
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+
+    @property
+    def where(self) -> str:
+        """``host:port`` for log lines (never the password)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """``[cluster]`` of the rendezvous: instances sharing one Redis (off when absent)."""
+
+    redis: RedisUrl
+    #: This instance's id among the others (default: host name, process id, random).
+    instance: str | None = None
+    #: A node's presence key lives this long unless its instance refreshes it (a third of it).
+    presence_ttl: float = 15.0
+    #: CA certificates (PEM file) to verify a ``rediss://`` server with, instead of the
+    #: system's.
+    tls_ca: str | None = None
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     path: str
     name: str
@@ -188,6 +230,8 @@ class NodeConfig:
     #: The peer (or member) all traffic goes through: ``[network] exit_node`` or the
     #: ``[[peer]]`` with ``exit_node = true``; None: none.
     exit_node: str | None = None
+    #: ``[firewall]``: rules between this node and its peers (the default without one).
+    firewall: Policy = field(default_factory=Policy)
 
     @property
     def public_key(self) -> bytes:
@@ -270,6 +314,7 @@ class RendezvousConfig:
     open_registration_turn: bool = False
     metrics: MetricsSettings | None = None
     web: WebSettings | None = None
+    cluster: ClusterSettings | None = None
 
     @property
     def public_key(self) -> bytes:

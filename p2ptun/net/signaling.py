@@ -22,11 +22,13 @@ buffered without bound.
 
 from __future__ import annotations
 
+import ipaddress
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import trio
 
+from p2ptun.errors import P2ptunError
 from p2ptun.log import get_logger
 from p2ptun.net import keepalive
 from p2ptun.net.ports import Host
@@ -54,6 +56,14 @@ class TurnCredentialsUnavailable(Exception):
     """The rendezvous issues no TURN credentials, or did not answer in time."""
 
 
+def is_ip_literal(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 class SignalingClient:
     """Connects a node to its rendezvous and keeps it connected."""
 
@@ -63,7 +73,7 @@ class SignalingClient:
         *,
         name: str,
         private_key: bytes,
-        rendezvous: tuple[str, int],
+        rendezvous: tuple[str, int] | Sequence[tuple[str, int]],
         rendezvous_key: bytes,
         peers: Mapping[str, bytes],
         backoff: BackoffPolicy | None = None,
@@ -77,9 +87,19 @@ class SignalingClient:
     ) -> None:
         """``host`` connects to the rendezvous and gives the core its clock and randomness
         (keys, jitter, the signaling timestamps' wall clock). ``certificate``: register as
-        a member of a network with it; ``revocations``: the revocation list to hand on."""
+        a member of a network with it; ``revocations``: the revocation list to hand on.
+        ``rendezvous``: one ``(host, port)`` (a name is resolved by the host on each attempt,
+        which tries its records in turn) or several (the instances of a cluster): then each
+        attempt goes to the next one, a name resolved anew each time and each of its
+        addresses taken in turn, so that a lost or unreachable instance is left for another
+        after the core's jittered backoff."""
         self.host = host
-        self.rendezvous = rendezvous
+        if len(rendezvous) == 2 and isinstance(rendezvous[1], int):
+            self.addresses: list[tuple[str, int]] = [rendezvous]  # type: ignore[list-item]
+        else:
+            self.addresses = [(str(a[0]), int(a[1])) for a in rendezvous]  # type: ignore[index]
+        self.rendezvous = self.addresses[0]
+        self._attempt = 0
         self.core = SignalClientCore(
             name=name,
             private_key=private_key,
@@ -188,8 +208,30 @@ class SignalingClient:
         self.core.stop()
         self._after()
 
+    async def _next_address(self) -> tuple[str, int]:
+        """The address of this attempt (see ``__init__``)."""
+        if len(self.addresses) == 1:
+            # One address, as before clusters: the host resolves a name on each attempt and
+            # tries its records in turn (happy eyeballs, SystemHost).
+            return self.addresses[0]
+        candidates: list[tuple[str, int]] = []
+        for name, port in self.addresses:
+            if is_ip_literal(name):
+                candidates.append((name, port))
+                continue
+            found: list[tuple[str, int]] = []
+            try:
+                with trio.move_on_after(5):
+                    found = [(a[0], a[1]) for a in await self.host.resolve(name, port)]
+            except (OSError, P2ptunError):
+                pass
+            # Nothing found: the name itself, so that connect_tcp says why it fails.
+            candidates.extend(found or [(name, port)])
+        return candidates[self._attempt % len(candidates)]
+
     async def _connection(self) -> None:
-        name, port = self.rendezvous
+        name, port = self.rendezvous = await self._next_address()
+        self._attempt += 1
         deadline = self.core.next_wakeup() or math.inf
         stream: trio.abc.Stream | None = None
         with trio.move_on_at(deadline):

@@ -46,7 +46,9 @@ restart, gives a malicious rendezvous nothing to replay. A renewed certificate
 (``[network] cert_file``) is handed to the rendezvous on the running connection, and a newer
 revocation list file is applied and published; tunnels are not touched. Changing ``name``, the
 private key, ``[interface] name`` or the network's authority needs a restart: such a reload is
-refused; ``[ice]`` changes are logged and take effect at the next restart.
+refused; ``[ice]`` changes are logged and take effect at the next restart. A changed
+``[firewall]`` replaces the rule set at once; tracked flows the new rules would not allow are
+cut (:meth:`p2ptun.firewall.Firewall.set_policy`).
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ from p2ptun import config as config_mod
 from p2ptun.addr import Address, format_address
 from p2ptun.config import IPInterface, IPNetwork, NodeConfig, PeerConfig, TurnServerConfig
 from p2ptun.errors import EXIT_OK, P2ptunError, RuntimeFailure
+from p2ptun.firewall import Firewall
 from p2ptun.ice import AgentConfig
 from p2ptun.ice.hardnat import HardNatConfig
 from p2ptun.keys import encode_key
@@ -130,6 +133,12 @@ PATH_OVERHEAD = IPV6_HEADER + UDP_HEADER + CHANNEL_DATA_HEADER + WIREGUARD_OVERH
 CAP_NET_ADMIN = 12
 CONSENT_REGATHER_INTERVAL = 5.0
 """Consent loss (one peer's or many at once) regathers at most this often."""
+
+
+def firewall_off() -> bool:
+    """``P2PTUN_FIREWALL=off``: no filtering at all, every packet passes (for measuring the
+    firewall's cost, and for finding out whether it is what drops a packet)."""
+    return os.environ.get("P2PTUN_FIREWALL", "").lower() == "off"
 
 
 def default_mtu(underlay: int = UNDERLAY_MTU) -> int:
@@ -208,7 +217,7 @@ def signaling_client(
         host,
         name=config.name,
         private_key=config.private_key,
-        rendezvous=config.rendezvous.address,
+        rendezvous=config.rendezvous.addresses,
         rendezvous_key=config.rendezvous.public_key,
         peers={p.name: p.public_key for p in config.peers},
         certificate=None if network is None else network.certificate.encode(),
@@ -490,7 +499,9 @@ class NodeDaemon:
         if isinstance(server, str):
             log.warning("peer relay grant refused", peer=peer, reason=server)
             return
-        configured = {t.host for t in self.config.ice.turn} | {self.config.rendezvous.address[0]}
+        configured = {t.host for t in self.config.ice.turn} | {
+            host for host, _ in self.config.rendezvous.addresses
+        }
         owner = self._relay_owners.get(server.host, peer)
         if owner != peer or server.host in configured:
             why = f"{owner}'s relay" if owner != peer else "one of our configured servers"
@@ -552,6 +563,7 @@ class NodeDaemon:
                 learn_endpoints=True,
                 on_path_quiet=self._path_quiet,
                 on_relayed_roam=self._relayed_roam,
+                firewall=None if firewall_off() else Firewall(cfg.firewall),
             )
             self._tunnel = tunnel
             transport = IceTransport(
@@ -656,10 +668,11 @@ class NodeDaemon:
             session.signaling_replaced()
 
     async def _signaling_events(self, client: SignalingClient) -> None:
-        rv = format_address(self.config.rendezvous.address)
         async for event in client.events:
             if client is not self.signaling:
                 continue
+            # The address of this attempt (one of several for a rendezvous cluster).
+            rv = format_address(client.rendezvous)
             if isinstance(event, RegisteredEvent):
                 self._registered_at = trio.current_time()
                 self._rendezvous_warned = False
@@ -1107,6 +1120,8 @@ class NodeDaemon:
             persistent_keepalive=peer_cfg.persistent_keepalive,
         )
         tunnel.set_endpoint(wg, None)
+        if tunnel.firewall is not None:
+            tunnel.firewall.add_peer(wg, peer_cfg.name, peer_cfg.groups)
         session = PeerSession(self, peer_cfg, wg)
         session.relay_owners = self._relay_owners
         self.peers[peer_cfg.name] = session
@@ -1160,6 +1175,8 @@ class NodeDaemon:
             await self.host.add_route(self.interface, prefix)
             session.routes.append(prefix)
         session.wg.persistent_keepalive = new.persistent_keepalive
+        if tunnel.firewall is not None:
+            tunnel.firewall.add_peer(session.wg, new.name, new.groups)
         session.config = new
         log.info(
             "peer updated",
@@ -1240,6 +1257,15 @@ class NodeDaemon:
             addresses_changed = True  # the LAN rules follow (applied by sync_peers)
         if new_if.fwmark != old_if.fwmark:
             log.warning("[interface] fwmark changed: it applies at the next start")
+        firewall = self.tunnel.firewall
+        if new.firewall != old.firewall and firewall is not None:
+            cut = firewall.set_policy(new.firewall)
+            log.info(
+                "firewall rules replaced",
+                inbound=len(new.firewall.inbound),
+                outbound=len(new.firewall.outbound),
+                flows_cut=cut,
+            )
         if signaling_changed and self._nursery is not None:
             # New peers start once the new client runs (it is told the members as it starts).
             added = await self.sync_peers(addresses_changed=addresses_changed, start=False)
@@ -1296,12 +1322,16 @@ class NodeDaemon:
                 "exit_node": self.exit.as_dict(cfg.interface.exit_node_allow_lan),
             },
             "peers": [self._peer_status(session, now) for session in self.peers.values()],
+            **self._firewall_status(),
         }
 
     def _peer_status(self, session: PeerSession, now: float) -> dict[str, Any]:
         status = session.status(now)
         full = self._full_peers.get(session.name, session.config)
         status["routes"] = peer_routes_status(full, session.config, self._lans)
+        firewall = self._tunnel.firewall if self._tunnel is not None else None
+        if firewall is not None:
+            status["firewall_dropped"] = firewall.dropped(session.wg)
         return status
 
     def _routes_status(self) -> dict[str, Any]:
@@ -1317,6 +1347,12 @@ class NodeDaemon:
                 f"ipv{v}": "on" if error is None else error for v, error in self.forwarding.items()
             },
         }
+
+    def _firewall_status(self) -> dict[str, Any]:
+        """``{"firewall": {...}}`` (:meth:`p2ptun.firewall.Firewall.status`) once the data path
+        runs, else nothing."""
+        firewall = self._tunnel.firewall if self._tunnel is not None else None
+        return {} if firewall is None else {"firewall": firewall.status()}
 
     def _port_mapping_status(self) -> dict[str, str] | None:
         """The mapping the gateway holds for us (``[ice] port_mapping``), or None."""

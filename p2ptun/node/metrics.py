@@ -190,7 +190,16 @@ class NodeCollector:
         drops.add_metric(["ice_tx_dropped"], ice.tx_dropped)
         mux = src.transport.mux.counters
         drops.add_metric(["stun_unwanted"], mux.rx_dropped)
+        firewall = tunnel.firewall
+        if firewall is not None:
+            for direction in ("inbound", "outbound"):
+                counts = getattr(firewall.counters, direction)
+                for reason in ("default_deny", "fragments", "malformed"):
+                    value = getattr(counts, reason)
+                    drops.add_metric([f"firewall_{direction}_{reason}"], value)
         yield drops
+        if firewall is not None:
+            yield from _firewall_metrics(firewall.status())
 
         udp_rx = CounterMetricFamily("p2ptun_udp_rx_bytes", "Bytes received on the UDP sockets")
         udp_tx = CounterMetricFamily("p2ptun_udp_tx_bytes", "Bytes sent on the UDP sockets")
@@ -201,6 +210,32 @@ class NodeCollector:
         regathers = CounterMetricFamily("p2ptun_regathers", "Candidate gathering rounds")
         regathers.add_metric([], ice.regathers)
         yield regathers
+
+
+def _firewall_metrics(fw: dict[str, Any]) -> Iterator[Metric]:
+    """The flow table's fill and the flows each rule allowed."""
+    flows = GaugeMetricFamily("p2ptun_firewall_flows", "Flows the firewall tracks")
+    flows.add_metric([], fw["flows"])
+    yield flows
+    rules = CounterMetricFamily(
+        "p2ptun_firewall_rule_flows",
+        "Flows each firewall rule allowed (since the rules were loaded)",
+        labels=["direction", "rule"],
+    )
+    for direction in ("inbound", "outbound"):
+        for i, rule in enumerate(fw[direction]):
+            rules.add_metric([direction, f"{i}: {rule['rule']}"], rule["flows"])
+    yield rules
+    evicted = CounterMetricFamily(
+        "p2ptun_firewall_flows_removed",
+        "Tracked flows removed, by reason",
+        labels=["reason"],
+    )
+    table = fw["table"]
+    for reason in ("expired", "evicted_peer_share", "evicted_table_full"):
+        evicted.add_metric([reason], table[reason])
+    evicted.add_metric(["cut_on_reload"], fw["cut_on_reload"])
+    yield evicted
 
 
 __all__ = ["MetricsSource", "NodeCollector"]

@@ -102,5 +102,5 @@ class NetworkPeers:
                 )
                 continue
             placed += [(n, name) for n in nets]
-            result.append(PeerConfig(name, member.public_key, nets))
+            result.append(PeerConfig(name, member.public_key, nets, groups=member.groups))
         return result

@@ -86,6 +86,7 @@ def render(status: dict[str, Any]) -> str:
     for row in rows:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     lines += _history_lines(status)
+    lines += firewall_lines(status)
     reasons = [
         f"  {peer.get('name', '?')}: {peer['reason']}"
         for peer in status.get("peers", [])
@@ -122,6 +123,35 @@ def _routes_lines(status: dict[str, Any]) -> list[str]:
         peer_routes = peer.get("routes")
         if isinstance(peer_routes, dict) and peer_routes.get("accepted"):
             lines.append(f"routes via {peer.get('name')}: {', '.join(peer_routes['accepted'])}")
+    return lines
+
+
+def firewall_lines(status: dict[str, Any]) -> list[str]:
+    """The firewall: table fill, drops by direction and reason, then each rule and the flows
+    it allowed (README "Firewall")."""
+    fw = status.get("firewall")
+    if not isinstance(fw, dict):
+        return []
+    dropped = fw.get("dropped", {})
+    parts = []
+    for direction in ("inbound", "outbound"):
+        counts = dropped.get(direction, {})
+        detail = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items())
+        parts.append(f"{direction} {sum(counts.values())} ({detail})")
+    peers = [
+        f"{p.get('name', '?')} {p['firewall_dropped']}"
+        for p in status.get("peers", [])
+        if p.get("firewall_dropped")
+    ]
+    lines = [
+        f"firewall: {fw.get('flows', 0)}/{fw.get('max_flows', 0)} flows tracked; "
+        f"dropped {'; '.join(parts)}" + (f"; by peer: {', '.join(peers)}" if peers else "")
+    ]
+    for direction in ("inbound", "outbound"):
+        for rule in fw.get(direction, []):
+            lines.append(f"  {direction:<8} {rule.get('rule', '?')}: {rule.get('flows', 0)} flows")
+        if not fw.get(direction):
+            lines.append(f"  {direction:<8} (no rules: nothing opens a flow)")
     return lines
 
 

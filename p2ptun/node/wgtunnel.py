@@ -38,6 +38,11 @@ address they come from and from the local address they came to (WireGuard's "sti
 sockets"). Datagrams that arrive by another way than the UDP socket (unwrapped from TURN) enter
 through :meth:`WgTunnel.receive_datagram`. With ``mss`` set, TCP SYNs crossing the tunnel in
 either direction get their MSS option clamped (:mod:`p2ptun.node.mss`).
+
+With a ``firewall`` (:class:`p2ptun.firewall.Firewall`), packets read from TUN pass
+:meth:`Firewall.allow_outbound` once routed to their peer (a TSO super-packet once, before it
+is cut), and the packets decrypted from a peer pass :meth:`Firewall.filter_inbound` as a batch
+before they are written to TUN; what it drops never reaches the other side or the kernel.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from typing import Any
 import trio
 
 from p2ptun.addr import Address, format_address
+from p2ptun.firewall import Firewall
 from p2ptun.keys import encode_key
 from p2ptun.log import get_logger
 from p2ptun.net.offload import (
@@ -191,6 +197,7 @@ class WgTunnel:
         roam: bool = True,
         on_path_quiet: Callable[[Peer, PathQuiet], None] | None = None,
         on_relayed_roam: Callable[[Peer, Address, Any], None] | None = None,
+        firewall: Firewall | None = None,
     ) -> None:
         if not endpoints:
             raise ValueError("a tunnel needs at least one UDP endpoint")
@@ -204,6 +211,8 @@ class WgTunnel:
         self.roam = roam
         self.on_path_quiet = on_path_quiet
         self.on_relayed_roam = on_relayed_roam
+        self.firewall = firewall
+        """Filters the packets between TUN and the peers (None: everything passes)."""
         self._by_family = {ep.family: ep for ep in self.endpoints}
         self._peer_endpoints: dict[Peer, Address | None] = {}
         #: The local address each direct path sends from (None: the kernel's choice).
@@ -294,6 +303,8 @@ class WgTunnel:
     def remove_peer(self, peer: Peer) -> None:
         """Forget ``peer`` (its keys, routes in the device, path)."""
         self.device.remove_peer(peer)
+        if self.firewall is not None:
+            self.firewall.remove_peer(peer)
         self._peer_endpoints.pop(peer, None)
         self._peer_sources.pop(peer, None)
         self._senders.pop(peer, None)
@@ -380,6 +391,12 @@ class WgTunnel:
         if self._vnet:
             for i in range(n):
                 self._send_offloaded(views[i], lengths[i], now)
+        elif self.firewall is not None:
+            for i in range(n):
+                view = views[i]
+                if mss is not None and _maybe_syn(view):
+                    self._clamp(view, lengths[i], mss)
+                self._send_filtered(view[: lengths[i]], now)
         else:
             for i in range(n):
                 view = views[i]
@@ -407,6 +424,9 @@ class WgTunnel:
             mss = self.mss
             if mss is not None and _maybe_syn(packet):
                 self._clamp(packet, len(packet), mss)
+            if self.firewall is not None:
+                self._send_filtered(packet, now)
+                return
             peer = device.send_packet(packet, now)
             if peer is not None:
                 touched[peer] = None
@@ -424,8 +444,23 @@ class WgTunnel:
         if peer is None:
             device.counters.no_route += count
             return
+        firewall = self.firewall
+        if firewall is not None and not firewall.allow_outbound(peer, packet, now):
+            return
         peer.send_packets(segs, seg_lengths, count, now)
         touched[peer] = None
+
+    def _send_filtered(self, packet: memoryview, now: float) -> None:
+        """Route ``packet`` and send it if the firewall lets it out to that peer."""
+        device = self.device
+        peer = device.route(packet)
+        if peer is None:
+            device.counters.no_route += 1
+            return
+        assert self.firewall is not None
+        if self.firewall.allow_outbound(peer, packet, now):
+            peer.send_packet(packet, now)
+            self._touched[peer] = None
 
     def _clamp(self, view: memoryview, length: int, mss: tuple[int, int]) -> None:
         if clamp_mss(view, length, mss[0], mss[1]):
@@ -574,6 +609,8 @@ class WgTunnel:
             else:
                 self._send_batch(datagrams, endpoint, self._peer_sources.get(peer))
         packets = peer.pop_packets()
+        if packets and self.firewall is not None:
+            packets = self.firewall.filter_inbound(peer, packets, trio.current_time())
         if packets:
             self._write_packets(packets)
         for event in peer.pop_events():

@@ -84,6 +84,8 @@ class RendezvousCollector:
             drops.add_metric(["signaling_decode"], c.decode_errors)
             drops.add_metric(["signaling_channel"], c.channel_errors)
             drops.add_metric(["signaling_protocol"], c.protocol_errors)
+            if server.cluster is not None:
+                yield from _cluster_metrics(server, drops)
 
         allocations = GaugeMetricFamily(
             "p2ptun_rendezvous_turn_allocations", "Live TURN allocations"
@@ -136,3 +138,31 @@ class RendezvousCollector:
 
 
 __all__ = ["RendezvousCollector"]
+
+
+def _cluster_metrics(server: SignalingServer, drops: CounterMetricFamily) -> Iterator[Metric]:
+    """``[cluster]``: the link to Redis and what crossed it (README, "Running a cluster")."""
+    link = server.cluster
+    assert link is not None
+    c = server.core.counters
+    linked = GaugeMetricFamily("p2ptun_rendezvous_cluster_linked", "1 while linked to Redis")
+    linked.add_metric([], 1 if link.connected else 0)
+    remote = GaugeMetricFamily(
+        "p2ptun_rendezvous_cluster_remote_nodes", "Nodes online on the other instances"
+    )
+    remote.add_metric([], len(server.core.remote_nodes))
+    outages = CounterMetricFamily(
+        "p2ptun_rendezvous_cluster_outages", "Times Redis became unreachable"
+    )
+    outages.add_metric([], link.counters.outages)
+    forwarded = CounterMetricFamily(
+        "p2ptun_rendezvous_cluster_messages",
+        "Sealed messages between instances, by direction",
+        labels=["direction"],
+    )
+    forwarded.add_metric(["out"], c.cluster_forwarded)
+    forwarded.add_metric(["in"], c.cluster_delivered)
+    drops.add_metric(["cluster_malformed"], link.counters.malformed)
+    drops.add_metric(["cluster_undeliverable"], c.cluster_dropped)
+    drops.add_metric(["cluster_backlog"], link.counters.outbox_dropped)
+    yield from (linked, remote, outages, forwarded)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from p2ptun.config import NetworkEntry
@@ -74,6 +74,11 @@ class NetworkStore:
         self._by_ca = {e.ca: _Network(e) for e in entries}
         self._by_id = {n.id: n for n in self._by_ca.values()}
         self._pinned = dict(pinned or {})
+        #: Called with (network id, list, number) when a newer list is taken (a cluster
+        #: shares it: :mod:`p2ptun.rendezvous.cluster`).
+        self.on_taken: Callable[[str, bytes, int], None] | None = None
+        #: Called with (serial, key, name) when an invite is used here (a cluster shares it).
+        self.on_invite: Callable[[bytes, bytes, str], None] | None = None
         directory = os.path.dirname(database)
         if database != ":memory:" and directory and not os.path.isdir(directory):
             raise RuntimeFailure(f"{database}: the database directory does not exist")
@@ -136,6 +141,8 @@ class NetworkStore:
         log.info(
             "revocation list", network=crl.network, number=crl.number, revoked=len(crl.entries)
         )
+        if self.on_taken is not None:
+            self.on_taken(network.id, crl.encode(), crl.number)
         return True
 
     # -- Memberships -------------------------------------------------------------------------
@@ -194,6 +201,8 @@ class NetworkStore:
         except sqlite3.IntegrityError:
             return self._use_invite(cert, key, wall)
         log.info("invite used", name=cert.name, serial=cert.serial.hex())
+        if self.on_invite is not None:
+            self.on_invite(cert.serial, key, cert.name)
         return None
 
     def revocations(self, network: str) -> bytes | None:
@@ -217,6 +226,30 @@ class NetworkStore:
         except (MembershipDecodeError, CertificateRejected):
             return False
         return True
+
+    def learn_invite(self, serial: bytes, key: bytes, name: str) -> None:
+        """Another instance of a cluster recorded the first use of invite ``serial`` (its
+        record wins over one made here at the same moment)."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO invites_used (serial, public_key, name, used)"
+            " VALUES (?, ?, ?, 0)",
+            (serial, key, name),
+        )
+
+    def invites_used(self) -> list[tuple[bytes, bytes, str]]:
+        """Every recorded first use: (serial, key, name)."""
+        rows = self._db.execute("SELECT serial, public_key, name FROM invites_used").fetchall()
+        return [(bytes(serial), bytes(key), str(name)) for serial, key, name in rows]
+
+    def held_revocations(self) -> list[tuple[str, int, bytes | None]]:
+        """Every served network's id, with the number and list of the newest list held
+        (-1 and None without one)."""
+        return [
+            (n.id, n.revocations.number, n.revocations.encode())
+            if n.revocations is not None
+            else (n.id, -1, None)
+            for n in self._by_ca.values()
+        ]
 
     def close(self) -> None:
         self._db.close()

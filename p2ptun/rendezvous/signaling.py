@@ -20,7 +20,9 @@ from p2ptun.log import get_logger
 from p2ptun.net.ports import Connection, Host, Listener
 from p2ptun.net.timer import CoreTimer
 from p2ptun.net.wakeup import Wakeup
+from p2ptun.rendezvous.cluster import ClusterLink, default_instance_id
 from p2ptun.rendezvous.networks import NetworkStore
+from p2ptun.rendezvous.redis_store import RedisStore
 from p2ptun.rendezvous.store import RegistrationStore, SqliteStore
 from p2ptun.signal.hub import ServerLimits, SignalingServerCore, TurnIssuer
 from p2ptun.signal.messages import TurnCredentials
@@ -82,12 +84,16 @@ class SignalingServer:
         self._listeners: list[Listener] = []
         self._all_closed = trio.Event()
         self._closed = trio.Event()
+        #: The link to the other instances of a cluster (``[cluster]``), run beside the server.
+        self.cluster: ClusterLink | None = None
 
     def _kick(self) -> None:
         for conn_id in self.core.take_dirty():
             wakeup = self._wakeups.get(conn_id)
             if wakeup is not None:
                 wakeup.set()
+        if self.cluster is not None:
+            self.cluster.send(self.core.take_cluster_messages())
         self._timer.rearm()
 
     async def run(self, *, task_status: trio.TaskStatus[SignalingServer]) -> None:
@@ -98,6 +104,8 @@ class SignalingServer:
         log.info("signaling listening", address=format_address(self.address))
         try:
             async with trio.open_nursery() as outer:
+                if self.cluster is not None:
+                    outer.start_soon(self.cluster.run)
                 outer.start_soon(self._serve)
                 task_status.started(self)
                 try:
@@ -248,15 +256,24 @@ async def serve_signaling(
 
     ``store`` defaults to the SQLite database ``config.database``.
     """
+    cluster = config.cluster
     if store is None:
-        store = open_store(config, host)
+        store = (
+            open_store(config, host)
+            if cluster is None
+            else RedisStore(config.open_registration, config.nodes)
+        )
     networks = None
     if config.networks:
         networks = NetworkStore(
             config.networks,
-            config.database,
+            # In a cluster the lists and invites are shared through Redis; this copy is memory.
+            config.database if cluster is None else ":memory:",
             pinned={n.name: n.public_key for n in config.nodes},
         )
+    instance = None
+    if cluster is not None:
+        instance = cluster.instance or default_instance_id()
     core = SignalingServerCore(
         config.private_key,
         store,
@@ -266,6 +283,16 @@ async def serve_signaling(
         limits=limits,
         turn_for_self_registered=config.open_registration_turn,
         memberships=networks,
+        instance=instance,
     )
     server = SignalingServer(host, core, config.listen, store=store, networks=networks)
+    if cluster is not None:
+        if not isinstance(store, RedisStore):
+            raise TypeError("a cluster's store is a RedisStore")
+        link = server.cluster = ClusterLink(host, cluster, core, store, networks, server._kick)
+        if networks is not None:
+            networks.on_taken = lambda network, blob, number: link.revocations_taken(
+                network, blob, number
+            )
+            networks.on_invite = link.invite_used
     await server.run(task_status=task_status)

@@ -178,6 +178,10 @@ class _BindingRules:
         return None
 
 
+#: The admission rules, for a store kept elsewhere (:mod:`p2ptun.rendezvous.redis_store`).
+BindingRules = _BindingRules
+
+
 class MemoryStore(_BindingRules):
     """Bindings in a dict (tests, or a rendezvous that should forget on restart)."""
 

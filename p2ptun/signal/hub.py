@@ -81,6 +81,7 @@ from p2ptun.signal.channel import (
     check_proof,
     proof_key,
 )
+from p2ptun.signal.cluster import ClusterMessage, Forward, NodeDown, NodeUp
 from p2ptun.signal.errors import ChannelError, SignalDecodeError
 from p2ptun.signal.frames import MAX_PAYLOAD, Frame, FrameDecoder, FrameType, encode_frame
 from p2ptun.signal.messages import (
@@ -280,6 +281,11 @@ class ServerCounters:
     members_closed: int = 0
     revocations_published: int = 0
     revocations_ignored: int = 0
+    #: Cluster: routes handed to another instance, and Delivers from others given to a node
+    #: here or dropped (the node had left, does not list the sender, or its queue was full).
+    cluster_forwarded: int = 0
+    cluster_delivered: int = 0
+    cluster_dropped: int = 0
 
 
 @dataclass(frozen=True)
@@ -377,6 +383,7 @@ class SignalingServerCore:
         limits: ServerLimits | None = None,
         turn_for_self_registered: bool = False,
         memberships: Memberships | None = None,
+        instance: str | None = None,
     ) -> None:
         self._private = private_key
         self.store = store
@@ -413,6 +420,11 @@ class SignalingServerCore:
         self._unregistered: OrderedDict[int, _Conn] = OrderedDict()
         self._registered: OrderedDict[int, _Conn] = OrderedDict()
         self.shutting_down = False
+        # Cluster (docstring of :meth:`remote_up`): this instance's id (None: alone), the nodes
+        # online on the other instances, and what to tell those.
+        self.instance = instance
+        self._remote: dict[str, NodeUp] = {}
+        self._cluster_out: list[ClusterMessage] = []
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -532,6 +544,7 @@ class SignalingServerCore:
             del self._online[conn.name]
             log.info("node offline", name=conn.name, conn=conn_id, reason=conn.close_reason)
             self._notify(conn, False)
+            self._announce_down(conn)
         self._leave_network(conn)
         for name in conn.watching:
             self._drop_watcher(name, conn_id)
@@ -554,6 +567,7 @@ class SignalingServerCore:
             del self._online[conn.name]
             log.info("node offline", name=conn.name, conn=conn.id, reason=reason)
             self._notify(conn, False)
+            self._announce_down(conn)
         self._leave_network(conn)
 
     def shutdown(self, now: float) -> None:
@@ -771,7 +785,8 @@ class SignalingServerCore:
     def _register(self, conn: _Conn, name: str, now: float) -> None:
         assert conn.key is not None
         admission = self.store.admit(name, conn.key, now=now, source=conn.source)
-        self._admitted(conn, name, admission, now)
+        if self._admitted(conn, name, admission, now):
+            self._announce(conn)
 
     def _admitted(self, conn: _Conn, name: str, admission: Admission, now: float) -> bool:
         """Finish a registration the store or the memberships decided; True if admitted."""
@@ -878,9 +893,13 @@ class SignalingServerCore:
                 self._queue(conn, Member(other.name, other.certificate))
                 self._queue(other, Member(msg.name, msg.certificate))
         members[msg.name] = conn
+        for remote in self._remote.values():
+            if remote.network == network:
+                self._queue(conn, Member(remote.name, remote.certificate))
         crl = memberships.revocations(network)
         if crl is not None:
             self._queue(conn, Revocations(crl))
+        self._announce(conn)
         log.info("member online", name=msg.name, network=network[:16], members=len(members))
 
     def _set_expiry(self, conn: _Conn, expires_at: float | None, now: float) -> None:
@@ -951,6 +970,7 @@ class SignalingServerCore:
         for other in self.networks.get(conn.network or "", {}).values():
             if other is not conn:
                 self._queue(other, Member(conn.name, certificate))
+        self._announce(conn)
         log.info("member renewed its certificate", name=conn.name)
 
     # Presence is mutual: a node sees another online only while that one lists it as a peer
@@ -964,11 +984,10 @@ class SignalingServerCore:
     def _visible(self, watcher: _Conn, name: str) -> bool:
         """Is ``name`` online as far as ``watcher`` may know?"""
         target = self._online.get(name)
-        return (
-            target is not None
-            and target.state is ConnState.READY
-            and self._lists(target, watcher.name)
-        )
+        if target is None:
+            remote = self._remote.get(name)
+            return remote is not None and watcher.name in remote.watching
+        return target.state is ConnState.READY and self._lists(target, watcher.name)
 
     def _notify(self, conn: _Conn, online: bool) -> None:
         """Tell those who watch ``conn``'s node, and whom it lists, that it came or went."""
@@ -984,6 +1003,12 @@ class SignalingServerCore:
                 self._queue(watcher, Presence(name, online))
 
     def _watch(self, conn: _Conn, names: tuple[str, ...]) -> None:
+        before = len(conn.watching)
+        self._watch_names(conn, names)
+        if len(conn.watching) != before:
+            self._announce(conn)
+
+    def _watch_names(self, conn: _Conn, names: tuple[str, ...]) -> None:
         limits = self.limits
         for name in names:
             if name not in conn.watching:
@@ -1010,6 +1035,12 @@ class SignalingServerCore:
             self._queue(conn, Presence(name, self._visible(conn, name)))
 
     def _unwatch(self, conn: _Conn, names: tuple[str, ...]) -> None:
+        before = len(conn.watching)
+        self._unwatch_names(conn, names)
+        if len(conn.watching) != before:
+            self._announce(conn)
+
+    def _unwatch_names(self, conn: _Conn, names: tuple[str, ...]) -> None:
         for name in names:
             if name not in conn.watching:
                 continue
@@ -1035,6 +1066,9 @@ class SignalingServerCore:
     def _route(self, conn: _Conn, msg: Route) -> None:
         assert conn.name is not None
         dest = self._online.get(msg.to)
+        if dest is None and msg.to in self._remote:
+            self._route_remote(conn, msg, self._remote[msg.to])
+            return
         if dest is None or dest.state is not ConnState.READY:
             self.counters.route_offline += 1
             self._queue(conn, RouteFailed(msg.ref, msg.to, RouteFailure.PEER_OFFLINE))
@@ -1075,3 +1109,140 @@ class SignalingServerCore:
         credentials = issue(conn.name, self.wall_clock())
         self.counters.turn_issued += 1
         self._queue(conn, credentials)
+
+    # -- cluster -----------------------------------------------------------------------------
+    # Instances sharing one Redis (p2ptun.signal.cluster, the shell p2ptun.rendezvous.cluster).
+    # Each announces the nodes connected to it (NodeUp: name, the names it lists, its network)
+    # and their departure (NodeDown); the others keep those as remote nodes, shown to their own
+    # nodes by the same mutual-presence rule as local ones, and routed to by a Forward to the
+    # instance holding the node. A node that registers on another instance while this one
+    # still holds a connection for it moved: the stale connection is closed quietly.
+
+    def take_cluster_messages(self) -> list[ClusterMessage]:
+        """What to tell the other instances since the last call (nothing when alone)."""
+        out, self._cluster_out = self._cluster_out, []
+        return out
+
+    def announcement(self, name: str) -> NodeUp | None:
+        """The NodeUp of the node registered here as ``name`` (its presence key's value)."""
+        conn = self._online.get(name)
+        if self.instance is None or conn is None or conn.state is not ConnState.READY:
+            return None
+        return NodeUp(self.instance, name, frozenset(conn.watching), conn.network, conn.certificate)
+
+    @property
+    def remote_nodes(self) -> dict[str, NodeUp]:
+        """The nodes online on other instances, by name."""
+        return self._remote
+
+    def _announce(self, conn: _Conn) -> None:
+        if conn.name is not None:
+            self._remote.pop(conn.name, None)  # here now, whatever another instance said
+        if conn.name is not None and not self.shutting_down:
+            up = self.announcement(conn.name)
+            if up is not None:
+                self._cluster_out.append(up)
+
+    def _announce_down(self, conn: _Conn) -> None:
+        # Not while shutting down: the nodes fail over to another instance, whose NodeUp
+        # replaces this one's without an offline in between (or the presence key expires).
+        if self.instance is not None and conn.name is not None and not self.shutting_down:
+            self._cluster_out.append(NodeDown(self.instance, conn.name))
+
+    def _local_watchers(self, name: str) -> list[_Conn]:
+        watchers = []
+        for watcher_id in self._watchers.get(name, ()):
+            watcher = self._conns.get(watcher_id)
+            if watcher is not None and watcher.state is ConnState.READY:
+                watchers.append(watcher)
+        return watchers
+
+    def remote_up(self, up: NodeUp, now: float) -> None:
+        """Another instance holds ``up.name`` (registered, or changed what it lists)."""
+        if up.instance == self.instance:
+            return
+        local = self._online.get(up.name)
+        if local is not None:
+            # The node connected to another instance after this one: this connection is
+            # stale. Closed without presence changes (the remote one takes over below).
+            del self._online[up.name]
+            self._leave_network(local, announce=False)
+            local.name = None
+            self._close(local, "moved", GoingAway("registered on another rendezvous instance"))
+            log.info("node moved to another instance", name=up.name, instance=up.instance)
+        old = self._remote.get(up.name)
+        self._remote[up.name] = up
+        moved = old is None or old.instance != up.instance or local is not None
+        for watcher in self._local_watchers(up.name):
+            was = old is not None and local is None and watcher.name in old.watching
+            now_listed = watcher.name in up.watching
+            if now_listed and (moved or not was):
+                self._queue(watcher, Presence(up.name, True))
+            elif was and not now_listed:
+                self._queue(watcher, Presence(up.name, False))
+        if up.network is not None and (moved or old is None or old.certificate != up.certificate):
+            for member in self.networks.get(up.network, {}).values():
+                self._queue(member, Member(up.name, up.certificate))
+
+    def remote_down(self, down: NodeDown, now: float) -> None:
+        """``down.name`` left the instance that held it (or its presence key expired)."""
+        old = self._remote.get(down.name)
+        if old is None or old.instance != down.instance:
+            return  # already elsewhere: a late departure from its previous instance
+        del self._remote[down.name]
+        for watcher in self._local_watchers(down.name):
+            if watcher.name in old.watching:
+                self._queue(watcher, Presence(down.name, False))
+        if old.network is not None:
+            for member in self.networks.get(old.network, {}).values():
+                self._queue(member, MemberGone(down.name))
+
+    def binding_lost(self, name: str, key: bytes, now: float) -> None:
+        """Another instance bound ``name`` to ``key`` first (two new names claimed at once):
+        a node registered here under it with another key is refused after all."""
+        conn = self._online.get(name)
+        if conn is not None and conn.key != key:
+            self.counters.refused_registrations += 1
+            self._close(
+                conn,
+                "registration refused",
+                Refused(
+                    RefusalReason.NAME_TAKEN,
+                    f"the name {name!r} is already registered with a different public key",
+                ),
+            )
+
+    def remote_deliver(self, forward: Forward, now: float) -> bool:
+        """A route from a node on another instance to a node here; False if dropped."""
+        dest = self._online.get(forward.to)
+        sender = self._remote.get(forward.sender)
+        if (
+            dest is None
+            or dest.state is not ConnState.READY
+            or not (
+                self._lists(dest, forward.sender)
+                or (
+                    dest.network is not None
+                    and sender is not None
+                    and sender.network == dest.network
+                )
+            )
+            or len(dest.outbox) > self.limits.max_outbox
+        ):
+            self.counters.cluster_dropped += 1
+            return False
+        self.counters.cluster_delivered += 1
+        self._queue(dest, Deliver(forward.sender, forward.blob))
+        return True
+
+    def _route_remote(self, conn: _Conn, msg: Route, dest: NodeUp) -> None:
+        assert conn.name is not None and self.instance is not None
+        if conn.name not in dest.watching and (
+            dest.network is None or dest.network != conn.network
+        ):
+            self.counters.route_not_listed += 1
+            self._queue(conn, RouteFailed(msg.ref, msg.to, RouteFailure.PEER_OFFLINE))
+            return
+        self.counters.routed += 1
+        self.counters.cluster_forwarded += 1
+        self._cluster_out.append(Forward(dest.instance, conn.name, msg.to, msg.blob))

@@ -16,6 +16,7 @@ DEBIAN_PACKAGES=(
   curl                     # scrapes the metrics endpoints (e2e tests)
   chromium-headless-shell  # a real browser loads the rendezvous' map page (e2e tests)
   miniupnpd-nftables miniupnpc natpmpc  # port mapping: the lab routers' PCP/NAT-PMP/UPnP, cross-checks
+  redis-server             # the rendezvous cluster's shared store (tests start their own)
 )
 
 install_debian_packages() {
@@ -37,9 +38,13 @@ install_debian_packages() {
   fi
   # coturn's and miniupnpd's packages start system-wide services on install on some setups:
   # the lab starts its own in its namespaces, so make sure the packaged ones hold no port
-  # (3478, 5351) and no nftables chain.
+  # (3478, 5351) and no nftables chain. redis-server's likewise holds 6379: the cluster tests
+  # start their own on other ports, and the packaged one is not wanted at boot either.
   local service
-  for service in coturn miniupnpd; do
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled --quiet redis-server 2>/dev/null; then
+    systemctl disable redis-server >/dev/null 2>&1 || true
+  fi
+  for service in coturn miniupnpd redis-server; do
     if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$service" 2>/dev/null; then
       systemctl stop "$service" || true
     fi

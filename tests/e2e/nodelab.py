@@ -136,6 +136,11 @@ for line in sys.stdin.buffer:
 """A line-echo connection over TCP: each line written to the client comes back."""
 
 
+LAB_FIREWALL = '[[firewall.inbound]]\nproto = "tcp"\n[[firewall.inbound]]\nproto = "icmp"\n'
+"""The lab's nodes take TCP from every peer (the tests move data over TCP between them) and
+ICMP; a config whose ``extra`` has a ``[firewall]`` of its own gets that instead."""
+
+
 def _toml_list(items: Sequence[str]) -> str:
     """A TOML array of plain strings."""
     return "[" + ", ".join(f'"{item}"' for item in items) + "]"
@@ -172,6 +177,8 @@ class Node:
     starts: int = 0
     address6: str | None = None
     """An IPv6 overlay address (``fd..::i/64``) beside :attr:`address`, if any."""
+    groups: tuple[str, ...] = ()
+    """The groups the other nodes' ``[[peer]]`` entries give it (for their firewall rules)."""
 
     @property
     def tunnel_ip(self) -> str:
@@ -311,6 +318,9 @@ class Deployment:
     """TOML appended to the rendezvous' config (sections such as ``[metrics]``)."""
     stun_extra: str = ""
     """TOML keys added to the rendezvous' ``[stun]`` section (``alternate = ...``)."""
+    node_rendezvous: dict[str, str] = field(default_factory=dict)
+    """A node's ``[rendezvous] address`` as TOML, by node name (default ``"RV:7070"``;
+    a list for a rendezvous cluster)."""
 
     @classmethod
     def per_site(
@@ -440,9 +450,11 @@ class Deployment:
         peer_text = "".join(
             f'[[peer]]\nname = "{p.name}"\npublic_key = "{p.pub}"\n'
             f"allowed_ips = {_toml_list(p.allowed_ips)}\n"
+            + (f"groups = {_toml_list(p.groups)}\n" if p.groups else "")
             for p in peers
         )
         stun_text = ", ".join(f'"{s}"' for s in stun)
+        rv_address = self.node_rendezvous.get(node.name, f'"{RV}:7070"')
         path = self.workdir / f"{node.name}.toml"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(
@@ -450,11 +462,13 @@ class Deployment:
             f'[interface]\nname = "{node.ifname}"\n'
             f"address = {_toml_list(node.addresses)}\n"
             + interface_extra
-            + f'[rendezvous]\naddress = "{RV}:7070"\npublic_key = "{self.rv_key[1]}"\n'
+            + f"[rendezvous]\naddress = {rv_address}\n"
+            f'public_key = "{self.rv_key[1]}"\n'
             f"[ice]\nstun = [{stun_text}]\nturn = [{', '.join(turn_servers)}]\n"
             + ("" if hard_nat is None else f"hard_nat = {str(hard_nat).lower()}\n")
             + peer_text
             + extra
+            + ("" if "firewall" in extra else LAB_FIREWALL)
         )
         tmp.chmod(0o600)
         os.replace(tmp, path)

@@ -327,9 +327,24 @@ def test_peer_daemon_restarted(rec: Deployment, request: pytest.FixtureRequest, 
         if how == "killed":
             b.proc.kill()
             b.proc.wait(timeout=10)
+            gone = time.time()
+            # The tunnel has noticed nothing (no goodbye); the restart comes once the ping
+            # stream has gone unanswered for half a second, as a service manager's would.
+            wait_until(
+                lambda: time.time() - max([gone, *pings.replies()]) >= 0.5,
+                5,
+                interval=0.05,
+                what="the ping stream unanswered",
+            )
         else:
             assert rec.stop_node(b) == 0
-        time.sleep(1.0)
+            # Its goodbye reached us: the peer is no longer connected.
+            wait_until(
+                lambda: rec.peer_status(a, b).get("state") != "connected",
+                5,
+                interval=0.05,
+                what=f"{a.name} sees {b.name} gone",
+            )
         started = time.time()
         rec.start_node(b, peers=[a])
         wait_until(

@@ -10,7 +10,6 @@ Every loop is bounded in count and time; every process started is stopped by its
 from __future__ import annotations
 
 import contextlib
-import datetime
 import os
 import socket
 import subprocess
@@ -20,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from p2plab.tlscert import self_signed
 from p2ptun.keys import encode_key, generate_private_key, public_key
 from p2ptun.signal.client import RegistrationRefused, SignalClientCore
 
@@ -82,39 +82,6 @@ def proc_stats(pid: int) -> ProcStats:
                 rss = int(line.split()[1])
     fds = len(os.listdir(f"/proc/{pid}/fd"))
     return ProcStats(cpu, rss, fds)
-
-
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    """A throwaway certificate and key for 127.0.0.1 (TURN over TLS)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hostile.test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
-    return cert_path, key_path
 
 
 @dataclass

@@ -15,8 +15,6 @@ client|echo JSON``): the test process stays in the root namespace and reads one 
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import os
 import shutil
@@ -30,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from p2plab.tlscert import ca_and_server
 
 SERVER_IP = "203.0.113.10"
 TURN_PORT = 3478
@@ -201,77 +201,6 @@ def main(argv: list[str]) -> int:
 
 
 # ---------------------------------------------------------------- fixtures and helpers
-
-
-def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
-    """A throwaway CA and a server certificate for 203.0.113.10 signed by it."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "p2ptun lab CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, SERVER_IP)]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=2))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(SERVER_IP))]),
-            critical=False,
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_path, cert_path, key_path = (
-        directory / "ca.pem",
-        directory / "cert.pem",
-        directory / "key.pem",
-    )
-    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return ca_path, cert_path, key_path
 
 
 class Coturn:
@@ -501,7 +430,7 @@ def test_allocate_and_relay_both_ways(
     server: str,
 ) -> None:
     """Allocate through a NAT; data client -> peer -> client by Send/Data, then a channel."""
-    ca, cert, key = make_certificates(tmp_path)
+    ca, cert, key = ca_and_server(tmp_path, SERVER_IP)
     start_server(server, coturn_factory, lab, tls=(cert, key) if transport == "tls" else None)
     cfg: dict[str, Any] = {"transport": transport, "peer": list(echo), "channel": True}
     if transport == "tls":
@@ -528,10 +457,10 @@ def test_allocate_and_relay_both_ways(
 
 
 def test_tls_rejects_an_unknown_certificate(lab: Any, coturn_factory: Any, tmp_path: Path) -> None:
-    _ca, cert, key = make_certificates(tmp_path)
+    _ca, cert, key = ca_and_server(tmp_path, SERVER_IP)
     other = tmp_path / "other"
     other.mkdir()
-    other_ca, _, _ = make_certificates(other)
+    other_ca, _, _ = ca_and_server(other, SERVER_IP)
     coturn_factory(LT_CRED, tls=(cert, key))
     result = run_client(
         lab, {"transport": "tls", "port": TLS_PORT, "ca_file": str(other_ca), "timeout": 10}

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from p2plab.natlab import NatLab, wait_for_line
+from p2plab.tlscert import self_signed
 from p2ptun.keys import encode_key, generate_private_key
 from p2ptun.turn.credentials import make_rest_credential
 
@@ -57,43 +58,8 @@ class Rig:
     log: list[str]
 
 
-def _self_signed(tmp: Path) -> tuple[Path, Path]:
-    """A throwaway certificate for the TLS listener (uclient does not verify it)."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "p2ptun-lab")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp / "tls.crt", tmp / "tls.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
-    return cert_path, key_path
-
-
 def _config(tmp: Path, server_ip: str) -> Path:
-    cert, tls_key = _self_signed(tmp)
+    cert, tls_key = self_signed(tmp)
     key = tmp / "rendezvous.key"
     key.write_text(encode_key(generate_private_key()) + "\n")
     key.chmod(0o600)

@@ -140,8 +140,7 @@ def test_config_bounds() -> None:
 
 async def _run(a: str, b: str, seed: int, *, hard_nat: bool = True) -> dict[str, object]:
     lab = MemoryLab(seed=seed, stun_ports=(3478, 3479))
-    alice = lab.node("alice", a)
-    bob = lab.node("bob", b)
+    alice, bob = lab.pair(a, b)
     if not hard_nat:
         for node in (alice, bob):
             ice = dataclasses.replace(node.config.ice, hard_nat=False)

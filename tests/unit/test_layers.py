@@ -4,9 +4,9 @@ Read from the source with :mod:`ast` (nothing is imported), so a forbidden impor
 module — at the top, inside a function, under ``TYPE_CHECKING`` — fails here:
 
 - the sans-I/O cores (``stun``, ``turn``, ``ice``, ``wireguard``, ``signal``, ``noise``,
-  ``membership``, ``names`` and ``portmap``) import no I/O, no clock and no ambient
+  ``membership``, ``names``, ``portmap`` and ``firewall``) import no I/O, no clock and no ambient
   randomness, and nothing above them;
-- the ground modules (``addr``, ``errors``, ``log``, ``keys``) import no other part;
+- the ground modules (``addr``, ``errors``, ``log``, ``keys``, ``wire``) import no other part;
 - ``config`` reads files but imports no I/O layer and no daemon;
 - the I/O layer ``net`` imports no daemon; the rendezvous imports nothing of the node and
   the node nothing of the rendezvous;
@@ -25,7 +25,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "p2ptun"
 
-CORES = ("stun", "turn", "ice", "wireguard", "signal", "noise", "membership", "names", "portmap")
+CORES = (
+    "stun",
+    "turn",
+    "ice",
+    "wireguard",
+    "signal",
+    "noise",
+    "membership",
+    "names",
+    "portmap",
+    "firewall",
+)
 #: Standard-library modules a core may not import: I/O, clocks, ambient randomness, processes.
 FORBIDDEN_IN_CORES = frozenset(
     {
@@ -63,16 +74,18 @@ ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "log": set(),
     "keys": set(),
+    "wire": set(),
     "noise": {"errors"},
     "stun": {"addr", "errors", "log"},
     "turn": {"addr", "errors", "log", "stun"},
     "ice": {"addr", "errors", "log", "stun"},
     "wireguard": {"addr", "errors", "log", "keys", "noise"},
-    "signal": {"addr", "errors", "log", "keys", "noise"},
-    "membership": {"addr", "errors", "log", "keys"},
+    "signal": {"addr", "errors", "log", "keys", "noise", "wire"},
+    "membership": {"addr", "errors", "log", "keys", "wire"},
     "names": {"addr", "errors", "log"},
     "portmap": {"addr", "errors", "log"},
-    "config": {"addr", "errors", "keys", "membership"},
+    "firewall": {"addr", "errors", "log"},
+    "config": {"addr", "errors", "keys", "membership", "firewall"},
     "net": {"addr", "errors", "log", "keys", "noise", "config", *CORES},
     "node": {"addr", "errors", "log", "keys", "noise", "config", "net", *CORES},
     "rendezvous": {"addr", "errors", "log", "keys", "noise", "config", "net", *CORES},

@@ -22,8 +22,7 @@ async def test_two_nodes_connect_ping_and_survive_a_renumbered_nat(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     lab = MemoryLab()
-    alice = lab.node("alice", "prc")
-    bob = lab.node("bob", "prc")
+    alice, bob = lab.pair("prc", "prc")
     async with trio.open_nursery() as nursery:
         await lab.start(nursery)
         pinger = lab.pinger(alice, bob)
@@ -65,13 +64,10 @@ async def test_symmetric_nat_pair_is_relayed_through_the_rendezvous(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     lab = MemoryLab(seed=3)
-    alice = lab.node("alice", "sym")
-    bob = lab.node("bob", "sym")
+    alice, bob = lab.pair("sym", "sym")
     async with trio.open_nursery() as nursery:
         await lab.start(nursery)
-        pinger = lab.pinger(alice, bob)
-        await nursery.start(pinger.run)
-        await lab.wait_until(lambda: len(pinger.replies) >= 10, 20)
+        await lab.ping_stream(nursery, alice, bob, replies=10, timeout=20)
         status = alice.daemon.status()["peers"][0]
         assert status["path"] == "relay"
         assert status["local_candidate"]["type"] == "relay"
@@ -86,24 +82,15 @@ def test_the_lab_is_deterministic(nat: str) -> None:
 
     async def first_reply() -> float:
         lab = MemoryLab(seed=11)
-        alice = lab.node("alice", "cone")
-        bob = lab.node("bob", nat)
+        alice, bob = lab.pair("cone", nat)
         async with trio.open_nursery() as nursery:
             await lab.start(nursery)
-            pinger = lab.pinger(alice, bob)
-            await nursery.start(pinger.run)
-            await lab.wait_until(lambda: pinger.replies, 15)
+            pinger = await lab.ping_stream(nursery, alice, bob)
             nursery.cancel_scope.cancel()
         return pinger.replies[0]
 
     runs = [trio.run(first_reply, clock=trio.testing.MockClock(autojump_threshold=0)) for _ in "ab"]
     assert runs[0] == runs[1]
-
-
-def _block_direct(lab: MemoryLab, a: MemoryNode, b: MemoryNode) -> None:
-    """Drop everything between the two sites' NATs; the relay (on the rendezvous) still works."""
-    ends = {a.router.public_ip, b.router.public_ip}
-    lab.network.blocked = lambda src, dst: {src[0], dst[0]} == ends
 
 
 Event = Callable[[MemoryLab, MemoryNode, MemoryNode], None]
@@ -126,7 +113,7 @@ EVENTS: dict[str, tuple[str, str, Event, float]] = {
     # The netlink event restarts ICE at once; the path itself survives (same NAT mapping).
     "host-renumbered": ("prc", "prc", lambda lab, a, b: b.host.renumber("10.0.2.77"), 0.3),
     # Quiet (1 s) and probe (0.3 s), then the standby relay carries the data.
-    "direct-path-black-holed": ("cone", "cone", _block_direct, 1.5),
+    "direct-path-black-holed": ("cone", "cone", lambda lab, a, b: lab.block_direct(a, b), 1.5),
 }
 
 
@@ -142,13 +129,10 @@ async def test_traffic_is_back_within_two_seconds_after(
     data from its first valid check)."""
     nat_a, nat_b, happen, bound = EVENTS[event]
     lab = MemoryLab(seed=1)
-    alice = lab.node("alice", nat_a)
-    bob = lab.node("bob", nat_b)
+    alice, bob = lab.pair(nat_a, nat_b)
     async with trio.open_nursery() as nursery:
         await lab.start(nursery)
-        pinger = lab.pinger(alice, bob)
-        await nursery.start(pinger.run)
-        await lab.wait_until(lambda: pinger.replies, 15)
+        pinger = await lab.ping_stream(nursery, alice, bob)
         await trio.sleep(10)
         before = trio.current_time()
         happen(lab, alice, bob)
@@ -167,20 +151,17 @@ async def test_black_holed_direct_path_fails_over_to_the_standby_and_comes_back(
     with no gathering or signaling; when the direct path heals the tunnel moves back to it,
     not at once (a flapping path must not flap the tunnel) but at the next direct retry."""
     lab = MemoryLab(seed=1)
-    alice = lab.node("alice", "cone")
-    bob = lab.node("bob", "cone")
+    alice, bob = lab.pair("cone", "cone")
     async with trio.open_nursery() as nursery:
         await lab.start(nursery)
-        pinger = lab.pinger(alice, bob)
-        await nursery.start(pinger.run)
-        await lab.wait_until(lambda: pinger.replies, 15)
+        pinger = await lab.ping_stream(nursery, alice, bob)
         await trio.sleep(10)
         session = alice.daemon.peers["bob"]
         assert session.active is not None
         standby = session.active.agent.standby_pair(trio.current_time())
         assert standby is not None and standby.relayed
         before = trio.current_time()
-        _block_direct(lab, alice, bob)
+        lab.block_direct(alice, bob)
         await lab.wait_until(lambda: alice.daemon.status()["peers"][0]["path"] == "relay", 5)
         moved = trio.current_time() - before
         await trio.sleep(20)
@@ -202,8 +183,7 @@ async def test_a_node_without_traffic_notices_its_nat_renumbered_by_its_keepaliv
     STUN server (every 25 s) sees the new public address and the node regathers at once, so
     that its candidates are right when the peer comes back."""
     lab = MemoryLab(seed=2)
-    alice = lab.node("alice", "prc")
-    bob = lab.node("bob", "prc")
+    alice, bob = lab.pair("prc", "prc")
     async with trio.open_nursery() as nursery:
         await lab.start(nursery)
         transport = bob.daemon.transport
@@ -236,8 +216,7 @@ async def test_a_quiet_path_always_sends_a_keepalive_and_probes_at_most_once_per
     every quiet spell sends one keepalive: after a NAT gave us a new mapping it is what lets
     the peer roam to it in one trip, probe or not. Data left unanswered always probes."""
     lab = MemoryLab(seed=1)
-    alice = lab.node("alice", "cone")
-    bob = lab.node("bob", "cone")
+    alice, bob = lab.pair("cone", "cone")
     async with trio.open_nursery() as nursery:
         await lab.start(nursery)
         pinger = lab.pinger(alice, bob)
@@ -275,13 +254,10 @@ async def test_a_path_that_needs_no_signaling_recovers_while_the_rendezvous_is_d
     """bob's symmetric NAT forgets him while the rendezvous is down: the path comes back by
     roaming (his keepalive from the new mapping), no signaling needed."""
     lab = MemoryLab(seed=1)
-    alice = lab.node("alice", "cone")
-    bob = lab.node("bob", "sym")
+    alice, bob = lab.pair("cone", "sym")
     async with trio.open_nursery() as nursery:
         await lab.start(nursery)
-        pinger = lab.pinger(alice, bob)
-        await nursery.start(pinger.run)
-        await lab.wait_until(lambda: pinger.replies, 15)
+        pinger = await lab.ping_stream(nursery, alice, bob)
         await trio.sleep(5)
         lab.stop_rendezvous()
         await trio.sleep(2)
@@ -302,13 +278,10 @@ async def test_a_path_that_needs_signaling_recovers_as_soon_as_the_rendezvous_is
     towards 30 s, tries every second while it waits: once the rendezvous is back, traffic
     flows within 2 s."""
     lab = MemoryLab(seed=1)
-    alice = lab.node("alice", "prc")
-    bob = lab.node("bob", "prc")
+    alice, bob = lab.pair("prc", "prc")
     async with trio.open_nursery() as nursery:
         await lab.start(nursery)
-        pinger = lab.pinger(alice, bob)
-        await nursery.start(pinger.run)
-        await lab.wait_until(lambda: pinger.replies, 15)
+        pinger = await lab.ping_stream(nursery, alice, bob)
         await trio.sleep(5)
         lab.stop_rendezvous()
         await trio.sleep(40)  # both clients back off (their attempts are refused)
@@ -337,7 +310,7 @@ async def _serve(
             await node.daemon.serve(task_status=task_status)
 
     if new_process:
-        lab._finish_config(node)  # a new daemon with nothing of the old one
+        lab.new_daemon(node)  # a new daemon with nothing of the old one
     await nursery.start(serve)
     return scope
 
@@ -352,17 +325,11 @@ async def test_a_restarted_peer_gets_traffic_within_a_second_of_its_start(
     daemon of bob's gets alice's pings within a second or two of its start — before, alice
     went on sending on the dead session until WireGuard's 15 s timer (13 s here)."""
     lab = MemoryLab(seed=1)
-    alice = lab.node("alice", "cone")
-    bob = lab.node("bob", "cone")
+    alice, bob = lab.pair("cone", "cone")
     async with trio.open_nursery() as nursery:
-        lab._finish_configs()
-        await nursery.start(lab.network.run)
-        await lab.start_rendezvous(nursery)
-        await nursery.start(alice.daemon.serve)
+        await lab.start(nursery, nodes=[alice])
         first = await _serve(lab, nursery, bob, new_process=False)
-        pinger = lab.pinger(alice, bob)
-        await nursery.start(pinger.run)
-        await lab.wait_until(lambda: pinger.replies, 15)
+        pinger = await lab.ping_stream(nursery, alice, bob)
         await trio.sleep(5)
         if crash:
             bob_ip = bob.router.public_ip

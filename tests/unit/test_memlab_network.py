@@ -79,13 +79,12 @@ async def test_other_authority_forged_and_expired_certificates_are_refused(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     lab = MemoryLab(network="home", seed=6)
-    alice = lab.node("alice", "prc")
-    bob = lab.node("bob", "prc")
+    alice, bob = lab.pair("prc", "prc")
     other = lab.node("olga", "prc", authority=b"o" * 32)
     expired = lab.node("ed", "prc", valid=(-200 * 86400, -86400))
     # A forged certificate: frank's own details claiming the lab's authority, signed by
     # another key (it does not verify).
-    key = lab._key()
+    key = lab.new_key()
     real = lab.certify("frank", key, ipaddress.ip_interface("10.77.0.9/24"), authority=b"f" * 32)
     details = Details(**{**real.details.__dict__, "authority": ed25519_public(lab.authority)})
     forged = Certificate(details, real.public_key, real.signature)
@@ -109,8 +108,7 @@ async def test_a_revoked_member_loses_its_tunnels_within_5_s(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     lab = MemoryLab(network="home", seed=7)
-    alice = lab.node("alice", "prc")
-    bob = lab.node("bob", "cone")
+    alice, bob = lab.pair("prc", "cone")
     carol = lab.node("carol", "prc", enrolled=True)
     async with trio.open_nursery() as nursery:
         await lab.start(nursery)
@@ -174,13 +172,12 @@ async def test_a_malicious_rendezvous_cannot_make_a_node_accept_a_fake_member(
 
     monkeypatch.setattr(signaling, "NetworkStore", lambda *a, **k: AdmitAnyone())
     lab = MemoryLab(network="home", seed=8)
-    alice = lab.node("alice", "prc")
-    bob = lab.node("bob", "prc")
+    alice, bob = lab.pair("prc", "prc")
     # mallory: a certificate of her own authority that names the lab's network, one with
     # the lab's authority but a forged signature, and bob's real certificate replayed under
     # her name (her key is not in it).
     mallory = lab.node("mallory", "prc", authority=b"m" * 32)
-    key = lab._key()
+    key = lab.new_key()
     real = lab.certify("trudy", key, ipaddress.ip_interface("10.77.0.20/24"), authority=b"t" * 32)
     details = Details(**{**real.details.__dict__, "authority": ed25519_public(lab.authority)})
     trudy = lab.node(
@@ -247,10 +244,10 @@ async def test_an_invite_is_redeemed_once_and_before_its_deadline(
 
         host = lab.site("prc").host("newbie")
         token = invite("nas", b"n" * 16, EPOCH + 3600)
-        key = lab._key()
+        key = lab.new_key()
         await redeem(host, token, key, token.enroll(public_key(key)).encode())
         await redeem(host, token, key, token.enroll(public_key(key)).encode())  # same key: fine
-        thief = lab._key()
+        thief = lab.new_key()
         with pytest.raises(UsageError, match="already used by another machine"):
             await redeem(host, token, thief, token.enroll(public_key(thief)).encode())
         late = invite("tv", b"t" * 16, trio.current_time() + EPOCH - 1)

@@ -14,13 +14,10 @@ async def test_cone_pair_is_direct_and_says_which_candidates(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     lab = MemoryLab(seed=5)
-    alice = lab.node("alice", "cone")
-    bob = lab.node("bob", "cone")
+    alice, bob = lab.pair("cone", "cone")
     async with trio.open_nursery() as nursery:
         await lab.start(nursery)
-        pinger = lab.pinger(alice, bob)
-        await nursery.start(pinger.run)
-        await lab.wait_until(lambda: len(pinger.replies) >= 5, 20)
+        await lab.ping_stream(nursery, alice, bob, replies=5, timeout=20)
         await lab.wait_until(lambda: alice.daemon.status()["peers"][0]["path"] == "direct", 20)
         status = alice.daemon.status()["peers"][0]
         local, remote = status["local_candidate"]["type"], status["remote_candidate"]["type"]
@@ -36,13 +33,10 @@ async def test_symmetric_pair_is_relayed_and_the_reason_names_the_symmetric_nat(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     lab = MemoryLab(seed=3)
-    alice = lab.node("alice", "sym")
-    bob = lab.node("bob", "sym")
+    alice, bob = lab.pair("sym", "sym")
     async with trio.open_nursery() as nursery:
         await lab.start(nursery)
-        pinger = lab.pinger(alice, bob)
-        await nursery.start(pinger.run)
-        await lab.wait_until(lambda: len(pinger.replies) >= 10, 20)
+        await lab.ping_stream(nursery, alice, bob, replies=10, timeout=20)
         # The direct checks run out (their retransmissions end within ~40 s).
         await trio.sleep(45)
         for node in (alice, bob):

@@ -22,8 +22,7 @@ async def test_grants_reach_the_peers_and_they_allocate_on_the_peer_relay(
 ) -> None:
     lab = MemoryLab(seed=11)
     carol = lab.node("carol")  # public: 192.0.2.11
-    alice = lab.node("alice", "sym")
-    bob = lab.node("bob", "sym")
+    alice, bob = lab.pair("sym", "sym")
     relay_ip = "192.0.2.11"
     carol.config = dataclasses.replace(
         carol.config,
@@ -31,9 +30,7 @@ async def test_grants_reach_the_peers_and_they_allocate_on_the_peer_relay(
     )
     async with trio.open_nursery() as nursery:
         await lab.start(nursery)
-        pinger = lab.pinger(alice, bob)
-        await nursery.start(pinger.run)
-        await lab.wait_until(lambda: len(pinger.replies) >= 10, 30)
+        pinger = await lab.ping_stream(nursery, alice, bob, replies=10, timeout=30)
 
         def on_carols_relay(node: object) -> bool:
             relays = node.daemon.transport.gatherer.relay_status()  # type: ignore[attr-defined]

@@ -46,8 +46,7 @@ async def test_both_daemons_serve_metrics_that_move_with_traffic(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     lab = MemoryLab(seed=5)
-    alice = lab.node("alice", "prc")
-    bob = lab.node("bob", "prc")
+    alice, bob = lab.pair("prc", "prc")
     alice_ip = alice.host.ip
     alice.config = dataclasses.replace(
         alice.config, metrics=MetricsSettings((alice_ip, METRICS_PORT))
@@ -62,9 +61,7 @@ async def test_both_daemons_serve_metrics_that_move_with_traffic(
         before = samples(body)
         assert before[("p2ptun_peer_tx_packets_total", (("peer", "bob"),))] == 0
 
-        pinger = lab.pinger(alice, bob)
-        await nursery.start(pinger.run)
-        await lab.wait_until(lambda: len(pinger.replies) >= 20, 20)
+        await lab.ping_stream(nursery, alice, bob, replies=20, timeout=20)
         status, body = await http_get(alice.host, alice_ip, METRICS_PORT, "/metrics")
         after = samples(body)
         peer = (("peer", "bob"),)
@@ -109,8 +106,7 @@ async def test_a_relayed_peer_shows_its_path_and_the_relayed_bytes(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     lab = MemoryLab(seed=3)
-    alice = lab.node("alice", "sym")
-    bob = lab.node("bob", "sym")
+    alice, bob = lab.pair("sym", "sym")
     alice.config = dataclasses.replace(
         alice.config, metrics=MetricsSettings((alice.host.ip, METRICS_PORT))
     )
@@ -122,9 +118,7 @@ async def test_a_relayed_peer_shows_its_path_and_the_relayed_bytes(
         relayed_before = samples(body)[
             ("p2ptun_rendezvous_relayed_bytes_total", (("direction", "to_peer"),))
         ]
-        pinger = lab.pinger(alice, bob)
-        await nursery.start(pinger.run)
-        await lab.wait_until(lambda: len(pinger.replies) >= 20, 30)
+        await lab.ping_stream(nursery, alice, bob, replies=20, timeout=30)
         _, body = await http_get(alice.host, alice.host.ip, METRICS_PORT, "/metrics")
         node = samples(body)
         assert node[("p2ptun_peer_path", (("path", "relay"), ("peer", "bob")))] == 1

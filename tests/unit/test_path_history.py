@@ -9,7 +9,6 @@ from collections import deque
 
 import trio
 import trio.testing
-from test_memlab import _block_direct
 
 from p2plab.memlab import MemoryLab
 from p2ptun.node import status as status_mod
@@ -20,13 +19,10 @@ async def test_status_shows_each_path_change_with_its_reason(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     lab = MemoryLab(seed=1)
-    alice = lab.node("alice", "cone")
-    bob = lab.node("bob", "cone")
+    alice, bob = lab.pair("cone", "cone")
     async with trio.open_nursery() as nursery:
         await lab.start(nursery)
-        pinger = lab.pinger(alice, bob)
-        await nursery.start(pinger.run)
-        await lab.wait_until(lambda: pinger.replies, 15)
+        await lab.ping_stream(nursery, alice, bob)
         await trio.sleep(10)
 
         def peer() -> dict:  # type: ignore[type-arg]
@@ -39,7 +35,7 @@ async def test_status_shows_each_path_change_with_its_reason(
         assert first[-1]["remote"] == peer()["remote_candidate"]["address"]
         assert first[-1]["ago"] >= 9
 
-        _block_direct(lab, alice, bob)
+        lab.block_direct(alice, bob)
         await lab.wait_until(lambda: peer()["path"] == "relay", 5)
         lost = peer()["path_history"][-1]
         assert (lost["path"], lost["reason"]) == ("relay", "consent lost: moved to the standby")

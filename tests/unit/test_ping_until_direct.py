@@ -1,12 +1,14 @@
 """``p2ptun ping PEER --until-direct`` and the reasons in ``p2ptun status``, against a control
-socket that answers as a daemon whose path to bob turns direct (or never does)."""
+socket that answers as a daemon whose path to bob turns direct (or never does).
+
+The command's clock is a fake one that its waits advance (and the fake daemon reads), so the
+figures it prints are exact, however busy the machine."""
 
 from __future__ import annotations
 
 import json
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -84,8 +86,31 @@ PING = {
 RELAY_REASON = "relay: direct checks still running (2 pairs), no port mapping on either side"
 
 
+class FakeClock:
+    """Seconds that pass only when the command sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        self.slept += seconds
+
+
 @pytest.fixture
-def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(cli, "UNTIL_DIRECT_CLOCK", fake)
+    monkeypatch.setattr(cli, "UNTIL_DIRECT_SLEEP", fake.sleep)
+    return fake
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: FakeClock) -> Iterator[Path]:
     monkeypatch.setenv("P2PTUN_RUN_DIR", str(tmp_path))
     monkeypatch.setattr(cli, "UNTIL_DIRECT_POLL", 0.02)
     yield tmp_path
@@ -96,20 +121,15 @@ def serve(run_dir: Path, answer: Answer) -> FakeDaemon:
 
 
 def test_waits_for_the_direct_path_and_says_when_it_came(
-    run_dir: Path, capsys: pytest.CaptureFixture[str]
+    run_dir: Path, clock: FakeClock, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    asked: list[float] = []
+    start = clock.now
 
     def answer(req: dict[str, Any]) -> dict[str, Any]:
         if req["cmd"] == "ping":
             return {"ok": True, "ping": PING}
-        # Relayed for 0.3 s from the command's first question, then direct since then (from
-        # the first question, not from this test's start: the command may start late on a
-        # busy machine, and it counts from its own start).
-        now = time.monotonic()
-        if not asked:
-            asked.append(now)
-        age = now - asked[0]
+        # Relayed for 0.3 s from the command's start, then direct since then.
+        age = clock.now - start
         if age < 0.3:
             entry = peer("relay", age, RELAY_REASON)
         else:
@@ -124,11 +144,10 @@ def test_waits_for_the_direct_path_and_says_when_it_came(
     out = capsys.readouterr().out.splitlines()
     assert code == 0
     assert out[0] == f"bob: {RELAY_REASON}; waiting up to 10 s for a direct path"
-    assert out[1].startswith("bob: direct after 0.")
-    waited = float(out[1].split("after ")[1].split(" s")[0])
-    # About 0.3 s: the command's own start was just before its first question; late by at
-    # most a poll (0.02 s here) and what a busy machine adds.
-    assert 0.25 <= waited <= 1.0
+    # The path turned direct 0.3 s after the start; the command saw it at its next question
+    # (a poll later at most) and counts from when it came, not from when it saw it.
+    assert out[1].startswith("bob: direct after 0.30 s, ")
+    assert 0.3 <= clock.slept <= 0.3 + 0.02 + 1e-9
     assert out[1].endswith("direct (host 10.0.1.2:5000 -> srflx 198.51.100.12:5000): rtt 0.42 ms")
     assert [r["cmd"] for r in daemon.requests][-1] == "ping"
 
@@ -151,7 +170,7 @@ def test_a_path_that_was_direct_already_says_so(
 
 
 def test_no_direct_path_within_the_timeout_exits_1_with_the_reason(
-    run_dir: Path, capsys: pytest.CaptureFixture[str]
+    run_dir: Path, clock: FakeClock, capsys: pytest.CaptureFixture[str]
 ) -> None:
     reason = "relay: peer behind symmetric NAT, no port mapping on either side, no IPv6"
 
@@ -160,15 +179,13 @@ def test_no_direct_path_within_the_timeout_exits_1_with_the_reason(
 
     daemon = serve(run_dir, answer)
     try:
-        started = time.monotonic()
         code = cli.main(["ping", "bob", "--until-direct", "--timeout", "0.3"])
-        took = time.monotonic() - started
     finally:
         daemon.close()
     captured = capsys.readouterr()
     assert code == 1
     assert captured.err == f"p2ptun ping: no direct path to bob within 0.3 s ({reason})\n"
-    assert took < 5
+    assert clock.slept == pytest.approx(0.3)
     assert all(r["cmd"] == "status" for r in daemon.requests)
 
 

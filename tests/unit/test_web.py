@@ -41,9 +41,7 @@ async def test_the_map_shows_the_online_nodes_and_their_relayed_bytes(
     admin = lab.network.public_host("admin", "192.0.2.50")
     async with trio.open_nursery() as nursery:
         await lab.start(nursery)
-        pinger = lab.pinger(alice, bob)
-        await nursery.start(pinger.run)
-        await lab.wait_until(lambda: len(pinger.replies) >= 20, 30)
+        await lab.ping_stream(nursery, alice, bob, replies=20, timeout=30)
 
         for path, headers in (
             ("/", ""),
