@@ -62,6 +62,8 @@ PEER_FIELDS = {
     "reason_facts",
     # The peer's routes accepted, and its exit routes not in use.
     "routes",
+    # Packets from the peer the firewall dropped.
+    "firewall_dropped",
     "path_since",
 }
 
@@ -281,7 +283,7 @@ def test_ready_status_and_clean_stop(node: Node) -> None:
         assert any(m.startswith("STATUS=") or "\nSTATUS=" in m for m in messages)
 
         status = node.status()
-        assert set(status) == {"node", "peers"}
+        assert set(status) == {"node", "peers", "firewall"}
         assert set(status["node"]) == NODE_FIELDS
         assert status["node"]["interface"] == node.ifname
         assert status["node"]["addresses"] == ["10.77.0.1/24"]
