@@ -661,6 +661,15 @@ class MemoryHost:
     always :attr:`ip`)."""
     dns_registrations: dict[str, tuple[tuple[str, ...], str]] = field(default_factory=dict)
     """What :meth:`register_dns` was told, by interface (the system resolver's view)."""
+    fwmark: int | None = None
+    forwarding: set[int] = field(default_factory=set)
+    """IP versions :meth:`enable_forwarding` turned on."""
+    nftables: dict[str, str] = field(default_factory=dict)
+    """Our nftables table's text by interface (:meth:`set_nftables`)."""
+    exit_routing: dict[int, tuple[str, tuple[IPNetwork, ...], tuple[IPNetwork, ...]]] = field(
+        default_factory=dict
+    )
+    """:meth:`set_exit_routing`'s interface, default routes and LAN prefixes, by mark."""
 
     def __post_init__(self) -> None:
         self.rng = random.Random(f"{self.name}:{self.network.rng.random()}")
@@ -888,6 +897,37 @@ class MemoryHost:
         )
 
     # -- the resolver -----------------------------------------------------------------------
+
+    # forwarding: recorded, not simulated (the memory network forwards nothing for a node)
+
+    def set_fwmark(self, mark: int | None) -> None:
+        self.fwmark = mark
+
+    async def enable_forwarding(self, version: int) -> str | None:
+        await trio.lowlevel.checkpoint()
+        self.forwarding.add(version)
+        return None
+
+    async def set_nftables(self, interface: str, ruleset: str | None) -> None:
+        await trio.lowlevel.checkpoint()
+        if ruleset is None:
+            self.nftables.pop(interface, None)
+        else:
+            self.nftables[interface] = ruleset
+
+    async def set_exit_routing(
+        self,
+        interface: str,
+        mark: int,
+        defaults: Sequence[IPNetwork],
+        lan: Sequence[IPNetwork] = (),
+    ) -> None:
+        await trio.lowlevel.checkpoint()
+        self.exit_routing[mark] = (interface, tuple(defaults), tuple(lan))
+
+    async def clear_exit_routing(self, mark: int) -> None:
+        await trio.lowlevel.checkpoint()
+        self.exit_routing.pop(mark, None)
 
     async def register_dns(self, interface: str, servers: Sequence[str], domain: str) -> bool:
         await trio.lowlevel.checkpoint()

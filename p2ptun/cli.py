@@ -378,6 +378,21 @@ def _peer_status(args: argparse.Namespace, name: str) -> dict[str, Any]:
     raise RuntimeFailure(f"p2ptun ping: no peer named {name!r} (configured: {known or 'none'})")
 
 
+def cmd_set_exit_node(args: argparse.Namespace) -> int:
+    """``p2ptun set exit-node NAME|off``: send all traffic through a peer, or stop."""
+    name = None if args.name == "off" else args.name
+    reply = _control(args, {"cmd": "set", "exit_node": name}, timeout=10.0)
+    exit_node = reply.get("exit_node")
+    if not isinstance(exit_node, dict):
+        sys.stdout.write("exit node off: direct routing\n")
+    else:
+        sys.stdout.write(
+            f"exit node {exit_node.get('name')}: {exit_node.get('state')} "
+            f"({exit_node.get('reason')})\n"
+        )
+    return EXIT_OK
+
+
 def cmd_ca_init(args: argparse.Namespace) -> int:
     """A new network authority: DIR/ca.key (0600), DIR/ca.pub, DIR/network.toml."""
     from p2ptun import ca
@@ -553,6 +568,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_control_args(p)
     p.add_argument("--json", action="store_true", help="print the status as one JSON object")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("set", help="change a running node: exit-node NAME|off")
+    set_sub = p.add_subparsers(dest="set_command", metavar="SETTING", parser_class=_Parser)
+    p.set_defaults(func=lambda _args, parser=p: _missing_subcommand(parser))
+    q = set_sub.add_parser("exit-node", help="send all traffic through peer NAME, or 'off'")
+    q.add_argument("name", metavar="NAME|off", help="a peer allowed to route 0.0.0.0/0, or off")
+    _add_control_args(q)
+    q.set_defaults(func=cmd_set_exit_node)
 
     p = sub.add_parser("ping", help="probe the path to a peer: direct or relay, and its RTT")
     p.add_argument("peer", metavar="PEER", help="the peer's name")

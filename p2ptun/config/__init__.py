@@ -114,6 +114,11 @@ def describe(cfg: Config) -> str:
                 network += f" (names under .{cfg.network.domain})"
         if cfg.metrics is not None:
             network += f", metrics on {format_address(cfg.metrics.listen)}"
+        if cfg.interface.advertise_routes:
+            routes = ", ".join(map(str, cfg.interface.advertise_routes))
+            network += f", advertises {routes}"
+        if cfg.exit_node is not None:
+            network += f", exit node {cfg.exit_node}"
         fw = cfg.firewall
         network += f", firewall: {len(fw.inbound)} inbound, {len(fw.outbound)} outbound rules"
         return (

@@ -12,6 +12,7 @@ from p2ptun.addr import parse_host_port
 from p2ptun.config.firewall import firewall_policy, groups_of
 from p2ptun.config.reader import ConfigFile, Table, type_name
 from p2ptun.config.schema import (
+    DEFAULT_FWMARK,
     DEFAULT_PEER_RELAY_PORT,
     DEFAULT_RENDEZVOUS_PORT,
     IFNAME_RE,
@@ -103,6 +104,16 @@ def node_config(source: ConfigFile, data: dict[str, Any]) -> NodeConfig:
     metrics = metrics_settings(top)
     firewall = firewall_policy(top)
     top.check_unknown()
+    exit_node = _exit_node(top, name, peers, network_t)
+    warnings = list(source.warnings)
+    if network is not None:
+        signed = set(network.certificate.details.routes)
+        for route in interface.advertise_routes:
+            if route not in signed:
+                warnings.append(
+                    f"{source.file}: interface.advertise_routes: {route} is not in this node's "
+                    "certificate: peers will ignore it (sign it: 'p2ptun ca sign --routes')"
+                )
     return NodeConfig(
         path=source.file,
         name=name,
@@ -111,12 +122,47 @@ def node_config(source: ConfigFile, data: dict[str, Any]) -> NodeConfig:
         rendezvous=RendezvousRef(rv_host, rv_port, rv_key, rv_more),
         ice=ice,
         peers=peers,
-        warnings=tuple(source.warnings),
+        warnings=tuple(warnings),
         network=network,
         relay=relay,
         metrics=metrics,
+        exit_node=exit_node,
         firewall=firewall,
     )
+
+
+def _exit_node(
+    top: Table, name: str, peers: tuple[PeerConfig, ...], network_t: Table | None
+) -> str | None:
+    """The exit node: ``[network] exit_node`` (a member, or a ``[[peer]]``) or the one
+    ``[[peer]]`` with ``exit_node = true``. A configured peer must have a default route in
+    its allowed_ips; a member's certificate is checked when it comes online."""
+    flagged = [p for p in peers if p.exit_node]
+    chosen = network_t.data.get("exit_node") if network_t is not None else None
+    if len(flagged) > 1:
+        raise top.error(
+            "peer", f"exit_node = true on {flagged[0].name!r} and {flagged[1].name!r}", "one only"
+        )
+    if chosen is not None and flagged:
+        assert network_t is not None
+        raise network_t.error(
+            "exit_node",
+            f"{chosen!r}, but [[peer]] {flagged[0].name!r} says exit_node = true too",
+            "choose one place",
+        )
+    if chosen is None:
+        return flagged[0].name if flagged else None
+    assert network_t is not None and isinstance(chosen, str)
+    if chosen == name:
+        raise network_t.error("exit_node", f"{chosen!r} is this node itself", "name a peer")
+    explicit = next((p for p in peers if p.name == chosen), None)
+    if explicit is not None and not any(n.prefixlen == 0 for n in explicit.allowed_ips):
+        raise network_t.error(
+            "exit_node",
+            f"peer {chosen!r} has no 0.0.0.0/0 or ::/0 in its allowed_ips",
+            'add "0.0.0.0/0" to its allowed_ips',
+        )
+    return chosen
 
 
 def _not_advertisable(address: str) -> bool:
@@ -231,6 +277,9 @@ def _network(t: Table, name: str, own_public: bytes, interface: InterfaceConfig)
     dns = t.boolean("dns", bool(domain))
     if dns and not domain:
         raise t.error("dns", "needs a domain", 'set domain = "home" or dns = false')
+    exit_node = t.string("exit_node")
+    if exit_node is not None:
+        check_name(t, "exit_node", exit_node)
     revocations_file = None
     revocations = None
     if t.has("revocations"):
@@ -264,8 +313,28 @@ def _interface(t: Table) -> InterfaceConfig:
         low = 1280 if has_v6 else 576
         if not low <= mtu <= 65535:
             raise t.error("mtu", f"{mtu} is out of range", f"expected {low}-65535")
+    routes: list[IPNetwork] = []
+    for key, raw in t.strings("advertise_routes"):
+        route = t.parse(key, raw, parse_network, "a network/prefix, e.g. 192.168.1.0/24")
+        if route in routes:
+            raise t.error(key, f"{route} is listed twice")
+        routes.append(route)
+    masquerade = t.boolean("masquerade", True)
+    fwmark = t.integer("fwmark", DEFAULT_FWMARK)
+    if not 1 <= fwmark <= 0xFFFFFFFF or fwmark in RESERVED_TABLES:
+        raise t.error(
+            "fwmark",
+            f"{fwmark} is out of range or a reserved routing table",
+            "1-4294967295, not 253-255 (default, main, local)",
+        )
+    allow_lan = t.boolean("exit_node_allow_lan", True)
     t.check_unknown()
-    return InterfaceConfig(ifname, tuple(addresses), mtu)
+    return InterfaceConfig(
+        ifname, tuple(addresses), mtu, tuple(routes), masquerade, fwmark, allow_lan
+    )
+
+
+RESERVED_TABLES = (253, 254, 255)
 
 
 def _ice(t: Table) -> IceConfig:
@@ -341,6 +410,15 @@ def _peers(top: Table, own_public: bytes, own_name: str) -> tuple[PeerConfig, ..
         for key_name, raw in t.strings("allowed_ips", required=True):
             net = t.parse(key_name, raw, parse_network, "a network/prefix")
             for other, other_key, other_peer in routes:
+                if net.prefixlen == 0 or other.prefixlen == 0:
+                    # Default routes are exit routes: used only by the selected exit node.
+                    if net == other:
+                        raise t.error(
+                            key_name,
+                            f"{net} is also in peer {other_peer!r}'s allowed_ips ({other_key})",
+                            "one exit route per family",
+                        )
+                    continue
                 if net.version == other.version and net.overlaps(other):  # type: ignore[arg-type,unused-ignore]
                     raise t.error(
                         key_name,
@@ -362,7 +440,18 @@ def _peers(top: Table, own_public: bytes, own_name: str) -> tuple[PeerConfig, ..
                 f"{keepalive} is out of range",
                 "seconds, 0 (off) to 65535",
             )
+        exit_node = t.boolean("exit_node")
+        if exit_node and not any(n.prefixlen == 0 for n in nets):
+            raise t.error(
+                "exit_node",
+                "this peer has no 0.0.0.0/0 or ::/0 in its allowed_ips",
+                'add "0.0.0.0/0" (and "::/0") to its allowed_ips',
+            )
         groups = groups_of(t)
         t.check_unknown()
-        peers.append(PeerConfig(name, key, tuple(nets), psk, keepalive or None, groups))
+        peers.append(
+            PeerConfig(
+                name, key, tuple(nets), psk, keepalive or None, groups=groups, exit_node=exit_node
+            )
+        )
     return tuple(peers)

@@ -37,11 +37,24 @@ IFNAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 # The dataclasses
 
 
+DEFAULT_FWMARK = 0x7074
+"""The mark on every underlay socket and the routing table of the exit-node routes
+(``[interface] fwmark``): one number for both, as wg-quick does."""
+
+
 @dataclass(frozen=True)
 class InterfaceConfig:
     name: str
     addresses: tuple[IPInterface, ...]
     mtu: int | None = None  # None: computed from the worst path overhead
+    #: Networks behind this node that it forwards for its peers (``advertise_routes``).
+    advertise_routes: tuple[IPNetwork, ...] = ()
+    #: Forwarded flows leave with this node's address (source NAT), else unchanged.
+    masquerade: bool = True
+    #: The underlay sockets' mark and the exit-node routing table (DEFAULT_FWMARK).
+    fwmark: int = DEFAULT_FWMARK
+    #: With an exit node, the directly connected LAN prefixes stay outside the tunnel.
+    exit_node_allow_lan: bool = True
 
 
 @dataclass(frozen=True)
@@ -117,6 +130,9 @@ class PeerConfig:
     allowed_ips: tuple[IPNetwork, ...]
     preshared_key: bytes | None = field(default=None, repr=False)
     persistent_keepalive: int | None = None
+    #: ``[[peer]] exit_node = true``: send all traffic through this peer (its allowed_ips
+    #: hold 0.0.0.0/0 and/or ::/0).
+    exit_node: bool = False
     #: Groups the firewall rules see the peer in (``groups``; a member's: its certificate's).
     groups: tuple[str, ...] = ()
 
@@ -211,6 +227,9 @@ class NodeConfig:
     network: NetworkConfig | None = None
     relay: RelayConfig | None = None
     metrics: MetricsSettings | None = None
+    #: The peer (or member) all traffic goes through: ``[network] exit_node`` or the
+    #: ``[[peer]]`` with ``exit_node = true``; None: none.
+    exit_node: str | None = None
     #: ``[firewall]``: rules between this node and its peers (the default without one).
     firewall: Policy = field(default_factory=Policy)
 

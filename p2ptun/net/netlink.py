@@ -793,3 +793,20 @@ class NetworkMonitor:
         changes, self._pending = self._pending, []
         log.info("network changed", changes=",".join(c.kind.value for c in changes))
         return changes
+
+
+def rule_priorities(netns: str | None = None) -> list[tuple[int, int]]:
+    """``(IP version, priority)`` of every policy routing rule (blocking): how the node tells,
+    without running a program, which of its rules exist (also those a crashed run left)."""
+    found: list[tuple[int, int]] = []
+    with _iproute(netns) as ipr:
+        for version, family in ((4, socket.AF_INET), (6, socket.AF_INET6)):
+            try:
+                rules = ipr.get_rules(family=family)
+            except Exception as exc:  # pyroute2 raises NetlinkError and OSError alike
+                raise _netlink_failure("list the routing rules", exc) from None
+            for rule in rules:
+                priority = rule.get_attr("FRA_PRIORITY")
+                if isinstance(priority, int):
+                    found.append((version, priority))
+    return found

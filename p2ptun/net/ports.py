@@ -315,6 +315,37 @@ class Host(Protocol):
     ) -> AbstractAsyncContextManager[AsyncIterable[list[NetworkChange]]]:
         """Batches of changes of addresses, default routes and links (debounced)."""
 
+    # forwarding and policy routing (subnet routes, exit node: p2ptun/net/forwarding.py)
+    def set_fwmark(self, mark: int | None) -> None:
+        """Mark every underlay socket opened from now on (``SO_MARK``): UDP ports, TCP
+        connections. The exit node's policy routing keeps marked packets out of the tunnel."""
+        ...
+
+    async def enable_forwarding(self, version: int) -> str | None:
+        """Turn IP forwarding of family ``version`` (4, 6) on; None when it is on, else why
+        it could not be."""
+        ...
+
+    async def set_nftables(self, interface: str, ruleset: str | None) -> None:
+        """Replace our nftables table for ``interface`` with ``ruleset`` (its whole text), or
+        delete it (None); RuntimeFailure (one line) when refused."""
+        ...
+
+    async def set_exit_routing(
+        self,
+        interface: str,
+        mark: int,
+        defaults: Sequence[IPNetwork],
+        lan: Sequence[IPNetwork] = (),
+    ) -> None:
+        """Send everything not marked ``mark`` through ``interface`` for the families of
+        ``defaults``; the ``lan`` prefixes too (else the main table's specific routes win)."""
+        ...
+
+    async def clear_exit_routing(self, mark: int) -> None:
+        """Remove what :meth:`set_exit_routing` added (also what a crashed run left)."""
+        ...
+
     # the system's resolver
     async def register_dns(self, interface: str, servers: Sequence[str], domain: str) -> bool:
         """Tell the system's resolver (systemd-resolved, when it runs) to send queries for

@@ -24,7 +24,7 @@ import trio
 from p2ptun.addr import Address, format_address
 from p2ptun.errors import RuntimeFailure
 from p2ptun.log import get_logger
-from p2ptun.net import netlink
+from p2ptun.net import forwarding, netlink
 from p2ptun.net.keepalive import enable as enable_keepalive
 from p2ptun.net.ports import (
     Connection,
@@ -66,12 +66,14 @@ def default_gateway(table: str = "/proc/net/route") -> str | None:
     return best[1] if best else None
 
 
-def route_source(remote_ip: str) -> str | None:
+def route_source(remote_ip: str, mark: int | None = None) -> str | None:
     """The local address the kernel sends from towards ``remote_ip`` (no packet is sent), or
-    None without a route."""
+    None without a route; ``mark``: as a socket with that mark (``SO_MARK``) would."""
     try:
         family = family_of(remote_ip.split("%", 1)[0])
         with socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as probe:
+            if mark is not None:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
             probe.connect((remote_ip, 9))
             return str(ipaddress.ip_address(probe.getsockname()[0].split("%", 1)[0]))
     except (OSError, ValueError):
@@ -85,6 +87,28 @@ def _socket_addresses(stream: trio.SocketStream) -> tuple[Address, Address]:
         (str(local[0]).split("%", 1)[0], int(local[1])),
         (str(remote[0]).split("%", 1)[0], int(remote[1])),
     )
+
+
+class MarkingSockets(trio.abc.SocketFactory):
+    """trio's sockets of this run, IPv4 and IPv6 ones with our mark (``SO_MARK``) from birth."""
+
+    def __init__(self, mark: int) -> None:
+        self.mark = mark
+
+    def socket(
+        self,
+        family: socket.AddressFamily | int = socket.AF_INET,
+        type: socket.SocketKind | int = socket.SOCK_STREAM,
+        proto: int = 0,
+    ) -> trio.socket.SocketType:
+        sock = socket.socket(family, type, proto)
+        if family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.mark)
+            except OSError:
+                sock.close()
+                raise
+        return trio.socket.from_stdlib_socket(sock)
 
 
 class SystemListener:
@@ -118,11 +142,24 @@ class SystemHost:
         self.netns = netns
         self._shared: list[memoryview] | None = None
         self._rng = random.SystemRandom()
+        self.fwmark: int | None = None
 
     # -- sockets ----------------------------------------------------------------------------
 
+    def _mark(self, sock: socket.socket) -> None:
+        if self.fwmark is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.fwmark)
+
     def open_datagram_ports(self, port: int = 0) -> list[DatagramPort]:
-        return list(open_endpoints(port))
+        endpoints = open_endpoints(port)
+        try:
+            for endpoint in endpoints:
+                self._mark(endpoint.socket)
+        except OSError as exc:
+            for endpoint in endpoints:
+                endpoint.close()
+            raise RuntimeFailure(f"cannot mark the UDP sockets (SO_MARK): {exc.strerror}") from None
+        return list(endpoints)
 
     def bind_datagram(self, ip: str, port: int, *, shared_buffers: bool = False) -> DatagramPort:
         buffers = None
@@ -130,7 +167,13 @@ class SystemHost:
             if self._shared is None:
                 self._shared = receive_buffers()
             buffers = self._shared
-        return UdpEndpoint.bind(family_of(ip), ip, port, buffers=buffers)
+        endpoint = UdpEndpoint.bind(family_of(ip), ip, port, buffers=buffers)
+        try:
+            self._mark(endpoint.socket)
+        except OSError as exc:
+            endpoint.close()
+            raise RuntimeFailure(f"cannot mark a UDP socket (SO_MARK): {exc.strerror}") from None
+        return endpoint
 
     async def connect_tcp(
         self,
@@ -190,7 +233,9 @@ class SystemHost:
         return await trio.to_thread.run_sync(default_gateway)
 
     def route_source(self, remote_ip: str) -> str | None:
-        return route_source(remote_ip)
+        # Asked for the underlay's sockets: with our mark, as they would be routed (an exit
+        # node's policy routing must not answer with the tunnel's address).
+        return route_source(remote_ip, self.fwmark)
 
     async def local_addresses(
         self, *, exclude: Iterable[str] = (), include_link_local: bool = False
@@ -228,6 +273,51 @@ class SystemHost:
         self, *, exclude: Iterable[str] = ()
     ) -> AbstractAsyncContextManager[AsyncIterable[list[NetworkChange]]]:
         return netlink.NetworkMonitor(exclude=exclude, netns=self.netns)
+
+    # -- forwarding and policy routing (p2ptun.net.forwarding) -------------------------------
+
+    def set_fwmark(self, mark: int | None) -> None:
+        """Also for the TCP sockets trio makes in this run (``open_tcp_stream``, happy
+        eyeballs included): through trio's socket factory, so that the SYN carries it."""
+        self.fwmark = mark
+        trio.socket.set_custom_socket_factory(None if mark is None else MarkingSockets(mark))
+
+    async def enable_forwarding(self, version: int) -> str | None:
+        return await forwarding.write_sysctl(
+            forwarding.FORWARDING_SYSCTL[version], "1", netns=self.netns
+        )
+
+    async def set_nftables(self, interface: str, ruleset: str | None) -> None:
+        if ruleset is None and shutil.which("nft") is None:
+            return  # without nftables there is no table of ours to delete
+        text = forwarding.nft_delete(interface) if ruleset is None else ruleset
+        await forwarding.apply_nft(text, netns=self.netns)
+
+    async def set_exit_routing(
+        self,
+        interface: str,
+        mark: int,
+        defaults: Sequence[IPNetwork],
+        lan: Sequence[IPNetwork] = (),
+    ) -> None:
+        if any(net.version == 4 for net in defaults):
+            # Reverse-path filtering looks the replies up with the mark the conntrack entry
+            # gives them back (our nftables table), as wg-quick does.
+            await forwarding.write_sysctl(forwarding.SRC_VALID_MARK, "1", netns=self.netns)
+        commands = forwarding.exit_rule_commands(interface, mark, defaults, lan)
+        await forwarding.run_commands(commands, netns=self.netns)
+
+    async def clear_exit_routing(self, mark: int) -> None:
+        rules = await netlink.run(netlink.rule_priorities, netns=self.netns)
+        ours = [(v, p) for v, p in rules if p in forwarding.RULE_PREFS]
+        if not ours:
+            return  # nothing of ours (the common start): no program to run
+        # A rule of another program at one of our priorities does not match the deletion's
+        # selectors (table, mark): that command fails, and the rule stays.
+        for argv in forwarding.exit_clear_commands(mark, ours):
+            await forwarding.run_command(argv, netns=self.netns)
+        for argv in forwarding.exit_flush_commands(mark, (v for v, _ in ours)):
+            await forwarding.run_command(argv, netns=self.netns)
 
     # -- the system's resolver --------------------------------------------------------------
 

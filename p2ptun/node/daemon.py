@@ -75,6 +75,7 @@ from p2ptun.keys import encode_key
 from p2ptun.log import get_logger
 from p2ptun.membership import CertificateRejected, MembershipDecodeError
 from p2ptun.net.dispatch import Dispatcher
+from p2ptun.net.forwarding import lan_prefixes, nft_ruleset
 from p2ptun.net.gather import GatherOptions, IssuedCredentials
 from p2ptun.net.http import HttpServer
 from p2ptun.net.ice_transport import IceTransport
@@ -94,6 +95,16 @@ from p2ptun.node.peer_relay import (
     PeerRelayServer,
     RelayOffer,
     turn_server_from_grant,
+)
+from p2ptun.node.routes import (
+    OFF,
+    ExitDecision,
+    decide_exit,
+    effective_peer,
+    is_exit_route,
+    peer_routes_status,
+    refused_routes,
+    split_advertised,
 )
 from p2ptun.node.sealstate import SealStateFile, seal_state_path
 from p2ptun.node.wgtunnel import WgTunnel
@@ -180,6 +191,8 @@ def routes_for(
     connected = [a.network for a in addresses]
     needed: list[IPNetwork] = []
     for net in allowed_ips:
+        if is_exit_route(net):
+            continue  # an exit node's default route: policy routing, never the main table
         covered = any(
             net.version == c.version and net.subnet_of(c)  # type: ignore[arg-type]
             for c in connected
@@ -283,6 +296,22 @@ class NodeDaemon:
         self.names: DnsResponder | None = None
         #: The ``[metrics]`` endpoint while it runs (None without the section).
         self.metrics: HttpServer | None = None
+        #: The exit node asked for (config or ``p2ptun set exit-node``) and what came of it.
+        self.exit_choice: str | None = config.exit_node
+        self.exit: ExitDecision = OFF
+        #: Every wanted peer with its full allowed IPs (exit routes included).
+        self._full_peers: dict[str, PeerConfig] = {}
+        #: The exit routing in force: (default routes, LAN prefixes through the tunnel).
+        self._exit_applied: tuple[tuple[IPNetwork, ...], tuple[IPNetwork, ...]] | None = None
+        self._nft_applied: str | None = None
+        #: Advertised routes forwarded, and refused (not in our certificate).
+        self.forwarded: tuple[IPNetwork, ...] = ()
+        self.refused_routes: tuple[IPNetwork, ...] = ()
+        #: IP forwarding per family: None when on, else why it could not be turned on.
+        self.forwarding: dict[int, str | None] = {}
+        #: Our directly connected LAN prefixes (a peer's route inside one is refused).
+        self._lans: tuple[IPNetwork, ...] = ()
+        self._refused_logged: set[tuple[str, IPNetwork]] = set()
 
     # -- NodeContext ------------------------------------------------------------------------
 
@@ -356,12 +385,18 @@ class NodeDaemon:
             )
         if self.control_socket:
             control.prepare_socket_path(cfg.control_socket)
+        # Every underlay socket carries the mark, so that an exit node (now or selected later)
+        # never routes the tunnel's own traffic into the tunnel (p2ptun.net.forwarding).
+        self.host.set_fwmark(cfg.interface.fwmark)
         metrics = await self._bind_metrics()
         try:
             tunnel = await self._open_data_path()
+            await self._start_routing()
         except BaseException:
             if metrics is not None:
                 await metrics.listener.aclose()
+            if self._tunnel is not None:
+                await self._teardown(self._tunnel)
             raise
         try:
             async with trio.open_nursery() as nursery:
@@ -560,7 +595,8 @@ class NodeDaemon:
                 )
                 for _ in endpoints
             ]
-            for peer_cfg in cfg.peers:
+            await self._refresh_lans()
+            for peer_cfg in self.wanted_peers():
                 await self._add_peer(peer_cfg)
         except BaseException:
             for ep in endpoints:
@@ -574,6 +610,7 @@ class NodeDaemon:
         """Remove routes, close the TUN device (the interface goes with it) and the sockets.
         Runs shielded: a second signal must not leave half the state behind."""
         with trio.CancelScope(shield=True):
+            await self._stop_routing()
             for session in list(self.peers.values()):
                 for prefix in session.routes:
                     with contextlib.suppress(P2ptunError):
@@ -741,11 +778,33 @@ class NodeDaemon:
 
     def wanted_peers(self) -> list[PeerConfig]:
         """The peers this node runs: the config's ``[[peer]]`` entries and the verified
-        members of its network."""
+        members of its network, each with the exit routes only if it is the active exit node
+        (which this decides again: :attr:`exit`)."""
         explicit = list(self.config.peers)
-        if self.network is None:
-            return explicit
-        return explicit + self.network.peers(explicit)
+        full = explicit if self.network is None else explicit + self.network.peers(explicit)
+        self._full_peers = {p.name: p for p in full}
+        versions = {a.version for a in self.config.interface.addresses}
+        decision = decide_exit(self.exit_choice, self._full_peers, versions)
+        if decision != self.exit:
+            if decision.state in ("refused", "waiting"):
+                log.warning("exit node not used", exit_node=decision.name, reason=decision.reason)
+            self.exit = decision
+        for peer in full:
+            for route, why in refused_routes(peer, self._lans):
+                if (peer.name, route) not in self._refused_logged:
+                    self._refused_logged.add((peer.name, route))
+                    log.warning("peer route refused", peer=peer.name, route=str(route), reason=why)
+        return [effective_peer(p, decision, self._lans) for p in full]
+
+    async def _refresh_lans(self) -> None:
+        """Our directly connected prefixes (not the tunnel's): a peer's route inside one of
+        them is refused (p2ptun.node.routes)."""
+        try:
+            local = await self.host.local_addresses(exclude=[self.interface])
+        except P2ptunError as exc:
+            log.warning("cannot list local addresses", error=str(exc))
+            return
+        self._lans = tuple(lan_prefixes([(a.address, a.prefixlen) for a in local]))
 
     async def sync_peers(
         self, *, addresses_changed: bool = False, start: bool = True
@@ -756,6 +815,7 @@ class NodeDaemon:
         forgets the ones removed. The one path for reloads and membership changes. Returns
         the sessions added (started if ``start`` and the node runs)."""
         async with self._peers_lock:
+            await self._refresh_lans()
             wanted = {p.name: p for p in self.wanted_peers()}
             explicit = {p.name for p in self.config.peers}
             client = self.signaling
@@ -786,7 +846,149 @@ class NodeDaemon:
             if self.relay_server is not None:
                 self.relay_server.set_users(self.peers)
             self._update_names()
+            if self._tunnel is not None:
+                await self._apply_exit()
             return added
+
+    # -- subnet routes and the exit node (p2ptun.node.routes, p2ptun.net.forwarding) ------
+
+    async def _start_routing(self) -> None:
+        """Remove what a crashed run left (our nftables table, exit rules), then forward the
+        advertised routes our certificate carries and select the exit node, if any."""
+        iface = self.config.interface
+        try:
+            await self.host.clear_exit_routing(iface.fwmark)  # netlink: no program run
+            # Our nftables table needs a program to look for: only when a run wrote one and
+            # did not say it removed it (the marker in the run directory, gone at boot).
+            if not self.control_socket or os.path.exists(self._routing_marker):
+                await self.host.set_nftables(self.interface, None)
+        except P2ptunError as exc:
+            log.warning("could not check for rules a crashed run left", error=str(exc))
+        self._nft_applied = None
+        await self._apply_forwarding()
+        await self._apply_exit()
+
+    @property
+    def _routing_marker(self) -> str:
+        """A file that exists while our nftables table may exist (beside the control socket)."""
+        return self.config.control_socket.removesuffix(".sock") + ".nftables"
+
+    def _mark_routing(self, present: bool) -> None:
+        if not self.control_socket:
+            return
+        with contextlib.suppress(OSError):
+            if present:
+                with open(self._routing_marker, "w"):
+                    pass
+            else:
+                os.unlink(self._routing_marker)
+
+    async def _apply_forwarding(self) -> None:
+        iface = self.config.interface
+        network = self.config.network
+        signed = None if network is None else network.certificate.details.routes
+        self.forwarded, self.refused_routes = split_advertised(iface.advertise_routes, signed)
+        for route in self.refused_routes:
+            log.warning(
+                "advertised route refused: not in our certificate, peers ignore it",
+                route=str(route),
+            )
+        for version in sorted({r.version for r in self.forwarded}):
+            if version not in self.forwarding or self.forwarding[version] is not None:
+                error = await self.host.enable_forwarding(version)
+                self.forwarding[version] = error
+                if error is not None:
+                    log.error(
+                        f"cannot turn IPv{version} forwarding on: advertised routes of that "
+                        "family will not be forwarded",
+                        error=error,
+                    )
+        if self.forwarded:
+            log.info(
+                "forwarding for peers",
+                routes=",".join(map(str, self.forwarded)),
+                masquerade=iface.masquerade,
+            )
+        await self._apply_nftables()
+
+    async def _apply_nftables(self) -> None:
+        iface = self.config.interface
+        text = nft_ruleset(
+            self.interface,
+            forward=bool(self.forwarded),
+            masquerade=iface.masquerade,
+            mark=iface.fwmark if self._exit_applied is not None else None,
+        )
+        if text != self._nft_applied:
+            if text is not None:
+                self._mark_routing(True)
+            await self.host.set_nftables(self.interface, text)
+            self._nft_applied = text
+            if text is None:
+                self._mark_routing(False)
+
+    async def _apply_exit(self) -> None:
+        """Bring the policy routing to :attr:`exit`: all traffic through the active exit
+        node, the LAN outside the tunnel unless ``exit_node_allow_lan = false``."""
+        iface = self.config.interface
+        decision = self.exit
+        want = None
+        if decision.state == "active":
+            lan: list[IPNetwork] = []
+            if not iface.exit_node_allow_lan:
+                local = await self.host.local_addresses(exclude=[self.interface])
+                lan = lan_prefixes([(a.address, a.prefixlen) for a in local])
+            want = (decision.defaults, tuple(lan))
+        if want == self._exit_applied:
+            return
+        if self._exit_applied is not None:
+            await self.host.clear_exit_routing(iface.fwmark)
+            self._exit_applied = None
+            log.info("exit node left: direct routing restored")
+        if want is not None:
+            try:
+                await self.host.set_exit_routing(self.interface, iface.fwmark, *want)
+            except P2ptunError as exc:
+                await self.host.clear_exit_routing(iface.fwmark)
+                log.error("exit node not used", exit_node=decision.name, error=str(exc))
+                self.exit = dataclasses.replace(decision, state="refused", reason=str(exc))
+                await self._apply_nftables()
+                return
+            self._exit_applied = want
+            log.info(
+                "exit node in use",
+                exit_node=decision.name,
+                routes=",".join(map(str, want[0])),
+                lan_through_tunnel=",".join(map(str, want[1])) or "-",
+            )
+        await self._apply_nftables()
+
+    async def _stop_routing(self) -> None:
+        """Remove our policy rules, exit table and nftables table (shielded by the caller)."""
+        with contextlib.suppress(P2ptunError):
+            if self._exit_applied is not None:
+                await self.host.clear_exit_routing(self.config.interface.fwmark)
+                self._exit_applied = None
+        with contextlib.suppress(P2ptunError):
+            if self._nft_applied is not None:
+                await self.host.set_nftables(self.interface, None)
+                self._nft_applied = None
+                self._mark_routing(False)
+
+    async def select_exit_node(self, name: str | None) -> ExitDecision:
+        """``p2ptun set exit-node NAME|off``: refused (ValueError, one line) for a name that is
+        not a peer or may not route 0.0.0.0/0 or ::/0; else in force at once."""
+        if name is not None:
+            if name not in self._full_peers:
+                known = ", ".join(sorted(self._full_peers)) or "none"
+                raise ValueError(f"no peer named {name!r} (peers: {known})")
+            versions = {a.version for a in self.config.interface.addresses}
+            decision = decide_exit(name, self._full_peers, versions)
+            if decision.state != "active":
+                raise ValueError(decision.reason)
+        self.exit_choice = name
+        await self.sync_peers()
+        return self.exit
 
     def _update_names(self) -> None:
         """The DNS names: this node's and every member's, from their certificates."""
@@ -874,6 +1076,9 @@ class NodeDaemon:
                         "network change: regathering, restarting ICE",
                         changes=",".join(sorted(k.value for k in kinds)),
                     )
+                    # Our LAN may have changed: the peer routes refused inside it, and the
+                    # LAN prefixes an exit node leaves outside (or takes), follow.
+                    await self.sync_peers()
                     # The rendezvous connection may hang on an address or route that is
                     # gone (TCP only notices after its keepalive timeout): reconnect now,
                     # so that the restart offers go out at once.
@@ -1041,6 +1246,18 @@ class NodeDaemon:
             or old.name != new.name
         )
         addresses_changed = new_if.addresses != old_if.addresses
+        if new.exit_node != old.exit_node:
+            self.exit_choice = new.exit_node
+        if (
+            new_if.advertise_routes != old_if.advertise_routes
+            or new_if.masquerade != old_if.masquerade
+            or new.network != old.network
+        ):
+            await self._apply_forwarding()
+        if new_if.exit_node_allow_lan != old_if.exit_node_allow_lan:
+            addresses_changed = True  # the LAN rules follow (applied by sync_peers)
+        if new_if.fwmark != old_if.fwmark:
+            log.warning("[interface] fwmark changed: it applies at the next start")
         firewall = self.tunnel.firewall
         new_policy = self._firewall_policy(new)
         if new_policy != self._firewall_policy(old) and firewall is not None:
@@ -1103,6 +1320,8 @@ class NodeDaemon:
                 "addresses": [str(a) for a in cfg.interface.addresses],
                 "rendezvous": self._rendezvous_state(),
                 "port_mapping": self._port_mapping_status(),
+                "routes": self._routes_status(),
+                "exit_node": self.exit.as_dict(cfg.interface.exit_node_allow_lan),
                 **self._firewall_status(),
             },
             "peers": [self._peer_status(session, now) for session in self.peers.values()],
@@ -1110,6 +1329,8 @@ class NodeDaemon:
 
     def _peer_status(self, session: PeerSession, now: float) -> dict[str, Any]:
         status = session.status(now)
+        full = self._full_peers.get(session.name, session.config)
+        status["routes"] = peer_routes_status(full, session.config, self._lans)
         firewall = self._tunnel.firewall if self._tunnel is not None else None
         if firewall is not None:
             status["firewall_dropped"] = firewall.dropped(session.wg)
@@ -1126,6 +1347,20 @@ class NodeDaemon:
 
         hosts = [ipaddress.ip_network(a.ip) for a in cfg.interface.addresses]
         return with_own_services(cfg.firewall, [("udp", DNS_PORT)], hosts)
+
+    def _routes_status(self) -> dict[str, Any]:
+        """What this node advertises: forwarded, refused (not signed), forwarding per family."""
+        return {
+            "advertised": [str(r) for r in self.forwarded],
+            "refused": [
+                {"route": str(r), "reason": "not in this node's certificate"}
+                for r in self.refused_routes
+            ],
+            "masquerade": self.config.interface.masquerade,
+            "forwarding": {
+                f"ipv{v}": "on" if error is None else error for v, error in self.forwarding.items()
+            },
+        }
 
     def _firewall_status(self) -> dict[str, Any]:
         """``{"firewall": {...}}`` (:meth:`p2ptun.firewall.Firewall.status`) for the node part
@@ -1166,6 +1401,17 @@ class NodeDaemon:
             return {"ok": True, "debug": self.debug()}
         if cmd == "revocations":
             return await self._control_revocations(request)
+        if cmd == "set":
+            if "exit_node" not in request:
+                raise ValueError("nothing to set (expected exit_node)")
+            name = request["exit_node"]
+            if name is not None and not isinstance(name, str):
+                raise ValueError("exit_node must be a peer name or null")
+            decision = await self.select_exit_node(name)
+            return {
+                "ok": True,
+                "exit_node": decision.as_dict(self.config.interface.exit_node_allow_lan),
+            }
         raise ValueError(f"unknown command {cmd!r}")
 
     async def _control_revocations(self, request: dict[str, Any]) -> dict[str, Any]:

@@ -84,7 +84,12 @@ class NetworkPeers:
                     (net, other)
                     for net in nets
                     for other_net, other in placed
-                    if net.version == other_net.version and net.overlaps(other_net)  # type: ignore[arg-type,unused-ignore]
+                    # Exit routes (0.0.0.0/0, ::/0) overlap everything: only the selected
+                    # exit node uses them (p2ptun.node.routes), so they clash with nothing.
+                    if net.prefixlen
+                    and other_net.prefixlen
+                    and net.version == other_net.version
+                    and net.overlaps(other_net)  # type: ignore[arg-type,unused-ignore]
                 ),
                 None,
             )

@@ -61,6 +61,7 @@ def render(status: dict[str, Any]) -> str:
     mapping = _port_mapping(node)
     if mapping is not None:
         lines.append(mapping)
+    lines += _routes_lines(status)
     header = ("PEER", "STATE", "PATH", "LOCAL", "REMOTE", "RTT", "RX", "TX", "HANDSHAKE", "CONSENT")
     rows = [header]
     for peer in status.get("peers", []):
@@ -95,6 +96,34 @@ def render(status: dict[str, Any]) -> str:
         lines.append("why:")
         lines.extend(reasons)
     return "\n".join(lines)
+
+
+def _routes_lines(status: dict[str, Any]) -> list[str]:
+    """Advertised routes (and those refused), the exit node, the peers' accepted routes."""
+    node = status.get("node", {})
+    lines: list[str] = []
+    routes = node.get("routes")
+    if isinstance(routes, dict):
+        if routes.get("advertised"):
+            nat = "masquerade" if routes.get("masquerade") else "no masquerade"
+            lines.append(f"advertised routes: {', '.join(routes['advertised'])} ({nat})")
+        for refused in routes.get("refused") or []:
+            lines.append(f"refused route: {refused.get('route')}: {refused.get('reason')}")
+        for family, state in (routes.get("forwarding") or {}).items():
+            if state != "on":
+                lines.append(f"{family} forwarding: {state}")
+    exit_node = node.get("exit_node")
+    if isinstance(exit_node, dict):
+        lan = "" if exit_node.get("allow_lan") else ", LAN through it too"
+        lines.append(
+            f"exit node: {exit_node.get('name')} {exit_node.get('state')}: "
+            f"{exit_node.get('reason')}{lan}"
+        )
+    for peer in status.get("peers", []):
+        peer_routes = peer.get("routes")
+        if isinstance(peer_routes, dict) and peer_routes.get("accepted"):
+            lines.append(f"routes via {peer.get('name')}: {', '.join(peer_routes['accepted'])}")
+    return lines
 
 
 def firewall_lines(status: dict[str, Any]) -> list[str]:

@@ -431,6 +431,7 @@ class Deployment:
         stun: Sequence[str] | None = None,
         hard_nat: bool | None = None,
         extra: str = "",
+        interface_extra: str = "",
     ) -> Path:
         """Write ``node``'s config (atomically, so that a SIGHUP never reads half a file).
 
@@ -438,7 +439,8 @@ class Deployment:
         rendezvous and its TURN with rendezvous-issued credentials over ``turn`` (``udp`` or
         ``tcp``), unless ``stun`` (``host:port`` strings) or ``turn_servers`` (TOML inline
         tables) say otherwise; ``hard_nat`` sets ``[ice] hard_nat`` (default: not written).
-        ``extra``: TOML appended (sections such as ``[metrics]`` or ``[relay]``)."""
+        ``extra``: TOML appended (sections such as ``[metrics]`` or ``[relay]``);
+        ``interface_extra``: TOML keys added to ``[interface]``."""
         if peers is None:
             peers = [p for p in self.nodes if p is not node]
         if stun is None:
@@ -459,7 +461,8 @@ class Deployment:
             f'name = "{node.name}"\nprivate_key = "{node.key}"\n'
             f'[interface]\nname = "{node.ifname}"\n'
             f"address = {_toml_list(node.addresses)}\n"
-            f"[rendezvous]\naddress = {rv_address}\n"
+            + interface_extra
+            + f"[rendezvous]\naddress = {rv_address}\n"
             f'public_key = "{self.rv_key[1]}"\n'
             f"[ice]\nstun = [{stun_text}]\nturn = [{', '.join(turn_servers)}]\n"
             + ("" if hard_nat is None else f"hard_nat = {str(hard_nat).lower()}\n")

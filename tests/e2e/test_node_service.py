@@ -39,6 +39,10 @@ pytestmark = [pytest.mark.lab]
 TIMEOUT = 20.0
 # The port mapping the default gateway holds for the node (docs/ARCHITECTURE.md §3).
 NODE_FIELDS = {"name", "interface", "addresses", "rendezvous", "port_mapping"}
+# Advertised routes and the exit node (docs/ARCHITECTURE.md §3).
+NODE_FIELDS |= {"routes", "exit_node"}
+# The firewall: rules, flow table, drops (README "Firewall").
+NODE_FIELDS |= {"firewall"}
 PEER_FIELDS = {
     "name",
     "state",
@@ -58,6 +62,10 @@ PEER_FIELDS = {
     # Why the path is what it is.
     "reason",
     "reason_facts",
+    # The peer's routes accepted, and its exit routes not in use.
+    "routes",
+    # Packets from the peer the firewall dropped.
+    "firewall_dropped",
     "path_since",
 }
 
