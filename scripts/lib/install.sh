@@ -16,6 +16,7 @@ DEBIAN_PACKAGES=(
   curl                     # scrapes the metrics endpoints (e2e tests)
   chromium-headless-shell  # a real browser loads the rendezvous' map page (e2e tests)
   miniupnpd-nftables miniupnpc natpmpc  # port mapping: the lab routers' PCP/NAT-PMP/UPnP, cross-checks
+  openvpn nebula           # other userspace tunnels beside wireguard-go (bench)
 )
 
 install_debian_packages() {
@@ -35,13 +36,17 @@ install_debian_packages() {
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
-  # coturn's and miniupnpd's packages start system-wide services on install on some setups:
-  # the lab starts its own in its namespaces, so make sure the packaged ones hold no port
-  # (3478, 5351) and no nftables chain.
+  # coturn's, miniupnpd's, OpenVPN's and Nebula's packages start system-wide services on
+  # install on some setups: the lab and the bench start their own in their namespaces, so make
+  # sure the packaged ones hold no port (3478, 5351, 1194, 4242), no tun device and no nftables
+  # chain, and do not come back at boot.
   local service
-  for service in coturn miniupnpd; do
+  for service in coturn miniupnpd openvpn nebula; do
     if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$service" 2>/dev/null; then
       systemctl stop "$service" || true
+    fi
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled --quiet "$service" 2>/dev/null; then
+      systemctl disable "$service" >/dev/null 2>&1 || true
     fi
   done
 }
