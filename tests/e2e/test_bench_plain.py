@@ -92,3 +92,25 @@ def test_plain_link_bench_measures_every_row(natlab_required: None, tmp_path: Pa
     assert not {ns for ns in _namespaces() if ns.startswith(PREFIX)}
     out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, timeout=10)
     assert not [line for line in out.stdout.splitlines() if "p2ptun-bench-" in line]
+
+
+def test_peer_cost_counts_an_idle_hub_with_real_peers(
+    natlab_required: None, tmp_path: Path
+) -> None:
+    """``python -m p2plab.peercost`` with three real peers: every one connected before and
+    after the idle window, the hub's figures read, the star removed."""
+    results_file = tmp_path / "peercost.json"
+    argv = ["-m", "p2plab.peercost", "--peers", "3", "--idle", "4", "--window", "2"]
+    argv += ["--prefix", "pct", "--json", str(results_file)]
+    proc = subprocess.run(
+        [sys.executable, *argv], capture_output=True, text=True, timeout=180, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = _table(proc.stdout)
+    assert list(rows) == ["peers", "3"], proc.stdout
+    (result,) = json.loads(results_file.read_text())
+    assert result["connected_before"] == result["connected_after"] == 3, result
+    assert result["hub_rss_mib"] > 1 and result["hub_wakeups_per_s"] >= 0, result
+    assert not {ns for ns in _namespaces() if ns.startswith("pct")}
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, timeout=10)
+    assert not [line for line in out.stdout.splitlines() if "p2ptun-peercost-" in line]
