@@ -126,6 +126,27 @@ def _status(sock: Path) -> dict[str, Any]:
     return status
 
 
+def _flat_counters(sock: Path) -> dict[str, float]:
+    """The node's ``debug`` counters (data path, ICE transport, mux) as ``section.name``."""
+    try:
+        reply = control.request(str(sock), {"cmd": "debug"}, 10.0)
+    except RuntimeFailure:
+        return {}
+    debug = reply.get("debug", {}) if reply.get("ok") else {}
+    flat: dict[str, float] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), item)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            flat[prefix] = float(value)
+
+    for section in ("tunnel", "ice", "mux"):
+        walk(section, debug.get(section, {}))
+    return flat
+
+
 def _connected(status: dict[str, Any]) -> int:
     return sum(1 for p in status.get("peers", []) if p.get("state") == "connected")
 
@@ -250,8 +271,15 @@ def measure(
             time.sleep(max(0.0, idle - window))
             pids = [hub.pid, rendezvous.pid, *(p.pid for p in leaves)]
             before_cpu = _cpu(hub.pid)
+            before_counters = _flat_counters(hub_sock)
             rates = wakeups_per_second(pids, window)
             hub_cpu = _cpu(hub.pid) - before_cpu
+            after_counters = _flat_counters(hub_sock)
+            deltas = {
+                k: (v - before_counters.get(k, 0.0)) / window
+                for k, v in after_counters.items()
+                if v != before_counters.get(k, 0.0) and not k.endswith("bytes")
+            }
             still = _connected(_status(hub_sock))
             result = {
                 "peers": n,
@@ -266,6 +294,7 @@ def measure(
                 "idle_s": idle,
                 "window_s": window,
                 "connect_all_s": connect_s,
+                "hub_counters_per_s": dict(sorted(deltas.items(), key=lambda kv: -abs(kv[1]))),
             }
             log(json.dumps(result))
             if profile is not None:
@@ -352,6 +381,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{r['rendezvous_wakeups_per_s']:.1f}",
         ]
         print("| " + " | ".join(cells) + " |")
+    for r in results:
+        top = list(r["hub_counters_per_s"].items())[:15]
+        print(f"- {r['peers']} peers, the hub's counters per second in the window:")
+        print("  " + ", ".join(f"{k} {v:.2f}" for k, v in top))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0
