@@ -72,11 +72,12 @@ def test_plain_link_bench_measures_every_row(natlab_required: None, tmp_path: Pa
         if name == ROW_RAW:  # kernel forwarding: no process, no connect, nothing idle
             assert [cpu, connect, wakeups, rss] == ["–"] * 4, cells
         else:
-            assert NUMBER.match(udp), (name, cells)  # a rate with <= 1 % loss was found
+            # a rate with <= 1 % loss, or (a loaded machine, five 1 s steps) none found
+            assert NUMBER.match(udp) or udp == "–", (name, cells)
             assert all(NUMBER.match(c) for c in (cpu, connect, wakeups, rss)), (name, cells)
     for peer in PEERS:  # p2ptun against each other program, every ratio from this run
         ratios = rows[f"{ROW_DIRECT} ÷ {peer}"]
-        assert all(RATIO.match(c) for c in ratios[:6]), (peer, ratios)
+        assert all(RATIO.match(c) for c in (*ratios[:2], *ratios[3:6])), (peer, ratios)
     for name in PLAIN_ROWS[1:]:
         ratios = rows[f"{name} ÷ {ROW_RAW}"]
         assert all(RATIO.match(c) for c in (ratios[0], ratios[1], ratios[3])), ratios
@@ -85,6 +86,9 @@ def test_plain_link_bench_measures_every_row(natlab_required: None, tmp_path: Pa
     results = {r["name"]: r for r in json.loads(results_file.read_text())}
     assert set(results) == set(PLAIN_ROWS)
     assert all(r["error"] is None and len(r["throughput_mbps"]) == 1 for r in results.values())
+    for r in results.values():  # the UDP search ran for every row
+        assert any(n.startswith("UDP: ") for n in r["notes"]), r["notes"]
+        assert (r["udp_mbps"] is None) == any("none found" in n for n in r["notes"]), r
     # the p2ptun row went straight across the veth (the bench checks the counters too)
     assert "MTU" in " ".join(results[ROW_DIRECT]["notes"])
 
