@@ -14,8 +14,8 @@ lab for each row so that no row inherits NAT state, a renumbered host or a block
 Rows:
 
 ``raw link``
-    No tunnel: site1 talks to nat2's public address, and nat2 forwards TCP port 5201 and ICMP
-    echo to site2 (a port forward added for the benchmark). The packets cross the same
+    No tunnel: site1 talks to nat2's public address, and nat2 forwards TCP and UDP port 5201
+    and ICMP echo to site2 (a port forward added for the benchmark). The packets cross the same
     namespaces, veths, NATs and conntrack as the tunnels' direct path, so the row is the ceiling
     a tunnel over that path can reach. Kernel forwarding has no process to charge CPU to.
 ``p2ptun direct``
@@ -64,6 +64,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import datetime
 import functools
 import json
 import os
@@ -82,6 +83,7 @@ from types import FrameType
 from typing import IO, Any
 
 from p2plab.natlab import NatLab, iter_lines, lab_unavailable_reason
+from p2plab.plainlab import PlainLab
 from p2plab.wireguard_go import uapi_accepts, uapi_socket
 from p2ptun.errors import RuntimeFailure
 from p2ptun.keys import encode_key, generate_private_key, public_key
@@ -100,8 +102,25 @@ ROW_RAW = "raw link"
 ROW_DIRECT = "p2ptun direct"
 ROW_RELAY = "p2ptun relayed"
 ROW_WG = "wireguard-go"
-ROWS = (ROW_RAW, ROW_DIRECT, ROW_RELAY, ROW_WG)
-"""The rows of the table, in order."""
+ROW_OVPN = "OpenVPN"
+ROW_NEBULA = "Nebula"
+ROWS = (ROW_RAW, ROW_DIRECT, ROW_RELAY, ROW_WG, ROW_OVPN, ROW_NEBULA)
+"""The rows of the NAT lab's table, in order."""
+PLAIN_ROWS = (ROW_RAW, ROW_DIRECT, ROW_WG, ROW_OVPN, ROW_NEBULA)
+"""The rows of the plain link's table (nothing to relay through: no server, no NAT)."""
+PEERS = (ROW_WG, ROW_OVPN, ROW_NEBULA)
+"""Other programs' tunnels: the references p2ptun's rows are divided by."""
+TOPOLOGIES = ("nat", "plain")
+OVPN_PORT = 1194
+NEBULA_PORT = 4242
+UDP_START_MAX = 3000.0
+"""Mbit/s: the UDP search's first rate is 1.2× the TCP median, at most this."""
+LOSS_TARGET = 1.0
+"""The UDP column's rate is the highest found with at most this much loss (percent)."""
+
+
+Lab = NatLab | PlainLab
+"""Either topology: the drivers use only what both offer."""
 
 
 class BenchError(RuntimeError):
@@ -120,14 +139,31 @@ class Options:
     wake_window: float = 10.0
     connects: int = 5
     rows: tuple[str, ...] = ROWS
+    topology: str = "nat"
+    parallel: int = 4
+    """Flows of the parallel TCP column (``iperf3 -P``)."""
+    udp_steps: int = 7
+    """iperf3 ``-u`` runs of the search for the highest rate with at most 1 % loss."""
+    udp_seconds: float = 3.0
     verbose: bool = True
     keep_logs: Path | None = None
     """Copy each row's logs and configs here (a directory per row) before removing them."""
+    prefix: str | None = None
+    """Start of every lab's name (then random hex); default ``bn`` (NAT lab), ``bp`` (plain)."""
 
     @classmethod
     def quick(cls) -> Options:
         """A smoke run: 3 s iperf3, one run, 5 pings, 5 s idle, one connect."""
-        return cls(iperf_seconds=3.0, runs=1, pings=5, idle=5.0, wake_window=5.0, connects=1)
+        return cls(
+            iperf_seconds=3.0,
+            runs=1,
+            pings=5,
+            idle=5.0,
+            wake_window=5.0,
+            connects=1,
+            udp_steps=3,
+            udp_seconds=1.0,
+        )
 
 
 @dataclasses.dataclass
@@ -136,10 +172,17 @@ class Result:
 
     name: str
     throughput_mbps: list[float] = dataclasses.field(default_factory=list)
+    parallel_mbps: list[float] = dataclasses.field(default_factory=list)
+    """TCP with ``Options.parallel`` flows, each run's sum."""
+    udp_mbps: float | None = None
+    """Receiver's rate at the highest offered rate found with at most 1 % loss."""
+    udp_loss: float | None = None
     rtt_ms: float | None = None
     cpu_s_per_gb: float | None = None
     connect_s: float | None = None
     recovery_s: float | None = None
+    recovery_measured: bool = True
+    """False where the topology has no renumbering to recover from (the plain link)."""
     wakeups_per_s: float | None = None
     rss_mib: float | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
@@ -149,6 +192,11 @@ class Result:
     def throughput_median(self) -> float | None:
         """The median of the iperf3 runs in Mbit/s (None before any run)."""
         return statistics.median(self.throughput_mbps) if self.throughput_mbps else None
+
+    @property
+    def parallel_median(self) -> float | None:
+        """The median of the parallel-flow runs in Mbit/s (None before any run)."""
+        return statistics.median(self.parallel_mbps) if self.parallel_mbps else None
 
 
 # ---------------------------------------------------------------------------- /proc readings
@@ -208,7 +256,7 @@ def parse_reply(line: str) -> tuple[float, int, float] | None:
 
 
 def ping_stream(
-    lab: NatLab, host: str, dst: str, interval: float, deadline_s: float
+    lab: Lab, host: str, dst: str, interval: float, deadline_s: float
 ) -> subprocess.Popen[str]:
     """Start ``ping -D`` (timestamped replies) from ``host`` to ``dst``, at most ``deadline_s``."""
     argv = ["ping", "-D", "-n", "-i", str(interval), "-W", "1", "-w", str(int(deadline_s)), dst]
@@ -228,7 +276,7 @@ def first_reply(stream: IO[str], deadline: float, sent_after: float = 0.0) -> fl
 _RTT = re.compile(r"time=([\d.]+) ms")
 
 
-def median_rtt_ms(lab: NatLab, host: str, dst: str, count: int, interval: float) -> float:
+def median_rtt_ms(lab: Lab, host: str, dst: str, count: int, interval: float) -> float:
     """Median RTT in ms of ``count`` pings at ``interval`` from ``host`` to ``dst``.
 
     The median, not ping's mean: on a shared VM one echo in twenty or so takes a few ms
@@ -248,11 +296,14 @@ def median_rtt_ms(lab: NatLab, host: str, dst: str, count: int, interval: float)
 class Bench:
     """One lab, its working directory and the processes of one row."""
 
-    def __init__(self, lab: NatLab, workdir: Path, opts: Options) -> None:
+    def __init__(self, lab: Lab, workdir: Path, opts: Options) -> None:
         self.lab = lab
         self.workdir = workdir
         self.opts = opts
         self.tag = secrets.token_hex(2)
+        self.plain = isinstance(lab, PlainLab)
+        self.rv = lab.site("site1").addr if isinstance(lab, PlainLab) else RV
+        """Where a p2ptun row's rendezvous listens (the server, or beside site1)."""
 
     def say(self, text: str) -> None:
         """A progress line on stderr (unless quiet)."""
@@ -287,10 +338,17 @@ class Bench:
     # ------------------------------------------------------------------ iperf3
 
     def throughput(
-        self, server_host: str, bind: str, dst: str, tunnel_pids: Sequence[int], result: Result
+        self,
+        server_host: str,
+        bind: str,
+        dst: str,
+        tunnel_pids: Sequence[int],
+        result: Result,
+        mtu: int = 1500,
     ) -> None:
-        """iperf3 runs from site1 to ``dst`` (served in ``server_host`` on ``bind``); fills the
-        throughput and, with ``tunnel_pids``, the CPU-seconds per GB of ``result``."""
+        """iperf3 from site1 to ``dst`` (served in ``server_host`` on ``bind``): ``runs``
+        single-flow TCP runs (their CPU per GB, with ``tunnel_pids``, at both ends), as many
+        with ``parallel`` flows, then the UDP rate search (datagrams that fit ``mtu``)."""
         server = self.lab.popen(
             server_host,
             ["iperf3", "-s", "-B", bind, "-p", str(IPERF_PORT)],
@@ -299,25 +357,80 @@ class Bench:
         )
         try:
             time.sleep(0.3)  # iperf3 binds at once; a refused first connect would waste a run
-            cpu = 0.0
+            cpu = [0.0] * len(tunnel_pids)
             received = 0
             for run in range(self.opts.runs):
-                before = sum(cpu_seconds(pid) for pid in tunnel_pids)
-                rate, nbytes = self._iperf_client(dst)
-                cpu += sum(cpu_seconds(pid) for pid in tunnel_pids) - before
+                before = [cpu_seconds(pid) for pid in tunnel_pids]
+                rate, nbytes, _ = self._iperf_client(dst)
+                cpu = [
+                    c + cpu_seconds(p) - b for c, p, b in zip(cpu, tunnel_pids, before, strict=True)
+                ]
                 received += nbytes
                 result.throughput_mbps.append(rate / 1e6)
                 self.say(f"iperf3 run {run + 1}/{self.opts.runs}: {rate / 1e6:.0f} Mbit/s")
+            for run in range(self.opts.runs):
+                rate, _, _ = self._iperf_client(dst, ["-P", str(self.opts.parallel)])
+                result.parallel_mbps.append(rate / 1e6)
+                self.say(
+                    f"iperf3 -P {self.opts.parallel} run {run + 1}/{self.opts.runs}: "
+                    f"{rate / 1e6:.0f} Mbit/s"
+                )
+            self._udp_search(dst, mtu, result)
         finally:
             self.lab.stop(server)
         if tunnel_pids and received:
-            result.cpu_s_per_gb = cpu / (received / 1e9)
+            result.cpu_s_per_gb = sum(cpu) / (received / 1e9)
+            ends = ", ".join(f"{c / (received / 1e9):.1f}" for c in cpu)
+            result.notes.append(f"CPU s/GB per process (site1, site2[, relay]): {ends}")
 
-    def _iperf_client(self, dst: str) -> tuple[float, int]:
-        """One iperf3 run from site1 (up to 3 attempts): (bits/s, bytes) received."""
-        seconds = self.opts.iperf_seconds
+    def _udp_search(self, dst: str, mtu: int, result: Result) -> None:
+        """The highest offered UDP rate with at most :data:`LOSS_TARGET` % loss, in
+        ``udp_steps`` runs: from 1.2× the TCP median (at most :data:`UDP_START_MAX`), ×1.5
+        while the loss stays low, halving while it is high, then
+        halving the interval between the best good and the lowest bad rate."""
+        length = mtu - 28  # IPv4 and UDP headers: one datagram per tunnel packet
+        tcp = result.throughput_median or 100.0
+        good: tuple[float, float, float] | None = None  # offered, received Mbit/s, loss %
+        bad: float | None = None
+        # One iperf3 sender tops out at a few Gbit/s of datagrams: no start above UDP_START_MAX.
+        offered = min(UDP_START_MAX, max(50.0, tcp * 1.2))
+        for _ in range(self.opts.udp_steps):
+            extra = ["-u", "-b", f"{offered:.0f}M", "-l", str(length)]
+            try:
+                rate, _, loss = self._iperf_client(dst, extra, self.opts.udp_seconds)
+            except BenchError as exc:  # the UDP column only: the row's other figures stand
+                result.notes.append(f"UDP search stopped: {exc}")
+                break
+            self.say(
+                f"UDP {offered:.0f} Mbit/s offered: {rate / 1e6:.0f} received, {loss:.2f} % lost"
+            )
+            if loss <= LOSS_TARGET:
+                if good is None or offered > good[0]:
+                    good = (offered, rate / 1e6, loss)
+            elif bad is None or offered < bad:
+                bad = offered
+            if bad is None:
+                offered *= 1.5
+            elif good is None:
+                offered /= 2
+            else:
+                offered = (good[0] + bad) / 2
+        if good is not None:
+            result.udp_mbps, result.udp_loss = good[1], good[2]
+        result.notes.append(
+            f"UDP: {length}-byte datagrams, {self.opts.udp_steps} runs of "
+            f"{self.opts.udp_seconds:g} s searching for <= {LOSS_TARGET:g} % loss"
+            + ("" if good is not None else " (none found)")
+        )
+
+    def _iperf_client(
+        self, dst: str, extra: Sequence[str] = (), seconds: float | None = None
+    ) -> tuple[float, int, float]:
+        """One iperf3 run from site1 (up to 3 attempts): (bits/s, bytes) received and the
+        percentage of datagrams lost (0 for TCP)."""
+        seconds = self.opts.iperf_seconds if seconds is None else seconds
         argv = ["iperf3", "-c", dst, "-p", str(IPERF_PORT), "-t", f"{seconds:g}", "-J"]
-        argv += ["--connect-timeout", "5000"]
+        argv += ["--connect-timeout", "5000", *extra]
         for attempt in range(3):
             proc = self.lab.exec("site1", *argv, timeout=seconds + 30)
             try:
@@ -326,7 +439,8 @@ class Bench:
                 report = {"error": proc.stderr.strip() or proc.stdout.strip()[-200:]}
             if "error" not in report:
                 received = report["end"]["sum_received"]
-                return float(received["bits_per_second"]), int(received["bytes"])
+                loss = float(received.get("lost_percent", 0.0))
+                return float(received["bits_per_second"]), int(received["bytes"]), loss
             if attempt < 2:
                 time.sleep(0.5)
         raise BenchError(f"iperf3 to {dst} failed: {report['error']}")
@@ -345,8 +459,17 @@ class Bench:
 
 
 def bench_raw(bench: Bench) -> Result:
-    """Row ``raw link``: iperf3 and ping from site1 to nat2's public address, forwarded."""
+    """Row ``raw link``: iperf3 and ping from site1 to nat2's public address, forwarded
+    (on the plain link: to site2's address across the veth)."""
     lab, result = bench.lab, Result(ROW_RAW)
+    if isinstance(lab, PlainLab):
+        dst = lab.site("site2").addr
+        lab.reset_counters()
+        bench.throughput("site2", dst, dst, [], result)
+        result.rtt_ms = median_rtt_ms(lab, "site1", dst, bench.opts.pings, bench.opts.ping_interval)
+        result.notes.append(f"site1 -> {dst} across the veth")
+        return result
+    assert isinstance(lab, NatLab)
     site2 = lab.site("site2")
     wan = lab.if_wan("site2")
     rules = (
@@ -354,6 +477,7 @@ def bench_raw(bench: Bench) -> Result:
         "  chain prerouting {\n"
         "    type nat hook prerouting priority dstnat - 5; policy accept;\n"
         f'    iifname "{wan}" tcp dport {IPERF_PORT} dnat to {site2.host_addr}\n'
+        f'    iifname "{wan}" udp dport {IPERF_PORT} dnat to {site2.host_addr}\n'
         f'    iifname "{wan}" icmp type echo-request dnat to {site2.host_addr}\n'
         "  }\n"
         "}\n"
@@ -384,11 +508,20 @@ class Tunnel:
     name = ""
     peer_ip = ""
     """site2's tunnel address."""
+    ifname = ""
+    """site1's tunnel interface."""
     relayed = False
 
     def __init__(self, bench: Bench) -> None:
         self.bench = bench
         self.lab = bench.lab
+
+    @property
+    def nat_lab(self) -> NatLab:
+        """The lab, where a measurement needs the NAT lab (renumbering, flushing a NAT)."""
+        if not isinstance(self.lab, NatLab):
+            raise BenchError("this measurement needs the NAT lab")
+        return self.lab
 
     def start_first(self) -> None:
         """Start site1's end and wait until it is ready for the peer."""
@@ -426,6 +559,11 @@ class Tunnel:
     def stop(self) -> None:
         """Stop the tunnel's processes by PID, the daemons before what they depend on."""
         raise NotImplementedError
+
+    def mtu(self) -> int:
+        """site1's tunnel interface MTU (1420 if it cannot be read)."""
+        text = _mtu(self.lab, "site1", self.ifname)
+        return int(text) if text.isdigit() else 1420
 
 
 def measure_tunnel(tunnel: Tunnel, opts: Options) -> Result:
@@ -487,11 +625,19 @@ def _measure(tunnel: Tunnel, opts: Options) -> Result:
 
     # throughput and CPU
     lab.reset_counters()
-    bench.throughput("site2", tunnel.peer_ip, tunnel.peer_ip, tunnel.cpu_pids(), result)
+    bench.throughput(
+        "site2", tunnel.peer_ip, tunnel.peer_ip, tunnel.cpu_pids(), result, tunnel.mtu()
+    )
     bench.check_path(_received_bytes(result, opts), relayed=tunnel.relayed)
 
     result.rtt_ms = median_rtt_ms(lab, "site1", tunnel.peer_ip, opts.pings, opts.ping_interval)
     bench.say(f"ping: {result.rtt_ms:.3f} ms")
+
+    result.notes += tunnel.extra_notes()
+    if bench.plain:  # nothing to renumber behind a plain link
+        result.recovery_measured = False
+        return result
+    assert isinstance(lab, NatLab)
 
     # recovery after site1's host is renumbered
     pinger = ping_stream(lab, "site1", tunnel.peer_ip, 0.1, RECOVERY_TIMEOUT + 10)
@@ -509,7 +655,6 @@ def _measure(tunnel: Tunnel, opts: Options) -> Result:
     else:
         result.recovery_s = got - t_renumber
         bench.say(f"recovery after site1 -> {new_addr}: {result.recovery_s:.2f} s")
-    result.notes += tunnel.extra_notes()
     return result
 
 
@@ -555,6 +700,7 @@ class P2ptunTunnel(Tunnel):
         self.relayed = relayed
         self.name = ROW_RELAY if relayed else ROW_DIRECT
         self.peer_ip = "10.77.0.2"
+        self.ifname = f"p2p{bench.tag}a"
         self.run_dir = bench.workdir / "run"
         rv_priv = generate_private_key()
         self.rv_key, self.rv_pub = encode_key(rv_priv), encode_key(public_key(rv_priv))
@@ -586,16 +732,16 @@ class P2ptunTunnel(Tunnel):
 
     def _start_rendezvous(self) -> None:
         """``p2ptun rendezvous`` on the server: signaling, STUN and TURN."""
-        work = self.bench.workdir
+        work, rv = self.bench.workdir, self.bench.rv
         nodes = "".join(
             f'[[node]]\nname = "{n.name}"\npublic_key = "{n.pub}"\n' for n in self.nodes
         )
         path = work / "rendezvous.toml"
         path.write_text(
-            f'listen = "{RV}:7070"\nprivate_key = "{self.rv_key}"\n'
+            f'listen = "{rv}:7070"\nprivate_key = "{self.rv_key}"\n'
             f'database = "{work}/rendezvous.sqlite"\n'
-            f'[stun]\nlisten = ["{RV}:3478"]\n'
-            f'[turn]\nrealm = "bench"\nrelay_address = "{RV}"\nrelay_ports = "49152-49999"\n'
+            f'[stun]\nlisten = ["{rv}:3478"]\n'
+            f'[turn]\nrealm = "bench"\nrelay_address = "{rv}"\nrelay_ports = "49152-49999"\n'
             f'auth_secret = "{secrets.token_hex(16)}"\n'
             # The lab's public addresses are documentation blocks, denied by default.
             'allow_peers = ["192.0.2.0/24", "198.51.100.0/24"]\n' + nodes
@@ -611,13 +757,13 @@ class P2ptunTunnel(Tunnel):
             for p in self.nodes
             if p is not node
         )
-        path = self.bench.workdir / f"{node.name}.toml"
+        path, rv = self.bench.workdir / f"{node.name}.toml", self.bench.rv
         path.write_text(
             f'name = "{node.name}"\nprivate_key = "{node.key}"\n'
             f'[interface]\nname = "{node.ifname}"\naddress = ["{node.ip}/24"]\n'
-            f'[rendezvous]\naddress = "{RV}:7070"\npublic_key = "{self.rv_pub}"\n'
-            f'[ice]\nstun = ["{RV}:3478"]\n'
-            f'turn = [{{ url = "turn:{RV}:3478?transport=udp" }}]\n' + peers + self.firewall
+            f'[rendezvous]\naddress = "{rv}:7070"\npublic_key = "{self.rv_pub}"\n'
+            f'[ice]\nstun = ["{rv}:3478"]\n'
+            f'turn = [{{ url = "turn:{rv}:3478?transport=udp" }}]\n' + peers + self.firewall
         )
         path.chmod(0o600)
         argv = [sys.executable, "-m", "p2ptun", "up", "-c", str(path)]
@@ -716,7 +862,7 @@ class P2ptunTunnel(Tunnel):
             self.lab.stop(self.rendezvous)
 
 
-def _mtu(lab: NatLab, host: str, ifname: str) -> str:
+def _mtu(lab: Lab, host: str, ifname: str) -> str:
     """An interface's MTU inside a lab host, as text."""
     out = lab.exec(host, "cat", f"/sys/class/net/{ifname}/mtu", timeout=10).stdout.strip()
     return out or "?"
@@ -734,6 +880,7 @@ class WireguardGoTunnel(Tunnel):
         super().__init__(bench)
         self.peer_ip = "10.78.0.2"
         self.ifnames = [f"wg{bench.tag}a", f"wg{bench.tag}b"]
+        self.ifname = self.ifnames[0]
         self.keys = [generate_private_key(), generate_private_key()]
         self.procs: list[subprocess.Popen[Any]] = []
         for ifname in self.ifnames:
@@ -796,17 +943,218 @@ class WireguardGoTunnel(Tunnel):
             self.lab.stop(proc)
 
 
+# ------------------------------------------------------------------ OpenVPN
+
+
+def _self_signed(name: str, directory: Path) -> tuple[Path, Path, str]:
+    """A P-256 key and a self-signed certificate for ``name`` (``cryptography``): the two
+    files and the certificate's SHA-256 fingerprint as OpenVPN's ``--peer-fingerprint``
+    wants it (colon-separated hex)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .sign(key, hashes.SHA256())
+    )
+    crt_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
+    crt_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(0o600)
+    fingerprint = cert.fingerprint(hashes.SHA256()).hex(":").upper()
+    return crt_path, key_path, fingerprint
+
+
+class OpenVpnTunnel(Tunnel):
+    """OpenVPN 2.6 in peer-to-peer TLS mode on both site hosts: AES-256-GCM, userspace
+    (``--disable-dco``), self-signed certificates pinned by ``--peer-fingerprint``; site1
+    the TLS server, site2 the client (so a start of site2 begins the handshake at once);
+    each end's remote the other's (NAT) address, UDP port 1194, ``--ping 25`` (what a NATed
+    peer needs, like WireGuard's persistent keepalive). Default tun MTU (1500: OpenVPN then
+    fragments its own UDP datagrams on a 1500-byte path)."""
+
+    name = ROW_OVPN
+
+    def __init__(self, bench: Bench) -> None:
+        super().__init__(bench)
+        self.peer_ip = "10.79.0.2"
+        self.ifnames = [f"ov{bench.tag}a", f"ov{bench.tag}b"]
+        self.ifname = self.ifnames[0]
+        self.creds = [_self_signed(f"ovpn{i + 1}", bench.workdir) for i in range(2)]
+        self.procs: list[subprocess.Popen[Any]] = []
+
+    def _start(self, i: int) -> None:
+        site, other = f"site{i + 1}", self.lab.site(f"site{2 - i}")
+        crt, key, _ = self.creds[i]
+        peer_fp = self.creds[1 - i][2]
+        argv = ["openvpn", "--dev", self.ifnames[i], "--dev-type", "tun", "--disable-dco"]
+        argv += ["--proto", "udp", "--lport", str(OVPN_PORT)]
+        argv += ["--remote", other.mapped_addr, str(OVPN_PORT), "--float"]
+        argv += ["--ifconfig", f"10.79.0.{i + 1}", f"10.79.0.{2 - i}"]
+        argv += ["--cert", str(crt), "--key", str(key), "--peer-fingerprint", peer_fp]
+        argv += ["--data-ciphers", "AES-256-GCM", "--ping", "25", "--verb", "3"]
+        argv += ["--tls-server", "--dh", "none"] if i == 0 else ["--tls-client"]
+        proc = self.bench.daemon(site, self.ifnames[i], argv)
+        self.procs.append(proc)
+        deadline = time.monotonic() + 10
+        path = Path(f"/sys/class/net/{self.ifnames[i]}")
+        while self.lab.exec(site, "test", "-e", str(path), timeout=10).returncode != 0:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"openvpn did not come up:\n{self.bench.tail_logs()}")
+            time.sleep(0.05)
+
+    def start_first(self) -> None:
+        self._start(0)
+
+    def start_second(self) -> None:
+        self._start(1)
+
+    def stop_second(self) -> None:
+        # site1 takes the new client's hard reset as a new session (p2p TLS mode)
+        if len(self.procs) > 1:
+            self.lab.stop(self.procs.pop(1))
+
+    def wait_established(self) -> None:
+        pass  # a ping reply came back: the TLS handshake is done
+
+    def daemon_pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def extra_notes(self) -> list[str]:
+        return [f"MTU {_mtu(self.lab, 'site1', self.ifname)}, AES-256-GCM, no DCO, ping 25"]
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            self.lab.stop(proc)
+
+
+# ------------------------------------------------------------------ Nebula
+
+
+class NebulaTunnel(Tunnel):
+    """Nebula on both site hosts: a CA and two host certificates from ``nebula-cert``, no
+    lighthouse, each end's ``static_host_map`` the other's (NAT) address and UDP port 4242,
+    every packet allowed by its firewall, ``punchy`` on (keeps a NAT binding open), default
+    tun MTU (1300). In the NAT lab site2 pings site1 once as it starts (see :meth:`_start`)."""
+
+    name = ROW_NEBULA
+
+    def __init__(self, bench: Bench) -> None:
+        super().__init__(bench)
+        self.peer_ip = "10.80.0.2"
+        self.ifnames = [f"nb{bench.tag}a", f"nb{bench.tag}b"]
+        self.ifname = self.ifnames[0]
+        self.procs: list[subprocess.Popen[Any]] = []
+        work = bench.workdir
+        ca = ["-out-crt", str(work / "ca.crt"), "-out-key", str(work / "ca.key")]
+        self._cert_tool("ca", "-name", "bench", *ca)
+        for i in range(2):
+            self._cert_tool(
+                "sign",
+                *("-name", f"nebula{i + 1}", "-ip", f"10.80.0.{i + 1}/24"),
+                *("-ca-crt", str(work / "ca.crt"), "-ca-key", str(work / "ca.key")),
+                *("-out-crt", str(work / f"nebula{i + 1}.crt")),
+                *("-out-key", str(work / f"nebula{i + 1}.key")),
+            )
+
+    @staticmethod
+    def _cert_tool(*argv: str) -> None:
+        done = subprocess.run(
+            ["nebula-cert", *argv], capture_output=True, text=True, timeout=30, check=False
+        )
+        if done.returncode != 0:
+            raise BenchError(f"nebula-cert {argv[0]}: {done.stderr.strip()}")
+
+    def _start(self, i: int) -> None:
+        site, other = f"site{i + 1}", self.lab.site(f"site{2 - i}")
+        work = self.bench.workdir
+        anything = [{"port": "any", "proto": "any", "host": "any"}]
+        config = {
+            "pki": {
+                "ca": str(work / "ca.crt"),
+                "cert": str(work / f"nebula{i + 1}.crt"),
+                "key": str(work / f"nebula{i + 1}.key"),
+            },
+            "static_host_map": {f"10.80.0.{2 - i}": [f"{other.mapped_addr}:{NEBULA_PORT}"]},
+            "lighthouse": {"am_lighthouse": False, "hosts": []},
+            "listen": {"host": "0.0.0.0", "port": NEBULA_PORT},
+            "punchy": {"punch": True},
+            "tun": {"dev": self.ifnames[i]},
+            "logging": {"level": "info"},
+            "firewall": {"outbound": anything, "inbound": anything},
+        }
+        path = work / f"nebula{i + 1}.yml"
+        path.write_text(json.dumps(config, indent=1) + "\n")  # JSON is YAML
+        proc = self.bench.daemon(site, self.ifnames[i], ["nebula", "-config", str(path)])
+        self.procs.append(proc)
+        deadline = time.monotonic() + 10
+        dev = f"/sys/class/net/{self.ifnames[i]}"
+        while self.lab.exec(site, "test", "-e", dev, timeout=10).returncode != 0:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"nebula did not come up:\n{self.bench.tail_logs()}")
+            time.sleep(0.05)
+        if i == 1 and not self.bench.plain:
+            # Without a lighthouse a NATed Nebula that has nothing to send opens no binding,
+            # and site1's handshakes die at nat2: site2 pings once, as a lighthouse's punch
+            # would make it send.
+            argv = ["ping", "-n", "-c", "5", "-i", "0.2", "-W", "1", "10.80.0.1"]
+            self.lab.popen(site, argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def start_first(self) -> None:
+        self._start(0)
+
+    def start_second(self) -> None:
+        self._start(1)
+
+    def stop_second(self) -> None:
+        if len(self.procs) > 1:
+            self.lab.stop(self.procs.pop(1))
+
+    def wait_established(self) -> None:
+        pass  # a ping reply came back: the handshake is done
+
+    def daemon_pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def extra_notes(self) -> list[str]:
+        return [f"MTU {_mtu(self.lab, 'site1', self.ifname)}, no lighthouse, punchy"]
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            self.lab.stop(proc)
+
+
 # ---------------------------------------------------------------------------- running
 
 
 @contextlib.contextmanager
 def _fresh_lab(name: str, opts: Options, sites: Sequence[str] = LAB_SITES) -> Iterator[Bench]:
-    """A new lab (cone/cone unless ``sites`` says otherwise) and working directory, removed
-    afterwards whatever happens."""
+    """A new lab (cone/cone unless ``sites`` says otherwise, or the plain link) and working
+    directory, removed afterwards whatever happens."""
     workdir = Path(tempfile.mkdtemp(prefix="p2ptun-bench-"))
-    lab = None
+    lab: Lab | None = None
     try:
-        lab = NatLab.create(list(sites), prefix="bn" + secrets.token_hex(3))
+        if opts.topology == "plain":
+            lab = PlainLab.create((opts.prefix or "bp") + secrets.token_hex(3))
+        else:
+            lab = NatLab.create(list(sites), prefix=(opts.prefix or "bn") + secrets.token_hex(3))
         yield Bench(lab, workdir, opts)
     finally:
         if lab is not None:
@@ -832,6 +1180,10 @@ def run_row(name: str, opts: Options) -> Result:
                 return bench_raw(bench)
             if name == ROW_WG:
                 return measure_tunnel(WireguardGoTunnel(bench), opts)
+            if name == ROW_OVPN:
+                return measure_tunnel(OpenVpnTunnel(bench), opts)
+            if name == ROW_NEBULA:
+                return measure_tunnel(NebulaTunnel(bench), opts)
             return measure_tunnel(P2ptunTunnel(bench, relayed=name == ROW_RELAY), opts)
     except (BenchError, subprocess.SubprocessError, OSError, RuntimeError) as exc:
         message = str(exc)
@@ -849,6 +1201,8 @@ def run(opts: Options) -> list[Result]:
 COLUMNS = (
     "tunnel",
     "TCP Mbit/s (min–max)",
+    "TCP ×4 Mbit/s",
+    "UDP Mbit/s",
     "ping ms",
     "CPU s/GB",
     "connect s",
@@ -856,6 +1210,9 @@ COLUMNS = (
     "wake-ups/s",
     "RSS MiB",
 )
+RAW_RATIO_COLUMNS = 4
+"""Ratios to the raw link are shown for the throughputs and the ping (the rest has no
+process to compare with)."""
 
 
 def _num(value: float | None, digits: int = 2) -> str:
@@ -869,14 +1226,14 @@ def _num(value: float | None, digits: int = 2) -> str:
     return f"{value:.{digits}f}"
 
 
-def _throughput_cell(r: Result) -> str:
+def _throughput_cell(values: Sequence[float]) -> str:
     """``median (min–max)`` in Mbit/s, or just the value after one run."""
-    med = r.throughput_median
-    if med is None:
+    if not values:
         return "–"
-    if len(r.throughput_mbps) == 1:
+    med = statistics.median(values)
+    if len(values) == 1:
         return f"{med:.0f}"
-    return f"{med:.0f} ({min(r.throughput_mbps):.0f}–{max(r.throughput_mbps):.0f})"
+    return f"{med:.0f} ({min(values):.0f}–{max(values):.0f})"
 
 
 def _ratio(a: float | None, b: float | None) -> str:
@@ -895,6 +1252,8 @@ def _metrics(r: Result) -> list[float | None]:
     """A row's values in column order (for the ratios)."""
     return [
         r.throughput_median,
+        r.parallel_median,
+        r.udp_mbps,
         r.rtt_ms,
         r.cpu_s_per_gb,
         r.connect_s,
@@ -904,8 +1263,15 @@ def _metrics(r: Result) -> list[float | None]:
     ]
 
 
+def _recovery_cell(r: Result) -> str:
+    if r.recovery_s is not None or r.name == ROW_RAW or not r.recovery_measured:
+        return _num(r.recovery_s)
+    return "timeout"
+
+
 def table_rows(results: Sequence[Result]) -> list[list[str]]:
-    """The table's body: one row per result, then the ratio rows."""
+    """The table's body: one row per result, then the ratio rows: each p2ptun row divided
+    by each other program's tunnel, then every tunnel by the raw link."""
     rows: list[list[str]] = []
     for r in results:
         if r.error is not None:
@@ -914,26 +1280,35 @@ def table_rows(results: Sequence[Result]) -> list[list[str]]:
         rows.append(
             [
                 r.name,
-                _throughput_cell(r),
+                _throughput_cell(r.throughput_mbps),
+                _throughput_cell(r.parallel_mbps),
+                _num(r.udp_mbps),
                 _num(r.rtt_ms, 3),
                 _num(r.cpu_s_per_gb),
                 _num(r.connect_s),
-                _num(r.recovery_s) if r.recovery_s is not None or r.name == ROW_RAW else "timeout",
+                _recovery_cell(r),
                 _num(r.wakeups_per_s, 1),
                 _num(r.rss_mib, 1),
             ]
         )
-    by_name = {r.name: r for r in results if r.error is None}
-    for ref_name, limit in ((ROW_WG, len(COLUMNS) - 1), (ROW_RAW, 2)):
+    ok = [r for r in results if r.error is None]
+    by_name = {r.name: r for r in ok}
+    ours = [r for r in ok if r.name in (ROW_DIRECT, ROW_RELAY)]
+    for ref_name in PEERS:
         ref = by_name.get(ref_name)
         if ref is None:
             continue
-        for r in results:
-            if r.error is not None or r.name in (ref_name, ROW_RAW):
-                continue
+        for r in ours:
             cells = [_ratio(a, b) for a, b in zip(_metrics(r), _metrics(ref), strict=True)]
-            cells = [c if i < limit else "" for i, c in enumerate(cells)]
             rows.append([f"{r.name} ÷ {ref_name}", *cells])
+    raw = by_name.get(ROW_RAW)
+    if raw is not None:
+        for r in ok:
+            if r.name == ROW_RAW:
+                continue
+            cells = [_ratio(a, b) for a, b in zip(_metrics(r), _metrics(raw), strict=True)]
+            cells = [c if i < RAW_RATIO_COLUMNS else "" for i, c in enumerate(cells)]
+            rows.append([f"{r.name} ÷ {ROW_RAW}", *cells])
     return rows
 
 
@@ -976,8 +1351,18 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, argparse.Nam
     """The command line -> :class:`Options` (and the raw namespace)."""
     parser = argparse.ArgumentParser(
         prog="python -m p2plab.bench",
-        description="p2ptun against the raw link and wireguard-go in a NAT lab (see the module).",
+        description="p2ptun against the raw link, wireguard-go, OpenVPN and Nebula in a NAT "
+        "lab or on a plain link (see the module).",
     )
+    parser.add_argument(
+        "--topology",
+        choices=TOPOLOGIES,
+        default="nat",
+        help="nat: the NAT lab (default); plain: two namespaces on one veth",
+    )
+    parser.add_argument("--prefix", help="start of the labs' names (default bn, plain bp)")
+    parser.add_argument("--parallel", type=int, help="flows of the parallel TCP column (4)")
+    parser.add_argument("--udp-steps", type=int, help="iperf3 -u runs of the rate search (7)")
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: 3 s iperf3, 1 run, 5 s idle"
     )
@@ -991,14 +1376,20 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, argparse.Nam
     )
     parser.add_argument(
         "--rows",
-        help=f"comma-separated subset of: {', '.join(ROWS)} (default all)",
+        help=f"comma-separated subset of: {', '.join(ROWS)} (default all the topology has)",
     )
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--keep-logs", metavar="DIR", help="keep each row's logs in DIR")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     args = parser.parse_args(argv)
     opts = Options.quick() if args.quick else Options()
-    for field in ("iperf_seconds", "runs", "pings", "idle", "wake_window", "connects"):
+    opts.topology = args.topology
+    opts.rows = PLAIN_ROWS if args.topology == "plain" else ROWS
+    opts.prefix = args.prefix
+    if args.prefix is not None and not re.fullmatch(r"[a-z]{1,4}", args.prefix):
+        parser.error("--prefix: 1 to 4 lower-case letters")
+    fields = ("iperf_seconds", "runs", "pings", "idle", "wake_window", "connects")
+    for field in (*fields, "parallel", "udp_steps"):
         value = getattr(args, field)
         if value is not None:
             if value <= 0:
@@ -1006,9 +1397,10 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, argparse.Nam
             setattr(opts, field, value)
     if args.rows:
         rows = tuple(r.strip() for r in args.rows.split(","))
-        unknown = [r for r in rows if r not in ROWS]
+        known = PLAIN_ROWS if args.topology == "plain" else ROWS
+        unknown = [r for r in rows if r not in known]
         if unknown:
-            parser.error(f"unknown rows {unknown} (known: {', '.join(ROWS)})")
+            parser.error(f"unknown rows {unknown} (known: {', '.join(known)})")
         opts.rows = rows
     opts.verbose = not args.quiet
     opts.keep_logs = Path(args.keep_logs) if args.keep_logs else None
@@ -1019,7 +1411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print the table; exit 1 if a row failed, 2 on bad usage."""
     opts, args = parse_args(argv)
     reason = lab_unavailable_reason()
-    missing = [t for t in ("iperf3", "ping", "wireguard-go", "wg") if shutil.which(t) is None]
+    tools = ["iperf3", "ping", "wireguard-go", "wg", "openvpn", "nebula", "nebula-cert"]
+    missing = [t for t in tools if shutil.which(t) is None]
     if reason is None and missing:
         reason = f"missing tools: {', '.join(missing)}"
     if reason is not None:

@@ -76,11 +76,11 @@ Happen = Callable[[P2ptunTunnel], "float | None"]
 
 
 def _renumber_nat(tunnel: P2ptunTunnel) -> None:
-    tunnel.lab.renumber_nat("site2")
+    tunnel.nat_lab.renumber_nat("site2")
 
 
 def _renumber_host(tunnel: P2ptunTunnel) -> None:
-    tunnel.lab.set_host_address("site2")
+    tunnel.nat_lab.set_host_address("site2")
 
 
 def _freeze(tunnel: P2ptunTunnel) -> float:
@@ -90,7 +90,7 @@ def _freeze(tunnel: P2ptunTunnel) -> float:
     os.kill(proc.pid, signal.SIGSTOP)
     try:
         time.sleep(2)
-        tunnel.lab.flush_nat("site2")
+        tunnel.nat_lab.flush_nat("site2")
         time.sleep(38)
     finally:
         os.kill(proc.pid, signal.SIGCONT)
@@ -119,21 +119,21 @@ EVENTS: tuple[Event, ...] = (
         "symmetric NAT forgets its mappings",
         ("cone", "sym"),
         "direct",
-        lambda t: t.lab.flush_nat("site2"),
+        lambda t: t.nat_lab.flush_nat("site2"),
     ),
     Event(
         "sym-flush-relayed",
         "symmetric NAT forgets its mappings (relayed)",
         ("sym", "sym"),
         "relay",
-        lambda t: t.lab.flush_nat("site2"),
+        lambda t: t.nat_lab.flush_nat("site2"),
     ),
     Event(
         "prc-flush",
         "port-restricted NAT forgets its mappings",
         ("prc", "prc"),
         "direct",
-        lambda t: t.lab.flush_nat("site2"),
+        lambda t: t.nat_lab.flush_nat("site2"),
     ),
     Event(
         "host-renumbered",

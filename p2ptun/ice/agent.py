@@ -732,6 +732,19 @@ class IceAgent:
     # ------------------------------------------------------------------------------------------
     # restart
 
+    def join_consent_round(self, now: float) -> bool:
+        """Another pair of this node sends its consent check at ``now``: send ours with it if
+        the shortest randomised interval since our previous one has passed (every gap stays
+        within RFC 7675 §5.1's 0.8–1.2 × the interval), so that the checks of a node's idle
+        peers share its wake-ups instead of each waking it on its own. True if one went out."""
+        sel = self._selection
+        if sel is None or sel.expired or sel.consent is None or sel.consent.probing:
+            return False
+        if not sel.consent.peer_checked(now):
+            return False
+        self._consent_timers(now)
+        return True
+
     def probe_consent(self, now: float, *, urgent: bool = True) -> bool:
         """Check at once whether the selected pair still works (the data path saw it go
         quiet): a burst of consent checks (:meth:`ConsentFreshness.probe`); unanswered, it

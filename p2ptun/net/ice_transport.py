@@ -201,6 +201,8 @@ class TransportCounters:
     """Transmits from a host base that is not where the kernel sends from to their remote."""
     tx_dropped: int = 0
     timer_wakeups: int = 0
+    consent_joined: int = 0
+    """Consent checks sent early to share another pair's wake-up (``_consent_round``)."""
     stale_wakeups: int = 0
     regathers: int = 0
 
@@ -918,8 +920,15 @@ class IceTransport:
                 self.counters.responses_unknown += 1
                 return
             session = entry[0]
-        session.agent.handle_datagram(data, local, remote, trio.current_time())
+        now = trio.current_time()
+        stats = session.agent.stats
+        sent = stats.consent_checks_sent
+        session.agent.handle_datagram(data, local, remote, now)
         self._pump(session)
+        if cls == 0 and stats.consent_checks_sent != sent and len(self._sessions) > 1:
+            # The peer's check brought ours forward: the others' may ride along too, so
+            # that the node's rounds follow whichever peer checks first.
+            self._consent_round(list(self._sessions), now)
 
     def _on_relay_data(self, relay: TurnRelay, peer: Address, data: bytes) -> None:
         if is_stun(data):
@@ -1013,15 +1022,34 @@ class IceTransport:
         self.counters.timer_wakeups += 1
         if self.on_timer is not None:
             self.on_timer()
-        for session in list(self._sessions):
+        consent_sent = False
+        sessions = list(self._sessions)
+        for session in sessions:
             wake = session._wake
             if wake is None or wake > now or session._closed:
                 continue
+            stats = session.agent.stats
+            sent = stats.consent_checks_sent
             session.agent.handle_timeout(now)
+            consent_sent = consent_sent or stats.consent_checks_sent != sent
             self._pump(session)
             if session._wake is not None and session._wake <= now:
                 self.counters.stale_wakeups += 1
                 session._wake = now + MIN_TIMER_STEP
+        if consent_sent and len(sessions) > 1:
+            self._consent_round(sessions, now)
+
+    def _consent_round(self, sessions: list[IceSession], now: float) -> None:
+        """A consent check went out on this wake-up (our timer's, or ours brought forward by
+        the peer's check): every other selected pair whose next check may already go (RFC 7675
+        §5.1 gaps kept, :meth:`IceAgent.join_consent_round`) sends it now too. The peers
+        answer together, and as each brings its own check forward to ride on its answer, a
+        node's idle peers settle into shared rounds: a few wake-ups per round instead of two
+        per peer."""
+        for session in sessions:
+            if not session._closed and session.agent.join_consent_round(now):
+                self.counters.consent_joined += 1
+                self._pump(session)
 
 
 def is_direct(pair: SelectedPair) -> bool:

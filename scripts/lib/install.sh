@@ -17,6 +17,7 @@ DEBIAN_PACKAGES=(
   chromium-headless-shell  # a real browser loads the rendezvous' map page (e2e tests)
   miniupnpd-nftables miniupnpc natpmpc  # port mapping: the lab routers' PCP/NAT-PMP/UPnP, cross-checks
   redis-server             # the rendezvous cluster's shared store (tests start their own)
+  openvpn nebula           # other userspace tunnels beside wireguard-go (bench)
 )
 
 install_debian_packages() {
@@ -36,17 +37,17 @@ install_debian_packages() {
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
-  # coturn's and miniupnpd's packages start system-wide services on install on some setups:
-  # the lab starts its own in its namespaces, so make sure the packaged ones hold no port
-  # (3478, 5351) and no nftables chain. redis-server's likewise holds 6379: the cluster tests
-  # start their own on other ports, and the packaged one is not wanted at boot either.
+  # coturn's, miniupnpd's, redis-server's, OpenVPN's and Nebula's packages start system-wide
+  # services on install on some setups: the lab, the tests and the bench start their own in
+  # their namespaces or on other ports, so make sure the packaged ones hold no port (3478,
+  # 5351, 6379, 1194, 4242), no tun device and no nftables chain, and do not come back at boot.
   local service
-  if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled --quiet redis-server 2>/dev/null; then
-    systemctl disable redis-server >/dev/null 2>&1 || true
-  fi
-  for service in coturn miniupnpd redis-server; do
+  for service in coturn miniupnpd redis-server openvpn nebula; do
     if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$service" 2>/dev/null; then
       systemctl stop "$service" || true
+    fi
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled --quiet "$service" 2>/dev/null; then
+      systemctl disable "$service" >/dev/null 2>&1 || true
     fi
   done
 }

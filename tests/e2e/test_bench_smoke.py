@@ -13,14 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from p2plab.bench import COLUMNS, ROW_RAW, ROWS
+from p2plab.bench import COLUMNS, PEERS, RAW_RATIO_COLUMNS, ROW_DIRECT, ROW_RAW, ROW_RELAY, ROWS
 
 pytestmark = [
     pytest.mark.lab,
     pytest.mark.slow,
     pytest.mark.skipif(
-        not all(shutil.which(t) for t in ("iperf3", "wireguard-go", "wg", "ping")),
-        reason="iperf3, wireguard-go, wg and ping are needed",
+        not all(
+            shutil.which(t)
+            for t in ("iperf3", "wireguard-go", "wg", "ping", "openvpn", "nebula", "nebula-cert")
+        ),
+        reason="iperf3, wireguard-go, wg, ping, openvpn and nebula are needed",
     ),
 ]
 
@@ -65,20 +68,24 @@ def test_quick_bench_prints_every_row(natlab_required: None, tmp_path: Path) -> 
     for name in ROWS:
         cells = rows[name]
         assert len(cells) == len(COLUMNS) - 1, (name, cells)
-        throughput, rtt, *rest = cells
-        assert THROUGHPUT.match(throughput), (name, cells)
+        tcp, tcp4, _udp, rtt, *rest = cells
+        assert THROUGHPUT.match(tcp) and THROUGHPUT.match(tcp4), (name, cells)
         assert NUMBER.match(rtt), (name, cells)
         if name == ROW_RAW:  # kernel forwarding: no process, no connect, nothing idle
             assert rest == ["–"] * len(rest), cells
-        else:  # CPU, connect, recovery, wake-ups, RSS
-            assert all(NUMBER.match(c) for c in rest), (name, cells)
-    tunnels = [n for n in ROWS if n != ROW_RAW]
-    for name in tunnels:
-        if name != "wireguard-go":
-            assert all(RATIO.match(c) for c in rows[f"{name} ÷ wireguard-go"]), rows
+        else:  # CPU, connect, recovery (a tunnel that does not recover says so), wake-ups, RSS
+            cpu, connect, recovery, *idle = rest
+            assert all(NUMBER.match(c) for c in (cpu, connect, *idle)), (name, cells)
+            assert NUMBER.match(recovery) or recovery == "timeout", (name, cells)
+    for ours in (ROW_DIRECT, ROW_RELAY):
+        for peer in PEERS:
+            ratios = rows[f"{ours} ÷ {peer}"]
+            assert all(RATIO.match(c) for c in (ratios[0], ratios[1], ratios[3])), ratios
+    for name in ROWS[1:]:
         raw_ratios = rows[f"{name} ÷ raw link"]
-        assert all(RATIO.match(c) for c in raw_ratios[:2]), raw_ratios
-        assert raw_ratios[2:] == [""] * (len(raw_ratios) - 2), raw_ratios
+        assert all(RATIO.match(c) for c in (raw_ratios[0], raw_ratios[1], raw_ratios[3]))
+        tail = raw_ratios[RAW_RATIO_COLUMNS:]
+        assert tail == [""] * len(tail), raw_ratios
 
     results = {r["name"]: r for r in json.loads(results_file.read_text())}
     assert set(results) == set(ROWS)

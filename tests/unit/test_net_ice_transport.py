@@ -3,6 +3,7 @@ our embedded STUN/TURN server for relayed paths. Every wait is bounded."""
 
 from __future__ import annotations
 
+import itertools
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from loopback_turn import HOST, serve_turn
 
 from p2ptun.addr import Address
 from p2ptun.config import TurnServerConfig
-from p2ptun.ice.agent import AgentConfig
+from p2ptun.ice.agent import AgentConfig, IceStats
 from p2ptun.ice.candidate import CandidateType
 from p2ptun.ice.events import PairSelected, SelectedPair, StateChanged
 from p2ptun.ice.sdp import IceDescription
@@ -522,6 +523,7 @@ class _ScriptedAgent:
     def __init__(self, wake: float | None) -> None:
         self.wake = wake
         self.timeouts: list[float] = []
+        self.stats = IceStats()
 
     def next_wakeup(self) -> float | None:
         return self.wake
@@ -572,3 +574,45 @@ async def test_timer_follows_a_deadline_that_moves_later(
     await trio.sleep(2.0)
     assert len(woke) == 1
     ep.close()
+
+
+async def test_idle_sessions_share_consent_rounds(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A node with several idle peers sends their consent checks in shared rounds: once one
+    pair's check goes out, every pair whose check may already go (0.8 × the interval since
+    its previous one, RFC 7675 §5.1) sends it on the same wake-up, and the peers answer
+    together. Without it each pair would wake the node on its own randomised schedule."""
+    hub = await start_node(nursery)
+    others = [await start_node(nursery) for _ in range(4)]
+    with trio.fail_after(20):
+        await hub.transport.wait_gathered()
+        sessions = []
+        for i, other in enumerate(others):
+            await other.transport.wait_gathered()
+            mine = hub.transport.open_session(f"peer{i}", controlling=True)
+            theirs = other.open("hub", False)
+            theirs.set_remote_description(mine.local_description())
+            mine.set_remote_description(theirs.local_description())
+            sessions.append(mine)
+        for s in sessions:
+            await s.wait_connected()
+    await trio.sleep(20.0)  # the pairs' first checks follow their connects: let them settle
+    # Every consent check the hub sends in a minute of idleness, by pair (the time of each).
+    checks: list[set[float]] = [set() for _ in sessions]
+    end = trio.current_time() + 60.0
+    while trio.current_time() < end:
+        await trio.sleep(0.1)
+        for seen, s in zip(checks, sessions, strict=True):
+            sel = s.agent._selection
+            assert sel is not None and sel.consent is not None and not sel.expired
+            seen.add(round(sel.consent._last_check, 2))
+    total = sum(len(seen) for seen in checks)
+    rounds = set().union(*checks)
+    # Alone, every pair's checks would fall at their own random times: as many times as
+    # checks. Shared, most checks go in rounds of several pairs.
+    assert len(rounds) <= 0.5 * total, (len(rounds), total, checks)
+    assert hub.transport.counters.consent_joined > 0
+    for seen in checks:  # RFC 7675 §5.1: never more often than 0.8 × 5 s
+        times = sorted(seen)
+        assert all(b - a >= 4.0 - 0.011 for a, b in itertools.pairwise(times)), times
