@@ -807,15 +807,18 @@ class NodeDaemon:
         self._lans = tuple(lan_prefixes([(a.address, a.prefixlen) for a in local]))
 
     async def sync_peers(
-        self, *, addresses_changed: bool = False, start: bool = True
+        self, *, addresses_changed: bool = False, start: bool = True, lans_changed: bool = False
     ) -> list[PeerSession]:
         """Bring the running peers to :meth:`wanted_peers`: remove those gone or with a new
         key (a new key is a new WireGuard peer), add the new ones, update the routes of those
         whose allowed IPs changed; the signaling client learns the members added and
         forgets the ones removed. The one path for reloads and membership changes. Returns
-        the sessions added (started if ``start`` and the node runs)."""
+        the sessions added (started if ``start`` and the node runs). ``lans_changed``: read
+        our LAN prefixes again first (a network change or a reload); a member's arrival
+        does not, so that joining a network never waits on the host."""
         async with self._peers_lock:
-            await self._refresh_lans()
+            if lans_changed:
+                await self._refresh_lans()
             wanted = {p.name: p for p in self.wanted_peers()}
             explicit = {p.name for p in self.config.peers}
             client = self.signaling
@@ -1078,7 +1081,7 @@ class NodeDaemon:
                     )
                     # Our LAN may have changed: the peer routes refused inside it, and the
                     # LAN prefixes an exit node leaves outside (or takes), follow.
-                    await self.sync_peers()
+                    await self.sync_peers(lans_changed=True)
                     # The rendezvous connection may hang on an address or route that is
                     # gone (TCP only notices after its keepalive timeout): reconnect now,
                     # so that the restart offers go out at once.
@@ -1270,12 +1273,14 @@ class NodeDaemon:
             )
         if signaling_changed and self._nursery is not None:
             # New peers start once the new client runs (it is told the members as it starts).
-            added = await self.sync_peers(addresses_changed=addresses_changed, start=False)
+            added = await self.sync_peers(
+                addresses_changed=addresses_changed, start=False, lans_changed=True
+            )
             await self._replace_signaling()
             for session in added:
                 self._start_peer(session)
         else:
-            await self.sync_peers(addresses_changed=addresses_changed)
+            await self.sync_peers(addresses_changed=addresses_changed, lans_changed=True)
             if (
                 network is not None
                 and old.network is not None
