@@ -687,9 +687,11 @@ class P2ptunTunnel(Tunnel):
 
     firewall = (
         f'[[firewall.inbound]]\nproto = "tcp"\nport = {IPERF_PORT}\n'
+        f'[[firewall.inbound]]\nproto = "udp"\nport = {IPERF_PORT}\n'
         '[[firewall.inbound]]\nproto = "icmp"\n'
     )
-    """The nodes' ``[firewall]``: iperf3's port and ping come in."""
+    """The nodes' ``[firewall]``: iperf3's port (TCP, and UDP for the rate search) and ping
+    come in."""
     extra_env: tuple[tuple[str, str], ...] = ()
     """More environment for the daemons."""
 
