@@ -7,6 +7,14 @@ The kernel can move 64 KiB at a time across a system call if both sides agree:
   inner packet, so :func:`segment_tcp` cuts it into MSS-sized TCP/IP packets — IP and TCP
   headers fixed, checksums computed from scratch — *before* encryption. A packet with only a
   partial checksum (``VIRTIO_NET_HDR_F_NEEDS_CSUM``) is completed by :func:`complete_checksum`.
+* **Partial inner checksums** (between p2ptun peers that both agree, see
+  :mod:`p2ptun.signal.features`): :func:`segment_tcp` and :func:`mark_partial` leave each TCP
+  segment's checksum *partial* — the pseudo-header sum, as the kernel leaves it — instead of
+  summing its payload; the receiver writes such a segment with ``VIRTIO_NET_HDR_F_NEEDS_CSUM``
+  (:func:`lone_vnet_header`), as it already does for merged super-packets, so the kernel
+  completes the checksum if the packet leaves the host and verifies nothing it did not
+  compute when it is delivered locally. WireGuard's AEAD has authenticated every byte. Towards
+  any other WireGuard implementation checksums stay complete.
 * **TUN GRO**: decrypted TCP segments that continue each other are merged by
   :class:`TcpCoalescer` into one super-packet written with a virtio header (GSO type TCP,
   partial checksum), so the receiving TCP stack handles 64 KiB at once. The parts are written
@@ -21,8 +29,8 @@ The kernel can move 64 KiB at a time across a system call if both sides agree:
 Each offload is probed when the socket or device is set up and falls back to one packet per
 system call when the kernel refuses. ``P2PTUN_OFFLOAD=off`` (environment) turns all of them off;
 a comma-separated list keeps only the families named: ``udp`` (GSO and GRO), ``tun`` (the virtio
-header and GRO on TUN writes), ``tso`` (TSO on TUN reads; needs ``tun``). Tests use it to prove
-every path.
+header and GRO on TUN writes), ``tso`` (TSO on TUN reads; needs ``tun``), ``partial`` (offer
+partial inner checksums to p2ptun peers; needs ``tun``). Tests use it to prove every path.
 
 The functions here are pure byte manipulation (no I/O), so they are tested with hypothesis
 against checksums computed from scratch.
@@ -64,7 +72,8 @@ _U32 = struct.Struct(">I")
 
 
 def offload_wanted(kind: str) -> bool:
-    """Whether the environment allows offload family ``kind`` (``udp``, ``tun`` or ``tso``).
+    """Whether the environment allows offload family ``kind`` (``udp``, ``tun``, ``tso`` or
+    ``partial``).
 
     ``P2PTUN_OFFLOAD`` unset, ``auto`` or ``on``: every offload the kernel accepts;
     ``off``: none; otherwise a comma-separated list of the families to use.
@@ -132,6 +141,48 @@ def complete_checksum(packet: bytearray | memoryview, csum_start: int, csum_offs
     return True
 
 
+def partial_tcp_checksum(packet: bytes | bytearray | memoryview, version: int, ihl: int) -> int:
+    """The value a partial TCP checksum field holds: the folded pseudo-header sum for the
+    packet's addresses and TCP length, not complemented (what the kernel leaves for
+    ``CHECKSUM_PARTIAL``)."""
+    return fold(pseudo_sum(packet, version, _ip_length(packet, version) - ihl))
+
+
+def mark_partial(packet: bytearray | memoryview, csum_start: int, csum_offset: int) -> bool:
+    """Make a ``VIRTIO_NET_HDR_F_NEEDS_CSUM`` TCP packet's checksum field exactly
+    :func:`partial_tcp_checksum` (the value a receiver recognises), without summing its
+    payload. False — the caller completes the checksum instead — unless the packet is plain
+    TCP (:func:`tcp_headers`) whose partial checksum starts at the TCP header."""
+    hdrs = tcp_headers(packet)
+    if hdrs is None or csum_offset != TCP_CSUM_OFFSET or csum_start != hdrs[1]:
+        return False
+    version, ihl, _thl = hdrs
+    if _ip_length(packet, version) != len(packet):
+        return False
+    _U16.pack_into(packet, ihl + TCP_CSUM_OFFSET, partial_tcp_checksum(packet, version, ihl))
+    return True
+
+
+def lone_vnet_header(
+    packet: bytes | bytearray | memoryview, version: int, ihl: int, hlen: int
+) -> bytes:
+    """The virtio header for writing one TCP packet as it came: partial checksum if its
+    checksum field holds exactly :func:`partial_tcp_checksum` (a peer left it partial),
+    else none (the kernel verifies the full checksum).
+
+    A complete checksum that happens to equal the pseudo-header sum (1 in 65,536) is
+    recognised as partial too, which is harmless: completing it from that field gives the
+    same complete checksum (the field is the sum the kernel starts from), and a local
+    delivery skips a check the AEAD made needless.
+    """
+    field = (packet[ihl + TCP_CSUM_OFFSET] << 8) | packet[ihl + TCP_CSUM_OFFSET + 1]
+    if field != partial_tcp_checksum(packet, version, ihl):
+        return ZERO_VNET_HDR
+    return VNET_HDR.pack(
+        VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, hlen, 0, ihl, TCP_CSUM_OFFSET
+    )
+
+
 # -- segmentation (TSO on the TUN read side) ---------------------------------------------------
 
 
@@ -175,6 +226,7 @@ def segment_tcp(
     gso_size: int,
     out: bytearray,
     lengths: list[int],
+    partial: bool = False,
 ) -> int:
     """Cut TCP super-packet ``packet`` into packets of at most ``gso_size`` payload bytes.
 
@@ -191,6 +243,9 @@ def segment_tcp(
     payload is summed little-endian, which is the byte-swapped sum (RFC 1071 §2(B)); a
     little-endian integer needs no padding shift for an odd length, and converting one is
     cheaper than big-endian.
+
+    With ``partial`` the TCP checksums are left partial (:func:`partial_tcp_checksum`, no
+    payload sum): only for a peer that agreed to complete them (see the module).
     """
     hdrs = tcp_headers(packet)
     if hdrs is None or gso_size <= 0:
@@ -223,6 +278,7 @@ def segment_tcp(
     header[ihl + 13] = 0  # flags (the low byte of the data-offset word)
     header[ihl + 16 : ihl + 18] = b"\0\0"  # checksum
     tcp_base = ones_sum(header[ihl:hlen]) + addr_sum
+    pseudo = addr_sum  # + chunk: the pseudo-header sum of a segment (its TCP length)
     view = memoryview(out)
     src = memoryview(packet)
     pack_u16 = _U16.pack_into
@@ -256,10 +312,14 @@ def segment_tcp(
         if i != last:
             f &= ~(_FIN | _PSH)
         out[pos + flags_at] = f
-        p = from_bytes(src[start : start + chunk], "little") % 0xFFFF
-        acc = tcp_base + chunk + (s >> 16) + (s & 0xFFFF) + f + (((p & 0xFF) << 8) | (p >> 8))
-        r = acc % 0xFFFF
-        pack_u16(out, pos + csum_at, 0xFFFF ^ (r or 0xFFFF))
+        if partial:
+            r = (pseudo + chunk) % 0xFFFF
+            pack_u16(out, pos + csum_at, r or 0xFFFF)
+        else:
+            p = from_bytes(src[start : start + chunk], "little") % 0xFFFF
+            acc = tcp_base + chunk + (s >> 16) + (s & 0xFFFF) + f + (((p & 0xFF) << 8) | (p >> 8))
+            r = acc % 0xFFFF
+            pack_u16(out, pos + csum_at, 0xFFFF ^ (r or 0xFFFF))
         lengths[i] = size
         pos += size
         start += chunk
@@ -280,7 +340,9 @@ class TcpCoalescer:
     earlier segments all carry ``gso_size`` payload bytes and no PSH, and neither carries SYN,
     FIN, RST, URG or CWR. A merged packet goes out as a TCP GSO packet with a partial
     checksum (the kernel verifies nothing it did not compute; WireGuard authenticated the
-    bytes). Anything else goes out as it came, behind a zero virtio header.
+    bytes). Anything else goes out as it came: a TCP packet whose checksum a peer left
+    partial behind a partial-checksum header (:func:`lone_vnet_header`), every other packet
+    behind a zero virtio header.
     """
 
     def __init__(self) -> None:
@@ -309,16 +371,15 @@ class TcpCoalescer:
         version, ihl, thl = hdrs
         hlen = ihl + thl
         total = _ip_length(packet, version)
-        payload = total - hlen
-        flags = packet[ihl + 13]
-        if (
-            payload <= 0
-            or total != len(packet)
-            or flags & (_SYN | _FIN | _RST | _URG | _CWR)
-            or not flags & _ACK
-        ):
+        if total != len(packet):
             self._close()
             self._out.append([ZERO_VNET_HDR, packet])
+            return
+        payload = total - hlen
+        flags = packet[ihl + 13]
+        if payload <= 0 or flags & (_SYN | _FIN | _RST | _URG | _CWR) or not flags & _ACK:
+            self._close()
+            self._out.append([lone_vnet_header(packet, version, ihl, hlen), packet])
             return
         key = self._flow_key(packet, version, ihl, hlen)
         seq = int.from_bytes(packet[ihl + 4 : ihl + 8], "big")
@@ -386,10 +447,10 @@ class TcpCoalescer:
             return
         self._open = None
         first = self._first
-        if self._count == 1:
-            self._out.append([ZERO_VNET_HDR, first])
-            return
         version, ihl, hlen = self._version, self._ihl, self._hlen
+        if self._count == 1:
+            self._out.append([lone_vnet_header(first, version, ihl, hlen), first])
+            return
         header = bytearray(first[:hlen])
         size = self._size
         if version == 4:

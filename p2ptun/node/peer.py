@@ -92,6 +92,7 @@ from p2ptun.net.signaling import SignalingClient
 from p2ptun.net.turn_relay import TurnRelay
 from p2ptun.node.wgtunnel import WgTunnel
 from p2ptun.signal.client import SignalReceived
+from p2ptun.signal.features import PARTIAL_CHECKSUMS, features_of, with_features
 from p2ptun.signal.negotiation import NegotiationState
 from p2ptun.signal.seal import Answer, Bye, Candidates, Offer, Restart
 from p2ptun.wireguard import Peer
@@ -427,7 +428,7 @@ class PeerSession:
         attempt.eoc_sent = desc.end_of_candidates
         try:
             attempt.session_id = client.offer(
-                self.name, desc.to_text(), restart=self.active is not None
+                self.name, self._with_features(desc.to_text()), restart=self.active is not None
             )
         except (KeyError, ProtocolError) as exc:
             log.warning("cannot offer", peer=self.name, error=str(exc))
@@ -540,6 +541,7 @@ class PeerSession:
                 log.debug("stale answer", peer=self.name)
                 return
             if self._apply_remote(current, msg.description):
+                self._learn_features(msg.description)
                 log.info("answer", peer=self.name, session=f"{msg.session:016x}")
                 self._trickle(current)
         elif isinstance(msg, Candidates):
@@ -563,9 +565,10 @@ class PeerSession:
         if client is None or not self._apply_remote(attempt, msg.description):
             self._drop(attempt)
             return
+        self._learn_features(msg.description)
         desc = attempt.session.local_description()
         try:
-            client.send_to(self.name, Answer(msg.session, desc.to_text()))
+            client.send_to(self.name, Answer(msg.session, self._with_features(desc.to_text())))
         except (KeyError, ProtocolError) as exc:
             # The negotiation moved on (an offer of ours replaced this one): not an error.
             log.info("offer not answered", peer=self.name, reason=str(exc))
@@ -600,6 +603,21 @@ class PeerSession:
         if current is not None and msg.session in (0, current.session_id):
             self._drop(current)
         self._next_try = trio.current_time() + RETRY_DELAYS[0]
+
+    def _with_features(self, description: str) -> str:
+        """Our offer or answer with the data-plane features we offer this peer
+        (:mod:`p2ptun.signal.features`)."""
+        offered = [PARTIAL_CHECKSUMS] if self.ctx.tunnel.accepts_partial_checksums else []
+        return with_features(description, offered)
+
+    def _learn_features(self, description: str) -> None:
+        """What the peer's offer or answer says it does for our packets."""
+        partial = PARTIAL_CHECKSUMS in features_of(description)
+        tunnel = self.ctx.tunnel
+        if partial != tunnel.partial_checksums(self.wg):
+            tunnel.set_partial_checksums(self.wg, partial)
+            on = tunnel.partial_checksums(self.wg)
+            log.debug("partial inner checksums", peer=self.name, on=on)
 
     def _apply_remote(self, attempt: Attempt, text: str) -> bool:
         """Feed a remote description or trickled fragment to ``attempt``'s session."""

@@ -66,6 +66,8 @@ from p2ptun.net.offload import (
     VNET_HDR_LEN,
     TcpCoalescer,
     complete_checksum,
+    mark_partial,
+    offload_wanted,
     segment_tcp,
 )
 from p2ptun.net.ports import DatagramPort, TunPort
@@ -137,6 +139,9 @@ class TunnelCounters:
     """Decrypted segments written to TUN merged into super-packets."""
     tun_early_reads: int = 0
     """TUN reads made right after writing received packets (see :meth:`WgTunnel.udp_drained`)."""
+    partial_checksums: int = 0
+    """TCP segments sent with their checksum left partial, to peers that complete it
+    (:meth:`WgTunnel.set_partial_checksums`)."""
 
 
 def _short(key: bytes) -> str:
@@ -227,6 +232,11 @@ class WgTunnel:
         self._seg_buffer = bytearray(2 * MAX_PACKET) if self.tun_offload else bytearray()
         self._seg_lengths: list[int] = []
         self._coalescer = TcpCoalescer()
+        self.accepts_partial_checksums = self._vnet and offload_wanted("partial")
+        """Whether this end completes TCP checksums a peer leaves partial (it writes TUN with
+        virtio headers): what the node offers its p2ptun peers."""
+        #: Peers that complete the TCP checksums we leave partial (they said so).
+        self._partial_peers: set[Peer] = set()
         self._touched: dict[Peer, None] = {}  # insertion-ordered set
         self._initiation_unsent: set[Peer] = set()
         #: The latest handshake response of a peer that had no path yet (see _path_set).
@@ -289,6 +299,18 @@ class WgTunnel:
     def endpoint(self, peer: Peer) -> Address | None:
         return self._peer_endpoints.get(peer)
 
+    def set_partial_checksums(self, peer: Peer, on: bool) -> None:
+        """Whether TCP segments to ``peer`` may leave their checksum partial: only for a
+        peer that said it completes them (a p2ptun peer whose TUN takes virtio headers;
+        :mod:`p2ptun.signal.features`). Only when this end has TSO can it skip a sum."""
+        if on and self.tun_offload:
+            self._partial_peers.add(peer)
+        else:
+            self._partial_peers.discard(peer)
+
+    def partial_checksums(self, peer: Peer) -> bool:
+        return peer in self._partial_peers
+
     def source(self, peer: Peer) -> str | None:
         """The local address ``peer``'s direct path sends from (None: the kernel's choice)."""
         return self._peer_sources.get(peer)
@@ -312,6 +334,7 @@ class WgTunnel:
         self._touched.pop(peer, None)
         self._initiation_unsent.discard(peer)
         self._response_unsent.pop(peer, None)
+        self._partial_peers.discard(peer)
 
     def flush(self, peer: Peer | None = None) -> None:
         """Send what ``peer`` (or every touched peer) queued, e.g. after calling into the
@@ -409,18 +432,24 @@ class WgTunnel:
         return n
 
     def _send_offloaded(self, view: memoryview, length: int, now: float) -> None:
-        """One TUN read behind a virtio header: complete its checksum or cut it into
-        segments, then hand the packet(s) to the device."""
+        """One TUN read behind a virtio header: complete its checksum (or leave it partial
+        for a peer that completes it) or cut it into segments, then hand the packet(s) to
+        the device."""
         flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(view)
         packet = view[VNET_HDR_LEN:length]
         device = self.device
         touched = self._touched
         if gso_type == VIRTIO_NET_HDR_GSO_NONE:
-            if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM and not complete_checksum(
-                packet, csum_start, csum_offset
-            ):
-                self.counters.tun_bad_offload += 1
-                return
+            if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+                partial_peers = self._partial_peers
+                if partial_peers and device.route(packet) in partial_peers:
+                    done = mark_partial(packet, csum_start, csum_offset)
+                    self.counters.partial_checksums += done
+                else:
+                    done = False
+                if not done and not complete_checksum(packet, csum_start, csum_offset):
+                    self.counters.tun_bad_offload += 1
+                    return
             mss = self.mss
             if mss is not None and _maybe_syn(packet):
                 self._clamp(packet, len(packet), mss)
@@ -431,23 +460,26 @@ class WgTunnel:
             if peer is not None:
                 touched[peer] = None
             return
-        seg_lengths = self._seg_lengths
-        count = segment_tcp(packet, gso_size, self._seg_buffer, seg_lengths)
-        if count == 0:
-            self.counters.tun_bad_offload += 1
-            return
-        self.counters.tso_packets += 1
-        self.counters.tso_segments += count
-        segs = memoryview(self._seg_buffer)
         # Every segment has the super-packet's addresses: route once.
-        peer = device.route(segs[: seg_lengths[0]])
+        peer = device.route(packet)
         if peer is None:
-            device.counters.no_route += count
+            device.counters.no_route += 1
             return
         firewall = self.firewall
         if firewall is not None and not firewall.allow_outbound(peer, packet, now):
             return
-        peer.send_packets(segs, seg_lengths, count, now)
+        seg_lengths = self._seg_lengths
+        partial = peer in self._partial_peers
+        count = segment_tcp(packet, gso_size, self._seg_buffer, seg_lengths, partial)
+        if count == 0:
+            self.counters.tun_bad_offload += 1
+            return
+        counters = self.counters
+        counters.tso_packets += 1
+        counters.tso_segments += count
+        if partial:
+            counters.partial_checksums += count
+        peer.send_packets(memoryview(self._seg_buffer), seg_lengths, count, now)
         touched[peer] = None
 
     def _send_filtered(self, packet: memoryview, now: float) -> None:

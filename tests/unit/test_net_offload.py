@@ -11,14 +11,18 @@ from hypothesis import strategies as st
 
 from p2ptun.net.offload import (
     VIRTIO_NET_HDR_F_NEEDS_CSUM,
+    VIRTIO_NET_HDR_GSO_NONE,
     VIRTIO_NET_HDR_GSO_TCPV4,
     VIRTIO_NET_HDR_GSO_TCPV6,
     VNET_HDR,
     ZERO_VNET_HDR,
     TcpCoalescer,
     complete_checksum,
+    lone_vnet_header,
+    mark_partial,
     offload_wanted,
     ones_sum,
+    partial_tcp_checksum,
     segment_tcp,
 )
 
@@ -130,6 +134,100 @@ def test_segment_tcp(
     assert data == payload
 
 
+def naive_pseudo(packet: bytes) -> int:
+    """The kernel's partial checksum for a TCP packet: its pseudo-header sum, from scratch."""
+    if packet[0] >> 4 == 4:
+        ihl = (packet[0] & 0x0F) * 4
+        return naive_sum(packet[12:20] + struct.pack(">BBH", 0, 6, len(packet) - ihl))
+    return naive_sum(packet[8:40] + struct.pack(">IxxxB", len(packet) - 40, 6))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    version=st.sampled_from([4, 6]),
+    payload=st.binary(min_size=1, max_size=20000),
+    gso=st.integers(min_value=1, max_value=1500),
+    seq=st.integers(min_value=0, max_value=0xFFFFFFFF),
+    flags=st.sampled_from([0x10, 0x18, 0x19, 0x90]),
+)
+def test_segment_tcp_partial(version: int, payload: bytes, gso: int, seq: int, flags: int) -> None:
+    """With ``partial`` every segment equals the full-checksum segment but for the TCP
+    checksum field, which holds the pseudo-header sum: completing it (as the receiving
+    kernel does) gives the full checksum, and the receiver recognises it as partial."""
+    sup = make_tcp(version, payload, seq, flags)
+    ihl = 20 if version == 4 else 40
+    size = len(sup) * 2 + 200 * (len(payload) // gso + 1)
+    full_out, part_out = bytearray(size), bytearray(size)
+    full_len: list[int] = []
+    part_len: list[int] = []
+    count = segment_tcp(sup, gso, full_out, full_len)
+    assert segment_tcp(sup, gso, part_out, part_len, partial=True) == count
+    pos = 0
+    for i in range(count):
+        full = bytes(full_out[pos : pos + full_len[i]])
+        part = bytearray(part_out[pos : pos + part_len[i]])
+        pos += full_len[i]
+        assert part_len[i] == full_len[i]
+        assert part[: ihl + 16] == full[: ihl + 16] and part[ihl + 18 :] == full[ihl + 18 :]
+        field = (part[ihl + 16] << 8) | part[ihl + 17]
+        assert field == naive_pseudo(full) == partial_tcp_checksum(part, version, ihl)
+        vnet = VNET_HDR.unpack(lone_vnet_header(part, version, ihl, ihl + 20))
+        assert vnet == (VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, ihl + 20, 0, ihl, 16)
+        assert complete_checksum(part, ihl, 16)
+        assert tcp_checksum_ok(bytes(part))
+
+
+@given(st.binary(min_size=0, max_size=3000), st.sampled_from([4, 6]))
+def test_mark_partial_and_lone_header(payload: bytes, version: int) -> None:
+    """A kernel partial checksum is rewritten to the exact value the receiver recognises; a
+    complete checksum is written behind a zero header (the kernel verifies it) unless it
+    happens to equal the pseudo-header sum, where completing it changes nothing."""
+    ihl = 20 if version == 4 else 40
+    full = make_tcp(version, payload, 5)
+    pkt = bytearray(full)
+    pkt[ihl + 16 : ihl + 18] = b"\xab\xcd"  # whatever the kernel left: it is rewritten
+    assert mark_partial(pkt, ihl, 16)
+    assert (pkt[ihl + 16] << 8) | pkt[ihl + 17] == naive_pseudo(bytes(full))
+    assert lone_vnet_header(pkt, version, ihl, ihl + 20) != ZERO_VNET_HDR
+    assert complete_checksum(pkt, ihl, 16) and tcp_checksum_ok(bytes(pkt))
+    field = (full[ihl + 16] << 8) | full[ihl + 17]
+    header = lone_vnet_header(full, version, ihl, ihl + 20)
+    if field != naive_pseudo(bytes(full)):
+        assert header == ZERO_VNET_HDR
+    else:
+        again = bytearray(full)
+        assert complete_checksum(again, ihl, 16) and again == full
+
+
+def test_mark_partial_refuses_what_it_cannot_place() -> None:
+    pkt = make_tcp(4, b"x" * 50, 1)
+    assert not mark_partial(pkt, 20, 6)  # a UDP-style offset
+    assert not mark_partial(pkt, 24, 16)  # not at the TCP header
+    udp = bytearray(pkt)
+    udp[9] = 17
+    assert not mark_partial(udp, 20, 6)
+    short = bytearray(pkt)
+    short[3] -= 1  # the IP header claims less than was read
+    assert not mark_partial(short, 20, 16)
+
+
+def test_coalescer_writes_lone_partial_segments_for_the_kernel_to_finish() -> None:
+    """Segments a peer left partial that cannot merge (a gap, a PSH run of one) go out
+    behind a partial-checksum header; complete ones behind a zero header."""
+    out = bytearray(10000)
+    lengths: list[int] = []
+    sup = make_tcp(4, b"z" * 300, 1000, flags=0x18)
+    assert segment_tcp(sup, 300, out, lengths, partial=True) == 1
+    lone_partial = bytes(out[: lengths[0]])
+    lone_full = make_tcp(4, b"y" * 300, 9000, flags=0x18)
+    co = TcpCoalescer()
+    co.add(lone_partial)
+    co.add(lone_full)
+    writes = co.flush()
+    assert VNET_HDR.unpack(bytes(writes[0][0]))[0] == VIRTIO_NET_HDR_F_NEEDS_CSUM
+    assert writes[1] == [ZERO_VNET_HDR, lone_full]
+
+
 def test_segment_rejects_non_tcp() -> None:
     udp = bytearray(make_tcp(4, b"x" * 100, 1))
     udp[9] = 17
@@ -226,13 +324,15 @@ def test_coalesce_keeps_flows_and_gaps_apart() -> None:
 
 def test_offload_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     for value, expected in (
-        ("", (True, True, True)),
-        ("auto", (True, True, True)),
-        ("off", (False, False, False)),
-        ("udp", (True, False, False)),
-        ("udp, tun", (True, True, False)),
+        ("", (True, True, True, True)),
+        ("auto", (True, True, True, True)),
+        ("off", (False, False, False, False)),
+        ("udp", (True, False, False, False)),
+        ("udp, tun", (True, True, False, False)),
+        ("udp,tun,tso", (True, True, True, False)),
     ):
         monkeypatch.setenv("P2PTUN_OFFLOAD", value)
-        assert tuple(offload_wanted(k) for k in ("udp", "tun", "tso")) == expected
+        kinds = ("udp", "tun", "tso", "partial")
+        assert tuple(offload_wanted(k) for k in kinds) == expected
     monkeypatch.delenv("P2PTUN_OFFLOAD")
     assert offload_wanted("tso")

@@ -30,7 +30,7 @@ from p2ptun.node import peer as peer_mod
 from p2ptun.node.peer import PeerSession
 from p2ptun.signal.client import SignalReceived
 from p2ptun.signal.negotiation import Negotiation, NegotiationState
-from p2ptun.signal.seal import Bye, Offer, PeerMessage, Restart
+from p2ptun.signal.seal import Answer, Bye, Offer, PeerMessage, Restart
 
 
 class FakeCore:
@@ -71,6 +71,14 @@ class FakeTunnel:
         self.endpoints: list[Address | None] = []
         self.sources: list[str | None] = []
         self.forgotten = 0
+        self.accepts_partial_checksums = True
+        self.partial: dict[Any, bool] = {}
+
+    def set_partial_checksums(self, peer: Any, on: bool) -> None:
+        self.partial[peer] = on
+
+    def partial_checksums(self, peer: Any) -> bool:
+        return self.partial.get(peer, False)
 
     def set_endpoint(self, peer: Any, endpoint: Address | None, source: str | None = None) -> None:
         self.endpoints.append(endpoint)
@@ -349,6 +357,28 @@ async def test_offer_answer_path_restart_ping_and_bye(
     await trio.sleep(0.3)
     assert isinstance(actx.signaling.sent[-1], Bye)
     assert alice.current is None and alice.active is None and actx.transport.sessions == []
+
+
+async def test_data_plane_features_ride_on_offer_and_answer(
+    nursery: trio.Nursery, transports: Callable[[Ctx], None]
+) -> None:
+    """Each side lists partial-csum in its offer/answer when its TUN completes checksums,
+    and the other turns partial checksums on for it; a restart answered without the line
+    (the peer's TUN lost its virtio headers, or an older peer) turns them off again."""
+    alice, actx, bob, bctx = await connected_pair(nursery, transports)
+    assert "a=x-p2ptun-features:partial-csum" in actx.signaling.offers[-1][0]
+    assert actx.tunnel.partial == {alice.wg: True}
+    assert bctx.tunnel.partial == {bob.wg: True}
+    bctx.tunnel.accepts_partial_checksums = False
+    first = alice.active
+    alice.restart("test")
+    with trio.fail_after(10):
+        while alice.active is first:
+            await trio.sleep(0.02)
+    answer = next(m for m in reversed(bctx.signaling.sent) if isinstance(m, Answer))
+    assert "x-p2ptun-features" not in answer.description
+    assert actx.tunnel.partial == {alice.wg: False}
+    assert bctx.tunnel.partial == {bob.wg: True}  # alice still completes bob's
 
 
 async def test_consent_loss_regathers_and_restarts(
