@@ -14,6 +14,7 @@ DEBIAN_PACKAGES=(
   git                      # the demo test clones the checkout
   bind9-dnsutils           # dig: the node's names (network e2e tests, the README's guide)
   curl                     # scrapes the metrics endpoints (e2e tests)
+  ethtool                  # turns a lab link's checksum offload off (partial-checksum e2e test)
   chromium-headless-shell  # a real browser loads the rendezvous' map page (e2e tests)
   miniupnpd-nftables miniupnpc natpmpc  # port mapping: the lab routers' PCP/NAT-PMP/UPnP, cross-checks
   redis-server             # the rendezvous cluster's shared store (tests start their own)

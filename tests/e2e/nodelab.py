@@ -44,6 +44,7 @@ import pytest
 from p2plab.bench import parse_reply
 from p2plab.natlab import NatLab, wait_for_line, wait_until
 from p2ptun.keys import encode_key, generate_private_key, public_key
+from p2ptun.node import control
 
 RV = "203.0.113.10"
 """The rendezvous (signaling :7070, STUN/TURN :3478) on the lab's server."""
@@ -546,6 +547,14 @@ class Deployment:
             return {}
         status: dict[str, Any] = json.loads(out.stdout)
         return status
+
+    def debug(self, node: Node) -> dict[str, Any]:
+        """The node's internals (its control socket's ``debug``: the data path's counters and
+        more, not the status contract)."""
+        reply = control.request(str(self.run_dir / f"{node.ifname}.sock"), {"cmd": "debug"}, 10.0)
+        assert reply.get("ok"), reply
+        debug: dict[str, Any] = reply["debug"]
+        return debug
 
     def peer_status(self, node: Node, peer: Node) -> dict[str, Any]:
         for entry in self.status(node).get("peers", []):

@@ -313,13 +313,44 @@ def test_subnet_route_reaches_a_plain_lan_host(
     assert (
         (got["bytes"], got["sha256"]) == (sent["bytes"], sent["sha256"]) == (size, sent["sha256"])
     )
+    # And laptop -> the LAN host: laptop leaves its segments' TCP checksums partial (home
+    # said it completes them), home writes them to TUN as partial and forwards them. With
+    # checksum offload off on home's LAN link the kernel must complete each checksum in
+    # software before it leaves, and the LAN host's kernel verifies it: a wrong partial sum
+    # would stall the transfer.
+    lan_link = f"{lab.prefix}l1a"
+    lab.exec("site1", "ethtool", "-K", lan_link, "tx", "off", check=True)
+    partial_before = dep.debug(laptop)["tunnel"]["tunnel"]["partial_checksums"]
+    lan_sink = routes.lan.popen(
+        lab,
+        [sys.executable, "-c", TCP_SERVER, routes.lan.address, "5083"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert lan_sink.stdout is not None
+    assert wait_for_line(lan_sink.stdout, "ready", 10.0) is not None
+    t0 = time.monotonic()
+    up = lab.popen(
+        "site2",
+        [sys.executable, "-c", TCP_CLIENT, routes.lan.address, "5083", "8", str(size), "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    sent_out, _ = up.communicate(timeout=60)
+    got_out, _ = lan_sink.communicate(timeout=30)
+    took_up = time.monotonic() - t0
+    sent, got = json.loads(sent_out.strip()), json.loads(got_out.strip().splitlines()[-1])
+    assert (got["bytes"], got["sha256"]) == (size, sent["sha256"])
+    partial = dep.debug(laptop)["tunnel"]["tunnel"]["partial_checksums"] - partial_before
+    assert partial > size // 1500, partial  # nearly every segment
     lan_rtt = _avg_rtt(lab, "site2", routes.lan.address)
     home_rtt = _avg_rtt(lab, "site2", home.tunnel_ip)
     report(
         request,
         f"[routes] LAN host behind home: 3 pings in {first:.2f} s, TCP through; avg RTT "
         f"{lan_rtt:.3f} ms to the LAN host, {home_rtt:.3f} ms to home's overlay address; "
-        f"4 MiB from the LAN host to laptop in {took:.2f} s",
+        f"4 MiB from the LAN host to laptop in {took:.2f} s, from laptop to the LAN host "
+        f"(partial checksums, completed by home's kernel) in {took_up:.2f} s",
     )
 
     # Stopping home removes its nftables table and everything else it added.
