@@ -29,8 +29,8 @@ The kernel can move 64 KiB at a time across a system call if both sides agree:
 Each offload is probed when the socket or device is set up and falls back to one packet per
 system call when the kernel refuses. ``P2PTUN_OFFLOAD=off`` (environment) turns all of them off;
 a comma-separated list keeps only the families named: ``udp`` (GSO and GRO), ``tun`` (the virtio
-header and GRO on TUN writes), ``tso`` (TSO on TUN reads; needs ``tun``), ``partial`` (offer
-partial inner checksums to p2ptun peers; needs ``tun``). Tests use it to prove every path.
+header and GRO on TUN writes), ``tso`` (TSO on TUN reads; needs ``tun``), ``partial`` (partial
+inner checksums with p2ptun peers, both ways; needs ``tun``). Tests use it to prove every path.
 
 The functions here are pure byte manipulation (no I/O), so they are tested with hypothesis
 against checksums computed from scratch.

@@ -232,11 +232,13 @@ class WgTunnel:
         self._seg_buffer = bytearray(2 * MAX_PACKET) if self.tun_offload else bytearray()
         self._seg_lengths: list[int] = []
         self._coalescer = TcpCoalescer()
-        self.accepts_partial_checksums = self._vnet and offload_wanted("partial")
+        partial_wanted = offload_wanted("partial")
+        self.accepts_partial_checksums = self._vnet and partial_wanted
         """Whether this end completes TCP checksums a peer leaves partial (it writes TUN with
         virtio headers): what the node offers its p2ptun peers."""
         #: Peers that complete the TCP checksums we leave partial (they said so).
         self._partial_peers: set[Peer] = set()
+        self._partial_wanted = partial_wanted
         self._touched: dict[Peer, None] = {}  # insertion-ordered set
         self._initiation_unsent: set[Peer] = set()
         #: The latest handshake response of a peer that had no path yet (see _path_set).
@@ -302,8 +304,9 @@ class WgTunnel:
     def set_partial_checksums(self, peer: Peer, on: bool) -> None:
         """Whether TCP segments to ``peer`` may leave their checksum partial: only for a
         peer that said it completes them (a p2ptun peer whose TUN takes virtio headers;
-        :mod:`p2ptun.signal.features`). Only when this end has TSO can it skip a sum."""
-        if on and self.tun_offload:
+        :mod:`p2ptun.signal.features`). Only when this end has TSO can it skip a sum, and
+        ``P2PTUN_OFFLOAD`` without ``partial`` keeps every checksum complete."""
+        if on and self.tun_offload and self._partial_wanted:
             self._partial_peers.add(peer)
         else:
             self._partial_peers.discard(peer)

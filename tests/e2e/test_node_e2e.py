@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from nodelab import Deployment, EchoConnection
+from nodelab import Deployment, EchoConnection, Node
 
 from p2plab.natlab import NatLab, wait_until
 
@@ -112,6 +112,36 @@ def test_network_change_restarts_ice_and_tcp_survives(
     assert conn.roundtrip("after") == "after"
     assert alice.handshakes() == handshakes
     assert new_addr != "10.0.1.2"
+
+
+def test_partial_checksums_follow_what_the_peer_offers(
+    deployment: Callable[..., Deployment], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between two p2ptun nodes TCP segments leave their checksums partial (each node offered
+    to complete them); a peer restarted with ``P2PTUN_OFFLOAD`` lacking ``partial`` offers
+    nothing and uses nothing, and full checksums flow both ways."""
+    dep = deployment(["cone", "cone"])
+    alice, bob = dep.nodes
+    dep.wait_connected()
+
+    def partial(node: Node) -> int:
+        return int(dep.debug(node)["tunnel"]["tunnel"]["partial_checksums"])
+
+    size = 4 << 20
+    dep.tcp_transfer(alice, bob, size)
+    dep.tcp_transfer(bob, alice, size, port=5002)
+    assert partial(alice) > size // 1500 and partial(bob) > size // 1500
+
+    dep.stop_node(bob)
+    monkeypatch.setenv("P2PTUN_OFFLOAD", "udp,tun,tso")
+    dep.start_node(bob)
+    monkeypatch.delenv("P2PTUN_OFFLOAD")
+    dep.wait_connected()
+    before = partial(alice)
+    dep.tcp_transfer(alice, bob, size, port=5003)
+    dep.tcp_transfer(bob, alice, size, port=5004)
+    assert partial(alice) == before and partial(bob) == 0
+    assert dep.debug(bob)["tunnel"]["tunnel"]["tso_segments"] > 0  # TSO itself still on
 
 
 def test_rendezvous_loss_keeps_the_tunnel(deployment: Callable[..., Deployment]) -> None:
