@@ -11,6 +11,13 @@ and the rendezvous' wake-ups are printed beside it. With ``--profile`` the hub r
 ``cProfile`` (its wake-ups then include the profiler's own, which are none while idle) and the
 top functions by call count in the window are printed.
 
+With ``--on-demand`` every node has ``[ice] on_demand = true``: nobody connects at start. Once
+every peer is online at the hub (idle, "connects on demand"), the same idle count runs with no
+tunnel up; then ``--samples`` peers are reached one after another with a ping stream from the
+hub (20 ms apart): the time from the stream's start to its first reply is the first-packet
+latency (rendezvous signaling, ICE, the WireGuard handshake, the echo), and its median is
+printed.
+
 Topology (``P`` the instance prefix)::
 
     P-hub (10.98.0.1/16, bridge P-br)
@@ -151,6 +158,26 @@ def _connected(status: dict[str, Any]) -> int:
     return sum(1 for p in status.get("peers", []) if p.get("state") == "connected")
 
 
+def _idle_online(status: dict[str, Any]) -> int:
+    """Peers online but idle on demand (no tunnel, none being made)."""
+    return sum(1 for p in status.get("peers", []) if p.get("reason") == "idle: connects on demand")
+
+
+def _first_reply_s(lab: StarLab, ns: str, dst: str, timeout: float) -> float | None:
+    """Seconds from starting a 20 ms ping stream in ``ns`` to its first reply (None: none)."""
+    argv = ["ping", "-n", "-i", "0.02", "-W", "1", "-w", str(int(timeout)), dst]
+    t0 = time.monotonic()
+    proc = lab.popen(ns, argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "bytes from" in line:
+                return time.monotonic() - t0
+        return None
+    finally:
+        _stop_process(proc)
+
+
 @contextlib.contextmanager
 def _star(prefix: str, n: int) -> Iterator[StarLab]:
     lab = StarLab(prefix + secrets.token_hex(2), n)
@@ -169,8 +196,11 @@ def measure(
     *,
     profile: Path | None = None,
     say: bool = True,
+    on_demand: bool = False,
+    samples: int = 10,
 ) -> dict[str, Any]:
-    """Start the star, wait until every peer is connected, idle, count. Returns the figures."""
+    """Start the star, wait until every peer is connected (on demand: online and idle), idle,
+    count; on demand, then time the first packet to ``samples`` peers. Returns the figures."""
     work = Path(tempfile.mkdtemp(prefix="p2ptun-peercost-"))
     env = {
         **os.environ,
@@ -212,6 +242,7 @@ def measure(
                     f'[interface]\nname = "pc{tag}n{i}"\naddress = ["{ips[i]}/16"]\n'
                     f'[rendezvous]\naddress = "{HUB_ADDR}:{RV_PORT}"\npublic_key = "{rv_pub}"\n'
                     f'[ice]\nstun = ["{HUB_ADDR}:{STUN_PORT}"]\n'
+                    + ("on_demand = true\n" if on_demand else "")
                     + "".join(
                         f'[[peer]]\nname = "{names[j]}"\npublic_key = "{pubs[j]}"\n'
                         f'allowed_ips = ["{ips[j]}/32"]\n'
@@ -260,14 +291,16 @@ def measure(
             while time.monotonic() < deadline:
                 if hub.poll() is not None or rendezvous.poll() is not None:
                     raise RuntimeError("the hub or the rendezvous exited: see " + str(work))
-                connected = _connected(_status(hub_sock))
+                status = _status(hub_sock)
+                connected = _idle_online(status) if on_demand else _connected(status)
                 if connected == n:
                     break
                 time.sleep(1.0)
             connect_s = time.monotonic() - t0
-            log(f"{connected}/{n} peers connected at the hub after {connect_s:.0f} s")
+            what = "online, idle on demand," if on_demand else "connected"
+            log(f"{connected}/{n} peers {what} at the hub after {connect_s:.0f} s")
             if connected != n:
-                raise RuntimeError(f"only {connected}/{n} peers connected")
+                raise RuntimeError(f"only {connected}/{n} peers {what}")
             time.sleep(max(0.0, idle - window))
             pids = [hub.pid, rendezvous.pid, *(p.pid for p in leaves)]
             before_cpu = _cpu(hub.pid)
@@ -281,7 +314,21 @@ def measure(
                 if v != before_counters.get(k, 0.0) and not k.endswith("bytes")
             }
             still = _connected(_status(hub_sock))
+            first: list[float | None] = []
+            if on_demand:
+                step = max(1, n // max(1, samples))
+                for i in range(1, n + 1, step)[:samples]:
+                    took = _first_reply_s(lab, lab.hub, ips[i], 15.0)
+                    log(
+                        f"first packet to {names[i]}: "
+                        + ("none" if took is None else f"{took:.3f} s")
+                    )
+                    first.append(took)
+            reached = [f for f in first if f is not None]
             result = {
+                "on_demand": on_demand,
+                "first_packet_s": first,
+                "first_packet_s_median": statistics.median(reached) if reached else None,
                 "peers": n,
                 "connected_before": connected,
                 "connected_after": still,
@@ -304,6 +351,14 @@ def measure(
             return result
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _first_cell(result: dict[str, Any]) -> str:
+    """The first-packet column: the median and how many samples were answered."""
+    median, samples = result["first_packet_s_median"], result["first_packet_s"]
+    if median is None:
+        return "–"
+    return f"{median:.3f} ({sum(1 for f in samples if f is not None)}/{len(samples)})"
 
 
 def _cpu(pid: int) -> float:
@@ -353,6 +408,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--profile", metavar="FILE", help="run the hub under cProfile, stats to FILE"
     )
+    parser.add_argument(
+        "--on-demand",
+        action="store_true",
+        help="every node connects on demand; also time the first packet to --samples peers",
+    )
+    parser.add_argument(
+        "--samples", type=int, default=10, help="peers whose first packet is timed (10)"
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args(args_list)
     if os.geteuid() != 0:
@@ -364,10 +427,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"== {n} peers", file=sys.stderr, flush=True)
         profile = Path(args.profile) if args.profile else None
         results.append(
-            measure(n, args.idle, min(args.window, args.idle), args.prefix, profile=profile)
+            measure(
+                n,
+                args.idle,
+                min(args.window, args.idle),
+                args.prefix,
+                profile=profile,
+                on_demand=args.on_demand,
+                samples=args.samples,
+            )
         )
     head = ["peers", "hub wake-ups/s", "per peer", "hub RSS MiB", "hub CPU ms/s"]
-    head += ["leaf wake-ups/s", "rendezvous wake-ups/s"]
+    head += ["leaf wake-ups/s", "rendezvous wake-ups/s", "first packet s (median)"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---:|" * len(head))
     for r in results:
@@ -379,6 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{r['hub_cpu_ms_per_s']:.1f}",
             f"{r['leaf_wakeups_per_s_mean']:.2f}",
             f"{r['rendezvous_wakeups_per_s']:.1f}",
+            _first_cell(r),
         ]
         print("| " + " | ".join(cells) + " |")
     for r in results:

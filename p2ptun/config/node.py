@@ -13,6 +13,7 @@ from p2ptun.config.firewall import firewall_policy, groups_of
 from p2ptun.config.reader import ConfigFile, Table, type_name
 from p2ptun.config.schema import (
     DEFAULT_FWMARK,
+    DEFAULT_IDLE_TIMEOUT,
     DEFAULT_PEER_RELAY_PORT,
     DEFAULT_RENDEZVOUS_PORT,
     IFNAME_RE,
@@ -359,8 +360,22 @@ def _ice(t: Table) -> IceConfig:
     link_local = t.boolean("ipv6_link_local")
     port_mapping = t.boolean("port_mapping", True)
     hard_nat = t.boolean("hard_nat", True)
+    on_demand = t.boolean("on_demand")
+    idle_timeout = t.integer("idle_timeout", DEFAULT_IDLE_TIMEOUT)
+    if not 10 <= idle_timeout <= 86400:
+        raise t.error("idle_timeout", f"{idle_timeout} is out of range", "expected 10-86400 s")
     t.check_unknown()
-    return IceConfig(stun, tuple(turn), lite, port, link_local, port_mapping, hard_nat)
+    return IceConfig(
+        stun,
+        tuple(turn),
+        lite,
+        port,
+        link_local,
+        port_mapping,
+        hard_nat,
+        on_demand,
+        idle_timeout,
+    )
 
 
 def _turn_server(t: Table) -> TurnServerConfig:

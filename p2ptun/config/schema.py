@@ -93,6 +93,10 @@ class TurnServerConfig:
     ca_file: str | None = None
 
 
+DEFAULT_IDLE_TIMEOUT = 300
+"""Seconds without data after which an on-demand tunnel is closed (``[ice] idle_timeout``)."""
+
+
 @dataclass(frozen=True)
 class IceConfig:
     stun: tuple[Address, ...] = ()
@@ -104,6 +108,10 @@ class IceConfig:
     port_mapping: bool = True
     #: Probe a symmetric NAT's predicted ports while relayed (``hard_nat``, p2ptun.ice.hardnat).
     hard_nat: bool = True
+    #: Connect to a peer only when traffic for it appears (or it connects to us), and close a
+    #: tunnel that carried no data for ``idle_timeout`` seconds (when the peer does the same).
+    on_demand: bool = False
+    idle_timeout: int = DEFAULT_IDLE_TIMEOUT
 
 
 @dataclass(frozen=True)

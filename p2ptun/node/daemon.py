@@ -329,6 +329,11 @@ class NodeDaemon:
     def lite(self) -> bool:
         return self.config.ice.lite
 
+    @property
+    def on_demand_idle(self) -> float | None:
+        ice = self.config.ice
+        return float(ice.idle_timeout) if ice.on_demand else None
+
     def peer_changed(self) -> None:
         self._notify_status()
 
@@ -564,6 +569,7 @@ class NodeDaemon:
                 learn_endpoints=True,
                 on_path_quiet=self._path_quiet,
                 on_relayed_roam=self._relayed_roam,
+                on_no_path=self._no_path,
                 firewall=None if firewall_off() else Firewall(self._firewall_policy(cfg)),
             )
             self._tunnel = tunnel
@@ -1012,6 +1018,15 @@ class NodeDaemon:
         for session in self.peers.values():
             if session.wg is wg:
                 session.path_quiet(event.unanswered)
+                return
+
+    def _no_path(self, wg: Peer) -> None:
+        """Traffic for a peer found no path: on demand, that starts its connection."""
+        if not self.config.ice.on_demand:
+            return
+        for session in self.peers.values():
+            if session.wg is wg:
+                session.demand()
                 return
 
     def _relayed_roam(self, wg: Peer, address: Address, relay: TurnRelay) -> None:

@@ -92,7 +92,7 @@ from p2ptun.net.signaling import SignalingClient
 from p2ptun.net.turn_relay import TurnRelay
 from p2ptun.node.wgtunnel import WgTunnel
 from p2ptun.signal.client import SignalReceived
-from p2ptun.signal.features import PARTIAL_CHECKSUMS, features_of, with_features
+from p2ptun.signal.features import ON_DEMAND, PARTIAL_CHECKSUMS, features_of, with_features
 from p2ptun.signal.negotiation import NegotiationState
 from p2ptun.signal.seal import Answer, Bye, Candidates, Offer, Restart
 from p2ptun.wireguard import Peer
@@ -143,6 +143,12 @@ class NodeContext(Protocol):
     @property
     def lite(self) -> bool: ...
 
+    @property
+    def on_demand_idle(self) -> float | None:
+        """Seconds without data after which an on-demand tunnel closes; None: tunnels are
+        kept up (``[ice] on_demand``)."""
+        ...
+
     def peer_changed(self) -> None: ...
 
     def regather(self, reason: str) -> bool:
@@ -184,6 +190,10 @@ class SessionCounters:
     """Attempts whose checks all failed (RFC 8445 §6.1.2.6 Failed)."""
     path_changes: int = 0
     """Pairs selected for the data (the first one and every change after it)."""
+    on_demand_connects: int = 0
+    """Connections started on demand (traffic or ``p2ptun ping`` found no path)."""
+    idle_closes: int = 0
+    """On-demand tunnels closed after the idle timeout."""
 
 
 @dataclass(eq=False)
@@ -254,6 +264,17 @@ class PeerSession:
         self.history: deque[PathChange] = deque(maxlen=PATH_HISTORY)
         #: Why the next path change happens, when something we did is its cause.
         self._path_reason: str | None = None
+        #: On demand (``[ice] on_demand``): the idle timeout, else None (always connected).
+        self.on_demand = ctx.on_demand_idle
+        #: Whether this node wants a path now: always when not on demand; on demand from
+        #: the first packet (or the peer's offer, or ``p2ptun ping``) until the tunnel idles.
+        self._demand = self.on_demand is None
+        #: Whether the peer closes idle tunnels too (it listed ``on-demand``): only then do we.
+        self._peer_on_demand = False
+        #: When the current demand began (the idle timeout also counts from it).
+        self._demand_since = 0.0
+        #: Set when a path is selected (``ping`` waits on it after creating demand).
+        self._path_ready = trio.Event()
         """Times a timer was due again right after running (a bug elsewhere; never a spin)."""
 
     @property
@@ -270,8 +291,8 @@ class PeerSession:
             # Offer with the node's candidates if they come quickly; later ones trickle.
             with trio.move_on_after(FIRST_OFFER_WAIT):
                 await self.ctx.transport.wait_gathered()
-            if self.current is None and self.active is None:  # no offer of the peer's came
-                self._offer("start")
+            if self.current is None and self.active is None and self._demand:
+                self._offer("start")  # no offer of the peer's came
             while True:
                 now = trio.current_time()
                 self._run_timers(now)
@@ -285,6 +306,42 @@ class PeerSession:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def demand(self, why: str = "traffic") -> None:
+        """Something wants a path to the peer (an outgoing packet found none, or ``p2ptun
+        ping``): on demand, connect now. Nothing to do for a peer that is always connected
+        or already wanted."""
+        if self._closed or self._demand:
+            return
+        now = trio.current_time()
+        self._demand = True
+        self._demand_since = now
+        self._next_try = now
+        self.counters.on_demand_connects += 1
+        log.info("connecting on demand", peer=self.name, why=why)
+        self.wake()
+
+    def _idle_close(self) -> None:
+        """The on-demand tunnel carried no data for the idle timeout: say bye (the peer
+        closes too), close every attempt, forget the WireGuard session, and wait for demand."""
+        log.info("closing the idle tunnel", peer=self.name, idle_timeout=self.on_demand)
+        client = self.ctx.signaling
+        if client is not None:
+            with contextlib.suppress(KeyError, ProtocolError):
+                client.send_to(self.name, Bye(0, "idle"))
+        for attempt in self._attempts():
+            attempt.session.close()
+        self.current = self.active = None
+        self.retired = []
+        self._clear_path("idle")
+        self.ctx.tunnel.forget_sessions(self.wg)
+        self._demand = False
+        self.counters.idle_closes += 1
+
+    def _idle_since(self) -> float:
+        """The later of the last data packet and the start of the current demand."""
+        last = self.wg.last_data
+        return self._demand_since if last is None else max(last, self._demand_since)
 
     def close(self, reason: str = "shutting down") -> None:
         """Forget every attempt and stop sending to the peer. Says bye to it. Final: a timer
@@ -307,6 +364,9 @@ class PeerSession:
     # -- timers (the agents' own run in the transport) -------------------------------------------
 
     def _run_timers(self, now: float) -> None:
+        idle = self._idle_due()
+        if idle is not None and now >= idle:
+            self._idle_close()
         due = self._handshake_due
         if due is not None and now >= due:
             self._handshake_due = None
@@ -333,6 +393,14 @@ class PeerSession:
             else:
                 self._offer("retry" if self.current is None else "offer not answered")
 
+    def _idle_due(self) -> float | None:
+        """When an on-demand tunnel that carries nothing is to be closed (None: never)."""
+        if self.on_demand is None or not self._peer_on_demand or not self._demand:
+            return None
+        if self.active is None and self.current is None:
+            return None
+        return self._idle_since() + self.on_demand
+
     def _offer_due(self, now: float) -> float | None:
         """When to offer next: a restart waiting for regathering, after a failure (nothing
         running), or again when the online peer leaves our offer unanswered. None: nothing
@@ -341,7 +409,7 @@ class PeerSession:
             return self._restart_at
         current = self.current
         if current is None:
-            return self._next_try if self.active is None else None
+            return self._next_try if self.active is None and self._demand else None
         if current.controlling and not current.remote_set and self.online:
             since = max(current.created, self._online_since or now, self._reoffer_floor)
             return since + OFFER_TIMEOUT
@@ -355,6 +423,9 @@ class PeerSession:
             times.append(due)
         if self._handshake_due is not None:
             times.append(self._handshake_due)
+        idle = self._idle_due()
+        if idle is not None:
+            times.append(idle)
         deadline = min(times)
         if deadline <= now:
             # Something asked to be woken in the past and was not moved by running it: do
@@ -555,6 +626,9 @@ class PeerSession:
 
     def _on_offer(self, msg: Offer | Restart, superseded: int | None) -> None:
         client = self.ctx.signaling
+        if not self._demand:  # the peer wants the tunnel: it counts as demand
+            self._demand = True
+            self._demand_since = trio.current_time()
         current = self.current
         if current is not None and (
             superseded is None or current.session_id == superseded or not current.remote_set
@@ -603,16 +677,25 @@ class PeerSession:
         if current is not None and msg.session in (0, current.session_id):
             self._drop(current)
         self._next_try = trio.current_time() + RETRY_DELAYS[0]
+        if self.on_demand is not None and self.active is None and self.current is None:
+            # On demand, the peer's goodbye (its idle timeout, or it stopped) ends our demand
+            # too: the next packet for it starts a new connection.
+            self._demand = False
 
     def _with_features(self, description: str) -> str:
         """Our offer or answer with the data-plane features we offer this peer
         (:mod:`p2ptun.signal.features`)."""
         offered = [PARTIAL_CHECKSUMS] if self.ctx.tunnel.accepts_partial_checksums else []
+        if self.on_demand is not None:
+            offered.append(ON_DEMAND)
         return with_features(description, offered)
 
     def _learn_features(self, description: str) -> None:
-        """What the peer's offer or answer says it does for our packets."""
-        partial = PARTIAL_CHECKSUMS in features_of(description)
+        """What the peer's offer or answer says it does for our packets, and whether it
+        closes idle tunnels."""
+        features = features_of(description)
+        self._peer_on_demand = ON_DEMAND in features
+        partial = PARTIAL_CHECKSUMS in features
         tunnel = self.ctx.tunnel
         if partial != tunnel.partial_checksums(self.wg):
             tunnel.set_partial_checksums(self.wg, partial)
@@ -748,6 +831,8 @@ class PeerSession:
             self._handshake_due = now + wait
         tunnel.flush(self.wg)
         self.counters.path_changes += 1
+        self._path_ready.set()
+        self._path_ready = trio.Event()
         log.info(
             "path selected" if previous is None else "path changed",
             peer=self.name,
@@ -868,8 +953,8 @@ class PeerSession:
         active = self.active
         if self.path is not None and active is not None and active.agent.can_send(now):
             return "connected"
-        if self.online is False and self.path is None:
-            return "disconnected"
+        if self.path is None and (self.online is False or not self._demand):
+            return "disconnected"  # offline, or idle on demand (``reason`` says which)
         return "connecting"
 
     def reason(self) -> PathReason:
@@ -894,6 +979,8 @@ class PeerSession:
     def _reason_text(self, reason: PathReason) -> str:
         if self.path is None and self.online is False:
             return "no path: peer offline"
+        if self.path is None and not self._demand:
+            return "idle: connects on demand"
         return reason.text
 
     def status(self, now: float) -> dict[str, Any]:
@@ -945,6 +1032,13 @@ class PeerSession:
             "remote_candidate": None,
             "rtt_ms": None,
         }
+        if (pair is None or active is None) and self.on_demand is not None and not self._closed:
+            # On demand, asking is demand: wait for the path within the timeout.
+            self.demand("ping")
+            with trio.move_on_after(timeout):
+                while self.path is None or self.active is None:
+                    await self._path_ready.wait()
+            pair, active = self.path, self.active
         if pair is None or active is None:
             result["error"] = "no path to the peer yet"
             return result

@@ -202,6 +202,7 @@ class WgTunnel:
         roam: bool = True,
         on_path_quiet: Callable[[Peer, PathQuiet], None] | None = None,
         on_relayed_roam: Callable[[Peer, Address, Any], None] | None = None,
+        on_no_path: Callable[[Peer], None] | None = None,
         firewall: Firewall | None = None,
     ) -> None:
         if not endpoints:
@@ -216,6 +217,9 @@ class WgTunnel:
         self.roam = roam
         self.on_path_quiet = on_path_quiet
         self.on_relayed_roam = on_relayed_roam
+        self.on_no_path = on_no_path
+        """Called when a handshake initiation for a peer without a path could not go out
+        (traffic wants the peer: an on-demand connection starts here)."""
         self.firewall = firewall
         """Filters the packets between TUN and the peers (None: everything passes)."""
         self._by_family = {ep.family: ep for ep in self.endpoints}
@@ -639,6 +643,8 @@ class WgTunnel:
                 for d in datagrams:
                     if d[0] == _INITIATION:
                         self._initiation_unsent.add(peer)
+                        if self.on_no_path is not None:
+                            self.on_no_path(peer)
                     elif d[0] == _RESPONSE:
                         self._response_unsent[peer] = d
             else:

@@ -20,6 +20,11 @@ Features (each is what the *sender of the line* offers to do):
     inner packet, so the inner checksum protects nothing the tunnel does not; towards any
     other WireGuard implementation (no signaling) checksums stay complete.
 
+``on-demand``
+    "I connect to you only when there is traffic, and close our tunnel after it has been idle":
+    a node closes an idle tunnel only when its peer lists this too. A peer that keeps its
+    tunnels up would otherwise reconnect at once after every close.
+
 Pure text in, text out: no I/O, bounded by the description's own limits.
 """
 
@@ -30,7 +35,8 @@ from collections.abc import Iterable
 
 ATTRIBUTE = "x-p2ptun-features"
 PARTIAL_CHECKSUMS = "partial-csum"
-KNOWN = frozenset({PARTIAL_CHECKSUMS})
+ON_DEMAND = "on-demand"
+KNOWN = frozenset({PARTIAL_CHECKSUMS, ON_DEMAND})
 MAX_FEATURES = 16
 """Most feature tags read from one description (the rest are ignored)."""
 

@@ -143,6 +143,9 @@ class Peer:
         #: WireGuard messages received and sent for this peer (handshakes, data, keepalives).
         self.rx_packets = 0
         self.tx_packets = 0
+        #: When a data packet (not a keepalive or handshake) last went either way (None:
+        #: never): what an on-demand connection's idle timeout counts from.
+        self.last_data: float | None = None
         self.last_handshake: float | None = None
         """Monotonic time of the last completed handshake (None before the first)."""
         # Timer deadlines (None = not pending) and their flags.
@@ -272,6 +275,7 @@ class Peer:
         kp.send_counter = counter
         self.tx_bytes += sent
         self.tx_packets += count
+        self.last_data = now
         shared.counters.packets_sent += count
         # §6.5 timer hooks, as _send_transport() runs them for a data packet.
         self._send_keepalive_at = None
@@ -589,6 +593,7 @@ class Peer:
             self._persistent_keepalive_at = now + self.persistent_keepalive
         if packet:
             shared.counters.packets_sent += 1
+            self.last_data = now
             if self._new_handshake_at is None:
                 self._new_handshake_at = now + self.timers.new_handshake_timeout + self._jitter()
             if self._quiet_tx_at is None and self.path_silence is not None:
@@ -669,6 +674,7 @@ class Peer:
             counters.source_not_allowed += 1
             return True
         counters.packets_received += 1
+        self.last_data = now
         self._packets.append(bytes(view))
         return True
 

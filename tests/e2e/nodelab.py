@@ -433,6 +433,7 @@ class Deployment:
         hard_nat: bool | None = None,
         extra: str = "",
         interface_extra: str = "",
+        ice_extra: str = "",
     ) -> Path:
         """Write ``node``'s config (atomically, so that a SIGHUP never reads half a file).
 
@@ -441,7 +442,7 @@ class Deployment:
         ``tcp``), unless ``stun`` (``host:port`` strings) or ``turn_servers`` (TOML inline
         tables) say otherwise; ``hard_nat`` sets ``[ice] hard_nat`` (default: not written).
         ``extra``: TOML appended (sections such as ``[metrics]`` or ``[relay]``);
-        ``interface_extra``: TOML keys added to ``[interface]``."""
+        ``interface_extra``: TOML keys added to ``[interface]``; ``ice_extra``: to ``[ice]``."""
         if peers is None:
             peers = [p for p in self.nodes if p is not node]
         if stun is None:
@@ -467,6 +468,7 @@ class Deployment:
             f'public_key = "{self.rv_key[1]}"\n'
             f"[ice]\nstun = [{stun_text}]\nturn = [{', '.join(turn_servers)}]\n"
             + ("" if hard_nat is None else f"hard_nat = {str(hard_nat).lower()}\n")
+            + ice_extra
             + peer_text
             + extra
             + ("" if "firewall" in extra else LAB_FIREWALL)

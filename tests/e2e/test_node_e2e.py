@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from nodelab import Deployment, EchoConnection, Node
+from nodelab import Deployment, EchoConnection, Node, report
 
 from p2plab.natlab import NatLab, wait_until
 
@@ -36,7 +36,10 @@ def deployment(natlab: LabFactory, tmp_path: Path) -> Iterator[Callable[..., Dep
     made: list[Deployment] = []
 
     def make(
-        sites: list[str], turn: str = "udp", blocked: list[tuple[str, str]] | None = None
+        sites: list[str],
+        turn: str = "udp",
+        blocked: list[tuple[str, str]] | None = None,
+        ice_extra: str = "",
     ) -> Deployment:
         lab = natlab(sites)
         for a, b in blocked or []:
@@ -48,7 +51,7 @@ def deployment(natlab: LabFactory, tmp_path: Path) -> Iterator[Callable[..., Dep
             dep.add_node(names[i], f"site{i + 1}", f"10.77.0.{i + 1}/24")
         dep.start_rendezvous()
         for node in dep.nodes:
-            dep.start_node(node, turn=turn)
+            dep.start_node(node, turn=turn, ice_extra=ice_extra)
         return dep
 
     yield make
@@ -142,6 +145,45 @@ def test_partial_checksums_follow_what_the_peer_offers(
     dep.tcp_transfer(bob, alice, size, port=5004)
     assert partial(alice) == before and partial(bob) == 0
     assert dep.debug(bob)["tunnel"]["tunnel"]["tso_segments"] > 0  # TSO itself still on
+
+
+def test_on_demand_connects_at_the_first_packet_and_closes_when_idle(
+    deployment: Callable[..., Deployment], request: pytest.FixtureRequest
+) -> None:
+    """Both nodes on demand: online but no tunnel until alice pings bob; the first reply
+    comes once signaling, ICE and the handshake are done; after idle_timeout without data the
+    tunnel closes on both sides (and stays closed); bob's traffic opens it again."""
+    dep = deployment(["cone", "prc"], ice_extra="on_demand = true\nidle_timeout = 10\n")
+    alice, bob = dep.nodes
+
+    def idle(a: Node, b: Node) -> bool:
+        peer = dep.peer_status(a, b)
+        return peer.get("state") == "disconnected" and peer.get("reason") == (
+            "idle: connects on demand"
+        )
+
+    wait_until(lambda: idle(alice, bob) and idle(bob, alice), 30, what="both online, idle")
+    assert "offer" not in alice.log() and "offer" not in bob.log()
+    t0 = time.monotonic()
+    first = dep.first_ping(alice, bob) - t0
+    assert "connecting on demand" in alice.log()
+    assert dep.peer_status(alice, bob)["state"] == "connected"
+    dep.tcp_transfer(alice, bob, 1 << 20)
+    t_data = time.monotonic()
+    wait_until(lambda: idle(alice, bob) and idle(bob, alice), 40, interval=0.5, what="idle close")
+    closed_after = time.monotonic() - t_data
+    assert "closing the idle tunnel" in alice.log() + bob.log()
+    assert dep.peer_status(alice, bob)["path"] is None
+    time.sleep(2.0)  # past the first retry delay: nobody reconnects without traffic
+    assert idle(alice, bob) and idle(bob, alice)
+    t0 = time.monotonic()
+    again = dep.first_ping(bob, alice) - t0
+    report(
+        request,
+        f"[on demand] first packet alice->bob answered after {first:.2f} s; closed "
+        f"{closed_after:.1f} s after the last data (idle_timeout 10 s); bob->alice again "
+        f"after {again:.2f} s",
+    )
 
 
 def test_rendezvous_loss_keeps_the_tunnel(deployment: Callable[..., Deployment]) -> None:

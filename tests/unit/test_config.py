@@ -598,3 +598,16 @@ def test_hard_nat_is_on_by_default_and_can_be_turned_off(
     assert config.load_node(write(tmp_path, off, "off.toml")).ice.hard_nat is False
     bad = NODE.replace("[ice]\n", '[ice]\nhard_nat = "yes"\n', 1)
     assert_config_error(tmp_path, capsys, bad, "ice.hard_nat", "expected true or false")
+
+
+def test_on_demand_is_off_by_default_with_a_bounded_idle_timeout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ice = config.load_node(write(tmp_path, NODE)).ice
+    assert (ice.on_demand, ice.idle_timeout) == (False, 300)
+    on = NODE.replace("[ice]\n", "[ice]\non_demand = true\nidle_timeout = 60\n", 1)
+    ice = config.load_node(write(tmp_path, on, "on.toml")).ice
+    assert (ice.on_demand, ice.idle_timeout) == (True, 60)
+    for value in ("5", "100000"):
+        bad = NODE.replace("[ice]\n", f"[ice]\nidle_timeout = {value}\n", 1)
+        assert_config_error(tmp_path, capsys, bad, "ice.idle_timeout", "10-86400")

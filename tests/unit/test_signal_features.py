@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from p2ptun.ice.sdp import IceDescription
 from p2ptun.signal.features import (
     MAX_FEATURES,
+    ON_DEMAND,
     PARTIAL_CHECKSUMS,
     features_of,
     with_features,
@@ -42,4 +43,4 @@ def test_unknown_and_malformed_tags_are_ignored() -> None:
 
 @given(st.text(max_size=2000))
 def test_features_of_never_raises(text: str) -> None:
-    assert features_of(text) <= {PARTIAL_CHECKSUMS}
+    assert features_of(text) <= {PARTIAL_CHECKSUMS, ON_DEMAND}
