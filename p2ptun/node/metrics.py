@@ -130,6 +130,11 @@ class NodeCollector:
         changes = CounterMetricFamily(
             "p2ptun_peer_path_changes", "Pairs selected to carry the data", labels=labels
         )
+        on_demand = CounterMetricFamily(
+            "p2ptun_peer_on_demand",
+            "On-demand tunnels: connections started by traffic, and closes after the idle timeout",
+            labels=["peer", "event"],
+        )
         for name, session in src.peers.items():
             wg = session.wg
             rx_bytes.add_metric([name], wg.rx_bytes)
@@ -155,8 +160,10 @@ class NodeCollector:
             consent.add_metric([name, "lost"], c.consent_lost)
             ice_failed.add_metric([name], c.ice_failures)
             changes.add_metric([name], c.path_changes)
+            on_demand.add_metric([name, "connect"], c.on_demand_connects)
+            on_demand.add_metric([name, "idle_close"], c.idle_closes)
         yield from (rx_bytes, tx_bytes, rx_packets, tx_packets, connected, path, rtt)
-        yield from (handshakes, restarts, consent, ice_failed, changes)
+        yield from (handshakes, restarts, consent, ice_failed, changes, on_demand)
 
         completed = CounterMetricFamily(
             "p2ptun_handshakes_completed", "WireGuard handshakes completed, all peers"

@@ -72,6 +72,8 @@ async def test_both_daemons_serve_metrics_that_move_with_traffic(
         assert after[("p2ptun_peer_path", (("path", "direct"), ("peer", "bob")))] == 1
         assert after[("p2ptun_peer_path", (("path", "relay"), ("peer", "bob")))] == 0
         assert 0 < after[("p2ptun_peer_rtt_seconds", peer)] < 1
+        on_demand = (("event", "connect"), ("peer", "bob"))
+        assert after[("p2ptun_peer_on_demand_total", on_demand)] == 0  # always connected
         assert after[("p2ptun_handshakes_completed_total", ())] >= 1
         assert after[("p2ptun_rendezvous_connected", ())] == 1
         assert after[("p2ptun_decrypt_failures_total", ())] == 0
