@@ -75,7 +75,7 @@ from p2ptun.keys import encode_key
 from p2ptun.log import get_logger
 from p2ptun.membership import CertificateRejected, MembershipDecodeError
 from p2ptun.net.dispatch import Dispatcher
-from p2ptun.net.forwarding import lan_prefixes, nft_ruleset
+from p2ptun.net.forwarding import lan_prefixes
 from p2ptun.net.gather import GatherOptions, IssuedCredentials
 from p2ptun.net.http import HttpServer
 from p2ptun.net.ice_transport import IceTransport
@@ -86,6 +86,7 @@ from p2ptun.net.system import SystemHost
 from p2ptun.net.turn_relay import TurnRelay
 from p2ptun.node import control
 from p2ptun.node.clockwatch import SuspendDetector
+from p2ptun.node.host_routing import HostRouting
 from p2ptun.node.mss import mss_for_mtu
 from p2ptun.node.network import NetworkPeers
 from p2ptun.node.peer import PeerSession
@@ -104,7 +105,6 @@ from p2ptun.node.routes import (
     is_exit_route,
     peer_routes_status,
     refused_routes,
-    split_advertised,
 )
 from p2ptun.node.sealstate import SealStateFile, seal_state_path
 from p2ptun.node.wgtunnel import WgTunnel
@@ -301,14 +301,12 @@ class NodeDaemon:
         self.exit: ExitDecision = OFF
         #: Every wanted peer with its full allowed IPs (exit routes included).
         self._full_peers: dict[str, PeerConfig] = {}
-        #: The exit routing in force: (default routes, LAN prefixes through the tunnel).
-        self._exit_applied: tuple[tuple[IPNetwork, ...], tuple[IPNetwork, ...]] | None = None
-        self._nft_applied: str | None = None
-        #: Advertised routes forwarded, and refused (not in our certificate).
-        self.forwarded: tuple[IPNetwork, ...] = ()
-        self.refused_routes: tuple[IPNetwork, ...] = ()
-        #: IP forwarding per family: None when on, else why it could not be turned on.
-        self.forwarding: dict[int, str | None] = {}
+        #: Forwarding, our nftables table and the exit routing on the host.
+        self.routing = HostRouting(
+            self.host,
+            self.interface,
+            config.control_socket.removesuffix(".sock") + ".nftables" if control_socket else None,
+        )
         #: Our directly connected LAN prefixes (a peer's route inside one is refused).
         self._lans: tuple[IPNetwork, ...] = ()
         self._refused_logged: set[tuple[str, IPNetwork]] = set()
@@ -864,125 +862,22 @@ class NodeDaemon:
     async def _start_routing(self) -> None:
         """Remove what a crashed run left (our nftables table, exit rules), then forward the
         advertised routes our certificate carries and select the exit node, if any."""
-        iface = self.config.interface
-        try:
-            await self.host.clear_exit_routing(iface.fwmark)  # netlink: no program run
-            # Our nftables table needs a program to look for: only when a run wrote one and
-            # did not say it removed it (the marker in the run directory, gone at boot).
-            if not self.control_socket or os.path.exists(self._routing_marker):
-                await self.host.set_nftables(self.interface, None)
-        except P2ptunError as exc:
-            log.warning("could not check for rules a crashed run left", error=str(exc))
-        self._nft_applied = None
+        await self.routing.start(self.config.interface)
         await self._apply_forwarding()
         await self._apply_exit()
 
-    @property
-    def _routing_marker(self) -> str:
-        """A file that exists while our nftables table may exist (beside the control socket)."""
-        return self.config.control_socket.removesuffix(".sock") + ".nftables"
-
-    def _mark_routing(self, present: bool) -> None:
-        if not self.control_socket:
-            return
-        with contextlib.suppress(OSError):
-            if present:
-                with open(self._routing_marker, "w"):
-                    pass
-            else:
-                os.unlink(self._routing_marker)
-
     async def _apply_forwarding(self) -> None:
-        iface = self.config.interface
         network = self.config.network
         signed = None if network is None else network.certificate.details.routes
-        self.forwarded, self.refused_routes = split_advertised(iface.advertise_routes, signed)
-        for route in self.refused_routes:
-            log.warning(
-                "advertised route refused: not in our certificate, peers ignore it",
-                route=str(route),
-            )
-        for version in sorted({r.version for r in self.forwarded}):
-            if version not in self.forwarding or self.forwarding[version] is not None:
-                error = await self.host.enable_forwarding(version)
-                self.forwarding[version] = error
-                if error is not None:
-                    log.error(
-                        f"cannot turn IPv{version} forwarding on: advertised routes of that "
-                        "family will not be forwarded",
-                        error=error,
-                    )
-        if self.forwarded:
-            log.info(
-                "forwarding for peers",
-                routes=",".join(map(str, self.forwarded)),
-                masquerade=iface.masquerade,
-            )
-        await self._apply_nftables()
-
-    async def _apply_nftables(self) -> None:
-        iface = self.config.interface
-        text = nft_ruleset(
-            self.interface,
-            forward=bool(self.forwarded),
-            masquerade=iface.masquerade,
-            mark=iface.fwmark if self._exit_applied is not None else None,
-        )
-        if text != self._nft_applied:
-            if text is not None:
-                self._mark_routing(True)
-            await self.host.set_nftables(self.interface, text)
-            self._nft_applied = text
-            if text is None:
-                self._mark_routing(False)
+        await self.routing.apply_forwarding(self.config.interface, signed)
 
     async def _apply_exit(self) -> None:
-        """Bring the policy routing to :attr:`exit`: all traffic through the active exit
-        node, the LAN outside the tunnel unless ``exit_node_allow_lan = false``."""
-        iface = self.config.interface
-        decision = self.exit
-        want = None
-        if decision.state == "active":
-            lan: list[IPNetwork] = []
-            if not iface.exit_node_allow_lan:
-                local = await self.host.local_addresses(exclude=[self.interface])
-                lan = lan_prefixes([(a.address, a.prefixlen) for a in local])
-            want = (decision.defaults, tuple(lan))
-        if want == self._exit_applied:
-            return
-        if self._exit_applied is not None:
-            await self.host.clear_exit_routing(iface.fwmark)
-            self._exit_applied = None
-            log.info("exit node left: direct routing restored")
-        if want is not None:
-            try:
-                await self.host.set_exit_routing(self.interface, iface.fwmark, *want)
-            except P2ptunError as exc:
-                await self.host.clear_exit_routing(iface.fwmark)
-                log.error("exit node not used", exit_node=decision.name, error=str(exc))
-                self.exit = dataclasses.replace(decision, state="refused", reason=str(exc))
-                await self._apply_nftables()
-                return
-            self._exit_applied = want
-            log.info(
-                "exit node in use",
-                exit_node=decision.name,
-                routes=",".join(map(str, want[0])),
-                lan_through_tunnel=",".join(map(str, want[1])) or "-",
-            )
-        await self._apply_nftables()
+        """Bring the host's policy routing to :attr:`exit` (refused if the host says no)."""
+        self.exit = await self.routing.apply_exit(self.config.interface, self.exit)
 
     async def _stop_routing(self) -> None:
         """Remove our policy rules, exit table and nftables table (shielded by the caller)."""
-        with contextlib.suppress(P2ptunError):
-            if self._exit_applied is not None:
-                await self.host.clear_exit_routing(self.config.interface.fwmark)
-                self._exit_applied = None
-        with contextlib.suppress(P2ptunError):
-            if self._nft_applied is not None:
-                await self.host.set_nftables(self.interface, None)
-                self._nft_applied = None
-                self._mark_routing(False)
+        await self.routing.stop(self.config.interface.fwmark)
 
     async def select_exit_node(self, name: str | None) -> ExitDecision:
         """``p2ptun set exit-node NAME|off``: refused (ValueError, one line) for a name that is
@@ -1340,7 +1235,7 @@ class NodeDaemon:
                 "addresses": [str(a) for a in cfg.interface.addresses],
                 "rendezvous": self._rendezvous_state(),
                 "port_mapping": self._port_mapping_status(),
-                "routes": self._routes_status(),
+                "routes": self.routing.status(cfg.interface.masquerade),
                 "exit_node": self.exit.as_dict(cfg.interface.exit_node_allow_lan),
                 **self._firewall_status(),
             },
@@ -1367,20 +1262,6 @@ class NodeDaemon:
 
         hosts = [ipaddress.ip_network(a.ip) for a in cfg.interface.addresses]
         return with_own_services(cfg.firewall, [("udp", DNS_PORT)], hosts)
-
-    def _routes_status(self) -> dict[str, Any]:
-        """What this node advertises: forwarded, refused (not signed), forwarding per family."""
-        return {
-            "advertised": [str(r) for r in self.forwarded],
-            "refused": [
-                {"route": str(r), "reason": "not in this node's certificate"}
-                for r in self.refused_routes
-            ],
-            "masquerade": self.config.interface.masquerade,
-            "forwarding": {
-                f"ipv{v}": "on" if error is None else error for v, error in self.forwarding.items()
-            },
-        }
 
     def _firewall_status(self) -> dict[str, Any]:
         """``{"firewall": {...}}`` (:meth:`p2ptun.firewall.Firewall.status`) for the node part

@@ -674,3 +674,52 @@ class Deployment:
         """``size`` random bytes from ``src`` to ``dst`` over TCP in the tunnel; SHA-256 and
         length must match at both ends."""
         return self.start_transfer(src, dst, size, port).finish()
+
+
+WHOAMI_SERVER = """
+import socket, sys
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(8)
+print("ready", flush=True)
+while True:
+    c, peer = s.accept()
+    c.sendall(peer[0].encode() + b"\\n")
+    c.close()
+"""
+"""Answers every TCP connection with the address it came from."""
+
+WHOAMI_CLIENT = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+print(c.makefile().readline().strip())
+"""
+
+
+def routing_snapshot(lab: NatLab, site: str) -> dict[str, str]:
+    """What the node may change and must put back: rules, every routing table, nftables.
+    (IPv6 link-local and multicast routes of the lab's links come and go with duplicate
+    address detection on their own; the node adds none.)"""
+    return {
+        argv: "".join(
+            line
+            for line in lab.exec(site, *argv.split(), check=True).stdout.splitlines(True)
+            if "fe80::" not in line and "ff00::/8" not in line
+        )
+        for argv in (
+            "ip -4 rule",
+            "ip -6 rule",
+            "ip -4 route show table all",
+            "ip -6 route show table all",
+            "nft list ruleset",
+        )
+    }
+
+
+def wait_log(node: Node, text: str, timeout: float = 15.0) -> None:
+    """Wait until ``node``'s log holds ``text``; fail with the log's tail after ``timeout``."""
+    try:
+        wait_until(lambda: text in node.log(), timeout, what=f"{text!r} in {node.name}'s log")
+    except TimeoutError:
+        raise AssertionError(f"no {text!r} in {node.name}'s log:\n{node.log()[-3000:]}") from None

@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterator
 from itertools import permutations
 
 import pytest
-from nodelab import CONNECT_TIMEOUT, Deployment, Node, keypair, report
+from nodelab import CONNECT_TIMEOUT, Deployment, Node, keypair, report, wait_log
 
-from p2plab.natlab import NatLab, wait_until
+from p2plab.natlab import NatLab
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -138,13 +138,6 @@ def _allocations(log: str, name: str) -> tuple[Counter[str], Counter[str]]:
     return created, released
 
 
-def _wait_log(node: Node, text: str, timeout: float = 10.0) -> None:
-    try:
-        wait_until(lambda: text in node.log(), timeout, what=f"{text!r} in {node.name}'s log")
-    except TimeoutError:
-        raise AssertionError(f"no {text!r} in {node.name}'s log:\n{node.log()[-3000:]}") from None
-
-
 def _after_stopping(log: str) -> list[str]:
     lines = log.splitlines()
     for i, line in enumerate(lines):
@@ -175,7 +168,7 @@ def test_mesh_then_sigterm_leaves_nothing_behind(
     for i, node in enumerate(nodes):
         assert dep.stop_node(node) == 0, node.log()[-2000:]
         for other in nodes[i + 1 :]:
-            _wait_log(other, f"peer said bye peer={node.name}")
+            wait_log(other, f"peer said bye peer={node.name}", 10.0)
 
     for node in nodes:
         ns = lab.ns(node.site)

@@ -18,8 +18,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from nodelab import CONNECT_TIMEOUT, RV_ALT, Deployment, report
-from test_routes_lab import WHOAMI_CLIENT, WHOAMI_SERVER, _snapshot, _wait_log
+from nodelab import (
+    CONNECT_TIMEOUT,
+    RV_ALT,
+    WHOAMI_CLIENT,
+    WHOAMI_SERVER,
+    Deployment,
+    report,
+    routing_snapshot,
+    wait_log,
+)
 
 from p2plab.lanhost import add_lan_host
 from p2plab.natlab import NatLab, wait_for_line
@@ -83,7 +91,7 @@ def test_exit_node_for_both_families(
         return out.stdout.strip()
 
     try:
-        before = _snapshot(lab, "site2")
+        before = routing_snapshot(lab, "site2")
         assert whoami(server6) == lab.site6("site2").host_addr
         dep.start_rendezvous()
         dep.start_node(
@@ -94,7 +102,7 @@ def test_exit_node_for_both_families(
         )
         dep.start_node(laptop, peers=[], extra=network("laptop", "home"))
         dep.wait_connected([home, laptop], timeout=CONNECT_TIMEOUT)
-        _wait_log(laptop, "exit node in use")
+        wait_log(laptop, "exit node in use")
         assert dep.status(laptop)["node"]["exit_node"]["routes"] == ["0.0.0.0/0", "::/0"]
         assert dep.status(home)["node"]["routes"]["forwarding"] == {"ipv4": "on", "ipv6": "on"}
         assert whoami(server6) == lab.site6("site1").host_addr
@@ -109,7 +117,7 @@ def test_exit_node_for_both_families(
         dep.assert_ping(laptop, home)
         report_path = peer["remote_candidate"]["address"]
         assert dep.stop_node(laptop) == 0, laptop.log()[-2000:]
-        assert _snapshot(lab, "site2") == before
+        assert routing_snapshot(lab, "site2") == before
         report(request, f"[routes6] exit node for both families, tunnel direct to {report_path}")
     finally:
         dep.stop_all()

@@ -35,9 +35,13 @@ from nodelab import (
     RV_ALT,
     TCP_CLIENT,
     TCP_SERVER,
+    WHOAMI_CLIENT,
+    WHOAMI_SERVER,
     Deployment,
     Node,
     report,
+    routing_snapshot,
+    wait_log,
 )
 
 from p2plab.lanhost import LanHost, add_lan_host
@@ -52,26 +56,6 @@ UNSIGNED = "192.168.2.0/24"
 OWN_LAN = "10.0.2.0/24"
 """Site 2's LAN: a route to it from a peer would take laptop's own LAN; laptop refuses it."""
 INTERNET_PORT = 5080
-
-WHOAMI_SERVER = """
-import socket, sys
-s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], int(sys.argv[2])))
-s.listen(8)
-print("ready", flush=True)
-while True:
-    c, peer = s.accept()
-    c.sendall(peer[0].encode() + b"\\n")
-    c.close()
-"""
-"""Answers every TCP connection with the address it came from."""
-
-WHOAMI_CLIENT = """
-import socket, sys
-c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
-print(c.makefile().readline().strip())
-"""
 
 
 class Routes:
@@ -210,26 +194,6 @@ def _stop_nodes(request: pytest.FixtureRequest) -> Iterator[None]:
         request.getfixturevalue("routes").dep.stop_nodes()
 
 
-def _snapshot(lab: NatLab, site: str) -> dict[str, str]:
-    """What the node may change and must put back: rules, every routing table, nftables.
-    (IPv6 link-local and multicast routes of the lab's links come and go with duplicate
-    address detection on their own; the node adds none.)"""
-    return {
-        argv: "".join(
-            line
-            for line in lab.exec(site, *argv.split(), check=True).stdout.splitlines(True)
-            if "fe80::" not in line and "ff00::/8" not in line
-        )
-        for argv in (
-            "ip -4 rule",
-            "ip -6 rule",
-            "ip -4 route show table all",
-            "ip -6 route show table all",
-            "nft list ruleset",
-        )
-    }
-
-
 def _avg_rtt(lab: NatLab, site: str, address: str) -> float:
     """Average RTT (ms) of 10 pings from ``site`` to ``address``."""
     out = lab.exec(site, "ping", "-c", "10", "-i", "0.1", "-W", "2", "-q", address)
@@ -237,24 +201,17 @@ def _avg_rtt(lab: NatLab, site: str, address: str) -> float:
     return float(out.stdout.rsplit("=", 1)[1].split("/")[1])
 
 
-def _wait_log(node: Node, text: str, timeout: float = 15.0) -> None:
-    try:
-        wait_until(lambda: text in node.log(), timeout, what=text)
-    except TimeoutError:
-        raise AssertionError(f"{node.name} never logged {text!r}:\n{node.log()[-3000:]}") from None
-
-
 def test_subnet_route_reaches_a_plain_lan_host(
     routes: Routes, request: pytest.FixtureRequest
 ) -> None:
     dep, lab, home, laptop = routes.dep, routes.dep.lab, routes.home, routes.laptop
-    before_home = _snapshot(lab, "site1")
+    before_home = routing_snapshot(lab, "site1")
     routes.start_home()
     routes.start_laptop()
     dep.wait_connected([home, laptop], timeout=CONNECT_TIMEOUT)
 
     # The unsigned route: refused by the node itself (log and status), never used by peers.
-    _wait_log(home, "advertised route refused")
+    wait_log(home, "advertised route refused")
     node_status = dep.status(home)["node"]["routes"]
     assert node_status["advertised"] == [SIGNED, "0.0.0.0/0"]
     assert node_status["refused"] == [
@@ -355,7 +312,7 @@ def test_subnet_route_reaches_a_plain_lan_host(
 
     # Stopping home removes its nftables table and everything else it added.
     assert dep.stop_node(home) == 0, home.log()[-2000:]
-    assert _snapshot(lab, "site1") == before_home
+    assert routing_snapshot(lab, "site1") == before_home
     dep.stop_node(laptop)
 
 
@@ -364,14 +321,14 @@ def test_exit_node(routes: Routes, request: pytest.FixtureRequest) -> None:
     site1 = lab.site("site1").mapped_addr
     site2 = lab.site("site2").mapped_addr
     dep.fresh_sites(home, laptop)
-    before = _snapshot(lab, "site2")
+    before = routing_snapshot(lab, "site2")
     routes.start_home()
     assert routes.whoami(laptop) == site2
 
     # Selected in the config: in force once home is online as a member signed for 0.0.0.0/0.
     routes.start_laptop(exit_node="home")
     dep.wait_connected([home, laptop], timeout=CONNECT_TIMEOUT)
-    _wait_log(laptop, "exit node in use")
+    wait_log(laptop, "exit node in use")
     exit_status = dep.status(laptop)["node"]["exit_node"]
     assert exit_status["state"] == "active", exit_status
     assert routes.whoami(laptop) == site1
@@ -401,7 +358,7 @@ def test_exit_node(routes: Routes, request: pytest.FixtureRequest) -> None:
     out = routes.p2ptun(laptop, "set", "exit-node", "off")
     assert out.returncode == 0, out.stderr
     assert routes.whoami(laptop) == site2
-    assert _snapshot(lab, "site2")["ip -4 rule"] == before["ip -4 rule"]
+    assert routing_snapshot(lab, "site2")["ip -4 rule"] == before["ip -4 rule"]
     out = routes.p2ptun(laptop, "set", "exit-node", "home")
     assert out.returncode == 0, out.stderr
     assert routes.whoami(laptop) == site1
@@ -424,7 +381,7 @@ def test_exit_node(routes: Routes, request: pytest.FixtureRequest) -> None:
     routes.start_laptop()
     dep.wait_connected([home, laptop], timeout=CONNECT_TIMEOUT)
     # The new run removed what the killed one left (its own interface has its own routes).
-    after = _snapshot(lab, "site2")
+    after = routing_snapshot(lab, "site2")
     for what in ("ip -4 rule", "ip -6 rule", "nft list ruleset"):
         assert after[what] == before[what], what
     assert f"table {0x7074}" not in after["ip -4 route show table all"]
@@ -435,7 +392,7 @@ def test_exit_node(routes: Routes, request: pytest.FixtureRequest) -> None:
     assert out.returncode == 0, out.stderr
     assert routes.whoami(laptop) == site1
     assert dep.stop_node(laptop) == 0, laptop.log()[-2000:]
-    assert _snapshot(lab, "site2") == before
+    assert routing_snapshot(lab, "site2") == before
     dep.stop_node(home)
     missing = readme_commands() - RAN
     assert not missing, f"README commands no test ran: {missing}"
@@ -450,7 +407,7 @@ def test_peer_entries_do_the_same_by_hand(routes: Routes) -> None:
     site1 = lab.site("site1").mapped_addr
     site2 = lab.site("site2").mapped_addr
     dep.fresh_sites(home, laptop)
-    before = _snapshot(lab, "site2")
+    before = routing_snapshot(lab, "site2")
 
     def peer(node: Node, allowed: list[str], exit_node: bool) -> str:
         return (
@@ -471,7 +428,7 @@ def test_peer_entries_do_the_same_by_hand(routes: Routes) -> None:
         extra=peer(home, ["10.77.0.1/32", SIGNED, OWN_LAN, "0.0.0.0/0"], True),
     )
     dep.wait_connected([home, laptop], timeout=CONNECT_TIMEOUT)
-    _wait_log(laptop, "exit node in use")
+    wait_log(laptop, "exit node in use")
     assert dep.status(home)["node"]["routes"]["refused"] == []
     # laptop's entry for home also lists laptop's own LAN: refused, the kernel's route kept.
     refused = dep.peer_status(laptop, home)["routes"]["refused"]
@@ -497,12 +454,12 @@ def test_peer_entries_do_the_same_by_hand(routes: Routes) -> None:
     )
     assert laptop.proc is not None
     laptop.proc.send_signal(signal.SIGHUP)
-    _wait_log(laptop, "exit node left")
+    wait_log(laptop, "exit node left")
     assert routes.whoami(laptop) == site2
     assert dep.status(laptop)["node"]["exit_node"] is None
     ping = lab.exec("site2", "ping", "-c", "2", "-i", "0.2", "-W", "2", routes.lan.address)
     assert ping.returncode == 0, ping.stdout + dep.logs()
     assert lab.exec("site2", "ping", "-c", "1", "-W", "2", router).returncode == 0
     assert dep.stop_node(laptop) == 0, laptop.log()[-2000:]
-    assert _snapshot(lab, "site2") == before
+    assert routing_snapshot(lab, "site2") == before
     dep.stop_node(home)
