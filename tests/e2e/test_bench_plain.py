@@ -6,13 +6,19 @@ benchmark shows, not what a test checks: this keeps the drivers from rotting."""
 from __future__ import annotations
 
 import json
-import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from benchrun import (
+    NUMBER,
+    RATIO,
+    THROUGHPUT,
+    assert_nothing_left,
+    bench_tools_missing,
+    namespaces,
+    run_tool,
+    table,
+)
 
 from p2plab.bench import COLUMNS, PEERS, PLAIN_ROWS, RAW_RATIO_COLUMNS, ROW_DIRECT, ROW_RAW
 
@@ -20,48 +26,25 @@ pytestmark = [
     pytest.mark.lab,
     pytest.mark.slow,
     pytest.mark.skipif(
-        not all(
-            shutil.which(t)
-            for t in ("iperf3", "wireguard-go", "wg", "ping", "openvpn", "nebula", "nebula-cert")
-        ),
+        bench_tools_missing(),
         reason="iperf3, wireguard-go, wg, ping, openvpn and nebula are needed",
     ),
 ]
 
-NUMBER = re.compile(r"^\d+(\.\d+)?$")
-THROUGHPUT = re.compile(r"^\d+( \(\d+–\d+\))?$")
-RATIO = re.compile(r"^<?\d+(\.\d+)?×$")
 PREFIX = "bpt"
 """The labs' names start with this (then random hex): the test finds any it left."""
 
 
-def _namespaces() -> set[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10)
-    return {line.split()[0] for line in out.stdout.splitlines() if line.strip()}
-
-
-def _table(stdout: str) -> dict[str, list[str]]:
-    """Rows of the printed Markdown table by their first cell (header and rule left out)."""
-    rows = {}
-    for line in stdout.splitlines():
-        if line.startswith("| ") and not line.startswith("|-"):
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            rows[cells[0]] = cells[1:]
-    return rows
-
-
 def test_plain_link_bench_measures_every_row(natlab_required: None, tmp_path: Path) -> None:
+    before = namespaces()
     results_file = tmp_path / "plain.json"
     argv = ["-m", "p2plab.bench", "--topology", "plain", "--quick", "--prefix", PREFIX]
     argv += ["--iperf-seconds", "1", "--idle", "1", "--wake-window", "1", "--pings", "3"]
     argv += ["--udp-steps", "5"]
     argv += ["--json", str(results_file)]
-    proc = subprocess.run(
-        [sys.executable, *argv], capture_output=True, text=True, timeout=300, check=False
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = run_tool(tmp_path, argv, 300)
 
-    rows = _table(proc.stdout)
+    rows = table(proc.stdout)
     assert rows.pop("tunnel") == list(COLUMNS[1:])
     for name in PLAIN_ROWS:
         cells = rows[name]
@@ -92,10 +75,8 @@ def test_plain_link_bench_measures_every_row(natlab_required: None, tmp_path: Pa
     # the p2ptun row went straight across the veth (the bench checks the counters too)
     assert "MTU" in " ".join(results[ROW_DIRECT]["notes"])
 
-    # Nothing left behind: the labs' namespaces, daemons and working directories are gone.
-    assert not {ns for ns in _namespaces() if ns.startswith(PREFIX)}
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, timeout=10)
-    assert not [line for line in out.stdout.splitlines() if "p2ptun-bench-" in line]
+    # Nothing left behind: the labs' namespaces and daemons are gone.
+    assert_nothing_left(tmp_path, before, PREFIX)
 
 
 def test_peer_cost_counts_an_idle_hub_with_real_peers(
@@ -103,18 +84,14 @@ def test_peer_cost_counts_an_idle_hub_with_real_peers(
 ) -> None:
     """``python -m p2plab.peercost`` with three real peers: every one connected before and
     after the idle window, the hub's figures read, the star removed."""
+    before = namespaces()
     results_file = tmp_path / "peercost.json"
     argv = ["-m", "p2plab.peercost", "--peers", "3", "--idle", "4", "--window", "2"]
     argv += ["--prefix", "pct", "--json", str(results_file)]
-    proc = subprocess.run(
-        [sys.executable, *argv], capture_output=True, text=True, timeout=180, check=False
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    rows = _table(proc.stdout)
+    proc = run_tool(tmp_path, argv, 180)
+    rows = table(proc.stdout)
     assert list(rows) == ["peers", "3"], proc.stdout
     (result,) = json.loads(results_file.read_text())
     assert result["connected_before"] == result["connected_after"] == 3, result
     assert result["hub_rss_mib"] > 1 and result["hub_wakeups_per_s"] >= 0, result
-    assert not {ns for ns in _namespaces() if ns.startswith("pct")}
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, timeout=10)
-    assert not [line for line in out.stdout.splitlines() if "p2ptun-peercost-" in line]
+    assert_nothing_left(tmp_path, before, "pct")

@@ -5,13 +5,19 @@ what a test checks."""
 from __future__ import annotations
 
 import json
-import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from benchrun import (
+    NUMBER,
+    RATIO,
+    THROUGHPUT,
+    assert_nothing_left,
+    bench_tools_missing,
+    namespaces,
+    run_tool,
+    table,
+)
 
 from p2plab.bench import COLUMNS, PEERS, RAW_RATIO_COLUMNS, ROW_DIRECT, ROW_RAW, ROW_RELAY, ROWS
 
@@ -19,51 +25,18 @@ pytestmark = [
     pytest.mark.lab,
     pytest.mark.slow,
     pytest.mark.skipif(
-        not all(
-            shutil.which(t)
-            for t in ("iperf3", "wireguard-go", "wg", "ping", "openvpn", "nebula", "nebula-cert")
-        ),
+        bench_tools_missing(),
         reason="iperf3, wireguard-go, wg, ping, openvpn and nebula are needed",
     ),
 ]
 
-NUMBER = re.compile(r"^\d+(\.\d+)?$")
-THROUGHPUT = re.compile(r"^\d+( \(\d+–\d+\))?$")
-RATIO = re.compile(r"^<?\d+(\.\d+)?×$")
-
-
-def _namespaces() -> set[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10)
-    return {line.split()[0] for line in out.stdout.splitlines() if line.strip()}
-
-
-def _table(stdout: str) -> dict[str, list[str]]:
-    """Rows of the printed Markdown table by their first cell (header and rule left out)."""
-    rows = {}
-    for line in stdout.splitlines():
-        if line.startswith("| ") and not line.startswith("|-"):
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            rows[cells[0]] = cells[1:]
-    return rows
-
-
-def _procs_mentioning(text: str) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, timeout=10)
-    return [line for line in out.stdout.splitlines() if text in line]
-
 
 def test_quick_bench_prints_every_row(natlab_required: None, tmp_path: Path) -> None:
-    before = _namespaces()
+    before = namespaces()
     results_file = tmp_path / "results.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "p2plab.bench", "--quick", "--json", str(results_file)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = run_tool(tmp_path, ["-m", "p2plab.bench", "--quick", "--json", str(results_file)], 600)
 
-    rows = _table(proc.stdout)
+    rows = table(proc.stdout)
     assert rows.pop("tunnel") == list(COLUMNS[1:])
     for name in ROWS:
         cells = rows[name]
@@ -91,9 +64,8 @@ def test_quick_bench_prints_every_row(natlab_required: None, tmp_path: Path) -> 
     assert set(results) == set(ROWS)
     assert all(r["error"] is None and len(r["throughput_mbps"]) == 1 for r in results.values())
 
-    # Nothing left behind: the labs' namespaces, daemons and working directories are gone.
-    assert not {ns for ns in _namespaces() - before if ns.startswith("bn")}
-    assert not _procs_mentioning("p2ptun-bench-")
+    # Nothing left behind: the labs' namespaces and daemons are gone.
+    assert_nothing_left(tmp_path, before, "bn")
 
 
 def test_recovery_section_measures_each_event_it_is_given(
@@ -101,18 +73,12 @@ def test_recovery_section_measures_each_event_it_is_given(
 ) -> None:
     """``scripts/bench recovery`` (``python -m p2plab.recovery``) for two events: a row each
     with a gap and the path after, the JSON beside it, nothing left behind."""
-    before = _namespaces()
+    before = namespaces()
     results_file = tmp_path / "recovery.json"
     events = ["sym-flush", "host-renumbered"]
     argv = ["-m", "p2plab.recovery", "--events", ",".join(events), "--json", str(results_file)]
-    proc = subprocess.run(
-        [sys.executable, *argv],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    rows = _table(proc.stdout)
+    proc = run_tool(tmp_path, argv, 600)
+    rows = table(proc.stdout)
     assert rows.pop("event") == ["NATs", "longest gap s", "path after"]
     assert len(rows) == 2, rows
     for cells in rows.values():
@@ -120,5 +86,4 @@ def test_recovery_section_measures_each_event_it_is_given(
     results = json.loads(results_file.read_text())
     assert [r["key"] for r in results] == events
     assert all(r["error"] is None and r["gap_s"] < 15 for r in results), results
-    assert not {ns for ns in _namespaces() - before if ns.startswith("bn")}
-    assert not _procs_mentioning("p2ptun-bench-")
+    assert_nothing_left(tmp_path, before, "bn")
