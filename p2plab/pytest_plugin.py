@@ -17,7 +17,10 @@ build labs by hand can use the ``natlab_required`` fixture for the same skip.
 from __future__ import annotations
 
 import functools
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -76,3 +79,15 @@ def natlab_module() -> Iterator[LabFactory]:
         yield _factory(labs)
     finally:
         _close_all(labs)
+
+
+@pytest.fixture
+def short_tmp_path() -> Iterator[Path]:
+    """A fresh directory with a short name under /tmp, removed afterwards: for a tool whose
+    working directories hold Unix sockets (at most 107 bytes of path; pytest's ``tmp_path``
+    is too long for them)."""
+    path = Path(tempfile.mkdtemp(prefix="p2pt", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,10 +1,11 @@
 """Shared by the benchmark tests: run a ``python -m p2plab...`` tool the way ``scripts/bench``
 does, read its Markdown table, and check that it left nothing behind.
 
-Each run gets its own temporary directory (``TMPDIR`` = the test's ``tmp_path``): every working
-directory the tool makes is inside it, so a daemon the tool failed to stop still names it in
-its command line, and the leftover check finds this run's processes only, not those of another
-benchmark running on the same machine.
+Each run gets its own temporary directory (``TMPDIR`` = the ``short_tmp_path`` fixture's: the
+nodes' control sockets live in the working directories, and a socket's path is at most 107
+bytes): every working directory the tool makes is inside it, so a daemon the tool failed to
+stop still names it in its command line, and the leftover check finds this run's processes
+only, not those of another benchmark running on the same machine.
 """
 
 from __future__ import annotations
@@ -41,10 +42,8 @@ def table(stdout: str) -> dict[str, list[str]]:
     return rows
 
 
-def run_tool(tmp_path: Path, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    """``python ARGV`` with its temporary files under ``tmp_path``; exit 0 required."""
-    work = tmp_path / "tmp"
-    work.mkdir(exist_ok=True)
+def run_tool(work: Path, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python ARGV`` with its temporary files under ``work``; exit 0 required."""
     proc = subprocess.run(
         [sys.executable, *argv],
         capture_output=True,
@@ -57,9 +56,9 @@ def run_tool(tmp_path: Path, argv: list[str], timeout: float) -> subprocess.Comp
     return proc
 
 
-def assert_nothing_left(tmp_path: Path, before: set[str], prefix: str) -> None:
-    """No namespace of ``prefix`` that was not there ``before``, no process of this run."""
+def assert_nothing_left(work: Path, before: set[str], prefix: str) -> None:
+    """No namespace of ``prefix`` that was not there ``before``, no process of the run that
+    had ``work`` as its temporary directory."""
     assert not {ns for ns in namespaces() - before if ns.startswith(prefix)}
     out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, timeout=10)
-    mine = str(tmp_path / "tmp")
-    assert not [line for line in out.stdout.splitlines() if mine in line]
+    assert not [line for line in out.stdout.splitlines() if str(work) in line]

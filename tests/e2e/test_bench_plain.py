@@ -35,14 +35,16 @@ PREFIX = "bpt"
 """The labs' names start with this (then random hex): the test finds any it left."""
 
 
-def test_plain_link_bench_measures_every_row(natlab_required: None, tmp_path: Path) -> None:
+def test_plain_link_bench_measures_every_row(
+    natlab_required: None, tmp_path: Path, short_tmp_path: Path
+) -> None:
     before = namespaces()
     results_file = tmp_path / "plain.json"
     argv = ["-m", "p2plab.bench", "--topology", "plain", "--quick", "--prefix", PREFIX]
     argv += ["--iperf-seconds", "1", "--idle", "1", "--wake-window", "1", "--pings", "3"]
     argv += ["--udp-steps", "5"]
     argv += ["--json", str(results_file)]
-    proc = run_tool(tmp_path, argv, 300)
+    proc = run_tool(short_tmp_path, argv, 300)
 
     rows = table(proc.stdout)
     assert rows.pop("tunnel") == list(COLUMNS[1:])
@@ -76,22 +78,32 @@ def test_plain_link_bench_measures_every_row(natlab_required: None, tmp_path: Pa
     assert "MTU" in " ".join(results[ROW_DIRECT]["notes"])
 
     # Nothing left behind: the labs' namespaces and daemons are gone.
-    assert_nothing_left(tmp_path, before, PREFIX)
+    assert_nothing_left(short_tmp_path, before, PREFIX)
 
 
+@pytest.mark.parametrize("on_demand", [False, True], ids=["connected", "on-demand"])
 def test_peer_cost_counts_an_idle_hub_with_real_peers(
-    natlab_required: None, tmp_path: Path
+    natlab_required: None, tmp_path: Path, short_tmp_path: Path, on_demand: bool
 ) -> None:
     """``python -m p2plab.peercost`` with three real peers: every one connected before and
-    after the idle window, the hub's figures read, the star removed."""
+    after the idle window (on demand: none connected, then two reached by a first packet),
+    the hub's figures read, the star removed."""
     before = namespaces()
     results_file = tmp_path / "peercost.json"
     argv = ["-m", "p2plab.peercost", "--peers", "3", "--idle", "4", "--window", "2"]
     argv += ["--prefix", "pct", "--json", str(results_file)]
-    proc = run_tool(tmp_path, argv, 180)
+    if on_demand:
+        argv += ["--on-demand", "--samples", "2"]
+    proc = run_tool(short_tmp_path, argv, 180)
     rows = table(proc.stdout)
     assert list(rows) == ["peers", "3"], proc.stdout
     (result,) = json.loads(results_file.read_text())
-    assert result["connected_before"] == result["connected_after"] == 3, result
     assert result["hub_rss_mib"] > 1 and result["hub_wakeups_per_s"] >= 0, result
-    assert_nothing_left(tmp_path, before, "pct")
+    if on_demand:
+        assert result["connected_before"] == 3 and result["connected_after"] == 0, result
+        assert len(result["first_packet_s"]) == 2 and None not in result["first_packet_s"]
+        assert result["first_packet_s_median"] > 0, result
+    else:
+        assert result["connected_before"] == result["connected_after"] == 3, result
+        assert result["first_packet_s"] == [], result
+    assert_nothing_left(short_tmp_path, before, "pct")

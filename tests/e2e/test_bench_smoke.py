@@ -31,10 +31,14 @@ pytestmark = [
 ]
 
 
-def test_quick_bench_prints_every_row(natlab_required: None, tmp_path: Path) -> None:
+def test_quick_bench_prints_every_row(
+    natlab_required: None, tmp_path: Path, short_tmp_path: Path
+) -> None:
     before = namespaces()
     results_file = tmp_path / "results.json"
-    proc = run_tool(tmp_path, ["-m", "p2plab.bench", "--quick", "--json", str(results_file)], 600)
+    proc = run_tool(
+        short_tmp_path, ["-m", "p2plab.bench", "--quick", "--json", str(results_file)], 600
+    )
 
     rows = table(proc.stdout)
     assert rows.pop("tunnel") == list(COLUMNS[1:])
@@ -65,11 +69,11 @@ def test_quick_bench_prints_every_row(natlab_required: None, tmp_path: Path) -> 
     assert all(r["error"] is None and len(r["throughput_mbps"]) == 1 for r in results.values())
 
     # Nothing left behind: the labs' namespaces and daemons are gone.
-    assert_nothing_left(tmp_path, before, "bn")
+    assert_nothing_left(short_tmp_path, before, "bn")
 
 
 def test_recovery_section_measures_each_event_it_is_given(
-    natlab_required: None, tmp_path: Path
+    natlab_required: None, tmp_path: Path, short_tmp_path: Path
 ) -> None:
     """``scripts/bench recovery`` (``python -m p2plab.recovery``) for two events: a row each
     with a gap and the path after, the JSON beside it, nothing left behind."""
@@ -77,7 +81,7 @@ def test_recovery_section_measures_each_event_it_is_given(
     results_file = tmp_path / "recovery.json"
     events = ["sym-flush", "host-renumbered"]
     argv = ["-m", "p2plab.recovery", "--events", ",".join(events), "--json", str(results_file)]
-    proc = run_tool(tmp_path, argv, 600)
+    proc = run_tool(short_tmp_path, argv, 600)
     rows = table(proc.stdout)
     assert rows.pop("event") == ["NATs", "longest gap s", "path after"]
     assert len(rows) == 2, rows
@@ -86,4 +90,4 @@ def test_recovery_section_measures_each_event_it_is_given(
     results = json.loads(results_file.read_text())
     assert [r["key"] for r in results] == events
     assert all(r["error"] is None and r["gap_s"] < 15 for r in results), results
-    assert_nothing_left(tmp_path, before, "bn")
+    assert_nothing_left(short_tmp_path, before, "bn")
