@@ -19,6 +19,11 @@ The kernel can move 64 KiB at a time across a system call if both sides agree:
   :class:`TcpCoalescer` into one super-packet written with a virtio header (GSO type TCP,
   partial checksum), so the receiving TCP stack handles 64 KiB at once. The parts are written
   with one ``writev``; nothing is copied.
+* **TUN USO** (``TUN_F_USO4``/``TUN_F_USO6``, Linux ≥ 6.2): an application that sends UDP with
+  ``UDP_SEGMENT`` (QUIC stacks do) hands the TUN device a UDP *super-datagram*;
+  :func:`segment_udp` cuts it into its datagrams before encryption. The other way,
+  :class:`TcpCoalescer` merges consecutive decrypted datagrams of one UDP flow with equal
+  sizes into one UDP GSO packet (``VIRTIO_NET_HDR_GSO_UDP_L4``), one ``writev`` for the run.
 * **UDP GSO** (``UDP_SEGMENT``): one ``sendmsg`` carries a run of same-size datagrams to one
   address (see :meth:`p2ptun.net.udp.UdpEndpoint.send_batch`).
 * **UDP GRO** (``UDP_GRO``): one ``recvmsg`` may return several datagrams of one flow glued
@@ -30,7 +35,8 @@ Each offload is probed when the socket or device is set up and falls back to one
 system call when the kernel refuses. ``P2PTUN_OFFLOAD=off`` (environment) turns all of them off;
 a comma-separated list keeps only the families named: ``udp`` (GSO and GRO), ``tun`` (the virtio
 header and GRO on TUN writes), ``tso`` (TSO on TUN reads; needs ``tun``), ``partial`` (partial
-inner checksums with p2ptun peers, both ways; needs ``tun``). Tests use it to prove every path.
+inner checksums with p2ptun peers, both ways; needs ``tun``), ``uso`` (UDP segmentation on
+the TUN device both ways; needs ``tso``). Tests use it to prove every path.
 
 The functions here are pure byte manipulation (no I/O), so they are tested with hypothesis
 against checksums computed from scratch.
@@ -58,11 +64,15 @@ VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
 VIRTIO_NET_HDR_GSO_NONE = 0
 VIRTIO_NET_HDR_GSO_TCPV4 = 1
 VIRTIO_NET_HDR_GSO_TCPV6 = 4
+VIRTIO_NET_HDR_GSO_UDP_L4 = 5
 VIRTIO_NET_HDR_GSO_ECN = 0x80
 ZERO_VNET_HDR = bytes(VNET_HDR_LEN)
 
 IPPROTO_TCP = 6
+IPPROTO_UDP = 17
 TCP_CSUM_OFFSET = 16
+UDP_CSUM_OFFSET = 6
+UDP_HEADER_LEN = 8
 
 _FIN, _SYN, _RST, _PSH, _ACK, _URG, _ECE, _CWR = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80
 _MAX_SUPER = 65535
@@ -72,8 +82,8 @@ _U32 = struct.Struct(">I")
 
 
 def offload_wanted(kind: str) -> bool:
-    """Whether the environment allows offload family ``kind`` (``udp``, ``tun``, ``tso`` or
-    ``partial``).
+    """Whether the environment allows offload family ``kind`` (``udp``, ``tun``, ``tso``,
+    ``partial`` or ``uso``).
 
     ``P2PTUN_OFFLOAD`` unset, ``auto`` or ``on``: every offload the kernel accepts;
     ``off``: none; otherwise a comma-separated list of the families to use.
@@ -109,10 +119,12 @@ def fold(total: int) -> int:
     return 0xFFFF if r == 0 and total else r
 
 
-def pseudo_sum(packet: bytes | bytearray | memoryview, version: int, l4_len: int) -> int:
-    """The TCP pseudo-header sum (addresses, protocol 6, ``l4_len``) of an IP ``packet``."""
+def pseudo_sum(
+    packet: bytes | bytearray | memoryview, version: int, l4_len: int, proto: int = IPPROTO_TCP
+) -> int:
+    """The pseudo-header sum (addresses, ``proto``, ``l4_len``) of an IP ``packet``."""
     addrs = packet[12:20] if version == 4 else packet[8:40]
-    return ones_sum(addrs) + IPPROTO_TCP + l4_len
+    return ones_sum(addrs) + proto + l4_len
 
 
 def ipv4_header_checksum(buf: bytearray | memoryview, off: int, ihl: int) -> None:
@@ -326,6 +338,105 @@ def segment_tcp(
     return count
 
 
+def udp_headers(packet: bytes | bytearray | memoryview) -> tuple[int, int] | None:
+    """``(ip_version, ip_header_len)`` of a plain IPv4/IPv6 UDP packet whose lengths agree
+    with what was read; None for anything else (fragments, extension headers, truncation)."""
+    size = len(packet)
+    if size < 28:
+        return None
+    version = packet[0] >> 4
+    if version == 4:
+        ihl = (packet[0] & 0x0F) * 4
+        if ihl < 20 or packet[9] != IPPROTO_UDP or (packet[6] & 0x3F) or packet[7]:
+            return None
+    elif version == 6:
+        ihl = 40
+        if size < 48 or packet[6] != IPPROTO_UDP:
+            return None
+    else:
+        return None
+    if size < ihl + UDP_HEADER_LEN or _ip_length(packet, version) != size:
+        return None
+    if (packet[ihl + 4] << 8) | packet[ihl + 5] != size - ihl:
+        return None
+    return version, ihl
+
+
+def segment_udp(
+    packet: bytes | bytearray | memoryview,
+    gso_size: int,
+    out: bytearray,
+    lengths: list[int],
+) -> int:
+    """Cut UDP super-datagram ``packet`` (``VIRTIO_NET_HDR_GSO_UDP_L4``) into datagrams of
+    ``gso_size`` payload bytes (the last may be shorter), laid out in ``out`` like
+    :func:`segment_tcp`'s segments: IP and UDP lengths set, the IPv4 identification
+    incremented, the IPv4 header and UDP checksums computed (a zero UDP checksum goes out as
+    0xFFFF, RFC 768). Returns the number of datagrams, 0 if ``packet`` is not one this can
+    cut."""
+    if gso_size <= 0 or len(packet) < 28:
+        return 0
+    version = packet[0] >> 4
+    if version == 4:
+        ihl = (packet[0] & 0x0F) * 4
+        if ihl < 20 or packet[9] != IPPROTO_UDP or (packet[6] & 0x3F) or packet[7]:
+            return 0
+    elif version == 6:
+        ihl = 40
+        if len(packet) < 48 or packet[6] != IPPROTO_UDP:
+            return 0
+    else:
+        return 0
+    hlen = ihl + UDP_HEADER_LEN
+    total = min(len(packet), _ip_length(packet, version))
+    payload_len = total - hlen
+    if payload_len <= 0:
+        return 0
+    count = (payload_len + gso_size - 1) // gso_size
+    if len(out) < payload_len + count * hlen:
+        return 0
+    while len(lengths) < count:
+        lengths.append(0)
+    header = bytearray(packet[:hlen])
+    if version == 4:
+        ip_id = (header[4] << 8) | header[5]
+        header[2:6] = b"\0\0\0\0"
+        header[10:12] = b"\0\0"
+        ip_base = ones_sum(header[:ihl])
+        addr_sum = ones_sum(header[12:20]) + IPPROTO_UDP
+    else:
+        ip_id = ip_base = 0
+        addr_sum = ones_sum(header[8:40]) + IPPROTO_UDP
+    header[ihl + 4 : ihl + 8] = b"\0\0\0\0"  # length, checksum
+    port_sum = ones_sum(header[ihl : ihl + 4])
+    view = memoryview(out)
+    src = memoryview(packet)
+    pack_u16 = _U16.pack_into
+    pos = 0
+    start = hlen
+    for i in range(count):
+        chunk = min(gso_size, total - start)
+        size = hlen + chunk
+        udp_len = UDP_HEADER_LEN + chunk
+        view[pos : pos + hlen] = header
+        view[pos + hlen : pos + size] = src[start : start + chunk]
+        if version == 4:
+            ident = (ip_id + i) & 0xFFFF
+            r = (ip_base + size + ident) % 0xFFFF
+            _U16X2.pack_into(out, pos + 2, size, ident)
+            pack_u16(out, pos + 10, 0xFFFF ^ (r or 0xFFFF))
+        else:
+            pack_u16(out, pos + 4, udp_len)
+        pack_u16(out, pos + ihl + 4, udp_len)
+        total_sum = addr_sum + port_sum + 2 * udp_len + ones_sum(src[start : start + chunk])
+        c = 0xFFFF ^ fold(total_sum)
+        pack_u16(out, pos + ihl + UDP_CSUM_OFFSET, c or 0xFFFF)
+        lengths[i] = size
+        pos += size
+        start += chunk
+    return count
+
+
 # -- coalescing (GRO on the TUN write side) ----------------------------------------------------
 
 
@@ -345,7 +456,11 @@ class TcpCoalescer:
     behind a zero virtio header.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, udp: bool = False) -> None:
+        """``udp``: merge runs of UDP datagrams too (the TUN device takes UDP GSO packets:
+        ``TUN_F_USO4``/``TUN_F_USO6``)."""
+        self.udp = udp
+        self._udp_run = False  # the open run is UDP datagrams, not TCP segments
         self._out: list[list[bytes | bytearray | memoryview]] = []
         self._open: list[bytes | bytearray | memoryview] | None = None
         self._key = b""
@@ -365,9 +480,14 @@ class TcpCoalescer:
         """Queue one IP packet for writing (merged into the open super-packet if it can)."""
         hdrs = tcp_headers(packet)
         if hdrs is None:
+            if self.udp:
+                self._add_udp(packet)
+                return
             self._close()
             self._out.append([ZERO_VNET_HDR, packet])
             return
+        if self._udp_run:
+            self._close()
         version, ihl, thl = hdrs
         hlen = ihl + thl
         total = _ip_length(packet, version)
@@ -413,6 +533,85 @@ class TcpCoalescer:
         if flags & _PSH:
             self._close()
 
+    def _add_udp(self, packet: bytes | bytearray | memoryview) -> None:
+        """A packet that is not TCP: merged into the open UDP run if it continues it (same
+        flow, the run's datagram size, within 64 datagrams and 64 KiB), else it closes the
+        open run and starts one (if UDP) or goes out alone."""
+        hdrs = udp_headers(packet)
+        if hdrs is None:
+            self._close()
+            self._out.append([ZERO_VNET_HDR, packet])
+            return
+        version, ihl = hdrs
+        hlen = ihl + UDP_HEADER_LEN
+        payload = len(packet) - hlen
+        if payload <= 0:
+            self._close()
+            self._out.append([ZERO_VNET_HDR, packet])
+            return
+        key = self._udp_key(packet, version, ihl)
+        if (
+            self._open is not None
+            and self._udp_run
+            and key == self._key
+            and payload <= self._gso
+            and self._count < UDP_MAX_SEGMENTS
+            and self._size + payload <= _MAX_SUPER
+        ):
+            self._open.append(memoryview(packet)[hlen:])
+            self._size += payload
+            self._count += 1
+            if payload < self._gso:
+                self._close()  # a shorter datagram can only be the last of a run
+            return
+        self._close()
+        self._open = [packet]
+        self._first = packet
+        self._key = key
+        self._version = version
+        self._ihl = ihl
+        self._hlen = hlen
+        self._gso = payload
+        self._size = len(packet)
+        self._count = 1
+        self._udp_run = True
+
+    @staticmethod
+    def _udp_key(packet: bytes | bytearray | memoryview, version: int, ihl: int) -> bytes:
+        """The header bytes that must be equal for two datagrams to merge: all but the
+        lengths, the IPv4 identification and the checksums."""
+        if version == 4:
+            return b"".join((packet[0:2], packet[6:10], packet[12:ihl], packet[ihl : ihl + 4]))
+        return b"".join((packet[0:4], packet[6:44]))
+
+    def _close_udp(self, parts: list[bytes | bytearray | memoryview]) -> None:
+        first = self._first
+        version, ihl, hlen, size = self._version, self._ihl, self._hlen, self._size
+        if self._count == 1:
+            self._out.append([ZERO_VNET_HDR, first])
+            return
+        header = bytearray(first[:hlen])
+        if version == 4:
+            _U16.pack_into(header, 2, size)
+            ipv4_header_checksum(header, 0, ihl)
+        else:
+            _U16.pack_into(header, 4, size - 40)
+        _U16.pack_into(header, ihl + 4, size - ihl)
+        # Partial checksum: the pseudo-header sum, not complemented (the kernel finishes it).
+        psum = fold(pseudo_sum(header, version, size - ihl, IPPROTO_UDP))
+        _U16.pack_into(header, ihl + UDP_CSUM_OFFSET, psum)
+        vnet = VNET_HDR.pack(
+            VIRTIO_NET_HDR_F_NEEDS_CSUM,
+            VIRTIO_NET_HDR_GSO_UDP_L4,
+            hlen,
+            self._gso,
+            ihl,
+            UDP_CSUM_OFFSET,
+        )
+        parts[0] = memoryview(first)[hlen:]
+        self._out.append([vnet, header, *parts])
+        self.merged += self._count
+
     @staticmethod
     def _flow_key(
         packet: bytes | bytearray | memoryview, version: int, ihl: int, hlen: int
@@ -446,6 +645,10 @@ class TcpCoalescer:
         if parts is None:
             return
         self._open = None
+        if self._udp_run:
+            self._udp_run = False
+            self._close_udp(parts)
+            return
         first = self._first
         version, ihl, hlen = self._version, self._ihl, self._hlen
         if self._count == 1:

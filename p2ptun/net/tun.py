@@ -50,6 +50,8 @@ TUN_F_TSO4 = 0x02
 TUN_F_TSO6 = 0x04
 TUN_F_TSO_ECN = 0x08
 TUN_F_UFO = 0x10
+TUN_F_USO4 = 0x20
+TUN_F_USO6 = 0x40
 
 IFNAMSIZ = 16
 """Kernel buffer size for an interface name, including the terminating NUL."""
@@ -303,16 +305,21 @@ class TunDevice:
             ) from None
 
     def enable_offload(self) -> int:
-        """Ask for checksum and TCP segmentation offload (TSO4/TSO6); returns the flags set.
+        """Ask for checksum, TCP segmentation (TSO4/TSO6) and UDP segmentation (USO4/USO6,
+        Linux ≥ 6.2) offload; returns the flags set.
 
-        Only meaningful with ``vnet_hdr``: reads may then return TCP super-packets of up to
-        64 KiB and packets with a partial checksum (see :mod:`p2ptun.net.offload`). A kernel
-        that refuses gets 0 (plain packets, still behind a virtio header).
+        Only meaningful with ``vnet_hdr``: reads may then return TCP and UDP super-packets of
+        up to 64 KiB and packets with a partial checksum, and writes may be UDP GSO packets
+        (see :mod:`p2ptun.net.offload`). A kernel that refuses USO gets TSO alone, one that
+        refuses everything 0 (plain packets, still behind a virtio header).
         """
         if not self.vnet_hdr or not offload_wanted("tso"):
             return 0
-        wanted = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
-        for flags in (wanted, TUN_F_CSUM | TUN_F_TSO4, 0):
+        tso = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
+        choices = [tso, TUN_F_CSUM | TUN_F_TSO4, 0]
+        if offload_wanted("uso"):
+            choices.insert(0, tso | TUN_F_USO4 | TUN_F_USO6)
+        for flags in choices:
             try:
                 self.set_offload(flags)
             except RuntimeFailure:

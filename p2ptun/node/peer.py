@@ -53,6 +53,7 @@ WireGuard session or the peer's kernel.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -336,6 +337,7 @@ class PeerSession:
         self._clear_path("idle")
         self.ctx.tunnel.forget_sessions(self.wg)
         self._demand = False
+        self._pending_restart = self._restart_at = self._handshake_due = None
         self.counters.idle_closes += 1
 
     def _idle_since(self) -> float:
@@ -416,6 +418,10 @@ class PeerSession:
         return None
 
     def _next_deadline(self, now: float) -> float:
+        if self.on_demand is not None and not self._demand and not self._attempts():
+            # Idle on demand: nothing to time. Traffic, a signal or presence wakes us; a
+            # hundred such peers must not wake the node every MAX_IDLE each.
+            return math.inf
         times = [now + MAX_IDLE]
         times += [a.retire_at for a in self.retired if a.retire_at is not None]
         due = self._offer_due(now)

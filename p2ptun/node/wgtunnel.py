@@ -61,7 +61,9 @@ from p2ptun.keys import encode_key
 from p2ptun.log import get_logger
 from p2ptun.net.offload import (
     VIRTIO_NET_HDR_F_NEEDS_CSUM,
+    VIRTIO_NET_HDR_GSO_ECN,
     VIRTIO_NET_HDR_GSO_NONE,
+    VIRTIO_NET_HDR_GSO_UDP_L4,
     VNET_HDR,
     VNET_HDR_LEN,
     TcpCoalescer,
@@ -69,10 +71,11 @@ from p2ptun.net.offload import (
     mark_partial,
     offload_wanted,
     segment_tcp,
+    segment_udp,
 )
 from p2ptun.net.ports import DatagramPort, TunPort
 from p2ptun.net.timer import CoreTimer
-from p2ptun.net.tun import MAX_PACKET
+from p2ptun.net.tun import MAX_PACKET, TUN_F_USO4, TUN_F_USO6
 from p2ptun.net.udp import DEFAULT_BATCH, family_of
 from p2ptun.node.mss import clamp_mss
 from p2ptun.wireguard import (
@@ -136,7 +139,11 @@ class TunnelCounters:
     tun_bad_offload: int = 0
     """Packets read from TUN with a virtio header this data path cannot honour (dropped)."""
     gro_segments: int = 0
-    """Decrypted segments written to TUN merged into super-packets."""
+    """Decrypted segments (TCP) and datagrams (UDP) written to TUN merged into super-packets."""
+    uso_packets: int = 0
+    """UDP super-datagrams read from TUN (an application's ``UDP_SEGMENT`` send) and cut."""
+    uso_datagrams: int = 0
+    """Datagrams those super-datagrams were cut into."""
     tun_early_reads: int = 0
     """TUN reads made right after writing received packets (see :meth:`WgTunnel.udp_drained`)."""
     partial_checksums: int = 0
@@ -235,7 +242,8 @@ class WgTunnel:
         self._tun_lengths = [0] * batch
         self._seg_buffer = bytearray(2 * MAX_PACKET) if self.tun_offload else bytearray()
         self._seg_lengths: list[int] = []
-        self._coalescer = TcpCoalescer()
+        uso = TUN_F_USO4 | TUN_F_USO6
+        self._coalescer = TcpCoalescer(udp=self.tun_offload & uso == uso)
         partial_wanted = offload_wanted("partial")
         self.accepts_partial_checksums = self._vnet and partial_wanted
         """Whether this end completes TCP checksums a peer leaves partial (it writes TUN with
@@ -476,16 +484,24 @@ class WgTunnel:
         if firewall is not None and not firewall.allow_outbound(peer, packet, now):
             return
         seg_lengths = self._seg_lengths
-        partial = peer in self._partial_peers
-        count = segment_tcp(packet, gso_size, self._seg_buffer, seg_lengths, partial)
-        if count == 0:
-            self.counters.tun_bad_offload += 1
-            return
         counters = self.counters
-        counters.tso_packets += 1
-        counters.tso_segments += count
-        if partial:
-            counters.partial_checksums += count
+        if gso_type & ~VIRTIO_NET_HDR_GSO_ECN == VIRTIO_NET_HDR_GSO_UDP_L4:
+            count = segment_udp(packet, gso_size, self._seg_buffer, seg_lengths)
+            if count == 0:
+                counters.tun_bad_offload += 1
+                return
+            counters.uso_packets += 1
+            counters.uso_datagrams += count
+        else:
+            partial = peer in self._partial_peers
+            count = segment_tcp(packet, gso_size, self._seg_buffer, seg_lengths, partial)
+            if count == 0:
+                counters.tun_bad_offload += 1
+                return
+            counters.tso_packets += 1
+            counters.tso_segments += count
+            if partial:
+                counters.partial_checksums += count
         peer.send_packets(memoryview(self._seg_buffer), seg_lengths, count, now)
         touched[peer] = None
 

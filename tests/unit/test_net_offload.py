@@ -10,10 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2ptun.net.offload import (
+    UDP_MAX_SEGMENTS,
     VIRTIO_NET_HDR_F_NEEDS_CSUM,
     VIRTIO_NET_HDR_GSO_NONE,
     VIRTIO_NET_HDR_GSO_TCPV4,
     VIRTIO_NET_HDR_GSO_TCPV6,
+    VIRTIO_NET_HDR_GSO_UDP_L4,
     VNET_HDR,
     ZERO_VNET_HDR,
     TcpCoalescer,
@@ -24,6 +26,7 @@ from p2ptun.net.offload import (
     ones_sum,
     partial_tcp_checksum,
     segment_tcp,
+    segment_udp,
 )
 
 
@@ -336,3 +339,112 @@ def test_offload_switch(monkeypatch: pytest.MonkeyPatch) -> None:
         assert tuple(offload_wanted(k) for k in kinds) == expected
     monkeypatch.delenv("P2PTUN_OFFLOAD")
     assert offload_wanted("tso")
+
+
+def make_udp(version: int, payload: bytes, ident: int = 7) -> bytearray:
+    """A UDP packet with valid checksums, built the slow way."""
+    udp = struct.pack(">HHHH", 40000, 443, 8 + len(payload), 0) + payload
+    if version == 4:
+        ip = struct.pack(
+            ">BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), ident, 0x4000, 64, 17, 0,
+            bytes([10, 77, 0, 1]), bytes([10, 77, 0, 2]),
+        )  # fmt: skip
+        ip = ip[:10] + struct.pack(">H", 0xFFFF ^ naive_sum(ip)) + ip[12:]
+        pseudo = ip[12:20] + struct.pack(">BBH", 0, 17, len(udp))
+    else:
+        ip = struct.pack(">IHBB16s16s", 0x60000000, len(udp), 17, 64, b"\xfd" + bytes(14) + b"\x01",
+                         b"\xfd" + bytes(14) + b"\x02")  # fmt: skip
+        pseudo = ip[8:40] + struct.pack(">IxxxB", len(udp), 17)
+    c = 0xFFFF ^ naive_sum(pseudo + udp)
+    udp = udp[:6] + struct.pack(">H", c or 0xFFFF) + udp[8:]
+    return bytearray(ip + udp)
+
+
+def udp_checksum_ok(packet: bytes) -> bool:
+    ihl = (packet[0] & 0x0F) * 4 if packet[0] >> 4 == 4 else 40
+    if packet[0] >> 4 == 4:
+        assert naive_sum(packet[:ihl]) == 0xFFFF, "IPv4 header checksum"
+        pseudo = packet[12:20] + struct.pack(">BBH", 0, 17, len(packet) - ihl)
+    else:
+        pseudo = packet[8:40] + struct.pack(">IxxxB", len(packet) - ihl, 17)
+    assert (packet[ihl + 4] << 8) | packet[ihl + 5] == len(packet) - ihl
+    return naive_sum(pseudo + packet[ihl:]) == 0xFFFF
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    version=st.sampled_from([4, 6]),
+    payload=st.binary(min_size=1, max_size=20000),
+    gso=st.integers(min_value=1, max_value=1400),
+)
+def test_segment_udp_and_coalesce_it_back(version: int, payload: bytes, gso: int) -> None:
+    """A UDP super-datagram (an application's UDP_SEGMENT send) cuts into datagrams whose
+    checksums verify from scratch; a UDP-capable coalescer merges them back into one UDP GSO
+    packet that, completed as the kernel would, is the super-datagram again."""
+    sup = make_udp(version, payload)
+    ihl = 20 if version == 4 else 40
+    sup[ihl + 6 : ihl + 8] = b"\x12\x34"  # the kernel's partial checksum: not looked at
+    out = bytearray(len(sup) * 2 + 64 * (len(payload) // gso + 1))
+    lengths: list[int] = []
+    count = segment_udp(sup, gso, out, lengths)
+    assert count == (len(payload) + gso - 1) // gso
+    datagrams, pos = [], 0
+    for i in range(count):
+        d = bytes(out[pos : pos + lengths[i]])
+        pos += lengths[i]
+        assert udp_checksum_ok(d)
+        assert d[ihl + 8 :] == payload[i * gso : (i + 1) * gso]
+        if version == 4:
+            assert (d[4] << 8) | d[5] == 7 + i
+        datagrams.append(d)
+    co = TcpCoalescer(udp=True)
+    for d in datagrams:
+        co.add(d)
+    writes = co.flush()
+    runs = (count + UDP_MAX_SEGMENTS - 1) // UDP_MAX_SEGMENTS
+    if len(payload) + ihl + 8 > 65535:
+        assert len(writes) >= runs
+        return
+    assert len(writes) == runs
+    if count == 1:
+        assert writes[0] == [ZERO_VNET_HDR, datagrams[0]]
+        return
+    vnet, packet = _expand(writes[0])
+    flags, gso_type, hdr_len, gso_size, start, offset = VNET_HDR.unpack(vnet)
+    assert (flags, gso_type) == (VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_UDP_L4)
+    assert (hdr_len, gso_size, start, offset) == (ihl + 8, gso, ihl, 6)
+    full = bytearray(packet)
+    assert complete_checksum(full, start, offset)
+    assert udp_checksum_ok(bytes(full))
+    merged = min(count, UDP_MAX_SEGMENTS)
+    assert full[ihl + 8 :] == payload[: merged * gso]
+
+
+def test_udp_runs_break_on_flow_size_and_tcp() -> None:
+    """Only consecutive datagrams of one flow with the run's size merge (a shorter one ends
+    the run); a TCP segment or another flow in between closes it; without ``udp`` nothing
+    merges."""
+    a = [make_udp(4, bytes([i]) * 1000, ident=i) for i in range(3)]
+    short = make_udp(4, b"s" * 10)
+    other = make_udp(4, b"o" * 1000)
+    other[ihl := 20] = 0x9D  # another source port
+    other[ihl + 6 : ihl + 8] = b"\0\0"  # (IPv4 UDP: no checksum)
+    tcp = make_tcp(4, b"t" * 100, 1)
+    co = TcpCoalescer(udp=True)
+    for p in (a[0], a[1], short, a[2], other, tcp, a[0], a[1]):
+        co.add(p)
+    writes = co.flush()
+    kinds = [VNET_HDR.unpack(bytes(w[0]))[1] for w in writes]
+    assert kinds == [VIRTIO_NET_HDR_GSO_UDP_L4, 0, 0, 0, VIRTIO_NET_HDR_GSO_UDP_L4]
+    assert writes[1] == [ZERO_VNET_HDR, a[2]] and writes[2] == [ZERO_VNET_HDR, other]
+    assert co.merged == 3 + 2
+    plain = TcpCoalescer()
+    for p in a:
+        plain.add(p)
+    assert [w[0] for w in plain.flush()] == [ZERO_VNET_HDR] * 3
+
+
+def test_segment_udp_rejects_what_it_cannot_cut() -> None:
+    assert segment_udp(make_tcp(4, b"x" * 100, 1), 10, bytearray(5000), []) == 0
+    assert segment_udp(make_udp(4, b"x" * 100), 0, bytearray(5000), []) == 0
+    assert segment_udp(make_udp(4, b"x" * 100), 10, bytearray(50), []) == 0
