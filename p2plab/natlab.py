@@ -238,7 +238,86 @@ BACKUP_METRIC = 200
 """The metric of the main table's default route through the uplink that is not the default."""
 
 
-class NatLab:
+class NamespaceLab:
+    """Programs in a lab's namespaces, shared by :class:`NatLab` and
+    :class:`p2plab.plainlab.PlainLab`: run one and wait (:meth:`exec`), start one that the lab
+    stops by PID when it closes (:meth:`popen`, :meth:`stop`), and cleanups (:meth:`add_cleanup`).
+    A subclass names its hosts (:meth:`ns`) and closes with :meth:`_stop_processes` and
+    :meth:`_run_cleanups`."""
+
+    prefix: str
+
+    def __init__(self) -> None:
+        self._procs: list[subprocess.Popen[Any]] = []
+        self._cleanups: list[Callable[[], object]] = []
+
+    def ns(self, host: str) -> str:
+        """Namespace name of a host name."""
+        raise NotImplementedError
+
+    def _ns_argv(self, host: str, argv: Sequence[str]) -> list[str]:
+        if not argv:
+            raise LabError("no command given")
+        return ["ip", "netns", "exec", self.ns(host), *argv]
+
+    def exec(
+        self,
+        host: str,
+        *argv: str,
+        check: bool = False,
+        timeout: float = 60.0,
+        input: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` in ``host``'s namespace and wait (at most ``timeout`` s); text output.
+
+        Raises :class:`subprocess.TimeoutExpired` on timeout (the process is killed) and
+        :class:`subprocess.CalledProcessError` if ``check`` and it fails.
+        """
+        return subprocess.run(
+            self._ns_argv(host, argv),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+            check=check,
+            env=None if env is None else dict(env),
+        )
+
+    def popen(self, host: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        """Start ``argv`` in ``host``'s namespace. The PID is the program's own (``ip netns
+        exec`` execs it). The lab stops it (SIGTERM, then SIGKILL) when it closes."""
+        proc: subprocess.Popen[Any] = subprocess.Popen(self._ns_argv(host, argv), **kwargs)
+        self._procs.append(proc)
+        log.debug("started", host=host, pid=proc.pid, argv=" ".join(argv))
+        return proc
+
+    def add_cleanup(self, fn: Callable[[], object]) -> None:
+        """Call ``fn`` when the lab closes, after its processes are stopped (LIFO)."""
+        self._cleanups.append(fn)
+
+    def stop(self, proc: subprocess.Popen[Any], timeout: float = 5.0) -> int | None:
+        """Stop a process started by :meth:`popen` (by PID); returns its exit status."""
+        _stop_process(proc, timeout)
+        with contextlib.suppress(ValueError):
+            self._procs.remove(proc)
+        return proc.returncode
+
+    def _stop_processes(self) -> None:
+        for proc in self._procs:
+            _stop_process(proc)
+        self._procs.clear()
+
+    def _run_cleanups(self) -> None:
+        for fn in reversed(self._cleanups):
+            try:
+                fn()
+            except Exception as exc:
+                log.error("lab cleanup failed", prefix=self.prefix, error=repr(exc))
+        self._cleanups.clear()
+
+
+class NatLab(NamespaceLab):
     """One lab instance. Build with :meth:`create`, reattach with :meth:`load`, end with
     :meth:`close` (also a context manager).
 
@@ -254,13 +333,12 @@ class NatLab:
         state_dir: Path | None = DEFAULT_STATE_DIR,
         created: float | None = None,
     ) -> None:
+        super().__init__()
         self.prefix = prefix
         self.sites: list[Site] = list(sites)
         self.state_dir = state_dir
         self.created = time.time() if created is None else created
         self.server_addrs: tuple[str, str] = SERVER_ADDRS
-        self._procs: list[subprocess.Popen[Any]] = []
-        self._cleanups: list[Callable[[], object]] = []
         self._closed = False
         self.netem: dict[int, dict[str, Any]] = {}
         """Link impairments in force: link (0 = server, i = site i) -> settings and PIDs."""
@@ -630,17 +708,10 @@ class NatLab:
         if self._closed:
             return
         self._closed = True
-        for proc in self._procs:
-            _stop_process(proc)
-        self._procs.clear()
+        self._stop_processes()
         for k, entry in self.netem.items():
             self._kill_delay_lines(k, entry)
-        for fn in reversed(self._cleanups):
-            try:
-                fn()
-            except Exception as exc:
-                log.error("lab cleanup failed", prefix=self.prefix, error=repr(exc))
-        self._cleanups.clear()
+        self._run_cleanups()
         existing = [ns for ns in self.namespaces if _netns_exists(ns)]
         if existing:
             lines = "".join(f"netns del {ns}\n" for ns in existing)
@@ -726,54 +797,6 @@ class NatLab:
         return data
 
     # ------------------------------------------------------------------ running programs
-
-    def _ns_argv(self, host: str, argv: Sequence[str]) -> list[str]:
-        if not argv:
-            raise LabError("no command given")
-        return ["ip", "netns", "exec", self.ns(host), *argv]
-
-    def exec(
-        self,
-        host: str,
-        *argv: str,
-        check: bool = False,
-        timeout: float = 60.0,
-        input: str | None = None,
-        env: Mapping[str, str] | None = None,
-    ) -> subprocess.CompletedProcess[str]:
-        """Run ``argv`` in ``host``'s namespace and wait (at most ``timeout`` s); text output.
-
-        Raises :class:`subprocess.TimeoutExpired` on timeout (the process is killed) and
-        :class:`subprocess.CalledProcessError` if ``check`` and it fails.
-        """
-        return subprocess.run(
-            self._ns_argv(host, argv),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            input=input,
-            check=check,
-            env=None if env is None else dict(env),
-        )
-
-    def popen(self, host: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
-        """Start ``argv`` in ``host``'s namespace. The PID is the program's own (``ip netns
-        exec`` execs it). The lab stops it (SIGTERM, then SIGKILL) on :meth:`close`."""
-        proc: subprocess.Popen[Any] = subprocess.Popen(self._ns_argv(host, argv), **kwargs)
-        self._procs.append(proc)
-        log.debug("started", host=host, pid=proc.pid, argv=" ".join(argv))
-        return proc
-
-    def add_cleanup(self, fn: Callable[[], object]) -> None:
-        """Call ``fn`` on :meth:`close`, after the lab's processes are stopped (LIFO)."""
-        self._cleanups.append(fn)
-
-    def stop(self, proc: subprocess.Popen[Any], timeout: float = 5.0) -> int | None:
-        """Stop a process started by :meth:`popen` (by PID); returns its exit status."""
-        _stop_process(proc, timeout)
-        with contextlib.suppress(ValueError):
-            self._procs.remove(proc)
-        return proc.returncode
 
     def probe(self, host: str, *args: str, timeout: float = 30.0) -> dict[str, Any]:
         """Run ``python -m p2plab.probe ARGS`` in ``host`` and return its JSON result."""

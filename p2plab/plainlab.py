@@ -22,11 +22,8 @@ import contextlib
 import dataclasses
 import json
 import secrets
-import subprocess
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
-from p2plab.natlab import LabError, _netns_exists, _run, _stop_process
+from p2plab.natlab import LabError, NamespaceLab, _netns_exists, _run
 
 NET = "10.98.0.0/24"
 PREFIXLEN = 24
@@ -53,14 +50,13 @@ class PlainSite:
         return self.addr
 
 
-class PlainLab:
+class PlainLab(NamespaceLab):
     """Two namespaces ``<prefix>-site1`` and ``<prefix>-site2`` joined by one veth."""
 
     def __init__(self, prefix: str) -> None:
+        super().__init__()
         self.prefix = prefix
         self.sites = [PlainSite(1, "10.98.0.1"), PlainSite(2, "10.98.0.2")]
-        self._procs: list[subprocess.Popen[Any]] = []
-        self._cleanups: list[Callable[[], object]] = []
         self._closed = False
         self._baseline = 0
 
@@ -103,13 +99,8 @@ class PlainLab:
         if self._closed:
             return
         self._closed = True
-        for proc in self._procs:
-            _stop_process(proc)
-        self._procs.clear()
-        for fn in reversed(self._cleanups):
-            with contextlib.suppress(Exception):
-                fn()
-        self._cleanups.clear()
+        self._stop_processes()
+        self._run_cleanups()
         for ns in self.namespaces:
             if _netns_exists(ns):
                 with contextlib.suppress(LabError):
@@ -135,45 +126,6 @@ class PlainLab:
         if host in ("server", "srv"):
             return self.namespaces[0]
         return self.namespaces[self.site(host).index - 1]
-
-    def exec(
-        self,
-        host: str,
-        *argv: str,
-        check: bool = False,
-        timeout: float = 60.0,
-        input: str | None = None,
-        env: Mapping[str, str] | None = None,
-    ) -> subprocess.CompletedProcess[str]:
-        """Run ``argv`` in ``host``'s namespace and wait (as :meth:`NatLab.exec`)."""
-        return subprocess.run(
-            ["ip", "netns", "exec", self.ns(host), *argv],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            input=input,
-            check=check,
-            env=None if env is None else dict(env),
-        )
-
-    def popen(self, host: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
-        """Start ``argv`` in ``host``'s namespace; stopped by PID on :meth:`close`."""
-        proc: subprocess.Popen[Any] = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns(host), *argv], **kwargs
-        )
-        self._procs.append(proc)
-        return proc
-
-    def add_cleanup(self, fn: Callable[[], object]) -> None:
-        """Call ``fn`` on :meth:`close`, after the processes are stopped (LIFO)."""
-        self._cleanups.append(fn)
-
-    def stop(self, proc: subprocess.Popen[Any], timeout: float = 5.0) -> int | None:
-        """Stop a process started by :meth:`popen` (by PID); returns its exit status."""
-        _stop_process(proc, timeout)
-        with contextlib.suppress(ValueError):
-            self._procs.remove(proc)
-        return proc.returncode
 
     # ------------------------------------------------------------------ counters
 
