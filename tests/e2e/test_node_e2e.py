@@ -151,58 +151,6 @@ def test_partial_checksums_follow_what_the_peer_offers(
     assert dep.debug(bob)["tunnel"]["tunnel"]["tso_segments"] > 0  # TSO itself still on
 
 
-UDP_PATTERN = """
-import hashlib
-def pattern(head, n):
-    return (hashlib.sha256(head).digest() * (n // 32 + 1))[:n]
-"""
-
-UDP_SINK = (
-    UDP_PATTERN
-    + """
-import json, socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-s.bind((sys.argv[1], int(sys.argv[2])))
-s.settimeout(3)
-print("ready", flush=True)
-seen, bad = set(), 0
-try:
-    while True:
-        data = s.recv(65535)
-        bad += data[4:] != pattern(data[:4], len(data) - 4)
-        seen.add(int.from_bytes(data[:4], "big"))
-except socket.timeout:
-    pass
-print(json.dumps({"datagrams": len(seen), "bad": bad}), flush=True)
-"""
-)
-"""Counts datagrams (by the sequence number in their first 4 bytes) whose bytes are the
-pattern :data:`UDP_SOURCE` sends, until 3 s pass without one."""
-
-UDP_SOURCE = (
-    UDP_PATTERN
-    + """
-import socket, sys, time
-dst, port = sys.argv[1], int(sys.argv[2])
-count, size, gso = (int(a) for a in sys.argv[3:6])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-if gso:
-    s.setsockopt(socket.SOL_UDP, 103, size)  # UDP_SEGMENT: one send, many datagrams
-seq = 0
-while seq < count:
-    n = min(gso or 1, count - seq)
-    heads = [(seq + k).to_bytes(4, "big") for k in range(n)]
-    s.sendto(b"".join(h + pattern(h, size - 4) for h in heads), (dst, port))
-    seq += n
-    if seq % 64 == 0:
-        time.sleep(0.01)  # bursts, below what the path carries: this is about correctness
-"""
-)
-"""Sends ``count`` datagrams of ``size`` bytes (sequence number, then a pattern from it);
-with ``gso`` > 0 in sends of ``gso`` datagrams each (``UDP_SEGMENT``)."""
-
-
 @pytest.mark.parametrize("gso", [0, 16], ids=["datagrams", "udp-segment"])
 def test_inner_udp_runs_cross_as_super_datagrams(
     deployment: Callable[..., Deployment], gso: int
@@ -218,7 +166,7 @@ def test_inner_udp_runs_cross_as_super_datagrams(
     lab = dep.lab
     sink = lab.popen(
         bob.site,
-        [sys.executable, "-c", UDP_SINK, bob.tunnel_ip, "5301"],
+        [sys.executable, "-m", "p2plab.udpcheck", "sink", bob.tunnel_ip, "5301"],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -227,9 +175,10 @@ def test_inner_udp_runs_cross_as_super_datagrams(
     count, size = 4096, 1200
     out = lab.exec(
         alice.site,
-        sys.executable, "-c", UDP_SOURCE, bob.tunnel_ip, "5301", str(count), str(size), str(gso),
+        *(sys.executable, "-m", "p2plab.udpcheck", "source", bob.tunnel_ip, "5301"),
+        *(str(count), str(size), str(gso)),
         timeout=60,
-    )  # fmt: skip
+    )
     assert out.returncode == 0, out.stderr
     got, _ = sink.communicate(timeout=30)
     result = json.loads(got.strip().splitlines()[-1])
