@@ -198,11 +198,37 @@ def lone_vnet_header(
 # -- segmentation (TSO on the TUN read side) ---------------------------------------------------
 
 
+def _plain_ip(
+    packet: bytes | bytearray | memoryview, proto: int, min_l4: int
+) -> tuple[int, int] | None:
+    """``(ip_version, ip_header_len)`` when ``packet`` is IPv4 (not a fragment) or IPv6 (no
+    extension header) carrying ``proto`` with room for ``min_l4`` bytes of its header."""
+    size = len(packet)
+    if size < 20 + min_l4:
+        return None
+    version = packet[0] >> 4
+    if version == 4:
+        ihl = (packet[0] & 0x0F) * 4
+        if ihl < 20 or packet[9] != proto or (packet[6] & 0x3F) or packet[7]:
+            return None
+    elif version == 6:
+        ihl = 40
+        if packet[6] != proto:
+            return None
+    else:
+        return None
+    if size < ihl + min_l4:
+        return None
+    return version, ihl
+
+
 def tcp_headers(packet: bytes | bytearray | memoryview) -> tuple[int, int, int] | None:
     """``(ip_version, ip_header_len, tcp_header_len)`` of a plain IPv4/IPv6 TCP packet.
 
     None for anything else (IPv6 extension headers, IPv4 fragments, truncated headers):
-    such packets are neither segmented nor coalesced.
+    such packets are neither segmented nor coalesced. The IP checks of :func:`_plain_ip`,
+    written out: this runs for every TCP packet either way, and the call would add ~90 ns
+    (a third of its time).
     """
     size = len(packet)
     if size < 40:
@@ -341,21 +367,12 @@ def segment_tcp(
 def udp_headers(packet: bytes | bytearray | memoryview) -> tuple[int, int] | None:
     """``(ip_version, ip_header_len)`` of a plain IPv4/IPv6 UDP packet whose lengths agree
     with what was read; None for anything else (fragments, extension headers, truncation)."""
+    ip = _plain_ip(packet, IPPROTO_UDP, UDP_HEADER_LEN)
+    if ip is None:
+        return None
+    version, ihl = ip
     size = len(packet)
-    if size < 28:
-        return None
-    version = packet[0] >> 4
-    if version == 4:
-        ihl = (packet[0] & 0x0F) * 4
-        if ihl < 20 or packet[9] != IPPROTO_UDP or (packet[6] & 0x3F) or packet[7]:
-            return None
-    elif version == 6:
-        ihl = 40
-        if size < 48 or packet[6] != IPPROTO_UDP:
-            return None
-    else:
-        return None
-    if size < ihl + UDP_HEADER_LEN or _ip_length(packet, version) != size:
+    if _ip_length(packet, version) != size:
         return None
     if (packet[ihl + 4] << 8) | packet[ihl + 5] != size - ihl:
         return None
@@ -374,19 +391,10 @@ def segment_udp(
     incremented, the IPv4 header and UDP checksums computed (a zero UDP checksum goes out as
     0xFFFF, RFC 768). Returns the number of datagrams, 0 if ``packet`` is not one this can
     cut."""
-    if gso_size <= 0 or len(packet) < 28:
+    ip = _plain_ip(packet, IPPROTO_UDP, UDP_HEADER_LEN)
+    if ip is None or gso_size <= 0:
         return 0
-    version = packet[0] >> 4
-    if version == 4:
-        ihl = (packet[0] & 0x0F) * 4
-        if ihl < 20 or packet[9] != IPPROTO_UDP or (packet[6] & 0x3F) or packet[7]:
-            return 0
-    elif version == 6:
-        ihl = 40
-        if len(packet) < 48 or packet[6] != IPPROTO_UDP:
-            return 0
-    else:
-        return 0
+    version, ihl = ip
     hlen = ihl + UDP_HEADER_LEN
     total = min(len(packet), _ip_length(packet, version))
     payload_len = total - hlen

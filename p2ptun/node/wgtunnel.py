@@ -455,25 +455,24 @@ class WgTunnel:
         device = self.device
         touched = self._touched
         if gso_type == VIRTIO_NET_HDR_GSO_NONE:
+            peer = device.route(packet)  # once: the checksum choice and the send both need it
             if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
-                partial_peers = self._partial_peers
-                if partial_peers and device.route(packet) in partial_peers:
-                    done = mark_partial(packet, csum_start, csum_offset)
-                    self.counters.partial_checksums += done
-                else:
-                    done = False
+                done = peer in self._partial_peers and mark_partial(packet, csum_start, csum_offset)
+                self.counters.partial_checksums += done
                 if not done and not complete_checksum(packet, csum_start, csum_offset):
                     self.counters.tun_bad_offload += 1
                     return
             mss = self.mss
             if mss is not None and _maybe_syn(packet):
                 self._clamp(packet, len(packet), mss)
-            if self.firewall is not None:
-                self._send_filtered(packet, now)
+            if peer is None:
+                device.counters.no_route += 1
                 return
-            peer = device.send_packet(packet, now)
-            if peer is not None:
-                touched[peer] = None
+            firewall = self.firewall
+            if firewall is not None and not firewall.allow_outbound(peer, packet, now):
+                return
+            peer.send_packet(packet, now)
+            touched[peer] = None
             return
         # Every segment has the super-packet's addresses: route once.
         peer = device.route(packet)
