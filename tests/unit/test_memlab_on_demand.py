@@ -1,6 +1,7 @@
 """Peers connected on demand (``[ice] on_demand``), two real daemons in the in-memory lab under
 virtual time: no tunnel until the first packet, the first packet's latency, the idle close on
-both sides, and a new connection from the other side's traffic."""
+both sides, a new connection from the other side's traffic, ``p2ptun ping`` as demand, and an
+always-on peer that keeps an on-demand node connected."""
 
 from __future__ import annotations
 
@@ -74,6 +75,12 @@ async def test_on_demand_connects_at_the_first_packet_and_closes_when_idle(
             again = await lab.wait_until(lambda: back.replies, 10)
             stream.cancel_scope.cancel()
         assert sessions[1].counters.on_demand_connects == 1
+
+        # ``p2ptun ping`` is demand too: once idle again, a ping connects and is answered.
+        await lab.wait_until(lambda: idle(alice) and idle(bob), IDLE + 10)
+        pinged = await sessions[0].ping(5.0)
+        assert pinged["rtt_ms"] is not None and pinged["path"] == "direct", pinged
+        assert sessions[0].counters.on_demand_connects == 2
         nursery.cancel_scope.cancel()
     print(
         f"first packet answered after {first:.3f} s, closed {closed:.1f} s after the last "

@@ -98,7 +98,6 @@ class FakeWg:
     rx_bytes = tx_bytes = 0
     last_handshake = None
     next = None
-    last_data: float | None = None
 
     def __init__(self) -> None:
         self.initiated = 0
@@ -137,7 +136,7 @@ class Ctx:
     transport: IceTransport = field(default_factory=loopback_transport)
     tunnel: Any = field(default_factory=FakeTunnel)
     lite: bool = False
-    on_demand_idle: float | None = None
+    on_demand_idle: float | None = None  # always connected
     changes: int = 0
     regathers: list[str] = field(default_factory=list)
     deaf: bool = False
@@ -200,12 +199,9 @@ async def transports(nursery: trio.Nursery) -> AsyncIterator[Callable[[Ctx], Non
 
 
 def make_session(
-    name: str = "bob",
-    signaling: FakeSignaling | None = None,
-    ice: AgentConfig | None = None,
-    on_demand: float | None = None,
+    name: str = "bob", signaling: FakeSignaling | None = None, ice: AgentConfig | None = None
 ) -> tuple[PeerSession, Ctx, list[int]]:
-    ctx = Ctx(signaling or FakeSignaling(name), loopback_transport(ice), on_demand_idle=on_demand)
+    ctx = Ctx(signaling or FakeSignaling(name), loopback_transport(ice))
     cfg = PeerConfig(name, public_key(generate_private_key()), ())
     session = PeerSession(ctx, cfg, FakeWg())  # type: ignore[arg-type]
     ctx.transport.on_gathered = lambda _round: session.round_done()  # as the daemon does
@@ -274,18 +270,10 @@ async def test_status_shape_without_path(autojump_clock: trio.testing.MockClock)
 
 
 async def connected_pair(
-    nursery: trio.Nursery,
-    transports: Callable[[Ctx], None],
-    ice: AgentConfig | None = None,
-    *,
-    on_demand: tuple[float | None, float | None] = (None, None),
-    offerer: str = "alice",
-    wait: bool = True,
+    nursery: trio.Nursery, transports: Callable[[Ctx], None], ice: AgentConfig | None = None
 ) -> tuple[PeerSession, Ctx, PeerSession, Ctx]:
     """alice and bob, each a PeerSession for the other over its own loopback transport,
-    offer/answer through a fake rendezvous (``offerer`` offers, the other waits for it);
-    returns once both are connected (unless ``wait`` is False). ``on_demand``: each one's
-    idle timeout when it connects on demand."""
+    offer/answer through a fake rendezvous; returns once both are connected."""
     inbox: trio.MemorySendChannel[tuple[PeerSession, SignalReceived]]
     inbox, outbox = trio.open_memory_channel(100)
     sessions: dict[str, PeerSession] = {}
@@ -297,14 +285,11 @@ async def connected_pair(
 
         return FakeSignaling(other, deliver)
 
-    alice, actx, _ = make_session("bob", link("alice", "bob"), ice, on_demand[0])  # alice's view
-    bob, bctx, _ = make_session("alice", link("bob", "alice"), ice, on_demand[1])  # bob's view
+    alice, actx, _ = make_session("bob", link("alice", "bob"), ice)  # alice's view of bob
+    bob, bctx, _ = make_session("alice", link("bob", "alice"), ice)  # bob's view of alice
     sessions.update(alice=alice, bob=bob)
-    # The other waits for the offer (no glare here: the signaling core's business).
-    if offerer == "alice":
-        bctx.signaling.core.negotiations["alice"].state = NegotiationState.ANSWERING
-    else:
-        actx.signaling.core.negotiations["bob"].state = NegotiationState.ANSWERING
+    # bob waits for alice's offer (no glare here: the signaling core's business).
+    bctx.signaling.core.negotiations["alice"].state = NegotiationState.ANSWERING
 
     async def rendezvous() -> None:
         async for target, received in outbox:
@@ -317,12 +302,6 @@ async def connected_pair(
         await nursery.start(session.run)
         session.on_presence(True)
 
-    if wait:
-        await both_connected(alice, bob)
-    return alice, actx, bob, bctx
-
-
-async def both_connected(alice: PeerSession, bob: PeerSession) -> None:
     def connected() -> bool:
         now = trio.current_time()
         return alice.state(now) == "connected" and bob.state(now) == "connected"
@@ -330,6 +309,7 @@ async def both_connected(alice: PeerSession, bob: PeerSession) -> None:
     with trio.fail_after(10):
         while not connected():
             await trio.sleep(0.02)
+    return alice, actx, bob, bctx
 
 
 async def test_offer_answer_path_restart_ping_and_bye(
@@ -400,63 +380,6 @@ async def test_data_plane_features_ride_on_offer_and_answer(
     assert "x-p2ptun-features" not in answer.description
     assert actx.tunnel.partial == {alice.wg: False}
     assert bctx.tunnel.partial == {bob.wg: True}  # alice still completes bob's
-
-
-async def test_on_demand_waits_for_traffic_then_closes_when_idle(
-    nursery: trio.Nursery, transports: Callable[[Ctx], None]
-) -> None:
-    """Both on demand: nobody offers at start (state disconnected, reason idle); traffic
-    (``demand``) connects; after the idle timeout without data one side says bye, both paths
-    close, the WireGuard session is forgotten and nobody offers again until new demand."""
-    idle = 1.0
-    alice, actx, bob, bctx = await connected_pair(
-        nursery, transports, on_demand=(idle, idle), wait=False
-    )
-    await trio.sleep(0.5)
-    assert actx.signaling.offers == [] and bctx.signaling.offers == []
-    status = alice.status(trio.current_time())
-    assert status["state"] == "disconnected" and status["reason"] == "idle: connects on demand"
-
-    alice.demand()
-    await both_connected(alice, bob)
-    assert "on-demand" in actx.signaling.offers[-1][0]
-    assert alice.counters.on_demand_connects == 1 and bob.counters.on_demand_connects == 0
-    # Data keeps it open past the timeout.
-    for _ in range(4):
-        alice.wg.last_data = bob.wg.last_data = trio.current_time()  # a packet, both ends
-        await trio.sleep(idle / 4)
-    assert alice.path is not None and bob.path is not None
-    with trio.fail_after(5):
-        while alice.path is not None or bob.path is not None:
-            await trio.sleep(0.02)
-    assert alice.counters.idle_closes + bob.counters.idle_closes >= 1
-    assert any(
-        isinstance(m, Bye) and m.reason == "idle" for m in actx.signaling.sent + bctx.signaling.sent
-    )
-    assert actx.tunnel.forgotten + bctx.tunnel.forgotten >= 1
-    offers = (len(actx.signaling.offers), len(bctx.signaling.offers))
-    await trio.sleep(1.5)  # longer than the first retry delay: still nobody offers
-    assert (len(actx.signaling.offers), len(bctx.signaling.offers)) == offers
-    assert alice.state(trio.current_time()) == bob.state(trio.current_time()) == "disconnected"
-
-    # ``p2ptun ping`` is demand too: it connects and answers within its timeout.
-    pinged = await alice.ping(5.0)
-    assert pinged["rtt_ms"] is not None, pinged
-    assert alice.counters.on_demand_connects == 2
-
-
-async def test_on_demand_keeps_the_tunnel_of_an_always_on_peer(
-    nursery: trio.Nursery, transports: Callable[[Ctx], None]
-) -> None:
-    """alice connects on demand, bob keeps tunnels up: bob's offer connects them (an offer is
-    demand), and alice never closes the idle tunnel, which bob would only reopen."""
-    alice, actx, _bob, bctx = await connected_pair(
-        nursery, transports, on_demand=(0.3, None), offerer="bob"
-    )
-    assert "on-demand" not in bctx.signaling.offers[-1][0]
-    await trio.sleep(1.0)
-    assert alice.path is not None and alice.counters.idle_closes == 0
-    assert not any(isinstance(m, Bye) for m in actx.signaling.sent)
 
 
 async def test_consent_loss_regathers_and_restarts(
