@@ -110,22 +110,44 @@ async def linked(server: SignalingServer) -> None:
         await trio.sleep(0.02)
 
 
+async def two_instances(
+    nursery: trio.Nursery, tmp_path: Path, url: str
+) -> tuple[SignalingServer, SignalingServer]:
+    """Instances ``rv-a`` and ``rv-b`` on the Redis at ``url``, each linked to it."""
+    a = await start_instance(nursery, cluster_config(tmp_path, url, "rv-a"))
+    b = await start_instance(nursery, cluster_config(tmp_path, url, "rv-b"))
+    await linked(a)
+    await linked(b)
+    return a, b
+
+
+async def alice_and_bob(
+    nursery: trio.Nursery,
+    a: SignalingServer,
+    b: SignalingServer,
+    keys: tuple[bytes, bytes],
+    peers: tuple[dict[str, bytes], dict[str, bytes]],
+) -> tuple[SignalingClient, SignalingClient]:
+    """alice on instance ``a``, bob on ``b`` (keys and peer lists in that order), running once
+    alice sees bob online."""
+    assert a.address is not None and b.address is not None
+    alice = node([a.address], "alice", keys[0], peers[0])
+    bob = node([b.address], "bob", keys[1], peers[1])
+    await nursery.start(alice.run)
+    await nursery.start(bob.run)
+    await alice.wait_online("bob")
+    return alice, bob
+
+
 async def test_presence_and_sealed_messages_cross_instances(
     tmp_path: Path, redis: RedisServer
 ) -> None:
     ka, kb = generate_private_key(), generate_private_key()
     with trio.fail_after(15):
         async with trio.open_nursery() as nursery:
-            a = await start_instance(nursery, cluster_config(tmp_path, redis.url, "rv-a"))
-            b = await start_instance(nursery, cluster_config(tmp_path, redis.url, "rv-b"))
-            await linked(a)
-            await linked(b)
-            assert a.address is not None and b.address is not None
-            alice = node([a.address], "alice", ka, {"bob": public_key(kb)})
-            bob = node([b.address], "bob", kb, {"alice": public_key(ka)})
-            await nursery.start(alice.run)
-            await nursery.start(bob.run)
-            await alice.wait_online("bob")
+            a, b = await two_instances(nursery, tmp_path, redis.url)
+            peers = ({"bob": public_key(kb)}, {"alice": public_key(ka)})
+            alice, bob = await alice_and_bob(nursery, a, b, (ka, kb), peers)
             await bob.wait_online("alice")
             assert "alice" in a.core.online and "bob" in b.core.online
             session = alice.offer("bob", "a=ice-ufrag:alic\n")
@@ -246,16 +268,9 @@ async def test_restarted_redis_is_repopulated(tmp_path: Path, redis: RedisServer
     ka, kb = generate_private_key(), generate_private_key()
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
-            a = await start_instance(nursery, cluster_config(tmp_path, redis.url, "rv-a"))
-            b = await start_instance(nursery, cluster_config(tmp_path, redis.url, "rv-b"))
-            await linked(a)
-            await linked(b)
-            assert a.address is not None and b.address is not None
-            alice = node([a.address], "alice", ka, {"bob": public_key(kb)})
-            bob = node([b.address], "bob", kb, {"alice": public_key(ka)})
-            await nursery.start(alice.run)
-            await nursery.start(bob.run)
-            await alice.wait_online("bob")
+            a, b = await two_instances(nursery, tmp_path, redis.url)
+            peers = ({"bob": public_key(kb)}, {"alice": public_key(ka)})
+            alice, bob = await alice_and_bob(nursery, a, b, (ka, kb), peers)
             await trio.to_thread.run_sync(redis.restart)
             url = parse_redis_url(redis.url)
             while True:
@@ -425,16 +440,9 @@ async def test_redis_lost_later(
     peers = {"alice": public_key(ka), "bob": public_key(kb), "carol": public_key(kc)}
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
-            a = await start_instance(nursery, cluster_config(tmp_path, redis.url, "rv-a"))
-            b = await start_instance(nursery, cluster_config(tmp_path, redis.url, "rv-b"))
-            await linked(a)
-            await linked(b)
-            assert a.address is not None and b.address is not None and a.cluster is not None
-            alice = node([a.address], "alice", ka, peers)
-            bob = node([b.address], "bob", kb, peers)
-            await nursery.start(alice.run)
-            await nursery.start(bob.run)
-            await alice.wait_online("bob")
+            a, b = await two_instances(nursery, tmp_path, redis.url)
+            assert a.cluster is not None
+            alice, bob = await alice_and_bob(nursery, a, b, (ka, kb), (peers, peers))
             redis.stop()
             while a.cluster.connected:
                 await trio.sleep(0.05)
